@@ -1,0 +1,13 @@
+//! ringkv's storage engine. No networking and no raft here: the server drives it.
+//!
+//! Layers, each calling only the one below:
+//! - [`mvcc`]: etcd's multi-version key-value model (revisions, key index, compaction)
+//! - [`btree`]: a copy-on-write B-tree over fixed-size pages
+//! - [`page`]: the page file: allocation, meta pages, freelist, mmap reads, commits
+//!
+//! and beside them [`wal`]: the write-ahead log that is also the raft log.
+
+pub mod btree;
+pub mod mvcc;
+pub mod page;
+pub mod wal;
