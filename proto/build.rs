@@ -1,10 +1,30 @@
-//! Compiles ringkv's etcd-compatible `.proto` files with prost.
-//! protoc comes from the system (Debian `protobuf-compiler`), or `PROTOC`.
+//! Compiles ringkv's etcd-compatible `.proto` files with prost (and, with the
+//! `client` feature, tonic client stubs). protoc comes from the system (Debian
+//! `protobuf-compiler`) or `PROTOC`.
+
+const PROTOS: [&str; 4] = [
+    "proto/mvccpb/kv.proto",
+    "proto/authpb/auth.proto",
+    "proto/etcdserverpb/rpc.proto",
+    "proto/ringkvpb/raft.proto",
+];
 
 fn main() -> std::io::Result<()> {
-    let protos = ["proto/mvccpb/kv.proto"];
-    for proto in protos {
+    for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
-    prost_build::Config::new().compile_protos(&protos, &["proto"])
+    compile()
+}
+
+#[cfg(feature = "client")]
+fn compile() -> std::io::Result<()> {
+    tonic_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile(&PROTOS, &["proto"])
+}
+
+#[cfg(not(feature = "client"))]
+fn compile() -> std::io::Result<()> {
+    prost_build::Config::new().compile_protos(&PROTOS, &["proto"])
 }

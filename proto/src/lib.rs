@@ -1,9 +1,96 @@
 //! etcd v3 wire-compatible protobuf messages for ringkv.
 //!
 //! Package and message names follow etcd v3.5 so that etcdctl, clientv3 and
-//! kube-apiserver talk to ringkv unchanged.
+//! kube-apiserver talk to ringkv unchanged. With the `client` feature each etcd
+//! service also gets a tonic client (`etcdserverpb::kv_client::KvClient`, ...).
 
 /// etcd's `mvccpb` package: stored key-values and watch events.
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+}
+
+/// etcd's `authpb` package: users, roles and permissions.
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+}
+
+/// etcd's `etcdserverpb` package: the v3 API's services and messages.
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+/// ringkv's own messages: what a raft log entry carries.
+pub mod ringkvpb {
+    include!(concat!(env!("OUT_DIR"), "/ringkvpb.rs"));
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::etcdserverpb::{compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+    /// The tag byte of field `number` with wire type `wire`.
+    fn tag(number: u32, wire: u32) -> u8 {
+        u8::try_from(number << 3 | wire).unwrap()
+    }
+
+    #[test]
+    fn range_request_fields_carry_etcds_numbers() {
+        let request = RangeRequest {
+            key: b"k".to_vec(),
+            limit: 5,
+            count_only: true,
+            max_create_revision: 7,
+            ..Default::default()
+        };
+        let bytes = request.encode_to_vec();
+        // key (1, bytes), limit (3, varint), count_only (9, varint), max_create_revision (13, varint)
+        assert_eq!(
+            bytes,
+            vec![tag(1, 2), 1, b'k', tag(3, 0), 5, tag(9, 0), 1, tag(13, 0), 7]
+        );
+    }
+
+    #[test]
+    fn compare_range_end_is_field_64() {
+        let compare = Compare {
+            range_end: b"z".to_vec(),
+            ..Default::default()
+        };
+        // Field 64 with wire type 2 needs a two-byte varint tag: 64 << 3 | 2 = 514.
+        assert_eq!(compare.encode_to_vec(), vec![0x82, 0x04, 1, b'z']);
+    }
+
+    #[test]
+    fn nested_txn_round_trips() {
+        let inner = TxnRequest {
+            compare: vec![Compare {
+                target: compare::CompareTarget::Mod as i32,
+                key: b"a".to_vec(),
+                target_union: Some(compare::TargetUnion::ModRevision(3)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"a".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        let outer = TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(inner)),
+            }],
+            failure: vec![],
+        };
+        let decoded = TxnRequest::decode(outer.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded, outer);
+        // request_txn is field 4 of RequestOp.
+        let op_bytes = outer.success[0].encode_to_vec();
+        assert_eq!(op_bytes[0], tag(4, 2));
+    }
 }
