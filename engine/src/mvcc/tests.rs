@@ -1,0 +1,272 @@
+//! MVCC against a model that keeps the whole map at every revision.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use ringkv_proto::mvccpb::KeyValue;
+
+use super::*;
+use crate::btree::Tree;
+
+const KEYS: [&[u8]; 6] = [b"a", b"ab", b"b", b"ba", b"c", b"d"];
+
+#[derive(Debug, Clone)]
+enum Span {
+    Key(usize),
+    Until(usize, usize),
+    ToEnd(usize),
+}
+
+impl Span {
+    fn as_span(&self) -> KeySpan<'static> {
+        match *self {
+            Span::Key(k) => KeySpan { key: KEYS[k], end: RangeEnd::Key },
+            Span::Until(k, e) => KeySpan { key: KEYS[k], end: RangeEnd::Until(KEYS[e]) },
+            Span::ToEnd(k) => KeySpan { key: KEYS[k], end: RangeEnd::ToEnd },
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match *self {
+            Span::Key(k) => key == KEYS[k],
+            Span::Until(k, e) => KEYS[k] <= key && key < KEYS[e],
+            Span::ToEnd(k) => KEYS[k] <= key,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    Put { key: usize, value: Vec<u8>, lease: i64 },
+    Delete(Span),
+    /// A read inside the transaction: sees the earlier changes.
+    Read(Span),
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Txn(Vec<Change>),
+    Read { span: Span, rev_back: i64, limit: usize, count_only: bool },
+    Compact { rev_back: i64 },
+    CompactStep(usize),
+    Restart,
+}
+
+fn span() -> impl Strategy<Value = Span> {
+    prop_oneof![
+        (0..KEYS.len()).prop_map(Span::Key),
+        (0..KEYS.len(), 0..KEYS.len()).prop_map(|(k, e)| Span::Until(k, e)),
+        (0..KEYS.len()).prop_map(Span::ToEnd),
+    ]
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..8), 0i64..3)
+            .prop_map(|(key, value, lease)| Change::Put { key, value, lease }),
+        2 => span().prop_map(Change::Delete),
+        1 => span().prop_map(Change::Read),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => prop::collection::vec(change(), 1..4).prop_map(Step::Txn),
+        4 => (span(), -1i64..6, 0usize..3, any::<bool>())
+            .prop_map(|(span, rev_back, limit, count_only)| Step::Read { span, rev_back, limit, count_only }),
+        1 => (-1i64..6).prop_map(|rev_back| Step::Compact { rev_back }),
+        1 => (1usize..4).prop_map(Step::CompactStep),
+        1 => Just(Step::Restart),
+    ]
+}
+
+/// The model: the whole map at every revision (index = revision).
+struct Model {
+    states: Vec<BTreeMap<Vec<u8>, KeyValue>>,
+    compacted: i64,
+}
+
+impl Model {
+    fn new() -> Model {
+        // Revisions 0 and 1 are both the empty store.
+        Model { states: vec![BTreeMap::new(), BTreeMap::new()], compacted: -1 }
+    }
+
+    fn current(&self) -> i64 {
+        self.states.len() as i64 - 1
+    }
+
+    fn read(&self, state: &BTreeMap<Vec<u8>, KeyValue>, span: &Span, limit: usize, count_only: bool, view: i64) -> RangeResult {
+        let matching: Vec<&KeyValue> = state.iter().filter(|(k, _)| span.contains(k)).map(|(_, v)| v).collect();
+        let kvs = if count_only {
+            Vec::new()
+        } else {
+            matching.iter().take(if limit == 0 { usize::MAX } else { limit }).map(|kv| (*kv).clone()).collect()
+        };
+        RangeResult { kvs, count: matching.len(), rev: view }
+    }
+}
+
+fn apply_txn(model: &mut Model, store: &mut Mvcc, changes: &[Change]) {
+    let revision = model.current() + 1;
+    let mut state = model.states.last().unwrap().clone();
+    let mut changed = false;
+    let mut txn = store.write();
+    assert_eq!(txn.revision(), revision);
+    for change in changes {
+        match change {
+            Change::Put { key, value, lease } => {
+                let key = KEYS[*key];
+                let (created, version) = match state.get(key) {
+                    Some(kv) => (kv.create_revision, kv.version + 1),
+                    None => (revision, 1),
+                };
+                state.insert(key.to_vec(), KeyValue {
+                    key: key.to_vec(),
+                    create_revision: created,
+                    mod_revision: revision,
+                    version,
+                    value: value.clone(),
+                    lease: *lease,
+                });
+                txn.put(key, value, *lease).unwrap();
+                changed = true;
+            }
+            Change::Delete(span) => {
+                let doomed: Vec<Vec<u8>> = state.keys().filter(|k| span.contains(k)).cloned().collect();
+                for key in &doomed {
+                    state.remove(key);
+                }
+                let deleted = txn.delete_range(span.as_span()).unwrap();
+                assert_eq!(deleted, doomed.len() as i64);
+                changed |= deleted > 0;
+            }
+            Change::Read(span) => {
+                let view = if changed { revision } else { revision - 1 };
+                let expected = model.read(&state, span, 0, false, view);
+                let actual = txn.range(span.as_span(), RangeOptions::default()).unwrap();
+                assert_eq!(actual, expected, "read inside a txn sees its earlier writes");
+            }
+        }
+    }
+    let after = txn.end();
+    if changed {
+        model.states.push(state);
+    }
+    assert_eq!(after, model.current(), "one revision per txn that changes something");
+}
+
+fn run(steps: Vec<Step>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::open(&dir.path().join("store.db")).unwrap();
+    let mut model = Model::new();
+    for step in steps {
+        match step {
+            Step::Txn(changes) => apply_txn(&mut model, &mut store, &changes),
+            Step::Read { span, rev_back, limit, count_only } => {
+                let rev = if rev_back < 0 { 0 } else { model.current() - rev_back + 1 };
+                let options = RangeOptions { limit, rev, count_only };
+                let actual = store.range(span.as_span(), options);
+                let current = model.current();
+                let read_at = if rev <= 0 { current } else { rev };
+                if read_at > current {
+                    assert!(matches!(actual, Err(MvccError::FutureRev)), "{actual:?}");
+                } else if read_at < model.compacted {
+                    assert!(matches!(actual, Err(MvccError::Compacted)), "{actual:?}");
+                } else {
+                    let expected = model.read(&model.states[read_at as usize], &span, limit, count_only, current);
+                    assert_eq!(actual.unwrap(), expected, "read at {read_at}");
+                }
+            }
+            Step::Compact { rev_back } => {
+                let rev = model.current() - rev_back;
+                let result = store.compact(rev);
+                if rev <= model.compacted {
+                    assert!(matches!(result, Err(MvccError::Compacted)));
+                } else if rev > model.current() {
+                    assert!(matches!(result, Err(MvccError::FutureRev)));
+                } else {
+                    result.unwrap();
+                    model.compacted = rev;
+                }
+                assert_eq!(store.compact_revision(), model.compacted);
+            }
+            Step::CompactStep(batch) => {
+                store.compact_step(batch).unwrap();
+            }
+            Step::Restart => {
+                store.set_applied_index(store.applied_index() + 1);
+                let applied = store.applied_index();
+                store.commit().unwrap();
+                store = Mvcc::from_tree(store.into_tree()).unwrap();
+                assert_eq!(store.applied_index(), applied);
+                assert_eq!(store.current_revision(), model.current());
+                assert_eq!(store.compact_revision(), model.compacted);
+            }
+        }
+    }
+    // Finish any compaction: reads at or after the compaction point are unchanged.
+    while !store.compact_step(1000).unwrap() {}
+    for rev in model.compacted.max(1)..=model.current() {
+        let span = Span::ToEnd(0);
+        let options = RangeOptions { rev, ..Default::default() };
+        let expected = model.read(&model.states[rev as usize], &span, 0, false, model.current());
+        assert_eq!(store.range(span.as_span(), options).unwrap(), expected, "after compaction, at {rev}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mvcc_matches_a_map_per_revision(steps in prop::collection::vec(step(), 1..120)) {
+        run(steps);
+    }
+}
+
+#[test]
+fn the_first_write_gets_revision_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::from_tree(Tree::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    assert_eq!(store.current_revision(), 1);
+    let mut txn = store.write();
+    txn.put(b"k", b"v", 0).unwrap();
+    assert_eq!(txn.end(), 2);
+    let kv = &store.range(KeySpan { key: b"k", end: RangeEnd::Key }, RangeOptions::default()).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+}
+
+#[test]
+fn deleting_nothing_uses_no_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
+    let mut txn = store.write();
+    assert_eq!(txn.delete_range(KeySpan { key: b"a", end: RangeEnd::ToEnd }).unwrap(), 0);
+    assert_eq!(txn.end(), 1);
+}
+
+#[test]
+fn a_restart_mid_compaction_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
+    for i in 0..50 {
+        let mut txn = store.write();
+        txn.put(b"k", format!("{i}").as_bytes(), 0).unwrap();
+        txn.end();
+    }
+    store.compact(40).unwrap();
+    assert!(!store.compact_step(10).unwrap(), "38 revisions take more than one step of 10");
+    store.commit().unwrap();
+    let mut store = Mvcc::from_tree(store.into_tree()).unwrap();
+    assert!(store.compaction_pending());
+    while !store.compact_step(10).unwrap() {}
+    let at_40 = store.range(KeySpan { key: b"k", end: RangeEnd::Key }, RangeOptions { rev: 40, ..Default::default() }).unwrap();
+    assert_eq!(at_40.kvs[0].value, b"38");
+    assert!(matches!(
+        store.range(KeySpan { key: b"k", end: RangeEnd::Key }, RangeOptions { rev: 39, ..Default::default() }),
+        Err(MvccError::Compacted)
+    ));
+    let stored = store.into_tree().range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).count();
+    // Revisions 41..=51 plus the kept one at 40, plus 4 meta keys.
+    assert_eq!(stored, 12 + 4);
+}
