@@ -1,0 +1,164 @@
+//! The WAL's I/O seam: a directory of segment files. [`DmaDir`] is the real one
+//! (glommio, O_DIRECT, io_uring); `super::sim` is an in-memory one with faults.
+//!
+//! Single-threaded by design (glommio executors), hence `async fn` in traits
+//! without `Send` bounds.
+#![allow(async_fn_in_trait)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use glommio::io::{DmaFile, Directory, OpenOptions};
+
+use super::record::BLOCK_BYTES;
+
+/// Bytes zero-filled per write while pre-writing a segment.
+const PREWRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// One segment file. Offsets and lengths are multiples of the block size.
+pub trait WalFile {
+    /// Writes `data` at `offset`; returns the bytes written (may be short).
+    async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<usize>;
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// fdatasync: everything written before is durable when this returns.
+    async fn sync(&self) -> io::Result<()>;
+    async fn len(&self) -> io::Result<u64>;
+}
+
+/// The directory holding the segments.
+pub trait WalDir {
+    type File: WalFile;
+    /// File names in the directory.
+    async fn list(&self) -> io::Result<Vec<String>>;
+    /// A new file `name` of `len` bytes, allocated and written with zeros and
+    /// synced, then atomically given its name (never visible half-prepared).
+    async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<Self::File>;
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Renames and syncs the directory.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes and syncs the directory.
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// How to name file `name` in an error message.
+    fn display_path(&self, name: &str) -> PathBuf;
+}
+
+/// Segment files on disk, written with O_DIRECT through io_uring.
+#[derive(Clone)]
+pub struct DmaDir {
+    path: PathBuf,
+}
+
+impl DmaDir {
+    pub fn new(path: &Path) -> DmaDir {
+        DmaDir {
+            path: path.to_path_buf(),
+        }
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        let dir = Directory::open(&self.path).await?;
+        dir.sync().await?;
+        dir.close().await?;
+        Ok(())
+    }
+}
+
+impl WalDir for DmaDir {
+    type File = DmaSegment;
+
+    async fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<DmaSegment> {
+        assert_eq!(len % BLOCK_BYTES as u64, 0);
+        let temp = self.path.join(format!("{name}.tmp"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .dma_open(&temp)
+            .await?;
+        file.pre_allocate(len, false).await?;
+        // Pre-write: an fdatasync after writing into never-written blocks costs
+        // metadata journaling; into written blocks it is only the data.
+        let mut offset = 0;
+        while offset < len {
+            let chunk = PREWRITE_CHUNK_BYTES.min((len - offset) as usize);
+            let mut buffer = file.alloc_dma_buffer(chunk);
+            buffer.as_bytes_mut().fill(0);
+            let written = file.write_at(buffer, offset).await?;
+            if written != chunk {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write while pre-writing"));
+            }
+            offset += chunk as u64;
+        }
+        file.fdatasync().await?;
+        let path = self.path.join(name);
+        glommio::io::rename(&temp, &path).await?;
+        self.sync_dir().await?;
+        Ok(DmaSegment { file, path })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<DmaSegment> {
+        let path = self.path.join(name);
+        let file = OpenOptions::new().read(true).write(true).dma_open(&path).await?;
+        Ok(DmaSegment { file, path })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.path.join(from), self.path.join(to)).await?;
+        self.sync_dir().await
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        glommio::io::remove(self.path.join(name)).await?;
+        self.sync_dir().await
+    }
+
+    fn display_path(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+pub struct DmaSegment {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+impl WalFile for DmaSegment {
+    async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<usize> {
+        assert_eq!(offset % BLOCK_BYTES as u64, 0, "O_DIRECT writes are block aligned");
+        assert_eq!(data.len() % BLOCK_BYTES, 0, "O_DIRECT writes are whole blocks");
+        let mut buffer = self.file.alloc_dma_buffer(data.len());
+        buffer.as_bytes_mut().copy_from_slice(data);
+        Ok(self.file.write_at(buffer, offset).await?)
+    }
+
+    /// Reads only happen while recovering, before anything is served, so a plain
+    /// blocking pread is fine; glommio's O_DIRECT reads fail on some kernels
+    /// (EOPNOTSUPP through io_uring), and the page cache is coherent with
+    /// direct writes.
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&self.path)?;
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+}

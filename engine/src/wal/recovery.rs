@@ -1,0 +1,319 @@
+//! Reading the WAL back at open: replay every valid frame in order, find where the
+//! log ends, and tell a torn tail (truncate) from corruption (refuse).
+//!
+//! The log ends at the first frame that is not the next valid one: bad header,
+//! wrong segment sequence (stale bytes of a recycled segment), unexpected batch
+//! sequence, or a bad record -- unless the next segment starts with the expected
+//! frame (the writer rolled over, leaving the tail of this one unused). That is a torn write if nothing valid of the live
+//! sequence follows it; if any later block, in the same segment or a later one,
+//! holds a valid frame header of its own segment with a batch sequence at or past
+//! the expected one, the log was damaged in the middle: corruption.
+
+use super::io::{WalDir, WalFile};
+use super::record::{parse_frame_header, parse_frame_records, EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
+use super::{Recovered, WalError};
+
+/// A segment file on disk: `{sequence:016x}.wal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentName {
+    pub seq: u64,
+    pub name: String,
+}
+
+impl SegmentName {
+    pub fn new(seq: u64) -> SegmentName {
+        SegmentName {
+            seq,
+            name: format!("{seq:016x}.wal"),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<SegmentName> {
+        let hex = name.strip_suffix(".wal")?;
+        if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return None;
+        }
+        let seq = u64::from_str_radix(hex, 16).ok()?;
+        Some(SegmentName::new(seq))
+    }
+}
+
+/// A segment that held live frames, and the newest entry index in it.
+#[derive(Debug, Clone)]
+pub struct LiveSegment {
+    pub name: SegmentName,
+    pub max_entry_index: u64,
+}
+
+/// What a scan found.
+pub struct Scan {
+    pub recovered: Recovered,
+    /// Segments with live frames, oldest first. The last is where the log ends,
+    /// unless the end is at the start of the following (first spare) segment.
+    pub live: Vec<LiveSegment>,
+    /// Where the next frame goes: segment and byte offset.
+    pub end_segment: SegmentName,
+    pub end_offset: u64,
+    pub next_batch_seq: u64,
+    /// Segment files after the end that held nothing live (prepared or recycled).
+    pub spares: Vec<SegmentName>,
+}
+
+/// Replay state while scanning.
+#[derive(Default)]
+struct Replay {
+    metadata: Vec<u8>,
+    snapshot: Option<SnapshotRecord>,
+    hard_state: Option<HardStateRecord>,
+    entries: Vec<EntryRecord>,
+}
+
+impl Replay {
+    /// Applies one record; returns the entry index it wrote, if any.
+    fn apply(&mut self, record: Record) -> Result<Option<u64>, String> {
+        match record {
+            Record::Metadata(metadata) => self.metadata = metadata,
+            Record::HardState(hard_state) => self.hard_state = Some(hard_state),
+            Record::Snapshot(snapshot) => {
+                if let Some(previous) = &self.snapshot {
+                    if snapshot.index < previous.index {
+                        return Err(format!(
+                            "snapshot record at {} after one at {}",
+                            snapshot.index, previous.index
+                        ));
+                    }
+                }
+                self.snapshot = Some(snapshot);
+            }
+            Record::Entry(entry) => {
+                let index = entry.index;
+                if let Some(last) = self.entries.last() {
+                    if index <= last.index {
+                        // raft replaced a suffix of the log.
+                        let keep = self.entries.partition_point(|e| e.index < index);
+                        self.entries.truncate(keep);
+                    } else if index != last.index + 1 {
+                        return Err(format!("entry {index} follows entry {}", last.index));
+                    }
+                }
+                self.entries.push(entry);
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+
+    fn finish(mut self) -> Result<Recovered, String> {
+        if let Some(snapshot) = &self.snapshot {
+            self.entries.retain(|e| e.index > snapshot.index);
+            if let Some(first) = self.entries.first() {
+                if first.index != snapshot.index + 1 {
+                    return Err(format!(
+                        "entries resume at {} after a snapshot at {}",
+                        first.index, snapshot.index
+                    ));
+                }
+            }
+        }
+        Ok(Recovered {
+            metadata: self.metadata,
+            snapshot: self.snapshot,
+            hard_state: self.hard_state,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Scans every segment of `dir`. `None` if there is no segment at all.
+pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
+    let mut segments: Vec<SegmentName> = dir
+        .list()
+        .await
+        .map_err(|source| WalError::io("listing the WAL directory", source))?
+        .iter()
+        .filter_map(|name| SegmentName::parse(name))
+        .collect();
+    segments.sort_by_key(|s| s.seq);
+    if segments.is_empty() {
+        return Ok(None);
+    }
+    let mut contents = Vec::with_capacity(segments.len());
+    for segment in &segments {
+        let file = dir
+            .open(&segment.name)
+            .await
+            .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?;
+        let len = file
+            .len()
+            .await
+            .map_err(|source| WalError::io(&format!("sizing {}", segment.name), source))?;
+        let bytes = file
+            .read_at(0, len as usize)
+            .await
+            .map_err(|source| WalError::io(&format!("reading {}", segment.name), source))?;
+        contents.push(bytes);
+    }
+
+    let mut replay = Replay::default();
+    let mut live: Vec<LiveSegment> = Vec::new();
+    let mut expected_batch: Option<u64> = None;
+    let corrupt = |index: usize, offset: u64, reason: String| WalError::Corrupt {
+        file: dir.display_path(&segments[index].name),
+        offset,
+        reason,
+    };
+    for (index, (segment, bytes)) in segments.iter().zip(&contents).enumerate() {
+        let mut offset = 0usize;
+        let mut max_entry_index = 0u64;
+        let mut frames = 0usize;
+        let end_reason = loop {
+            if offset + BLOCK_BYTES > bytes.len() {
+                break None; // segment full: continue in the next one
+            }
+            let Some(header) = parse_frame_header(&bytes[offset..]) else {
+                break Some("no valid frame header".to_string());
+            };
+            if header.segment_seq != segment.seq {
+                break Some(format!("frame of segment {} (stale)", header.segment_seq));
+            }
+            if expected_batch.is_some_and(|expected| header.batch_seq != expected) {
+                break Some(format!("batch {} where {} was expected", header.batch_seq, expected_batch.unwrap_or(0)));
+            }
+            if offset + header.frame_len() > bytes.len() {
+                break Some("frame runs past the segment".to_string());
+            }
+            let records = match parse_frame_records(&header, &bytes[offset..offset + header.frame_len()]) {
+                Ok(records) => records,
+                Err(reason) => break Some(reason.to_string()),
+            };
+            for record in records {
+                if let Some(entry_index) = replay.apply(record).map_err(|r| corrupt(index, offset as u64, r))? {
+                    max_entry_index = max_entry_index.max(entry_index);
+                }
+            }
+            expected_batch = Some(header.batch_seq + 1);
+            frames += 1;
+            offset += header.frame_len();
+        };
+        if frames > 0 {
+            live.push(LiveSegment {
+                name: segment.clone(),
+                max_entry_index,
+            });
+        }
+        let Some(reason) = end_reason else {
+            continue;
+        };
+        // A writer that found no room here rolled to the next segment and left
+        // this tail unwritten: the sequence then goes on at the next one's start.
+        if let Some(next) = segments.get(index + 1) {
+            let rolled = next.seq == segment.seq + 1
+                && parse_frame_header(&contents[index + 1]).is_some_and(|h| {
+                    h.segment_seq == next.seq && Some(h.batch_seq) == expected_batch
+                });
+            if rolled {
+                continue;
+            }
+        }
+        // The log ends here: torn tail, unless something live follows.
+        let next_batch = expected_batch.unwrap_or(0);
+        if let Some((at_segment, at_offset)) = find_later_frame(&segments, &contents, index, offset, next_batch) {
+            return Err(corrupt(
+                index,
+                offset as u64,
+                format!(
+                    "{reason}, but a valid frame follows in {} at offset {at_offset}",
+                    segments[at_segment].name
+                ),
+            ));
+        }
+        if live.is_empty() {
+            return Err(corrupt(index, offset as u64, format!("no valid frame at all: {reason}")));
+        }
+        let recovered = replay.finish().map_err(|r| corrupt(index, offset as u64, r))?;
+        return Ok(Some(Scan {
+            recovered,
+            live,
+            end_segment: segment.clone(),
+            end_offset: offset as u64,
+            next_batch_seq: next_batch,
+            spares: segments[index + 1..].to_vec(),
+        }));
+    }
+    // Every segment was full to its last block: the next frame starts a new one.
+    let last = segments.last().expect("at least one segment");
+    if live.is_empty() {
+        return Err(corrupt(segments.len() - 1, 0, "no valid frame at all".to_string()));
+    }
+    let recovered = replay.finish().map_err(|r| corrupt(segments.len() - 1, 0, r))?;
+    Ok(Some(Scan {
+        recovered,
+        live,
+        end_segment: SegmentName::new(last.seq + 1),
+        end_offset: 0,
+        next_batch_seq: expected_batch.expect("live segments have frames"),
+        spares: Vec::new(),
+    }))
+}
+
+/// The first valid frame header of the live sequence after (segment, offset).
+fn find_later_frame(
+    segments: &[SegmentName],
+    contents: &[Vec<u8>],
+    segment: usize,
+    offset: usize,
+    next_batch: u64,
+) -> Option<(usize, usize)> {
+    for (index, bytes) in contents.iter().enumerate().skip(segment) {
+        let start = if index == segment { offset + BLOCK_BYTES } else { 0 };
+        let mut at = start;
+        while at + BLOCK_BYTES <= bytes.len() {
+            if let Some(header) = parse_frame_header(&bytes[at..]) {
+                if header.segment_seq == segments[index].seq && header.batch_seq >= next_batch {
+                    return Some((index, at));
+                }
+            }
+            at += BLOCK_BYTES;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_are_sixteen_lowercase_hex_digits() {
+        assert_eq!(SegmentName::new(26).name, "000000000000001a.wal");
+        assert_eq!(SegmentName::parse("000000000000001a.wal"), Some(SegmentName::new(26)));
+        assert_eq!(SegmentName::parse("000000000000001A.wal"), None);
+        assert_eq!(SegmentName::parse("1a.wal"), None);
+        assert_eq!(SegmentName::parse("000000000000001a.wal.tmp"), None);
+    }
+
+    #[test]
+    fn replay_follows_raft_truncation() {
+        let mut replay = Replay::default();
+        let entry = |index, term| Record::Entry(EntryRecord { index, term, kind: 0, data: vec![], context: vec![] });
+        for index in 1..=10 {
+            replay.apply(entry(index, 1)).unwrap();
+        }
+        for index in 6..=8 {
+            replay.apply(entry(index, 2)).unwrap();
+        }
+        let recovered = replay.finish().unwrap();
+        let got: Vec<(u64, u64)> = recovered.entries.iter().map(|e| (e.index, e.term)).collect();
+        let mut want: Vec<(u64, u64)> = (1..=5).map(|i| (i, 1)).collect();
+        want.extend((6..=8).map(|i| (i, 2)));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_gap_in_entries_is_refused() {
+        let mut replay = Replay::default();
+        let entry = |index| Record::Entry(EntryRecord { index, term: 1, kind: 0, data: vec![], context: vec![] });
+        replay.apply(entry(1)).unwrap();
+        assert!(replay.apply(entry(3)).is_err());
+    }
+}

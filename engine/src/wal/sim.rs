@@ -1,0 +1,235 @@
+//! Test support: an in-memory WAL directory that can fail and crash.
+//!
+//! Each file keeps its durable bytes and the writes made since its last sync.
+//! [`SimDir::crash`] throws away what was never synced: every unsynced block is
+//! independently kept, lost, or torn (only a prefix of it reaches the "disk"),
+//! chosen by a seed. Directory operations (create, rename, remove) are durable at
+//! once, as the real implementation syncs the directory after each.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::rc::Rc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::io::{WalDir, WalFile};
+use super::record::BLOCK_BYTES;
+
+#[derive(Default)]
+struct FileState {
+    durable: Vec<u8>,
+    /// (offset, bytes) written since the last sync, in order.
+    unsynced: Vec<(u64, Vec<u8>)>,
+}
+
+impl FileState {
+    fn current(&self) -> Vec<u8> {
+        let mut bytes = self.durable.clone();
+        for (offset, data) in &self.unsynced {
+            overwrite(&mut bytes, *offset, data);
+        }
+        bytes
+    }
+}
+
+fn overwrite(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[offset as usize..end].copy_from_slice(data);
+}
+
+/// Faults armed for the next operations.
+#[derive(Default)]
+struct Faults {
+    fail_next_write: bool,
+    short_next_write: bool,
+    fail_next_sync: bool,
+    die_at_next_sync: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    files: BTreeMap<String, Rc<RefCell<FileState>>>,
+    faults: Faults,
+    syncs: u64,
+}
+
+/// An in-memory directory; clones share the same files.
+#[derive(Clone, Default)]
+pub struct SimDir {
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl SimDir {
+    pub fn new() -> SimDir {
+        SimDir::default()
+    }
+
+    /// The next write fails with an I/O error.
+    pub fn fail_next_write(&self) {
+        self.shared.borrow_mut().faults.fail_next_write = true;
+    }
+
+    /// The next write writes only its first half (in whole blocks) and says so.
+    pub fn short_next_write(&self) {
+        self.shared.borrow_mut().faults.short_next_write = true;
+    }
+
+    /// The next fdatasync fails (and, as on Linux, the unsynced data is gone).
+    pub fn fail_next_sync(&self) {
+        self.shared.borrow_mut().faults.fail_next_sync = true;
+    }
+
+    /// The process "dies" at the next fdatasync: it fails, and the unsynced
+    /// writes stay pending for [`SimDir::crash`] to decide their fate.
+    pub fn die_at_next_sync(&self) {
+        self.shared.borrow_mut().faults.die_at_next_sync = true;
+    }
+
+    /// fdatasync calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.shared.borrow().syncs
+    }
+
+    /// Loses, keeps or tears each unsynced block, as a power cut might.
+    pub fn crash(&self, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let shared = self.shared.borrow();
+        for file in shared.files.values() {
+            let mut file = file.borrow_mut();
+            let unsynced = std::mem::take(&mut file.unsynced);
+            for (offset, data) in unsynced {
+                for (i, block) in data.chunks(BLOCK_BYTES).enumerate() {
+                    let at = offset + (i * BLOCK_BYTES) as u64;
+                    match rng.gen_range(0..3) {
+                        0 => {}
+                        1 => overwrite(&mut file.durable, at, block),
+                        _ => {
+                            let kept = rng.gen_range(1..block.len());
+                            overwrite(&mut file.durable, at, &block[..kept]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flips one byte of a file's durable contents (a bad disk sector).
+    pub fn corrupt(&self, name: &str, offset: u64) {
+        let shared = self.shared.borrow();
+        let mut file = shared.files[name].borrow_mut();
+        assert!(file.unsynced.is_empty(), "corrupt durable data only");
+        file.durable[offset as usize] ^= 0x5a;
+    }
+
+    /// A copy of a file's durable bytes.
+    pub fn durable_bytes(&self, name: &str) -> Vec<u8> {
+        self.shared.borrow().files[name].borrow().durable.clone()
+    }
+}
+
+pub struct SimFile {
+    state: Rc<RefCell<FileState>>,
+    dir: SimDir,
+}
+
+impl WalFile for SimFile {
+    async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<usize> {
+        let mut shared = self.dir.shared.borrow_mut();
+        if std::mem::take(&mut shared.faults.fail_next_write) {
+            return Err(io::Error::other("injected write error"));
+        }
+        let len = if std::mem::take(&mut shared.faults.short_next_write) {
+            (data.len() / 2) / BLOCK_BYTES * BLOCK_BYTES
+        } else {
+            data.len()
+        };
+        self.state.borrow_mut().unsynced.push((offset, data[..len].to_vec()));
+        Ok(len)
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let bytes = self.state.borrow().current();
+        let start = (offset as usize).min(bytes.len());
+        let end = (offset as usize + len).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let mut shared = self.dir.shared.borrow_mut();
+        shared.syncs += 1;
+        let mut state = self.state.borrow_mut();
+        if std::mem::take(&mut shared.faults.die_at_next_sync) {
+            return Err(io::Error::other("injected crash before fsync"));
+        }
+        if std::mem::take(&mut shared.faults.fail_next_sync) {
+            // fsyncgate: the kernel drops the dirty pages and reports once.
+            state.unsynced.clear();
+            return Err(io::Error::other("injected fsync error"));
+        }
+        let unsynced = std::mem::take(&mut state.unsynced);
+        for (offset, data) in unsynced {
+            overwrite(&mut state.durable, offset, &data);
+        }
+        Ok(())
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        Ok(self.state.borrow().current().len() as u64)
+    }
+}
+
+impl WalDir for SimDir {
+    type File = SimFile;
+
+    async fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.shared.borrow().files.keys().cloned().collect())
+    }
+
+    async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<SimFile> {
+        let state = Rc::new(RefCell::new(FileState {
+            durable: vec![0; len as usize],
+            unsynced: Vec::new(),
+        }));
+        self.shared
+            .borrow_mut()
+            .files
+            .insert(name.to_string(), Rc::clone(&state));
+        Ok(SimFile {
+            state,
+            dir: self.clone(),
+        })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<SimFile> {
+        let state = self.shared.borrow().files.get(name).cloned();
+        let state = state.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+        Ok(SimFile {
+            state,
+            dir: self.clone(),
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut shared = self.shared.borrow_mut();
+        let file = shared
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        shared.files.insert(to.to_string(), file);
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        self.shared.borrow_mut().files.remove(name);
+        Ok(())
+    }
+
+    fn display_path(&self, name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(name)
+    }
+}

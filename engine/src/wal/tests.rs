@@ -1,0 +1,307 @@
+//! WAL behaviour under normal use, torn writes, corruption and I/O faults.
+
+use std::future::Future;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::sim::SimDir;
+use super::*;
+
+const SMALL_SEGMENT_BYTES: u64 = 64 * 1024;
+
+fn run<T>(test: impl Future<Output = T> + 'static) -> T {
+    glommio::LocalExecutor::default().run(test)
+}
+
+fn small() -> WalOptions {
+    WalOptions {
+        segment_bytes: SMALL_SEGMENT_BYTES,
+    }
+}
+
+fn entry(index: u64, term: u64, bytes: usize) -> Record {
+    Record::Entry(EntryRecord {
+        index,
+        term,
+        kind: 0,
+        data: vec![(index % 251) as u8; bytes],
+        context: Vec::new(),
+    })
+}
+
+fn indexes(recovered: &Recovered) -> Vec<u64> {
+    recovered.entries.iter().map(|e| e.index).collect()
+}
+
+async fn reopen(dir: &SimDir) -> Result<(Wal<SimDir>, Recovered), WalError> {
+    Wal::open_in(dir.clone(), small()).await
+}
+
+#[test]
+fn recovery_after_reopen_returns_exactly_what_was_appended() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), b"member".to_vec()).await.unwrap();
+        let hard_state = HardStateRecord { term: 3, vote: 1, commit: 2 };
+        wal.append(&[entry(1, 3, 10), entry(2, 3, 5000), Record::HardState(hard_state)]).await.unwrap();
+        wal.append(&[entry(3, 3, 0)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(recovered.metadata, b"member");
+        assert_eq!(recovered.hard_state, Some(hard_state));
+        assert_eq!(recovered.snapshot, None);
+        assert_eq!(indexes(&recovered), vec![1, 2, 3]);
+        assert_eq!(recovered.entries[1].data, vec![2; 5000]);
+    });
+}
+
+#[test]
+fn one_append_is_one_fdatasync() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        for index in 1..=20 {
+            let before = dir.syncs();
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+            assert_eq!(dir.syncs(), before + 1, "append {index}");
+        }
+    });
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_appends_continue() {
+    for seed in 0..20 {
+        run(async move {
+            let dir = SimDir::new();
+            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            wal.append(&[entry(1, 1, 100), entry(2, 1, 100)]).await.unwrap();
+            dir.die_at_next_sync();
+            assert!(wal.append(&[entry(3, 1, 9000)]).await.is_err());
+            drop(wal);
+            dir.crash(seed);
+            let (mut wal, recovered) = reopen(&dir).await.unwrap();
+            let got = indexes(&recovered);
+            assert!(got == vec![1, 2] || got == vec![1, 2, 3], "seed {seed}: {got:?}");
+            wal.append(&[entry(3, 2, 10), entry(4, 2, 10)]).await.unwrap();
+            drop(wal);
+            let (_, recovered) = reopen(&dir).await.unwrap();
+            assert_eq!(indexes(&recovered), vec![1, 2, 3, 4], "seed {seed}");
+            assert_eq!(recovered.entries[2].term, 2);
+        });
+    }
+}
+
+#[test]
+fn corruption_in_the_middle_is_refused_with_file_and_offset() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        for index in 1..=5 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        // Frame 0 holds the metadata; frame 2 (entry 2) starts at block 2.
+        let offset = 2 * BLOCK_BYTES as u64;
+        dir.corrupt("0000000000000000.wal", offset + 60);
+        match reopen(&dir).await {
+            Err(WalError::Corrupt { file, offset: at, .. }) => {
+                assert_eq!(file, std::path::PathBuf::from("0000000000000000.wal"));
+                assert_eq!(at, offset);
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+        }
+    });
+}
+
+#[test]
+fn a_damaged_last_frame_alone_is_a_torn_tail() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        for index in 1..=3 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        dir.corrupt("0000000000000000.wal", 3 * BLOCK_BYTES as u64 + 60);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), vec![1, 2]);
+    });
+}
+
+#[test]
+fn io_errors_poison_the_wal() {
+    type Arm = fn(&SimDir);
+    let faults: [(&str, Arm); 3] = [
+        ("short write", SimDir::short_next_write),
+        ("write error", SimDir::fail_next_write),
+        ("fsync error", SimDir::fail_next_sync),
+    ];
+    for (name, arm) in faults {
+        run(async move {
+            let dir = SimDir::new();
+            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            wal.append(&[entry(1, 1, 100)]).await.unwrap();
+            arm(&dir);
+            assert!(matches!(wal.append(&[entry(2, 1, 9000)]).await, Err(WalError::Io { .. })), "{name}");
+            assert!(matches!(wal.append(&[entry(2, 1, 10)]).await, Err(WalError::Poisoned)), "{name}");
+            drop(wal);
+            let (_, recovered) = reopen(&dir).await.unwrap();
+            assert_eq!(indexes(&recovered)[0], 1, "{name}: the acknowledged entry survives");
+        });
+    }
+}
+
+#[test]
+fn acknowledged_batches_survive_crashes_at_random_points() {
+    for seed in 0..150u64 {
+        run(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let dir = SimDir::new();
+            let mut wal = Wal::create_in(dir.clone(), small(), vec![7]).await.unwrap();
+            let mut acked = 0u64;
+            let mut attempted = 0u64;
+            let batches = rng.gen_range(1..40);
+            for batch in 0..batches {
+                let count = rng.gen_range(1..6);
+                let records: Vec<Record> =
+                    (1..=count).map(|i| entry(attempted + i, 1, rng.gen_range(0..3000))).collect();
+                attempted += count;
+                if batch == batches - 1 {
+                    dir.die_at_next_sync();
+                    assert!(wal.append(&records).await.is_err());
+                } else {
+                    wal.append(&records).await.unwrap();
+                    acked = attempted;
+                }
+            }
+            drop(wal);
+            dir.crash(seed);
+            let (_, recovered) = reopen(&dir).await.unwrap();
+            let got = indexes(&recovered);
+            assert!(got.len() as u64 >= acked, "seed {seed}: lost acknowledged entries");
+            assert!(got.len() as u64 <= attempted);
+            assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "seed {seed}: a prefix");
+            assert_eq!(recovered.metadata, vec![7]);
+        });
+    }
+}
+
+#[test]
+fn segments_roll_and_release_and_recovery_follows() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), b"m".to_vec()).await.unwrap();
+        let hard_state = HardStateRecord { term: 1, vote: 1, commit: 300 };
+        for index in 1..=300 {
+            let mut records = vec![entry(index, 1, 1000)];
+            if index == 150 {
+                records.push(Record::HardState(hard_state));
+            }
+            wal.append(&records).await.unwrap();
+        }
+        assert!(wal.segment_count() > 3, "1 KiB entries in 64 KiB segments roll");
+        let before = wal.segment_count();
+        let snapshot = SnapshotRecord { index: 200, term: 1, conf_state: vec![1, 2] };
+        wal.release_to(snapshot.clone()).await.unwrap();
+        assert!(wal.segment_count() < before, "released segments go");
+        drop(wal);
+        let (mut wal, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(recovered.snapshot, Some(snapshot));
+        assert_eq!(recovered.hard_state, Some(hard_state), "kept across released segments");
+        assert_eq!(recovered.metadata, b"m");
+        assert_eq!(indexes(&recovered), (201..=300).collect::<Vec<_>>());
+        // Recycled segments come back into use; their old frames stay dead.
+        for index in 301..=700 {
+            wal.append(&[entry(index, 2, 1000)]).await.unwrap();
+            if index % 100 == 0 {
+                let snapshot = SnapshotRecord { index: index - 50, term: 2, conf_state: vec![] };
+                wal.release_to(snapshot).await.unwrap();
+            }
+        }
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (651..=700).collect::<Vec<_>>());
+        assert!(recovered.entries.iter().all(|e| e.term == 2));
+    });
+}
+
+#[test]
+fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
+    for seed in 0..10 {
+        run(async move {
+            let dir = SimDir::new();
+            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            for index in 1..=120 {
+                wal.append(&[entry(index, 1, 1000)]).await.unwrap();
+            }
+            wal.release_to(SnapshotRecord { index: 120, term: 1, conf_state: vec![] }).await.unwrap();
+            // Fill until the recycled segment is in use, then crash mid-append.
+            let mut index = 121;
+            while wal.segment_count() < 3 {
+                wal.append(&[entry(index, 1, 1000)]).await.unwrap();
+                index += 1;
+            }
+            dir.die_at_next_sync();
+            let _ = wal.append(&[entry(index, 1, 1000)]).await;
+            drop(wal);
+            dir.crash(seed);
+            let (_, recovered) = reopen(&dir).await.unwrap();
+            let got = indexes(&recovered);
+            assert_eq!(got.first(), Some(&121), "seed {seed}");
+            assert!(*got.last().unwrap() == index - 1 || *got.last().unwrap() == index, "seed {seed}");
+            assert_eq!(got, (121..=*got.last().unwrap()).collect::<Vec<_>>(), "seed {seed}");
+        });
+    }
+}
+
+#[test]
+fn raft_truncation_applies_on_replay() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>()).await.unwrap();
+        wal.append(&(6..=8).map(|i| entry(i, 2, 10)).collect::<Vec<_>>()).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=8).collect::<Vec<_>>());
+        assert_eq!(recovered.entries[5].term, 2);
+        assert_eq!(recovered.entries[4].term, 1);
+    });
+}
+
+#[test]
+fn oversized_records_are_refused_without_poisoning() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let too_big = entry(1, 1, SMALL_SEGMENT_BYTES as usize);
+        assert!(matches!(wal.append(&[too_big]).await, Err(WalError::RecordTooLarge { .. })));
+        wal.append(&[entry(1, 1, 10)]).await.unwrap();
+    });
+}
+
+#[test]
+fn the_real_backend_appends_and_recovers() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("wal");
+    let path_for_run = path.clone();
+    run(async move {
+        let mut wal = Wal::create(&path_for_run, small(), b"real".to_vec()).await.unwrap();
+        for index in 1..=200 {
+            wal.append(&[entry(index, 1, 700)]).await.unwrap();
+        }
+        assert!(wal.segment_count() > 1);
+        wal.release_to(SnapshotRecord { index: 100, term: 1, conf_state: vec![] }).await.unwrap();
+    });
+    run(async move {
+        let (mut wal, recovered) = Wal::open(&path, small()).await.unwrap();
+        assert_eq!(recovered.metadata, b"real");
+        assert_eq!(indexes(&recovered), (101..=200).collect::<Vec<_>>());
+        wal.append(&[entry(201, 1, 10)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = Wal::open(&path, small()).await.unwrap();
+        assert_eq!(*indexes(&recovered).last().unwrap(), 201);
+        assert!(matches!(Wal::create(&path, small(), vec![]).await, Err(WalError::Exists(_))));
+    });
+}
