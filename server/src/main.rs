@@ -1,1 +1,38 @@
-fn main() {}
+//! The `ringkv` binary: parse flags, start the executors, serve until killed.
+
+use clap::Parser;
+use ringkv_server::config::Flags;
+use ringkv_server::server;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let flags = Flags::parse();
+    let filter = EnvFilter::try_new(&flags.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = match flags.into_config(online_cpus) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ringkv: {error}");
+            std::process::exit(1);
+        }
+    };
+    let running = match server::start(&config) {
+        Ok(running) => running,
+        Err(error) => {
+            eprintln!("ringkv: {error}");
+            std::process::exit(1);
+        }
+    };
+    for addr in &running.client_addrs {
+        tracing::info!(
+            member_id = format_args!("{:x}", running.identity.member_id),
+            data_dir = %config.data_dir.display(),
+            "ready: serving client requests on http://{addr}"
+        );
+    }
+    running.wait();
+}

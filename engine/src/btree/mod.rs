@@ -40,9 +40,7 @@ impl CommitPlan {
 
 impl Tree {
     pub fn open(_path: &Path) -> Result<Tree, TreeError> {
-        Ok(Tree {
-            map: BTreeMap::new(),
-        })
+        Ok(Tree { map: BTreeMap::new() })
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TreeError> {

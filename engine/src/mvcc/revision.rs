@@ -44,7 +44,12 @@ mod tests {
 
     #[test]
     fn key_order_is_revision_order() {
-        let revisions = [Revision::new(2, 0), Revision::new(2, 1), Revision::new(3, 0), Revision::new(256, 0)];
+        let revisions = [
+            Revision::new(2, 0),
+            Revision::new(2, 1),
+            Revision::new(3, 0),
+            Revision::new(256, 0),
+        ];
         for pair in revisions.windows(2) {
             assert!(pair[0] < pair[1]);
             assert!(pair[0].to_key() < pair[1].to_key());

@@ -50,8 +50,7 @@ impl Mvcc {
     pub fn from_tree(tree: Tree) -> Result<Mvcc, MvccError> {
         let current_revision = read_meta(&tree, META_CURRENT_REVISION)?.unwrap_or(EMPTY_STORE_REVISION);
         let compact_revision = read_meta(&tree, META_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
-        let finished_compact_revision =
-            read_meta(&tree, META_FINISHED_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
+        let finished_compact_revision = read_meta(&tree, META_FINISHED_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
         let applied_index = read_meta(&tree, META_APPLIED_INDEX)?.unwrap_or(0);
         let applied_index = u64::try_from(applied_index)
             .map_err(|_| MvccError::Corrupt(format!("negative applied index {applied_index}")))?;
@@ -63,8 +62,8 @@ impl Mvcc {
         let end = [REVISION_TABLE + 1];
         for entry in tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;
-            let revision = Revision::from_key(&key)
-                .ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+            let revision =
+                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
             let (tombstone, kv) = decode_record(&value)?;
             if revision.main > current_revision {
                 return Err(MvccError::Corrupt(format!(
@@ -173,18 +172,15 @@ impl Mvcc {
             .iter()
             .map(|at| self.load(at.modified))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RangeResult {
-            kvs,
-            count,
-            rev: view,
-        })
+        Ok(RangeResult { kvs, count, rev: view })
     }
 
     /// The stored key-value of a live revision.
     fn load(&self, revision: Revision) -> Result<KeyValue, MvccError> {
-        let value = self.tree.get(&revision.to_key())?.ok_or_else(|| {
-            MvccError::Corrupt(format!("revision {revision:?} is indexed but not stored"))
-        })?;
+        let value = self
+            .tree
+            .get(&revision.to_key())?
+            .ok_or_else(|| MvccError::Corrupt(format!("revision {revision:?} is indexed but not stored")))?;
         let (tombstone, kv) = decode_record(&value)?;
         if tombstone || kv.mod_revision != revision.main {
             return Err(MvccError::Corrupt(format!(
@@ -224,7 +220,10 @@ impl Mvcc {
         removed.extend(self.pending_removal.drain(..));
         removed.sort_unstable();
         removed.dedup();
-        assert!(removed.iter().all(|r| r.main <= revision), "only revisions at or below the point go");
+        assert!(
+            removed.iter().all(|r| r.main <= revision),
+            "only revisions at or below the point go"
+        );
         self.pending_removal = removed.into();
     }
 

@@ -20,9 +20,18 @@ enum Span {
 impl Span {
     fn as_span(&self) -> KeySpan<'static> {
         match *self {
-            Span::Key(k) => KeySpan { key: KEYS[k], end: RangeEnd::Key },
-            Span::Until(k, e) => KeySpan { key: KEYS[k], end: RangeEnd::Until(KEYS[e]) },
-            Span::ToEnd(k) => KeySpan { key: KEYS[k], end: RangeEnd::ToEnd },
+            Span::Key(k) => KeySpan {
+                key: KEYS[k],
+                end: RangeEnd::Key,
+            },
+            Span::Until(k, e) => KeySpan {
+                key: KEYS[k],
+                end: RangeEnd::Until(KEYS[e]),
+            },
+            Span::ToEnd(k) => KeySpan {
+                key: KEYS[k],
+                end: RangeEnd::ToEnd,
+            },
         }
     }
 
@@ -37,7 +46,11 @@ impl Span {
 
 #[derive(Debug, Clone)]
 enum Change {
-    Put { key: usize, value: Vec<u8>, lease: i64 },
+    Put {
+        key: usize,
+        value: Vec<u8>,
+        lease: i64,
+    },
     Delete(Span),
     /// A read inside the transaction: sees the earlier changes.
     Read(Span),
@@ -46,8 +59,15 @@ enum Change {
 #[derive(Debug, Clone)]
 enum Step {
     Txn(Vec<Change>),
-    Read { span: Span, rev_back: i64, limit: usize, count_only: bool },
-    Compact { rev_back: i64 },
+    Read {
+        span: Span,
+        rev_back: i64,
+        limit: usize,
+        count_only: bool,
+    },
+    Compact {
+        rev_back: i64,
+    },
     CompactStep(usize),
     Restart,
 }
@@ -89,21 +109,39 @@ struct Model {
 impl Model {
     fn new() -> Model {
         // Revisions 0 and 1 are both the empty store.
-        Model { states: vec![BTreeMap::new(), BTreeMap::new()], compacted: -1 }
+        Model {
+            states: vec![BTreeMap::new(), BTreeMap::new()],
+            compacted: -1,
+        }
     }
 
     fn current(&self) -> i64 {
         self.states.len() as i64 - 1
     }
 
-    fn read(&self, state: &BTreeMap<Vec<u8>, KeyValue>, span: &Span, limit: usize, count_only: bool, view: i64) -> RangeResult {
+    fn read(
+        &self,
+        state: &BTreeMap<Vec<u8>, KeyValue>,
+        span: &Span,
+        limit: usize,
+        count_only: bool,
+        view: i64,
+    ) -> RangeResult {
         let matching: Vec<&KeyValue> = state.iter().filter(|(k, _)| span.contains(k)).map(|(_, v)| v).collect();
         let kvs = if count_only {
             Vec::new()
         } else {
-            matching.iter().take(if limit == 0 { usize::MAX } else { limit }).map(|kv| (*kv).clone()).collect()
+            matching
+                .iter()
+                .take(if limit == 0 { usize::MAX } else { limit })
+                .map(|kv| (*kv).clone())
+                .collect()
         };
-        RangeResult { kvs, count: matching.len(), rev: view }
+        RangeResult {
+            kvs,
+            count: matching.len(),
+            rev: view,
+        }
     }
 }
 
@@ -121,14 +159,17 @@ fn apply_txn(model: &mut Model, store: &mut Mvcc, changes: &[Change]) {
                     Some(kv) => (kv.create_revision, kv.version + 1),
                     None => (revision, 1),
                 };
-                state.insert(key.to_vec(), KeyValue {
-                    key: key.to_vec(),
-                    create_revision: created,
-                    mod_revision: revision,
-                    version,
-                    value: value.clone(),
-                    lease: *lease,
-                });
+                state.insert(
+                    key.to_vec(),
+                    KeyValue {
+                        key: key.to_vec(),
+                        create_revision: created,
+                        mod_revision: revision,
+                        version,
+                        value: value.clone(),
+                        lease: *lease,
+                    },
+                );
                 txn.put(key, value, *lease).unwrap();
                 changed = true;
             }
@@ -163,8 +204,17 @@ fn run(steps: Vec<Step>) {
     for step in steps {
         match step {
             Step::Txn(changes) => apply_txn(&mut model, &mut store, &changes),
-            Step::Read { span, rev_back, limit, count_only } => {
-                let rev = if rev_back < 0 { 0 } else { model.current() - rev_back + 1 };
+            Step::Read {
+                span,
+                rev_back,
+                limit,
+                count_only,
+            } => {
+                let rev = if rev_back < 0 {
+                    0
+                } else {
+                    model.current() - rev_back + 1
+                };
                 let options = RangeOptions { limit, rev, count_only };
                 let actual = store.range(span.as_span(), options);
                 let current = model.current();
@@ -209,9 +259,16 @@ fn run(steps: Vec<Step>) {
     while !store.compact_step(1000).unwrap() {}
     for rev in model.compacted.max(1)..=model.current() {
         let span = Span::ToEnd(0);
-        let options = RangeOptions { rev, ..Default::default() };
+        let options = RangeOptions {
+            rev,
+            ..Default::default()
+        };
         let expected = model.read(&model.states[rev as usize], &span, 0, false, model.current());
-        assert_eq!(store.range(span.as_span(), options).unwrap(), expected, "after compaction, at {rev}");
+        assert_eq!(
+            store.range(span.as_span(), options).unwrap(),
+            expected,
+            "after compaction, at {rev}"
+        );
     }
 }
 
@@ -232,7 +289,16 @@ fn the_first_write_gets_revision_two() {
     let mut txn = store.write();
     txn.put(b"k", b"v", 0).unwrap();
     assert_eq!(txn.end(), 2);
-    let kv = &store.range(KeySpan { key: b"k", end: RangeEnd::Key }, RangeOptions::default()).unwrap().kvs[0];
+    let kv = &store
+        .range(
+            KeySpan {
+                key: b"k",
+                end: RangeEnd::Key,
+            },
+            RangeOptions::default(),
+        )
+        .unwrap()
+        .kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
 }
 
@@ -241,7 +307,14 @@ fn deleting_nothing_uses_no_revision() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
     let mut txn = store.write();
-    assert_eq!(txn.delete_range(KeySpan { key: b"a", end: RangeEnd::ToEnd }).unwrap(), 0);
+    assert_eq!(
+        txn.delete_range(KeySpan {
+            key: b"a",
+            end: RangeEnd::ToEnd
+        })
+        .unwrap(),
+        0
+    );
     assert_eq!(txn.end(), 1);
 }
 
@@ -255,18 +328,44 @@ fn a_restart_mid_compaction_finishes_it() {
         txn.end();
     }
     store.compact(40).unwrap();
-    assert!(!store.compact_step(10).unwrap(), "38 revisions take more than one step of 10");
+    assert!(
+        !store.compact_step(10).unwrap(),
+        "38 revisions take more than one step of 10"
+    );
     store.commit().unwrap();
     let mut store = Mvcc::from_tree(store.into_tree()).unwrap();
     assert!(store.compaction_pending());
     while !store.compact_step(10).unwrap() {}
-    let at_40 = store.range(KeySpan { key: b"k", end: RangeEnd::Key }, RangeOptions { rev: 40, ..Default::default() }).unwrap();
+    let at_40 = store
+        .range(
+            KeySpan {
+                key: b"k",
+                end: RangeEnd::Key,
+            },
+            RangeOptions {
+                rev: 40,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(at_40.kvs[0].value, b"38");
     assert!(matches!(
-        store.range(KeySpan { key: b"k", end: RangeEnd::Key }, RangeOptions { rev: 39, ..Default::default() }),
+        store.range(
+            KeySpan {
+                key: b"k",
+                end: RangeEnd::Key
+            },
+            RangeOptions {
+                rev: 39,
+                ..Default::default()
+            }
+        ),
         Err(MvccError::Compacted)
     ));
-    let stored = store.into_tree().range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).count();
+    let stored = store
+        .into_tree()
+        .range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+        .count();
     // Revisions 41..=51 plus the kept one at 40, plus 4 meta keys.
     assert_eq!(stored, 12 + 4);
 }

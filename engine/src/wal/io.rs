@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{DmaFile, Directory, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions};
 
 use super::record::BLOCK_BYTES;
 
@@ -96,7 +96,10 @@ impl WalDir for DmaDir {
             buffer.as_bytes_mut().fill(0);
             let written = file.write_at(buffer, offset).await?;
             if written != chunk {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write while pre-writing"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short write while pre-writing",
+                ));
             }
             offset += chunk as u64;
         }

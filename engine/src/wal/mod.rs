@@ -61,16 +61,9 @@ pub struct Recovered {
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("WAL I/O error while {context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("WAL is corrupt: {file} at offset {offset}: {reason}")]
-    Corrupt {
-        file: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { file: PathBuf, offset: u64, reason: String },
     #[error("WAL is unusable after an earlier I/O error")]
     Poisoned,
     #[error("a WAL record of {bytes} bytes exceeds the limit of {max} bytes")]
@@ -148,7 +141,10 @@ impl Wal<DmaDir> {
 }
 
 async fn sync_parent(dir: &Path) -> Result<(), WalError> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let handle = glommio::io::Directory::open(parent)
         .await
         .map_err(|e| WalError::io("opening the data directory", e.into()))?;
@@ -212,7 +208,8 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         let file = if end_exists {
             dir.open(&scan.end_segment.name).await
         } else {
-            dir.create_prewritten(&scan.end_segment.name, options.segment_bytes).await
+            dir.create_prewritten(&scan.end_segment.name, options.segment_bytes)
+                .await
         }
         .map_err(|e| WalError::io("opening the active segment", e))?;
         remove_leftover_temporaries(&dir).await?;
@@ -334,7 +331,10 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         if written != frame.len() {
             return Err(WalError::io(
                 &format!("writing {}", self.active.name.name),
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {}", frame.len())),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {}", frame.len()),
+                ),
             ));
         }
         // The write completed before the fsync was issued: they are ordered.
@@ -444,7 +444,10 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
 /// A segment whose preparation a crash interrupted never got its name.
 async fn remove_leftover_temporaries<D: WalDir>(dir: &D) -> Result<(), WalError> {
-    let names = dir.list().await.map_err(|e| WalError::io("listing the WAL directory", e))?;
+    let names = dir
+        .list()
+        .await
+        .map_err(|e| WalError::io("listing the WAL directory", e))?;
     for name in names.iter().filter(|name| name.ends_with(".tmp")) {
         dir.remove(name)
             .await

@@ -298,9 +298,23 @@ mod tests {
     fn sample() -> Vec<Record> {
         vec![
             Record::Metadata(b"identity".to_vec()),
-            Record::Entry(EntryRecord { index: 7, term: 2, kind: 0, data: vec![1; 5000], context: b"c".to_vec() }),
-            Record::HardState(HardStateRecord { term: 2, vote: 9, commit: 7 }),
-            Record::Snapshot(SnapshotRecord { index: 5, term: 1, conf_state: vec![8, 1] }),
+            Record::Entry(EntryRecord {
+                index: 7,
+                term: 2,
+                kind: 0,
+                data: vec![1; 5000],
+                context: b"c".to_vec(),
+            }),
+            Record::HardState(HardStateRecord {
+                term: 2,
+                vote: 9,
+                commit: 7,
+            }),
+            Record::Snapshot(SnapshotRecord {
+                index: 5,
+                term: 1,
+                conf_state: vec![8, 1],
+            }),
         ]
     }
 
@@ -321,7 +335,10 @@ mod tests {
         for at in (FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.payload_bytes).step_by(97) {
             let mut damaged = frame.clone();
             damaged[at] ^= 0x40;
-            assert!(parse_frame_records(&header, &damaged).is_err(), "flip at {at} went unnoticed");
+            assert!(
+                parse_frame_records(&header, &damaged).is_err(),
+                "flip at {at} went unnoticed"
+            );
         }
     }
 

@@ -10,7 +10,9 @@
 //! the expected one, the log was damaged in the middle: corruption.
 
 use super::io::{WalDir, WalFile};
-use super::record::{parse_frame_header, parse_frame_records, EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
+use super::record::{
+    parse_frame_header, parse_frame_records, EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES,
+};
 use super::{Recovered, WalError};
 
 /// A segment file on disk: `{sequence:016x}.wal`.
@@ -177,7 +179,11 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
                 break Some(format!("frame of segment {} (stale)", header.segment_seq));
             }
             if expected_batch.is_some_and(|expected| header.batch_seq != expected) {
-                break Some(format!("batch {} where {} was expected", header.batch_seq, expected_batch.unwrap_or(0)));
+                break Some(format!(
+                    "batch {} where {} was expected",
+                    header.batch_seq,
+                    expected_batch.unwrap_or(0)
+                ));
             }
             if offset + header.frame_len() > bytes.len() {
                 break Some("frame runs past the segment".to_string());
@@ -208,9 +214,8 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
         // this tail unwritten: the sequence then goes on at the next one's start.
         if let Some(next) = segments.get(index + 1) {
             let rolled = next.seq == segment.seq + 1
-                && parse_frame_header(&contents[index + 1]).is_some_and(|h| {
-                    h.segment_seq == next.seq && Some(h.batch_seq) == expected_batch
-                });
+                && parse_frame_header(&contents[index + 1])
+                    .is_some_and(|h| h.segment_seq == next.seq && Some(h.batch_seq) == expected_batch);
             if rolled {
                 continue;
             }
@@ -228,7 +233,11 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
             ));
         }
         if live.is_empty() {
-            return Err(corrupt(index, offset as u64, format!("no valid frame at all: {reason}")));
+            return Err(corrupt(
+                index,
+                offset as u64,
+                format!("no valid frame at all: {reason}"),
+            ));
         }
         let recovered = replay.finish().map_err(|r| corrupt(index, offset as u64, r))?;
         return Ok(Some(Scan {
@@ -295,7 +304,15 @@ mod tests {
     #[test]
     fn replay_follows_raft_truncation() {
         let mut replay = Replay::default();
-        let entry = |index, term| Record::Entry(EntryRecord { index, term, kind: 0, data: vec![], context: vec![] });
+        let entry = |index, term| {
+            Record::Entry(EntryRecord {
+                index,
+                term,
+                kind: 0,
+                data: vec![],
+                context: vec![],
+            })
+        };
         for index in 1..=10 {
             replay.apply(entry(index, 1)).unwrap();
         }
@@ -312,7 +329,15 @@ mod tests {
     #[test]
     fn a_gap_in_entries_is_refused() {
         let mut replay = Replay::default();
-        let entry = |index| Record::Entry(EntryRecord { index, term: 1, kind: 0, data: vec![], context: vec![] });
+        let entry = |index| {
+            Record::Entry(EntryRecord {
+                index,
+                term: 1,
+                kind: 0,
+                data: vec![],
+                context: vec![],
+            })
+        };
         replay.apply(entry(1)).unwrap();
         assert!(replay.apply(entry(3)).is_err());
     }

@@ -43,8 +43,14 @@ fn recovery_after_reopen_returns_exactly_what_was_appended() {
     run(async {
         let dir = SimDir::new();
         let mut wal = Wal::create_in(dir.clone(), small(), b"member".to_vec()).await.unwrap();
-        let hard_state = HardStateRecord { term: 3, vote: 1, commit: 2 };
-        wal.append(&[entry(1, 3, 10), entry(2, 3, 5000), Record::HardState(hard_state)]).await.unwrap();
+        let hard_state = HardStateRecord {
+            term: 3,
+            vote: 1,
+            commit: 2,
+        };
+        wal.append(&[entry(1, 3, 10), entry(2, 3, 5000), Record::HardState(hard_state)])
+            .await
+            .unwrap();
         wal.append(&[entry(3, 3, 0)]).await.unwrap();
         drop(wal);
         let (_, recovered) = reopen(&dir).await.unwrap();
@@ -143,8 +149,14 @@ fn io_errors_poison_the_wal() {
             let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
             wal.append(&[entry(1, 1, 100)]).await.unwrap();
             arm(&dir);
-            assert!(matches!(wal.append(&[entry(2, 1, 9000)]).await, Err(WalError::Io { .. })), "{name}");
-            assert!(matches!(wal.append(&[entry(2, 1, 10)]).await, Err(WalError::Poisoned)), "{name}");
+            assert!(
+                matches!(wal.append(&[entry(2, 1, 9000)]).await, Err(WalError::Io { .. })),
+                "{name}"
+            );
+            assert!(
+                matches!(wal.append(&[entry(2, 1, 10)]).await, Err(WalError::Poisoned)),
+                "{name}"
+            );
             drop(wal);
             let (_, recovered) = reopen(&dir).await.unwrap();
             assert_eq!(indexes(&recovered)[0], 1, "{name}: the acknowledged entry survives");
@@ -164,8 +176,9 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
             let batches = rng.gen_range(1..40);
             for batch in 0..batches {
                 let count = rng.gen_range(1..6);
-                let records: Vec<Record> =
-                    (1..=count).map(|i| entry(attempted + i, 1, rng.gen_range(0..3000))).collect();
+                let records: Vec<Record> = (1..=count)
+                    .map(|i| entry(attempted + i, 1, rng.gen_range(0..3000)))
+                    .collect();
                 attempted += count;
                 if batch == batches - 1 {
                     dir.die_at_next_sync();
@@ -192,7 +205,11 @@ fn segments_roll_and_release_and_recovery_follows() {
     run(async {
         let dir = SimDir::new();
         let mut wal = Wal::create_in(dir.clone(), small(), b"m".to_vec()).await.unwrap();
-        let hard_state = HardStateRecord { term: 1, vote: 1, commit: 300 };
+        let hard_state = HardStateRecord {
+            term: 1,
+            vote: 1,
+            commit: 300,
+        };
         for index in 1..=300 {
             let mut records = vec![entry(index, 1, 1000)];
             if index == 150 {
@@ -202,7 +219,11 @@ fn segments_roll_and_release_and_recovery_follows() {
         }
         assert!(wal.segment_count() > 3, "1 KiB entries in 64 KiB segments roll");
         let before = wal.segment_count();
-        let snapshot = SnapshotRecord { index: 200, term: 1, conf_state: vec![1, 2] };
+        let snapshot = SnapshotRecord {
+            index: 200,
+            term: 1,
+            conf_state: vec![1, 2],
+        };
         wal.release_to(snapshot.clone()).await.unwrap();
         assert!(wal.segment_count() < before, "released segments go");
         drop(wal);
@@ -215,7 +236,11 @@ fn segments_roll_and_release_and_recovery_follows() {
         for index in 301..=700 {
             wal.append(&[entry(index, 2, 1000)]).await.unwrap();
             if index % 100 == 0 {
-                let snapshot = SnapshotRecord { index: index - 50, term: 2, conf_state: vec![] };
+                let snapshot = SnapshotRecord {
+                    index: index - 50,
+                    term: 2,
+                    conf_state: vec![],
+                };
                 wal.release_to(snapshot).await.unwrap();
             }
         }
@@ -235,7 +260,13 @@ fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
             for index in 1..=120 {
                 wal.append(&[entry(index, 1, 1000)]).await.unwrap();
             }
-            wal.release_to(SnapshotRecord { index: 120, term: 1, conf_state: vec![] }).await.unwrap();
+            wal.release_to(SnapshotRecord {
+                index: 120,
+                term: 1,
+                conf_state: vec![],
+            })
+            .await
+            .unwrap();
             // Fill until the recycled segment is in use, then crash mid-append.
             let mut index = 121;
             while wal.segment_count() < 3 {
@@ -249,7 +280,10 @@ fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
             let (_, recovered) = reopen(&dir).await.unwrap();
             let got = indexes(&recovered);
             assert_eq!(got.first(), Some(&121), "seed {seed}");
-            assert!(*got.last().unwrap() == index - 1 || *got.last().unwrap() == index, "seed {seed}");
+            assert!(
+                *got.last().unwrap() == index - 1 || *got.last().unwrap() == index,
+                "seed {seed}"
+            );
             assert_eq!(got, (121..=*got.last().unwrap()).collect::<Vec<_>>(), "seed {seed}");
         });
     }
@@ -260,8 +294,12 @@ fn raft_truncation_applies_on_replay() {
     run(async {
         let dir = SimDir::new();
         let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
-        wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>()).await.unwrap();
-        wal.append(&(6..=8).map(|i| entry(i, 2, 10)).collect::<Vec<_>>()).await.unwrap();
+        wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        wal.append(&(6..=8).map(|i| entry(i, 2, 10)).collect::<Vec<_>>())
+            .await
+            .unwrap();
         drop(wal);
         let (_, recovered) = reopen(&dir).await.unwrap();
         assert_eq!(indexes(&recovered), (1..=8).collect::<Vec<_>>());
@@ -276,7 +314,10 @@ fn oversized_records_are_refused_without_poisoning() {
         let dir = SimDir::new();
         let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
         let too_big = entry(1, 1, SMALL_SEGMENT_BYTES as usize);
-        assert!(matches!(wal.append(&[too_big]).await, Err(WalError::RecordTooLarge { .. })));
+        assert!(matches!(
+            wal.append(&[too_big]).await,
+            Err(WalError::RecordTooLarge { .. })
+        ));
         wal.append(&[entry(1, 1, 10)]).await.unwrap();
     });
 }
@@ -292,7 +333,13 @@ fn the_real_backend_appends_and_recovers() {
             wal.append(&[entry(index, 1, 700)]).await.unwrap();
         }
         assert!(wal.segment_count() > 1);
-        wal.release_to(SnapshotRecord { index: 100, term: 1, conf_state: vec![] }).await.unwrap();
+        wal.release_to(SnapshotRecord {
+            index: 100,
+            term: 1,
+            conf_state: vec![],
+        })
+        .await
+        .unwrap();
     });
     run(async move {
         let (mut wal, recovered) = Wal::open(&path, small()).await.unwrap();
@@ -302,6 +349,9 @@ fn the_real_backend_appends_and_recovers() {
         drop(wal);
         let (_, recovered) = Wal::open(&path, small()).await.unwrap();
         assert_eq!(*indexes(&recovered).last().unwrap(), 201);
-        assert!(matches!(Wal::create(&path, small(), vec![]).await, Err(WalError::Exists(_))));
+        assert!(matches!(
+            Wal::create(&path, small(), vec![]).await,
+            Err(WalError::Exists(_))
+        ));
     });
 }

@@ -1,0 +1,255 @@
+//! Txn: compares, the branch path, etcd's pre-execution checks, and execution.
+//!
+//! As in etcd, every compare of the whole (nested) transaction is evaluated first,
+//! against the store as it was before the transaction, giving a path of branch
+//! choices in pre-order. The ops on that path are then checked (puts: key exists for
+//! ignore_value/lease, lease exists; ranges: revision readable) and only then
+//! executed, so a refused transaction writes nothing.
+
+use std::cmp::Ordering;
+
+use ringkv_engine::mvcc::{Mvcc, RangeOptions};
+use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::mvccpb::KeyValue;
+
+use super::{
+    delete_range, first_readable_revision, key_span, put, range, revision_header, ApplyError, ReadView, WriteView,
+};
+use crate::etcd_error::EtcdError;
+
+use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::request_op::Request as Op;
+use pb::response_op::Response as OpResponse;
+
+/// True when no branch (at the top level) holds anything but ranges: such a
+/// transaction is a read and never enters the raft log (etcd's `isTxnReadonly`).
+pub fn is_read_only(request: &pb::TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| matches!(op.request, Some(Op::RequestRange(_))))
+}
+
+/// True when a read-only transaction may be served without a ReadIndex.
+pub fn is_serializable(request: &pb::TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| matches!(&op.request, Some(Op::RequestRange(range)) if range.serializable))
+}
+
+/// Applies a Txn. Read-only transactions run against the store directly.
+pub fn txn(mvcc: &mut Mvcc, request: &pb::TxnRequest) -> Result<pb::TxnResponse, ApplyError> {
+    let mut path = Vec::new();
+    branch_path(mvcc, request, &mut path)?;
+    let writes = !is_read_only(request);
+    if writes {
+        check_ops(request, &mut path.iter().copied(), &mut |op| check_put(mvcc, op))?;
+    }
+    check_ops(request, &mut path.iter().copied(), &mut |op| check_range(mvcc, op))?;
+    if !writes {
+        let mut response = execute_read_only(mvcc, request, &mut path.iter().copied())?;
+        response.header = revision_header(mvcc.current_revision());
+        return Ok(response);
+    }
+    let mut view = WriteView::new(mvcc.write());
+    let mut response = execute(&mut view, request, &mut path.iter().copied())?;
+    response.header = revision_header(view.reported_revision());
+    view.end();
+    Ok(response)
+}
+
+/// Appends this transaction's branch choice, then its taken branch's nested ones.
+fn branch_path(view: &impl ReadView, request: &pb::TxnRequest, path: &mut Vec<bool>) -> Result<(), ApplyError> {
+    let mut succeeded = true;
+    for compare in &request.compare {
+        if !compare_holds(view, compare)? {
+            succeeded = false;
+            break;
+        }
+    }
+    path.push(succeeded);
+    for op in branch(request, succeeded) {
+        if let Some(Op::RequestTxn(nested)) = &op.request {
+            branch_path(view, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+fn branch(request: &pb::TxnRequest, succeeded: bool) -> &[pb::RequestOp] {
+    if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    }
+}
+
+/// A compare holds when every key in its span satisfies it; an empty span compares
+/// as one all-zero key-value, except that a VALUE compare on nothing fails.
+fn compare_holds(view: &impl ReadView, compare: &pb::Compare) -> Result<bool, ApplyError> {
+    let span = key_span(&compare.key, &compare.range_end);
+    let kvs = match view.range(span, RangeOptions::default()) {
+        Ok(result) => result.kvs,
+        // etcd treats a failed compare read as a failed compare.
+        Err(error) => match ApplyError::from(error) {
+            ApplyError::Client(_) => return Ok(false),
+            fatal => return Err(fatal),
+        },
+    };
+    if kvs.is_empty() {
+        if compare.target == CompareTarget::Value as i32 {
+            return Ok(false);
+        }
+        return Ok(compare_kv(compare, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(compare, kv)))
+}
+
+fn compare_kv(compare: &pb::Compare, kv: &KeyValue) -> bool {
+    let ordering = match CompareTarget::from_i32(compare.target) {
+        Some(CompareTarget::Value) => {
+            let wanted: &[u8] = match &compare.target_union {
+                Some(TargetUnion::Value(value)) => value,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(wanted)
+        }
+        Some(CompareTarget::Create) => kv.create_revision.cmp(&match compare.target_union {
+            Some(TargetUnion::CreateRevision(revision)) => revision,
+            _ => 0,
+        }),
+        Some(CompareTarget::Mod) => kv.mod_revision.cmp(&match compare.target_union {
+            Some(TargetUnion::ModRevision(revision)) => revision,
+            _ => 0,
+        }),
+        Some(CompareTarget::Version) => kv.version.cmp(&match compare.target_union {
+            Some(TargetUnion::Version(version)) => version,
+            _ => 0,
+        }),
+        Some(CompareTarget::Lease) => kv.lease.cmp(&match compare.target_union {
+            Some(TargetUnion::Lease(lease)) => lease,
+            _ => 0,
+        }),
+        // etcd leaves the result at "equal" for a target it does not know.
+        None => Ordering::Equal,
+    };
+    match CompareResult::from_i32(compare.result) {
+        Some(CompareResult::Equal) => ordering == Ordering::Equal,
+        Some(CompareResult::NotEqual) => ordering != Ordering::Equal,
+        Some(CompareResult::Greater) => ordering == Ordering::Greater,
+        Some(CompareResult::Less) => ordering == Ordering::Less,
+        None => true,
+    }
+}
+
+/// Runs `check` on every non-txn op along the taken path (etcd's `checkRequests`).
+fn check_ops(
+    request: &pb::TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+    check: &mut impl FnMut(&Op) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
+    let succeeded = path.next().expect("the path covers every taken txn");
+    for op in branch(request, succeeded) {
+        match &op.request {
+            Some(Op::RequestTxn(nested)) => check_ops(nested, path, check)?,
+            Some(op) => check(op)?,
+            None => unreachable!("empty ops are refused before apply"),
+        }
+    }
+    Ok(())
+}
+
+/// etcd's `checkRequestPut`, against the store before the transaction.
+fn check_put(mvcc: &Mvcc, op: &Op) -> Result<(), ApplyError> {
+    let Op::RequestPut(request) = op else {
+        return Ok(());
+    };
+    if request.ignore_value || request.ignore_lease {
+        let existing = mvcc.range(key_span(&request.key, &[]), RangeOptions::default())?;
+        if existing.kvs.is_empty() {
+            return Err(EtcdError::KeyNotFound.into());
+        }
+    }
+    check_lease(request.lease)
+}
+
+/// Leases are not implemented yet, so every lease id is unknown.
+pub(crate) fn check_lease(lease: i64) -> Result<(), ApplyError> {
+    if lease != 0 {
+        return Err(EtcdError::LeaseNotFound.into());
+    }
+    Ok(())
+}
+
+/// etcd's `checkRequestRange`: a txn range at a revision must be readable.
+fn check_range(mvcc: &Mvcc, op: &Op) -> Result<(), ApplyError> {
+    let Op::RequestRange(request) = op else {
+        return Ok(());
+    };
+    if request.revision == 0 {
+        return Ok(());
+    }
+    if request.revision > mvcc.current_revision() {
+        return Err(EtcdError::FutureRev.into());
+    }
+    if request.revision < first_readable_revision(mvcc) {
+        return Err(EtcdError::Compacted.into());
+    }
+    Ok(())
+}
+
+fn execute(
+    view: &mut WriteView<'_>,
+    request: &pb::TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+) -> Result<pb::TxnResponse, ApplyError> {
+    let succeeded = path.next().expect("the path covers every taken txn");
+    let ops = branch(request, succeeded);
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match op.request.as_ref().expect("empty ops are refused before apply") {
+            Op::RequestRange(r) => OpResponse::ResponseRange(range(view, r)?),
+            Op::RequestPut(r) => OpResponse::ResponsePut(put(view, r)?),
+            Op::RequestDeleteRange(r) => OpResponse::ResponseDeleteRange(delete_range(view, r)?),
+            Op::RequestTxn(nested) => {
+                let mut response = execute(view, nested, path)?;
+                // etcd leaves a nested txn's header with its zero value.
+                response.header = Some(pb::ResponseHeader::default());
+                OpResponse::ResponseTxn(response)
+            }
+        };
+        responses.push(pb::ResponseOp {
+            response: Some(response),
+        });
+    }
+    Ok(pb::TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}
+
+fn execute_read_only(
+    mvcc: &Mvcc,
+    request: &pb::TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+) -> Result<pb::TxnResponse, ApplyError> {
+    let succeeded = path.next().expect("the path covers every taken txn");
+    let responses = branch(request, succeeded)
+        .iter()
+        .map(|op| match &op.request {
+            Some(Op::RequestRange(r)) => Ok(pb::ResponseOp {
+                response: Some(OpResponse::ResponseRange(range(mvcc, r)?)),
+            }),
+            _ => unreachable!("a read-only txn holds only ranges"),
+        })
+        .collect::<Result<_, ApplyError>>()?;
+    Ok(pb::TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}

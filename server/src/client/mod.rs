@@ -1,0 +1,96 @@
+//! A client core: listeners on the client port, HTTP/2 + gRPC and HTTP/1.1, and
+//! the etcd API handed over to the store core.
+
+mod etcd_service;
+mod http;
+mod store_client;
+mod validate;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::net::TcpListener;
+
+use crate::net::{self, ConnectionLimits};
+use crate::store::messages::{Call, Reply};
+use etcd_service::EtcdService;
+use store_client::StoreClient;
+
+/// gRPC accepts messages this much larger than `--max-request-bytes`, as etcd's
+/// server does; the proposal size check then gives etcd's own error.
+const GRPC_RECV_SLACK_BYTES: usize = 512 * 1024;
+
+pub struct ClientCoreSettings {
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    /// Calls in flight to the store core from this client core.
+    pub in_flight_calls_max: usize,
+}
+
+/// Connects to the store core, waits for the addresses to listen on (sent once
+/// the store is ready), binds them and serves until the process ends. `bound`
+/// receives the addresses actually bound (port 0 becomes a real port) or the error.
+pub async fn run(
+    settings: ClientCoreSettings,
+    calls: SharedSender<Call>,
+    replies: SharedReceiver<Reply>,
+    listen: std::sync::mpsc::Receiver<Vec<SocketAddr>>,
+    bound: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, String>>,
+) {
+    let calls = calls.connect().await;
+    let replies = replies.connect().await;
+    let store = StoreClient::new(calls, settings.in_flight_calls_max);
+    glommio::spawn_local(Rc::clone(&store).pump_replies(replies)).detach();
+    let Some(listen) = wait_for_listen_addresses(&listen).await else {
+        return;
+    };
+
+    let mut listeners = Vec::with_capacity(listen.len());
+    for addr in &listen {
+        match TcpListener::bind(addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                let _ = bound.send(Err(format!("cannot listen on {addr}: {error}")));
+                return;
+            }
+        }
+    }
+    let addrs = listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("a bound listener has an address"))
+        .collect();
+    let _ = bound.send(Ok(addrs));
+
+    let service = Rc::new(EtcdService::new(store, settings.max_txn_ops));
+    let http = Rc::new(http::EtcdHttp);
+    let mut limits = ConnectionLimits::default();
+    limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            glommio::spawn_local(net::serve_client_port(
+                listener,
+                Rc::clone(&service),
+                Rc::clone(&http),
+                limits.clone(),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// The addresses to serve, sent from the starting thread; None if it gave up.
+async fn wait_for_listen_addresses(listen: &std::sync::mpsc::Receiver<Vec<SocketAddr>>) -> Option<Vec<SocketAddr>> {
+    loop {
+        match listen.try_recv() {
+            Ok(addrs) => return Some(addrs),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+}

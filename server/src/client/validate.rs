@@ -1,0 +1,228 @@
+//! The checks etcd's gRPC layer makes before a request reaches raft
+//! (etcd `api/v3rpc/key.go`): same order, same errors.
+
+use std::collections::HashSet;
+
+use ringkv_proto::etcdserverpb as pb;
+
+use crate::etcd_error::EtcdError;
+
+use pb::range_request::{SortOrder, SortTarget};
+use pb::request_op::Request as Op;
+
+pub fn check_range(request: &pb::RangeRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    // etcd 3.5 refuses sort enums it does not know.
+    if SortOrder::from_i32(request.sort_order).is_none() || SortTarget::from_i32(request.sort_target).is_none() {
+        return Err(EtcdError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+pub fn check_put(request: &pb::PutRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if request.ignore_value && !request.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if request.ignore_lease && request.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+pub fn check_delete(request: &pb::DeleteRangeRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Op count and keys (recursively), then put/delete overlaps in each branch.
+pub fn check_txn(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
+    check_txn_ops(request, max_txn_ops)?;
+    check_overlaps(&request.success)?;
+    check_overlaps(&request.failure)?;
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`: the largest of compares/success/failure must not
+/// exceed the limit; nested transactions get what is left of it.
+fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
+    let ops = request
+        .compare
+        .len()
+        .max(request.success.len())
+        .max(request.failure.len());
+    if ops > max_txn_ops {
+        return Err(EtcdError::TooManyOps);
+    }
+    if request.compare.iter().any(|compare| compare.key.is_empty()) {
+        return Err(EtcdError::EmptyKey);
+    }
+    for op in request.success.iter().chain(&request.failure) {
+        match &op.request {
+            Some(Op::RequestRange(range)) => check_range(range)?,
+            Some(Op::RequestPut(put)) => check_put(put)?,
+            Some(Op::RequestDeleteRange(delete)) => check_delete(delete)?,
+            Some(Op::RequestTxn(nested)) => check_txn_ops(nested, max_txn_ops - ops)?,
+            // etcd answers an empty op with "key not found".
+            None => return Err(EtcdError::KeyNotFound),
+        }
+    }
+    Ok(())
+}
+
+/// A deleted key range as etcd's interval tree sees it: `[begin, end)` with an
+/// empty `end` meaning "no upper bound"; a single key is `[key, key\0)`.
+struct Deleted {
+    begin: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl Deleted {
+    fn covers(&self, key: &[u8]) -> bool {
+        self.begin.as_slice() <= key && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+/// etcd's `checkIntervals`: within one branch (nested transactions included), no
+/// key may be put twice or put and deleted. Then/else of a nested transaction
+/// exclude each other, so a key put in both is fine.
+fn check_overlaps(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>), EtcdError> {
+    let mut deleted: Vec<Deleted> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Op::RequestDeleteRange(delete)) => Some(Deleted {
+                begin: delete.key.clone(),
+                end: if delete.range_end.is_empty() {
+                    [delete.key.as_slice(), &[0]].concat()
+                } else {
+                    delete.range_end.clone()
+                },
+            }),
+            _ => None,
+        })
+        .collect();
+    let overlaps = |deleted: &[Deleted], key: &[u8]| deleted.iter().any(|d| d.covers(key));
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    for op in ops {
+        let Some(Op::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
+        let (puts_then, deleted_then) = check_overlaps(&nested.success)?;
+        let (puts_else, deleted_else) = check_overlaps(&nested.failure)?;
+        for key in &puts_then {
+            if puts.contains(key) || overlaps(&deleted, key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+        }
+        puts.extend(puts_then.iter().cloned());
+        for key in puts_else {
+            if puts.contains(&key) && !puts_then.contains(&key) || overlaps(&deleted, &key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(key);
+        }
+        deleted.extend(deleted_then);
+        deleted.extend(deleted_else);
+    }
+    for op in ops {
+        let Some(Op::RequestPut(put)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&put.key) || overlaps(&deleted, &put.key) {
+            return Err(EtcdError::DuplicateKey);
+        }
+        puts.insert(put.key.clone());
+    }
+    Ok((puts, deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Op::RequestPut(pb::PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn delete(key: &str, range_end: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Op::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn(success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>) -> pb::TxnRequest {
+        pb::TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure,
+        }
+    }
+
+    #[test]
+    fn more_ops_than_the_limit_are_refused() {
+        let ops = (0..129).map(|i| put(&format!("k{i}"))).collect();
+        assert_eq!(check_txn(&txn(ops, vec![]), 128), Err(EtcdError::TooManyOps));
+        let ops = (0..128).map(|i| put(&format!("k{i}"))).collect();
+        assert_eq!(check_txn(&txn(ops, vec![]), 128), Ok(()));
+    }
+
+    #[test]
+    fn the_same_key_put_twice_is_a_duplicate() {
+        let request = txn(vec![put("a"), put("a")], vec![]);
+        assert_eq!(check_txn(&request, 128), Err(EtcdError::DuplicateKey));
+    }
+
+    #[test]
+    fn a_put_inside_a_deleted_range_is_a_duplicate() {
+        let request = txn(vec![delete("a", "c"), put("b")], vec![]);
+        assert_eq!(check_txn(&request, 128), Err(EtcdError::DuplicateKey));
+        let request = txn(vec![delete("a", "c"), put("c")], vec![]);
+        assert_eq!(check_txn(&request, 128), Ok(()));
+    }
+
+    #[test]
+    fn then_and_else_of_a_nested_txn_may_put_the_same_key() {
+        let nested = Op::RequestTxn(txn(vec![put("a")], vec![put("a")]));
+        let request = txn(vec![pb::RequestOp { request: Some(nested) }], vec![]);
+        assert_eq!(check_txn(&request, 128), Ok(()));
+    }
+
+    #[test]
+    fn a_nested_put_under_an_outer_delete_is_a_duplicate() {
+        let nested = Op::RequestTxn(txn(vec![put("b")], vec![]));
+        let request = txn(vec![delete("b", ""), pb::RequestOp { request: Some(nested) }], vec![]);
+        assert_eq!(check_txn(&request, 128), Err(EtcdError::DuplicateKey));
+    }
+
+    #[test]
+    fn an_empty_op_is_key_not_found() {
+        let request = txn(vec![pb::RequestOp { request: None }], vec![]);
+        assert_eq!(check_txn(&request, 128), Err(EtcdError::KeyNotFound));
+    }
+
+    #[test]
+    fn ignore_value_with_a_value_is_refused() {
+        let request = pb::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(check_put(&request), Err(EtcdError::ValueProvided));
+    }
+}

@@ -1,0 +1,283 @@
+//! Command-line flags. Names and defaults follow etcd's where etcd has the flag, so
+//! an operator's existing etcd command line works; ringkv-only flags say so.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// etcd's `--max-txn-ops` default.
+pub const MAX_TXN_OPS_DEFAULT: usize = 128;
+/// etcd's `--max-request-bytes` default: 1.5 MiB.
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// etcd's `--backend-batch-limit` default: page-store commit after this many applied entries.
+pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
+
+/// ringkv: an etcd-v3-compatible key-value server.
+///
+/// Start a single member with data in ./default.ringkv serving clients on
+/// 127.0.0.1:2379:   ringkv
+#[derive(Debug, Parser)]
+#[command(name = "ringkv", version, about, long_about = None)]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: <name>.ringkv].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on one port).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+
+    /// Comma-separated client URLs of this member to advertise to clients.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+
+    /// Comma-separated peer URLs of this member. With one member it only determines
+    /// the member id (derived as etcd does), so headers match etcd's for the same flags.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster token; part of the member id derivation, as in etcd.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = MAX_TXN_OPS_DEFAULT)]
+    pub max_txn_ops: usize,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: usize,
+
+    /// Maximum time between page-store commits (the WAL is the durability point; this
+    /// bounds how much WAL a restart replays).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub backend_batch_interval: Duration,
+
+    /// Maximum number of applied entries per page-store commit.
+    #[arg(long, default_value_t = BACKEND_BATCH_LIMIT_DEFAULT)]
+    pub backend_batch_limit: usize,
+
+    /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to.
+    #[arg(long, default_value_t = 0)]
+    pub store_cpu: usize,
+
+    /// ringkv only: comma-separated CPUs for client executors (gRPC, HTTP)
+    /// [default: every other online CPU, or the store CPU on a 1-CPU machine].
+    #[arg(long, value_delimiter = ',')]
+    pub client_cpus: Vec<usize>,
+
+    /// Log level: debug, info, warn or error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_addrs: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+    pub cluster_token: String,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    pub backend_batch_interval: Duration,
+    pub backend_batch_limit: usize,
+    pub store_cpu: usize,
+    pub client_cpus: Vec<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {url:?} in --{flag}: {reason}")]
+    BadUrl {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("--{flag}: CPU {cpu} is not online (this machine has {online})")]
+    NoSuchCpu {
+        flag: &'static str,
+        cpu: usize,
+        online: usize,
+    },
+}
+
+impl Flags {
+    /// Checks the flags and resolves defaults that depend on other flags or the machine.
+    pub fn into_config(self, online_cpus: usize) -> Result<Config, ConfigError> {
+        assert!(online_cpus > 0);
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.ringkv", self.name)));
+        let listen_client_addrs = split_urls(&self.listen_client_urls)
+            .iter()
+            .map(|url| resolve_http_url("listen-client-urls", url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let advertise_client_urls = split_urls(&self.advertise_client_urls);
+        for url in &advertise_client_urls {
+            resolve_http_url("advertise-client-urls", url)?;
+        }
+        let peer_urls = split_urls(&self.initial_advertise_peer_urls);
+        for url in &peer_urls {
+            parse_http_url("initial-advertise-peer-urls", url)?;
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError::Zero { flag: "max-txn-ops" });
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "max-request-bytes",
+            });
+        }
+        if self.backend_batch_limit == 0 {
+            return Err(ConfigError::Zero {
+                flag: "backend-batch-limit",
+            });
+        }
+        check_cpu("store-cpu", self.store_cpu, online_cpus)?;
+        let client_cpus = if self.client_cpus.is_empty() {
+            default_client_cpus(self.store_cpu, online_cpus)
+        } else {
+            self.client_cpus
+        };
+        for &cpu in &client_cpus {
+            check_cpu("client-cpus", cpu, online_cpus)?;
+        }
+        Ok(Config {
+            name: self.name,
+            data_dir,
+            listen_client_addrs,
+            advertise_client_urls,
+            peer_urls,
+            cluster_token: self.initial_cluster_token,
+            max_txn_ops: self.max_txn_ops,
+            max_request_bytes: self.max_request_bytes,
+            backend_batch_interval: self.backend_batch_interval,
+            backend_batch_limit: self.backend_batch_limit,
+            store_cpu: self.store_cpu,
+            client_cpus,
+        })
+    }
+}
+
+fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadUrl {
+        flag,
+        url: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => return Err(bad("TLS is not supported yet; use http://")),
+        _ => return Err(bad("scheme must be http")),
+    }
+    if url.host_str().is_none() || url.port().is_none() {
+        return Err(bad("expected http://host:port"));
+    }
+    Ok(url)
+}
+
+fn resolve_http_url(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let url = parse_http_url(flag, text)?;
+    let host = url.host_str().expect("checked by parse_http_url");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port().expect("checked by parse_http_url");
+    let mut addrs = (host, port).to_socket_addrs().map_err(|e| ConfigError::BadUrl {
+        flag,
+        url: text.to_string(),
+        reason: e.to_string(),
+    })?;
+    // Prefer IPv4 for names like "localhost", as etcd's listeners do.
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| ConfigError::BadUrl {
+            flag,
+            url: text.to_string(),
+            reason: "host resolves to no address".to_string(),
+        })
+}
+
+fn check_cpu(flag: &'static str, cpu: usize, online: usize) -> Result<(), ConfigError> {
+    if cpu >= online {
+        return Err(ConfigError::NoSuchCpu { flag, cpu, online });
+    }
+    Ok(())
+}
+
+/// Every CPU but the store's; on a single-CPU machine the store CPU is shared.
+fn default_client_cpus(store_cpu: usize, online: usize) -> Vec<usize> {
+    let others: Vec<usize> = (0..online).filter(|&cpu| cpu != store_cpu).collect();
+    if others.is_empty() {
+        vec![store_cpu]
+    } else {
+        others
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("ringkv").chain(args.iter().copied())).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_match_etcd_with_ringkv_data_dir() {
+        let config = parse(&[]).into_config(2).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("default.ringkv"));
+        assert_eq!(config.listen_client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(config.max_txn_ops, 128);
+        assert_eq!(config.max_request_bytes, 1_572_864);
+        assert_eq!(config.backend_batch_interval, Duration::from_millis(100));
+        assert_eq!(config.client_cpus, vec![1]);
+    }
+
+    #[test]
+    fn data_dir_follows_the_name() {
+        let config = parse(&["--name", "infra0"]).into_config(2).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("infra0.ringkv"));
+    }
+
+    #[test]
+    fn one_cpu_machine_shares_the_store_cpu() {
+        let config = parse(&[]).into_config(1).unwrap();
+        assert_eq!(config.client_cpus, vec![0]);
+    }
+
+    #[test]
+    fn https_urls_are_refused_with_a_reason() {
+        let error = parse(&["--listen-client-urls", "https://127.0.0.1:2379"])
+            .into_config(2)
+            .unwrap_err();
+        assert!(error.to_string().contains("TLS is not supported"), "{error}");
+    }
+
+    #[test]
+    fn missing_cpu_is_refused() {
+        let error = parse(&["--store-cpu", "7"]).into_config(2).unwrap_err();
+        assert!(matches!(error, ConfigError::NoSuchCpu { cpu: 7, .. }));
+    }
+}

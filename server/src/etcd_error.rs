@@ -1,0 +1,113 @@
+//! etcd's client-visible errors, with the exact gRPC code and message text.
+//!
+//! Clients (clientv3, kube-apiserver) map errors back by message text, so every
+//! message here is byte for byte etcd's (`api/v3rpc/rpctypes/error.go`). This is the
+//! one place where an etcd error becomes a gRPC status.
+
+use crate::grpc::{Code, Status};
+
+/// An error a client can see, in etcd's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdError {
+    EmptyKey,
+    KeyNotFound,
+    ValueProvided,
+    LeaseProvided,
+    TooManyOps,
+    DuplicateKey,
+    InvalidSortOption,
+    Compacted,
+    FutureRev,
+    LeaseNotFound,
+    RequestTooLarge,
+    TooManyRequests,
+    NoLeader,
+    Stopped,
+    Timeout,
+}
+
+impl EtcdError {
+    /// The gRPC status code etcd answers with.
+    pub fn code(self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
+            | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev => Code::OutOfRange,
+            LeaseNotFound => Code::NotFound,
+            TooManyRequests => Code::ResourceExhausted,
+            NoLeader | Stopped | Timeout => Code::Unavailable,
+        }
+    }
+
+    /// etcd's message text, including the `etcdserver: ` prefix.
+    pub fn message(self) -> &'static str {
+        use EtcdError::*;
+        match self {
+            EmptyKey => "etcdserver: key is not provided",
+            KeyNotFound => "etcdserver: key not found",
+            ValueProvided => "etcdserver: value is provided",
+            LeaseProvided => "etcdserver: lease is provided",
+            TooManyOps => "etcdserver: too many operations in txn request",
+            DuplicateKey => "etcdserver: duplicate key given in txn request",
+            InvalidSortOption => "etcdserver: invalid sort option",
+            Compacted => "etcdserver: mvcc: required revision has been compacted",
+            FutureRev => "etcdserver: mvcc: required revision is a future revision",
+            LeaseNotFound => "etcdserver: requested lease not found",
+            RequestTooLarge => "etcdserver: request is too large",
+            TooManyRequests => "etcdserver: too many requests",
+            NoLeader => "etcdserver: no leader",
+            Stopped => "etcdserver: server stopped",
+            Timeout => "etcdserver: request timed out",
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(error: EtcdError) -> Status {
+        Status::new(error.code(), error.message())
+    }
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_carries_etcds_prefix() {
+        use EtcdError::*;
+        let all = [
+            EmptyKey,
+            KeyNotFound,
+            ValueProvided,
+            LeaseProvided,
+            TooManyOps,
+            DuplicateKey,
+            InvalidSortOption,
+            Compacted,
+            FutureRev,
+            LeaseNotFound,
+            RequestTooLarge,
+            TooManyRequests,
+            NoLeader,
+            Stopped,
+            Timeout,
+        ];
+        for error in all {
+            assert!(error.message().starts_with("etcdserver: "), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn compacted_and_future_revision_are_out_of_range() {
+        // kube-apiserver turns these into 410 Gone / TooLargeResourceVersion by code + text.
+        assert_eq!(EtcdError::Compacted.code(), Code::OutOfRange);
+        assert_eq!(EtcdError::FutureRev.code(), Code::OutOfRange);
+    }
+}

@@ -1,0 +1,92 @@
+//! gRPC status codes and the `grpc-status` / `grpc-message` trailers.
+
+use std::fmt;
+
+/// The 17 gRPC status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Ok = 0,
+    Canceled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+/// A call's outcome other than OK: code and human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Status {
+    pub fn new(code: Code, message: impl Into<String>) -> Status {
+        assert!(code != Code::Ok, "a Status is an error");
+        Status {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `grpc-status` trailer value.
+    pub fn code_text(&self) -> &'static str {
+        code_text(self.code)
+    }
+
+    /// The `grpc-message` trailer value: percent-encoded as the gRPC HTTP/2 spec
+    /// demands (every byte outside printable ASCII, and '%').
+    pub fn encoded_message(&self) -> String {
+        let mut out = String::with_capacity(self.message.len());
+        for &byte in self.message.as_bytes() {
+            if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+pub fn code_text(code: Code) -> &'static str {
+    const TEXT: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    TEXT[code as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_percent_encoded_outside_printable_ascii() {
+        let status = Status::new(Code::Internal, "50% of \"x\"\nés");
+        assert_eq!(status.encoded_message(), "50%25 of \"x\"%0A%C3%A9s");
+    }
+
+    #[test]
+    fn code_text_is_the_decimal_code() {
+        assert_eq!(code_text(Code::Unauthenticated), "16");
+        assert_eq!(Status::new(Code::OutOfRange, "x").code_text(), "11");
+    }
+}

@@ -1,0 +1,14 @@
+//! ringkv server: an etcd-v3-compatible key-value server, thread-per-core.
+//!
+//! See docs/architecture.md for the cores and the path of a request.
+
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod etcd_error;
+pub mod grpc;
+pub mod ids;
+pub mod net;
+pub mod server;
+pub mod store;
+pub mod version;

@@ -1,0 +1,129 @@
+//! The client port: one TCP listener serving HTTP/2 (gRPC) and HTTP/1.1,
+//! told apart by the first bytes a client sends.
+
+mod http1;
+mod prefixed;
+
+pub use http1::{HttpHandler, HttpRequest, HttpResponse};
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{future, AsyncReadExt};
+use glommio::net::{TcpListener, TcpStream};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::grpc::{self, GrpcService, Http2Limits};
+use prefixed::Prefixed;
+
+/// What every HTTP/2 client sends first (RFC 9113 section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Limits for every connection on the client port.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub http2: Http2Limits,
+    /// Largest HTTP/1.1 request head accepted.
+    pub http1_head_bytes_max: usize,
+    /// A connection that has not said which protocol it speaks by then is closed.
+    pub first_bytes_timeout: Duration,
+    /// An idle HTTP/1.1 keep-alive connection is closed after this.
+    pub http1_idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            http2: Http2Limits {
+                // etcd's gRPC server: --max-request-bytes (1.5 MiB) + 512 KiB.
+                max_recv_message_bytes: 2 * 1024 * 1024,
+                // etcd's --max-concurrent-streams default is unlimited; h2 needs a number.
+                max_concurrent_streams: u32::MAX,
+                // Large windows: a window, not the network, should never be the limit.
+                initial_stream_window_bytes: 1024 * 1024,
+                initial_connection_window_bytes: 16 * 1024 * 1024,
+                max_header_list_bytes: 64 * 1024,
+            },
+            http1_head_bytes_max: 16 * 1024,
+            first_bytes_timeout: Duration::from_secs(10),
+            http1_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Accepts connections until the listener fails, each served by its own task.
+pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
+    listener: TcpListener,
+    grpc: Rc<S>,
+    http: Rc<H>,
+    limits: ConnectionLimits,
+) {
+    let limits = Rc::new(limits);
+    let http2_limits = Rc::new(limits.http2.clone());
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: keep serving the others.
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        glommio::spawn_local(serve_connection(
+            stream,
+            Rc::clone(&grpc),
+            Rc::clone(&http),
+            Rc::clone(&limits),
+            Rc::clone(&http2_limits),
+        ))
+        .detach();
+    }
+}
+
+enum Protocol {
+    Http2,
+    Http1,
+}
+
+async fn serve_connection<S: GrpcService, H: HttpHandler>(
+    mut stream: TcpStream,
+    grpc: Rc<S>,
+    http: Rc<H>,
+    limits: Rc<ConnectionLimits>,
+    http2_limits: Rc<Http2Limits>,
+) {
+    let sniffed = future::or(async { Some(sniff(&mut stream).await) }, async {
+        glommio::timer::sleep(limits.first_bytes_timeout).await;
+        None
+    })
+    .await;
+    let Some(Some((protocol, first_bytes))) = sniffed else {
+        return;
+    };
+    let stream = Prefixed::new(first_bytes, stream);
+    match protocol {
+        Protocol::Http2 => grpc::serve_connection(stream.compat(), grpc, http2_limits).await,
+        Protocol::Http1 => http1::serve(stream, &*http, &limits).await,
+    }
+}
+
+/// Reads until the bytes either are the HTTP/2 preface or cannot be; anything not
+/// HTTP/2 is handed to the HTTP/1.1 parser (which closes on garbage).
+async fn sniff(stream: &mut TcpStream) -> Option<(Protocol, Vec<u8>)> {
+    let mut seen = Vec::with_capacity(HTTP2_PREFACE.len());
+    let mut buffer = [0u8; 64];
+    while seen.len() < HTTP2_PREFACE.len() {
+        let read = stream.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        seen.extend_from_slice(&buffer[..read]);
+        let compared = seen.len().min(HTTP2_PREFACE.len());
+        if seen[..compared] != HTTP2_PREFACE[..compared] {
+            return Some((Protocol::Http1, seen));
+        }
+    }
+    Some((Protocol::Http2, seen))
+}

@@ -1,0 +1,132 @@
+//! Starting the executors: the store core first (it recovers the data), then the
+//! client cores, each pinned to its CPU and wired to the store core by a pair of
+//! bounded channels.
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::client::{self, ClientCoreSettings};
+use crate::config::Config;
+use crate::ids;
+use crate::store::{self, Identity, StoreCoreSettings};
+
+/// Calls in flight from one client core to the store core; also the capacity of
+/// each cross-core channel, so neither can overflow (see `client::store_client`).
+const IN_FLIGHT_CALLS_PER_CLIENT_CORE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start an executor: {0}")]
+    Executor(String),
+    #[error("{0}")]
+    Store(String),
+    #[error("{0}")]
+    Listen(String),
+}
+
+/// A running server: the addresses it serves and its executor threads.
+pub struct Running {
+    pub identity: Identity,
+    pub client_addrs: Vec<SocketAddr>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Running {
+    /// Blocks until every executor stops (they run until the process ends).
+    pub fn wait(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn start(config: &Config) -> Result<Running, StartError> {
+    let member_id = ids::member_id(&config.peer_urls, &config.cluster_token);
+    let identity = Identity {
+        member_id,
+        cluster_id: ids::cluster_id(&[member_id]),
+    };
+    let client_cores = config.client_cpus.len();
+    let mut call_senders = Vec::with_capacity(client_cores);
+    let mut call_receivers = Vec::with_capacity(client_cores);
+    let mut reply_senders = Vec::with_capacity(client_cores);
+    let mut reply_receivers = Vec::with_capacity(client_cores);
+    for _ in 0..client_cores {
+        let (tx, rx) = shared_channel::new_bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
+        call_senders.push(tx);
+        call_receivers.push(rx);
+        let (tx, rx) = shared_channel::new_bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
+        reply_senders.push(tx);
+        reply_receivers.push(rx);
+    }
+
+    // Every executor starts at once: the cross-core channels connect only when
+    // both ends are running. Clients listen only once the store has recovered.
+    let mut threads = Vec::with_capacity(client_cores + 1);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let store_settings = StoreCoreSettings {
+        data_dir: config.data_dir.clone(),
+        identity,
+        max_request_bytes: config.max_request_bytes,
+        backend_batch_limit: config.backend_batch_limit,
+        backend_batch_interval: config.backend_batch_interval,
+    };
+    threads.push(
+        LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))
+            .name("ringkv-store")
+            .spawn(move || store::run(store_settings, call_receivers, reply_senders, ready_tx))
+            .map_err(|e| StartError::Executor(e.to_string()))?,
+    );
+    let mut clients = Vec::with_capacity(client_cores);
+    for (index, ((calls, replies), cpu)) in call_senders
+        .into_iter()
+        .zip(reply_receivers)
+        .zip(config.client_cpus.iter().copied())
+        .enumerate()
+    {
+        let settings = ClientCoreSettings {
+            max_txn_ops: config.max_txn_ops,
+            max_request_bytes: config.max_request_bytes,
+            in_flight_calls_max: IN_FLIGHT_CALLS_PER_CLIENT_CORE,
+        };
+        let (listen_tx, listen_rx) = mpsc::channel();
+        let (bound_tx, bound_rx) = mpsc::channel();
+        threads.push(
+            LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("ringkv-client-{index}"))
+                .spawn(move || client::run(settings, calls, replies, listen_rx, bound_tx))
+                .map_err(|e| StartError::Executor(e.to_string()))?,
+        );
+        clients.push((listen_tx, bound_rx));
+    }
+    let identity = ready_rx
+        .recv()
+        .map_err(|_| StartError::Store("the store core stopped while starting".to_string()))?
+        .map_err(StartError::Store)?;
+
+    // The first client core resolves port 0; the others then bind the same ports
+    // (SO_REUSEPORT spreads connections across them).
+    let mut listen = config.listen_client_addrs.clone();
+    let mut client_addrs = Vec::new();
+    for (index, (listen_tx, bound_rx)) in clients.into_iter().enumerate() {
+        listen_tx
+            .send(listen.clone())
+            .map_err(|_| StartError::Listen("a client core stopped while starting".to_string()))?;
+        let bound = bound_rx
+            .recv()
+            .map_err(|_| StartError::Listen("a client core stopped while starting".to_string()))?
+            .map_err(StartError::Listen)?;
+        if index == 0 {
+            listen = bound.clone();
+            client_addrs = bound;
+        }
+    }
+    Ok(Running {
+        identity,
+        client_addrs,
+        threads,
+    })
+}

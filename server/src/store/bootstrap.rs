@@ -1,0 +1,216 @@
+//! Opening the store at start: page store and MVCC, the WAL (created on first
+//! start), the raft log rebuilt from the WAL, and a `RawNode` over it.
+//!
+//! Layout of the data directory:
+//! - `wal/`: WAL segments (the raft log), see docs/wal-format.md
+//! - `store.db`: the page store holding MVCC, see docs/page-format.md
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use raft::eraftpb::{ConfState, HardState};
+use raft::{Config as RaftConfig, RawNode};
+use ringkv_engine::mvcc::{Mvcc, MvccError};
+use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
+
+use super::raft_log::RaftLog;
+use super::raft_logger;
+use super::wal_io;
+
+/// raft ticks per heartbeat and per election: with a 100 ms tick (etcd's
+/// `--heartbeat-interval`), elections time out after 1 s (`--election-timeout`).
+const HEARTBEAT_TICKS: usize = 1;
+const ELECTION_TICKS: usize = 10;
+/// Bytes of entries per append message and messages in flight per follower.
+const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+const RAFT_MAX_INFLIGHT_MESSAGES: usize = 256;
+
+/// Who this member is; stored in the WAL at creation and authoritative afterwards
+/// (as in etcd, changing identity flags later does not change a member's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+impl Identity {
+    /// WAL metadata: member id then cluster id, 8 bytes big endian each.
+    fn encode(self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&self.member_id.to_be_bytes());
+        bytes.extend_from_slice(&self.cluster_id.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Identity> {
+        let member_id = u64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?);
+        let cluster_id = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        (bytes.len() == 16).then_some(Identity { member_id, cluster_id })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("page store {path}: {source}")]
+    Store { path: PathBuf, source: MvccError },
+    #[error("WAL in {path}: {source}")]
+    Wal { path: PathBuf, source: WalError },
+    #[error("WAL in {path} is inconsistent: {reason}")]
+    Inconsistent { path: PathBuf, reason: String },
+    #[error("raft refused the recovered state: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// Everything the store core starts with.
+pub struct Opened {
+    pub identity: Identity,
+    pub raw: RawNode<RaftLog>,
+    pub mvcc: Mvcc,
+    pub wal: Wal,
+}
+
+pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, BootstrapError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| BootstrapError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let store_path = data_dir.join("store.db");
+    let mvcc = Mvcc::open(&store_path).map_err(|source| BootstrapError::Store {
+        path: store_path.clone(),
+        source,
+    })?;
+    let wal_dir = data_dir.join("wal");
+    let wal_error = |source| BootstrapError::Wal {
+        path: wal_dir.clone(),
+        source,
+    };
+    let inconsistent = |reason: String| BootstrapError::Inconsistent {
+        path: wal_dir.clone(),
+        reason,
+    };
+    let (wal, recovered) = if Wal::exists(&wal_dir) {
+        Wal::open(&wal_dir, WalOptions::default()).await.map_err(wal_error)?
+    } else {
+        if mvcc.applied_index() != 0 {
+            return Err(inconsistent(format!(
+                "the WAL is missing but {} holds data up to raft index {}",
+                store_path.display(),
+                mvcc.applied_index()
+            )));
+        }
+        create_wal(&wal_dir, configured).await.map_err(wal_error)?
+    };
+    let identity = Identity::decode(&recovered.metadata)
+        .ok_or_else(|| inconsistent("WAL metadata is not a member identity".to_string()))?;
+    if identity != configured {
+        tracing::info!(
+            member_id = format_args!("{:x}", identity.member_id),
+            "using the member id stored in the WAL; identity flags apply only to a new member"
+        );
+    }
+    let raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
+    let config = RaftConfig {
+        id: identity.member_id,
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        applied: mvcc.applied_index(),
+        max_size_per_msg: RAFT_MAX_MESSAGE_BYTES,
+        max_inflight_msgs: RAFT_MAX_INFLIGHT_MESSAGES,
+        pre_vote: true,
+        check_quorum: true,
+        ..Default::default()
+    };
+    config.validate()?;
+    let mut raw = RawNode::new(&config, raft_log, &raft_logger::logger())?;
+    // A sole voter need not wait an election timeout to lead: start at once.
+    if raw.store().conf_state().voters == [identity.member_id] {
+        raw.campaign()?;
+    }
+    Ok(Opened {
+        identity,
+        raw,
+        mvcc,
+        wal,
+    })
+}
+
+/// A new WAL: identity in the metadata, and a snapshot record at index 0 holding
+/// the initial configuration (this member as the only voter).
+async fn create_wal(wal_dir: &Path, identity: Identity) -> Result<(Wal, Recovered), WalError> {
+    let mut wal = Wal::create(wal_dir, WalOptions::default(), identity.encode()).await?;
+    let conf_state = ConfState {
+        voters: vec![identity.member_id],
+        ..Default::default()
+    };
+    let snapshot = wal_io::snapshot_record(0, 0, &conf_state);
+    wal.release_to(snapshot.clone()).await?;
+    let recovered = Recovered {
+        metadata: identity.encode(),
+        snapshot: Some(snapshot),
+        hard_state: None,
+        entries: Vec::new(),
+    };
+    Ok((wal, recovered))
+}
+
+/// The raft log after a restart: entries after the WAL's last release point,
+/// the last hard state, and the configuration of the last snapshot record.
+fn rebuild_raft_log(recovered: Recovered, applied_index: u64) -> Result<RaftLog, String> {
+    let snapshot = recovered
+        .snapshot
+        .ok_or("no snapshot record: the WAL was never fully created")?;
+    let conf_state = ConfState::decode(snapshot.conf_state.as_slice())
+        .map_err(|error| format!("snapshot record's configuration does not decode: {error}"))?;
+    // The WAL is only released up to what the page store made durable.
+    if applied_index < snapshot.index {
+        return Err(format!(
+            "the page store is at raft index {applied_index}, behind the WAL's release point {}",
+            snapshot.index
+        ));
+    }
+    let entries: Vec<_> = recovered.entries.into_iter().map(wal_io::entry_from_record).collect();
+    let last_index = entries.last().map_or(snapshot.index, |entry| entry.index);
+    if applied_index > last_index {
+        return Err(format!(
+            "the page store is at raft index {applied_index}, past the WAL's last entry {last_index}"
+        ));
+    }
+    let mut hard_state = recovered
+        .hard_state
+        .as_ref()
+        .map(wal_io::hard_state_from_record)
+        .unwrap_or_else(HardState::default);
+    // Only committed entries are applied, so the commit index is at least the
+    // applied one even when a commit-only hard state was never synced.
+    hard_state.commit = hard_state.commit.max(applied_index);
+    if hard_state.commit > last_index {
+        return Err(format!(
+            "hard state commit {} is past the last entry {last_index}",
+            hard_state.commit
+        ));
+    }
+    Ok(RaftLog::new(
+        hard_state,
+        conf_state,
+        snapshot.index,
+        snapshot.term,
+        entries,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_through_wal_metadata() {
+        let identity = Identity {
+            member_id: 0x8e9e05c52164694d,
+            cluster_id: 0xcdf818194e3a8c32,
+        };
+        assert_eq!(Identity::decode(&identity.encode()), Some(identity));
+        assert_eq!(Identity::decode(&[1, 2, 3]), None);
+    }
+}

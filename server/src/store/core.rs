@@ -1,0 +1,519 @@
+//! The store core: one task that owns raft, MVCC and (through the WAL task) the
+//! WAL, and drives raft-rs's Ready loop.
+//!
+//! Everything that happens to the store is an [`Event`] on one local channel:
+//! client calls, raft ticks, WAL completions, page-store commit completions. Between
+//! events the loop runs [`StoreCore::drive`]: hand the next Ready to the WAL (only
+//! when the WAL is idle: that is the group commit), apply committed entries, answer
+//! reads whose ReadIndex has been applied, and start page-store commits.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use std::rc::Rc;
+
+use glommio::channels::local_channel::LocalSender;
+use glommio::channels::shared_channel::ConnectedSender;
+use prost::Message;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, StateRole};
+use raft_proto::ConfChangeI;
+use ringkv_engine::btree::CommittedPlan;
+use ringkv_engine::mvcc::{Mvcc, MvccError};
+use ringkv_engine::wal::WalError;
+use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
+
+use super::messages::{Call, Reply, Request, Response};
+use super::raft_log::RaftLog;
+use super::reads::{PendingRead, ReadQueue};
+use super::wal_io::{self, WalJob};
+use crate::apply::{self, ApplyError, WriteView};
+use crate::etcd_error::EtcdError;
+
+/// Physical compaction removes at most this many revisions before yielding, so a
+/// compaction of millions of revisions never stalls writers (etcd's
+/// `--compaction-batch-limit` default).
+pub const COMPACTION_BATCH_REVISIONS: usize = 1000;
+
+/// Something the store core must react to.
+pub enum Event {
+    /// A call from client core `client`.
+    Call { client: usize, call: Call },
+    /// The heartbeat interval passed.
+    Tick,
+    /// The page-store commit interval passed.
+    CommitDue,
+    /// The WAL finished persisting Ready `ready`.
+    Persisted { ready: u64, result: Result<(), WalError> },
+    /// The WAL finished releasing segments.
+    Released(Result<(), WalError>),
+    /// A page-store commit finished its writes and fsyncs.
+    Committed(Result<CommittedPlan, MvccError>),
+}
+
+/// Identity and limits the store core answers with.
+pub struct StoreSettings {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub max_request_bytes: usize,
+    pub backend_batch_limit: usize,
+    pub backend_batch_interval: Duration,
+}
+
+/// Who waits for the result of a proposed write.
+struct Waiter {
+    client: usize,
+    call_id: u64,
+    /// Compact with `physical`: answered after the removal is durable.
+    physical_compaction: bool,
+}
+
+/// A page-store commit in flight: the applied index it makes durable.
+struct CommitInFlight {
+    applied_index: u64,
+}
+
+pub struct StoreCore {
+    settings: StoreSettings,
+    raw: RawNode<RaftLog>,
+    mvcc: Mvcc,
+    events: Rc<LocalSender<Event>>,
+    wal_jobs: LocalSender<WalJob>,
+    replies: Vec<ConnectedSender<Reply>>,
+    /// The Ready being persisted by the WAL task, if any.
+    persisting: Option<u64>,
+    /// Entries up to here existed before this process started; their results
+    /// have no waiter here (their ids belong to a previous process).
+    boot_last_index: u64,
+    next_request_id: u64,
+    waiters: HashMap<u64, Waiter>,
+    reads: ReadQueue,
+    commit: Option<CommitInFlight>,
+    applied_since_commit: usize,
+    last_commit: Instant,
+    /// Physical compactions finished in the writer view, waiting to be durable.
+    physical_waiters_pending: Vec<Waiter>,
+    /// Physical compactions whose removal is in the commit now in flight.
+    physical_waiters_committing: Vec<Waiter>,
+    /// Physical compactions still removing revisions.
+    physical_waiters_running: Vec<Waiter>,
+}
+
+impl StoreCore {
+    pub fn new(
+        settings: StoreSettings,
+        raw: RawNode<RaftLog>,
+        mvcc: Mvcc,
+        events: Rc<LocalSender<Event>>,
+        wal_jobs: LocalSender<WalJob>,
+        replies: Vec<ConnectedSender<Reply>>,
+    ) -> StoreCore {
+        let boot_last_index = raw.store().last_index();
+        StoreCore {
+            settings,
+            raw,
+            mvcc,
+            events,
+            wal_jobs,
+            replies,
+            persisting: None,
+            boot_last_index,
+            next_request_id: 1,
+            waiters: HashMap::new(),
+            reads: ReadQueue::default(),
+            commit: None,
+            applied_since_commit: 0,
+            last_commit: Instant::now(),
+            physical_waiters_pending: Vec::new(),
+            physical_waiters_committing: Vec::new(),
+            physical_waiters_running: Vec::new(),
+        }
+    }
+
+    /// Handles one event; the caller runs [`StoreCore::drive`] after a batch of them.
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Call { client, call } => self.handle_call(client, call),
+            Event::Tick => {
+                self.raw.tick();
+            }
+            Event::CommitDue => self.maybe_commit(true),
+            Event::Persisted { ready, result } => {
+                if let Err(error) = result {
+                    fatal(&format!("WAL write failed: {error}"));
+                }
+                assert_eq!(self.persisting.take(), Some(ready), "WAL persists Readies in order");
+                self.raw.on_persist_ready(ready);
+            }
+            Event::Released(result) => {
+                if let Err(error) = result {
+                    fatal(&format!("WAL segment release failed: {error}"));
+                }
+            }
+            Event::Committed(result) => self.finish_commit(result),
+        }
+    }
+
+    /// Moves everything forward that the events made possible.
+    pub fn drive(&mut self) {
+        // Each pass may make more ready (e.g. applying unblocks reads, persisting
+        // commits entries); stop when raft has nothing or the WAL is busy.
+        loop {
+            self.issue_read_index();
+            if self.persisting.is_some() || !self.raw.has_ready() {
+                break;
+            }
+            self.process_ready();
+        }
+        self.answer_applied_reads();
+        self.maybe_commit(false);
+    }
+
+    /// True once every entry that was in the WAL at start has been applied again.
+    pub fn caught_up(&self) -> bool {
+        self.mvcc.applied_index() >= self.boot_last_index
+    }
+
+    /// True while physical compaction has revisions left to remove.
+    pub fn has_background_work(&self) -> bool {
+        self.mvcc.compaction_pending()
+    }
+
+    /// Removes one bounded batch of compacted revisions.
+    pub fn background_step(&mut self) {
+        let done = self
+            .mvcc
+            .compact_step(COMPACTION_BATCH_REVISIONS)
+            .unwrap_or_else(|error| fatal(&format!("compaction failed: {error}")));
+        if done {
+            self.physical_waiters_pending.append(&mut self.physical_waiters_running);
+        }
+    }
+
+    fn handle_call(&mut self, client: usize, call: Call) {
+        match call.request {
+            Request::Range(range) => {
+                let serializable = range.serializable;
+                self.read(client, call.id, PendingRead::range(range), serializable);
+            }
+            Request::Txn(txn) if apply::is_read_only(&txn) => {
+                let serializable = apply::is_serializable(&txn);
+                self.read(client, call.id, PendingRead::txn(txn), serializable);
+            }
+            Request::Put(put) => self.propose(client, call.id, raft_request::Request::Put(put)),
+            Request::DeleteRange(delete) => self.propose(client, call.id, raft_request::Request::DeleteRange(delete)),
+            Request::Txn(txn) => self.propose(client, call.id, raft_request::Request::Txn(txn)),
+            Request::Compact(compact) => self.propose(client, call.id, raft_request::Request::Compaction(compact)),
+        }
+    }
+
+    fn read(&mut self, client: usize, call_id: u64, read: PendingRead, serializable: bool) {
+        if serializable {
+            let result = self.serve_read(read);
+            self.reply(client, call_id, result);
+        } else {
+            self.reads.enqueue(client, call_id, read);
+        }
+    }
+
+    fn propose(&mut self, client: usize, call_id: u64, request: raft_request::Request) {
+        let physical_compaction = matches!(&request, raft_request::Request::Compaction(c) if c.physical);
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let data = RaftRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        // etcd checks the size of the proposal, not of the gRPC message.
+        if data.len() > self.settings.max_request_bytes {
+            self.reply(client, call_id, Err(EtcdError::RequestTooLarge));
+            return;
+        }
+        if self.raw.propose(Vec::new(), data).is_err() {
+            // Dropped: no leader to take it (only possible mid-election).
+            self.reply(client, call_id, Err(EtcdError::NoLeader));
+            return;
+        }
+        let waiter = Waiter {
+            client,
+            call_id,
+            physical_compaction,
+        };
+        assert!(self.waiters.insert(id, waiter).is_none(), "request ids are unique");
+    }
+
+    fn issue_read_index(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        if let Some(context) = self.reads.take_unrequested() {
+            self.raw.read_index(context);
+        }
+    }
+
+    /// Takes the next Ready: persist (WAL task), then apply and answer.
+    fn process_ready(&mut self) {
+        let mut ready = self.raw.ready();
+        // Replication arrives with clustering; a single member sends nothing.
+        assert!(ready.messages().is_empty(), "a single member has no peers");
+        assert!(ready.persisted_messages().is_empty(), "a single member has no peers");
+        assert!(ready.snapshot().is_empty(), "a single member never receives a snapshot");
+        if let Some(soft_state) = ready.ss() {
+            if soft_state.raft_state != StateRole::Leader {
+                // ReadIndex requests to a non-leader are dropped: ask again later.
+                self.reads.requeue_requested();
+            }
+        }
+
+        let mut records = Vec::with_capacity(ready.entries().len() + 1);
+        self.raw.mut_store().append(ready.entries());
+        records.extend(ready.entries().iter().map(wal_io::entry_record));
+        if let Some(hard_state) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hard_state.clone());
+            records.push(wal_io::hard_state_record(hard_state));
+        }
+        // A Ready whose only change is the commit index need not be synced: the
+        // commit index is re-derived at recovery (see `bootstrap`).
+        let must_persist = ready.must_sync() || !ready.entries().is_empty();
+        let number = ready.number();
+        let committed = ready.take_committed_entries();
+        for read_state in ready.take_read_states() {
+            self.reads.read_index_granted(&read_state.request_ctx, read_state.index);
+        }
+        self.raw.advance_append_async(ready);
+        if must_persist {
+            self.persisting = Some(number);
+            let job = WalJob::Persist { ready: number, records };
+            if self.wal_jobs.try_send(job).is_err() {
+                fatal("the WAL task stopped");
+            }
+        } else {
+            self.raw.on_persist_ready(number);
+        }
+        self.apply_committed(committed);
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        let last_index = last.index;
+        for entry in entries {
+            assert_eq!(entry.index, self.mvcc.applied_index() + 1, "entries apply in order");
+            self.apply_entry(&entry);
+            self.mvcc.set_applied_index(entry.index);
+            self.applied_since_commit += 1;
+        }
+        self.raw.advance_apply_to(last_index);
+    }
+
+    fn apply_entry(&mut self, entry: &Entry) {
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => {
+                // A new leader's empty entry: nothing to apply.
+            }
+            EntryType::EntryNormal => {
+                let request = RaftRequest::decode(entry.data.as_slice())
+                    .unwrap_or_else(|error| fatal(&format!("raft entry {} does not decode: {error}", entry.index)));
+                self.apply_request(entry.index, request);
+            }
+            EntryType::EntryConfChange => {
+                let change = ConfChange::decode(entry.data.as_slice())
+                    .unwrap_or_else(|error| fatal(&format!("conf change does not decode: {error}")));
+                self.apply_conf_change(change.into_v2());
+            }
+            EntryType::EntryConfChangeV2 => {
+                let change = ConfChangeV2::decode(entry.data.as_slice())
+                    .unwrap_or_else(|error| fatal(&format!("conf change does not decode: {error}")));
+                self.apply_conf_change(change);
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, change: ConfChangeV2) {
+        let conf_state = self
+            .raw
+            .apply_conf_change(&change)
+            .unwrap_or_else(|error| fatal(&format!("conf change refused: {error}")));
+        self.raw.mut_store().set_conf_state(conf_state);
+    }
+
+    fn apply_request(&mut self, index: u64, request: RaftRequest) {
+        let body = request
+            .request
+            .unwrap_or_else(|| fatal(&format!("raft entry {index} holds an empty request")));
+        let result = match body {
+            raft_request::Request::Put(put) => self.write(|view| {
+                apply::check_put_lease(&put)?;
+                apply::put(view, &put).map(Response::Put)
+            }),
+            raft_request::Request::DeleteRange(delete) => {
+                self.write(|view| apply::delete_range(view, &delete).map(Response::DeleteRange))
+            }
+            raft_request::Request::Txn(txn) => apply::txn(&mut self.mvcc, &txn).map(Response::Txn),
+            raft_request::Request::Compaction(compact) => {
+                apply::compact(&mut self.mvcc, &compact).map(Response::Compact)
+            }
+        };
+        let result = self.client_result(result);
+        // Entries from before this process started have no waiter here.
+        if index <= self.boot_last_index {
+            return;
+        }
+        let Some(waiter) = self.waiters.remove(&request.id) else {
+            return;
+        };
+        if waiter.physical_compaction && result.is_ok() {
+            self.wait_for_physical_compaction(waiter, result);
+            return;
+        }
+        self.reply(waiter.client, waiter.call_id, result);
+    }
+
+    /// Runs `body` in one write transaction (one revision if it writes anything).
+    fn write(
+        &mut self,
+        body: impl FnOnce(&mut WriteView<'_>) -> Result<Response, ApplyError>,
+    ) -> Result<Response, ApplyError> {
+        let mut view = WriteView::new(self.mvcc.write());
+        let result = body(&mut view);
+        view.end();
+        result
+    }
+
+    fn wait_for_physical_compaction(&mut self, waiter: Waiter, result: Result<Response, EtcdError>) {
+        // The response is rebuilt when the wait ends (the revision is unchanged by
+        // compaction); only success waits.
+        assert!(result.is_ok());
+        if self.mvcc.compaction_pending() {
+            self.physical_waiters_running.push(waiter);
+        } else {
+            self.physical_waiters_pending.push(waiter);
+        }
+    }
+
+    /// Serves a read from the applied state.
+    fn serve_read(&mut self, read: PendingRead) -> Result<Response, EtcdError> {
+        let result = match read {
+            PendingRead::Range(range) => apply::range(&self.mvcc, &range).map(Response::Range),
+            PendingRead::Txn(txn) => apply::txn(&mut self.mvcc, &txn).map(Response::Txn),
+        };
+        self.client_result(result)
+    }
+
+    fn answer_applied_reads(&mut self) {
+        let applied = self.mvcc.applied_index();
+        while let Some(batch) = self.reads.take_applied(applied) {
+            for (client, call_id, read) in batch {
+                let result = self.serve_read(read);
+                self.reply(client, call_id, result);
+            }
+        }
+    }
+
+    /// Starts a page-store commit when enough was applied or enough time passed.
+    fn maybe_commit(&mut self, interval_elapsed: bool) {
+        if self.commit.is_some() || self.applied_since_commit == 0 && self.physical_waiters_pending.is_empty() {
+            return;
+        }
+        let due = interval_elapsed
+            || self.applied_since_commit >= self.settings.backend_batch_limit
+            || self.last_commit.elapsed() >= self.settings.backend_batch_interval;
+        if !due {
+            return;
+        }
+        let applied_index = self.mvcc.applied_index();
+        let plan = self
+            .mvcc
+            .begin_commit()
+            .unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
+        self.commit = Some(CommitInFlight { applied_index });
+        self.applied_since_commit = 0;
+        self.last_commit = Instant::now();
+        self.physical_waiters_committing
+            .append(&mut self.physical_waiters_pending);
+        let events = Rc::clone(&self.events);
+        glommio::spawn_local(async move {
+            let result = glommio::executor()
+                .spawn_blocking(move || plan.execute().map_err(MvccError::from))
+                .await;
+            // The store core outlives this task; a closed channel means shutdown.
+            let _ = events.try_send(Event::Committed(result));
+        })
+        .detach();
+    }
+
+    fn finish_commit(&mut self, result: Result<CommittedPlan, MvccError>) {
+        let done = result.unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
+        self.mvcc.finish_commit(done);
+        let committed = self.commit.take().expect("a commit was in flight");
+        // The page store now holds every entry up to `applied_index`: the WAL and
+        // the in-memory raft log can let go of them.
+        let store = self.raw.mut_store();
+        let index = committed.applied_index.max(store.compacted_index());
+        if index > store.compacted_index() {
+            let term = store.term_of(index).expect("applied entries are in the log");
+            let snapshot = wal_io::snapshot_record(index, term, store.conf_state());
+            store.compact_to(index);
+            if self.wal_jobs.try_send(WalJob::Release(snapshot)).is_err() {
+                fatal("the WAL task stopped");
+            }
+        }
+        for waiter in std::mem::take(&mut self.physical_waiters_committing) {
+            let response = pb::CompactionResponse {
+                header: apply::revision_header(self.mvcc.current_revision()),
+            };
+            self.reply(waiter.client, waiter.call_id, Ok(Response::Compact(response)));
+        }
+    }
+
+    /// Turns an apply outcome into what the client sees; storage failures stop the server.
+    fn client_result(&self, result: Result<Response, ApplyError>) -> Result<Response, EtcdError> {
+        match result {
+            Ok(response) => Ok(response),
+            Err(ApplyError::Client(error)) => Err(error),
+            Err(ApplyError::Fatal(error)) => fatal(&format!("store failure: {error}")),
+        }
+    }
+
+    fn reply(&self, client: usize, call_id: u64, result: Result<Response, EtcdError>) {
+        let result = result.map(|mut response| {
+            self.fill_header(&mut response);
+            response
+        });
+        // Client cores admit at most as many calls as their reply channel holds,
+        // so this never finds the channel full.
+        if self.replies[client].try_send(Reply { id: call_id, result }).is_err() {
+            tracing::warn!(client, "reply channel closed; dropping a reply");
+        }
+    }
+
+    /// Cluster id, member id and raft term go on the outermost header only, as
+    /// etcd's gRPC layer fills them.
+    fn fill_header(&self, response: &mut Response) {
+        let header = match response {
+            Response::Range(r) => &mut r.header,
+            Response::Put(r) => &mut r.header,
+            Response::DeleteRange(r) => &mut r.header,
+            Response::Txn(r) => &mut r.header,
+            Response::Compact(r) => &mut r.header,
+        };
+        let header = header.get_or_insert_with(Default::default);
+        header.cluster_id = self.settings.cluster_id;
+        header.member_id = self.settings.member_id;
+        header.raft_term = self.raw.raft.term;
+        if header.revision == 0 {
+            header.revision = self.mvcc.current_revision();
+        }
+    }
+}
+
+/// Stops the process: the store can no longer promise durability or correctness.
+/// Recovery from the WAL on restart is the only way forward (fsyncgate: never retry).
+pub fn fatal(message: &str) -> ! {
+    tracing::error!("fatal: {message}");
+    eprintln!("ringkv: fatal: {message}");
+    std::process::exit(2);
+}

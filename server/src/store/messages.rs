@@ -1,0 +1,43 @@
+//! What client cores and the store core say to each other.
+//!
+//! Each client core has one bounded channel to the store core (calls) and one back
+//! (replies). `id` is chosen by the client core and only means something there.
+
+use ringkv_proto::etcdserverpb as pb;
+
+use crate::etcd_error::EtcdError;
+
+/// A KV request for the store core. Reads (`Range`, read-only `Txn`) never enter
+/// the raft log; everything else is proposed.
+#[derive(Debug)]
+pub enum Request {
+    Range(pb::RangeRequest),
+    Put(pb::PutRequest),
+    DeleteRange(pb::DeleteRangeRequest),
+    Txn(pb::TxnRequest),
+    Compact(pb::CompactionRequest),
+}
+
+/// The store core's answer to a [`Request`] of the same kind.
+#[derive(Debug)]
+pub enum Response {
+    Range(pb::RangeResponse),
+    Put(pb::PutResponse),
+    DeleteRange(pb::DeleteRangeResponse),
+    Txn(pb::TxnResponse),
+    Compact(pb::CompactionResponse),
+}
+
+/// A request in flight from one client core.
+#[derive(Debug)]
+pub struct Call {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// The answer to the `Call` with the same `id`.
+#[derive(Debug)]
+pub struct Reply {
+    pub id: u64,
+    pub result: Result<Response, EtcdError>,
+}

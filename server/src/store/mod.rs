@@ -1,0 +1,140 @@
+//! The store core: raft, the WAL and MVCC, owned by one executor.
+
+mod bootstrap;
+mod core;
+pub mod messages;
+mod raft_log;
+mod raft_logger;
+mod reads;
+mod wal_io;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+
+pub use self::bootstrap::Identity;
+use self::core::{Event, StoreCore, StoreSettings};
+use self::messages::{Call, Reply};
+
+/// etcd's `--heartbeat-interval` default; one raft tick.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Events handled per pass before the Ready loop runs again (bounds latency).
+const EVENTS_PER_PASS_MAX: usize = 1024;
+
+pub struct StoreCoreSettings {
+    pub data_dir: PathBuf,
+    pub identity: Identity,
+    pub max_request_bytes: usize,
+    pub backend_batch_limit: usize,
+    pub backend_batch_interval: Duration,
+}
+
+/// Opens the store, reports readiness (or the error) on `ready`, then serves
+/// calls from every client core until the process ends.
+pub async fn run(
+    settings: StoreCoreSettings,
+    calls: Vec<SharedReceiver<Call>>,
+    replies: Vec<SharedSender<Reply>>,
+    ready: std::sync::mpsc::Sender<Result<Identity, String>>,
+) {
+    let mut connected_replies = Vec::with_capacity(replies.len());
+    for reply in replies {
+        connected_replies.push(reply.connect().await);
+    }
+    let mut connected_calls = Vec::with_capacity(calls.len());
+    for call in calls {
+        connected_calls.push(call.connect().await);
+    }
+    let opened = match bootstrap::open(&settings.data_dir, settings.identity).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = ready.send(Err(error.to_string()));
+            return;
+        }
+    };
+    let identity = opened.identity;
+    let (events, event_queue) = local_channel::new_unbounded();
+    let events = Rc::new(events);
+    let (wal_jobs, wal_job_queue) = local_channel::new_unbounded();
+    glommio::spawn_local(wal_io::run(opened.wal, wal_job_queue, Rc::clone(&events))).detach();
+    for (client, receiver) in connected_calls.into_iter().enumerate() {
+        let events = Rc::clone(&events);
+        glommio::spawn_local(async move {
+            while let Some(call) = receiver.recv().await {
+                if events.try_send(Event::Call { client, call }).is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+    spawn_timer(Rc::clone(&events), TICK_INTERVAL, || Event::Tick);
+    spawn_timer(Rc::clone(&events), settings.backend_batch_interval, || Event::CommitDue);
+
+    let store_settings = StoreSettings {
+        member_id: identity.member_id,
+        cluster_id: identity.cluster_id,
+        max_request_bytes: settings.max_request_bytes,
+        backend_batch_limit: settings.backend_batch_limit,
+        backend_batch_interval: settings.backend_batch_interval,
+    };
+    let mut core = StoreCore::new(
+        store_settings,
+        opened.raw,
+        opened.mvcc,
+        events,
+        wal_jobs,
+        connected_replies,
+    );
+    // Clients are let in only once everything the WAL holds is applied again, so
+    // even a serializable read after a restart sees every acknowledged write.
+    let mut ready = Some(ready);
+    core.drive();
+    loop {
+        if core.caught_up() {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Ok(identity));
+            }
+        }
+        let first = if core.has_background_work() {
+            match future::poll_once(event_queue.recv()).await {
+                Some(event) => event,
+                None => {
+                    core.background_step();
+                    core.drive();
+                    glommio::yield_if_needed().await;
+                    continue;
+                }
+            }
+        } else {
+            event_queue.recv().await
+        };
+        let Some(first) = first else {
+            return;
+        };
+        core.handle(first);
+        for _ in 1..EVENTS_PER_PASS_MAX {
+            match future::poll_once(event_queue.recv()).await {
+                Some(Some(event)) => core.handle(event),
+                _ => break,
+            }
+        }
+        core.drive();
+    }
+}
+
+fn spawn_timer(events: Rc<local_channel::LocalSender<Event>>, every: Duration, event: fn() -> Event) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(every).await;
+            if events.try_send(event()).is_err() {
+                return;
+            }
+        }
+    })
+    .detach();
+}

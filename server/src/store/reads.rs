@@ -1,0 +1,123 @@
+//! Linearizable reads: batched onto raft ReadIndex requests.
+//!
+//! Reads that arrive while no ReadIndex is outstanding form one batch and share
+//! one ReadIndex round; when raft grants index `i`, the batch is answered as soon
+//! as the applied index reaches `i` (so it sees every write acknowledged before the
+//! read arrived).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ringkv_proto::etcdserverpb as pb;
+
+/// A read waiting to be served from the applied state.
+#[derive(Debug)]
+pub enum PendingRead {
+    Range(pb::RangeRequest),
+    Txn(pb::TxnRequest),
+}
+
+impl PendingRead {
+    pub fn range(request: pb::RangeRequest) -> PendingRead {
+        PendingRead::Range(request)
+    }
+
+    pub fn txn(request: pb::TxnRequest) -> PendingRead {
+        PendingRead::Txn(request)
+    }
+}
+
+/// (client core, call id, read)
+pub type ReadBatch = Vec<(usize, u64, PendingRead)>;
+
+#[derive(Default)]
+pub struct ReadQueue {
+    /// Reads not yet covered by a ReadIndex request.
+    unrequested: ReadBatch,
+    /// Batches whose ReadIndex request is outstanding, by request context.
+    requested: BTreeMap<u64, ReadBatch>,
+    /// Batches granted a read index, in grant order (indexes never decrease).
+    granted: VecDeque<(u64, ReadBatch)>,
+    next_context: u64,
+}
+
+impl ReadQueue {
+    pub fn enqueue(&mut self, client: usize, call_id: u64, read: PendingRead) {
+        self.unrequested.push((client, call_id, read));
+    }
+
+    /// The context for a new ReadIndex request covering every unrequested read.
+    pub fn take_unrequested(&mut self) -> Option<Vec<u8>> {
+        if self.unrequested.is_empty() {
+            return None;
+        }
+        let context = self.next_context;
+        self.next_context += 1;
+        let batch = std::mem::take(&mut self.unrequested);
+        assert!(self.requested.insert(context, batch).is_none());
+        Some(context.to_be_bytes().to_vec())
+    }
+
+    /// Raft granted `index` to the request with `context`.
+    pub fn read_index_granted(&mut self, context: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+            return;
+        };
+        if let Some(batch) = self.requested.remove(&u64::from_be_bytes(bytes)) {
+            if let Some((last, _)) = self.granted.back() {
+                assert!(index >= *last, "read indexes are granted in order");
+            }
+            self.granted.push_back((index, batch));
+        }
+    }
+
+    /// Outstanding requests were dropped (leadership changed): ask again.
+    pub fn requeue_requested(&mut self) {
+        for (_, mut batch) in std::mem::take(&mut self.requested) {
+            self.unrequested.append(&mut batch);
+        }
+    }
+
+    /// The next batch whose read index has been applied.
+    pub fn take_applied(&mut self, applied_index: u64) -> Option<ReadBatch> {
+        match self.granted.front() {
+            Some((index, _)) if *index <= applied_index => self.granted.pop_front().map(|(_, batch)| batch),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read() -> PendingRead {
+        PendingRead::range(pb::RangeRequest::default())
+    }
+
+    #[test]
+    fn reads_arriving_together_share_one_read_index() {
+        let mut queue = ReadQueue::default();
+        queue.enqueue(0, 1, read());
+        queue.enqueue(0, 2, read());
+        let context = queue.take_unrequested().expect("a request for the batch");
+        assert!(queue.take_unrequested().is_none());
+        queue.read_index_granted(&context, 7);
+        assert!(queue.take_applied(6).is_none(), "index 7 is not applied yet");
+        let batch = queue.take_applied(7).expect("granted and applied");
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn dropped_requests_are_asked_again() {
+        let mut queue = ReadQueue::default();
+        queue.enqueue(1, 9, read());
+        let first = queue.take_unrequested().unwrap();
+        queue.requeue_requested();
+        let second = queue.take_unrequested().expect("asked again");
+        assert_ne!(first, second);
+        queue.read_index_granted(&first, 3);
+        assert!(queue.take_applied(10).is_none(), "a stale grant answers nothing");
+        queue.read_index_granted(&second, 3);
+        assert_eq!(queue.take_applied(3).unwrap()[0].1, 9);
+    }
+}

@@ -1,0 +1,194 @@
+//! Test support: real `ringkv` and `etcd` processes on 127.0.0.1, and clients.
+//!
+//! Every wait here is bounded; processes are killed when their handle drops.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringkv_proto::etcdserverpb::kv_client::KvClient;
+use tonic::transport::Channel;
+
+/// How long a server may take to start serving.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The log a server wrote so far, kept for failure messages.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A `ringkv` process serving one client URL.
+pub struct Ringkv {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: Log,
+}
+
+impl Ringkv {
+    /// Starts `ringkv` on a fresh port with `data_dir`, plus any extra flags, and
+    /// waits until it serves clients.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Ringkv {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringkv"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("ringkv starts");
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let log = Log::default();
+        let lines = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving client requests on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = addr_tx.send(addr);
+                }
+                kept.0.lock().unwrap().push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr.parse().expect("a socket address in the ready line"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ringkv did not become ready:\n{}", log.text());
+            }
+        };
+        Ringkv {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL, as a crash: nothing gets a chance to flush.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process's exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait on ringkv")
+    }
+}
+
+impl Drop for Ringkv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A real etcd (Debian's `etcd-server`) as the oracle. Its identity flags are
+/// etcd's defaults, as ringkv's are, so member and cluster ids match.
+pub struct Etcd {
+    child: Child,
+    pub addr: SocketAddr,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let mut child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed (Debian package etcd-server); .ci/run installs it");
+        let addr: SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = child.try_wait().expect("wait on etcd") {
+                panic!("etcd exited before serving: {status}");
+            }
+            assert!(Instant::now() < deadline, "etcd did not start serving");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd {
+            child,
+            addr,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gRPC KV client for `endpoint`, retrying the connection for a bounded time.
+pub async fn kv_client(endpoint: &str) -> KvClient<Channel> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match Channel::from_shared(endpoint.to_string())
+            .expect("a valid endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+        {
+            Ok(channel) => return KvClient::new(channel).max_decoding_message_size(64 << 20),
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot connect to {endpoint}: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A gRPC KV client for `endpoint`, or None if it cannot connect right now.
+pub async fn kv_client_once(endpoint: &str) -> Option<KvClient<Channel>> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("a valid endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .ok()?;
+    Some(KvClient::new(channel).max_decoding_message_size(64 << 20))
+}
