@@ -1,81 +1,172 @@
-//! TEMPORARY in-memory stand-in with the final public API of the B-tree store.
-//! The real copy-on-write B-tree over the page file replaces this file entirely.
+//! A copy-on-write B-tree over the page file: an ordered map from byte keys to
+//! byte values.
+//!
+//! The open transaction owns its modified nodes ([`Node`], by page id); every
+//! other node is a committed page read in place. Modifying a committed node copies
+//! it to a newly allocated page and releases the old one, up to the root, so the
+//! last committed tree is never touched. Writes are visible to reads at once and
+//! become durable with a commit: [`Tree::begin_commit`] encodes the modified nodes
+//! and seals them ([`CommitPlan`]), the plan's blocking I/O runs elsewhere, and
+//! [`Tree::finish_commit`] takes the result back; meanwhile the next transaction
+//! carries on.
 
-use std::collections::BTreeMap;
+mod check;
+mod mutate;
+mod node;
+mod overflow;
+mod range;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
-/// Errors from the B-tree store. Every variant except `Io` means the file is
-/// damaged: the caller must stop, never skip.
-#[derive(Debug, thiserror::Error)]
-pub enum TreeError {
-    #[error("page store I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("page store corrupt at page {page}: {reason}")]
-    Corrupt { page: u64, reason: String },
-}
+use crate::page::{CommitPlan, CommittedPlan, PageError, PageId, PageImage, PageIo, PageKind, PageStore};
 
-/// An ordered byte-key to byte-value map stored in a copy-on-write B-tree file.
-/// Writes are visible to reads at once; they become durable at `commit`.
+pub use check::CheckReport;
+pub use node::MAX_KEY_BYTES;
+pub use range::Range;
+
+use node::{Node, NodeRef, PageView, ValueRef};
+
+/// A key and its value, as iteration yields them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 pub struct Tree {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-/// A sealed transaction whose page writes and fsyncs have not run yet.
-/// `execute` does blocking I/O: run it off the executor.
-pub struct CommitPlan {
-    _private: (),
-}
-
-/// A commit plan whose writes are durable; hand it back to `Tree::finish_commit`.
-pub struct CommittedPlan {
-    _private: (),
-}
-
-impl CommitPlan {
-    pub fn execute(self) -> Result<CommittedPlan, TreeError> {
-        Ok(CommittedPlan { _private: () })
-    }
+    store: PageStore,
+    root: Option<PageId>,
+    /// Nodes allocated by the open transaction.
+    nodes: HashMap<PageId, Node>,
+    /// Overflow pages allocated by the open transaction, encoded.
+    overflow: HashMap<PageId, Box<[u8]>>,
 }
 
 impl Tree {
-    pub fn open(_path: &Path) -> Result<Tree, TreeError> {
-        Ok(Tree { map: BTreeMap::new() })
+    /// Opens (or creates) the tree stored in the file at `path`.
+    pub fn open(path: &Path) -> Result<Tree, PageError> {
+        Ok(Tree::from_store(PageStore::open_path(path)?))
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TreeError> {
-        Ok(self.map.get(key).cloned())
+    /// Opens the tree behind an I/O seam (tests inject faults this way).
+    pub fn open_with(io: Arc<dyn PageIo>) -> Result<Tree, PageError> {
+        Ok(Tree::from_store(PageStore::open(io)?))
     }
 
-    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), TreeError> {
-        self.map.insert(key.to_vec(), value.to_vec());
-        Ok(())
+    fn from_store(store: PageStore) -> Tree {
+        Tree {
+            root: store.committed_root(),
+            store,
+            nodes: HashMap::new(),
+            overflow: HashMap::new(),
+        }
     }
 
-    pub fn remove(&mut self, key: &[u8]) -> Result<bool, TreeError> {
-        Ok(self.map.remove(key).is_some())
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PageError> {
+        let Some(mut id) = self.root else {
+            return Ok(None);
+        };
+        loop {
+            let node = self.node(id)?;
+            if node.is_leaf() {
+                return match node.search(key) {
+                    Ok(index) => self.read_value(node.value(index)).map(Some),
+                    Err(_) => Ok(None),
+                };
+            }
+            id = node.child(node.child_index(key));
+        }
     }
 
-    /// Ascending iteration over `(start, end)`.
-    pub fn range(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), TreeError>> + '_ {
-        self.map
-            .range::<[u8], _>((start, end))
-            .map(|(k, v)| Ok((k.clone(), v.clone())))
+    /// Ascending iteration over the keys in `(start, end)`.
+    pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Range<'_> {
+        Range::new(self, start, end)
     }
 
-    pub fn begin_commit(&mut self) -> Result<CommitPlan, TreeError> {
-        Ok(CommitPlan { _private: () })
+    /// Seals the open transaction for `CommitPlan::execute` (blocking I/O: run it
+    /// off the executor). Only one commit may be in flight.
+    pub fn begin_commit(&mut self) -> Result<CommitPlan, PageError> {
+        let mut pages: Vec<PageImage> = Vec::with_capacity(self.nodes.len() + self.overflow.len());
+        pages.extend(self.nodes.drain().map(|(id, node)| (id, node.encode(id))));
+        pages.extend(self.overflow.drain());
+        self.store.seal(self.root, pages)
     }
 
-    pub fn finish_commit(&mut self, _done: CommittedPlan) {}
+    /// Takes back the outcome of the plan from `begin_commit`. An error leaves
+    /// the tree unusable for commits: it is never retried.
+    pub fn finish_commit(&mut self, result: Result<CommittedPlan, PageError>) -> Result<(), PageError> {
+        self.store.finish(result)
+    }
 
-    pub fn commit(&mut self) -> Result<(), TreeError> {
-        let done = self.begin_commit()?.execute()?;
-        self.finish_commit(done);
-        Ok(())
+    /// Commits synchronously (tools and tests).
+    pub fn commit(&mut self) -> Result<(), PageError> {
+        let plan = self.begin_commit()?;
+        let result = plan.execute();
+        self.finish_commit(result)
+    }
+
+    /// Bytes the page file takes on disk.
+    pub fn file_bytes(&self) -> u64 {
+        self.store.file_bytes()
+    }
+
+    /// Bytes of the page file holding live pages.
+    pub fn in_use_bytes(&self) -> u64 {
+        self.store.in_use_bytes()
+    }
+
+    /// The node at `id`: owned by the open transaction, or a committed page.
+    fn node(&self, id: PageId) -> Result<NodeRef<'_>, PageError> {
+        if let Some(node) = self.nodes.get(&id) {
+            return Ok(NodeRef::Owned(node));
+        }
+        let (page, kind, count) = self.store.page(id)?;
+        let view = PageView::new(page, kind, count).map_err(|reason| PageError::Corrupt { page: id, reason })?;
+        Ok(NodeRef::Page(view))
+    }
+
+    fn read_value(&self, value: ValueRef<'_>) -> Result<Vec<u8>, PageError> {
+        let (head, len) = match value {
+            ValueRef::Inline(bytes) => return Ok(bytes.to_vec()),
+            ValueRef::Overflow { head, len } => (head, len as usize),
+        };
+        let mut out = Vec::with_capacity(len);
+        let mut next = Some(head);
+        while let Some(id) = next {
+            let (following, bytes) = self.overflow_page(id)?;
+            if out.len() + bytes.len() > len {
+                return Err(PageError::Corrupt {
+                    page: id,
+                    reason: format!("overflow chain holds more than the value's {len} bytes"),
+                });
+            }
+            out.extend_from_slice(bytes);
+            next = following;
+        }
+        if out.len() != len {
+            return Err(PageError::Corrupt {
+                page: head,
+                reason: format!("overflow chain holds {} of the value's {len} bytes", out.len()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One page of an overflow chain: (next page, value bytes).
+    fn overflow_page(&self, id: PageId) -> Result<(Option<PageId>, &[u8]), PageError> {
+        let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
+        let page = match self.overflow.get(&id) {
+            Some(page) => page,
+            None => {
+                let (page, kind, _) = self.store.page(id)?;
+                if kind != PageKind::Overflow {
+                    return Err(corrupt(format!("expected an overflow page, found {kind:?}")));
+                }
+                page
+            }
+        };
+        overflow::decode_page(page).map_err(corrupt)
     }
 }

@@ -12,12 +12,11 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use crate::page::{CommitPlan, CommittedPlan, PageError};
 pub use revision::Revision;
 pub use store::{Mvcc, WriteTxn};
 
 use ringkv_proto::mvccpb::KeyValue;
-
-use crate::btree::TreeError;
 
 /// Where a key span ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +61,7 @@ pub enum MvccError {
     #[error("mvcc: required revision is a future revision")]
     FutureRev,
     #[error(transparent)]
-    Storage(#[from] TreeError),
+    Storage(#[from] PageError),
     #[error("mvcc store is corrupt: {0}")]
     Corrupt(String),
 }

@@ -12,7 +12,8 @@ use ringkv_proto::mvccpb::KeyValue;
 use super::key_index::{KeyAt, KeyIndex};
 use super::revision::{Revision, REVISION_TABLE};
 use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult};
-use crate::btree::{CommitPlan, CommittedPlan, Tree};
+use crate::btree::Tree;
+use crate::page::{CommitPlan, CommittedPlan, PageError};
 
 /// Flag bit in a revision record: the revision deletes its key.
 const FLAG_TOMBSTONE: u8 = 1;
@@ -47,7 +48,7 @@ impl Mvcc {
 
     /// Rebuilds the key index by scanning the revision table in order, and
     /// resumes an unfinished physical compaction.
-    pub fn from_tree(tree: Tree) -> Result<Mvcc, MvccError> {
+    fn from_tree(tree: Tree) -> Result<Mvcc, MvccError> {
         let current_revision = read_meta(&tree, META_CURRENT_REVISION)?.unwrap_or(EMPTY_STORE_REVISION);
         let compact_revision = read_meta(&tree, META_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
         let finished_compact_revision = read_meta(&tree, META_FINISHED_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
@@ -99,10 +100,6 @@ impl Mvcc {
             )));
         }
         Ok(store)
-    }
-
-    pub fn into_tree(self) -> Tree {
-        self.tree
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -253,8 +250,9 @@ impl Mvcc {
         Ok(self.tree.begin_commit()?)
     }
 
-    pub fn finish_commit(&mut self, done: CommittedPlan) {
-        self.tree.finish_commit(done);
+    /// Takes back the outcome of the plan from `begin_commit`; an error is final.
+    pub fn finish_commit(&mut self, result: Result<CommittedPlan, PageError>) -> Result<(), MvccError> {
+        Ok(self.tree.finish_commit(result)?)
     }
 
     /// Commits synchronously (tools and tests).

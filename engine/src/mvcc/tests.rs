@@ -68,7 +68,7 @@ enum Step {
     Compact {
         rev_back: i64,
     },
-    CompactStep(usize),
+    PhysicalCompaction(usize),
     Restart,
 }
 
@@ -95,7 +95,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (span(), -1i64..6, 0usize..3, any::<bool>())
             .prop_map(|(span, rev_back, limit, count_only)| Step::Read { span, rev_back, limit, count_only }),
         1 => (-1i64..6).prop_map(|rev_back| Step::Compact { rev_back }),
-        1 => (1usize..4).prop_map(Step::CompactStep),
+        1 => (1usize..4).prop_map(Step::PhysicalCompaction),
         1 => Just(Step::Restart),
     ]
 }
@@ -241,14 +241,15 @@ fn run(steps: Vec<Step>) {
                 }
                 assert_eq!(store.compact_revision(), model.compacted);
             }
-            Step::CompactStep(batch) => {
+            Step::PhysicalCompaction(batch) => {
                 store.compact_step(batch).unwrap();
             }
             Step::Restart => {
                 store.set_applied_index(store.applied_index() + 1);
                 let applied = store.applied_index();
                 store.commit().unwrap();
-                store = Mvcc::from_tree(store.into_tree()).unwrap();
+                drop(store);
+                store = Mvcc::open(&dir.path().join("store.db")).unwrap();
                 assert_eq!(store.applied_index(), applied);
                 assert_eq!(store.current_revision(), model.current());
                 assert_eq!(store.compact_revision(), model.compacted);
@@ -284,7 +285,7 @@ proptest! {
 #[test]
 fn the_first_write_gets_revision_two() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Mvcc::from_tree(Tree::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
     assert_eq!(store.current_revision(), 1);
     let mut txn = store.write();
     txn.put(b"k", b"v", 0).unwrap();
@@ -333,7 +334,8 @@ fn a_restart_mid_compaction_finishes_it() {
         "38 revisions take more than one step of 10"
     );
     store.commit().unwrap();
-    let mut store = Mvcc::from_tree(store.into_tree()).unwrap();
+    drop(store);
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
     assert!(store.compaction_pending());
     while !store.compact_step(10).unwrap() {}
     let at_40 = store
@@ -362,8 +364,10 @@ fn a_restart_mid_compaction_finishes_it() {
         ),
         Err(MvccError::Compacted)
     ));
-    let stored = store
-        .into_tree()
+    store.commit().unwrap();
+    drop(store);
+    let stored = Tree::open(&dir.path().join("s.db"))
+        .unwrap()
         .range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
         .count();
     // Revisions 41..=51 plus the kept one at 40, plus 4 meta keys.

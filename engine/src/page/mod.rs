@@ -1,1 +1,398 @@
-//! (being written)
+//! The page file: fixed-size checksummed pages, two alternating meta pages, a
+//! freelist, reads through a memory map, and commits that run off the executor.
+//!
+//! A commit is sealed on the store core ([`PageStore::seal`]): the caller hands
+//! over the encoded pages of its transaction, the freelist is written, and the
+//! result is a [`CommitPlan`]. The plan's `execute` does the blocking I/O (grow,
+//! write pages, fdatasync, write the meta page, fdatasync) on another thread
+//! while the store core builds the next transaction; [`PageStore::finish`] takes
+//! the result back. Until then the sealed pages are read from memory. Layouts
+//! and the crash argument are in docs/page-format.md.
+
+mod freelist;
+mod io;
+mod layout;
+mod meta;
+pub mod sim;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use io::{FilePageIo, Mapping, PageIo};
+pub use layout::{
+    get_u16, get_u32, get_u64, new_page, PageId, PageImage, PageKind, BODY_BYTES, HEADER_BYTES, PAGE_BYTES,
+};
+
+use freelist::{decode_freelist_page, Freelist};
+use layout::{parse_header, seal_page, verify_page, META_PAGE_COUNT};
+use meta::Meta;
+
+/// The file grows in steps of at least this much, so commits rarely extend it.
+const GROW_STEP_BYTES_MIN: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("page store I/O error while {context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+    },
+    /// The file is damaged: the server must stop, never skip.
+    #[error("page store corrupt at page {page}: {reason}")]
+    Corrupt { page: PageId, reason: String },
+    #[error("page store is unusable after an earlier I/O error")]
+    Poisoned,
+}
+
+fn io_error(context: &'static str) -> impl FnOnce(std::io::Error) -> PageError {
+    move |source| PageError::Io { context, source }
+}
+
+/// Pages of a sealed commit, by id, with txid and checksum stamped.
+type SealedPages = BTreeMap<PageId, Box<[u8]>>;
+
+pub struct PageStore {
+    io: Arc<dyn PageIo>,
+    mapping: Mapping,
+    file_bytes: u64,
+    /// The last durable commit.
+    durable: Meta,
+    /// The commit being written, if any: its pages are read from here until done.
+    sealed: Option<(Meta, Arc<SealedPages>)>,
+    freelist: Freelist,
+    /// One bit per page: checksum verified since the page was last written.
+    verified: RefCell<Vec<u64>>,
+    poisoned: bool,
+}
+
+impl PageStore {
+    /// Opens (or creates) the page file at `path`.
+    pub fn open_path(path: &Path) -> Result<PageStore, PageError> {
+        let io = FilePageIo::open(path).map_err(io_error("opening the page file"))?;
+        PageStore::open(Arc::new(io))
+    }
+
+    /// Opens the page file behind `io`: the newest valid meta page wins; a file
+    /// that was never initialized (empty or all zeros) becomes an empty store.
+    pub fn open(io: Arc<dyn PageIo>) -> Result<PageStore, PageError> {
+        let mapping = io.map().map_err(io_error("mapping the page file"))?;
+        let durable = match newest_meta(&mapping)? {
+            Some(meta) => meta,
+            None => {
+                drop(mapping);
+                initialize(&*io)?
+            }
+        };
+        let mapping = io.map().map_err(io_error("mapping the page file"))?;
+        let file_bytes = mapping.len() as u64;
+        if durable.page_count < META_PAGE_COUNT || durable.page_count * PAGE_BYTES as u64 > file_bytes {
+            return Err(PageError::Corrupt {
+                page: durable.slot(),
+                reason: format!(
+                    "meta page counts {} pages in a {file_bytes}-byte file",
+                    durable.page_count
+                ),
+            });
+        }
+        let mut store = PageStore {
+            io,
+            mapping,
+            file_bytes,
+            durable,
+            sealed: None,
+            freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
+            verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
+            poisoned: false,
+        };
+        store.freelist = store.read_freelist()?;
+        Ok(store)
+    }
+
+    fn read_freelist(&self) -> Result<Freelist, PageError> {
+        let page_count = self.durable.page_count;
+        let mut free = BTreeSet::new();
+        let mut chain = Vec::new();
+        let mut next = self.durable.freelist_head;
+        while let Some(id) = next {
+            let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
+            if chain.contains(&id) || chain.len() as u64 >= page_count {
+                return Err(corrupt("the freelist chain loops".to_string()));
+            }
+            let (page, header) = self.verified_page(id)?;
+            if header.kind != PageKind::Freelist {
+                return Err(corrupt(format!("expected a freelist page, found {:?}", header.kind)));
+            }
+            let (following, ids) = decode_freelist_page(page, header.count).map_err(corrupt)?;
+            for free_id in ids {
+                if !(META_PAGE_COUNT..page_count).contains(&free_id) || !free.insert(free_id) {
+                    return Err(corrupt(format!("bad or repeated free page {free_id}")));
+                }
+            }
+            chain.push(id);
+            next = following;
+        }
+        if let Some(id) = chain.iter().find(|id| free.contains(id)) {
+            return Err(PageError::Corrupt {
+                page: *id,
+                reason: "a freelist page lists itself as free".to_string(),
+            });
+        }
+        Ok(Freelist::new(free, chain, page_count))
+    }
+
+    /// The root of the last sealed (or durable) commit.
+    pub fn committed_root(&self) -> Option<PageId> {
+        self.sealed.as_ref().map_or(self.durable.root, |(meta, _)| meta.root)
+    }
+
+    /// A committed page (durable, or sealed and being written), checksum verified.
+    pub fn page(&self, id: PageId) -> Result<(&[u8], PageKind, u16), PageError> {
+        let (page, header) = self.verified_page(id)?;
+        Ok((page, header.kind, header.count))
+    }
+
+    fn verified_page(&self, id: PageId) -> Result<(&[u8], layout::PageHeader), PageError> {
+        let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
+        if let Some((_, pages)) = &self.sealed {
+            if let Some(page) = pages.get(&id) {
+                return Ok((page, trusted_header(page)));
+            }
+        }
+        let start = id as usize * PAGE_BYTES;
+        let page = self
+            .mapping
+            .get(start..start + PAGE_BYTES)
+            .ok_or_else(|| corrupt(format!("page is past the end of the {}-byte file", self.mapping.len())))?;
+        let header = if self.is_verified(id) {
+            trusted_header(page)
+        } else {
+            let header = verify_page(page, id).map_err(corrupt)?;
+            self.mark_verified(id);
+            header
+        };
+        Ok((page, header))
+    }
+
+    fn is_verified(&self, id: PageId) -> bool {
+        let verified = self.verified.borrow();
+        let (word, bit) = (id as usize / 64, id % 64);
+        verified.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn mark_verified(&self, id: PageId) {
+        let mut verified = self.verified.borrow_mut();
+        let word = id as usize / 64;
+        if verified.len() <= word {
+            verified.resize(word + 1, 0);
+        }
+        verified[word] |= 1 << (id % 64);
+    }
+
+    fn forget_verified(&self, id: PageId) {
+        if let Some(word) = self.verified.borrow_mut().get_mut(id as usize / 64) {
+            *word &= !(1 << (id % 64));
+        }
+    }
+
+    /// A page id for the transaction being built.
+    pub fn allocate(&mut self) -> PageId {
+        let id = self.freelist.allocate();
+        // It will hold new bytes: verify it again when next read from the file.
+        self.forget_verified(id);
+        id
+    }
+
+    /// `id` is not part of the transaction's state any more.
+    pub fn release(&mut self, id: PageId) {
+        self.freelist.release(id);
+    }
+
+    /// Seals the transaction whose tree starts at `root`, with its new `pages`
+    /// (encoded, unsealed). Only one commit may be in flight.
+    pub fn seal(&mut self, root: Option<PageId>, pages: Vec<PageImage>) -> Result<CommitPlan, PageError> {
+        if self.poisoned {
+            return Err(PageError::Poisoned);
+        }
+        assert!(self.sealed.is_none(), "one commit in flight at a time");
+        let txid = self.durable.txid + 1;
+        let (freelist_head, freelist_pages) = self.freelist.seal();
+        let mut sealed = SealedPages::new();
+        for (id, mut page) in pages.into_iter().chain(freelist_pages) {
+            assert!(
+                (META_PAGE_COUNT..self.freelist.page_count()).contains(&id),
+                "page {id} was allocated"
+            );
+            seal_page(&mut page, txid);
+            assert!(
+                sealed.insert(id, page).is_none(),
+                "page {id} written twice in one commit"
+            );
+        }
+        let meta = Meta {
+            txid,
+            root,
+            freelist_head,
+            page_count: self.freelist.page_count(),
+        };
+        let needed = meta.page_count * PAGE_BYTES as u64;
+        let grow_to = (needed > self.file_bytes).then(|| {
+            let step = (self.file_bytes / 4).max(GROW_STEP_BYTES_MIN);
+            (needed.max(self.file_bytes + step)).div_ceil(GROW_STEP_BYTES_MIN) * GROW_STEP_BYTES_MIN
+        });
+        let pages = Arc::new(sealed);
+        self.sealed = Some((meta, Arc::clone(&pages)));
+        Ok(CommitPlan {
+            io: Arc::clone(&self.io),
+            pages,
+            meta,
+            grow_to,
+        })
+    }
+
+    /// Takes back an executed plan: its meta is the durable state now.
+    pub fn finish(&mut self, result: Result<CommittedPlan, PageError>) -> Result<(), PageError> {
+        let (meta, _) = self.sealed.take().expect("a commit was in flight");
+        let done = match result {
+            Ok(done) => done,
+            Err(error) => {
+                // An fsync error is not retried: the kernel may have dropped the pages.
+                self.poisoned = true;
+                return Err(error);
+            }
+        };
+        assert_eq!(done.meta, meta, "the plan that finished is the one sealed");
+        self.durable = meta;
+        let file_bytes = self.io.size().map_err(io_error("sizing the page file"))?;
+        // The real mapping sees writes as they happen; it is renewed only to cover
+        // a grown file. A simulated file's mapping is a snapshot: always renew.
+        if file_bytes != self.file_bytes || matches!(self.mapping, Mapping::Memory(_)) {
+            self.mapping = self.io.map().map_err(io_error("mapping the page file"))?;
+            self.file_bytes = file_bytes;
+        }
+        Ok(())
+    }
+
+    /// Seals, executes on this thread and finishes: for tools and tests.
+    pub fn commit(&mut self, root: Option<PageId>, pages: Vec<PageImage>) -> Result<(), PageError> {
+        let plan = self.seal(root, pages)?;
+        let result = plan.execute();
+        self.finish(result)
+    }
+
+    /// Pages 0..page_count are meta, reachable from the open transaction's
+    /// root, or [`PageStore::unreachable_pages`]: each exactly one of these.
+    pub fn page_count(&self) -> u64 {
+        self.freelist.page_count()
+    }
+
+    pub fn unreachable_pages(&self) -> impl Iterator<Item = PageId> + '_ {
+        self.freelist.unreachable_pages()
+    }
+
+    /// Bytes the file takes (including preallocated, unused space).
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+
+    /// Bytes of pages holding live data.
+    pub fn in_use_bytes(&self) -> u64 {
+        (self.freelist.page_count() - self.freelist.unused_pages()) * PAGE_BYTES as u64
+    }
+}
+
+/// The header of a page whose bytes passed `verify_page` before (or were built
+/// here): they have not changed since, so this cannot fail.
+fn trusted_header(page: &[u8]) -> layout::PageHeader {
+    parse_header(page).unwrap_or_else(|reason| panic!("a verified page changed: {reason}"))
+}
+
+/// The valid meta page with the highest txid; None for a never-initialized file.
+fn newest_meta(mapping: &[u8]) -> Result<Option<Meta>, PageError> {
+    let slot = |id: PageId| {
+        let start = id as usize * PAGE_BYTES;
+        mapping
+            .get(start..start + PAGE_BYTES)
+            .map_or(Err("file too short".to_string()), |page| Meta::decode(page, id))
+    };
+    match (slot(0), slot(1)) {
+        (Ok(a), Ok(b)) => Ok(Some(if a.txid > b.txid { a } else { b })),
+        (Ok(meta), Err(_)) | (Err(_), Ok(meta)) => Ok(Some(meta)),
+        (Err(_), Err(_)) if mapping.iter().all(|&b| b == 0) => Ok(None),
+        (Err(first), Err(second)) => Err(PageError::Corrupt {
+            page: 0,
+            reason: format!("no valid meta page (page 0: {first}; page 1: {second})"),
+        }),
+    }
+}
+
+/// Writes the first meta page of a new file: an empty tree at txid 0.
+fn initialize(io: &dyn PageIo) -> Result<Meta, PageError> {
+    let meta = Meta {
+        txid: 0,
+        root: None,
+        freelist_head: None,
+        page_count: META_PAGE_COUNT,
+    };
+    io.grow(GROW_STEP_BYTES_MIN)
+        .map_err(io_error("growing the new page file"))?;
+    io.write_at(0, &meta.encode())
+        .map_err(io_error("writing the first meta page"))?;
+    io.sync().map_err(io_error("syncing the new page file"))?;
+    Ok(meta)
+}
+
+/// A sealed commit ready to be written. `execute` blocks: run it off the executor.
+pub struct CommitPlan {
+    io: Arc<dyn PageIo>,
+    pages: Arc<SealedPages>,
+    meta: Meta,
+    grow_to: Option<u64>,
+}
+
+/// Proof that a plan's pages and meta page are durable.
+pub struct CommittedPlan {
+    meta: Meta,
+}
+
+impl CommitPlan {
+    /// Grows the file if needed, writes the pages (contiguous runs in one write),
+    /// fdatasync, writes the meta page, fdatasync. The first sync orders the pages
+    /// before the meta page that makes them reachable.
+    pub fn execute(self) -> Result<CommittedPlan, PageError> {
+        if let Some(len) = self.grow_to {
+            self.io.grow(len).map_err(io_error("growing the page file"))?;
+        }
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start: PageId = 0;
+        for (&id, page) in self.pages.iter() {
+            if !run.is_empty() && id != run_start + (run.len() / PAGE_BYTES) as u64 {
+                self.write_run(run_start, &run)?;
+                run.clear();
+            }
+            if run.is_empty() {
+                run_start = id;
+            }
+            run.extend_from_slice(page);
+        }
+        if !run.is_empty() {
+            self.write_run(run_start, &run)?;
+        }
+        self.io.sync().map_err(io_error("syncing page writes"))?;
+        self.io
+            .write_at(self.meta.slot() * PAGE_BYTES as u64, &self.meta.encode())
+            .map_err(io_error("writing the meta page"))?;
+        self.io.sync().map_err(io_error("syncing the meta page"))?;
+        Ok(CommittedPlan { meta: self.meta })
+    }
+
+    fn write_run(&self, first: PageId, bytes: &[u8]) -> Result<(), PageError> {
+        self.io
+            .write_at(first * PAGE_BYTES as u64, bytes)
+            .map_err(io_error("writing pages"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

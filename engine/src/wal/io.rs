@@ -22,7 +22,7 @@ pub trait WalFile {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// fdatasync: everything written before is durable when this returns.
     async fn sync(&self) -> io::Result<()>;
-    async fn len(&self) -> io::Result<u64>;
+    async fn size(&self) -> io::Result<u64>;
 }
 
 /// The directory holding the segments.
@@ -56,11 +56,17 @@ impl DmaDir {
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
-        let dir = Directory::open(&self.path).await?;
-        dir.sync().await?;
-        dir.close().await?;
-        Ok(())
+        sync_directory(&self.path).await
     }
+}
+
+/// fsync of a directory, so that names created, renamed or removed in it are
+/// durable. glommio fails to open a relative directory path: make it absolute.
+pub async fn sync_directory(path: &Path) -> io::Result<()> {
+    let dir = Directory::open(std::path::absolute(path)?).await?;
+    dir.sync().await?;
+    dir.close().await?;
+    Ok(())
 }
 
 impl WalDir for DmaDir {
@@ -161,7 +167,7 @@ impl WalFile for DmaSegment {
         Ok(self.file.fdatasync().await?)
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn size(&self) -> io::Result<u64> {
         Ok(self.file.file_size().await?)
     }
 }

@@ -145,15 +145,9 @@ async fn sync_parent(dir: &Path) -> Result<(), WalError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let handle = glommio::io::Directory::open(parent)
+    io::sync_directory(parent)
         .await
-        .map_err(|e| WalError::io("opening the data directory", e.into()))?;
-    handle
-        .sync()
-        .await
-        .map_err(|e| WalError::io("syncing the data directory", e.into()))?;
-    let _ = handle.close().await;
-    Ok(())
+        .map_err(|e| WalError::io("syncing the data directory", e))
 }
 
 impl<D: WalDir + Clone + 'static> Wal<D> {
@@ -320,7 +314,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
     async fn write_frame(&mut self, records: &[Record]) -> Result<(), WalError> {
         let frame = encode_frame(self.next_batch_seq, self.active.name.seq, records);
-        assert!(frame.len() >= FRAME_HEADER_BYTES && frame.len() % BLOCK_BYTES == 0);
+        assert!(frame.len() >= FRAME_HEADER_BYTES && frame.len().is_multiple_of(BLOCK_BYTES));
         assert!(self.active.offset + frame.len() as u64 <= self.options.segment_bytes);
         let written = self
             .active

@@ -146,7 +146,7 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
             .await
             .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?;
         let len = file
-            .len()
+            .size()
             .await
             .map_err(|source| WalError::io(&format!("sizing {}", segment.name), source))?;
         let bytes = file

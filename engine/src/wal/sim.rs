@@ -178,7 +178,7 @@ impl WalFile for SimFile {
         Ok(())
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn size(&self) -> io::Result<u64> {
         Ok(self.state.borrow().current().len() as u64)
     }
 }

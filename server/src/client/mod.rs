@@ -38,8 +38,10 @@ pub async fn run(
     listen: std::sync::mpsc::Receiver<Vec<SocketAddr>>,
     bound: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, String>>,
 ) {
-    let calls = calls.connect().await;
-    let replies = replies.connect().await;
+    // Both at once: each waits for the store core to connect its end.
+    let calls = glommio::spawn_local(calls.connect());
+    let replies = glommio::spawn_local(replies.connect());
+    let (calls, replies) = (calls.await, replies.await);
     let store = StoreClient::new(calls, settings.in_flight_calls_max);
     glommio::spawn_local(Rc::clone(&store).pump_replies(replies)).detach();
     let Some(listen) = wait_for_listen_addresses(&listen).await else {

@@ -18,8 +18,7 @@ use prost::Message;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI;
-use ringkv_engine::btree::CommittedPlan;
-use ringkv_engine::mvcc::{Mvcc, MvccError};
+use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
 use ringkv_engine::wal::WalError;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
@@ -49,7 +48,7 @@ pub enum Event {
     /// The WAL finished releasing segments.
     Released(Result<(), WalError>),
     /// A page-store commit finished its writes and fsyncs.
-    Committed(Result<CommittedPlan, MvccError>),
+    Committed(Result<CommittedPlan, PageError>),
 }
 
 /// Identity and limits the store core answers with.
@@ -436,18 +435,17 @@ impl StoreCore {
             .append(&mut self.physical_waiters_pending);
         let events = Rc::clone(&self.events);
         glommio::spawn_local(async move {
-            let result = glommio::executor()
-                .spawn_blocking(move || plan.execute().map_err(MvccError::from))
-                .await;
+            let result = glommio::executor().spawn_blocking(move || plan.execute()).await;
             // The store core outlives this task; a closed channel means shutdown.
             let _ = events.try_send(Event::Committed(result));
         })
         .detach();
     }
 
-    fn finish_commit(&mut self, result: Result<CommittedPlan, MvccError>) {
-        let done = result.unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
-        self.mvcc.finish_commit(done);
+    fn finish_commit(&mut self, result: Result<CommittedPlan, PageError>) {
+        self.mvcc
+            .finish_commit(result)
+            .unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
         let committed = self.commit.take().expect("a commit was in flight");
         // The page store now holds every entry up to `applied_index`: the WAL and
         // the in-memory raft log can let go of them.

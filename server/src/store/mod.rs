@@ -41,13 +41,17 @@ pub async fn run(
     replies: Vec<SharedSender<Reply>>,
     ready: std::sync::mpsc::Sender<Result<Identity, String>>,
 ) {
+    // Each `connect` waits for the other core to connect its end: start them all
+    // at once so no order between cores can deadlock.
+    let replies: Vec<_> = replies.into_iter().map(|r| glommio::spawn_local(r.connect())).collect();
+    let calls: Vec<_> = calls.into_iter().map(|c| glommio::spawn_local(c.connect())).collect();
     let mut connected_replies = Vec::with_capacity(replies.len());
     for reply in replies {
-        connected_replies.push(reply.connect().await);
+        connected_replies.push(reply.await);
     }
     let mut connected_calls = Vec::with_capacity(calls.len());
     for call in calls {
-        connected_calls.push(call.connect().await);
+        connected_calls.push(call.await);
     }
     let opened = match bootstrap::open(&settings.data_dir, settings.identity).await {
         Ok(opened) => opened,

@@ -1,0 +1,156 @@
+//! A full integrity check of the tree and its page file: every node's checksum
+//! and layout, key order and bounds, equal leaf depth, node sizes, overflow
+//! chain lengths, and the page accounting (every page is meta, reachable, or
+//! unreachable-and-accounted for: exactly one of these).
+
+use std::collections::HashSet;
+
+use crate::page::{PageError, PageId};
+
+use super::node::{ValueRef, NODE_CAPACITY};
+use super::Tree;
+
+/// What a successful check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckReport {
+    pub entries: u64,
+    /// Levels from the root to the leaves (0 for an empty tree).
+    pub depth: u32,
+    /// Pages reachable from the root, overflow pages included.
+    pub reachable_pages: u64,
+    pub unreachable_pages: u64,
+}
+
+struct Walk {
+    seen: HashSet<PageId>,
+    entries: u64,
+    leaf_depth: Option<u32>,
+}
+
+impl Tree {
+    /// Walks the whole tree; the first problem found is returned as corruption.
+    pub fn check(&self) -> Result<CheckReport, PageError> {
+        let mut walk = Walk {
+            seen: HashSet::new(),
+            entries: 0,
+            leaf_depth: None,
+        };
+        if let Some(root) = self.root {
+            self.check_node(root, None, None, 1, &mut walk)?;
+        }
+        let mut unreachable = 0u64;
+        for id in self.store.unreachable_pages() {
+            if !walk.seen.insert(id) {
+                return Err(corrupt(
+                    id,
+                    "page is both in use and accounted unreachable (or listed twice)",
+                ));
+            }
+            unreachable += 1;
+        }
+        let data_pages = self.store.page_count() - 2;
+        if walk.seen.len() as u64 != data_pages {
+            let missing = (2..self.store.page_count())
+                .find(|id| !walk.seen.contains(id))
+                .unwrap_or(0);
+            return Err(corrupt(
+                missing,
+                &format!("page leaked: {} of {data_pages} pages accounted", walk.seen.len()),
+            ));
+        }
+        Ok(CheckReport {
+            entries: walk.entries,
+            depth: walk.leaf_depth.unwrap_or(0),
+            reachable_pages: data_pages - unreachable,
+            unreachable_pages: unreachable,
+        })
+    }
+
+    /// Checks the subtree at `id`, whose keys must lie in `[low, high)`.
+    fn check_node(
+        &self,
+        id: PageId,
+        low: Option<&[u8]>,
+        high: Option<&[u8]>,
+        depth: u32,
+        walk: &mut Walk,
+    ) -> Result<(), PageError> {
+        if !walk.seen.insert(id) {
+            return Err(corrupt(id, "page reachable twice"));
+        }
+        let node = self.node(id)?;
+        if let super::node::NodeRef::Owned(owned) = node {
+            if owned.bytes() > NODE_CAPACITY || owned.len() == 0 {
+                return Err(corrupt(
+                    id,
+                    &format!("node of {} entries, {} bytes", owned.len(), owned.bytes()),
+                ));
+            }
+        }
+        for index in 0..node.len() {
+            let key = node.key(index);
+            let ordered = index == 0 || node.key(index - 1) < key;
+            // A branch's first key bounds nothing; every other key is checked.
+            let checked = node.is_leaf() || index > 0;
+            let in_bounds = low.is_none_or(|low| key >= low) && high.is_none_or(|high| key < high);
+            if !ordered || checked && !in_bounds {
+                return Err(corrupt(
+                    id,
+                    &format!("key {index} out of order or out of its parent's bounds"),
+                ));
+            }
+        }
+        if node.is_leaf() {
+            match walk.leaf_depth {
+                Some(expected) if expected != depth => {
+                    return Err(corrupt(id, &format!("leaf at depth {depth}, others at {expected}")));
+                }
+                _ => walk.leaf_depth = Some(depth),
+            }
+            walk.entries += node.len() as u64;
+            for index in 0..node.len() {
+                if let ValueRef::Overflow { head, len } = node.value(index) {
+                    self.check_overflow(head, len as usize, walk)?;
+                }
+            }
+            return Ok(());
+        }
+        for index in 0..node.len() {
+            let child_low = if index == 0 { low } else { Some(node.key(index)) };
+            let child_high = if index + 1 < node.len() {
+                Some(node.key(index + 1))
+            } else {
+                high
+            };
+            self.check_node(node.child(index), child_low, child_high, depth + 1, walk)?;
+        }
+        Ok(())
+    }
+
+    fn check_overflow(&self, head: PageId, len: usize, walk: &mut Walk) -> Result<(), PageError> {
+        let mut next = Some(head);
+        let mut total = 0;
+        while let Some(id) = next {
+            if !walk.seen.insert(id) {
+                return Err(corrupt(id, "overflow page reachable twice"));
+            }
+            let (following, bytes) = self.overflow_page(id)?;
+            total += bytes.len();
+            next = following;
+        }
+        if total != len {
+            return Err(corrupt(
+                head,
+                &format!("overflow chain holds {total} bytes, the leaf says {len}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(page: PageId, reason: &str) -> PageError {
+    PageError::Corrupt {
+        page,
+        reason: reason.to_string(),
+    }
+}

@@ -1,0 +1,256 @@
+//! Insert and remove, copy-on-write: the path from the root to the leaf becomes
+//! owned by the open transaction, the leaf changes, then nodes that grew past a
+//! page split upwards, and nodes that shrank below a quarter page merge with a
+//! sibling when the two fit one page.
+
+use std::collections::HashMap;
+
+use crate::page::{PageError, PageId};
+
+use super::node::{fits_inline, Node, NodeRef, Value, MAX_KEY_BYTES, NODE_CAPACITY};
+use super::overflow::{self, OVERFLOW_DATA_BYTES};
+use super::Tree;
+
+/// A node below this many bytes tries to merge with a sibling.
+const UNDERFULL_BYTES: usize = NODE_CAPACITY / 4;
+
+/// One step of a path from the root: a node owned by the open transaction and,
+/// for branches, the entry followed.
+type Path = Vec<(PageId, usize)>;
+
+impl Tree {
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), PageError> {
+        assert!(
+            key.len() <= MAX_KEY_BYTES,
+            "tree keys are at most {MAX_KEY_BYTES} bytes"
+        );
+        let value = self.store_value(key, value);
+        let Some(root) = self.root else {
+            let id = self.store.allocate();
+            self.nodes.insert(id, Node::Leaf(vec![(key.into(), value)]));
+            self.root = Some(id);
+            return Ok(());
+        };
+        let path = self.own_path(root, key)?;
+        let (leaf_id, _) = *path.last().expect("a path ends at a leaf");
+        let Some(Node::Leaf(entries)) = self.nodes.get_mut(&leaf_id) else {
+            unreachable!("a path ends at an owned leaf");
+        };
+        let replaced = match entries.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
+            Ok(index) => Some(std::mem::replace(&mut entries[index].1, value)),
+            Err(index) => {
+                entries.insert(index, (key.into(), value));
+                None
+            }
+        };
+        if let Some(old) = replaced {
+            self.release_value(&old)?;
+        }
+        self.split_upwards(&path);
+        Ok(())
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn remove(&mut self, key: &[u8]) -> Result<bool, PageError> {
+        let Some(root) = self.root else {
+            return Ok(false);
+        };
+        // Look first, so a miss copies nothing.
+        if !self.contains(key)? {
+            return Ok(false);
+        }
+        let path = self.own_path(root, key)?;
+        let (leaf_id, _) = *path.last().expect("a path ends at a leaf");
+        let Some(Node::Leaf(entries)) = self.nodes.get_mut(&leaf_id) else {
+            unreachable!("a path ends at an owned leaf");
+        };
+        let index = entries
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .expect("the key was found before");
+        let (_, old) = entries.remove(index);
+        self.release_value(&old)?;
+        self.merge_upwards(&path)?;
+        self.shrink_root();
+        Ok(true)
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, PageError> {
+        let Some(mut id) = self.root else {
+            return Ok(false);
+        };
+        loop {
+            let node = self.node(id)?;
+            if node.is_leaf() {
+                return Ok(node.search(key).is_ok());
+            }
+            id = node.child(node.child_index(key));
+        }
+    }
+
+    /// Makes node `id` owned by the open transaction: a committed node is copied
+    /// to a new page and its page released. Returns the (possibly new) id.
+    fn own(&mut self, id: PageId) -> Result<PageId, PageError> {
+        if self.nodes.contains_key(&id) {
+            return Ok(id);
+        }
+        let node = self.node(id)?.to_node();
+        let copy = self.store.allocate();
+        self.store.release(id);
+        self.nodes.insert(copy, node);
+        Ok(copy)
+    }
+
+    /// Owns every node from the root to the leaf where `key` belongs.
+    fn own_path(&mut self, root: PageId, key: &[u8]) -> Result<Path, PageError> {
+        let mut id = self.own(root)?;
+        self.root = Some(id);
+        let mut path = Path::new();
+        loop {
+            let child_index = match &self.nodes[&id] {
+                Node::Leaf(_) => {
+                    path.push((id, 0));
+                    return Ok(path);
+                }
+                node => NodeRef::Owned(node).child_index(key),
+            };
+            let child = self.own_child(id, child_index)?;
+            path.push((id, child_index));
+            id = child;
+        }
+    }
+
+    /// Owns entry `index`'s child of the owned branch `parent`, repointing it.
+    fn own_child(&mut self, parent: PageId, index: usize) -> Result<PageId, PageError> {
+        let child = branch(&self.nodes, parent)[index].1;
+        let owned = self.own(child)?;
+        if owned != child {
+            branch_mut(&mut self.nodes, parent)[index].1 = owned;
+        }
+        Ok(owned)
+    }
+
+    /// Splits, from the leaf up, every node on `path` that no longer fits a page.
+    fn split_upwards(&mut self, path: &Path) {
+        for level in (0..path.len()).rev() {
+            let (id, _) = path[level];
+            if self.nodes[&id].bytes() <= NODE_CAPACITY {
+                return;
+            }
+            let upper = self.nodes.get_mut(&id).expect("owned").split_off_upper();
+            let separator: Box<[u8]> = upper.first_key().into();
+            let upper_id = self.store.allocate();
+            self.nodes.insert(upper_id, upper);
+            if level == 0 {
+                let root = self.store.allocate();
+                self.nodes
+                    .insert(root, Node::Branch(vec![(Box::default(), id), (separator, upper_id)]));
+                self.root = Some(root);
+            } else {
+                let (parent, index) = path[level - 1];
+                branch_mut(&mut self.nodes, parent).insert(index + 1, (separator, upper_id));
+            }
+        }
+    }
+
+    /// From the leaf up: removes empty nodes and merges underfull ones with a
+    /// sibling when both fit one page. Stops at the first node left as it was.
+    fn merge_upwards(&mut self, path: &Path) -> Result<(), PageError> {
+        for level in (1..path.len()).rev() {
+            let (id, _) = path[level];
+            let (parent, index) = path[level - 1];
+            let node = &self.nodes[&id];
+            if node.len() == 0 {
+                branch_mut(&mut self.nodes, parent).remove(index);
+                self.nodes.remove(&id);
+                self.store.release(id);
+                continue;
+            }
+            if node.bytes() >= UNDERFULL_BYTES || branch(&self.nodes, parent).len() < 2 {
+                return Ok(());
+            }
+            let left_index = if index + 1 < branch(&self.nodes, parent).len() {
+                index
+            } else {
+                index - 1
+            };
+            let right_index = left_index + 1;
+            let left = self.own_child(parent, left_index)?;
+            let right = self.own_child(parent, right_index)?;
+            let separator = branch(&self.nodes, parent)[right_index].0.clone();
+            if self.nodes[&left].merged_bytes(&self.nodes[&right], &separator) > NODE_CAPACITY {
+                return Ok(());
+            }
+            let right_node = self.nodes.remove(&right).expect("owned");
+            self.nodes.get_mut(&left).expect("owned").absorb(right_node, &separator);
+            self.store.release(right);
+            branch_mut(&mut self.nodes, parent).remove(right_index);
+        }
+        Ok(())
+    }
+
+    /// A root branch with one child gives way to the child; an empty root leaf
+    /// leaves an empty tree.
+    fn shrink_root(&mut self) {
+        while let Some(root) = self.root {
+            let Some(node) = self.nodes.get(&root) else {
+                return;
+            };
+            let next = match node {
+                Node::Branch(entries) if entries.len() == 1 => Some(entries[0].1),
+                Node::Leaf(entries) if entries.is_empty() => None,
+                Node::Branch(entries) => {
+                    assert!(
+                        entries.len() >= 2,
+                        "a root branch never loses its last two children at once"
+                    );
+                    return;
+                }
+                Node::Leaf(_) => return,
+            };
+            self.nodes.remove(&root);
+            self.store.release(root);
+            self.root = next;
+        }
+    }
+
+    /// The value as stored in a leaf: inline, or written to a new overflow chain.
+    fn store_value(&mut self, key: &[u8], value: &[u8]) -> Value {
+        if fits_inline(key, value.len()) {
+            return Value::Inline(value.into());
+        }
+        let len = u32::try_from(value.len()).expect("values are far below 4 GiB");
+        let ids: Vec<PageId> = (0..value.len().div_ceil(OVERFLOW_DATA_BYTES))
+            .map(|_| self.store.allocate())
+            .collect();
+        self.overflow.extend(overflow::encode_chain(value, &ids));
+        Value::Overflow { head: ids[0], len }
+    }
+
+    /// Releases the overflow chain of a value no longer stored.
+    fn release_value(&mut self, value: &Value) -> Result<(), PageError> {
+        let Value::Overflow { head, .. } = *value else {
+            return Ok(());
+        };
+        let mut next = Some(head);
+        while let Some(id) = next {
+            next = self.overflow_page(id)?.0;
+            self.overflow.remove(&id);
+            self.store.release(id);
+        }
+        Ok(())
+    }
+}
+
+fn branch(nodes: &HashMap<PageId, Node>, id: PageId) -> &Vec<(Box<[u8]>, PageId)> {
+    match &nodes[&id] {
+        Node::Branch(entries) => entries,
+        Node::Leaf(_) => panic!("page {id} is a leaf, not a branch"),
+    }
+}
+
+fn branch_mut(nodes: &mut HashMap<PageId, Node>, id: PageId) -> &mut Vec<(Box<[u8]>, PageId)> {
+    match nodes.get_mut(&id) {
+        Some(Node::Branch(entries)) => entries,
+        _ => panic!("page {id} is not an owned branch"),
+    }
+}

@@ -1,0 +1,472 @@
+//! B-tree nodes: owned (being modified in the open transaction) and as views over
+//! committed page bytes (read without decoding). Layouts, after the page header
+//! (little endian), as in docs/page-format.md:
+//!
+//! ```text
+//! 24            u16 offset of entry i, for i in 0..count (entries in key order)
+//! 24 + 2*count  entries, packed
+//!
+//! leaf entry:   u16 key length, u8 value kind (0 inline, 1 overflow),
+//!               u32 value length, key, then the value (inline) or
+//!               u64 first overflow page (overflow)
+//! branch entry: u16 key length, u64 child page, key
+//! ```
+//! A branch's entry i leads to the keys >= its key (and < entry i+1's key); the
+//! key of entry 0 is not consulted (it bounds nothing from below).
+
+use crate::page::{get_u16, get_u32, get_u64, new_page, PageId, PageKind, BODY_BYTES, HEADER_BYTES, PAGE_BYTES};
+
+/// Keys are short in this engine (MVCC revision keys and meta names); the limit
+/// keeps any node splittable in two that fit a page.
+pub const MAX_KEY_BYTES: usize = 512;
+/// A value is stored in its leaf when key and value together are at most this;
+/// larger values go to a chain of overflow pages.
+pub const INLINE_ENTRY_MAX: usize = 1024;
+/// Bytes of entries (offset slots included) a node page holds.
+pub const NODE_CAPACITY: usize = BODY_BYTES;
+
+const SLOT_BYTES: usize = 2;
+const LEAF_ENTRY_HEADER: usize = 7;
+const BRANCH_ENTRY_HEADER: usize = 10;
+const VALUE_INLINE: u8 = 0;
+const VALUE_OVERFLOW: u8 = 1;
+
+// An overfull node (a full page plus one largest entry) must split into two
+// halves that each fit a page.
+const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_MAX) <= NODE_CAPACITY);
+const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + MAX_KEY_BYTES + 8) <= NODE_CAPACITY);
+const _: () = assert!(3 * (SLOT_BYTES + BRANCH_ENTRY_HEADER + MAX_KEY_BYTES) <= NODE_CAPACITY);
+
+/// A leaf's value: inline bytes, or the head of an overflow chain of `len` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Inline(Box<[u8]>),
+    Overflow { head: PageId, len: u32 },
+}
+
+impl Value {
+    fn stored_bytes(&self) -> usize {
+        match self {
+            Value::Inline(bytes) => bytes.len(),
+            Value::Overflow { .. } => 8,
+        }
+    }
+}
+
+/// A value as read from a node, borrowing inline bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueRef<'a> {
+    Inline(&'a [u8]),
+    Overflow { head: PageId, len: u32 },
+}
+
+fn leaf_entry_bytes(key: &[u8], value: &Value) -> usize {
+    SLOT_BYTES + LEAF_ENTRY_HEADER + key.len() + value.stored_bytes()
+}
+
+fn branch_entry_bytes(key: &[u8]) -> usize {
+    SLOT_BYTES + BRANCH_ENTRY_HEADER + key.len()
+}
+
+/// A node owned by the open transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Leaf(Vec<(Box<[u8]>, Value)>),
+    Branch(Vec<(Box<[u8]>, PageId)>),
+}
+
+impl Node {
+    pub fn len(&self) -> usize {
+        match self {
+            Node::Leaf(entries) => entries.len(),
+            Node::Branch(entries) => entries.len(),
+        }
+    }
+
+    /// Bytes the entries take in a page (offset slots included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Node::Leaf(entries) => entries.iter().map(|(k, v)| leaf_entry_bytes(k, v)).sum(),
+            Node::Branch(entries) => entries.iter().map(|(k, _)| branch_entry_bytes(k)).sum(),
+        }
+    }
+
+    pub fn first_key(&self) -> &[u8] {
+        match self {
+            Node::Leaf(entries) => &entries[0].0,
+            Node::Branch(entries) => &entries[0].0,
+        }
+    }
+
+    /// Moves the upper part of the entries into a new node so that both halves
+    /// hold about the same bytes; both keep at least one entry.
+    pub fn split_off_upper(&mut self) -> Node {
+        let total = self.bytes();
+        let sizes: Vec<usize> = match self {
+            Node::Leaf(entries) => entries.iter().map(|(k, v)| leaf_entry_bytes(k, v)).collect(),
+            Node::Branch(entries) => entries.iter().map(|(k, _)| branch_entry_bytes(k)).collect(),
+        };
+        assert!(sizes.len() >= 2, "only a node with two entries or more splits");
+        let mut lower = 0;
+        let mut at = 0;
+        while at < sizes.len() - 1 && (at == 0 || lower + sizes[at] <= total / 2) {
+            lower += sizes[at];
+            at += 1;
+        }
+        let upper = match self {
+            Node::Leaf(entries) => Node::Leaf(entries.split_off(at)),
+            Node::Branch(entries) => Node::Branch(entries.split_off(at)),
+        };
+        assert!(self.len() >= 1 && upper.len() >= 1);
+        upper
+    }
+
+    /// Bytes this node would take after `absorb(right, separator)`.
+    pub fn merged_bytes(&self, right: &Node, separator: &[u8]) -> usize {
+        match right {
+            Node::Leaf(_) => self.bytes() + right.bytes(),
+            Node::Branch(entries) => self.bytes() + right.bytes() - entries[0].0.len() + separator.len(),
+        }
+    }
+
+    /// Appends `right`'s entries (the right sibling) to this node. For branches
+    /// `separator` replaces the key of `right`'s first entry, which was not a
+    /// bound there but is one here.
+    pub fn absorb(&mut self, right: Node, separator: &[u8]) {
+        match (self, right) {
+            (Node::Leaf(left), Node::Leaf(right)) => left.extend(right),
+            (Node::Branch(left), Node::Branch(mut right)) => {
+                right[0].0 = separator.into();
+                left.extend(right);
+            }
+            _ => panic!("siblings are at the same level"),
+        }
+    }
+
+    /// The page image of this node as page `id` (checksum and txid come at seal).
+    pub fn encode(&self, id: PageId) -> Box<[u8]> {
+        assert!(
+            self.bytes() <= NODE_CAPACITY,
+            "node of {} bytes does not fit a page",
+            self.bytes()
+        );
+        let count = self.len();
+        let (kind, mut page) = match self {
+            Node::Leaf(_) => (PageKind::Leaf, new_page(PageKind::Leaf, count as u16, id)),
+            Node::Branch(_) => (PageKind::Branch, new_page(PageKind::Branch, count as u16, id)),
+        };
+        let mut at = HEADER_BYTES + SLOT_BYTES * count;
+        for index in 0..count {
+            let slot = HEADER_BYTES + SLOT_BYTES * index;
+            page[slot..slot + 2].copy_from_slice(&(at as u16).to_le_bytes());
+            match self {
+                Node::Leaf(entries) => {
+                    let (key, value) = &entries[index];
+                    at = put_leaf_entry(&mut page, at, key, value);
+                }
+                Node::Branch(entries) => {
+                    let (key, child) = &entries[index];
+                    page[at..at + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+                    page[at + 2..at + 10].copy_from_slice(&child.to_le_bytes());
+                    page[at + 10..at + 10 + key.len()].copy_from_slice(key);
+                    at += BRANCH_ENTRY_HEADER + key.len();
+                }
+            }
+        }
+        assert_eq!(
+            at,
+            HEADER_BYTES + self.bytes(),
+            "{kind:?} node encoded to its computed size"
+        );
+        page
+    }
+}
+
+fn put_leaf_entry(page: &mut [u8], at: usize, key: &[u8], value: &Value) -> usize {
+    page[at..at + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    let key_start = at + LEAF_ENTRY_HEADER;
+    page[key_start..key_start + key.len()].copy_from_slice(key);
+    let value_start = key_start + key.len();
+    match value {
+        Value::Inline(bytes) => {
+            page[at + 2] = VALUE_INLINE;
+            page[at + 3..at + 7].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            page[value_start..value_start + bytes.len()].copy_from_slice(bytes);
+            value_start + bytes.len()
+        }
+        Value::Overflow { head, len } => {
+            page[at + 2] = VALUE_OVERFLOW;
+            page[at + 3..at + 7].copy_from_slice(&len.to_le_bytes());
+            page[value_start..value_start + 8].copy_from_slice(&head.to_le_bytes());
+            value_start + 8
+        }
+    }
+}
+
+/// A node to read: a committed page or an owned node.
+#[derive(Clone, Copy)]
+pub enum NodeRef<'a> {
+    Page(PageView<'a>),
+    Owned(&'a Node),
+}
+
+impl<'a> NodeRef<'a> {
+    pub fn is_leaf(&self) -> bool {
+        match self {
+            NodeRef::Page(view) => view.leaf,
+            NodeRef::Owned(node) => matches!(node, Node::Leaf(_)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            NodeRef::Page(view) => view.count,
+            NodeRef::Owned(node) => node.len(),
+        }
+    }
+
+    pub fn key(&self, index: usize) -> &'a [u8] {
+        match *self {
+            NodeRef::Page(view) => view.key(index),
+            NodeRef::Owned(Node::Leaf(entries)) => &entries[index].0,
+            NodeRef::Owned(Node::Branch(entries)) => &entries[index].0,
+        }
+    }
+
+    pub fn child(&self, index: usize) -> PageId {
+        match *self {
+            NodeRef::Page(view) => view.child(index),
+            NodeRef::Owned(Node::Branch(entries)) => entries[index].1,
+            NodeRef::Owned(Node::Leaf(_)) => panic!("a leaf has no children"),
+        }
+    }
+
+    pub fn value(&self, index: usize) -> ValueRef<'a> {
+        match *self {
+            NodeRef::Page(view) => view.value(index),
+            NodeRef::Owned(Node::Leaf(entries)) => match &entries[index].1 {
+                Value::Inline(bytes) => ValueRef::Inline(bytes),
+                Value::Overflow { head, len } => ValueRef::Overflow { head: *head, len: *len },
+            },
+            NodeRef::Owned(Node::Branch(_)) => panic!("a branch has no values"),
+        }
+    }
+
+    /// Leaf: `Ok(index)` of `key`, or `Err(index)` where it would go.
+    pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = (low + high) / 2;
+            match self.key(mid).cmp(key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(low)
+    }
+
+    /// Branch: the entry whose subtree holds `key`.
+    pub fn child_index(&self, key: &[u8]) -> usize {
+        // Entries 1.. with key <= `key`; entry 0 takes everything below entry 1.
+        let (mut low, mut high) = (1, self.len());
+        while low < high {
+            let mid = (low + high) / 2;
+            if self.key(mid) <= key {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low - 1
+    }
+
+    /// An owned copy, for copy-on-write.
+    pub fn to_node(self) -> Node {
+        match self {
+            NodeRef::Owned(node) => node.clone(),
+            NodeRef::Page(view) if view.leaf => Node::Leaf(
+                (0..view.count)
+                    .map(|i| {
+                        let value = match view.value(i) {
+                            ValueRef::Inline(bytes) => Value::Inline(bytes.into()),
+                            ValueRef::Overflow { head, len } => Value::Overflow { head, len },
+                        };
+                        (view.key(i).into(), value)
+                    })
+                    .collect(),
+            ),
+            NodeRef::Page(view) => Node::Branch((0..view.count).map(|i| (view.key(i).into(), view.child(i))).collect()),
+        }
+    }
+}
+
+/// A committed node page, read in place. Built only by [`PageView::new`], which
+/// checks that every entry lies inside the page.
+#[derive(Clone, Copy)]
+pub struct PageView<'a> {
+    page: &'a [u8],
+    count: usize,
+    leaf: bool,
+}
+
+impl<'a> PageView<'a> {
+    /// Checks the layout of a checksummed node page; Err says what is wrong.
+    pub fn new(page: &'a [u8], kind: PageKind, count: u16) -> Result<PageView<'a>, String> {
+        assert_eq!(page.len(), PAGE_BYTES);
+        let leaf = match kind {
+            PageKind::Leaf => true,
+            PageKind::Branch => false,
+            other => return Err(format!("expected a node page, found {other:?}")),
+        };
+        let count = count as usize;
+        if count == 0 || HEADER_BYTES + SLOT_BYTES * count > PAGE_BYTES {
+            return Err(format!("node page with {count} entries"));
+        }
+        let entry_header = if leaf { LEAF_ENTRY_HEADER } else { BRANCH_ENTRY_HEADER };
+        let mut expected = HEADER_BYTES + SLOT_BYTES * count;
+        for index in 0..count {
+            let at = get_u16(page, HEADER_BYTES + SLOT_BYTES * index) as usize;
+            if at != expected || at + entry_header > PAGE_BYTES {
+                return Err(format!("entry {index} at offset {at}, expected {expected}"));
+            }
+            let key_len = get_u16(page, at) as usize;
+            expected = if leaf {
+                let stored = match page[at + 2] {
+                    VALUE_INLINE => get_u32(page, at + 3) as usize,
+                    VALUE_OVERFLOW => 8,
+                    other => return Err(format!("entry {index} has value kind {other}")),
+                };
+                at + LEAF_ENTRY_HEADER + key_len + stored
+            } else {
+                at + BRANCH_ENTRY_HEADER + key_len
+            };
+            if expected > PAGE_BYTES {
+                return Err(format!("entry {index} runs past the page"));
+            }
+        }
+        Ok(PageView { page, count, leaf })
+    }
+
+    fn entry(&self, index: usize) -> usize {
+        assert!(index < self.count);
+        get_u16(self.page, HEADER_BYTES + SLOT_BYTES * index) as usize
+    }
+
+    fn key(&self, index: usize) -> &'a [u8] {
+        let at = self.entry(index);
+        let len = get_u16(self.page, at) as usize;
+        let start = at
+            + if self.leaf {
+                LEAF_ENTRY_HEADER
+            } else {
+                BRANCH_ENTRY_HEADER
+            };
+        &self.page[start..start + len]
+    }
+
+    fn child(&self, index: usize) -> PageId {
+        assert!(!self.leaf, "a leaf has no children");
+        get_u64(self.page, self.entry(index) + 2)
+    }
+
+    fn value(&self, index: usize) -> ValueRef<'a> {
+        assert!(self.leaf, "a branch has no values");
+        let at = self.entry(index);
+        let start = at + LEAF_ENTRY_HEADER + get_u16(self.page, at) as usize;
+        let len = get_u32(self.page, at + 3);
+        match self.page[at + 2] {
+            VALUE_INLINE => ValueRef::Inline(&self.page[start..start + len as usize]),
+            _ => ValueRef::Overflow {
+                head: get_u64(self.page, start),
+                len,
+            },
+        }
+    }
+}
+
+/// Whether a value of `value_len` bytes under `key` is stored in the leaf.
+pub fn fits_inline(key: &[u8], value_len: usize) -> bool {
+    key.len() + value_len <= INLINE_ENTRY_MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::PAGE_BYTES;
+
+    fn leaf(entries: &[(&str, &str)]) -> Node {
+        Node::Leaf(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_bytes().into(), Value::Inline(v.as_bytes().into())))
+                .collect(),
+        )
+    }
+
+    fn view(page: &[u8], node: &Node) -> NodeRef<'static> {
+        let page: &'static [u8] = Box::leak(page.to_vec().into_boxed_slice());
+        let kind = if matches!(node, Node::Leaf(_)) {
+            PageKind::Leaf
+        } else {
+            PageKind::Branch
+        };
+        NodeRef::Page(PageView::new(page, kind, node.len() as u16).unwrap())
+    }
+
+    #[test]
+    fn leaves_round_trip_through_their_page() {
+        let mut node = leaf(&[("a", "1"), ("b", ""), ("c", "three")]);
+        if let Node::Leaf(entries) = &mut node {
+            entries.push(("d".as_bytes().into(), Value::Overflow { head: 99, len: 5000 }));
+        }
+        let page = node.encode(7);
+        assert_eq!(page.len(), PAGE_BYTES);
+        let read = view(&page, &node);
+        assert_eq!(read.to_node(), node);
+        assert_eq!(read.search(b"b"), Ok(1));
+        assert_eq!(read.search(b"bb"), Err(2));
+        assert_eq!(read.value(3), ValueRef::Overflow { head: 99, len: 5000 });
+    }
+
+    #[test]
+    fn branches_route_keys_to_the_child_whose_bound_is_below() {
+        let node = Node::Branch(vec![
+            (b"".as_slice().into(), 10),
+            (b"m".as_slice().into(), 11),
+            (b"t".as_slice().into(), 12),
+        ]);
+        let page = node.encode(3);
+        for read in [view(&page, &node), NodeRef::Owned(&node)] {
+            assert_eq!(read.child(read.child_index(b"a")), 10);
+            assert_eq!(read.child(read.child_index(b"m")), 11);
+            assert_eq!(read.child(read.child_index(b"s")), 11);
+            assert_eq!(read.child(read.child_index(b"zzz")), 12);
+        }
+    }
+
+    #[test]
+    fn an_overfull_node_splits_into_two_that_fit() {
+        let value = "v".repeat(1000);
+        let entries: Vec<(String, String)> = (0..5).map(|i| (format!("k{i}"), value.clone())).collect();
+        let mut node = leaf(
+            &entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        assert!(node.bytes() > NODE_CAPACITY);
+        let upper = node.split_off_upper();
+        assert!(node.bytes() <= NODE_CAPACITY && upper.bytes() <= NODE_CAPACITY);
+        assert_eq!(node.len() + upper.len(), 5);
+        assert!(node.first_key() < upper.first_key());
+    }
+
+    #[test]
+    fn a_page_with_an_entry_out_of_place_is_refused() {
+        let node = leaf(&[("a", "1"), ("b", "2")]);
+        let mut page = node.encode(1);
+        page[HEADER_BYTES + 2] = 0xff;
+        assert!(PageView::new(&page, PageKind::Leaf, 2).is_err());
+    }
+}

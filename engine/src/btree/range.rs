@@ -1,0 +1,107 @@
+//! Ascending iteration over a key range: a stack of (node, entry) from the root
+//! to the current leaf position.
+
+use std::ops::Bound;
+
+use crate::page::{PageError, PageId};
+
+use super::{Entry, Tree};
+
+pub struct Range<'a> {
+    tree: &'a Tree,
+    /// Where to start; taken by the first `next`, which positions the stack.
+    start: Option<Bound<Vec<u8>>>,
+    end: Bound<Vec<u8>>,
+    /// Branches: the child being visited. Leaf (on top): the next entry.
+    stack: Vec<(PageId, usize)>,
+    done: bool,
+}
+
+impl<'a> Range<'a> {
+    pub(super) fn new(tree: &'a Tree, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Range<'a> {
+        Range {
+            tree,
+            start: Some(start.map(<[u8]>::to_vec)),
+            end: end.map(<[u8]>::to_vec),
+            stack: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Descends from the root to the first entry at or after `start`.
+    fn seek(&mut self, start: &Bound<Vec<u8>>) -> Result<(), PageError> {
+        let Some(mut id) = self.tree.root else {
+            return Ok(());
+        };
+        loop {
+            let node = self.tree.node(id)?;
+            if node.is_leaf() {
+                let index = match start {
+                    Bound::Unbounded => 0,
+                    Bound::Included(key) => node.search(key).unwrap_or_else(|at| at),
+                    Bound::Excluded(key) => node.search(key).map_or_else(|at| at, |at| at + 1),
+                };
+                self.stack.push((id, index));
+                return Ok(());
+            }
+            let index = match start {
+                Bound::Unbounded => 0,
+                Bound::Included(key) | Bound::Excluded(key) => node.child_index(key),
+            };
+            self.stack.push((id, index));
+            id = node.child(index);
+        }
+    }
+
+    fn past_end(&self, key: &[u8]) -> bool {
+        match &self.end {
+            Bound::Unbounded => false,
+            Bound::Included(end) => key > end.as_slice(),
+            Bound::Excluded(end) => key >= end.as_slice(),
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Entry>, PageError> {
+        if let Some(start) = self.start.take() {
+            self.seek(&start)?;
+        }
+        while let Some(&(id, index)) = self.stack.last() {
+            let node = self.tree.node(id)?;
+            if index >= node.len() {
+                // This node is done: move the parent to its next child.
+                self.stack.pop();
+                if let Some(parent) = self.stack.last_mut() {
+                    parent.1 += 1;
+                }
+                continue;
+            }
+            if !node.is_leaf() {
+                self.stack.push((node.child(index), 0));
+                continue;
+            }
+            let key = node.key(index);
+            if self.past_end(key) {
+                return Ok(None);
+            }
+            let value = self.tree.read_value(node.value(index))?;
+            self.stack.last_mut().expect("the leaf is on top").1 += 1;
+            return Ok(Some((key.to_vec(), value)));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for Range<'_> {
+    type Item = Result<Entry, PageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.step().transpose();
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
+    }
+}

@@ -1,0 +1,189 @@
+//! Page allocation and the freelist.
+//!
+//! The rule that keeps a crash safe: a page released by commit N may be written
+//! again only by a later commit. Commits execute strictly one after another, so
+//! when commit N+1's pages are written, commit N is durable and no longer needs
+//! what it released; if N+1 then tears, recovery finds N, which does not reference
+//! those pages. A page freed by the transaction still being built is therefore
+//! kept in `released` until that transaction is sealed.
+//!
+//! Readers cannot see a reused page either: every read runs on the store core
+//! against the newest state, where a released page is unreachable.
+//!
+//! On disk the freelist is a chain of pages (body, little endian):
+//! ```text
+//! 24  u64 next freelist page, 0 at the end of the chain
+//! 32  u64 page ids, `count` of them (the header's count field)
+//! ```
+
+use std::collections::BTreeSet;
+
+use super::layout::{get_u64, new_page, PageId, PageImage, PageKind, BODY_BYTES, HEADER_BYTES, META_PAGE_COUNT};
+
+/// Page ids one freelist page holds.
+pub const IDS_PER_FREELIST_PAGE: usize = (BODY_BYTES - 8) / 8;
+
+#[derive(Debug)]
+pub struct Freelist {
+    /// Allocatable now, lowest first (keeps the file dense).
+    free: BTreeSet<PageId>,
+    /// Released by the transaction being built: allocatable once it is sealed.
+    released: Vec<PageId>,
+    /// Pages 0..page_count exist; new pages are taken from here on.
+    page_count: u64,
+    /// The pages holding the freelist of the last sealed commit.
+    chain: Vec<PageId>,
+}
+
+impl Freelist {
+    /// The freelist of a durable commit: `free` as listed in `chain`'s pages.
+    pub fn new(free: BTreeSet<PageId>, chain: Vec<PageId>, page_count: u64) -> Freelist {
+        assert!(page_count >= META_PAGE_COUNT);
+        assert!(free
+            .iter()
+            .chain(&chain)
+            .all(|&id| (META_PAGE_COUNT..page_count).contains(&id)));
+        Freelist {
+            free,
+            released: Vec::new(),
+            page_count,
+            chain,
+        }
+    }
+
+    pub fn page_count(&self) -> u64 {
+        self.page_count
+    }
+
+    /// Pages not holding live data: free now or after the next seal.
+    pub fn unused_pages(&self) -> u64 {
+        (self.free.len() + self.released.len()) as u64
+    }
+
+    /// Every page that holds no live data of the open transaction: free,
+    /// released by it, or holding the last sealed freelist.
+    pub fn unreachable_pages(&self) -> impl Iterator<Item = PageId> + '_ {
+        self.free.iter().chain(&self.released).chain(&self.chain).copied()
+    }
+
+    pub fn allocate(&mut self) -> PageId {
+        if let Some(id) = self.free.pop_first() {
+            return id;
+        }
+        let id = self.page_count;
+        self.page_count += 1;
+        id
+    }
+
+    /// `id` is no longer part of the state being built.
+    pub fn release(&mut self, id: PageId) {
+        assert!(
+            (META_PAGE_COUNT..self.page_count).contains(&id),
+            "released page {id} outside 2..{}",
+            self.page_count
+        );
+        debug_assert!(
+            !self.free.contains(&id) && !self.released.contains(&id),
+            "page {id} released twice"
+        );
+        self.released.push(id);
+    }
+
+    /// Seals the transaction's freelist: returns the first page of the new chain
+    /// and its pages (unsealed). What the transaction released becomes allocatable
+    /// for the next one.
+    pub fn seal(&mut self) -> (Option<PageId>, Vec<PageImage>) {
+        // The previous chain belongs to the previous commit's state.
+        self.released.append(&mut self.chain);
+        let listed = self.free.len() + self.released.len();
+        let chain_len = listed.div_ceil(IDS_PER_FREELIST_PAGE);
+        // Chain pages come from `free` (released by earlier, sealed commits: safe
+        // to overwrite) or from the end of the file, never from `released`.
+        let chain: Vec<PageId> = (0..chain_len).map(|_| self.allocate()).collect();
+        let mut ids = self.free.iter().chain(&self.released).copied();
+        let mut pages = Vec::with_capacity(chain_len);
+        for (index, &id) in chain.iter().enumerate() {
+            let batch: Vec<PageId> = ids.by_ref().take(IDS_PER_FREELIST_PAGE).collect();
+            let mut page = new_page(PageKind::Freelist, batch.len() as u16, id);
+            let next = chain.get(index + 1).copied().unwrap_or(0);
+            page[HEADER_BYTES..HEADER_BYTES + 8].copy_from_slice(&next.to_le_bytes());
+            for (slot, free_id) in batch.iter().enumerate() {
+                let at = HEADER_BYTES + 8 + slot * 8;
+                page[at..at + 8].copy_from_slice(&free_id.to_le_bytes());
+            }
+            pages.push((id, page));
+        }
+        assert!(ids.next().is_none(), "the chain holds every free page");
+        self.free.extend(self.released.drain(..));
+        self.chain = chain;
+        (self.chain.first().copied(), pages)
+    }
+}
+
+/// Reads one verified freelist page: (next page, free ids).
+pub fn decode_freelist_page(page: &[u8], count: u16) -> Result<(Option<PageId>, Vec<PageId>), String> {
+    let count = count as usize;
+    if count > IDS_PER_FREELIST_PAGE {
+        return Err(format!(
+            "freelist page lists {count} ids, at most {IDS_PER_FREELIST_PAGE} fit"
+        ));
+    }
+    let next = get_u64(page, HEADER_BYTES);
+    let ids = (0..count)
+        .map(|slot| get_u64(page, HEADER_BYTES + 8 + slot * 8))
+        .collect();
+    Ok(((next != 0).then_some(next), ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::layout::{seal_page, verify_page};
+
+    fn decode_chain(pages: &[PageImage]) -> Vec<PageId> {
+        let mut ids = Vec::new();
+        for (id, page) in pages {
+            let mut page = page.clone();
+            seal_page(&mut page, 1);
+            let header = verify_page(&page, *id).unwrap();
+            ids.extend(decode_freelist_page(&page, header.count).unwrap().1);
+        }
+        ids
+    }
+
+    #[test]
+    fn released_pages_are_reused_only_after_the_seal() {
+        let mut list = Freelist::new(BTreeSet::new(), Vec::new(), 2);
+        let a = list.allocate();
+        let b = list.allocate();
+        assert_eq!((a, b), (2, 3));
+        list.release(a);
+        assert_eq!(list.allocate(), 4, "a page released by this transaction waits");
+        let (head, pages) = list.seal();
+        assert_eq!(head, Some(5), "the chain page comes from the end of the file");
+        assert_eq!(decode_chain(&pages), vec![a]);
+        assert_eq!(list.allocate(), a, "after the seal it is reused, lowest first");
+    }
+
+    #[test]
+    fn the_previous_chain_is_released_by_the_next_seal() {
+        let mut list = Freelist::new(BTreeSet::from([7]), vec![8], 9);
+        let (head, pages) = list.seal();
+        assert_eq!(head, Some(7), "the new chain reuses a free page");
+        assert_eq!(decode_chain(&pages), vec![8]);
+        let (_, pages) = list.seal();
+        assert_eq!(decode_chain(&pages), vec![7]);
+    }
+
+    #[test]
+    fn long_freelists_span_pages() {
+        let free: BTreeSet<PageId> = (2..2 + 3 * IDS_PER_FREELIST_PAGE as u64).collect();
+        let count = 2 + free.len() as u64;
+        let mut list = Freelist::new(free.clone(), Vec::new(), count);
+        let (_, pages) = list.seal();
+        assert_eq!(pages.len(), 3);
+        let listed = decode_chain(&pages);
+        assert_eq!(listed.len(), free.len() - 3, "three free pages now hold the list");
+        assert_eq!(list.unused_pages() as usize, listed.len());
+    }
+}

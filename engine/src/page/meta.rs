@@ -1,0 +1,115 @@
+//! The two meta pages (pages 0 and 1). Commit `txid` writes slot `txid % 2`, so
+//! the meta page describing the last durable state is never overwritten by the
+//! next commit. At open the valid meta page with the higher txid wins.
+//!
+//! Body (after the common page header, little endian):
+//! ```text
+//! 24  u64 magic "RKVPAGES"
+//! 32  u32 format version
+//! 36  u32 page size in bytes
+//! 40  u64 root page of the B-tree, 0 for an empty tree
+//! 48  u64 first freelist page, 0 for none
+//! 56  u64 page count: pages 0..count are in use or free; later ones are not yet used
+//! 64  zeros to the end of the page
+//! ```
+
+use super::layout::{get_u32, get_u64, new_page, seal_page, verify_page, PageId, PageKind, PAGE_BYTES};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"RKVPAGES");
+const FORMAT_VERSION: u32 = 1;
+
+/// What a commit made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub txid: u64,
+    pub root: Option<PageId>,
+    pub freelist_head: Option<PageId>,
+    pub page_count: u64,
+}
+
+impl Meta {
+    /// The slot (page id) this meta is written to.
+    pub fn slot(&self) -> PageId {
+        self.txid % 2
+    }
+
+    pub fn encode(&self) -> Box<[u8]> {
+        let mut page = new_page(PageKind::Meta, 0, self.slot());
+        page[24..32].copy_from_slice(&MAGIC.to_le_bytes());
+        page[32..36].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        page[36..40].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
+        page[40..48].copy_from_slice(&self.root.unwrap_or(0).to_le_bytes());
+        page[48..56].copy_from_slice(&self.freelist_head.unwrap_or(0).to_le_bytes());
+        page[56..64].copy_from_slice(&self.page_count.to_le_bytes());
+        seal_page(&mut page, self.txid);
+        page
+    }
+
+    /// Decodes meta slot `slot`; Err says why it is not a valid meta page (a torn
+    /// or never-written slot is expected after a crash or on a new file).
+    pub fn decode(page: &[u8], slot: PageId) -> Result<Meta, String> {
+        let header = verify_page(page, slot)?;
+        if header.kind != PageKind::Meta {
+            return Err(format!("page {slot} is a {:?} page, not a meta page", header.kind));
+        }
+        if get_u64(page, 24) != MAGIC {
+            return Err("not a ringkv page file (bad magic)".to_string());
+        }
+        let version = get_u32(page, 32);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "page file format version {version}, this build reads {FORMAT_VERSION}"
+            ));
+        }
+        let page_bytes = get_u32(page, 36);
+        if page_bytes as usize != PAGE_BYTES {
+            return Err(format!("page size {page_bytes}, this build uses {PAGE_BYTES}"));
+        }
+        let meta = Meta {
+            txid: header.txid,
+            root: non_zero(get_u64(page, 40)),
+            freelist_head: non_zero(get_u64(page, 48)),
+            page_count: get_u64(page, 56),
+        };
+        if meta.slot() != slot {
+            return Err(format!("txid {} written to slot {slot}", meta.txid));
+        }
+        Ok(meta)
+    }
+}
+
+fn non_zero(id: PageId) -> Option<PageId> {
+    (id != 0).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_in_its_slot() {
+        let meta = Meta {
+            txid: 7,
+            root: Some(12),
+            freelist_head: None,
+            page_count: 40,
+        };
+        let page = meta.encode();
+        assert_eq!(Meta::decode(&page, 1), Ok(meta));
+        assert!(Meta::decode(&page, 0).is_err(), "a meta page read from the other slot");
+    }
+
+    #[test]
+    fn a_torn_meta_page_is_invalid() {
+        let meta = Meta {
+            txid: 2,
+            root: None,
+            freelist_head: Some(3),
+            page_count: 4,
+        };
+        let mut page = meta.encode();
+        // Only the first sectors reached the disk; the rest is older bytes.
+        page[1024..].fill(0xee);
+        assert!(Meta::decode(&page, 0).is_err());
+    }
+}

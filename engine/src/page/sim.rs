@@ -1,0 +1,144 @@
+//! Test support: an in-memory page file that can fail and crash.
+//!
+//! It keeps the durable bytes and the writes made since the last sync.
+//! [`SimPageIo::crash`] decides the fate of every unsynced 512-byte sector: kept,
+//! lost, or (for the whole write) cut short, chosen by a seed, as a power cut
+//! might. Growing is durable at once (the real file's fallocate is followed by
+//! an fdatasync before anything depends on it).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::io::{Mapping, PageIo};
+
+const SECTOR_BYTES: usize = 512;
+
+#[derive(Default)]
+struct State {
+    durable: Vec<u8>,
+    /// (offset, bytes) written since the last sync, in order.
+    unsynced: Vec<(u64, Vec<u8>)>,
+    /// Writes that succeed before the next one fails (None: no failure armed).
+    writes_before_failure: Option<u32>,
+    fail_next_sync: bool,
+    syncs: u64,
+}
+
+impl State {
+    fn current(&self) -> Vec<u8> {
+        let mut bytes = self.durable.clone();
+        for (offset, data) in &self.unsynced {
+            overwrite(&mut bytes, *offset, data);
+        }
+        bytes
+    }
+}
+
+fn overwrite(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[offset as usize..end].copy_from_slice(data);
+}
+
+#[derive(Default)]
+pub struct SimPageIo {
+    state: Mutex<State>,
+}
+
+impl SimPageIo {
+    pub fn new() -> Arc<SimPageIo> {
+        Arc::new(SimPageIo::default())
+    }
+
+    /// The write after `successes` more successful ones fails.
+    pub fn fail_write_after(&self, successes: u32) {
+        self.state.lock().unwrap().writes_before_failure = Some(successes);
+    }
+
+    pub fn clear_faults(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.writes_before_failure = None;
+        state.fail_next_sync = false;
+    }
+
+    /// The next fdatasync fails, and (as on Linux) the unsynced data is gone.
+    pub fn fail_next_sync(&self) {
+        self.state.lock().unwrap().fail_next_sync = true;
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().unwrap().syncs
+    }
+
+    /// A power cut: every unsynced sector is kept or lost, chosen by `seed`.
+    pub fn crash(&self, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut state = self.state.lock().unwrap();
+        let unsynced = std::mem::take(&mut state.unsynced);
+        for (offset, data) in unsynced {
+            for (index, sector) in data.chunks(SECTOR_BYTES).enumerate() {
+                if rng.gen_bool(0.5) {
+                    overwrite(&mut state.durable, offset + (index * SECTOR_BYTES) as u64, sector);
+                }
+            }
+        }
+    }
+
+    /// Flips one durable byte (a bad sector).
+    pub fn corrupt(&self, offset: u64) {
+        let mut state = self.state.lock().unwrap();
+        assert!(state.unsynced.is_empty(), "corrupt durable data only");
+        state.durable[offset as usize] ^= 0x5a;
+    }
+}
+
+impl PageIo for SimPageIo {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.state.lock().unwrap().current().len() as u64)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        match state.writes_before_failure {
+            Some(0) => {
+                state.writes_before_failure = None;
+                return Err(io::Error::other("injected write error"));
+            }
+            Some(n) => state.writes_before_failure = Some(n - 1),
+            None => {}
+        }
+        state.unsynced.push((offset, data.to_vec()));
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        state.syncs += 1;
+        if std::mem::take(&mut state.fail_next_sync) {
+            // fsyncgate: the kernel drops the dirty pages and reports once.
+            state.unsynced.clear();
+            return Err(io::Error::other("injected fsync error"));
+        }
+        for (offset, data) in std::mem::take(&mut state.unsynced) {
+            overwrite(&mut state.durable, offset, &data);
+        }
+        Ok(())
+    }
+
+    fn grow(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        if state.durable.len() < len as usize {
+            state.durable.resize(len as usize, 0);
+        }
+        Ok(())
+    }
+
+    fn map(&self) -> io::Result<Mapping> {
+        Ok(Mapping::Memory(self.state.lock().unwrap().current().into()))
+    }
+}

@@ -1,0 +1,138 @@
+//! The page store on its own: meta page alternation, recovery after a torn
+//! commit, corruption refused, fsync errors never retried, space reused.
+
+use std::sync::Arc;
+
+use super::sim::SimPageIo;
+use super::*;
+
+fn data_page(store: &mut PageStore, fill: u8) -> PageImage {
+    let id = store.allocate();
+    let mut page = new_page(PageKind::Leaf, 1, id);
+    page[HEADER_BYTES..].fill(fill);
+    (id, page)
+}
+
+fn reopen(io: &Arc<SimPageIo>) -> Result<PageStore, PageError> {
+    PageStore::open(Arc::clone(io) as Arc<dyn PageIo>)
+}
+
+#[test]
+fn a_new_file_opens_empty_and_commits_alternate_meta_slots() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    assert_eq!(store.committed_root(), None);
+    for round in 1..=4u8 {
+        let (id, page) = data_page(&mut store, round);
+        store.commit(Some(id), vec![(id, page)]).unwrap();
+        let reopened = reopen(&io).unwrap();
+        assert_eq!(reopened.durable.txid, round as u64);
+        assert_eq!(reopened.durable.slot(), round as u64 % 2);
+        assert_eq!(reopened.committed_root(), Some(id));
+        let (bytes, kind, _) = reopened.page(id).unwrap();
+        assert_eq!((kind, bytes[HEADER_BYTES]), (PageKind::Leaf, round));
+    }
+}
+
+/// Replays `plan`'s I/O by hand up to a crash: page writes (and, with
+/// `pages_synced`, their fdatasync and the meta write), then a power cut.
+fn crash_during(io: &Arc<SimPageIo>, plan: CommitPlan, pages_synced: bool, seed: u64) {
+    for (&id, bytes) in plan.pages.iter() {
+        io.write_at(id * PAGE_BYTES as u64, bytes).unwrap();
+    }
+    if pages_synced {
+        io.sync().unwrap();
+        io.write_at(plan.meta.slot() * PAGE_BYTES as u64, &plan.meta.encode())
+            .unwrap();
+    }
+    io.crash(seed);
+}
+
+#[test]
+fn a_commit_torn_by_a_crash_leaves_the_previous_one_or_the_new_one_whole() {
+    for seed in 0..40 {
+        for pages_synced in [false, true] {
+            let io = SimPageIo::new();
+            let mut store = reopen(&io).unwrap();
+            let (first, page) = data_page(&mut store, 1);
+            store.commit(Some(first), vec![(first, page)]).unwrap();
+            let (second, page) = data_page(&mut store, 2);
+            let plan = store.seal(Some(second), vec![(second, page)]).unwrap();
+            crash_during(&io, plan, pages_synced, seed);
+            let reopened = reopen(&io).unwrap();
+            let root = reopened.committed_root().unwrap();
+            assert!(
+                pages_synced || root == first,
+                "seed {seed}: the meta page was never written"
+            );
+            let (bytes, _, _) = reopened.page(root).unwrap();
+            assert_eq!(bytes[HEADER_BYTES], if root == first { 1 } else { 2 }, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_damaged_page_is_reported_as_corruption_not_skipped() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (id, page) = data_page(&mut store, 9);
+    store.commit(Some(id), vec![(id, page)]).unwrap();
+    io.corrupt(id * PAGE_BYTES as u64 + 100);
+    let reopened = reopen(&io).unwrap();
+    let error = reopened.page(id).unwrap_err();
+    assert!(
+        matches!(error, PageError::Corrupt { page, .. } if page == id),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_file_with_no_valid_meta_page_is_refused() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (id, page) = data_page(&mut store, 1);
+    store.commit(Some(id), vec![(id, page)]).unwrap();
+    io.corrupt(10);
+    io.corrupt(PAGE_BYTES as u64 + 10);
+    let error = reopen(&io).err().expect("refused");
+    assert!(error.to_string().contains("no valid meta page"), "{error}");
+}
+
+#[test]
+fn an_fsync_error_poisons_the_store() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (id, page) = data_page(&mut store, 1);
+    io.fail_next_sync();
+    assert!(store.commit(Some(id), vec![(id, page)]).is_err());
+    assert!(matches!(store.seal(None, Vec::new()), Err(PageError::Poisoned)));
+    let reopened = reopen(&io).unwrap();
+    assert_eq!(
+        reopened.committed_root(),
+        None,
+        "the failed commit never became durable"
+    );
+}
+
+#[test]
+fn released_pages_are_reused_and_the_file_stops_growing() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (mut live, page) = data_page(&mut store, 0);
+    store.commit(Some(live), vec![(live, page)]).unwrap();
+    for round in 0..200u8 {
+        // Copy-on-write of the one live page, as the tree does.
+        let (id, page) = data_page(&mut store, round);
+        store.release(live);
+        live = id;
+        store.commit(Some(live), vec![(live, page)]).unwrap();
+    }
+    assert!(
+        store.freelist.page_count() < 10,
+        "pages in use: {}",
+        store.freelist.page_count()
+    );
+    let reopened = reopen(&io).unwrap();
+    assert_eq!(reopened.committed_root(), Some(live));
+    assert_eq!(reopened.freelist.page_count(), store.freelist.page_count());
+}
