@@ -38,6 +38,8 @@ pub async fn run(
     listen: std::sync::mpsc::Receiver<Vec<SocketAddr>>,
     bound: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, String>>,
 ) {
+    // Calls first, then replies: the store core connects in the same order (a
+    // shared channel's `connect` waits for the other end's).
     let calls = calls.connect().await;
     let replies = replies.connect().await;
     let store = StoreClient::new(calls, settings.in_flight_calls_max);

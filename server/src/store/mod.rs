@@ -41,13 +41,16 @@ pub async fn run(
     replies: Vec<SharedSender<Reply>>,
     ready: std::sync::mpsc::Sender<Result<Identity, String>>,
 ) {
-    let mut connected_replies = Vec::with_capacity(replies.len());
-    for reply in replies {
-        connected_replies.push(reply.connect().await);
-    }
+    // A shared channel's `connect` waits for the other end's. Client cores connect
+    // their calls sender first, then their replies receiver: same order here, or
+    // each side waits for the other forever.
     let mut connected_calls = Vec::with_capacity(calls.len());
     for call in calls {
         connected_calls.push(call.connect().await);
+    }
+    let mut connected_replies = Vec::with_capacity(replies.len());
+    for reply in replies {
+        connected_replies.push(reply.connect().await);
     }
     let opened = match bootstrap::open(&settings.data_dir, settings.identity).await {
         Ok(opened) => opened,
