@@ -125,12 +125,3 @@ pub fn compact(mvcc: &mut Mvcc, request: &pb::CompactionRequest) -> Result<pb::C
         header: revision_header(mvcc.current_revision()),
     })
 }
-
-/// etcd's first readable revision as its Txn checks see it: -1 before any
-/// compaction (so a negative revision is not "compacted"), else the compact revision.
-fn first_readable_revision(mvcc: &Mvcc) -> i64 {
-    match mvcc.compact_revision() {
-        0 => -1,
-        revision => revision,
-    }
-}

@@ -13,7 +13,7 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::{
-    delete_range, first_readable_revision, key_span, put, range, revision_header, ApplyError, ReadView, WriteView,
+    delete_range, key_span, put, range, revision_header, ApplyError, ReadView, WriteView,
 };
 use crate::etcd_error::EtcdError;
 
@@ -235,7 +235,9 @@ fn check_range(mvcc: &Mvcc, op: &Op) -> Result<(), ApplyError> {
     if request.revision > mvcc.current_revision() {
         return Err(EtcdError::FutureRev.into());
     }
-    if request.revision < first_readable_revision(mvcc) {
+    // etcd's `FirstRev` is the compact revision, -1 before any compaction: a
+    // negative revision fails once anything (even revision 0) was compacted.
+    if request.revision < mvcc.compact_revision() {
         return Err(EtcdError::Compacted.into());
     }
     Ok(())
@@ -297,6 +299,7 @@ fn execute_read_only(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::compact;
 
     fn store() -> (tempfile::TempDir, Mvcc) {
         let dir = tempfile::tempdir().unwrap();
@@ -382,5 +385,29 @@ mod tests {
         txn(&mut mvcc, &request).unwrap();
         assert_eq!(get(&mvcc, "a")[0].value, b"1");
         assert!(get(&mvcc, "b").is_empty());
+    }
+
+    #[test]
+    fn a_negative_range_revision_in_a_write_txn_is_compacted_once_revision_0_was_compacted() {
+        let (_dir, mut mvcc) = store();
+        let request = pb::TxnRequest {
+            success: vec![
+                op(Op::RequestRange(pb::RangeRequest {
+                    key: b"a".to_vec(),
+                    revision: -1,
+                    ..Default::default()
+                })),
+                op(put("a", "1")),
+            ],
+            ..Default::default()
+        };
+        txn(&mut mvcc, &request).unwrap();
+        compact(&mut mvcc, &pb::CompactionRequest {
+            revision: 0,
+            physical: false,
+        })
+        .unwrap();
+        let error = txn(&mut mvcc, &request).unwrap_err();
+        assert!(matches!(error, ApplyError::Client(EtcdError::Compacted)), "{error:?}");
     }
 }
