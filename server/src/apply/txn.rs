@@ -12,9 +12,7 @@ use ringkv_engine::mvcc::{Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::mvccpb::KeyValue;
 
-use super::{
-    delete_range, key_span, put, range, revision_header, ApplyError, ReadView, WriteView,
-};
+use super::{delete_range, key_span, put, range, revision_header, ApplyError, ReadView, WriteView};
 use crate::etcd_error::EtcdError;
 
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -402,10 +400,13 @@ mod tests {
             ..Default::default()
         };
         txn(&mut mvcc, &request).unwrap();
-        compact(&mut mvcc, &pb::CompactionRequest {
-            revision: 0,
-            physical: false,
-        })
+        compact(
+            &mut mvcc,
+            &pb::CompactionRequest {
+                revision: 0,
+                physical: false,
+            },
+        )
         .unwrap();
         let error = txn(&mut mvcc, &request).unwrap_err();
         assert!(matches!(error, ApplyError::Client(EtcdError::Compacted)), "{error:?}");
