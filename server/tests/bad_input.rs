@@ -224,7 +224,9 @@ async fn ranges_at_future_and_compacted_revisions_get_etcds_errors() {
     const FUTURE: &str = "etcdserver: mvcc: required revision is a future revision";
     // Each case is worked out against the current revision, which every
     // `assert_serve` moves on.
-    let cases: [(&str, fn(i64) -> i64, Result<&str, &str>); 6] = [
+    // (case, revision read given the current one, value or error expected)
+    type Case = (&'static str, fn(i64) -> i64, Result<&'static str, &'static str>);
+    let cases: [Case; 6] = [
         ("below the compaction", |_| 3, Err(COMPACTED)),
         ("far below the compaction", |_| 1, Err(COMPACTED)),
         ("at the compaction", |_| 4, Ok("v2")),
@@ -350,13 +352,16 @@ async fn h2_connect(addr: SocketAddr) -> SendRequest<Bytes> {
     client
 }
 
+/// Request headers (gRPC metadata) beyond the ones every call carries.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 /// A call whose request body is still open.
 struct Call {
     response: ResponseFuture,
     body: SendStream<Bytes>,
 }
 
-async fn start_call(client: &SendRequest<Bytes>, path: &str, headers: &[(&str, &str)]) -> Call {
+async fn start_call(client: &SendRequest<Bytes>, path: &str, headers: Headers<'_>) -> Call {
     let mut request = http::Request::post(format!("http://127.0.0.1{path}")).header("te", "trailers");
     if !headers.iter().any(|(name, _)| *name == "content-type") {
         request = request.header("content-type", "application/grpc");
@@ -480,7 +485,7 @@ fn framed(message: &impl Message) -> Vec<u8> {
     out
 }
 
-async fn unary(client: &SendRequest<Bytes>, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Outcome {
+async fn unary(client: &SendRequest<Bytes>, path: &str, headers: Headers<'_>, body: &[u8]) -> Outcome {
     let mut call = start_call(client, path, headers).await;
     call.send(body, true);
     call.outcome().await
@@ -524,10 +529,10 @@ fn without_raft_term(outcome: Outcome) -> Outcome {
 async fn a_malformed_grpc_frame_fails_only_its_own_stream() {
     let both = Both::start();
     let valid_put = framed(&put("frames", b"ok".to_vec()));
-    let gzip: &[(&str, &str)] = &[("grpc-encoding", "gzip")];
-    let snappy: &[(&str, &str)] = &[("grpc-encoding", "snappy")];
-    let identity: &[(&str, &str)] = &[("grpc-encoding", "identity")];
-    let cases: Vec<(&str, &[(&str, &str)], Vec<u8>)> = vec![
+    let gzip: Headers = &[("grpc-encoding", "gzip")];
+    let snappy: Headers = &[("grpc-encoding", "snappy")];
+    let identity: Headers = &[("grpc-encoding", "identity")];
+    let cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         ("no message at all", &[], vec![]),
         ("half a prefix", &[], vec![0, 0, 0]),
         (
