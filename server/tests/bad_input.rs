@@ -609,10 +609,26 @@ async fn unknown_services_and_methods_are_unimplemented() {
     let empty_message = [0u8, 0, 0, 0, 0];
     let etcd = h2_connect(both.etcd.addr).await;
     let ringkv = h2_connect(both.ringkv.addr).await;
-    for path in ["/foo.Bar/Baz", "/etcdserverpb.KV/Nope", "/etcdserverpb.Watchers/Watch"] {
+    for path in [
+        "/foo.Bar/Baz",
+        "/etcdserverpb.KV/Nope",
+        "/etcdserverpb.Watchers/Watch",
+        "/etcdserverpb.KV/",
+        "/etcdserverpb.KV/Range/x",
+        "/a/b/c",
+    ] {
         let expected = unary(&etcd, path, &[], &empty_message).await;
         assert_eq!(expected.status, "12", "etcd {path}: {expected:?}");
         assert_eq!(unary(&ringkv, path, &[], &empty_message).await, expected, "{path}");
+    }
+    // No service/method split at all: etcd 3.4's grpc-go answers RESOURCE_EXHAUSTED,
+    // a bug fixed in grpc-go 1.39 (grpc/grpc-go#4464, so etcd 3.5) to UNIMPLEMENTED.
+    for path in ["/nothing", "/"] {
+        let expected = unary(&etcd, path, &[], &empty_message).await;
+        assert_eq!(expected.status, "8", "etcd {path}: {expected:?}");
+        let actual = unary(&ringkv, path, &[], &empty_message).await;
+        assert_eq!(actual.status, "12", "{path}: {actual:?}");
+        assert_eq!(actual.message, expected.message, "{path}");
     }
 
     // etcd serves leases; ringkv does not yet, and says so the way grpc-go's

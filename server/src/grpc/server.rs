@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{Encoded, MessageDecoder};
-use super::status::{Code, Status};
+use super::status::{go_quoted, Code, Status};
 use super::stream::{RequestStream, ResponseSink};
 use super::{timeout, CallContext, GrpcService, MethodKind};
 
@@ -232,23 +232,6 @@ fn check_encoding(value: Option<&HeaderValue>) -> Result<(), Status> {
     ))
 }
 
-/// Go's `%q` for the ASCII a header value holds.
-fn go_quoted(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() + 2);
-    out.push('"');
-    for &byte in bytes {
-        match byte {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\t' => out.push_str("\\t"),
-            0x20..=0x7e => out.push(byte as char),
-            _ => out.push_str(&format!("\\x{byte:02x}")),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The part of a gRPC content type after `application/grpc` and its `+` or `;`
 /// (empty for plain `application/grpc`); None if the type is not gRPC.
 fn grpc_content_subtype(value: Option<&HeaderValue>) -> Option<String> {
@@ -341,6 +324,5 @@ mod tests {
             status.message,
             "grpc: Decompressor is not installed for grpc-encoding \"gzip\""
         );
-        assert_eq!(go_quoted(b"a\"b\\c\td\x01"), r#""a\"b\\c\td\x01""#);
     }
 }
