@@ -1,5 +1,7 @@
 //! The `ringkv` binary: parse flags, start the executors, serve until killed.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use ringkv_server::config::Flags;
 use ringkv_server::server;
@@ -11,6 +13,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person watching, not in log files and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let config = match flags.into_config(online_cpus) {
