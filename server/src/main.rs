@@ -16,6 +16,14 @@ fn main() {
         // Colours only for a person watching, not in log files and pipes.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // A panic ends only its own executor thread; the others would carry on
+    // answering "server stopped" forever. Stop the whole process instead: a
+    // restart recovers from the WAL.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let config = match flags.into_config(online_cpus) {
         Ok(config) => config,

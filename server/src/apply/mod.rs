@@ -26,6 +26,10 @@ pub enum ApplyError {
     Client(EtcdError),
     /// The store is broken (I/O error, corruption): the server must stop.
     Fatal(MvccError),
+    /// A write transaction failed after writing part of its changes, which
+    /// cannot be taken back: the server must stop (etcd panics too). The checks
+    /// made before a transaction executes exist so that this never happens.
+    PartlyWritten(EtcdError),
 }
 
 impl From<MvccError> for ApplyError {

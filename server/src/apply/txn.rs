@@ -60,9 +60,8 @@ pub fn txn(mvcc: &mut Mvcc, request: &pb::TxnRequest) -> Result<pb::TxnResponse,
     let mut view = WriteView::new(mvcc.write());
     let mut response = match execute(&mut view, request, &mut path.iter().copied()) {
         Ok(response) => response,
-        // The checks above refuse every transaction that could fail part way; one
-        // that did would leave half its writes behind (etcd panics here too).
-        Err(error) if view.changed => panic!("a txn failed after it wrote: {error:?}"),
+        // The checks above refuse every transaction that could fail part way.
+        Err(ApplyError::Client(error)) if view.changed => return Err(ApplyError::PartlyWritten(error)),
         Err(error) => {
             view.end();
             return Err(error);
