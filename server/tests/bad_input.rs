@@ -677,7 +677,6 @@ async fn grpc_timeout_is_honoured() {
         let mut stalled = start_call(&client, "/etcdserverpb.KV/Put", &[("grpc-timeout", "300m")]).await;
         stalled.send(&[0, 0, 0, 0, 50], false);
         let stalled = stalled.outcome().await;
-        eprintln!("{name}: stalled {stalled:?} after {:?}", started.elapsed());
         assert_eq!(stalled.status, "4", "{name}: {stalled:?}");
         assert!(started.elapsed() >= Duration::from_millis(250), "{name}: too early");
 
