@@ -1,5 +1,7 @@
 //! The `ringkv` binary: parse flags, start the executors, serve until killed.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use ringkv_server::config::Flags;
 use ringkv_server::server;
@@ -11,7 +13,17 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person watching, not in log files and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // A panic ends only its own executor thread; the others would carry on
+    // answering "server stopped" forever. Stop the whole process instead: a
+    // restart recovers from the WAL.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let config = match flags.into_config(online_cpus) {
         Ok(config) => config,

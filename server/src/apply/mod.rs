@@ -26,6 +26,10 @@ pub enum ApplyError {
     Client(EtcdError),
     /// The store is broken (I/O error, corruption): the server must stop.
     Fatal(MvccError),
+    /// A write transaction failed after writing part of its changes, which
+    /// cannot be taken back: the server must stop (etcd panics too). The checks
+    /// made before a transaction executes exist so that this never happens.
+    PartlyWritten(EtcdError),
 }
 
 impl From<MvccError> for ApplyError {
@@ -124,13 +128,4 @@ pub fn compact(mvcc: &mut Mvcc, request: &pb::CompactionRequest) -> Result<pb::C
     Ok(pb::CompactionResponse {
         header: revision_header(mvcc.current_revision()),
     })
-}
-
-/// etcd's first readable revision as its Txn checks see it: -1 before any
-/// compaction (so a negative revision is not "compacted"), else the compact revision.
-fn first_readable_revision(mvcc: &Mvcc) -> i64 {
-    match mvcc.compact_revision() {
-        0 => -1,
-        revision => revision,
-    }
 }

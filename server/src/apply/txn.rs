@@ -8,13 +8,11 @@
 
 use std::cmp::Ordering;
 
-use ringkv_engine::mvcc::{Mvcc, RangeOptions};
+use ringkv_engine::mvcc::{Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::mvccpb::KeyValue;
 
-use super::{
-    delete_range, first_readable_revision, key_span, put, range, revision_header, ApplyError, ReadView, WriteView,
-};
+use super::{delete_range, key_span, put, range, revision_header, ApplyError, ReadView, WriteView};
 use crate::etcd_error::EtcdError;
 
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -46,7 +44,12 @@ pub fn txn(mvcc: &mut Mvcc, request: &pb::TxnRequest) -> Result<pb::TxnResponse,
     branch_path(mvcc, request, &mut path)?;
     let writes = !is_read_only(request);
     if writes {
-        check_ops(request, &mut path.iter().copied(), &mut |op| check_put(mvcc, op))?;
+        let mut earlier = Vec::new();
+        check_ops(request, &mut path.iter().copied(), &mut |op| {
+            check_put(mvcc, &earlier, op)?;
+            earlier.push(op.clone());
+            Ok(())
+        })?;
     }
     check_ops(request, &mut path.iter().copied(), &mut |op| check_range(mvcc, op))?;
     if !writes {
@@ -55,7 +58,15 @@ pub fn txn(mvcc: &mut Mvcc, request: &pb::TxnRequest) -> Result<pb::TxnResponse,
         return Ok(response);
     }
     let mut view = WriteView::new(mvcc.write());
-    let mut response = execute(&mut view, request, &mut path.iter().copied())?;
+    let mut response = match execute(&mut view, request, &mut path.iter().copied()) {
+        Ok(response) => response,
+        // The checks above refuse every transaction that could fail part way.
+        Err(ApplyError::Client(error)) if view.changed => return Err(ApplyError::PartlyWritten(error)),
+        Err(error) => {
+            view.end();
+            return Err(error);
+        }
+    };
     response.header = revision_header(view.reported_revision());
     view.end();
     Ok(response)
@@ -162,18 +173,44 @@ fn check_ops(
     Ok(())
 }
 
-/// etcd's `checkRequestPut`, against the store before the transaction.
-fn check_put(mvcc: &Mvcc, op: &Op) -> Result<(), ApplyError> {
+/// etcd's `checkRequestPut`, against the store before the transaction; then, as
+/// etcd does not, whether an `earlier` op of the transaction deletes the key first.
+///
+/// etcd's duplicate-key check misses a delete whose `range_end` is `"\0"` (it
+/// compares the bytes, not "to the end"), so `del k --from-key; put k
+/// --ignore-value` passes every etcd check, fails at execution and panics etcd
+/// (`unexpected error during txn`). ringkv refuses it before writing anything.
+fn check_put(mvcc: &Mvcc, earlier: &[Op], op: &Op) -> Result<(), ApplyError> {
     let Op::RequestPut(request) = op else {
         return Ok(());
     };
     if request.ignore_value || request.ignore_lease {
         let existing = mvcc.range(key_span(&request.key, &[]), RangeOptions::default())?;
-        if existing.kvs.is_empty() {
+        if existing.kvs.is_empty() || deleted_before(earlier, &request.key) {
             return Err(EtcdError::KeyNotFound.into());
         }
     }
     check_lease(request.lease)
+}
+
+/// True when the last of the `earlier` ops that touches `key` deletes it.
+fn deleted_before(earlier: &[Op], key: &[u8]) -> bool {
+    for op in earlier.iter().rev() {
+        match op {
+            Op::RequestPut(put) if put.key == key => return false,
+            Op::RequestDeleteRange(delete) if span_covers(&delete.key, &delete.range_end, key) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn span_covers(start: &[u8], range_end: &[u8], key: &[u8]) -> bool {
+    match key_span(start, range_end).end {
+        RangeEnd::Key => key == start,
+        RangeEnd::ToEnd => key >= start,
+        RangeEnd::Until(end) => start <= key && key < end,
+    }
 }
 
 /// Leases are not implemented yet, so every lease id is unknown.
@@ -195,7 +232,9 @@ fn check_range(mvcc: &Mvcc, op: &Op) -> Result<(), ApplyError> {
     if request.revision > mvcc.current_revision() {
         return Err(EtcdError::FutureRev.into());
     }
-    if request.revision < first_readable_revision(mvcc) {
+    // etcd's `FirstRev` is the compact revision, -1 before any compaction: a
+    // negative revision fails once anything (even revision 0) was compacted.
+    if request.revision < mvcc.compact_revision() {
         return Err(EtcdError::Compacted.into());
     }
     Ok(())
@@ -252,4 +291,123 @@ fn execute_read_only(
         succeeded,
         responses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::compact;
+
+    fn store() -> (tempfile::TempDir, Mvcc) {
+        let dir = tempfile::tempdir().unwrap();
+        let mvcc = Mvcc::open(&dir.path().join("store.db")).unwrap();
+        (dir, mvcc)
+    }
+
+    fn op(request: Op) -> pb::RequestOp {
+        pb::RequestOp { request: Some(request) }
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::RequestPut(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+    }
+
+    fn get(mvcc: &Mvcc, key: &str) -> Vec<KeyValue> {
+        mvcc.range(key_span(key.as_bytes(), &[]), RangeOptions::default())
+            .unwrap()
+            .kvs
+    }
+
+    #[test]
+    fn a_put_ignoring_the_value_of_a_key_deleted_earlier_in_the_txn_writes_nothing() {
+        let (_dir, mut mvcc) = store();
+        let setup = pb::TxnRequest {
+            success: vec![op(put("abd", "old"))],
+            ..Default::default()
+        };
+        txn(&mut mvcc, &setup).unwrap();
+        let revision = mvcc.current_revision();
+        // `range_end` "\0" deletes from "abd" to the end, which etcd's duplicate
+        // check does not see; the put then finds no key to keep the value of.
+        let request = pb::TxnRequest {
+            success: vec![
+                op(Op::RequestDeleteRange(pb::DeleteRangeRequest {
+                    key: b"abd".to_vec(),
+                    range_end: vec![0],
+                    ..Default::default()
+                })),
+                op(Op::RequestPut(pb::PutRequest {
+                    key: b"abd".to_vec(),
+                    ignore_lease: true,
+                    ..Default::default()
+                })),
+            ],
+            ..Default::default()
+        };
+        let error = txn(&mut mvcc, &request).unwrap_err();
+        assert!(matches!(error, ApplyError::Client(EtcdError::KeyNotFound)), "{error:?}");
+        assert_eq!(mvcc.current_revision(), revision, "no revision was used");
+        assert_eq!(get(&mvcc, "abd")[0].value, b"old", "the delete was not applied");
+        // The store still takes writes at the next revision.
+        txn(&mut mvcc, &setup).unwrap();
+        assert_eq!(mvcc.current_revision(), revision + 1);
+    }
+
+    #[test]
+    fn a_put_ignoring_the_value_after_an_unrelated_delete_succeeds() {
+        let (_dir, mut mvcc) = store();
+        let setup = pb::TxnRequest {
+            success: vec![op(put("a", "1")), op(put("b", "2"))],
+            ..Default::default()
+        };
+        txn(&mut mvcc, &setup).unwrap();
+        let request = pb::TxnRequest {
+            success: vec![
+                op(Op::RequestDeleteRange(pb::DeleteRangeRequest {
+                    key: b"b".to_vec(),
+                    ..Default::default()
+                })),
+                op(Op::RequestPut(pb::PutRequest {
+                    key: b"a".to_vec(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            ],
+            ..Default::default()
+        };
+        txn(&mut mvcc, &request).unwrap();
+        assert_eq!(get(&mvcc, "a")[0].value, b"1");
+        assert!(get(&mvcc, "b").is_empty());
+    }
+
+    #[test]
+    fn a_negative_range_revision_in_a_write_txn_is_compacted_once_revision_0_was_compacted() {
+        let (_dir, mut mvcc) = store();
+        let request = pb::TxnRequest {
+            success: vec![
+                op(Op::RequestRange(pb::RangeRequest {
+                    key: b"a".to_vec(),
+                    revision: -1,
+                    ..Default::default()
+                })),
+                op(put("a", "1")),
+            ],
+            ..Default::default()
+        };
+        txn(&mut mvcc, &request).unwrap();
+        compact(
+            &mut mvcc,
+            &pb::CompactionRequest {
+                revision: 0,
+                physical: false,
+            },
+        )
+        .unwrap();
+        let error = txn(&mut mvcc, &request).unwrap_err();
+        assert!(matches!(error, ApplyError::Client(EtcdError::Compacted)), "{error:?}");
+    }
 }

@@ -85,10 +85,14 @@ const ETCD_SERVICES: &[(&str, &[&str])] = &[
 ];
 
 fn route(path: &str) -> Result<KvMethod, Status> {
-    let (service, method) = path
-        .strip_prefix('/')
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| Status::new(Code::Unimplemented, format!("malformed method name: {path:?}")))?;
+    // grpc-go splits `/service/method` at the last slash.
+    let name = path.strip_prefix('/').unwrap_or(path);
+    let (service, method) = name.rsplit_once('/').ok_or_else(|| {
+        // etcd 3.4's grpc-go said RESOURCE_EXHAUSTED here, fixed to UNIMPLEMENTED
+        // in grpc-go 1.39 (grpc/grpc-go#4464), which etcd 3.5 uses.
+        let quoted = grpc::go_quoted(path.as_bytes());
+        Status::new(Code::Unimplemented, format!("malformed method name: {quoted}"))
+    })?;
     let kv = match (service, method) {
         ("etcdserverpb.KV", "Range") => Some(KvMethod::Range),
         ("etcdserverpb.KV", "Put") => Some(KvMethod::Put),
@@ -198,6 +202,18 @@ mod tests {
         let status = route("/etcdserverpb.Lease/LeaseGrant").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method LeaseGrant not implemented");
+    }
+
+    #[test]
+    fn names_split_at_the_last_slash_as_grpc_go_does() {
+        assert_eq!(
+            route("/etcdserverpb.KV/Range/x").unwrap_err().message,
+            "unknown service etcdserverpb.KV/Range"
+        );
+        assert_eq!(
+            route("/nothing").unwrap_err().message,
+            "malformed method name: \"/nothing\""
+        );
     }
 
     #[test]

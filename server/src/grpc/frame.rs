@@ -29,20 +29,18 @@ impl MessageDecoder {
 
     /// The next complete message, if one is buffered. A message in a single chunk
     /// is split off without copying it again.
+    ///
+    /// Checks in grpc-go's order (`recvMsg`, then `checkRecvPayload`): the length
+    /// as soon as the prefix is here, the payload format once the whole message
+    /// is. No compressor is installed, so a compressed message is refused (an
+    /// encoding other than identity was refused with the request headers).
     pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
         if self.buffered.len() < PREFIX_BYTES {
             return Ok(None);
         }
-        let compressed = self.buffered[0];
+        let format = self.buffered[0];
         let length =
             u32::from_be_bytes([self.buffered[1], self.buffered[2], self.buffered[3], self.buffered[4]]) as usize;
-        if compressed != 0 {
-            // ringkv advertises no compressor; grpc-go answers the same way.
-            return Err(Status::new(
-                Code::Unimplemented,
-                "grpc: Decompressor is not installed for grpc-encoding \"\"",
-            ));
-        }
         if length > self.max_message_bytes {
             return Err(Status::new(
                 Code::ResourceExhausted,
@@ -56,19 +54,32 @@ impl MessageDecoder {
             self.buffered.reserve(PREFIX_BYTES + length - self.buffered.len());
             return Ok(None);
         }
+        match format {
+            0 => {}
+            1 => {
+                return Err(Status::new(
+                    Code::Internal,
+                    "grpc: compressed flag set with identity or empty encoding",
+                ))
+            }
+            other => {
+                return Err(Status::new(
+                    Code::Internal,
+                    format!("grpc: received unexpected payload format {other}"),
+                ))
+            }
+        }
         self.buffered.advance(PREFIX_BYTES);
         Ok(Some(self.buffered.split_to(length).freeze()))
     }
 
-    /// The stream ended: leftover bytes are a truncated message.
+    /// The stream ended: leftover bytes are a truncated message (grpc-go's
+    /// `io.ErrUnexpectedEOF`, which reaches the client as UNKNOWN).
     pub fn finish(&self) -> Result<(), Status> {
         if self.buffered.is_empty() {
             return Ok(());
         }
-        Err(Status::new(
-            Code::Internal,
-            "grpc: failed to receive the message: unexpected EOF",
-        ))
+        Err(Status::new(Code::Unknown, "unexpected EOF"))
     }
 }
 
@@ -142,18 +153,47 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_message_fails_at_the_end() {
-        let mut decoder = MessageDecoder::new(100);
-        decoder.push(frame(b"hello").slice(..6));
-        assert_eq!(decoder.next_message().unwrap(), None);
-        assert_eq!(decoder.finish().unwrap_err().code, Code::Internal);
+    fn a_truncated_message_fails_at_the_end_as_grpc_go_does() {
+        for cut in [3, 6] {
+            let mut decoder = MessageDecoder::new(100);
+            decoder.push(frame(b"hello").slice(..cut));
+            assert_eq!(decoder.next_message().unwrap(), None);
+            let status = decoder.finish().unwrap_err();
+            assert_eq!(
+                (status.code, status.message.as_str()),
+                (Code::Unknown, "unexpected EOF")
+            );
+        }
     }
 
     #[test]
-    fn compressed_messages_are_unimplemented() {
+    fn compressed_messages_are_refused_once_complete() {
         let mut decoder = MessageDecoder::new(100);
-        decoder.push(Bytes::from_static(&[1, 0, 0, 0, 0]));
-        assert_eq!(decoder.next_message().unwrap_err().code, Code::Unimplemented);
+        decoder.push(Bytes::from_static(&[1, 0, 0, 0, 2, 7]));
+        assert_eq!(decoder.next_message().unwrap(), None, "waits for the whole message");
+        decoder.push(Bytes::from_static(&[7]));
+        let status = decoder.next_message().unwrap_err();
+        assert_eq!(status.code, Code::Internal);
+        assert_eq!(
+            status.message,
+            "grpc: compressed flag set with identity or empty encoding"
+        );
+    }
+
+    #[test]
+    fn unknown_payload_formats_are_internal_errors() {
+        let mut decoder = MessageDecoder::new(100);
+        decoder.push(Bytes::from_static(&[2, 0, 0, 0, 0]));
+        let status = decoder.next_message().unwrap_err();
+        assert_eq!(status.code, Code::Internal);
+        assert_eq!(status.message, "grpc: received unexpected payload format 2");
+    }
+
+    #[test]
+    fn the_length_is_checked_before_the_payload_format() {
+        let mut decoder = MessageDecoder::new(4);
+        decoder.push(Bytes::from_static(&[1, 0, 0, 0, 5]));
+        assert_eq!(decoder.next_message().unwrap_err().code, Code::ResourceExhausted);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod timeout;
 
 pub use frame::{Encoded, MessageDecoder};
 pub use server::{serve_connection, Http2Limits};
-pub use status::{Code, Status};
+pub use status::{go_quoted, Code, Status};
 pub use stream::{RequestStream, ResponseSink};
 
 use bytes::Bytes;

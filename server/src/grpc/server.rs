@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{Encoded, MessageDecoder};
-use super::status::{Code, Status};
+use super::status::{go_quoted, Code, Status};
 use super::stream::{RequestStream, ResponseSink};
 use super::{timeout, CallContext, GrpcService, MethodKind};
 
@@ -75,27 +75,44 @@ async fn serve_stream<S: GrpcService>(
         send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
         return;
     }
-    if !is_grpc_content_type(parts.headers.get(http::header::CONTENT_TYPE)) {
-        send_http_error(&mut respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // grpc-go resets a stream whose headers it cannot take (not gRPC, a malformed
+    // timeout) with PROTOCOL_ERROR before looking at the method.
+    let Some(subtype) = grpc_content_subtype(parts.headers.get(http::header::CONTENT_TYPE)) else {
+        respond.send_reset(h2::Reason::PROTOCOL_ERROR);
         return;
-    }
+    };
+    let timeout = match parts.headers.get("grpc-timeout") {
+        None => None,
+        Some(value) => match value.to_str().ok().and_then(timeout::parse) {
+            Some(timeout) => Some(timeout),
+            None => {
+                respond.send_reset(h2::Reason::PROTOCOL_ERROR);
+                return;
+            }
+        },
+    };
+    let mut respond = Responder {
+        respond,
+        content_type: response_content_type(subtype),
+    };
     let path = parts.uri.path().to_string();
     let kind = match service.method_kind(&path) {
         Ok(kind) => kind,
         Err(status) => {
-            send_status_only(&mut respond, &status);
+            respond.send_status_only(&status);
             return;
         }
     };
-    let timeout = parts
-        .headers
-        .get("grpc-timeout")
-        .and_then(|value| value.to_str().ok())
-        .and_then(timeout::parse);
+    if let Err(status) = check_encoding(parts.headers.get("grpc-encoding")) {
+        respond.send_status_only(&status);
+        return;
+    }
     let ctx = CallContext {
-        deadline: timeout.map(|timeout| Instant::now() + timeout),
+        // A deadline too far to represent is no deadline.
+        deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
         metadata: parts.headers,
     };
+    let timeout = ctx.deadline.and(timeout);
     match kind {
         MethodKind::Unary => {
             serve_unary(&path, body, respond, &*service, ctx, timeout, &limits).await;
@@ -109,7 +126,7 @@ async fn serve_stream<S: GrpcService>(
 async fn serve_unary<S: GrpcService>(
     path: &str,
     body: RecvStream,
-    mut respond: SendResponse<Bytes>,
+    mut respond: Responder,
     service: &S,
     ctx: CallContext,
     timeout: Option<Duration>,
@@ -121,10 +138,10 @@ async fn serve_unary<S: GrpcService>(
     };
     // The call is dropped (cancelled) if the client resets the stream or its
     // deadline passes first.
-    let outcome = race_call(call, &mut respond, timeout).await;
+    let outcome = race_call(call, &mut respond.respond, timeout).await;
     match outcome {
-        Some(Ok(message)) => send_message(&mut respond, message),
-        Some(Err(status)) => send_status_only(&mut respond, &status),
+        Some(Ok(message)) => respond.send_message(message),
+        Some(Err(status)) => respond.send_status_only(&status),
         None => {}
     }
 }
@@ -132,19 +149,19 @@ async fn serve_unary<S: GrpcService>(
 async fn serve_streaming<S: GrpcService>(
     path: &str,
     body: RecvStream,
-    mut respond: SendResponse<Bytes>,
+    mut respond: Responder,
     service: &S,
     ctx: CallContext,
     timeout: Option<Duration>,
     limits: &Http2Limits,
 ) {
-    let stream = match respond.send_response(grpc_response_head(), false) {
+    let stream = match respond.respond.send_response(respond.head(), false) {
         Ok(stream) => Rc::new(RefCell::new(stream)),
         Err(_) => return,
     };
     let requests = RequestStream::new(body, limits.max_recv_message_bytes);
     let call = service.streaming(path, requests, ResponseSink::new(Rc::clone(&stream)), ctx);
-    let outcome = race_call(call, &mut respond, timeout).await;
+    let outcome = race_call(call, &mut respond.respond, timeout).await;
     let trailers = match outcome {
         Some(Ok(())) => ok_trailers(),
         Some(Err(status)) => status_headers(&status),
@@ -192,31 +209,80 @@ async fn read_one_message(mut body: RecvStream, max_message_bytes: usize) -> Res
             Some(Err(error)) => return Err(Status::new(Code::Canceled, error.to_string())),
             None => {
                 decoder.finish()?;
-                return Err(Status::new(
-                    Code::Internal,
-                    "grpc: failed to receive the message: no request message",
-                ));
+                // grpc-go's `io.EOF` before any message, reaching the client as UNKNOWN.
+                return Err(Status::new(Code::Unknown, "EOF"));
             }
         }
     }
 }
 
-fn is_grpc_content_type(value: Option<&HeaderValue>) -> bool {
-    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    match value.strip_prefix("application/grpc") {
-        Some(rest) => rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'),
-        None => false,
+/// ringkv installs no decompressor: a request in any encoding but identity is
+/// refused before its message is read, in grpc-go's words.
+fn check_encoding(value: Option<&HeaderValue>) -> Result<(), Status> {
+    let encoding = value.map_or(&b""[..], HeaderValue::as_bytes);
+    if encoding.is_empty() || encoding == b"identity" {
+        return Ok(());
+    }
+    Err(Status::new(
+        Code::Unimplemented,
+        format!(
+            "grpc: Decompressor is not installed for grpc-encoding {}",
+            go_quoted(encoding)
+        ),
+    ))
+}
+
+/// The part of a gRPC content type after `application/grpc` and its `+` or `;`
+/// (empty for plain `application/grpc`); None if the type is not gRPC.
+fn grpc_content_subtype(value: Option<&HeaderValue>) -> Option<String> {
+    let rest = value?.to_str().ok()?.strip_prefix("application/grpc")?;
+    match rest.as_bytes().first() {
+        None => Some(String::new()),
+        Some(b'+' | b';') => Some(rest[1..].to_string()),
+        Some(_) => None,
     }
 }
 
-fn grpc_response_head() -> Response<()> {
-    let mut response = Response::new(());
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    response
+/// grpc-go answers with the request's subtype: `application/grpc+proto` for
+/// `application/grpc+proto`, plain `application/grpc` for plain.
+fn response_content_type(subtype: String) -> HeaderValue {
+    if subtype.is_empty() {
+        return HeaderValue::from_static("application/grpc");
+    }
+    HeaderValue::from_str(&format!("application/grpc+{subtype}")).expect("built from a valid header value")
+}
+
+/// The response half of one stream, with the content type to answer with.
+struct Responder {
+    respond: SendResponse<Bytes>,
+    content_type: HeaderValue,
+}
+
+impl Responder {
+    fn head(&self) -> Response<()> {
+        let mut response = Response::new(());
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, self.content_type.clone());
+        response
+    }
+
+    /// Headers, the message, OK trailers: a unary success.
+    fn send_message(&mut self, message: Encoded) {
+        let Ok(mut stream) = self.respond.send_response(self.head(), false) else {
+            return;
+        };
+        if stream.send_data(message.into_frame(), false).is_ok() {
+            let _ = stream.send_trailers(ok_trailers());
+        }
+    }
+
+    /// A trailers-only response: the status rides on the response headers.
+    fn send_status_only(&mut self, status: &Status) {
+        let mut response = self.head();
+        response.headers_mut().extend(status_headers(status));
+        let _ = self.respond.send_response(response, true);
+    }
 }
 
 fn ok_trailers() -> HeaderMap {
@@ -234,25 +300,29 @@ fn status_headers(status: &Status) -> HeaderMap {
     headers
 }
 
-/// Headers, the message, OK trailers: a unary success.
-fn send_message(respond: &mut SendResponse<Bytes>, message: Encoded) {
-    let Ok(mut stream) = respond.send_response(grpc_response_head(), false) else {
-        return;
-    };
-    if stream.send_data(message.into_frame(), false).is_ok() {
-        let _ = stream.send_trailers(ok_trailers());
-    }
-}
-
-/// A trailers-only response: the status rides on the response headers.
-fn send_status_only(respond: &mut SendResponse<Bytes>, status: &Status) {
-    let mut response = grpc_response_head();
-    response.headers_mut().extend(status_headers(status));
-    let _ = respond.send_response(response, true);
-}
-
 fn send_http_error(respond: &mut SendResponse<Bytes>, code: StatusCode) {
     let mut response = Response::new(());
     *response.status_mut() = code;
     let _ = respond.send_response(response, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_or_no_encoding_is_accepted() {
+        assert!(check_encoding(None).is_ok());
+        assert!(check_encoding(Some(&HeaderValue::from_static("identity"))).is_ok());
+    }
+
+    #[test]
+    fn other_encodings_are_unimplemented_in_grpc_gos_words() {
+        let status = check_encoding(Some(&HeaderValue::from_static("gzip"))).unwrap_err();
+        assert_eq!(status.code, Code::Unimplemented);
+        assert_eq!(
+            status.message,
+            "grpc: Decompressor is not installed for grpc-encoding \"gzip\""
+        );
+    }
 }

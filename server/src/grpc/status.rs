@@ -74,6 +74,24 @@ pub fn code_text(code: Code) -> &'static str {
     TEXT[code as usize]
 }
 
+/// Go's `%q` of ASCII text (header values, paths), as grpc-go quotes them in
+/// messages.
+pub fn go_quoted(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for &byte in bytes {
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(byte as char),
+            _ => out.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +106,10 @@ mod tests {
     fn code_text_is_the_decimal_code() {
         assert_eq!(code_text(Code::Unauthenticated), "16");
         assert_eq!(Status::new(Code::OutOfRange, "x").code_text(), "11");
+    }
+
+    #[test]
+    fn go_quoting_escapes_quotes_backslashes_and_control_bytes() {
+        assert_eq!(go_quoted(b"a\"b\\c\td\x01"), r#""a\"b\\c\td\x01""#);
     }
 }

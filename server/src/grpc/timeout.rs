@@ -2,16 +2,22 @@
 
 use std::time::Duration;
 
-/// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`); None if malformed.
+/// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`) as grpc-go's `decodeTimeout`
+/// does, sign included (Go's `ParseInt`): a negative timeout has already passed
+/// (zero). None if malformed.
 pub fn parse(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (number, unit) = value.split_at(value.len() - 1);
+    let digits = number.strip_prefix(['+', '-']).unwrap_or(number);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let amount: u64 = digits.parse().ok()?;
+    let amount: i64 = number.parse().ok()?;
+    let Ok(amount) = u64::try_from(amount) else {
+        return Some(Duration::ZERO);
+    };
     Some(match unit {
         "H" => Duration::from_secs(amount * 3600),
         "M" => Duration::from_secs(amount * 60),
@@ -38,8 +44,26 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_timeout_has_already_passed() {
+        assert_eq!(parse("-1S"), Some(Duration::ZERO));
+        assert_eq!(parse("+2m"), Some(Duration::from_millis(2)));
+    }
+
+    #[test]
     fn malformed_values_are_rejected() {
-        for bad in ["", "S", "10", "10x", "-1S", "123456789S", "1.5S"] {
+        for bad in [
+            "",
+            "S",
+            "10",
+            "10x",
+            "-S",
+            "+S",
+            "--1S",
+            "123456789S",
+            "1.5S",
+            " 1S",
+            "1é",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

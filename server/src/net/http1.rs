@@ -96,13 +96,18 @@ async fn with_timeout<T>(timeout: Duration, work: impl std::future::Future<Outpu
     .await
 }
 
-/// Reads until `buffered` holds a complete head; returns its length, or None on
-/// EOF, error or an oversized head.
+/// Reads until `buffered` holds a complete head, or bytes that cannot start one
+/// (the caller answers those with a 400 at once instead of waiting for more);
+/// returns their length, or None on EOF, error or an oversized head.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buffered: &mut Vec<u8>, max: usize) -> Option<usize> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
             return Some(end + 4);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        if !buffered.is_empty() && httparse::Request::new(&mut headers).parse(buffered).is_err() {
+            return Some(buffered.len());
         }
         if buffered.len() > max {
             return None;
@@ -246,6 +251,14 @@ mod tests {
         assert!(out.contains("GET /a x=1"));
         assert!(out.contains("POST /b "));
         assert!(out.ends_with("GET /c "), "{out}");
+    }
+
+    #[test]
+    fn garbage_gets_a_400_without_waiting_for_the_end_of_a_head() {
+        // No "\r\n\r\n" ever comes: waiting for one would wait for the client
+        // to give up (here: for EOF, which would end the connection silently).
+        let out = run(b"\x16\x03\x01\x02\x00");
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
 
     #[test]

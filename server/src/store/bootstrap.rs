@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use raft::eraftpb::{ConfState, HardState};
+use raft::eraftpb::ConfState;
 use raft::{Config as RaftConfig, RawNode};
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
@@ -181,7 +181,7 @@ fn rebuild_raft_log(recovered: Recovered, applied_index: u64) -> Result<RaftLog,
         .hard_state
         .as_ref()
         .map(wal_io::hard_state_from_record)
-        .unwrap_or_else(HardState::default);
+        .unwrap_or_default();
     // Only committed entries are applied, so the commit index is at least the
     // applied one even when a commit-only hard state was never synced.
     hard_state.commit = hard_state.commit.max(applied_index);

@@ -473,6 +473,9 @@ impl StoreCore {
             Ok(response) => Ok(response),
             Err(ApplyError::Client(error)) => Err(error),
             Err(ApplyError::Fatal(error)) => fatal(&format!("store failure: {error}")),
+            Err(ApplyError::PartlyWritten(error)) => fatal(&format!(
+                "a txn failed ({error}) after writing part of its changes, which cannot be undone"
+            )),
         }
     }
 

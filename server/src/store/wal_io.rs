@@ -67,8 +67,8 @@ pub fn entry_from_record(record: EntryRecord) -> Entry {
         entry_type: i32::from(record.kind),
         term: record.term,
         index: record.index,
-        data: record.data.into(),
-        context: record.context.into(),
+        data: record.data,
+        context: record.context,
         ..Default::default()
     }
 }
