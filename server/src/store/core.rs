@@ -15,7 +15,7 @@ use std::rc::Rc;
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
 use prost::Message;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI;
 use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
@@ -71,6 +71,9 @@ struct Waiter {
 /// A page-store commit in flight: the applied index it makes durable.
 struct CommitInFlight {
     applied_index: u64,
+    /// The raft configuration as of `applied_index`: applying goes on while the
+    /// commit runs, and may change it.
+    conf_state: ConfState,
 }
 
 pub struct StoreCore {
@@ -428,7 +431,11 @@ impl StoreCore {
             .mvcc
             .begin_commit()
             .unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
-        self.commit = Some(CommitInFlight { applied_index });
+        let conf_state = self.raw.store().conf_state().clone();
+        self.commit = Some(CommitInFlight {
+            applied_index,
+            conf_state,
+        });
         self.applied_since_commit = 0;
         self.last_commit = Instant::now();
         self.physical_waiters_committing
@@ -453,7 +460,7 @@ impl StoreCore {
         let index = committed.applied_index.max(store.compacted_index());
         if index > store.compacted_index() {
             let term = store.term_of(index).expect("applied entries are in the log");
-            let snapshot = wal_io::snapshot_record(index, term, store.conf_state());
+            let snapshot = wal_io::snapshot_record(index, term, &committed.conf_state);
             store.compact_to(index);
             if self.wal_jobs.try_send(WalJob::Release(snapshot)).is_err() {
                 fatal("the WAL task stopped");
