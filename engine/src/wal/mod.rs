@@ -115,9 +115,15 @@ impl Wal<DmaDir> {
         dir.is_dir()
     }
 
-    /// Creates a WAL in `dir`, which must not exist. The directory appears only
-    /// once its first segment and the metadata are durable.
-    pub async fn create(dir: &Path, options: WalOptions, metadata: Vec<u8>) -> Result<Self, WalError> {
+    /// Creates a WAL in `dir`, which must not exist, holding `metadata` and the
+    /// initial `snapshot` record. The directory appears only once its first
+    /// segment, the metadata and the snapshot record are durable.
+    pub async fn create(
+        dir: &Path,
+        options: WalOptions,
+        metadata: Vec<u8>,
+        snapshot: SnapshotRecord,
+    ) -> Result<Self, WalError> {
         if Wal::exists(dir) {
             return Err(WalError::Exists(dir.to_path_buf()));
         }
@@ -126,13 +132,19 @@ impl Wal<DmaDir> {
             std::fs::remove_dir_all(&staging).map_err(|e| WalError::io("clearing a half-created WAL", e))?;
         }
         std::fs::create_dir_all(&staging).map_err(|e| WalError::io("creating the WAL directory", e))?;
-        let wal = Wal::create_in(DmaDir::new(&staging), options, metadata).await?;
+        let mut wal = Wal::create_in(DmaDir::new(&staging), options, metadata, snapshot).await?;
         std::fs::rename(&staging, dir).map_err(|e| WalError::io("naming the WAL directory", e))?;
         sync_parent(dir).await?;
-        Ok(Wal {
-            dir: DmaDir::new(dir),
-            ..wal
-        })
+        // Nothing may keep a path into the staging directory: creation starts no
+        // spare, and the active segment is opened again under its final path.
+        assert!(wal.spare.is_none() && wal.sealed.is_empty());
+        wal.dir = DmaDir::new(dir);
+        wal.active.file = wal
+            .dir
+            .open(&wal.active.name.name)
+            .await
+            .map_err(|e| WalError::io("reopening the first segment", e))?;
+        Ok(wal)
     }
 
     pub async fn open(dir: &Path, options: WalOptions) -> Result<(Self, Recovered), WalError> {
@@ -151,8 +163,14 @@ async fn sync_parent(dir: &Path) -> Result<(), WalError> {
 }
 
 impl<D: WalDir + Clone + 'static> Wal<D> {
-    /// A new WAL in an empty directory seam: segment 0 with the metadata.
-    pub async fn create_in(dir: D, options: WalOptions, metadata: Vec<u8>) -> Result<Self, WalError> {
+    /// A new WAL in an empty directory seam: segment 0, whose first frame holds
+    /// the metadata and the initial snapshot record. Starts no spare.
+    pub async fn create_in(
+        dir: D,
+        options: WalOptions,
+        metadata: Vec<u8>,
+        snapshot: SnapshotRecord,
+    ) -> Result<Self, WalError> {
         assert_eq!(options.segment_bytes % BLOCK_BYTES as u64, 0);
         assert!(options.segment_bytes >= 4 * BLOCK_BYTES as u64);
         let name = SegmentName::new(0);
@@ -177,8 +195,11 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             next_batch_seq: 0,
             poisoned: false,
         };
-        // The metadata goes with the first frame of every segment.
-        wal.append(&[]).await?;
+        // The metadata goes with the first frame of every segment, and a WAL is
+        // never without a snapshot record: a crash right after creation leaves a
+        // WAL that opens.
+        wal.write(&[Record::Snapshot(snapshot)]).await?;
+        assert!(wal.latest_snapshot.is_some());
         Ok(wal)
     }
 
@@ -250,6 +271,13 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
     /// write and one fdatasync. Any I/O error poisons the WAL (never retry an
     /// fsync: the kernel may have dropped the data).
     pub async fn append(&mut self, records: &[Record]) -> Result<(), WalError> {
+        self.write(records).await?;
+        self.prepare_spare_if_due();
+        Ok(())
+    }
+
+    /// `append` without starting a spare.
+    async fn write(&mut self, records: &[Record]) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
@@ -292,11 +320,9 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             self.write_frame(&frame_records).await?;
             records = &records[taken..];
             if records.is_empty() {
-                break;
+                return Ok(());
             }
         }
-        self.prepare_spare_if_due();
-        Ok(())
     }
 
     /// What every segment starts with, so that releasing older segments loses

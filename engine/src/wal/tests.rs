@@ -34,6 +34,21 @@ fn indexes(recovered: &Recovered) -> Vec<u64> {
     recovered.entries.iter().map(|e| e.index).collect()
 }
 
+/// The snapshot record a new WAL starts with.
+fn initial_snapshot() -> SnapshotRecord {
+    SnapshotRecord {
+        index: 0,
+        term: 0,
+        conf_state: b"initial".to_vec(),
+    }
+}
+
+async fn create(dir: &SimDir, metadata: Vec<u8>) -> Wal<SimDir> {
+    Wal::create_in(dir.clone(), small(), metadata, initial_snapshot())
+        .await
+        .unwrap()
+}
+
 async fn reopen(dir: &SimDir) -> Result<(Wal<SimDir>, Recovered), WalError> {
     Wal::open_in(dir.clone(), small()).await
 }
@@ -42,7 +57,7 @@ async fn reopen(dir: &SimDir) -> Result<(Wal<SimDir>, Recovered), WalError> {
 fn recovery_after_reopen_returns_exactly_what_was_appended() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), b"member".to_vec()).await.unwrap();
+        let mut wal = create(&dir, b"member".to_vec()).await;
         let hard_state = HardStateRecord {
             term: 3,
             vote: 1,
@@ -56,7 +71,7 @@ fn recovery_after_reopen_returns_exactly_what_was_appended() {
         let (_, recovered) = reopen(&dir).await.unwrap();
         assert_eq!(recovered.metadata, b"member");
         assert_eq!(recovered.hard_state, Some(hard_state));
-        assert_eq!(recovered.snapshot, None);
+        assert_eq!(recovered.snapshot, Some(initial_snapshot()));
         assert_eq!(indexes(&recovered), vec![1, 2, 3]);
         assert_eq!(recovered.entries[1].data, vec![2; 5000]);
     });
@@ -66,7 +81,7 @@ fn recovery_after_reopen_returns_exactly_what_was_appended() {
 fn one_append_is_one_fdatasync() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         for index in 1..=20 {
             let before = dir.syncs();
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
@@ -80,7 +95,7 @@ fn a_torn_tail_is_truncated_and_appends_continue() {
     for seed in 0..20 {
         run(async move {
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            let mut wal = create(&dir, vec![]).await;
             wal.append(&[entry(1, 1, 100), entry(2, 1, 100)]).await.unwrap();
             dir.die_at_next_sync();
             assert!(wal.append(&[entry(3, 1, 9000)]).await.is_err());
@@ -102,7 +117,7 @@ fn a_torn_tail_is_truncated_and_appends_continue() {
 fn corruption_in_the_middle_is_refused_with_file_and_offset() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         for index in 1..=5 {
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
         }
@@ -124,7 +139,7 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() {
 fn a_damaged_last_frame_alone_is_a_torn_tail() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         for index in 1..=3 {
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
         }
@@ -146,7 +161,7 @@ fn io_errors_poison_the_wal() {
     for (name, arm) in faults {
         run(async move {
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            let mut wal = create(&dir, vec![]).await;
             wal.append(&[entry(1, 1, 100)]).await.unwrap();
             arm(&dir);
             assert!(
@@ -170,7 +185,7 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
         run(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![7]).await.unwrap();
+            let mut wal = create(&dir, vec![7]).await;
             let mut acked = 0u64;
             let mut attempted = 0u64;
             let batches = rng.gen_range(1..40);
@@ -204,7 +219,7 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
 fn segments_roll_and_release_and_recovery_follows() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), b"m".to_vec()).await.unwrap();
+        let mut wal = create(&dir, b"m".to_vec()).await;
         let hard_state = HardStateRecord {
             term: 1,
             vote: 1,
@@ -256,7 +271,7 @@ fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
     for seed in 0..10 {
         run(async move {
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            let mut wal = create(&dir, vec![]).await;
             for index in 1..=120 {
                 wal.append(&[entry(index, 1, 1000)]).await.unwrap();
             }
@@ -293,7 +308,7 @@ fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
 fn raft_truncation_applies_on_replay() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
             .await
             .unwrap();
@@ -312,7 +327,7 @@ fn raft_truncation_applies_on_replay() {
 fn oversized_records_are_refused_without_poisoning() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         let too_big = entry(1, 1, SMALL_SEGMENT_BYTES as usize);
         assert!(matches!(
             wal.append(&[too_big]).await,
@@ -328,7 +343,9 @@ fn the_real_backend_appends_and_recovers() {
     let path = temp.path().join("wal");
     let path_for_run = path.clone();
     run(async move {
-        let mut wal = Wal::create(&path_for_run, small(), b"real".to_vec()).await.unwrap();
+        let mut wal = Wal::create(&path_for_run, small(), b"real".to_vec(), initial_snapshot())
+            .await
+            .unwrap();
         for index in 1..=200 {
             wal.append(&[entry(index, 1, 700)]).await.unwrap();
         }
@@ -350,8 +367,42 @@ fn the_real_backend_appends_and_recovers() {
         let (_, recovered) = Wal::open(&path, small()).await.unwrap();
         assert_eq!(*indexes(&recovered).last().unwrap(), 201);
         assert!(matches!(
-            Wal::create(&path, small(), vec![]).await,
+            Wal::create(&path, small(), vec![], initial_snapshot()).await,
             Err(WalError::Exists(_))
         ));
+    });
+}
+
+#[test]
+fn a_new_wal_recovers_its_initial_snapshot() {
+    run(async {
+        let dir = SimDir::new();
+        drop(create(&dir, b"m".to_vec()).await);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(recovered.metadata, b"m");
+        assert_eq!(recovered.snapshot, Some(initial_snapshot()));
+        assert!(recovered.entries.is_empty());
+    });
+}
+
+#[test]
+fn a_wal_created_on_disk_keeps_writing_after_its_staging_directory_is_renamed() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("wal");
+    run(async move {
+        // 4-block segments; the creation frame takes half of the first one.
+        let options = WalOptions {
+            segment_bytes: 4 * BLOCK_BYTES as u64,
+        };
+        let mut wal = Wal::create(&path, options, vec![1; 5000], initial_snapshot())
+            .await
+            .unwrap();
+        for index in 1..=6 {
+            wal.append(&[entry(index, 1, 10)]).await.unwrap();
+        }
+        assert!(wal.segment_count() > 1);
+        drop(wal);
+        let (_, recovered) = Wal::open(&path, options).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=6).collect::<Vec<_>>());
     });
 }
