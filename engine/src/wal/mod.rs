@@ -428,8 +428,21 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
     /// Records durably that everything up to `snapshot.index` is held elsewhere,
     /// then recycles (or removes) the older segments that hold nothing newer.
+    ///
+    /// Panics if `snapshot.index` is below the last snapshot record's: replay
+    /// refuses a decreasing snapshot index, so writing one would make the WAL
+    /// impossible to open. That is a caller bug; nothing is written.
     pub async fn release_to(&mut self, snapshot: SnapshotRecord) -> Result<(), WalError> {
         let index = snapshot.index;
+        let latest = self
+            .latest_snapshot
+            .as_ref()
+            .expect("a WAL always holds a snapshot record");
+        assert!(
+            index >= latest.index,
+            "release_to({index}) after release_to({}): the snapshot index never decreases",
+            latest.index
+        );
         self.append(&[Record::Snapshot(snapshot)]).await?;
         while self.sealed.first().is_some_and(|s| s.max_entry_index <= index) {
             let released = self.sealed.remove(0);

@@ -406,3 +406,41 @@ fn a_wal_created_on_disk_keeps_writing_after_its_staging_directory_is_renamed() 
         assert_eq!(indexes(&recovered), (1..=6).collect::<Vec<_>>());
     });
 }
+
+#[test]
+fn release_to_refuses_a_snapshot_older_than_the_last_one() {
+    let dir = SimDir::new();
+    let released = SnapshotRecord {
+        index: 10,
+        term: 1,
+        conf_state: vec![],
+    };
+    {
+        let (dir, released) = (dir.clone(), released.clone());
+        run(async move {
+            let mut wal = create(&dir, vec![]).await;
+            for index in 1..=20 {
+                wal.append(&[entry(index, 1, 10)]).await.unwrap();
+            }
+            wal.release_to(released).await.unwrap();
+        });
+    }
+    let older = SnapshotRecord {
+        index: 5,
+        term: 1,
+        conf_state: vec![],
+    };
+    let dir_for_panic = dir.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        run(async move {
+            let (mut wal, _) = reopen(&dir_for_panic).await.unwrap();
+            let _ = wal.release_to(older).await;
+        })
+    }));
+    assert!(outcome.is_err(), "a decreasing snapshot index is a caller bug");
+    run(async move {
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(recovered.snapshot, Some(released), "nothing was written");
+        assert_eq!(indexes(&recovered), (11..=20).collect::<Vec<_>>());
+    });
+}
