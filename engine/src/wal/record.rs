@@ -201,7 +201,8 @@ pub fn parse_frame_records(header: &FrameHeader, frame: &[u8]) -> Result<Vec<Rec
     if frame.len() < end {
         return Err(bad("frame payload runs past the data"));
     }
-    let mut records = Vec::with_capacity(header.record_count);
+    // The count comes from disk: bound the allocation by what the payload can hold.
+    let mut records = Vec::with_capacity(header.record_count.min(header.payload_bytes / RECORD_HEADER_BYTES));
     let mut at = FRAME_HEADER_BYTES;
     while at < end {
         if end - at < RECORD_HEADER_BYTES {
@@ -350,6 +351,16 @@ mod tests {
             damaged[at] ^= 1;
             assert!(parse_frame_header(&damaged).is_none(), "flip at {at} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_record_count_from_disk_does_not_size_an_allocation() {
+        let mut frame = encode_frame(1, 0, &sample());
+        frame[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&frame[8..FRAME_HEADER_BYTES]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header = parse_frame_header(&frame).unwrap();
+        assert_eq!(parse_frame_records(&header, &frame), Err("record count mismatch"));
     }
 
     #[test]
