@@ -281,6 +281,9 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
+        if records.is_empty() {
+            return Ok(()); // nothing to make durable: no write, no sync, no roll
+        }
         let max = self.options.max_record_bytes();
         if let Some(record) = records.iter().find(|r| r.encoded_len() > max) {
             return Err(WalError::RecordTooLarge {

@@ -444,3 +444,15 @@ fn release_to_refuses_a_snapshot_older_than_the_last_one() {
         assert_eq!(indexes(&recovered), (11..=20).collect::<Vec<_>>());
     });
 }
+
+#[test]
+fn an_empty_append_writes_nothing() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        wal.append(&[entry(1, 1, 10)]).await.unwrap();
+        let (syncs, segments) = (dir.syncs(), wal.segment_count());
+        wal.append(&[]).await.unwrap();
+        assert_eq!((dir.syncs(), wal.segment_count()), (syncs, segments));
+    });
+}
