@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 pub use io::{DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
 
-use record::{encode_frame, frame_len, FRAME_HEADER_BYTES};
+use record::{
+    encode_frame, frame_len, metadata_record_bytes, snapshot_record_bytes, FRAME_HEADER_BYTES, HARD_STATE_RECORD_BYTES,
+};
 use recovery::{LiveSegment, SegmentName};
 
 /// etcd's WAL segment size, and ours.
@@ -41,8 +43,8 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
-    /// The largest record an append accepts: one that fits an empty segment after
-    /// the records that start every segment.
+    /// The configured limit on a record (`encoded_len`). An append can refuse a
+    /// smaller one when the records that start every segment leave less room.
     pub fn max_record_bytes(&self) -> usize {
         self.segment_bytes as usize / 2
     }
@@ -284,7 +286,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         if records.is_empty() {
             return Ok(()); // nothing to make durable: no write, no sync, no roll
         }
-        let max = self.options.max_record_bytes();
+        let max = self.record_bytes_max(records);
         if let Some(record) = records.iter().find(|r| r.encoded_len() > max) {
             return Err(WalError::RecordTooLarge {
                 bytes: record.encoded_len(),
@@ -292,10 +294,37 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             });
         }
         let result = self.append_frames(records).await;
-        if result.is_err() {
-            self.poisoned = true;
+        if let Err(error) = &result {
+            // Refusing a record writes nothing; anything else may have.
+            if !matches!(error, WalError::RecordTooLarge { .. }) {
+                self.poisoned = true;
+            }
         }
         result
+    }
+
+    /// The largest record this append can take: the configured limit, or less if
+    /// the records a segment starts with leave less room in an empty segment.
+    /// Those are bounded from above: the metadata, the larger of the latest
+    /// snapshot record and any in `records` (a snapshot written by this append
+    /// starts the segments it rolls to), and a hard state if there is or will be one.
+    fn record_bytes_max(&self, records: &[Record]) -> usize {
+        let snapshot_bytes = self
+            .latest_snapshot
+            .iter()
+            .chain(records.iter().filter_map(|r| match r {
+                Record::Snapshot(snapshot) => Some(snapshot),
+                _ => None,
+            }))
+            .map(snapshot_record_bytes)
+            .max()
+            .unwrap_or(0);
+        let has_hard_state =
+            self.latest_hard_state.is_some() || records.iter().any(|r| matches!(r, Record::HardState(_)));
+        let hard_state_bytes = if has_hard_state { HARD_STATE_RECORD_BYTES } else { 0 };
+        let start_bytes = metadata_record_bytes(&self.metadata) + snapshot_bytes + hard_state_bytes;
+        let room = (self.options.segment_bytes as usize).saturating_sub(FRAME_HEADER_BYTES + start_bytes);
+        room.min(self.options.max_record_bytes())
     }
 
     async fn append_frames(&mut self, mut records: &[Record]) -> Result<(), WalError> {
@@ -315,8 +344,15 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
                 }
                 taken += 1;
             }
-            let frame_is_useful = taken > 0 || self.active.offset == 0;
-            if !frame_is_useful {
+            if taken == 0 {
+                if self.active.offset == 0 {
+                    // Not even an empty segment takes it: rolling on would loop
+                    // forever. record_bytes_max refuses such records up front.
+                    return Err(WalError::RecordTooLarge {
+                        bytes: records[0].encoded_len(),
+                        max: room.saturating_sub(frame_len(&frame_records)),
+                    });
+                }
                 self.roll().await?;
                 continue;
             }

@@ -70,9 +70,9 @@ impl Record {
     fn body_len(&self) -> usize {
         match self {
             Record::Entry(e) => 8 + 8 + 1 + 4 + e.data.len() + 4 + e.context.len(),
-            Record::HardState(_) => 24,
-            Record::Snapshot(s) => 8 + 8 + 4 + s.conf_state.len(),
-            Record::Metadata(m) => m.len(),
+            Record::HardState(_) => HARD_STATE_RECORD_BYTES - RECORD_HEADER_BYTES,
+            Record::Snapshot(s) => snapshot_record_bytes(s) - RECORD_HEADER_BYTES,
+            Record::Metadata(m) => metadata_record_bytes(m) - RECORD_HEADER_BYTES,
         }
     }
 
@@ -112,6 +112,19 @@ impl Record {
         out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(out.len() - start, self.encoded_len());
     }
+}
+
+/// Bytes a `HardState` record takes in a frame.
+pub const HARD_STATE_RECORD_BYTES: usize = RECORD_HEADER_BYTES + 24;
+
+/// Bytes a `Snapshot` record of `snapshot` takes in a frame.
+pub fn snapshot_record_bytes(snapshot: &SnapshotRecord) -> usize {
+    RECORD_HEADER_BYTES + 8 + 8 + 4 + snapshot.conf_state.len()
+}
+
+/// Bytes a `Metadata` record of `metadata` takes in a frame.
+pub fn metadata_record_bytes(metadata: &[u8]) -> usize {
+    RECORD_HEADER_BYTES + metadata.len()
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

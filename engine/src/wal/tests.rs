@@ -456,3 +456,24 @@ fn an_empty_append_writes_nothing() {
         assert_eq!((dir.syncs(), wal.segment_count()), (syncs, segments));
     });
 }
+
+#[test]
+fn a_record_that_fits_no_segment_after_its_start_records_is_refused_without_poisoning() {
+    run(async {
+        let dir = SimDir::new();
+        // A regression rolls new segments forever: make it fail instead.
+        dir.limit_files(4);
+        // The metadata alone takes 14 blocks of every 16-block segment.
+        let mut wal = create(&dir, vec![9; 14 * BLOCK_BYTES]).await;
+        let unfitting = entry(1, 1, 3 * BLOCK_BYTES);
+        assert!(unfitting.encoded_len() < small().max_record_bytes());
+        match wal.append(&[unfitting]).await {
+            Err(WalError::RecordTooLarge { .. }) => {}
+            other => panic!("expected RecordTooLarge, got {other:?}"),
+        }
+        wal.append(&[entry(1, 1, 10)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), vec![1]);
+    });
+}
