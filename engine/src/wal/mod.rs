@@ -21,7 +21,8 @@ pub use io::{DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
 
 use record::{
-    encode_frame, frame_len, metadata_record_bytes, snapshot_record_bytes, FRAME_HEADER_BYTES, HARD_STATE_RECORD_BYTES,
+    encode_frame, frame_len, metadata_record_bytes, records_fitting, snapshot_record_bytes, FRAME_HEADER_BYTES,
+    HARD_STATE_RECORD_BYTES,
 };
 use recovery::{LiveSegment, SegmentName};
 
@@ -329,33 +330,27 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
     async fn append_frames(&mut self, mut records: &[Record]) -> Result<(), WalError> {
         loop {
-            let mut frame_records = if self.active.offset == 0 {
+            let start = if self.active.offset == 0 {
                 self.segment_start_records()
             } else {
                 Vec::new()
             };
             let room = (self.options.segment_bytes - self.active.offset) as usize;
-            let mut taken = 0;
-            while taken < records.len() {
-                frame_records.push(records[taken].clone());
-                if frame_len(&frame_records) > room {
-                    frame_records.pop();
-                    break;
-                }
-                taken += 1;
-            }
+            let taken = records_fitting(&start, records, room);
             if taken == 0 {
                 if self.active.offset == 0 {
                     // Not even an empty segment takes it: rolling on would loop
                     // forever. record_bytes_max refuses such records up front.
+                    let start_refs: Vec<&Record> = start.iter().collect();
                     return Err(WalError::RecordTooLarge {
                         bytes: records[0].encoded_len(),
-                        max: room.saturating_sub(frame_len(&frame_records)),
+                        max: room.saturating_sub(frame_len(&start_refs)),
                     });
                 }
                 self.roll().await?;
                 continue;
             }
+            let frame_records: Vec<&Record> = start.iter().chain(&records[..taken]).collect();
             self.write_frame(&frame_records).await?;
             records = &records[taken..];
             if records.is_empty() {
@@ -365,7 +360,8 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
     }
 
     /// What every segment starts with, so that releasing older segments loses
-    /// nothing: the metadata, the latest snapshot record and hard state.
+    /// nothing: the metadata, the latest snapshot record and hard state. Cloned
+    /// once per segment, not per append.
     fn segment_start_records(&self) -> Vec<Record> {
         let mut records = vec![Record::Metadata(self.metadata.clone())];
         if let Some(snapshot) = &self.latest_snapshot {
@@ -377,7 +373,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         records
     }
 
-    async fn write_frame(&mut self, records: &[Record]) -> Result<(), WalError> {
+    async fn write_frame(&mut self, records: &[&Record]) -> Result<(), WalError> {
         let frame = encode_frame(self.next_batch_seq, self.active.name.seq, records);
         assert!(frame.len() >= FRAME_HEADER_BYTES && frame.len().is_multiple_of(BLOCK_BYTES));
         assert!(self.active.offset + frame.len() as u64 <= self.options.segment_bytes);

@@ -141,9 +141,24 @@ fn record_crc(kind: u8, body_len: u32, body: &[u8]) -> u32 {
 }
 
 /// Bytes a frame holding `records` takes on disk, padded to whole blocks.
-pub fn frame_len(records: &[Record]) -> usize {
-    let payload: usize = records.iter().map(Record::encoded_len).sum();
+pub fn frame_len(records: &[&Record]) -> usize {
+    let payload: usize = records.iter().map(|r| r.encoded_len()).sum();
     align_up(FRAME_HEADER_BYTES + payload)
+}
+
+/// How many of `records` fit, after `start`, in a frame of at most `room` bytes
+/// (padded). One pass over the records: a running payload size.
+pub fn records_fitting(start: &[Record], records: &[Record], room: usize) -> usize {
+    let mut payload: usize = start.iter().map(Record::encoded_len).sum();
+    let mut taken = 0;
+    for record in records {
+        payload += record.encoded_len();
+        if align_up(FRAME_HEADER_BYTES + payload) > room {
+            break;
+        }
+        taken += 1;
+    }
+    taken
 }
 
 pub fn align_up(bytes: usize) -> usize {
@@ -151,7 +166,7 @@ pub fn align_up(bytes: usize) -> usize {
 }
 
 /// Encodes one frame, padded with zeros to whole blocks.
-pub fn encode_frame(batch_seq: u64, segment_seq: u64, records: &[Record]) -> Vec<u8> {
+pub fn encode_frame(batch_seq: u64, segment_seq: u64, records: &[&Record]) -> Vec<u8> {
     let total = frame_len(records);
     let mut out = Vec::with_capacity(total);
     out.resize(FRAME_HEADER_BYTES, 0);
@@ -309,6 +324,10 @@ impl Reader<'_> {
 mod tests {
     use super::*;
 
+    fn sample_refs(records: &[Record]) -> Vec<&Record> {
+        records.iter().collect()
+    }
+
     fn sample() -> Vec<Record> {
         vec![
             Record::Metadata(b"identity".to_vec()),
@@ -334,9 +353,9 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_are_block_aligned() {
-        let frame = encode_frame(42, 3, &sample());
+        let frame = encode_frame(42, 3, &sample_refs(&sample()));
         assert_eq!(frame.len() % BLOCK_BYTES, 0);
-        assert_eq!(frame.len(), frame_len(&sample()));
+        assert_eq!(frame.len(), frame_len(&sample_refs(&sample())));
         let header = parse_frame_header(&frame).unwrap();
         assert_eq!((header.batch_seq, header.segment_seq, header.record_count), (42, 3, 4));
         assert_eq!(parse_frame_records(&header, &frame).unwrap(), sample());
@@ -344,7 +363,7 @@ mod tests {
 
     #[test]
     fn any_flipped_payload_byte_invalidates_the_frame() {
-        let frame = encode_frame(1, 0, &sample());
+        let frame = encode_frame(1, 0, &sample_refs(&sample()));
         let header = parse_frame_header(&frame).unwrap();
         for at in (FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.payload_bytes).step_by(97) {
             let mut damaged = frame.clone();
@@ -358,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_flipped_header_byte_invalidates_the_header() {
-        let frame = encode_frame(1, 0, &sample());
+        let frame = encode_frame(1, 0, &sample_refs(&sample()));
         for at in 0..FRAME_HEADER_BYTES {
             let mut damaged = frame.clone();
             damaged[at] ^= 1;
@@ -368,12 +387,24 @@ mod tests {
 
     #[test]
     fn a_record_count_from_disk_does_not_size_an_allocation() {
-        let mut frame = encode_frame(1, 0, &sample());
+        let mut frame = encode_frame(1, 0, &sample_refs(&sample()));
         frame[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
         let crc = crc32fast::hash(&frame[8..FRAME_HEADER_BYTES]);
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
         let header = parse_frame_header(&frame).unwrap();
         assert_eq!(parse_frame_records(&header, &frame), Err("record count mismatch"));
+    }
+
+    #[test]
+    fn records_fitting_takes_the_longest_prefix_whose_padded_frame_fits() {
+        let start = vec![Record::Metadata(vec![0; 100])];
+        let records = sample();
+        for room in (BLOCK_BYTES..=4 * BLOCK_BYTES).step_by(BLOCK_BYTES) {
+            let taken = records_fitting(&start, &records, room);
+            let frame = |n: usize| frame_len(&start.iter().chain(&records[..n]).collect::<Vec<_>>());
+            assert!(frame(taken) <= room, "room {room}");
+            assert!(taken == records.len() || frame(taken + 1) > room, "room {room}");
+        }
     }
 
     #[test]

@@ -477,3 +477,22 @@ fn a_record_that_fits_no_segment_after_its_start_records_is_refused_without_pois
         assert_eq!(indexes(&recovered), vec![1]);
     });
 }
+
+#[test]
+fn a_large_batch_appends_in_linear_time() {
+    run(async {
+        let options = WalOptions {
+            segment_bytes: 16 * 1024 * 1024,
+        };
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), options, vec![], initial_snapshot())
+            .await
+            .unwrap();
+        let records: Vec<Record> = (1..=100_000).map(|index| entry(index, 1, 0)).collect();
+        let started = std::time::Instant::now();
+        wal.append(&records).await.unwrap();
+        let elapsed = started.elapsed();
+        // Linear: a few tens of ms. Quadratic: 5e9 size sums, seconds.
+        assert!(elapsed < std::time::Duration::from_secs(2), "took {elapsed:?}");
+    });
+}
