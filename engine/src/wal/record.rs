@@ -12,7 +12,10 @@
 //! 32  u64 reserved, zero
 //! 40  records
 //! ```
-//! A record: `u8 type, u32 body length, u32 crc32(type ++ length ++ body), body`.
+//! A record: `u8 type, u32 body length, u32 crc, body`, where the crc is crc32 of
+//! `batch sequence (u64) ++ segment sequence (u64) ++ type ++ length ++ body`: a
+//! record verifies only inside the frame it was written in, so stale records left
+//! in a recycled segment never verify under a newer frame's header.
 //! All integers little endian.
 
 pub const BLOCK_BYTES: usize = 4096;
@@ -76,7 +79,7 @@ impl Record {
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, frame: FrameId, out: &mut Vec<u8>) {
         let start = out.len();
         let kind = match self {
             Record::Entry(_) => TYPE_ENTRY,
@@ -108,7 +111,7 @@ impl Record {
             }
             Record::Metadata(m) => out.extend_from_slice(m),
         }
-        let crc = record_crc(kind, body_len, &out[start + RECORD_HEADER_BYTES..]);
+        let crc = record_crc(frame, kind, body_len, &out[start + RECORD_HEADER_BYTES..]);
         out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(out.len() - start, self.encoded_len());
     }
@@ -132,8 +135,17 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn record_crc(kind: u8, body_len: u32, body: &[u8]) -> u32 {
+/// The frame a record belongs to; part of the record's checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FrameId {
+    batch_seq: u64,
+    segment_seq: u64,
+}
+
+fn record_crc(frame: FrameId, kind: u8, body_len: u32, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame.batch_seq.to_le_bytes());
+    hasher.update(&frame.segment_seq.to_le_bytes());
     hasher.update(&[kind]);
     hasher.update(&body_len.to_le_bytes());
     hasher.update(body);
@@ -170,8 +182,9 @@ pub fn encode_frame(batch_seq: u64, segment_seq: u64, records: &[&Record]) -> Ve
     let total = frame_len(records);
     let mut out = Vec::with_capacity(total);
     out.resize(FRAME_HEADER_BYTES, 0);
+    let frame = FrameId { batch_seq, segment_seq };
     for record in records {
-        record.encode(&mut out);
+        record.encode(frame, &mut out);
     }
     let payload = u32::try_from(out.len() - FRAME_HEADER_BYTES).expect("frames are far below 4 GiB");
     out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
@@ -231,6 +244,10 @@ pub fn parse_frame_records(header: &FrameHeader, frame: &[u8]) -> Result<Vec<Rec
     }
     // The count comes from disk: bound the allocation by what the payload can hold.
     let mut records = Vec::with_capacity(header.record_count.min(header.payload_bytes / RECORD_HEADER_BYTES));
+    let frame_id = FrameId {
+        batch_seq: header.batch_seq,
+        segment_seq: header.segment_seq,
+    };
     let mut at = FRAME_HEADER_BYTES;
     while at < end {
         if end - at < RECORD_HEADER_BYTES {
@@ -245,7 +262,7 @@ pub fn parse_frame_records(header: &FrameHeader, frame: &[u8]) -> Result<Vec<Rec
             .filter(|&e| e <= end)
             .ok_or_else(|| bad("record body runs past the payload"))?;
         let body = &frame[body_start..body_end];
-        if record_crc(kind, body_len, body) != crc {
+        if record_crc(frame_id, kind, body_len, body) != crc {
             return Err(bad("record checksum mismatch"));
         }
         records.push(decode_body(kind, body)?);
@@ -405,6 +422,22 @@ mod tests {
             assert!(frame(taken) <= room, "room {room}");
             assert!(taken == records.len() || frame(taken + 1) > room, "room {room}");
         }
+    }
+
+    #[test]
+    fn records_verify_only_under_the_frame_they_were_written_in() {
+        let records = sample();
+        let old = encode_frame(7, 2, &sample_refs(&records));
+        // A newer frame header of the same shape over the old records, as a torn
+        // write into a recycled segment leaves it: another batch, another segment.
+        for (batch_seq, segment_seq) in [(8, 2), (7, 5), (1_000, 9)] {
+            let mut torn = encode_frame(batch_seq, segment_seq, &sample_refs(&records));
+            torn[FRAME_HEADER_BYTES..].copy_from_slice(&old[FRAME_HEADER_BYTES..]);
+            let header = parse_frame_header(&torn).unwrap();
+            assert_eq!(parse_frame_records(&header, &torn), Err("record checksum mismatch"));
+        }
+        let header = parse_frame_header(&old).unwrap();
+        assert_eq!(parse_frame_records(&header, &old).unwrap(), records);
     }
 
     #[test]
