@@ -208,24 +208,29 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
     /// Opens an existing WAL: replays it, truncates a torn tail, refuses corruption.
     pub async fn open_in(dir: D, options: WalOptions) -> Result<(Self, Recovered), WalError> {
-        let scan = recovery::scan(&dir).await?.ok_or_else(|| WalError::Corrupt {
-            file: dir.display_path(""),
-            offset: 0,
-            reason: "no WAL segment".to_string(),
-        })?;
+        let scan = recovery::scan(&dir, options.segment_bytes)
+            .await?
+            .ok_or_else(|| WalError::Corrupt {
+                file: dir.display_path(""),
+                offset: 0,
+                reason: "no WAL segment".to_string(),
+            })?;
         let recovered = scan.recovered;
         let mut live = scan.live;
-        let end_exists = live.iter().any(|l| l.name == scan.end_segment) || scan.spares.contains(&scan.end_segment);
-        // The end segment is the newest live one, a spare after it, or (when the
-        // last segment was full to the end) a segment yet to be made.
+        // The end segment is the newest live one, the file after it (its first
+        // frame was torn, or the newest live one was full to the end), or a
+        // segment yet to be made (the newest file was full to the end).
         let active_max = match live.last() {
             Some(last) if last.name == scan.end_segment => live.pop().expect("last").max_entry_index,
             _ => 0,
         };
         let existing_spares: Vec<SegmentName> = scan.spares;
-        let file = if end_exists {
+        // Never replace an existing file: what it holds is evidence, and the next
+        // frame overwrites its first block anyway.
+        let file = if scan.end_segment_exists {
             dir.open(&scan.end_segment.name).await
         } else {
+            assert_eq!(scan.end_offset, 0);
             dir.create_prewritten(&scan.end_segment.name, options.segment_bytes)
                 .await
         }

@@ -235,6 +235,9 @@ impl WalDir for SimDir {
 
     async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<SimFile> {
         let shared = self.shared.borrow();
+        if shared.files.contains_key(name) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+        }
         if shared.faults.files_max.is_some_and(|max| shared.files.len() >= max) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected full disk"));
         }

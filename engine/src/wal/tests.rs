@@ -49,6 +49,18 @@ async fn create(dir: &SimDir, metadata: Vec<u8>) -> Wal<SimDir> {
         .unwrap()
 }
 
+fn segment(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+fn expect_corrupt(result: Result<(Wal<SimDir>, Recovered), WalError>) -> (std::path::PathBuf, u64, String) {
+    match result {
+        Err(WalError::Corrupt { file, offset, reason }) => (file, offset, reason),
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok((_, recovered)) => panic!("expected corruption, recovered {:?}", indexes(&recovered)),
+    }
+}
+
 async fn reopen(dir: &SimDir) -> Result<(Wal<SimDir>, Recovered), WalError> {
     Wal::open_in(dir.clone(), small()).await
 }
@@ -494,5 +506,105 @@ fn a_large_batch_appends_in_linear_time() {
         let elapsed = started.elapsed();
         // Linear: a few tens of ms. Quadratic: 5e9 size sums, seconds.
         assert!(elapsed < std::time::Duration::from_secs(2), "took {elapsed:?}");
+    });
+}
+
+#[test]
+fn a_frame_of_a_later_batch_at_the_end_is_a_gap_not_a_torn_tail() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        for index in 1..=4 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        // Batch 3 (block 3) is gone and batch 4 sits in its place, nothing after it.
+        let bytes = dir.durable_bytes(&segment(0));
+        dir.overwrite_durable(
+            &segment(0),
+            3 * BLOCK_BYTES as u64,
+            &bytes[4 * BLOCK_BYTES..5 * BLOCK_BYTES],
+        );
+        dir.overwrite_durable(&segment(0), 4 * BLOCK_BYTES as u64, &[0; BLOCK_BYTES]);
+        let (file, offset, reason) = expect_corrupt(reopen(&dir).await);
+        assert_eq!((file, offset), (segment(0).into(), 3 * BLOCK_BYTES as u64), "{reason}");
+    });
+}
+
+#[test]
+fn a_missing_segment_in_the_middle_is_corruption() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        // One-block frames fill segments 0 and 1 exactly; segment 2 gets one frame.
+        let mut index = 0;
+        while wal.segment_count() < 3 {
+            index += 1;
+            wal.append(&[entry(index, 1, 10)]).await.unwrap();
+        }
+        drop(wal);
+        WalDir::remove(&dir, &segment(1)).await.unwrap();
+        let (_, _, reason) = expect_corrupt(reopen(&dir).await);
+        assert!(reason.contains("missing"), "{reason}");
+    });
+}
+
+#[test]
+fn a_segment_file_of_the_wrong_size_is_refused() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        for index in 1..=3 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        dir.truncate(&segment(0), SMALL_SEGMENT_BYTES / 2);
+        expect_corrupt(reopen(&dir).await);
+    });
+}
+
+#[test]
+fn the_log_ending_at_the_start_of_an_existing_segment_reopens_that_file() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        // The creation frame and 15 one-block frames fill segment 0 exactly.
+        for index in 1..=15 {
+            wal.append(&[entry(index, 1, 10)]).await.unwrap();
+        }
+        assert_eq!(wal.segment_count(), 1);
+        // The next append rolls; of its two-block frame only the second block lands.
+        dir.die_at_next_sync();
+        assert!(wal.append(&[entry(16, 1, 5000)]).await.is_err());
+        drop(wal);
+        dir.crash_losing(&[(&segment(1), 0)]);
+        let before = dir.durable_bytes(&segment(1));
+        assert!(before[BLOCK_BYTES..2 * BLOCK_BYTES].iter().any(|&b| b != 0));
+        let (mut wal, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=15).collect::<Vec<_>>());
+        assert!(
+            dir.durable_bytes(&segment(1)) == before,
+            "the existing file is opened, not replaced"
+        );
+        wal.append(&[entry(16, 1, 10)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=16).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn the_real_backend_never_replaces_a_segment_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = DmaDir::new(temp.path());
+    run(async move {
+        let bytes = 4 * BLOCK_BYTES as u64;
+        let file = dir.create_prewritten(&segment(0), bytes).await.unwrap();
+        assert_eq!(file.write_at(0, &[7; BLOCK_BYTES]).await.unwrap(), BLOCK_BYTES);
+        file.sync().await.unwrap();
+        let again = dir.create_prewritten(&segment(0), bytes).await;
+        assert_eq!(again.err().map(|e| e.kind()), Some(std::io::ErrorKind::AlreadyExists));
+        let file = dir.open(&segment(0)).await.unwrap();
+        assert_eq!(file.read_at(0, 1).await.unwrap(), vec![7], "the file was left alone");
     });
 }
