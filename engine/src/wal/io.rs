@@ -32,6 +32,7 @@ pub trait WalDir {
     async fn list(&self) -> io::Result<Vec<String>>;
     /// A new file `name` of `len` bytes, allocated and written with zeros and
     /// synced, then atomically given its name (never visible half-prepared).
+    /// Fails with `AlreadyExists` if `name` exists: a segment is never replaced.
     async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<Self::File>;
     async fn open(&self, name: &str) -> io::Result<Self::File>;
     /// Renames and syncs the directory.
@@ -84,6 +85,13 @@ impl WalDir for DmaDir {
 
     async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<DmaSegment> {
         assert_eq!(len % BLOCK_BYTES as u64, 0);
+        // The WAL is the only writer of its directory: checking first is enough.
+        if std::fs::symlink_metadata(self.path.join(name)).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("segment {name} exists"),
+            ));
+        }
         let temp = self.path.join(format!("{name}.tmp"));
         let file = OpenOptions::new()
             .create(true)

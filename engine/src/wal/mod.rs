@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 pub use io::{DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
 
-use record::{encode_frame, frame_len, FRAME_HEADER_BYTES};
+use record::{
+    encode_frame, frame_len, metadata_record_bytes, records_fitting, snapshot_record_bytes, FRAME_HEADER_BYTES,
+    HARD_STATE_RECORD_BYTES,
+};
 use recovery::{LiveSegment, SegmentName};
 
 /// etcd's WAL segment size, and ours.
@@ -41,8 +44,8 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
-    /// The largest record an append accepts: one that fits an empty segment after
-    /// the records that start every segment.
+    /// The configured limit on a record (`encoded_len`). An append can refuse a
+    /// smaller one when the records that start every segment leave less room.
     pub fn max_record_bytes(&self) -> usize {
         self.segment_bytes as usize / 2
     }
@@ -115,9 +118,15 @@ impl Wal<DmaDir> {
         dir.is_dir()
     }
 
-    /// Creates a WAL in `dir`, which must not exist. The directory appears only
-    /// once its first segment and the metadata are durable.
-    pub async fn create(dir: &Path, options: WalOptions, metadata: Vec<u8>) -> Result<Self, WalError> {
+    /// Creates a WAL in `dir`, which must not exist, holding `metadata` and the
+    /// initial `snapshot` record. The directory appears only once its first
+    /// segment, the metadata and the snapshot record are durable.
+    pub async fn create(
+        dir: &Path,
+        options: WalOptions,
+        metadata: Vec<u8>,
+        snapshot: SnapshotRecord,
+    ) -> Result<Self, WalError> {
         if Wal::exists(dir) {
             return Err(WalError::Exists(dir.to_path_buf()));
         }
@@ -126,13 +135,19 @@ impl Wal<DmaDir> {
             std::fs::remove_dir_all(&staging).map_err(|e| WalError::io("clearing a half-created WAL", e))?;
         }
         std::fs::create_dir_all(&staging).map_err(|e| WalError::io("creating the WAL directory", e))?;
-        let wal = Wal::create_in(DmaDir::new(&staging), options, metadata).await?;
+        let mut wal = Wal::create_in(DmaDir::new(&staging), options, metadata, snapshot).await?;
         std::fs::rename(&staging, dir).map_err(|e| WalError::io("naming the WAL directory", e))?;
         sync_parent(dir).await?;
-        Ok(Wal {
-            dir: DmaDir::new(dir),
-            ..wal
-        })
+        // Nothing may keep a path into the staging directory: creation starts no
+        // spare, and the active segment is opened again under its final path.
+        assert!(wal.spare.is_none() && wal.sealed.is_empty());
+        wal.dir = DmaDir::new(dir);
+        wal.active.file = wal
+            .dir
+            .open(&wal.active.name.name)
+            .await
+            .map_err(|e| WalError::io("reopening the first segment", e))?;
+        Ok(wal)
     }
 
     pub async fn open(dir: &Path, options: WalOptions) -> Result<(Self, Recovered), WalError> {
@@ -151,8 +166,14 @@ async fn sync_parent(dir: &Path) -> Result<(), WalError> {
 }
 
 impl<D: WalDir + Clone + 'static> Wal<D> {
-    /// A new WAL in an empty directory seam: segment 0 with the metadata.
-    pub async fn create_in(dir: D, options: WalOptions, metadata: Vec<u8>) -> Result<Self, WalError> {
+    /// A new WAL in an empty directory seam: segment 0, whose first frame holds
+    /// the metadata and the initial snapshot record. Starts no spare.
+    pub async fn create_in(
+        dir: D,
+        options: WalOptions,
+        metadata: Vec<u8>,
+        snapshot: SnapshotRecord,
+    ) -> Result<Self, WalError> {
         assert_eq!(options.segment_bytes % BLOCK_BYTES as u64, 0);
         assert!(options.segment_bytes >= 4 * BLOCK_BYTES as u64);
         let name = SegmentName::new(0);
@@ -177,31 +198,39 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             next_batch_seq: 0,
             poisoned: false,
         };
-        // The metadata goes with the first frame of every segment.
-        wal.append(&[]).await?;
+        // The metadata goes with the first frame of every segment, and a WAL is
+        // never without a snapshot record: a crash right after creation leaves a
+        // WAL that opens.
+        wal.write(&[Record::Snapshot(snapshot)]).await?;
+        assert!(wal.latest_snapshot.is_some());
         Ok(wal)
     }
 
     /// Opens an existing WAL: replays it, truncates a torn tail, refuses corruption.
     pub async fn open_in(dir: D, options: WalOptions) -> Result<(Self, Recovered), WalError> {
-        let scan = recovery::scan(&dir).await?.ok_or_else(|| WalError::Corrupt {
-            file: dir.display_path(""),
-            offset: 0,
-            reason: "no WAL segment".to_string(),
-        })?;
+        let scan = recovery::scan(&dir, options.segment_bytes)
+            .await?
+            .ok_or_else(|| WalError::Corrupt {
+                file: dir.display_path(""),
+                offset: 0,
+                reason: "no WAL segment".to_string(),
+            })?;
         let recovered = scan.recovered;
         let mut live = scan.live;
-        let end_exists = live.iter().any(|l| l.name == scan.end_segment) || scan.spares.contains(&scan.end_segment);
-        // The end segment is the newest live one, a spare after it, or (when the
-        // last segment was full to the end) a segment yet to be made.
+        // The end segment is the newest live one, the file after it (its first
+        // frame was torn, or the newest live one was full to the end), or a
+        // segment yet to be made (the newest file was full to the end).
         let active_max = match live.last() {
             Some(last) if last.name == scan.end_segment => live.pop().expect("last").max_entry_index,
             _ => 0,
         };
         let existing_spares: Vec<SegmentName> = scan.spares;
-        let file = if end_exists {
+        // Never replace an existing file: what it holds is evidence, and the next
+        // frame overwrites its first block anyway.
+        let file = if scan.end_segment_exists {
             dir.open(&scan.end_segment.name).await
         } else {
+            assert_eq!(scan.end_offset, 0);
             dir.create_prewritten(&scan.end_segment.name, options.segment_bytes)
                 .await
         }
@@ -250,10 +279,20 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
     /// write and one fdatasync. Any I/O error poisons the WAL (never retry an
     /// fsync: the kernel may have dropped the data).
     pub async fn append(&mut self, records: &[Record]) -> Result<(), WalError> {
+        self.write(records).await?;
+        self.prepare_spare_if_due();
+        Ok(())
+    }
+
+    /// `append` without starting a spare.
+    async fn write(&mut self, records: &[Record]) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        let max = self.options.max_record_bytes();
+        if records.is_empty() {
+            return Ok(()); // nothing to make durable: no write, no sync, no roll
+        }
+        let max = self.record_bytes_max(records);
         if let Some(record) = records.iter().find(|r| r.encoded_len() > max) {
             return Err(WalError::RecordTooLarge {
                 bytes: record.encoded_len(),
@@ -261,46 +300,73 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             });
         }
         let result = self.append_frames(records).await;
-        if result.is_err() {
-            self.poisoned = true;
+        if let Err(error) = &result {
+            // Refusing a record writes nothing; anything else may have.
+            if !matches!(error, WalError::RecordTooLarge { .. }) {
+                self.poisoned = true;
+            }
         }
         result
     }
 
+    /// The largest record this append can take: the configured limit, or less if
+    /// the records a segment starts with leave less room in an empty segment.
+    /// Those are bounded from above: the metadata, the larger of the latest
+    /// snapshot record and any in `records` (a snapshot written by this append
+    /// starts the segments it rolls to), and a hard state if there is or will be one.
+    fn record_bytes_max(&self, records: &[Record]) -> usize {
+        let snapshot_bytes = self
+            .latest_snapshot
+            .iter()
+            .chain(records.iter().filter_map(|r| match r {
+                Record::Snapshot(snapshot) => Some(snapshot),
+                _ => None,
+            }))
+            .map(snapshot_record_bytes)
+            .max()
+            .unwrap_or(0);
+        let has_hard_state =
+            self.latest_hard_state.is_some() || records.iter().any(|r| matches!(r, Record::HardState(_)));
+        let hard_state_bytes = if has_hard_state { HARD_STATE_RECORD_BYTES } else { 0 };
+        let start_bytes = metadata_record_bytes(&self.metadata) + snapshot_bytes + hard_state_bytes;
+        let room = (self.options.segment_bytes as usize).saturating_sub(FRAME_HEADER_BYTES + start_bytes);
+        room.min(self.options.max_record_bytes())
+    }
+
     async fn append_frames(&mut self, mut records: &[Record]) -> Result<(), WalError> {
         loop {
-            let mut frame_records = if self.active.offset == 0 {
+            let start = if self.active.offset == 0 {
                 self.segment_start_records()
             } else {
                 Vec::new()
             };
             let room = (self.options.segment_bytes - self.active.offset) as usize;
-            let mut taken = 0;
-            while taken < records.len() {
-                frame_records.push(records[taken].clone());
-                if frame_len(&frame_records) > room {
-                    frame_records.pop();
-                    break;
+            let taken = records_fitting(&start, records, room);
+            if taken == 0 {
+                if self.active.offset == 0 {
+                    // Not even an empty segment takes it: rolling on would loop
+                    // forever. record_bytes_max refuses such records up front.
+                    let start_refs: Vec<&Record> = start.iter().collect();
+                    return Err(WalError::RecordTooLarge {
+                        bytes: records[0].encoded_len(),
+                        max: room.saturating_sub(frame_len(&start_refs)),
+                    });
                 }
-                taken += 1;
-            }
-            let frame_is_useful = taken > 0 || self.active.offset == 0;
-            if !frame_is_useful {
                 self.roll().await?;
                 continue;
             }
+            let frame_records: Vec<&Record> = start.iter().chain(&records[..taken]).collect();
             self.write_frame(&frame_records).await?;
             records = &records[taken..];
             if records.is_empty() {
-                break;
+                return Ok(());
             }
         }
-        self.prepare_spare_if_due();
-        Ok(())
     }
 
     /// What every segment starts with, so that releasing older segments loses
-    /// nothing: the metadata, the latest snapshot record and hard state.
+    /// nothing: the metadata, the latest snapshot record and hard state. Cloned
+    /// once per segment, not per append.
     fn segment_start_records(&self) -> Vec<Record> {
         let mut records = vec![Record::Metadata(self.metadata.clone())];
         if let Some(snapshot) = &self.latest_snapshot {
@@ -312,7 +378,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         records
     }
 
-    async fn write_frame(&mut self, records: &[Record]) -> Result<(), WalError> {
+    async fn write_frame(&mut self, records: &[&Record]) -> Result<(), WalError> {
         let frame = encode_frame(self.next_batch_seq, self.active.name.seq, records);
         assert!(frame.len() >= FRAME_HEADER_BYTES && frame.len().is_multiple_of(BLOCK_BYTES));
         assert!(self.active.offset + frame.len() as u64 <= self.options.segment_bytes);
@@ -402,8 +468,21 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
     /// Records durably that everything up to `snapshot.index` is held elsewhere,
     /// then recycles (or removes) the older segments that hold nothing newer.
+    ///
+    /// Panics if `snapshot.index` is below the last snapshot record's: replay
+    /// refuses a decreasing snapshot index, so writing one would make the WAL
+    /// impossible to open. That is a caller bug; nothing is written.
     pub async fn release_to(&mut self, snapshot: SnapshotRecord) -> Result<(), WalError> {
         let index = snapshot.index;
+        let latest = self
+            .latest_snapshot
+            .as_ref()
+            .expect("a WAL always holds a snapshot record");
+        assert!(
+            index >= latest.index,
+            "release_to({index}) after release_to({}): the snapshot index never decreases",
+            latest.index
+        );
         self.append(&[Record::Snapshot(snapshot)]).await?;
         while self.sealed.first().is_some_and(|s| s.max_entry_index <= index) {
             let released = self.sealed.remove(0);

@@ -12,7 +12,10 @@
 //! 32  u64 reserved, zero
 //! 40  records
 //! ```
-//! A record: `u8 type, u32 body length, u32 crc32(type ++ length ++ body), body`.
+//! A record: `u8 type, u32 body length, u32 crc, body`, where the crc is crc32 of
+//! `batch sequence (u64) ++ segment sequence (u64) ++ type ++ length ++ body`: a
+//! record verifies only inside the frame it was written in, so stale records left
+//! in a recycled segment never verify under a newer frame's header.
 //! All integers little endian.
 
 pub const BLOCK_BYTES: usize = 4096;
@@ -70,13 +73,13 @@ impl Record {
     fn body_len(&self) -> usize {
         match self {
             Record::Entry(e) => 8 + 8 + 1 + 4 + e.data.len() + 4 + e.context.len(),
-            Record::HardState(_) => 24,
-            Record::Snapshot(s) => 8 + 8 + 4 + s.conf_state.len(),
-            Record::Metadata(m) => m.len(),
+            Record::HardState(_) => HARD_STATE_RECORD_BYTES - RECORD_HEADER_BYTES,
+            Record::Snapshot(s) => snapshot_record_bytes(s) - RECORD_HEADER_BYTES,
+            Record::Metadata(m) => metadata_record_bytes(m) - RECORD_HEADER_BYTES,
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, frame: FrameId, out: &mut Vec<u8>) {
         let start = out.len();
         let kind = match self {
             Record::Entry(_) => TYPE_ENTRY,
@@ -108,10 +111,23 @@ impl Record {
             }
             Record::Metadata(m) => out.extend_from_slice(m),
         }
-        let crc = record_crc(kind, body_len, &out[start + RECORD_HEADER_BYTES..]);
+        let crc = record_crc(frame, kind, body_len, &out[start + RECORD_HEADER_BYTES..]);
         out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(out.len() - start, self.encoded_len());
     }
+}
+
+/// Bytes a `HardState` record takes in a frame.
+pub const HARD_STATE_RECORD_BYTES: usize = RECORD_HEADER_BYTES + 24;
+
+/// Bytes a `Snapshot` record of `snapshot` takes in a frame.
+pub fn snapshot_record_bytes(snapshot: &SnapshotRecord) -> usize {
+    RECORD_HEADER_BYTES + 8 + 8 + 4 + snapshot.conf_state.len()
+}
+
+/// Bytes a `Metadata` record of `metadata` takes in a frame.
+pub fn metadata_record_bytes(metadata: &[u8]) -> usize {
+    RECORD_HEADER_BYTES + metadata.len()
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -119,8 +135,17 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn record_crc(kind: u8, body_len: u32, body: &[u8]) -> u32 {
+/// The frame a record belongs to; part of the record's checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FrameId {
+    batch_seq: u64,
+    segment_seq: u64,
+}
+
+fn record_crc(frame: FrameId, kind: u8, body_len: u32, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame.batch_seq.to_le_bytes());
+    hasher.update(&frame.segment_seq.to_le_bytes());
     hasher.update(&[kind]);
     hasher.update(&body_len.to_le_bytes());
     hasher.update(body);
@@ -128,9 +153,24 @@ fn record_crc(kind: u8, body_len: u32, body: &[u8]) -> u32 {
 }
 
 /// Bytes a frame holding `records` takes on disk, padded to whole blocks.
-pub fn frame_len(records: &[Record]) -> usize {
-    let payload: usize = records.iter().map(Record::encoded_len).sum();
+pub fn frame_len(records: &[&Record]) -> usize {
+    let payload: usize = records.iter().map(|r| r.encoded_len()).sum();
     align_up(FRAME_HEADER_BYTES + payload)
+}
+
+/// How many of `records` fit, after `start`, in a frame of at most `room` bytes
+/// (padded). One pass over the records: a running payload size.
+pub fn records_fitting(start: &[Record], records: &[Record], room: usize) -> usize {
+    let mut payload: usize = start.iter().map(Record::encoded_len).sum();
+    let mut taken = 0;
+    for record in records {
+        payload += record.encoded_len();
+        if align_up(FRAME_HEADER_BYTES + payload) > room {
+            break;
+        }
+        taken += 1;
+    }
+    taken
 }
 
 pub fn align_up(bytes: usize) -> usize {
@@ -138,12 +178,13 @@ pub fn align_up(bytes: usize) -> usize {
 }
 
 /// Encodes one frame, padded with zeros to whole blocks.
-pub fn encode_frame(batch_seq: u64, segment_seq: u64, records: &[Record]) -> Vec<u8> {
+pub fn encode_frame(batch_seq: u64, segment_seq: u64, records: &[&Record]) -> Vec<u8> {
     let total = frame_len(records);
     let mut out = Vec::with_capacity(total);
     out.resize(FRAME_HEADER_BYTES, 0);
+    let frame = FrameId { batch_seq, segment_seq };
     for record in records {
-        record.encode(&mut out);
+        record.encode(frame, &mut out);
     }
     let payload = u32::try_from(out.len() - FRAME_HEADER_BYTES).expect("frames are far below 4 GiB");
     out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
@@ -201,7 +242,12 @@ pub fn parse_frame_records(header: &FrameHeader, frame: &[u8]) -> Result<Vec<Rec
     if frame.len() < end {
         return Err(bad("frame payload runs past the data"));
     }
-    let mut records = Vec::with_capacity(header.record_count);
+    // The count comes from disk: bound the allocation by what the payload can hold.
+    let mut records = Vec::with_capacity(header.record_count.min(header.payload_bytes / RECORD_HEADER_BYTES));
+    let frame_id = FrameId {
+        batch_seq: header.batch_seq,
+        segment_seq: header.segment_seq,
+    };
     let mut at = FRAME_HEADER_BYTES;
     while at < end {
         if end - at < RECORD_HEADER_BYTES {
@@ -216,7 +262,7 @@ pub fn parse_frame_records(header: &FrameHeader, frame: &[u8]) -> Result<Vec<Rec
             .filter(|&e| e <= end)
             .ok_or_else(|| bad("record body runs past the payload"))?;
         let body = &frame[body_start..body_end];
-        if record_crc(kind, body_len, body) != crc {
+        if record_crc(frame_id, kind, body_len, body) != crc {
             return Err(bad("record checksum mismatch"));
         }
         records.push(decode_body(kind, body)?);
@@ -295,6 +341,10 @@ impl Reader<'_> {
 mod tests {
     use super::*;
 
+    fn sample_refs(records: &[Record]) -> Vec<&Record> {
+        records.iter().collect()
+    }
+
     fn sample() -> Vec<Record> {
         vec![
             Record::Metadata(b"identity".to_vec()),
@@ -320,9 +370,9 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_are_block_aligned() {
-        let frame = encode_frame(42, 3, &sample());
+        let frame = encode_frame(42, 3, &sample_refs(&sample()));
         assert_eq!(frame.len() % BLOCK_BYTES, 0);
-        assert_eq!(frame.len(), frame_len(&sample()));
+        assert_eq!(frame.len(), frame_len(&sample_refs(&sample())));
         let header = parse_frame_header(&frame).unwrap();
         assert_eq!((header.batch_seq, header.segment_seq, header.record_count), (42, 3, 4));
         assert_eq!(parse_frame_records(&header, &frame).unwrap(), sample());
@@ -330,7 +380,7 @@ mod tests {
 
     #[test]
     fn any_flipped_payload_byte_invalidates_the_frame() {
-        let frame = encode_frame(1, 0, &sample());
+        let frame = encode_frame(1, 0, &sample_refs(&sample()));
         let header = parse_frame_header(&frame).unwrap();
         for at in (FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.payload_bytes).step_by(97) {
             let mut damaged = frame.clone();
@@ -344,12 +394,50 @@ mod tests {
 
     #[test]
     fn a_flipped_header_byte_invalidates_the_header() {
-        let frame = encode_frame(1, 0, &sample());
+        let frame = encode_frame(1, 0, &sample_refs(&sample()));
         for at in 0..FRAME_HEADER_BYTES {
             let mut damaged = frame.clone();
             damaged[at] ^= 1;
             assert!(parse_frame_header(&damaged).is_none(), "flip at {at} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_record_count_from_disk_does_not_size_an_allocation() {
+        let mut frame = encode_frame(1, 0, &sample_refs(&sample()));
+        frame[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&frame[8..FRAME_HEADER_BYTES]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header = parse_frame_header(&frame).unwrap();
+        assert_eq!(parse_frame_records(&header, &frame), Err("record count mismatch"));
+    }
+
+    #[test]
+    fn records_fitting_takes_the_longest_prefix_whose_padded_frame_fits() {
+        let start = vec![Record::Metadata(vec![0; 100])];
+        let records = sample();
+        for room in (BLOCK_BYTES..=4 * BLOCK_BYTES).step_by(BLOCK_BYTES) {
+            let taken = records_fitting(&start, &records, room);
+            let frame = |n: usize| frame_len(&start.iter().chain(&records[..n]).collect::<Vec<_>>());
+            assert!(frame(taken) <= room, "room {room}");
+            assert!(taken == records.len() || frame(taken + 1) > room, "room {room}");
+        }
+    }
+
+    #[test]
+    fn records_verify_only_under_the_frame_they_were_written_in() {
+        let records = sample();
+        let old = encode_frame(7, 2, &sample_refs(&records));
+        // A newer frame header of the same shape over the old records, as a torn
+        // write into a recycled segment leaves it: another batch, another segment.
+        for (batch_seq, segment_seq) in [(8, 2), (7, 5), (1_000, 9)] {
+            let mut torn = encode_frame(batch_seq, segment_seq, &sample_refs(&records));
+            torn[FRAME_HEADER_BYTES..].copy_from_slice(&old[FRAME_HEADER_BYTES..]);
+            let header = parse_frame_header(&torn).unwrap();
+            assert_eq!(parse_frame_records(&header, &torn), Err("record checksum mismatch"));
+        }
+        let header = parse_frame_header(&old).unwrap();
+        assert_eq!(parse_frame_records(&header, &old).unwrap(), records);
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Reading the WAL back at open: replay every valid frame in order, find where the
 //! log ends, and tell a torn tail (truncate) from corruption (refuse).
 //!
-//! The log ends at the first frame that is not the next valid one: bad header,
-//! wrong segment sequence (stale bytes of a recycled segment), unexpected batch
-//! sequence, or a bad record -- unless the next segment starts with the expected
-//! frame (the writer rolled over, leaving the tail of this one unused). That is a torn write if nothing valid of the live
-//! sequence follows it; if any later block, in the same segment or a later one,
-//! holds a valid frame header of its own segment with a batch sequence at or past
-//! the expected one, the log was damaged in the middle: corruption.
+//! Segment files must be full-size and numbered without gaps. The log ends at the
+//! first frame that is not the next valid one: bad header, wrong segment sequence
+//! (stale bytes of a recycled segment), a lower batch sequence, or a bad record --
+//! unless the next segment starts with the expected frame (the writer rolled over,
+//! leaving the tail of this one unused). That is a torn write if nothing valid of
+//! the live sequence follows it; if any later block, in the same segment or a
+//! later one, holds a valid frame header of its own segment with a batch sequence
+//! at or past the expected one, the log was damaged in the middle: corruption. So
+//! is a frame of this segment with a batch sequence past the expected one where
+//! the expected one should be (frames are missing).
 
 use super::io::{WalDir, WalFile};
 use super::record::{
@@ -56,6 +59,9 @@ pub struct Scan {
     /// Where the next frame goes: segment and byte offset.
     pub end_segment: SegmentName,
     pub end_offset: u64,
+    /// The end segment's file exists (else the end is at offset 0 of a segment
+    /// after the last file, which is full).
+    pub end_segment_exists: bool,
     pub next_batch_seq: u64,
     /// Segment files after the end that held nothing live (prepared or recycled).
     pub spares: Vec<SegmentName>,
@@ -126,36 +132,15 @@ impl Replay {
     }
 }
 
-/// Scans every segment of `dir`. `None` if there is no segment at all.
-pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
-    let mut segments: Vec<SegmentName> = dir
-        .list()
-        .await
-        .map_err(|source| WalError::io("listing the WAL directory", source))?
-        .iter()
-        .filter_map(|name| SegmentName::parse(name))
-        .collect();
-    segments.sort_by_key(|s| s.seq);
+/// Scans every segment of `dir`, whose files must all be `segment_bytes` long.
+/// `None` if there is no segment at all.
+pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>, WalError> {
+    let segments = list_segments(dir).await?;
     if segments.is_empty() {
         return Ok(None);
     }
-    let mut contents = Vec::with_capacity(segments.len());
-    for segment in &segments {
-        let file = dir
-            .open(&segment.name)
-            .await
-            .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?;
-        let len = file
-            .size()
-            .await
-            .map_err(|source| WalError::io(&format!("sizing {}", segment.name), source))?;
-        let bytes = file
-            .read_at(0, len as usize)
-            .await
-            .map_err(|source| WalError::io(&format!("reading {}", segment.name), source))?;
-        contents.push(bytes);
-    }
-
+    let contents = read_segments(dir, &segments).await?;
+    check_segment_files(dir, &segments, &contents, segment_bytes)?;
     let mut replay = Replay::default();
     let mut live: Vec<LiveSegment> = Vec::new();
     let mut expected_batch: Option<u64> = None;
@@ -178,12 +163,21 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
             if header.segment_seq != segment.seq {
                 break Some(format!("frame of segment {} (stale)", header.segment_seq));
             }
-            if expected_batch.is_some_and(|expected| header.batch_seq != expected) {
-                break Some(format!(
-                    "batch {} where {} was expected",
-                    header.batch_seq,
-                    expected_batch.unwrap_or(0)
-                ));
+            if let Some(expected) = expected_batch {
+                if header.batch_seq > expected {
+                    // Written after the expected frame, which is not here: a gap.
+                    return Err(corrupt(
+                        index,
+                        offset as u64,
+                        format!(
+                            "batch {} where {expected} was expected: frames are missing",
+                            header.batch_seq
+                        ),
+                    ));
+                }
+                if header.batch_seq < expected {
+                    break Some(format!("batch {} where {expected} was expected", header.batch_seq));
+                }
             }
             if offset + header.frame_len() > bytes.len() {
                 break Some("frame runs past the segment".to_string());
@@ -245,6 +239,7 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
             live,
             end_segment: segment.clone(),
             end_offset: offset as u64,
+            end_segment_exists: true,
             next_batch_seq: next_batch,
             spares: segments[index + 1..].to_vec(),
         }));
@@ -260,9 +255,78 @@ pub async fn scan<D: WalDir>(dir: &D) -> Result<Option<Scan>, WalError> {
         live,
         end_segment: SegmentName::new(last.seq + 1),
         end_offset: 0,
+        end_segment_exists: false,
         next_batch_seq: expected_batch.expect("live segments have frames"),
         spares: Vec::new(),
     }))
+}
+
+/// Segment files in the directory, by sequence.
+async fn list_segments<D: WalDir>(dir: &D) -> Result<Vec<SegmentName>, WalError> {
+    let mut segments: Vec<SegmentName> = dir
+        .list()
+        .await
+        .map_err(|source| WalError::io("listing the WAL directory", source))?
+        .iter()
+        .filter_map(|name| SegmentName::parse(name))
+        .collect();
+    segments.sort_by_key(|s| s.seq);
+    Ok(segments)
+}
+
+/// Every segment file, whole.
+async fn read_segments<D: WalDir>(dir: &D, segments: &[SegmentName]) -> Result<Vec<Vec<u8>>, WalError> {
+    let mut contents = Vec::with_capacity(segments.len());
+    for segment in segments {
+        let file = dir
+            .open(&segment.name)
+            .await
+            .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?;
+        let len = file
+            .size()
+            .await
+            .map_err(|source| WalError::io(&format!("sizing {}", segment.name), source))?;
+        let bytes = file
+            .read_at(0, len as usize)
+            .await
+            .map_err(|source| WalError::io(&format!("reading {}", segment.name), source))?;
+        contents.push(bytes);
+    }
+    Ok(contents)
+}
+
+/// A segment file gets its name only once it is full-size (pre-written, or a
+/// recycled one), and segments are only ever added as `newest + 1` and released
+/// oldest first: a short or long file, or a gap in the numbers, is damage.
+fn check_segment_files<D: WalDir>(
+    dir: &D,
+    segments: &[SegmentName],
+    contents: &[Vec<u8>],
+    segment_bytes: u64,
+) -> Result<(), WalError> {
+    for (segment, bytes) in segments.iter().zip(contents) {
+        if bytes.len() as u64 != segment_bytes {
+            return Err(WalError::Corrupt {
+                file: dir.display_path(&segment.name),
+                offset: 0,
+                reason: format!(
+                    "segment file of {} bytes, segments are {segment_bytes} bytes",
+                    bytes.len()
+                ),
+            });
+        }
+    }
+    for pair in segments.windows(2) {
+        if pair[1].seq != pair[0].seq + 1 {
+            let missing = SegmentName::new(pair[0].seq + 1);
+            return Err(WalError::Corrupt {
+                file: dir.display_path(&missing.name),
+                offset: 0,
+                reason: format!("segment is missing between {} and {}", pair[0].name, pair[1].name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first valid frame header of the live sequence after (segment, offset).

@@ -49,6 +49,8 @@ struct Faults {
     short_next_write: bool,
     fail_next_sync: bool,
     die_at_next_sync: bool,
+    /// `create_prewritten` fails once the directory holds this many files.
+    files_max: Option<usize>,
 }
 
 #[derive(Default)]
@@ -90,6 +92,12 @@ impl SimDir {
         self.shared.borrow_mut().faults.die_at_next_sync = true;
     }
 
+    /// `create_prewritten` fails with "no space" once the directory holds `files_max`
+    /// files: a full disk, and a bound on tests whose failure mode is "roll forever".
+    pub fn limit_files(&self, files_max: usize) {
+        self.shared.borrow_mut().faults.files_max = Some(files_max);
+    }
+
     /// fdatasync calls so far.
     pub fn syncs(&self) -> u64 {
         self.shared.borrow().syncs
@@ -116,6 +124,41 @@ impl SimDir {
                 }
             }
         }
+    }
+
+    /// A crash with chosen fates: every unsynced block reaches the disk except the
+    /// blocks named in `lost` (file name, block offset), which keep their old bytes.
+    pub fn crash_losing(&self, lost: &[(&str, u64)]) {
+        let shared = self.shared.borrow();
+        for (name, file) in &shared.files {
+            let mut file = file.borrow_mut();
+            let unsynced = std::mem::take(&mut file.unsynced);
+            for (offset, data) in unsynced {
+                for (i, block) in data.chunks(BLOCK_BYTES).enumerate() {
+                    let at = offset + (i * BLOCK_BYTES) as u64;
+                    if !lost.contains(&(name.as_str(), at)) {
+                        overwrite(&mut file.durable, at, block);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces durable bytes of a file (a misdirected write, a bad sector).
+    pub fn overwrite_durable(&self, name: &str, offset: u64, bytes: &[u8]) {
+        let shared = self.shared.borrow();
+        let mut file = shared.files[name].borrow_mut();
+        assert!(file.unsynced.is_empty(), "damage durable data only");
+        assert!(offset as usize + bytes.len() <= file.durable.len());
+        overwrite(&mut file.durable, offset, bytes);
+    }
+
+    /// Cuts a file to `len` bytes.
+    pub fn truncate(&self, name: &str, len: u64) {
+        let shared = self.shared.borrow();
+        let mut file = shared.files[name].borrow_mut();
+        assert!(file.unsynced.is_empty(), "damage durable data only");
+        file.durable.truncate(len as usize);
     }
 
     /// Flips one byte of a file's durable contents (a bad disk sector).
@@ -191,6 +234,14 @@ impl WalDir for SimDir {
     }
 
     async fn create_prewritten(&self, name: &str, len: u64) -> io::Result<SimFile> {
+        let shared = self.shared.borrow();
+        if shared.files.contains_key(name) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+        }
+        if shared.faults.files_max.is_some_and(|max| shared.files.len() >= max) {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "injected full disk"));
+        }
+        drop(shared);
         let state = Rc::new(RefCell::new(FileState {
             durable: vec![0; len as usize],
             unsynced: Vec::new(),

@@ -34,6 +34,33 @@ fn indexes(recovered: &Recovered) -> Vec<u64> {
     recovered.entries.iter().map(|e| e.index).collect()
 }
 
+/// The snapshot record a new WAL starts with.
+fn initial_snapshot() -> SnapshotRecord {
+    SnapshotRecord {
+        index: 0,
+        term: 0,
+        conf_state: b"initial".to_vec(),
+    }
+}
+
+async fn create(dir: &SimDir, metadata: Vec<u8>) -> Wal<SimDir> {
+    Wal::create_in(dir.clone(), small(), metadata, initial_snapshot())
+        .await
+        .unwrap()
+}
+
+fn segment(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+fn expect_corrupt(result: Result<(Wal<SimDir>, Recovered), WalError>) -> (std::path::PathBuf, u64, String) {
+    match result {
+        Err(WalError::Corrupt { file, offset, reason }) => (file, offset, reason),
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok((_, recovered)) => panic!("expected corruption, recovered {:?}", indexes(&recovered)),
+    }
+}
+
 async fn reopen(dir: &SimDir) -> Result<(Wal<SimDir>, Recovered), WalError> {
     Wal::open_in(dir.clone(), small()).await
 }
@@ -42,7 +69,7 @@ async fn reopen(dir: &SimDir) -> Result<(Wal<SimDir>, Recovered), WalError> {
 fn recovery_after_reopen_returns_exactly_what_was_appended() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), b"member".to_vec()).await.unwrap();
+        let mut wal = create(&dir, b"member".to_vec()).await;
         let hard_state = HardStateRecord {
             term: 3,
             vote: 1,
@@ -56,7 +83,7 @@ fn recovery_after_reopen_returns_exactly_what_was_appended() {
         let (_, recovered) = reopen(&dir).await.unwrap();
         assert_eq!(recovered.metadata, b"member");
         assert_eq!(recovered.hard_state, Some(hard_state));
-        assert_eq!(recovered.snapshot, None);
+        assert_eq!(recovered.snapshot, Some(initial_snapshot()));
         assert_eq!(indexes(&recovered), vec![1, 2, 3]);
         assert_eq!(recovered.entries[1].data, vec![2; 5000]);
     });
@@ -66,7 +93,7 @@ fn recovery_after_reopen_returns_exactly_what_was_appended() {
 fn one_append_is_one_fdatasync() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         for index in 1..=20 {
             let before = dir.syncs();
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
@@ -80,7 +107,7 @@ fn a_torn_tail_is_truncated_and_appends_continue() {
     for seed in 0..20 {
         run(async move {
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            let mut wal = create(&dir, vec![]).await;
             wal.append(&[entry(1, 1, 100), entry(2, 1, 100)]).await.unwrap();
             dir.die_at_next_sync();
             assert!(wal.append(&[entry(3, 1, 9000)]).await.is_err());
@@ -102,7 +129,7 @@ fn a_torn_tail_is_truncated_and_appends_continue() {
 fn corruption_in_the_middle_is_refused_with_file_and_offset() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         for index in 1..=5 {
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
         }
@@ -124,7 +151,7 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() {
 fn a_damaged_last_frame_alone_is_a_torn_tail() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         for index in 1..=3 {
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
         }
@@ -146,7 +173,7 @@ fn io_errors_poison_the_wal() {
     for (name, arm) in faults {
         run(async move {
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            let mut wal = create(&dir, vec![]).await;
             wal.append(&[entry(1, 1, 100)]).await.unwrap();
             arm(&dir);
             assert!(
@@ -170,7 +197,7 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
         run(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![7]).await.unwrap();
+            let mut wal = create(&dir, vec![7]).await;
             let mut acked = 0u64;
             let mut attempted = 0u64;
             let batches = rng.gen_range(1..40);
@@ -204,7 +231,7 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
 fn segments_roll_and_release_and_recovery_follows() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), b"m".to_vec()).await.unwrap();
+        let mut wal = create(&dir, b"m".to_vec()).await;
         let hard_state = HardStateRecord {
             term: 1,
             vote: 1,
@@ -256,7 +283,7 @@ fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
     for seed in 0..10 {
         run(async move {
             let dir = SimDir::new();
-            let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+            let mut wal = create(&dir, vec![]).await;
             for index in 1..=120 {
                 wal.append(&[entry(index, 1, 1000)]).await.unwrap();
             }
@@ -293,7 +320,7 @@ fn stale_frames_of_a_recycled_segment_are_not_resurrected() {
 fn raft_truncation_applies_on_replay() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
             .await
             .unwrap();
@@ -312,7 +339,7 @@ fn raft_truncation_applies_on_replay() {
 fn oversized_records_are_refused_without_poisoning() {
     run(async {
         let dir = SimDir::new();
-        let mut wal = Wal::create_in(dir.clone(), small(), vec![]).await.unwrap();
+        let mut wal = create(&dir, vec![]).await;
         let too_big = entry(1, 1, SMALL_SEGMENT_BYTES as usize);
         assert!(matches!(
             wal.append(&[too_big]).await,
@@ -328,7 +355,9 @@ fn the_real_backend_appends_and_recovers() {
     let path = temp.path().join("wal");
     let path_for_run = path.clone();
     run(async move {
-        let mut wal = Wal::create(&path_for_run, small(), b"real".to_vec()).await.unwrap();
+        let mut wal = Wal::create(&path_for_run, small(), b"real".to_vec(), initial_snapshot())
+            .await
+            .unwrap();
         for index in 1..=200 {
             wal.append(&[entry(index, 1, 700)]).await.unwrap();
         }
@@ -350,8 +379,232 @@ fn the_real_backend_appends_and_recovers() {
         let (_, recovered) = Wal::open(&path, small()).await.unwrap();
         assert_eq!(*indexes(&recovered).last().unwrap(), 201);
         assert!(matches!(
-            Wal::create(&path, small(), vec![]).await,
+            Wal::create(&path, small(), vec![], initial_snapshot()).await,
             Err(WalError::Exists(_))
         ));
+    });
+}
+
+#[test]
+fn a_new_wal_recovers_its_initial_snapshot() {
+    run(async {
+        let dir = SimDir::new();
+        drop(create(&dir, b"m".to_vec()).await);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(recovered.metadata, b"m");
+        assert_eq!(recovered.snapshot, Some(initial_snapshot()));
+        assert!(recovered.entries.is_empty());
+    });
+}
+
+#[test]
+fn a_wal_created_on_disk_keeps_writing_after_its_staging_directory_is_renamed() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("wal");
+    run(async move {
+        // 4-block segments; the creation frame takes half of the first one.
+        let options = WalOptions {
+            segment_bytes: 4 * BLOCK_BYTES as u64,
+        };
+        let mut wal = Wal::create(&path, options, vec![1; 5000], initial_snapshot())
+            .await
+            .unwrap();
+        for index in 1..=6 {
+            wal.append(&[entry(index, 1, 10)]).await.unwrap();
+        }
+        assert!(wal.segment_count() > 1);
+        drop(wal);
+        let (_, recovered) = Wal::open(&path, options).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=6).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn release_to_refuses_a_snapshot_older_than_the_last_one() {
+    let dir = SimDir::new();
+    let released = SnapshotRecord {
+        index: 10,
+        term: 1,
+        conf_state: vec![],
+    };
+    {
+        let (dir, released) = (dir.clone(), released.clone());
+        run(async move {
+            let mut wal = create(&dir, vec![]).await;
+            for index in 1..=20 {
+                wal.append(&[entry(index, 1, 10)]).await.unwrap();
+            }
+            wal.release_to(released).await.unwrap();
+        });
+    }
+    let older = SnapshotRecord {
+        index: 5,
+        term: 1,
+        conf_state: vec![],
+    };
+    let dir_for_panic = dir.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        run(async move {
+            let (mut wal, _) = reopen(&dir_for_panic).await.unwrap();
+            let _ = wal.release_to(older).await;
+        })
+    }));
+    assert!(outcome.is_err(), "a decreasing snapshot index is a caller bug");
+    run(async move {
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(recovered.snapshot, Some(released), "nothing was written");
+        assert_eq!(indexes(&recovered), (11..=20).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn an_empty_append_writes_nothing() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        wal.append(&[entry(1, 1, 10)]).await.unwrap();
+        let (syncs, segments) = (dir.syncs(), wal.segment_count());
+        wal.append(&[]).await.unwrap();
+        assert_eq!((dir.syncs(), wal.segment_count()), (syncs, segments));
+    });
+}
+
+#[test]
+fn a_record_that_fits_no_segment_after_its_start_records_is_refused_without_poisoning() {
+    run(async {
+        let dir = SimDir::new();
+        // A regression rolls new segments forever: make it fail instead.
+        dir.limit_files(4);
+        // The metadata alone takes 14 blocks of every 16-block segment.
+        let mut wal = create(&dir, vec![9; 14 * BLOCK_BYTES]).await;
+        let unfitting = entry(1, 1, 3 * BLOCK_BYTES);
+        assert!(unfitting.encoded_len() < small().max_record_bytes());
+        match wal.append(&[unfitting]).await {
+            Err(WalError::RecordTooLarge { .. }) => {}
+            other => panic!("expected RecordTooLarge, got {other:?}"),
+        }
+        wal.append(&[entry(1, 1, 10)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), vec![1]);
+    });
+}
+
+#[test]
+fn a_large_batch_appends_in_linear_time() {
+    run(async {
+        let options = WalOptions {
+            segment_bytes: 16 * 1024 * 1024,
+        };
+        let dir = SimDir::new();
+        let mut wal = Wal::create_in(dir.clone(), options, vec![], initial_snapshot())
+            .await
+            .unwrap();
+        let records: Vec<Record> = (1..=100_000).map(|index| entry(index, 1, 0)).collect();
+        let started = std::time::Instant::now();
+        wal.append(&records).await.unwrap();
+        let elapsed = started.elapsed();
+        // Linear: a few tens of ms. Quadratic: 5e9 size sums, seconds.
+        assert!(elapsed < std::time::Duration::from_secs(2), "took {elapsed:?}");
+    });
+}
+
+#[test]
+fn a_frame_of_a_later_batch_at_the_end_is_a_gap_not_a_torn_tail() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        for index in 1..=4 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        // Batch 3 (block 3) is gone and batch 4 sits in its place, nothing after it.
+        let bytes = dir.durable_bytes(&segment(0));
+        dir.overwrite_durable(
+            &segment(0),
+            3 * BLOCK_BYTES as u64,
+            &bytes[4 * BLOCK_BYTES..5 * BLOCK_BYTES],
+        );
+        dir.overwrite_durable(&segment(0), 4 * BLOCK_BYTES as u64, &[0; BLOCK_BYTES]);
+        let (file, offset, reason) = expect_corrupt(reopen(&dir).await);
+        assert_eq!((file, offset), (segment(0).into(), 3 * BLOCK_BYTES as u64), "{reason}");
+    });
+}
+
+#[test]
+fn a_missing_segment_in_the_middle_is_corruption() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        // One-block frames fill segments 0 and 1 exactly; segment 2 gets one frame.
+        let mut index = 0;
+        while wal.segment_count() < 3 {
+            index += 1;
+            wal.append(&[entry(index, 1, 10)]).await.unwrap();
+        }
+        drop(wal);
+        WalDir::remove(&dir, &segment(1)).await.unwrap();
+        let (_, _, reason) = expect_corrupt(reopen(&dir).await);
+        assert!(reason.contains("missing"), "{reason}");
+    });
+}
+
+#[test]
+fn a_segment_file_of_the_wrong_size_is_refused() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        for index in 1..=3 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        dir.truncate(&segment(0), SMALL_SEGMENT_BYTES / 2);
+        expect_corrupt(reopen(&dir).await);
+    });
+}
+
+#[test]
+fn the_log_ending_at_the_start_of_an_existing_segment_reopens_that_file() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        // The creation frame and 15 one-block frames fill segment 0 exactly.
+        for index in 1..=15 {
+            wal.append(&[entry(index, 1, 10)]).await.unwrap();
+        }
+        assert_eq!(wal.segment_count(), 1);
+        // The next append rolls; of its two-block frame only the second block lands.
+        dir.die_at_next_sync();
+        assert!(wal.append(&[entry(16, 1, 5000)]).await.is_err());
+        drop(wal);
+        dir.crash_losing(&[(&segment(1), 0)]);
+        let before = dir.durable_bytes(&segment(1));
+        assert!(before[BLOCK_BYTES..2 * BLOCK_BYTES].iter().any(|&b| b != 0));
+        let (mut wal, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=15).collect::<Vec<_>>());
+        assert!(
+            dir.durable_bytes(&segment(1)) == before,
+            "the existing file is opened, not replaced"
+        );
+        wal.append(&[entry(16, 1, 10)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (1..=16).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn the_real_backend_never_replaces_a_segment_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = DmaDir::new(temp.path());
+    run(async move {
+        let bytes = 4 * BLOCK_BYTES as u64;
+        let file = dir.create_prewritten(&segment(0), bytes).await.unwrap();
+        assert_eq!(file.write_at(0, &[7; BLOCK_BYTES]).await.unwrap(), BLOCK_BYTES);
+        file.sync().await.unwrap();
+        let again = dir.create_prewritten(&segment(0), bytes).await;
+        assert_eq!(again.err().map(|e| e.kind()), Some(std::io::ErrorKind::AlreadyExists));
+        let file = dir.open(&segment(0)).await.unwrap();
+        assert_eq!(file.read_at(0, 1).await.unwrap(), vec![7], "the file was left alone");
     });
 }

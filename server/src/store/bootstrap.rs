@@ -137,15 +137,15 @@ pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, Boots
 }
 
 /// A new WAL: identity in the metadata, and a snapshot record at index 0 holding
-/// the initial configuration (this member as the only voter).
+/// the initial configuration (this member as the only voter), both in its first
+/// frame, so that a crash right after creation leaves a WAL that opens.
 async fn create_wal(wal_dir: &Path, identity: Identity) -> Result<(Wal, Recovered), WalError> {
-    let mut wal = Wal::create(wal_dir, WalOptions::default(), identity.encode()).await?;
     let conf_state = ConfState {
         voters: vec![identity.member_id],
         ..Default::default()
     };
     let snapshot = wal_io::snapshot_record(0, 0, &conf_state);
-    wal.release_to(snapshot.clone()).await?;
+    let wal = Wal::create(wal_dir, WalOptions::default(), identity.encode(), snapshot.clone()).await?;
     let recovered = Recovered {
         metadata: identity.encode(),
         snapshot: Some(snapshot),
