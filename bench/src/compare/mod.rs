@@ -1,0 +1,474 @@
+//! `ringkv-bench compare`: ringkv against etcd on this machine, same workload,
+//! same disk, fsync on for both.
+//!
+//! For each row, for each round, a fresh ringkv and then a fresh etcd (A B A B
+//! ...) each get their own empty data dir under one root and free 127.0.0.1
+//! ports, serve one run, and are killed; no state carries from one run to the
+//! next. The table shows each server's median over the rounds and the ratio.
+
+mod machine;
+pub mod rows;
+mod server;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use tokio::runtime::Runtime;
+
+use crate::cli::GlobalArgs;
+use crate::progress::ProgressMode;
+use crate::report::{fmt_latency, fmt_rate, Summary};
+use crate::runner::{self, Stop};
+use crate::{interrupt, BenchError};
+use machine::Machine;
+use rows::Row;
+use server::{Server, ServerKind};
+use table::{Measured, Medians, RowResult};
+
+/// Length of each run unless --total or --duration says otherwise.
+pub const RUN_DURATION_DEFAULT: Duration = Duration::from_secs(10);
+/// ringkv's executor (glommio) locks its I/O buffers in memory: it needs
+/// RLIMIT_MEMLOCK of at least this.
+pub const RINGKV_MEMLOCK_BYTES_MIN: u64 = 512 * 1024 * 1024;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Comma-separated rows: put, put-1 (1 client), range (= range-s,range-l),
+    /// range-s, range-l, txn-put, txn-mixed, delete. All but put-1 use 1000
+    /// clients over 100 conns, 8 B keys and 256 B values (docs/benchmarks.md).
+    #[arg(long, value_delimiter = ',', default_value = rows::DEFAULT_ROWS)]
+    pub workloads: Vec<String>,
+    /// Rounds: each runs every row against a fresh ringkv, then a fresh etcd.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The ringkv binary [default: `ringkv` next to this executable, else on PATH].
+    #[arg(long)]
+    pub ringkv_bin: Option<PathBuf>,
+    /// The etcd binary (a path, or a name looked up on PATH).
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: PathBuf,
+    /// Where the runs' data dirs go (a new directory is made inside); put it on
+    /// the disk to measure [default: a new temporary directory].
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Keep the data dirs and server logs afterwards.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// How long a server may take to start serving.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
+}
+
+/// A binary and what its `--version` says.
+#[derive(Debug, Clone, Serialize)]
+struct Binary {
+    path: PathBuf,
+    version: String,
+}
+
+/// One run, for `--json`.
+#[derive(Debug, Clone, Serialize)]
+struct RunRecord {
+    row: &'static str,
+    round: usize,
+    server: ServerKind,
+    summary: Summary,
+}
+
+#[derive(Debug, Serialize)]
+struct RowJson {
+    workload: String,
+    conns: usize,
+    clients: usize,
+    unit: &'static str,
+    ringkv: Option<Medians>,
+    etcd: Option<Medians>,
+    ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct CompareJson<'a> {
+    machine: &'a Machine,
+    ringkv: &'a Binary,
+    etcd: &'a Binary,
+    rounds: usize,
+    rows: Vec<RowJson>,
+    runs: &'a [RunRecord],
+    notes: &'a [String],
+}
+
+/// Everything one `compare` invocation needs while it runs.
+struct Session<'a> {
+    global: &'a GlobalArgs,
+    args: &'a CompareArgs,
+    runtime: &'a Runtime,
+    progress: ProgressMode,
+    ringkv: Binary,
+    etcd: Binary,
+    root: DataRoot,
+    runs: Vec<RunRecord>,
+    notes: Vec<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime) -> Result<(), BenchError> {
+    if args.rounds == 0 {
+        return Err(BenchError::Usage("--rounds must be at least 1".into()));
+    }
+    let rows = rows::resolve(&args.workloads)?;
+    let ringkv_path = match &args.ringkv_bin {
+        Some(path) => locate(path)?,
+        None => default_ringkv()?,
+    };
+    let etcd_path = locate(&args.etcd_bin)?;
+    let mut session = Session {
+        global,
+        args,
+        runtime,
+        progress: ProgressMode::detect(global.quiet),
+        ringkv: Binary {
+            version: version_of(&ringkv_path),
+            path: ringkv_path,
+        },
+        etcd: Binary {
+            version: version_of(&etcd_path),
+            path: etcd_path,
+        },
+        root: DataRoot::create(args.data_root.as_deref(), args.keep_data)?,
+        runs: Vec::new(),
+        notes: Vec::new(),
+    };
+    if let Some(warning) = raise_memlock() {
+        session.notes.push(warning);
+    }
+    let machine = Machine::describe(session.root.path());
+    if machine.data_disk.as_ref().is_some_and(|m| m.fs_type == "tmpfs") {
+        session
+            .notes
+            .push("the data root is on tmpfs: fsync costs nothing there, so these are not disk numbers".into());
+    }
+    let header = session.header(&machine, &rows);
+    session.progress.note(&header);
+
+    let results: Vec<RowResult> = rows.iter().map_while(|row| session.run_row(row)).collect();
+    if session.args.keep_data {
+        session
+            .progress
+            .note(&format!("data dirs and logs kept in {}", session.root.path().display()));
+    }
+    session.print(&machine, &header, &results)
+}
+
+impl Session<'_> {
+    fn header(&self, machine: &Machine, rows: &[Row]) -> String {
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        let runs = rows.len() * self.args.rounds * 2;
+        let each = match (self.global.total, self.global.duration) {
+            (Some(total), _) => format!("{total} requests"),
+            (None, duration) => humantime::format_duration(duration.unwrap_or(RUN_DURATION_DEFAULT)).to_string(),
+        };
+        format!(
+            "ringkv-bench compare: {} rounds of {} ({runs} runs of {each} each, plus server starts and untimed setup)\n\
+             machine: {}\nringkv: {} ({})\netcd:   {} ({})\n\
+             each run: a fresh server on an empty data dir, fsync on (etcd default; ringkv always)",
+            self.args.rounds,
+            names.join(", "),
+            machine.text(),
+            self.ringkv.path.display(),
+            self.ringkv.version,
+            self.etcd.path.display(),
+            self.etcd.version,
+        )
+    }
+
+    /// Every round of one row; None once interrupted.
+    fn run_row(&mut self, row: &Row) -> Option<RowResult> {
+        let clients = self.global.clients.unwrap_or(row.clients);
+        let mut result = RowResult {
+            name: row.name.to_string(),
+            conns: self.global.conns.unwrap_or(row.conns.min(clients)),
+            clients,
+            unit: "ops/sec",
+            ringkv: Vec::new(),
+            etcd: Vec::new(),
+        };
+        for round in 1..=self.args.rounds {
+            for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
+                if interrupt::requested() {
+                    return None;
+                }
+                let label = format!("{} round {round}/{} {}", row.name, self.args.rounds, kind.name());
+                match self.run_once(kind, row, round, &label) {
+                    Ok(summary) => {
+                        self.progress.note(&format!("{label}: {}", one_line(&summary)));
+                        result.unit = summary.throughput_unit;
+                        let measured = Measured::of(&summary);
+                        match kind {
+                            ServerKind::Ringkv => result.ringkv.push(measured),
+                            ServerKind::Etcd => result.etcd.push(measured),
+                        }
+                        self.runs.push(RunRecord {
+                            row: row.name,
+                            round,
+                            server: kind,
+                            summary,
+                        });
+                    }
+                    Err(error) => {
+                        self.progress.note(&format!("{label}: failed: {error}"));
+                        self.notes.push(format!("{label}: failed: {error}"));
+                    }
+                }
+            }
+        }
+        Some(result)
+    }
+
+    /// One run against a fresh server.
+    fn run_once(&mut self, kind: ServerKind, row: &Row, round: usize, label: &str) -> Result<Summary, BenchError> {
+        let bin = match kind {
+            ServerKind::Ringkv => self.ringkv.path.clone(),
+            ServerKind::Etcd => self.etcd.path.clone(),
+        };
+        let run_dir = self.root.run_dir(&format!("{}-{round}-{}", row.name, kind.name()))?;
+        let mut server = Server::spawn(kind, &bin, &run_dir)?;
+        let ready_after = self.runtime.block_on(server.wait_ready(self.args.start_timeout))?;
+        self.progress.note(&format!(
+            "{label}: serving on {} after {} ms",
+            server.endpoint(),
+            ready_after.as_millis()
+        ));
+        let mut options = self.global.run_options(
+            row.conns,
+            row.clients,
+            Stop::Duration(RUN_DURATION_DEFAULT),
+            label.to_string(),
+        )?;
+        options.endpoints = vec![server.endpoint().to_string()];
+        let summary = self.runtime.block_on(runner::run(row.spec.build()?, &options));
+        let tail = server.log_tail();
+        if let Some(status) = server.stop() {
+            self.notes.push(format!(
+                "{label}: {} exited during the run ({status}); {tail}",
+                kind.name()
+            ));
+        }
+        if !self.args.keep_data {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        summary
+    }
+
+    fn print(&self, machine: &Machine, header: &str, results: &[RowResult]) -> Result<(), BenchError> {
+        if self.global.json {
+            let rows = results
+                .iter()
+                .map(|row| RowJson {
+                    workload: row.name.clone(),
+                    conns: row.conns,
+                    clients: row.clients,
+                    unit: row.unit,
+                    ringkv: row.ringkv_medians(),
+                    etcd: row.etcd_medians(),
+                    ratio: row.ratio(),
+                })
+                .collect();
+            let report = CompareJson {
+                machine,
+                ringkv: &self.ringkv,
+                etcd: &self.etcd,
+                rounds: self.args.rounds,
+                rows,
+                runs: &self.runs,
+                notes: &self.notes,
+            };
+            let json = serde_json::to_string(&report).map_err(|e| BenchError::Internal(e.to_string()))?;
+            println!("{json}");
+            return Ok(());
+        }
+        println!("{header}\n");
+        print!("{}", table::render(results, self.args.rounds));
+        println!(
+            "\nthroughput and latency are medians over the rounds; ratio = ringkv / etcd throughput.\n\
+             throughput of each run, in round order:"
+        );
+        print!("{}", table::render_rounds(results));
+        if interrupt::requested() {
+            println!("\ninterrupted: the table shows the runs that finished");
+        }
+        for note in &self.notes {
+            println!("\nnote: {note}");
+        }
+        Ok(())
+    }
+}
+
+/// `12,345 writes/sec, p50 1.20 ms, p99 4.50 ms, 0 errors`
+fn one_line(summary: &Summary) -> String {
+    let latency = summary
+        .latency_ms
+        .as_ref()
+        .map_or("no latency".to_string(), fmt_latency);
+    format!(
+        "{} {}, latency ms {latency}, {} errors",
+        fmt_rate(summary.throughput_per_sec),
+        summary.throughput_unit,
+        summary.errors
+    )
+}
+
+/// The directory holding every run's data dir: removed at the end unless kept.
+struct DataRoot {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl DataRoot {
+    fn create(parent: Option<&Path>, keep: bool) -> Result<DataRoot, BenchError> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("ringkv-bench-");
+        let temp = match parent {
+            Some(parent) => {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| BenchError::Usage(format!("--data-root {}: {e}", parent.display())))?;
+                builder.tempdir_in(parent)
+            }
+            None => builder.tempdir(),
+        }
+        .map_err(|e| BenchError::Usage(format!("cannot make a data root: {e}")))?;
+        Ok(if keep {
+            DataRoot {
+                path: temp.keep(),
+                _temp: None,
+            }
+        } else {
+            DataRoot {
+                path: temp.path().to_path_buf(),
+                _temp: Some(temp),
+            }
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new empty directory for one run.
+    fn run_dir(&self, name: &str) -> Result<PathBuf, BenchError> {
+        let dir = self.path.join(name);
+        std::fs::create_dir(&dir).map_err(|e| BenchError::Server(format!("creating {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+}
+
+/// `ringkv` next to this executable (cargo puts both in target/release), else
+/// on PATH.
+fn default_ringkv() -> Result<PathBuf, BenchError> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("ringkv")))
+        .filter(|path| path.is_file());
+    beside
+        .or_else(|| find_on_path("ringkv", &std::env::var_os("PATH").unwrap_or_default()))
+        .ok_or_else(|| {
+            BenchError::Usage(
+                "no ringkv next to ringkv-bench or on PATH: build it (cargo build --release) or pass --ringkv-bin"
+                    .into(),
+            )
+        })
+}
+
+/// `path` itself if it names a file by path, else the name looked up on PATH.
+fn locate(path: &Path) -> Result<PathBuf, BenchError> {
+    let found = if path.components().count() > 1 || path.is_absolute() {
+        path.is_file().then(|| path.to_path_buf())
+    } else {
+        find_on_path(&path.to_string_lossy(), &std::env::var_os("PATH").unwrap_or_default())
+    };
+    found.ok_or_else(|| {
+        BenchError::Usage(format!(
+            "{} not found (Debian: apt-get install etcd-server for etcd)",
+            path.display()
+        ))
+    })
+}
+
+fn find_on_path(name: &str, path_var: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path_var)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The first line `bin --version` prints.
+fn version_of(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|output| {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.lines().next().map(|line| line.trim().to_string())
+        })
+        .unwrap_or_else(|| "version unknown".to_string())
+}
+
+/// Raises this process's RLIMIT_MEMLOCK (the servers inherit it) as far as
+/// allowed; returns a warning if it stays below what ringkv needs.
+fn raise_memlock() -> Option<String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return Some("cannot read RLIMIT_MEMLOCK".into());
+        }
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return None;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < RINGKV_MEMLOCK_BYTES_MIN).then(|| {
+        format!(
+            "RLIMIT_MEMLOCK is {} KiB and cannot be raised; ringkv needs 512 MiB (ulimit -l 524288)",
+            limit.rlim_cur / 1024
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_looked_up_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("etcd"), "").unwrap();
+        let path_var = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(find_on_path("etcd", &path_var), Some(dir.path().join("etcd")));
+        assert_eq!(find_on_path("ringkv", &path_var), None);
+    }
+
+    #[test]
+    fn run_dirs_are_fresh_and_the_root_goes_away() {
+        let parent = tempfile::tempdir().unwrap();
+        let root_path;
+        {
+            let root = DataRoot::create(Some(parent.path()), false).unwrap();
+            root_path = root.path().to_path_buf();
+            let dir = root.run_dir("put-1-ringkv").unwrap();
+            assert!(dir.is_dir() && std::fs::read_dir(&dir).unwrap().next().is_none());
+            assert!(root.run_dir("put-1-ringkv").is_err(), "a run never reuses a directory");
+        }
+        assert!(!root_path.exists());
+    }
+}

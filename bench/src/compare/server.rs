@@ -1,0 +1,241 @@
+//! The servers `compare` starts: a fresh ringkv or etcd on free 127.0.0.1
+//! ports, with its own empty data dir, fsync on (etcd's default; ringkv always
+//! fsyncs), logging to a file next to the data dir.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ringkv_proto::etcdserverpb::RangeRequest;
+use serde::Serialize;
+
+use crate::connect::connect;
+use crate::workload::kv_client;
+use crate::BenchError;
+
+/// Pause between readiness probes.
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Log lines quoted when a server fails.
+pub const LOG_TAIL_LINES: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    Ringkv,
+    Etcd,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Ringkv => "ringkv",
+            ServerKind::Etcd => "etcd",
+        }
+    }
+
+    /// Flags for a single member with data in `data_dir`, serving clients on
+    /// `client_port` (and, for etcd, peers on `peer_port`); everything else is
+    /// the server's default.
+    pub fn args(self, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let mut args = vec![
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            "--listen-client-urls".to_string(),
+            client_url.clone(),
+            "--advertise-client-urls".to_string(),
+            client_url,
+        ];
+        if self == ServerKind::Etcd {
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            args.extend([
+                "--listen-peer-urls".to_string(),
+                peer_url.clone(),
+                "--initial-advertise-peer-urls".to_string(),
+                peer_url.clone(),
+                "--initial-cluster".to_string(),
+                format!("default={peer_url}"),
+            ]);
+        }
+        args
+    }
+}
+
+/// A running server; killed when dropped.
+pub struct Server {
+    kind: ServerKind,
+    child: Child,
+    endpoint: String,
+    log_path: PathBuf,
+}
+
+impl Server {
+    /// Starts `bin` with data in `run_dir/data` and its output in
+    /// `run_dir/server.log`.
+    pub fn spawn(kind: ServerKind, bin: &Path, run_dir: &Path) -> Result<Server, BenchError> {
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let log_path = run_dir.join("server.log");
+        let log = File::create(&log_path).map_err(|e| server_error(kind, &format!("creating {log_path:?}"), e))?;
+        let log_err = log.try_clone().map_err(|e| server_error(kind, "log file", e))?;
+        let mut command = Command::new(bin);
+        command
+            .args(kind.args(&run_dir.join("data"), client_port, peer_port))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Ctrl-C in the terminal reaches ringkv-bench only, which then
+            // finishes the run and stops the servers itself.
+            .process_group(0);
+        // Both servers run with their defaults, not whatever ETCD_* variables
+        // the operator's shell has.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(name);
+            }
+        }
+        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+        // The server is killed if ringkv-bench dies without cleaning up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| server_error(kind, &format!("starting {}", bin.display()), e))?;
+        Ok(Server {
+            kind,
+            child,
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            log_path,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Waits until a linearizable Range succeeds (so a leader is elected),
+    /// at most `timeout`; returns how long that took.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, BenchError> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(BenchError::Server(format!(
+                    "{} exited before serving ({status}); {}",
+                    self.kind.name(),
+                    self.log_tail()
+                )));
+            }
+            if probe(&self.endpoint).await {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                return Err(BenchError::Server(format!(
+                    "{} did not serve within {}; {}",
+                    self.kind.name(),
+                    humantime::format_duration(timeout),
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(PROBE_PAUSE).await;
+        }
+    }
+
+    /// The exit status if the server has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills the server; returns its exit status if it had exited on its own.
+    pub fn stop(mut self) -> Option<ExitStatus> {
+        let exited = self.exited();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        exited
+    }
+
+    /// The last lines of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        format!("last lines of {}:\n{tail}", self.log_path.display())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn probe(endpoint: &str) -> bool {
+    let Ok(channels) = connect(&[endpoint.to_string()], 1, PROBE_TIMEOUT).await else {
+        return false;
+    };
+    let mut kv = kv_client(channels[0].clone());
+    let request = RangeRequest {
+        key: b"ringkv-bench-ready".to_vec(),
+        ..Default::default()
+    };
+    kv.range(request).await.is_ok()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<u16, BenchError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| BenchError::Server(format!("no free port on 127.0.0.1: {e}")))
+}
+
+fn server_error(kind: ServerKind, what: &str, error: std::io::Error) -> BenchError {
+    BenchError::Server(format!("{}: {what}: {error}", kind.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_gets_a_single_member_cluster_on_its_own_peer_port() {
+        let args = ServerKind::Etcd.args(Path::new("/d"), 1000, 1001).join(" ");
+        assert_eq!(
+            args,
+            "--data-dir /d --listen-client-urls http://127.0.0.1:1000 --advertise-client-urls http://127.0.0.1:1000 \
+             --listen-peer-urls http://127.0.0.1:1001 --initial-advertise-peer-urls http://127.0.0.1:1001 \
+             --initial-cluster default=http://127.0.0.1:1001"
+        );
+    }
+
+    #[test]
+    fn ringkv_gets_only_data_dir_and_client_url() {
+        let args = ServerKind::Ringkv.args(Path::new("/d"), 1000, 1001).join(" ");
+        assert_eq!(
+            args,
+            "--data-dir /d --listen-client-urls http://127.0.0.1:1000 --advertise-client-urls http://127.0.0.1:1000"
+        );
+    }
+
+    #[test]
+    fn no_flag_turns_fsync_off() {
+        for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
+            let args = kind.args(Path::new("/d"), 1, 2);
+            assert!(
+                !args.iter().any(|a| a.contains("unsafe") || a.contains("fsync")),
+                "{args:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The compare table: medians over rounds per server, and ringkv/etcd ratios.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::report::{fmt_count, fmt_ms, fmt_rate, Summary};
+
+/// What one run contributes to its row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Measured {
+    pub throughput_per_sec: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub errors: u64,
+}
+
+impl Measured {
+    pub fn of(summary: &Summary) -> Measured {
+        Measured {
+            throughput_per_sec: summary.throughput_per_sec,
+            p50_ms: summary.latency_ms.map(|l| l.p50),
+            p99_ms: summary.latency_ms.map(|l| l.p99),
+            errors: summary.errors,
+        }
+    }
+}
+
+/// One server's runs of a row, summarized: each metric's median over the runs
+/// (the mean of the middle two for an even count), errors summed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Medians {
+    pub runs: usize,
+    pub throughput_per_sec: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub errors: u64,
+}
+
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+pub fn medians(runs: &[Measured]) -> Option<Medians> {
+    let throughput = median(&runs.iter().map(|r| r.throughput_per_sec).collect::<Vec<_>>())?;
+    let p50: Vec<f64> = runs.iter().filter_map(|r| r.p50_ms).collect();
+    let p99: Vec<f64> = runs.iter().filter_map(|r| r.p99_ms).collect();
+    Some(Medians {
+        runs: runs.len(),
+        throughput_per_sec: throughput,
+        p50_ms: median(&p50),
+        p99_ms: median(&p99),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    })
+}
+
+/// ringkv's median throughput over etcd's; None if either has no runs or
+/// etcd did nothing.
+pub fn ratio(ringkv: Option<&Medians>, etcd: Option<&Medians>) -> Option<f64> {
+    let (ringkv, etcd) = (ringkv?, etcd?);
+    (etcd.throughput_per_sec > 0.0).then(|| ringkv.throughput_per_sec / etcd.throughput_per_sec)
+}
+
+/// Every run of one row, by server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowResult {
+    pub name: String,
+    pub conns: usize,
+    pub clients: usize,
+    /// "writes/sec" or "ops/sec".
+    pub unit: &'static str,
+    pub ringkv: Vec<Measured>,
+    pub etcd: Vec<Measured>,
+}
+
+impl RowResult {
+    pub fn ringkv_medians(&self) -> Option<Medians> {
+        medians(&self.ringkv)
+    }
+
+    pub fn etcd_medians(&self) -> Option<Medians> {
+        medians(&self.etcd)
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        ratio(self.ringkv_medians().as_ref(), self.etcd_medians().as_ref())
+    }
+}
+
+const HEADER: [&str; 8] = [
+    "workload",
+    "conns / clients",
+    "ringkv",
+    "etcd",
+    "ringkv / etcd",
+    "ringkv p50 / p99 ms",
+    "etcd p50 / p99 ms",
+    "errors ringkv / etcd",
+];
+
+/// A Markdown table (readable as is in a terminal), one line per row: median
+/// throughput of each server, the ratio, and median p50/p99 latency. A server
+/// with fewer runs than `rounds` is marked `(n of rounds runs)`.
+pub fn render(rows: &[RowResult], rounds: usize) -> String {
+    let mut lines: Vec<[String; 8]> = vec![HEADER.map(str::to_string)];
+    for row in rows {
+        let ringkv = row.ringkv_medians();
+        let etcd = row.etcd_medians();
+        lines.push([
+            row.name.clone(),
+            format!("{} / {}", row.conns, row.clients),
+            throughput_cell(ringkv.as_ref(), row.unit, rounds),
+            throughput_cell(etcd.as_ref(), row.unit, rounds),
+            row.ratio().map_or("-".to_string(), |r| format!("{r:.2}x")),
+            latency_cell(ringkv.as_ref()),
+            latency_cell(etcd.as_ref()),
+            format!("{} / {}", errors_cell(ringkv.as_ref()), errors_cell(etcd.as_ref())),
+        ]);
+    }
+    let widths: Vec<usize> = (0..HEADER.len())
+        .map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        out.push('|');
+        for (cell, width) in line.iter().zip(&widths) {
+            let _ = write!(out, " {cell:<width$} |");
+        }
+        out.push('\n');
+        if i == 0 {
+            out.push('|');
+            for width in &widths {
+                let _ = write!(out, "{}|", "-".repeat(width + 2));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn throughput_cell(medians: Option<&Medians>, unit: &str, rounds: usize) -> String {
+    let Some(medians) = medians else {
+        return "no run".to_string();
+    };
+    let mut cell = format!("{} {unit}", fmt_rate(medians.throughput_per_sec));
+    if medians.runs < rounds {
+        let _ = write!(cell, " ({} of {rounds} runs)", medians.runs);
+    }
+    cell
+}
+
+fn latency_cell(medians: Option<&Medians>) -> String {
+    let ms = |value: Option<f64>| value.map_or("-".to_string(), fmt_ms);
+    match medians {
+        Some(m) => format!("{} / {}", ms(m.p50_ms), ms(m.p99_ms)),
+        None => "-".to_string(),
+    }
+}
+
+fn errors_cell(medians: Option<&Medians>) -> String {
+    medians.map_or("-".to_string(), |m| fmt_count(m.errors))
+}
+
+/// Each run's throughput, to show the spread behind the medians:
+/// `put  ringkv 12,345 12,100 12,400  etcd 4,000 4,100 3,900`.
+pub fn render_rounds(rows: &[RowResult]) -> String {
+    let list = |runs: &[Measured]| -> String {
+        let values: Vec<String> = runs.iter().map(|r| fmt_rate(r.throughput_per_sec)).collect();
+        if values.is_empty() {
+            "-".to_string()
+        } else {
+            values.join(" ")
+        }
+    };
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|row| {
+            format!(
+                "{:<width$}  ringkv {}  etcd {}\n",
+                row.name,
+                list(&row.ringkv),
+                list(&row.etcd)
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(throughput: f64, p50: f64, p99: f64, errors: u64) -> Measured {
+        Measured {
+            throughput_per_sec: throughput,
+            p50_ms: Some(p50),
+            p99_ms: Some(p99),
+            errors,
+        }
+    }
+
+    fn row(ringkv: Vec<Measured>, etcd: Vec<Measured>) -> RowResult {
+        RowResult {
+            name: "put".into(),
+            conns: 100,
+            clients: 1000,
+            unit: "writes/sec",
+            ringkv,
+            etcd,
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn each_metric_takes_its_own_median_and_errors_add_up() {
+        let medians = medians(&[
+            run(100.0, 9.0, 1.0, 1),
+            run(300.0, 1.0, 3.0, 0),
+            run(200.0, 5.0, 2.0, 2),
+        ])
+        .unwrap();
+        assert_eq!(medians.throughput_per_sec, 200.0);
+        assert_eq!(medians.p50_ms, Some(5.0));
+        assert_eq!(medians.p99_ms, Some(2.0));
+        assert_eq!(medians.errors, 3);
+        assert_eq!(medians.runs, 3);
+    }
+
+    #[test]
+    fn ratio_is_ringkv_over_etcd() {
+        let result = row(vec![run(3000.0, 1.0, 2.0, 0)], vec![run(1000.0, 1.0, 2.0, 0)]);
+        assert_eq!(result.ratio(), Some(3.0));
+        assert_eq!(row(vec![run(3000.0, 1.0, 2.0, 0)], vec![]).ratio(), None);
+        assert_eq!(
+            row(vec![run(3000.0, 1.0, 2.0, 0)], vec![run(0.0, 1.0, 2.0, 9)]).ratio(),
+            None
+        );
+    }
+
+    #[test]
+    fn table_has_one_aligned_line_per_row() {
+        let rows = vec![row(
+            vec![run(12_345.0, 1.5, 20.0, 0), run(12_000.0, 1.2, 25.0, 0)],
+            vec![run(4_000.0, 3.0, 40.0, 0), run(4_200.0, 2.0, 50.0, 1)],
+        )];
+        let table = render(&rows, 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[0].starts_with("| workload | conns / clients | ringkv "),
+            "{table}"
+        );
+        assert!(lines[1].starts_with("|----------|"), "{table}");
+        assert_eq!(
+            lines[2],
+            "| put      | 100 / 1000      | 12,173 writes/sec | 4,100 writes/sec | 2.97x         \
+             | 1.350 / 22.50       | 2.500 / 45.00     | 0 / 1                |"
+        );
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+    }
+
+    #[test]
+    fn missing_runs_are_marked() {
+        let rows = vec![row(vec![run(10.0, 1.0, 2.0, 0)], vec![])];
+        let table = render(&rows, 3);
+        assert!(table.contains("10.0 writes/sec (1 of 3 runs)"), "{table}");
+        assert!(table.contains("no run"), "{table}");
+    }
+
+    #[test]
+    fn rounds_list_every_run() {
+        let rows = vec![row(vec![run(1000.0, 1.0, 2.0, 0), run(1100.0, 1.0, 2.0, 0)], vec![])];
+        assert_eq!(render_rounds(&rows), "put  ringkv 1,000 1,100  etcd -\n");
+    }
+}

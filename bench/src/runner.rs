@@ -1,0 +1,187 @@
+//! Running a workload: connections, request loops, pacing, stopping, recording.
+//!
+//! `--clients` request loops share `--conns` HTTP/2 connections round-robin
+//! (loop `i` uses connection `i % conns`), like etcd's benchmark. Ops are
+//! numbered across all loops from one counter ("tickets"): the number picks
+//! sequential keys and, with `--rate`, the op's intended send time. A loop stops
+//! when the tickets reach `--total`, when the next op would be sent after
+//! `--duration`, or on Ctrl-C.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+use crate::connect::connect;
+use crate::pacing::{intended_offset, latency_us};
+use crate::progress::{Counters, Progress, ProgressMode};
+use crate::report::{Recorder, RunInfo, Summary};
+use crate::workload::{Workload, WorkloadClient};
+use crate::{interrupt, BenchError};
+
+/// Request loops share this many recorders (a mutex each), so recording costs
+/// one uncontended lock instead of a 200 KiB histogram per loop.
+pub const RECORDER_SHARDS: usize = 16;
+/// After a failed request its loop waits this long, so a dead server is not
+/// hammered in a busy loop. (With `--rate` the wait is part of the next op's
+/// latency, as it should be.)
+pub const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// When a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// After this many requests (successful or not).
+    Total(u64),
+    /// When the next request would be sent after this long.
+    Duration(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub endpoints: Vec<String>,
+    pub conns: usize,
+    pub clients: usize,
+    pub stop: Stop,
+    /// Requests per second across all loops; None: as fast as replies come.
+    pub rate_per_sec: Option<u64>,
+    pub request_timeout: Duration,
+    pub progress: ProgressMode,
+    /// Prefix of the progress line.
+    pub label: String,
+}
+
+struct Shared {
+    next_ticket: AtomicU64,
+    /// No op gets a ticket at or above this.
+    ticket_limit: u64,
+    start: Instant,
+    deadline: Option<Instant>,
+    rate_per_sec: Option<u64>,
+    counters: Arc<Counters>,
+    recorders: Vec<Mutex<Recorder>>,
+}
+
+/// Connects, prepares the workload (untimed), runs it and summarizes.
+pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Summary, BenchError> {
+    assert!(options.conns > 0 && options.clients > 0, "checked when parsing flags");
+    let channels = connect(&options.endpoints, options.conns, options.request_timeout).await?;
+    workload.prepare(&channels, options.progress).await?;
+    if interrupt::requested() {
+        return Err(BenchError::Interrupted);
+    }
+
+    let requested = match options.stop {
+        Stop::Total(total) => total,
+        Stop::Duration(_) => u64::MAX,
+    };
+    let op_limit = workload.op_limit();
+    let ticket_limit = op_limit.as_ref().map_or(requested, |limit| limit.ops.min(requested));
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        next_ticket: AtomicU64::new(0),
+        ticket_limit,
+        start,
+        deadline: match options.stop {
+            Stop::Duration(duration) => Some(start + duration),
+            Stop::Total(_) => None,
+        },
+        rate_per_sec: options.rate_per_sec,
+        counters: Arc::new(Counters::default()),
+        recorders: (0..RECORDER_SHARDS).map(|_| Mutex::new(Recorder::default())).collect(),
+    });
+
+    let progress = Progress::start(options.label.clone(), Arc::clone(&shared.counters), options.progress);
+    let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await?;
+    progress.finish();
+
+    let mut recorder = Recorder::default();
+    for shard in &shared.recorders {
+        recorder.merge(&shard.lock().expect("no loop panicked holding a recorder"));
+    }
+    let tickets_used = shared.next_ticket.load(Ordering::Relaxed).min(ticket_limit);
+    let stopped_early = if interrupt::requested() {
+        Some("interrupted (Ctrl-C)".to_string())
+    } else {
+        op_limit
+            .filter(|limit| limit.ops < requested && tickets_used >= limit.ops)
+            .map(|limit| limit.why)
+    };
+    let info = RunInfo {
+        workload: workload.name().to_string(),
+        settings: workload.settings(),
+        endpoints: options.endpoints.clone(),
+        conns: options.conns,
+        clients: options.clients,
+        rate_limit_per_sec: options.rate_per_sec,
+        writes: workload.writes(),
+    };
+    let duration_sec = last_done.saturating_duration_since(start).as_secs_f64();
+    Ok(Summary::new(info, &recorder, duration_sec, stopped_early))
+}
+
+/// Starts every request loop and waits for all of them; returns when the last
+/// reply came.
+async fn run_loops(
+    workload: &dyn Workload,
+    channels: &[Channel],
+    clients: usize,
+    shared: &Arc<Shared>,
+) -> Result<Instant, BenchError> {
+    let loops: Vec<_> = (0..clients)
+        .map(|index| {
+            let client = workload.client(index, channels[index % channels.len()].clone());
+            tokio::spawn(request_loop(client, Arc::clone(shared), index))
+        })
+        .collect();
+    let mut last_done = shared.start;
+    for handle in loops {
+        let done = handle
+            .await
+            .map_err(|error| BenchError::Internal(format!("a request loop failed: {error}")))?;
+        last_done = last_done.max(done);
+    }
+    Ok(last_done)
+}
+
+/// One request loop; returns when its last reply came.
+async fn request_loop(mut client: Box<dyn WorkloadClient>, shared: Arc<Shared>, index: usize) -> Instant {
+    let recorder = &shared.recorders[index % RECORDER_SHARDS];
+    let mut last_done = shared.start;
+    while !interrupt::requested() {
+        let ticket = shared.next_ticket.fetch_add(1, Ordering::Relaxed);
+        if ticket >= shared.ticket_limit {
+            break;
+        }
+        let intended = shared
+            .rate_per_sec
+            .map(|rate| shared.start + intended_offset(ticket, rate));
+        if let Some(deadline) = shared.deadline {
+            if intended.unwrap_or_else(Instant::now) >= deadline {
+                break;
+            }
+        }
+        if let Some(at) = intended {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let sent = Instant::now();
+        let result = client.op(ticket).await;
+        let done = Instant::now();
+        last_done = done;
+        let failed = result.is_err();
+        {
+            let mut recorder = recorder.lock().expect("no loop panicked holding a recorder");
+            match result {
+                Ok(outcome) => recorder.record_ok(outcome.0, latency_us(intended.unwrap_or(sent), done)),
+                Err(status) => recorder.record_error(status.code(), status.message()),
+            }
+        }
+        if failed {
+            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(ERROR_PAUSE).await;
+        } else {
+            shared.counters.ops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    last_done
+}

@@ -1,0 +1,245 @@
+//! `ringkv-bench` runs against a real `ringkv` process (and `compare` against
+//! real ringkv and etcd processes), checked through its `--json` output.
+//!
+//! cargo builds `ringkv` into the same directory as `ringkv-bench`
+//! (target/<profile>/) when it builds the workspace, as `cargo test --workspace`
+//! does. Everything listens on 127.0.0.1; every wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long ringkv may take to say it serves.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one ringkv-bench invocation may take.
+const BENCH_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn bench_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ringkv-bench"))
+}
+
+fn ringkv_binary() -> PathBuf {
+    let ringkv = bench_binary().with_file_name("ringkv");
+    assert!(
+        ringkv.is_file(),
+        "{} is missing: build the workspace first (cargo test --workspace --release builds it)",
+        ringkv.display()
+    );
+    ringkv
+}
+
+/// A ringkv process on a free port with a fresh data dir; killed on drop.
+struct Ringkv {
+    child: Child,
+    endpoint: String,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Ringkv {
+    fn start() -> Ringkv {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(ringkv_binary())
+            .arg("--data-dir")
+            .arg(data_dir.path().join("data"))
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ringkv starts");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut log = Vec::new();
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving client requests on ").nth(1) {
+                    let endpoint = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = ready_tx.send(Ok(endpoint));
+                }
+                log.push(line);
+            }
+            let _ = ready_tx.send(Err(log.join("\n")));
+        });
+        match ready_rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(endpoint)) => Ringkv {
+                child,
+                endpoint,
+                _data_dir: data_dir,
+            },
+            Ok(Err(log)) => panic!("ringkv exited before serving:\n{log}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ringkv did not serve within {START_TIMEOUT:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Ringkv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs ringkv-bench with `args` and returns its JSON report.
+fn bench_json(args: &[&str]) -> Value {
+    let mut child = Command::new(bench_binary())
+        .args(args)
+        .args(["--json", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ringkv-bench starts");
+    let deadline = Instant::now() + BENCH_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ringkv-bench {args:?} did not finish within {BENCH_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ringkv-bench {args:?} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}"))
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {report}"))
+}
+
+#[test]
+fn put_total_200_reports_200_writes_and_no_errors() {
+    let ringkv = Ringkv::start();
+    let report = bench_json(&["--endpoints", &ringkv.endpoint, "--total", "200", "put"]);
+    assert_eq!(report["workload"], "put");
+    assert_eq!(count(&report, "ops"), 200, "{report}");
+    assert_eq!(count(&report, "errors"), 0, "{report}");
+    assert_eq!(report["throughput_unit"], "writes/sec");
+    assert!(report["throughput_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(report["latency_ms"]["max"].as_f64().unwrap() >= report["latency_ms"]["p99"].as_f64().unwrap());
+}
+
+#[test]
+fn many_clients_over_few_connections_all_succeed() {
+    let ringkv = Ringkv::start();
+    let endpoint = ringkv.endpoint.trim_start_matches("http://");
+    let args = [
+        "--endpoints",
+        endpoint,
+        "--conns",
+        "3",
+        "--clients",
+        "50",
+        "--total",
+        "500",
+    ];
+    let report = bench_json(&[&args[..], &["put", "--val-size", "256"]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (500, 0), "{report}");
+    assert_eq!((count(&report, "conns"), count(&report, "clients")), (3, 50));
+}
+
+#[test]
+fn range_reads_populated_keys_both_ways() {
+    let ringkv = Ringkv::start();
+    for consistency in ["l", "s"] {
+        let report = bench_json(&[
+            "--endpoints",
+            &ringkv.endpoint,
+            "--clients",
+            "4",
+            "--total",
+            "300",
+            "range",
+            "--key-space-size",
+            "50",
+            "--consistency",
+            consistency,
+        ]);
+        assert_eq!(count(&report, "errors"), 0, "{report}");
+        assert_eq!(
+            report["outcomes"]["found"]["count"], 300,
+            "every key was written first: {report}"
+        );
+        assert_eq!(report["throughput_unit"], "ops/sec");
+    }
+}
+
+#[test]
+fn txn_put_counts_every_attempt_as_success_or_conflict() {
+    let ringkv = Ringkv::start();
+    // 8 clients on 4 keys: races, so conflicts are likely but not certain.
+    let args = ["--endpoints", &ringkv.endpoint, "--clients", "8", "--total", "400"];
+    let report = bench_json(&[&args[..], &["txn-put", "--key-space-size", "4"]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (400, 0), "{report}");
+    let outcome = |kind: &str| report["outcomes"][kind]["count"].as_u64().unwrap_or(0);
+    assert!(outcome("success") > 0, "{report}");
+    assert_eq!(outcome("success") + outcome("conflict"), 400, "{report}");
+}
+
+#[test]
+fn delete_removes_each_populated_key_once_then_stops() {
+    let ringkv = Ringkv::start();
+    let args = ["--endpoints", &ringkv.endpoint, "--clients", "4", "--total", "1000"];
+    let report = bench_json(&[&args[..], &["delete", "--key-space-size", "120"]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (120, 0), "{report}");
+    assert_eq!(report["outcomes"]["deleted"]["count"], 120, "{report}");
+    assert!(report["stopped_early"]
+        .as_str()
+        .unwrap()
+        .contains("every pre-populated key"));
+}
+
+#[test]
+fn txn_mixed_reads_and_writes() {
+    let ringkv = Ringkv::start();
+    let args = ["--endpoints", &ringkv.endpoint, "--clients", "4", "--total", "300"];
+    let report = bench_json(&[&args[..], &["txn-mixed", "--rw-ratio", "1"]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (300, 0), "{report}");
+    let outcome = |kind: &str| report["outcomes"][kind]["count"].as_u64().unwrap_or(0);
+    assert!(outcome("read") > 0 && outcome("write") > 0, "{report}");
+}
+
+#[test]
+fn compare_runs_each_server_each_round_on_fresh_data() {
+    let ringkv = ringkv_binary();
+    let report = bench_json(&[
+        "--total",
+        "100",
+        "--clients",
+        "4",
+        "compare",
+        "--workloads",
+        "put",
+        "--rounds",
+        "2",
+        "--ringkv-bin",
+        ringkv.to_str().unwrap(),
+    ]);
+    let row = &report["rows"][0];
+    assert_eq!(row["workload"], "put", "{report}");
+    assert_eq!(row["ringkv"]["runs"], 2, "{report}");
+    assert_eq!(row["etcd"]["runs"], 2, "{report}");
+    assert!(row["ratio"].as_f64().unwrap() > 0.0);
+    let runs = report["runs"].as_array().unwrap();
+    let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, vec!["ringkv", "etcd", "ringkv", "etcd"], "A B A B");
+    for run in runs {
+        assert_eq!(count(&run["summary"], "ops"), 100, "{run}");
+        assert_eq!(count(&run["summary"], "errors"), 0, "{run}");
+    }
+    assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
+}
