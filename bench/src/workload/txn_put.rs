@@ -224,6 +224,8 @@ pub fn cas_put(key: Vec<u8>, expected: i64, value: Vec<u8>) -> TxnRequest {
 
 /// Success or conflict, and the key's mod_revision now: on success the txn's
 /// revision, on conflict what the failure Range read (0: the key is gone).
+// tonic::Status is large; it is the error type of every call on this path anyway.
+#[allow(clippy::result_large_err)]
 pub fn cas_outcome(response: &TxnResponse) -> Result<(Outcome, i64), Status> {
     if response.succeeded {
         let revision = response
