@@ -87,10 +87,13 @@ impl Tree {
                 ));
             }
         }
+        if !node.is_leaf() && !node.key(0).is_empty() {
+            return Err(corrupt(id, "a branch's first key is not empty"));
+        }
         for index in 0..node.len() {
             let key = node.key(index);
             let ordered = index == 0 || node.key(index - 1) < key;
-            // A branch's first key bounds nothing; every other key is checked.
+            // A branch's first key is empty and bounds nothing; every other key is checked.
             let checked = node.is_leaf() || index > 0;
             let in_bounds = low.is_none_or(|low| key >= low) && high.is_none_or(|high| key < high);
             if !ordered || checked && !in_bounds {

@@ -136,8 +136,8 @@ impl Tree {
             if self.nodes[&id].bytes() <= NODE_CAPACITY {
                 return;
             }
-            let upper = self.nodes.get_mut(&id).expect("owned").split_off_upper();
-            let separator: Box<[u8]> = upper.first_key().into();
+            let mut upper = self.nodes.get_mut(&id).expect("owned").split_off_upper();
+            let separator = upper.take_separator();
             let upper_id = self.store.allocate();
             self.nodes.insert(upper_id, upper);
             if level == 0 {
@@ -160,7 +160,14 @@ impl Tree {
             let (parent, index) = path[level - 1];
             let node = &self.nodes[&id];
             if node.len() == 0 {
-                branch_mut(&mut self.nodes, parent).remove(index);
+                let siblings = branch_mut(&mut self.nodes, parent);
+                siblings.remove(index);
+                if index == 0 {
+                    if let Some(first) = siblings.first_mut() {
+                        // Now the first entry: its key bounds nothing any more.
+                        first.0 = Box::default();
+                    }
+                }
                 self.nodes.remove(&id);
                 self.store.release(id);
                 continue;

@@ -12,7 +12,7 @@
 //! branch entry: u16 key length, u64 child page, key
 //! ```
 //! A branch's entry i leads to the keys >= its key (and < entry i+1's key); the
-//! key of entry 0 is not consulted (it bounds nothing from below).
+//! key of entry 0 is always empty (it bounds nothing from below).
 
 use crate::page::{get_u16, get_u32, get_u64, new_page, PageId, PageKind, BODY_BYTES, HEADER_BYTES, PAGE_BYTES};
 
@@ -121,21 +121,32 @@ impl Node {
         upper
     }
 
+    /// The separator for this node as the new upper half of a split: a leaf's
+    /// first key (copied: the leaf keeps it), or a branch's first key (moved
+    /// out: a branch's first key is always empty, it bounds nothing).
+    pub fn take_separator(&mut self) -> Box<[u8]> {
+        match self {
+            Node::Leaf(entries) => entries[0].0.clone(),
+            Node::Branch(entries) => std::mem::take(&mut entries[0].0),
+        }
+    }
+
     /// Bytes this node would take after `absorb(right, separator)`.
     pub fn merged_bytes(&self, right: &Node, separator: &[u8]) -> usize {
         match right {
             Node::Leaf(_) => self.bytes() + right.bytes(),
-            Node::Branch(entries) => self.bytes() + right.bytes() - entries[0].0.len() + separator.len(),
+            Node::Branch(_) => self.bytes() + right.bytes() + separator.len(),
         }
     }
 
     /// Appends `right`'s entries (the right sibling) to this node. For branches
-    /// `separator` replaces the key of `right`'s first entry, which was not a
-    /// bound there but is one here.
+    /// `separator` becomes the key of `right`'s first entry, which was empty (a
+    /// branch's first key bounds nothing) but is a bound here.
     pub fn absorb(&mut self, right: Node, separator: &[u8]) {
         match (self, right) {
             (Node::Leaf(left), Node::Leaf(right)) => left.extend(right),
             (Node::Branch(left), Node::Branch(mut right)) => {
+                assert!(right[0].0.is_empty(), "a branch's first key is empty");
                 right[0].0 = separator.into();
                 left.extend(right);
             }

@@ -186,7 +186,7 @@ fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn tree_matches_a_btreemap_across_commits_reopens_and_failed_commits(ops in prop::collection::vec(op(3000), 1..1500)) {
