@@ -91,13 +91,6 @@ impl Node {
         }
     }
 
-    pub fn first_key(&self) -> &[u8] {
-        match self {
-            Node::Leaf(entries) => &entries[0].0,
-            Node::Branch(entries) => &entries[0].0,
-        }
-    }
-
     /// Moves the upper part of the entries into a new node so that both halves
     /// hold about the same bytes; both keep at least one entry.
     pub fn split_off_upper(&mut self) -> Node {
@@ -467,10 +460,35 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         assert!(node.bytes() > NODE_CAPACITY);
-        let upper = node.split_off_upper();
+        let mut upper = node.split_off_upper();
         assert!(node.bytes() <= NODE_CAPACITY && upper.bytes() <= NODE_CAPACITY);
         assert_eq!(node.len() + upper.len(), 5);
-        assert!(node.first_key() < upper.first_key());
+        let Node::Leaf(lower_entries) = &node else {
+            unreachable!()
+        };
+        let separator = upper.take_separator();
+        assert!(lower_entries.last().unwrap().0 < separator);
+        let Node::Leaf(upper_entries) = &upper else {
+            unreachable!()
+        };
+        assert_eq!(upper_entries[0].0, separator, "a leaf keeps its first key");
+    }
+
+    #[test]
+    fn a_branch_split_moves_its_first_key_out_as_the_separator() {
+        let key = |i: usize| format!("key{i:04}").repeat(40).into_bytes().into_boxed_slice();
+        let mut entries: Vec<(Box<[u8]>, PageId)> = (0..20).map(|i| (key(i), i as u64 + 10)).collect();
+        entries[0].0 = Box::default();
+        let mut node = Node::Branch(entries);
+        assert!(node.bytes() > NODE_CAPACITY);
+        let mut upper = node.split_off_upper();
+        let separator = upper.take_separator();
+        let Node::Branch(upper_entries) = &upper else {
+            unreachable!()
+        };
+        assert!(upper_entries[0].0.is_empty(), "a branch's first key is empty");
+        assert!(!separator.is_empty());
+        assert_eq!(node.len() + upper.len(), 20);
     }
 
     #[test]
