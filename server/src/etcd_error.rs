@@ -24,6 +24,8 @@ pub enum EtcdError {
     NoLeader,
     Stopped,
     Timeout,
+    NoSpace,
+    BadLeaderTransferee,
 }
 
 impl EtcdError {
@@ -35,7 +37,8 @@ impl EtcdError {
             | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            TooManyRequests => Code::ResourceExhausted,
+            TooManyRequests | NoSpace => Code::ResourceExhausted,
+            BadLeaderTransferee => Code::FailedPrecondition,
             NoLeader | Stopped | Timeout => Code::Unavailable,
         }
     }
@@ -59,6 +62,8 @@ impl EtcdError {
             NoLeader => "etcdserver: no leader",
             Stopped => "etcdserver: server stopped",
             Timeout => "etcdserver: request timed out",
+            NoSpace => "etcdserver: mvcc: database space exceeded",
+            BadLeaderTransferee => "etcdserver: bad leader transferee",
         }
     }
 }
@@ -98,6 +103,8 @@ mod tests {
             NoLeader,
             Stopped,
             Timeout,
+            NoSpace,
+            BadLeaderTransferee,
         ];
         for error in all {
             assert!(error.message().starts_with("etcdserver: "), "{error:?}");

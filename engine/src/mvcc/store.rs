@@ -315,11 +315,13 @@ impl Mvcc {
         self.alarms.remove(&alarm)
     }
 
-    /// etcd's HashKV at `revision` (0 or less: the current one). Scans the
-    /// revision table up to it; revisions a running compaction will remove are
-    /// left out, as etcd leaves them out.
+    /// etcd's HashKV at `revision` (0 or less: the current one), as etcd 3.4 and
+    /// 3.5 compute it (`HashByRev`): every stored revision up to it, except that a
+    /// revision at or below the compaction point counts only if it is its key's
+    /// live state at the hashed revision (etcd's `kvindex.Keep(rev)`), unless no
+    /// key is live then. Revisions a running compaction will remove never count.
     pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
-        if revision > 0 && revision < self.compact_revision {
+        if revision > 0 && revision <= self.compact_revision {
             return Err(MvccError::Compacted);
         }
         if revision > self.current_revision {
@@ -327,6 +329,12 @@ impl Mvcc {
         }
         let hash_revision = if revision <= 0 { self.current_revision } else { revision };
         let pending: HashSet<Revision> = self.pending_removal.iter().copied().collect();
+        let mut any_live = false;
+        self.index
+            .visit_range(Bound::Unbounded, Bound::Unbounded, hash_revision, |_, _| {
+                any_live = true;
+                false
+            });
         let mut hasher = KvHasher::new();
         let start = [REVISION_TABLE];
         let end = Revision::new(hash_revision + 1, 0).to_key();
@@ -338,6 +346,14 @@ impl Mvcc {
                 continue;
             }
             let (tombstone, kv) = decode_record(&value)?;
+            let kept = |key: &[u8]| {
+                self.index
+                    .at(key, hash_revision)
+                    .is_some_and(|at| at.modified == revision)
+            };
+            if revision.main <= self.compact_revision && any_live && !kept(&kv.key) {
+                continue;
+            }
             hasher.write(revision, tombstone, &kv);
         }
         Ok(KvHash {

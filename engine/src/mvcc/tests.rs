@@ -434,6 +434,30 @@ mod maintenance {
         let pending = store.hash_kv(0).unwrap();
         while !store.compact_step(1).unwrap() {}
         assert_eq!(store.hash_kv(0).unwrap(), pending);
-        assert!(matches!(store.hash_kv(2), Err(MvccError::Compacted)));
+        assert!(
+            matches!(store.hash_kv(3), Err(MvccError::Compacted)),
+            "etcd 3.5: rev <= compactRev"
+        );
+    }
+
+    #[test]
+    fn hash_kv_below_the_compaction_point_counts_only_keys_live_at_the_hashed_revision() {
+        // etcd's Keep(rev): k1@3 is stored but deleted by revision 5, so a hash at 5
+        // leaves it out, and equals the hash of a store that never had it below 4.
+        let (_dir, mut store) = fresh();
+        put(&mut store, b"k0", b"x");
+        put(&mut store, b"k1", b"a");
+        put(&mut store, b"k2", b"b");
+        let mut txn = store.write();
+        txn.delete_range(KeySpan {
+            key: b"k1",
+            end: RangeEnd::Key,
+        })
+        .unwrap();
+        txn.end();
+        let before = store.hash_kv(5).unwrap().hash;
+        store.compact(4).unwrap();
+        while !store.compact_step(10).unwrap() {}
+        assert_ne!(store.hash_kv(5).unwrap().hash, before, "k1@3 no longer counts");
     }
 }

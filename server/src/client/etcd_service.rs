@@ -12,14 +12,20 @@ use super::validate;
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
 
-/// The KV methods ringkv serves.
+/// The methods ringkv serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KvMethod {
+enum Method {
     Range,
     Put,
     DeleteRange,
     Txn,
     Compact,
+    Status,
+    Alarm,
+    Hash,
+    HashKv,
+    MoveLeader,
+    MemberList,
 }
 
 /// Every service and method of etcd's v3 API (`etcdserverpb`), for honest
@@ -84,7 +90,7 @@ const ETCD_SERVICES: &[(&str, &[&str])] = &[
     ),
 ];
 
-fn route(path: &str) -> Result<KvMethod, Status> {
+fn route(path: &str) -> Result<Method, Status> {
     // grpc-go splits `/service/method` at the last slash.
     let name = path.strip_prefix('/').unwrap_or(path);
     let (service, method) = name.rsplit_once('/').ok_or_else(|| {
@@ -94,11 +100,17 @@ fn route(path: &str) -> Result<KvMethod, Status> {
         Status::new(Code::Unimplemented, format!("malformed method name: {quoted}"))
     })?;
     let kv = match (service, method) {
-        ("etcdserverpb.KV", "Range") => Some(KvMethod::Range),
-        ("etcdserverpb.KV", "Put") => Some(KvMethod::Put),
-        ("etcdserverpb.KV", "DeleteRange") => Some(KvMethod::DeleteRange),
-        ("etcdserverpb.KV", "Txn") => Some(KvMethod::Txn),
-        ("etcdserverpb.KV", "Compact") => Some(KvMethod::Compact),
+        ("etcdserverpb.KV", "Range") => Some(Method::Range),
+        ("etcdserverpb.KV", "Put") => Some(Method::Put),
+        ("etcdserverpb.KV", "DeleteRange") => Some(Method::DeleteRange),
+        ("etcdserverpb.KV", "Txn") => Some(Method::Txn),
+        ("etcdserverpb.KV", "Compact") => Some(Method::Compact),
+        ("etcdserverpb.Maintenance", "Status") => Some(Method::Status),
+        ("etcdserverpb.Maintenance", "Alarm") => Some(Method::Alarm),
+        ("etcdserverpb.Maintenance", "Hash") => Some(Method::Hash),
+        ("etcdserverpb.Maintenance", "HashKV") => Some(Method::HashKv),
+        ("etcdserverpb.Maintenance", "MoveLeader") => Some(Method::MoveLeader),
+        ("etcdserverpb.Cluster", "MemberList") => Some(Method::MemberList),
         _ => None,
     };
     if let Some(kv) = kv {
@@ -141,29 +153,53 @@ impl GrpcService for EtcdService {
 
     async fn unary(&self, path: &str, request: Bytes, _ctx: CallContext) -> Result<Encoded, Status> {
         let response = match route(path)? {
-            KvMethod::Range => {
+            Method::Range => {
                 let request: pb::RangeRequest = grpc::decode(request)?;
                 validate::check_range(&request)?;
                 self.call(Request::Range(request)).await?
             }
-            KvMethod::Put => {
+            Method::Put => {
                 let request: pb::PutRequest = grpc::decode(request)?;
                 validate::check_put(&request)?;
                 self.call(Request::Put(request)).await?
             }
-            KvMethod::DeleteRange => {
+            Method::DeleteRange => {
                 let request: pb::DeleteRangeRequest = grpc::decode(request)?;
                 validate::check_delete(&request)?;
                 self.call(Request::DeleteRange(request)).await?
             }
-            KvMethod::Txn => {
+            Method::Txn => {
                 let request: pb::TxnRequest = grpc::decode(request)?;
                 validate::check_txn(&request, self.max_txn_ops)?;
                 self.call(Request::Txn(request)).await?
             }
-            KvMethod::Compact => {
+            Method::Compact => {
                 let request: pb::CompactionRequest = grpc::decode(request)?;
                 self.call(Request::Compact(request)).await?
+            }
+            Method::Status => {
+                let _: pb::StatusRequest = grpc::decode(request)?;
+                self.call(Request::Status).await?
+            }
+            Method::Alarm => {
+                let request: pb::AlarmRequest = grpc::decode(request)?;
+                self.call(Request::Alarm(request)).await?
+            }
+            Method::Hash => {
+                let _: pb::HashRequest = grpc::decode(request)?;
+                self.call(Request::Hash).await?
+            }
+            Method::HashKv => {
+                let request: pb::HashKvRequest = grpc::decode(request)?;
+                self.call(Request::HashKv(request)).await?
+            }
+            Method::MoveLeader => {
+                let request: pb::MoveLeaderRequest = grpc::decode(request)?;
+                self.call(Request::MoveLeader(request)).await?
+            }
+            Method::MemberList => {
+                let _: pb::MemberListRequest = grpc::decode(request)?;
+                self.call(Request::MemberList).await?
             }
         };
         Ok(match response {
@@ -172,6 +208,13 @@ impl GrpcService for EtcdService {
             Response::DeleteRange(response) => grpc::encode(&response),
             Response::Txn(response) => grpc::encode(&response),
             Response::Compact(response) => grpc::encode(&response),
+            Response::Status(response) => grpc::encode(&response),
+            Response::MemberList(response) => grpc::encode(&response),
+            Response::Alarm(response) => grpc::encode(&response),
+            Response::Hash(response) => grpc::encode(&response),
+            Response::HashKv(response) => grpc::encode(&response),
+            Response::MoveLeader(response) => grpc::encode(&response),
+            Response::Metrics(_) => unreachable!("metrics are asked for over HTTP only"),
         })
     }
 
@@ -184,7 +227,7 @@ impl GrpcService for EtcdService {
     ) -> Result<(), Status> {
         // `method_kind` routes no streaming method here yet.
         route(path)?;
-        unreachable!("no KV method is streaming")
+        unreachable!("no served method is streaming")
     }
 }
 
@@ -194,7 +237,7 @@ mod tests {
 
     #[test]
     fn kv_methods_route() {
-        assert_eq!(route("/etcdserverpb.KV/Txn").unwrap(), KvMethod::Txn);
+        assert_eq!(route("/etcdserverpb.KV/Txn").unwrap(), Method::Txn);
     }
 
     #[test]
@@ -202,6 +245,8 @@ mod tests {
         let status = route("/etcdserverpb.Lease/LeaseGrant").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method LeaseGrant not implemented");
+        let status = route("/etcdserverpb.Cluster/MemberAdd").unwrap_err();
+        assert_eq!(status.message, "method MemberAdd not implemented");
     }
 
     #[test]

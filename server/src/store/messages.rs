@@ -6,9 +6,11 @@
 use ringkv_proto::etcdserverpb as pb;
 
 use crate::etcd_error::EtcdError;
+use crate::metrics::MetricsSnapshot;
 
-/// A KV request for the store core. Reads (`Range`, read-only `Txn`) never enter
-/// the raft log; everything else is proposed.
+/// A request for the store core. Reads (`Range`, read-only `Txn`) and
+/// maintenance queries never enter the raft log; writes and alarm changes are
+/// proposed.
 #[derive(Debug)]
 pub enum Request {
     Range(pb::RangeRequest),
@@ -16,6 +18,14 @@ pub enum Request {
     DeleteRange(pb::DeleteRangeRequest),
     Txn(pb::TxnRequest),
     Compact(pb::CompactionRequest),
+    Status,
+    MemberList,
+    Alarm(pb::AlarmRequest),
+    Hash,
+    HashKv(pb::HashKvRequest),
+    MoveLeader(pb::MoveLeaderRequest),
+    /// Counters and sizes for `/metrics`.
+    Metrics,
 }
 
 /// The store core's answer to a [`Request`] of the same kind.
@@ -26,6 +36,13 @@ pub enum Response {
     DeleteRange(pb::DeleteRangeResponse),
     Txn(pb::TxnResponse),
     Compact(pb::CompactionResponse),
+    Status(pb::StatusResponse),
+    MemberList(pb::MemberListResponse),
+    Alarm(pb::AlarmResponse),
+    Hash(pb::HashResponse),
+    HashKv(pb::HashKvResponse),
+    MoveLeader(pb::MoveLeaderResponse),
+    Metrics(Box<MetricsSnapshot>),
 }
 
 /// A request in flight from one client core.

@@ -17,6 +17,7 @@ use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
 pub use self::bootstrap::Identity;
+pub use self::core::MemberInfo;
 use self::core::{Event, StoreCore, StoreSettings};
 use self::messages::{Call, Reply};
 
@@ -31,6 +32,8 @@ pub struct StoreCoreSettings {
     pub max_request_bytes: usize,
     pub backend_batch_limit: usize,
     pub backend_batch_interval: Duration,
+    pub member: MemberInfo,
+    pub quota_backend_bytes: Option<u64>,
 }
 
 /// Opens the store, reports readiness (or the error) on `ready`, then serves
@@ -85,6 +88,8 @@ pub async fn run(
         max_request_bytes: settings.max_request_bytes,
         backend_batch_limit: settings.backend_batch_limit,
         backend_batch_interval: settings.backend_batch_interval,
+        member: settings.member,
+        quota_backend_bytes: settings.quota_backend_bytes,
     };
     let mut core = StoreCore::new(
         store_settings,
