@@ -13,6 +13,8 @@ pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 /// etcd's `--backend-batch-limit` default: page-store commit after this many applied entries.
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
+/// etcd's backend quota when `--quota-backend-bytes` is 0: 2 GiB.
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 
 /// ringkv: an etcd-v3-compatible key-value server.
 ///
@@ -63,6 +65,16 @@ pub struct Flags {
     #[arg(long, default_value_t = BACKEND_BATCH_LIMIT_DEFAULT)]
     pub backend_batch_limit: usize,
 
+    /// Raise the NOSPACE alarm when the page store would grow past this many bytes
+    /// (0: the default, 2 GiB; negative: no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+
+    /// Comma-separated URLs to also serve /metrics, /health, /livez, /readyz and
+    /// /version on (HTTP only).
+    #[arg(long, default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to.
     #[arg(long, default_value_t = 0)]
     pub store_cpu: usize,
@@ -83,6 +95,9 @@ pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
     pub listen_client_addrs: Vec<SocketAddr>,
+    pub listen_metrics_addrs: Vec<SocketAddr>,
+    /// None: no quota.
+    pub quota_backend_bytes: Option<u64>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     pub cluster_token: String,
@@ -123,6 +138,15 @@ impl Flags {
             .iter()
             .map(|url| resolve_http_url("listen-client-urls", url))
             .collect::<Result<Vec<_>, _>>()?;
+        let listen_metrics_addrs = split_urls(&self.listen_metrics_urls)
+            .iter()
+            .map(|url| resolve_http_url("listen-metrics-urls", url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let quota_backend_bytes = match self.quota_backend_bytes {
+            0 => Some(QUOTA_BACKEND_BYTES_DEFAULT),
+            bytes if bytes < 0 => None,
+            bytes => Some(bytes as u64),
+        };
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
         for url in &advertise_client_urls {
             resolve_http_url("advertise-client-urls", url)?;
@@ -157,6 +181,8 @@ impl Flags {
             name: self.name,
             data_dir,
             listen_client_addrs,
+            listen_metrics_addrs,
+            quota_backend_bytes,
             advertise_client_urls,
             peer_urls,
             cluster_token: self.initial_cluster_token,
@@ -253,6 +279,16 @@ mod tests {
         assert_eq!(config.max_request_bytes, 1_572_864);
         assert_eq!(config.backend_batch_interval, Duration::from_millis(100));
         assert_eq!(config.client_cpus, vec![1]);
+        assert_eq!(config.quota_backend_bytes, Some(2 << 30));
+        assert!(config.listen_metrics_addrs.is_empty());
+    }
+
+    #[test]
+    fn a_negative_quota_means_none_as_in_etcd() {
+        let config = parse(&["--quota-backend-bytes", "-1"]).into_config(2).unwrap();
+        assert_eq!(config.quota_backend_bytes, None);
+        let config = parse(&["--quota-backend-bytes", "4096"]).into_config(2).unwrap();
+        assert_eq!(config.quota_backend_bytes, Some(4096));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum EtcdError {
     NoLeader,
     Stopped,
     Timeout,
+    NoSpace,
+    BadLeaderTransferee,
 }
 
 impl EtcdError {
@@ -37,8 +39,8 @@ impl EtcdError {
             | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            LeaseExist => Code::FailedPrecondition,
-            TooManyRequests => Code::ResourceExhausted,
+            LeaseExist | BadLeaderTransferee => Code::FailedPrecondition,
+            TooManyRequests | NoSpace => Code::ResourceExhausted,
             NoLeader | Stopped | Timeout => Code::Unavailable,
         }
     }
@@ -64,6 +66,8 @@ impl EtcdError {
             NoLeader => "etcdserver: no leader",
             Stopped => "etcdserver: server stopped",
             Timeout => "etcdserver: request timed out",
+            NoSpace => "etcdserver: mvcc: database space exceeded",
+            BadLeaderTransferee => "etcdserver: bad leader transferee",
         }
     }
 }
@@ -105,6 +109,8 @@ mod tests {
             NoLeader,
             Stopped,
             Timeout,
+            NoSpace,
+            BadLeaderTransferee,
         ];
         for error in all {
             assert!(error.message().starts_with("etcdserver: "), "{error:?}");

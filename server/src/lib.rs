@@ -8,6 +8,7 @@ pub mod config;
 pub mod etcd_error;
 pub mod grpc;
 pub mod ids;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod store;

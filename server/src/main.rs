@@ -32,6 +32,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    tracing::info!(
+        ringkv_version = ringkv_server::version::RINGKV_VERSION,
+        etcd_version = ringkv_server::version::ETCD_COMPATIBLE_VERSION,
+        "starting ringkv"
+    );
     let running = match server::start(&config) {
         Ok(running) => running,
         Err(error) => {

@@ -11,7 +11,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
 use crate::ids;
-use crate::store::{self, Identity, StoreCoreSettings};
+use crate::store::{self, Identity, MemberInfo, StoreCoreSettings};
 
 /// Calls in flight from one client core to the store core; also the capacity of
 /// each cross-core channel, so neither can overflow (see `client::store_client`).
@@ -73,6 +73,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         max_request_bytes: config.max_request_bytes,
         backend_batch_limit: config.backend_batch_limit,
         backend_batch_interval: config.backend_batch_interval,
+        member: MemberInfo {
+            name: config.name.clone(),
+            peer_urls: config.peer_urls.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        },
+        quota_backend_bytes: config.quota_backend_bytes,
     };
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))
@@ -91,6 +97,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
             in_flight_calls_max: IN_FLIGHT_CALLS_PER_CLIENT_CORE,
+            // The first client core also serves the metrics URLs.
+            metrics_addrs: if index == 0 {
+                config.listen_metrics_addrs.clone()
+            } else {
+                Vec::new()
+            },
         };
         let (listen_tx, listen_rx) = mpsc::channel();
         let (bound_tx, bound_rx) = mpsc::channel();

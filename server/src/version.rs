@@ -5,6 +5,9 @@
 /// RequestWatchProgress only from 3.5.13 on.
 pub const ETCD_COMPATIBLE_VERSION: &str = "3.5.16";
 
+/// ringkv's own version (the crate version), in `/version`, `/metrics` and the log.
+pub const RINGKV_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// etcd's cluster version: major.minor.0 of the server version.
 pub fn cluster_version() -> String {
     let mut parts = ETCD_COMPATIBLE_VERSION.split('.');

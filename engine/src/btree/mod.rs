@@ -117,6 +117,11 @@ impl Tree {
         self.store.in_use_bytes()
     }
 
+    /// Bytes of every page in use or free (the file's used part).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.store.page_count() * crate::page::PAGE_BYTES as u64
+    }
+
     /// The node at `id`: owned by the open transaction, or a committed page.
     fn node(&self, id: PageId) -> Result<NodeRef<'_>, PageError> {
         if let Some(node) = self.nodes.get(&id) {

@@ -5,6 +5,7 @@
 //! in-memory key index maps user keys to their revisions. Reads can ask for any
 //! revision since the last compaction. The byte layout is in docs/mvcc-format.md.
 
+mod hash;
 mod key_index;
 mod lease;
 mod revision;
@@ -14,9 +15,10 @@ mod store;
 mod tests;
 
 pub use crate::page::{CommitPlan, CommittedPlan, PageError};
+pub use hash::{Crc32c, KvHash};
 pub use lease::{Leases, NO_LEASE};
 pub use revision::Revision;
-pub use store::{Mvcc, WriteTxn};
+pub use store::{Alarm, Mvcc, WriteTxn};
 
 use ringkv_proto::mvccpb::KeyValue;
 

@@ -2,13 +2,14 @@
 //! last compaction, all kept in the B-tree's revision table with the key index in
 //! memory. Semantics follow etcd's mvcc package (kvstore.go, kvstore_txn.go).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 
 use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
+use super::hash::{Crc32c, KvHash, KvHasher};
 use super::key_index::{KeyAt, KeyIndex};
 use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
 use super::revision::{Revision, REVISION_TABLE};
@@ -24,6 +25,9 @@ const META_APPLIED_INDEX: &[u8] = b"mapplied_index";
 const META_CURRENT_REVISION: &[u8] = b"mcurrent_revision";
 const META_COMPACT_REVISION: &[u8] = b"mcompact_revision";
 const META_FINISHED_COMPACT_REVISION: &[u8] = b"mfinished_compact_revision";
+/// Active alarms: 12 bytes each (member id u64, alarm type i32, both big endian).
+const META_ALARMS: &[u8] = b"malarms";
+const ALARM_RECORD_BYTES: usize = 12;
 
 /// An empty store is at revision 1, so the first write gets 2 (as in etcd).
 const EMPTY_STORE_REVISION: i64 = 1;
@@ -41,6 +45,15 @@ pub struct Mvcc {
     pending_removal: VecDeque<Revision>,
     applied_index: u64,
     leases: Leases,
+    /// Active alarms, applied through raft and stored with the data.
+    alarms: BTreeSet<Alarm>,
+}
+
+/// An active alarm: a member and etcd's `AlarmType` number (1 NOSPACE, 2 CORRUPT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Alarm {
+    pub member_id: u64,
+    pub kind: i32,
 }
 
 impl Mvcc {
@@ -57,6 +70,7 @@ impl Mvcc {
         let applied_index = read_meta(&tree, META_APPLIED_INDEX)?.unwrap_or(0);
         let applied_index = u64::try_from(applied_index)
             .map_err(|_| MvccError::Corrupt(format!("negative applied index {applied_index}")))?;
+        let alarms = read_alarms(&tree)?;
         let mut index = KeyIndex::default();
         // Tombstones whose key's earlier revisions were already removed by an
         // interrupted compaction: they only wait to be removed too.
@@ -101,6 +115,7 @@ impl Mvcc {
             pending_removal: VecDeque::new(),
             applied_index,
             leases,
+            alarms,
         };
         if compact_revision > finished_compact_revision {
             store.schedule_removal(compact_revision, orphans);
@@ -296,8 +311,127 @@ impl Mvcc {
             META_FINISHED_COMPACT_REVISION,
             &self.finished_compact_revision.to_be_bytes(),
         )?;
+        let mut alarms = Vec::with_capacity(self.alarms.len() * ALARM_RECORD_BYTES);
+        for alarm in &self.alarms {
+            alarms.extend_from_slice(&alarm.member_id.to_be_bytes());
+            alarms.extend_from_slice(&alarm.kind.to_be_bytes());
+        }
+        if alarms.is_empty() {
+            self.tree.remove(META_ALARMS)?;
+        } else {
+            self.tree.insert(META_ALARMS, &alarms)?;
+        }
         Ok(())
     }
+
+    /// Active alarms, in (member, kind) order.
+    pub fn alarms(&self) -> impl Iterator<Item = Alarm> + '_ {
+        self.alarms.iter().copied()
+    }
+
+    /// Raises `alarm`; false if it was already active. Stored by the next commit.
+    pub fn activate_alarm(&mut self, alarm: Alarm) -> bool {
+        self.alarms.insert(alarm)
+    }
+
+    /// Clears `alarm`; false if it was not active.
+    pub fn deactivate_alarm(&mut self, alarm: Alarm) -> bool {
+        self.alarms.remove(&alarm)
+    }
+
+    /// etcd's HashKV at `revision` (0 or less: the current one), as etcd 3.4 and
+    /// 3.5 compute it (`HashByRev`): every stored revision up to it, except that a
+    /// revision at or below the compaction point counts only if it is its key's
+    /// live state at the hashed revision (etcd's `kvindex.Keep(rev)`), unless no
+    /// key is live then. Revisions a running compaction will remove never count.
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
+        if revision > 0 && revision <= self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.current_revision {
+            return Err(MvccError::FutureRev);
+        }
+        let hash_revision = if revision <= 0 { self.current_revision } else { revision };
+        let pending: HashSet<Revision> = self.pending_removal.iter().copied().collect();
+        let mut any_live = false;
+        self.index
+            .visit_range(Bound::Unbounded, Bound::Unbounded, hash_revision, |_, _| {
+                any_live = true;
+                false
+            });
+        let mut hasher = KvHasher::new();
+        let start = [REVISION_TABLE];
+        let end = Revision::new(hash_revision + 1, 0).to_key();
+        for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+            let (key, value) = entry?;
+            let revision =
+                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+            if pending.contains(&revision) {
+                continue;
+            }
+            let (tombstone, kv) = decode_record(&value)?;
+            let kept = |key: &[u8]| {
+                self.index
+                    .at(key, hash_revision)
+                    .is_some_and(|at| at.modified == revision)
+            };
+            if revision.main <= self.compact_revision && any_live && !kept(&kv.key) {
+                continue;
+            }
+            hasher.write(revision, tombstone, &kv);
+        }
+        Ok(KvHash {
+            hash: hasher.finish(),
+            compact_revision: self.compact_revision,
+            hash_revision,
+        })
+    }
+
+    /// ringkv's Hash: a CRC-32C over every key and value of the committed and
+    /// open state of the tree (meta and revision tables), in key order. Not
+    /// etcd's value (etcd hashes its bbolt file's buckets), but equal on members
+    /// holding the same state.
+    pub fn hash_all(&self) -> Result<u32, MvccError> {
+        let mut crc = Crc32c::default();
+        for entry in self.tree.range(Bound::Unbounded, Bound::Unbounded) {
+            let (key, value) = entry?;
+            crc.update(&key);
+            crc.update(&value);
+        }
+        Ok(crc.finish())
+    }
+
+    /// Bytes the page file takes on disk (etcd's dbSize).
+    pub fn file_bytes(&self) -> u64 {
+        self.tree.file_bytes()
+    }
+
+    /// Bytes of pages holding live data (etcd's dbSizeInUse).
+    pub fn in_use_bytes(&self) -> u64 {
+        self.tree.in_use_bytes()
+    }
+
+    /// Bytes of every page the store has used, live or free: the high-water mark
+    /// that `--quota-backend-bytes` is checked against.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.tree.allocated_bytes()
+    }
+}
+
+fn read_alarms(tree: &Tree) -> Result<BTreeSet<Alarm>, MvccError> {
+    let Some(value) = tree.get(META_ALARMS)? else {
+        return Ok(BTreeSet::new());
+    };
+    if value.len() % ALARM_RECORD_BYTES != 0 {
+        return Err(MvccError::Corrupt(format!("alarm list of {} bytes", value.len())));
+    }
+    Ok(value
+        .chunks_exact(ALARM_RECORD_BYTES)
+        .map(|record| Alarm {
+            member_id: u64::from_be_bytes(record[..8].try_into().expect("8 bytes")),
+            kind: i32::from_be_bytes(record[8..].try_into().expect("4 bytes")),
+        })
+        .collect())
 }
 
 /// One write request's changes, all at revision `begin + 1`.

@@ -436,3 +436,91 @@ fn a_restart_mid_compaction_finishes_it() {
     // Revisions 41..=51 plus the kept one at 40, plus 4 meta keys.
     assert_eq!(stored, 12 + 4);
 }
+
+mod maintenance {
+    use super::*;
+    use crate::mvcc::{Alarm, Mvcc};
+
+    fn fresh() -> (tempfile::TempDir, Mvcc) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Mvcc::open(&dir.path().join("store.db")).unwrap();
+        (dir, store)
+    }
+
+    fn put(store: &mut Mvcc, key: &[u8], value: &[u8]) {
+        let mut txn = store.write();
+        txn.put(key, value, 0).unwrap();
+        txn.end();
+    }
+
+    #[test]
+    fn alarms_survive_a_commit_and_reopen() {
+        let (dir, mut store) = fresh();
+        let nospace = Alarm { member_id: 7, kind: 1 };
+        assert!(store.activate_alarm(nospace));
+        assert!(!store.activate_alarm(nospace), "already active");
+        store.commit().unwrap();
+        drop(store);
+        let mut store = Mvcc::open(&dir.path().join("store.db")).unwrap();
+        assert_eq!(store.alarms().collect::<Vec<_>>(), vec![nospace]);
+        assert!(store.deactivate_alarm(nospace));
+        store.commit().unwrap();
+        drop(store);
+        let store = Mvcc::open(&dir.path().join("store.db")).unwrap();
+        assert_eq!(store.alarms().count(), 0);
+    }
+
+    #[test]
+    fn hash_kv_covers_history_up_to_the_revision_only() {
+        let (_dir, mut store) = fresh();
+        put(&mut store, b"a", b"1");
+        let at_two = store.hash_kv(0).unwrap();
+        assert_eq!(at_two.hash_revision, 2);
+        assert_eq!(at_two.compact_revision, -1);
+        put(&mut store, b"a", b"2");
+        assert_eq!(
+            store.hash_kv(2).unwrap(),
+            at_two,
+            "a later write does not change an older hash"
+        );
+        assert_ne!(store.hash_kv(0).unwrap().hash, at_two.hash);
+        assert!(matches!(store.hash_kv(4), Err(MvccError::FutureRev)));
+    }
+
+    #[test]
+    fn hash_kv_is_the_same_before_and_after_physical_compaction() {
+        let (_dir, mut store) = fresh();
+        for value in [b"1", b"2", b"3"] {
+            put(&mut store, b"a", value);
+        }
+        store.compact(3).unwrap();
+        let pending = store.hash_kv(0).unwrap();
+        while !store.compact_step(1).unwrap() {}
+        assert_eq!(store.hash_kv(0).unwrap(), pending);
+        assert!(
+            matches!(store.hash_kv(3), Err(MvccError::Compacted)),
+            "etcd 3.5: rev <= compactRev"
+        );
+    }
+
+    #[test]
+    fn hash_kv_below_the_compaction_point_counts_only_keys_live_at_the_hashed_revision() {
+        // etcd's Keep(rev): k1@3 is stored but deleted by revision 5, so a hash at 5
+        // leaves it out, and equals the hash of a store that never had it below 4.
+        let (_dir, mut store) = fresh();
+        put(&mut store, b"k0", b"x");
+        put(&mut store, b"k1", b"a");
+        put(&mut store, b"k2", b"b");
+        let mut txn = store.write();
+        txn.delete_range(KeySpan {
+            key: b"k1",
+            end: RangeEnd::Key,
+        })
+        .unwrap();
+        txn.end();
+        let before = store.hash_kv(5).unwrap().hash;
+        store.compact(4).unwrap();
+        while !store.compact_step(10).unwrap() {}
+        assert_ne!(store.hash_kv(5).unwrap().hash, before, "k1@3 no longer counts");
+    }
+}

@@ -16,18 +16,25 @@ use crate::store::messages::{Request, Response};
 /// The methods ringkv serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
-    Kv(KvMethod),
+    Unary(UnaryMethod),
     Lease(LeaseMethod),
 }
 
-/// The KV methods ringkv serves.
+/// The unary methods of KV, Maintenance and Cluster ringkv serves: one request
+/// to the store core, one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KvMethod {
+enum UnaryMethod {
     Range,
     Put,
     DeleteRange,
     Txn,
     Compact,
+    Status,
+    Alarm,
+    Hash,
+    HashKv,
+    MoveLeader,
+    MemberList,
 }
 
 /// Every service and method of etcd's v3 API (`etcdserverpb`), for honest
@@ -101,16 +108,22 @@ fn route(path: &str) -> Result<Method, Status> {
         let quoted = grpc::go_quoted(path.as_bytes());
         Status::new(Code::Unimplemented, format!("malformed method name: {quoted}"))
     })?;
-    let kv = match (service, method) {
-        ("etcdserverpb.KV", "Range") => Some(KvMethod::Range),
-        ("etcdserverpb.KV", "Put") => Some(KvMethod::Put),
-        ("etcdserverpb.KV", "DeleteRange") => Some(KvMethod::DeleteRange),
-        ("etcdserverpb.KV", "Txn") => Some(KvMethod::Txn),
-        ("etcdserverpb.KV", "Compact") => Some(KvMethod::Compact),
+    let unary = match (service, method) {
+        ("etcdserverpb.KV", "Range") => Some(UnaryMethod::Range),
+        ("etcdserverpb.KV", "Put") => Some(UnaryMethod::Put),
+        ("etcdserverpb.KV", "DeleteRange") => Some(UnaryMethod::DeleteRange),
+        ("etcdserverpb.KV", "Txn") => Some(UnaryMethod::Txn),
+        ("etcdserverpb.KV", "Compact") => Some(UnaryMethod::Compact),
+        ("etcdserverpb.Maintenance", "Status") => Some(UnaryMethod::Status),
+        ("etcdserverpb.Maintenance", "Alarm") => Some(UnaryMethod::Alarm),
+        ("etcdserverpb.Maintenance", "Hash") => Some(UnaryMethod::Hash),
+        ("etcdserverpb.Maintenance", "HashKV") => Some(UnaryMethod::HashKv),
+        ("etcdserverpb.Maintenance", "MoveLeader") => Some(UnaryMethod::MoveLeader),
+        ("etcdserverpb.Cluster", "MemberList") => Some(UnaryMethod::MemberList),
         _ => None,
     };
-    if let Some(kv) = kv {
-        return Ok(Method::Kv(kv));
+    if let Some(unary) = unary {
+        return Ok(Method::Unary(unary));
     }
     if let Some(lease) = LeaseMethod::route(service, method) {
         return Ok(Method::Lease(lease));
@@ -148,40 +161,64 @@ impl EtcdService {
 impl GrpcService for EtcdService {
     fn method_kind(&self, path: &str) -> Result<MethodKind, Status> {
         route(path).map(|method| match method {
-            Method::Kv(_) => MethodKind::Unary,
+            Method::Unary(_) => MethodKind::Unary,
             Method::Lease(lease) => lease.kind(),
         })
     }
 
     async fn unary(&self, path: &str, request: Bytes, _ctx: CallContext) -> Result<Encoded, Status> {
-        let kv = match route(path)? {
-            Method::Kv(kv) => kv,
+        let unary = match route(path)? {
+            Method::Unary(unary) => unary,
             Method::Lease(lease) => return lease_service::unary(&self.store, lease, request).await,
         };
-        let response = match kv {
-            KvMethod::Range => {
+        let response = match unary {
+            UnaryMethod::Range => {
                 let request: pb::RangeRequest = grpc::decode(request)?;
                 validate::check_range(&request)?;
                 self.call(Request::Range(request)).await?
             }
-            KvMethod::Put => {
+            UnaryMethod::Put => {
                 let request: pb::PutRequest = grpc::decode(request)?;
                 validate::check_put(&request)?;
                 self.call(Request::Put(request)).await?
             }
-            KvMethod::DeleteRange => {
+            UnaryMethod::DeleteRange => {
                 let request: pb::DeleteRangeRequest = grpc::decode(request)?;
                 validate::check_delete(&request)?;
                 self.call(Request::DeleteRange(request)).await?
             }
-            KvMethod::Txn => {
+            UnaryMethod::Txn => {
                 let request: pb::TxnRequest = grpc::decode(request)?;
                 validate::check_txn(&request, self.max_txn_ops)?;
                 self.call(Request::Txn(request)).await?
             }
-            KvMethod::Compact => {
+            UnaryMethod::Compact => {
                 let request: pb::CompactionRequest = grpc::decode(request)?;
                 self.call(Request::Compact(request)).await?
+            }
+            UnaryMethod::Status => {
+                let _: pb::StatusRequest = grpc::decode(request)?;
+                self.call(Request::Status).await?
+            }
+            UnaryMethod::Alarm => {
+                let request: pb::AlarmRequest = grpc::decode(request)?;
+                self.call(Request::Alarm(request)).await?
+            }
+            UnaryMethod::Hash => {
+                let _: pb::HashRequest = grpc::decode(request)?;
+                self.call(Request::Hash).await?
+            }
+            UnaryMethod::HashKv => {
+                let request: pb::HashKvRequest = grpc::decode(request)?;
+                self.call(Request::HashKv(request)).await?
+            }
+            UnaryMethod::MoveLeader => {
+                let request: pb::MoveLeaderRequest = grpc::decode(request)?;
+                self.call(Request::MoveLeader(request)).await?
+            }
+            UnaryMethod::MemberList => {
+                let _: pb::MemberListRequest = grpc::decode(request)?;
+                self.call(Request::MemberList).await?
             }
         };
         Ok(match response {
@@ -190,7 +227,13 @@ impl GrpcService for EtcdService {
             Response::DeleteRange(response) => grpc::encode(&response),
             Response::Txn(response) => grpc::encode(&response),
             Response::Compact(response) => grpc::encode(&response),
-            other => unreachable!("a KV call is answered in kind, not with {other:?}"),
+            Response::Status(response) => grpc::encode(&response),
+            Response::MemberList(response) => grpc::encode(&response),
+            Response::Alarm(response) => grpc::encode(&response),
+            Response::Hash(response) => grpc::encode(&response),
+            Response::HashKv(response) => grpc::encode(&response),
+            Response::MoveLeader(response) => grpc::encode(&response),
+            other => unreachable!("a unary call is answered in kind, not with {other:?}"),
         })
     }
 
@@ -213,11 +256,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kv_methods_route() {
-        assert_eq!(route("/etcdserverpb.KV/Txn").unwrap(), Method::Kv(KvMethod::Txn));
+    fn served_methods_route() {
+        assert_eq!(route("/etcdserverpb.KV/Txn").unwrap(), Method::Unary(UnaryMethod::Txn));
         assert_eq!(
             route("/etcdserverpb.Lease/LeaseLeases").unwrap(),
             Method::Lease(LeaseMethod::Leases)
+        );
+        assert_eq!(
+            route("/etcdserverpb.Maintenance/HashKV").unwrap(),
+            Method::Unary(UnaryMethod::HashKv)
         );
     }
 
@@ -226,6 +273,8 @@ mod tests {
         let status = route("/etcdserverpb.Watch/Watch").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method Watch not implemented");
+        let status = route("/etcdserverpb.Cluster/MemberAdd").unwrap_err();
+        assert_eq!(status.message, "method MemberAdd not implemented");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct ClientCoreSettings {
     pub max_request_bytes: usize,
     /// Calls in flight to the store core from this client core.
     pub in_flight_calls_max: usize,
+    /// `--listen-metrics-urls` (HTTP only), served by one client core.
+    pub metrics_addrs: Vec<SocketAddr>,
 }
 
 /// Connects to the store core, waits for the addresses to listen on (sent once
@@ -50,8 +52,14 @@ pub async fn run(
     };
 
     let mut listeners = Vec::with_capacity(listen.len());
-    for addr in &listen {
+    let mut metrics_listeners = Vec::with_capacity(settings.metrics_addrs.len());
+    for (addr, metrics) in listen
+        .iter()
+        .map(|addr| (addr, false))
+        .chain(settings.metrics_addrs.iter().map(|addr| (addr, true)))
+    {
         match TcpListener::bind(addr) {
+            Ok(listener) if metrics => metrics_listeners.push(listener),
             Ok(listener) => listeners.push(listener),
             Err(error) => {
                 let _ = bound.send(Err(format!("cannot listen on {addr}: {error}")));
@@ -65,10 +73,13 @@ pub async fn run(
         .collect();
     let _ = bound.send(Ok(addrs));
 
-    let service = Rc::new(EtcdService::new(store, settings.max_txn_ops));
-    let http = Rc::new(http::EtcdHttp);
+    let service = Rc::new(EtcdService::new(Rc::clone(&store), settings.max_txn_ops));
+    let http = Rc::new(http::EtcdHttp::new(store));
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
+    for listener in metrics_listeners {
+        glommio::spawn_local(net::serve_http_port(listener, Rc::clone(&http), limits.clone())).detach();
+    }
     let tasks: Vec<_> = listeners
         .into_iter()
         .map(|listener| {

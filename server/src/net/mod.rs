@@ -82,6 +82,24 @@ pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
     }
 }
 
+/// Accepts connections that speak HTTP/1.1 only (`--listen-metrics-urls`).
+pub async fn serve_http_port<H: HttpHandler>(listener: TcpListener, http: Rc<H>, limits: ConnectionLimits) {
+    let limits = Rc::new(limits);
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (http, limits) = (Rc::clone(&http), Rc::clone(&limits));
+        glommio::spawn_local(async move { http1::serve(stream, &*http, &limits).await }).detach();
+    }
+}
+
 enum Protocol {
     Http2,
     Http1,

@@ -33,6 +33,9 @@ use super::reads::{PendingRead, ReadQueue};
 use super::wal_io::{self, WalJob};
 use crate::apply::{self, ApplyError, WriteView};
 use crate::etcd_error::EtcdError;
+use crate::metrics::Histogram;
+
+mod maintenance;
 
 /// Physical compaction removes at most this many revisions before yielding, so a
 /// compaction of millions of revisions never stalls writers (etcd's
@@ -47,12 +50,19 @@ pub enum Event {
     Tick,
     /// The page-store commit interval passed.
     CommitDue,
-    /// The WAL finished persisting Ready `ready`.
-    Persisted { ready: u64, result: Result<(), WalError> },
+    /// The WAL finished persisting Ready `ready`, taking `elapsed` (write + fdatasync).
+    Persisted {
+        ready: u64,
+        result: Result<(), WalError>,
+        elapsed: Duration,
+    },
     /// The WAL finished releasing segments.
     Released(Result<(), WalError>),
-    /// A page-store commit finished its writes and fsyncs.
-    Committed(Result<CommittedPlan, PageError>),
+    /// A page-store commit finished its writes and fsyncs, taking `elapsed`.
+    Committed {
+        result: Result<CommittedPlan, PageError>,
+        elapsed: Duration,
+    },
 }
 
 /// Identity and limits the store core answers with.
@@ -66,6 +76,27 @@ pub struct StoreSettings {
     pub min_lease_ttl_seconds: i64,
     /// How much longer than their TTL leases live after this member becomes leader.
     pub election_timeout: Duration,
+    /// This member as MemberList reports it.
+    pub member: MemberInfo,
+    /// `--quota-backend-bytes`; None: no quota.
+    pub quota_backend_bytes: Option<u64>,
+}
+
+/// The parts of a member that its configuration gives.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// Counters the store core keeps for `/metrics` (see `crate::metrics`).
+struct CoreMetrics {
+    leader: u64,
+    leader_changes: u64,
+    proposals_failed: u64,
+    wal_fsync: Histogram,
+    backend_commit: Histogram,
 }
 
 /// Who waits for the result of a proposed write.
@@ -110,6 +141,7 @@ pub struct StoreCore {
     physical_waiters_running: Vec<Waiter>,
     lease_clock: LeaseClock,
     lease_ids: LeaseIds,
+    metrics: CoreMetrics,
 }
 
 impl StoreCore {
@@ -143,6 +175,13 @@ impl StoreCore {
             physical_waiters_running: Vec::new(),
             lease_clock: LeaseClock::default(),
             lease_ids,
+            metrics: CoreMetrics {
+                leader: 0,
+                leader_changes: 0,
+                proposals_failed: 0,
+                wal_fsync: Histogram::etcd_disk(),
+                backend_commit: Histogram::etcd_disk(),
+            },
         }
     }
 
@@ -155,10 +194,11 @@ impl StoreCore {
                 self.revoke_expired_leases();
             }
             Event::CommitDue => self.maybe_commit(true),
-            Event::Persisted { ready, result } => {
+            Event::Persisted { ready, result, elapsed } => {
                 if let Err(error) = result {
                     fatal(&format!("WAL write failed: {error}"));
                 }
+                self.metrics.wal_fsync.observe(elapsed);
                 assert_eq!(self.persisting.take(), Some(ready), "WAL persists Readies in order");
                 self.raw.on_persist_ready(ready);
             }
@@ -167,7 +207,10 @@ impl StoreCore {
                     fatal(&format!("WAL segment release failed: {error}"));
                 }
             }
-            Event::Committed(result) => self.finish_commit(result),
+            Event::Committed { result, elapsed } => {
+                self.metrics.backend_commit.observe(elapsed);
+                self.finish_commit(result);
+            }
         }
     }
 
@@ -217,11 +260,25 @@ impl StoreCore {
                 let serializable = apply::is_serializable(&txn);
                 self.read(client, call.id, PendingRead::txn(txn), serializable);
             }
-            Request::Put(put) => self.propose(client, call.id, raft_request::Request::Put(put)),
+            Request::Put(put) => {
+                let cost = maintenance::put_cost(&put);
+                if self.check_quota(client, call.id, cost) {
+                    self.propose(client, call.id, raft_request::Request::Put(put));
+                }
+            }
             Request::DeleteRange(delete) => self.propose(client, call.id, raft_request::Request::DeleteRange(delete)),
-            Request::Txn(txn) => self.propose(client, call.id, raft_request::Request::Txn(txn)),
+            Request::Txn(txn) => {
+                let cost = maintenance::txn_cost(&txn);
+                if self.check_quota(client, call.id, cost) {
+                    self.propose(client, call.id, raft_request::Request::Txn(txn));
+                }
+            }
             Request::Compact(compact) => self.propose(client, call.id, raft_request::Request::Compaction(compact)),
-            Request::LeaseGrant(grant) => self.grant_lease(client, call.id, grant),
+            Request::LeaseGrant(grant) => {
+                if self.check_quota(client, call.id, maintenance::lease_grant_cost()) {
+                    self.grant_lease(client, call.id, grant);
+                }
+            }
             Request::LeaseRevoke(revoke) => self.propose(client, call.id, raft_request::Request::LeaseRevoke(revoke)),
             Request::LeaseKeepAlive(keep_alive) => self.keep_lease_alive(client, call.id, keep_alive),
             Request::LeaseTimeToLive(request) => {
@@ -231,6 +288,13 @@ impl StoreCore {
             Request::LeaseLeases(_) => {
                 let response = self.lease_list();
                 self.reply(client, call.id, Ok(Response::LeaseLeases(response)));
+            }
+            Request::Alarm(alarm) if alarm.action != pb::alarm_request::AlarmAction::Get as i32 => {
+                self.propose(client, call.id, raft_request::Request::Alarm(alarm));
+            }
+            query => {
+                let result = self.maintenance_query(query);
+                self.reply(client, call.id, result);
             }
         }
     }
@@ -246,22 +310,15 @@ impl StoreCore {
 
     fn propose(&mut self, client: usize, call_id: u64, request: raft_request::Request) {
         let physical_compaction = matches!(&request, raft_request::Request::Compaction(c) if c.physical);
-        let id = match self.propose_entry(request) {
-            Ok(id) => id,
-            Err(error) => {
-                self.reply(client, call_id, Err(error));
-                return;
-            }
-        };
         let waiter = Waiter {
             client,
             call_id,
             physical_compaction,
         };
-        assert!(self.waiters.insert(id, waiter).is_none(), "request ids are unique");
+        self.propose_for(waiter, request);
     }
 
-    /// Proposes `request` as a new entry; returns its request id.
+    /// Proposes `request` to raft; returns the id its result will carry.
     fn propose_entry(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
         let id = self.next_request_id;
         self.next_request_id += 1;
@@ -274,10 +331,8 @@ impl StoreCore {
         if data.len() > self.settings.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
-        if self.raw.propose(Vec::new(), data).is_err() {
-            // Dropped: no leader to take it (only possible mid-election).
-            return Err(EtcdError::NoLeader);
-        }
+        // Dropped: no leader to take it (only possible mid-election).
+        self.raw.propose(Vec::new(), data).map_err(|_| EtcdError::NoLeader)?;
         Ok(id)
     }
 
@@ -298,6 +353,10 @@ impl StoreCore {
         assert!(ready.persisted_messages().is_empty(), "a single member has no peers");
         assert!(ready.snapshot().is_empty(), "a single member never receives a snapshot");
         if let Some(soft_state) = ready.ss() {
+            if soft_state.leader_id != raft::INVALID_ID && soft_state.leader_id != self.metrics.leader {
+                self.metrics.leader_changes += 1;
+            }
+            self.metrics.leader = soft_state.leader_id;
             if soft_state.raft_state != StateRole::Leader {
                 // ReadIndex requests to a non-leader are dropped: ask again later.
                 self.reads.requeue_requested();
@@ -383,6 +442,11 @@ impl StoreCore {
             .request
             .unwrap_or_else(|| fatal(&format!("raft entry {index} holds an empty request")));
         let result = match body {
+            raft_request::Request::Put(_) | raft_request::Request::Txn(_) | raft_request::Request::LeaseGrant(_)
+                if self.writes_refused(&body) =>
+            {
+                Err(ApplyError::Client(EtcdError::NoSpace))
+            }
             raft_request::Request::Put(put) => self.write(|view| {
                 apply::check_put_lease(view, &put)?;
                 apply::put(view, &put).map(Response::Put)
@@ -396,6 +460,7 @@ impl StoreCore {
             }
             raft_request::Request::LeaseGrant(grant) => self.apply_lease_grant(&grant),
             raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(&revoke),
+            raft_request::Request::Alarm(alarm) => Ok(Response::Alarm(self.apply_alarm(&alarm))),
         };
         let result = self.client_result(result);
         // Entries from before this process started have no waiter here.
@@ -480,9 +545,15 @@ impl StoreCore {
             .append(&mut self.physical_waiters_pending);
         let events = Rc::clone(&self.events);
         glommio::spawn_local(async move {
-            let result = glommio::executor().spawn_blocking(move || plan.execute()).await;
+            let (result, elapsed) = glommio::executor()
+                .spawn_blocking(move || {
+                    let started = Instant::now();
+                    let result = plan.execute();
+                    (result, started.elapsed())
+                })
+                .await;
             // The store core outlives this task; a closed channel means shutdown.
-            let _ = events.try_send(Event::Committed(result));
+            let _ = events.try_send(Event::Committed { result, elapsed });
         })
         .detach();
     }
@@ -550,6 +621,13 @@ impl StoreCore {
             Response::LeaseKeepAlive(r) => &mut r.header,
             Response::LeaseTimeToLive(r) => &mut r.header,
             Response::LeaseLeases(r) => &mut r.header,
+            Response::Status(r) => &mut r.header,
+            Response::MemberList(r) => &mut r.header,
+            Response::Alarm(r) => &mut r.header,
+            Response::Hash(r) => &mut r.header,
+            Response::HashKv(r) => &mut r.header,
+            Response::MoveLeader(r) => &mut r.header,
+            Response::Metrics(_) => return,
         };
         let header = header.get_or_insert_with(Default::default);
         header.cluster_id = self.settings.cluster_id;

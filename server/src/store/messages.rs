@@ -6,10 +6,12 @@
 use ringkv_proto::etcdserverpb as pb;
 
 use crate::etcd_error::EtcdError;
+use crate::metrics::MetricsSnapshot;
 
-/// A request for the store core. Reads (`Range`, read-only `Txn`) and the
-/// leader-local lease calls (KeepAlive, TimeToLive, Leases) never enter the raft
-/// log; everything else is proposed.
+/// A request for the store core. Reads (`Range`, read-only `Txn`), the
+/// leader-local lease calls (KeepAlive, TimeToLive, Leases) and maintenance
+/// queries never enter the raft log; writes, lease grants and revokes, and alarm
+/// changes are proposed.
 #[derive(Debug)]
 pub enum Request {
     Range(pb::RangeRequest),
@@ -23,6 +25,14 @@ pub enum Request {
     LeaseKeepAlive(pb::LeaseKeepAliveRequest),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
     LeaseLeases(pb::LeaseLeasesRequest),
+    Status,
+    MemberList,
+    Alarm(pb::AlarmRequest),
+    Hash,
+    HashKv(pb::HashKvRequest),
+    MoveLeader(pb::MoveLeaderRequest),
+    /// Counters and sizes for `/metrics`.
+    Metrics,
 }
 
 /// The store core's answer to a [`Request`] of the same kind.
@@ -38,6 +48,13 @@ pub enum Response {
     LeaseKeepAlive(pb::LeaseKeepAliveResponse),
     LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
     LeaseLeases(pb::LeaseLeasesResponse),
+    Status(pb::StatusResponse),
+    MemberList(pb::MemberListResponse),
+    Alarm(pb::AlarmResponse),
+    Hash(pb::HashResponse),
+    HashKv(pb::HashKvResponse),
+    MoveLeader(pb::MoveLeaderResponse),
+    Metrics(Box<MetricsSnapshot>),
 }
 
 /// A request in flight from one client core.

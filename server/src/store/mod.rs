@@ -19,6 +19,7 @@ use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
 pub use self::bootstrap::Identity;
+pub use self::core::MemberInfo;
 use self::core::{Event, StoreCore, StoreSettings};
 use self::messages::{Call, Reply};
 
@@ -33,6 +34,8 @@ pub struct StoreCoreSettings {
     pub max_request_bytes: usize,
     pub backend_batch_limit: usize,
     pub backend_batch_interval: Duration,
+    pub member: MemberInfo,
+    pub quota_backend_bytes: Option<u64>,
 }
 
 /// Opens the store, reports readiness (or the error) on `ready`, then serves
@@ -89,6 +92,8 @@ pub async fn run(
         backend_batch_interval: settings.backend_batch_interval,
         min_lease_ttl_seconds: min_lease_ttl_seconds(election_timeout()),
         election_timeout: election_timeout(),
+        member: settings.member,
+        quota_backend_bytes: settings.quota_backend_bytes,
     };
     let mut core = StoreCore::new(
         store_settings,

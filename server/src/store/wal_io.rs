@@ -24,10 +24,15 @@ pub enum WalJob {
 pub async fn run(mut wal: Wal, jobs: LocalReceiver<WalJob>, events: Rc<LocalSender<Event>>) {
     while let Some(job) = jobs.recv().await {
         let event = match job {
-            WalJob::Persist { ready, records } => Event::Persisted {
-                ready,
-                result: wal.append(&records).await,
-            },
+            WalJob::Persist { ready, records } => {
+                let started = std::time::Instant::now();
+                let result = wal.append(&records).await;
+                Event::Persisted {
+                    ready,
+                    result,
+                    elapsed: started.elapsed(),
+                }
+            }
             WalJob::Release(snapshot) => Event::Released(wal.release_to(snapshot).await),
         };
         if events.try_send(event).is_err() {

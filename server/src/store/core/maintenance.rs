@@ -1,0 +1,321 @@
+//! The store core's maintenance side: Status, MemberList, alarms and the space
+//! quota, Hash and HashKV, MoveLeader, and the metrics snapshot. Each answer is
+//! built from state the store core owns; alarm changes go through raft like writes.
+
+use prost::Message;
+use raft::StateRole;
+use ringkv_engine::mvcc::Alarm;
+use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::ringkvpb::raft_request;
+
+use super::{StoreCore, Waiter};
+use crate::apply::ApplyError;
+use crate::etcd_error::EtcdError;
+use crate::metrics::MetricsSnapshot;
+use crate::store::messages::{Request, Response};
+use crate::version::ETCD_COMPATIBLE_VERSION;
+
+/// etcd's `kvOverhead`: bytes a put is assumed to cost beyond its encoded size.
+const PUT_OVERHEAD_BYTES: u64 = 256;
+
+/// etcd's quota cost of a LeaseGrant (`leaseOverhead`).
+const LEASE_GRANT_COST_BYTES: u64 = 64;
+
+/// What a LeaseGrant may add to the store, as etcd's quota counts it.
+pub fn lease_grant_cost() -> u64 {
+    LEASE_GRANT_COST_BYTES
+}
+
+/// What a Put may add to the store, as etcd's quota counts it.
+pub fn put_cost(put: &pb::PutRequest) -> u64 {
+    PUT_OVERHEAD_BYTES + put.encoded_len() as u64
+}
+
+/// etcd's `costTxn`: the larger of the two branches' top-level puts. Nested txns
+/// and other ops cost nothing, so a txn without puts is never refused.
+pub fn txn_cost(txn: &pb::TxnRequest) -> u64 {
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .filter_map(|op| match &op.request {
+                Some(pb::request_op::Request::RequestPut(put)) => Some(put_cost(put)),
+                _ => None,
+            })
+            .sum()
+    };
+    branch(&txn.success).max(branch(&txn.failure))
+}
+
+/// etcd's text form of an alarm (gogo-protobuf's compact text), as Status lists it.
+fn alarm_text(alarm: Alarm) -> String {
+    format!("memberID:{} alarm:{} ", alarm.member_id, alarm_name(alarm.kind))
+}
+
+fn alarm_name(kind: i32) -> &'static str {
+    pb::AlarmType::from_i32(kind).map_or("UNKNOWN", |kind| kind.as_str_name())
+}
+
+fn alarm_member(alarm: Alarm) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: alarm.member_id,
+        alarm: alarm.kind,
+    }
+}
+
+impl StoreCore {
+    /// True if the NOSPACE alarm is raised on any member.
+    fn nospace(&self) -> bool {
+        self.mvcc
+            .alarms()
+            .any(|alarm| alarm.kind == pb::AlarmType::Nospace as i32)
+    }
+
+    /// Checked when applying: with NOSPACE raised, puts and txns with puts fail
+    /// (etcd's capped applier). Deterministic: alarms are applied state.
+    pub(super) fn writes_refused(&self, request: &raft_request::Request) -> bool {
+        if !self.nospace() {
+            return false;
+        }
+        match request {
+            // etcd's capped applier refuses these while NOSPACE is raised.
+            raft_request::Request::Put(_) | raft_request::Request::LeaseGrant(_) => true,
+            raft_request::Request::Txn(txn) => txn_cost(txn) > 0,
+            _ => false,
+        }
+    }
+
+    /// Checked before proposing a write costing `cost` bytes: over the quota, the
+    /// NOSPACE alarm is raised (through raft) and the write refused. True: go on.
+    pub(super) fn check_quota(&mut self, client: usize, call_id: u64, cost: u64) -> bool {
+        let Some(quota) = self.settings.quota_backend_bytes else {
+            return true;
+        };
+        if cost == 0 || self.mvcc.allocated_bytes() + cost < quota {
+            return true;
+        }
+        if !self.nospace() {
+            tracing::warn!(
+                quota_bytes = quota,
+                used_bytes = self.mvcc.allocated_bytes(),
+                "database space exceeded: raising the NOSPACE alarm"
+            );
+            let alarm = pb::AlarmRequest {
+                action: pb::alarm_request::AlarmAction::Activate as i32,
+                member_id: self.settings.member_id,
+                alarm: pb::AlarmType::Nospace as i32,
+            };
+            // No waiter: whoever asked for the write hears NoSpace now.
+            if self.propose_entry(raft_request::Request::Alarm(alarm)).is_err() {
+                self.metrics.proposals_failed += 1;
+            }
+        }
+        self.reply(client, call_id, Err(EtcdError::NoSpace));
+        false
+    }
+
+    /// Proposes `request` and remembers who waits for it.
+    pub(super) fn propose_for(&mut self, waiter: Waiter, request: raft_request::Request) {
+        match self.propose_entry(request) {
+            Ok(id) => assert!(self.waiters.insert(id, waiter).is_none(), "request ids are unique"),
+            Err(error) => {
+                if error == EtcdError::NoLeader {
+                    self.metrics.proposals_failed += 1;
+                }
+                self.reply(waiter.client, waiter.call_id, Err(error));
+            }
+        }
+    }
+
+    /// Applies an alarm change as etcd's applier does: ACTIVATE answers the alarm
+    /// (new or already active); DEACTIVATE answers it only if it was active.
+    pub(super) fn apply_alarm(&mut self, request: &pb::AlarmRequest) -> pb::AlarmResponse {
+        let alarm = Alarm {
+            member_id: request.member_id,
+            kind: request.alarm,
+        };
+        let mut alarms = Vec::new();
+        match pb::alarm_request::AlarmAction::from_i32(request.action) {
+            Some(pb::alarm_request::AlarmAction::Activate) if request.alarm != pb::AlarmType::None as i32 => {
+                if self.mvcc.activate_alarm(alarm) {
+                    tracing::warn!(
+                        member_id = format_args!("{:x}", alarm.member_id),
+                        alarm = alarm_name(alarm.kind),
+                        "alarm raised"
+                    );
+                }
+                alarms.push(alarm_member(alarm));
+            }
+            Some(pb::alarm_request::AlarmAction::Deactivate) => {
+                let was_active = self.mvcc.deactivate_alarm(alarm);
+                if was_active {
+                    tracing::info!(
+                        member_id = format_args!("{:x}", alarm.member_id),
+                        alarm = alarm_name(alarm.kind),
+                        "alarm cleared"
+                    );
+                    alarms.push(alarm_member(alarm));
+                }
+            }
+            _ => {}
+        }
+        // Alarms are stored with the data: make the change durable soon.
+        self.applied_since_commit += 1;
+        pb::AlarmResponse { header: None, alarms }
+    }
+
+    /// Answers a request that reads the store core's state without raft.
+    pub(super) fn maintenance_query(&mut self, request: Request) -> Result<Response, EtcdError> {
+        Ok(match request {
+            Request::Status => Response::Status(self.status()),
+            Request::MemberList => Response::MemberList(pb::MemberListResponse {
+                header: None,
+                members: vec![self.member()],
+            }),
+            Request::Alarm(request) => {
+                let alarms = self
+                    .mvcc
+                    .alarms()
+                    .filter(|alarm| request.alarm == pb::AlarmType::None as i32 || alarm.kind == request.alarm)
+                    .map(alarm_member)
+                    .collect();
+                Response::Alarm(pb::AlarmResponse { header: None, alarms })
+            }
+            Request::Hash => {
+                let hash = self
+                    .mvcc
+                    .hash_all()
+                    .map_err(|error| self.storage_failure(error.into()))?;
+                Response::Hash(pb::HashResponse { header: None, hash })
+            }
+            Request::HashKv(request) => {
+                let hashed = self
+                    .mvcc
+                    .hash_kv(request.revision)
+                    .map_err(|error| self.storage_failure(error.into()))?;
+                Response::HashKv(pb::HashKvResponse {
+                    header: None,
+                    hash: hashed.hash,
+                    compact_revision: hashed.compact_revision,
+                    hash_revision: hashed.hash_revision,
+                })
+            }
+            Request::MoveLeader(request) => {
+                // One member: it already leads, and no one else can.
+                if request.target_id != self.settings.member_id {
+                    return Err(EtcdError::BadLeaderTransferee);
+                }
+                Response::MoveLeader(pb::MoveLeaderResponse { header: None })
+            }
+            Request::Metrics => Response::Metrics(Box::new(self.metrics_snapshot())),
+            other => unreachable!("not a maintenance query: {other:?}"),
+        })
+    }
+
+    /// A client error passes through; a storage failure stops the server.
+    fn storage_failure(&self, error: ApplyError) -> EtcdError {
+        match error {
+            ApplyError::Client(error) => error,
+            ApplyError::Fatal(error) => super::fatal(&format!("store failure: {error}")),
+            ApplyError::PartlyWritten(error) => super::fatal(&format!("store failure: {error}")),
+        }
+    }
+
+    fn status(&self) -> pb::StatusResponse {
+        let leader = self.raw.raft.leader_id;
+        let mut errors = Vec::new();
+        if leader == raft::INVALID_ID {
+            errors.push(EtcdError::NoLeader.message().to_string());
+        }
+        errors.extend(self.mvcc.alarms().map(alarm_text));
+        pb::StatusResponse {
+            header: None,
+            version: ETCD_COMPATIBLE_VERSION.to_string(),
+            db_size: self.mvcc.file_bytes() as i64,
+            leader,
+            raft_index: self.raw.raft.raft_log.committed,
+            raft_term: self.raw.raft.term,
+            raft_applied_index: self.mvcc.applied_index(),
+            errors,
+            db_size_in_use: self.mvcc.in_use_bytes() as i64,
+            is_learner: false,
+            storage_version: String::new(),
+            db_size_quota: self.settings.quota_backend_bytes.map_or(0, |quota| quota as i64),
+            downgrade_info: None,
+        }
+    }
+
+    fn member(&self) -> pb::Member {
+        let member = &self.settings.member;
+        pb::Member {
+            id: self.settings.member_id,
+            name: member.name.clone(),
+            peer_ur_ls: member.peer_urls.clone(),
+            client_ur_ls: member.client_urls.clone(),
+            is_learner: false,
+        }
+    }
+
+    fn metrics_snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            has_leader: self.raw.raft.leader_id != raft::INVALID_ID,
+            is_leader: self.raw.raft.state == StateRole::Leader,
+            leader_changes: self.metrics.leader_changes,
+            proposals_committed: self.raw.raft.raft_log.committed,
+            proposals_applied: self.mvcc.applied_index(),
+            proposals_pending: self.waiters.len() as u64,
+            proposals_failed: self.metrics.proposals_failed,
+            db_total_bytes: self.mvcc.file_bytes(),
+            db_in_use_bytes: self.mvcc.in_use_bytes(),
+            quota_backend_bytes: self.settings.quota_backend_bytes.map_or(0, |quota| quota as i64),
+            current_revision: self.mvcc.current_revision(),
+            compact_revision: self.mvcc.compact_revision(),
+            wal_fsync: self.metrics.wal_fsync.clone(),
+            backend_commit: self.metrics.backend_commit.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_op(key: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_txn_costs_its_larger_branch_of_top_level_puts() {
+        let range = pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest::default())),
+        };
+        let reads_only = pb::TxnRequest {
+            success: vec![range.clone()],
+            failure: vec![range],
+            ..Default::default()
+        };
+        assert_eq!(
+            txn_cost(&reads_only),
+            0,
+            "a txn without puts is never refused for space"
+        );
+        let writes = pb::TxnRequest {
+            success: vec![put_op("a")],
+            failure: vec![put_op("b"), put_op("c")],
+            ..Default::default()
+        };
+        assert_eq!(txn_cost(&writes), 2 * (PUT_OVERHEAD_BYTES + 3));
+    }
+
+    #[test]
+    fn alarms_read_as_etcd_prints_them() {
+        let alarm = Alarm {
+            member_id: 10276657743932975437,
+            kind: pb::AlarmType::Nospace as i32,
+        };
+        assert_eq!(alarm_text(alarm), "memberID:10276657743932975437 alarm:NOSPACE ");
+    }
+}

@@ -1,0 +1,225 @@
+//! Maintenance, Cluster and the HTTP endpoints against a real `ringkv` process:
+//! etcdctl's endpoint status / health / hashkv, member list, alarm list / disarm;
+//! `/health`, `/livez`, `/readyz`, `/version`, `/metrics` with a plain TCP client;
+//! the NOSPACE alarm; HashKV compared with a real etcd after the same history.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{free_port, Etcd, Ringkv};
+
+/// etcdctl's exit status and stdout+stderr (its JSON client log lines dropped).
+fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout", "10s"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (Debian package etcd-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter(|line| !line.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n");
+    (output.status.success(), text)
+}
+
+/// One HTTP/1.1 GET over a fresh connection: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response, then close");
+    let status = response[9..12].parse().expect("a status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn status_member_list_and_http_endpoints_answer_as_etcd_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_url = format!("http://{metrics_addr}");
+    let server = Ringkv::start(dir.path(), &["--listen-metrics-urls", &metrics_url]);
+    let endpoint = server.addr.to_string();
+
+    let (ok, out) = etcdctl(&endpoint, &["put", "k", "v"], None);
+    assert!(ok, "{out}");
+    let (ok, status) = etcdctl(&endpoint, &["endpoint", "status", "-w", "json"], None);
+    assert!(ok, "{status}");
+    assert!(status.contains("\"version\":\"3.5.16\""), "{status}");
+    assert!(status.contains("\"leader\":10276657743932975437"), "{status}");
+    assert!(status.contains("\"raftAppliedIndex\":"), "{status}");
+    assert!(!status.contains("errors"), "no alarms, a leader: {status}");
+
+    let (ok, members) = etcdctl(&endpoint, &["member", "list"], None);
+    assert!(ok, "{members}");
+    assert_eq!(
+        members.trim(),
+        format!("8e9e05c52164694d, started, default, http://localhost:2380, http://127.0.0.1:2379, false")
+    );
+    let (ok, health) = etcdctl(&endpoint, &["endpoint", "health"], None);
+    assert!(ok && health.contains("is healthy"), "{health}");
+
+    for addr in [server.addr, metrics_addr] {
+        assert_eq!(
+            http_get(addr, "/health"),
+            (200, "{\"health\":\"true\",\"reason\":\"\"}".to_string())
+        );
+        assert_eq!(http_get(addr, "/livez"), (200, "ok\n".to_string()));
+        assert_eq!(http_get(addr, "/readyz"), (200, "ok\n".to_string()));
+        let (code, version) = http_get(addr, "/version");
+        assert_eq!(code, 200);
+        assert!(
+            version.starts_with("{\"etcdserver\":\"3.5.16\",\"etcdcluster\":\"3.5.0\""),
+            "{version}"
+        );
+        let (code, metrics) = http_get(addr, "/metrics");
+        assert_eq!(code, 200);
+        for line in [
+            "etcd_server_has_leader 1",
+            "etcd_server_leader_changes_seen_total 1",
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}",
+            "etcd_disk_backend_commit_duration_seconds_count",
+            "etcd_mvcc_db_total_size_in_bytes ",
+            "etcd_mvcc_db_total_size_in_use_in_bytes ",
+            "etcd_server_proposals_committed_total ",
+            "etcd_server_proposals_applied_total ",
+            "etcd_server_proposals_pending 0",
+            "etcd_server_proposals_failed_total 0",
+        ] {
+            assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+        }
+        assert_eq!(http_get(addr, "/nothing").0, 404);
+    }
+}
+
+#[test]
+fn over_quota_raises_nospace_then_only_reads_and_deletes_work_until_disarmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ringkv::start(dir.path(), &["--quota-backend-bytes", "300000"]);
+    let endpoint = server.addr.to_string();
+    let value = "x".repeat(20_000);
+    let mut refused = 0;
+    for i in 0..40 {
+        let (ok, out) = etcdctl(&endpoint, &["put", &format!("k{i}"), &value], None);
+        if !ok {
+            assert!(out.contains("etcdserver: mvcc: database space exceeded"), "{out}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a 300 kB quota cannot hold 800 kB of values");
+    let (_, alarms) = etcdctl(&endpoint, &["alarm", "list"], None);
+    assert_eq!(alarms.trim(), "memberID:10276657743932975437 alarm:NOSPACE");
+
+    // With the alarm raised, even a small put, a txn with a put or a lease grant is refused...
+    let (ok, out) = etcdctl(&endpoint, &["put", "small", "v"], None);
+    assert!(!ok && out.contains("database space exceeded"), "{out}");
+    let (ok, out) = etcdctl(&endpoint, &["txn"], Some("\n\nput small v\n\n\n"));
+    assert!(!ok && out.contains("database space exceeded"), "{out}");
+    let (ok, out) = etcdctl(&endpoint, &["lease", "grant", "60"], None);
+    assert!(!ok && out.contains("database space exceeded"), "{out}");
+    // ...while reads, deletes and txns without puts work.
+    let (ok, out) = etcdctl(&endpoint, &["get", "k0", "--keys-only"], None);
+    assert!(ok && out.trim() == "k0", "{out}");
+    let (ok, out) = etcdctl(&endpoint, &["del", "k0"], None);
+    assert!(ok && out.trim() == "1", "{out}");
+    let (ok, out) = etcdctl(&endpoint, &["txn"], Some("\n\nget k1 --keys-only\n\n\n"));
+    assert!(ok, "{out}");
+    assert_eq!(
+        http_get(server.addr, "/health"),
+        (503, "{\"health\":\"false\",\"reason\":\"ALARM NOSPACE\"}".to_string())
+    );
+    assert_eq!(http_get(server.addr, "/health?exclude=NOSPACE").0, 200);
+    let (_, status) = etcdctl(&endpoint, &["endpoint", "status", "-w", "json"], None);
+    assert!(
+        status.contains("\"errors\":[\"memberID:10276657743932975437 alarm:NOSPACE \"]"),
+        "{status}"
+    );
+
+    let (ok, out) = etcdctl(&endpoint, &["alarm", "disarm"], None);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}");
+    let (_, alarms) = etcdctl(&endpoint, &["alarm", "list"], None);
+    assert_eq!(alarms.trim(), "");
+    // Disarmed, a write fits again only if the store has room: compaction of the
+    // big values is what frees it. A small put within the quota goes through.
+    let (ok, out) = etcdctl(&endpoint, &["del", "k", "--prefix"], None);
+    assert!(ok, "{out}");
+    let (ok, out) = etcdctl(&endpoint, &["put", "small", "v"], None);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_nospace_alarm_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ringkv::start(dir.path(), &["--quota-backend-bytes", "200000"]);
+    let endpoint = server.addr.to_string();
+    let value = "x".repeat(20_000);
+    for i in 0..20 {
+        etcdctl(&endpoint, &["put", &format!("k{i}"), &value], None);
+    }
+    // The alarm is part of the page store's state: wait for a commit, then kill.
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+    let server = Ringkv::start(dir.path(), &[]);
+    let (_, alarms) = etcdctl(&server.addr.to_string(), &["alarm", "list"], None);
+    assert_eq!(alarms.trim(), "memberID:10276657743932975437 alarm:NOSPACE");
+}
+
+#[test]
+fn hashkv_equals_etcds_after_the_same_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let ringkv = Ringkv::start(dir.path(), &[]);
+    let etcd = Etcd::start();
+    let history: &[&[&str]] = &[
+        &["put", "a", "1"],
+        &["put", "a", "2"],
+        &["put", "b", "3"],
+        &["del", "a"],
+        &["compaction", "3"],
+        &["put", "k1", "x"],
+        &["put", "k1", "y"],
+        &["put", "k2", "z"],
+        &["del", "k1"],
+        &["compaction", "8"],
+        &["put", "k3", "w"],
+    ];
+    let mut hashes = Vec::new();
+    for endpoint in [ringkv.addr.to_string(), etcd.addr.to_string()] {
+        let mut seen = Vec::new();
+        for step in history {
+            let (ok, out) = etcdctl(&endpoint, step, None);
+            assert!(ok, "{step:?}: {out}");
+            // Hash after every step, at the current and at one older revision.
+            let (ok, now) = etcdctl(&endpoint, &["endpoint", "hashkv"], None);
+            assert!(ok, "{now}");
+            seen.push(now.split(", ").nth(1).unwrap().trim().to_string());
+        }
+        let (ok, old) = etcdctl(&endpoint, &["endpoint", "hashkv", "--rev", "9"], None);
+        assert!(ok, "{old}");
+        seen.push(old.split(", ").nth(1).unwrap().trim().to_string());
+        let (ok, out) = etcdctl(&endpoint, &["endpoint", "hashkv", "--rev", "8"], None);
+        assert!(!ok && out.contains("required revision has been compacted"), "{out}");
+        hashes.push(seen);
+    }
+    assert_eq!(hashes[0], hashes[1], "ringkv's HashKV values equal etcd's");
+}
