@@ -1,6 +1,7 @@
 //! Command-line flags. Names and defaults follow etcd's where etcd has the flag, so
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
+use crate::store::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +71,16 @@ pub struct Flags {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
 
+    /// How --auto-compaction-retention is read: `periodic` (keep that much time of
+    /// history) or `revision` (keep that many revisions).
+    #[arg(long, value_enum, default_value = "periodic")]
+    pub auto_compaction_mode: AutoCompactionMode,
+
+    /// History to keep when compacting automatically: for periodic, a duration
+    /// (`30m`, `1h`) or a number of hours; for revision, a revision count. 0: off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// Comma-separated URLs to also serve /metrics, /health, /livez, /readyz and
     /// /version on (HTTP only).
     #[arg(long, default_value = "")]
@@ -98,6 +109,7 @@ pub struct Config {
     pub listen_metrics_addrs: Vec<SocketAddr>,
     /// None: no quota.
     pub quota_backend_bytes: Option<u64>,
+    pub auto_compaction: AutoCompactionPolicy,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     pub cluster_token: String,
@@ -117,6 +129,8 @@ pub enum ConfigError {
         url: String,
         reason: String,
     },
+    #[error("--auto-compaction-retention: {0}")]
+    AutoCompaction(String),
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
     #[error("--{flag}: CPU {cpu} is not online (this machine has {online})")]
@@ -147,6 +161,8 @@ impl Flags {
             bytes if bytes < 0 => None,
             bytes => Some(bytes as u64),
         };
+        let auto_compaction = AutoCompactionPolicy::parse(self.auto_compaction_mode, &self.auto_compaction_retention)
+            .map_err(ConfigError::AutoCompaction)?;
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
         for url in &advertise_client_urls {
             resolve_http_url("advertise-client-urls", url)?;
@@ -183,6 +199,7 @@ impl Flags {
             listen_client_addrs,
             listen_metrics_addrs,
             quota_backend_bytes,
+            auto_compaction,
             advertise_client_urls,
             peer_urls,
             cluster_token: self.initial_cluster_token,

@@ -79,6 +79,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             client_urls: config.advertise_client_urls.clone(),
         },
         quota_backend_bytes: config.quota_backend_bytes,
+        auto_compaction: config.auto_compaction,
     };
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))

@@ -8,7 +8,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{free_port, Etcd, Ringkv};
 
@@ -222,4 +222,71 @@ fn hashkv_equals_etcds_after_the_same_history() {
         hashes.push(seen);
     }
     assert_eq!(hashes[0], hashes[1], "ringkv's HashKV values equal etcd's");
+}
+
+#[test]
+fn periodic_auto_compaction_drops_history_older_than_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ringkv::start(
+        dir.path(),
+        &[
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "1s",
+        ],
+    );
+    let endpoint = server.addr.to_string();
+    let (ok, out) = etcdctl(&endpoint, &["put", "k", "first"], None);
+    assert!(ok, "{out}");
+    // The history at revision 2 goes once a compaction covers it: the first one
+    // comes a retention after start, to the revision of a retention earlier.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut writes = 0;
+    loop {
+        let (ok, out) = etcdctl(&endpoint, &["get", "k", "--rev", "2"], None);
+        if !ok {
+            assert!(
+                out.contains("etcdserver: mvcc: required revision has been compacted"),
+                "{out}"
+            );
+            break;
+        }
+        assert_eq!(out.trim(), "k\nfirst");
+        assert!(
+            Instant::now() < deadline,
+            "no auto-compaction within 20 s\n{}",
+            server.log.text()
+        );
+        let (ok, out) = etcdctl(&endpoint, &["put", "k", &format!("v{writes}")], None);
+        assert!(ok, "{out}");
+        writes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The latest value is kept.
+    let (ok, out) = etcdctl(&endpoint, &["get", "k", "--print-value-only"], None);
+    assert!(ok && out.trim() == format!("v{}", writes - 1), "{out}");
+    assert!(server.log.text().contains("auto-compaction: compacting"));
+}
+
+#[test]
+fn a_bad_auto_compaction_retention_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--auto-compaction-retention: invalid revision retention"),
+        "{stderr}"
+    );
 }

@@ -25,6 +25,7 @@ use ringkv_engine::wal::WalError;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
 
+use super::auto_compaction::{AutoCompactionPolicy, AutoCompactor};
 use super::lease_clock::LeaseClock;
 use super::lease_ids::LeaseIds;
 use super::messages::{Call, Reply, Request, Response};
@@ -80,6 +81,7 @@ pub struct StoreSettings {
     pub member: MemberInfo,
     /// `--quota-backend-bytes`; None: no quota.
     pub quota_backend_bytes: Option<u64>,
+    pub auto_compaction: AutoCompactionPolicy,
 }
 
 /// The parts of a member that its configuration gives.
@@ -141,6 +143,7 @@ pub struct StoreCore {
     physical_waiters_running: Vec<Waiter>,
     lease_clock: LeaseClock,
     lease_ids: LeaseIds,
+    auto_compactor: AutoCompactor,
     metrics: CoreMetrics,
 }
 
@@ -155,6 +158,7 @@ impl StoreCore {
     ) -> StoreCore {
         let boot_last_index = raw.store().last_index();
         let lease_ids = LeaseIds::new(settings.member_id);
+        let auto_compactor = AutoCompactor::new(settings.auto_compaction, Instant::now());
         StoreCore {
             settings,
             raw,
@@ -175,6 +179,7 @@ impl StoreCore {
             physical_waiters_running: Vec::new(),
             lease_clock: LeaseClock::default(),
             lease_ids,
+            auto_compactor,
             metrics: CoreMetrics {
                 leader: 0,
                 leader_changes: 0,
@@ -192,6 +197,7 @@ impl StoreCore {
             Event::Tick => {
                 self.raw.tick();
                 self.revoke_expired_leases();
+                self.auto_compact();
             }
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {
@@ -362,6 +368,9 @@ impl StoreCore {
                 self.reads.requeue_requested();
             }
             self.lease_leadership_changed(soft_state.raft_state == StateRole::Leader);
+            if soft_state.raft_state == StateRole::Leader {
+                self.auto_compactor.restart(Instant::now());
+            }
         }
 
         let mut records = Vec::with_capacity(ready.entries().len() + 1);

@@ -1,5 +1,6 @@
 //! The store core: raft, the WAL and MVCC, owned by one executor.
 
+pub mod auto_compaction;
 mod bootstrap;
 mod core;
 mod lease_clock;
@@ -10,6 +11,7 @@ mod raft_logger;
 mod reads;
 mod wal_io;
 
+use auto_compaction::AutoCompactionPolicy;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -36,6 +38,7 @@ pub struct StoreCoreSettings {
     pub backend_batch_interval: Duration,
     pub member: MemberInfo,
     pub quota_backend_bytes: Option<u64>,
+    pub auto_compaction: AutoCompactionPolicy,
 }
 
 /// Opens the store, reports readiness (or the error) on `ready`, then serves
@@ -94,6 +97,7 @@ pub async fn run(
         election_timeout: election_timeout(),
         member: settings.member,
         quota_backend_bytes: settings.quota_backend_bytes,
+        auto_compaction: settings.auto_compaction,
     };
     let mut core = StoreCore::new(
         store_settings,

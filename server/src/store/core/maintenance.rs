@@ -2,6 +2,8 @@
 //! quota, Hash and HashKV, MoveLeader, and the metrics snapshot. Each answer is
 //! built from state the store core owns; alarm changes go through raft like writes.
 
+use std::time::Instant;
+
 use prost::Message;
 use raft::StateRole;
 use ringkv_engine::mvcc::Alarm;
@@ -110,6 +112,28 @@ impl StoreCore {
         }
         self.reply(client, call_id, Err(EtcdError::NoSpace));
         false
+    }
+
+    /// `--auto-compaction-*`: while leading, proposes a Compact when one is due,
+    /// as etcd's compactor does through the normal Compact path. Nobody waits
+    /// for it; a failed proposal is tried at the next due time.
+    pub(super) fn auto_compact(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let current = self.mvcc.current_revision();
+        let Some(revision) = self.auto_compactor.due(Instant::now(), current) else {
+            return;
+        };
+        tracing::info!(revision, current, "auto-compaction: compacting");
+        let compact = pb::CompactionRequest {
+            revision,
+            physical: false,
+        };
+        if let Err(error) = self.propose_entry(raft_request::Request::Compaction(compact)) {
+            self.metrics.proposals_failed += 1;
+            tracing::warn!(revision, %error, "auto-compaction: the compaction could not be proposed");
+        }
     }
 
     /// Proposes `request` and remembers who waits for it.
