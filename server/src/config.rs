@@ -13,6 +13,9 @@ pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 /// etcd's `--backend-batch-limit` default: page-store commit after this many applied entries.
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
+/// The shortest `--watch-progress-notify-interval`: each tick visits every
+/// progress_notify watcher on the store core, so it must not run too often.
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// ringkv: an etcd-v3-compatible key-value server.
 ///
@@ -63,6 +66,16 @@ pub struct Flags {
     #[arg(long, default_value_t = BACKEND_BATCH_LIMIT_DEFAULT)]
     pub backend_batch_limit: usize,
 
+    /// Interval between periodic progress notifications to watchers that asked for
+    /// them (at least 100ms). etcd 3.5 spells it --experimental-watch-progress-notify-interval.
+    #[arg(
+        long,
+        alias = "experimental-watch-progress-notify-interval",
+        default_value = "10m",
+        value_parser = humantime::parse_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
+
     /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to.
     #[arg(long, default_value_t = 0)]
     pub store_cpu: usize,
@@ -90,6 +103,7 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: usize,
+    pub watch_progress_notify_interval: Duration,
     pub store_cpu: usize,
     pub client_cpus: Vec<usize>,
 }
@@ -102,6 +116,8 @@ pub enum ConfigError {
         url: String,
         reason: String,
     },
+    #[error("--{flag} must be at least {min:?}")]
+    TooShort { flag: &'static str, min: Duration },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
     #[error("--{flag}: CPU {cpu} is not online (this machine has {online})")]
@@ -144,6 +160,12 @@ impl Flags {
                 flag: "backend-batch-limit",
             });
         }
+        if self.watch_progress_notify_interval < WATCH_PROGRESS_NOTIFY_INTERVAL_MIN {
+            return Err(ConfigError::TooShort {
+                flag: "watch-progress-notify-interval",
+                min: WATCH_PROGRESS_NOTIFY_INTERVAL_MIN,
+            });
+        }
         check_cpu("store-cpu", self.store_cpu, online_cpus)?;
         let client_cpus = if self.client_cpus.is_empty() {
             default_client_cpus(self.store_cpu, online_cpus)
@@ -164,6 +186,7 @@ impl Flags {
             max_request_bytes: self.max_request_bytes,
             backend_batch_interval: self.backend_batch_interval,
             backend_batch_limit: self.backend_batch_limit,
+            watch_progress_notify_interval: self.watch_progress_notify_interval,
             store_cpu: self.store_cpu,
             client_cpus,
         })

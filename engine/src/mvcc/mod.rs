@@ -5,6 +5,7 @@
 //! in-memory key index maps user keys to their revisions. Reads can ask for any
 //! revision since the last compaction. The byte layout is in docs/mvcc-format.md.
 
+mod change;
 mod key_index;
 mod revision;
 mod store;
@@ -13,6 +14,7 @@ mod store;
 mod tests;
 
 pub use crate::page::{CommitPlan, CommittedPlan, PageError};
+pub use change::{Change, ChangeKind, HistoryChunk};
 pub use revision::Revision;
 pub use store::{Mvcc, WriteTxn};
 

@@ -9,6 +9,7 @@ use ringkv_proto::etcdserverpb as pb;
 
 use super::store_client::StoreClient;
 use super::validate;
+use super::watch::{self, WatchRouter};
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
 
@@ -20,6 +21,8 @@ enum KvMethod {
     DeleteRange,
     Txn,
     Compact,
+    /// Watch.Watch, the one bidi-streaming method served so far.
+    Watch,
 }
 
 /// Every service and method of etcd's v3 API (`etcdserverpb`), for honest
@@ -99,6 +102,7 @@ fn route(path: &str) -> Result<KvMethod, Status> {
         ("etcdserverpb.KV", "DeleteRange") => Some(KvMethod::DeleteRange),
         ("etcdserverpb.KV", "Txn") => Some(KvMethod::Txn),
         ("etcdserverpb.KV", "Compact") => Some(KvMethod::Compact),
+        ("etcdserverpb.Watch", "Watch") => Some(KvMethod::Watch),
         _ => None,
     };
     if let Some(kv) = kv {
@@ -121,12 +125,17 @@ fn route(path: &str) -> Result<KvMethod, Status> {
 
 pub struct EtcdService {
     store: Rc<StoreClient>,
+    watches: Rc<WatchRouter>,
     max_txn_ops: usize,
 }
 
 impl EtcdService {
-    pub fn new(store: Rc<StoreClient>, max_txn_ops: usize) -> EtcdService {
-        EtcdService { store, max_txn_ops }
+    pub fn new(store: Rc<StoreClient>, watches: Rc<WatchRouter>, max_txn_ops: usize) -> EtcdService {
+        EtcdService {
+            store,
+            watches,
+            max_txn_ops,
+        }
     }
 
     async fn call(&self, request: Request) -> Result<Response, Status> {
@@ -136,7 +145,10 @@ impl EtcdService {
 
 impl GrpcService for EtcdService {
     fn method_kind(&self, path: &str) -> Result<MethodKind, Status> {
-        route(path).map(|_| MethodKind::Unary)
+        route(path).map(|method| match method {
+            KvMethod::Watch => MethodKind::BidiStreaming,
+            _ => MethodKind::Unary,
+        })
     }
 
     async fn unary(&self, path: &str, request: Bytes, _ctx: CallContext) -> Result<Encoded, Status> {
@@ -165,6 +177,7 @@ impl GrpcService for EtcdService {
                 let request: pb::CompactionRequest = grpc::decode(request)?;
                 self.call(Request::Compact(request)).await?
             }
+            KvMethod::Watch => unreachable!("Watch is streaming"),
         };
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
@@ -178,13 +191,14 @@ impl GrpcService for EtcdService {
     async fn streaming(
         &self,
         path: &str,
-        _requests: RequestStream,
-        _responses: ResponseSink,
+        requests: RequestStream,
+        responses: ResponseSink,
         _ctx: CallContext,
     ) -> Result<(), Status> {
-        // `method_kind` routes no streaming method here yet.
-        route(path)?;
-        unreachable!("no KV method is streaming")
+        match route(path)? {
+            KvMethod::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
+            _ => unreachable!("only Watch is streaming"),
+        }
     }
 }
 
