@@ -55,7 +55,6 @@ type Link<V> = Option<Box<Node<V>>>;
 
 pub struct RangeIndex<V> {
     root: Link<V>,
-    len: usize,
     /// splitmix64 state: priorities need only be well spread, not secret.
     seed: u64,
 }
@@ -64,17 +63,12 @@ impl<V> Default for RangeIndex<V> {
     fn default() -> Self {
         RangeIndex {
             root: None,
-            len: 0,
             seed: 0x9e37_79b9_7f4a_7c15,
         }
     }
 }
 
 impl<V> RangeIndex<V> {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     pub fn get_mut(&mut self, start: &[u8], end: &RangeEndKey) -> Option<&mut V> {
         let mut link = &mut self.root;
         while let Some(node) = link {
@@ -104,7 +98,6 @@ impl<V> RangeIndex<V> {
         });
         let (less, greater) = split(self.root.take(), &node.start, &node.end, false);
         self.root = merge(merge(less, Some(node)), greater);
-        self.len += 1;
     }
 
     /// Removes a range; returns its value.
@@ -114,7 +107,6 @@ impl<V> RangeIndex<V> {
         self.root = merge(less, greater);
         let found = found?;
         assert!(found.left.is_none() && found.right.is_none(), "ranges are unique");
-        self.len -= 1;
         Some(found.value)
     }
 
@@ -219,7 +211,6 @@ mod tests {
         assert_eq!(index.remove(b"b", &end(b"d")), Some(2));
         assert_eq!(index.remove(b"b", &end(b"d")), None);
         assert_eq!(stabbed(&index, b"b"), vec![1, 3]);
-        assert_eq!(index.len(), 3);
     }
 
     #[test]
@@ -249,7 +240,6 @@ mod tests {
                 model.push((vec![start], end, value));
             }
         }
-        assert_eq!(index.len(), model.len());
         for key in 0..=200u8 {
             let mut expected: Vec<u32> = model
                 .iter()
