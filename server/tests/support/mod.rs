@@ -194,10 +194,14 @@ pub async fn kv_client_once(endpoint: &str) -> Option<KvClient<Channel>> {
 }
 
 /// One Watch stream: requests go in through a channel, responses are read with a
-/// bounded wait.
+/// bounded wait. The call starts at the first read: grpc-go (etcd) sends the
+/// response headers only with the first response, so awaiting them before
+/// sending a create would wait forever.
 pub struct WatchSession {
     requests: tokio::sync::mpsc::Sender<ringkv_proto::etcdserverpb::WatchRequest>,
-    responses: tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse>,
+    client: ringkv_proto::etcdserverpb::watch_client::WatchClient<Channel>,
+    queue: Option<tokio::sync::mpsc::Receiver<ringkv_proto::etcdserverpb::WatchRequest>>,
+    responses: Option<tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse>>,
 }
 
 /// How long a watch response may take to arrive before the test fails.
@@ -212,11 +216,28 @@ impl WatchSession {
             .connect()
             .await
             .expect("connect");
-        let mut client = WatchClient::new(channel).max_decoding_message_size(64 << 20);
+        let client = WatchClient::new(channel).max_decoding_message_size(64 << 20);
         let (requests, queue) = tokio::sync::mpsc::channel(64);
-        let stream = tokio_stream::wrappers::ReceiverStream::new(queue);
-        let responses = client.watch(stream).await.expect("watch stream").into_inner();
-        WatchSession { requests, responses }
+        WatchSession {
+            requests,
+            client,
+            queue: Some(queue),
+            responses: None,
+        }
+    }
+
+    async fn responses(&mut self) -> &mut tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse> {
+        if self.responses.is_none() {
+            let queue = self.queue.take().expect("the call starts once");
+            let stream = tokio_stream::wrappers::ReceiverStream::new(queue);
+            let call = tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.client.watch(stream));
+            let responses = call
+                .await
+                .expect("the watch call starts in time")
+                .expect("watch stream");
+            self.responses = Some(responses.into_inner());
+        }
+        self.responses.as_mut().unwrap()
     }
 
     pub async fn send(&self, request: ringkv_proto::etcdserverpb::watch_request::RequestUnion) {
@@ -233,7 +254,8 @@ impl WatchSession {
 
     /// The next response; fails the test after `WATCH_RESPONSE_TIMEOUT`.
     pub async fn next(&mut self) -> ringkv_proto::etcdserverpb::WatchResponse {
-        match tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.responses.message()).await {
+        let responses = self.responses().await;
+        match tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, responses.message()).await {
             Ok(Ok(Some(response))) => response,
             Ok(other) => panic!("the watch stream ended: {other:?}"),
             Err(_) => panic!("no watch response within {WATCH_RESPONSE_TIMEOUT:?}"),
@@ -242,7 +264,8 @@ impl WatchSession {
 
     /// The next response if one arrives within `wait` (for "nothing is sent").
     pub async fn next_within(&mut self, wait: Duration) -> Option<ringkv_proto::etcdserverpb::WatchResponse> {
-        match tokio::time::timeout(wait, self.responses.message()).await {
+        let responses = self.responses().await;
+        match tokio::time::timeout(wait, responses.message()).await {
             Ok(Ok(Some(response))) => Some(response),
             Ok(other) => panic!("the watch stream ended: {other:?}"),
             Err(_) => None,

@@ -111,7 +111,10 @@ impl WatchRouter {
     }
 
     fn written(&self, stream: StreamId, credit_bytes: usize) {
-        let queue_empty = !self.streams.borrow().get(&stream).is_some_and(|queue| queue.len() > 0);
+        let queue_empty = match self.streams.borrow().get(&stream) {
+            Some(queue) => queue.len() == 0,
+            None => true,
+        };
         let mut returns = self.returns.borrow_mut();
         let owed = returns.credit.entry(stream).or_default();
         *owed += credit_bytes;
