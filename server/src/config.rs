@@ -16,6 +16,9 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
 /// etcd's backend quota when `--quota-backend-bytes` is 0: 2 GiB.
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+/// The shortest `--watch-progress-notify-interval`: each tick visits every
+/// progress_notify watcher on the store core, so it must not run too often.
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// ringkv: an etcd-v3-compatible key-value server.
 ///
@@ -86,6 +89,16 @@ pub struct Flags {
     #[arg(long, default_value = "")]
     pub listen_metrics_urls: String,
 
+    /// Interval between periodic progress notifications to watchers that asked for
+    /// them (at least 100ms). etcd 3.5 spells it --experimental-watch-progress-notify-interval.
+    #[arg(
+        long,
+        alias = "experimental-watch-progress-notify-interval",
+        default_value = "10m",
+        value_parser = humantime::parse_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
+
     /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to.
     #[arg(long, default_value_t = 0)]
     pub store_cpu: usize,
@@ -117,6 +130,7 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: usize,
+    pub watch_progress_notify_interval: Duration,
     pub store_cpu: usize,
     pub client_cpus: Vec<usize>,
 }
@@ -131,6 +145,8 @@ pub enum ConfigError {
     },
     #[error("--auto-compaction-retention: {0}")]
     AutoCompaction(String),
+    #[error("--{flag} must be at least {min:?}")]
+    TooShort { flag: &'static str, min: Duration },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
     #[error("--{flag}: CPU {cpu} is not online (this machine has {online})")]
@@ -184,6 +200,12 @@ impl Flags {
                 flag: "backend-batch-limit",
             });
         }
+        if self.watch_progress_notify_interval < WATCH_PROGRESS_NOTIFY_INTERVAL_MIN {
+            return Err(ConfigError::TooShort {
+                flag: "watch-progress-notify-interval",
+                min: WATCH_PROGRESS_NOTIFY_INTERVAL_MIN,
+            });
+        }
         check_cpu("store-cpu", self.store_cpu, online_cpus)?;
         let client_cpus = if self.client_cpus.is_empty() {
             default_client_cpus(self.store_cpu, online_cpus)
@@ -207,6 +229,7 @@ impl Flags {
             max_request_bytes: self.max_request_bytes,
             backend_batch_interval: self.backend_batch_interval,
             backend_batch_limit: self.backend_batch_limit,
+            watch_progress_notify_interval: self.watch_progress_notify_interval,
             store_cpu: self.store_cpu,
             client_cpus,
         })

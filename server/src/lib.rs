@@ -13,3 +13,4 @@ pub mod net;
 pub mod server;
 pub mod store;
 pub mod version;
+pub mod watch;

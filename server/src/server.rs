@@ -11,11 +11,18 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
 use crate::ids;
-use crate::store::{self, Identity, MemberInfo, StoreCoreSettings};
+use crate::store::{self, Identity, MemberInfo, StoreCoreSettings, WatchChannels};
 
 /// Calls in flight from one client core to the store core; also the capacity of
 /// each cross-core channel, so neither can overflow (see `client::store_client`).
 const IN_FLIGHT_CALLS_PER_CLIENT_CORE: usize = 16 * 1024;
+/// Watch commands queued from one client core to the store core (client tasks
+/// wait for room: creates, cancels, credit returns).
+const WATCH_COMMANDS_PER_CLIENT_CORE: usize = 4 * 1024;
+/// Watch pushes queued from the store core to one client core; each push holds a
+/// whole pass's notices, and the store core keeps what does not fit (bounded by
+/// stream windows) for the next pass.
+const WATCH_PUSHES_PER_CLIENT_CORE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -54,6 +61,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     let mut call_receivers = Vec::with_capacity(client_cores);
     let mut reply_senders = Vec::with_capacity(client_cores);
     let mut reply_receivers = Vec::with_capacity(client_cores);
+    let mut watch_command_senders = Vec::with_capacity(client_cores);
+    let mut watch = WatchChannels {
+        commands: Vec::with_capacity(client_cores),
+        pushes: Vec::with_capacity(client_cores),
+    };
+    let mut watch_push_receivers = Vec::with_capacity(client_cores);
     for _ in 0..client_cores {
         let (tx, rx) = shared_channel::new_bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
         call_senders.push(tx);
@@ -61,6 +74,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         let (tx, rx) = shared_channel::new_bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
         reply_senders.push(tx);
         reply_receivers.push(rx);
+        let (tx, rx) = shared_channel::new_bounded(WATCH_COMMANDS_PER_CLIENT_CORE);
+        watch_command_senders.push(tx);
+        watch.commands.push(rx);
+        let (tx, rx) = shared_channel::new_bounded(WATCH_PUSHES_PER_CLIENT_CORE);
+        watch.pushes.push(tx);
+        watch_push_receivers.push(rx);
     }
 
     // Every executor starts at once: the cross-core channels connect only when
@@ -80,17 +99,20 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         },
         quota_backend_bytes: config.quota_backend_bytes,
         auto_compaction: config.auto_compaction,
+        watch_progress_notify_interval: config.watch_progress_notify_interval,
     };
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))
             .name("ringkv-store")
-            .spawn(move || store::run(store_settings, call_receivers, reply_senders, ready_tx))
+            .spawn(move || store::run(store_settings, call_receivers, reply_senders, watch, ready_tx))
             .map_err(|e| StartError::Executor(e.to_string()))?,
     );
     let mut clients = Vec::with_capacity(client_cores);
-    for (index, ((calls, replies), cpu)) in call_senders
+    for (index, ((((calls, replies), watch_commands), watch_pushes), cpu)) in call_senders
         .into_iter()
         .zip(reply_receivers)
+        .zip(watch_command_senders)
+        .zip(watch_push_receivers)
         .zip(config.client_cpus.iter().copied())
         .enumerate()
     {
@@ -110,7 +132,17 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         threads.push(
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ringkv-client-{index}"))
-                .spawn(move || client::run(settings, calls, replies, listen_rx, bound_tx))
+                .spawn(move || {
+                    client::run(
+                        settings,
+                        calls,
+                        replies,
+                        watch_commands,
+                        watch_pushes,
+                        listen_rx,
+                        bound_tx,
+                    )
+                })
                 .map_err(|e| StartError::Executor(e.to_string()))?,
         );
         clients.push((listen_tx, bound_rx));

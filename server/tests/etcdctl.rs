@@ -310,3 +310,68 @@ fn etcdctl_lease_commands_see_the_same_answers_from_ringkv_as_from_etcd() {
     );
     assert_eq!(output(13).stdout, "lease NEW granted with TTL(2s)\n");
 }
+
+/// Runs `etcdctl watch` until its stdout has `lines` lines (or a bounded wait
+/// passes), then stops it; returns what it printed.
+fn etcdctl_watch(endpoint: &str, args: &[&str], lines: usize) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "watch"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl is installed");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while out.len() < lines {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out.join("\n")
+}
+
+#[test]
+fn etcdctl_watch_replays_the_same_history_from_ringkv_as_from_etcd() {
+    let etcd = support::Etcd::start();
+    let data_dir = tempfile::tempdir().unwrap();
+    let ringkv = support::Ringkv::start(data_dir.path(), &[]);
+    let writes: &[&[&str]] = &[
+        &["put", "w/a", "1"],
+        &["put", "w/b", "2"],
+        &["put", "w/a", "3"],
+        &["del", "w/b"],
+        &["put", "x", "outside"],
+        &["del", "w/", "--prefix"],
+    ];
+    for endpoint in [etcd.endpoint(), ringkv.endpoint()] {
+        for args in writes {
+            assert_eq!(etcdctl(&endpoint, args, None).status, 0);
+        }
+    }
+    // Each event prints its type, then (with --prev-kv, when there is one) the
+    // previous key and value, then the key and value: 21 lines for these 5 events.
+    let args = ["--prefix", "--prev-kv", "--rev", "2", "w/"];
+    let expected = etcdctl_watch(&etcd.endpoint(), &args, 21);
+    let actual = etcdctl_watch(&ringkv.endpoint(), &args, 21);
+    assert_eq!(actual, expected, "ringkv (left) vs etcd (right)");
+    assert_eq!(
+        expected,
+        "PUT\nw/a\n1\nPUT\nw/b\n2\nPUT\nw/a\n1\nw/a\n3\nDELETE\nw/b\n2\nw/b\n\nDELETE\nw/a\n3\nw/a\n"
+    );
+}

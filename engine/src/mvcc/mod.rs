@@ -5,6 +5,7 @@
 //! in-memory key index maps user keys to their revisions. Reads can ask for any
 //! revision since the last compaction. The byte layout is in docs/mvcc-format.md.
 
+mod change;
 mod hash;
 mod key_index;
 mod lease;
@@ -15,6 +16,7 @@ mod store;
 mod tests;
 
 pub use crate::page::{CommitPlan, CommittedPlan, PageError};
+pub use change::{Change, ChangeKind, HistoryChunk};
 pub use hash::{Crc32c, KvHash};
 pub use lease::{Leases, NO_LEASE};
 pub use revision::Revision;

@@ -9,6 +9,7 @@ use std::path::Path;
 use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
+use super::change::{Change, ChangeKind, HistoryChunk};
 use super::hash::{Crc32c, KvHash, KvHasher};
 use super::key_index::{KeyAt, KeyIndex};
 use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
@@ -44,6 +45,9 @@ pub struct Mvcc {
     /// Revisions still to remove physically, oldest first.
     pending_removal: VecDeque<Revision>,
     applied_index: u64,
+    /// Changes made since the last `take_changes`, when capture is on (the
+    /// server's watchers need them; tools and tests leave it off so nothing grows).
+    captured: Option<Vec<Change>>,
     leases: Leases,
     /// Active alarms, applied through raft and stored with the data.
     alarms: BTreeSet<Alarm>,
@@ -114,6 +118,7 @@ impl Mvcc {
             finished_compact_revision,
             pending_removal: VecDeque::new(),
             applied_index,
+            captured: None,
             leases,
             alarms,
         };
@@ -158,6 +163,62 @@ impl Mvcc {
         self.leases.insert(id, ttl);
         self.tree.insert(&lease_key(id), &ttl.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Starts keeping every change written from now on for `take_changes`. The
+    /// owner must take them after each write or they accumulate.
+    pub fn capture_changes(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes written since the last call, in revision order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.captured.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Reads the changes of revisions `from..=to` back from the revision table, in
+    /// revision order, stopping after the first whole revision at which at least
+    /// `max_changes` were read. A revision at or below the compaction point is
+    /// refused; at the compaction point itself only puts are returned, because its
+    /// tombstones are removed by compaction (etcd's watchers see the same).
+    pub fn history(&self, from: i64, to: i64, max_changes: usize) -> Result<HistoryChunk, MvccError> {
+        assert!(max_changes > 0);
+        if from < self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        let to = to.min(self.current_revision);
+        let mut changes = Vec::new();
+        if from > to {
+            return Ok(HistoryChunk {
+                changes,
+                next_revision: from,
+            });
+        }
+        let start = Revision::new(from.max(0), 0).to_key();
+        let end = Revision::new(to + 1, 0).to_key();
+        let mut last_main = from - 1;
+        for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+            let (key, value) = entry?;
+            let revision =
+                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+            if revision.main != last_main && changes.len() >= max_changes {
+                return Ok(HistoryChunk {
+                    changes,
+                    next_revision: revision.main,
+                });
+            }
+            last_main = revision.main;
+            let (tombstone, kv) = decode_record(&value)?;
+            if tombstone && revision.main == self.compact_revision {
+                continue;
+            }
+            let kind = if tombstone { ChangeKind::Delete } else { ChangeKind::Put };
+            changes.push(Change { kind, kv });
+        }
+        Ok(HistoryChunk {
+            changes,
+            next_revision: to + 1,
+        })
     }
 
     /// Number of keys that exist now or in retained history.
@@ -480,6 +541,12 @@ impl WriteTxn<'_> {
         self.store.index.put(key, revision, created, version);
         self.store.leases.set_lease_of(key, lease);
         self.changes += 1;
+        if let Some(captured) = &mut self.store.captured {
+            captured.push(Change {
+                kind: ChangeKind::Put,
+                kv,
+            });
+        }
         Ok(())
     }
 
@@ -546,6 +613,12 @@ impl WriteTxn<'_> {
         self.store.index.tombstone(key, revision);
         self.store.leases.detach(key);
         self.changes += 1;
+        if let Some(captured) = &mut self.store.captured {
+            captured.push(Change {
+                kind: ChangeKind::Delete,
+                kv: tombstone,
+            });
+        }
         Ok(())
     }
 

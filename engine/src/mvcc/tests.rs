@@ -524,3 +524,74 @@ mod maintenance {
         assert_ne!(store.hash_kv(5).unwrap().hash, before, "k1@3 no longer counts");
     }
 }
+
+#[test]
+fn captured_changes_match_history_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
+    store.capture_changes();
+    let mut txn = store.write();
+    txn.put(b"a", b"1", 0).unwrap();
+    txn.put(b"b", b"1", 0).unwrap();
+    txn.end();
+    let mut txn = store.write();
+    txn.delete_range(KeySpan {
+        key: b"a",
+        end: RangeEnd::ToEnd,
+    })
+    .unwrap();
+    txn.end();
+    let captured = store.take_changes();
+    assert_eq!(captured.len(), 4);
+    assert!(store.take_changes().is_empty(), "taking empties the capture");
+    let history = store.history(2, 3, 100).unwrap();
+    assert_eq!(history.changes, captured);
+    assert_eq!(history.next_revision, 4);
+    assert_eq!(captured[2].kind, ChangeKind::Delete);
+    assert_eq!(
+        (captured[2].kv.key.as_slice(), captured[2].kv.mod_revision),
+        (&b"a"[..], 3)
+    );
+}
+
+#[test]
+fn history_reads_stop_only_between_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
+    for round in 0..3 {
+        let mut txn = store.write();
+        for key in [b"x", b"y", b"z"] {
+            txn.put(key, &[round], 0).unwrap();
+        }
+        txn.end();
+    }
+    let first = store.history(2, 4, 2).unwrap();
+    assert_eq!(first.changes.len(), 3, "revision 2 is read whole");
+    assert_eq!(first.next_revision, 3);
+    let rest = store.history(3, 4, 100).unwrap();
+    assert_eq!(rest.changes.len(), 6);
+    assert_eq!(rest.next_revision, 5);
+}
+
+#[test]
+fn history_below_the_compaction_point_is_refused_and_its_tombstones_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Mvcc::open(&dir.path().join("s.db")).unwrap();
+    let mut txn = store.write();
+    txn.put(b"k", b"v", 0).unwrap();
+    txn.end();
+    let mut txn = store.write();
+    txn.delete_range(KeySpan {
+        key: b"k",
+        end: RangeEnd::Key,
+    })
+    .unwrap();
+    txn.end();
+    store.compact(3).unwrap();
+    assert!(matches!(store.history(2, 3, 10), Err(MvccError::Compacted)));
+    let at_point = store.history(3, 3, 10).unwrap();
+    assert!(
+        at_point.changes.is_empty(),
+        "a tombstone at the compaction point is compacted"
+    );
+}

@@ -10,6 +10,7 @@ use ringkv_proto::etcdserverpb as pb;
 use super::lease_service::{self, LeaseMethod};
 use super::store_client::StoreClient;
 use super::validate;
+use super::watch::{self, WatchRouter};
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
 
@@ -18,6 +19,8 @@ use crate::store::messages::{Request, Response};
 enum Method {
     Unary(UnaryMethod),
     Lease(LeaseMethod),
+    /// Watch.Watch, bidi-streaming.
+    Watch,
 }
 
 /// The unary methods of KV, Maintenance and Cluster ringkv serves: one request
@@ -125,6 +128,9 @@ fn route(path: &str) -> Result<Method, Status> {
     if let Some(unary) = unary {
         return Ok(Method::Unary(unary));
     }
+    if (service, method) == ("etcdserverpb.Watch", "Watch") {
+        return Ok(Method::Watch);
+    }
     if let Some(lease) = LeaseMethod::route(service, method) {
         return Ok(Method::Lease(lease));
     }
@@ -145,12 +151,17 @@ fn route(path: &str) -> Result<Method, Status> {
 
 pub struct EtcdService {
     store: Rc<StoreClient>,
+    watches: Rc<WatchRouter>,
     max_txn_ops: usize,
 }
 
 impl EtcdService {
-    pub fn new(store: Rc<StoreClient>, max_txn_ops: usize) -> EtcdService {
-        EtcdService { store, max_txn_ops }
+    pub fn new(store: Rc<StoreClient>, watches: Rc<WatchRouter>, max_txn_ops: usize) -> EtcdService {
+        EtcdService {
+            store,
+            watches,
+            max_txn_ops,
+        }
     }
 
     async fn call(&self, request: Request) -> Result<Response, Status> {
@@ -163,6 +174,7 @@ impl GrpcService for EtcdService {
         route(path).map(|method| match method {
             Method::Unary(_) => MethodKind::Unary,
             Method::Lease(lease) => lease.kind(),
+            Method::Watch => MethodKind::BidiStreaming,
         })
     }
 
@@ -170,6 +182,7 @@ impl GrpcService for EtcdService {
         let unary = match route(path)? {
             Method::Unary(unary) => unary,
             Method::Lease(lease) => return lease_service::unary(&self.store, lease, request).await,
+            Method::Watch => unreachable!("Watch is streaming"),
         };
         let response = match unary {
             UnaryMethod::Range => {
@@ -246,6 +259,7 @@ impl GrpcService for EtcdService {
     ) -> Result<(), Status> {
         match route(path)? {
             Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
+            Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
             method => unreachable!("{method:?} is unary"),
         }
     }
@@ -266,15 +280,16 @@ mod tests {
             route("/etcdserverpb.Maintenance/HashKV").unwrap(),
             Method::Unary(UnaryMethod::HashKv)
         );
+        assert_eq!(route("/etcdserverpb.Watch/Watch").unwrap(), Method::Watch);
     }
 
     #[test]
     fn unserved_etcd_rpcs_are_honestly_unimplemented() {
-        let status = route("/etcdserverpb.Watch/Watch").unwrap_err();
-        assert_eq!(status.code, Code::Unimplemented);
-        assert_eq!(status.message, "method Watch not implemented");
         let status = route("/etcdserverpb.Cluster/MemberAdd").unwrap_err();
+        assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method MemberAdd not implemented");
+        let status = route("/etcdserverpb.Maintenance/Snapshot").unwrap_err();
+        assert_eq!(status.message, "method Snapshot not implemented");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod http;
 mod lease_service;
 mod store_client;
 mod validate;
+mod watch;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -15,8 +16,10 @@ use glommio::net::TcpListener;
 
 use crate::net::{self, ConnectionLimits};
 use crate::store::messages::{Call, Reply};
+use crate::watch::{WatchCommand, WatchPush};
 use etcd_service::EtcdService;
 use store_client::StoreClient;
+use watch::WatchRouter;
 
 /// gRPC accepts messages this much larger than `--max-request-bytes`, as etcd's
 /// server does; the proposal size check then gives etcd's own error.
@@ -38,13 +41,19 @@ pub async fn run(
     settings: ClientCoreSettings,
     calls: SharedSender<Call>,
     replies: SharedReceiver<Reply>,
+    watch_commands: SharedSender<WatchCommand>,
+    watch_pushes: SharedReceiver<WatchPush>,
     listen: std::sync::mpsc::Receiver<Vec<SocketAddr>>,
     bound: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, String>>,
 ) {
     // Both at once: each waits for the store core to connect its end.
     let calls = glommio::spawn_local(calls.connect());
     let replies = glommio::spawn_local(replies.connect());
+    let watch_commands = glommio::spawn_local(watch_commands.connect());
+    let watch_pushes = glommio::spawn_local(watch_pushes.connect());
     let (calls, replies) = (calls.await, replies.await);
+    let (watch_commands, watch_pushes) = (watch_commands.await, watch_pushes.await);
+    let watches = WatchRouter::start(watch_commands, watch_pushes, settings.max_request_bytes);
     let store = StoreClient::new(calls, settings.in_flight_calls_max);
     glommio::spawn_local(Rc::clone(&store).pump_replies(replies)).detach();
     let Some(listen) = wait_for_listen_addresses(&listen).await else {
@@ -73,7 +82,7 @@ pub async fn run(
         .collect();
     let _ = bound.send(Ok(addrs));
 
-    let service = Rc::new(EtcdService::new(Rc::clone(&store), settings.max_txn_ops));
+    let service = Rc::new(EtcdService::new(Rc::clone(&store), watches, settings.max_txn_ops));
     let http = Rc::new(http::EtcdHttp::new(store));
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;

@@ -100,6 +100,19 @@ impl Encoded {
         Encoded(buffer)
     }
 
+    /// Frames a message already encoded in parts (e.g. a response head plus
+    /// events encoded once and shared by many responses).
+    pub fn from_parts(parts: &[&[u8]]) -> Encoded {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let mut buffer = BytesMut::with_capacity(PREFIX_BYTES + length);
+        buffer.put_u8(0);
+        buffer.put_u32(u32::try_from(length).expect("a message fits a gRPC frame"));
+        for part in parts {
+            buffer.put_slice(part);
+        }
+        Encoded(buffer)
+    }
+
     /// The framed bytes: prefix and message.
     pub fn into_frame(self) -> Bytes {
         self.0.freeze()

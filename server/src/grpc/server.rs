@@ -138,7 +138,9 @@ async fn serve_unary<S: GrpcService>(
     };
     // The call is dropped (cancelled) if the client resets the stream or its
     // deadline passes first.
-    let reset = poll_fn(|cx| respond.respond.poll_reset(cx));
+    let reset = async {
+        let _ = poll_fn(|cx| respond.respond.poll_reset(cx)).await;
+    };
     let outcome = race_call(call, reset, timeout).await;
     match outcome {
         Some(Ok(message)) => respond.send_message(message),
@@ -162,9 +164,11 @@ async fn serve_streaming<S: GrpcService>(
     };
     let requests = RequestStream::new(body, limits.max_recv_message_bytes);
     let call = service.streaming(path, requests, ResponseSink::new(Rc::clone(&stream)), ctx);
-    // Once the response headers are sent, h2 reports resets on the send stream
-    // (`SendResponse::poll_reset` would fail at once with PollResetAfterSendResponse).
-    let reset = poll_fn(|cx| stream.borrow_mut().poll_reset(cx));
+    // Once the response headers are out, a reset shows on the send stream (h2
+    // refuses `SendResponse::poll_reset` then).
+    let reset = async {
+        let _ = poll_fn(|cx| stream.borrow_mut().poll_reset(cx)).await;
+    };
     let outcome = race_call(call, reset, timeout).await;
     let trailers = match outcome {
         Some(Ok(())) => ok_trailers(),
@@ -174,11 +178,11 @@ async fn serve_streaming<S: GrpcService>(
     let _ = stream.borrow_mut().send_trailers(trailers);
 }
 
-/// Runs `call` unless the client resets the stream (None) or the deadline passes
-/// (DEADLINE_EXCEEDED).
-async fn race_call<T, R>(
+/// Runs `call` unless the client resets the stream (`reset` finishes: None) or
+/// the deadline passes (DEADLINE_EXCEEDED).
+async fn race_call<T>(
     call: impl std::future::Future<Output = Result<T, Status>>,
-    reset: impl std::future::Future<Output = R>,
+    reset: impl std::future::Future<Output = ()>,
     timeout: Option<Duration>,
 ) -> Option<Result<T, Status>> {
     let call = async { Some(call.await) };

@@ -32,11 +32,13 @@ use super::messages::{Call, Reply, Request, Response};
 use super::raft_log::RaftLog;
 use super::reads::{PendingRead, ReadQueue};
 use super::wal_io::{self, WalJob};
+use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
 use crate::etcd_error::EtcdError;
 use crate::metrics::Histogram;
 
 mod maintenance;
+use crate::watch::WatchCommand;
 
 /// Physical compaction removes at most this many revisions before yielding, so a
 /// compaction of millions of revisions never stalls writers (etcd's
@@ -64,6 +66,10 @@ pub enum Event {
         result: Result<CommittedPlan, PageError>,
         elapsed: Duration,
     },
+    /// A watch command from client core `client`.
+    Watch { client: usize, command: WatchCommand },
+    /// The `--watch-progress-notify-interval` passed.
+    WatchProgressTick,
 }
 
 /// Identity and limits the store core answers with.
@@ -145,6 +151,8 @@ pub struct StoreCore {
     lease_ids: LeaseIds,
     auto_compactor: AutoCompactor,
     metrics: CoreMetrics,
+    watchers: Watchers,
+    watch_outlet: WatchOutlet,
 }
 
 impl StoreCore {
@@ -155,10 +163,15 @@ impl StoreCore {
         events: Rc<LocalSender<Event>>,
         wal_jobs: LocalSender<WalJob>,
         replies: Vec<ConnectedSender<Reply>>,
+        watch_outlet: WatchOutlet,
     ) -> StoreCore {
         let boot_last_index = raw.store().last_index();
         let lease_ids = LeaseIds::new(settings.member_id);
         let auto_compactor = AutoCompactor::new(settings.auto_compaction, Instant::now());
+        // Watchers are fed the changes each applied entry made.
+        let mut mvcc = mvcc;
+        mvcc.capture_changes();
+        let watchers = Watchers::new(watch_outlet.client_cores());
         StoreCore {
             settings,
             raw,
@@ -187,6 +200,8 @@ impl StoreCore {
                 wal_fsync: Histogram::etcd_disk(),
                 backend_commit: Histogram::etcd_disk(),
             },
+            watchers,
+            watch_outlet,
         }
     }
 
@@ -217,6 +232,8 @@ impl StoreCore {
                 self.metrics.backend_commit.observe(elapsed);
                 self.finish_commit(result);
             }
+            Event::Watch { client, command } => self.watchers.handle(client, command, &self.mvcc),
+            Event::WatchProgressTick => self.watchers.progress_tick(&self.mvcc),
         }
     }
 
@@ -233,6 +250,22 @@ impl StoreCore {
         }
         self.answer_applied_reads();
         self.maybe_commit(false);
+        self.drive_watchers();
+    }
+
+    /// One bounded catch-up pass for lagging watchers, then every notice out.
+    fn drive_watchers(&mut self) {
+        if self.watchers.has_catch_up_work() {
+            self.watchers.catch_up(&self.mvcc);
+        }
+        self.watchers.send_deferred_progress(&self.mvcc);
+        let header = pb::ResponseHeader {
+            cluster_id: self.settings.cluster_id,
+            member_id: self.settings.member_id,
+            raft_term: self.raw.raft.term,
+            revision: 0,
+        };
+        self.watch_outlet.flush(&mut self.watchers, &header);
     }
 
     /// True once every entry that was in the WAL at start has been applied again.
@@ -242,11 +275,14 @@ impl StoreCore {
 
     /// True while physical compaction has revisions left to remove.
     pub fn has_background_work(&self) -> bool {
-        self.mvcc.compaction_pending()
+        self.mvcc.compaction_pending() || self.watchers.has_catch_up_work()
     }
 
     /// Removes one bounded batch of compacted revisions.
     pub fn background_step(&mut self) {
+        if !self.mvcc.compaction_pending() {
+            return; // only watchers to catch up: `drive` does that
+        }
         let done = self
             .mvcc
             .compact_step(COMPACTION_BATCH_REVISIONS)
@@ -412,6 +448,8 @@ impl StoreCore {
             self.mvcc.set_applied_index(entry.index);
             self.applied_since_commit += 1;
         }
+        let changes = self.mvcc.take_changes();
+        self.watchers.publish(&changes, &self.mvcc);
         self.raw.advance_apply_to(last_index);
     }
 

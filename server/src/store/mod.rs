@@ -10,6 +10,7 @@ mod raft_log;
 mod raft_logger;
 mod reads;
 mod wal_io;
+mod watchers;
 
 use auto_compaction::AutoCompactionPolicy;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub use self::bootstrap::Identity;
 pub use self::core::MemberInfo;
 use self::core::{Event, StoreCore, StoreSettings};
 use self::messages::{Call, Reply};
+use self::watchers::WatchOutlet;
+use crate::watch::{WatchCommand, WatchPush};
 
 /// etcd's `--heartbeat-interval` default; one raft tick.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
@@ -39,6 +42,13 @@ pub struct StoreCoreSettings {
     pub member: MemberInfo,
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// The watch channels of every client core (see `crate::watch`).
+pub struct WatchChannels {
+    pub commands: Vec<SharedReceiver<WatchCommand>>,
+    pub pushes: Vec<SharedSender<WatchPush>>,
 }
 
 /// Opens the store, reports readiness (or the error) on `ready`, then serves
@@ -47,12 +57,23 @@ pub async fn run(
     settings: StoreCoreSettings,
     calls: Vec<SharedReceiver<Call>>,
     replies: Vec<SharedSender<Reply>>,
+    watch: WatchChannels,
     ready: std::sync::mpsc::Sender<Result<Identity, String>>,
 ) {
     // Each `connect` waits for the other core to connect its end: start them all
     // at once so no order between cores can deadlock.
     let replies: Vec<_> = replies.into_iter().map(|r| glommio::spawn_local(r.connect())).collect();
     let calls: Vec<_> = calls.into_iter().map(|c| glommio::spawn_local(c.connect())).collect();
+    let pushes: Vec<_> = watch
+        .pushes
+        .into_iter()
+        .map(|p| glommio::spawn_local(p.connect()))
+        .collect();
+    let commands: Vec<_> = watch
+        .commands
+        .into_iter()
+        .map(|c| glommio::spawn_local(c.connect()))
+        .collect();
     let mut connected_replies = Vec::with_capacity(replies.len());
     for reply in replies {
         connected_replies.push(reply.await);
@@ -60,6 +81,14 @@ pub async fn run(
     let mut connected_calls = Vec::with_capacity(calls.len());
     for call in calls {
         connected_calls.push(call.await);
+    }
+    let mut connected_pushes = Vec::with_capacity(pushes.len());
+    for push in pushes {
+        connected_pushes.push(push.await);
+    }
+    let mut connected_commands = Vec::with_capacity(commands.len());
+    for command in commands {
+        connected_commands.push(command.await);
     }
     let opened = match bootstrap::open(&settings.data_dir, settings.identity).await {
         Ok(opened) => opened,
@@ -84,7 +113,21 @@ pub async fn run(
         })
         .detach();
     }
+    for (client, receiver) in connected_commands.into_iter().enumerate() {
+        let events = Rc::clone(&events);
+        glommio::spawn_local(async move {
+            while let Some(command) = receiver.recv().await {
+                if events.try_send(Event::Watch { client, command }).is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
     spawn_timer(Rc::clone(&events), TICK_INTERVAL, || Event::Tick);
+    spawn_timer(Rc::clone(&events), settings.watch_progress_notify_interval, || {
+        Event::WatchProgressTick
+    });
     spawn_timer(Rc::clone(&events), settings.backend_batch_interval, || Event::CommitDue);
 
     let store_settings = StoreSettings {
@@ -106,6 +149,7 @@ pub async fn run(
         events,
         wal_jobs,
         connected_replies,
+        WatchOutlet::new(connected_pushes),
     );
     // Clients are let in only once everything the WAL holds is applied again, so
     // even a serializable read after a restart sees every acknowledged write.

@@ -192,3 +192,96 @@ pub async fn kv_client_once(endpoint: &str) -> Option<KvClient<Channel>> {
         .ok()?;
     Some(KvClient::new(channel).max_decoding_message_size(64 << 20))
 }
+
+/// One Watch stream: requests go in through a channel, responses are read with a
+/// bounded wait. The call starts at the first read: grpc-go (etcd) sends the
+/// response headers only with the first response, so awaiting them before
+/// sending a create would wait forever.
+pub struct WatchSession {
+    requests: tokio::sync::mpsc::Sender<ringkv_proto::etcdserverpb::WatchRequest>,
+    client: ringkv_proto::etcdserverpb::watch_client::WatchClient<Channel>,
+    queue: Option<tokio::sync::mpsc::Receiver<ringkv_proto::etcdserverpb::WatchRequest>>,
+    responses: Option<tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse>>,
+}
+
+/// How long a watch response may take to arrive before the test fails.
+pub const WATCH_RESPONSE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl WatchSession {
+    pub async fn open(endpoint: &str) -> WatchSession {
+        use ringkv_proto::etcdserverpb::watch_client::WatchClient;
+        let channel = Channel::from_shared(endpoint.to_string())
+            .expect("a valid endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect");
+        let client = WatchClient::new(channel).max_decoding_message_size(64 << 20);
+        let (requests, queue) = tokio::sync::mpsc::channel(64);
+        WatchSession {
+            requests,
+            client,
+            queue: Some(queue),
+            responses: None,
+        }
+    }
+
+    async fn responses(&mut self) -> &mut tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse> {
+        if self.responses.is_none() {
+            let queue = self.queue.take().expect("the call starts once");
+            let stream = tokio_stream::wrappers::ReceiverStream::new(queue);
+            let call = tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.client.watch(stream));
+            let responses = call
+                .await
+                .expect("the watch call starts in time")
+                .expect("watch stream");
+            self.responses = Some(responses.into_inner());
+        }
+        self.responses.as_mut().unwrap()
+    }
+
+    pub async fn send(&self, request: ringkv_proto::etcdserverpb::watch_request::RequestUnion) {
+        let request = ringkv_proto::etcdserverpb::WatchRequest {
+            request_union: Some(request),
+        };
+        self.requests.send(request).await.expect("the stream is open");
+    }
+
+    pub async fn create(&self, create: ringkv_proto::etcdserverpb::WatchCreateRequest) {
+        use ringkv_proto::etcdserverpb::watch_request::RequestUnion;
+        self.send(RequestUnion::CreateRequest(create)).await;
+    }
+
+    /// The next response; fails the test after `WATCH_RESPONSE_TIMEOUT`.
+    pub async fn next(&mut self) -> ringkv_proto::etcdserverpb::WatchResponse {
+        let responses = self.responses().await;
+        match tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, responses.message()).await {
+            Ok(Ok(Some(response))) => response,
+            Ok(other) => panic!("the watch stream ended: {other:?}"),
+            Err(_) => panic!("no watch response within {WATCH_RESPONSE_TIMEOUT:?}"),
+        }
+    }
+
+    /// The next response if one arrives within `wait` (for "nothing is sent").
+    pub async fn next_within(&mut self, wait: Duration) -> Option<ringkv_proto::etcdserverpb::WatchResponse> {
+        let responses = self.responses().await;
+        match tokio::time::timeout(wait, responses.message()).await {
+            Ok(Ok(Some(response))) => Some(response),
+            Ok(other) => panic!("the watch stream ended: {other:?}"),
+            Err(_) => None,
+        }
+    }
+}
+
+/// etcd's prefix end: increment the last byte that is not 0xff, dropping 0xff bytes after it.
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().unwrap() += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
