@@ -19,6 +19,8 @@ pub enum EtcdError {
     Compacted,
     FutureRev,
     LeaseNotFound,
+    LeaseExist,
+    LeaseTtlTooLarge,
     RequestTooLarge,
     TooManyRequests,
     NoLeader,
@@ -33,8 +35,9 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
             | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            LeaseExist => Code::FailedPrecondition,
             TooManyRequests => Code::ResourceExhausted,
             NoLeader | Stopped | Timeout => Code::Unavailable,
         }
@@ -54,6 +57,8 @@ impl EtcdError {
             Compacted => "etcdserver: mvcc: required revision has been compacted",
             FutureRev => "etcdserver: mvcc: required revision is a future revision",
             LeaseNotFound => "etcdserver: requested lease not found",
+            LeaseExist => "etcdserver: lease already exists",
+            LeaseTtlTooLarge => "etcdserver: too large lease TTL",
             RequestTooLarge => "etcdserver: request is too large",
             TooManyRequests => "etcdserver: too many requests",
             NoLeader => "etcdserver: no leader",
@@ -93,6 +98,8 @@ mod tests {
             Compacted,
             FutureRev,
             LeaseNotFound,
+            LeaseExist,
+            LeaseTtlTooLarge,
             RequestTooLarge,
             TooManyRequests,
             NoLeader,

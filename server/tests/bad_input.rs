@@ -18,7 +18,7 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
+use ringkv_proto::etcdserverpb::auth_client::AuthClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -631,19 +631,17 @@ async fn unknown_services_and_methods_are_unimplemented() {
         assert_eq!(actual.message, expected.message, "{path}");
     }
 
-    // etcd serves leases; ringkv does not yet, and says so the way grpc-go's
+    // etcd serves auth; ringkv does not yet, and says so the way grpc-go's
     // generated stubs do.
     let channel = tonic::transport::Channel::from_shared(both.ringkv.endpoint())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let grant = LeaseClient::new(channel)
-        .lease_grant(pb::LeaseGrantRequest { ttl: 10, id: 0 })
-        .await;
+    let status = AuthClient::new(channel).auth_status(pb::AuthStatusRequest {}).await;
     assert_eq!(
-        answer(grant),
-        error(tonic::Code::Unimplemented, "method LeaseGrant not implemented")
+        answer(status),
+        error(tonic::Code::Unimplemented, "method AuthStatus not implemented")
     );
     both.assert_serve().await;
 }

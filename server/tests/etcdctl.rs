@@ -214,3 +214,99 @@ fn etcdctl_sees_the_same_answers_from_ringkv_as_from_etcd() {
     );
     assert_eq!(output(&["get", "after", "--rev", "16"]).stdout, "after\n2\n");
 }
+
+/// Lease ids are the server's choice (etcdctl 3.4 cannot choose one), and the
+/// remaining TTL and the order of attached keys (a Go map in etcd) may differ:
+/// masks all three.
+fn mask_lease(text: &str, id_hex: &str) -> String {
+    let text = text.replace(id_hex, "ID");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("remaining(") {
+        let after = &rest[start + "remaining(".len()..];
+        out.push_str(&rest[..start]);
+        out.push_str("remaining(R");
+        rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    if let (Some(start), Some(end)) = (out.find("attached keys(["), out.rfind("])")) {
+        let inner = start + "attached keys([".len();
+        let mut keys: Vec<&str> = out[inner..end].split(' ').collect();
+        keys.sort_unstable();
+        out = format!("{}{}{}", &out[..inner], keys.join(" "), &out[end..]);
+    }
+    out
+}
+
+/// The id in `lease 694d77aa9e38260f granted with TTL(60s)`.
+fn granted_id(run: &Run) -> String {
+    let id = run
+        .stdout
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.split(' ').next());
+    id.unwrap_or_else(|| panic!("not a grant: {run:?}")).to_string()
+}
+
+#[test]
+fn etcdctl_lease_commands_see_the_same_answers_from_ringkv_as_from_etcd() {
+    let etcd = support::Etcd::start();
+    let data_dir = tempfile::tempdir().unwrap();
+    let ringkv = support::Ringkv::start(data_dir.path(), &[]);
+    let servers = [etcd.endpoint(), ringkv.endpoint()];
+    let ids: Vec<String> = servers
+        .iter()
+        .map(|endpoint| granted_id(&etcdctl(endpoint, &["lease", "grant", "60"], None)))
+        .collect();
+    let scenario: Vec<Vec<&str>> = vec![
+        vec!["put", "k1", "v1", "--lease", "ID"],
+        vec!["put", "k2", "v2", "--lease", "ID"],
+        vec!["put", "other", "v"],
+        vec!["lease", "keep-alive", "--once", "ID"],
+        vec!["lease", "timetolive", "ID", "--keys"],
+        vec!["lease", "timetolive", "ID"],
+        vec!["lease", "list"],
+        vec!["lease", "revoke", "ID"],
+        vec!["get", "", "--from-key"],
+        vec!["lease", "timetolive", "ID", "--keys"],
+        vec!["lease", "keep-alive", "--once", "ID"],
+        vec!["lease", "revoke", "ID"],
+        vec!["lease", "list"],
+        vec!["lease", "grant", "1"],
+    ];
+    let mut runs = Vec::new();
+    for args in scenario {
+        let mut outputs = Vec::new();
+        for (endpoint, id) in servers.iter().zip(&ids) {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|&arg| if arg == "ID" { id.as_str() } else { arg })
+                .collect();
+            let mut run = etcdctl(endpoint, &args, None);
+            if args[..2] == ["lease", "grant"] {
+                let new_id = granted_id(&run);
+                run.stdout = run.stdout.replace(&new_id, "NEW");
+            }
+            run.stdout = mask_lease(&run.stdout, id);
+            run.stderr = mask_lease(&run.stderr, id);
+            outputs.push(run);
+        }
+        let actual = outputs.pop().unwrap();
+        let expected = outputs.pop().unwrap();
+        assert_eq!(actual, expected, "etcdctl {args:?}: ringkv (left) vs etcd (right)");
+        runs.push((args, actual));
+    }
+    let output = |index: usize| &runs[index].1;
+    assert_eq!(output(3).stdout, "lease ID keepalived with TTL(60)\n");
+    assert_eq!(
+        output(4).stdout,
+        "lease ID granted with TTL(60s), remaining(Rs), attached keys([k1 k2])\n"
+    );
+    assert_eq!(output(6).stdout, "found 1 leases\nID\n");
+    assert_eq!(output(7).stdout, "lease ID revoked\n");
+    assert_eq!(output(8).stdout, "other\nv\n");
+    assert_eq!(
+        output(11).stderr,
+        "Error: failed to revoke lease (etcdserver: requested lease not found)"
+    );
+    assert_eq!(output(13).stdout, "lease NEW granted with TTL(2s)\n");
+}

@@ -6,6 +6,7 @@
 //! revision since the last compaction. The byte layout is in docs/mvcc-format.md.
 
 mod key_index;
+mod lease;
 mod revision;
 mod store;
 
@@ -13,6 +14,7 @@ mod store;
 mod tests;
 
 pub use crate::page::{CommitPlan, CommittedPlan, PageError};
+pub use lease::{Leases, NO_LEASE};
 pub use revision::Revision;
 pub use store::{Mvcc, WriteTxn};
 

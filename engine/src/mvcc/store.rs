@@ -2,7 +2,7 @@
 //! last compaction, all kept in the B-tree's revision table with the key index in
 //! memory. Semantics follow etcd's mvcc package (kvstore.go, kvstore_txn.go).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::key_index::{KeyAt, KeyIndex};
+use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
 use super::revision::{Revision, REVISION_TABLE};
 use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult};
 use crate::btree::Tree;
@@ -39,6 +40,7 @@ pub struct Mvcc {
     /// Revisions still to remove physically, oldest first.
     pending_removal: VecDeque<Revision>,
     applied_index: u64,
+    leases: Leases,
 }
 
 impl Mvcc {
@@ -59,6 +61,8 @@ impl Mvcc {
         // Tombstones whose key's earlier revisions were already removed by an
         // interrupted compaction: they only wait to be removed too.
         let mut orphans = Vec::new();
+        // The lease of each live key's newest revision.
+        let mut lease_of: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let start = [REVISION_TABLE];
         let end = [REVISION_TABLE + 1];
         for entry in tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
@@ -72,6 +76,11 @@ impl Mvcc {
                     revision.main
                 )));
             }
+            if tombstone || kv.lease == NO_LEASE {
+                lease_of.remove(&kv.key);
+            } else {
+                lease_of.insert(kv.key.clone(), kv.lease);
+            }
             if tombstone {
                 if index.has_live(&kv.key) {
                     index.tombstone(&kv.key, revision);
@@ -82,6 +91,7 @@ impl Mvcc {
                 index.put(&kv.key, revision, kv.create_revision, kv.version);
             }
         }
+        let leases = rebuild_leases(&tree, lease_of)?;
         let mut store = Mvcc {
             tree,
             index,
@@ -90,6 +100,7 @@ impl Mvcc {
             finished_compact_revision,
             pending_removal: VecDeque::new(),
             applied_index,
+            leases,
         };
         if compact_revision > finished_compact_revision {
             store.schedule_removal(compact_revision, orphans);
@@ -119,6 +130,19 @@ impl Mvcc {
     pub fn set_applied_index(&mut self, index: u64) {
         assert!(index >= self.applied_index, "the applied index never goes back");
         self.applied_index = index;
+    }
+
+    /// The leases that exist and the keys attached to them.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Creates lease `id` with `ttl` seconds; stored by the next commit. The
+    /// caller has checked that it does not exist (etcd's ErrLeaseExist).
+    pub fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<(), MvccError> {
+        self.leases.insert(id, ttl);
+        self.tree.insert(&lease_key(id), &ttl.to_be_bytes())?;
+        Ok(())
     }
 
     /// Number of keys that exist now or in retained history.
@@ -289,6 +313,11 @@ impl WriteTxn<'_> {
         self.begin + 1
     }
 
+    /// The leases as of this transaction's changes so far.
+    pub fn leases(&self) -> &Leases {
+        &self.store.leases
+    }
+
     /// Reads see this transaction's earlier writes.
     pub fn range(&self, span: KeySpan<'_>, options: RangeOptions) -> Result<RangeResult, MvccError> {
         let view = if self.changes > 0 { self.begin + 1 } else { self.begin };
@@ -315,8 +344,25 @@ impl WriteTxn<'_> {
         };
         self.store.tree.insert(&revision.to_key(), &encode_record(false, &kv))?;
         self.store.index.put(key, revision, created, version);
+        self.store.leases.set_lease_of(key, lease);
         self.changes += 1;
         Ok(())
+    }
+
+    /// Revokes lease `id` (which must exist): deletes every key attached to it, in
+    /// key order, as ordinary deletions of this transaction, then the lease.
+    /// Returns how many keys were deleted.
+    pub fn revoke_lease(&mut self, id: i64) -> Result<i64, MvccError> {
+        assert!(self.store.leases.contains(id), "revoking unknown lease {id}");
+        let keys: Vec<Vec<u8>> = self.store.leases.keys(id).map(<[u8]>::to_vec).collect();
+        for key in &keys {
+            assert!(self.store.index.latest(key).is_some(), "attached keys are live");
+            self.tombstone(key)?;
+        }
+        self.store.leases.remove(id);
+        let removed = self.store.tree.remove(&lease_key(id))?;
+        assert!(removed, "lease {id} was stored");
+        Ok(keys.len() as i64)
     }
 
     /// Deletes every live key in `span`; returns how many.
@@ -347,19 +393,26 @@ impl WriteTxn<'_> {
             }
         }
         for key in &keys {
-            let revision = Revision::new(self.revision(), self.changes);
-            let tombstone = KeyValue {
-                key: key.clone(),
-                mod_revision: revision.main,
-                ..Default::default()
-            };
-            self.store
-                .tree
-                .insert(&revision.to_key(), &encode_record(true, &tombstone))?;
-            self.store.index.tombstone(key, revision);
-            self.changes += 1;
+            self.tombstone(key)?;
         }
         Ok(keys.len() as i64)
+    }
+
+    /// Deletes one live key: a tombstone at the next sub revision.
+    fn tombstone(&mut self, key: &[u8]) -> Result<(), MvccError> {
+        let revision = Revision::new(self.revision(), self.changes);
+        let tombstone = KeyValue {
+            key: key.to_vec(),
+            mod_revision: revision.main,
+            ..Default::default()
+        };
+        self.store
+            .tree
+            .insert(&revision.to_key(), &encode_record(true, &tombstone))?;
+        self.store.index.tombstone(key, revision);
+        self.store.leases.detach(key);
+        self.changes += 1;
+        Ok(())
     }
 
     /// Ends the transaction; returns the store's revision after it.
@@ -392,6 +445,28 @@ fn decode_record(record: &[u8]) -> Result<(bool, KeyValue), MvccError> {
         return Err(MvccError::Corrupt("revision record without a key".to_string()));
     }
     Ok((flags & FLAG_TOMBSTONE != 0, kv))
+}
+
+/// Loads the lease table and attaches each live key to the lease of its newest
+/// revision.
+fn rebuild_leases(tree: &Tree, lease_of: BTreeMap<Vec<u8>, i64>) -> Result<Leases, MvccError> {
+    let mut leases = Leases::default();
+    let start = [LEASE_TABLE];
+    let end = [LEASE_TABLE + 1];
+    for entry in tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+        let (key, value) = entry?;
+        let (id, ttl) = decode_lease(&key, &value)?;
+        leases.insert(id, ttl);
+    }
+    for (key, lease) in lease_of {
+        if !leases.contains(lease) {
+            return Err(MvccError::Corrupt(format!(
+                "key {key:?} is attached to lease {lease}, which is not stored"
+            )));
+        }
+        leases.set_lease_of(&key, lease);
+    }
+    Ok(leases)
 }
 
 fn read_meta(tree: &Tree, name: &[u8]) -> Result<Option<i64>, MvccError> {

@@ -70,6 +70,13 @@ enum Step {
     },
     PhysicalCompaction(usize),
     Restart,
+    /// Grant lease `id` (if it does not exist).
+    Grant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revoke lease `id` (if it exists): its keys go in one revision.
+    Revoke(i64),
 }
 
 fn span() -> impl Strategy<Value = Span> {
@@ -82,7 +89,7 @@ fn span() -> impl Strategy<Value = Span> {
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
-        4 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..8), 0i64..3)
+        4 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..8), 0i64..4)
             .prop_map(|(key, value, lease)| Change::Put { key, value, lease }),
         2 => span().prop_map(Change::Delete),
         1 => span().prop_map(Change::Read),
@@ -97,6 +104,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (-1i64..6).prop_map(|rev_back| Step::Compact { rev_back }),
         1 => (1usize..4).prop_map(Step::PhysicalCompaction),
         1 => Just(Step::Restart),
+        2 => (1i64..4, 1i64..100).prop_map(|(id, ttl)| Step::Grant { id, ttl }),
+        1 => (1i64..4).prop_map(Step::Revoke),
     ]
 }
 
@@ -104,6 +113,8 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     states: Vec<BTreeMap<Vec<u8>, KeyValue>>,
     compacted: i64,
+    /// Lease id -> TTL. Attachments are the `lease` fields of the newest state.
+    leases: BTreeMap<i64, i64>,
 }
 
 impl Model {
@@ -112,11 +123,35 @@ impl Model {
         Model {
             states: vec![BTreeMap::new(), BTreeMap::new()],
             compacted: -1,
+            leases: BTreeMap::new(),
         }
     }
 
     fn current(&self) -> i64 {
         self.states.len() as i64 - 1
+    }
+
+    /// The live keys whose newest revision carries lease `id`, in key order.
+    fn keys_of(&self, id: i64) -> Vec<&[u8]> {
+        let state = self.states.last().unwrap();
+        state
+            .values()
+            .filter(|kv| kv.lease == id)
+            .map(|kv| kv.key.as_slice())
+            .collect()
+    }
+
+    fn check_leases(&self, store: &Mvcc) {
+        let leases = store.leases();
+        leases.check().unwrap();
+        assert_eq!(leases.iter().collect::<BTreeMap<_, _>>(), self.leases);
+        for &id in self.leases.keys() {
+            assert_eq!(
+                leases.keys(id).collect::<Vec<_>>(),
+                self.keys_of(id),
+                "keys of lease {id}"
+            );
+        }
     }
 
     fn read(
@@ -155,6 +190,8 @@ fn apply_txn(model: &mut Model, store: &mut Mvcc, changes: &[Change]) {
         match change {
             Change::Put { key, value, lease } => {
                 let key = KEYS[*key];
+                // The server refuses unknown leases before writing.
+                let lease = if model.leases.contains_key(lease) { lease } else { &0 };
                 let (created, version) = match state.get(key) {
                     Some(kv) => (kv.create_revision, kv.version + 1),
                     None => (revision, 1),
@@ -195,6 +232,24 @@ fn apply_txn(model: &mut Model, store: &mut Mvcc, changes: &[Change]) {
         model.states.push(state);
     }
     assert_eq!(after, model.current(), "one revision per txn that changes something");
+}
+
+fn revoke(model: &mut Model, store: &mut Mvcc, id: i64) {
+    if model.leases.remove(&id).is_none() {
+        return;
+    }
+    let doomed: Vec<Vec<u8>> = model.keys_of(id).into_iter().map(<[u8]>::to_vec).collect();
+    let mut state = model.states.last().unwrap().clone();
+    for key in &doomed {
+        state.remove(key);
+    }
+    let mut txn = store.write();
+    assert_eq!(txn.revoke_lease(id).unwrap(), doomed.len() as i64);
+    let after = txn.end();
+    if !doomed.is_empty() {
+        model.states.push(state);
+    }
+    assert_eq!(after, model.current(), "a revoke deletes its keys in one revision");
 }
 
 fn run(steps: Vec<Step>) {
@@ -254,7 +309,15 @@ fn run(steps: Vec<Step>) {
                 assert_eq!(store.current_revision(), model.current());
                 assert_eq!(store.compact_revision(), model.compacted);
             }
+            Step::Grant { id, ttl } => {
+                if let std::collections::btree_map::Entry::Vacant(entry) = model.leases.entry(id) {
+                    entry.insert(ttl);
+                    store.grant_lease(id, ttl).unwrap();
+                }
+            }
+            Step::Revoke(id) => revoke(&mut model, &mut store, id),
         }
+        model.check_leases(&store);
     }
     // Finish any compaction: reads at or after the compaction point are unchanged.
     while !store.compact_step(1000).unwrap() {}

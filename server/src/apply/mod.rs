@@ -6,6 +6,7 @@
 //! Headers are filled here with `revision` only; the store core adds cluster id,
 //! member id and raft term to the outermost header, as etcd's gRPC layer does.
 
+pub mod lease;
 mod range;
 mod txn;
 mod write;
@@ -14,7 +15,7 @@ pub use range::range;
 pub use txn::{is_read_only, is_serializable, txn};
 pub use write::{delete_range, put};
 
-use ringkv_engine::mvcc::{KeySpan, Mvcc, MvccError, RangeEnd, RangeOptions, RangeResult, WriteTxn};
+use ringkv_engine::mvcc::{KeySpan, Mvcc, MvccError, RangeEnd, RangeOptions, RangeResult, WriteTxn, NO_LEASE};
 use ringkv_proto::etcdserverpb as pb;
 
 use crate::etcd_error::EtcdError;
@@ -110,8 +111,11 @@ pub fn key_span<'a>(key: &'a [u8], range_end: &'a [u8]) -> KeySpan<'a> {
 }
 
 /// etcd's standalone Put checks its lease before anything else.
-pub fn check_put_lease(request: &pb::PutRequest) -> Result<(), ApplyError> {
-    txn::check_lease(request.lease)
+pub fn check_put_lease(view: &WriteView<'_>, request: &pb::PutRequest) -> Result<(), ApplyError> {
+    if request.lease != NO_LEASE && !view.txn.leases().contains(request.lease) {
+        return Err(EtcdError::LeaseNotFound.into());
+    }
+    Ok(())
 }
 
 /// A response header carrying only a revision (nested responses keep it that way).

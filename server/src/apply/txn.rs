@@ -12,6 +12,7 @@ use ringkv_engine::mvcc::{Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::mvccpb::KeyValue;
 
+use super::lease::check_lease;
 use super::{delete_range, key_span, put, range, revision_header, ApplyError, ReadView, WriteView};
 use crate::etcd_error::EtcdError;
 
@@ -190,7 +191,7 @@ fn check_put(mvcc: &Mvcc, earlier: &[Op], op: &Op) -> Result<(), ApplyError> {
             return Err(EtcdError::KeyNotFound.into());
         }
     }
-    check_lease(request.lease)
+    check_lease(mvcc, request.lease)
 }
 
 /// True when the last of the `earlier` ops that touches `key` deletes it.
@@ -211,14 +212,6 @@ fn span_covers(start: &[u8], range_end: &[u8], key: &[u8]) -> bool {
         RangeEnd::ToEnd => key >= start,
         RangeEnd::Until(end) => start <= key && key < end,
     }
-}
-
-/// Leases are not implemented yet, so every lease id is unknown.
-pub(crate) fn check_lease(lease: i64) -> Result<(), ApplyError> {
-    if lease != 0 {
-        return Err(EtcdError::LeaseNotFound.into());
-    }
-    Ok(())
 }
 
 /// etcd's `checkRequestRange`: a txn range at a revision must be readable.

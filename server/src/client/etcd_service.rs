@@ -7,10 +7,18 @@ use std::rc::Rc;
 use bytes::Bytes;
 use ringkv_proto::etcdserverpb as pb;
 
+use super::lease_service::{self, LeaseMethod};
 use super::store_client::StoreClient;
 use super::validate;
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
+
+/// The methods ringkv serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Kv(KvMethod),
+    Lease(LeaseMethod),
+}
 
 /// The KV methods ringkv serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +92,7 @@ const ETCD_SERVICES: &[(&str, &[&str])] = &[
     ),
 ];
 
-fn route(path: &str) -> Result<KvMethod, Status> {
+fn route(path: &str) -> Result<Method, Status> {
     // grpc-go splits `/service/method` at the last slash.
     let name = path.strip_prefix('/').unwrap_or(path);
     let (service, method) = name.rsplit_once('/').ok_or_else(|| {
@@ -102,7 +110,10 @@ fn route(path: &str) -> Result<KvMethod, Status> {
         _ => None,
     };
     if let Some(kv) = kv {
-        return Ok(kv);
+        return Ok(Method::Kv(kv));
+    }
+    if let Some(lease) = LeaseMethod::route(service, method) {
+        return Ok(Method::Lease(lease));
     }
     let Some((_, methods)) = ETCD_SERVICES.iter().find(|(name, _)| *name == service) else {
         return Err(Status::new(Code::Unimplemented, format!("unknown service {service}")));
@@ -136,11 +147,18 @@ impl EtcdService {
 
 impl GrpcService for EtcdService {
     fn method_kind(&self, path: &str) -> Result<MethodKind, Status> {
-        route(path).map(|_| MethodKind::Unary)
+        route(path).map(|method| match method {
+            Method::Kv(_) => MethodKind::Unary,
+            Method::Lease(lease) => lease.kind(),
+        })
     }
 
     async fn unary(&self, path: &str, request: Bytes, _ctx: CallContext) -> Result<Encoded, Status> {
-        let response = match route(path)? {
+        let kv = match route(path)? {
+            Method::Kv(kv) => kv,
+            Method::Lease(lease) => return lease_service::unary(&self.store, lease, request).await,
+        };
+        let response = match kv {
             KvMethod::Range => {
                 let request: pb::RangeRequest = grpc::decode(request)?;
                 validate::check_range(&request)?;
@@ -172,19 +190,21 @@ impl GrpcService for EtcdService {
             Response::DeleteRange(response) => grpc::encode(&response),
             Response::Txn(response) => grpc::encode(&response),
             Response::Compact(response) => grpc::encode(&response),
+            other => unreachable!("a KV call is answered in kind, not with {other:?}"),
         })
     }
 
     async fn streaming(
         &self,
         path: &str,
-        _requests: RequestStream,
-        _responses: ResponseSink,
+        requests: RequestStream,
+        responses: ResponseSink,
         _ctx: CallContext,
     ) -> Result<(), Status> {
-        // `method_kind` routes no streaming method here yet.
-        route(path)?;
-        unreachable!("no KV method is streaming")
+        match route(path)? {
+            Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
+            method => unreachable!("{method:?} is unary"),
+        }
     }
 }
 
@@ -194,14 +214,18 @@ mod tests {
 
     #[test]
     fn kv_methods_route() {
-        assert_eq!(route("/etcdserverpb.KV/Txn").unwrap(), KvMethod::Txn);
+        assert_eq!(route("/etcdserverpb.KV/Txn").unwrap(), Method::Kv(KvMethod::Txn));
+        assert_eq!(
+            route("/etcdserverpb.Lease/LeaseLeases").unwrap(),
+            Method::Lease(LeaseMethod::Leases)
+        );
     }
 
     #[test]
     fn unserved_etcd_rpcs_are_honestly_unimplemented() {
-        let status = route("/etcdserverpb.Lease/LeaseGrant").unwrap_err();
+        let status = route("/etcdserverpb.Watch/Watch").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
-        assert_eq!(status.message, "method LeaseGrant not implemented");
+        assert_eq!(status.message, "method Watch not implemented");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod etcd_service;
 mod http;
+mod lease_service;
 mod store_client;
 mod validate;
 

@@ -138,7 +138,8 @@ async fn serve_unary<S: GrpcService>(
     };
     // The call is dropped (cancelled) if the client resets the stream or its
     // deadline passes first.
-    let outcome = race_call(call, &mut respond.respond, timeout).await;
+    let reset = poll_fn(|cx| respond.respond.poll_reset(cx));
+    let outcome = race_call(call, reset, timeout).await;
     match outcome {
         Some(Ok(message)) => respond.send_message(message),
         Some(Err(status)) => respond.send_status_only(&status),
@@ -161,7 +162,10 @@ async fn serve_streaming<S: GrpcService>(
     };
     let requests = RequestStream::new(body, limits.max_recv_message_bytes);
     let call = service.streaming(path, requests, ResponseSink::new(Rc::clone(&stream)), ctx);
-    let outcome = race_call(call, &mut respond.respond, timeout).await;
+    // Once the response headers are sent, h2 reports resets on the send stream
+    // (`SendResponse::poll_reset` would fail at once with PollResetAfterSendResponse).
+    let reset = poll_fn(|cx| stream.borrow_mut().poll_reset(cx));
+    let outcome = race_call(call, reset, timeout).await;
     let trailers = match outcome {
         Some(Ok(())) => ok_trailers(),
         Some(Err(status)) => status_headers(&status),
@@ -172,14 +176,14 @@ async fn serve_streaming<S: GrpcService>(
 
 /// Runs `call` unless the client resets the stream (None) or the deadline passes
 /// (DEADLINE_EXCEEDED).
-async fn race_call<T>(
+async fn race_call<T, R>(
     call: impl std::future::Future<Output = Result<T, Status>>,
-    respond: &mut SendResponse<Bytes>,
+    reset: impl std::future::Future<Output = R>,
     timeout: Option<Duration>,
 ) -> Option<Result<T, Status>> {
     let call = async { Some(call.await) };
     let reset = async {
-        let _ = poll_fn(|cx| respond.poll_reset(cx)).await;
+        reset.await;
         None
     };
     let deadline = async {

@@ -20,7 +20,7 @@ use super::wal_io;
 /// raft ticks per heartbeat and per election: with a 100 ms tick (etcd's
 /// `--heartbeat-interval`), elections time out after 1 s (`--election-timeout`).
 const HEARTBEAT_TICKS: usize = 1;
-const ELECTION_TICKS: usize = 10;
+pub(super) const ELECTION_TICKS: usize = 10;
 /// Bytes of entries per append message and messages in flight per follower.
 const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 const RAFT_MAX_INFLIGHT_MESSAGES: usize = 256;

@@ -7,6 +7,8 @@
 //! when the WAL is idle: that is the group commit), apply committed entries, answer
 //! reads whose ReadIndex has been applied, and start page-store commits.
 
+mod leases;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,8 @@ use ringkv_engine::wal::WalError;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
 
+use super::lease_clock::LeaseClock;
+use super::lease_ids::LeaseIds;
 use super::messages::{Call, Reply, Request, Response};
 use super::raft_log::RaftLog;
 use super::reads::{PendingRead, ReadQueue};
@@ -58,6 +62,10 @@ pub struct StoreSettings {
     pub max_request_bytes: usize,
     pub backend_batch_limit: usize,
     pub backend_batch_interval: Duration,
+    /// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ seconds.
+    pub min_lease_ttl_seconds: i64,
+    /// How much longer than their TTL leases live after this member becomes leader.
+    pub election_timeout: Duration,
 }
 
 /// Who waits for the result of a proposed write.
@@ -100,6 +108,8 @@ pub struct StoreCore {
     physical_waiters_committing: Vec<Waiter>,
     /// Physical compactions still removing revisions.
     physical_waiters_running: Vec<Waiter>,
+    lease_clock: LeaseClock,
+    lease_ids: LeaseIds,
 }
 
 impl StoreCore {
@@ -112,6 +122,7 @@ impl StoreCore {
         replies: Vec<ConnectedSender<Reply>>,
     ) -> StoreCore {
         let boot_last_index = raw.store().last_index();
+        let lease_ids = LeaseIds::new(settings.member_id);
         StoreCore {
             settings,
             raw,
@@ -130,6 +141,8 @@ impl StoreCore {
             physical_waiters_pending: Vec::new(),
             physical_waiters_committing: Vec::new(),
             physical_waiters_running: Vec::new(),
+            lease_clock: LeaseClock::default(),
+            lease_ids,
         }
     }
 
@@ -139,6 +152,7 @@ impl StoreCore {
             Event::Call { client, call } => self.handle_call(client, call),
             Event::Tick => {
                 self.raw.tick();
+                self.revoke_expired_leases();
             }
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result } => {
@@ -207,6 +221,17 @@ impl StoreCore {
             Request::DeleteRange(delete) => self.propose(client, call.id, raft_request::Request::DeleteRange(delete)),
             Request::Txn(txn) => self.propose(client, call.id, raft_request::Request::Txn(txn)),
             Request::Compact(compact) => self.propose(client, call.id, raft_request::Request::Compaction(compact)),
+            Request::LeaseGrant(grant) => self.grant_lease(client, call.id, grant),
+            Request::LeaseRevoke(revoke) => self.propose(client, call.id, raft_request::Request::LeaseRevoke(revoke)),
+            Request::LeaseKeepAlive(keep_alive) => self.keep_lease_alive(client, call.id, keep_alive),
+            Request::LeaseTimeToLive(request) => {
+                let result = self.lease_time_to_live(&request);
+                self.reply(client, call.id, result);
+            }
+            Request::LeaseLeases(_) => {
+                let response = self.lease_list();
+                self.reply(client, call.id, Ok(Response::LeaseLeases(response)));
+            }
         }
     }
 
@@ -221,6 +246,23 @@ impl StoreCore {
 
     fn propose(&mut self, client: usize, call_id: u64, request: raft_request::Request) {
         let physical_compaction = matches!(&request, raft_request::Request::Compaction(c) if c.physical);
+        let id = match self.propose_entry(request) {
+            Ok(id) => id,
+            Err(error) => {
+                self.reply(client, call_id, Err(error));
+                return;
+            }
+        };
+        let waiter = Waiter {
+            client,
+            call_id,
+            physical_compaction,
+        };
+        assert!(self.waiters.insert(id, waiter).is_none(), "request ids are unique");
+    }
+
+    /// Proposes `request` as a new entry; returns its request id.
+    fn propose_entry(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let data = RaftRequest {
@@ -230,20 +272,13 @@ impl StoreCore {
         .encode_to_vec();
         // etcd checks the size of the proposal, not of the gRPC message.
         if data.len() > self.settings.max_request_bytes {
-            self.reply(client, call_id, Err(EtcdError::RequestTooLarge));
-            return;
+            return Err(EtcdError::RequestTooLarge);
         }
         if self.raw.propose(Vec::new(), data).is_err() {
             // Dropped: no leader to take it (only possible mid-election).
-            self.reply(client, call_id, Err(EtcdError::NoLeader));
-            return;
+            return Err(EtcdError::NoLeader);
         }
-        let waiter = Waiter {
-            client,
-            call_id,
-            physical_compaction,
-        };
-        assert!(self.waiters.insert(id, waiter).is_none(), "request ids are unique");
+        Ok(id)
     }
 
     fn issue_read_index(&mut self) {
@@ -267,6 +302,7 @@ impl StoreCore {
                 // ReadIndex requests to a non-leader are dropped: ask again later.
                 self.reads.requeue_requested();
             }
+            self.lease_leadership_changed(soft_state.raft_state == StateRole::Leader);
         }
 
         let mut records = Vec::with_capacity(ready.entries().len() + 1);
@@ -348,7 +384,7 @@ impl StoreCore {
             .unwrap_or_else(|| fatal(&format!("raft entry {index} holds an empty request")));
         let result = match body {
             raft_request::Request::Put(put) => self.write(|view| {
-                apply::check_put_lease(&put)?;
+                apply::check_put_lease(view, &put)?;
                 apply::put(view, &put).map(Response::Put)
             }),
             raft_request::Request::DeleteRange(delete) => {
@@ -358,6 +394,8 @@ impl StoreCore {
             raft_request::Request::Compaction(compact) => {
                 apply::compact(&mut self.mvcc, &compact).map(Response::Compact)
             }
+            raft_request::Request::LeaseGrant(grant) => self.apply_lease_grant(&grant),
+            raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(&revoke),
         };
         let result = self.client_result(result);
         // Entries from before this process started have no waiter here.
@@ -507,6 +545,11 @@ impl StoreCore {
             Response::DeleteRange(r) => &mut r.header,
             Response::Txn(r) => &mut r.header,
             Response::Compact(r) => &mut r.header,
+            Response::LeaseGrant(r) => &mut r.header,
+            Response::LeaseRevoke(r) => &mut r.header,
+            Response::LeaseKeepAlive(r) => &mut r.header,
+            Response::LeaseTimeToLive(r) => &mut r.header,
+            Response::LeaseLeases(r) => &mut r.header,
         };
         let header = header.get_or_insert_with(Default::default);
         header.cluster_id = self.settings.cluster_id;

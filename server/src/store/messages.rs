@@ -7,8 +7,9 @@ use ringkv_proto::etcdserverpb as pb;
 
 use crate::etcd_error::EtcdError;
 
-/// A KV request for the store core. Reads (`Range`, read-only `Txn`) never enter
-/// the raft log; everything else is proposed.
+/// A request for the store core. Reads (`Range`, read-only `Txn`) and the
+/// leader-local lease calls (KeepAlive, TimeToLive, Leases) never enter the raft
+/// log; everything else is proposed.
 #[derive(Debug)]
 pub enum Request {
     Range(pb::RangeRequest),
@@ -16,6 +17,12 @@ pub enum Request {
     DeleteRange(pb::DeleteRangeRequest),
     Txn(pb::TxnRequest),
     Compact(pb::CompactionRequest),
+    LeaseGrant(pb::LeaseGrantRequest),
+    LeaseRevoke(pb::LeaseRevokeRequest),
+    /// One request of a LeaseKeepAlive stream; answered by the leader alone.
+    LeaseKeepAlive(pb::LeaseKeepAliveRequest),
+    LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
+    LeaseLeases(pb::LeaseLeasesRequest),
 }
 
 /// The store core's answer to a [`Request`] of the same kind.
@@ -26,6 +33,11 @@ pub enum Response {
     DeleteRange(pb::DeleteRangeResponse),
     Txn(pb::TxnResponse),
     Compact(pb::CompactionResponse),
+    LeaseGrant(pb::LeaseGrantResponse),
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    LeaseKeepAlive(pb::LeaseKeepAliveResponse),
+    LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
+    LeaseLeases(pb::LeaseLeasesResponse),
 }
 
 /// A request in flight from one client core.

@@ -2,6 +2,8 @@
 
 mod bootstrap;
 mod core;
+mod lease_clock;
+mod lease_ids;
 pub mod messages;
 mod raft_log;
 mod raft_logger;
@@ -85,6 +87,8 @@ pub async fn run(
         max_request_bytes: settings.max_request_bytes,
         backend_batch_limit: settings.backend_batch_limit,
         backend_batch_interval: settings.backend_batch_interval,
+        min_lease_ttl_seconds: min_lease_ttl_seconds(election_timeout()),
+        election_timeout: election_timeout(),
     };
     let mut core = StoreCore::new(
         store_settings,
@@ -131,6 +135,19 @@ pub async fn run(
     }
 }
 
+/// raft's election timeout: election ticks of one heartbeat interval each.
+fn election_timeout() -> Duration {
+    TICK_INTERVAL * bootstrap::ELECTION_TICKS as u32
+}
+
+/// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ in whole seconds (2 s with
+/// the default 1 s election timeout), so a lease outlives a leader election.
+fn min_lease_ttl_seconds(election_timeout: Duration) -> i64 {
+    let min_ttl = election_timeout * 3 / 2;
+    let seconds = min_ttl.as_secs() + u64::from(min_ttl.subsec_nanos() > 0);
+    i64::try_from(seconds.max(1)).expect("election timeouts are small")
+}
+
 fn spawn_timer(events: Rc<local_channel::LocalSender<Event>>, every: Duration, event: fn() -> Event) {
     glommio::spawn_local(async move {
         loop {
@@ -141,4 +158,16 @@ fn spawn_timer(events: Rc<local_channel::LocalSender<Event>>, every: Duration, e
         }
     })
     .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_lease_ttl_is_etcds_for_the_default_election_timeout() {
+        assert_eq!(min_lease_ttl_seconds(Duration::from_secs(1)), 2);
+        assert_eq!(min_lease_ttl_seconds(Duration::from_millis(2000)), 3);
+        assert_eq!(min_lease_ttl_seconds(Duration::from_millis(100)), 1);
+    }
 }
