@@ -37,7 +37,7 @@ use ringkv_proto::etcdserverpb::response_op::Response;
 use ringkv_proto::etcdserverpb::watch_client::WatchClient;
 use ringkv_proto::etcdserverpb::watch_request::RequestUnion;
 use ringkv_proto::etcdserverpb::{
-    Compare, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use ringkv_proto::mvccpb::event::EventType;
@@ -81,7 +81,12 @@ async fn kube_apiserver_contract_holds_on_ringkv() {
     let dir = tempfile::tempdir().unwrap();
     let server = support::Ringkv::start(&dir.path().join("data"), &["--watch-progress-notify-interval", "200ms"]);
     let outcome = tokio::time::timeout(TEST_TIMEOUT, play(server.endpoint(), Progress::Synchronised)).await;
-    outcome.unwrap_or_else(|_| panic!("the contract did not finish within {TEST_TIMEOUT:?}\n{}", server.log.text()));
+    outcome.unwrap_or_else(|_| {
+        panic!(
+            "the contract did not finish within {TEST_TIMEOUT:?}\n{}",
+            server.log.text()
+        )
+    });
 }
 
 /// The oracle: the same contract against Debian's etcd 3.4.
@@ -125,14 +130,12 @@ async fn play(endpoint: String, progress: Progress) {
     let acknowledged = Arc::new(Mutex::new(Vec::<Change>::new()));
 
     // The watch cache starts before the writers, as an apiserver that is already up.
-    let (stop_progress_tx, _) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
     for watcher in 0..WATCHERS {
         let (kv, channel) = (kv.clone(), channel.clone());
-        let stop = stop_progress_tx.subscribe();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         watchers.push((
-            tokio::spawn(async move { watch_cache(watcher, kv, channel, progress, ready_tx, stop).await }),
+            tokio::spawn(async move { watch_cache(watcher, kv, channel, progress, ready_tx).await }),
             ready_rx,
         ));
     }
@@ -161,13 +164,20 @@ async fn play(endpoint: String, progress: Progress) {
         writer.await.expect("a writer panicked");
     }
     let leases = events.await.expect("the event writer panicked");
-    compactor_stop_tx.send(true).unwrap();
+    compactor_stop_tx
+        .send(true)
+        .expect("the compactor runs until told to stop");
     let compactions = compactor.await.expect("the compactor panicked");
-    assert!(compactions >= 2, "the compactor compacted {compactions} times during the run");
+    assert!(
+        compactions >= 2,
+        "the compactor compacted {compactions} times during the run"
+    );
 
     // A last write the watchers can wait for: they have caught up when they see it.
     let sentinel = format!("{PODS}~sentinel").into_bytes();
-    let sentinel_revision = create(&mut kv.clone(), &sentinel, b"done").await.expect("the sentinel is new");
+    let sentinel_revision = create(&mut kv.clone(), &sentinel, b"done")
+        .await
+        .expect("the sentinel is new");
     acknowledged.lock().await.push(Change {
         key: sentinel.clone(),
         revision: sentinel_revision,
@@ -178,7 +188,6 @@ async fn play(endpoint: String, progress: Progress) {
     for handle in handles {
         watched.push(handle.await.expect("a watcher panicked"));
     }
-    stop_progress_tx.send(true).unwrap();
 
     let final_list = list(&mut kv.clone(), sentinel_revision).await;
     let count = count_only(&mut kv.clone()).await;
@@ -328,8 +337,18 @@ async fn pod_writer(writer: usize, mut kv: KvClient<Channel>, acknowledged: Arc<
         let change = if update % 5 == 0 {
             // Shared pods: read first (possibly stale by the time we write).
             let key = shared_key(rng.gen_range(0..SHARED_PODS));
-            let range = kv.range(RangeRequest { key: key.clone(), ..Default::default() }).await.unwrap();
-            let known = range.into_inner().kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision));
+            let range = kv
+                .range(RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let known = range
+                .into_inner()
+                .kvs
+                .first()
+                .map(|kv| (kv.value.clone(), kv.mod_revision));
             guaranteed_update(&mut kv, &key, known, &tag).await
         } else {
             let key = pod_key(writer, rng.gen_range(0..PODS_PER_WRITER));
@@ -366,7 +385,11 @@ async fn event_writer(mut kv: KvClient<Channel>, mut leases: LeaseClient<Channel
                 ttl: EVENT_TTL_SECONDS,
                 id: 0,
             };
-            let response = leases.lease_grant(grant).await.expect("a lease is granted").into_inner();
+            let response = leases
+                .lease_grant(grant)
+                .await
+                .expect("a lease is granted")
+                .into_inner();
             assert!(response.id != 0 && response.ttl == EVENT_TTL_SECONDS, "{response:?}");
             granted.push(response.id);
         }
@@ -389,7 +412,12 @@ async fn compactor(mut kv: KvClient<Channel>, mut stop: tokio::sync::watch::Rece
     let mut previous_revision = 0;
     let mut compactions = 0;
     loop {
-        let health = kv.range(RangeRequest { key: HEALTH_KEY.into(), ..Default::default() }).await;
+        let health = kv
+            .range(RangeRequest {
+                key: HEALTH_KEY.into(),
+                ..Default::default()
+            })
+            .await;
         assert!(health.is_ok(), "the health read fails: {health:?}");
         let txn = TxnRequest {
             compare: vec![Compare {
@@ -413,9 +441,12 @@ async fn compactor(mut kv: KvClient<Channel>, mut stop: tokio::sync::watch::Rece
         if response.succeeded {
             version += 1;
             if previous_revision > 0 {
-                kv.compact(CompactionRequest { revision: previous_revision, physical: false })
-                    .await
-                    .expect("compacting to a revision an interval old succeeds");
+                kv.compact(CompactionRequest {
+                    revision: previous_revision,
+                    physical: false,
+                })
+                .await
+                .expect("compacting to a revision an interval old succeeds");
                 compactions += 1;
             }
         } else {
@@ -508,7 +539,6 @@ async fn watch_cache(
     channel: Channel,
     progress: Progress,
     ready: tokio::sync::oneshot::Sender<()>,
-    mut stop_progress: tokio::sync::watch::Receiver<bool>,
 ) -> Watched {
     let (mut cache, list_revision) = paginated_list(&mut kv, 0).await;
     let (requests, requests_rx) = mpsc::channel(16);
@@ -521,7 +551,9 @@ async fn watch_cache(
         ..Default::default()
     };
     requests
-        .send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
         .await
         .unwrap();
     let mut responses = WatchClient::new(channel)
@@ -529,18 +561,22 @@ async fn watch_cache(
         .await
         .expect("the watch stream opens")
         .into_inner();
-    let created = responses.next().await.expect("a created response").expect("the watch is created");
+    let created = responses
+        .next()
+        .await
+        .expect("a created response")
+        .expect("the watch is created");
     assert!(created.created && !created.canceled, "watcher {index}: {created:?}");
     let watch_id = created.watch_id;
     let _ = ready.send(());
 
+    // Runs until the watcher is done with the stream (aborted below).
     let progress_requester = tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(PROGRESS_REQUEST_INTERVAL) => {}
-                _ = stop_progress.changed() => return,
-            }
-            let request = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) };
+            tokio::time::sleep(PROGRESS_REQUEST_INTERVAL).await;
+            let request = WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            };
             if requests.send(request).await.is_err() {
                 return;
             }
@@ -567,7 +603,10 @@ async fn watch_cache(
             // A progress notification (ours, -1 for a requested one in 3.4+).
             assert!(response.watch_id == watch_id || response.watch_id == -1, "{response:?}");
             if progress == Progress::Synchronised {
-                assert!(header_revision >= last_revision, "watcher {index}: progress went back: {response:?}");
+                assert!(
+                    header_revision >= last_revision,
+                    "watcher {index}: progress went back: {response:?}"
+                );
                 notified = notified.max(header_revision);
             }
             continue;
@@ -583,8 +622,16 @@ async fn watch_cache(
             );
             last_revision = kv.mod_revision;
             let before = cache.get(&kv.key).cloned();
-            let prev = event.prev_kv.as_ref().map(|prev| (prev.value.clone(), prev.mod_revision));
-            assert_eq!(prev, before, "watcher {index}: prev_kv of {}", String::from_utf8_lossy(&kv.key));
+            let prev = event
+                .prev_kv
+                .as_ref()
+                .map(|prev| (prev.value.clone(), prev.mod_revision));
+            assert_eq!(
+                prev,
+                before,
+                "watcher {index}: prev_kv of {}",
+                String::from_utf8_lossy(&kv.key)
+            );
             let value = match EventType::from_i32(event.r#type).expect("a known event type") {
                 EventType::Put => {
                     cache.insert(kv.key.clone(), (kv.value.clone(), kv.mod_revision));
@@ -629,7 +676,10 @@ fn check_watcher(
     acknowledged: &[Change],
     final_list: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
 ) {
-    let mut expected: Vec<&Change> = acknowledged.iter().filter(|c| c.revision > watched.list_revision).collect();
+    let mut expected: Vec<&Change> = acknowledged
+        .iter()
+        .filter(|c| c.revision > watched.list_revision)
+        .collect();
     expected.sort_by_key(|c| (c.revision, c.key.clone()));
     let mut seen: Vec<&Change> = watched.changes.iter().collect();
     seen.sort_by_key(|c| (c.revision, c.key.clone()));
@@ -641,7 +691,10 @@ fn check_watcher(
         watched.changes.windows(2).all(|w| w[0].revision <= w[1].revision),
         "watcher {index}: events in revision order"
     );
-    assert_eq!(&watched.cache, final_list, "watcher {index}: the cache equals the final list");
+    assert_eq!(
+        &watched.cache, final_list,
+        "watcher {index}: the cache equals the final list"
+    );
 }
 
 async fn check_leases(leases: &mut LeaseClient<Channel>, granted: &[i64]) {
