@@ -590,10 +590,12 @@ async fn watch_cache(
     let mut caught_up = false;
     while !caught_up {
         let next = tokio::time::timeout(CATCH_UP_TIMEOUT, responses.next()).await;
-        let response = next
-            .unwrap_or_else(|_| panic!("watcher {index}: no response in {CATCH_UP_TIMEOUT:?}"))
-            .unwrap_or_else(|| panic!("watcher {index}: the stream ended"))
-            .unwrap_or_else(|status| panic!("watcher {index}: the stream failed: {status:?}"));
+        let response = match next {
+            Err(_) => panic!("watcher {index}: no response in {CATCH_UP_TIMEOUT:?}"),
+            Ok(None) => panic!("watcher {index}: the stream ended"),
+            Ok(Some(Err(status))) => panic!("watcher {index}: the stream failed: {status:?}"),
+            Ok(Some(Ok(response))) => response,
+        };
         assert!(
             !response.canceled && response.compact_revision == 0,
             "watcher {index}: a live watch was cancelled: {response:?}"
