@@ -118,6 +118,11 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// Starts etcd with `extra` flags after the ones every test needs.
+    pub fn start_with(extra: &[&str]) -> Etcd {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
         let peer_port = free_port();
@@ -129,6 +134,7 @@ impl Etcd {
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
             .args(["--log-level", "error"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
