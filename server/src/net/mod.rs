@@ -61,16 +61,7 @@ pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
     let limits = Rc::new(limits);
     let http2_limits = Rc::new(limits.http2.clone());
     loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                // Out of file descriptors and the like: keep serving the others.
-                tracing::warn!(%error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         glommio::spawn_local(serve_connection(
             stream,
             Rc::clone(&grpc),
@@ -82,19 +73,29 @@ pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
     }
 }
 
+/// The next connection, with Nagle off. A failed accept (out of file
+/// descriptors and the like) is logged and retried after a pause, so the
+/// connections already open keep being served.
+async fn accept(listener: &TcpListener) -> glommio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections that speak HTTP/1.1 only (`--listen-metrics-urls`).
 pub async fn serve_http_port<H: HttpHandler>(listener: TcpListener, http: Rc<H>, limits: ConnectionLimits) {
     let limits = Rc::new(limits);
     loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let (http, limits) = (Rc::clone(&http), Rc::clone(&limits));
         glommio::spawn_local(async move { http1::serve(stream, &*http, &limits).await }).detach();
     }
