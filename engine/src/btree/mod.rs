@@ -15,6 +15,7 @@ mod mutate;
 mod node;
 mod overflow;
 mod range;
+mod relocate;
 
 #[cfg(test)]
 mod tests;
@@ -24,7 +25,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::page::{CommitPlan, CommittedPlan, PageError, PageId, PageImage, PageIo, PageKind, PageStore};
+use crate::page::{
+    CommitPlan, CommittedPlan, PageError, PageId, PageImage, PageIo, PageKind, PageStore, SnapshotSource,
+};
 
 pub use check::CheckReport;
 pub use node::MAX_KEY_BYTES;
@@ -105,6 +108,21 @@ impl Tree {
         let plan = self.begin_commit()?;
         let result = plan.execute();
         self.finish_commit(result)
+    }
+
+    /// Pins the last durable commit for a copy read elsewhere (no commit may be
+    /// in flight); see `PageStore::pin_snapshot`.
+    pub fn pin_snapshot(&mut self) -> Result<SnapshotSource, PageError> {
+        self.store.pin_snapshot()
+    }
+
+    pub fn unpin_snapshot(&mut self, txid: u64) {
+        self.store.unpin_snapshot(txid);
+    }
+
+    /// The next commit gives back the free pages at the end of the file.
+    pub fn request_trim(&mut self) {
+        self.store.request_trim();
     }
 
     /// Bytes the page file takes on disk.

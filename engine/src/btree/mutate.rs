@@ -101,7 +101,7 @@ impl Tree {
     }
 
     /// Owns every node from the root to the leaf where `key` belongs.
-    fn own_path(&mut self, root: PageId, key: &[u8]) -> Result<Path, PageError> {
+    pub(super) fn own_path(&mut self, root: PageId, key: &[u8]) -> Result<Path, PageError> {
         let mut id = self.own(root)?;
         self.root = Some(id);
         let mut path = Path::new();
@@ -221,7 +221,7 @@ impl Tree {
     }
 
     /// The value as stored in a leaf: inline, or written to a new overflow chain.
-    fn store_value(&mut self, key: &[u8], value: &[u8]) -> Value {
+    pub(super) fn store_value(&mut self, key: &[u8], value: &[u8]) -> Value {
         if fits_inline(key, value.len()) {
             return Value::Inline(value.into());
         }
@@ -234,7 +234,7 @@ impl Tree {
     }
 
     /// Releases the overflow chain of a value no longer stored.
-    fn release_value(&mut self, value: &Value) -> Result<(), PageError> {
+    pub(super) fn release_value(&mut self, value: &Value) -> Result<(), PageError> {
         let Value::Overflow { head, .. } = *value else {
             return Ok(());
         };

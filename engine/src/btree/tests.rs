@@ -3,7 +3,7 @@
 //! give exactly the last durable state). The integrity check runs after every
 //! step that changes structure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use super::node::MAX_KEY_BYTES;
 use super::overflow::OVERFLOW_DATA_BYTES;
 use super::Tree;
 use crate::page::sim::SimPageIo;
-use crate::page::{PageError, PageIo};
+use crate::page::{PageError, PageIo, SnapshotSource, PAGE_BYTES};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -48,6 +48,15 @@ enum Op {
         writes_before_failure: u32,
         seed: u64,
     },
+    /// A whole defragmentation: bounded steps, each committed, then a trim.
+    Defragment {
+        leaves_per_step: usize,
+    },
+    /// Commits, then pins the durable state for a snapshot read later.
+    PinSnapshot,
+    /// Reads the oldest pinned snapshot, checks it against the model of its
+    /// time, and unpins it.
+    ReadSnapshot,
 }
 
 /// Keys share prefixes and sometimes run long, so nodes split at varied points.
@@ -83,6 +92,9 @@ fn op(keys: u16) -> impl Strategy<Value = Op> {
             writes_before_failure,
             seed
         }),
+        1 => (1usize..8).prop_map(|leaves_per_step| Op::Defragment { leaves_per_step }),
+        1 => Just(Op::PinSnapshot),
+        1 => Just(Op::ReadSnapshot),
     ]
 }
 
@@ -96,11 +108,52 @@ fn contents(tree: &Tree) -> Model {
         .expect("a full scan")
 }
 
+/// Defragments `tree` completely, committing after every step.
+fn defragment(tree: &mut Tree, leaves_per_step: usize) {
+    let mut from = Vec::new();
+    let target = tree.relocation_target();
+    // Every step visits at least one leaf: bounded by the leaf count.
+    for _ in 0..100_000 {
+        let next = tree.relocate_step(&from, target, leaves_per_step).unwrap();
+        tree.commit().unwrap();
+        match next {
+            Some(key) => from = key,
+            None => {
+                // As the server does: settle, then trim (see store::core::space).
+                tree.commit().unwrap();
+                tree.request_trim();
+                tree.commit().unwrap();
+                return;
+            }
+        }
+    }
+    panic!("defragmentation did not finish");
+}
+
+/// Reads a whole snapshot and opens it as a tree of its own.
+fn read_snapshot(source: &mut SnapshotSource) -> Tree {
+    let mut image = Vec::new();
+    let mut buf = vec![0; 3 * PAGE_BYTES];
+    loop {
+        let n = source.read(&mut buf).unwrap();
+        image.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            break;
+        }
+    }
+    assert_eq!(image.len() as u64, source.total_bytes());
+    let io = SimPageIo::new();
+    io.write_at(0, &image).unwrap();
+    io.sync().unwrap();
+    open(&io)
+}
+
 fn run(ops: Vec<Op>) {
     let io = SimPageIo::new();
     let mut tree = open(&io);
     let mut model = Model::new();
     let mut durable = Model::new();
+    let mut snapshots: VecDeque<(SnapshotSource, Model)> = VecDeque::new();
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Insert { key: k, pad, value } => {
@@ -153,7 +206,26 @@ fn run(ops: Vec<Op>) {
                 tree.commit().unwrap();
                 durable = model.clone();
                 drop(tree);
+                // A restart ends every reader, and with them their pins.
+                snapshots.clear();
                 tree = open(&io);
+            }
+            Op::Defragment { leaves_per_step } => {
+                defragment(&mut tree, leaves_per_step);
+                durable = model.clone();
+            }
+            Op::PinSnapshot => {
+                tree.commit().unwrap();
+                durable = model.clone();
+                snapshots.push_back((tree.pin_snapshot().unwrap(), durable.clone()));
+            }
+            Op::ReadSnapshot => {
+                if let Some((mut source, then)) = snapshots.pop_front() {
+                    let copy = read_snapshot(&mut source);
+                    assert_eq!(contents(&copy), then, "the snapshot holds the state it pinned");
+                    copy.check().unwrap();
+                    tree.unpin_snapshot(source.txid());
+                }
             }
             Op::FailedCommit {
                 writes_before_failure,
@@ -170,6 +242,7 @@ fn run(ops: Vec<Op>) {
                 }
                 drop(tree);
                 io.crash(seed);
+                snapshots.clear();
                 tree = open(&io);
                 model = durable.clone();
             }
@@ -301,4 +374,73 @@ fn the_real_file_commits_and_reopens() {
     assert_eq!(tree.get(&99u32.to_be_bytes()).unwrap(), None);
     assert_eq!(tree.range(Bound::Unbounded, Bound::Unbounded).count(), 2000);
     assert!(tree.file_bytes() >= tree.in_use_bytes());
+}
+
+#[test]
+fn defragmentation_gives_back_the_space_of_removed_keys() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    let big = vec![0x5a; 3 * OVERFLOW_DATA_BYTES];
+    for k in 0..6000u16 {
+        let value: &[u8] = if k % 10 == 0 { &big } else { &[7; 300] };
+        tree.insert(&key(k, 0), value).unwrap();
+    }
+    tree.commit().unwrap();
+    // Keep every tenth key (all the overflow values): most pages become free,
+    // scattered through the file.
+    for k in (0..6000u16).filter(|k| k % 10 != 0) {
+        tree.remove(&key(k, 0)).unwrap();
+    }
+    tree.commit().unwrap();
+    let model = contents(&tree);
+    let (allocated, file) = (tree.allocated_bytes(), tree.file_bytes());
+    defragment(&mut tree, 16);
+    assert_eq!(contents(&tree), model);
+    tree.check().unwrap();
+    let target_bytes = tree.relocation_target() * PAGE_BYTES as u64;
+    assert!(
+        tree.allocated_bytes() <= target_bytes,
+        "{} bytes still used of {allocated}; {} in use, target {target_bytes}",
+        tree.allocated_bytes(),
+        tree.in_use_bytes()
+    );
+    assert!(tree.file_bytes() < file, "the file was cut: {} of {file}", tree.file_bytes());
+    assert_eq!(io.size().unwrap(), tree.file_bytes());
+    drop(tree);
+    let tree = open(&io);
+    assert_eq!(contents(&tree), model, "after a reopen");
+    tree.check().unwrap();
+}
+
+#[test]
+fn a_pinned_snapshot_survives_rewrites_and_defragmentation() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    for k in 0..3000u16 {
+        tree.insert(&key(k, 0), &[1; 200]).unwrap();
+    }
+    tree.commit().unwrap();
+    let then = contents(&tree);
+    let mut source = tree.pin_snapshot().unwrap();
+    // Rewrite and remove everything, many commits: without the pin these would
+    // reuse the pinned commit's pages.
+    for round in 0..4u8 {
+        for k in 0..3000u16 {
+            tree.insert(&key(k, 0), &[round + 2; 200]).unwrap();
+        }
+        tree.commit().unwrap();
+    }
+    for k in 0..2900u16 {
+        tree.remove(&key(k, 0)).unwrap();
+    }
+    tree.commit().unwrap();
+    defragment(&mut tree, 64);
+    let copy = read_snapshot(&mut source);
+    assert_eq!(contents(&copy), then);
+    copy.check().unwrap();
+    tree.unpin_snapshot(source.txid());
+    let before = tree.allocated_bytes();
+    defragment(&mut tree, 64);
+    assert!(tree.allocated_bytes() < before, "the held pages were released");
+    tree.check().unwrap();
 }

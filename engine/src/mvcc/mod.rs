@@ -15,7 +15,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use crate::page::{CommitPlan, CommittedPlan, PageError};
+pub use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
 pub use change::{Change, ChangeKind, HistoryChunk};
 pub use hash::{Crc32c, KvHash};
 pub use lease::{Leases, NO_LEASE};

@@ -16,7 +16,7 @@ use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
 use super::revision::{Revision, REVISION_TABLE};
 use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult};
 use crate::btree::Tree;
-use crate::page::{CommitPlan, CommittedPlan, PageError};
+use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
 
 /// Flag bit in a revision record: the revision deletes its key.
 const FLAG_TOMBSTONE: u8 = 1;
@@ -460,6 +460,42 @@ impl Mvcc {
             crc.update(&value);
         }
         Ok(crc.finish())
+    }
+
+    /// Pins the last durable commit for a snapshot read off the store core. No
+    /// commit may be in flight. The copy holds what was durable then: commit
+    /// first to include everything applied.
+    pub fn pin_snapshot(&mut self) -> Result<SnapshotSource, MvccError> {
+        Ok(self.tree.pin_snapshot()?)
+    }
+
+    pub fn unpin_snapshot(&mut self, txid: u64) {
+        self.tree.unpin_snapshot(txid);
+    }
+
+    /// The page below which a defragmentation pass starting now gathers the
+    /// live pages (see `btree::relocate`).
+    pub fn defragment_target(&self) -> u64 {
+        self.tree.relocation_target()
+    }
+
+    /// One bounded step of a defragmentation pass: visits up to `leaves_max`
+    /// leaves from `from`; returns where the next step starts, None after the
+    /// last leaf. Commit after each step; after the last, commit once more
+    /// (the last step's freelist page may sit at the end of the file), then
+    /// call [`Mvcc::request_trim`] and commit to give the space back.
+    pub fn defragment_step(
+        &mut self,
+        from: &[u8],
+        target: u64,
+        leaves_max: usize,
+    ) -> Result<Option<Vec<u8>>, MvccError> {
+        Ok(self.tree.relocate_step(from, target, leaves_max)?)
+    }
+
+    /// The next commit gives back the free pages at the end of the file.
+    pub fn request_trim(&mut self) {
+        self.tree.request_trim();
     }
 
     /// Bytes the page file takes on disk (etcd's dbSize).

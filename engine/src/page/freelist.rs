@@ -7,8 +7,15 @@
 //! those pages. A page freed by the transaction still being built is therefore
 //! kept in `released` until that transaction is sealed.
 //!
-//! Readers cannot see a reused page either: every read runs on the store core
-//! against the newest state, where a released page is unreachable.
+//! Readers on the store core cannot see a reused page: they read the newest
+//! state, where a released page is unreachable. A reader elsewhere (a snapshot
+//! being streamed) reads an older commit: it *pins* that commit, and pages
+//! released after it are *held* (listed free on disk, but not allocatable) until
+//! no pin needs them. After a crash no reader remains, so held pages are simply
+//! free again.
+//!
+//! Trimming gives back the free pages at the end of the file (defragmentation):
+//! only pages in `free`, which no durable commit, pin or open transaction uses.
 //!
 //! On disk the freelist is a chain of pages (body, little endian):
 //! ```text
@@ -16,7 +23,7 @@
 //! 32  u64 page ids, `count` of them (the header's count field)
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::layout::{get_u64, new_page, PageId, PageImage, PageKind, BODY_BYTES, HEADER_BYTES, META_PAGE_COUNT};
 
@@ -33,6 +40,10 @@ pub struct Freelist {
     page_count: u64,
     /// The pages holding the freelist of the last sealed commit.
     chain: Vec<PageId>,
+    /// Commits (by txid) that readers still read, with the number of readers.
+    pins: BTreeMap<u64, usize>,
+    /// Pages released by commit `txid` while an older commit was pinned.
+    held: Vec<(u64, Vec<PageId>)>,
 }
 
 impl Freelist {
@@ -48,6 +59,8 @@ impl Freelist {
             released: Vec::new(),
             page_count,
             chain,
+            pins: BTreeMap::new(),
+            held: Vec::new(),
         }
     }
 
@@ -55,15 +68,62 @@ impl Freelist {
         self.page_count
     }
 
-    /// Pages not holding live data: free now or after the next seal.
+    /// Pages not holding live data: free now, after the next seal, or once the
+    /// pins holding them go.
     pub fn unused_pages(&self) -> u64 {
-        (self.free.len() + self.released.len()) as u64
+        (self.free.len() + self.released.len() + self.held_pages().count()) as u64
     }
 
     /// Every page that holds no live data of the open transaction: free,
-    /// released by it, or holding the last sealed freelist.
+    /// released by it, held for a pinned commit, or holding the last sealed
+    /// freelist.
     pub fn unreachable_pages(&self) -> impl Iterator<Item = PageId> + '_ {
-        self.free.iter().chain(&self.released).chain(&self.chain).copied()
+        self.free
+            .iter()
+            .chain(&self.released)
+            .chain(self.held_pages())
+            .chain(&self.chain)
+            .copied()
+    }
+
+    fn held_pages(&self) -> impl Iterator<Item = &PageId> + '_ {
+        self.held.iter().flat_map(|(_, ids)| ids)
+    }
+
+    /// Commit `txid` (the last durable one) is read by a reader off the store
+    /// core: none of its pages may be reused until [`Freelist::unpin`].
+    pub fn pin(&mut self, txid: u64) {
+        *self.pins.entry(txid).or_default() += 1;
+    }
+
+    pub fn unpin(&mut self, txid: u64) {
+        let count = self.pins.get_mut(&txid).expect("unpinned a commit that was pinned");
+        *count -= 1;
+        if *count == 0 {
+            self.pins.remove(&txid);
+        }
+        // Pages released by commit R were reachable in commits before R only.
+        let oldest_pin = self.pins.keys().next().copied();
+        let (needed, unneeded): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(released_by, _)| oldest_pin.is_some_and(|pin| pin < *released_by));
+        self.held = needed;
+        for (_, ids) in unneeded {
+            self.free.extend(ids);
+        }
+    }
+
+    /// Gives back the free pages at the end of the file; returns how many.
+    pub fn trim_tail(&mut self) -> u64 {
+        let before = self.page_count;
+        while self.page_count > META_PAGE_COUNT && self.free.remove(&(self.page_count - 1)) {
+            self.page_count -= 1;
+        }
+        before - self.page_count
+    }
+
+    pub fn lowest_free(&self) -> Option<PageId> {
+        self.free.first().copied()
     }
 
     pub fn allocate(&mut self) -> PageId {
@@ -89,18 +149,28 @@ impl Freelist {
         self.released.push(id);
     }
 
-    /// Seals the transaction's freelist: returns the first page of the new chain
-    /// and its pages (unsealed). What the transaction released becomes allocatable
-    /// for the next one.
-    pub fn seal(&mut self) -> (Option<PageId>, Vec<PageImage>) {
+    /// Seals the freelist of commit `txid`: returns the first page of the new
+    /// chain and its pages (unsealed). What the transaction released becomes
+    /// allocatable for the next one, or is held while an older commit is pinned.
+    pub fn seal(&mut self, txid: u64) -> (Option<PageId>, Vec<PageImage>) {
+        assert!(
+            self.pins.keys().all(|&pin| pin < txid),
+            "only durable commits are pinned"
+        );
         // The previous chain belongs to the previous commit's state.
         self.released.append(&mut self.chain);
-        let listed = self.free.len() + self.released.len();
+        let listed = self.free.len() + self.released.len() + self.held_pages().count();
         let chain_len = listed.div_ceil(IDS_PER_FREELIST_PAGE);
         // Chain pages come from `free` (released by earlier, sealed commits: safe
         // to overwrite) or from the end of the file, never from `released`.
         let chain: Vec<PageId> = (0..chain_len).map(|_| self.allocate()).collect();
-        let mut ids = self.free.iter().chain(&self.released).copied();
+        // Held pages are free on disk: after a crash no reader pins anything.
+        let mut ids = self
+            .free
+            .iter()
+            .chain(&self.released)
+            .chain(self.held.iter().flat_map(|(_, ids)| ids))
+            .copied();
         let mut pages = Vec::with_capacity(chain_len);
         for (index, &id) in chain.iter().enumerate() {
             let batch: Vec<PageId> = ids.by_ref().take(IDS_PER_FREELIST_PAGE).collect();
@@ -114,7 +184,11 @@ impl Freelist {
             pages.push((id, page));
         }
         assert!(ids.next().is_none(), "the chain holds every free page");
-        self.free.extend(self.released.drain(..));
+        if self.pins.is_empty() {
+            self.free.extend(self.released.drain(..));
+        } else {
+            self.held.push((txid, std::mem::take(&mut self.released)));
+        }
         self.chain = chain;
         (self.chain.first().copied(), pages)
     }
@@ -159,7 +233,7 @@ mod tests {
         assert_eq!((a, b), (2, 3));
         list.release(a);
         assert_eq!(list.allocate(), 4, "a page released by this transaction waits");
-        let (head, pages) = list.seal();
+        let (head, pages) = list.seal(1);
         assert_eq!(head, Some(5), "the chain page comes from the end of the file");
         assert_eq!(decode_chain(&pages), vec![a]);
         assert_eq!(list.allocate(), a, "after the seal it is reused, lowest first");
@@ -168,10 +242,10 @@ mod tests {
     #[test]
     fn the_previous_chain_is_released_by_the_next_seal() {
         let mut list = Freelist::new(BTreeSet::from([7]), vec![8], 9);
-        let (head, pages) = list.seal();
+        let (head, pages) = list.seal(1);
         assert_eq!(head, Some(7), "the new chain reuses a free page");
         assert_eq!(decode_chain(&pages), vec![8]);
-        let (_, pages) = list.seal();
+        let (_, pages) = list.seal(2);
         assert_eq!(decode_chain(&pages), vec![7]);
     }
 
@@ -180,10 +254,55 @@ mod tests {
         let free: BTreeSet<PageId> = (2..2 + 3 * IDS_PER_FREELIST_PAGE as u64).collect();
         let count = 2 + free.len() as u64;
         let mut list = Freelist::new(free.clone(), Vec::new(), count);
-        let (_, pages) = list.seal();
+        let (_, pages) = list.seal(1);
         assert_eq!(pages.len(), 3);
         let listed = decode_chain(&pages);
         assert_eq!(listed.len(), free.len() - 3, "three free pages now hold the list");
         assert_eq!(list.unused_pages() as usize, listed.len());
+    }
+
+    #[test]
+    fn pages_released_after_a_pinned_commit_wait_for_the_unpin() {
+        let mut list = Freelist::new(BTreeSet::new(), Vec::new(), 2);
+        let old = list.allocate();
+        list.seal(1);
+        list.pin(1);
+        list.release(old);
+        let (_, pages) = list.seal(2);
+        assert_eq!(decode_chain(&pages), vec![old], "listed free on disk");
+        assert_ne!(list.allocate(), old, "but not reused while commit 1 is read");
+        assert_eq!(list.unreachable_pages().filter(|&id| id == old).count(), 1);
+        list.seal(3);
+        list.unpin(1);
+        assert_eq!(list.allocate(), old, "reusable once the reader is gone");
+    }
+
+    #[test]
+    fn a_later_pin_does_not_keep_pages_an_earlier_commit_released() {
+        let mut list = Freelist::new(BTreeSet::new(), Vec::new(), 2);
+        let (a, b) = (list.allocate(), list.allocate());
+        list.seal(1);
+        list.pin(1);
+        list.release(a);
+        list.seal(2);
+        list.pin(2);
+        list.release(b);
+        list.seal(3);
+        list.unpin(1);
+        // `a` was reachable in commit 1 only; `b` is still reachable in pinned commit 2.
+        let mut reused = vec![list.allocate(), list.allocate()];
+        reused.sort();
+        assert!(reused.contains(&a) && !reused.contains(&b), "{reused:?}");
+        list.unpin(2);
+        assert!(list.free.contains(&b));
+    }
+
+    #[test]
+    fn trimming_gives_back_only_the_free_tail() {
+        let mut list = Freelist::new(BTreeSet::from([3, 5, 6]), Vec::new(), 7);
+        assert_eq!(list.trim_tail(), 2);
+        assert_eq!(list.page_count(), 5);
+        assert_eq!(list.trim_tail(), 0, "page 4 is in use");
+        assert_eq!(list.allocate(), 3);
     }
 }

@@ -21,6 +21,10 @@ pub trait PageIo: Send + Sync + 'static {
     fn sync(&self) -> io::Result<()>;
     /// Makes the file at least `len` bytes, with its blocks allocated.
     fn grow(&self, len: u64) -> io::Result<()>;
+    /// Cuts the file to `len` bytes (after defragmentation).
+    fn truncate(&self, len: u64) -> io::Result<()>;
+    /// Reads `buf.len()` bytes at `offset` (a reader off the store core).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// A read-only view of the whole file as it is now (written data included,
     /// durable or not, as the page cache shows it).
     fn map(&self) -> io::Result<Mapping>;
@@ -106,13 +110,22 @@ impl PageIo for FilePageIo {
         Err(error)
     }
 
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
     fn map(&self) -> io::Result<Mapping> {
         if self.size()? == 0 {
             return Ok(Mapping::Empty);
         }
         // SAFETY: the file is only ever written by this process, through `write_at`,
-        // and only at pages no reader can reach (see page::freelist); it is never
-        // truncated while mapped.
+        // and only at pages no reader can reach (see page::freelist). It is cut
+        // short only past the last page any state uses (trimmed free pages), so
+        // no read through an older, longer mapping touches the missing part.
         let map = unsafe { memmap2::MmapOptions::new().map(&self.file)? };
         Ok(Mapping::File(map))
     }

@@ -14,6 +14,7 @@ mod io;
 mod layout;
 mod meta;
 pub mod sim;
+mod snapshot;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,7 @@ pub use layout::{
 use freelist::{decode_freelist_page, Freelist};
 use layout::{parse_header, seal_page, verify_page, META_PAGE_COUNT};
 use meta::Meta;
+pub use snapshot::SnapshotSource;
 
 /// The file grows in steps of at least this much, so commits rarely extend it.
 const GROW_STEP_BYTES_MIN: u64 = 1 << 20;
@@ -62,6 +64,8 @@ pub struct PageStore {
     /// The commit being written, if any: its pages are read from here until done.
     sealed: Option<(Meta, Arc<SealedPages>)>,
     freelist: Freelist,
+    /// The next seal gives back the free pages at the end of the file.
+    trim_requested: bool,
     /// One bit per page: checksum verified since the page was last written.
     verified: RefCell<Vec<u64>>,
     poisoned: bool,
@@ -103,6 +107,7 @@ impl PageStore {
             durable,
             sealed: None,
             freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
+            trim_requested: false,
             verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
             poisoned: false,
         };
@@ -111,6 +116,12 @@ impl PageStore {
     }
 
     fn read_freelist(&self) -> Result<Freelist, PageError> {
+        let (free, chain) = self.read_freelist_chain()?;
+        Ok(Freelist::new(free, chain, self.durable.page_count))
+    }
+
+    /// The durable commit's free pages and the pages of its freelist chain.
+    fn read_freelist_chain(&self) -> Result<(BTreeSet<PageId>, Vec<PageId>), PageError> {
         let page_count = self.durable.page_count;
         let mut free = BTreeSet::new();
         let mut chain = Vec::new();
@@ -139,7 +150,7 @@ impl PageStore {
                 reason: "a freelist page lists itself as free".to_string(),
             });
         }
-        Ok(Freelist::new(free, chain, page_count))
+        Ok((free, chain))
     }
 
     /// The root of the last sealed (or durable) commit.
@@ -217,7 +228,11 @@ impl PageStore {
         }
         assert!(self.sealed.is_none(), "one commit in flight at a time");
         let txid = self.durable.txid + 1;
-        let (freelist_head, freelist_pages) = self.freelist.seal();
+        let trim = std::mem::take(&mut self.trim_requested);
+        if trim {
+            self.freelist.trim_tail();
+        }
+        let (freelist_head, freelist_pages) = self.freelist.seal(txid);
         let mut sealed = SealedPages::new();
         for (id, mut page) in pages.into_iter().chain(freelist_pages) {
             assert!(
@@ -241,6 +256,11 @@ impl PageStore {
             let step = (self.file_bytes / 4).max(GROW_STEP_BYTES_MIN);
             (needed.max(self.file_bytes + step)).div_ceil(GROW_STEP_BYTES_MIN) * GROW_STEP_BYTES_MIN
         });
+        // A trimmed file is cut back (to whole grow steps) only after the meta
+        // page that stops using the tail is durable; see `CommitPlan::execute`.
+        let shrink_to = trim
+            .then(|| needed.div_ceil(GROW_STEP_BYTES_MIN) * GROW_STEP_BYTES_MIN)
+            .filter(|&len| len < self.file_bytes);
         let pages = Arc::new(sealed);
         self.sealed = Some((meta, Arc::clone(&pages)));
         Ok(CommitPlan {
@@ -248,6 +268,7 @@ impl PageStore {
             pages,
             meta,
             grow_to,
+            shrink_to,
         })
     }
 
@@ -272,6 +293,32 @@ impl PageStore {
             self.file_bytes = file_bytes;
         }
         Ok(())
+    }
+
+    /// Pins the last durable commit for a copy read off the store core: its
+    /// pages stay as they are until [`PageStore::unpin_snapshot`]. No commit
+    /// may be in flight (the copy is of a durable state).
+    pub fn pin_snapshot(&mut self) -> Result<SnapshotSource, PageError> {
+        assert!(self.sealed.is_none(), "a snapshot pins a durable commit");
+        let (free, _) = self.read_freelist_chain()?;
+        self.freelist.pin(self.durable.txid);
+        Ok(SnapshotSource::new(Arc::clone(&self.io), self.durable, free))
+    }
+
+    pub fn unpin_snapshot(&mut self, txid: u64) {
+        self.freelist.unpin(txid);
+    }
+
+    /// The next seal gives back the free pages at the end of the file, and its
+    /// commit cuts the file short (defragmentation's last step).
+    pub fn request_trim(&mut self) {
+        self.trim_requested = true;
+    }
+
+    /// The lowest page an allocation would take now, if any is free below the
+    /// end of the file (defragmentation moves pages above it down).
+    pub fn lowest_free(&self) -> Option<PageId> {
+        self.freelist.lowest_free()
     }
 
     /// Seals, executes on this thread and finishes: for tools and tests.
@@ -349,6 +396,7 @@ pub struct CommitPlan {
     pages: Arc<SealedPages>,
     meta: Meta,
     grow_to: Option<u64>,
+    shrink_to: Option<u64>,
 }
 
 /// Proof that a plan's pages and meta page are durable.
@@ -384,6 +432,14 @@ impl CommitPlan {
             .write_at(self.meta.slot() * PAGE_BYTES as u64, &self.meta.encode())
             .map_err(io_error("writing the meta page"))?;
         self.io.sync().map_err(io_error("syncing the meta page"))?;
+        if let Some(len) = self.shrink_to {
+            // Nothing reachable lies past `len`: the durable meta says so, and
+            // trimmed pages were free (no pin, no open transaction uses them). A
+            // crash before the truncation is durable leaves a longer file, which
+            // is fine.
+            assert!(len >= self.meta.page_count * PAGE_BYTES as u64);
+            self.io.truncate(len).map_err(io_error("truncating the page file"))?;
+        }
         Ok(CommittedPlan { meta: self.meta })
     }
 

@@ -138,6 +138,27 @@ impl PageIo for SimPageIo {
         Ok(())
     }
 
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        // Like the real call, the new length is visible at once; the sim keeps it
+        // durable at once too (a longer file after a crash is harmless anyway).
+        state.durable.truncate(len as usize);
+        for (offset, data) in &mut state.unsynced {
+            let end = (*offset as usize + data.len()).min(len as usize);
+            data.truncate(end.saturating_sub(*offset as usize));
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let current = self.state.lock().unwrap().current();
+        let bytes = current
+            .get(offset as usize..offset as usize + buf.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
     fn map(&self) -> io::Result<Mapping> {
         Ok(Mapping::Memory(self.state.lock().unwrap().current().into()))
     }

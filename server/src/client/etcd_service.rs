@@ -8,6 +8,7 @@ use bytes::Bytes;
 use ringkv_proto::etcdserverpb as pb;
 
 use super::lease_service::{self, LeaseMethod};
+use super::snapshot;
 use super::store_client::StoreClient;
 use super::validate;
 use super::watch::{self, WatchRouter};
@@ -21,6 +22,8 @@ enum Method {
     Lease(LeaseMethod),
     /// Watch.Watch, bidi-streaming.
     Watch,
+    /// Maintenance.Snapshot, server-streaming.
+    Snapshot,
 }
 
 /// The unary methods of KV, Maintenance and Cluster ringkv serves: one request
@@ -37,6 +40,7 @@ enum UnaryMethod {
     Hash,
     HashKv,
     MoveLeader,
+    Defragment,
     MemberList,
 }
 
@@ -122,14 +126,17 @@ fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Hash") => Some(UnaryMethod::Hash),
         ("etcdserverpb.Maintenance", "HashKV") => Some(UnaryMethod::HashKv),
         ("etcdserverpb.Maintenance", "MoveLeader") => Some(UnaryMethod::MoveLeader),
+        ("etcdserverpb.Maintenance", "Defragment") => Some(UnaryMethod::Defragment),
         ("etcdserverpb.Cluster", "MemberList") => Some(UnaryMethod::MemberList),
         _ => None,
     };
     if let Some(unary) = unary {
         return Ok(Method::Unary(unary));
     }
-    if (service, method) == ("etcdserverpb.Watch", "Watch") {
-        return Ok(Method::Watch);
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") => return Ok(Method::Watch),
+        ("etcdserverpb.Maintenance", "Snapshot") => return Ok(Method::Snapshot),
+        _ => {}
     }
     if let Some(lease) = LeaseMethod::route(service, method) {
         return Ok(Method::Lease(lease));
@@ -175,6 +182,7 @@ impl GrpcService for EtcdService {
             Method::Unary(_) => MethodKind::Unary,
             Method::Lease(lease) => lease.kind(),
             Method::Watch => MethodKind::BidiStreaming,
+            Method::Snapshot => MethodKind::ServerStreaming,
         })
     }
 
@@ -182,7 +190,7 @@ impl GrpcService for EtcdService {
         let unary = match route(path)? {
             Method::Unary(unary) => unary,
             Method::Lease(lease) => return lease_service::unary(&self.store, lease, request).await,
-            Method::Watch => unreachable!("Watch is streaming"),
+            Method::Watch | Method::Snapshot => unreachable!("{path} is streaming"),
         };
         let response = match unary {
             UnaryMethod::Range => {
@@ -229,6 +237,10 @@ impl GrpcService for EtcdService {
                 let request: pb::MoveLeaderRequest = grpc::decode(request)?;
                 self.call(Request::MoveLeader(request)).await?
             }
+            UnaryMethod::Defragment => {
+                let _: pb::DefragmentRequest = grpc::decode(request)?;
+                self.call(Request::Defragment).await?
+            }
             UnaryMethod::MemberList => {
                 let _: pb::MemberListRequest = grpc::decode(request)?;
                 self.call(Request::MemberList).await?
@@ -246,6 +258,7 @@ impl GrpcService for EtcdService {
             Response::Hash(response) => grpc::encode(&response),
             Response::HashKv(response) => grpc::encode(&response),
             Response::MoveLeader(response) => grpc::encode(&response),
+            Response::Defragment(response) => grpc::encode(&response),
             other => unreachable!("a unary call is answered in kind, not with {other:?}"),
         })
     }
@@ -260,6 +273,7 @@ impl GrpcService for EtcdService {
         match route(path)? {
             Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
             Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
+            Method::Snapshot => snapshot::serve(&self.store, requests, responses).await,
             method => unreachable!("{method:?} is unary"),
         }
     }
@@ -281,6 +295,11 @@ mod tests {
             Method::Unary(UnaryMethod::HashKv)
         );
         assert_eq!(route("/etcdserverpb.Watch/Watch").unwrap(), Method::Watch);
+        assert_eq!(route("/etcdserverpb.Maintenance/Snapshot").unwrap(), Method::Snapshot);
+        assert_eq!(
+            route("/etcdserverpb.Maintenance/Defragment").unwrap(),
+            Method::Unary(UnaryMethod::Defragment)
+        );
     }
 
     #[test]
@@ -288,8 +307,8 @@ mod tests {
         let status = route("/etcdserverpb.Cluster/MemberAdd").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method MemberAdd not implemented");
-        let status = route("/etcdserverpb.Maintenance/Snapshot").unwrap_err();
-        assert_eq!(status.message, "method Snapshot not implemented");
+        let status = route("/etcdserverpb.Maintenance/Downgrade").unwrap_err();
+        assert_eq!(status.message, "method Downgrade not implemented");
     }
 
     #[test]

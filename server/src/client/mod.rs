@@ -4,6 +4,7 @@
 mod etcd_service;
 mod http;
 mod lease_service;
+mod snapshot;
 mod store_client;
 mod validate;
 mod watch;

@@ -38,7 +38,9 @@ use crate::etcd_error::EtcdError;
 use crate::metrics::Histogram;
 
 mod maintenance;
+mod space;
 use crate::watch::WatchCommand;
+use space::{DefragJob, SnapshotWait};
 
 /// Physical compaction removes at most this many revisions before yielding, so a
 /// compaction of millions of revisions never stalls writers (etcd's
@@ -141,6 +143,12 @@ pub struct StoreCore {
     commit: Option<CommitInFlight>,
     applied_since_commit: usize,
     last_commit: Instant,
+    /// The applied index the last durable page-store commit holds.
+    durable_applied_index: u64,
+    /// A defragmentation in progress.
+    defrag: Option<DefragJob>,
+    /// Snapshot calls waiting for a commit.
+    snapshot_waits: Vec<SnapshotWait>,
     /// Physical compactions finished in the writer view, waiting to be durable.
     physical_waiters_pending: Vec<Waiter>,
     /// Physical compactions whose removal is in the commit now in flight.
@@ -171,6 +179,8 @@ impl StoreCore {
         // Watchers are fed the changes each applied entry made.
         let mut mvcc = mvcc;
         mvcc.capture_changes();
+        // Raft re-applies what the WAL holds past this after the start.
+        let durable_applied_index = mvcc.applied_index();
         let watchers = Watchers::new(watch_outlet.client_cores());
         StoreCore {
             settings,
@@ -187,6 +197,9 @@ impl StoreCore {
             commit: None,
             applied_since_commit: 0,
             last_commit: Instant::now(),
+            durable_applied_index,
+            defrag: None,
+            snapshot_waits: Vec::new(),
             physical_waiters_pending: Vec::new(),
             physical_waiters_committing: Vec::new(),
             physical_waiters_running: Vec::new(),
@@ -249,6 +262,7 @@ impl StoreCore {
             self.process_ready();
         }
         self.answer_applied_reads();
+        self.serve_snapshots();
         self.maybe_commit(false);
         self.drive_watchers();
     }
@@ -333,6 +347,12 @@ impl StoreCore {
             }
             Request::Alarm(alarm) if alarm.action != pb::alarm_request::AlarmAction::Get as i32 => {
                 self.propose(client, call.id, raft_request::Request::Alarm(alarm));
+            }
+            Request::Defragment => self.defragment(client, call.id),
+            Request::Snapshot => self.snapshot(client, call.id),
+            Request::SnapshotRelease(txid) => {
+                let response = self.release_snapshot(txid);
+                self.reply(client, call.id, Ok(response));
             }
             query => {
                 let result = self.maintenance_query(query);
@@ -566,16 +586,23 @@ impl StoreCore {
     }
 
     /// Starts a page-store commit when enough was applied or enough time passed.
+    /// Snapshot and Defragment need commits now, applied writes or not.
     fn maybe_commit(&mut self, interval_elapsed: bool) {
-        if self.commit.is_some() || self.applied_since_commit == 0 && self.physical_waiters_pending.is_empty() {
+        if self.commit.is_some() {
             return;
         }
-        let due = interval_elapsed
+        let forced = self.space_needs_commit();
+        if !forced && self.applied_since_commit == 0 && self.physical_waiters_pending.is_empty() {
+            return;
+        }
+        let due = forced
+            || interval_elapsed
             || self.applied_since_commit >= self.settings.backend_batch_limit
             || self.last_commit.elapsed() >= self.settings.backend_batch_interval;
         if !due {
             return;
         }
+        self.space_before_commit();
         let applied_index = self.mvcc.applied_index();
         let plan = self
             .mvcc
@@ -610,6 +637,8 @@ impl StoreCore {
             .finish_commit(result)
             .unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
         let committed = self.commit.take().expect("a commit was in flight");
+        self.durable_applied_index = committed.applied_index;
+        self.space_after_commit();
         // The page store now holds every entry up to `applied_index`: the WAL and
         // the in-memory raft log can let go of them.
         let store = self.raw.mut_store();
@@ -674,7 +703,8 @@ impl StoreCore {
             Response::Hash(r) => &mut r.header,
             Response::HashKv(r) => &mut r.header,
             Response::MoveLeader(r) => &mut r.header,
-            Response::Metrics(_) => return,
+            Response::Defragment(r) => &mut r.header,
+            Response::Metrics(_) | Response::Snapshot(_) | Response::SnapshotReleased => return,
         };
         let header = header.get_or_insert_with(Default::default);
         header.cluster_id = self.settings.cluster_id;

@@ -3,6 +3,7 @@
 //! Each client core has one bounded channel to the store core (calls) and one back
 //! (replies). `id` is chosen by the client core and only means something there.
 
+use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::etcdserverpb as pb;
 
 use crate::etcd_error::EtcdError;
@@ -31,6 +32,13 @@ pub enum Request {
     Hash,
     HashKv(pb::HashKvRequest),
     MoveLeader(pb::MoveLeaderRequest),
+    /// Answered when the defragmentation it starts (or joins) is done.
+    Defragment,
+    /// A pinned copy of the store, as of a commit holding every write applied
+    /// before the call; release it with `SnapshotRelease`.
+    Snapshot,
+    /// The copy with this txid (`SnapshotSource::txid`) is no longer read.
+    SnapshotRelease(u64),
     /// Counters and sizes for `/metrics`.
     Metrics,
 }
@@ -54,6 +62,9 @@ pub enum Response {
     Hash(pb::HashResponse),
     HashKv(pb::HashKvResponse),
     MoveLeader(pb::MoveLeaderResponse),
+    Defragment(pb::DefragmentResponse),
+    Snapshot(Box<SnapshotSource>),
+    SnapshotReleased,
     Metrics(Box<MetricsSnapshot>),
 }
 

@@ -22,7 +22,7 @@ use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
 pub use self::bootstrap::Identity;
-pub use self::core::MemberInfo;
+pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
 use self::messages::{Call, Reply};
 use self::watchers::WatchOutlet;

@@ -1,0 +1,148 @@
+//! Defragmentation, one bounded step at a time, inside ordinary transactions.
+//!
+//! Copy-on-write already moves a node whenever it changes: a node is copied to
+//! the lowest free page. A pass picks a *target*: the pages in use now plus some
+//! slack. It walks the leaves in key order and, for each leaf whose path from the
+//! root (or whose overflow chains) has a page at or above the target, makes that
+//! path owned, which copies it below the target, and rewrites the high overflow
+//! chains. Pages below the target stay where they are (except the few branch
+//! nodes on a moved path), so moving never opens new holes below the target:
+//! the free pages below it always outnumber the live pages above it by the
+//! slack. After the pass the pages above the target are free, and a trim gives
+//! them back (`PageStore::request_trim`). Each step is a bounded amount of work
+//! followed by a normal commit, so writers never wait for more than one step.
+
+use crate::page::{PageError, PageId};
+
+use super::node::{Node, Value, ValueRef};
+use super::Tree;
+
+/// Pages of slack a pass's target leaves above the pages in use, at least: the
+/// pages the transactions running during the pass allocate come from here.
+const TARGET_SLACK_PAGES_MIN: u64 = 64;
+
+impl Tree {
+    /// The target for a defragmentation pass starting now.
+    pub fn relocation_target(&self) -> PageId {
+        let in_use = self.store.page_count() - self.store.unreachable_pages().count() as u64;
+        in_use + (in_use / 32).max(TARGET_SLACK_PAGES_MIN)
+    }
+
+    /// Visits up to `leaves_max` leaves in key order, starting with the one where
+    /// `from` belongs, moving their pages at or above `target` below it.
+    /// Returns where the next step starts (the first key of the next leaf), or
+    /// None when the last leaf was visited.
+    pub fn relocate_step(
+        &mut self,
+        from: &[u8],
+        target: PageId,
+        leaves_max: usize,
+    ) -> Result<Option<Vec<u8>>, PageError> {
+        assert!(leaves_max > 0);
+        let mut from = from.to_vec();
+        for _ in 0..leaves_max {
+            let Some(root) = self.root else {
+                return Ok(None);
+            };
+            let (path, next) = self.leaf_path(root, &from)?;
+            let leaf = *path.last().expect("a path ends at a leaf");
+            if path.iter().any(|&id| self.movable(id, target)) || self.leaf_has_movable_overflow(leaf, target)? {
+                let owned = self.own_path(root, &from)?;
+                let (leaf, _) = *owned.last().expect("a path ends at a leaf");
+                self.move_overflow_down(leaf, target)?;
+            }
+            match next {
+                Some(key) => from = key,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(from))
+    }
+
+    /// The page ids from the root to the leaf where `key` belongs, and the first
+    /// key of the leaf after it (None for the last leaf).
+    fn leaf_path(&self, root: PageId, key: &[u8]) -> Result<(Vec<PageId>, Option<Vec<u8>>), PageError> {
+        let mut path = vec![root];
+        let mut next = None;
+        let mut id = root;
+        loop {
+            let node = self.node(id)?;
+            if node.is_leaf() {
+                return Ok((path, next));
+            }
+            let index = node.child_index(key);
+            if index + 1 < node.len() {
+                // The deepest bound is the tightest one.
+                next = Some(node.key(index + 1).to_vec());
+            }
+            id = node.child(index);
+            path.push(id);
+        }
+    }
+
+    /// A committed page at or above `target`, with a free page below it to move
+    /// to (owned pages were placed by this transaction and stay where they are).
+    fn movable(&self, id: PageId, target: PageId) -> bool {
+        id >= target
+            && !self.nodes.contains_key(&id)
+            && !self.overflow.contains_key(&id)
+            && self.store.lowest_free().is_some_and(|free| free < target)
+    }
+
+    fn leaf_has_movable_overflow(&self, leaf: PageId, target: PageId) -> Result<bool, PageError> {
+        let node = self.node(leaf)?;
+        for index in 0..node.len() {
+            if let ValueRef::Overflow { head, .. } = node.value(index) {
+                if self.chain_movable(head, target)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn chain_movable(&self, head: PageId, target: PageId) -> Result<bool, PageError> {
+        let mut next = Some(head);
+        while let Some(id) = next {
+            if self.movable(id, target) {
+                return Ok(true);
+            }
+            next = self.overflow_page(id)?.0;
+        }
+        Ok(false)
+    }
+
+    /// Rewrites the overflow chains of owned leaf `leaf` that sit high.
+    fn move_overflow_down(&mut self, leaf: PageId, target: PageId) -> Result<(), PageError> {
+        let Some(Node::Leaf(entries)) = self.nodes.get(&leaf) else {
+            unreachable!("an owned path ends at an owned leaf");
+        };
+        let chains: Vec<(usize, PageId, u32)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (_, value))| match *value {
+                Value::Overflow { head, len } => Some((index, head, len)),
+                Value::Inline(_) => None,
+            })
+            .collect();
+        for (index, head, len) in chains {
+            if !self.chain_movable(head, target)? {
+                continue;
+            }
+            let bytes = self.read_value(ValueRef::Overflow { head, len })?;
+            let key = match &self.nodes[&leaf] {
+                Node::Leaf(entries) => entries[index].0.clone(),
+                Node::Branch(_) => unreachable!("checked above"),
+            };
+            // The new chain is allocated before the old one is released, and a
+            // released page is not reused by the same transaction.
+            let moved = self.store_value(&key, &bytes);
+            let Some(Node::Leaf(entries)) = self.nodes.get_mut(&leaf) else {
+                unreachable!("checked above");
+            };
+            let old = std::mem::replace(&mut entries[index].1, moved);
+            self.release_value(&old)?;
+        }
+        Ok(())
+    }
+}
