@@ -375,3 +375,34 @@ fn etcdctl_watch_replays_the_same_history_from_ringkv_as_from_etcd() {
         "PUT\nw/a\n1\nPUT\nw/b\n2\nPUT\nw/a\n1\nw/a\n3\nDELETE\nw/b\n2\nw/b\n\nDELETE\nw/a\n3\nw/a\n"
     );
 }
+
+/// `etcdctl check perf --load=s`: one minute of 1 KiB puts under random keys of
+/// its prefix, 150 a second from 50 clients, then a delete of the prefix. It
+/// passes (exit 0) only with no failed request and etcdctl's own bounds met:
+/// over 90% of the target rate, slowest put under 500 ms, deviation under 100 ms.
+#[test]
+fn etcdctl_check_perf_small_load_passes_and_cleans_up_its_prefix() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let ringkv = support::Ringkv::start(data_dir.path(), &[]);
+    let run = etcdctl(&ringkv.endpoint(), &["check", "perf", "--load=s"], None);
+    let report: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("PASS") || line.starts_with("FAIL") || line.contains("too"))
+        .collect();
+    assert_eq!(run.status, 0, "{report:?}\n{}", run.stderr);
+    for check in [
+        "PASS: Throughput is ",
+        "PASS: Slowest request took ",
+        "PASS: Stddev is ",
+    ] {
+        assert!(report.iter().any(|line| line.starts_with(check)), "{check}: {report:?}");
+    }
+    assert_eq!(report.last(), Some(&"PASS"), "{report:?}");
+    let left = etcdctl(
+        &ringkv.endpoint(),
+        &["get", "/etcdctl-check-perf/", "--prefix", "--keys-only"],
+        None,
+    );
+    assert_eq!((left.status, left.stdout.as_str()), (0, ""), "the prefix is empty");
+}
