@@ -388,3 +388,106 @@ async fn a_client_that_does_not_read_stalls_neither_writes_nor_other_watchers() 
         "the slow reader caught up with no gap"
     );
 }
+
+/// Watchers per stream and streams in the fan-out test: 10,000 watchers of one key.
+const FAN_OUT_STREAMS: usize = 10;
+const FAN_OUT_WATCHERS_PER_STREAM: usize = 1000;
+/// Creates sent before their answers are read: no more than the session's
+/// request queue holds, so sending never waits on an unstarted call.
+const CREATES_PER_BATCH: usize = 64;
+
+/// Opens a stream with `count` watchers created by `create`; returns it with the
+/// watch ids the server answered, after every `created` arrived.
+async fn stream_of_watchers(endpoint: &str, count: usize, create: &pb::WatchCreateRequest) -> (WatchSession, Vec<i64>) {
+    let mut session = WatchSession::open(endpoint).await;
+    let mut ids = Vec::with_capacity(count);
+    while ids.len() < count {
+        let batch = CREATES_PER_BATCH.min(count - ids.len());
+        for _ in 0..batch {
+            session.create(create.clone()).await;
+        }
+        for _ in 0..batch {
+            let response = session.next().await;
+            assert!(response.created && !response.canceled, "{response:?}");
+            ids.push(response.watch_id);
+        }
+    }
+    (session, ids)
+}
+
+/// Asks for a stream-wide progress notification and returns every event that
+/// arrives before it: events are sent before the progress that vouches for them.
+async fn events_until_progress(session: &mut WatchSession, revision: i64) -> Vec<(i64, mvccpb::Event)> {
+    session
+        .send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
+    let mut events = Vec::new();
+    loop {
+        let response = session.next().await;
+        assert!(!response.canceled, "unexpected cancel: {response:?}");
+        if response.watch_id == -1 && response.events.is_empty() {
+            assert_eq!(response.header.unwrap().revision, revision);
+            return events;
+        }
+        events.extend(response.events.into_iter().map(|e| (response.watch_id, e)));
+    }
+}
+
+fn assert_event(event: &mvccpb::Event, key: &str, value: &str, revision: i64) {
+    let kv = event.kv.as_ref().expect("an event carries its key-value");
+    assert_eq!(event.r#type, mvccpb::event::EventType::Put as i32);
+    assert_eq!(kv.key, key.as_bytes());
+    assert_eq!(kv.value, value.as_bytes());
+    assert_eq!(kv.mod_revision, revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_fans_out_to_ten_thousand_watchers_exactly_once() {
+    let (_dir, server, mut kv) = start().await;
+    let endpoint = server.endpoint();
+    let key_watch = pb::WatchCreateRequest {
+        key: b"fan/key".to_vec(),
+        ..Default::default()
+    };
+    let mut streams = Vec::with_capacity(FAN_OUT_STREAMS);
+    for _ in 0..FAN_OUT_STREAMS {
+        let (session, mut ids) = stream_of_watchers(&endpoint, FAN_OUT_WATCHERS_PER_STREAM, &key_watch).await;
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            FAN_OUT_WATCHERS_PER_STREAM,
+            "watch ids are unique per stream"
+        );
+        streams.push((session, ids));
+    }
+    let (mut range_session, _) = stream_of_watchers(&endpoint, 1, &prefix("fan/")).await;
+
+    let first = put(&mut kv, "fan/key", "one").await;
+    for (session, ids) in &mut streams {
+        let (events, responses) = collect_events(session, FAN_OUT_WATCHERS_PER_STREAM).await;
+        let mut got: Vec<i64> = responses.iter().map(|response| response.watch_id).collect();
+        got.sort_unstable();
+        assert_eq!(&got, ids, "every watcher of the stream got one response");
+        for event in &events {
+            assert_event(event, "fan/key", "one", first);
+        }
+        assert!(
+            events_until_progress(session, first).await.is_empty(),
+            "no watcher got the write twice"
+        );
+    }
+    let (events, _) = collect_events(&mut range_session, 1).await;
+    assert_event(&events[0], "fan/key", "one", first);
+
+    let second = put(&mut kv, "fan/other", "two").await;
+    let (events, _) = collect_events(&mut range_session, 1).await;
+    assert_event(&events[0], "fan/other", "two", second);
+    assert!(events_until_progress(&mut range_session, second).await.is_empty());
+    for (session, _) in &mut streams {
+        assert!(
+            events_until_progress(session, second).await.is_empty(),
+            "a write to another key reaches none of the key's watchers"
+        );
+    }
+}

@@ -308,6 +308,7 @@ mod tests {
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method MemberAdd not implemented");
         let status = route("/etcdserverpb.Maintenance/Downgrade").unwrap_err();
+        assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method Downgrade not implemented");
     }
 
