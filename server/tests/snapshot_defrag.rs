@@ -37,7 +37,7 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
 
 fn value_for(key: usize, round: usize) -> Vec<u8> {
     // Every 20th value spans overflow pages; the rest fit a leaf.
-    let len = if key % 20 == 0 { 9000 } else { 300 };
+    let len = if key.is_multiple_of(20) { 9000 } else { 300 };
     let mut value = format!("{key}/{round}/").into_bytes();
     value.resize(len, b'a' + (key % 26) as u8);
     value
@@ -156,7 +156,10 @@ async fn snapshot_save_copies_every_acknowledged_write_while_writers_go_on() {
     // acknowledged before the call (and none torn by the writes during it).
     let copy_path = dir.path().join("copy.db");
     std::fs::write(&copy_path, image).unwrap();
-    Tree::open(&copy_path).unwrap().check().expect("the copy passes the integrity check");
+    Tree::open(&copy_path)
+        .unwrap()
+        .check()
+        .expect("the copy passes the integrity check");
     let copy = Mvcc::open(&copy_path).unwrap();
     let all = copy
         .range(
@@ -232,7 +235,10 @@ async fn defrag_gives_the_space_back_and_loses_no_write_made_during_it() {
     // The trimmed file and everything written during the defrag survive a crash.
     server.kill();
     let server = Ringkv::start(&data_dir, &[]);
-    assert!(read_all(&server.endpoint()).await == expected, "contents changed by the restart");
+    assert!(
+        read_all(&server.endpoint()).await == expected,
+        "contents changed by the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

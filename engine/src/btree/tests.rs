@@ -404,7 +404,11 @@ fn defragmentation_gives_back_the_space_of_removed_keys() {
         tree.allocated_bytes(),
         tree.in_use_bytes()
     );
-    assert!(tree.file_bytes() < file, "the file was cut: {} of {file}", tree.file_bytes());
+    assert!(
+        tree.file_bytes() < file,
+        "the file was cut: {} of {file}",
+        tree.file_bytes()
+    );
     assert_eq!(io.size().unwrap(), tree.file_bytes());
     drop(tree);
     let tree = open(&io);

@@ -632,5 +632,9 @@ fn defragmenting_after_a_compaction_gives_the_space_back() {
     store.request_trim();
     store.commit().unwrap();
     assert!(store.allocated_bytes() <= target * crate::page::PAGE_BYTES as u64);
-    assert!(store.allocated_bytes() * 10 < before, "{} of {before} bytes", store.allocated_bytes());
+    assert!(
+        store.allocated_bytes() * 10 < before,
+        "{} of {before} bytes",
+        store.allocated_bytes()
+    );
 }

@@ -60,7 +60,7 @@ impl SnapshotSource {
     /// returns how many bytes it filled: less than `buf.len()` only at the end.
     /// Blocking reads: call it off the executor.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, PageError> {
-        assert!(buf.len() % PAGE_BYTES == 0 && !buf.is_empty(), "whole pages");
+        assert!(buf.len().is_multiple_of(PAGE_BYTES) && !buf.is_empty(), "whole pages");
         let first = self.next_page;
         let count = ((buf.len() / PAGE_BYTES) as u64).min(self.meta.page_count - first);
         let buf = &mut buf[..count as usize * PAGE_BYTES];

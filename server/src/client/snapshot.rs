@@ -23,9 +23,14 @@ const READ_BYTES: usize = 1 << 20;
 /// The storage version etcd 3.5 sends with each message.
 const STORAGE_VERSION: &str = "3.5.0";
 
-const _: () = assert!(READ_BYTES % BLOB_BYTES == 0 && READ_BYTES % ringkv_engine::page::PAGE_BYTES == 0);
+const _: () =
+    assert!(READ_BYTES.is_multiple_of(BLOB_BYTES) && READ_BYTES.is_multiple_of(ringkv_engine::page::PAGE_BYTES));
 
-pub async fn serve(store: &Rc<StoreClient>, mut requests: RequestStream, mut responses: ResponseSink) -> Result<(), Status> {
+pub async fn serve(
+    store: &Rc<StoreClient>,
+    mut requests: RequestStream,
+    mut responses: ResponseSink,
+) -> Result<(), Status> {
     match requests.next().await {
         Some(request) => {
             let _: pb::SnapshotRequest = grpc::decode(request?)?;
