@@ -17,6 +17,10 @@ use super::raft_log::RaftLog;
 use super::raft_logger;
 use super::wal_io;
 
+/// The page store's file and the WAL's directory in a data directory.
+pub const STORE_FILE: &str = "store.db";
+pub const WAL_DIR: &str = "wal";
+
 /// raft ticks per heartbeat and per election: with a 100 ms tick (etcd's
 /// `--heartbeat-interval`), elections time out after 1 s (`--election-timeout`).
 const HEARTBEAT_TICKS: usize = 1;
@@ -76,12 +80,12 @@ pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, Boots
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let store_path = data_dir.join("store.db");
+    let store_path = data_dir.join(STORE_FILE);
     let mvcc = Mvcc::open(&store_path).map_err(|source| BootstrapError::Store {
         path: store_path.clone(),
         source,
     })?;
-    let wal_dir = data_dir.join("wal");
+    let wal_dir = data_dir.join(WAL_DIR);
     let wal_error = |source| BootstrapError::Wal {
         path: wal_dir.clone(),
         source,
@@ -136,15 +140,26 @@ pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, Boots
     })
 }
 
-/// A new WAL: identity in the metadata, and a snapshot record at index 0 holding
-/// the initial configuration (this member as the only voter), both in its first
-/// frame, so that a crash right after creation leaves a WAL that opens.
+/// A new WAL for a new member: see [`create_wal_at`], at index 0.
 async fn create_wal(wal_dir: &Path, identity: Identity) -> Result<(Wal, Recovered), WalError> {
+    create_wal_at(wal_dir, identity, 0, 0).await
+}
+
+/// A new WAL: identity in the metadata, and a snapshot record at `index`, `term`
+/// holding the initial configuration (this member as the only voter), both in
+/// its first frame, so that a crash right after creation leaves a WAL that
+/// opens. A restored store starts its raft log at its applied index.
+pub(super) async fn create_wal_at(
+    wal_dir: &Path,
+    identity: Identity,
+    index: u64,
+    term: u64,
+) -> Result<(Wal, Recovered), WalError> {
     let conf_state = ConfState {
         voters: vec![identity.member_id],
         ..Default::default()
     };
-    let snapshot = wal_io::snapshot_record(0, 0, &conf_state);
+    let snapshot = wal_io::snapshot_record(index, term, &conf_state);
     let wal = Wal::create(wal_dir, WalOptions::default(), identity.encode(), snapshot.clone()).await?;
     let recovered = Recovered {
         metadata: identity.encode(),

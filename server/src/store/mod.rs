@@ -9,6 +9,7 @@ pub mod messages;
 mod raft_log;
 mod raft_logger;
 mod reads;
+pub mod restore;
 mod wal_io;
 mod watchers;
 
@@ -21,7 +22,7 @@ use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
-pub use self::bootstrap::Identity;
+pub use self::bootstrap::{Identity, STORE_FILE, WAL_DIR};
 pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
 use self::messages::{Call, Reply};

@@ -1,0 +1,203 @@
+//! A data directory from a snapshot file, as `etcdutl snapshot restore` makes
+//! one for etcd. A snapshot file (what `Maintenance.Snapshot` streams, and
+//! `etcdctl snapshot save` writes) is a page file followed by the 32-byte sha256
+//! of that page file (see `client::snapshot`).
+//!
+//! Restoring checks the trailer, copies the page file into `store.db` of a new
+//! data directory, checks the tree whole, and creates a WAL whose first snapshot
+//! record sits at the store's applied raft index, with the restored member as
+//! the only voter: the member starts a new one-member cluster holding the data,
+//! with revisions, leases and alarms as they were. The new directory is built
+//! under a temporary name and renamed into place, so a crash leaves either no
+//! data directory or a whole one.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ringkv_engine::btree::Tree;
+use ringkv_engine::mvcc::{Mvcc, MvccError};
+use ringkv_engine::page::{PageError, PAGE_BYTES};
+use ringkv_engine::wal::WalError;
+use sha2::{Digest, Sha256};
+
+use super::bootstrap::{self, Identity};
+
+/// Bytes of the sha256 trailer.
+pub const TRAILER_BYTES: u64 = 32;
+/// The raft term the restored log starts in (etcdutl starts at 1 too).
+const RESTORED_TERM: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a ringkv snapshot: {reason}")]
+    NotASnapshot { path: PathBuf, reason: String },
+    #[error("{path}: the sha256 trailer does not match the contents (a torn or altered file)")]
+    HashMismatch { path: PathBuf },
+    #[error("data directory {0} already exists")]
+    Exists(PathBuf),
+    #[error("the snapshot's page store is damaged: {0}")]
+    Pages(#[from] PageError),
+    #[error("the snapshot's store does not open: {0}")]
+    Store(#[from] MvccError),
+    #[error("creating the WAL: {0}")]
+    Wal(#[from] WalError),
+}
+
+/// What a snapshot holds, as `snapshot status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// Bytes of the page file (the snapshot file without its trailer).
+    pub store_bytes: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// The raft index the copy holds every entry up to.
+    pub applied_index: u64,
+    /// Keys live at `revision`.
+    pub keys: usize,
+    /// Whether the trailer was checked (false when asked to skip the check).
+    pub hash_checked: bool,
+}
+
+/// Copies the page file in `snapshot` to `to` (fsynced), checking the trailer
+/// unless `skip_hash_check` (a copy made by other means may have none).
+pub fn extract(snapshot: &Path, to: &Path, skip_hash_check: bool) -> Result<bool, RestoreError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RestoreError::Io { path, source }
+    };
+    let input = File::open(snapshot).map_err(io(snapshot))?;
+    let len = input.metadata().map_err(io(snapshot))?.len();
+    let has_trailer = len % PAGE_BYTES as u64 == TRAILER_BYTES;
+    // Without the check, a bare page file (whole pages, no trailer) is accepted too.
+    let bare_page_file = skip_hash_check && len.is_multiple_of(PAGE_BYTES as u64);
+    if !has_trailer && !bare_page_file {
+        return Err(RestoreError::NotASnapshot {
+            path: snapshot.to_path_buf(),
+            reason: format!("{len} bytes is not whole {PAGE_BYTES}-byte pages plus a {TRAILER_BYTES}-byte sha256"),
+        });
+    }
+    let store_bytes = if has_trailer { len - TRAILER_BYTES } else { len };
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let output = File::create(to).map_err(io(to))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, &output);
+    let mut digest = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut left = store_bytes;
+    while left > 0 {
+        let chunk = &mut buf[..left.min(1 << 20) as usize];
+        reader.read_exact(chunk).map_err(io(snapshot))?;
+        digest.update(&*chunk);
+        writer.write_all(chunk).map_err(io(to))?;
+        left -= chunk.len() as u64;
+    }
+    writer.flush().map_err(io(to))?;
+    drop(writer);
+    output.sync_all().map_err(io(to))?;
+    if !has_trailer || skip_hash_check {
+        return Ok(false);
+    }
+    let mut trailer = [0; TRAILER_BYTES as usize];
+    reader.read_exact(&mut trailer).map_err(io(snapshot))?;
+    if digest.finalize().as_slice() != trailer {
+        return Err(RestoreError::HashMismatch {
+            path: snapshot.to_path_buf(),
+        });
+    }
+    Ok(true)
+}
+
+/// Checks the page store at `store` whole and summarizes it.
+fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, RestoreError> {
+    Tree::open(store)?.check()?;
+    let mvcc = Mvcc::open(store)?;
+    Ok(SnapshotSummary {
+        store_bytes: mvcc.file_bytes(),
+        revision: mvcc.current_revision(),
+        compact_revision: mvcc.compact_revision(),
+        applied_index: mvcc.applied_index(),
+        keys: mvcc.key_count(),
+        hash_checked,
+    })
+}
+
+/// Checks a snapshot file (trailer, then every page of the tree) and says what
+/// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
+pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
+    let scratch = scratch_dir.join("store.db");
+    let result = extract(snapshot, &scratch, skip_hash_check).and_then(|checked| summarize(&scratch, checked));
+    let _ = std::fs::remove_file(&scratch);
+    result
+}
+
+/// Makes `data_dir` (which must not exist) from `snapshot`, for a member with
+/// `identity`. Runs on a glommio executor: the WAL is written with io_uring.
+pub async fn restore(
+    snapshot: &Path,
+    data_dir: &Path,
+    identity: Identity,
+    skip_hash_check: bool,
+) -> Result<SnapshotSummary, RestoreError> {
+    if data_dir.exists() {
+        return Err(RestoreError::Exists(data_dir.to_path_buf()));
+    }
+    let staging = staging_path(data_dir);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RestoreError::Io { path, source }
+    };
+    // A staging directory is what an interrupted restore left behind.
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let built = build(snapshot, &staging, identity, skip_hash_check).await;
+    let summary = match built {
+        Ok(summary) => summary,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&staging, data_dir).map_err(io(data_dir))?;
+    let parent = data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(parent).and_then(|dir| dir.sync_all()).map_err(io(parent))?;
+    Ok(summary)
+}
+
+async fn build(
+    snapshot: &Path,
+    dir: &Path,
+    identity: Identity,
+    skip_hash_check: bool,
+) -> Result<SnapshotSummary, RestoreError> {
+    let store = dir.join(bootstrap::STORE_FILE);
+    let checked = extract(snapshot, &store, skip_hash_check)?;
+    let summary = summarize(&store, checked)?;
+    let (wal, _) = bootstrap::create_wal_at(
+        &dir.join(bootstrap::WAL_DIR),
+        identity,
+        summary.applied_index,
+        RESTORED_TERM,
+    )
+    .await?;
+    drop(wal);
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| RestoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    Ok(summary)
+}
+
+fn staging_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".restoring");
+    data_dir.with_file_name(name)
+}

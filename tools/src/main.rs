@@ -1,0 +1,191 @@
+//! `ringkvutl`: offline tools for ringkv's data, in the spirit of etcdutl. They
+//! work on files, never on a running server: stop the member first.
+//!
+//! - `snapshot status FILE`: checks a snapshot file (sha256 trailer, every page of
+//!   the tree) and says what it holds.
+//! - `snapshot restore FILE --data-dir DIR`: a new data directory from a snapshot
+//!   file, for a member that starts a new one-member cluster with the data.
+//! - `check --data-dir DIR`: checks a stopped member's page store whole.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ringkv_engine::btree::Tree;
+use ringkv_server::ids;
+use ringkv_server::store::restore::{self, SnapshotSummary};
+use ringkv_server::store::{Identity, STORE_FILE};
+
+#[derive(Parser)]
+#[command(
+    name = "ringkvutl",
+    version,
+    about = "Offline tools for ringkv data (stop the member first)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot files, as `etcdctl snapshot save` writes them from ringkv
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Check a stopped member's page store (`<data-dir>/store.db`): every page's
+    /// checksum, the tree's order and shape, and that every page is accounted for
+    Check {
+        /// The member's data directory
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Check a snapshot file and print what it holds
+    Status {
+        file: PathBuf,
+        /// Do not check the sha256 trailer (for a copy without one)
+        #[arg(long)]
+        skip_hash_check: bool,
+    },
+    /// Make a new data directory from a snapshot file. The member started on it
+    /// forms a new one-member cluster holding the data (revisions, leases and
+    /// alarms as they were); its id comes from the flags below, as for `ringkv`
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    file: PathBuf,
+    /// The data directory to create (it must not exist) [default: <name>.ringkv]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The member's name, as `ringkv --name`
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// The member's peer URLs, as `ringkv --initial-advertise-peer-urls`
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// As `ringkv --initial-cluster-token`
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Do not check the sha256 trailer (for a copy without one)
+    #[arg(long)]
+    skip_hash_check: bool,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Snapshot(SnapshotCommand::Status { file, skip_hash_check }) => snapshot_status(file, skip_hash_check),
+        Command::Snapshot(SnapshotCommand::Restore(args)) => snapshot_restore(args),
+        Command::Check { data_dir } => check(data_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ringkvutl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn snapshot_status(file: PathBuf, skip_hash_check: bool) -> Result<(), String> {
+    let scratch = scratch_dir(&file)?;
+    let summary = restore::status(&file, &scratch, skip_hash_check).map_err(|error| error.to_string());
+    let _ = std::fs::remove_dir(&scratch);
+    print_summary(&summary?);
+    Ok(())
+}
+
+/// A scratch directory next to the snapshot (same file system, no /tmp limits).
+fn scratch_dir(file: &std::path::Path) -> Result<PathBuf, String> {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".status-{}", std::process::id()));
+    let dir = file.with_file_name(name);
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    Ok(dir)
+}
+
+fn print_summary(summary: &SnapshotSummary) {
+    let hash = if summary.hash_checked { "ok" } else { "not checked" };
+    println!("sha256: {hash}");
+    println!("revision: {}", summary.revision);
+    println!("compact revision: {}", summary.compact_revision);
+    println!("raft applied index: {}", summary.applied_index);
+    println!("keys (live or in retained history): {}", summary.keys);
+    println!("store bytes: {}", summary.store_bytes);
+}
+
+fn snapshot_restore(args: RestoreArgs) -> Result<(), String> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(format!("{}.ringkv", args.name)));
+    let member_id = ids::member_id(&args.initial_advertise_peer_urls, &args.initial_cluster_token);
+    let identity = Identity {
+        member_id,
+        cluster_id: ids::cluster_id(&[member_id]),
+    };
+    let file = args.file;
+    let skip_hash_check = args.skip_hash_check;
+    let target = data_dir.clone();
+    // The WAL is written through io_uring: run on a glommio executor.
+    let summary = glommio::LocalExecutorBuilder::default()
+        .name("ringkvutl")
+        .spawn(move || async move { restore::restore(&file, &target, identity, skip_hash_check).await })
+        .map_err(|error| format!("cannot start an executor (io_uring, locked memory): {error}"))?
+        .join()
+        .map_err(|error| format!("the restore thread failed: {error:?}"))?
+        .map_err(|error| error.to_string())?;
+    println!("restored to {} (member id {member_id:x})", data_dir.display());
+    print_summary(&summary);
+    Ok(())
+}
+
+fn check(data_dir: PathBuf) -> Result<(), String> {
+    let store = data_dir.join(STORE_FILE);
+    // Opening would create a missing file and initialize an empty one: look first.
+    let len = std::fs::metadata(&store)
+        .map_err(|error| format!("{}: {error}", store.display()))?
+        .len();
+    if len == 0 {
+        return Err(format!("{} is empty: never initialized", store.display()));
+    }
+    let report = Tree::open(&store)
+        .and_then(|tree| tree.check())
+        .map_err(|error| format!("{}: {error}", store.display()))?;
+    println!(
+        "{}: ok: {} entries, depth {}, {} pages reachable, {} unreachable",
+        store.display(),
+        report.entries,
+        report.depth,
+        report.reachable_pages,
+        report.unreachable_pages
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn restore_defaults_follow_ringkvs_flags() {
+        let cli = Cli::try_parse_from(["ringkvutl", "snapshot", "restore", "s.db"]).unwrap();
+        let Command::Snapshot(SnapshotCommand::Restore(args)) = cli.command else {
+            panic!("parsed as restore");
+        };
+        assert_eq!(args.data_dir, None, "defaults to <name>.ringkv");
+        assert_eq!(args.name, "default");
+        assert_eq!(args.initial_advertise_peer_urls, ["http://localhost:2380"]);
+        assert_eq!(args.initial_cluster_token, "etcd-cluster");
+    }
+}
