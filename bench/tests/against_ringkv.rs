@@ -305,7 +305,7 @@ fn lease_keepalive_answers_every_keepalive_and_revokes_the_leases() {
         .iter()
         .map(|n| n.as_str().unwrap())
         .collect();
-    assert_eq!(notes, vec!["revoked all 10 leases after the run"], "{report}");
+    assert_eq!(notes, vec!["revoked 10 of 10 leases after the run"], "{report}");
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! Each request loop keeps one bidirectional LeaseKeepAlive stream and has one
 //! keepalive on it at a time: an op sends a request for lease number
 //! `ticket % leases` and waits for its response, so responses match requests
-//! in order. A response for another lease, or with TTL 0 (the lease is gone),
-//! fails the op. A failed stream is reopened by the loop's next op. At the end
-//! every lease is revoked, best effort and bounded.
+//! in order. A response must name the lease and renew it to the TTL its grant
+//! returned: another lease, TTL 0 (the lease is gone) or another TTL fails the
+//! op. A failed stream is reopened by the loop's next op. At the end every
+//! lease is revoked, best effort and bounded.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::populate::for_each_index;
 use super::{Extras, FinishFuture, OpFuture, Outcome, PrepareFuture, Workload, WorkloadClient};
@@ -49,8 +50,8 @@ pub struct LeaseKeepalive {
     leases: u64,
     ttl_sec: i64,
     request_timeout: Duration,
-    /// Lease ids by number (0: not granted), filled by `prepare`.
-    ids: Arc<Vec<AtomicI64>>,
+    /// The leases by number, filled by `prepare`.
+    leases_granted: Arc<Vec<GrantedLease>>,
     /// The run's connections, for revoking.
     channels: Mutex<Vec<Channel>>,
 }
@@ -67,7 +68,7 @@ impl LeaseKeepalive {
             leases: args.leases,
             ttl_sec: args.lease_ttl,
             request_timeout,
-            ids: Arc::new((0..args.leases).map(|_| AtomicI64::new(0)).collect()),
+            leases_granted: Arc::new((0..args.leases).map(|_| GrantedLease::default()).collect()),
             channels: Mutex::new(Vec::new()),
         })
     }
@@ -79,10 +80,10 @@ impl LeaseKeepalive {
             self.ttl_sec
         ));
         *self.channels.lock().expect("not poisoned") = channels.to_vec();
-        let ids = Arc::clone(&self.ids);
+        let granted = Arc::clone(&self.leases_granted);
         let ttl = self.ttl_sec;
         for_each_index(channels, self.leases, move |index, channel| {
-            let ids = Arc::clone(&ids);
+            let granted = Arc::clone(&granted);
             async move {
                 let request = LeaseGrantRequest { ttl, id: 0 };
                 let response = LeaseClient::new(channel).lease_grant(request).await?.into_inner();
@@ -92,7 +93,9 @@ impl LeaseKeepalive {
                         response.id, response.error
                     )));
                 }
-                ids[index as usize].store(response.id, Ordering::Relaxed);
+                let lease = &granted[index as usize];
+                lease.ttl_sec.store(response.ttl, Ordering::Relaxed);
+                lease.id.store(response.id, Ordering::Relaxed);
                 Ok(())
             }
         })
@@ -110,9 +113,9 @@ impl LeaseKeepalive {
     async fn revoke(&self, progress: ProgressMode) -> Extras {
         let channels = std::mem::take(&mut *self.channels.lock().expect("not poisoned"));
         let ids: Vec<i64> = self
-            .ids
+            .leases_granted
             .iter()
-            .map(|id| id.load(Ordering::Relaxed))
+            .map(|lease| lease.id.load(Ordering::Relaxed))
             .filter(|id| *id != 0)
             .collect();
         if ids.is_empty() || channels.is_empty() {
@@ -125,34 +128,44 @@ impl LeaseKeepalive {
         let count = ids.len() as u64;
         let ids = Arc::new(ids);
         let revoked = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&revoked);
+        let expired = Arc::new(AtomicU64::new(0));
+        let counters = (Arc::clone(&revoked), Arc::clone(&expired));
         let revoking = for_each_index(&channels, count, move |index, channel| {
             let request = LeaseRevokeRequest {
                 id: ids[index as usize],
             };
-            let counter = Arc::clone(&counter);
+            let (revoked, expired) = (Arc::clone(&counters.0), Arc::clone(&counters.1));
             async move {
-                LeaseClient::new(channel).lease_revoke(request).await?;
-                counter.fetch_add(1, Ordering::Relaxed);
+                match LeaseClient::new(channel).lease_revoke(request).await {
+                    Ok(_) => revoked.fetch_add(1, Ordering::Relaxed),
+                    Err(status) if status.code() == Code::NotFound => expired.fetch_add(1, Ordering::Relaxed),
+                    Err(status) => return Err(status),
+                };
                 Ok(())
             }
         });
-        let note = match tokio::time::timeout(REVOKE_TIME_MAX, revoking).await {
-            Ok(Ok(())) => format!("revoked all {} leases after the run", fmt_count(count)),
-            Ok(Err((index, status))) => format!(
-                "revoked {} of {} leases after the run; revoking lease {index} failed: {:?}: {}",
-                fmt_count(revoked.load(Ordering::Relaxed)),
-                fmt_count(count),
+        let outcome = tokio::time::timeout(REVOKE_TIME_MAX, revoking).await;
+        let mut note = format!(
+            "revoked {} of {} leases after the run",
+            fmt_count(revoked.load(Ordering::Relaxed)),
+            fmt_count(count)
+        );
+        let expired = expired.load(Ordering::Relaxed);
+        if expired > 0 {
+            note.push_str(&format!(" ({} had expired)", fmt_count(expired)));
+        }
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err((index, status))) => note.push_str(&format!(
+                "; revoking lease {index} failed: {:?}: {}",
                 status.code(),
                 status.message()
-            ),
-            Err(_) => format!(
-                "revoked {} of {} leases in {} after the run, then gave up",
-                fmt_count(revoked.load(Ordering::Relaxed)),
-                fmt_count(count),
+            )),
+            Err(_) => note.push_str(&format!(
+                "; gave up after {}",
                 humantime::format_duration(REVOKE_TIME_MAX)
-            ),
-        };
+            )),
+        }
         Extras {
             watch: None,
             notes: vec![note],
@@ -184,7 +197,7 @@ impl Workload for LeaseKeepalive {
     fn client(&self, _index: usize, channel: Channel) -> Box<dyn WorkloadClient> {
         Box::new(KeepaliveClient {
             lease: LeaseClient::new(channel),
-            ids: Arc::clone(&self.ids),
+            leases: Arc::clone(&self.leases_granted),
             request_timeout: self.request_timeout,
             stream: None,
         })
@@ -195,6 +208,13 @@ impl Workload for LeaseKeepalive {
     }
 }
 
+/// A lease's id (0 until granted) and the TTL its grant returned.
+#[derive(Debug, Default)]
+struct GrantedLease {
+    id: AtomicI64,
+    ttl_sec: AtomicI64,
+}
+
 /// One open LeaseKeepAlive stream.
 struct KeepaliveStream {
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
@@ -203,7 +223,7 @@ struct KeepaliveStream {
 
 struct KeepaliveClient {
     lease: LeaseClient<Channel>,
-    ids: Arc<Vec<AtomicI64>>,
+    leases: Arc<Vec<GrantedLease>>,
     request_timeout: Duration,
     stream: Option<KeepaliveStream>,
 }
@@ -246,7 +266,9 @@ impl KeepaliveClient {
 
 impl WorkloadClient for KeepaliveClient {
     fn op(&mut self, ticket: u64, _from: Instant) -> OpFuture<'_> {
-        let id = self.ids[(ticket % self.ids.len() as u64) as usize].load(Ordering::Relaxed);
+        let lease = &self.leases[(ticket % self.leases.len() as u64) as usize];
+        let id = lease.id.load(Ordering::Relaxed);
+        let ttl_sec = lease.ttl_sec.load(Ordering::Relaxed);
         Box::pin(async move {
             let response = match self.keepalive(id).await {
                 Ok(response) => response,
@@ -256,15 +278,16 @@ impl WorkloadClient for KeepaliveClient {
                     return Err(status);
                 }
             };
-            check_response(id, &response)?;
+            check_response(id, ttl_sec, &response)?;
             Ok(Outcome::DONE)
         })
     }
 }
 
-/// A keepalive response must be for the lease asked about and keep it alive.
+/// A keepalive response must be for the lease asked about and renew it to
+/// its granted TTL (`ttl_sec`), as etcd's do.
 #[allow(clippy::result_large_err)]
-pub fn check_response(id: i64, response: &LeaseKeepAliveResponse) -> Result<(), Status> {
+pub fn check_response(id: i64, ttl_sec: i64, response: &LeaseKeepAliveResponse) -> Result<(), Status> {
     if response.id != id {
         return Err(Status::internal(format!(
             "keepalive for lease {id:x} answered for lease {:x}",
@@ -274,6 +297,12 @@ pub fn check_response(id: i64, response: &LeaseKeepAliveResponse) -> Result<(), 
     if response.ttl <= 0 {
         return Err(Status::not_found("keepalive answered TTL 0: the lease is gone"));
     }
+    if response.ttl != ttl_sec {
+        return Err(Status::internal(format!(
+            "keepalive renewed lease {id:x} to TTL {} s, its grant said {ttl_sec} s",
+            response.ttl
+        )));
+    }
     Ok(())
 }
 
@@ -282,16 +311,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_response_must_name_the_lease_and_a_ttl() {
+    fn a_response_must_name_the_lease_and_renew_it_to_its_granted_ttl() {
         let response = |id, ttl| LeaseKeepAliveResponse { header: None, id, ttl };
-        assert!(check_response(7, &response(7, 60)).is_ok());
+        assert!(check_response(7, 60, &response(7, 60)).is_ok());
         assert_eq!(
-            check_response(7, &response(8, 60)).unwrap_err().code(),
-            tonic::Code::Internal
+            check_response(7, 60, &response(8, 60)).unwrap_err().code(),
+            Code::Internal
         );
         assert_eq!(
-            check_response(7, &response(7, 0)).unwrap_err().code(),
-            tonic::Code::NotFound
+            check_response(7, 60, &response(7, 0)).unwrap_err().code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            check_response(7, 60, &response(7, 59)).unwrap_err().code(),
+            Code::Internal
         );
     }
 }

@@ -6,7 +6,10 @@
 //! has a key-value, its revision is above the revision of the same watcher's
 //! previous event (these workloads change one key per revision, so an equal
 //! revision is a duplicate), and no watcher is canceled or its stream closed.
-//! A workload adds its own checks in its [`EventSink`].
+//! A response without events is a progress notification: it says the watcher
+//! has every event up to its header's revision, so a later event at or below
+//! that revision, or a notification below an event already delivered, is
+//! wrong. A workload adds its own checks in its [`EventSink`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -137,6 +140,7 @@ impl WatcherSet {
             })?;
             let consumer = StreamConsumer {
                 first_watcher: first,
+                progress_revision: vec![0; count],
                 watch_ids: opened.watch_ids,
                 last_revision: Arc::clone(&last_revision),
                 sink: Arc::clone(&sink),
@@ -155,10 +159,6 @@ impl WatcherSet {
             stop,
             tasks,
         })
-    }
-
-    pub fn streams(&self) -> usize {
-        self.tasks.len()
     }
 
     /// Waits until every watcher whose stream still runs has had an event at
@@ -309,6 +309,9 @@ impl StreamTally {
 struct StreamConsumer {
     first_watcher: usize,
     watch_ids: Vec<i64>,
+    /// Per watcher of the stream: the highest revision a progress
+    /// notification reported.
+    progress_revision: Vec<i64>,
     last_revision: Arc<Vec<AtomicI64>>,
     sink: Arc<dyn EventSink>,
     tally: StreamTally,
@@ -365,7 +368,7 @@ impl StreamConsumer {
             return;
         }
         if response.events.is_empty() {
-            self.tally.progress_notifies += 1;
+            self.progress(by_id, &response);
             return;
         }
         let Some(&local) = by_id.get(&response.watch_id) else {
@@ -375,6 +378,31 @@ impl StreamConsumer {
         self.tally.last_arrival = Some(arrived);
         for event in &response.events {
             self.event(local, event, arrived);
+        }
+    }
+
+    /// A progress notification for one watcher, or (watch id -1, as etcd 3.5
+    /// answers a progress request) for every watcher of the stream.
+    fn progress(&mut self, by_id: &HashMap<i64, usize>, response: &WatchResponse) {
+        self.tally.progress_notifies += 1;
+        let Some(revision) = response.header.as_ref().map(|header| header.revision) else {
+            self.tally.problem("a progress notification without a header");
+            return;
+        };
+        let locals: Vec<usize> = match by_id.get(&response.watch_id) {
+            Some(&local) => vec![local],
+            None => (0..self.progress_revision.len()).collect(),
+        };
+        for local in locals {
+            let last_event = self.last_revision[self.first_watcher + local].load(Ordering::Relaxed);
+            if revision < last_event {
+                self.tally
+                    .problem("a progress notification below an event the watcher already got");
+            }
+            if revision < self.progress_revision[local] {
+                self.tally.problem("a progress notification below an earlier one");
+            }
+            self.progress_revision[local] = self.progress_revision[local].max(revision);
         }
     }
 
@@ -390,8 +418,117 @@ impl StreamConsumer {
             self.tally
                 .problem("an event not after the watcher's previous event (duplicate or out of order)");
         }
+        if kv.mod_revision <= self.progress_revision[local] {
+            self.tally
+                .problem("an event at or below a revision a progress notification said was complete");
+        }
         if let Err(problem) = self.sink.event(watcher, event, arrived) {
             self.tally.problem(problem);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_proto::etcdserverpb::ResponseHeader;
+    use ringkv_proto::mvccpb::KeyValue;
+
+    struct AcceptAll;
+
+    impl EventSink for AcceptAll {
+        fn event(&self, _watcher: usize, _event: &Event, _arrived: Instant) -> Result<(), &'static str> {
+            Ok(())
+        }
+    }
+
+    /// A stream with watchers 7 and 8 (ids), numbered 0 and 1.
+    fn consumer() -> (StreamConsumer, HashMap<i64, usize>) {
+        let consumer = StreamConsumer {
+            first_watcher: 0,
+            watch_ids: vec![7, 8],
+            progress_revision: vec![0; 2],
+            last_revision: Arc::new(vec![AtomicI64::new(0), AtomicI64::new(0)]),
+            sink: Arc::new(AcceptAll),
+            tally: StreamTally::new(2),
+        };
+        (consumer, HashMap::from([(7, 0), (8, 1)]))
+    }
+
+    fn events(watch_id: i64, revisions: &[i64]) -> WatchResponse {
+        let event = |revision| Event {
+            kv: Some(KeyValue {
+                mod_revision: revision,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        WatchResponse {
+            watch_id,
+            events: revisions.iter().copied().map(event).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn progress(watch_id: i64, revision: i64) -> WatchResponse {
+        WatchResponse {
+            header: Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_in_revision_order_after_progress_pass() {
+        let (mut consumer, ids) = consumer();
+        let now = Instant::now();
+        consumer.response(&ids, events(7, &[3, 4]), now);
+        consumer.response(&ids, progress(7, 10), now);
+        consumer.response(&ids, events(7, &[11]), now);
+        consumer.response(&ids, events(8, &[11]), now);
+        assert!(consumer.tally.problems.is_empty(), "{:?}", consumer.tally.problems);
+        assert_eq!(consumer.tally.events_by_watcher, vec![3, 1]);
+        assert_eq!(consumer.tally.progress_notifies, 1);
+    }
+
+    #[test]
+    fn a_duplicate_or_an_event_below_a_progress_notification_is_a_problem() {
+        let (mut consumer, ids) = consumer();
+        let now = Instant::now();
+        consumer.response(&ids, events(7, &[5, 5]), now);
+        consumer.response(&ids, progress(-1, 10), now);
+        consumer.response(&ids, events(8, &[9]), now);
+        consumer.response(&ids, progress(8, 8), now);
+        let problems: Vec<&str> = consumer.tally.problems.keys().copied().collect();
+        assert_eq!(
+            problems,
+            vec![
+                "a progress notification below an earlier one",
+                "a progress notification below an event the watcher already got",
+                "an event at or below a revision a progress notification said was complete",
+                "an event not after the watcher's previous event (duplicate or out of order)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_canceled_watcher_is_an_error() {
+        let (mut consumer, ids) = consumer();
+        let canceled = WatchResponse {
+            watch_id: 7,
+            canceled: true,
+            compact_revision: 4,
+            ..Default::default()
+        };
+        consumer.response(&ids, canceled, Instant::now());
+        assert_eq!(consumer.tally.errors.total(), 1);
+        let by_code = consumer.tally.errors.by_code();
+        assert_eq!(
+            by_code[0].messages[0].message,
+            "watcher canceled: compacted at revision 4"
+        );
     }
 }
