@@ -31,6 +31,9 @@ Examples:
   ringkv-bench --conns 100 --clients 1000 put --key-size 8 --val-size 256 --sequential-keys --total 100000
   ringkv-bench --clients 100 --duration 30s range --consistency s
   ringkv-bench --clients 100 --rate 5000 --duration 1m txn-put
+  ringkv-bench --conns 10 --clients 100 --duration 10s watch-latency --watchers 100
+  ringkv-bench --conns 10 --clients 100 --duration 10s lease-keepalive --leases 1000
+  ringkv-bench --conns 10 --clients 100 --duration 10s kube --key-space-size 10000
   ringkv-bench compare --workloads put,range --rounds 3 --duration 10s";
 
 #[derive(Debug, Parser)]
@@ -223,7 +226,17 @@ mod tests {
             .get_subcommands()
             .map(|c| c.get_name().to_string())
             .collect();
-        for name in ["put", "range", "txn-put", "txn-mixed", "delete", "compare"] {
+        for name in [
+            "put",
+            "range",
+            "txn-put",
+            "txn-mixed",
+            "delete",
+            "watch-latency",
+            "lease-keepalive",
+            "kube",
+            "compare",
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
         }
     }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 }
 
 fn run_workload(global: &GlobalArgs, spec: &WorkloadSpec, runtime: &tokio::runtime::Runtime) -> Result<(), BenchError> {
-    let workload = spec.build()?;
+    let workload = spec.build(global.request_timeout)?;
     let options = global.run_options(1, 1, Stop::Total(TOTAL_DEFAULT), workload.name().to_string())?;
     let summary = runtime.block_on(runner::run(workload, &options))?;
     if global.json {

@@ -16,7 +16,8 @@ pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Histogram precision: 3 significant digits (0.1% relative error).
 pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 
-fn latency_histogram() -> Histogram<u64> {
+/// An empty latency histogram (microseconds) with the report's bounds.
+pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS).expect("valid histogram bounds")
 }
 
@@ -79,6 +80,22 @@ impl Recorder {
     pub fn errors(&self) -> u64 {
         self.errors.total()
     }
+
+    /// The ops whose outcome is one of `kinds`, together.
+    pub fn group(&self, kinds: &[&'static str], duration_sec: f64) -> GroupSummary {
+        let mut histogram = latency_histogram();
+        for kind in kinds {
+            if let Some(of_kind) = self.outcomes_us.get(kind) {
+                histogram.add(of_kind).expect("histograms with equal bounds");
+            }
+        }
+        GroupSummary {
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            count: histogram.len(),
+            per_sec: per_sec(histogram.len(), duration_sec),
+            latency_ms: LatencyMs::of(&histogram),
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -113,6 +130,82 @@ impl LatencyMs {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeSummary {
     pub count: u64,
+    /// `count / duration_sec` of the run.
+    pub per_sec: f64,
+    pub latency_ms: Option<LatencyMs>,
+}
+
+/// Ops of several outcome kinds taken together: kube's writes (update, create,
+/// delete), which share a run with its lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupSummary {
+    pub kinds: Vec<String>,
+    pub count: u64,
+    pub per_sec: f64,
+    pub latency_ms: Option<LatencyMs>,
+}
+
+/// What a workload's watchers received during a run (watch-latency, kube).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WatchSummary {
+    pub watchers: usize,
+    pub streams: usize,
+    /// Events received, over all watchers.
+    pub events: u64,
+    /// From the run's start to the last event's arrival.
+    pub duration_sec: f64,
+    pub events_per_sec: f64,
+    /// watch-latency only: from each Put's send (intended send under --rate)
+    /// to its event's arrival at a watcher, one sample per watcher per Put.
+    pub latency_ms: Option<LatencyMs>,
+    /// Responses without events (progress notifications).
+    pub progress_notifies: u64,
+    /// Wrong or missing events, by what was wrong: empty when every check passed.
+    pub problems: BTreeMap<String, u64>,
+    /// Watchers the server canceled and streams that failed.
+    pub errors: u64,
+    pub errors_by_code: Vec<ErrorsByCode>,
+}
+
+impl WatchSummary {
+    fn text(&self, latency_from: &str) -> String {
+        let mut out = format!(
+            "  watch: {} watchers on {} streams: {} events in {:.2} s: {} events/sec, {} progress notifies\n",
+            self.watchers,
+            self.streams,
+            fmt_count(self.events),
+            self.duration_sec,
+            fmt_rate(self.events_per_sec),
+            fmt_count(self.progress_notifies)
+        );
+        if let Some(latency) = &self.latency_ms {
+            let _ = writeln!(out, "  event latency ms: {}", fmt_latency(latency));
+            let _ = writeln!(
+                out,
+                "  event latency measured from the put's {latency_from} to the event's arrival, \
+                 one sample per watcher per put"
+            );
+        }
+        if self.problems.is_empty() {
+            out.push_str("  watch checks: passed\n");
+        } else {
+            let _ = writeln!(out, "  watch problems: {}", fmt_count(self.problems.values().sum()));
+            for (problem, count) in &self.problems {
+                let _ = writeln!(out, "    {} x {problem}", fmt_count(*count));
+            }
+        }
+        out.push_str(&errors_text("watch errors", self.errors, &self.errors_by_code));
+        out
+    }
+}
+
+/// The one throughput and latency that stand for a run in `compare`'s table:
+/// events delivered when the workload times events (watch-latency), its writes
+/// when it mixes reads and writes (kube), else all its ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Headline {
+    pub per_sec: f64,
+    pub unit: &'static str,
     pub latency_ms: Option<LatencyMs>,
 }
 
@@ -127,6 +220,8 @@ pub struct RunInfo {
     pub rate_limit_per_sec: Option<u64>,
     /// Every op writes: the throughput is "writes/sec".
     pub writes: bool,
+    /// Outcome kinds that wrote, when not every op does (kube).
+    pub write_kinds: &'static [&'static str],
 }
 
 /// Where latency is measured from (see `pacing`).
@@ -159,27 +254,31 @@ pub struct Summary {
     pub errors_by_code: Vec<ErrorsByCode>,
     /// Why the run ended before its --total or --duration, if it did.
     pub stopped_early: Option<String>,
+    /// The ops of RunInfo::write_kinds together, if the workload has them.
+    pub writes: Option<GroupSummary>,
+    /// What the workload's watchers received, if it has any.
+    pub watch: Option<WatchSummary>,
+    /// What else the workload reports (lease revocation, list sizes).
+    pub notes: Vec<String>,
 }
 
 impl Summary {
     pub fn new(info: RunInfo, recorder: &Recorder, duration_sec: f64, stopped_early: Option<String>) -> Summary {
         let ops = recorder.ops();
-        let throughput_per_sec = if duration_sec > 0.0 {
-            ops as f64 / duration_sec
-        } else {
-            0.0
-        };
+        let throughput_per_sec = per_sec(ops, duration_sec);
         let outcomes = recorder
             .outcomes_us
             .iter()
             .map(|(kind, histogram)| {
                 let summary = OutcomeSummary {
                     count: histogram.len(),
+                    per_sec: per_sec(histogram.len(), duration_sec),
                     latency_ms: LatencyMs::of(histogram),
                 };
                 (kind.to_string(), summary)
             })
             .collect();
+        let writes = (!info.write_kinds.is_empty()).then(|| recorder.group(info.write_kinds, duration_sec));
         Summary {
             workload: info.workload,
             settings: info.settings,
@@ -201,6 +300,32 @@ impl Summary {
             outcomes,
             errors_by_code: recorder.errors.by_code(),
             stopped_early,
+            writes,
+            watch: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// See [`Headline`].
+    pub fn headline(&self) -> Headline {
+        if let Some(watch) = self.watch.as_ref().filter(|w| w.latency_ms.is_some()) {
+            return Headline {
+                per_sec: watch.events_per_sec,
+                unit: "events/sec",
+                latency_ms: watch.latency_ms,
+            };
+        }
+        if let Some(writes) = &self.writes {
+            return Headline {
+                per_sec: writes.per_sec,
+                unit: "writes/sec",
+                latency_ms: writes.latency_ms,
+            };
+        }
+        Headline {
+            per_sec: self.throughput_per_sec,
+            unit: self.throughput_unit,
+            latency_ms: self.latency_ms,
         }
     }
 
@@ -239,15 +364,32 @@ impl Summary {
         for (kind, outcome) in &self.outcomes {
             let latency = outcome
                 .latency_ms
-                .map(|l| format!(" (p50 {} ms, p99 {} ms)", fmt_ms(l.p50), fmt_ms(l.p99)));
+                .map(|l| format!(", p50 {} ms, p99 {} ms", fmt_ms(l.p50), fmt_ms(l.p99)));
             let _ = writeln!(
                 out,
-                "  {kind}: {}{}",
+                "  {kind}: {} ({}/s{})",
                 fmt_count(outcome.count),
+                fmt_rate(outcome.per_sec),
                 latency.unwrap_or_default()
             );
         }
-        out.push_str(&errors_text(self.errors, &self.errors_by_code));
+        if let Some(writes) = &self.writes {
+            let latency = writes.latency_ms.as_ref().map_or("-".to_string(), fmt_latency);
+            let _ = writeln!(
+                out,
+                "  writes ({}): {}, {} writes/sec, latency ms: {latency}",
+                writes.kinds.join(", "),
+                fmt_count(writes.count),
+                fmt_rate(writes.per_sec)
+            );
+        }
+        if let Some(watch) = &self.watch {
+            out.push_str(&watch.text(self.latency_measured_from));
+        }
+        out.push_str(&errors_text("errors", self.errors, &self.errors_by_code));
+        for note in &self.notes {
+            let _ = writeln!(out, "  note: {note}");
+        }
         if let Some(reason) = &self.stopped_early {
             let _ = writeln!(out, "  stopped early: {reason}");
         }
@@ -255,11 +397,20 @@ impl Summary {
     }
 }
 
-fn errors_text(total: u64, by_code: &[ErrorsByCode]) -> String {
-    if total == 0 {
-        return "  errors: none\n".into();
+/// `count / duration_sec`, 0 for an empty duration.
+pub fn per_sec(count: u64, duration_sec: f64) -> f64 {
+    if duration_sec > 0.0 {
+        count as f64 / duration_sec
+    } else {
+        0.0
     }
-    let mut out = format!("  errors: {}\n", fmt_count(total));
+}
+
+fn errors_text(label: &str, total: u64, by_code: &[ErrorsByCode]) -> String {
+    if total == 0 {
+        return format!("  {label}: none\n");
+    }
+    let mut out = format!("  {label}: {}\n", fmt_count(total));
     for code in by_code {
         let _ = writeln!(out, "    {} x {}", code.code, fmt_count(code.count));
         for message in &code.messages {
@@ -334,6 +485,7 @@ mod tests {
             clients: 2,
             rate_limit_per_sec: rate,
             writes,
+            write_kinds: &[],
         }
     }
 
@@ -414,8 +566,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("latency measured from send to reply"), "{text}");
-        assert!(text.contains("success: 1 (p50 2.000 ms"), "{text}");
-        assert!(text.contains("conflict: 1 (p50 4.001 ms"), "{text}");
+        assert!(text.contains("success: 1 (1.0/s, p50 2.000 ms"), "{text}");
+        assert!(text.contains("conflict: 1 (1.0/s, p50 4.001 ms"), "{text}");
         assert!(text.contains("Unavailable x 1"), "{text}");
         assert!(text.contains("1 x \"etcdserver: leader changed\""), "{text}");
     }
@@ -444,6 +596,56 @@ mod tests {
         assert_eq!(a.errors(), 1);
         assert_eq!(a.outcomes_us["read"].len(), 2);
         assert_eq!(a.outcomes_us["write"].len(), 1);
+    }
+
+    #[test]
+    fn write_kinds_are_reported_together_as_writes_per_sec() {
+        let mut recorder = Recorder::default();
+        recorder.record_ok(Some("update"), 1000);
+        recorder.record_ok(Some("create"), 3000);
+        recorder.record_ok(Some("list"), 50_000);
+        let mut run = info(false, None);
+        run.write_kinds = &["update", "create", "delete"];
+        let summary = Summary::new(run, &recorder, 2.0, None);
+        let writes = summary.writes.as_ref().unwrap();
+        assert_eq!((writes.count, writes.per_sec), (2, 1.0));
+        assert_eq!(writes.latency_ms.unwrap().max, 3.001);
+        assert_eq!(summary.outcomes["list"].per_sec, 0.5);
+        let headline = summary.headline();
+        assert_eq!((headline.per_sec, headline.unit), (1.0, "writes/sec"));
+        assert!(summary
+            .text()
+            .contains("writes (update, create, delete): 2, 1.0 writes/sec"));
+    }
+
+    #[test]
+    fn timed_events_are_the_headline_and_watch_problems_are_listed() {
+        let mut recorder = Recorder::default();
+        recorder.record_ok(None, 1000);
+        let mut summary = Summary::new(info(true, None), &recorder, 1.0, None);
+        assert_eq!(summary.headline().unit, "writes/sec");
+        let mut events_us = latency_histogram();
+        events_us.record(2000).unwrap();
+        summary.watch = Some(WatchSummary {
+            watchers: 2,
+            streams: 1,
+            events: 2,
+            duration_sec: 1.0,
+            events_per_sec: 2.0,
+            latency_ms: LatencyMs::of(&events_us),
+            progress_notifies: 0,
+            problems: BTreeMap::from([("missed".to_string(), 1)]),
+            errors: 0,
+            errors_by_code: Vec::new(),
+        });
+        let headline = summary.headline();
+        assert_eq!((headline.per_sec, headline.unit), (2.0, "events/sec"));
+        assert_eq!(headline.latency_ms.unwrap().p50, 2.0);
+        let text = summary.text();
+        assert!(text.contains("watch: 2 watchers on 1 streams: 2 events"), "{text}");
+        assert!(text.contains("event latency ms: p50 2.000"), "{text}");
+        assert!(text.contains("watch problems: 1\n    1 x missed"), "{text}");
+        assert!(text.contains("watch errors: none"), "{text}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! numbered across all loops from one counter ("tickets"): the number picks
 //! sequential keys and, with `--rate`, the op's intended send time. A loop stops
 //! when the tickets reach `--total`, when the next op would be sent after
-//! `--duration`, or on Ctrl-C.
+//! `--duration`, or on Ctrl-C. Then the workload's `finish` winds down what
+//! ran beside the ops (watchers, leases) and adds what it measured.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,8 +93,10 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
     });
 
     let progress = Progress::start(options.label.clone(), Arc::clone(&shared.counters), options.progress);
-    let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await?;
+    let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await;
     progress.finish();
+    let extras = workload.finish(start, options.progress).await;
+    let last_done = last_done?;
 
     let mut recorder = Recorder::default();
     for shard in &shared.recorders {
@@ -115,9 +118,13 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
         clients: options.clients,
         rate_limit_per_sec: options.rate_per_sec,
         writes: workload.writes(),
+        write_kinds: workload.write_kinds(),
     };
     let duration_sec = last_done.saturating_duration_since(start).as_secs_f64();
-    Ok(Summary::new(info, &recorder, duration_sec, stopped_early))
+    let mut summary = Summary::new(info, &recorder, duration_sec, stopped_early);
+    summary.watch = extras.watch;
+    summary.notes = extras.notes;
+    Ok(summary)
 }
 
 /// Starts every request loop and waits for all of them; returns when the last
@@ -165,7 +172,7 @@ async fn request_loop(mut client: Box<dyn WorkloadClient>, shared: Arc<Shared>, 
             tokio::time::sleep_until(at.into()).await;
         }
         let sent = Instant::now();
-        let result = client.op(ticket).await;
+        let result = client.op(ticket, intended.unwrap_or(sent)).await;
         let done = Instant::now();
         last_done = done;
         let failed = result.is_err();

@@ -243,3 +243,116 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
     }
     assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
 }
+
+#[test]
+fn watch_latency_every_watcher_sees_every_put_exactly_once() {
+    let ringkv = Ringkv::start();
+    // 12 watchers, 5 per stream: two full streams and one of 2.
+    let args = [
+        "--endpoints",
+        &ringkv.endpoint,
+        "--conns",
+        "2",
+        "--clients",
+        "8",
+        "--total",
+        "300",
+    ];
+    let workload = ["watch-latency", "--watchers", "12", "--watchers-per-stream", "5"];
+    let report = bench_json(&[&args[..], &workload[..]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (300, 0), "{report}");
+    assert_eq!(report["throughput_unit"], "writes/sec");
+    let watch = &report["watch"];
+    assert_eq!((count(watch, "watchers"), count(watch, "streams")), (12, 3), "{report}");
+    assert_eq!(
+        count(watch, "events"),
+        12 * 300,
+        "one event per watcher per put: {report}"
+    );
+    assert_eq!(
+        watch["problems"].as_object().unwrap().len(),
+        0,
+        "no missed, duplicate, unexpected or wrong-key event: {report}"
+    );
+    assert_eq!(count(watch, "errors"), 0, "{report}");
+    let event_p50 = watch["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(event_p50 > 0.0, "{report}");
+    assert!(
+        report["latency_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "put latency is reported too"
+    );
+}
+
+#[test]
+fn lease_keepalive_answers_every_keepalive_and_revokes_the_leases() {
+    let ringkv = Ringkv::start();
+    let args = [
+        "--endpoints",
+        &ringkv.endpoint,
+        "--conns",
+        "2",
+        "--clients",
+        "4",
+        "--total",
+        "400",
+    ];
+    let report = bench_json(&[&args[..], &["lease-keepalive", "--leases", "10"]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (400, 0), "{report}");
+    assert_eq!(report["throughput_unit"], "ops/sec");
+    let notes: Vec<&str> = report["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(notes, vec!["revoked 10 of 10 leases after the run"], "{report}");
+}
+
+#[test]
+fn kube_writes_lists_and_watch_events_add_up() {
+    let ringkv = Ringkv::start();
+    // 600 objects: a list takes two pages of 500.
+    let args = [
+        "--endpoints",
+        &ringkv.endpoint,
+        "--conns",
+        "2",
+        "--clients",
+        "6",
+        "--total",
+        "400",
+    ];
+    let workload = [
+        "kube",
+        "--key-space-size",
+        "600",
+        "--val-size",
+        "100",
+        "--kube-list-ratio",
+        "0.1",
+        "--watchers",
+        "2",
+    ];
+    let report = bench_json(&[&args[..], &workload[..]].concat());
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (400, 0), "{report}");
+    let outcomes = report["outcomes"].as_object().unwrap();
+    let kind = |name: &str| outcomes.get(name).map_or(0, |o| o["count"].as_u64().unwrap());
+    assert_eq!(
+        outcomes.values().map(|o| o["count"].as_u64().unwrap()).sum::<u64>(),
+        400
+    );
+    assert!(kind("list") > 0 && kind("update") > 0, "{report}");
+    let writes = kind("update") + kind("update retried") + kind("create") + kind("delete") + kind("delete retried");
+    assert_eq!(count(&report["writes"], "count"), writes, "{report}");
+    assert!(report["writes"]["per_sec"].as_f64().unwrap() > 0.0);
+    let watch = &report["watch"];
+    assert_eq!(
+        count(watch, "events"),
+        2 * writes,
+        "each watcher sees each write once: {report}"
+    );
+    assert_eq!(watch["problems"].as_object().unwrap().len(), 0, "{report}");
+    assert_eq!(count(watch, "errors"), 0, "{report}");
+    let lists = report["notes"][0].as_str().unwrap();
+    assert!(lists.contains("lists of 2.0 pages"), "{report}");
+}

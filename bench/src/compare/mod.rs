@@ -41,8 +41,9 @@ const CAP_IPC_LOCK_BIT: u32 = 14;
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
     /// Comma-separated rows: put, put-1 (1 client), range (= range-s,range-l),
-    /// range-s, range-l, txn-put, txn-mixed, delete. All but put-1 use 1000
-    /// clients over 100 conns, 8 B keys and 256 B values (docs/benchmarks.md).
+    /// range-s, range-l, txn-put, txn-mixed, delete, lease-keepalive (1000
+    /// clients over 100 conns), watch-latency, kube (100 clients over 10
+    /// conns). 8 B keys and 256 B values where they apply (docs/benchmarks.md).
     #[arg(long, value_delimiter = ',', default_value = rows::DEFAULT_ROWS)]
     pub workloads: Vec<String>,
     /// Rounds: each runs every row against a fresh ringkv, then a fresh etcd.
@@ -207,7 +208,7 @@ impl Session<'_> {
                 match self.run_once(kind, row, round, &label) {
                     Ok(summary) => {
                         self.progress.note(&format!("{label}: {}", one_line(&summary)));
-                        result.unit = summary.throughput_unit;
+                        result.unit = summary.headline().unit;
                         let measured = Measured::of(&summary);
                         match kind {
                             ServerKind::Ringkv => result.ringkv.push(measured),
@@ -251,7 +252,9 @@ impl Session<'_> {
             label.to_string(),
         )?;
         options.endpoints = vec![server.endpoint().to_string()];
-        let summary = self.runtime.block_on(runner::run(row.spec.build()?, &options));
+        let summary = self
+            .runtime
+            .block_on(runner::run(row.spec.build(options.request_timeout)?, &options));
         let tail = server.log_tail();
         if let Some(status) = server.stop() {
             self.notes.push(format!(
@@ -311,14 +314,22 @@ impl Session<'_> {
 
 /// `12,345 writes/sec, p50 1.20 ms, p99 4.50 ms, 0 errors`
 fn one_line(summary: &Summary) -> String {
-    let latency = summary
+    let headline = summary.headline();
+    let latency = headline
         .latency_ms
         .as_ref()
         .map_or("no latency".to_string(), fmt_latency);
+    let watch = summary.watch.as_ref().map_or(String::new(), |watch| {
+        format!(
+            ", {} watch errors, {} watch problems",
+            watch.errors,
+            watch.problems.values().sum::<u64>()
+        )
+    });
     format!(
-        "{} {}, latency ms {latency}, {} errors",
-        fmt_rate(summary.throughput_per_sec),
-        summary.throughput_unit,
+        "{} {}, latency ms {latency}, {} errors{watch}",
+        fmt_rate(headline.per_sec),
+        headline.unit,
         summary.errors
     )
 }

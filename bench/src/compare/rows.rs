@@ -1,20 +1,38 @@
 //! The rows `compare --workloads` can pick, each a workload with fixed settings.
 
 use crate::workload::delete::DeleteArgs;
+use crate::workload::kube::KubeArgs;
+use crate::workload::lease_keepalive::LeaseKeepaliveArgs;
 use crate::workload::put::PutArgs;
 use crate::workload::range::RangeArgs;
 use crate::workload::txn_mixed::TxnMixedArgs;
 use crate::workload::txn_put::TxnPutArgs;
+use crate::workload::watch_latency::WatchLatencyArgs;
 use crate::workload::{Consistency, WorkloadSpec};
 use crate::BenchError;
 
 /// Row names, in table order. `range` stands for `range-s,range-l`.
-pub const ROW_NAMES: &[&str] = &["put", "put-1", "range-s", "range-l", "txn-put", "txn-mixed", "delete"];
+pub const ROW_NAMES: &[&str] = &[
+    "put",
+    "put-1",
+    "range-s",
+    "range-l",
+    "txn-put",
+    "txn-mixed",
+    "delete",
+    "watch-latency",
+    "lease-keepalive",
+    "kube",
+];
 /// `--workloads` default.
 pub const DEFAULT_ROWS: &str = "put,range,txn-put";
 
 /// etcd's published heavy-load shape: 1000 clients over 100 connections.
 const HEAVY: (usize, usize) = (100, 1000);
+/// Rows that fan out (every Put goes to 100 watchers) or mix in large lists:
+/// 100 clients over 10 connections, so a 2-core machine is not saturated by
+/// the load generator alone.
+const MODEST: (usize, usize) = (10, 100);
 const KEY_SIZE: usize = 8;
 const VAL_SIZE: usize = 256;
 
@@ -76,6 +94,19 @@ fn row(name: &str) -> Option<Row> {
         "txn-put" => ("txn-put", conns, clients, WorkloadSpec::TxnPut(txn_put_args())),
         "txn-mixed" => ("txn-mixed", conns, clients, WorkloadSpec::TxnMixed(txn_mixed_args())),
         "delete" => ("delete", conns, clients, WorkloadSpec::Delete(delete_args())),
+        "watch-latency" => (
+            "watch-latency",
+            MODEST.0,
+            MODEST.1,
+            WorkloadSpec::WatchLatency(watch_latency_args()),
+        ),
+        "lease-keepalive" => (
+            "lease-keepalive",
+            conns,
+            clients,
+            WorkloadSpec::LeaseKeepalive(lease_keepalive_args()),
+        ),
+        "kube" => ("kube", MODEST.0, MODEST.1, WorkloadSpec::Kube(kube_args())),
         _ => return None,
     };
     Some(Row {
@@ -142,9 +173,40 @@ fn delete_args() -> DeleteArgs {
     }
 }
 
+/// 100 watchers, 10 per stream, on Puts of 256 B values over 100,000 keys.
+fn watch_latency_args() -> WatchLatencyArgs {
+    WatchLatencyArgs {
+        key_size: KEY_SIZE,
+        val_size: VAL_SIZE,
+        key_space_size: 100_000,
+        sequential_keys: false,
+        watchers: 100,
+        watchers_per_stream: 10,
+    }
+}
+
+/// Keepalives over 1000 leases of 60 s.
+fn lease_keepalive_args() -> LeaseKeepaliveArgs {
+    LeaseKeepaliveArgs {
+        leases: 1000,
+        lease_ttl: 60,
+    }
+}
+
+/// 10,000 pods of 1 KiB, 5% lists, 3 watchers (the workload's defaults).
+fn kube_args() -> KubeArgs {
+    KubeArgs {
+        key_space_size: 10_000,
+        val_size: 1024,
+        kube_list_ratio: 0.05,
+        watchers: 3,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn names(rows: &[Row]) -> Vec<&'static str> {
         rows.iter().map(|r| r.name).collect()
@@ -166,7 +228,7 @@ mod tests {
         for name in ROW_NAMES {
             let rows = resolve(&[name.to_string()]).unwrap();
             assert_eq!(names(&rows), vec![*name]);
-            assert!(rows[0].spec.build().is_ok(), "{name}");
+            assert!(rows[0].spec.build(Duration::from_secs(1)).is_ok(), "{name}");
         }
     }
 

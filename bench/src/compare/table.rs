@@ -16,12 +16,15 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// The run's headline throughput and latency (see `Summary::headline`);
+    /// errors of its ops and of its watchers.
     pub fn of(summary: &Summary) -> Measured {
+        let headline = summary.headline();
         Measured {
-            throughput_per_sec: summary.throughput_per_sec,
-            p50_ms: summary.latency_ms.map(|l| l.p50),
-            p99_ms: summary.latency_ms.map(|l| l.p99),
-            errors: summary.errors,
+            throughput_per_sec: headline.per_sec,
+            p50_ms: headline.latency_ms.map(|l| l.p50),
+            p99_ms: headline.latency_ms.map(|l| l.p99),
+            errors: summary.errors + summary.watch.as_ref().map_or(0, |w| w.errors),
         }
     }
 }
@@ -74,7 +77,7 @@ pub struct RowResult {
     pub name: String,
     pub conns: usize,
     pub clients: usize,
-    /// "writes/sec" or "ops/sec".
+    /// "writes/sec", "ops/sec" or "events/sec".
     pub unit: &'static str,
     pub ringkv: Vec<Measured>,
     pub etcd: Vec<Measured>,

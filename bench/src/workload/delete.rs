@@ -4,6 +4,7 @@
 //! when the keys run out, even before --total or --duration.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Args;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
@@ -99,7 +100,7 @@ struct DeleteClient {
 }
 
 impl WorkloadClient for DeleteClient {
-    fn op(&mut self, ticket: u64) -> OpFuture<'_> {
+    fn op(&mut self, ticket: u64, _from: Instant) -> OpFuture<'_> {
         let request = DeleteRangeRequest {
             key: self.keys.key(self.order[ticket as usize]),
             ..Default::default()

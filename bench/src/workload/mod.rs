@@ -3,19 +3,26 @@
 //! A workload is a [`Workload`] (settings, untimed setup) that hands each request
 //! loop a [`WorkloadClient`] (per-loop state, one op at a time). The runner owns
 //! timing, pacing, stopping and recording, so a workload only says what one op
-//! is. Adding one (watch-latency, lease-keepalive, kube) is a new file here with
-//! its flags and those two impls, plus a variant in [`WorkloadSpec`].
+//! is. Adding one is a new file here with its flags and those two impls, plus a
+//! variant in [`WorkloadSpec`]. Workloads with something running beside the
+//! ops (watchers, leases to revoke) start it in `prepare` and wind it down in
+//! `finish`, which also reports what it measured.
 
 pub mod delete;
+pub mod kube;
+pub mod lease_keepalive;
 pub mod populate;
 pub mod put;
 pub mod range;
 pub mod txn_mixed;
 pub mod txn_put;
+pub mod watch_latency;
+pub mod watchers;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Subcommand, ValueEnum};
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
@@ -23,6 +30,7 @@ use tonic::transport::Channel;
 
 use crate::connect::RESPONSE_BYTES_MAX;
 use crate::progress::ProgressMode;
+use crate::report::WatchSummary;
 use crate::BenchError;
 
 /// What a successful op was, for workloads that tell kinds apart (txn-put:
@@ -41,6 +49,16 @@ impl Outcome {
 
 pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome, tonic::Status>> + Send + 'a>>;
 pub type PrepareFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BenchError>> + Send + 'a>>;
+pub type FinishFuture<'a> = Pin<Box<dyn Future<Output = Extras> + Send + 'a>>;
+
+/// What a workload measured beside its ops, reported after them.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// What its watchers received (watch-latency, kube).
+    pub watch: Option<WatchSummary>,
+    /// Anything else worth a line in the report (lease revocation, list sizes).
+    pub notes: Vec<String>,
+}
 
 /// A workload can do at most this many ops (delete: one per pre-populated key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +78,12 @@ pub trait Workload: Send + Sync {
     /// Every op writes, so throughput is reported as "writes/sec".
     fn writes(&self) -> bool;
 
+    /// For a workload that mixes reads and writes: the outcome kinds of ops
+    /// that wrote, reported together as "writes/sec" (kube).
+    fn write_kinds(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn op_limit(&self) -> Option<OpLimit> {
         None
     }
@@ -72,12 +96,21 @@ pub trait Workload: Send + Sync {
 
     /// The state of request loop number `index`, which sends on `channel`.
     fn client(&self, index: usize, channel: Channel) -> Box<dyn WorkloadClient>;
+
+    /// Called once after the last op of a run that started at `start` (also
+    /// after Ctrl-C): waits (bounded) for what is still on its way, stops what
+    /// `prepare` started and says what it measured.
+    fn finish<'a>(&'a self, _start: Instant, _progress: ProgressMode) -> FinishFuture<'a> {
+        Box::pin(async { Extras::default() })
+    }
 }
 
 pub trait WorkloadClient: Send {
     /// Sends op number `ticket` (numbered across all loops, from 0) and waits for
-    /// its reply. The runner times it.
-    fn op(&mut self, ticket: u64) -> OpFuture<'_>;
+    /// its reply. The runner times it from `from`: the op's intended send time
+    /// under --rate, else now. Workloads that time something else of the op
+    /// (watch-latency: the events it causes) measure from `from` too.
+    fn op(&mut self, ticket: u64, from: Instant) -> OpFuture<'_>;
 }
 
 /// The workload subcommands and their flags.
@@ -105,16 +138,47 @@ pub enum WorkloadSpec {
     /// The key space is written first (not measured); the run ends when every
     /// key is deleted, even before --total or --duration.
     Delete(delete::DeleteArgs),
+    /// Put, and time each event's arrival at --watchers prefix watchers.
+    ///
+    /// Watchers (several per Watch stream) cover the key space and are created
+    /// before the run. Each op is a Put; each event is matched to its Put by the
+    /// revision the Put returned, and its latency runs from the Put's send
+    /// (intended send under --rate) to the event's arrival: one sample per
+    /// watcher per Put. The report gives Put latency and event latency apart,
+    /// and checks that every watcher saw every Put exactly once.
+    WatchLatency(watch_latency::WatchLatencyArgs),
+    /// LeaseKeepAlive round trips over --leases leases.
+    ///
+    /// The leases are granted before the run (not measured); each client keeps
+    /// one LeaseKeepAlive stream open and sends one keepalive at a time on it,
+    /// cycling over the leases; an op is one request and its response. The
+    /// leases are revoked at the end.
+    LeaseKeepalive(lease_keepalive::LeaseKeepaliveArgs),
+    /// kube-apiserver's storage traffic on /registry/pods/<ns>/<name> keys.
+    ///
+    /// --key-space-size objects are created first (not measured). Then each op
+    /// is a paginated list (--kube-list-ratio of ops) or a write: 90% updates
+    /// (Range, then CAS on mod_revision, retried once on conflict), 5% creates,
+    /// 5% deletes (CAS). --watchers prefix watchers with prev_kv consume the
+    /// events and check them; writes are also reported together as writes/sec.
+    Kube(kube::KubeArgs),
 }
 
 impl WorkloadSpec {
-    pub fn build(&self) -> Result<Arc<dyn Workload>, BenchError> {
+    /// The workload; `request_timeout` bounds waits on streams (watch,
+    /// keepalive), where the connection's per-request timeout does not apply.
+    pub fn build(&self, request_timeout: Duration) -> Result<Arc<dyn Workload>, BenchError> {
         Ok(match self {
             WorkloadSpec::Put(args) => Arc::new(put::Put::new(args)?),
             WorkloadSpec::Range(args) => Arc::new(range::Range::new(args)?),
             WorkloadSpec::TxnPut(args) => Arc::new(txn_put::TxnPut::new(args)?),
             WorkloadSpec::TxnMixed(args) => Arc::new(txn_mixed::TxnMixed::new(args)?),
             WorkloadSpec::Delete(args) => Arc::new(delete::Delete::new(args)?),
+            WorkloadSpec::WatchLatency(args) => Arc::new(watch_latency::WatchLatency::new(args, request_timeout)?),
+            WorkloadSpec::LeaseKeepalive(args) => {
+                Arc::new(lease_keepalive::LeaseKeepalive::new(args, request_timeout)?)
+            }
+            WorkloadSpec::Kube(args) => Arc::new(kube::Kube::new(args, request_timeout)?),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `put`: Put requests of --val-size bytes over --key-space-size keys.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Args;
 use rand::rngs::StdRng;
@@ -74,7 +75,7 @@ struct PutClient {
 }
 
 impl WorkloadClient for PutClient {
-    fn op(&mut self, ticket: u64) -> OpFuture<'_> {
+    fn op(&mut self, ticket: u64, _from: Instant) -> OpFuture<'_> {
         let request = PutRequest {
             key: self.keys.key(self.keys.index(ticket, &mut self.rng)),
             value: self.value.to_vec(),

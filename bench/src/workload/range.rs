@@ -3,6 +3,7 @@
 //! first (untimed) unless --no-populate.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Args;
 use rand::rngs::StdRng;
@@ -130,7 +131,7 @@ struct RangeClient {
 }
 
 impl WorkloadClient for RangeClient {
-    fn op(&mut self, ticket: u64) -> OpFuture<'_> {
+    fn op(&mut self, ticket: u64, _from: Instant) -> OpFuture<'_> {
         let (key, range_end) = match &self.prefix {
             Some(prefix) => (prefix.clone(), keys::prefix_end(prefix)),
             None => (self.keys.key(self.keys.index(ticket, &mut self.rng)), Vec::new()),

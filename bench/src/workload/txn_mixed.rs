@@ -4,6 +4,7 @@
 //! key. Reads and writes are counted and timed separately.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Args;
 use rand::rngs::StdRng;
@@ -138,7 +139,7 @@ impl TxnMixedClient {
 }
 
 impl WorkloadClient for TxnMixedClient {
-    fn op(&mut self, ticket: u64) -> OpFuture<'_> {
+    fn op(&mut self, ticket: u64, _from: Instant) -> OpFuture<'_> {
         let (op, kind) = self.next_op(ticket);
         let request = TxnRequest {
             compare: Vec::new(),

@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Args;
 use rand::rngs::StdRng;
@@ -173,7 +174,7 @@ struct TxnPutClient {
 }
 
 impl WorkloadClient for TxnPutClient {
-    fn op(&mut self, ticket: u64) -> OpFuture<'_> {
+    fn op(&mut self, ticket: u64, _from: Instant) -> OpFuture<'_> {
         let index = self.keys.index(ticket, &mut self.rng);
         let key = self.keys.key(index);
         Box::pin(async move {
