@@ -399,7 +399,11 @@ impl StoreCore {
     }
 
     fn issue_read_index(&mut self) {
-        if self.raw.raft.state != StateRole::Leader {
+        // raft-rs silently drops a ReadIndex until the leader has committed an
+        // entry of its own term (its no-op after an election): asked earlier, the
+        // batch would wait forever. Keep it unrequested; the commit of that entry
+        // comes with a Ready, and the next `drive` asks then.
+        if self.raw.raft.state != StateRole::Leader || !self.raw.raft.commit_to_current_term() {
             return;
         }
         if let Some(context) = self.reads.take_unrequested() {

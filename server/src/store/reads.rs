@@ -120,4 +120,40 @@ mod tests {
         queue.read_index_granted(&second, 3);
         assert_eq!(queue.take_applied(3).unwrap()[0].1, 9);
     }
+
+    /// The raft-rs behaviour `StoreCore::issue_read_index` guards against: a
+    /// ReadIndex asked before the leader committed an entry of its term is
+    /// dropped without a trace, so a batch asked then would never be answered.
+    #[test]
+    fn raft_drops_a_read_index_asked_before_the_leaders_first_commit() {
+        use raft::eraftpb::ConfState;
+        use raft::storage::MemStorage;
+        use raft::{Config, RawNode, StateRole};
+
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1], vec![])));
+        let config = Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            ..Default::default()
+        };
+        let mut raw = RawNode::new(&config, storage, &crate::store::raft_logger::logger()).unwrap();
+        raw.campaign().unwrap();
+        assert_eq!(raw.raft.state, StateRole::Leader);
+        assert!(!raw.raft.commit_to_current_term(), "the no-op is not committed yet");
+        raw.read_index(b"early".to_vec());
+        let ready = raw.ready();
+        raw.mut_store().wl().append(ready.entries()).unwrap();
+        if let Some(hard_state) = ready.hs() {
+            raw.mut_store().wl().set_hardstate(hard_state.clone());
+        }
+        assert!(ready.read_states().is_empty());
+        let light = raw.advance(ready);
+        raw.advance_apply_to(light.commit_index().unwrap_or(raw.raft.raft_log.committed));
+        assert!(raw.raft.commit_to_current_term());
+        raw.read_index(b"late".to_vec());
+        let ready = raw.ready();
+        let granted: Vec<&[u8]> = ready.read_states().iter().map(|r| &r.request_ctx[..]).collect();
+        assert_eq!(granted, [&b"late"[..]], "the early request is gone for good");
+    }
 }
