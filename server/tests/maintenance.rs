@@ -10,33 +10,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{free_port, Etcd, Ringkv};
+use support::{etcdctl_output, free_port, Etcd, Ringkv};
 
-/// etcdctl's exit status and stdout+stderr (its JSON client log lines dropped).
+/// etcdctl's exit status and output (see `support::etcdctl_output`).
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout", "10s"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("etcdctl is installed (Debian package etcd-client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .filter(|line| !line.starts_with('{'))
-            .collect::<Vec<_>>()
-            .join("\n");
-    (output.status.success(), text)
+    etcdctl_output(endpoint, "10s", args, stdin)
 }
 
 /// One HTTP/1.1 GET over a fresh connection: (status code, body).

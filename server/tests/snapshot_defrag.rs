@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -20,23 +19,12 @@ use ringkv_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, St
 use ringkv_server::store::restore::{self, RestoreError};
 use ringkv_server::store::Identity;
 use sha2::{Digest, Sha256};
-use support::{kv_client, Ringkv};
+use support::{etcdctl_output, kv_client, Ringkv};
 
-/// etcdctl's exit status and output (its JSON client log lines dropped).
+/// etcdctl's exit status and output (see `support::etcdctl_output`); snapshot
+/// and defrag run while writers load the machine, hence the longer timeout.
 fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout", "60s"])
-        .args(args)
-        .output()
-        .expect("etcdctl is installed (Debian package etcd-client)");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .filter(|line| !line.starts_with('{'))
-            .collect::<Vec<_>>()
-            .join("\n");
-    (output.status.success(), text)
+    etcdctl_output(endpoint, "60s", args, None)
 }
 
 fn value_for(key: usize, round: usize) -> Vec<u8> {

@@ -117,23 +117,19 @@ impl Tree {
         let Some(Node::Leaf(entries)) = self.nodes.get(&leaf) else {
             unreachable!("an owned path ends at an owned leaf");
         };
-        let chains: Vec<(usize, PageId, u32)> = entries
+        let chains: Vec<(usize, Box<[u8]>, PageId, u32)> = entries
             .iter()
             .enumerate()
-            .filter_map(|(index, (_, value))| match *value {
-                Value::Overflow { head, len } => Some((index, head, len)),
+            .filter_map(|(index, (key, value))| match *value {
+                Value::Overflow { head, len } => Some((index, key.clone(), head, len)),
                 Value::Inline(_) => None,
             })
             .collect();
-        for (index, head, len) in chains {
+        for (index, key, head, len) in chains {
             if !self.chain_movable(head, target)? {
                 continue;
             }
             let bytes = self.read_value(ValueRef::Overflow { head, len })?;
-            let key = match &self.nodes[&leaf] {
-                Node::Leaf(entries) => entries[index].0.clone(),
-                Node::Branch(_) => unreachable!("checked above"),
-            };
             // The new chain is allocated before the old one is released, and a
             // released page is not reused by the same transaction.
             let moved = self.store_value(&key, &bytes);

@@ -165,6 +165,8 @@ impl Freelist {
         // to overwrite) or from the end of the file, never from `released`.
         let chain: Vec<PageId> = (0..chain_len).map(|_| self.allocate()).collect();
         // Held pages are free on disk: after a crash no reader pins anything.
+        // (Not `held_pages()`: its opaque type would hold all of `self` borrowed
+        // until the end of the function.)
         let mut ids = self
             .free
             .iter()

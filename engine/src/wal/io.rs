@@ -70,6 +70,16 @@ pub async fn sync_directory(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// fsync of the directory holding `path`, so that `path`'s own name (created or
+/// renamed) is durable.
+pub async fn sync_parent_directory(path: &Path) -> io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_directory(parent).await
+}
+
 impl WalDir for DmaDir {
     type File = DmaSegment;
 

@@ -17,7 +17,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use io::{DmaDir, DmaSegment, WalDir, WalFile};
+pub use io::{sync_directory, sync_parent_directory, DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
 
 use record::{
@@ -156,11 +156,7 @@ impl Wal<DmaDir> {
 }
 
 async fn sync_parent(dir: &Path) -> Result<(), WalError> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    io::sync_directory(parent)
+    io::sync_parent_directory(dir)
         .await
         .map_err(|e| WalError::io("syncing the data directory", e))
 }

@@ -7,7 +7,6 @@
 
 use std::rc::Rc;
 
-use bytes::Bytes;
 use ringkv_engine::mvcc::{PageError, SnapshotSource};
 use ringkv_proto::etcdserverpb as pb;
 use sha2::{Digest, Sha256};
@@ -66,11 +65,10 @@ async fn stream(mut source: SnapshotSource, responses: &mut ResponseSink) -> Res
             })
             .await;
         source = returned;
-        let chunk = Bytes::from(read.map_err(read_failure)?);
+        let chunk = read.map_err(read_failure)?;
         assert!(!chunk.is_empty(), "the copy has {} more bytes", total - sent);
-        for at in (0..chunk.len()).step_by(BLOB_BYTES) {
-            let blob = chunk.slice(at..(at + BLOB_BYTES).min(chunk.len()));
-            digest.update(&blob);
+        for blob in chunk.chunks(BLOB_BYTES) {
+            digest.update(blob);
             sent += blob.len() as u64;
             let message = pb::SnapshotResponse {
                 header: None,

@@ -19,7 +19,7 @@ use super::wal_io;
 
 /// The page store's file and the WAL's directory in a data directory.
 pub const STORE_FILE: &str = "store.db";
-pub const WAL_DIR: &str = "wal";
+pub(super) const WAL_DIR: &str = "wal";
 
 /// raft ticks per heartbeat and per election: with a 100 ms tick (etcd's
 /// `--heartbeat-interval`), elections time out after 1 s (`--election-timeout`).

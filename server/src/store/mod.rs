@@ -22,7 +22,7 @@ use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
-pub use self::bootstrap::{Identity, STORE_FILE, WAL_DIR};
+pub use self::bootstrap::{Identity, STORE_FILE};
 pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
 use self::messages::{Call, Reply};

@@ -12,16 +12,19 @@
 //! data directory or a whole one.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::page::{PageError, PAGE_BYTES};
-use ringkv_engine::wal::WalError;
+use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
 use sha2::{Digest, Sha256};
 
 use super::bootstrap::{self, Identity};
+
+/// Bytes copied per read and write.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
 
 /// Bytes of the sha256 trailer.
 pub const TRAILER_BYTES: u64 = 32;
@@ -55,7 +58,7 @@ pub struct SnapshotSummary {
     pub compact_revision: i64,
     /// The raft index the copy holds every entry up to.
     pub applied_index: u64,
-    /// Keys live at `revision`.
+    /// Keys live at `revision` or in the history kept since the compaction.
     pub keys: usize,
     /// Whether the trailer was checked (false when asked to skip the check).
     pub hash_checked: bool,
@@ -64,11 +67,7 @@ pub struct SnapshotSummary {
 /// Copies the page file in `snapshot` to `to` (fsynced), checking the trailer
 /// unless `skip_hash_check` (a copy made by other means may have none).
 pub fn extract(snapshot: &Path, to: &Path, skip_hash_check: bool) -> Result<bool, RestoreError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RestoreError::Io { path, source }
-    };
-    let input = File::open(snapshot).map_err(io(snapshot))?;
+    let mut input = File::open(snapshot).map_err(io(snapshot))?;
     let len = input.metadata().map_err(io(snapshot))?.len();
     let has_trailer = len % PAGE_BYTES as u64 == TRAILER_BYTES;
     // Without the check, a bare page file (whole pages, no trailer) is accepted too.
@@ -80,27 +79,23 @@ pub fn extract(snapshot: &Path, to: &Path, skip_hash_check: bool) -> Result<bool
         });
     }
     let store_bytes = if has_trailer { len - TRAILER_BYTES } else { len };
-    let mut reader = BufReader::with_capacity(1 << 20, input);
-    let output = File::create(to).map_err(io(to))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, &output);
+    let mut output = File::create(to).map_err(io(to))?;
     let mut digest = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
+    let mut buf = vec![0; COPY_CHUNK_BYTES];
     let mut left = store_bytes;
     while left > 0 {
-        let chunk = &mut buf[..left.min(1 << 20) as usize];
-        reader.read_exact(chunk).map_err(io(snapshot))?;
+        let chunk = &mut buf[..left.min(COPY_CHUNK_BYTES as u64) as usize];
+        input.read_exact(chunk).map_err(io(snapshot))?;
         digest.update(&*chunk);
-        writer.write_all(chunk).map_err(io(to))?;
+        output.write_all(chunk).map_err(io(to))?;
         left -= chunk.len() as u64;
     }
-    writer.flush().map_err(io(to))?;
-    drop(writer);
     output.sync_all().map_err(io(to))?;
     if !has_trailer || skip_hash_check {
         return Ok(false);
     }
     let mut trailer = [0; TRAILER_BYTES as usize];
-    reader.read_exact(&mut trailer).map_err(io(snapshot))?;
+    input.read_exact(&mut trailer).map_err(io(snapshot))?;
     if digest.finalize().as_slice() != trailer {
         return Err(RestoreError::HashMismatch {
             path: snapshot.to_path_buf(),
@@ -126,7 +121,7 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
 /// Checks a snapshot file (trailer, then every page of the tree) and says what
 /// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
 pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
-    let scratch = scratch_dir.join("store.db");
+    let scratch = scratch_dir.join(bootstrap::STORE_FILE);
     let result = extract(snapshot, &scratch, skip_hash_check).and_then(|checked| summarize(&scratch, checked));
     let _ = std::fs::remove_file(&scratch);
     result
@@ -144,10 +139,6 @@ pub async fn restore(
         return Err(RestoreError::Exists(data_dir.to_path_buf()));
     }
     let staging = staging_path(data_dir);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RestoreError::Io { path, source }
-    };
     // A staging directory is what an interrupted restore left behind.
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
@@ -162,11 +153,7 @@ pub async fn restore(
         }
     };
     std::fs::rename(&staging, data_dir).map_err(io(data_dir))?;
-    let parent = data_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(parent).and_then(|dir| dir.sync_all()).map_err(io(parent))?;
+    sync_parent_directory(data_dir).await.map_err(io(data_dir))?;
     Ok(summary)
 }
 
@@ -187,13 +174,14 @@ async fn build(
     )
     .await?;
     drop(wal);
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|source| RestoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    sync_directory(dir).await.map_err(io(dir))?;
     Ok(summary)
+}
+
+/// Maps an I/O error to one that names `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let path = path.to_path_buf();
+    move |source| RestoreError::Io { path, source }
 }
 
 fn staging_path(data_dir: &Path) -> PathBuf {

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -98,6 +98,35 @@ impl Drop for Ringkv {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs etcdctl (API v3) against `endpoint` with `--command-timeout
+/// command_timeout`, `stdin` piped in: its exit status and stdout+stderr, its
+/// JSON client log lines dropped.
+pub fn etcdctl_output(endpoint: &str, command_timeout: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout", command_timeout])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (Debian package etcd-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter(|line| !line.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n");
+    (output.status.success(), text)
 }
 
 /// A free port on 127.0.0.1 (bound and released; the caller binds it next).

@@ -112,10 +112,9 @@ impl StoreCore {
 
     /// Runs after a commit is durable: answers a finished defragmentation.
     pub(super) fn space_after_commit(&mut self) {
-        if !matches!(&self.defrag, Some(job) if matches!(job.phase, DefragPhase::Trimming)) {
+        let Some(job) = self.defrag.take_if(|job| matches!(job.phase, DefragPhase::Trimming)) else {
             return;
-        }
-        let job = self.defrag.take().expect("checked above");
+        };
         for (client, call_id) in job.waiters {
             let response = pb::DefragmentResponse { header: None };
             self.reply(client, call_id, Ok(Response::Defragment(response)));
