@@ -16,6 +16,8 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
 /// etcd's backend quota when `--quota-backend-bytes` is 0: 2 GiB.
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+/// etcd 3.4's `--snapshot-count` default.
+pub const SNAPSHOT_COUNT_DEFAULT: u64 = 100_000;
 /// The shortest `--watch-progress-notify-interval`: each tick visits every
 /// progress_notify watcher on the store core, so it must not run too often.
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MIN: Duration = Duration::from_millis(100);
@@ -43,14 +45,44 @@ pub struct Flags {
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub advertise_client_urls: String,
 
-    /// Comma-separated peer URLs of this member. With one member it only determines
-    /// the member id (derived as etcd does), so headers match etcd's for the same flags.
+    /// Comma-separated URLs to listen on for peer (raft) traffic.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+
+    /// Comma-separated peer URLs of this member, as the other members reach it.
+    /// With --initial-cluster they determine the member id (derived as etcd does).
     #[arg(long, default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
 
-    /// Initial cluster token; part of the member id derivation, as in etcd.
+    /// Initial cluster configuration for bootstrapping: name=peer-URL pairs, comma
+    /// separated (a name may repeat for several URLs) [default: <name>=<initial-advertise-peer-urls>].
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state: `new` (bootstrap with --initial-cluster). `existing`
+    /// (join a running cluster after MemberAdd) is not supported yet.
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: InitialClusterState,
+
+    /// Initial cluster token; part of the member and cluster id derivation, as in etcd.
     #[arg(long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
+
+    /// Time (in milliseconds) of a heartbeat interval: one raft tick.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to time out: at least 5 heartbeat
+    /// intervals, as etcd requires.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Committed entries a member keeps in its raft log (and WAL) behind what its
+    /// page store holds, so a lagging follower catches up from the log (etcd keeps
+    /// the entries of up to this many transactions between its snapshots). Only
+    /// members with peers keep any.
+    #[arg(long, default_value_t = SNAPSHOT_COUNT_DEFAULT)]
+    pub snapshot_count: u64,
 
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = MAX_TXN_OPS_DEFAULT)]
@@ -113,6 +145,20 @@ pub struct Flags {
     pub log_level: String,
 }
 
+/// etcd's `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialClusterState {
+    New,
+    Existing,
+}
+
+/// One member of `--initial-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
 /// Validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -124,8 +170,17 @@ pub struct Config {
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
     pub advertise_client_urls: Vec<String>,
+    /// This member's advertised peer URLs.
     pub peer_urls: Vec<String>,
+    pub listen_peer_addrs: Vec<SocketAddr>,
+    /// Every member of the initial cluster, this one included, in flag order.
+    pub initial_cluster: Vec<InitialMember>,
     pub cluster_token: String,
+    /// One raft tick.
+    pub heartbeat_interval: Duration,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_ticks: usize,
+    pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     pub backend_batch_interval: Duration,
@@ -149,6 +204,14 @@ pub enum ConfigError {
     TooShort { flag: &'static str, min: Duration },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
+    #[error("--initial-cluster: {0}")]
+    InitialCluster(String),
+    #[error("--initial-cluster-state=existing (joining a running cluster) is not supported yet")]
+    JoinUnsupported,
+    #[error(
+        "--election-timeout[{election_ms}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_ms}ms]"
+    )]
+    ElectionTimeout { election_ms: u64, heartbeat_ms: u64 },
     #[error("--{flag}: CPU {cpu} is not online (this machine has {online})")]
     NoSuchCpu {
         flag: &'static str,
@@ -187,6 +250,34 @@ impl Flags {
         for url in &peer_urls {
             parse_http_url("initial-advertise-peer-urls", url)?;
         }
+        let listen_peer_addrs = split_urls(&self.listen_peer_urls)
+            .iter()
+            .map(|url| resolve_http_url("listen-peer-urls", url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.initial_cluster_state == InitialClusterState::Existing {
+            return Err(ConfigError::JoinUnsupported);
+        }
+        let initial_cluster = match &self.initial_cluster {
+            Some(text) => parse_initial_cluster(text)?,
+            None => vec![InitialMember {
+                name: self.name.clone(),
+                peer_urls: peer_urls.clone(),
+            }],
+        };
+        check_self_in_cluster(&self.name, &peer_urls, &initial_cluster)?;
+        if self.heartbeat_interval == 0 {
+            return Err(ConfigError::Zero {
+                flag: "heartbeat-interval",
+            });
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError::ElectionTimeout {
+                election_ms: self.election_timeout,
+                heartbeat_ms: self.heartbeat_interval,
+            });
+        }
+        let election_ticks =
+            usize::try_from(self.election_timeout / self.heartbeat_interval).expect("election ticks fit usize");
         if self.max_txn_ops == 0 {
             return Err(ConfigError::Zero { flag: "max-txn-ops" });
         }
@@ -224,7 +315,12 @@ impl Flags {
             auto_compaction,
             advertise_client_urls,
             peer_urls,
+            listen_peer_addrs,
+            initial_cluster,
             cluster_token: self.initial_cluster_token,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_ticks,
+            snapshot_count: self.snapshot_count,
             max_txn_ops: self.max_txn_ops,
             max_request_bytes: self.max_request_bytes,
             backend_batch_interval: self.backend_batch_interval,
@@ -260,6 +356,50 @@ fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, ConfigErro
         return Err(bad("expected http://host:port"));
     }
     Ok(url)
+}
+
+/// `name=url,name=url,...`; a name that repeats gathers its URLs in one member.
+fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for pair in split_urls(text) {
+        let (name, url) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfigError::InitialCluster(format!("{pair:?} is not name=URL")))?;
+        parse_http_url("initial-cluster", url)?;
+        match members.iter_mut().find(|member| member.name == name) {
+            Some(member) => member.peer_urls.push(url.to_string()),
+            None => members.push(InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err(ConfigError::InitialCluster("no members".to_string()));
+    }
+    Ok(members)
+}
+
+/// This member must be in the initial cluster with exactly its advertised peer
+/// URLs, as etcd checks: otherwise the ids every member derives would disagree.
+fn check_self_in_cluster(name: &str, peer_urls: &[String], cluster: &[InitialMember]) -> Result<(), ConfigError> {
+    let Some(member) = cluster.iter().find(|member| member.name == name) else {
+        return Err(ConfigError::InitialCluster(format!(
+            "no member named {name:?} (set --name to this member's name in --initial-cluster)"
+        )));
+    };
+    let mut listed = member.peer_urls.clone();
+    listed.sort_unstable();
+    let mut advertised = peer_urls.to_vec();
+    advertised.sort_unstable();
+    if listed != advertised {
+        return Err(ConfigError::InitialCluster(format!(
+            "{name}={} does not match --initial-advertise-peer-urls={}",
+            member.peer_urls.join(","),
+            peer_urls.join(",")
+        )));
+    }
+    Ok(())
 }
 
 fn resolve_http_url(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -349,6 +489,46 @@ mod tests {
             .into_config(2)
             .unwrap_err();
         assert!(error.to_string().contains("TLS is not supported"), "{error}");
+    }
+
+    #[test]
+    fn initial_cluster_groups_urls_by_name_and_must_name_this_member() {
+        let config = parse(&[
+            "--name",
+            "b",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2382",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380,a=http://10.0.0.1:2380,b=http://127.0.0.1:2382",
+        ])
+        .into_config(2)
+        .unwrap();
+        assert_eq!(config.initial_cluster.len(), 2);
+        assert_eq!(config.initial_cluster[0].peer_urls.len(), 2);
+        let error = parse(&["--name", "c", "--initial-cluster", "a=http://127.0.0.1:2380"])
+            .into_config(2)
+            .unwrap_err();
+        assert!(matches!(error, ConfigError::InitialCluster(_)), "{error}");
+        let error = parse(&["--initial-cluster", "default=http://127.0.0.1:9"])
+            .into_config(2)
+            .unwrap_err();
+        assert!(error.to_string().contains("does not match"), "{error}");
+    }
+
+    #[test]
+    fn election_timeout_must_be_five_heartbeats_as_in_etcd() {
+        let error = parse(&["--heartbeat-interval", "100", "--election-timeout", "400"])
+            .into_config(2)
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--election-timeout[400ms] should be at least as 5 times as --heartbeat-interval[100ms]"
+        );
+        let config = parse(&["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .into_config(2)
+            .unwrap();
+        assert_eq!(config.election_ticks, 10);
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(50));
     }
 
     #[test]

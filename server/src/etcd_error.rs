@@ -24,8 +24,11 @@ pub enum EtcdError {
     RequestTooLarge,
     TooManyRequests,
     NoLeader,
+    NotLeader,
     Stopped,
     Timeout,
+    TimeoutDueToLeaderFail,
+    TimeoutLeaderTransfer,
     NoSpace,
     BadLeaderTransferee,
 }
@@ -39,9 +42,9 @@ impl EtcdError {
             | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            LeaseExist | BadLeaderTransferee => Code::FailedPrecondition,
+            LeaseExist | BadLeaderTransferee | NotLeader => Code::FailedPrecondition,
             TooManyRequests | NoSpace => Code::ResourceExhausted,
-            NoLeader | Stopped | Timeout => Code::Unavailable,
+            NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer => Code::Unavailable,
         }
     }
 
@@ -64,8 +67,11 @@ impl EtcdError {
             RequestTooLarge => "etcdserver: request is too large",
             TooManyRequests => "etcdserver: too many requests",
             NoLeader => "etcdserver: no leader",
+            NotLeader => "etcdserver: not leader",
             Stopped => "etcdserver: server stopped",
             Timeout => "etcdserver: request timed out",
+            TimeoutDueToLeaderFail => "etcdserver: request timed out, possibly due to previous leader failure",
+            TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             NoSpace => "etcdserver: mvcc: database space exceeded",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
         }
@@ -107,8 +113,11 @@ mod tests {
             RequestTooLarge,
             TooManyRequests,
             NoLeader,
+            NotLeader,
             Stopped,
             Timeout,
+            TimeoutDueToLeaderFail,
+            TimeoutLeaderTransfer,
             NoSpace,
             BadLeaderTransferee,
         ];

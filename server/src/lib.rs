@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod ids;
 pub mod metrics;
 pub mod net;
+pub mod peer;
 pub mod server;
 pub mod store;
 pub mod version;

@@ -11,6 +11,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
 use crate::ids;
+use crate::store::membership::Membership;
 use crate::store::{self, Identity, MemberInfo, StoreCoreSettings, WatchChannels};
 
 /// Calls in flight from one client core to the store core; also the capacity of
@@ -51,10 +52,15 @@ impl Running {
 }
 
 pub fn start(config: &Config) -> Result<Running, StartError> {
+    let initial_membership = Membership::initial(&config.initial_cluster, &config.cluster_token);
     let member_id = ids::member_id(&config.peer_urls, &config.cluster_token);
+    assert!(
+        initial_membership.contains(member_id),
+        "config checks that --initial-cluster names this member with its peer URLs"
+    );
     let identity = Identity {
         member_id,
-        cluster_id: ids::cluster_id(&[member_id]),
+        cluster_id: initial_membership.cluster_id(),
     };
     let client_cores = config.client_cpus.len();
     let mut call_senders = Vec::with_capacity(client_cores);
@@ -89,6 +95,11 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     let store_settings = StoreCoreSettings {
         data_dir: config.data_dir.clone(),
         identity,
+        initial_membership,
+        listen_peer_addrs: config.listen_peer_addrs.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        election_ticks: config.election_ticks,
+        catch_up_entries: config.snapshot_count,
         max_request_bytes: config.max_request_bytes,
         backend_batch_limit: config.backend_batch_limit,
         backend_batch_interval: config.backend_batch_interval,

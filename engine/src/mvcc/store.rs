@@ -29,6 +29,9 @@ const META_FINISHED_COMPACT_REVISION: &[u8] = b"mfinished_compact_revision";
 /// Active alarms: 12 bytes each (member id u64, alarm type i32, both big endian).
 const META_ALARMS: &[u8] = b"malarms";
 const ALARM_RECORD_BYTES: usize = 12;
+/// The cluster's membership: bytes the server encodes and decodes (the engine
+/// only stores them, in the same commits as the data they were applied with).
+const META_MEMBERSHIP: &[u8] = b"mmembership";
 
 /// An empty store is at revision 1, so the first write gets 2 (as in etcd).
 const EMPTY_STORE_REVISION: i64 = 1;
@@ -51,6 +54,9 @@ pub struct Mvcc {
     leases: Leases,
     /// Active alarms, applied through raft and stored with the data.
     alarms: BTreeSet<Alarm>,
+    /// The server's membership record; `membership_changed` until committed.
+    membership: Option<Vec<u8>>,
+    membership_changed: bool,
 }
 
 /// An active alarm: a member and etcd's `AlarmType` number (1 NOSPACE, 2 CORRUPT).
@@ -75,6 +81,7 @@ impl Mvcc {
         let applied_index = u64::try_from(applied_index)
             .map_err(|_| MvccError::Corrupt(format!("negative applied index {applied_index}")))?;
         let alarms = read_alarms(&tree)?;
+        let membership = tree.get(META_MEMBERSHIP)?;
         let mut index = KeyIndex::default();
         // Tombstones whose key's earlier revisions were already removed by an
         // interrupted compaction: they only wait to be removed too.
@@ -121,6 +128,8 @@ impl Mvcc {
             captured: None,
             leases,
             alarms,
+            membership,
+            membership_changed: false,
         };
         if compact_revision > finished_compact_revision {
             store.schedule_removal(compact_revision, orphans);
@@ -382,7 +391,24 @@ impl Mvcc {
         } else {
             self.tree.insert(META_ALARMS, &alarms)?;
         }
+        // Rarely changed: written only when it was.
+        if self.membership_changed {
+            let record = self.membership.as_deref().expect("a changed membership is set");
+            self.tree.insert(META_MEMBERSHIP, record)?;
+            self.membership_changed = false;
+        }
         Ok(())
+    }
+
+    /// The membership record last set (see `set_membership`), if any.
+    pub fn membership(&self) -> Option<&[u8]> {
+        self.membership.as_deref()
+    }
+
+    /// Replaces the membership record; stored by the next commit.
+    pub fn set_membership(&mut self, record: Vec<u8>) {
+        self.membership = Some(record);
+        self.membership_changed = true;
     }
 
     /// Active alarms, in (member, kind) order.

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::TcpListener;
 
 use crate::net::{self, ConnectionLimits};
 use crate::store::messages::{Call, Reply};
@@ -68,7 +67,7 @@ pub async fn run(
         .map(|addr| (addr, false))
         .chain(settings.metrics_addrs.iter().map(|addr| (addr, true)))
     {
-        match TcpListener::bind(addr) {
+        match crate::net::listen(*addr) {
             Ok(listener) if metrics => metrics_listeners.push(listener),
             Ok(listener) => listeners.push(listener),
             Err(error) => {

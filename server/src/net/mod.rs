@@ -6,6 +6,7 @@ mod prefixed;
 
 pub use http1::{HttpHandler, HttpRequest, HttpResponse};
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -51,6 +52,24 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// A listener on `addr` with SO_REUSEPORT (client cores share the client
+/// ports) and SO_REUSEADDR. glommio's own `bind` sets only the first; then the
+/// TIME_WAIT connections a stopped member leaves on its ports would keep any
+/// other server (an etcd taking over, say) from binding them for a minute.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(1024)?;
+    // SAFETY: the fd is a listening TCP socket we own; ownership moves to glommio.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Accepts connections until the listener fails, each served by its own task.
 pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
     listener: TcpListener,
@@ -76,7 +95,7 @@ pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
 /// The next connection, with Nagle off. A failed accept (out of file
 /// descriptors and the like) is logged and retried after a pause, so the
 /// connections already open keep being served.
-async fn accept(listener: &TcpListener) -> glommio::net::TcpStream {
+pub async fn accept(listener: &TcpListener) -> glommio::net::TcpStream {
     loop {
         match listener.accept().await {
             Ok(stream) => {

@@ -13,6 +13,7 @@ use raft::{Config as RaftConfig, RawNode};
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
 
+use super::membership::Membership;
 use super::raft_log::RaftLog;
 use super::raft_logger;
 use super::wal_io;
@@ -21,10 +22,8 @@ use super::wal_io;
 pub const STORE_FILE: &str = "store.db";
 pub(super) const WAL_DIR: &str = "wal";
 
-/// raft ticks per heartbeat and per election: with a 100 ms tick (etcd's
-/// `--heartbeat-interval`), elections time out after 1 s (`--election-timeout`).
+/// raft ticks per heartbeat: one tick is `--heartbeat-interval`.
 const HEARTBEAT_TICKS: usize = 1;
-pub(super) const ELECTION_TICKS: usize = 10;
 /// Bytes of entries per append message and messages in flight per follower.
 const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 const RAFT_MAX_INFLIGHT_MESSAGES: usize = 256;
@@ -73,18 +72,27 @@ pub struct Opened {
     pub raw: RawNode<RaftLog>,
     pub mvcc: Mvcc,
     pub wal: Wal,
+    pub membership: Membership,
 }
 
-pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, BootstrapError> {
+/// Opens (or creates) the member in `data_dir`. `initial` is `--initial-cluster`,
+/// used for a new data directory; `election_ticks` raft ticks make an election timeout.
+pub async fn open(
+    data_dir: &Path,
+    configured: Identity,
+    initial: Membership,
+    election_ticks: usize,
+) -> Result<Opened, BootstrapError> {
     std::fs::create_dir_all(data_dir).map_err(|source| BootstrapError::DataDir {
         path: data_dir.to_path_buf(),
         source,
     })?;
     let store_path = data_dir.join(STORE_FILE);
-    let mvcc = Mvcc::open(&store_path).map_err(|source| BootstrapError::Store {
+    let store_error = |source| BootstrapError::Store {
         path: store_path.clone(),
         source,
-    })?;
+    };
+    let mut mvcc = Mvcc::open(&store_path).map_err(store_error)?;
     let wal_dir = data_dir.join(WAL_DIR);
     let wal_error = |source| BootstrapError::Wal {
         path: wal_dir.clone(),
@@ -94,20 +102,39 @@ pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, Boots
         path: wal_dir.clone(),
         reason,
     };
-    let (wal, recovered) = if Wal::exists(&wal_dir) {
-        Wal::open(&wal_dir, WalOptions::default()).await.map_err(wal_error)?
+    let opened_wal = if Wal::exists(&wal_dir) {
+        Some(Wal::open(&wal_dir, WalOptions::default()).await.map_err(wal_error)?)
+    } else if mvcc.applied_index() != 0 {
+        return Err(inconsistent(format!(
+            "the WAL is missing but {} holds data up to raft index {}",
+            store_path.display(),
+            mvcc.applied_index()
+        )));
     } else {
-        if mvcc.applied_index() != 0 {
-            return Err(inconsistent(format!(
-                "the WAL is missing but {} holds data up to raft index {}",
-                store_path.display(),
-                mvcc.applied_index()
-            )));
-        }
-        create_wal(&wal_dir, configured).await.map_err(wal_error)?
+        None
     };
-    let identity = Identity::decode(&recovered.metadata)
-        .ok_or_else(|| inconsistent("WAL metadata is not a member identity".to_string()))?;
+    let identity = match &opened_wal {
+        Some((_, recovered)) => Identity::decode(&recovered.metadata)
+            .ok_or_else(|| inconsistent("WAL metadata is not a member identity".to_string()))?,
+        None => configured,
+    };
+    // The membership is committed to the page store before a new WAL exists, so
+    // a WAL always comes with the membership its configuration was made from.
+    let membership = match stored_membership(&mvcc, identity).map_err(inconsistent)? {
+        Some(membership) => membership,
+        None => {
+            let membership = membership_for(identity, configured, initial);
+            mvcc.set_membership(membership.encode());
+            mvcc.commit().map_err(store_error)?;
+            membership
+        }
+    };
+    let (wal, recovered) = match opened_wal {
+        Some(opened) => opened,
+        None => create_wal_at(&wal_dir, identity, &membership.voter_ids(), 0, 0)
+            .await
+            .map_err(wal_error)?,
+    };
     if identity != configured {
         tracing::info!(
             member_id = format_args!("{:x}", identity.member_id),
@@ -117,7 +144,7 @@ pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, Boots
     let raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
     let config = RaftConfig {
         id: identity.member_id,
-        election_tick: ELECTION_TICKS,
+        election_tick: election_ticks,
         heartbeat_tick: HEARTBEAT_TICKS,
         applied: mvcc.applied_index(),
         max_size_per_msg: RAFT_MAX_MESSAGE_BYTES,
@@ -137,26 +164,51 @@ pub async fn open(data_dir: &Path, configured: Identity) -> Result<Opened, Boots
         raw,
         mvcc,
         wal,
+        membership,
     })
 }
 
-/// A new WAL for a new member: see [`create_wal_at`], at index 0.
-async fn create_wal(wal_dir: &Path, identity: Identity) -> Result<(Wal, Recovered), WalError> {
-    create_wal_at(wal_dir, identity, 0, 0).await
+/// The membership the page store holds, if it is this member's cluster's.
+/// A restored snapshot holds the membership of the cluster it was taken from:
+/// that one is replaced.
+fn stored_membership(mvcc: &Mvcc, identity: Identity) -> Result<Option<Membership>, String> {
+    let Some(bytes) = mvcc.membership() else {
+        return Ok(None);
+    };
+    let membership = Membership::decode(bytes).map_err(|error| format!("stored membership: {error}"))?;
+    let ours = membership.cluster_id() == identity.cluster_id && membership.contains(identity.member_id);
+    Ok(ours.then_some(membership))
+}
+
+/// The membership to start with when the page store has none of this cluster:
+/// `--initial-cluster`, or, when the identity in the WAL is not what the flags
+/// make (a restored member, or flags changed since), this member alone.
+fn membership_for(identity: Identity, configured: Identity, initial: Membership) -> Membership {
+    if initial.cluster_id() == identity.cluster_id && initial.contains(identity.member_id) {
+        return initial;
+    }
+    let mut member = initial
+        .member(configured.member_id)
+        .cloned()
+        .expect("the flags' membership holds the configured member");
+    member.id = identity.member_id;
+    Membership::single(member, identity.cluster_id)
 }
 
 /// A new WAL: identity in the metadata, and a snapshot record at `index`, `term`
-/// holding the initial configuration (this member as the only voter), both in
-/// its first frame, so that a crash right after creation leaves a WAL that
-/// opens. A restored store starts its raft log at its applied index.
+/// holding the initial configuration (`voters`), both in its first frame, so
+/// that a crash right after creation leaves a WAL that opens. A restored store
+/// starts its raft log at its applied index.
 pub(super) async fn create_wal_at(
     wal_dir: &Path,
     identity: Identity,
+    voters: &[u64],
     index: u64,
     term: u64,
 ) -> Result<(Wal, Recovered), WalError> {
+    assert!(voters.contains(&identity.member_id), "a new member votes");
     let conf_state = ConfState {
-        voters: vec![identity.member_id],
+        voters: voters.to_vec(),
         ..Default::default()
     };
     let snapshot = wal_io::snapshot_record(index, term, &conf_state);

@@ -9,7 +9,7 @@
 
 mod leases;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use std::rc::Rc;
@@ -17,7 +17,7 @@ use std::rc::Rc;
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
 use prost::Message;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI;
 use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
@@ -26,8 +26,9 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
 
 use super::auto_compaction::{AutoCompactionPolicy, AutoCompactor};
+use super::id_generator::IdGenerator;
 use super::lease_clock::LeaseClock;
-use super::lease_ids::LeaseIds;
+use super::membership::Membership;
 use super::messages::{Call, Reply, Request, Response};
 use super::raft_log::RaftLog;
 use super::reads::{PendingRead, ReadQueue};
@@ -36,7 +37,9 @@ use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
 use crate::etcd_error::EtcdError;
 use crate::metrics::Histogram;
+use crate::peer::{PeerEvent, PeerTransport};
 
+mod cluster;
 mod maintenance;
 mod space;
 use crate::watch::WatchCommand;
@@ -72,6 +75,8 @@ pub enum Event {
     Watch { client: usize, command: WatchCommand },
     /// The `--watch-progress-notify-interval` passed.
     WatchProgressTick,
+    /// The peer transport received a message or lost some.
+    Peer(PeerEvent),
 }
 
 /// Identity and limits the store core answers with.
@@ -90,6 +95,13 @@ pub struct StoreSettings {
     /// `--quota-backend-bytes`; None: no quota.
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
+    /// A proposal not applied by then is answered with etcd's timeout error.
+    pub request_timeout: Duration,
+    /// Applied entries kept in the raft log for lagging followers (`--snapshot-count`).
+    pub catch_up_entries: u64,
+    /// Raft ticks per ReadIndex retry: a ReadIndex the leader dropped (it had
+    /// not committed in its term yet, or the message was lost) is asked again.
+    pub read_retry_ticks: u64,
 }
 
 /// The parts of a member that its configuration gives.
@@ -117,6 +129,19 @@ struct Waiter {
     physical_compaction: bool,
 }
 
+/// etcd's request timeout: 5 s plus two election timeouts.
+pub fn request_timeout(election_timeout: Duration) -> Duration {
+    Duration::from_secs(5) + 2 * election_timeout
+}
+
+/// A MoveLeader call waiting for its target to lead.
+struct LeaderTransfer {
+    client: usize,
+    call_id: u64,
+    target: u64,
+    deadline: Instant,
+}
+
 /// A page-store commit in flight: the applied index it makes durable.
 struct CommitInFlight {
     applied_index: u64,
@@ -134,11 +159,24 @@ pub struct StoreCore {
     replies: Vec<ConnectedSender<Reply>>,
     /// The Ready being persisted by the WAL task, if any.
     persisting: Option<u64>,
-    /// Entries up to here existed before this process started; their results
-    /// have no waiter here (their ids belong to a previous process).
-    boot_last_index: u64,
-    next_request_id: u64,
+    /// Messages raft may send only once that Ready is durable (votes, append
+    /// acknowledgements: the Ready contract's `persisted_messages`).
+    persisted_messages: Vec<RaftMessage>,
+    transport: PeerTransport,
+    membership: Membership,
+    /// Clients are let in once this is applied: every entry this member knew to
+    /// be committed when it started (see `caught_up`).
+    boot_applied_target: u64,
     waiters: HashMap<u64, Waiter>,
+    /// (deadline, request id) of proposals, in proposal order; see `expire_proposals`.
+    proposal_deadlines: VecDeque<(Instant, u64)>,
+    /// The leader when the last proposal was made: a timeout after a change of
+    /// leader is etcd's "possibly due to previous leader failure".
+    leader_changed_since: Instant,
+    /// This member's name and client URLs are applied in the membership.
+    attributes_published: bool,
+    leader_transfers: Vec<LeaderTransfer>,
+    ticks: u64,
     reads: ReadQueue,
     commit: Option<CommitInFlight>,
     applied_since_commit: usize,
@@ -156,7 +194,8 @@ pub struct StoreCore {
     /// Physical compactions still removing revisions.
     physical_waiters_running: Vec<Waiter>,
     lease_clock: LeaseClock,
-    lease_ids: LeaseIds,
+    lease_ids: IdGenerator,
+    request_ids: IdGenerator,
     auto_compactor: AutoCompactor,
     metrics: CoreMetrics,
     watchers: Watchers,
@@ -164,17 +203,28 @@ pub struct StoreCore {
 }
 
 impl StoreCore {
+    #[allow(clippy::too_many_arguments)] // each is one owned piece of the core
     pub fn new(
         settings: StoreSettings,
         raw: RawNode<RaftLog>,
         mvcc: Mvcc,
+        membership: Membership,
+        mut transport: PeerTransport,
         events: Rc<LocalSender<Event>>,
         wal_jobs: LocalSender<WalJob>,
         replies: Vec<ConnectedSender<Reply>>,
         watch_outlet: WatchOutlet,
     ) -> StoreCore {
-        let boot_last_index = raw.store().last_index();
-        let lease_ids = LeaseIds::new(settings.member_id);
+        // A sole voter has committed everything in its log; with peers, entries
+        // past the stored commit index may be replaced by the next leader.
+        let boot_applied_target = if raw.store().conf_state().voters.len() == 1 {
+            raw.store().last_index()
+        } else {
+            raw.raft.raft_log.committed
+        };
+        transport.set_peers(&membership.peers_of(settings.member_id));
+        let lease_ids = IdGenerator::new(settings.member_id);
+        let request_ids = IdGenerator::new(settings.member_id);
         let auto_compactor = AutoCompactor::new(settings.auto_compaction, Instant::now());
         // Watchers are fed the changes each applied entry made.
         let mut mvcc = mvcc;
@@ -190,9 +240,16 @@ impl StoreCore {
             wal_jobs,
             replies,
             persisting: None,
-            boot_last_index,
-            next_request_id: 1,
+            persisted_messages: Vec::new(),
+            transport,
+            membership,
+            boot_applied_target,
             waiters: HashMap::new(),
+            proposal_deadlines: VecDeque::new(),
+            leader_changed_since: Instant::now(),
+            attributes_published: false,
+            leader_transfers: Vec::new(),
+            ticks: 0,
             reads: ReadQueue::default(),
             commit: None,
             applied_since_commit: 0,
@@ -205,6 +262,7 @@ impl StoreCore {
             physical_waiters_running: Vec::new(),
             lease_clock: LeaseClock::default(),
             lease_ids,
+            request_ids,
             auto_compactor,
             metrics: CoreMetrics {
                 leader: 0,
@@ -223,10 +281,23 @@ impl StoreCore {
         match event {
             Event::Call { client, call } => self.handle_call(client, call),
             Event::Tick => {
+                self.ticks += 1;
                 self.raw.tick();
                 self.revoke_expired_leases();
                 self.auto_compact();
+                self.expire_proposals();
+                self.reads
+                    .requeue_older_than(self.ticks.saturating_sub(self.settings.read_retry_ticks));
+                self.publish_attributes();
             }
+            Event::Peer(PeerEvent::Received(message)) => {
+                // Errors are messages raft does not take from this peer (unknown
+                // or removed): nothing to do but drop them.
+                if let Err(error) = self.raw.step(message) {
+                    tracing::debug!(%error, "peer message not stepped");
+                }
+            }
+            Event::Peer(PeerEvent::Unreachable(peer)) => self.raw.report_unreachable(peer),
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {
                 if let Err(error) = result {
@@ -235,6 +306,8 @@ impl StoreCore {
                 self.metrics.wal_fsync.observe(elapsed);
                 assert_eq!(self.persisting.take(), Some(ready), "WAL persists Readies in order");
                 self.raw.on_persist_ready(ready);
+                let messages = std::mem::take(&mut self.persisted_messages);
+                self.transport.send(messages);
             }
             Event::Released(result) => {
                 if let Err(error) = result {
@@ -262,6 +335,9 @@ impl StoreCore {
             self.process_ready();
         }
         self.answer_applied_reads();
+        if !self.leader_transfers.is_empty() {
+            self.settle_leader_transfers();
+        }
         self.serve_snapshots();
         self.maybe_commit(false);
         self.drive_watchers();
@@ -282,9 +358,9 @@ impl StoreCore {
         self.watch_outlet.flush(&mut self.watchers, &header);
     }
 
-    /// True once every entry that was in the WAL at start has been applied again.
+    /// True once every entry known committed at start has been applied again.
     pub fn caught_up(&self) -> bool {
-        self.mvcc.applied_index() >= self.boot_last_index
+        self.mvcc.applied_index() >= self.boot_applied_target
     }
 
     /// True while physical compaction has revisions left to remove.
@@ -349,6 +425,7 @@ impl StoreCore {
                 self.propose(client, call.id, raft_request::Request::Alarm(alarm));
             }
             Request::Defragment => self.defragment(client, call.id),
+            Request::MoveLeader(request) => self.move_leader(client, call.id, &request),
             Request::Snapshot => self.snapshot(client, call.id),
             Request::SnapshotRelease(txid) => {
                 let response = self.release_snapshot(txid);
@@ -382,8 +459,7 @@ impl StoreCore {
 
     /// Proposes `request` to raft; returns the id its result will carry.
     fn propose_entry(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
-        let id = self.next_request_id;
-        self.next_request_id += 1;
+        let id = self.request_ids.next(|_| false) as u64;
         let data = RaftRequest {
             id,
             request: Some(request),
@@ -395,6 +471,8 @@ impl StoreCore {
         }
         // Dropped: no leader to take it (only possible mid-election).
         self.raw.propose(Vec::new(), data).map_err(|_| EtcdError::NoLeader)?;
+        self.proposal_deadlines
+            .push_back((Instant::now() + self.settings.request_timeout, id));
         Ok(id)
     }
 
@@ -403,10 +481,15 @@ impl StoreCore {
         // entry of its own term (its no-op after an election): asked earlier, the
         // batch would wait forever. Keep it unrequested; the commit of that entry
         // comes with a Ready, and the next `drive` asks then.
-        if self.raw.raft.state != StateRole::Leader || !self.raw.raft.commit_to_current_term() {
+        // A follower's ReadIndex goes to the leader (raft-rs drops it when there is
+        // none known); the leader may drop it too, so unanswered ones are retried.
+        if self.raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        if let Some(context) = self.reads.take_unrequested() {
+        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        if let Some(context) = self.reads.take_unrequested(self.ticks) {
             self.raw.read_index(context);
         }
     }
@@ -414,19 +497,24 @@ impl StoreCore {
     /// Takes the next Ready: persist (WAL task), then apply and answer.
     fn process_ready(&mut self) {
         let mut ready = self.raw.ready();
-        // Replication arrives with clustering; a single member sends nothing.
-        assert!(ready.messages().is_empty(), "a single member has no peers");
-        assert!(ready.persisted_messages().is_empty(), "a single member has no peers");
-        assert!(ready.snapshot().is_empty(), "a single member never receives a snapshot");
+        // Sent now, before this Ready is durable: a leader's appends go out while
+        // its own WAL write runs (raft counts its own vote only once persisted).
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        // Leaders never send snapshots yet (`RaftLog::snapshot` says unavailable;
+        // followers catch up from the entries kept, `--snapshot-count`).
+        assert!(ready.snapshot().is_empty(), "raft snapshots are never sent");
         if let Some(soft_state) = ready.ss() {
-            if soft_state.leader_id != raft::INVALID_ID && soft_state.leader_id != self.metrics.leader {
-                self.metrics.leader_changes += 1;
-            }
-            self.metrics.leader = soft_state.leader_id;
-            if soft_state.raft_state != StateRole::Leader {
-                // ReadIndex requests to a non-leader are dropped: ask again later.
+            if soft_state.leader_id != self.metrics.leader {
+                if soft_state.leader_id != raft::INVALID_ID {
+                    self.metrics.leader_changes += 1;
+                }
+                self.leader_changed_since = Instant::now();
+                // ReadIndex requests in flight to the old leader are lost: ask again.
                 self.reads.requeue_requested();
             }
+            self.metrics.leader = soft_state.leader_id;
             self.lease_leadership_changed(soft_state.raft_state == StateRole::Leader);
             if soft_state.raft_state == StateRole::Leader {
                 self.auto_compactor.restart(Instant::now());
@@ -444,6 +532,7 @@ impl StoreCore {
         // commit index is re-derived at recovery (see `bootstrap`).
         let must_persist = ready.must_sync() || !ready.entries().is_empty();
         let number = ready.number();
+        let persisted_messages = ready.take_persisted_messages();
         let committed = ready.take_committed_entries();
         for read_state in ready.take_read_states() {
             self.reads.read_index_granted(&read_state.request_ctx, read_state.index);
@@ -451,12 +540,18 @@ impl StoreCore {
         self.raw.advance_append_async(ready);
         if must_persist {
             self.persisting = Some(number);
+            assert!(
+                self.persisted_messages.is_empty(),
+                "sent when the last Ready was durable"
+            );
+            self.persisted_messages = persisted_messages;
             let job = WalJob::Persist { ready: number, records };
             if self.wal_jobs.try_send(job).is_err() {
                 fatal("the WAL task stopped");
             }
         } else {
             self.raw.on_persist_ready(number);
+            self.transport.send(persisted_messages);
         }
         self.apply_committed(committed);
     }
@@ -532,12 +627,12 @@ impl StoreCore {
             raft_request::Request::LeaseGrant(grant) => self.apply_lease_grant(&grant),
             raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(&revoke),
             raft_request::Request::Alarm(alarm) => Ok(Response::Alarm(self.apply_alarm(&alarm))),
+            raft_request::Request::MemberAttributes(attributes) => {
+                self.apply_member_attributes(&attributes);
+                return; // proposed by the member itself, with no client waiting
+            }
         };
         let result = self.client_result(result);
-        // Entries from before this process started have no waiter here.
-        if index <= self.boot_last_index {
-            return;
-        }
         let Some(waiter) = self.waiters.remove(&request.id) else {
             return;
         };
@@ -645,8 +740,17 @@ impl StoreCore {
         self.space_after_commit();
         // The page store now holds every entry up to `applied_index`: the WAL and
         // the in-memory raft log can let go of them.
+        // Followers that lag catch up from the entries kept behind that point.
+        let keep = if self.membership.voter_ids().len() > 1 {
+            self.settings.catch_up_entries
+        } else {
+            0
+        };
         let store = self.raw.mut_store();
-        let index = committed.applied_index.max(store.compacted_index());
+        let index = committed
+            .applied_index
+            .saturating_sub(keep)
+            .max(store.compacted_index());
         if index > store.compacted_index() {
             let term = store.term_of(index).expect("applied entries are in the log");
             let snapshot = wal_io::snapshot_record(index, term, &committed.conf_state);

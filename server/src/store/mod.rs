@@ -3,8 +3,9 @@
 pub mod auto_compaction;
 mod bootstrap;
 mod core;
+mod id_generator;
 mod lease_clock;
-mod lease_ids;
+pub mod membership;
 pub mod messages;
 mod raft_log;
 mod raft_logger;
@@ -14,6 +15,7 @@ mod wal_io;
 mod watchers;
 
 use auto_compaction::AutoCompactionPolicy;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -25,18 +27,28 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 pub use self::bootstrap::{Identity, STORE_FILE};
 pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
+use self::membership::Membership;
 use self::messages::{Call, Reply};
 use self::watchers::WatchOutlet;
+use crate::peer::{self, PeerEvent, PeerTransport};
 use crate::watch::{WatchCommand, WatchPush};
 
-/// etcd's `--heartbeat-interval` default; one raft tick.
-const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Raft ticks between ReadIndex retries (and attribute publishing attempts).
+const READ_RETRY_TICKS: u64 = 5;
 /// Events handled per pass before the Ready loop runs again (bounds latency).
 const EVENTS_PER_PASS_MAX: usize = 1024;
 
 pub struct StoreCoreSettings {
     pub data_dir: PathBuf,
     pub identity: Identity,
+    /// The members of `--initial-cluster`: used when the data directory is new.
+    pub initial_membership: Membership,
+    pub listen_peer_addrs: Vec<SocketAddr>,
+    /// One raft tick (`--heartbeat-interval`).
+    pub heartbeat_interval: Duration,
+    pub election_ticks: usize,
+    /// `--snapshot-count`.
+    pub catch_up_entries: u64,
     pub max_request_bytes: usize,
     pub backend_batch_limit: usize,
     pub backend_batch_interval: Duration,
@@ -91,7 +103,14 @@ pub async fn run(
     for command in commands {
         connected_commands.push(command.await);
     }
-    let opened = match bootstrap::open(&settings.data_dir, settings.identity).await {
+    let opened = bootstrap::open(
+        &settings.data_dir,
+        settings.identity,
+        settings.initial_membership,
+        settings.election_ticks,
+    )
+    .await;
+    let opened = match opened {
         Ok(opened) => opened,
         Err(error) => {
             let _ = ready.send(Err(error.to_string()));
@@ -101,6 +120,24 @@ pub async fn run(
     let identity = opened.identity;
     let (events, event_queue) = local_channel::new_unbounded();
     let events = Rc::new(events);
+    let report: peer::Report = {
+        let events = Rc::clone(&events);
+        Rc::new(move |event: PeerEvent| events.try_send(Event::Peer(event)).is_ok())
+    };
+    let transport = PeerTransport::new(identity.member_id, identity.cluster_id, Rc::clone(&report));
+    // A member alone has no one to hear from; the port stays free (as many
+    // one-member servers share a machine in tests and benchmarks).
+    if !opened.membership.peers_of(identity.member_id).is_empty() {
+        for addr in &settings.listen_peer_addrs {
+            match peer::listen(*addr, identity.member_id, identity.cluster_id, Rc::clone(&report)) {
+                Ok(bound) => tracing::info!("listening for peers on http://{bound}"),
+                Err(error) => {
+                    let _ = ready.send(Err(format!("cannot listen for peers on {addr}: {error}")));
+                    return;
+                }
+            }
+        }
+    }
     let (wal_jobs, wal_job_queue) = local_channel::new_unbounded();
     glommio::spawn_local(wal_io::run(opened.wal, wal_job_queue, Rc::clone(&events))).detach();
     for (client, receiver) in connected_calls.into_iter().enumerate() {
@@ -125,28 +162,34 @@ pub async fn run(
         })
         .detach();
     }
-    spawn_timer(Rc::clone(&events), TICK_INTERVAL, || Event::Tick);
+    spawn_timer(Rc::clone(&events), settings.heartbeat_interval, || Event::Tick);
     spawn_timer(Rc::clone(&events), settings.watch_progress_notify_interval, || {
         Event::WatchProgressTick
     });
     spawn_timer(Rc::clone(&events), settings.backend_batch_interval, || Event::CommitDue);
 
+    let election_timeout = settings.heartbeat_interval * settings.election_ticks as u32;
     let store_settings = StoreSettings {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
         max_request_bytes: settings.max_request_bytes,
         backend_batch_limit: settings.backend_batch_limit,
         backend_batch_interval: settings.backend_batch_interval,
-        min_lease_ttl_seconds: min_lease_ttl_seconds(election_timeout()),
-        election_timeout: election_timeout(),
+        min_lease_ttl_seconds: min_lease_ttl_seconds(election_timeout),
+        election_timeout,
         member: settings.member,
         quota_backend_bytes: settings.quota_backend_bytes,
         auto_compaction: settings.auto_compaction,
+        request_timeout: core::request_timeout(election_timeout),
+        catch_up_entries: settings.catch_up_entries,
+        read_retry_ticks: READ_RETRY_TICKS,
     };
     let mut core = StoreCore::new(
         store_settings,
         opened.raw,
         opened.mvcc,
+        opened.membership,
+        transport,
         events,
         wal_jobs,
         connected_replies,
@@ -187,11 +230,6 @@ pub async fn run(
         }
         core.drive();
     }
-}
-
-/// raft's election timeout: election ticks of one heartbeat interval each.
-fn election_timeout() -> Duration {
-    TICK_INTERVAL * bootstrap::ELECTION_TICKS as u32
 }
 
 /// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ in whole seconds (2 s with

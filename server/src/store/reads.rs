@@ -33,8 +33,9 @@ pub type ReadBatch = Vec<(usize, u64, PendingRead)>;
 pub struct ReadQueue {
     /// Reads not yet covered by a ReadIndex request.
     unrequested: ReadBatch,
-    /// Batches whose ReadIndex request is outstanding, by request context.
-    requested: BTreeMap<u64, ReadBatch>,
+    /// Batches whose ReadIndex request is outstanding, by request context, with
+    /// the tick they were asked at.
+    requested: BTreeMap<u64, (u64, ReadBatch)>,
     /// Batches granted a read index, in grant order (indexes never decrease).
     granted: VecDeque<(u64, ReadBatch)>,
     next_context: u64,
@@ -45,15 +46,16 @@ impl ReadQueue {
         self.unrequested.push((client, call_id, read));
     }
 
-    /// The context for a new ReadIndex request covering every unrequested read.
-    pub fn take_unrequested(&mut self) -> Option<Vec<u8>> {
+    /// The context for a new ReadIndex request, asked at `tick`, covering every
+    /// unrequested read.
+    pub fn take_unrequested(&mut self, tick: u64) -> Option<Vec<u8>> {
         if self.unrequested.is_empty() {
             return None;
         }
         let context = self.next_context;
         self.next_context += 1;
         let batch = std::mem::take(&mut self.unrequested);
-        assert!(self.requested.insert(context, batch).is_none());
+        assert!(self.requested.insert(context, (tick, batch)).is_none());
         Some(context.to_be_bytes().to_vec())
     }
 
@@ -62,17 +64,32 @@ impl ReadQueue {
         let Ok(bytes) = <[u8; 8]>::try_from(context) else {
             return;
         };
-        if let Some(batch) = self.requested.remove(&u64::from_be_bytes(bytes)) {
-            if let Some((last, _)) = self.granted.back() {
-                assert!(index >= *last, "read indexes are granted in order");
-            }
+        if let Some((_, batch)) = self.requested.remove(&u64::from_be_bytes(bytes)) {
+            // Grants from one leader come in order; across retries and leader
+            // changes one may not. Serving a read at a later index is always
+            // linearizable, so the queue stays ordered by raising it.
+            let index = self.granted.back().map_or(index, |(last, _)| index.max(*last));
             self.granted.push_back((index, batch));
         }
     }
 
     /// Outstanding requests were dropped (leadership changed): ask again.
     pub fn requeue_requested(&mut self) {
-        for (_, mut batch) in std::mem::take(&mut self.requested) {
+        self.requeue_older_than(u64::MAX);
+    }
+
+    /// Requests asked before `tick` and not granted are asked again: raft drops
+    /// a ReadIndex silently (a leader that has not committed in its term, a
+    /// message lost between members). A late grant of the old request is ignored.
+    pub fn requeue_older_than(&mut self, tick: u64) {
+        let stale: Vec<u64> = self
+            .requested
+            .iter()
+            .filter(|(_, (asked, _))| *asked < tick)
+            .map(|(context, _)| *context)
+            .collect();
+        for context in stale {
+            let (_, mut batch) = self.requested.remove(&context).expect("listed above");
             self.unrequested.append(&mut batch);
         }
     }
@@ -99,8 +116,8 @@ mod tests {
         let mut queue = ReadQueue::default();
         queue.enqueue(0, 1, read());
         queue.enqueue(0, 2, read());
-        let context = queue.take_unrequested().expect("a request for the batch");
-        assert!(queue.take_unrequested().is_none());
+        let context = queue.take_unrequested(0).expect("a request for the batch");
+        assert!(queue.take_unrequested(0).is_none());
         queue.read_index_granted(&context, 7);
         assert!(queue.take_applied(6).is_none(), "index 7 is not applied yet");
         let batch = queue.take_applied(7).expect("granted and applied");
@@ -111,14 +128,37 @@ mod tests {
     fn dropped_requests_are_asked_again() {
         let mut queue = ReadQueue::default();
         queue.enqueue(1, 9, read());
-        let first = queue.take_unrequested().unwrap();
+        let first = queue.take_unrequested(0).unwrap();
         queue.requeue_requested();
-        let second = queue.take_unrequested().expect("asked again");
+        let second = queue.take_unrequested(0).expect("asked again");
         assert_ne!(first, second);
         queue.read_index_granted(&first, 3);
         assert!(queue.take_applied(10).is_none(), "a stale grant answers nothing");
         queue.read_index_granted(&second, 3);
         assert_eq!(queue.take_applied(3).unwrap()[0].1, 9);
+    }
+
+    #[test]
+    fn unanswered_requests_are_asked_again_after_a_while() {
+        let mut queue = ReadQueue::default();
+        queue.enqueue(0, 1, read());
+        let early = queue.take_unrequested(3).unwrap();
+        queue.enqueue(0, 2, read());
+        let later = queue.take_unrequested(8).unwrap();
+        queue.requeue_older_than(5);
+        let retry = queue
+            .take_unrequested(9)
+            .expect("the batch asked at tick 3 is asked again");
+        assert!(queue.take_unrequested(9).is_none());
+        queue.read_index_granted(&early, 4);
+        queue.read_index_granted(&later, 6);
+        queue.read_index_granted(&retry, 5);
+        assert_eq!(queue.take_applied(6).unwrap()[0].1, 2);
+        assert!(
+            queue.take_applied(5).is_none(),
+            "a grant below an earlier one waits for it"
+        );
+        assert_eq!(queue.take_applied(6).unwrap()[0].1, 1);
     }
 
     /// The raft-rs behaviour `StoreCore::issue_read_index` guards against: a

@@ -169,6 +169,7 @@ async fn build(
     let (wal, _) = bootstrap::create_wal_at(
         &dir.join(bootstrap::WAL_DIR),
         identity,
+        &[identity.member_id],
         summary.applied_index,
         RESTORED_TERM,
     )

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use tonic::transport::Channel;
 
@@ -39,12 +41,22 @@ impl Ringkv {
     /// Starts `ringkv` on a fresh port with `data_dir`, plus any extra flags, and
     /// waits until it serves clients.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Ringkv {
+        let mut args: Vec<String> = ["--listen-client-urls", "http://127.0.0.1:0"]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        Ringkv::spawn(data_dir, &args).ready()
+    }
+
+    /// Starts `ringkv` with `data_dir` and exactly `args` otherwise; the caller
+    /// waits for it with [`Starting::ready`] (members of a cluster start together).
+    pub fn spawn(data_dir: &Path, args: &[String]) -> Starting {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringkv"));
         command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen-client-urls", "http://127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("ringkv starts");
@@ -61,17 +73,9 @@ impl Ringkv {
                 kept.0.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr.parse().expect("a socket address in the ready line"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ringkv did not become ready:\n{}", log.text());
-            }
-        };
-        Ringkv {
-            child,
-            addr,
+        Starting {
+            child: Some(child),
+            addr_rx,
             data_dir: data_dir.to_path_buf(),
             log,
         }
@@ -87,9 +91,51 @@ impl Ringkv {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The process's exit status if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait on ringkv")
+    }
+}
+
+/// A `ringkv` process that has not said it serves clients yet.
+pub struct Starting {
+    child: Option<Child>,
+    addr_rx: mpsc::Receiver<String>,
+    data_dir: PathBuf,
+    pub log: Log,
+}
+
+impl Starting {
+    /// Waits (bounded) until the process serves clients.
+    pub fn ready(mut self) -> Ringkv {
+        let mut child = self.child.take().expect("ready is called once");
+        let addr = match self.addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr.parse().expect("a socket address in the ready line"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ringkv did not become ready:\n{}", self.log.text());
+            }
+        };
+        Ringkv {
+            child,
+            addr,
+            data_dir: self.data_dir.clone(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -127,6 +173,16 @@ pub fn etcdctl_output(endpoint: &str, command_timeout: &str, args: &[&str], stdi
             .collect::<Vec<_>>()
             .join("\n");
     (output.status.success(), text)
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A free port on 127.0.0.1 (bound and released; the caller binds it next).

@@ -190,10 +190,7 @@ impl StoreCore {
     pub(super) fn maintenance_query(&mut self, request: Request) -> Result<Response, EtcdError> {
         Ok(match request {
             Request::Status => Response::Status(self.status()),
-            Request::MemberList => Response::MemberList(pb::MemberListResponse {
-                header: None,
-                members: vec![self.member()],
-            }),
+            Request::MemberList => Response::MemberList(self.member_list()),
             Request::Alarm(request) => {
                 let alarms = self
                     .mvcc
@@ -221,13 +218,6 @@ impl StoreCore {
                     compact_revision: hashed.compact_revision,
                     hash_revision: hashed.hash_revision,
                 })
-            }
-            Request::MoveLeader(request) => {
-                // One member: it already leads, and no one else can.
-                if request.target_id != self.settings.member_id {
-                    return Err(EtcdError::BadLeaderTransferee);
-                }
-                Response::MoveLeader(pb::MoveLeaderResponse { header: None })
             }
             Request::Metrics => Response::Metrics(Box::new(self.metrics_snapshot())),
             other => unreachable!("not a maintenance query: {other:?}"),
@@ -260,21 +250,13 @@ impl StoreCore {
             raft_applied_index: self.mvcc.applied_index(),
             errors,
             db_size_in_use: self.mvcc.in_use_bytes() as i64,
-            is_learner: false,
+            is_learner: self
+                .membership
+                .member(self.settings.member_id)
+                .is_some_and(|member| member.is_learner),
             storage_version: String::new(),
             db_size_quota: self.settings.quota_backend_bytes.map_or(0, |quota| quota as i64),
             downgrade_info: None,
-        }
-    }
-
-    fn member(&self) -> pb::Member {
-        let member = &self.settings.member;
-        pb::Member {
-            id: self.settings.member_id,
-            name: member.name.clone(),
-            peer_ur_ls: member.peer_urls.clone(),
-            client_ur_ls: member.client_urls.clone(),
-            is_learner: false,
         }
     }
 

@@ -1,0 +1,175 @@
+//! A cluster of real `ringkv` processes on 127.0.0.1: fixed client and peer
+//! ports per member, each member's data directory kept across restarts.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use tonic::transport::Channel;
+
+use super::{free_port, Ringkv, Starting, START_TIMEOUT};
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    /// None while the member is down.
+    pub process: Option<Ringkv>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` members together (plus `extra` flags for each) and waits
+    /// until every one serves clients.
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        assert!(size > 0);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let members: Vec<Member> = (0..size)
+            .map(|index| Member {
+                name: format!("m{index}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("m{index}")),
+                process: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|member| format!("{}={}", member.name, member.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            members,
+            initial_cluster,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            _dir: dir,
+        };
+        let all: Vec<usize> = (0..size).collect();
+        cluster.start_members(&all);
+        cluster
+    }
+
+    fn spawn(&self, index: usize) -> Starting {
+        let member = &self.members[index];
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            member.name.clone(),
+            "--listen-client-urls".into(),
+            member.endpoint(),
+            "--advertise-client-urls".into(),
+            member.endpoint(),
+            "--listen-peer-urls".into(),
+            member.peer_url(),
+            "--initial-advertise-peer-urls".into(),
+            member.peer_url(),
+            "--initial-cluster".into(),
+            self.initial_cluster.clone(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        Ringkv::spawn(&member.data_dir, &args)
+    }
+
+    /// Starts the members at `indexes` together (a restarted member waits for a
+    /// quorum before it serves) and waits until each serves.
+    pub fn start_members(&mut self, indexes: &[usize]) {
+        let starting: Vec<(usize, Starting)> = indexes.iter().map(|&index| (index, self.spawn(index))).collect();
+        for (index, starting) in starting {
+            assert!(
+                self.members[index].process.is_none(),
+                "member {index} is already running"
+            );
+            self.members[index].process = Some(starting.ready());
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self, index: usize) {
+        let process = self.members[index].process.take().expect("the member runs");
+        process.kill();
+    }
+
+    /// SIGSTOP or SIGCONT.
+    pub fn signal(&self, index: usize, signal: i32) {
+        let process = self.members[index].process.as_ref().expect("the member runs");
+        // SAFETY: kill(2) on our own child's pid.
+        let result = unsafe { libc::kill(process.pid() as i32, signal) };
+        assert_eq!(result, 0, "signal {signal} to member {index}");
+    }
+
+    pub fn endpoint(&self, index: usize) -> String {
+        self.members[index].endpoint()
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&index| self.members[index].process.is_some())
+            .collect()
+    }
+
+    /// Status of member `index`, or None if it does not answer within a second.
+    pub async fn status(&self, index: usize) -> Option<pb::StatusResponse> {
+        let channel = Channel::from_shared(self.endpoint(index))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .ok()?;
+        let response = MaintenanceClient::new(channel)
+            .status(pb::StatusRequest {})
+            .await
+            .ok()?;
+        Some(response.into_inner())
+    }
+
+    /// Waits (bounded) until every running member names the same leader, and
+    /// returns that leader's index.
+    pub async fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut leaders = Vec::new();
+            for index in self.running() {
+                leaders.push(self.status(index).await.map(|status| status.leader));
+            }
+            if let Some(Some(leader)) = leaders.first().copied() {
+                if leader != 0 && leaders.iter().all(|seen| *seen == Some(leader)) {
+                    if let Some(index) = self.index_of(leader).await {
+                        return index;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the running member with id `member_id`.
+    pub async fn index_of(&self, member_id: u64) -> Option<usize> {
+        for index in self.running() {
+            if let Some(status) = self.status(index).await {
+                if status.header.map(|header| header.member_id) == Some(member_id) {
+                    return Some(index);
+                }
+            }
+        }
+        None
+    }
+}
