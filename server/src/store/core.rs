@@ -175,6 +175,8 @@ pub struct StoreCore {
     leader_changed_since: Instant,
     /// This member's name and client URLs are applied in the membership.
     attributes_published: bool,
+    /// The tick of the last attempt to publish them.
+    publish_attempted_at: Option<u64>,
     leader_transfers: Vec<LeaderTransfer>,
     ticks: u64,
     reads: ReadQueue,
@@ -248,6 +250,7 @@ impl StoreCore {
             proposal_deadlines: VecDeque::new(),
             leader_changed_since: Instant::now(),
             attributes_published: false,
+            publish_attempted_at: None,
             leader_transfers: Vec::new(),
             ticks: 0,
             reads: ReadQueue::default(),
@@ -288,7 +291,6 @@ impl StoreCore {
                 self.expire_proposals();
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.read_retry_ticks));
-                self.publish_attributes();
             }
             Event::Peer(PeerEvent::Received(message)) => {
                 // Errors are messages raft does not take from this peer (unknown
@@ -325,6 +327,7 @@ impl StoreCore {
 
     /// Moves everything forward that the events made possible.
     pub fn drive(&mut self) {
+        self.publish_attributes();
         // Each pass may make more ready (e.g. applying unblocks reads, persisting
         // commits entries); stop when raft has nothing or the WAL is busy.
         loop {
@@ -358,9 +361,10 @@ impl StoreCore {
         self.watch_outlet.flush(&mut self.watchers, &header);
     }
 
-    /// True once every entry known committed at start has been applied again.
+    /// True once every entry known committed at start has been applied again,
+    /// and this member's attributes with them (see `publish_attributes`).
     pub fn caught_up(&self) -> bool {
-        self.mvcc.applied_index() >= self.boot_applied_target
+        self.mvcc.applied_index() >= self.boot_applied_target && self.attributes_published
     }
 
     /// True while physical compaction has revisions left to remove.

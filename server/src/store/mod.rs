@@ -195,8 +195,9 @@ pub async fn run(
         connected_replies,
         WatchOutlet::new(connected_pushes),
     );
-    // Clients are let in only once everything the WAL holds is applied again, so
-    // even a serializable read after a restart sees every acknowledged write.
+    // Clients are let in only once everything known committed is applied again
+    // (so even a serializable read after a restart sees every write this member
+    // acknowledged) and this member's client URLs are published.
     let mut ready = Some(ready);
     core.drive();
     loop {

@@ -12,16 +12,19 @@ use crate::etcd_error::EtcdError;
 
 impl StoreCore {
     /// etcd's `publish`: once there is a leader, propose this member's name and
-    /// client URLs until an applied entry holds them. Retried on later ticks
-    /// (a proposal may be dropped by a leader change).
+    /// client URLs, every start, until an applied entry holds them; clients are
+    /// let in only then, as etcd's `ReadyNotify` waits for the publish. Retried
+    /// every few ticks (a proposal may be lost with a leader change).
     pub(super) fn publish_attributes(&mut self) {
         if self.attributes_published || self.raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        // Every few ticks at most: one proposal in flight is enough.
-        if !self.ticks.is_multiple_of(self.settings.read_retry_ticks) {
-            return;
+        if let Some(attempted) = self.publish_attempted_at {
+            if self.ticks < attempted + self.settings.read_retry_ticks {
+                return; // one attempt in flight is enough
+            }
         }
+        self.publish_attempted_at = Some(self.ticks);
         let attributes = MemberAttributes {
             member_id: self.settings.member_id,
             name: self.settings.member.name.clone(),
