@@ -91,8 +91,11 @@ async fn member_list(endpoint: &str) -> pb::MemberListResponse {
         .into_inner()
 }
 
-/// (id, name, peer URLs, client URLs, learner), sorted: MemberList without order.
-fn members_of(response: &pb::MemberListResponse) -> Vec<(u64, String, Vec<String>, Vec<String>, bool)> {
+/// A member as MemberList shows it: (id, name, peer URLs, client URLs, learner).
+type Listed = (u64, String, Vec<String>, Vec<String>, bool);
+
+/// The members, sorted: MemberList without its order.
+fn members_of(response: &pb::MemberListResponse) -> Vec<Listed> {
     let mut members: Vec<_> = response
         .members
         .iter()

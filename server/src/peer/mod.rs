@@ -41,7 +41,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum PeerEvent {
     /// A message from a peer, addressed to this member.
-    Received(Message),
+    Received(Box<Message>),
     /// Messages to this peer were lost (raft's `report_unreachable`).
     Unreachable(u64),
 }
@@ -239,7 +239,7 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
     loop {
         match frame::read_message(&mut stream, &mut payload).await {
             Ok(message) if message.from == hello.from && message.to == member_id => {
-                if !report(PeerEvent::Received(message)) {
+                if !report(PeerEvent::Received(Box::new(message))) {
                     return;
                 }
             }

@@ -295,7 +295,7 @@ impl StoreCore {
             Event::Peer(PeerEvent::Received(message)) => {
                 // Errors are messages raft does not take from this peer (unknown
                 // or removed): nothing to do but drop them.
-                if let Err(error) = self.raw.step(message) {
+                if let Err(error) = self.raw.step(*message) {
                     tracing::debug!(%error, "peer message not stepped");
                 }
             }
