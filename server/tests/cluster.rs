@@ -481,3 +481,79 @@ async fn move_leader_hands_over_and_etcdctl_sees_the_cluster() {
     assert!(ok && text.contains("Leadership transferred"), "{text}");
     assert_eq!(cluster.wait_for_leader().await, leader);
 }
+
+/// Only the leader keeps lease time; a follower forwards KeepAlive and
+/// TimeToLive to it, as etcd's followers do, so clients may use any member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_calls_work_through_a_follower() {
+    use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
+
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let endpoint = cluster.endpoint(follower);
+    let mut lease = LeaseClient::new(channel(&endpoint).await);
+    let granted = lease
+        .lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .expect("grant through a follower")
+        .into_inner();
+    assert_eq!(granted.ttl, 30);
+    let mut kv = support::kv_client(&endpoint).await;
+    kv.put(pb::PutRequest {
+        key: b"leased".to_vec(),
+        value: b"v".to_vec(),
+        lease: granted.id,
+        ..Default::default()
+    })
+    .await
+    .expect("put with the lease");
+
+    let (requests, receiver) = tokio::sync::mpsc::channel(4);
+    let mut responses = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    for _ in 0..3 {
+        requests
+            .send(pb::LeaseKeepAliveRequest { id: granted.id })
+            .await
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("a keep-alive answer")
+            .expect("no stream error")
+            .expect("a response");
+        assert_eq!((response.id, response.ttl), (granted.id, 30));
+        let header = response.header.unwrap();
+        let follower_id = cluster.status(follower).await.unwrap().header.unwrap().member_id;
+        assert_eq!(
+            header.member_id, follower_id,
+            "the follower answers with its own header"
+        );
+    }
+    requests.send(pb::LeaseKeepAliveRequest { id: 12345 }).await.unwrap();
+    let unknown = responses.message().await.unwrap().unwrap();
+    assert_eq!(unknown.ttl, 0, "an unknown lease answers TTL 0");
+
+    let ttl = lease
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: true,
+        })
+        .await
+        .expect("time-to-live through a follower")
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 30);
+    assert!(ttl.ttl > 25 && ttl.ttl <= 30, "{ttl:?}");
+    assert_eq!(ttl.keys, vec![b"leased".to_vec()]);
+
+    let (ok, text) = support::etcdctl_output(
+        &endpoint,
+        "5s",
+        &["lease", "keep-alive", "--once", &format!("{:x}", granted.id)],
+        None,
+    );
+    assert!(ok && text.contains("keepalived with TTL(30)"), "{text}");
+}

@@ -4,13 +4,28 @@
 //! frame  = length: u32 BE | crc32: u32 BE | payload (length bytes)
 //! ```
 //! `crc32` (crc32fast, IEEE) covers the payload. The first frame on a connection
-//! is a [`Hello`] (24 bytes); every later frame is one prost-encoded raft
-//! `Message`. A frame that is too long, fails its checksum or does not decode
-//! closes the connection: the sender reconnects and raft resends what was lost.
+//! is a [`Hello`] (24 bytes); every later frame is one [`PeerMessage`]: a kind
+//! byte, then the prost encoding of a raft `Message` (kind 1), a
+//! `ringkvpb.LeaseForward` (kind 2) or a `ringkvpb.LeaseForwardReply` (kind 3).
+//! A frame that is too long, fails its checksum or does not decode closes the
+//! connection: the sender reconnects and raft resends what was lost.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
 use raft::eraftpb::Message;
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply};
+
+const KIND_RAFT: u8 = 1;
+const KIND_LEASE_FORWARD: u8 = 2;
+const KIND_LEASE_FORWARD_REPLY: u8 = 3;
+
+/// What one frame after the hello carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerMessage {
+    Raft(Message),
+    LeaseForward(LeaseForward),
+    LeaseForwardReply(LeaseForwardReply),
+}
 
 /// Frame header: length then checksum.
 const HEADER_BYTES: usize = 8;
@@ -81,9 +96,23 @@ pub fn push_hello(out: &mut Vec<u8>, hello: Hello) {
 }
 
 /// Appends `message` as one frame; `scratch` is reused between calls.
-pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &Message) {
+pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMessage) {
     scratch.clear();
-    message.encode(scratch).expect("a Vec grows as needed");
+    let encoded = match message {
+        PeerMessage::Raft(raft) => {
+            scratch.push(KIND_RAFT);
+            raft.encode(scratch)
+        }
+        PeerMessage::LeaseForward(forward) => {
+            scratch.push(KIND_LEASE_FORWARD);
+            forward.encode(scratch)
+        }
+        PeerMessage::LeaseForwardReply(reply) => {
+            scratch.push(KIND_LEASE_FORWARD_REPLY);
+            reply.encode(scratch)
+        }
+    };
+    encoded.expect("a Vec grows as needed");
     push_frame(out, scratch);
 }
 
@@ -118,9 +147,20 @@ pub async fn read_hello<R: AsyncReadExt + Unpin>(reader: &mut R) -> Result<Hello
 pub async fn read_message<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     payload: &mut Vec<u8>,
-) -> Result<Message, FrameError> {
+) -> Result<PeerMessage, FrameError> {
     read_frame(reader, payload).await?;
-    Message::decode(payload.as_slice()).map_err(|error| FrameError::Decode(error.to_string()))
+    let decode_error = |error: prost::DecodeError| FrameError::Decode(error.to_string());
+    match payload.split_first() {
+        Some((&KIND_RAFT, body)) => Message::decode(body).map(PeerMessage::Raft).map_err(decode_error),
+        Some((&KIND_LEASE_FORWARD, body)) => LeaseForward::decode(body)
+            .map(PeerMessage::LeaseForward)
+            .map_err(decode_error),
+        Some((&KIND_LEASE_FORWARD_REPLY, body)) => LeaseForwardReply::decode(body)
+            .map(PeerMessage::LeaseForwardReply)
+            .map_err(decode_error),
+        Some((kind, _)) => Err(FrameError::Decode(format!("unknown frame kind {kind}"))),
+        None => Err(FrameError::Decode("empty frame".to_string())),
+    }
 }
 
 pub async fn write_all<W: AsyncWriteExt + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), FrameError> {
@@ -138,7 +178,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_a_flipped_bit_is_caught() {
-        let message = Message {
+        let message = PeerMessage::Raft(Message {
             msg_type: MessageType::MsgAppend as i32,
             to: 2,
             from: 1,
@@ -149,7 +189,13 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        };
+        });
+        let forward = PeerMessage::LeaseForward(LeaseForward {
+            request_id: 5,
+            request: Some(ringkv_proto::ringkvpb::lease_forward::Request::KeepAlive(
+                ringkv_proto::etcdserverpb::LeaseKeepAliveRequest { id: 77 },
+            )),
+        });
         let hello = Hello {
             cluster_id: 9,
             from: 1,
@@ -158,10 +204,12 @@ mod tests {
         let mut wire = Vec::new();
         let mut scratch = Vec::new();
         push_hello(&mut wire, hello);
+        push_message(&mut wire, &mut scratch, &forward);
         push_message(&mut wire, &mut scratch, &message);
         let mut reader = Cursor::new(wire.clone());
         assert_eq!(block_on(read_hello(&mut reader)).unwrap(), hello);
         let mut payload = Vec::new();
+        assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), forward);
         assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), message);
         assert!(matches!(
             block_on(read_message(&mut reader, &mut payload)),
@@ -172,6 +220,7 @@ mod tests {
         wire[last] ^= 1;
         let mut reader = Cursor::new(wire);
         block_on(read_hello(&mut reader)).unwrap();
+        block_on(read_message(&mut reader, &mut payload)).unwrap();
         assert!(matches!(
             block_on(read_message(&mut reader, &mut payload)),
             Err(FrameError::Checksum)

@@ -25,7 +25,8 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
-pub use frame::Hello;
+pub use frame::{Hello, PeerMessage};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply};
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -44,6 +45,10 @@ pub enum PeerEvent {
     Received(Box<Message>),
     /// Messages to this peer were lost (raft's `report_unreachable`).
     Unreachable(u64),
+    /// A follower forwards a lease call to this member as the leader.
+    LeaseForward { from: u64, forward: LeaseForward },
+    /// The leader's answer to a lease call this member forwarded.
+    LeaseForwardReply(LeaseForwardReply),
 }
 
 /// Where the transport reports; false once the store core is gone.
@@ -55,7 +60,7 @@ pub struct PeerTransport {
     cluster_id: u64,
     report: Report,
     /// Peer id → (its peer URLs, its sender task's queue).
-    peers: HashMap<u64, (Vec<String>, LocalSender<Message>)>,
+    peers: HashMap<u64, (Vec<String>, LocalSender<PeerMessage>)>,
 }
 
 impl PeerTransport {
@@ -93,18 +98,25 @@ impl PeerTransport {
         }
     }
 
-    /// Queues each message for its peer; see the module doc for what is dropped.
+    /// Queues each raft message for its peer; see the module doc for what is dropped.
     pub fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             let to = message.to;
-            let Some((_, queue)) = self.peers.get(&to) else {
-                tracing::debug!(to = format_args!("{to:x}"), "message to an unknown peer dropped");
-                continue;
-            };
-            if queue.try_send(message).is_err() {
-                (self.report)(PeerEvent::Unreachable(to));
-            }
+            self.send_to(to, PeerMessage::Raft(message));
         }
+    }
+
+    /// Queues `message` for peer `to`; false if it was dropped.
+    pub fn send_to(&mut self, to: u64, message: PeerMessage) -> bool {
+        let Some((_, queue)) = self.peers.get(&to) else {
+            tracing::debug!(to = format_args!("{to:x}"), "message to an unknown peer dropped");
+            return false;
+        };
+        if queue.try_send(message).is_err() {
+            (self.report)(PeerEvent::Unreachable(to));
+            return false;
+        }
+        true
     }
 }
 
@@ -114,7 +126,7 @@ fn peer_addr(url: &str) -> Option<String> {
     Some(format!("{}:{}", parsed.host_str()?, parsed.port()?))
 }
 
-async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<Message>, report: Report) {
+async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerMessage>, report: Report) {
     let mut backoff = BACKOFF_MIN;
     let mut out = Vec::new();
     let mut scratch = Vec::new();
@@ -186,7 +198,7 @@ async fn connect(addrs: &[String]) -> Option<TcpStream> {
 }
 
 /// Drops what waits for an unreachable peer, telling raft. False: store core gone.
-async fn drop_queued(queue: &LocalReceiver<Message>, report: &Report, peer: u64) -> bool {
+async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: u64) -> bool {
     let mut dropped = false;
     while let Some(Some(_)) = future::poll_once(queue.recv()).await {
         dropped = true;
@@ -237,13 +249,11 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
     }
     let mut payload = Vec::new();
     loop {
-        match frame::read_message(&mut stream, &mut payload).await {
-            Ok(message) if message.from == hello.from && message.to == member_id => {
-                if !report(PeerEvent::Received(Box::new(message))) {
-                    return;
-                }
+        let event = match frame::read_message(&mut stream, &mut payload).await {
+            Ok(PeerMessage::Raft(message)) if message.from == hello.from && message.to == member_id => {
+                PeerEvent::Received(Box::new(message))
             }
-            Ok(message) => {
+            Ok(PeerMessage::Raft(message)) => {
                 tracing::warn!(
                     from = message.from,
                     to = message.to,
@@ -251,11 +261,19 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
                 );
                 return;
             }
+            Ok(PeerMessage::LeaseForward(forward)) => PeerEvent::LeaseForward {
+                from: hello.from,
+                forward,
+            },
+            Ok(PeerMessage::LeaseForwardReply(reply)) => PeerEvent::LeaseForwardReply(reply),
             Err(frame::FrameError::Closed) => return,
             Err(error) => {
                 tracing::warn!(from = format_args!("{:x}", hello.from), %error, "bad peer frame; closing");
                 return;
             }
+        };
+        if !report(event) {
+            return;
         }
     }
 }

@@ -178,6 +178,8 @@ pub struct StoreCore {
     /// The tick of the last attempt to publish them.
     publish_attempted_at: Option<u64>,
     leader_transfers: Vec<LeaderTransfer>,
+    /// Lease calls forwarded to the leader, by request id.
+    lease_forwards: HashMap<u64, leases::ForwardedLeaseCall>,
     ticks: u64,
     reads: ReadQueue,
     commit: Option<CommitInFlight>,
@@ -252,6 +254,7 @@ impl StoreCore {
             attributes_published: false,
             publish_attempted_at: None,
             leader_transfers: Vec::new(),
+            lease_forwards: HashMap::new(),
             ticks: 0,
             reads: ReadQueue::default(),
             commit: None,
@@ -289,6 +292,7 @@ impl StoreCore {
                 self.revoke_expired_leases();
                 self.auto_compact();
                 self.expire_proposals();
+                self.expire_lease_forwards();
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.read_retry_ticks));
             }
@@ -300,6 +304,8 @@ impl StoreCore {
                 }
             }
             Event::Peer(PeerEvent::Unreachable(peer)) => self.raw.report_unreachable(peer),
+            Event::Peer(PeerEvent::LeaseForward { from, forward }) => self.answer_lease_forward(from, forward),
+            Event::Peer(PeerEvent::LeaseForwardReply(reply)) => self.finish_lease_forward(reply),
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {
                 if let Err(error) = result {
@@ -417,10 +423,7 @@ impl StoreCore {
             }
             Request::LeaseRevoke(revoke) => self.propose(client, call.id, raft_request::Request::LeaseRevoke(revoke)),
             Request::LeaseKeepAlive(keep_alive) => self.keep_lease_alive(client, call.id, keep_alive),
-            Request::LeaseTimeToLive(request) => {
-                let result = self.lease_time_to_live(&request);
-                self.reply(client, call.id, result);
-            }
+            Request::LeaseTimeToLive(request) => self.lease_time_to_live_call(client, call.id, request),
             Request::LeaseLeases(_) => {
                 let response = self.lease_list();
                 self.reply(client, call.id, Ok(Response::LeaseLeases(response)));

@@ -10,7 +10,7 @@ use crate::etcd_error::EtcdError;
 use crate::metrics::MetricsSnapshot;
 
 /// A request for the store core. Reads (`Range`, read-only `Txn`), the
-/// leader-local lease calls (KeepAlive, TimeToLive, Leases) and maintenance
+/// leader-answered lease calls (KeepAlive, TimeToLive, Leases) and maintenance
 /// queries never enter the raft log; writes, lease grants and revokes, and alarm
 /// changes are proposed.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub enum Request {
     Compact(pb::CompactionRequest),
     LeaseGrant(pb::LeaseGrantRequest),
     LeaseRevoke(pb::LeaseRevokeRequest),
-    /// One request of a LeaseKeepAlive stream; answered by the leader alone.
+    /// One request of a LeaseKeepAlive stream; answered by the leader (a follower forwards it).
     LeaseKeepAlive(pb::LeaseKeepAliveRequest),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
     LeaseLeases(pb::LeaseLeasesRequest),

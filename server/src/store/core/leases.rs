@@ -1,17 +1,27 @@
 //! The store core's lease calls: Grant and Revoke go through raft like any write;
-//! KeepAlive, TimeToLive and Leases are answered by the leader from the applied
-//! leases and its [`LeaseClock`]; expired leases are revoked by proposing a Revoke.
+//! KeepAlive and TimeToLive are answered by the leader from the applied leases
+//! and its [`LeaseClock`] (a follower forwards them to the leader over the peer
+//! transport, as etcd's followers do); Leases is answered by any member; expired
+//! leases are revoked by proposing a Revoke.
 
 use std::time::Instant;
 
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::ringkvpb::raft_request;
+use ringkv_proto::ringkvpb::{lease_forward, lease_forward_reply, raft_request, LeaseForward, LeaseForwardReply};
 
 use super::super::lease_clock::{ParkedKeepAlive, Renewal, EXPIRED_REVOKES_PER_CHECK_MAX};
 use super::StoreCore;
 use crate::apply::{self, ApplyError};
 use crate::etcd_error::EtcdError;
+use crate::peer::PeerMessage;
 use crate::store::messages::Response;
+
+/// A lease call forwarded to the leader, waiting for its answer.
+pub(super) struct ForwardedLeaseCall {
+    client: usize,
+    call_id: u64,
+    deadline: Instant,
+}
 
 impl StoreCore {
     /// LeaseGrant with id 0 gets a server-chosen id before proposing, so that
@@ -48,7 +58,7 @@ impl StoreCore {
     /// turns ErrLeaseNotFound into that); an expired one waits for its revoke.
     pub(super) fn keep_lease_alive(&mut self, client: usize, call_id: u64, request: pb::LeaseKeepAliveRequest) {
         if !self.lease_clock.is_leading() {
-            self.reply(client, call_id, Err(EtcdError::NoLeader));
+            self.forward_lease_call(client, call_id, lease_forward::Request::KeepAlive(request));
             return;
         }
         let answer = |ttl| {
@@ -96,6 +106,114 @@ impl StoreCore {
         pb::LeaseLeasesResponse {
             header: None,
             leases: leases.into_iter().map(|(_, id)| pb::LeaseStatus { id }).collect(),
+        }
+    }
+
+    /// LeaseTimeToLive: answered here when leading, else by the leader.
+    pub(super) fn lease_time_to_live_call(&mut self, client: usize, call_id: u64, request: pb::LeaseTimeToLiveRequest) {
+        if !self.lease_clock.is_leading() {
+            self.forward_lease_call(client, call_id, lease_forward::Request::TimeToLive(request));
+            return;
+        }
+        let result = self.lease_time_to_live(&request);
+        self.reply(client, call_id, result);
+    }
+
+    /// Sends a lease call to the leader; answered by `finish_lease_forward`, or
+    /// by `expire_lease_forwards` if no answer comes within the request timeout.
+    fn forward_lease_call(&mut self, client: usize, call_id: u64, request: lease_forward::Request) {
+        let leader = self.raw.raft.leader_id;
+        if leader == raft::INVALID_ID || leader == self.settings.member_id {
+            // No leader, or this member just became one and keeps no time yet.
+            self.reply(client, call_id, Err(EtcdError::NoLeader));
+            return;
+        }
+        let request_id = self.request_ids.next(|_| false) as u64;
+        let forward = LeaseForward {
+            request_id,
+            request: Some(request),
+        };
+        if !self.transport.send_to(leader, PeerMessage::LeaseForward(forward)) {
+            self.reply(client, call_id, Err(EtcdError::NoLeader));
+            return;
+        }
+        let call = ForwardedLeaseCall {
+            client,
+            call_id,
+            deadline: Instant::now() + self.settings.request_timeout,
+        };
+        assert!(
+            self.lease_forwards.insert(request_id, call).is_none(),
+            "request ids are unique"
+        );
+    }
+
+    /// The leader's side of a forwarded call. An expiring lease answers TTL 0
+    /// at once (a local KeepAlive would wait for the revoke): it is past its
+    /// deadline and its revoke is being proposed.
+    pub(super) fn answer_lease_forward(&mut self, from: u64, forward: LeaseForward) {
+        let result = match forward.request {
+            _ if !self.lease_clock.is_leading() => lease_forward_reply::Result::NotLeader(true),
+            Some(lease_forward::Request::KeepAlive(request)) => {
+                let ttl = match self.mvcc.leases().ttl(request.id) {
+                    None => 0,
+                    Some(ttl) => match self.lease_clock.renew(Instant::now(), request.id, ttl) {
+                        Renewal::Renewed(ttl) => ttl,
+                        Renewal::Expiring => 0,
+                        Renewal::NotLeader => unreachable!("checked above"),
+                    },
+                };
+                lease_forward_reply::Result::KeepAlive(pb::LeaseKeepAliveResponse {
+                    header: None,
+                    id: request.id,
+                    ttl,
+                })
+            }
+            Some(lease_forward::Request::TimeToLive(request)) => match self.lease_time_to_live(&request) {
+                Ok(Response::LeaseTimeToLive(response)) => lease_forward_reply::Result::TimeToLive(response),
+                _ => lease_forward_reply::Result::NotLeader(true),
+            },
+            None => return, // nothing asked: a malformed forward
+        };
+        let reply = LeaseForwardReply {
+            request_id: forward.request_id,
+            result: Some(result),
+        };
+        // Lost with the connection: the follower's call times out.
+        self.transport.send_to(from, PeerMessage::LeaseForwardReply(reply));
+    }
+
+    /// A forwarded call's answer came back from the leader.
+    pub(super) fn finish_lease_forward(&mut self, reply: LeaseForwardReply) {
+        let Some(call) = self.lease_forwards.remove(&reply.request_id) else {
+            return; // timed out already
+        };
+        let result = match reply.result {
+            Some(lease_forward_reply::Result::KeepAlive(mut response)) => {
+                response.header = None; // this member's header, filled by `reply`
+                Ok(Response::LeaseKeepAlive(response))
+            }
+            Some(lease_forward_reply::Result::TimeToLive(mut response)) => {
+                response.header = None;
+                Ok(Response::LeaseTimeToLive(response))
+            }
+            Some(lease_forward_reply::Result::NotLeader(_)) | None => Err(EtcdError::NoLeader),
+        };
+        self.reply(call.client, call.call_id, result);
+    }
+
+    /// Forwarded calls unanswered past the request timeout fail as etcd's do.
+    pub(super) fn expire_lease_forwards(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .lease_forwards
+            .iter()
+            .filter(|(_, call)| call.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let call = self.lease_forwards.remove(&id).expect("listed above");
+            self.reply(call.client, call.call_id, Err(EtcdError::Timeout));
         }
     }
 
