@@ -4,7 +4,10 @@
 //! Each round runs clients (puts, CAS txns, linearizable gets, deletes on a few
 //! keys, through every member) while one fault strikes: kill -9 of the leader or
 //! of a follower, SIGSTOP of the leader past the election timeout, kill -9 of a
-//! majority, or of every member at once; then the fault heals. After the rounds:
+//! majority, or of every member at once, a network partition isolating the
+//! leader, or an asymmetric one (the leader's messages are lost, the others'
+//! reach it; a TCP proxy on the peer links cuts them, `support::proxy`); then
+//! the fault heals. After the rounds:
 //! - every history is linearizable (`lincheck`: Wing & Gong search, per key);
 //! - no two successful writes got the same revision;
 //! - all members converge to one HashKV at one revision;
@@ -30,6 +33,7 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ringkv_proto::etcdserverpb::watch_client::WatchClient;
 use support::cluster::Cluster;
+use support::proxy::Links;
 use tonic::transport::Channel;
 
 const KEYS: [&str; 4] = ["f/a", "f/b", "f/c", "f/d"];
@@ -47,14 +51,18 @@ enum Fault {
     KillFollower,
     KillMajority,
     RestartAll,
+    PartitionLeader,
+    LeaderCannotSend,
 }
 
-const FAULTS: [Fault; 5] = [
+const FAULTS: [Fault; 7] = [
     Fault::KillLeader,
     Fault::PauseLeader,
     Fault::KillFollower,
     Fault::KillMajority,
     Fault::RestartAll,
+    Fault::PartitionLeader,
+    Fault::LeaderCannotSend,
 ];
 
 /// Everything the clients saw, on one clock.
@@ -319,9 +327,10 @@ async fn wait_converged(cluster: &Cluster) -> (u32, i64) {
 }
 
 /// Runs `fault` against the cluster while clients keep going, then heals it.
-async fn inject(cluster: &mut Cluster, fault: Fault) {
+async fn inject(cluster: &mut Cluster, links: &Links, member_ids: &[u64], fault: Fault) {
     let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % 3;
+    let others: Vec<u64> = (0..3).filter(|&i| i != leader).map(|i| member_ids[i]).collect();
     let restart = |cluster: &mut Cluster, members: &[usize]| {
         tokio::task::block_in_place(|| cluster.start_members(members));
     };
@@ -353,6 +362,45 @@ async fn inject(cluster: &mut Cluster, fault: Fault) {
             }
             restart(cluster, &[0, 1, 2]);
         }
+        Fault::PartitionLeader => {
+            for &other in &others {
+                links.cut(member_ids[leader], other);
+                links.cut(other, member_ids[leader]);
+            }
+            wait_for_leader_among(cluster, &others).await;
+            tokio::time::sleep(PHASE).await;
+            links.heal_all();
+        }
+        Fault::LeaderCannotSend => {
+            for &other in &others {
+                links.cut(member_ids[leader], other);
+            }
+            wait_for_leader_among(cluster, &others).await;
+            tokio::time::sleep(PHASE).await;
+            links.heal_all();
+        }
+    }
+}
+
+/// Waits (bounded) until the members with ids `among` agree on a leader among
+/// themselves: proof that a cut really cut the old leader off.
+async fn wait_for_leader_among(cluster: &Cluster, among: &[u64]) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let mut leaders = Vec::new();
+        for index in cluster.running() {
+            if let Some(status) = cluster.status(index).await {
+                let id = status.header.map_or(0, |header| header.member_id);
+                if among.contains(&id) {
+                    leaders.push(status.leader);
+                }
+            }
+        }
+        if leaders.len() == among.len() && among.contains(&leaders[0]) && leaders.iter().all(|l| *l == leaders[0]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no new leader among {among:x?}: {leaders:x?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -362,8 +410,13 @@ async fn histories_stay_linearizable_under_crashes_pauses_and_restarts() {
         .ok()
         .map(|rounds| rounds.parse().expect("RINGKV_FAULT_ROUNDS is a number"))
         .unwrap_or(FAULTS.len());
-    let mut cluster = Cluster::start(3, &[]);
+    let (mut cluster, links) = Cluster::start_proxied(3, &[]).await;
     cluster.wait_for_leader().await;
+    let mut member_ids = Vec::new();
+    for index in 0..3 {
+        let status = cluster.status(index).await.expect("status");
+        member_ids.push(status.header.expect("a header").member_id);
+    }
     let endpoints: Vec<String> = (0..3).map(|index| cluster.endpoint(index)).collect();
     let recorder = Arc::new(Recorder {
         start: Instant::now(),
@@ -385,7 +438,7 @@ async fn histories_stay_linearizable_under_crashes_pauses_and_restarts() {
             })
             .collect();
         tokio::time::sleep(PHASE).await;
-        inject(&mut cluster, fault).await;
+        inject(&mut cluster, &links, &member_ids, fault).await;
         cluster.wait_for_leader().await;
         tokio::time::sleep(PHASE).await;
         stop.store(true, Ordering::Relaxed);

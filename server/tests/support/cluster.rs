@@ -8,12 +8,16 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::transport::Channel;
 
+use super::proxy::{self, Links};
 use super::{free_port, Ringkv, Starting, START_TIMEOUT};
 
 pub struct Member {
     pub name: String,
     pub client_port: u16,
+    /// The peer port other members use (a proxy's, when there are proxies).
     pub peer_port: u16,
+    /// The port the member itself listens on for peers.
+    pub listen_peer_port: u16,
     pub data_dir: PathBuf,
     /// None while the member is down.
     pub process: Option<Ringkv>,
@@ -26,6 +30,10 @@ impl Member {
 
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn listen_peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.listen_peer_port)
     }
 }
 
@@ -40,15 +48,39 @@ impl Cluster {
     /// Starts `size` members together (plus `extra` flags for each) and waits
     /// until every one serves clients.
     pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::new(size, extra, false);
+        let all: Vec<usize> = (0..size).collect();
+        cluster.start_members(&all);
+        cluster
+    }
+
+    /// Like `start`, with a fault-injecting proxy in front of each member's
+    /// peer port (see `support::proxy`); cut links through the returned `Links`.
+    pub async fn start_proxied(size: usize, extra: &[&str]) -> (Cluster, Links) {
+        let mut cluster = Cluster::new(size, extra, true);
+        let links = Links::default();
+        for member in &cluster.members {
+            proxy::spawn_proxy(member.peer_port, member.listen_peer_port, links.clone()).await;
+        }
+        let all: Vec<usize> = (0..size).collect();
+        tokio::task::block_in_place(|| cluster.start_members(&all));
+        (cluster, links)
+    }
+
+    fn new(size: usize, extra: &[&str], proxied: bool) -> Cluster {
         assert!(size > 0);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let members: Vec<Member> = (0..size)
-            .map(|index| Member {
-                name: format!("m{index}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                data_dir: dir.path().join(format!("m{index}")),
-                process: None,
+            .map(|index| {
+                let peer_port = free_port();
+                Member {
+                    name: format!("m{index}"),
+                    client_port: free_port(),
+                    peer_port,
+                    listen_peer_port: if proxied { free_port() } else { peer_port },
+                    data_dir: dir.path().join(format!("m{index}")),
+                    process: None,
+                }
             })
             .collect();
         let initial_cluster = members
@@ -56,15 +88,12 @@ impl Cluster {
             .map(|member| format!("{}={}", member.name, member.peer_url()))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        Cluster {
             members,
             initial_cluster,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
             _dir: dir,
-        };
-        let all: Vec<usize> = (0..size).collect();
-        cluster.start_members(&all);
-        cluster
+        }
     }
 
     fn spawn(&self, index: usize) -> Starting {
@@ -77,7 +106,7 @@ impl Cluster {
             "--advertise-client-urls".into(),
             member.endpoint(),
             "--listen-peer-urls".into(),
-            member.peer_url(),
+            member.listen_peer_url(),
             "--initial-advertise-peer-urls".into(),
             member.peer_url(),
             "--initial-cluster".into(),

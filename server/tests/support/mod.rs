@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod proxy;
 
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use tonic::transport::Channel;
