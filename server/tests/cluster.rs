@@ -372,6 +372,24 @@ async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
         .expect("serializable read")
         .into_inner();
     assert_eq!(local.kvs[0].value, b"49");
+    // clientv3's WithRequireLeader (gRPC metadata `hasleader: true`, as
+    // kube-apiserver's watches send it) fails at once once no leader is known.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let mut request = tonic::Request::new(serializable.clone());
+        request.metadata_mut().insert("hasleader", "true".parse().unwrap());
+        match kv.range(request).await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert_eq!(status.message(), "etcdserver: no leader");
+                break;
+            }
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the lone member still believes in a leader");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     serializable.serializable = false;
     let linearizable = tokio::time::timeout(Duration::from_secs(3), kv.range(serializable)).await;
     assert!(

@@ -399,7 +399,10 @@ async fn wait_for_leader_among(cluster: &Cluster, among: &[u64]) {
         if leaders.len() == among.len() && among.contains(&leaders[0]) && leaders.iter().all(|l| *l == leaders[0]) {
             return;
         }
-        assert!(Instant::now() < deadline, "no new leader among {among:x?}: {leaders:x?}");
+        assert!(
+            Instant::now() < deadline,
+            "no new leader among {among:x?}: {leaders:x?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -171,8 +171,13 @@ impl EtcdService {
         }
     }
 
-    async fn call(&self, request: Request) -> Result<Response, Status> {
-        self.store.call(request).await.map_err(Status::from)
+    /// `require_leader`: the client sent gRPC metadata `hasleader: true`
+    /// (clientv3's `WithRequireLeader`): with no leader, etcd's "no leader".
+    async fn call(&self, request: Request, require_leader: bool) -> Result<Response, Status> {
+        self.store
+            .call_with(request, require_leader)
+            .await
+            .map_err(Status::from)
     }
 }
 
@@ -186,7 +191,11 @@ impl GrpcService for EtcdService {
         })
     }
 
-    async fn unary(&self, path: &str, request: Bytes, _ctx: CallContext) -> Result<Encoded, Status> {
+    async fn unary(&self, path: &str, request: Bytes, ctx: CallContext) -> Result<Encoded, Status> {
+        let require_leader = ctx
+            .metadata
+            .get("hasleader")
+            .is_some_and(|value| value.as_bytes() == b"true");
         let unary = match route(path)? {
             Method::Unary(unary) => unary,
             Method::Lease(lease) => return lease_service::unary(&self.store, lease, request).await,
@@ -196,54 +205,54 @@ impl GrpcService for EtcdService {
             UnaryMethod::Range => {
                 let request: pb::RangeRequest = grpc::decode(request)?;
                 validate::check_range(&request)?;
-                self.call(Request::Range(request)).await?
+                self.call(Request::Range(request), require_leader).await?
             }
             UnaryMethod::Put => {
                 let request: pb::PutRequest = grpc::decode(request)?;
                 validate::check_put(&request)?;
-                self.call(Request::Put(request)).await?
+                self.call(Request::Put(request), require_leader).await?
             }
             UnaryMethod::DeleteRange => {
                 let request: pb::DeleteRangeRequest = grpc::decode(request)?;
                 validate::check_delete(&request)?;
-                self.call(Request::DeleteRange(request)).await?
+                self.call(Request::DeleteRange(request), require_leader).await?
             }
             UnaryMethod::Txn => {
                 let request: pb::TxnRequest = grpc::decode(request)?;
                 validate::check_txn(&request, self.max_txn_ops)?;
-                self.call(Request::Txn(request)).await?
+                self.call(Request::Txn(request), require_leader).await?
             }
             UnaryMethod::Compact => {
                 let request: pb::CompactionRequest = grpc::decode(request)?;
-                self.call(Request::Compact(request)).await?
+                self.call(Request::Compact(request), require_leader).await?
             }
             UnaryMethod::Status => {
                 let _: pb::StatusRequest = grpc::decode(request)?;
-                self.call(Request::Status).await?
+                self.call(Request::Status, require_leader).await?
             }
             UnaryMethod::Alarm => {
                 let request: pb::AlarmRequest = grpc::decode(request)?;
-                self.call(Request::Alarm(request)).await?
+                self.call(Request::Alarm(request), require_leader).await?
             }
             UnaryMethod::Hash => {
                 let _: pb::HashRequest = grpc::decode(request)?;
-                self.call(Request::Hash).await?
+                self.call(Request::Hash, require_leader).await?
             }
             UnaryMethod::HashKv => {
                 let request: pb::HashKvRequest = grpc::decode(request)?;
-                self.call(Request::HashKv(request)).await?
+                self.call(Request::HashKv(request), require_leader).await?
             }
             UnaryMethod::MoveLeader => {
                 let request: pb::MoveLeaderRequest = grpc::decode(request)?;
-                self.call(Request::MoveLeader(request)).await?
+                self.call(Request::MoveLeader(request), require_leader).await?
             }
             UnaryMethod::Defragment => {
                 let _: pb::DefragmentRequest = grpc::decode(request)?;
-                self.call(Request::Defragment).await?
+                self.call(Request::Defragment, require_leader).await?
             }
             UnaryMethod::MemberList => {
                 let _: pb::MemberListRequest = grpc::decode(request)?;
-                self.call(Request::MemberList).await?
+                self.call(Request::MemberList, require_leader).await?
             }
         };
         Ok(match response {

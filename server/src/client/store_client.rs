@@ -41,6 +41,12 @@ impl StoreClient {
 
     /// Sends `request` to the store core and waits for its answer.
     pub async fn call(&self, request: Request) -> Result<Response, EtcdError> {
+        self.call_with(request, false).await
+    }
+
+    /// `call`; with `require_leader`, refused with "no leader" when the
+    /// member knows of none (gRPC metadata `hasleader: true`).
+    pub async fn call_with(&self, request: Request, require_leader: bool) -> Result<Response, EtcdError> {
         let permit = self
             .permits
             .acquire_static_permit(1)
@@ -51,7 +57,15 @@ impl StoreClient {
         let (reply, answer) = oneshot::channel();
         let pending = Pending { reply, _permit: permit };
         assert!(self.pending.borrow_mut().insert(id, pending).is_none());
-        if self.calls.try_send(Call { id, request }).is_err() {
+        if self
+            .calls
+            .try_send(Call {
+                id,
+                request,
+                require_leader,
+            })
+            .is_err()
+        {
             // Closed (the store core stopped): permits guarantee it is never full.
             self.pending.borrow_mut().remove(&id);
             return Err(EtcdError::Stopped);

@@ -393,6 +393,10 @@ impl StoreCore {
     }
 
     fn handle_call(&mut self, client: usize, call: Call) {
+        if call.require_leader && self.raw.raft.leader_id == raft::INVALID_ID {
+            self.reply(client, call.id, Err(EtcdError::NoLeader));
+            return;
+        }
         match call.request {
             Request::Range(range) => {
                 let serializable = range.serializable;

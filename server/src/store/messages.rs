@@ -73,6 +73,9 @@ pub enum Response {
 pub struct Call {
     pub id: u64,
     pub request: Request,
+    /// The client asked for a leader (`hasleader` metadata): with none known,
+    /// the call fails with etcd's "no leader" instead of being served.
+    pub require_leader: bool,
 }
 
 /// The answer to the `Call` with the same `id`.

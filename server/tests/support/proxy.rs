@@ -52,7 +52,9 @@ impl Links {
 /// Listens on 127.0.0.1:`port` and forwards to 127.0.0.1:`target` until the
 /// runtime ends.
 pub async fn spawn_proxy(port: u16, target: u16, links: Links) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("the proxy port is free");
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the proxy port is free");
     tokio::spawn(async move {
         loop {
             let Ok((inbound, _)) = listener.accept().await else {
