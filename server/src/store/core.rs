@@ -99,9 +99,10 @@ pub struct StoreSettings {
     pub request_timeout: Duration,
     /// Applied entries kept in the raft log for lagging followers (`--snapshot-count`).
     pub catch_up_entries: u64,
-    /// Raft ticks per ReadIndex retry: a ReadIndex the leader dropped (it had
-    /// not committed in its term yet, or the message was lost) is asked again.
-    pub read_retry_ticks: u64,
+    /// Raft ticks before something raft may have dropped silently is asked
+    /// again: a ReadIndex (the leader had not committed in its term yet, or the
+    /// message was lost) and the publishing of this member's attributes.
+    pub retry_ticks: u64,
 }
 
 /// The parts of a member that its configuration gives.
@@ -170,8 +171,8 @@ pub struct StoreCore {
     waiters: HashMap<u64, Waiter>,
     /// (deadline, request id) of proposals, in proposal order; see `expire_proposals`.
     proposal_deadlines: VecDeque<(Instant, u64)>,
-    /// The leader when the last proposal was made: a timeout after a change of
-    /// leader is etcd's "possibly due to previous leader failure".
+    /// When the leader last changed: a proposal that times out after a change
+    /// of leader gets etcd's "possibly due to previous leader failure".
     leader_changed_since: Instant,
     /// This member's name and client URLs are applied in the membership.
     attributes_published: bool,
@@ -294,7 +295,7 @@ impl StoreCore {
                 self.expire_proposals();
                 self.expire_lease_forwards();
                 self.reads
-                    .requeue_older_than(self.ticks.saturating_sub(self.settings.read_retry_ticks));
+                    .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
             }
             Event::Peer(PeerEvent::Received(message)) => {
                 // Errors are messages raft does not take from this peer (unknown

@@ -34,7 +34,7 @@ use crate::peer::{self, PeerEvent, PeerTransport};
 use crate::watch::{WatchCommand, WatchPush};
 
 /// Raft ticks between ReadIndex retries (and attribute publishing attempts).
-const READ_RETRY_TICKS: u64 = 5;
+const RETRY_TICKS: u64 = 5;
 /// Events handled per pass before the Ready loop runs again (bounds latency).
 const EVENTS_PER_PASS_MAX: usize = 1024;
 
@@ -182,7 +182,7 @@ pub async fn run(
         auto_compaction: settings.auto_compaction,
         request_timeout: core::request_timeout(election_timeout),
         catch_up_entries: settings.catch_up_entries,
-        read_retry_ticks: READ_RETRY_TICKS,
+        retry_ticks: RETRY_TICKS,
     };
     let mut core = StoreCore::new(
         store_settings,

@@ -20,7 +20,7 @@ impl StoreCore {
             return;
         }
         if let Some(attempted) = self.publish_attempted_at {
-            if self.ticks < attempted + self.settings.read_retry_ticks {
+            if self.ticks < attempted + self.settings.retry_ticks {
                 return; // one attempt in flight is enough
             }
         }
