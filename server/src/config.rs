@@ -45,7 +45,8 @@ pub struct Flags {
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub advertise_client_urls: String,
 
-    /// Comma-separated URLs to listen on for peer (raft) traffic.
+    /// Comma-separated URLs to listen on for peer (raft) traffic; a member with
+    /// no peers does not listen.
     #[arg(long, default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
 
