@@ -55,34 +55,6 @@ async fn get(endpoint: &str, key: &str) -> Option<Vec<u8>> {
     response.kvs.first().map(|kv| kv.value.clone())
 }
 
-async fn hash_kv(endpoint: &str) -> Option<(u32, i64)> {
-    let mut maintenance = MaintenanceClient::new(channel(endpoint).await);
-    let response = maintenance
-        .hash_kv(pb::HashKvRequest { revision: 0 })
-        .await
-        .ok()?
-        .into_inner();
-    Some((response.hash, response.header.unwrap().revision))
-}
-
-/// Waits (bounded) until every running member reports one HashKV at one revision.
-async fn wait_converged(cluster: &Cluster) -> (u32, i64) {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let mut seen = Vec::new();
-        for index in cluster.running() {
-            seen.push(hash_kv(&cluster.endpoint(index)).await);
-        }
-        if let Some(Some(first)) = seen.first().copied() {
-            if seen.iter().all(|hash| *hash == Some(first)) {
-                return first;
-            }
-        }
-        assert!(Instant::now() < deadline, "members did not converge: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn member_list(endpoint: &str) -> pb::MemberListResponse {
     ClusterClient::new(channel(endpoint).await)
         .member_list(pb::MemberListRequest { linearizable: false })
@@ -150,7 +122,7 @@ async fn writes_on_any_member_are_read_on_every_member() {
             );
         }
     }
-    let (_, revision) = wait_converged(&cluster).await;
+    let (_, revision) = cluster.wait_converged(SETTLE_TIMEOUT).await;
     assert_eq!(revision, 61, "60 puts after the empty store's revision 1");
 
     // Every member answers with its own id and the cluster's.
@@ -337,7 +309,7 @@ async fn a_killed_leader_loses_no_acknowledged_write() {
     );
     cluster.start_members(&[leader]);
     cluster.wait_for_leader().await;
-    wait_converged(&cluster).await;
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
     let acked = acked.lock().unwrap().clone();
     for index in 0..3 {
         assert_all_present(&cluster.endpoint(index), &acked).await;
@@ -409,7 +381,7 @@ async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
     kv.put(put("w/after", "restart"))
         .await
         .expect("writes again with a quorum");
-    wait_converged(&cluster).await;
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +407,7 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
     cluster.signal(leader, libc::SIGCONT);
     let now_leading = cluster.wait_for_leader().await;
     assert_ne!(now_leading, leader, "the woken member follows the new leader");
-    wait_converged(&cluster).await;
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
     assert_eq!(get(&cluster.endpoint(leader), "w/paused").await, Some(b"1".to_vec()));
 }
 

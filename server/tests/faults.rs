@@ -30,7 +30,6 @@ use lincheck::{Budget, Event, Op, Outcome, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ringkv_proto::etcdserverpb::watch_client::WatchClient;
 use support::cluster::Cluster;
 use support::proxy::Links;
@@ -300,32 +299,6 @@ async fn run_watcher(endpoints: Vec<String>, mut done: tokio::sync::watch::Recei
     }
 }
 
-async fn hash_kv(endpoint: &str) -> Option<(u32, i64)> {
-    let response = MaintenanceClient::new(connect(endpoint).await?)
-        .hash_kv(pb::HashKvRequest { revision: 0 })
-        .await
-        .ok()?
-        .into_inner();
-    Some((response.hash, response.header?.revision))
-}
-
-async fn wait_converged(cluster: &Cluster) -> (u32, i64) {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let mut seen = Vec::new();
-        for index in cluster.running() {
-            seen.push(hash_kv(&cluster.endpoint(index)).await);
-        }
-        if let Some(Some(first)) = seen.first().copied() {
-            if seen.iter().all(|hash| *hash == Some(first)) {
-                return first;
-            }
-        }
-        assert!(Instant::now() < deadline, "members did not converge: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs `fault` against the cluster while clients keep going, then heals it.
 async fn inject(cluster: &mut Cluster, links: &Links, member_ids: &[u64], fault: Fault) {
     let leader = cluster.wait_for_leader().await;
@@ -454,7 +427,7 @@ async fn histories_stay_linearizable_under_crashes_pauses_and_restarts() {
         eprintln!("round {round}: {fault:?} done");
     }
 
-    let (_, final_revision) = wait_converged(&cluster).await;
+    let (_, final_revision) = cluster.wait_converged(SETTLE_TIMEOUT).await;
     done.send(final_revision).unwrap();
     let watched = tokio::time::timeout(SETTLE_TIMEOUT, watcher)
         .await

@@ -153,20 +153,55 @@ impl Cluster {
             .collect()
     }
 
-    /// Status of member `index`, or None if it does not answer within a second.
-    pub async fn status(&self, index: usize) -> Option<pb::StatusResponse> {
+    /// A Maintenance client for member `index` whose calls give up after
+    /// `timeout`, or None if the member does not accept a connection in a second.
+    async fn maintenance(&self, index: usize, timeout: Duration) -> Option<MaintenanceClient<Channel>> {
         let channel = Channel::from_shared(self.endpoint(index))
             .ok()?
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(1))
+            .timeout(timeout)
             .connect()
             .await
             .ok()?;
-        let response = MaintenanceClient::new(channel)
-            .status(pb::StatusRequest {})
-            .await
-            .ok()?;
+        Some(MaintenanceClient::new(channel))
+    }
+
+    /// Status of member `index`, or None if it does not answer within a second.
+    pub async fn status(&self, index: usize) -> Option<pb::StatusResponse> {
+        let mut maintenance = self.maintenance(index, Duration::from_secs(1)).await?;
+        let response = maintenance.status(pb::StatusRequest {}).await.ok()?;
         Some(response.into_inner())
+    }
+
+    /// HashKV of member `index` at its current revision, with that revision,
+    /// or None if it does not answer (hashing a large store takes a while).
+    pub async fn hash_kv(&self, index: usize) -> Option<(u32, i64)> {
+        let mut maintenance = self.maintenance(index, Duration::from_secs(10)).await?;
+        let response = maintenance
+            .hash_kv(pb::HashKvRequest { revision: 0 })
+            .await
+            .ok()?
+            .into_inner();
+        Some((response.hash, response.header?.revision))
+    }
+
+    /// Waits until every running member reports one HashKV at one revision,
+    /// failing after `within`; returns them.
+    pub async fn wait_converged(&self, within: Duration) -> (u32, i64) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            for index in self.running() {
+                seen.push(self.hash_kv(index).await);
+            }
+            if let Some(Some(first)) = seen.first().copied() {
+                if seen.iter().all(|hash| *hash == Some(first)) {
+                    return first;
+                }
+            }
+            assert!(Instant::now() < deadline, "members did not converge: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits (bounded) until every running member names the same leader, and
