@@ -61,21 +61,29 @@ impl StoreCore {
             self.forward_lease_call(client, call_id, lease_forward::Request::KeepAlive(request));
             return;
         }
-        let answer = |ttl| {
+        let response = |ttl| {
             Ok(Response::LeaseKeepAlive(pb::LeaseKeepAliveResponse {
                 header: None,
                 id: request.id,
                 ttl,
             }))
         };
-        let Some(ttl) = self.mvcc.leases().ttl(request.id) else {
-            self.reply(client, call_id, answer(0));
-            return;
+        match self.renew_lease(request.id) {
+            Some(ttl) => self.reply(client, call_id, response(ttl)),
+            None => self.lease_clock.park(request.id, ParkedKeepAlive { client, call_id }),
+        }
+    }
+
+    /// The leader renews lease `id`: its full TTL, 0 for an unknown lease, or
+    /// None for one past its deadline whose revoke is on the way.
+    fn renew_lease(&mut self, id: i64) -> Option<i64> {
+        let Some(ttl) = self.mvcc.leases().ttl(id) else {
+            return Some(0);
         };
-        match self.lease_clock.renew(Instant::now(), request.id, ttl) {
-            Renewal::Renewed(ttl) => self.reply(client, call_id, answer(ttl)),
-            Renewal::Expiring => self.lease_clock.park(request.id, ParkedKeepAlive { client, call_id }),
-            Renewal::NotLeader => unreachable!("checked above"),
+        match self.lease_clock.renew(Instant::now(), id, ttl) {
+            Renewal::Renewed(ttl) => Some(ttl),
+            Renewal::Expiring => None,
+            Renewal::NotLeader => unreachable!("only the leader renews"),
         }
     }
 
@@ -155,14 +163,7 @@ impl StoreCore {
         let result = match forward.request {
             _ if !self.lease_clock.is_leading() => lease_forward_reply::Result::NotLeader(true),
             Some(lease_forward::Request::KeepAlive(request)) => {
-                let ttl = match self.mvcc.leases().ttl(request.id) {
-                    None => 0,
-                    Some(ttl) => match self.lease_clock.renew(Instant::now(), request.id, ttl) {
-                        Renewal::Renewed(ttl) => ttl,
-                        Renewal::Expiring => 0,
-                        Renewal::NotLeader => unreachable!("checked above"),
-                    },
-                };
+                let ttl = self.renew_lease(request.id).unwrap_or(0);
                 lease_forward_reply::Result::KeepAlive(pb::LeaseKeepAliveResponse {
                     header: None,
                     id: request.id,
