@@ -132,7 +132,7 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
     let mut scratch = Vec::new();
     let mut failures = 0u64;
     loop {
-        let Some(mut stream) = connect(&addrs).await else {
+        let Some(mut stream) = connect(&addrs, hello).await else {
             failures += 1;
             // A peer that is down is logged once, then every 60th attempt.
             if failures % 60 == 1 {
@@ -145,23 +145,12 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         };
-        // Introduce the connection at once: the receiver closes a connection
-        // that stays silent past its hello timeout, and a peer may have nothing
-        // to say for a long time (a follower speaks only when spoken to).
-        out.clear();
-        frame::push_hello(&mut out, hello);
-        if let Err(error) = frame::write_all(&mut stream, &out).await {
-            tracing::info!(peer = format_args!("{:x}", hello.to), %error, "peer connection lost");
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            continue;
-        }
-        out.clear();
         if failures > 0 {
             tracing::info!(peer = format_args!("{:x}", hello.to), "peer reachable again");
         }
         failures = 0;
         backoff = BACKOFF_MIN;
+        out.clear();
         loop {
             // Wait for one message, then take whatever else is queued.
             let Some(first) = queue.recv().await else {
@@ -187,10 +176,20 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
     }
 }
 
-async fn connect(addrs: &[String]) -> Option<TcpStream> {
+/// A connection to the first of `addrs` that takes one, introduced with
+/// `hello` at once: the receiver closes a connection that stays silent past its
+/// hello timeout, and a peer may have nothing to say for a long time (a
+/// follower speaks only when spoken to). A hello that cannot be written is a
+/// failed connect.
+async fn connect(addrs: &[String], hello: Hello) -> Option<TcpStream> {
+    let mut introduction = Vec::new();
+    frame::push_hello(&mut introduction, hello);
     for addr in addrs {
-        if let Ok(stream) = TcpStream::connect_timeout(addr.as_str(), CONNECT_TIMEOUT).await {
-            let _ = stream.set_nodelay(true);
+        let Ok(mut stream) = TcpStream::connect_timeout(addr.as_str(), CONNECT_TIMEOUT).await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        if frame::write_all(&mut stream, &introduction).await.is_ok() {
             return Some(stream);
         }
     }
