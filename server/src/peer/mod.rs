@@ -12,11 +12,14 @@
 //!   pipelining appends and probes instead (raft resends what was lost).
 //! - **Reconnect**: a failed connect or write drops the queued messages, reports
 //!   the peer unreachable and retries with exponential backoff.
+//! - **Snapshots** go on a connection of their own, see [`snapshot`].
 
 mod frame;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,7 +29,9 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
+use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply};
+pub use snapshot::{received_index, received_path};
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -49,6 +54,11 @@ pub enum PeerEvent {
     LeaseForward { from: u64, forward: LeaseForward },
     /// The leader's answer to a lease call this member forwarded.
     LeaseForwardReply(LeaseForwardReply),
+    /// A snapshot stream to `to` ended; `delivered` once the peer holds the
+    /// file. The commit `txid` it was read from may be unpinned.
+    SnapshotSent { to: u64, txid: u64, delivered: bool },
+    /// A snapshot from a peer is durable at `path`; `message` is its MsgSnapshot.
+    SnapshotReceived { message: Box<Message>, path: PathBuf },
 }
 
 /// Where the transport reports; false once the store core is gone.
@@ -117,6 +127,25 @@ impl PeerTransport {
             return false;
         }
         true
+    }
+}
+
+impl PeerTransport {
+    /// Streams the commit `source` holds to peer `to` (see [`snapshot`]), with
+    /// `message` (its MsgSnapshot) at the end. Gives the source back if the peer
+    /// is unknown.
+    pub fn send_snapshot(&self, to: u64, message: Message, source: SnapshotSource) -> Result<(), SnapshotSource> {
+        let Some((urls, _)) = self.peers.get(&to) else {
+            return Err(source);
+        };
+        let hello = Hello {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            to,
+        };
+        let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
+        glommio::spawn_local(snapshot::send(hello, addrs, message, source, Rc::clone(&self.report))).detach();
+        Ok(())
     }
 }
 
@@ -205,14 +234,23 @@ async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: 
     !dropped || report(PeerEvent::Unreachable(peer))
 }
 
+/// Who this member is to its peers, and where snapshots it receives go.
+#[derive(Clone)]
+pub struct Local {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub snap_dir: PathBuf,
+}
+
 /// Accepts peer connections on `addr` until the process ends.
-pub fn listen(addr: SocketAddr, member_id: u64, cluster_id: u64, report: Report) -> std::io::Result<SocketAddr> {
+pub fn listen(addr: SocketAddr, local: Local, report: Report) -> std::io::Result<SocketAddr> {
     let listener = crate::net::listen(addr)?;
     let bound = listener.local_addr()?;
+    let local = Rc::new(local);
     glommio::spawn_local(async move {
         loop {
             let stream = crate::net::accept(&listener).await;
-            glommio::spawn_local(serve_peer(stream, member_id, cluster_id, Rc::clone(&report))).detach();
+            glommio::spawn_local(serve_peer(stream, Rc::clone(&local), Rc::clone(&report))).detach();
         }
     })
     .detach();
@@ -220,7 +258,8 @@ pub fn listen(addr: SocketAddr, member_id: u64, cluster_id: u64, report: Report)
 }
 
 /// Reads one peer's messages until the connection ends.
-async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, report: Report) {
+async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
+    let (member_id, cluster_id) = (local.member_id, local.cluster_id);
     let hello = future::or(async { Some(frame::read_hello(&mut stream).await) }, async {
         glommio::timer::sleep(HELLO_TIMEOUT).await;
         None
@@ -247,6 +286,7 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
         return;
     }
     let mut payload = Vec::new();
+    let mut receiving: Option<snapshot::Receiving> = None;
     loop {
         let event = match frame::read_message(&mut stream, &mut payload).await {
             Ok(PeerMessage::Raft(message)) if message.from == hello.from && message.to == member_id => {
@@ -265,6 +305,62 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
                 forward,
             },
             Ok(PeerMessage::LeaseForwardReply(reply)) => PeerEvent::LeaseForwardReply(reply),
+            Ok(PeerMessage::SnapshotChunk(chunk)) => {
+                let result = match &mut receiving {
+                    Some(file) => file.write(chunk).await,
+                    None if chunk.offset == 0 => match snapshot::Receiving::start(&local.snap_dir, hello.from) {
+                        Ok(file) => receiving.insert(file).write(chunk).await,
+                        Err(error) => Err(error),
+                    },
+                    None => Err(format!("snapshot starts at offset {}", chunk.offset)),
+                };
+                if let Err(error) = result {
+                    tracing::warn!(from = format_args!("{:x}", hello.from), %error, "receiving a snapshot failed");
+                    return;
+                }
+                continue;
+            }
+            Ok(PeerMessage::SnapshotEnd(end)) => {
+                let Some(file) = receiving.take() else {
+                    tracing::warn!(
+                        from = format_args!("{:x}", hello.from),
+                        "snapshot end without a snapshot"
+                    );
+                    return;
+                };
+                match file.finish(end, &local.snap_dir).await {
+                    Ok((message, path)) if message.from == hello.from && message.to == member_id => {
+                        tracing::info!(
+                            from = format_args!("{:x}", hello.from),
+                            index = message.get_snapshot().get_metadata().index,
+                            "snapshot received"
+                        );
+                        let event = PeerEvent::SnapshotReceived {
+                            message: Box::new(message),
+                            path,
+                        };
+                        if !report(event) {
+                            return;
+                        }
+                        // Raft has the message: the sender may report it delivered.
+                        if let Err(error) = snapshot::acknowledge(&mut stream).await {
+                            tracing::info!(%error, "acknowledging a snapshot failed");
+                        }
+                        return;
+                    }
+                    Ok(_) => {
+                        tracing::warn!(
+                            from = format_args!("{:x}", hello.from),
+                            "misaddressed snapshot; dropped"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(from = format_args!("{:x}", hello.from), %error, "receiving a snapshot failed");
+                        return;
+                    }
+                }
+            }
             Err(frame::FrameError::Closed) => return,
             Err(error) => {
                 tracing::warn!(from = format_args!("{:x}", hello.from), %error, "bad peer frame; closing");

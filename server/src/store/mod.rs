@@ -129,7 +129,12 @@ pub async fn run(
     // one-member servers share a machine in tests and benchmarks).
     if !opened.membership.peers_of(identity.member_id).is_empty() {
         for addr in &settings.listen_peer_addrs {
-            match peer::listen(*addr, identity.member_id, identity.cluster_id, Rc::clone(&report)) {
+            let local = peer::Local {
+                member_id: identity.member_id,
+                cluster_id: identity.cluster_id,
+                snap_dir: settings.data_dir.join(bootstrap::SNAP_DIR),
+            };
+            match peer::listen(*addr, local, Rc::clone(&report)) {
                 Ok(bound) => tracing::info!("listening for peers on http://{bound}"),
                 Err(error) => {
                     let _ = ready.send(Err(format!("cannot listen for peers on {addr}: {error}")));
@@ -183,6 +188,7 @@ pub async fn run(
         request_timeout: core::request_timeout(election_timeout),
         catch_up_entries: settings.catch_up_entries,
         retry_ticks: RETRY_TICKS,
+        data_dir: settings.data_dir.clone(),
     };
     let mut core = StoreCore::new(
         store_settings,

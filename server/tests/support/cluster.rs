@@ -153,6 +153,18 @@ impl Cluster {
             .collect()
     }
 
+    /// A counter from member `index`'s `/metrics` (counted since it started).
+    pub fn metric(&self, index: usize, name: &str) -> u64 {
+        let addr = format!("127.0.0.1:{}", self.members[index].client_port)
+            .parse()
+            .expect("an address");
+        let (status, body) = super::http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is in /metrics"))
+    }
+
     /// A Maintenance client for member `index` whose calls give up after
     /// `timeout`, or None if the member does not accept a connection in a second.
     async fn maintenance(&self, index: usize, timeout: Duration) -> Option<MaintenanceClient<Channel>> {
