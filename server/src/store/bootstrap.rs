@@ -156,7 +156,15 @@ pub async fn open(
             "using the member id stored in the WAL; identity flags apply only to a new member"
         );
     }
-    let raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
+    let mut raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
+    // Raft resumes applying after the page store's applied index, so it must
+    // start from the configuration as of that index: the page store's, once a
+    // configuration change was applied (the WAL's snapshot record may be older).
+    if let Some(bytes) = mvcc.conf_state() {
+        let conf_state = ConfState::decode(bytes)
+            .map_err(|error| inconsistent(format!("the page store's raft configuration: {error}")))?;
+        raft_log.set_conf_state(conf_state);
+    }
     let config = RaftConfig {
         id: identity.member_id,
         election_tick: election_ticks,

@@ -666,6 +666,9 @@ impl StoreCore {
             .raw
             .apply_conf_change(&change)
             .unwrap_or_else(|error| fatal(&format!("conf change refused: {error}")));
+        // Stored with the data: raft does not re-apply this entry after a restart.
+        self.mvcc.set_conf_state(conf_state.encode_to_vec());
+        self.applied_since_commit += 1;
         self.raw.mut_store().set_conf_state(conf_state);
     }
 
