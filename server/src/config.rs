@@ -80,8 +80,9 @@ pub struct Flags {
 
     /// Committed entries a member keeps in its raft log (and WAL) behind what its
     /// page store holds, so a lagging follower catches up from the log (etcd keeps
-    /// the entries of up to this many transactions between its snapshots). Only
-    /// members with peers keep any.
+    /// the entries of up to this many transactions between its snapshots); one
+    /// further behind is sent a snapshot of the page store. Only members with
+    /// peers keep any.
     #[arg(long, default_value_t = SNAPSHOT_COUNT_DEFAULT)]
     pub snapshot_count: u64,
 
