@@ -4,7 +4,8 @@
 //!   every member, and all members converge to one HashKV;
 //! - member ids, cluster id and MemberList match etcd's for the same flags;
 //! - a killed leader, a minority left alone, a paused leader: no acknowledged
-//!   write is lost, and the cluster serves again once a quorum is back;
+//!   write is lost, and the cluster serves again once a quorum is back; a
+//!   member without a leader ends the streams that require one, as etcd does;
 //! - MoveLeader hands leadership over; etcdctl's cluster commands work;
 //! - a follower behind the leader's log catches up from a streamed snapshot.
 
@@ -327,6 +328,19 @@ async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
             .await
             .expect("put");
     }
+    // Watch streams on member 0, one requiring a leader (kube-apiserver's kind).
+    let mut requiring = support::WatchSession::open_requiring_leader(&cluster.endpoint(0)).await;
+    let mut plain = support::WatchSession::open(&cluster.endpoint(0)).await;
+    for session in [&mut requiring, &mut plain] {
+        session
+            .create(pb::WatchCreateRequest {
+                key: b"w/".to_vec(),
+                range_end: support::prefix_end(b"w/"),
+                ..Default::default()
+            })
+            .await;
+        assert!(session.next().await.created);
+    }
     cluster.kill(1);
     cluster.kill(2);
     // Alone, member 0 has no quorum: a write is never acknowledged. It fails
@@ -363,6 +377,33 @@ async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
             }
         }
     }
+    // etcd ends a stream that requires a leader once none has been seen for 3
+    // election timeouts (1 s each here), and refuses a new one at once; other
+    // streams stay.
+    let ended = requiring.ended_with(SETTLE_TIMEOUT).await;
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (tonic::Code::Unavailable, "etcdserver: no leader")
+    );
+    let mut refused = support::WatchSession::open_requiring_leader(&cluster.endpoint(0)).await;
+    refused
+        .create(pb::WatchCreateRequest {
+            key: b"w/".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let refused = refused.ended_with(SETTLE_TIMEOUT).await;
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    assert!(
+        plain.next_within(Duration::from_millis(500)).await.is_none(),
+        "still open, quiet"
+    );
+    let mut leases = ringkv_proto::etcdserverpb::lease_client::LeaseClient::new(channel(&cluster.endpoint(0)).await);
+    let mut request = tonic::Request::new(pb::LeaseLeasesRequest {});
+    request.metadata_mut().insert("hasleader", "true".parse().unwrap());
+    let status = leases.lease_leases(request).await.expect_err("no leader");
+    assert_eq!(status.message(), "etcdserver: no leader");
+
     serializable.serializable = false;
     let linearizable = tokio::time::timeout(Duration::from_secs(3), kv.range(serializable)).await;
     assert!(

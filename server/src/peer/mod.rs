@@ -214,15 +214,39 @@ async fn connect(addrs: &[String], hello: Hello) -> Option<TcpStream> {
     let mut introduction = Vec::new();
     frame::push_hello(&mut introduction, hello);
     for addr in addrs {
-        let Ok(mut stream) = TcpStream::connect_timeout(addr.as_str(), CONNECT_TIMEOUT).await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        if frame::write_all(&mut stream, &introduction).await.is_ok() {
-            return Some(stream);
+        for resolved in resolve(addr).await {
+            let Ok(mut stream) = TcpStream::connect_timeout(resolved, CONNECT_TIMEOUT).await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            if frame::write_all(&mut stream, &introduction).await.is_ok() {
+                return Some(stream);
+            }
         }
     }
     None
+}
+
+/// `host:port` → its addresses. Name lookups block, so they run off the store
+/// core (an IP address resolves without a lookup); a name that does not resolve
+/// is a failed connect.
+async fn resolve(addr: &str) -> Vec<SocketAddr> {
+    if let Ok(ip) = addr.parse::<SocketAddr>() {
+        return vec![ip];
+    }
+    let addr = addr.to_string();
+    glommio::executor()
+        .spawn_blocking(move || {
+            use std::net::ToSocketAddrs;
+            match addr.to_socket_addrs() {
+                Ok(resolved) => resolved.collect(),
+                Err(error) => {
+                    tracing::debug!(%addr, %error, "peer address does not resolve");
+                    Vec::new()
+                }
+            }
+        })
+        .await
 }
 
 /// Drops what waits for an unreachable peer, telling raft. False: store core gone.

@@ -309,6 +309,8 @@ pub struct WatchSession {
     client: ringkv_proto::etcdserverpb::watch_client::WatchClient<Channel>,
     queue: Option<tokio::sync::mpsc::Receiver<ringkv_proto::etcdserverpb::WatchRequest>>,
     responses: Option<tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse>>,
+    /// Sends gRPC metadata `hasleader: true` (clientv3's `WithRequireLeader`).
+    require_leader: bool,
 }
 
 /// How long a watch response may take to arrive before the test fails.
@@ -330,21 +332,54 @@ impl WatchSession {
             client,
             queue: Some(queue),
             responses: None,
+            require_leader: false,
         }
     }
 
-    async fn responses(&mut self) -> &mut tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse> {
+    /// A session whose stream requires a leader (`hasleader: true`).
+    pub async fn open_requiring_leader(endpoint: &str) -> WatchSession {
+        WatchSession {
+            require_leader: true,
+            ..WatchSession::open(endpoint).await
+        }
+    }
+
+    /// Starts the call (once); a stream refused at once gives its status.
+    async fn start(&mut self) -> Result<(), tonic::Status> {
         if self.responses.is_none() {
             let queue = self.queue.take().expect("the call starts once");
-            let stream = tokio_stream::wrappers::ReceiverStream::new(queue);
-            let call = tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.client.watch(stream));
-            let responses = call
-                .await
-                .expect("the watch call starts in time")
-                .expect("watch stream");
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(queue));
+            if self.require_leader {
+                request.metadata_mut().insert("hasleader", "true".parse().unwrap());
+            }
+            let call = tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.client.watch(request));
+            let responses = call.await.expect("the watch call starts in time")?;
             self.responses = Some(responses.into_inner());
         }
+        Ok(())
+    }
+
+    async fn responses(&mut self) -> &mut tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse> {
+        self.start().await.expect("watch stream");
         self.responses.as_mut().unwrap()
+    }
+
+    /// The status the stream ends with, reading past any responses; fails the
+    /// test if it has not ended within `wait` or ends without an error.
+    pub async fn ended_with(&mut self, wait: Duration) -> tonic::Status {
+        let deadline = tokio::time::Instant::now() + wait;
+        if let Err(status) = self.start().await {
+            return status;
+        }
+        let responses = self.responses.as_mut().unwrap();
+        loop {
+            match tokio::time::timeout_at(deadline, responses.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => panic!("the watch stream ended without an error"),
+                Ok(Err(status)) => return status,
+                Err(_) => panic!("the watch stream did not end within {wait:?}"),
+            }
+        }
     }
 
     pub async fn send(&self, request: ringkv_proto::etcdserverpb::watch_request::RequestUnion) {
