@@ -3,7 +3,7 @@
 //! - writes on any member (followers forward) are read back linearizably on
 //!   every member, and all members converge to one HashKV;
 //! - member ids, cluster id and MemberList match etcd's for the same flags;
-//! - a killed leader, a minority left alone, a paused leader: no acknowledged
+//! - a killed leader (also two of five members), a minority left alone, a paused leader: no acknowledged
 //!   write is lost, and the cluster serves again once a quorum is back; a
 //!   member without a leader ends the streams that require one, as etcd does;
 //! - MoveLeader hands leadership over; etcdctl's cluster commands work;
@@ -314,6 +314,38 @@ async fn a_killed_leader_loses_no_acknowledged_write() {
     cluster.wait_converged(SETTLE_TIMEOUT).await;
     let acked = acked.lock().unwrap().clone();
     for index in 0..3 {
+        assert_all_present(&cluster.endpoint(index), &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_lose_two_including_the_leader_and_keep_every_write() {
+    let mut cluster = Cluster::start(5, &[]);
+    let leader = cluster.wait_for_leader().await;
+    let second = (leader + 2) % 5;
+    let acked = Acknowledged::default();
+    let stop = Instant::now() + Duration::from_secs(6);
+    let writers: Vec<_> = (0..5)
+        .map(|writer| tokio::spawn(write_until(cluster.endpoint(writer), writer, stop, Arc::clone(&acked))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = acked.lock().unwrap().len();
+    cluster.kill(leader);
+    cluster.kill(second);
+    let new_leader = cluster.wait_for_leader().await;
+    assert!(new_leader != leader && new_leader != second);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let after = acked.lock().unwrap().len();
+    assert!(
+        after > before,
+        "three of five kept accepting writes ({before} then {after})"
+    );
+    cluster.start_members(&[leader, second]);
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
+    let acked = acked.lock().unwrap().clone();
+    for index in 0..5 {
         assert_all_present(&cluster.endpoint(index), &acked).await;
     }
 }

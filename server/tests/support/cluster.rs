@@ -11,6 +11,10 @@ use tonic::transport::Channel;
 use super::proxy::{self, Links};
 use super::{free_port, Ringkv, Starting, START_TIMEOUT};
 
+/// The server's fault hook: a file holding a delay in milliseconds for every
+/// WAL write (see `server/src/store/wal_io.rs`).
+const DISK_DELAY_ENV: &str = "RINGKV_FAULT_DISK_DELAY_FILE";
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -113,7 +117,25 @@ impl Cluster {
             self.initial_cluster.clone(),
         ];
         args.extend(self.extra.iter().cloned());
-        Ringkv::spawn(&member.data_dir, &args)
+        let disk_delay = self.disk_delay_file(index);
+        Ringkv::spawn_with_env(&member.data_dir, &args, &[(DISK_DELAY_ENV, &disk_delay)])
+    }
+
+    /// Where member `index`'s WAL looks for its injected disk delay.
+    fn disk_delay_file(&self, index: usize) -> PathBuf {
+        self._dir
+            .path()
+            .join(format!("{}.disk-delay-ms", self.members[index].name))
+    }
+
+    /// Makes member `index`'s disk slow (every WAL write first waits `delay`),
+    /// or fast again with None. Takes effect at its next write.
+    pub fn slow_disk(&self, index: usize, delay: Option<Duration>) {
+        let file = self.disk_delay_file(index);
+        match delay {
+            Some(delay) => std::fs::write(&file, delay.as_millis().to_string()).expect("writes the delay"),
+            None => std::fs::remove_file(&file).expect("removes the delay"),
+        }
     }
 
     /// Starts the members at `indexes` together (a restarted member waits for a

@@ -53,11 +53,17 @@ impl Ringkv {
     /// Starts `ringkv` with `data_dir` and exactly `args` otherwise; the caller
     /// waits for it with [`Starting::ready`] (members of a cluster start together).
     pub fn spawn(data_dir: &Path, args: &[String]) -> Starting {
+        Ringkv::spawn_with_env(data_dir, args, &[])
+    }
+
+    /// `spawn` with extra environment variables (the fault suite's hooks).
+    pub fn spawn_with_env(data_dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Starting {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringkv"));
         command
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("ringkv starts");
