@@ -259,14 +259,7 @@ impl Flags {
         if self.initial_cluster_state == InitialClusterState::Existing {
             return Err(ConfigError::JoinUnsupported);
         }
-        let initial_cluster = match &self.initial_cluster {
-            Some(text) => parse_initial_cluster(text)?,
-            None => vec![InitialMember {
-                name: self.name.clone(),
-                peer_urls: peer_urls.clone(),
-            }],
-        };
-        check_self_in_cluster(&self.name, &peer_urls, &initial_cluster)?;
+        let initial_cluster = initial_cluster(&self.name, &peer_urls, self.initial_cluster.as_deref())?;
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::Zero {
                 flag: "heartbeat-interval",
@@ -358,6 +351,25 @@ fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, ConfigErro
         return Err(bad("expected http://host:port"));
     }
     Ok(url)
+}
+
+/// `--initial-cluster` for member `name` advertising `peer_urls` (this member
+/// alone when the flag is absent), checked to hold this member as etcd checks.
+/// `ringkvutl snapshot restore` takes the same flags.
+pub fn initial_cluster(
+    name: &str,
+    peer_urls: &[String],
+    text: Option<&str>,
+) -> Result<Vec<InitialMember>, ConfigError> {
+    let cluster = match text {
+        Some(text) => parse_initial_cluster(text)?,
+        None => vec![InitialMember {
+            name: name.to_string(),
+            peer_urls: peer_urls.to_vec(),
+        }],
+    };
+    check_self_in_cluster(name, peer_urls, &cluster)?;
+    Ok(cluster)
 }
 
 /// `name=url,name=url,...`; a name that repeats gathers its URLs in one member.

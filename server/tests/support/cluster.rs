@@ -71,6 +71,17 @@ impl Cluster {
         (cluster, links)
     }
 
+    /// The members' ports and (not yet existing) data directories, none
+    /// started: for data directories made another way (a snapshot restore).
+    pub fn stopped(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::new(size, extra, false)
+    }
+
+    /// The `--initial-cluster` every member starts with.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+
     fn new(size: usize, extra: &[&str], proxied: bool) -> Cluster {
         assert!(size > 0);
         let dir = tempfile::tempdir().expect("a temporary directory");
