@@ -257,6 +257,14 @@ impl StoreCore {
         mvcc.capture_changes();
         // Raft re-applies what the WAL holds past this after the start.
         let durable_applied_index = mvcc.applied_index();
+        // The page store as opened is durable: a lagging follower can be sent
+        // it before this member's first commit.
+        let mut raw = raw;
+        let store = raw.mut_store();
+        if let Some(term) = store.term_of(durable_applied_index) {
+            let conf_state = store.conf_state().clone();
+            store.set_snapshot_point(durable_applied_index, term, conf_state);
+        }
         let watchers = Watchers::new(watch_outlet.client_cores());
         StoreCore {
             settings,
