@@ -34,7 +34,8 @@ Examples:
   ringkv-bench --conns 10 --clients 100 --duration 10s watch-latency --watchers 100
   ringkv-bench --conns 10 --clients 100 --duration 10s lease-keepalive --leases 1000
   ringkv-bench --conns 10 --clients 100 --duration 10s kube --key-space-size 10000
-  ringkv-bench compare --workloads put,range --rounds 3 --duration 10s";
+  ringkv-bench compare --workloads put,range --rounds 3 --duration 10s
+  ringkv-bench ceiling --workloads put --rounds 3 --duration 10s";
 
 #[derive(Debug, Parser)]
 #[command(name = "ringkv-bench", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
@@ -57,6 +58,14 @@ pub enum Command {
     /// the rounds and the ratio. Each run lasts --duration (default 10s) or
     /// --total requests.
     Compare(CompareArgs),
+    /// ringkv vs ringkv-ceiling (a do-nothing KV endpoint on ringkv's own gRPC
+    /// layer): how close ringkv gets to what the transport and client allow.
+    ///
+    /// Runs as `compare` does, with ringkv-ceiling in etcd's place: it decodes
+    /// each KV request and answers at once, storing nothing, on the CPUs
+    /// ringkv's client cores use. Only KV rows make sense (put, put-1, range-s,
+    /// range-l, txn-put, txn-mixed, delete); other calls answer UNIMPLEMENTED.
+    Ceiling(CompareArgs),
 }
 
 #[derive(Debug, Clone, Args)]

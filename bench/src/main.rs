@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     interrupt::install(&runtime);
     let result = match &cli.command {
         Command::Workload(spec) => run_workload(&cli.global, spec, &runtime),
-        Command::Compare(args) => compare::run(&cli.global, args, &runtime),
+        Command::Compare(args) => compare::run(&cli.global, args, &runtime, compare::Baseline::Etcd),
+        Command::Ceiling(args) => compare::run(&cli.global, args, &runtime, compare::Baseline::Ceiling),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

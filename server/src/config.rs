@@ -447,7 +447,7 @@ fn check_cpu(flag: &'static str, cpu: usize, online: usize) -> Result<(), Config
 }
 
 /// Every CPU but the store's; on a single-CPU machine the store CPU is shared.
-fn default_client_cpus(store_cpu: usize, online: usize) -> Vec<usize> {
+pub fn default_client_cpus(store_cpu: usize, online: usize) -> Vec<usize> {
     let others: Vec<usize> = (0..online).filter(|&cpu| cpu != store_cpu).collect();
     if others.is_empty() {
         vec![store_cpu]

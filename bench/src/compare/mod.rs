@@ -1,16 +1,20 @@
 //! `ringkv-bench compare`: ringkv against etcd on this machine, same workload,
-//! same disk, fsync on for both.
+//! same disk, fsync on for both. `ringkv-bench ceiling`: ringkv against
+//! `ringkv-ceiling`, a do-nothing KV endpoint on ringkv's own gRPC layer, to
+//! show how close ringkv gets to what the transport and the client allow.
 //!
-//! For each row, for each round, a fresh ringkv and then a fresh etcd (A B A B
-//! ...) each get their own empty data dir under one root and free 127.0.0.1
-//! ports, serve one run, and are killed; no state carries from one run to the
-//! next. The table shows each server's median over the rounds and the ratio.
+//! For each row, for each round, a fresh ringkv and then a fresh baseline
+//! server (A B A B ...) each get their own empty data dir under one root and
+//! free 127.0.0.1 ports, serve one run, and are killed; no state carries from
+//! one run to the next. The table shows each server's median over the rounds
+//! and the ratio.
 
 mod machine;
 pub mod rows;
 mod server;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,15 +50,20 @@ pub struct CompareArgs {
     /// conns). 8 B keys and 256 B values where they apply (docs/benchmarks.md).
     #[arg(long, value_delimiter = ',', default_value = rows::DEFAULT_ROWS)]
     pub workloads: Vec<String>,
-    /// Rounds: each runs every row against a fresh ringkv, then a fresh etcd.
+    /// Rounds: each runs every row against a fresh ringkv, then a fresh etcd
+    /// (`ceiling`: ringkv-ceiling).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// The ringkv binary [default: `ringkv` next to this executable, else on PATH].
     #[arg(long)]
     pub ringkv_bin: Option<PathBuf>,
-    /// The etcd binary (a path, or a name looked up on PATH).
+    /// The etcd binary for `compare` (a path, or a name looked up on PATH).
     #[arg(long, default_value = "etcd")]
     pub etcd_bin: PathBuf,
+    /// The ringkv-ceiling binary for `ceiling` [default: next to this
+    /// executable, else on PATH].
+    #[arg(long)]
+    pub ceiling_bin: Option<PathBuf>,
     /// Where the runs' data dirs go (a new directory is made inside); put it on
     /// the disk to measure [default: a new temporary directory].
     #[arg(long)]
@@ -90,7 +99,9 @@ struct RowJson {
     clients: usize,
     unit: &'static str,
     ringkv: Option<Medians>,
-    etcd: Option<Medians>,
+    /// The baseline's medians, under its name ("etcd" or "ringkv-ceiling").
+    #[serde(flatten)]
+    baseline: BTreeMap<&'static str, Option<Medians>>,
     ratio: Option<f64>,
 }
 
@@ -98,7 +109,9 @@ struct RowJson {
 struct CompareJson<'a> {
     machine: &'a Machine,
     ringkv: &'a Binary,
-    etcd: &'a Binary,
+    /// The baseline's binary, under its name.
+    #[serde(flatten)]
+    baseline: BTreeMap<&'static str, &'a Binary>,
     rounds: usize,
     rows: Vec<RowJson>,
     runs: &'a [RunRecord],
@@ -112,22 +125,35 @@ struct Session<'a> {
     runtime: &'a Runtime,
     progress: ProgressMode,
     ringkv: Binary,
-    etcd: Binary,
+    /// etcd for `compare`, ringkv-ceiling for `ceiling`.
+    baseline_kind: ServerKind,
+    baseline: Binary,
     root: DataRoot,
     runs: Vec<RunRecord>,
     notes: Vec<String>,
 }
 
-pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime) -> Result<(), BenchError> {
+/// What ringkv is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    Etcd,
+    Ceiling,
+}
+
+pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline: Baseline) -> Result<(), BenchError> {
     if args.rounds == 0 {
         return Err(BenchError::Usage("--rounds must be at least 1".into()));
     }
     let rows = rows::resolve(&args.workloads)?;
     let ringkv_path = match &args.ringkv_bin {
         Some(path) => locate(path)?,
-        None => default_ringkv()?,
+        None => default_beside("ringkv")?,
     };
-    let etcd_path = locate(&args.etcd_bin)?;
+    let (baseline_kind, baseline_path) = match (baseline, &args.ceiling_bin) {
+        (Baseline::Etcd, _) => (ServerKind::Etcd, locate(&args.etcd_bin)?),
+        (Baseline::Ceiling, Some(path)) => (ServerKind::Ceiling, locate(path)?),
+        (Baseline::Ceiling, None) => (ServerKind::Ceiling, default_beside("ringkv-ceiling")?),
+    };
     let mut session = Session {
         global,
         args,
@@ -137,9 +163,10 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime) -> Result
             version: version_of(&ringkv_path),
             path: ringkv_path,
         },
-        etcd: Binary {
-            version: version_of(&etcd_path),
-            path: etcd_path,
+        baseline_kind,
+        baseline: Binary {
+            version: version_of(&baseline_path),
+            path: baseline_path,
         },
         root: DataRoot::create(args.data_root.as_deref(), args.keep_data)?,
         runs: Vec::new(),
@@ -174,17 +201,22 @@ impl Session<'_> {
             (Some(total), _) => format!("{total} requests"),
             (None, duration) => humantime::format_duration(duration.unwrap_or(RUN_DURATION_DEFAULT)).to_string(),
         };
+        let (command, durability) = match self.baseline_kind {
+            ServerKind::Ceiling => ("ceiling", "ringkv always; ringkv-ceiling stores nothing"),
+            _ => ("compare", "etcd default; ringkv always"),
+        };
         format!(
-            "ringkv-bench compare: {} rounds of {} ({runs} runs of {each} each, plus server starts and untimed setup)\n\
-             machine: {}\nringkv: {} ({})\netcd:   {} ({})\n\
-             each run: a fresh server on an empty data dir, fsync on (etcd default; ringkv always)",
+            "ringkv-bench {command}: {} rounds of {} ({runs} runs of {each} each, plus server starts and untimed setup)\n\
+             machine: {}\nringkv: {} ({})\n{}: {} ({})\n\
+             each run: a fresh server on an empty data dir, fsync on ({durability})",
             self.args.rounds,
             names.join(", "),
             machine.text(),
             self.ringkv.path.display(),
             self.ringkv.version,
-            self.etcd.path.display(),
-            self.etcd.version,
+            self.baseline_kind.name(),
+            self.baseline.path.display(),
+            self.baseline.version,
         )
     }
 
@@ -197,10 +229,10 @@ impl Session<'_> {
             clients,
             unit: "ops/sec",
             ringkv: Vec::new(),
-            etcd: Vec::new(),
+            baseline: Vec::new(),
         };
         for round in 1..=self.args.rounds {
-            for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
+            for kind in [ServerKind::Ringkv, self.baseline_kind] {
                 if interrupt::requested() {
                     return None;
                 }
@@ -212,7 +244,7 @@ impl Session<'_> {
                         let measured = Measured::of(&summary);
                         match kind {
                             ServerKind::Ringkv => result.ringkv.push(measured),
-                            ServerKind::Etcd => result.etcd.push(measured),
+                            _ => result.baseline.push(measured),
                         }
                         self.runs.push(RunRecord {
                             row: row.name,
@@ -235,7 +267,7 @@ impl Session<'_> {
     fn run_once(&mut self, kind: ServerKind, row: &Row, round: usize, label: &str) -> Result<Summary, BenchError> {
         let bin = match kind {
             ServerKind::Ringkv => self.ringkv.path.clone(),
-            ServerKind::Etcd => self.etcd.path.clone(),
+            _ => self.baseline.path.clone(),
         };
         let run_dir = self.root.run_dir(&format!("{}-{round}-{}", row.name, kind.name()))?;
         let mut server = Server::spawn(kind, &bin, &run_dir)?;
@@ -278,14 +310,14 @@ impl Session<'_> {
                     clients: row.clients,
                     unit: row.unit,
                     ringkv: row.ringkv_medians(),
-                    etcd: row.etcd_medians(),
+                    baseline: BTreeMap::from([(self.baseline_kind.name(), row.baseline_medians())]),
                     ratio: row.ratio(),
                 })
                 .collect();
             let report = CompareJson {
                 machine,
                 ringkv: &self.ringkv,
-                etcd: &self.etcd,
+                baseline: BTreeMap::from([(self.baseline_kind.name(), &self.baseline)]),
                 rounds: self.args.rounds,
                 rows,
                 runs: &self.runs,
@@ -296,12 +328,13 @@ impl Session<'_> {
             return Ok(());
         }
         println!("{header}\n");
-        print!("{}", table::render(results, self.args.rounds));
+        let baseline = self.baseline_kind.name();
+        print!("{}", table::render(results, self.args.rounds, baseline));
         println!(
-            "\nthroughput and latency are medians over the rounds; ratio = ringkv / etcd throughput.\n\
+            "\nthroughput and latency are medians over the rounds; ratio = ringkv / {baseline} throughput.\n\
              throughput of each run, in round order:"
         );
-        print!("{}", table::render_rounds(results));
+        print!("{}", table::render_rounds(results, baseline));
         if interrupt::requested() {
             println!("\ninterrupted: the table shows the runs that finished");
         }
@@ -378,20 +411,19 @@ impl DataRoot {
     }
 }
 
-/// `ringkv` next to this executable (cargo puts both in target/release), else
-/// on PATH.
-fn default_ringkv() -> Result<PathBuf, BenchError> {
+/// `name` (ringkv, ringkv-ceiling) next to this executable (cargo puts them
+/// all in target/release), else on PATH.
+fn default_beside(name: &str) -> Result<PathBuf, BenchError> {
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("ringkv")))
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
         .filter(|path| path.is_file());
     beside
-        .or_else(|| find_on_path("ringkv", &std::env::var_os("PATH").unwrap_or_default()))
+        .or_else(|| find_on_path(name, &std::env::var_os("PATH").unwrap_or_default()))
         .ok_or_else(|| {
-            BenchError::Usage(
-                "no ringkv next to ringkv-bench or on PATH: build it (cargo build --release) or pass --ringkv-bin"
-                    .into(),
-            )
+            BenchError::Usage(format!(
+                "no {name} next to ringkv-bench or on PATH: build it (cargo build --release) or pass --{name}-bin"
+            ))
         })
 }
 

@@ -1,6 +1,7 @@
-//! The servers `compare` starts: a fresh ringkv or etcd on free 127.0.0.1
-//! ports, with its own empty data dir, fsync on (etcd's default; ringkv always
-//! fsyncs), logging to a file next to the data dir.
+//! The servers `compare` and `ceiling` start: a fresh ringkv, etcd or
+//! ringkv-ceiling on free 127.0.0.1 ports, with its own empty data dir, fsync
+//! on (etcd's default; ringkv always fsyncs; ringkv-ceiling stores nothing),
+//! logging to a file next to the data dir.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -28,6 +29,8 @@ pub const LOG_TAIL_LINES: usize = 20;
 pub enum ServerKind {
     Ringkv,
     Etcd,
+    /// A do-nothing KV endpoint on ringkv's gRPC layer (`ringkv-ceiling`).
+    Ceiling,
 }
 
 impl ServerKind {
@@ -35,6 +38,7 @@ impl ServerKind {
         match self {
             ServerKind::Ringkv => "ringkv",
             ServerKind::Etcd => "etcd",
+            ServerKind::Ceiling => "ringkv-ceiling",
         }
     }
 
@@ -43,6 +47,9 @@ impl ServerKind {
     /// the server's default.
     pub fn args(self, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
         let client_url = format!("http://127.0.0.1:{client_port}");
+        if self == ServerKind::Ceiling {
+            return vec!["--listen-client-urls".to_string(), client_url];
+        }
         let mut args = vec![
             "--data-dir".to_string(),
             data_dir.display().to_string(),
@@ -226,6 +233,12 @@ mod tests {
             args,
             "--data-dir /d --listen-client-urls http://127.0.0.1:1000 --advertise-client-urls http://127.0.0.1:1000"
         );
+    }
+
+    #[test]
+    fn the_ceiling_gets_only_its_client_url() {
+        let args = ServerKind::Ceiling.args(Path::new("/d"), 1000, 1001).join(" ");
+        assert_eq!(args, "--listen-client-urls http://127.0.0.1:1000");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The compare table: medians over rounds per server, and ringkv/etcd ratios.
+//! The compare table: medians over rounds per server, and the ratios of ringkv
+//! over the baseline (etcd for `compare`, ringkv-ceiling for `ceiling`).
 
 use std::fmt::Write as _;
 
@@ -64,11 +65,11 @@ pub fn medians(runs: &[Measured]) -> Option<Medians> {
     })
 }
 
-/// ringkv's median throughput over etcd's; None if either has no runs or
-/// etcd did nothing.
-pub fn ratio(ringkv: Option<&Medians>, etcd: Option<&Medians>) -> Option<f64> {
-    let (ringkv, etcd) = (ringkv?, etcd?);
-    (etcd.throughput_per_sec > 0.0).then(|| ringkv.throughput_per_sec / etcd.throughput_per_sec)
+/// ringkv's median throughput over the baseline's; None if either has no
+/// runs or the baseline did nothing.
+pub fn ratio(ringkv: Option<&Medians>, baseline: Option<&Medians>) -> Option<f64> {
+    let (ringkv, baseline) = (ringkv?, baseline?);
+    (baseline.throughput_per_sec > 0.0).then(|| ringkv.throughput_per_sec / baseline.throughput_per_sec)
 }
 
 /// Every run of one row, by server.
@@ -80,7 +81,7 @@ pub struct RowResult {
     /// "writes/sec", "ops/sec" or "events/sec".
     pub unit: &'static str,
     pub ringkv: Vec<Measured>,
-    pub etcd: Vec<Measured>,
+    pub baseline: Vec<Measured>,
 }
 
 impl RowResult {
@@ -88,46 +89,46 @@ impl RowResult {
         medians(&self.ringkv)
     }
 
-    pub fn etcd_medians(&self) -> Option<Medians> {
-        medians(&self.etcd)
+    pub fn baseline_medians(&self) -> Option<Medians> {
+        medians(&self.baseline)
     }
 
     pub fn ratio(&self) -> Option<f64> {
-        ratio(self.ringkv_medians().as_ref(), self.etcd_medians().as_ref())
+        ratio(self.ringkv_medians().as_ref(), self.baseline_medians().as_ref())
     }
 }
 
-const HEADER: [&str; 8] = [
-    "workload",
-    "conns / clients",
-    "ringkv",
-    "etcd",
-    "ringkv / etcd",
-    "ringkv p50 / p99 ms",
-    "etcd p50 / p99 ms",
-    "errors ringkv / etcd",
-];
-
 /// A Markdown table (readable as is in a terminal), one line per row: median
-/// throughput of each server, the ratio, and median p50/p99 latency. A server
-/// with fewer runs than `rounds` is marked `(n of rounds runs)`.
-pub fn render(rows: &[RowResult], rounds: usize) -> String {
-    let mut lines: Vec<[String; 8]> = vec![HEADER.map(str::to_string)];
+/// throughput of ringkv and of the `baseline` server, the ratio, and median
+/// p50/p99 latency. A server with fewer runs than `rounds` is marked
+/// `(n of rounds runs)`.
+pub fn render(rows: &[RowResult], rounds: usize, baseline: &str) -> String {
+    let header = [
+        "workload".to_string(),
+        "conns / clients".to_string(),
+        "ringkv".to_string(),
+        baseline.to_string(),
+        format!("ringkv / {baseline}"),
+        "ringkv p50 / p99 ms".to_string(),
+        format!("{baseline} p50 / p99 ms"),
+        format!("errors ringkv / {baseline}"),
+    ];
+    let mut lines: Vec<[String; 8]> = vec![header];
     for row in rows {
         let ringkv = row.ringkv_medians();
-        let etcd = row.etcd_medians();
+        let other = row.baseline_medians();
         lines.push([
             row.name.clone(),
             format!("{} / {}", row.conns, row.clients),
             throughput_cell(ringkv.as_ref(), row.unit, rounds),
-            throughput_cell(etcd.as_ref(), row.unit, rounds),
+            throughput_cell(other.as_ref(), row.unit, rounds),
             row.ratio().map_or("-".to_string(), |r| format!("{r:.2}x")),
             latency_cell(ringkv.as_ref()),
-            latency_cell(etcd.as_ref()),
-            format!("{} / {}", errors_cell(ringkv.as_ref()), errors_cell(etcd.as_ref())),
+            latency_cell(other.as_ref()),
+            format!("{} / {}", errors_cell(ringkv.as_ref()), errors_cell(other.as_ref())),
         ]);
     }
-    let widths: Vec<usize> = (0..HEADER.len())
+    let widths: Vec<usize> = (0..lines[0].len())
         .map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -173,7 +174,7 @@ fn errors_cell(medians: Option<&Medians>) -> String {
 
 /// Each run's throughput, to show the spread behind the medians:
 /// `put  ringkv 12,345 12,100 12,400  etcd 4,000 4,100 3,900`.
-pub fn render_rounds(rows: &[RowResult]) -> String {
+pub fn render_rounds(rows: &[RowResult], baseline: &str) -> String {
     let list = |runs: &[Measured]| -> String {
         let values: Vec<String> = runs.iter().map(|r| fmt_rate(r.throughput_per_sec)).collect();
         if values.is_empty() {
@@ -186,10 +187,10 @@ pub fn render_rounds(rows: &[RowResult]) -> String {
     rows.iter()
         .map(|row| {
             format!(
-                "{:<width$}  ringkv {}  etcd {}\n",
+                "{:<width$}  ringkv {}  {baseline} {}\n",
                 row.name,
                 list(&row.ringkv),
-                list(&row.etcd)
+                list(&row.baseline)
             )
         })
         .collect()
@@ -208,14 +209,14 @@ mod tests {
         }
     }
 
-    fn row(ringkv: Vec<Measured>, etcd: Vec<Measured>) -> RowResult {
+    fn row(ringkv: Vec<Measured>, baseline: Vec<Measured>) -> RowResult {
         RowResult {
             name: "put".into(),
             conns: 100,
             clients: 1000,
             unit: "writes/sec",
             ringkv,
-            etcd,
+            baseline,
         }
     }
 
@@ -259,7 +260,7 @@ mod tests {
             vec![run(12_345.0, 1.5, 20.0, 0), run(12_000.0, 1.2, 25.0, 0)],
             vec![run(4_000.0, 3.0, 40.0, 0), run(4_200.0, 2.0, 50.0, 1)],
         )];
-        let table = render(&rows, 2);
+        let table = render(&rows, 2, "etcd");
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
         assert!(
@@ -278,7 +279,7 @@ mod tests {
     #[test]
     fn missing_runs_are_marked() {
         let rows = vec![row(vec![run(10.0, 1.0, 2.0, 0)], vec![])];
-        let table = render(&rows, 3);
+        let table = render(&rows, 3, "ringkv-ceiling");
         assert!(table.contains("10.0 writes/sec (1 of 3 runs)"), "{table}");
         assert!(table.contains("no run"), "{table}");
     }
@@ -286,6 +287,6 @@ mod tests {
     #[test]
     fn rounds_list_every_run() {
         let rows = vec![row(vec![run(1000.0, 1.0, 2.0, 0), run(1100.0, 1.0, 2.0, 0)], vec![])];
-        assert_eq!(render_rounds(&rows), "put  ringkv 1,000 1,100  etcd -\n");
+        assert_eq!(render_rounds(&rows, "etcd"), "put  ringkv 1,000 1,100  etcd -\n");
     }
 }
