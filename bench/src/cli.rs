@@ -1,11 +1,12 @@
 //! Command-line flags: global flags, then a workload or `compare`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::compare::CompareArgs;
-use crate::connect::normalize_endpoint;
+use crate::connect::{normalize_endpoint, Tls};
 use crate::progress::ProgressMode;
 use crate::runner::{RunOptions, Stop};
 use crate::workload::WorkloadSpec;
@@ -22,9 +23,9 @@ Benchmark an etcd v3 endpoint (ringkv or etcd): throughput and latency.
 Runs one workload against --endpoints and reports ops (or writes) per second,
 latency percentiles p50/p90/p99/p99.9/max and errors by gRPC code, or with
 `compare` starts a fresh ringkv and a fresh etcd and prints them side by side.
-Flags follow etcd's tools/benchmark where it has them.
-
-TLS (https:// endpoints, --cacert/--cert/--key) is not supported yet.";
+Flags follow etcd's tools/benchmark where it has them. TLS: https:// endpoints
+(or any endpoint, once --cacert is given) with --cacert, and --cert/--key for a
+client certificate.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -71,7 +72,8 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options (before or after the workload)")]
 pub struct GlobalArgs {
-    /// Comma-separated etcd v3 endpoints, `http://` optional (TLS: not yet).
+    /// Comma-separated etcd v3 endpoints; without a scheme, `http://` (or
+    /// `https://` with --cacert).
     /// Connections are spread over them round-robin. `compare` ignores this.
     #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     pub endpoints: Vec<String>,
@@ -103,6 +105,15 @@ pub struct GlobalArgs {
     /// No progress output on stderr.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// PEM file of the CA that signed the servers' certificates: TLS on.
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate (with --key), for servers that check clients.
+    #[arg(long, global = true)]
+    pub cert: Option<PathBuf>,
+    /// PEM key of --cert.
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -115,10 +126,17 @@ impl GlobalArgs {
         default_stop: Stop,
         label: String,
     ) -> Result<RunOptions, BenchError> {
+        let tls = match &self.cacert {
+            Some(cacert) => Some(Tls::load(cacert, self.cert.as_deref(), self.key.as_deref())?),
+            None if self.cert.is_some() || self.key.is_some() => {
+                return Err(BenchError::Usage("--cert and --key need --cacert".into()));
+            }
+            None => None,
+        };
         let endpoints = self
             .endpoints
             .iter()
-            .map(|endpoint| normalize_endpoint(endpoint))
+            .map(|endpoint| normalize_endpoint(endpoint, tls.is_some()))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(BenchError::Usage("--endpoints names no endpoint".into()));
@@ -140,6 +158,7 @@ impl GlobalArgs {
         };
         Ok(RunOptions {
             endpoints,
+            tls,
             conns,
             clients,
             stop,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-use crate::connect::connect;
+use crate::connect::{connect, Tls};
 use crate::pacing::{intended_offset, latency_us};
 use crate::progress::{Counters, Progress, ProgressMode};
 use crate::report::{Recorder, RunInfo, Summary};
@@ -41,6 +41,8 @@ pub enum Stop {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub endpoints: Vec<String>,
+    /// For `https://` endpoints.
+    pub tls: Option<Tls>,
     pub conns: usize,
     pub clients: usize,
     pub stop: Stop,
@@ -66,7 +68,13 @@ struct Shared {
 /// Connects, prepares the workload (untimed), runs it and summarizes.
 pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Summary, BenchError> {
     assert!(options.conns > 0 && options.clients > 0, "checked when parsing flags");
-    let channels = connect(&options.endpoints, options.conns, options.request_timeout).await?;
+    let channels = connect(
+        &options.endpoints,
+        options.conns,
+        options.request_timeout,
+        options.tls.as_ref(),
+    )
+    .await?;
     workload.prepare(&channels, options.progress).await?;
     if interrupt::requested() {
         return Err(BenchError::Interrupted);

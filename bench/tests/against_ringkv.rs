@@ -1,5 +1,6 @@
 //! `ringkv-bench` runs against a real `ringkv` process (and `compare` against
-//! real ringkv and etcd processes), checked through its `--json` output.
+//! real ringkv and etcd processes, and TLS against an etcd with a certificate
+//! made by `openssl`), checked through its `--json` output.
 //!
 //! cargo builds `ringkv` into the same directory as `ringkv-bench`
 //! (target/<profile>/) when it builds the workspace, as `cargo test --workspace`
@@ -355,4 +356,116 @@ fn kube_writes_lists_and_watch_events_add_up() {
     assert_eq!(count(watch, "errors"), 0, "{report}");
     let lists = report["notes"][0].as_str().unwrap();
     assert!(lists.contains("lists of 2.0 pages"), "{report}");
+}
+
+/// Runs `openssl` with `args` in `dir`; fails the test if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (Debian: apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1, in `dir`.
+fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ringkv-bench test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+#[test]
+fn tls_endpoints_are_measured_with_the_ca_given() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let port = |listener: std::net::TcpListener| listener.local_addr().unwrap().port();
+    let client_port = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let peer_port = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let endpoint = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let mut etcd = Command::new("etcd")
+        .args(["--data-dir", &path("etcd"), "--listen-client-urls", &endpoint])
+        .args(["--advertise-client-urls", &endpoint, "--listen-peer-urls", &peer])
+        .args([
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("default={peer}"),
+        ])
+        .args(["--cert-file", &path("server.pem"), "--key-file", &path("server.key")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd starts (Debian: apt-get install etcd-server)");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", client_port)).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cacert = path("ca.pem");
+    let report = bench_json(&["--endpoints", &endpoint, "--cacert", &cacert, "--total", "100", "put"]);
+    // Without a scheme, --cacert means https.
+    let plain_name = format!("127.0.0.1:{client_port}");
+    let again = bench_json(&["--endpoints", &plain_name, "--cacert", &cacert, "--total", "50", "put"]);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    assert_eq!((count(&report, "ops"), count(&report, "errors")), (100, 0), "{report}");
+    assert_eq!((count(&again, "ops"), count(&again, "errors")), (50, 0), "{again}");
 }

@@ -188,7 +188,7 @@ impl Drop for Server {
 }
 
 async fn probe(endpoint: &str) -> bool {
-    let Ok(channels) = connect(&[endpoint.to_string()], 1, PROBE_TIMEOUT).await else {
+    let Ok(channels) = connect(&[endpoint.to_string()], 1, PROBE_TIMEOUT, None).await else {
         return false;
     };
     let mut kv = kv_client(channels[0].clone());
