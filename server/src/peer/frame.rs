@@ -6,18 +6,25 @@
 //! `crc32` (crc32fast, IEEE) covers the payload. The first frame on a connection
 //! is a [`Hello`] (24 bytes); every later frame is one [`PeerMessage`]: a kind
 //! byte, then the prost encoding of a raft `Message` (kind 1), a
-//! `ringkvpb.LeaseForward` (kind 2) or a `ringkvpb.LeaseForwardReply` (kind 3).
+//! `ringkvpb.LeaseForward` (kind 2), a `ringkvpb.LeaseForwardReply` (kind 3) or
+//! a `ringkvpb.Membership` (kind 6, the answer to a membership query). Kinds 4
+//! and 5 are reserved for snapshot transfer.
+//!
+//! A membership query is a connection whose hello is all zeros ([`Hello::QUERY`]):
+//! the member answers with one kind-6 frame holding its applied membership and
+//! closes it. A member joining a running cluster asks it for its id.
 //! A frame that is too long, fails its checksum or does not decode closes the
 //! connection: the sender reconnects and raft resends what was lost.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
 use raft::eraftpb::Message;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership};
 
 const KIND_RAFT: u8 = 1;
 const KIND_LEASE_FORWARD: u8 = 2;
 const KIND_LEASE_FORWARD_REPLY: u8 = 3;
+const KIND_MEMBERSHIP: u8 = 6;
 
 /// What one frame after the hello carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +32,7 @@ pub enum PeerMessage {
     Raft(Message),
     LeaseForward(LeaseForward),
     LeaseForwardReply(LeaseForwardReply),
+    Membership(Membership),
 }
 
 /// Frame header: length then checksum.
@@ -44,6 +52,13 @@ pub struct Hello {
 
 impl Hello {
     const BYTES: usize = 24;
+
+    /// The hello of a membership query (no cluster, no member yet).
+    pub const QUERY: Hello = Hello {
+        cluster_id: 0,
+        from: 0,
+        to: 0,
+    };
 
     fn encode(self) -> [u8; Hello::BYTES] {
         let mut bytes = [0u8; Hello::BYTES];
@@ -111,6 +126,10 @@ pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMess
             scratch.push(KIND_LEASE_FORWARD_REPLY);
             reply.encode(scratch)
         }
+        PeerMessage::Membership(membership) => {
+            scratch.push(KIND_MEMBERSHIP);
+            membership.encode(scratch)
+        }
     };
     encoded.expect("a Vec grows as needed");
     push_frame(out, scratch);
@@ -157,6 +176,9 @@ pub async fn read_message<R: AsyncReadExt + Unpin>(
             .map_err(decode_error),
         Some((&KIND_LEASE_FORWARD_REPLY, body)) => LeaseForwardReply::decode(body)
             .map(PeerMessage::LeaseForwardReply)
+            .map_err(decode_error),
+        Some((&KIND_MEMBERSHIP, body)) => Membership::decode(body)
+            .map(PeerMessage::Membership)
             .map_err(decode_error),
         Some((kind, _)) => Err(FrameError::Decode(format!("unknown frame kind {kind}"))),
         None => Err(FrameError::Decode("empty frame".to_string())),

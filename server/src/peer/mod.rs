@@ -12,13 +12,18 @@
 //!   pipelining appends and probes instead (raft resends what was lost).
 //! - **Reconnect**: a failed connect or write drops the queued messages, reports
 //!   the peer unreachable and retries with exponential backoff.
+//! - **Membership queries**: the peer port also answers a connection that says
+//!   the all-zero hello with the applied membership (see [`frame`] and
+//!   [`query`]), which is how a joining member learns its id.
 
 mod frame;
+pub mod query;
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -26,7 +31,7 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership};
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -54,34 +59,92 @@ pub enum PeerEvent {
 /// Where the transport reports; false once the store core is gone.
 pub type Report = Rc<dyn Fn(PeerEvent) -> bool>;
 
-/// One member's outgoing side: a sender task per peer.
+/// Since when the connection to a peer has been up; None while it is down.
+type ActiveSince = Rc<Cell<Option<Instant>>>;
+
+/// One peer's sender task, as the transport holds it.
+struct Peer {
+    urls: Vec<String>,
+    queue: LocalSender<PeerMessage>,
+    active_since: ActiveSince,
+}
+
+/// One member's peer side: a sender task per peer, and the listeners.
 pub struct PeerTransport {
     member_id: u64,
     cluster_id: u64,
     report: Report,
-    /// Peer id → (its peer URLs, its sender task's queue).
-    peers: HashMap<u64, (Vec<String>, LocalSender<PeerMessage>)>,
+    peers: HashMap<u64, Peer>,
+    /// `--listen-peer-urls`; listened on once there is a peer (see `listen`).
+    listen_addrs: Vec<SocketAddr>,
+    listening: bool,
+    /// What membership queries are answered with.
+    membership: Rc<RefCell<Membership>>,
 }
 
 impl PeerTransport {
-    pub fn new(member_id: u64, cluster_id: u64, report: Report) -> PeerTransport {
+    pub fn new(member_id: u64, cluster_id: u64, report: Report, listen_addrs: Vec<SocketAddr>) -> PeerTransport {
         PeerTransport {
             member_id,
             cluster_id,
             report,
             peers: HashMap::new(),
+            listen_addrs,
+            listening: false,
+            membership: Rc::default(),
         }
     }
 
+    /// Listens on `--listen-peer-urls` (once); returns the bound addresses.
+    /// A member alone has no one to hear from, so the port stays free until it
+    /// has a peer (many one-member servers share a machine in tests and
+    /// benchmarks): `set_peers` calls this when the first peer comes.
+    pub fn listen(&mut self) -> Result<Vec<SocketAddr>, String> {
+        if self.listening {
+            return Ok(Vec::new());
+        }
+        let mut bound = Vec::with_capacity(self.listen_addrs.len());
+        for addr in &self.listen_addrs {
+            let listener = Listener {
+                member_id: self.member_id,
+                cluster_id: self.cluster_id,
+                report: Rc::clone(&self.report),
+                membership: Rc::clone(&self.membership),
+            };
+            let local =
+                listen(*addr, listener).map_err(|error| format!("cannot listen for peers on {addr}: {error}"))?;
+            tracing::info!("listening for peers on http://{local}");
+            bound.push(local);
+        }
+        self.listening = true;
+        Ok(bound)
+    }
+
+    /// The membership that membership queries are answered with from now on.
+    pub fn set_membership(&mut self, membership: Membership) {
+        *self.membership.borrow_mut() = membership;
+    }
+
+    /// Since when the connection to `peer` has been up (etcd's `ActiveSince`);
+    /// None if it is down or `peer` is unknown.
+    pub fn active_since(&self, peer: u64) -> Option<Instant> {
+        self.peers.get(&peer).and_then(|peer| peer.active_since.get())
+    }
+
     /// Makes the senders match `peers` (id and peer URLs, this member excluded):
-    /// new peers get a sender task, removed ones lose theirs.
+    /// new peers (or new URLs) get a sender task, removed ones lose theirs.
     pub fn set_peers(&mut self, peers: &[(u64, Vec<String>)]) {
         assert!(
             peers.iter().all(|(id, _)| *id != self.member_id),
             "no sender to oneself"
         );
+        if !peers.is_empty() && !self.listening {
+            if let Err(error) = self.listen() {
+                tracing::error!(%error, "peers cannot reach this member");
+            }
+        }
         self.peers
-            .retain(|id, (urls, _)| peers.iter().any(|(peer, peer_urls)| peer == id && peer_urls == urls));
+            .retain(|id, peer| peers.iter().any(|(other, urls)| other == id && *urls == peer.urls));
         for (id, urls) in peers {
             if self.peers.contains_key(id) {
                 continue;
@@ -93,8 +156,21 @@ impl PeerTransport {
                 to: *id,
             };
             let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
-            glommio::spawn_local(run_sender(hello, addrs, receiver, Rc::clone(&self.report))).detach();
-            self.peers.insert(*id, (urls.clone(), queue));
+            let active_since = ActiveSince::default();
+            let sender = Sender {
+                hello,
+                addrs,
+                queue: receiver,
+                report: Rc::clone(&self.report),
+                active_since: Rc::clone(&active_since),
+            };
+            glommio::spawn_local(sender.run()).detach();
+            let peer = Peer {
+                urls: urls.clone(),
+                queue,
+                active_since,
+            };
+            self.peers.insert(*id, peer);
         }
     }
 
@@ -108,7 +184,7 @@ impl PeerTransport {
 
     /// Queues `message` for peer `to`; false if it was dropped.
     pub fn send_to(&mut self, to: u64, message: PeerMessage) -> bool {
-        let Some((_, queue)) = self.peers.get(&to) else {
+        let Some(Peer { queue, .. }) = self.peers.get(&to) else {
             tracing::debug!(to = format_args!("{to:x}"), "message to an unknown peer dropped");
             return false;
         };
@@ -126,13 +202,44 @@ fn peer_addr(url: &str) -> Option<String> {
     Some(format!("{}:{}", parsed.host_str()?, parsed.port()?))
 }
 
-async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerMessage>, report: Report) {
+/// One peer's sender task: what it connects to and sends.
+struct Sender {
+    hello: Hello,
+    addrs: Vec<String>,
+    queue: LocalReceiver<PeerMessage>,
+    report: Report,
+    active_since: ActiveSince,
+}
+
+impl Sender {
+    /// Sends until the peer is removed; notes when the connection is up.
+    async fn run(self) {
+        let Sender {
+            hello,
+            addrs,
+            queue,
+            report,
+            active_since,
+        } = self;
+        run_sender(hello, addrs, queue, report, &active_since).await;
+        active_since.set(None);
+    }
+}
+
+async fn run_sender(
+    hello: Hello,
+    addrs: Vec<String>,
+    queue: LocalReceiver<PeerMessage>,
+    report: Report,
+    active_since: &Cell<Option<Instant>>,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     let mut failures = 0u64;
     loop {
         let Some(mut stream) = connect(&addrs, hello).await else {
+            active_since.set(None);
             failures += 1;
             // A peer that is down is logged once, then every 60th attempt.
             if failures % 60 == 1 {
@@ -150,6 +257,7 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
         }
         failures = 0;
         backoff = BACKOFF_MIN;
+        active_since.set(Some(Instant::now()));
         out.clear();
         loop {
             // Wait for one message, then take whatever else is queued.
@@ -165,6 +273,7 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
                 }
             }
             if let Err(error) = frame::write_all(&mut stream, &out).await {
+                active_since.set(None);
                 tracing::info!(peer = format_args!("{:x}", hello.to), %error, "peer connection lost");
                 if !report(PeerEvent::Unreachable(hello.to)) {
                     return;
@@ -205,22 +314,38 @@ async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: 
     !dropped || report(PeerEvent::Unreachable(peer))
 }
 
+/// What each accepted connection is served with.
+#[derive(Clone)]
+struct Listener {
+    member_id: u64,
+    cluster_id: u64,
+    report: Report,
+    membership: Rc<RefCell<Membership>>,
+}
+
 /// Accepts peer connections on `addr` until the process ends.
-pub fn listen(addr: SocketAddr, member_id: u64, cluster_id: u64, report: Report) -> std::io::Result<SocketAddr> {
+fn listen(addr: SocketAddr, served: Listener) -> std::io::Result<SocketAddr> {
     let listener = crate::net::listen(addr)?;
     let bound = listener.local_addr()?;
     glommio::spawn_local(async move {
         loop {
             let stream = crate::net::accept(&listener).await;
-            glommio::spawn_local(serve_peer(stream, member_id, cluster_id, Rc::clone(&report))).detach();
+            glommio::spawn_local(serve_peer(stream, served.clone())).detach();
         }
     })
     .detach();
     Ok(bound)
 }
 
-/// Reads one peer's messages until the connection ends.
-async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, report: Report) {
+/// Reads one peer's messages until the connection ends, or answers a
+/// membership query.
+async fn serve_peer(mut stream: TcpStream, served: Listener) {
+    let Listener {
+        member_id,
+        cluster_id,
+        report,
+        membership,
+    } = served;
     let hello = future::or(async { Some(frame::read_hello(&mut stream).await) }, async {
         glommio::timer::sleep(HELLO_TIMEOUT).await;
         None
@@ -237,6 +362,11 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
             return;
         }
     };
+    if hello == Hello::QUERY {
+        let answer = PeerMessage::Membership(membership.borrow().clone());
+        query::answer(&mut stream, &answer).await;
+        return;
+    }
     if hello.cluster_id != cluster_id || hello.to != member_id {
         tracing::warn!(
             from = format_args!("{:x}", hello.from),
@@ -265,6 +395,13 @@ async fn serve_peer(mut stream: TcpStream, member_id: u64, cluster_id: u64, repo
                 forward,
             },
             Ok(PeerMessage::LeaseForwardReply(reply)) => PeerEvent::LeaseForwardReply(reply),
+            Ok(PeerMessage::Membership(_)) => {
+                tracing::warn!(
+                    from = format_args!("{:x}", hello.from),
+                    "unasked membership frame; closing"
+                );
+                return;
+            }
             Err(frame::FrameError::Closed) => return,
             Err(error) => {
                 tracing::warn!(from = format_args!("{:x}", hello.from), %error, "bad peer frame; closing");
