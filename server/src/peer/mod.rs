@@ -265,14 +265,24 @@ async fn run_sender(
                 return; // the peer was removed
             };
             frame::push_message(&mut out, &mut scratch, &first);
+            // The peer's removal closes the queue: what was queued before still
+            // goes out (the last append to a removed member, see `members`).
+            let mut removed = false;
             while out.len() < BATCH_BYTES_MAX {
                 match future::poll_once(queue.recv()).await {
                     Some(Some(message)) => frame::push_message(&mut out, &mut scratch, &message),
-                    Some(None) => return,
+                    Some(None) => {
+                        removed = true;
+                        break;
+                    }
                     None => break,
                 }
             }
-            if let Err(error) = frame::write_all(&mut stream, &out).await {
+            let written = frame::write_all(&mut stream, &out).await;
+            if written.is_ok() && removed {
+                return;
+            }
+            if let Err(error) = written {
                 active_since.set(None);
                 tracing::info!(peer = format_args!("{:x}", hello.to), %error, "peer connection lost");
                 if !report(PeerEvent::Unreachable(hello.to)) {

@@ -19,8 +19,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use raft::StateRole;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message as RaftMessage, MessageType};
+use raft::{GetEntriesContext, StateRole};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext};
 
@@ -28,6 +28,7 @@ use super::{fatal, Response, StoreCore, Waiter};
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
 use crate::ids;
+use crate::peer::PeerMessage;
 use crate::store::membership::{member_to_pb, MemberChange};
 
 /// etcd's `HealthInterval`: a peer counts as active for the strict
@@ -39,6 +40,8 @@ const LEARNER_READY_FRACTION: f64 = 0.9;
 /// A member that applied its own removal keeps running this long, so that the
 /// commit reaches the others (etcd's `stopWithDelay`, 1 s).
 pub(super) const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
+/// Bytes of entries in the last append to a removed member (raft's own limit).
+const FAREWELL_BYTES_MAX: u64 = 1024 * 1024;
 /// Configuration changes waiting for this member's one in flight.
 const CONF_CHANGES_QUEUED_MAX: usize = 64;
 
@@ -203,11 +206,19 @@ impl StoreCore {
         let member_change = member_change_of(index, &change, &context);
         let result = self.membership.validate(&member_change);
         if result.is_ok() {
+            let farewell = match member_change {
+                MemberChange::Remove(id) => self.farewell_append(id),
+                _ => None,
+            };
             let conf_state = self
                 .raw
                 .apply_conf_change(&change)
                 .unwrap_or_else(|error| fatal(&format!("conf change {index} refused by raft: {error}")));
             self.raw.mut_store().set_conf_state(conf_state);
+            if let Some(farewell) = farewell {
+                // Queued before the peer's sender goes; it still sends it.
+                self.transport.send_to(farewell.to, PeerMessage::Raft(farewell));
+            }
             self.apply_membership_change(&member_change);
         } else {
             tracing::info!(index, change = ?member_change, error = ?result, "membership change refused");
@@ -216,6 +227,39 @@ impl StoreCore {
         if let Some(waiter) = self.waiters.remove(&context.request_id) {
             self.reply(waiter.client, waiter.call_id, result);
         }
+    }
+
+    /// A leader forgets a removed peer as it applies the removal, so raft would
+    /// never tell that peer the removal committed, and it would never stop.
+    /// This is the append raft would send it next: every entry it lacks, up to
+    /// the commit index, which it then applies, its removal included. (etcd
+    /// tells a removed member instead when it next calls a peer.)
+    fn farewell_append(&self, id: u64) -> Option<RaftMessage> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || id == self.settings.member_id {
+            return None;
+        }
+        let matched = raft.prs().get(id)?.matched;
+        let log = &raft.raft_log;
+        let log_term = log.term(matched).ok()?;
+        let entries = log
+            .entries(matched + 1, FAREWELL_BYTES_MAX, GetEntriesContext::empty(false))
+            .ok()?;
+        let entries: Vec<_> = entries
+            .into_iter()
+            .take_while(|entry| entry.index <= log.committed)
+            .collect();
+        Some(RaftMessage {
+            msg_type: MessageType::MsgAppend as i32,
+            to: id,
+            from: self.settings.member_id,
+            term: raft.term,
+            log_term,
+            index: matched,
+            entries,
+            commit: log.committed,
+            ..Default::default()
+        })
     }
 
     /// Applies a MemberUpdate entry.
