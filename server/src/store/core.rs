@@ -353,6 +353,11 @@ impl StoreCore {
     pub fn drive(&mut self) {
         self.publish_attributes();
         self.propose_queued_conf_changes();
+        if !self.join_peers.is_empty() && self.caught_up() {
+            // Joined: the applied membership names every peer from now on.
+            self.join_peers.clear();
+            self.membership_changed();
+        }
         // Each pass may make more ready (e.g. applying unblocks reads, persisting
         // commits entries); stop when raft has nothing or the WAL is busy.
         loop {

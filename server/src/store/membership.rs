@@ -298,21 +298,21 @@ impl Membership {
         if started == 1 && voters_after == 2 {
             return true;
         }
-        started >= voters_after / 2 + 1
+        started >= quorum(voters_after)
     }
 
     /// etcd's `IsReadyToRemoveVotingMember`: without `id`, a quorum of the
     /// remaining voters has started.
     pub fn ready_to_remove_voter(&self, id: u64) -> bool {
         let (voters, started) = self.started_voters(Some(id));
-        started >= voters / 2 + 1
+        started >= quorum(voters)
     }
 
     /// etcd's `IsReadyToPromoteMember` (3.4.23): the learner counts as a
     /// started voter of the configuration after the promotion.
     pub fn ready_to_promote(&self) -> bool {
         let (voters, started) = self.started_voters(None);
-        started + 1 >= (voters + 1) / 2 + 1
+        started + 1 >= quorum(voters + 1)
     }
 
     /// MemberList's members, in id order.
@@ -338,6 +338,11 @@ pub fn member_to_pb(member: &ringkvpb::Member) -> pb::Member {
         client_ur_ls: member.client_urls.clone(),
         is_learner: member.is_learner,
     }
+}
+
+/// A majority of `voters`.
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
 }
 
 fn sorted(urls: &[String]) -> Vec<String> {

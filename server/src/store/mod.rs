@@ -130,6 +130,12 @@ pub async fn run(
         }
     };
     let identity = opened.identity;
+    if opened.membership.is_removed(identity.member_id) {
+        let error = "the member has been permanently removed from the cluster; \
+                     its data directory must not be used again";
+        let _ = ready.send(Err(error.to_string()));
+        return;
+    }
     let (events, event_queue) = local_channel::new_unbounded();
     let events = Rc::new(events);
     let report: peer::Report = {
