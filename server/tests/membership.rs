@@ -1,7 +1,8 @@
 //! Membership changes on clusters of real `ringkv` processes on 127.0.0.1:
 //!
 //! - a learner added with etcdctl joins (`--initial-cluster-state existing`),
-//!   catches up, is promoted, and takes writes; MemberList shows each step;
+//!   catches up, is promoted (through a follower, which asks the leader), and
+//!   takes writes; MemberList shows each step;
 //! - removing a follower, then the leader: the removed members exit, the cluster
 //!   keeps taking writes;
 //! - concurrent changes all apply (raft takes one at a time); a member whose
@@ -168,8 +169,10 @@ async fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
     assert_eq!(find(&published, id).client_ur_ls, vec![learner_endpoint.clone()]);
     assert!(find(&published, id).is_learner);
 
+    // Called on a follower: it asks the leader whether the learner caught up.
+    let follower_endpoint = cluster.endpoint((leader + 1) % 3);
     let promote = ["member", "promote", &format!("{id:x}")];
-    let output = etcdctl_until_ok(&leader_endpoint, &promote, &[NOT_IN_SYNC]).await;
+    let output = etcdctl_until_ok(&follower_endpoint, &promote, &[NOT_IN_SYNC]).await;
     assert!(output.contains("promoted"), "{output}");
     for index in 0..=learner {
         wait_members(

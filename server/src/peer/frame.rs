@@ -7,8 +7,9 @@
 //! is a [`Hello`] (24 bytes); every later frame is one [`PeerMessage`]: a kind
 //! byte, then the prost encoding of a raft `Message` (kind 1), a
 //! `ringkvpb.LeaseForward` (kind 2), a `ringkvpb.LeaseForwardReply` (kind 3) or
-//! a `ringkvpb.Membership` (kind 6, the answer to a membership query). Kinds 4
-//! and 5 are reserved for snapshot transfer.
+//! a `ringkvpb.Membership` (kind 6, the answer to a membership query) or a
+//! `ringkvpb.PromoteCheck` (kind 7, a follower's MemberPromote asking the leader,
+//! and its answer). Kinds 4 and 5 are reserved for snapshot transfer.
 //!
 //! A membership query is a connection whose hello is all zeros ([`Hello::QUERY`]):
 //! the member answers with one kind-6 frame holding its applied membership and
@@ -19,12 +20,13 @@
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
 use raft::eraftpb::Message;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 
 const KIND_RAFT: u8 = 1;
 const KIND_LEASE_FORWARD: u8 = 2;
 const KIND_LEASE_FORWARD_REPLY: u8 = 3;
 const KIND_MEMBERSHIP: u8 = 6;
+const KIND_PROMOTE_CHECK: u8 = 7;
 
 /// What one frame after the hello carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +35,7 @@ pub enum PeerMessage {
     LeaseForward(LeaseForward),
     LeaseForwardReply(LeaseForwardReply),
     Membership(Membership),
+    PromoteCheck(PromoteCheck),
 }
 
 /// Frame header: length then checksum.
@@ -130,6 +133,10 @@ pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMess
             scratch.push(KIND_MEMBERSHIP);
             membership.encode(scratch)
         }
+        PeerMessage::PromoteCheck(check) => {
+            scratch.push(KIND_PROMOTE_CHECK);
+            check.encode(scratch)
+        }
     };
     encoded.expect("a Vec grows as needed");
     push_frame(out, scratch);
@@ -179,6 +186,9 @@ pub async fn read_message<R: AsyncReadExt + Unpin>(
             .map_err(decode_error),
         Some((&KIND_MEMBERSHIP, body)) => Membership::decode(body)
             .map(PeerMessage::Membership)
+            .map_err(decode_error),
+        Some((&KIND_PROMOTE_CHECK, body)) => PromoteCheck::decode(body)
+            .map(PeerMessage::PromoteCheck)
             .map_err(decode_error),
         Some((kind, _)) => Err(FrameError::Decode(format!("unknown frame kind {kind}"))),
         None => Err(FrameError::Decode("empty frame".to_string())),

@@ -31,7 +31,7 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -54,6 +54,9 @@ pub enum PeerEvent {
     LeaseForward { from: u64, forward: LeaseForward },
     /// The leader's answer to a lease call this member forwarded.
     LeaseForwardReply(LeaseForwardReply),
+    /// A follower asks this member, as the leader, whether a learner may be
+    /// promoted; or the leader's answer to this member's question.
+    PromoteCheck { from: u64, check: PromoteCheck },
 }
 
 /// Where the transport reports; false once the store core is gone.
@@ -405,6 +408,10 @@ async fn serve_peer(mut stream: TcpStream, served: Listener) {
                 forward,
             },
             Ok(PeerMessage::LeaseForwardReply(reply)) => PeerEvent::LeaseForwardReply(reply),
+            Ok(PeerMessage::PromoteCheck(check)) => PeerEvent::PromoteCheck {
+                from: hello.from,
+                check,
+            },
             Ok(PeerMessage::Membership(_)) => {
                 tracing::warn!(
                     from = format_args!("{:x}", hello.from),

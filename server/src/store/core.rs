@@ -191,6 +191,8 @@ pub struct StoreCore {
     join_peers: Vec<(u64, Vec<String>)>,
     /// Lease calls forwarded to the leader, by request id.
     lease_forwards: HashMap<u64, leases::ForwardedLeaseCall>,
+    /// MemberPromote calls waiting for the leader's verdict, by request id.
+    promote_checks: HashMap<u64, members::AskedLeaderToPromote>,
     ticks: u64,
     reads: ReadQueue,
     commit: Option<CommitInFlight>,
@@ -270,6 +272,7 @@ impl StoreCore {
             removed_at: None,
             join_peers,
             lease_forwards: HashMap::new(),
+            promote_checks: HashMap::new(),
             ticks: 0,
             reads: ReadQueue::default(),
             commit: None,
@@ -311,6 +314,7 @@ impl StoreCore {
                 self.auto_compact();
                 self.expire_proposals();
                 self.expire_lease_forwards();
+                self.expire_promote_checks();
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
             }
@@ -324,6 +328,7 @@ impl StoreCore {
             Event::Peer(PeerEvent::Unreachable(peer)) => self.raw.report_unreachable(peer),
             Event::Peer(PeerEvent::LeaseForward { from, forward }) => self.answer_lease_forward(from, forward),
             Event::Peer(PeerEvent::LeaseForwardReply(reply)) => self.finish_lease_forward(reply),
+            Event::Peer(PeerEvent::PromoteCheck { from, check }) => self.promote_check(from, check),
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {
                 if let Err(error) = result {

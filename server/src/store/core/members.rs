@@ -4,7 +4,9 @@
 //! As in etcd, the member a client calls runs the strict reconfiguration check
 //! (`mayAddMember`, `mayRemoveMember`, `mayPromoteMember`), then proposes; the
 //! change is checked against the membership (`Membership::validate`) when it is
-//! applied, on every member alike, and the caller is answered then.
+//! applied, on every member alike, and the caller is answered then. Promote is
+//! checked by the leader (only it knows how far a learner has caught up): a
+//! follower asks it with a `PromoteCheck` peer message first.
 //!
 //! Add, remove and promote are `ConfChangeV2` entries with one change, whose
 //! context is a `ringkvpb.ConfChangeContext` (request id and member). raft-rs
@@ -22,7 +24,7 @@ use prost::Message;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message as RaftMessage, MessageType};
 use raft::{GetEntriesContext, StateRole};
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext};
+use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext, PromoteCheck, PromoteVerdict};
 
 use super::{fatal, Response, StoreCore, Waiter};
 use crate::apply::ApplyError;
@@ -44,6 +46,14 @@ pub(super) const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 const FAREWELL_BYTES_MAX: u64 = 1024 * 1024;
 /// Configuration changes waiting for this member's one in flight.
 const CONF_CHANGES_QUEUED_MAX: usize = 64;
+
+/// A MemberPromote call on a follower, waiting for the leader's verdict.
+pub(super) struct AskedLeaderToPromote {
+    client: usize,
+    call_id: u64,
+    member_id: u64,
+    deadline: Instant,
+}
 
 /// A configuration change waiting to be proposed; its waiter is registered
 /// under `request_id` (and times out as any proposal does).
@@ -73,11 +83,84 @@ impl StoreCore {
         self.propose_member_change(client, call_id, result.map(|()| MemberChange::Remove(request.id)));
     }
 
-    /// Only the leader knows whether a learner has caught up; a follower
-    /// answers "not leader" (etcd forwards the call to its leader instead).
+    /// Only the leader knows whether a learner has caught up: a follower asks
+    /// it (`PromoteCheck`) and proposes once it says yes.
     pub(super) fn member_promote(&mut self, client: usize, call_id: u64, request: &pb::MemberPromoteRequest) {
+        if self.raw.raft.state != StateRole::Leader {
+            return self.ask_leader_to_promote(client, call_id, request.id);
+        }
         let result = self.may_promote_member(request.id);
         self.propose_member_change(client, call_id, result.map(|()| MemberChange::Promote(request.id)));
+    }
+
+    fn ask_leader_to_promote(&mut self, client: usize, call_id: u64, member_id: u64) {
+        let leader = self.raw.raft.leader_id;
+        let request_id = self.request_ids.next(|_| false) as u64;
+        let check = PromoteCheck {
+            request_id,
+            member_id,
+            answered: false,
+            verdict: PromoteVerdict::PromoteReady as i32,
+        };
+        if leader == raft::INVALID_ID || !self.transport.send_to(leader, PeerMessage::PromoteCheck(check)) {
+            return self.reply(client, call_id, Err(EtcdError::NoLeader));
+        }
+        let asked = AskedLeaderToPromote {
+            client,
+            call_id,
+            member_id,
+            deadline: Instant::now() + self.settings.request_timeout,
+        };
+        assert!(
+            self.promote_checks.insert(request_id, asked).is_none(),
+            "request ids are unique"
+        );
+    }
+
+    /// A follower's question (answered if this member leads) or the leader's
+    /// answer to this member's.
+    pub(super) fn promote_check(&mut self, from: u64, check: PromoteCheck) {
+        if !check.answered {
+            let verdict = match self.may_promote_member(check.member_id) {
+                Ok(()) => PromoteVerdict::PromoteReady,
+                Err(EtcdError::LearnerNotReady) => PromoteVerdict::PromoteLearnerNotReady,
+                Err(EtcdError::NotEnoughStarted) => PromoteVerdict::PromoteNotEnoughStarted,
+                Err(_) => PromoteVerdict::PromoteNotLeader,
+            };
+            let answer = PromoteCheck {
+                answered: true,
+                verdict: verdict as i32,
+                ..check
+            };
+            self.transport.send_to(from, PeerMessage::PromoteCheck(answer));
+            return;
+        }
+        let Some(asked) = self.promote_checks.remove(&check.request_id) else {
+            return; // expired meanwhile
+        };
+        let result = match PromoteVerdict::from_i32(check.verdict) {
+            Some(PromoteVerdict::PromoteReady) => Ok(MemberChange::Promote(asked.member_id)),
+            Some(PromoteVerdict::PromoteLearnerNotReady) => Err(EtcdError::LearnerNotReady),
+            Some(PromoteVerdict::PromoteNotEnoughStarted) => Err(EtcdError::NotEnoughStarted),
+            // The leader changed in between; etcd would ask the next one.
+            Some(PromoteVerdict::PromoteNotLeader) | None => Err(EtcdError::NotLeader),
+        };
+        self.propose_member_change(asked.client, asked.call_id, result);
+    }
+
+    /// Promotions whose leader did not answer within the request timeout.
+    pub(super) fn expire_promote_checks(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .promote_checks
+            .iter()
+            .filter(|(_, asked)| asked.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let asked = self.promote_checks.remove(&id).expect("listed above");
+            self.reply(asked.client, asked.call_id, Err(EtcdError::Timeout));
+        }
     }
 
     pub(super) fn member_update(&mut self, client: usize, call_id: u64, request: pb::MemberUpdateRequest) {
