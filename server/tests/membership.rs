@@ -215,6 +215,13 @@ async fn removed_members_exit_and_the_cluster_keeps_taking_writes() {
     let output = etcdctl_until_ok(&leader_endpoint, &remove, &[UNHEALTHY]).await;
     assert!(output.contains("removed from cluster"), "{output}");
     expect_exit(&mut cluster, follower);
+    // Its data directory is of a removed member: it does not serve again.
+    let restarted = cluster.spawn(follower);
+    let (_, log) = tokio::task::block_in_place(|| restarted.failed(SETTLE_TIMEOUT));
+    assert!(
+        log.contains("the member has been permanently removed from the cluster"),
+        "{log}"
+    );
     let mut kv = support::kv_client(&leader_endpoint).await;
     kv.put(put("after-follower", "1"))
         .await

@@ -33,10 +33,11 @@ pub fn discover(peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joine
     let others = cluster.iter().filter(|member| !same_urls(&member.peer_urls, peer_urls));
     for url in others.flat_map(|member| member.peer_urls.iter()) {
         match peer::query::ask(url, QUERY_TIMEOUT) {
-            Ok(answer) => {
-                let current = Membership::from_pb(answer).map_err(|error| format!("{url} answered: {error}"))?;
-                return joined(&current, peer_urls, cluster);
-            }
+            // A member that is still starting answers with no members.
+            Ok(answer) => match Membership::from_pb(answer) {
+                Ok(current) => return joined(&current, peer_urls, cluster),
+                Err(error) => failures.push(format!("{url} answered: {error}")),
+            },
             Err(error) => failures.push(format!("{url}: {error}")),
         }
     }

@@ -96,7 +96,9 @@ impl Cluster {
         }
     }
 
-    fn spawn(&self, index: usize) -> Starting {
+    /// Starts member `index` with its usual flags; wait with [`Starting::ready`]
+    /// (or [`Starting::failed`]).
+    pub fn spawn(&self, index: usize) -> Starting {
         self.spawn_with(index, &self.initial_cluster, &[])
     }
 
