@@ -41,6 +41,7 @@ pub enum EtcdError {
     Unhealthy,
     /// Not mapped by etcd 3.4's gRPC layer: clients see code Unknown.
     NotEnoughStarted,
+    NotSupportedForLearner,
 }
 
 impl EtcdError {
@@ -58,7 +59,9 @@ impl EtcdError {
             Unhealthy => Code::Unavailable,
             NotEnoughStarted => Code::Unknown,
             TooManyRequests | NoSpace => Code::ResourceExhausted,
-            NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer => Code::Unavailable,
+            NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer | NotSupportedForLearner => {
+                Code::Unavailable
+            }
         }
     }
 
@@ -97,6 +100,7 @@ impl EtcdError {
             TooManyLearners => "etcdserver: too many learner members in cluster",
             Unhealthy => "etcdserver: unhealthy cluster",
             NotEnoughStarted => "etcdserver: re-configuration failed due to not enough started members",
+            NotSupportedForLearner => "etcdserver: rpc not supported for learner",
         }
     }
 }
@@ -152,6 +156,7 @@ mod tests {
             TooManyLearners,
             Unhealthy,
             NotEnoughStarted,
+            NotSupportedForLearner,
         ];
         for error in all {
             assert!(error.message().starts_with("etcdserver: "), "{error:?}");

@@ -182,10 +182,7 @@ impl EtcdService {
     /// `require_leader`: the client sent gRPC metadata `hasleader: true`
     /// (clientv3's `WithRequireLeader`): with no leader, etcd's "no leader".
     async fn call(&self, request: Request, require_leader: bool) -> Result<Response, Status> {
-        self.store
-            .call_with(request, require_leader)
-            .await
-            .map_err(Status::from)
+        self.store.call_rpc(request, require_leader).await.map_err(Status::from)
     }
 }
 

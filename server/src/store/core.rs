@@ -426,6 +426,10 @@ impl StoreCore {
             self.reply(client, call.id, Err(EtcdError::Stopped));
             return;
         }
+        if call.client_rpc && !self.serves_client_rpc(&call.request) {
+            self.reply(client, call.id, Err(EtcdError::NotSupportedForLearner));
+            return;
+        }
         if call.require_leader && self.raw.raft.leader_id == raft::INVALID_ID {
             self.reply(client, call.id, Err(EtcdError::NoLeader));
             return;

@@ -86,6 +86,10 @@ pub struct Call {
     /// The client asked for a leader (`hasleader` metadata): with none known,
     /// the call fails with etcd's "no leader" instead of being served.
     pub require_leader: bool,
+    /// A client's etcd RPC (not the server's own call, e.g. for `/health`): on
+    /// a learner only Status and serializable Range are served, as etcd's
+    /// gRPC interceptor allows.
+    pub client_rpc: bool,
 }
 
 /// The answer to the `Call` with the same `id`.

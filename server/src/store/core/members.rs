@@ -26,7 +26,7 @@ use raft::{GetEntriesContext, StateRole};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext, PromoteCheck, PromoteVerdict};
 
-use super::{fatal, Response, StoreCore, Waiter};
+use super::{fatal, Request, Response, StoreCore, Waiter};
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
 use crate::ids;
@@ -165,6 +165,16 @@ impl StoreCore {
 
     pub(super) fn member_update(&mut self, client: usize, call_id: u64, request: pb::MemberUpdateRequest) {
         self.propose(client, call_id, raft_request::Request::MemberUpdate(request));
+    }
+
+    /// etcd's `isRPCSupportedForLearner`: a learner serves clients only Status
+    /// and serializable Range (a voter serves everything).
+    pub(super) fn serves_client_rpc(&self, request: &Request) -> bool {
+        let learner = self
+            .membership
+            .member(self.settings.member_id)
+            .is_some_and(|member| member.is_learner);
+        !learner || matches!(request, Request::Status) || matches!(request, Request::Range(range) if range.serializable)
     }
 
     /// etcd's `mayAddMember`.
