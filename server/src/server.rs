@@ -73,7 +73,14 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             member_id,
             cluster_id: initial_membership.cluster_id(),
         };
-        (identity, initial_membership, Start::New, Vec::new())
+        // A joiner's later start: until caught up, it also talks to whom the
+        // others list (see `join::current_peers`).
+        let join_peers = if config.join_existing {
+            join::current_peers(&config.peer_urls, &config.initial_cluster)
+        } else {
+            Vec::new()
+        };
+        (identity, initial_membership, Start::New, join_peers)
     };
     let client_cores = config.client_cpus.len();
     let mut call_senders = Vec::with_capacity(client_cores);

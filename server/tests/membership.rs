@@ -209,6 +209,24 @@ async fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
     assert_eq!(read.kvs[0].value, b"promoted");
     let (ok, table) = support::etcdctl_output(&learner_endpoint, "10s", &["member", "list"], None);
     assert!(ok && table.contains(&format!("{id:x}, started, m3, ")), "{table}");
+
+    // Restarted with the same flags, it starts from its WAL like any member.
+    cluster.kill(learner);
+    let restarted = cluster.spawn_joining(learner, &everyone);
+    let process = tokio::task::block_in_place(|| restarted.ready());
+    cluster.started(learner, process);
+    assert_eq!(status(&learner_endpoint).await.header.unwrap().member_id, id);
+    kv.put(put("after-restart", "yes")).await.expect("put");
+    let mut learner_kv = support::kv_client(&learner_endpoint).await;
+    let read = learner_kv
+        .range(pb::RangeRequest {
+            key: b"after-restart".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("linearizable get on the restarted member")
+        .into_inner();
+    assert_eq!(read.kvs[0].value, b"yes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,24 @@ pub fn discover(peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joine
     ))
 }
 
+/// For a joiner's later starts (its id is in its WAL): the members (id, peer
+/// URLs) the others report now, but this one, so that a joiner that stopped
+/// before its replay reached the current leader can still reach it. Best
+/// effort: empty if no one answers.
+pub fn current_peers(peer_urls: &[String], cluster: &[InitialMember]) -> Vec<(u64, Vec<String>)> {
+    let others = cluster.iter().filter(|member| !same_urls(&member.peer_urls, peer_urls));
+    for url in others.flat_map(|member| member.peer_urls.iter()) {
+        let Ok(answer) = peer::query::ask(url, QUERY_TIMEOUT) else {
+            continue;
+        };
+        if let Ok(current) = Membership::from_pb(answer) {
+            let me = current.member_with_peer_urls(peer_urls).map_or(0, |member| member.id);
+            return current.peers_of(me);
+        }
+    }
+    Vec::new()
+}
+
 /// This member's place in the cluster `current`, which `cluster`
 /// (`--initial-cluster`) must list exactly, by peer URLs.
 fn joined(current: &Membership, peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joined, String> {
