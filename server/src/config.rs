@@ -82,8 +82,9 @@ pub struct Flags {
 
     /// Committed entries a member keeps in its raft log (and WAL) behind what its
     /// page store holds, so a lagging follower catches up from the log (etcd keeps
-    /// the entries of up to this many transactions between its snapshots). Only
-    /// members with peers keep any.
+    /// the entries of up to this many transactions between its snapshots); one
+    /// further behind is sent a snapshot of the page store. Only members with
+    /// peers keep any.
     #[arg(long, default_value_t = SNAPSHOT_COUNT_DEFAULT)]
     pub snapshot_count: u64,
 
@@ -258,14 +259,7 @@ impl Flags {
             .iter()
             .map(|url| resolve_http_url("listen-peer-urls", url))
             .collect::<Result<Vec<_>, _>>()?;
-        let initial_cluster = match &self.initial_cluster {
-            Some(text) => parse_initial_cluster(text)?,
-            None => vec![InitialMember {
-                name: self.name.clone(),
-                peer_urls: peer_urls.clone(),
-            }],
-        };
-        check_self_in_cluster(&self.name, &peer_urls, &initial_cluster)?;
+        let initial_cluster = initial_cluster(&self.name, &peer_urls, self.initial_cluster.as_deref())?;
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::Zero {
                 flag: "heartbeat-interval",
@@ -358,6 +352,25 @@ fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, ConfigErro
         return Err(bad("expected http://host:port"));
     }
     Ok(url)
+}
+
+/// `--initial-cluster` for member `name` advertising `peer_urls` (this member
+/// alone when the flag is absent), checked to hold this member as etcd checks.
+/// `ringkvutl snapshot restore` takes the same flags.
+pub fn initial_cluster(
+    name: &str,
+    peer_urls: &[String],
+    text: Option<&str>,
+) -> Result<Vec<InitialMember>, ConfigError> {
+    let cluster = match text {
+        Some(text) => parse_initial_cluster(text)?,
+        None => vec![InitialMember {
+            name: name.to_string(),
+            peer_urls: peer_urls.to_vec(),
+        }],
+    };
+    check_self_in_cluster(name, peer_urls, &cluster)?;
+    Ok(cluster)
 }
 
 /// `name=url,name=url,...`; a name that repeats gathers its URLs in one member.

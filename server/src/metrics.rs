@@ -75,6 +75,10 @@ pub struct MetricsSnapshot {
     /// Proposals waiting to be applied.
     pub proposals_pending: u64,
     pub proposals_failed: u64,
+    /// Raft snapshots sent and acknowledged, failed to send, and received.
+    pub snapshots_sent: u64,
+    pub snapshots_send_failed: u64,
+    pub snapshots_received: u64,
     pub db_total_bytes: u64,
     pub db_in_use_bytes: u64,
     pub quota_backend_bytes: i64,
@@ -134,6 +138,25 @@ impl MetricsSnapshot {
             "The total number of failed proposals seen.",
             "counter",
             self.proposals_failed.to_string(),
+        );
+        // etcd labels these by peer (To / From); ringkv counts all peers together.
+        gauge(
+            "etcd_network_snapshot_send_success",
+            "Total number of successful snapshot sends",
+            "counter",
+            self.snapshots_sent.to_string(),
+        );
+        gauge(
+            "etcd_network_snapshot_send_failures",
+            "Total number of snapshot send failures",
+            "counter",
+            self.snapshots_send_failed.to_string(),
+        );
+        gauge(
+            "etcd_network_snapshot_receive_success",
+            "Total number of successful snapshot receives",
+            "counter",
+            self.snapshots_received.to_string(),
         );
         gauge(
             "etcd_server_quota_backend_bytes",

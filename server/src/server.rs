@@ -153,6 +153,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
             in_flight_calls_max: IN_FLIGHT_CALLS_PER_CLIENT_CORE,
+            election_timeout: config.heartbeat_interval * config.election_ticks as u32,
             // The first client core also serves the metrics URLs.
             metrics_addrs: if index == 0 {
                 config.listen_metrics_addrs.clone()

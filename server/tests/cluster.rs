@@ -3,9 +3,11 @@
 //! - writes on any member (followers forward) are read back linearizably on
 //!   every member, and all members converge to one HashKV;
 //! - member ids, cluster id and MemberList match etcd's for the same flags;
-//! - a killed leader, a minority left alone, a paused leader: no acknowledged
-//!   write is lost, and the cluster serves again once a quorum is back;
-//! - MoveLeader hands leadership over; etcdctl's cluster commands work.
+//! - a killed leader (also two of five members), a minority left alone, a paused leader: no acknowledged
+//!   write is lost, and the cluster serves again once a quorum is back; a
+//!   member without a leader ends the streams that require one, as etcd does;
+//! - MoveLeader hands leadership over; etcdctl's cluster commands work;
+//! - a follower behind the leader's log catches up from a streamed snapshot.
 
 mod support;
 
@@ -317,6 +319,38 @@ async fn a_killed_leader_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_lose_two_including_the_leader_and_keep_every_write() {
+    let mut cluster = Cluster::start(5, &[]);
+    let leader = cluster.wait_for_leader().await;
+    let second = (leader + 2) % 5;
+    let acked = Acknowledged::default();
+    let stop = Instant::now() + Duration::from_secs(6);
+    let writers: Vec<_> = (0..5)
+        .map(|writer| tokio::spawn(write_until(cluster.endpoint(writer), writer, stop, Arc::clone(&acked))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = acked.lock().unwrap().len();
+    cluster.kill(leader);
+    cluster.kill(second);
+    let new_leader = cluster.wait_for_leader().await;
+    assert!(new_leader != leader && new_leader != second);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let after = acked.lock().unwrap().len();
+    assert!(
+        after > before,
+        "three of five kept accepting writes ({before} then {after})"
+    );
+    cluster.start_members(&[leader, second]);
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
+    let acked = acked.lock().unwrap().clone();
+    for index in 0..5 {
+        assert_all_present(&cluster.endpoint(index), &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
     let mut cluster = Cluster::start(3, &[]);
     cluster.wait_for_leader().await;
@@ -325,6 +359,19 @@ async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
         kv.put(put(&format!("w/0/{seq:06}"), &format!("{seq}")))
             .await
             .expect("put");
+    }
+    // Watch streams on member 0, one requiring a leader (kube-apiserver's kind).
+    let mut requiring = support::WatchSession::open_requiring_leader(&cluster.endpoint(0)).await;
+    let mut plain = support::WatchSession::open(&cluster.endpoint(0)).await;
+    for session in [&mut requiring, &mut plain] {
+        session
+            .create(pb::WatchCreateRequest {
+                key: b"w/".to_vec(),
+                range_end: support::prefix_end(b"w/"),
+                ..Default::default()
+            })
+            .await;
+        assert!(session.next().await.created);
     }
     cluster.kill(1);
     cluster.kill(2);
@@ -362,6 +409,33 @@ async fn a_minority_cannot_write_and_a_full_restart_keeps_everything() {
             }
         }
     }
+    // etcd ends a stream that requires a leader once none has been seen for 3
+    // election timeouts (1 s each here), and refuses a new one at once; other
+    // streams stay.
+    let ended = requiring.ended_with(SETTLE_TIMEOUT).await;
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (tonic::Code::Unavailable, "etcdserver: no leader")
+    );
+    let mut refused = support::WatchSession::open_requiring_leader(&cluster.endpoint(0)).await;
+    refused
+        .create(pb::WatchCreateRequest {
+            key: b"w/".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let refused = refused.ended_with(SETTLE_TIMEOUT).await;
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    assert!(
+        plain.next_within(Duration::from_millis(500)).await.is_none(),
+        "still open, quiet"
+    );
+    let mut leases = ringkv_proto::etcdserverpb::lease_client::LeaseClient::new(channel(&cluster.endpoint(0)).await);
+    let mut request = tonic::Request::new(pb::LeaseLeasesRequest {});
+    request.metadata_mut().insert("hasleader", "true".parse().unwrap());
+    let status = leases.lease_leases(request).await.expect_err("no leader");
+    assert_eq!(status.message(), "etcdserver: no leader");
+
     serializable.serializable = false;
     let linearizable = tokio::time::timeout(Duration::from_secs(3), kv.range(serializable)).await;
     assert!(
@@ -546,4 +620,122 @@ async fn lease_calls_work_through_a_follower() {
         None,
     );
     assert!(ok && text.contains("keepalived with TTL(30)"), "{text}");
+}
+
+/// Every `s/` key with its value, read serializably from `endpoint`'s own store.
+async fn local_keys(endpoint: &str) -> BTreeMap<String, String> {
+    let mut kv = support::kv_client(endpoint).await;
+    let response = kv
+        .range(pb::RangeRequest {
+            key: b"s/".to_vec(),
+            range_end: support::prefix_end(b"s/"),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("serializable range")
+        .into_inner();
+    response
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key.clone()).unwrap(),
+                String::from_utf8(kv.value.clone()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_catches_up_from_a_snapshot() {
+    // Members keep 20 entries for laggards: a follower that misses hundreds of
+    // writes can only catch up from the leader's page store.
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "20"]);
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+
+    let mut kv = support::kv_client(&cluster.endpoint(leader)).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..400 {
+        let (key, value) = (format!("s/{i:04}"), format!("v{i}"));
+        kv.put(put(&key, &value)).await.expect("put");
+        expected.insert(key, value);
+    }
+    kv.delete_range(pb::DeleteRangeRequest {
+        key: b"s/0000".to_vec(),
+        range_end: b"s/0050".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    expected.retain(|key, _| key.as_str() >= "s/0050");
+    let mut leases =
+        ringkv_proto::etcdserverpb::lease_client::LeaseClient::new(channel(&cluster.endpoint(leader)).await);
+    let lease = leases
+        .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .expect("lease grant")
+        .into_inner()
+        .id;
+    kv.put(pb::PutRequest {
+        lease,
+        ..put("s/leased", "l")
+    })
+    .await
+    .expect("put with lease");
+    expected.insert("s/leased".into(), "l".into());
+    let revision = kv
+        .put(put("s/last", "x"))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    expected.insert("s/last".into(), "x".into());
+    kv.compact(pb::CompactionRequest {
+        revision: revision - 100,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    // The leader's page-store commits (every 100 ms) release its log behind them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.start_members(&[follower]);
+    let follower_endpoint = cluster.endpoint(follower);
+    assert_eq!(local_keys(&follower_endpoint).await, expected);
+    assert!(cluster.metric(follower, "etcd_network_snapshot_receive_success") >= 1);
+    assert!(cluster.metric(leader, "etcd_network_snapshot_send_success") >= 1);
+    let mut follower_leases =
+        ringkv_proto::etcdserverpb::lease_client::LeaseClient::new(channel(&follower_endpoint).await);
+    let listed = follower_leases
+        .lease_leases(pb::LeaseLeasesRequest {})
+        .await
+        .expect("lease list")
+        .into_inner();
+    assert!(
+        listed.leases.iter().any(|l| l.id == lease),
+        "the lease came with the snapshot"
+    );
+
+    // It replicates on from the snapshot: a write through it reads everywhere.
+    let mut through_follower = support::kv_client(&follower_endpoint).await;
+    through_follower
+        .put(put("s/after", "a"))
+        .await
+        .expect("put via the follower");
+    expected.insert("s/after".into(), "a".into());
+    for index in 0..3 {
+        assert_eq!(get(&cluster.endpoint(index), "s/after").await, Some(b"a".to_vec()));
+    }
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
+
+    // A crash after the install: it restarts from the installed store and WAL.
+    cluster.kill(follower);
+    cluster.start_members(&[follower]);
+    assert_eq!(local_keys(&cluster.endpoint(follower)).await, expected);
+    cluster.wait_converged(SETTLE_TIMEOUT).await;
 }

@@ -5,31 +5,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{etcdctl_output, free_port, Etcd, Ringkv};
+use support::{etcdctl_output, free_port, http_get, Etcd, Ringkv};
 
 /// etcdctl's exit status and output (see `support::etcdctl_output`).
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     etcdctl_output(endpoint, "10s", args, stdin)
-}
-
-/// One HTTP/1.1 GET over a fresh connection: (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("a response, then close");
-    let status = response[9..12].parse().expect("a status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]

@@ -12,13 +12,16 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{KeySpan, Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, StatusRequest};
+use ringkv_server::store::membership::Membership;
 use ringkv_server::store::restore::{self, RestoreError};
 use ringkv_server::store::Identity;
 use sha2::{Digest, Sha256};
+use support::cluster::Cluster;
 use support::{etcdctl_output, kv_client, Ringkv};
 
 /// etcdctl's exit status and output (see `support::etcdctl_output`); snapshot
@@ -275,15 +278,29 @@ async fn compact_defrag_and_disarm_recover_from_nospace() {
     assert_eq!(alarms.trim(), "");
 }
 
-/// `restore::restore` on a glommio executor, as `ringkvutl snapshot restore` runs it.
+/// `restore::restore` on a glommio executor, as `ringkvutl snapshot restore`
+/// runs it, with ringkv's default flags (--name default, peer URL
+/// http://localhost:2380, this member alone).
 fn restore_into(file: &std::path::Path, data_dir: &std::path::Path) -> Result<restore::SnapshotSummary, RestoreError> {
+    let peer_urls = ["http://localhost:2380".to_string()];
+    let (identity, membership) = restore::restored_member("default", &peer_urls, None, "etcd-cluster").unwrap();
+    assert_eq!(
+        (identity.member_id, identity.cluster_id),
+        (0x8e9e05c52164694d, 0xcdf818194e3a8c32),
+        "etcd's ids for these flags"
+    );
+    restore_member(file, data_dir, identity, membership)
+}
+
+fn restore_member(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    identity: Identity,
+    membership: Membership,
+) -> Result<restore::SnapshotSummary, RestoreError> {
     let (file, data_dir) = (file.to_path_buf(), data_dir.to_path_buf());
-    let identity = Identity {
-        member_id: 0x8e9e05c52164694d,
-        cluster_id: 0xcdf818194e3a8c32,
-    };
     glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move { restore::restore(&file, &data_dir, identity, false).await })
+        .spawn(move || async move { restore::restore(&file, &data_dir, identity, &membership, false).await })
         .unwrap()
         .join()
         .unwrap()
@@ -336,4 +353,53 @@ async fn a_restored_snapshot_serves_the_same_data_from_a_new_member() {
     assert_eq!(put.header.unwrap().revision, summary.revision + 1, "revisions go on");
     let (ok, leases) = etcdctl(&server.addr.to_string(), &["lease", "list"]);
     assert!(ok && leases.contains(&lease), "{leases}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_snapshot_restored_on_three_members_makes_a_cluster_with_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ringkv::start(&dir.path().join("data"), &[]);
+    let endpoint = server.addr.to_string();
+    put_all(&server.endpoint(), 0..300, 0).await;
+    let before = read_all(&server.endpoint()).await;
+    let file = dir.path().join("snapshot.db");
+    let (ok, out) = etcdctl(&endpoint, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    server.kill();
+
+    // As with etcdutl: every member from the same file, each with its own
+    // name and peer URL and the same --initial-cluster.
+    let mut cluster = Cluster::stopped(3, &[]);
+    let mut revision = 0;
+    for member in &cluster.members {
+        let (identity, membership) = restore::restored_member(
+            &member.name,
+            &[member.peer_url()],
+            Some(cluster.initial_cluster()),
+            "etcd-cluster",
+        )
+        .unwrap();
+        revision = restore_member(&file, &member.data_dir, identity, membership)
+            .expect("restore")
+            .revision;
+    }
+    cluster.start_members(&[0, 1, 2]);
+    cluster.wait_for_leader().await;
+    for index in 0..3 {
+        assert_eq!(read_all(&cluster.endpoint(index)).await, before);
+    }
+    let (ok, members) = etcdctl(&cluster.endpoint(0), &["member", "list"]);
+    assert!(ok && members.lines().count() == 3, "{members}");
+    let put = kv_client(&cluster.endpoint(1))
+        .await
+        .put(PutRequest {
+            key: b"after".to_vec(),
+            value: b"restore".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("the restored cluster takes writes")
+        .into_inner();
+    assert_eq!(put.header.unwrap().revision, revision + 1, "revisions go on");
+    cluster.wait_converged(Duration::from_secs(30)).await;
 }

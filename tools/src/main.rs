@@ -4,7 +4,8 @@
 //! - `snapshot status FILE`: checks a snapshot file (sha256 trailer, every page of
 //!   the tree) and says what it holds.
 //! - `snapshot restore FILE --data-dir DIR`: a new data directory from a snapshot
-//!   file, for a member that starts a new one-member cluster with the data.
+//!   file, for a member of a new cluster holding the data (`--initial-cluster`;
+//!   this member alone by default).
 //! - `check --data-dir DIR`: checks a stopped member's page store whole.
 
 use std::path::PathBuf;
@@ -12,9 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ringkv_engine::btree::Tree;
-use ringkv_server::ids;
 use ringkv_server::store::restore::{self, SnapshotSummary};
-use ringkv_server::store::{Identity, STORE_FILE};
+use ringkv_server::store::STORE_FILE;
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +71,11 @@ struct RestoreArgs {
     /// As `ringkv --initial-cluster-token`
     #[arg(long, default_value = "etcd-cluster")]
     initial_cluster_token: String,
+    /// The new cluster, as `ringkv --initial-cluster` (name=peer-URL pairs);
+    /// restore each member from the same snapshot with its own --name and
+    /// --initial-advertise-peer-urls [default: <name>=<initial-advertise-peer-urls>]
+    #[arg(long)]
+    initial_cluster: Option<String>,
     /// Do not check the sha256 trailer (for a copy without one)
     #[arg(long)]
     skip_hash_check: bool,
@@ -122,18 +127,21 @@ fn snapshot_restore(args: RestoreArgs) -> Result<(), String> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("{}.ringkv", args.name)));
-    let member_id = ids::member_id(&args.initial_advertise_peer_urls, &args.initial_cluster_token);
-    let identity = Identity {
-        member_id,
-        cluster_id: ids::cluster_id(&[member_id]),
-    };
+    let (identity, membership) = restore::restored_member(
+        &args.name,
+        &args.initial_advertise_peer_urls,
+        args.initial_cluster.as_deref(),
+        &args.initial_cluster_token,
+    )
+    .map_err(|error| error.to_string())?;
+    let member_id = identity.member_id;
     let file = args.file;
     let skip_hash_check = args.skip_hash_check;
     let target = data_dir.clone();
     // The WAL is written through io_uring: run on a glommio executor.
     let summary = glommio::LocalExecutorBuilder::default()
         .name("ringkvutl")
-        .spawn(move || async move { restore::restore(&file, &target, identity, skip_hash_check).await })
+        .spawn(move || async move { restore::restore(&file, &target, identity, &membership, skip_hash_check).await })
         .map_err(|error| format!("cannot start an executor (io_uring, locked memory): {error}"))?
         .join()
         .map_err(|error| format!("the restore thread failed: {error:?}"))?

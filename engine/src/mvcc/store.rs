@@ -29,9 +29,10 @@ const META_FINISHED_COMPACT_REVISION: &[u8] = b"mfinished_compact_revision";
 /// Active alarms: 12 bytes each (member id u64, alarm type i32, both big endian).
 const META_ALARMS: &[u8] = b"malarms";
 const ALARM_RECORD_BYTES: usize = 12;
-/// The cluster's membership: bytes the server encodes and decodes (the engine
-/// only stores them, in the same commits as the data they were applied with).
+/// Records the server encodes and decodes (see [`ServerRecord`]): the cluster's
+/// membership and the raft configuration, as of the applied index.
 const META_MEMBERSHIP: &[u8] = b"mmembership";
+const META_CONF_STATE: &[u8] = b"mconf_state";
 
 /// An empty store is at revision 1, so the first write gets 2 (as in etcd).
 const EMPTY_STORE_REVISION: i64 = 1;
@@ -54,9 +55,41 @@ pub struct Mvcc {
     leases: Leases,
     /// Active alarms, applied through raft and stored with the data.
     alarms: BTreeSet<Alarm>,
-    /// The server's membership record; `membership_changed` until committed.
-    membership: Option<Vec<u8>>,
-    membership_changed: bool,
+    membership: ServerRecord,
+    conf_state: ServerRecord,
+}
+
+/// Bytes the server encodes and decodes; the engine only stores them, in the
+/// same commits as the data they were applied with. Rarely changed, so written
+/// only in a commit after they changed.
+struct ServerRecord {
+    key: &'static [u8],
+    value: Option<Vec<u8>>,
+    changed: bool,
+}
+
+impl ServerRecord {
+    fn load(tree: &Tree, key: &'static [u8]) -> Result<ServerRecord, MvccError> {
+        Ok(ServerRecord {
+            key,
+            value: tree.get(key)?,
+            changed: false,
+        })
+    }
+
+    fn set(&mut self, value: Vec<u8>) {
+        self.value = Some(value);
+        self.changed = true;
+    }
+
+    fn write(&mut self, tree: &mut Tree) -> Result<(), MvccError> {
+        if self.changed {
+            let value = self.value.as_deref().expect("a changed record is set");
+            tree.insert(self.key, value)?;
+            self.changed = false;
+        }
+        Ok(())
+    }
 }
 
 /// An active alarm: a member and etcd's `AlarmType` number (1 NOSPACE, 2 CORRUPT).
@@ -81,7 +114,8 @@ impl Mvcc {
         let applied_index = u64::try_from(applied_index)
             .map_err(|_| MvccError::Corrupt(format!("negative applied index {applied_index}")))?;
         let alarms = read_alarms(&tree)?;
-        let membership = tree.get(META_MEMBERSHIP)?;
+        let membership = ServerRecord::load(&tree, META_MEMBERSHIP)?;
+        let conf_state = ServerRecord::load(&tree, META_CONF_STATE)?;
         let mut index = KeyIndex::default();
         // Tombstones whose key's earlier revisions were already removed by an
         // interrupted compaction: they only wait to be removed too.
@@ -129,7 +163,7 @@ impl Mvcc {
             leases,
             alarms,
             membership,
-            membership_changed: false,
+            conf_state,
         };
         if compact_revision > finished_compact_revision {
             store.schedule_removal(compact_revision, orphans);
@@ -391,24 +425,29 @@ impl Mvcc {
         } else {
             self.tree.insert(META_ALARMS, &alarms)?;
         }
-        // Rarely changed: written only when it was.
-        if self.membership_changed {
-            let record = self.membership.as_deref().expect("a changed membership is set");
-            self.tree.insert(META_MEMBERSHIP, record)?;
-            self.membership_changed = false;
-        }
-        Ok(())
+        self.membership.write(&mut self.tree)?;
+        self.conf_state.write(&mut self.tree)
     }
 
     /// The membership record last set (see `set_membership`), if any.
     pub fn membership(&self) -> Option<&[u8]> {
-        self.membership.as_deref()
+        self.membership.value.as_deref()
     }
 
     /// Replaces the membership record; stored by the next commit.
     pub fn set_membership(&mut self, record: Vec<u8>) {
-        self.membership = Some(record);
-        self.membership_changed = true;
+        self.membership.set(record);
+    }
+
+    /// The raft configuration record last set (see `set_conf_state`), if any.
+    pub fn conf_state(&self) -> Option<&[u8]> {
+        self.conf_state.value.as_deref()
+    }
+
+    /// Replaces the raft configuration record: the configuration as of the
+    /// applied index, stored by the next commit with that index.
+    pub fn set_conf_state(&mut self, record: Vec<u8>) {
+        self.conf_state.set(record);
     }
 
     /// Active alarms, in (member, kind) order.

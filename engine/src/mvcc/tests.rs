@@ -638,3 +638,26 @@ fn defragmenting_after_a_compaction_gives_the_space_back() {
         store.allocated_bytes()
     );
 }
+
+#[test]
+fn server_records_are_stored_with_the_commit_that_follows_their_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Mvcc::open(&path).unwrap();
+    assert_eq!((store.membership(), store.conf_state()), (None, None));
+    store.set_membership(b"members".to_vec());
+    store.set_conf_state(b"voters".to_vec());
+    drop(store);
+    let mut store = Mvcc::open(&path).unwrap();
+    assert_eq!(store.conf_state(), None, "not committed, not stored");
+    store.set_conf_state(b"voters".to_vec());
+    store.set_applied_index(7);
+    store.commit().unwrap();
+    store.set_membership(b"members".to_vec());
+    store.commit().unwrap();
+    drop(store);
+    let store = Mvcc::open(&path).unwrap();
+    assert_eq!(store.conf_state(), Some(&b"voters"[..]));
+    assert_eq!(store.membership(), Some(&b"members"[..]));
+    assert_eq!(store.applied_index(), 7);
+}

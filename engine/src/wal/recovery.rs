@@ -91,6 +91,24 @@ impl Replay {
                         ));
                     }
                 }
+                // A snapshot installed from the leader replaces this member's
+                // log: the entries replayed so far, if they do not reach the
+                // snapshot's index or disagree with it there, are from a history
+                // the snapshot supersedes (raft-rs restores only then). A release
+                // point always agrees with the entry at its index.
+                let superseded = match self.entries.last() {
+                    Some(last) if last.index < snapshot.index => true,
+                    Some(_) => self
+                        .entries
+                        .iter()
+                        .rev()
+                        .find(|entry| entry.index == snapshot.index)
+                        .is_some_and(|entry| entry.term != snapshot.term),
+                    None => false,
+                };
+                if superseded {
+                    self.entries.clear();
+                }
                 self.snapshot = Some(snapshot);
             }
             Record::Entry(entry) => {

@@ -336,6 +336,58 @@ fn raft_truncation_applies_on_replay() {
 }
 
 #[test]
+fn an_installed_snapshot_supersedes_the_entries_written_before_it() {
+    let snapshot = |index, term| {
+        Record::Snapshot(SnapshotRecord {
+            index,
+            term,
+            conf_state: b"installed".to_vec(),
+        })
+    };
+    run(async move {
+        // A release point agrees with the entry at its index: entries past it stay.
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        wal.append(&[snapshot(6, 1)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), (7..=10).collect::<Vec<_>>());
+
+        // A snapshot whose term differs at its index: the old entries past it are
+        // from a superseded history and must not come back; later entries do.
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        wal.append(&(1..=10).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        wal.append(&[snapshot(6, 3)]).await.unwrap();
+        drop(wal);
+        let (mut wal, recovered) = reopen(&dir).await.unwrap();
+        assert!(recovered.entries.is_empty(), "{:?}", indexes(&recovered));
+        assert_eq!(recovered.snapshot.as_ref().map(|s| (s.index, s.term)), Some((6, 3)));
+        wal.append(&[entry(7, 3, 10), entry(8, 3, 10)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), vec![7, 8]);
+        assert!(recovered.entries.iter().all(|e| e.term == 3));
+
+        // A snapshot past the last entry: a log that ends before it is superseded.
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        wal.append(&(1..=4).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        wal.append(&[snapshot(20, 2)]).await.unwrap();
+        drop(wal);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert!(recovered.entries.is_empty());
+    });
+}
+
+#[test]
 fn oversized_records_are_refused_without_poisoning() {
     run(async {
         let dir = SimDir::new();

@@ -5,13 +5,16 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures_lite::future;
 use ringkv_proto::etcdserverpb as pb;
 
+use super::leader_monitor::LeaderMonitor;
 use super::lease_service::{self, LeaseMethod};
 use super::snapshot;
 use super::store_client::StoreClient;
 use super::validate;
 use super::watch::{self, WatchRouter};
+use crate::etcd_error::EtcdError;
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
 
@@ -167,15 +170,36 @@ fn route(path: &str) -> Result<Method, Status> {
 pub struct EtcdService {
     store: Rc<StoreClient>,
     watches: Rc<WatchRouter>,
+    leader_monitor: Rc<LeaderMonitor>,
     max_txn_ops: usize,
 }
 
 impl EtcdService {
-    pub fn new(store: Rc<StoreClient>, watches: Rc<WatchRouter>, max_txn_ops: usize) -> EtcdService {
+    pub fn new(
+        store: Rc<StoreClient>,
+        watches: Rc<WatchRouter>,
+        leader_monitor: Rc<LeaderMonitor>,
+        max_txn_ops: usize,
+    ) -> EtcdService {
         EtcdService {
             store,
             watches,
+            leader_monitor,
             max_txn_ops,
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        method: Method,
+        requests: RequestStream,
+        responses: ResponseSink,
+    ) -> Result<(), Status> {
+        match method {
+            Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
+            Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
+            Method::Snapshot => snapshot::serve(&self.store, requests, responses).await,
+            method => unreachable!("{method:?} is unary"),
         }
     }
 
@@ -197,13 +221,10 @@ impl GrpcService for EtcdService {
     }
 
     async fn unary(&self, path: &str, request: Bytes, ctx: CallContext) -> Result<Encoded, Status> {
-        let require_leader = ctx
-            .metadata
-            .get("hasleader")
-            .is_some_and(|value| value.as_bytes() == b"true");
+        let require_leader = requires_leader(&ctx);
         let unary = match route(path)? {
             Method::Unary(unary) => unary,
-            Method::Lease(lease) => return lease_service::unary(&self.store, lease, request).await,
+            Method::Lease(lease) => return lease_service::unary(&self.store, lease, request, require_leader).await,
             Method::Watch | Method::Snapshot => unreachable!("{path} is streaming"),
         };
         let response = match unary {
@@ -304,15 +325,30 @@ impl GrpcService for EtcdService {
         path: &str,
         requests: RequestStream,
         responses: ResponseSink,
-        _ctx: CallContext,
+        ctx: CallContext,
     ) -> Result<(), Status> {
-        match route(path)? {
-            Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
-            Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
-            Method::Snapshot => snapshot::serve(&self.store, requests, responses).await,
-            method => unreachable!("{method:?} is unary"),
+        let method = route(path)?;
+        if !requires_leader(&ctx) {
+            return self.serve_stream(method, requests, responses).await;
         }
+        // etcd's stream interceptor: no stream without a leader, and the stream
+        // ends once the leader has been gone for a while (`LeaderMonitor`).
+        if !self.leader_monitor.has_leader().await {
+            return Err(Status::from(EtcdError::NoLeader));
+        }
+        future::or(self.serve_stream(method, requests, responses), async {
+            self.leader_monitor.lost().await;
+            Err(Status::from(EtcdError::NoLeader))
+        })
+        .await
     }
+}
+
+/// The client sent gRPC metadata `hasleader: true` (clientv3's `WithRequireLeader`).
+fn requires_leader(ctx: &CallContext) -> bool {
+    ctx.metadata
+        .get("hasleader")
+        .is_some_and(|value| value.as_bytes() == b"true")
 }
 
 #[cfg(test)]

@@ -43,8 +43,13 @@ impl LeaseMethod {
     }
 }
 
-/// Handles a unary Lease call.
-pub async fn unary(store: &StoreClient, method: LeaseMethod, request: Bytes) -> Result<Encoded, Status> {
+/// Handles a unary Lease call; `require_leader` as for every unary call.
+pub async fn unary(
+    store: &StoreClient,
+    method: LeaseMethod,
+    request: Bytes,
+    require_leader: bool,
+) -> Result<Encoded, Status> {
     let request = match method {
         LeaseMethod::Grant => Request::LeaseGrant(grpc::decode(request)?),
         LeaseMethod::Revoke => Request::LeaseRevoke(grpc::decode(request)?),
@@ -52,7 +57,7 @@ pub async fn unary(store: &StoreClient, method: LeaseMethod, request: Bytes) -> 
         LeaseMethod::Leases => Request::LeaseLeases(grpc::decode(request)?),
         LeaseMethod::KeepAlive => unreachable!("KeepAlive is streaming"),
     };
-    Ok(match store.call_rpc(request, false).await? {
+    Ok(match store.call_rpc(request, require_leader).await? {
         Response::LeaseGrant(response) => grpc::encode(&response),
         Response::LeaseRevoke(response) => grpc::encode(&response),
         Response::LeaseTimeToLive(response) => grpc::encode(&response),

@@ -3,6 +3,7 @@
 
 mod etcd_service;
 mod http;
+mod leader_monitor;
 mod lease_service;
 mod snapshot;
 mod store_client;
@@ -11,6 +12,7 @@ mod watch;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
@@ -18,6 +20,7 @@ use crate::net::{self, ConnectionLimits};
 use crate::store::messages::{Call, Reply};
 use crate::watch::{WatchCommand, WatchPush};
 use etcd_service::EtcdService;
+use leader_monitor::LeaderMonitor;
 use store_client::StoreClient;
 use watch::WatchRouter;
 
@@ -32,6 +35,8 @@ pub struct ClientCoreSettings {
     pub in_flight_calls_max: usize,
     /// `--listen-metrics-urls` (HTTP only), served by one client core.
     pub metrics_addrs: Vec<SocketAddr>,
+    /// `--election-timeout`: how often streams that require a leader check.
+    pub election_timeout: Duration,
 }
 
 /// Connects to the store core, waits for the addresses to listen on (sent once
@@ -82,7 +87,13 @@ pub async fn run(
         .collect();
     let _ = bound.send(Ok(addrs));
 
-    let service = Rc::new(EtcdService::new(Rc::clone(&store), watches, settings.max_txn_ops));
+    let leader_monitor = LeaderMonitor::new(Rc::clone(&store), settings.election_timeout);
+    let service = Rc::new(EtcdService::new(
+        Rc::clone(&store),
+        watches,
+        leader_monitor,
+        settings.max_txn_ops,
+    ));
     let http = Rc::new(http::EtcdHttp::new(store));
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;

@@ -6,10 +6,13 @@
 //! `crc32` (crc32fast, IEEE) covers the payload. The first frame on a connection
 //! is a [`Hello`] (24 bytes); every later frame is one [`PeerMessage`]: a kind
 //! byte, then the prost encoding of a raft `Message` (kind 1), a
-//! `ringkvpb.LeaseForward` (kind 2), a `ringkvpb.LeaseForwardReply` (kind 3) or
-//! a `ringkvpb.Membership` (kind 6, the answer to a membership query) or a
+//! `ringkvpb.LeaseForward` (kind 2), a `ringkvpb.LeaseForwardReply` (kind 3), a
+//! `ringkvpb.SnapshotChunk` (kind 4), a `ringkvpb.SnapshotEnd` (kind 5), a
+//! `ringkvpb.Membership` (kind 6, the answer to a membership query) or a
 //! `ringkvpb.PromoteCheck` (kind 7, a follower's MemberPromote asking the leader,
-//! and its answer). Kinds 4 and 5 are reserved for snapshot transfer.
+//! and its answer). Kinds 4 and 5 travel on a connection of their own, one
+//! snapshot per connection, answered by one [`SNAPSHOT_ACK`] byte once the
+//! receiver holds the file.
 //!
 //! A membership query is a connection whose hello is all zeros ([`Hello::QUERY`]):
 //! the member answers with one kind-6 frame holding its applied membership and
@@ -20,11 +23,16 @@
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
 use raft::eraftpb::Message;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck, SnapshotChunk, SnapshotEnd};
 
 const KIND_RAFT: u8 = 1;
 const KIND_LEASE_FORWARD: u8 = 2;
 const KIND_LEASE_FORWARD_REPLY: u8 = 3;
+const KIND_SNAPSHOT_CHUNK: u8 = 4;
+const KIND_SNAPSHOT_END: u8 = 5;
+/// The byte a snapshot's receiver writes back once the file is durable and its
+/// message is with raft.
+pub const SNAPSHOT_ACK: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 6;
 const KIND_PROMOTE_CHECK: u8 = 7;
 
@@ -34,6 +42,8 @@ pub enum PeerMessage {
     Raft(Message),
     LeaseForward(LeaseForward),
     LeaseForwardReply(LeaseForwardReply),
+    SnapshotChunk(SnapshotChunk),
+    SnapshotEnd(SnapshotEnd),
     Membership(Membership),
     PromoteCheck(PromoteCheck),
 }
@@ -129,6 +139,14 @@ pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMess
             scratch.push(KIND_LEASE_FORWARD_REPLY);
             reply.encode(scratch)
         }
+        PeerMessage::SnapshotChunk(chunk) => {
+            scratch.push(KIND_SNAPSHOT_CHUNK);
+            chunk.encode(scratch)
+        }
+        PeerMessage::SnapshotEnd(end) => {
+            scratch.push(KIND_SNAPSHOT_END);
+            end.encode(scratch)
+        }
         PeerMessage::Membership(membership) => {
             scratch.push(KIND_MEMBERSHIP);
             membership.encode(scratch)
@@ -184,6 +202,12 @@ pub async fn read_message<R: AsyncReadExt + Unpin>(
         Some((&KIND_LEASE_FORWARD_REPLY, body)) => LeaseForwardReply::decode(body)
             .map(PeerMessage::LeaseForwardReply)
             .map_err(decode_error),
+        Some((&KIND_SNAPSHOT_CHUNK, body)) => SnapshotChunk::decode(body)
+            .map(PeerMessage::SnapshotChunk)
+            .map_err(decode_error),
+        Some((&KIND_SNAPSHOT_END, body)) => SnapshotEnd::decode(body)
+            .map(PeerMessage::SnapshotEnd)
+            .map_err(decode_error),
         Some((&KIND_MEMBERSHIP, body)) => Membership::decode(body)
             .map(PeerMessage::Membership)
             .map_err(decode_error),
@@ -237,11 +261,24 @@ mod tests {
         let mut scratch = Vec::new();
         push_hello(&mut wire, hello);
         push_message(&mut wire, &mut scratch, &forward);
+        let chunk = PeerMessage::SnapshotChunk(SnapshotChunk {
+            offset: 4096,
+            data: vec![7; 4096],
+        });
+        let end = PeerMessage::SnapshotEnd(SnapshotEnd {
+            message: vec![1, 2, 3],
+            total_bytes: 8192,
+            crc32: 99,
+        });
+        push_message(&mut wire, &mut scratch, &chunk);
+        push_message(&mut wire, &mut scratch, &end);
         push_message(&mut wire, &mut scratch, &message);
         let mut reader = Cursor::new(wire.clone());
         assert_eq!(block_on(read_hello(&mut reader)).unwrap(), hello);
         let mut payload = Vec::new();
         assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), forward);
+        assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), chunk);
+        assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), end);
         assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), message);
         assert!(matches!(
             block_on(read_message(&mut reader, &mut payload)),
@@ -252,7 +289,9 @@ mod tests {
         wire[last] ^= 1;
         let mut reader = Cursor::new(wire);
         block_on(read_hello(&mut reader)).unwrap();
-        block_on(read_message(&mut reader, &mut payload)).unwrap();
+        for _ in 0..3 {
+            block_on(read_message(&mut reader, &mut payload)).unwrap();
+        }
         assert!(matches!(
             block_on(read_message(&mut reader, &mut payload)),
             Err(FrameError::Checksum)

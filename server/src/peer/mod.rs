@@ -12,16 +12,19 @@
 //!   pipelining appends and probes instead (raft resends what was lost).
 //! - **Reconnect**: a failed connect or write drops the queued messages, reports
 //!   the peer unreachable and retries with exponential backoff.
+//! - **Snapshots** go on a connection of their own, see [`snapshot`].
 //! - **Membership queries**: the peer port also answers a connection that says
 //!   the all-zero hello with the applied membership (see [`frame`] and
 //!   [`query`]), which is how a joining member learns its id.
 
 mod frame;
 pub mod query;
+mod snapshot;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +34,9 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
+use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
+pub use snapshot::{received_index, received_path};
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -54,6 +59,11 @@ pub enum PeerEvent {
     LeaseForward { from: u64, forward: LeaseForward },
     /// The leader's answer to a lease call this member forwarded.
     LeaseForwardReply(LeaseForwardReply),
+    /// A snapshot stream to `to` ended; `delivered` once the peer holds the
+    /// file. The commit `txid` it was read from may be unpinned.
+    SnapshotSent { to: u64, txid: u64, delivered: bool },
+    /// A snapshot from a peer is durable at `path`; `message` is its MsgSnapshot.
+    SnapshotReceived { message: Box<Message>, path: PathBuf },
     /// A follower asks this member, as the leader, whether a learner may be
     /// promoted; or the leader's answer to this member's question.
     PromoteCheck { from: u64, check: PromoteCheck },
@@ -81,12 +91,20 @@ pub struct PeerTransport {
     /// `--listen-peer-urls`; listened on once there is a peer (see `listen`).
     listen_addrs: Vec<SocketAddr>,
     listening: bool,
+    /// Where snapshots this member receives go.
+    snap_dir: PathBuf,
     /// What membership queries are answered with.
     membership: Rc<RefCell<Membership>>,
 }
 
 impl PeerTransport {
-    pub fn new(member_id: u64, cluster_id: u64, report: Report, listen_addrs: Vec<SocketAddr>) -> PeerTransport {
+    pub fn new(
+        member_id: u64,
+        cluster_id: u64,
+        report: Report,
+        listen_addrs: Vec<SocketAddr>,
+        snap_dir: PathBuf,
+    ) -> PeerTransport {
         PeerTransport {
             member_id,
             cluster_id,
@@ -94,6 +112,7 @@ impl PeerTransport {
             peers: HashMap::new(),
             listen_addrs,
             listening: false,
+            snap_dir,
             membership: Rc::default(),
         }
     }
@@ -108,16 +127,16 @@ impl PeerTransport {
         }
         let mut bound = Vec::with_capacity(self.listen_addrs.len());
         for addr in &self.listen_addrs {
-            let listener = Listener {
+            let local = Local {
                 member_id: self.member_id,
                 cluster_id: self.cluster_id,
-                report: Rc::clone(&self.report),
+                snap_dir: self.snap_dir.clone(),
                 membership: Rc::clone(&self.membership),
             };
-            let local =
-                listen(*addr, listener).map_err(|error| format!("cannot listen for peers on {addr}: {error}"))?;
-            tracing::info!("listening for peers on http://{local}");
-            bound.push(local);
+            let listening = listen(*addr, local, Rc::clone(&self.report))
+                .map_err(|error| format!("cannot listen for peers on {addr}: {error}"))?;
+            tracing::info!("listening for peers on http://{listening}");
+            bound.push(listening);
         }
         self.listening = true;
         Ok(bound)
@@ -196,6 +215,25 @@ impl PeerTransport {
             return false;
         }
         true
+    }
+}
+
+impl PeerTransport {
+    /// Streams the commit `source` holds to peer `to` (see [`snapshot`]), with
+    /// `message` (its MsgSnapshot) at the end. Gives the source back if the peer
+    /// is unknown.
+    pub fn send_snapshot(&self, to: u64, message: Message, source: SnapshotSource) -> Result<(), SnapshotSource> {
+        let Some(Peer { urls, .. }) = self.peers.get(&to) else {
+            return Err(source);
+        };
+        let hello = Hello {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            to,
+        };
+        let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
+        glommio::spawn_local(snapshot::send(hello, addrs, message, source, Rc::clone(&self.report))).detach();
+        Ok(())
     }
 }
 
@@ -307,15 +345,39 @@ async fn connect(addrs: &[String], hello: Hello) -> Option<TcpStream> {
     let mut introduction = Vec::new();
     frame::push_hello(&mut introduction, hello);
     for addr in addrs {
-        let Ok(mut stream) = TcpStream::connect_timeout(addr.as_str(), CONNECT_TIMEOUT).await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        if frame::write_all(&mut stream, &introduction).await.is_ok() {
-            return Some(stream);
+        for resolved in resolve(addr).await {
+            let Ok(mut stream) = TcpStream::connect_timeout(resolved, CONNECT_TIMEOUT).await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            if frame::write_all(&mut stream, &introduction).await.is_ok() {
+                return Some(stream);
+            }
         }
     }
     None
+}
+
+/// `host:port` → its addresses. Name lookups block, so they run off the store
+/// core (an IP address resolves without a lookup); a name that does not resolve
+/// is a failed connect.
+async fn resolve(addr: &str) -> Vec<SocketAddr> {
+    if let Ok(ip) = addr.parse::<SocketAddr>() {
+        return vec![ip];
+    }
+    let addr = addr.to_string();
+    glommio::executor()
+        .spawn_blocking(move || {
+            use std::net::ToSocketAddrs;
+            match addr.to_socket_addrs() {
+                Ok(resolved) => resolved.collect(),
+                Err(error) => {
+                    tracing::debug!(%addr, %error, "peer address does not resolve");
+                    Vec::new()
+                }
+            }
+        })
+        .await
 }
 
 /// Drops what waits for an unreachable peer, telling raft. False: store core gone.
@@ -327,23 +389,25 @@ async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: 
     !dropped || report(PeerEvent::Unreachable(peer))
 }
 
-/// What each accepted connection is served with.
+/// Who this member is to its peers, where snapshots it receives go, and what
+/// membership queries are answered with.
 #[derive(Clone)]
-struct Listener {
-    member_id: u64,
-    cluster_id: u64,
-    report: Report,
-    membership: Rc<RefCell<Membership>>,
+pub struct Local {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub snap_dir: PathBuf,
+    pub membership: Rc<RefCell<Membership>>,
 }
 
 /// Accepts peer connections on `addr` until the process ends.
-fn listen(addr: SocketAddr, served: Listener) -> std::io::Result<SocketAddr> {
+fn listen(addr: SocketAddr, local: Local, report: Report) -> std::io::Result<SocketAddr> {
     let listener = crate::net::listen(addr)?;
     let bound = listener.local_addr()?;
+    let local = Rc::new(local);
     glommio::spawn_local(async move {
         loop {
             let stream = crate::net::accept(&listener).await;
-            glommio::spawn_local(serve_peer(stream, served.clone())).detach();
+            glommio::spawn_local(serve_peer(stream, Rc::clone(&local), Rc::clone(&report))).detach();
         }
     })
     .detach();
@@ -352,13 +416,8 @@ fn listen(addr: SocketAddr, served: Listener) -> std::io::Result<SocketAddr> {
 
 /// Reads one peer's messages until the connection ends, or answers a
 /// membership query.
-async fn serve_peer(mut stream: TcpStream, served: Listener) {
-    let Listener {
-        member_id,
-        cluster_id,
-        report,
-        membership,
-    } = served;
+async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
+    let (member_id, cluster_id) = (local.member_id, local.cluster_id);
     let hello = future::or(async { Some(frame::read_hello(&mut stream).await) }, async {
         glommio::timer::sleep(HELLO_TIMEOUT).await;
         None
@@ -376,7 +435,7 @@ async fn serve_peer(mut stream: TcpStream, served: Listener) {
         }
     };
     if hello == Hello::QUERY {
-        let answer = PeerMessage::Membership(membership.borrow().clone());
+        let answer = PeerMessage::Membership(local.membership.borrow().clone());
         query::answer(&mut stream, &answer).await;
         return;
     }
@@ -390,6 +449,7 @@ async fn serve_peer(mut stream: TcpStream, served: Listener) {
         return;
     }
     let mut payload = Vec::new();
+    let mut receiving: Option<snapshot::Receiving> = None;
     loop {
         let event = match frame::read_message(&mut stream, &mut payload).await {
             Ok(PeerMessage::Raft(message)) if message.from == hello.from && message.to == member_id => {
@@ -408,6 +468,62 @@ async fn serve_peer(mut stream: TcpStream, served: Listener) {
                 forward,
             },
             Ok(PeerMessage::LeaseForwardReply(reply)) => PeerEvent::LeaseForwardReply(reply),
+            Ok(PeerMessage::SnapshotChunk(chunk)) => {
+                let result = match &mut receiving {
+                    Some(file) => file.write(chunk).await,
+                    None if chunk.offset == 0 => match snapshot::Receiving::start(&local.snap_dir, hello.from) {
+                        Ok(file) => receiving.insert(file).write(chunk).await,
+                        Err(error) => Err(error),
+                    },
+                    None => Err(format!("snapshot starts at offset {}", chunk.offset)),
+                };
+                if let Err(error) = result {
+                    tracing::warn!(from = format_args!("{:x}", hello.from), %error, "receiving a snapshot failed");
+                    return;
+                }
+                continue;
+            }
+            Ok(PeerMessage::SnapshotEnd(end)) => {
+                let Some(file) = receiving.take() else {
+                    tracing::warn!(
+                        from = format_args!("{:x}", hello.from),
+                        "snapshot end without a snapshot"
+                    );
+                    return;
+                };
+                match file.finish(end, &local.snap_dir).await {
+                    Ok((message, path)) if message.from == hello.from && message.to == member_id => {
+                        tracing::info!(
+                            from = format_args!("{:x}", hello.from),
+                            index = message.get_snapshot().get_metadata().index,
+                            "snapshot received"
+                        );
+                        let event = PeerEvent::SnapshotReceived {
+                            message: Box::new(message),
+                            path,
+                        };
+                        if !report(event) {
+                            return;
+                        }
+                        // Raft has the message: the sender may report it delivered.
+                        if let Err(error) = snapshot::acknowledge(&mut stream).await {
+                            tracing::info!(%error, "acknowledging a snapshot failed");
+                        }
+                        return;
+                    }
+                    Ok(_) => {
+                        tracing::warn!(
+                            from = format_args!("{:x}", hello.from),
+                            "misaddressed snapshot; dropped"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(from = format_args!("{:x}", hello.from), %error, "receiving a snapshot failed");
+                        return;
+                    }
+                }
+            }
             Ok(PeerMessage::PromoteCheck(check)) => PeerEvent::PromoteCheck {
                 from: hello.from,
                 check,

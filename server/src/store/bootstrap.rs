@@ -4,6 +4,8 @@
 //! Layout of the data directory:
 //! - `wal/`: WAL segments (the raft log), see docs/wal-format.md
 //! - `store.db`: the page store holding MVCC, see docs/page-format.md
+//! - `snap/`: raft snapshots received from the leader (`<from>.part` while
+//!   arriving, `snapshot-<index>.db` once complete), see `install_interrupted`
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,7 @@ use super::wal_io;
 /// The page store's file and the WAL's directory in a data directory.
 pub const STORE_FILE: &str = "store.db";
 pub(super) const WAL_DIR: &str = "wal";
+pub(super) const SNAP_DIR: &str = "snap";
 
 /// raft ticks per heartbeat: one tick is `--heartbeat-interval`.
 const HEARTBEAT_TICKS: usize = 1;
@@ -126,6 +129,18 @@ pub async fn open(
     } else {
         None
     };
+    if let Some((_, recovered)) = &opened_wal {
+        let snapshot_index = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.index);
+        if snapshot_index > mvcc.applied_index() {
+            drop(mvcc);
+            install_interrupted(data_dir, snapshot_index).map_err(inconsistent)?;
+            mvcc = Mvcc::open(&store_path).map_err(store_error)?;
+        }
+    }
+    clear_snap_dir(&data_dir.join(SNAP_DIR)).map_err(|source| BootstrapError::DataDir {
+        path: data_dir.join(SNAP_DIR),
+        source,
+    })?;
     let identity = match &opened_wal {
         Some((_, recovered)) => Identity::decode(&recovered.metadata)
             .ok_or_else(|| inconsistent("WAL metadata is not a member identity".to_string()))?,
@@ -172,7 +187,15 @@ pub async fn open(
             "using the member id stored in the WAL; identity flags apply only to a new member"
         );
     }
-    let raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
+    let mut raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
+    // Raft resumes applying after the page store's applied index, so it must
+    // start from the configuration as of that index: the page store's, once a
+    // configuration change was applied (the WAL's snapshot record may be older).
+    if let Some(bytes) = mvcc.conf_state() {
+        let conf_state = ConfState::decode(bytes)
+            .map_err(|error| inconsistent(format!("the page store's raft configuration: {error}")))?;
+        raft_log.set_conf_state(conf_state);
+    }
     let config = RaftConfig {
         id: identity.member_id,
         election_tick: election_ticks,
@@ -197,6 +220,43 @@ pub async fn open(
         wal,
         membership,
     })
+}
+
+/// Finishes installing the snapshot the WAL's last snapshot record names.
+///
+/// Installing a snapshot from the leader is: the file is complete and durable
+/// in `snap/`; the WAL records the snapshot (the commit point); the file is
+/// renamed over `store.db`. A crash between the last two leaves a page store
+/// behind the WAL's snapshot record and the file still in `snap/`: rename it now.
+fn install_interrupted(data_dir: &Path, index: u64) -> Result<(), String> {
+    let snapshot = crate::peer::received_path(&data_dir.join(SNAP_DIR), index);
+    if !snapshot.exists() {
+        // Not an interrupted install: `rebuild_raft_log` names the inconsistency.
+        return Ok(());
+    }
+    tracing::info!(index, "finishing the install of a snapshot received before a restart");
+    replace_store(&snapshot, &data_dir.join(STORE_FILE))
+        .map_err(|error| format!("installing snapshot {}: {error}", snapshot.display()))
+}
+
+/// Renames a received snapshot over the page store, durably.
+pub(super) fn replace_store(snapshot: &Path, store: &Path) -> std::io::Result<()> {
+    std::fs::rename(snapshot, store)?;
+    sync_dir(store.parent().expect("the store file is in the data directory"))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `snap/` and removes what earlier runs left in it: partial files and
+/// snapshots raft never installed (an installed one was renamed away).
+fn clear_snap_dir(snap_dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(snap_dir)?;
+    for entry in std::fs::read_dir(snap_dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    Ok(())
 }
 
 /// The membership the page store holds, if it is this member's cluster's.

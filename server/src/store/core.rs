@@ -10,6 +10,7 @@
 mod leases;
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use std::rc::Rc;
@@ -20,7 +21,7 @@ use prost::Message;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
 use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
-use ringkv_engine::wal::WalError;
+use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
 
@@ -41,6 +42,7 @@ use crate::peer::{PeerEvent, PeerTransport};
 mod cluster;
 mod maintenance;
 mod members;
+mod snapshots;
 mod space;
 use crate::watch::WatchCommand;
 use space::{DefragJob, SnapshotWait};
@@ -106,6 +108,8 @@ pub struct StoreSettings {
     /// A member joining a running cluster: the members (id, peer URLs) it
     /// joined, talked to until it has caught up (see `membership_changed`).
     pub join_peers: Vec<(u64, Vec<String>)>,
+    /// The data directory: a snapshot from the leader replaces its page store.
+    pub data_dir: PathBuf,
 }
 
 /// The parts of a member that its configuration gives.
@@ -118,6 +122,9 @@ pub struct MemberInfo {
 
 /// Counters the store core keeps for `/metrics` (see `crate::metrics`).
 struct CoreMetrics {
+    snapshots_sent: u64,
+    snapshots_send_failed: u64,
+    snapshots_received: u64,
     leader: u64,
     leader_changes: u64,
     proposals_failed: u64,
@@ -181,6 +188,10 @@ pub struct StoreCore {
     attributes_published: bool,
     /// The tick of the last attempt to publish them.
     publish_attempted_at: Option<u64>,
+    /// Request ids of this run's publish proposals: only applying one of them
+    /// shows this member has caught up (an entry of an earlier run holding the
+    /// same attributes may be applied long before).
+    publish_ids: Vec<u64>,
     leader_transfers: Vec<LeaderTransfer>,
     /// Membership changes waiting to be proposed, and the request id of this
     /// member's one in flight (see `members`).
@@ -210,6 +221,16 @@ pub struct StoreCore {
     physical_waiters_committing: Vec<Waiter>,
     /// Physical compactions still removing revisions.
     physical_waiters_running: Vec<Waiter>,
+    /// MsgSnapshots waiting for a moment between page-store commits.
+    snapshots_due: Vec<RaftMessage>,
+    /// Peer → the pinned commit a snapshot is streaming to it from.
+    snapshots_sending: HashMap<u64, u64>,
+    /// Commits pinned in the page store (Snapshot calls, snapshot sends).
+    pinned: Vec<u64>,
+    /// Pins taken in a page store that an installed snapshot replaced.
+    orphaned_pins: Vec<u64>,
+    /// A snapshot from the leader whose WAL record is being persisted.
+    installing: Option<snapshots::Install>,
     lease_clock: LeaseClock,
     lease_ids: IdGenerator,
     request_ids: IdGenerator,
@@ -247,6 +268,14 @@ impl StoreCore {
         mvcc.capture_changes();
         // Raft re-applies what the WAL holds past this after the start.
         let durable_applied_index = mvcc.applied_index();
+        // The page store as opened is durable: a lagging follower can be sent
+        // it before this member's first commit.
+        let mut raw = raw;
+        let store = raw.mut_store();
+        if let Some(term) = store.term_of(durable_applied_index) {
+            let conf_state = store.conf_state().clone();
+            store.set_snapshot_point(durable_applied_index, term, conf_state);
+        }
         let watchers = Watchers::new(watch_outlet.client_cores());
         let join_peers = settings.join_peers.clone();
         let mut core = StoreCore {
@@ -266,6 +295,7 @@ impl StoreCore {
             leader_changed_since: Instant::now(),
             attributes_published: false,
             publish_attempted_at: None,
+            publish_ids: Vec::new(),
             leader_transfers: Vec::new(),
             conf_changes_queued: VecDeque::new(),
             conf_change_in_flight: None,
@@ -284,11 +314,19 @@ impl StoreCore {
             physical_waiters_pending: Vec::new(),
             physical_waiters_committing: Vec::new(),
             physical_waiters_running: Vec::new(),
+            snapshots_due: Vec::new(),
+            snapshots_sending: HashMap::new(),
+            pinned: Vec::new(),
+            orphaned_pins: Vec::new(),
+            installing: None,
             lease_clock: LeaseClock::default(),
             lease_ids,
             request_ids,
             auto_compactor,
             metrics: CoreMetrics {
+                snapshots_sent: 0,
+                snapshots_send_failed: 0,
+                snapshots_received: 0,
                 leader: 0,
                 leader_changes: 0,
                 proposals_failed: 0,
@@ -329,6 +367,8 @@ impl StoreCore {
             Event::Peer(PeerEvent::LeaseForward { from, forward }) => self.answer_lease_forward(from, forward),
             Event::Peer(PeerEvent::LeaseForwardReply(reply)) => self.finish_lease_forward(reply),
             Event::Peer(PeerEvent::PromoteCheck { from, check }) => self.promote_check(from, check),
+            Event::Peer(PeerEvent::SnapshotSent { to, txid, delivered }) => self.snapshot_sent(to, txid, delivered),
+            Event::Peer(PeerEvent::SnapshotReceived { message, path }) => self.snapshot_received(*message, &path),
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {
                 if let Err(error) = result {
@@ -337,8 +377,11 @@ impl StoreCore {
                 self.metrics.wal_fsync.observe(elapsed);
                 assert_eq!(self.persisting.take(), Some(ready), "WAL persists Readies in order");
                 self.raw.on_persist_ready(ready);
+                if let Some(install) = self.installing.take() {
+                    self.finish_install(install);
+                }
                 let messages = std::mem::take(&mut self.persisted_messages);
-                self.transport.send(messages);
+                self.send_messages(messages);
             }
             Event::Released(result) => {
                 if let Err(error) = result {
@@ -370,6 +413,10 @@ impl StoreCore {
             if self.persisting.is_some() || !self.raw.has_ready() {
                 break;
             }
+            // A snapshot replaces the page store: not under a running commit.
+            if self.commit.is_some() && self.raw.raft.raft_log.unstable().snapshot.is_some() {
+                break;
+            }
             self.process_ready();
         }
         self.answer_applied_reads();
@@ -377,6 +424,7 @@ impl StoreCore {
             self.settle_leader_transfers();
         }
         self.serve_snapshots();
+        self.start_snapshot_sends();
         self.maybe_commit(false);
         self.drive_watchers();
     }
@@ -552,11 +600,9 @@ impl StoreCore {
         // Sent now, before this Ready is durable: a leader's appends go out while
         // its own WAL write runs (raft counts its own vote only once persisted).
         if !ready.messages().is_empty() {
-            self.transport.send(ready.take_messages());
+            let messages = ready.take_messages();
+            self.send_messages(messages);
         }
-        // Leaders never send snapshots yet (`RaftLog::snapshot` says unavailable;
-        // followers catch up from the entries kept, `--snapshot-count`).
-        assert!(ready.snapshot().is_empty(), "raft snapshots are never sent");
         if let Some(soft_state) = ready.ss() {
             if soft_state.leader_id != self.metrics.leader {
                 if soft_state.leader_id != raft::INVALID_ID {
@@ -573,7 +619,19 @@ impl StoreCore {
             }
         }
 
-        let mut records = Vec::with_capacity(ready.entries().len() + 1);
+        let mut records = Vec::with_capacity(ready.entries().len() + 2);
+        let installed = (!ready.snapshot().is_empty()).then(|| ready.snapshot().get_metadata().clone());
+        if let Some(metadata) = installed {
+            assert!(ready.must_sync(), "a snapshot is persisted");
+            let conf_state = metadata.get_conf_state();
+            records.push(Record::Snapshot(wal_io::snapshot_record(
+                metadata.index,
+                metadata.term,
+                conf_state,
+            )));
+            // The log starts over at the snapshot, before this Ready's entries.
+            self.begin_install(metadata);
+        }
         self.raw.mut_store().append(ready.entries());
         records.extend(ready.entries().iter().map(wal_io::entry_record));
         if let Some(hard_state) = ready.hs() {
@@ -603,9 +661,13 @@ impl StoreCore {
             }
         } else {
             self.raw.on_persist_ready(number);
-            self.transport.send(persisted_messages);
+            self.send_messages(persisted_messages);
         }
-        self.apply_committed(committed);
+        match &mut self.installing {
+            // Applied on the new store, once it is installed.
+            Some(install) => install.committed = committed,
+            None => self.apply_committed(committed),
+        }
     }
 
     fn apply_committed(&mut self, entries: Vec<Entry>) {
@@ -671,7 +733,7 @@ impl StoreCore {
             raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(&revoke),
             raft_request::Request::Alarm(alarm) => Ok(Response::Alarm(self.apply_alarm(&alarm))),
             raft_request::Request::MemberAttributes(attributes) => {
-                self.apply_member_attributes(&attributes);
+                self.apply_member_attributes(request.id, &attributes);
                 return; // proposed by the member itself, with no client waiting
             }
             raft_request::Request::MemberUpdate(update) => self.apply_member_update(update),
@@ -731,7 +793,7 @@ impl StoreCore {
     /// Starts a page-store commit when enough was applied or enough time passed.
     /// Snapshot and Defragment need commits now, applied writes or not.
     fn maybe_commit(&mut self, interval_elapsed: bool) {
-        if self.commit.is_some() {
+        if self.commit.is_some() || self.snapshot_pending() {
             return;
         }
         let forced = self.space_needs_commit();
@@ -792,6 +854,10 @@ impl StoreCore {
             0
         };
         let store = self.raw.mut_store();
+        let durable_term = store
+            .term_of(committed.applied_index)
+            .expect("the log keeps what the page store has not made durable");
+        store.set_snapshot_point(committed.applied_index, durable_term, committed.conf_state.clone());
         let index = committed
             .applied_index
             .saturating_sub(keep)

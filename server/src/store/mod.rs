@@ -147,6 +147,7 @@ pub async fn run(
         identity.cluster_id,
         Rc::clone(&report),
         settings.listen_peer_addrs.clone(),
+        settings.data_dir.join(bootstrap::SNAP_DIR),
     );
     // A member alone listens only once it has a peer (see `PeerTransport::listen`);
     // one with peers does now, so that a port in use is a start error.
@@ -202,6 +203,7 @@ pub async fn run(
         catch_up_entries: settings.catch_up_entries,
         retry_ticks: RETRY_TICKS,
         join_peers: settings.join_peers,
+        data_dir: settings.data_dir.clone(),
     };
     let mut core = StoreCore::new(
         store_settings,

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 /// Entries `first_index()..=last_index()`, preceded by a compaction point whose
@@ -19,6 +19,9 @@ pub struct RaftLog {
     compacted_index: u64,
     compacted_term: u64,
     entries: VecDeque<Entry>,
+    /// What a lagging follower is sent: the latest durable page-store commit
+    /// (applied index, its term, the configuration then). None until one is made.
+    snapshot_point: Option<SnapshotMetadata>,
 }
 
 impl RaftLog {
@@ -36,6 +39,7 @@ impl RaftLog {
             compacted_index,
             compacted_term,
             entries: entries.into(),
+            snapshot_point: None,
         };
         log.assert_contiguous();
         log
@@ -84,6 +88,44 @@ impl RaftLog {
         self.compacted_index = index;
         self.compacted_term = term;
         self.assert_contiguous();
+    }
+
+    /// The page store made everything up to `index` durable: that commit is
+    /// what raft sends a follower whose next entry is no longer in the log.
+    pub fn set_snapshot_point(&mut self, index: u64, term: u64, conf_state: ConfState) {
+        assert!(
+            index >= self.compacted_index,
+            "the log keeps what the page store has not made durable"
+        );
+        assert!(
+            self.snapshot_point.as_ref().is_none_or(|point| point.index <= index),
+            "durable commits only move forward"
+        );
+        self.snapshot_point = Some(SnapshotMetadata {
+            conf_state: Some(conf_state),
+            index,
+            term,
+        });
+    }
+
+    pub fn snapshot_point(&self) -> Option<&SnapshotMetadata> {
+        self.snapshot_point.as_ref()
+    }
+
+    /// Replaces the log with a snapshot installed from the leader: nothing
+    /// before or after its index is kept (raft-rs restores only when its log
+    /// does not hold the snapshot's entry), and it is the new compaction point.
+    pub fn apply_snapshot(&mut self, metadata: &SnapshotMetadata) {
+        assert!(
+            metadata.index > self.compacted_index,
+            "an installed snapshot is past the local compaction point"
+        );
+        self.entries.clear();
+        self.compacted_index = metadata.index;
+        self.compacted_term = metadata.term;
+        self.conf_state = metadata.conf_state.clone().unwrap_or_default();
+        self.hard_state.commit = self.hard_state.commit.max(metadata.index);
+        self.snapshot_point = Some(metadata.clone());
     }
 
     pub fn compacted_index(&self) -> u64 {
@@ -167,9 +209,17 @@ impl raft::Storage for RaftLog {
         Ok(RaftLog::last_index(self))
     }
 
-    /// Followers arrive with replication; a single member never needs a snapshot.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    /// The latest durable page-store commit, as metadata only: the store core
+    /// streams the page file itself (see `store::core::snapshots`), patching the
+    /// metadata to the commit it pins then, which is never older than this one.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.snapshot_point {
+            Some(point) if point.index >= request_index && point.index > 0 => Ok(Snapshot {
+                data: Vec::new(),
+                metadata: Some(point.clone()),
+            }),
+            _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+        }
     }
 }
 
@@ -210,6 +260,38 @@ mod tests {
         assert!(matches!(log.term(2), Err(raft::Error::Store(StorageError::Compacted))));
         let context = GetEntriesContext::empty(false);
         assert!(log.entries(3, 5, None, context).is_err());
+    }
+
+    #[test]
+    fn the_snapshot_is_the_last_durable_commit_and_installing_one_replaces_the_log() {
+        let mut log = log_with((1..=10).map(|i| entry(i, 1)).collect());
+        assert!(matches!(
+            log.snapshot(0, 2),
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        ));
+        let voters = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        log.set_snapshot_point(8, 1, voters.clone());
+        let snapshot = log.snapshot(0, 2).unwrap();
+        assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (8, 1));
+        assert_eq!(snapshot.get_metadata().get_conf_state(), &voters);
+        assert!(log.snapshot(9, 2).is_err(), "older than what was asked for");
+
+        let installed = SnapshotMetadata {
+            conf_state: Some(voters.clone()),
+            index: 20,
+            term: 3,
+        };
+        log.apply_snapshot(&installed);
+        assert_eq!(log.first_index().unwrap(), 21);
+        assert_eq!(log.last_index(), 20);
+        assert_eq!(log.term(20).unwrap(), 3);
+        assert_eq!(log.conf_state(), &voters);
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 20);
+        log.append(&[entry(21, 3)]);
+        assert_eq!(log.last_index(), 21);
     }
 
     #[test]

@@ -4,16 +4,23 @@
 //! of that page file (see `client::snapshot`).
 //!
 //! Restoring checks the trailer, copies the page file into `store.db` of a new
-//! data directory, checks the tree whole, and creates a WAL whose first snapshot
-//! record sits at the store's applied raft index, with the restored member as
-//! the only voter: the member starts a new one-member cluster holding the data,
-//! with revisions, leases and alarms as they were. The new directory is built
+//! data directory, checks the tree whole, replaces the membership and raft
+//! configuration it holds with the new cluster's (`--initial-cluster`, every
+//! member a voter; this member alone by default), and creates a WAL whose first
+//! snapshot record sits at the store's applied raft index with that
+//! configuration. As with etcdutl, each member of a new cluster is restored from
+//! the same snapshot with its own `--name` and `--initial-advertise-peer-urls`;
+//! started with the same flags, they form a cluster holding the data, with
+//! revisions, leases and alarms as they were. The new directory is built
 //! under a temporary name and renamed into place, so a crash leaves either no
 //! data directory or a whole one.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+use prost::Message;
+use raft::eraftpb::ConfState;
 
 use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{Mvcc, MvccError};
@@ -22,6 +29,9 @@ use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
 use sha2::{Digest, Sha256};
 
 use super::bootstrap::{self, Identity};
+use super::membership::Membership;
+use crate::config::{self, ConfigError};
+use crate::ids;
 
 /// Bytes copied per read and write.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
@@ -127,14 +137,36 @@ pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Res
     result
 }
 
-/// Makes `data_dir` (which must not exist) from `snapshot`, for a member with
-/// `identity`. Runs on a glommio executor: the WAL is written with io_uring.
+/// The identity and cluster of a restored member, from the flags `ringkv`
+/// would start it with (`--name`, `--initial-advertise-peer-urls`,
+/// `--initial-cluster`, `--initial-cluster-token`): ids derived as etcd does.
+pub fn restored_member(
+    name: &str,
+    peer_urls: &[String],
+    initial_cluster: Option<&str>,
+    cluster_token: &str,
+) -> Result<(Identity, Membership), ConfigError> {
+    let cluster = config::initial_cluster(name, peer_urls, initial_cluster)?;
+    let membership = Membership::initial(&cluster, cluster_token);
+    let identity = Identity {
+        member_id: ids::member_id(peer_urls, cluster_token),
+        cluster_id: membership.cluster_id(),
+    };
+    Ok((identity, membership))
+}
+
+/// Makes `data_dir` (which must not exist) from `snapshot`, for member
+/// `identity` of the cluster `membership`. Runs on a glommio executor: the WAL
+/// is written with io_uring.
 pub async fn restore(
     snapshot: &Path,
     data_dir: &Path,
     identity: Identity,
+    membership: &Membership,
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
+    assert_eq!(identity.cluster_id, membership.cluster_id(), "the member's cluster");
+    assert!(membership.voter_ids().contains(&identity.member_id), "a member of it");
     if data_dir.exists() {
         return Err(RestoreError::Exists(data_dir.to_path_buf()));
     }
@@ -144,7 +176,7 @@ pub async fn restore(
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let built = build(snapshot, &staging, identity, skip_hash_check).await;
+    let built = build(snapshot, &staging, identity, membership, skip_hash_check).await;
     let summary = match built {
         Ok(summary) => summary,
         Err(error) => {
@@ -161,15 +193,28 @@ async fn build(
     snapshot: &Path,
     dir: &Path,
     identity: Identity,
+    membership: &Membership,
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
     let store = dir.join(bootstrap::STORE_FILE);
     let checked = extract(snapshot, &store, skip_hash_check)?;
     let summary = summarize(&store, checked)?;
+    // The snapshot holds the membership and configuration of the cluster it
+    // was taken from: the new cluster's replace them.
+    let voters = membership.voter_ids();
+    let mut mvcc = Mvcc::open(&store)?;
+    mvcc.set_membership(membership.encode());
+    let conf_state = ConfState {
+        voters: voters.clone(),
+        ..Default::default()
+    };
+    mvcc.set_conf_state(conf_state.encode_to_vec());
+    mvcc.commit()?;
+    drop(mvcc);
     let (wal, _) = bootstrap::create_wal_at(
         &dir.join(bootstrap::WAL_DIR),
         identity,
-        &[identity.member_id],
+        &voters,
         summary.applied_index,
         RESTORED_TERM,
     )

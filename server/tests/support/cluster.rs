@@ -11,6 +11,10 @@ use tonic::transport::Channel;
 use super::proxy::{self, Links};
 use super::{free_port, Ringkv, Starting, START_TIMEOUT};
 
+/// The server's fault hook: a file holding a delay in milliseconds for every
+/// WAL write (see `server/src/store/wal_io.rs`).
+const DISK_DELAY_ENV: &str = "RINGKV_FAULT_DISK_DELAY_FILE";
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -65,6 +69,17 @@ impl Cluster {
         let all: Vec<usize> = (0..size).collect();
         tokio::task::block_in_place(|| cluster.start_members(&all));
         (cluster, links)
+    }
+
+    /// The members' ports and (not yet existing) data directories, none
+    /// started: for data directories made another way (a snapshot restore).
+    pub fn stopped(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::new(size, extra, false)
+    }
+
+    /// The `--initial-cluster` every member starts with.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
     }
 
     fn new(size: usize, extra: &[&str], proxied: bool) -> Cluster {
@@ -159,7 +174,25 @@ impl Cluster {
         ];
         args.extend(self.extra.iter().cloned());
         args.extend(flags.iter().cloned());
-        Ringkv::spawn(&member.data_dir, &args)
+        let disk_delay = self.disk_delay_file(index);
+        Ringkv::spawn_with_env(&member.data_dir, &args, &[(DISK_DELAY_ENV, &disk_delay)])
+    }
+
+    /// Where member `index`'s WAL looks for its injected disk delay.
+    fn disk_delay_file(&self, index: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.disk-delay-ms", self.members[index].name))
+    }
+
+    /// Makes member `index`'s disk slow (every WAL write first waits `delay`),
+    /// or fast again with None. Takes effect at its next write.
+    pub fn slow_disk(&self, index: usize, delay: Option<Duration>) {
+        let file = self.disk_delay_file(index);
+        match delay {
+            Some(delay) => std::fs::write(&file, delay.as_millis().to_string()).expect("writes the delay"),
+            None => std::fs::remove_file(&file).expect("removes the delay"),
+        }
     }
 
     /// Starts the members at `indexes` together (a restarted member waits for a
@@ -197,6 +230,18 @@ impl Cluster {
         (0..self.members.len())
             .filter(|&index| self.members[index].process.is_some())
             .collect()
+    }
+
+    /// A counter from member `index`'s `/metrics` (counted since it started).
+    pub fn metric(&self, index: usize, name: &str) -> u64 {
+        let addr = format!("127.0.0.1:{}", self.members[index].client_port)
+            .parse()
+            .expect("an address");
+        let (status, body) = super::http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is in /metrics"))
     }
 
     /// A Maintenance client for member `index` whose calls give up after

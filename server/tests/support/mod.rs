@@ -4,8 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -53,11 +53,17 @@ impl Ringkv {
     /// Starts `ringkv` with `data_dir` and exactly `args` otherwise; the caller
     /// waits for it with [`Starting::ready`] (members of a cluster start together).
     pub fn spawn(data_dir: &Path, args: &[String]) -> Starting {
+        Ringkv::spawn_with_env(data_dir, args, &[])
+    }
+
+    /// `spawn` with extra environment variables (the fault suite's hooks).
+    pub fn spawn_with_env(data_dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Starting {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringkv"));
         command
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("ringkv starts");
@@ -223,6 +229,21 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// One HTTP/1.1 GET over a fresh connection: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response, then close");
+    let status = response[9..12].parse().expect("a status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A free port on 127.0.0.1 (bound and released; the caller binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -331,6 +352,8 @@ pub struct WatchSession {
     client: ringkv_proto::etcdserverpb::watch_client::WatchClient<Channel>,
     queue: Option<tokio::sync::mpsc::Receiver<ringkv_proto::etcdserverpb::WatchRequest>>,
     responses: Option<tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse>>,
+    /// Sends gRPC metadata `hasleader: true` (clientv3's `WithRequireLeader`).
+    require_leader: bool,
 }
 
 /// How long a watch response may take to arrive before the test fails.
@@ -352,21 +375,54 @@ impl WatchSession {
             client,
             queue: Some(queue),
             responses: None,
+            require_leader: false,
         }
     }
 
-    async fn responses(&mut self) -> &mut tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse> {
+    /// A session whose stream requires a leader (`hasleader: true`).
+    pub async fn open_requiring_leader(endpoint: &str) -> WatchSession {
+        WatchSession {
+            require_leader: true,
+            ..WatchSession::open(endpoint).await
+        }
+    }
+
+    /// Starts the call (once); a stream refused at once gives its status.
+    async fn start(&mut self) -> Result<(), tonic::Status> {
         if self.responses.is_none() {
             let queue = self.queue.take().expect("the call starts once");
-            let stream = tokio_stream::wrappers::ReceiverStream::new(queue);
-            let call = tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.client.watch(stream));
-            let responses = call
-                .await
-                .expect("the watch call starts in time")
-                .expect("watch stream");
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(queue));
+            if self.require_leader {
+                request.metadata_mut().insert("hasleader", "true".parse().unwrap());
+            }
+            let call = tokio::time::timeout(WATCH_RESPONSE_TIMEOUT, self.client.watch(request));
+            let responses = call.await.expect("the watch call starts in time")?;
             self.responses = Some(responses.into_inner());
         }
+        Ok(())
+    }
+
+    async fn responses(&mut self) -> &mut tonic::Streaming<ringkv_proto::etcdserverpb::WatchResponse> {
+        self.start().await.expect("watch stream");
         self.responses.as_mut().unwrap()
+    }
+
+    /// The status the stream ends with, reading past any responses; fails the
+    /// test if it has not ended within `wait` or ends without an error.
+    pub async fn ended_with(&mut self, wait: Duration) -> tonic::Status {
+        let deadline = tokio::time::Instant::now() + wait;
+        if let Err(status) = self.start().await {
+            return status;
+        }
+        let responses = self.responses.as_mut().unwrap();
+        loop {
+            match tokio::time::timeout_at(deadline, responses.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => panic!("the watch stream ended without an error"),
+                Ok(Err(status)) => return status,
+                Err(_) => panic!("the watch stream did not end within {wait:?}"),
+            }
+        }
     }
 
     pub async fn send(&self, request: ringkv_proto::etcdserverpb::watch_request::RequestUnion) {

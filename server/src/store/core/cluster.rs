@@ -30,12 +30,13 @@ impl StoreCore {
             name: self.settings.member.name.clone(),
             client_urls: self.settings.member.client_urls.clone(),
         };
-        if let Err(error) = self.propose_entry(raft_request::Request::MemberAttributes(attributes)) {
-            tracing::debug!(%error, "publishing member attributes: will retry");
+        match self.propose_entry(raft_request::Request::MemberAttributes(attributes)) {
+            Ok(id) => self.publish_ids.push(id),
+            Err(error) => tracing::debug!(%error, "publishing member attributes: will retry"),
         }
     }
 
-    pub(super) fn apply_member_attributes(&mut self, attributes: &MemberAttributes) {
+    pub(super) fn apply_member_attributes(&mut self, id: u64, attributes: &MemberAttributes) {
         if self.membership.set_attributes(attributes) {
             self.mvcc.set_membership(self.membership.encode());
             self.transport.set_membership(self.membership.to_stored());
@@ -48,12 +49,9 @@ impl StoreCore {
                 "member attributes applied"
             );
         }
-        if attributes.member_id == self.settings.member_id
-            && self.membership.member(attributes.member_id).is_some_and(|member| {
-                member.name == self.settings.member.name && member.client_urls == self.settings.member.client_urls
-            })
-        {
+        if self.publish_ids.contains(&id) {
             self.attributes_published = true;
+            self.publish_ids = Vec::new();
         }
     }
 

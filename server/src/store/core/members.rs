@@ -307,6 +307,8 @@ impl StoreCore {
                 .raw
                 .apply_conf_change(&change)
                 .unwrap_or_else(|error| fatal(&format!("conf change {index} refused by raft: {error}")));
+            // Stored with the data: raft does not re-apply this entry after a restart.
+            self.mvcc.set_conf_state(conf_state.encode_to_vec());
             self.raw.mut_store().set_conf_state(conf_state);
             if let Some(farewell) = farewell {
                 // Queued before the peer's sender goes; it still sends it.

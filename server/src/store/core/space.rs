@@ -75,7 +75,7 @@ impl StoreCore {
     }
 
     pub(super) fn release_snapshot(&mut self, txid: u64) -> Response {
-        self.mvcc.unpin_snapshot(txid);
+        self.unpin_commit(txid);
         Response::SnapshotReleased
     }
 
@@ -121,6 +121,17 @@ impl StoreCore {
         }
     }
 
+    /// Answers a defragmentation in progress now: the store it worked on was
+    /// replaced by a snapshot from the leader, a fresh copy.
+    pub(super) fn end_defragment(&mut self) {
+        if let Some(job) = self.defrag.take() {
+            for (client, call_id) in job.waiters {
+                let response = pb::DefragmentResponse { header: None };
+                self.reply(client, call_id, Ok(Response::Defragment(response)));
+            }
+        }
+    }
+
     /// Between commits: pins the durable commit for every Snapshot call it
     /// satisfies.
     pub(super) fn serve_snapshots(&mut self) {
@@ -133,10 +144,7 @@ impl StoreCore {
             .partition(|wait| wait.applied_index <= durable);
         self.snapshot_waits = waiting;
         for wait in ready {
-            let source = self
-                .mvcc
-                .pin_snapshot()
-                .unwrap_or_else(|error| space_failure("pinning a snapshot", error));
+            let source = self.pin_commit();
             self.reply(wait.client, wait.call_id, Ok(Response::Snapshot(Box::new(source))));
         }
     }

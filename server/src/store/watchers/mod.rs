@@ -161,6 +161,23 @@ impl Watchers {
         }
     }
 
+    /// The store was replaced by a snapshot from the leader: its history may
+    /// differ in what it kept, so every watcher reads on from history, from
+    /// the revision after the last one it was handed (`old_revision` for the
+    /// synced ones). Those whose next revision is compacted in the new store
+    /// are canceled by the next catch-up pass, as etcd does after a restore.
+    pub fn store_replaced(&mut self, old_revision: i64) {
+        for (&id, watcher) in &mut self.watchers {
+            if watcher.synced {
+                watcher.synced = false;
+                watcher.next_revision = watcher.next_revision.max(old_revision + 1);
+                self.synced.remove(id, &watcher.span);
+                self.unsynced.insert(id);
+            }
+        }
+        self.catch_up_may_progress = true;
+    }
+
     /// The notices for client core `client` since the last call.
     pub fn take_outbox(&mut self, client: usize) -> Vec<Notice> {
         std::mem::take(&mut self.outbox[client])

@@ -292,3 +292,55 @@ fn ten_thousand_watchers_of_one_prefix_get_one_write() {
     let bodies = h.take();
     assert_eq!(bodies.len(), 10_000);
 }
+
+#[test]
+fn a_replaced_store_is_read_from_the_next_revision_or_cancels_if_compacted_there() {
+    // The leader's store: the same first writes, then more.
+    let dir = tempfile::tempdir().unwrap();
+    let leader_store = |compact_to: Option<i64>| {
+        let path = dir.path().join(format!("leader-{compact_to:?}.db"));
+        let mut leader = Mvcc::open(&path).unwrap();
+        for key in ["a1", "a2", "a3", "a4", "a5"] {
+            let mut txn = leader.write();
+            txn.put(key.as_bytes(), b"v", 0).unwrap();
+            txn.end();
+        }
+        if let Some(revision) = compact_to {
+            leader.compact(revision).unwrap();
+        }
+        leader.capture_changes();
+        leader
+    };
+
+    let mut h = Harness::new();
+    h.create(prefix("a"));
+    h.put("a1", "v");
+    h.put("a2", "v");
+    let before = h.take();
+    assert_eq!(keys_and_revisions(&before), vec![("a1".into(), 2), ("a2".into(), 3)]);
+    let old_revision = h.mvcc.current_revision();
+    h.mvcc = leader_store(None);
+    h.watchers.store_replaced(old_revision);
+    h.catch_up();
+    assert_eq!(
+        keys_and_revisions(&h.take()),
+        vec![("a3".into(), 4), ("a4".into(), 5), ("a5".into(), 6)],
+        "no gap and no repeat across the replacement"
+    );
+
+    let mut h = Harness::new();
+    h.create(prefix("a"));
+    h.put("a1", "v");
+    h.take();
+    let old_revision = h.mvcc.current_revision();
+    h.mvcc = leader_store(Some(5));
+    h.watchers.store_replaced(old_revision);
+    h.catch_up();
+    assert_eq!(
+        h.take(),
+        vec![NoticeBody::Compacted {
+            watch_id: 0,
+            compact_revision: 5
+        }]
+    );
+}
