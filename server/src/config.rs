@@ -60,8 +60,10 @@ pub struct Flags {
     #[arg(long)]
     pub initial_cluster: Option<String>,
 
-    /// Initial cluster state: `new` (bootstrap with --initial-cluster). `existing`
-    /// (join a running cluster after MemberAdd) is not supported yet.
+    /// Initial cluster state: `new` (bootstrap with --initial-cluster) or
+    /// `existing` (join a running cluster after MemberAdd: --initial-cluster lists
+    /// every member, this one included; the member learns its id from the others'
+    /// peer URLs). Used only when the data directory is new.
     #[arg(long, value_enum, default_value = "new")]
     pub initial_cluster_state: InitialClusterState,
 
@@ -177,6 +179,9 @@ pub struct Config {
     pub listen_peer_addrs: Vec<SocketAddr>,
     /// Every member of the initial cluster, this one included, in flag order.
     pub initial_cluster: Vec<InitialMember>,
+    /// `--initial-cluster-state existing`: a new data directory joins a running
+    /// cluster instead of bootstrapping one.
+    pub join_existing: bool,
     pub cluster_token: String,
     /// One raft tick.
     pub heartbeat_interval: Duration,
@@ -208,8 +213,6 @@ pub enum ConfigError {
     Zero { flag: &'static str },
     #[error("--initial-cluster: {0}")]
     InitialCluster(String),
-    #[error("--initial-cluster-state=existing (joining a running cluster) is not supported yet")]
-    JoinUnsupported,
     #[error(
         "--election-timeout[{election_ms}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_ms}ms]"
     )]
@@ -256,9 +259,6 @@ impl Flags {
             .iter()
             .map(|url| resolve_http_url("listen-peer-urls", url))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.initial_cluster_state == InitialClusterState::Existing {
-            return Err(ConfigError::JoinUnsupported);
-        }
         let initial_cluster = initial_cluster(&self.name, &peer_urls, self.initial_cluster.as_deref())?;
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::Zero {
@@ -312,6 +312,7 @@ impl Flags {
             peer_urls,
             listen_peer_addrs,
             initial_cluster,
+            join_existing: self.initial_cluster_state == InitialClusterState::Existing,
             cluster_token: self.initial_cluster_token,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_ticks,

@@ -31,6 +31,17 @@ pub enum EtcdError {
     TimeoutLeaderTransfer,
     NoSpace,
     BadLeaderTransferee,
+    MemberNotFound,
+    MemberExist,
+    PeerUrlExist,
+    MemberBadUrls,
+    MemberNotLearner,
+    LearnerNotReady,
+    TooManyLearners,
+    Unhealthy,
+    /// Not mapped by etcd 3.4's gRPC layer: clients see code Unknown.
+    NotEnoughStarted,
+    NotSupportedForLearner,
 }
 
 impl EtcdError {
@@ -41,10 +52,16 @@ impl EtcdError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
             | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
-            LeaseNotFound => Code::NotFound,
-            LeaseExist | BadLeaderTransferee | NotLeader => Code::FailedPrecondition,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | BadLeaderTransferee | NotLeader | MemberExist | PeerUrlExist | MemberNotLearner
+            | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            Unhealthy => Code::Unavailable,
+            NotEnoughStarted => Code::Unknown,
             TooManyRequests | NoSpace => Code::ResourceExhausted,
-            NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer => Code::Unavailable,
+            NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer | NotSupportedForLearner => {
+                Code::Unavailable
+            }
         }
     }
 
@@ -74,6 +91,16 @@ impl EtcdError {
             TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             NoSpace => "etcdserver: mvcc: database space exceeded",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
+            MemberNotFound => "etcdserver: member not found",
+            MemberExist => "etcdserver: member ID already exist",
+            PeerUrlExist => "etcdserver: Peer URLs already exists",
+            MemberBadUrls => "etcdserver: given member URLs are invalid",
+            MemberNotLearner => "etcdserver: can only promote a learner member",
+            LearnerNotReady => "etcdserver: can only promote a learner member which is in sync with leader",
+            TooManyLearners => "etcdserver: too many learner members in cluster",
+            Unhealthy => "etcdserver: unhealthy cluster",
+            NotEnoughStarted => "etcdserver: re-configuration failed due to not enough started members",
+            NotSupportedForLearner => "etcdserver: rpc not supported for learner",
         }
     }
 }
@@ -120,6 +147,16 @@ mod tests {
             TimeoutLeaderTransfer,
             NoSpace,
             BadLeaderTransferee,
+            MemberNotFound,
+            MemberExist,
+            PeerUrlExist,
+            MemberBadUrls,
+            MemberNotLearner,
+            LearnerNotReady,
+            TooManyLearners,
+            Unhealthy,
+            NotEnoughStarted,
+            NotSupportedForLearner,
         ];
         for error in all {
             assert!(error.message().starts_with("etcdserver: "), "{error:?}");

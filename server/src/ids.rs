@@ -17,6 +17,13 @@ pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
     first_8_bytes(&hasher.finalize())
 }
 
+/// etcd's `NewMember` for a member added at run time (MemberAdd): the first 8
+/// bytes (big endian) of sha1(sorted peer URLs concatenated ++ the Unix time in
+/// whole seconds, in decimal). No cluster token: etcd passes an empty one.
+pub fn added_member_id(peer_urls: &[String], unix_seconds: u64) -> u64 {
+    member_id(peer_urls, &unix_seconds.to_string())
+}
+
 /// etcd's `RaftCluster.genID`: the first 8 bytes (big endian) of sha1 over the
 /// sorted member ids, each as 8 big-endian bytes.
 pub fn cluster_id(member_ids: &[u64]) -> u64 {

@@ -12,7 +12,7 @@ use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
 use crate::ids;
 use crate::store::membership::Membership;
-use crate::store::{self, Identity, MemberInfo, StoreCoreSettings, WatchChannels};
+use crate::store::{self, join, Identity, MemberInfo, Start, StoreCoreSettings, WatchChannels};
 
 /// Calls in flight from one client core to the store core; also the capacity of
 /// each cross-core channel, so neither can overflow (see `client::store_client`).
@@ -33,6 +33,8 @@ pub enum StartError {
     Store(String),
     #[error("{0}")]
     Listen(String),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
 }
 
 /// A running server: the addresses it serves and its executor threads.
@@ -52,15 +54,33 @@ impl Running {
 }
 
 pub fn start(config: &Config) -> Result<Running, StartError> {
-    let initial_membership = Membership::initial(&config.initial_cluster, &config.cluster_token);
-    let member_id = ids::member_id(&config.peer_urls, &config.cluster_token);
-    assert!(
-        initial_membership.contains(member_id),
-        "config checks that --initial-cluster names this member with its peer URLs"
-    );
-    let identity = Identity {
-        member_id,
-        cluster_id: initial_membership.cluster_id(),
+    let (identity, initial_membership, start, join_peers) = if config.join_existing && store::is_new(&config.data_dir) {
+        let joined = join::discover(&config.peer_urls, &config.initial_cluster).map_err(StartError::Join)?;
+        tracing::info!(
+            member_id = format_args!("{:x}", joined.identity.member_id),
+            cluster_id = format_args!("{:x}", joined.identity.cluster_id),
+            "joining a running cluster"
+        );
+        (joined.identity, joined.initial_membership, Start::Join, joined.peers)
+    } else {
+        let initial_membership = Membership::initial(&config.initial_cluster, &config.cluster_token);
+        let member_id = ids::member_id(&config.peer_urls, &config.cluster_token);
+        assert!(
+            initial_membership.contains(member_id),
+            "config checks that --initial-cluster names this member with its peer URLs"
+        );
+        let identity = Identity {
+            member_id,
+            cluster_id: initial_membership.cluster_id(),
+        };
+        // A joiner's later start: until caught up, it also talks to whom the
+        // others list (see `join::current_peers`).
+        let join_peers = if config.join_existing {
+            join::current_peers(&config.peer_urls, &config.initial_cluster)
+        } else {
+            Vec::new()
+        };
+        (identity, initial_membership, Start::New, join_peers)
     };
     let client_cores = config.client_cpus.len();
     let mut call_senders = Vec::with_capacity(client_cores);
@@ -96,6 +116,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         data_dir: config.data_dir.clone(),
         identity,
         initial_membership,
+        start,
+        join_peers,
         listen_peer_addrs: config.listen_peer_addrs.clone(),
         heartbeat_interval: config.heartbeat_interval,
         election_ticks: config.election_ticks,

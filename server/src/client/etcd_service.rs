@@ -45,6 +45,10 @@ enum UnaryMethod {
     MoveLeader,
     Defragment,
     MemberList,
+    MemberAdd,
+    MemberRemove,
+    MemberUpdate,
+    MemberPromote,
 }
 
 /// Every service and method of etcd's v3 API (`etcdserverpb`), for honest
@@ -131,6 +135,10 @@ fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "MoveLeader") => Some(UnaryMethod::MoveLeader),
         ("etcdserverpb.Maintenance", "Defragment") => Some(UnaryMethod::Defragment),
         ("etcdserverpb.Cluster", "MemberList") => Some(UnaryMethod::MemberList),
+        ("etcdserverpb.Cluster", "MemberAdd") => Some(UnaryMethod::MemberAdd),
+        ("etcdserverpb.Cluster", "MemberRemove") => Some(UnaryMethod::MemberRemove),
+        ("etcdserverpb.Cluster", "MemberUpdate") => Some(UnaryMethod::MemberUpdate),
+        ("etcdserverpb.Cluster", "MemberPromote") => Some(UnaryMethod::MemberPromote),
         _ => None,
     };
     if let Some(unary) = unary {
@@ -198,10 +206,7 @@ impl EtcdService {
     /// `require_leader`: the client sent gRPC metadata `hasleader: true`
     /// (clientv3's `WithRequireLeader`): with no leader, etcd's "no leader".
     async fn call(&self, request: Request, require_leader: bool) -> Result<Response, Status> {
-        self.store
-            .call_with(request, require_leader)
-            .await
-            .map_err(Status::from)
+        self.store.call_rpc(request, require_leader).await.map_err(Status::from)
     }
 }
 
@@ -275,6 +280,24 @@ impl GrpcService for EtcdService {
                 let _: pb::MemberListRequest = grpc::decode(request)?;
                 self.call(Request::MemberList, require_leader).await?
             }
+            UnaryMethod::MemberAdd => {
+                let mut request: pb::MemberAddRequest = grpc::decode(request)?;
+                request.peer_ur_ls = validate::member_peer_urls(&request.peer_ur_ls)?;
+                self.call(Request::MemberAdd(request), require_leader).await?
+            }
+            UnaryMethod::MemberRemove => {
+                let request: pb::MemberRemoveRequest = grpc::decode(request)?;
+                self.call(Request::MemberRemove(request), require_leader).await?
+            }
+            UnaryMethod::MemberUpdate => {
+                let mut request: pb::MemberUpdateRequest = grpc::decode(request)?;
+                request.peer_ur_ls = validate::member_peer_urls(&request.peer_ur_ls)?;
+                self.call(Request::MemberUpdate(request), require_leader).await?
+            }
+            UnaryMethod::MemberPromote => {
+                let request: pb::MemberPromoteRequest = grpc::decode(request)?;
+                self.call(Request::MemberPromote(request), require_leader).await?
+            }
         };
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
@@ -284,6 +307,10 @@ impl GrpcService for EtcdService {
             Response::Compact(response) => grpc::encode(&response),
             Response::Status(response) => grpc::encode(&response),
             Response::MemberList(response) => grpc::encode(&response),
+            Response::MemberAdd(response) => grpc::encode(&response),
+            Response::MemberRemove(response) => grpc::encode(&response),
+            Response::MemberUpdate(response) => grpc::encode(&response),
+            Response::MemberPromote(response) => grpc::encode(&response),
             Response::Alarm(response) => grpc::encode(&response),
             Response::Hash(response) => grpc::encode(&response),
             Response::HashKv(response) => grpc::encode(&response),
@@ -340,6 +367,10 @@ mod tests {
             Method::Unary(UnaryMethod::HashKv)
         );
         assert_eq!(route("/etcdserverpb.Watch/Watch").unwrap(), Method::Watch);
+        assert_eq!(
+            route("/etcdserverpb.Cluster/MemberPromote").unwrap(),
+            Method::Unary(UnaryMethod::MemberPromote)
+        );
         assert_eq!(route("/etcdserverpb.Maintenance/Snapshot").unwrap(), Method::Snapshot);
         assert_eq!(
             route("/etcdserverpb.Maintenance/Defragment").unwrap(),
@@ -349,9 +380,9 @@ mod tests {
 
     #[test]
     fn unserved_etcd_rpcs_are_honestly_unimplemented() {
-        let status = route("/etcdserverpb.Cluster/MemberAdd").unwrap_err();
+        let status = route("/etcdserverpb.Auth/UserAdd").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
-        assert_eq!(status.message, "method MemberAdd not implemented");
+        assert_eq!(status.message, "method UserAdd not implemented");
         let status = route("/etcdserverpb.Maintenance/Downgrade").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method Downgrade not implemented");

@@ -30,10 +30,23 @@ impl EtcdHttp {
         }
     }
 
-    async fn has_leader(&self) -> Result<bool, EtcdError> {
+    async fn status(&self) -> Result<pb::StatusResponse, EtcdError> {
         match self.store.call(Request::Status).await? {
-            Response::Status(status) => Ok(status.leader != 0),
+            Response::Status(status) => Ok(status),
             other => unreachable!("a status request answered {other:?}"),
+        }
+    }
+
+    async fn has_leader(&self) -> Result<bool, EtcdError> {
+        self.status().await.map(|status| status.leader != 0)
+    }
+
+    /// etcd's `non_learner` readiness check.
+    async fn non_learner(&self) -> Result<(), String> {
+        match self.status().await {
+            Ok(status) if status.is_learner => Err("not supported for learner".to_string()),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
         }
     }
 
@@ -95,8 +108,7 @@ impl EtcdHttp {
             ("data_corruption", corruption),
             ("serializable_read", self.read(true).await.map_err(|e| e.to_string())),
             ("linearizable_read", self.read(false).await.map_err(|e| e.to_string())),
-            // A single member is never a learner.
-            ("non_learner", Ok(())),
+            ("non_learner", self.non_learner().await),
         ]
     }
 

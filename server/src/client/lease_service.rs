@@ -57,7 +57,7 @@ pub async fn unary(
         LeaseMethod::Leases => Request::LeaseLeases(grpc::decode(request)?),
         LeaseMethod::KeepAlive => unreachable!("KeepAlive is streaming"),
     };
-    Ok(match store.call_with(request, require_leader).await? {
+    Ok(match store.call_rpc(request, require_leader).await? {
         Response::LeaseGrant(response) => grpc::encode(&response),
         Response::LeaseRevoke(response) => grpc::encode(&response),
         Response::LeaseTimeToLive(response) => grpc::encode(&response),
@@ -75,7 +75,7 @@ pub async fn keep_alive(
 ) -> Result<(), Status> {
     while let Some(request) = requests.next().await {
         let request: pb::LeaseKeepAliveRequest = grpc::decode(request?)?;
-        let response = match store.call(Request::LeaseKeepAlive(request)).await? {
+        let response = match store.call_rpc(Request::LeaseKeepAlive(request), false).await? {
             Response::LeaseKeepAlive(response) => response,
             other => unreachable!("a KeepAlive is answered in kind, not with {other:?}"),
         };

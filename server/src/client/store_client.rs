@@ -41,12 +41,17 @@ impl StoreClient {
 
     /// Sends `request` to the store core and waits for its answer.
     pub async fn call(&self, request: Request) -> Result<Response, EtcdError> {
-        self.call_with(request, false).await
+        self.send(request, false, false).await
     }
 
-    /// `call`; with `require_leader`, refused with "no leader" when the
-    /// member knows of none (gRPC metadata `hasleader: true`).
-    pub async fn call_with(&self, request: Request, require_leader: bool) -> Result<Response, EtcdError> {
+    /// A client's etcd RPC (refused on a learner, as etcd refuses most); with
+    /// `require_leader`, refused with "no leader" when the member knows of none
+    /// (gRPC metadata `hasleader: true`).
+    pub async fn call_rpc(&self, request: Request, require_leader: bool) -> Result<Response, EtcdError> {
+        self.send(request, require_leader, true).await
+    }
+
+    async fn send(&self, request: Request, require_leader: bool, client_rpc: bool) -> Result<Response, EtcdError> {
         let permit = self
             .permits
             .acquire_static_permit(1)
@@ -63,6 +68,7 @@ impl StoreClient {
                 id,
                 request,
                 require_leader,
+                client_rpc,
             })
             .is_err()
         {

@@ -42,6 +42,43 @@ pub fn check_delete(request: &pb::DeleteRangeRequest) -> Result<(), EtcdError> {
 }
 
 /// Op count and keys (recursively), then put/delete overlaps in each branch.
+/// etcd's `types.NewURLs` as MemberAdd uses it: at least one URL, each
+/// `scheme://host:port` with scheme http, https, unix or unixs and no path;
+/// returned trimmed and sorted. Any failure is etcd's "given member URLs are
+/// invalid" (its gRPC layer drops the detail).
+pub fn member_peer_urls(urls: &[String]) -> Result<Vec<String>, EtcdError> {
+    if urls.is_empty() {
+        return Err(EtcdError::MemberBadUrls);
+    }
+    let mut checked = Vec::with_capacity(urls.len());
+    for url in urls {
+        let url = url.trim();
+        let (scheme, rest) = url.split_once("://").ok_or(EtcdError::MemberBadUrls)?;
+        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+            return Err(EtcdError::MemberBadUrls);
+        }
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        if !path.is_empty() && path != "/" || !has_port(authority) || url::Url::parse(url).is_err() {
+            return Err(EtcdError::MemberBadUrls);
+        }
+        checked.push(url.to_string());
+    }
+    checked.sort_unstable();
+    Ok(checked)
+}
+
+/// Go's `net.SplitHostPort` succeeds: `host:port` or `[v6]:port`.
+fn has_port(authority: &str) -> bool {
+    let Some((host, _port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    if host.starts_with('[') {
+        return host.ends_with(']');
+    }
+    !host.contains(':') && !host.contains(['[', ']'])
+}
+
 pub fn check_txn(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
     check_txn_ops(request, max_txn_ops)?;
     check_overlaps(&request.success)?;
@@ -224,5 +261,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_put(&request), Err(EtcdError::ValueProvided));
+    }
+}
+
+#[cfg(test)]
+mod member_url_tests {
+    use super::*;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|url| url.to_string()).collect()
+    }
+
+    #[test]
+    fn member_urls_are_checked_as_etcds_new_urls_does() {
+        assert_eq!(
+            member_peer_urls(&urls(&["http://b:2", " http://a:1 "])),
+            Ok(urls(&["http://a:1", "http://b:2"]))
+        );
+        assert_eq!(
+            member_peer_urls(&urls(&["http://[::1]:2380"])),
+            Ok(urls(&["http://[::1]:2380"]))
+        );
+        for bad in ["foo", "ftp://a:1", "http://a", "http://a:1/path", "http://::1:2"] {
+            assert_eq!(member_peer_urls(&urls(&[bad])), Err(EtcdError::MemberBadUrls), "{bad}");
+        }
+        assert_eq!(member_peer_urls(&[]), Err(EtcdError::MemberBadUrls));
     }
 }

@@ -7,16 +7,23 @@
 //! is a [`Hello`] (24 bytes); every later frame is one [`PeerMessage`]: a kind
 //! byte, then the prost encoding of a raft `Message` (kind 1), a
 //! `ringkvpb.LeaseForward` (kind 2), a `ringkvpb.LeaseForwardReply` (kind 3), a
-//! `ringkvpb.SnapshotChunk` (kind 4) or a `ringkvpb.SnapshotEnd` (kind 5). Kinds 4
-//! and 5 travel on a connection of their own, one snapshot per connection,
-//! answered by one [`SNAPSHOT_ACK`] byte once the receiver holds the file.
+//! `ringkvpb.SnapshotChunk` (kind 4), a `ringkvpb.SnapshotEnd` (kind 5), a
+//! `ringkvpb.Membership` (kind 6, the answer to a membership query) or a
+//! `ringkvpb.PromoteCheck` (kind 7, a follower's MemberPromote asking the leader,
+//! and its answer). Kinds 4 and 5 travel on a connection of their own, one
+//! snapshot per connection, answered by one [`SNAPSHOT_ACK`] byte once the
+//! receiver holds the file.
+//!
+//! A membership query is a connection whose hello is all zeros ([`Hello::QUERY`]):
+//! the member answers with one kind-6 frame holding its applied membership and
+//! closes it. A member joining a running cluster asks it for its id.
 //! A frame that is too long, fails its checksum or does not decode closes the
 //! connection: the sender reconnects and raft resends what was lost.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
 use raft::eraftpb::Message;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, SnapshotChunk, SnapshotEnd};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck, SnapshotChunk, SnapshotEnd};
 
 const KIND_RAFT: u8 = 1;
 const KIND_LEASE_FORWARD: u8 = 2;
@@ -26,6 +33,8 @@ const KIND_SNAPSHOT_END: u8 = 5;
 /// The byte a snapshot's receiver writes back once the file is durable and its
 /// message is with raft.
 pub const SNAPSHOT_ACK: u8 = 1;
+const KIND_MEMBERSHIP: u8 = 6;
+const KIND_PROMOTE_CHECK: u8 = 7;
 
 /// What one frame after the hello carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +44,8 @@ pub enum PeerMessage {
     LeaseForwardReply(LeaseForwardReply),
     SnapshotChunk(SnapshotChunk),
     SnapshotEnd(SnapshotEnd),
+    Membership(Membership),
+    PromoteCheck(PromoteCheck),
 }
 
 /// Frame header: length then checksum.
@@ -54,6 +65,13 @@ pub struct Hello {
 
 impl Hello {
     const BYTES: usize = 24;
+
+    /// The hello of a membership query (no cluster, no member yet).
+    pub const QUERY: Hello = Hello {
+        cluster_id: 0,
+        from: 0,
+        to: 0,
+    };
 
     fn encode(self) -> [u8; Hello::BYTES] {
         let mut bytes = [0u8; Hello::BYTES];
@@ -129,6 +147,14 @@ pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMess
             scratch.push(KIND_SNAPSHOT_END);
             end.encode(scratch)
         }
+        PeerMessage::Membership(membership) => {
+            scratch.push(KIND_MEMBERSHIP);
+            membership.encode(scratch)
+        }
+        PeerMessage::PromoteCheck(check) => {
+            scratch.push(KIND_PROMOTE_CHECK);
+            check.encode(scratch)
+        }
     };
     encoded.expect("a Vec grows as needed");
     push_frame(out, scratch);
@@ -181,6 +207,12 @@ pub async fn read_message<R: AsyncReadExt + Unpin>(
             .map_err(decode_error),
         Some((&KIND_SNAPSHOT_END, body)) => SnapshotEnd::decode(body)
             .map(PeerMessage::SnapshotEnd)
+            .map_err(decode_error),
+        Some((&KIND_MEMBERSHIP, body)) => Membership::decode(body)
+            .map(PeerMessage::Membership)
+            .map_err(decode_error),
+        Some((&KIND_PROMOTE_CHECK, body)) => PromoteCheck::decode(body)
+            .map(PeerMessage::PromoteCheck)
             .map_err(decode_error),
         Some((kind, _)) => Err(FrameError::Decode(format!("unknown frame kind {kind}"))),
         None => Err(FrameError::Decode("empty frame".to_string())),

@@ -13,15 +13,20 @@
 //! - **Reconnect**: a failed connect or write drops the queued messages, reports
 //!   the peer unreachable and retries with exponential backoff.
 //! - **Snapshots** go on a connection of their own, see [`snapshot`].
+//! - **Membership queries**: the peer port also answers a connection that says
+//!   the all-zero hello with the applied membership (see [`frame`] and
+//!   [`query`]), which is how a joining member learns its id.
 
 mod frame;
+pub mod query;
 mod snapshot;
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -30,7 +35,7 @@ use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
 use ringkv_engine::mvcc::SnapshotSource;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply};
+use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 pub use snapshot::{received_index, received_path};
 
 /// Messages queued for one peer before more are dropped.
@@ -59,39 +64,109 @@ pub enum PeerEvent {
     SnapshotSent { to: u64, txid: u64, delivered: bool },
     /// A snapshot from a peer is durable at `path`; `message` is its MsgSnapshot.
     SnapshotReceived { message: Box<Message>, path: PathBuf },
+    /// A follower asks this member, as the leader, whether a learner may be
+    /// promoted; or the leader's answer to this member's question.
+    PromoteCheck { from: u64, check: PromoteCheck },
 }
 
 /// Where the transport reports; false once the store core is gone.
 pub type Report = Rc<dyn Fn(PeerEvent) -> bool>;
 
-/// One member's outgoing side: a sender task per peer.
+/// Since when the connection to a peer has been up; None while it is down.
+type ActiveSince = Rc<Cell<Option<Instant>>>;
+
+/// One peer's sender task, as the transport holds it.
+struct Peer {
+    urls: Vec<String>,
+    queue: LocalSender<PeerMessage>,
+    active_since: ActiveSince,
+}
+
+/// One member's peer side: a sender task per peer, and the listeners.
 pub struct PeerTransport {
     member_id: u64,
     cluster_id: u64,
     report: Report,
-    /// Peer id → (its peer URLs, its sender task's queue).
-    peers: HashMap<u64, (Vec<String>, LocalSender<PeerMessage>)>,
+    peers: HashMap<u64, Peer>,
+    /// `--listen-peer-urls`; listened on once there is a peer (see `listen`).
+    listen_addrs: Vec<SocketAddr>,
+    listening: bool,
+    /// Where snapshots this member receives go.
+    snap_dir: PathBuf,
+    /// What membership queries are answered with.
+    membership: Rc<RefCell<Membership>>,
 }
 
 impl PeerTransport {
-    pub fn new(member_id: u64, cluster_id: u64, report: Report) -> PeerTransport {
+    pub fn new(
+        member_id: u64,
+        cluster_id: u64,
+        report: Report,
+        listen_addrs: Vec<SocketAddr>,
+        snap_dir: PathBuf,
+    ) -> PeerTransport {
         PeerTransport {
             member_id,
             cluster_id,
             report,
             peers: HashMap::new(),
+            listen_addrs,
+            listening: false,
+            snap_dir,
+            membership: Rc::default(),
         }
     }
 
+    /// Listens on `--listen-peer-urls` (once); returns the bound addresses.
+    /// A member alone has no one to hear from, so the port stays free until it
+    /// has a peer (many one-member servers share a machine in tests and
+    /// benchmarks): `set_peers` calls this when the first peer comes.
+    pub fn listen(&mut self) -> Result<Vec<SocketAddr>, String> {
+        if self.listening {
+            return Ok(Vec::new());
+        }
+        let mut bound = Vec::with_capacity(self.listen_addrs.len());
+        for addr in &self.listen_addrs {
+            let local = Local {
+                member_id: self.member_id,
+                cluster_id: self.cluster_id,
+                snap_dir: self.snap_dir.clone(),
+                membership: Rc::clone(&self.membership),
+            };
+            let listening = listen(*addr, local, Rc::clone(&self.report))
+                .map_err(|error| format!("cannot listen for peers on {addr}: {error}"))?;
+            tracing::info!("listening for peers on http://{listening}");
+            bound.push(listening);
+        }
+        self.listening = true;
+        Ok(bound)
+    }
+
+    /// The membership that membership queries are answered with from now on.
+    pub fn set_membership(&mut self, membership: Membership) {
+        *self.membership.borrow_mut() = membership;
+    }
+
+    /// Since when the connection to `peer` has been up (etcd's `ActiveSince`);
+    /// None if it is down or `peer` is unknown.
+    pub fn active_since(&self, peer: u64) -> Option<Instant> {
+        self.peers.get(&peer).and_then(|peer| peer.active_since.get())
+    }
+
     /// Makes the senders match `peers` (id and peer URLs, this member excluded):
-    /// new peers get a sender task, removed ones lose theirs.
+    /// new peers (or new URLs) get a sender task, removed ones lose theirs.
     pub fn set_peers(&mut self, peers: &[(u64, Vec<String>)]) {
         assert!(
             peers.iter().all(|(id, _)| *id != self.member_id),
             "no sender to oneself"
         );
+        if !peers.is_empty() && !self.listening {
+            if let Err(error) = self.listen() {
+                tracing::error!(%error, "peers cannot reach this member");
+            }
+        }
         self.peers
-            .retain(|id, (urls, _)| peers.iter().any(|(peer, peer_urls)| peer == id && peer_urls == urls));
+            .retain(|id, peer| peers.iter().any(|(other, urls)| other == id && *urls == peer.urls));
         for (id, urls) in peers {
             if self.peers.contains_key(id) {
                 continue;
@@ -103,8 +178,21 @@ impl PeerTransport {
                 to: *id,
             };
             let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
-            glommio::spawn_local(run_sender(hello, addrs, receiver, Rc::clone(&self.report))).detach();
-            self.peers.insert(*id, (urls.clone(), queue));
+            let active_since = ActiveSince::default();
+            let sender = Sender {
+                hello,
+                addrs,
+                queue: receiver,
+                report: Rc::clone(&self.report),
+                active_since: Rc::clone(&active_since),
+            };
+            glommio::spawn_local(sender.run()).detach();
+            let peer = Peer {
+                urls: urls.clone(),
+                queue,
+                active_since,
+            };
+            self.peers.insert(*id, peer);
         }
     }
 
@@ -118,7 +206,7 @@ impl PeerTransport {
 
     /// Queues `message` for peer `to`; false if it was dropped.
     pub fn send_to(&mut self, to: u64, message: PeerMessage) -> bool {
-        let Some((_, queue)) = self.peers.get(&to) else {
+        let Some(Peer { queue, .. }) = self.peers.get(&to) else {
             tracing::debug!(to = format_args!("{to:x}"), "message to an unknown peer dropped");
             return false;
         };
@@ -135,7 +223,7 @@ impl PeerTransport {
     /// `message` (its MsgSnapshot) at the end. Gives the source back if the peer
     /// is unknown.
     pub fn send_snapshot(&self, to: u64, message: Message, source: SnapshotSource) -> Result<(), SnapshotSource> {
-        let Some((urls, _)) = self.peers.get(&to) else {
+        let Some(Peer { urls, .. }) = self.peers.get(&to) else {
             return Err(source);
         };
         let hello = Hello {
@@ -155,13 +243,44 @@ fn peer_addr(url: &str) -> Option<String> {
     Some(format!("{}:{}", parsed.host_str()?, parsed.port()?))
 }
 
-async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerMessage>, report: Report) {
+/// One peer's sender task: what it connects to and sends.
+struct Sender {
+    hello: Hello,
+    addrs: Vec<String>,
+    queue: LocalReceiver<PeerMessage>,
+    report: Report,
+    active_since: ActiveSince,
+}
+
+impl Sender {
+    /// Sends until the peer is removed; notes when the connection is up.
+    async fn run(self) {
+        let Sender {
+            hello,
+            addrs,
+            queue,
+            report,
+            active_since,
+        } = self;
+        run_sender(hello, addrs, queue, report, &active_since).await;
+        active_since.set(None);
+    }
+}
+
+async fn run_sender(
+    hello: Hello,
+    addrs: Vec<String>,
+    queue: LocalReceiver<PeerMessage>,
+    report: Report,
+    active_since: &Cell<Option<Instant>>,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     let mut failures = 0u64;
     loop {
         let Some(mut stream) = connect(&addrs, hello).await else {
+            active_since.set(None);
             failures += 1;
             // A peer that is down is logged once, then every 60th attempt.
             if failures % 60 == 1 {
@@ -179,6 +298,7 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
         }
         failures = 0;
         backoff = BACKOFF_MIN;
+        active_since.set(Some(Instant::now()));
         out.clear();
         loop {
             // Wait for one message, then take whatever else is queued.
@@ -186,14 +306,25 @@ async fn run_sender(hello: Hello, addrs: Vec<String>, queue: LocalReceiver<PeerM
                 return; // the peer was removed
             };
             frame::push_message(&mut out, &mut scratch, &first);
+            // The peer's removal closes the queue: what was queued before still
+            // goes out (the last append to a removed member, see `members`).
+            let mut removed = false;
             while out.len() < BATCH_BYTES_MAX {
                 match future::poll_once(queue.recv()).await {
                     Some(Some(message)) => frame::push_message(&mut out, &mut scratch, &message),
-                    Some(None) => return,
+                    Some(None) => {
+                        removed = true;
+                        break;
+                    }
                     None => break,
                 }
             }
-            if let Err(error) = frame::write_all(&mut stream, &out).await {
+            let written = frame::write_all(&mut stream, &out).await;
+            if written.is_ok() && removed {
+                return;
+            }
+            if let Err(error) = written {
+                active_since.set(None);
                 tracing::info!(peer = format_args!("{:x}", hello.to), %error, "peer connection lost");
                 if !report(PeerEvent::Unreachable(hello.to)) {
                     return;
@@ -258,16 +389,18 @@ async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: 
     !dropped || report(PeerEvent::Unreachable(peer))
 }
 
-/// Who this member is to its peers, and where snapshots it receives go.
+/// Who this member is to its peers, where snapshots it receives go, and what
+/// membership queries are answered with.
 #[derive(Clone)]
 pub struct Local {
     pub member_id: u64,
     pub cluster_id: u64,
     pub snap_dir: PathBuf,
+    pub membership: Rc<RefCell<Membership>>,
 }
 
 /// Accepts peer connections on `addr` until the process ends.
-pub fn listen(addr: SocketAddr, local: Local, report: Report) -> std::io::Result<SocketAddr> {
+fn listen(addr: SocketAddr, local: Local, report: Report) -> std::io::Result<SocketAddr> {
     let listener = crate::net::listen(addr)?;
     let bound = listener.local_addr()?;
     let local = Rc::new(local);
@@ -281,7 +414,8 @@ pub fn listen(addr: SocketAddr, local: Local, report: Report) -> std::io::Result
     Ok(bound)
 }
 
-/// Reads one peer's messages until the connection ends.
+/// Reads one peer's messages until the connection ends, or answers a
+/// membership query.
 async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
     let (member_id, cluster_id) = (local.member_id, local.cluster_id);
     let hello = future::or(async { Some(frame::read_hello(&mut stream).await) }, async {
@@ -300,6 +434,11 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
             return;
         }
     };
+    if hello == Hello::QUERY {
+        let answer = PeerMessage::Membership(local.membership.borrow().clone());
+        query::answer(&mut stream, &answer).await;
+        return;
+    }
     if hello.cluster_id != cluster_id || hello.to != member_id {
         tracing::warn!(
             from = format_args!("{:x}", hello.from),
@@ -384,6 +523,17 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
                         return;
                     }
                 }
+            }
+            Ok(PeerMessage::PromoteCheck(check)) => PeerEvent::PromoteCheck {
+                from: hello.from,
+                check,
+            },
+            Ok(PeerMessage::Membership(_)) => {
+                tracing::warn!(
+                    from = format_args!("{:x}", hello.from),
+                    "unasked membership frame; closing"
+                );
+                return;
             }
             Err(frame::FrameError::Closed) => return,
             Err(error) => {

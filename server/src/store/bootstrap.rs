@@ -78,12 +78,25 @@ pub struct Opened {
     pub membership: Membership,
 }
 
-/// Opens (or creates) the member in `data_dir`. `initial` is `--initial-cluster`,
-/// used for a new data directory; `election_ticks` raft ticks make an election timeout.
+/// How a new data directory starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `--initial-cluster-state new`: `initial` is `--initial-cluster`, every
+    /// member a voter of the first configuration.
+    New,
+    /// `--initial-cluster-state existing`: this member was added to a running
+    /// cluster; `initial` is that cluster's membership at raft index 0, which
+    /// does not hold this member (it replays its own addition).
+    Join,
+}
+
+/// Opens (or creates) the member in `data_dir`. `initial` is used for a new data
+/// directory (see [`Start`]); `election_ticks` raft ticks make an election timeout.
 pub async fn open(
     data_dir: &Path,
     configured: Identity,
     initial: Membership,
+    start: Start,
     election_ticks: usize,
 ) -> Result<Opened, BootstrapError> {
     std::fs::create_dir_all(data_dir).map_err(|source| BootstrapError::DataDir {
@@ -135,10 +148,18 @@ pub async fn open(
     };
     // The membership is committed to the page store before a new WAL exists, so
     // a WAL always comes with the membership its configuration was made from.
-    let membership = match stored_membership(&mvcc, identity).map_err(inconsistent)? {
+    // A joiner without a WAL starts over from what its peers said.
+    let stored = match (start, &opened_wal) {
+        (Start::Join, None) => None,
+        _ => stored_membership(&mvcc, identity, opened_wal.is_some()).map_err(inconsistent)?,
+    };
+    let membership = match stored {
         Some(membership) => membership,
         None => {
-            let membership = membership_for(identity, configured, initial);
+            let membership = match start {
+                Start::New => membership_for(identity, configured, initial),
+                Start::Join => initial,
+            };
             mvcc.set_membership(membership.encode());
             mvcc.commit().map_err(store_error)?;
             membership
@@ -146,9 +167,19 @@ pub async fn open(
     };
     let (wal, recovered) = match opened_wal {
         Some(opened) => opened,
-        None => create_wal_at(&wal_dir, identity, &membership.voter_ids(), 0, 0)
-            .await
-            .map_err(wal_error)?,
+        None => {
+            // The log starts from the cluster's first configuration; a joiner
+            // is not in it (its own addition is in the log it will receive).
+            let voters = membership.initial_voter_ids();
+            assert_eq!(
+                voters.contains(&identity.member_id),
+                start == Start::New,
+                "a new cluster's member votes from the start; a joiner does not"
+            );
+            create_wal_at(&wal_dir, identity, &voters, 0, 0)
+                .await
+                .map_err(wal_error)?
+        }
     };
     if identity != configured {
         tracing::info!(
@@ -230,13 +261,15 @@ fn clear_snap_dir(snap_dir: &Path) -> std::io::Result<()> {
 
 /// The membership the page store holds, if it is this member's cluster's.
 /// A restored snapshot holds the membership of the cluster it was taken from:
-/// that one is replaced.
-fn stored_membership(mvcc: &Mvcc, identity: Identity) -> Result<Option<Membership>, String> {
+/// that one is replaced. With a WAL, a membership without this member is ours
+/// too: a joiner's before it replays its own addition, or a removed member's.
+fn stored_membership(mvcc: &Mvcc, identity: Identity, wal_exists: bool) -> Result<Option<Membership>, String> {
     let Some(bytes) = mvcc.membership() else {
         return Ok(None);
     };
     let membership = Membership::decode(bytes).map_err(|error| format!("stored membership: {error}"))?;
-    let ours = membership.cluster_id() == identity.cluster_id && membership.contains(identity.member_id);
+    let ours =
+        membership.cluster_id() == identity.cluster_id && (membership.contains(identity.member_id) || wal_exists);
     Ok(ours.then_some(membership))
 }
 
@@ -258,7 +291,8 @@ fn membership_for(identity: Identity, configured: Identity, initial: Membership)
 /// A new WAL: identity in the metadata, and a snapshot record at `index`, `term`
 /// holding the initial configuration (`voters`), both in its first frame, so
 /// that a crash right after creation leaves a WAL that opens. A restored store
-/// starts its raft log at its applied index.
+/// starts its raft log at its applied index. `voters` holds this member unless
+/// it joins a running cluster (the callers assert which).
 pub(super) async fn create_wal_at(
     wal_dir: &Path,
     identity: Identity,
@@ -266,7 +300,7 @@ pub(super) async fn create_wal_at(
     index: u64,
     term: u64,
 ) -> Result<(Wal, Recovered), WalError> {
-    assert!(voters.contains(&identity.member_id), "a new member votes");
+    assert!(!voters.is_empty(), "a configuration has a voter");
     let conf_state = ConfState {
         voters: voters.to_vec(),
         ..Default::default()

@@ -18,9 +18,8 @@ use std::rc::Rc;
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
 use prost::Message;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
-use raft_proto::ConfChangeI;
 use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
 use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
@@ -42,6 +41,7 @@ use crate::peer::{PeerEvent, PeerTransport};
 
 mod cluster;
 mod maintenance;
+mod members;
 mod snapshots;
 mod space;
 use crate::watch::WatchCommand;
@@ -105,6 +105,9 @@ pub struct StoreSettings {
     /// again: a ReadIndex (the leader had not committed in its term yet, or the
     /// message was lost) and the publishing of this member's attributes.
     pub retry_ticks: u64,
+    /// A member joining a running cluster: the members (id, peer URLs) it
+    /// joined, talked to until it has caught up (see `membership_changed`).
+    pub join_peers: Vec<(u64, Vec<String>)>,
     /// The data directory: a snapshot from the leader replaces its page store.
     pub data_dir: PathBuf,
 }
@@ -190,8 +193,17 @@ pub struct StoreCore {
     /// same attributes may be applied long before).
     publish_ids: Vec<u64>,
     leader_transfers: Vec<LeaderTransfer>,
+    /// Membership changes waiting to be proposed, and the request id of this
+    /// member's one in flight (see `members`).
+    conf_changes_queued: VecDeque<members::QueuedConfChange>,
+    conf_change_in_flight: Option<u64>,
+    /// When this member applied its own removal; it stops soon after.
+    removed_at: Option<Instant>,
+    join_peers: Vec<(u64, Vec<String>)>,
     /// Lease calls forwarded to the leader, by request id.
     lease_forwards: HashMap<u64, leases::ForwardedLeaseCall>,
+    /// MemberPromote calls waiting for the leader's verdict, by request id.
+    promote_checks: HashMap<u64, members::AskedLeaderToPromote>,
     ticks: u64,
     reads: ReadQueue,
     commit: Option<CommitInFlight>,
@@ -235,7 +247,7 @@ impl StoreCore {
         raw: RawNode<RaftLog>,
         mvcc: Mvcc,
         membership: Membership,
-        mut transport: PeerTransport,
+        transport: PeerTransport,
         events: Rc<LocalSender<Event>>,
         wal_jobs: LocalSender<WalJob>,
         replies: Vec<ConnectedSender<Reply>>,
@@ -248,7 +260,6 @@ impl StoreCore {
         } else {
             raw.raft.raft_log.committed
         };
-        transport.set_peers(&membership.peers_of(settings.member_id));
         let lease_ids = IdGenerator::new(settings.member_id);
         let request_ids = IdGenerator::new(settings.member_id);
         let auto_compactor = AutoCompactor::new(settings.auto_compaction, Instant::now());
@@ -266,7 +277,8 @@ impl StoreCore {
             store.set_snapshot_point(durable_applied_index, term, conf_state);
         }
         let watchers = Watchers::new(watch_outlet.client_cores());
-        StoreCore {
+        let join_peers = settings.join_peers.clone();
+        let mut core = StoreCore {
             settings,
             raw,
             mvcc,
@@ -285,7 +297,12 @@ impl StoreCore {
             publish_attempted_at: None,
             publish_ids: Vec::new(),
             leader_transfers: Vec::new(),
+            conf_changes_queued: VecDeque::new(),
+            conf_change_in_flight: None,
+            removed_at: None,
+            join_peers,
             lease_forwards: HashMap::new(),
+            promote_checks: HashMap::new(),
             ticks: 0,
             reads: ReadQueue::default(),
             commit: None,
@@ -318,7 +335,9 @@ impl StoreCore {
             },
             watchers,
             watch_outlet,
-        }
+        };
+        core.membership_changed();
+        core
     }
 
     /// Handles one event; the caller runs [`StoreCore::drive`] after a batch of them.
@@ -326,12 +345,14 @@ impl StoreCore {
         match event {
             Event::Call { client, call } => self.handle_call(client, call),
             Event::Tick => {
+                self.stop_if_removed();
                 self.ticks += 1;
                 self.raw.tick();
                 self.revoke_expired_leases();
                 self.auto_compact();
                 self.expire_proposals();
                 self.expire_lease_forwards();
+                self.expire_promote_checks();
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
             }
@@ -345,6 +366,7 @@ impl StoreCore {
             Event::Peer(PeerEvent::Unreachable(peer)) => self.raw.report_unreachable(peer),
             Event::Peer(PeerEvent::LeaseForward { from, forward }) => self.answer_lease_forward(from, forward),
             Event::Peer(PeerEvent::LeaseForwardReply(reply)) => self.finish_lease_forward(reply),
+            Event::Peer(PeerEvent::PromoteCheck { from, check }) => self.promote_check(from, check),
             Event::Peer(PeerEvent::SnapshotSent { to, txid, delivered }) => self.snapshot_sent(to, txid, delivered),
             Event::Peer(PeerEvent::SnapshotReceived { message, path }) => self.snapshot_received(*message, &path),
             Event::CommitDue => self.maybe_commit(true),
@@ -378,6 +400,12 @@ impl StoreCore {
     /// Moves everything forward that the events made possible.
     pub fn drive(&mut self) {
         self.publish_attributes();
+        self.propose_queued_conf_changes();
+        if !self.join_peers.is_empty() && self.caught_up() {
+            // Joined: the applied membership names every peer from now on.
+            self.join_peers.clear();
+            self.membership_changed();
+        }
         // Each pass may make more ready (e.g. applying unblocks reads, persisting
         // commits entries); stop when raft has nothing or the WAL is busy.
         loop {
@@ -442,6 +470,14 @@ impl StoreCore {
     }
 
     fn handle_call(&mut self, client: usize, call: Call) {
+        if self.removed_at.is_some() {
+            self.reply(client, call.id, Err(EtcdError::Stopped));
+            return;
+        }
+        if call.client_rpc && !self.serves_client_rpc(&call.request) {
+            self.reply(client, call.id, Err(EtcdError::NotSupportedForLearner));
+            return;
+        }
         if call.require_leader && self.raw.raft.leader_id == raft::INVALID_ID {
             self.reply(client, call.id, Err(EtcdError::NoLeader));
             return;
@@ -486,6 +522,10 @@ impl StoreCore {
             }
             Request::Defragment => self.defragment(client, call.id),
             Request::MoveLeader(request) => self.move_leader(client, call.id, &request),
+            Request::MemberAdd(request) => self.member_add(client, call.id, request),
+            Request::MemberRemove(request) => self.member_remove(client, call.id, &request),
+            Request::MemberUpdate(request) => self.member_update(client, call.id, request),
+            Request::MemberPromote(request) => self.member_promote(client, call.id, &request),
             Request::Snapshot => self.snapshot(client, call.id),
             Request::SnapshotRelease(txid) => {
                 let response = self.release_snapshot(txid);
@@ -657,27 +697,15 @@ impl StoreCore {
                 self.apply_request(entry.index, request);
             }
             EntryType::EntryConfChange => {
-                let change = ConfChange::decode(entry.data.as_slice())
-                    .unwrap_or_else(|error| fatal(&format!("conf change does not decode: {error}")));
-                self.apply_conf_change(change.into_v2());
+                // Only ConfChangeV2 entries are proposed (see `members`).
+                fatal(&format!("raft entry {} is a v1 conf change", entry.index));
             }
             EntryType::EntryConfChangeV2 => {
                 let change = ConfChangeV2::decode(entry.data.as_slice())
                     .unwrap_or_else(|error| fatal(&format!("conf change does not decode: {error}")));
-                self.apply_conf_change(change);
+                self.apply_conf_change(entry.index, change);
             }
         }
-    }
-
-    fn apply_conf_change(&mut self, change: ConfChangeV2) {
-        let conf_state = self
-            .raw
-            .apply_conf_change(&change)
-            .unwrap_or_else(|error| fatal(&format!("conf change refused: {error}")));
-        // Stored with the data: raft does not re-apply this entry after a restart.
-        self.mvcc.set_conf_state(conf_state.encode_to_vec());
-        self.applied_since_commit += 1;
-        self.raw.mut_store().set_conf_state(conf_state);
     }
 
     fn apply_request(&mut self, index: u64, request: RaftRequest) {
@@ -708,6 +736,7 @@ impl StoreCore {
                 self.apply_member_attributes(request.id, &attributes);
                 return; // proposed by the member itself, with no client waiting
             }
+            raft_request::Request::MemberUpdate(update) => self.apply_member_update(update),
         };
         let result = self.client_result(result);
         let Some(waiter) = self.waiters.remove(&request.id) else {
@@ -817,8 +846,9 @@ impl StoreCore {
         self.space_after_commit();
         // The page store now holds every entry up to `applied_index`: the WAL and
         // the in-memory raft log can let go of them.
-        // Followers that lag catch up from the entries kept behind that point.
-        let keep = if self.membership.voter_ids().len() > 1 {
+        // Followers and learners that lag catch up from the entries kept behind
+        // that point; a member alone keeps none.
+        let keep = if !self.membership.peers_of(self.settings.member_id).is_empty() {
             self.settings.catch_up_entries
         } else {
             0
@@ -875,6 +905,15 @@ impl StoreCore {
     /// Cluster id, member id and raft term go on the outermost header only, as
     /// etcd's gRPC layer fills them.
     fn fill_header(&self, response: &mut Response) {
+        // etcd's Cluster service fills no revision (`ClusterServer.header`).
+        let cluster_call = matches!(
+            response,
+            Response::MemberList(_)
+                | Response::MemberAdd(_)
+                | Response::MemberRemove(_)
+                | Response::MemberUpdate(_)
+                | Response::MemberPromote(_)
+        );
         let header = match response {
             Response::Range(r) => &mut r.header,
             Response::Put(r) => &mut r.header,
@@ -888,6 +927,10 @@ impl StoreCore {
             Response::LeaseLeases(r) => &mut r.header,
             Response::Status(r) => &mut r.header,
             Response::MemberList(r) => &mut r.header,
+            Response::MemberAdd(r) => &mut r.header,
+            Response::MemberRemove(r) => &mut r.header,
+            Response::MemberUpdate(r) => &mut r.header,
+            Response::MemberPromote(r) => &mut r.header,
             Response::Alarm(r) => &mut r.header,
             Response::Hash(r) => &mut r.header,
             Response::HashKv(r) => &mut r.header,
@@ -899,7 +942,7 @@ impl StoreCore {
         header.cluster_id = self.settings.cluster_id;
         header.member_id = self.settings.member_id;
         header.raft_term = self.raw.raft.term;
-        if header.revision == 0 {
+        if header.revision == 0 && !cluster_call {
             header.revision = self.mvcc.current_revision();
         }
     }

@@ -28,6 +28,12 @@ pub enum Request {
     LeaseLeases(pb::LeaseLeasesRequest),
     Status,
     MemberList,
+    /// Membership changes: proposed (strict reconfiguration check first),
+    /// answered once applied.
+    MemberAdd(pb::MemberAddRequest),
+    MemberRemove(pb::MemberRemoveRequest),
+    MemberUpdate(pb::MemberUpdateRequest),
+    MemberPromote(pb::MemberPromoteRequest),
     Alarm(pb::AlarmRequest),
     Hash,
     HashKv(pb::HashKvRequest),
@@ -58,6 +64,10 @@ pub enum Response {
     LeaseLeases(pb::LeaseLeasesResponse),
     Status(pb::StatusResponse),
     MemberList(pb::MemberListResponse),
+    MemberAdd(pb::MemberAddResponse),
+    MemberRemove(pb::MemberRemoveResponse),
+    MemberUpdate(pb::MemberUpdateResponse),
+    MemberPromote(pb::MemberPromoteResponse),
     Alarm(pb::AlarmResponse),
     Hash(pb::HashResponse),
     HashKv(pb::HashKvResponse),
@@ -76,6 +86,10 @@ pub struct Call {
     /// The client asked for a leader (`hasleader` metadata): with none known,
     /// the call fails with etcd's "no leader" instead of being served.
     pub require_leader: bool,
+    /// A client's etcd RPC (not the server's own call, e.g. for `/health`): on
+    /// a learner only Status and serializable Range are served, as etcd's
+    /// gRPC interceptor allows.
+    pub client_rpc: bool,
 }
 
 /// The answer to the `Call` with the same `id`.

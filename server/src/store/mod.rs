@@ -4,6 +4,7 @@ pub mod auto_compaction;
 mod bootstrap;
 mod core;
 mod id_generator;
+pub mod join;
 mod lease_clock;
 pub mod membership;
 pub mod messages;
@@ -24,7 +25,7 @@ use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
-pub use self::bootstrap::{Identity, STORE_FILE};
+pub use self::bootstrap::{Identity, Start, STORE_FILE};
 pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
 use self::membership::Membership;
@@ -41,8 +42,12 @@ const EVENTS_PER_PASS_MAX: usize = 1024;
 pub struct StoreCoreSettings {
     pub data_dir: PathBuf,
     pub identity: Identity,
-    /// The members of `--initial-cluster`: used when the data directory is new.
+    /// Used when the data directory is new: the members of `--initial-cluster`,
+    /// or for a joiner the cluster's first membership (see `bootstrap::Start`).
     pub initial_membership: Membership,
+    pub start: Start,
+    /// A joiner's peers as the cluster reported them (empty otherwise).
+    pub join_peers: Vec<(u64, Vec<String>)>,
     pub listen_peer_addrs: Vec<SocketAddr>,
     /// One raft tick (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
@@ -56,6 +61,12 @@ pub struct StoreCoreSettings {
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
     pub watch_progress_notify_interval: Duration,
+}
+
+/// True if `data_dir` holds no member yet (no WAL): flags that only matter at
+/// creation (`--initial-cluster-state`) apply.
+pub fn is_new(data_dir: &std::path::Path) -> bool {
+    !ringkv_engine::wal::Wal::exists(&data_dir.join(bootstrap::WAL_DIR))
 }
 
 /// The watch channels of every client core (see `crate::watch`).
@@ -107,6 +118,7 @@ pub async fn run(
         &settings.data_dir,
         settings.identity,
         settings.initial_membership,
+        settings.start,
         settings.election_ticks,
     )
     .await;
@@ -118,29 +130,31 @@ pub async fn run(
         }
     };
     let identity = opened.identity;
+    if opened.membership.is_removed(identity.member_id) {
+        let error = "the member has been permanently removed from the cluster; \
+                     its data directory must not be used again";
+        let _ = ready.send(Err(error.to_string()));
+        return;
+    }
     let (events, event_queue) = local_channel::new_unbounded();
     let events = Rc::new(events);
     let report: peer::Report = {
         let events = Rc::clone(&events);
         Rc::new(move |event: PeerEvent| events.try_send(Event::Peer(event)).is_ok())
     };
-    let transport = PeerTransport::new(identity.member_id, identity.cluster_id, Rc::clone(&report));
-    // A member alone has no one to hear from; the port stays free (as many
-    // one-member servers share a machine in tests and benchmarks).
+    let mut transport = PeerTransport::new(
+        identity.member_id,
+        identity.cluster_id,
+        Rc::clone(&report),
+        settings.listen_peer_addrs.clone(),
+        settings.data_dir.join(bootstrap::SNAP_DIR),
+    );
+    // A member alone listens only once it has a peer (see `PeerTransport::listen`);
+    // one with peers does now, so that a port in use is a start error.
     if !opened.membership.peers_of(identity.member_id).is_empty() {
-        for addr in &settings.listen_peer_addrs {
-            let local = peer::Local {
-                member_id: identity.member_id,
-                cluster_id: identity.cluster_id,
-                snap_dir: settings.data_dir.join(bootstrap::SNAP_DIR),
-            };
-            match peer::listen(*addr, local, Rc::clone(&report)) {
-                Ok(bound) => tracing::info!("listening for peers on http://{bound}"),
-                Err(error) => {
-                    let _ = ready.send(Err(format!("cannot listen for peers on {addr}: {error}")));
-                    return;
-                }
-            }
+        if let Err(error) = transport.listen() {
+            let _ = ready.send(Err(error));
+            return;
         }
     }
     let (wal_jobs, wal_job_queue) = local_channel::new_unbounded();
@@ -188,6 +202,7 @@ pub async fn run(
         request_timeout: core::request_timeout(election_timeout),
         catch_up_entries: settings.catch_up_entries,
         retry_ticks: RETRY_TICKS,
+        join_peers: settings.join_peers,
         data_dir: settings.data_dir.clone(),
     };
     let mut core = StoreCore::new(

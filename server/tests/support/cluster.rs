@@ -45,7 +45,7 @@ pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     extra: Vec<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -107,11 +107,56 @@ impl Cluster {
             members,
             initial_cluster,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
-            _dir: dir,
+            dir,
         }
     }
 
-    fn spawn(&self, index: usize) -> Starting {
+    /// Starts member `index` with its usual flags; wait with [`Starting::ready`]
+    /// (or [`Starting::failed`]).
+    pub fn spawn(&self, index: usize) -> Starting {
+        self.spawn_with(index, &self.initial_cluster, &[])
+    }
+
+    /// Adds a member that is not in the initial cluster (ports and a data
+    /// directory, not started); returns its index. Add it to the cluster
+    /// (MemberAdd), then start it with [`Cluster::spawn_joining`].
+    pub fn add_slot(&mut self) -> usize {
+        let index = self.members.len();
+        let peer_port = free_port();
+        self.members.push(Member {
+            name: format!("m{index}"),
+            client_port: free_port(),
+            peer_port,
+            listen_peer_port: peer_port,
+            data_dir: self.dir.path().join(format!("m{index}")),
+            process: None,
+        });
+        index
+    }
+
+    /// Starts member `index` joining the running cluster
+    /// (`--initial-cluster-state existing`), with `--initial-cluster` listing
+    /// the members at `listed` (itself included); wait with [`Starting::ready`].
+    pub fn spawn_joining(&self, index: usize, listed: &[usize]) -> Starting {
+        let initial_cluster = listed
+            .iter()
+            .map(|&listed| format!("{}={}", self.members[listed].name, self.members[listed].peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let existing = ["--initial-cluster-state".to_string(), "existing".to_string()];
+        self.spawn_with(index, &initial_cluster, &existing)
+    }
+
+    /// Keeps a started member (see [`Cluster::spawn_joining`]) as member `index`.
+    pub fn started(&mut self, index: usize, process: super::Ringkv) {
+        assert!(
+            self.members[index].process.is_none(),
+            "member {index} is already running"
+        );
+        self.members[index].process = Some(process);
+    }
+
+    fn spawn_with(&self, index: usize, initial_cluster: &str, flags: &[String]) -> Starting {
         let member = &self.members[index];
         let mut args: Vec<String> = vec![
             "--name".into(),
@@ -125,16 +170,17 @@ impl Cluster {
             "--initial-advertise-peer-urls".into(),
             member.peer_url(),
             "--initial-cluster".into(),
-            self.initial_cluster.clone(),
+            initial_cluster.to_string(),
         ];
         args.extend(self.extra.iter().cloned());
+        args.extend(flags.iter().cloned());
         let disk_delay = self.disk_delay_file(index);
         Ringkv::spawn_with_env(&member.data_dir, &args, &[(DISK_DELAY_ENV, &disk_delay)])
     }
 
     /// Where member `index`'s WAL looks for its injected disk delay.
     fn disk_delay_file(&self, index: usize) -> PathBuf {
-        self._dir
+        self.dir
             .path()
             .join(format!("{}.disk-delay-ms", self.members[index].name))
     }

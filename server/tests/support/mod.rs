@@ -106,6 +106,20 @@ impl Ringkv {
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait on ringkv")
     }
+
+    /// Waits up to `within` for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// A `ringkv` process that has not said it serves clients yet.
@@ -134,6 +148,29 @@ impl Starting {
             data_dir: self.data_dir.clone(),
             log: self.log.clone(),
         }
+    }
+}
+
+impl Starting {
+    /// Waits (bounded) for a process expected to fail before it serves: its
+    /// exit status and what it logged.
+    pub fn failed(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("failed is called once");
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait on ringkv") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ringkv did not exit:\n{}", self.log.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The log reader gets the last lines once the pipe closes.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.log.text())
     }
 }
 

@@ -39,6 +39,7 @@ impl StoreCore {
     pub(super) fn apply_member_attributes(&mut self, id: u64, attributes: &MemberAttributes) {
         if self.membership.set_attributes(attributes) {
             self.mvcc.set_membership(self.membership.encode());
+            self.transport.set_membership(self.membership.to_stored());
             // Stored with the data: make the change durable soon.
             self.applied_since_commit += 1;
             tracing::info!(

@@ -162,8 +162,7 @@ impl StoreCore {
             .map(Membership::decode)
             .unwrap_or_else(|| Err("none stored".to_string()))
             .unwrap_or_else(|error| fatal(&format!("the installed snapshot's membership: {error}")));
-        self.transport
-            .set_peers(&self.membership.peers_of(self.settings.member_id));
+        self.membership_changed();
         self.watchers.store_replaced(old_revision);
         self.durable_applied_index = index;
         self.applied_since_commit = 0;

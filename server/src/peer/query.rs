@@ -1,0 +1,54 @@
+//! Membership queries on the peer port: a connection whose hello is
+//! [`Hello::QUERY`] gets one frame holding the member's applied membership, then
+//! the member closes it. A member joining a running cluster
+//! (`--initial-cluster-state existing`) asks before it starts: etcd's joiner
+//! reads the cluster's members from a peer's `/members` the same way.
+
+use std::io::Write;
+use std::net::{TcpStream as StdTcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use futures_lite::io::AssertAsync;
+use glommio::net::TcpStream;
+use ringkv_proto::ringkvpb::Membership;
+
+use super::frame::{self, Hello, PeerMessage};
+
+/// Writes the answer to a membership query; the caller closes the connection.
+pub(super) async fn answer(stream: &mut TcpStream, answer: &PeerMessage) {
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    frame::push_message(&mut out, &mut scratch, answer);
+    if let Err(error) = frame::write_all(stream, &out).await {
+        tracing::debug!(%error, "membership query: the asker left before the answer");
+    }
+}
+
+/// Asks the member at `peer_url` for its applied membership, waiting at most
+/// `timeout` for each step. Blocking (std I/O): it runs before the executors.
+pub fn ask(peer_url: &str, timeout: Duration) -> Result<Membership, String> {
+    let addr = super::peer_addr(peer_url).ok_or_else(|| format!("{peer_url} is not http://host:port"))?;
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|error| format!("{addr}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let mut stream = StdTcpStream::connect_timeout(&resolved, timeout).map_err(|error| error.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
+    let mut hello = Vec::new();
+    frame::push_hello(&mut hello, Hello::QUERY);
+    stream.write_all(&hello).map_err(|error| error.to_string())?;
+    let mut payload = Vec::new();
+    let answer = block_on(frame::read_message(&mut AssertAsync::new(stream), &mut payload));
+    match answer {
+        Ok(PeerMessage::Membership(membership)) => Ok(membership),
+        Ok(other) => Err(format!("answered with something else: {other:?}")),
+        Err(error) => Err(error.to_string()),
+    }
+}

@@ -1,0 +1,504 @@
+//! The store core's membership changes: Cluster.MemberAdd, MemberRemove,
+//! MemberPromote (raft configuration changes) and MemberUpdate (peer URLs).
+//!
+//! As in etcd, the member a client calls runs the strict reconfiguration check
+//! (`mayAddMember`, `mayRemoveMember`, `mayPromoteMember`), then proposes; the
+//! change is checked against the membership (`Membership::validate`) when it is
+//! applied, on every member alike, and the caller is answered then. Promote is
+//! checked by the leader (only it knows how far a learner has caught up): a
+//! follower asks it with a `PromoteCheck` peer message first.
+//!
+//! Add, remove and promote are `ConfChangeV2` entries with one change, whose
+//! context is a `ringkvpb.ConfChangeContext` (request id and member). raft-rs
+//! takes one configuration change at a time: a leader silently turns a second
+//! one into an empty entry while the first is unapplied. So each member proposes
+//! its own one at a time and, when leading, only once raft has none pending;
+//! the others wait here, in order, within their request timeout. (A change
+//! proposed on a follower while the leader has another pending is still
+//! dropped by the leader, and its caller gets etcd's request timeout.)
+//! Update changes no raft configuration: it is an ordinary entry.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message as RaftMessage, MessageType};
+use raft::{GetEntriesContext, StateRole};
+use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext, PromoteCheck, PromoteVerdict};
+
+use super::{fatal, Request, Response, StoreCore, Waiter};
+use crate::apply::ApplyError;
+use crate::etcd_error::EtcdError;
+use crate::ids;
+use crate::peer::PeerMessage;
+use crate::store::membership::{member_to_pb, MemberChange};
+
+/// etcd's `HealthInterval`: a peer counts as active for the strict
+/// reconfiguration check once connected for this long.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// etcd's `readyPercent`: a learner may be promoted once its match index is at
+/// least this fraction of the leader's.
+const LEARNER_READY_FRACTION: f64 = 0.9;
+/// A member that applied its own removal keeps running this long, so that the
+/// commit reaches the others (etcd's `stopWithDelay`, 1 s).
+pub(super) const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
+/// Bytes of entries in the last append to a removed member (raft's own limit).
+const FAREWELL_BYTES_MAX: u64 = 1024 * 1024;
+/// Configuration changes waiting for this member's one in flight.
+const CONF_CHANGES_QUEUED_MAX: usize = 64;
+
+/// A MemberPromote call on a follower, waiting for the leader's verdict.
+pub(super) struct AskedLeaderToPromote {
+    client: usize,
+    call_id: u64,
+    member_id: u64,
+    deadline: Instant,
+}
+
+/// A configuration change waiting to be proposed; its waiter is registered
+/// under `request_id` (and times out as any proposal does).
+pub(super) struct QueuedConfChange {
+    request_id: u64,
+    change: ConfChangeV2,
+}
+
+impl StoreCore {
+    pub(super) fn member_add(&mut self, client: usize, call_id: u64, request: pb::MemberAddRequest) {
+        let unix_seconds = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let member = ringkvpb::Member {
+            id: ids::added_member_id(&request.peer_ur_ls, unix_seconds),
+            name: String::new(),
+            peer_urls: request.peer_ur_ls,
+            client_urls: Vec::new(),
+            is_learner: request.is_learner,
+        };
+        let result = self.may_add_member(&member);
+        self.propose_member_change(client, call_id, result.map(|()| MemberChange::Add(member)));
+    }
+
+    pub(super) fn member_remove(&mut self, client: usize, call_id: u64, request: &pb::MemberRemoveRequest) {
+        let result = self.may_remove_member(request.id);
+        self.propose_member_change(client, call_id, result.map(|()| MemberChange::Remove(request.id)));
+    }
+
+    /// Only the leader knows whether a learner has caught up: a follower asks
+    /// it (`PromoteCheck`) and proposes once it says yes.
+    pub(super) fn member_promote(&mut self, client: usize, call_id: u64, request: &pb::MemberPromoteRequest) {
+        if self.raw.raft.state != StateRole::Leader {
+            return self.ask_leader_to_promote(client, call_id, request.id);
+        }
+        let result = self.may_promote_member(request.id);
+        self.propose_member_change(client, call_id, result.map(|()| MemberChange::Promote(request.id)));
+    }
+
+    fn ask_leader_to_promote(&mut self, client: usize, call_id: u64, member_id: u64) {
+        let leader = self.raw.raft.leader_id;
+        let request_id = self.request_ids.next(|_| false) as u64;
+        let check = PromoteCheck {
+            request_id,
+            member_id,
+            answered: false,
+            verdict: PromoteVerdict::PromoteReady as i32,
+        };
+        if leader == raft::INVALID_ID || !self.transport.send_to(leader, PeerMessage::PromoteCheck(check)) {
+            return self.reply(client, call_id, Err(EtcdError::NoLeader));
+        }
+        let asked = AskedLeaderToPromote {
+            client,
+            call_id,
+            member_id,
+            deadline: Instant::now() + self.settings.request_timeout,
+        };
+        assert!(
+            self.promote_checks.insert(request_id, asked).is_none(),
+            "request ids are unique"
+        );
+    }
+
+    /// A follower's question (answered if this member leads) or the leader's
+    /// answer to this member's.
+    pub(super) fn promote_check(&mut self, from: u64, check: PromoteCheck) {
+        if !check.answered {
+            let verdict = match self.may_promote_member(check.member_id) {
+                Ok(()) => PromoteVerdict::PromoteReady,
+                Err(EtcdError::LearnerNotReady) => PromoteVerdict::PromoteLearnerNotReady,
+                Err(EtcdError::NotEnoughStarted) => PromoteVerdict::PromoteNotEnoughStarted,
+                Err(_) => PromoteVerdict::PromoteNotLeader,
+            };
+            let answer = PromoteCheck {
+                answered: true,
+                verdict: verdict as i32,
+                ..check
+            };
+            self.transport.send_to(from, PeerMessage::PromoteCheck(answer));
+            return;
+        }
+        let Some(asked) = self.promote_checks.remove(&check.request_id) else {
+            return; // expired meanwhile
+        };
+        let result = match PromoteVerdict::from_i32(check.verdict) {
+            Some(PromoteVerdict::PromoteReady) => Ok(MemberChange::Promote(asked.member_id)),
+            Some(PromoteVerdict::PromoteLearnerNotReady) => Err(EtcdError::LearnerNotReady),
+            Some(PromoteVerdict::PromoteNotEnoughStarted) => Err(EtcdError::NotEnoughStarted),
+            // The leader changed in between; etcd would ask the next one.
+            Some(PromoteVerdict::PromoteNotLeader) | None => Err(EtcdError::NotLeader),
+        };
+        self.propose_member_change(asked.client, asked.call_id, result);
+    }
+
+    /// Promotions whose leader did not answer within the request timeout.
+    pub(super) fn expire_promote_checks(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .promote_checks
+            .iter()
+            .filter(|(_, asked)| asked.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let asked = self.promote_checks.remove(&id).expect("listed above");
+            self.reply(asked.client, asked.call_id, Err(EtcdError::Timeout));
+        }
+    }
+
+    pub(super) fn member_update(&mut self, client: usize, call_id: u64, request: pb::MemberUpdateRequest) {
+        self.propose(client, call_id, raft_request::Request::MemberUpdate(request));
+    }
+
+    /// etcd's `isRPCSupportedForLearner`: a learner serves clients only Status
+    /// and serializable Range (a voter serves everything).
+    pub(super) fn serves_client_rpc(&self, request: &Request) -> bool {
+        let learner = self
+            .membership
+            .member(self.settings.member_id)
+            .is_some_and(|member| member.is_learner);
+        !learner || matches!(request, Request::Status) || matches!(request, Request::Range(range) if range.serializable)
+    }
+
+    /// etcd's `mayAddMember`.
+    fn may_add_member(&self, member: &ringkvpb::Member) -> Result<(), EtcdError> {
+        if !member.is_learner && !self.membership.ready_to_add_voter() {
+            return Err(EtcdError::NotEnoughStarted);
+        }
+        let voters = self.membership.voter_ids();
+        if self.voters_connected_since(Instant::now() - HEALTH_INTERVAL) < voters.len() {
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayRemoveMember`.
+    fn may_remove_member(&self, id: u64) -> Result<(), EtcdError> {
+        if self.membership.member(id).is_some_and(|member| member.is_learner) {
+            return Ok(());
+        }
+        if !self.membership.ready_to_remove_voter(id) {
+            return Err(EtcdError::NotEnoughStarted);
+        }
+        // A member that is down is not part of the active quorum.
+        if id != self.settings.member_id && self.transport.active_since(id).is_none() {
+            return Ok(());
+        }
+        let voters = self.membership.voter_ids().len();
+        let active = self.voters_connected_since(Instant::now() - HEALTH_INTERVAL);
+        if active < 1 + 1 + (voters.saturating_sub(1)) / 2 {
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayPromoteMember`: `isLearnerReady` (leader only), then the quorum rule.
+    fn may_promote_member(&self, id: u64) -> Result<(), EtcdError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(EtcdError::NotLeader);
+        }
+        let progress = self.raw.raft.prs();
+        if let Some(learner) = progress.get(id) {
+            let leader_match = progress.get(self.settings.member_id).map_or(0, |leader| leader.matched);
+            if (learner.matched as f64) < leader_match as f64 * LEARNER_READY_FRACTION {
+                return Err(EtcdError::LearnerNotReady);
+            }
+        }
+        if !self.membership.ready_to_promote() {
+            return Err(EtcdError::NotEnoughStarted);
+        }
+        Ok(())
+    }
+
+    /// etcd's `numConnectedSince` over the voters: this member, and each peer
+    /// whose connection has been up since before `since`.
+    fn voters_connected_since(&self, since: Instant) -> usize {
+        let me = self.settings.member_id;
+        self.membership
+            .voter_ids()
+            .into_iter()
+            .filter(|&id| id == me || self.transport.active_since(id).is_some_and(|t| t <= since))
+            .count()
+    }
+
+    fn propose_member_change(&mut self, client: usize, call_id: u64, change: Result<MemberChange, EtcdError>) {
+        let change = match change {
+            Ok(change) => change,
+            Err(error) => return self.reply(client, call_id, Err(error)),
+        };
+        if self.conf_changes_queued.len() >= CONF_CHANGES_QUEUED_MAX {
+            return self.reply(client, call_id, Err(EtcdError::TooManyRequests));
+        }
+        let request_id = self.request_ids.next(|_| false) as u64;
+        let waiter = Waiter {
+            client,
+            call_id,
+            physical_compaction: false,
+        };
+        assert!(
+            self.waiters.insert(request_id, waiter).is_none(),
+            "request ids are unique"
+        );
+        self.proposal_deadlines
+            .push_back((Instant::now() + self.settings.request_timeout, request_id));
+        let change = conf_change(request_id, &change);
+        self.conf_changes_queued
+            .push_back(QueuedConfChange { request_id, change });
+        self.propose_queued_conf_changes();
+    }
+
+    /// Proposes the next queued configuration change once raft takes it.
+    pub(super) fn propose_queued_conf_changes(&mut self) {
+        while let Some(next) = self.conf_changes_queued.front() {
+            if !self.waiters.contains_key(&next.request_id) {
+                self.conf_changes_queued.pop_front(); // timed out while queued
+                continue;
+            }
+            let in_flight = self
+                .conf_change_in_flight
+                .is_some_and(|id| self.waiters.contains_key(&id));
+            let leader_busy = self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf();
+            if in_flight || leader_busy {
+                return;
+            }
+            let next = self.conf_changes_queued.pop_front().expect("looked at above");
+            if self.raw.propose_conf_change(Vec::new(), next.change).is_ok() {
+                self.conf_change_in_flight = Some(next.request_id);
+            } else {
+                // Dropped: no leader to take it.
+                self.metrics.proposals_failed += 1;
+                let waiter = self.waiters.remove(&next.request_id).expect("checked above");
+                self.reply(waiter.client, waiter.call_id, Err(EtcdError::NoLeader));
+            }
+        }
+    }
+
+    /// Applies a committed `ConfChangeV2`: checked against the membership, then
+    /// applied to raft and the membership, or refused (raft's configuration
+    /// stays as it is), and the waiting caller answered either way.
+    pub(super) fn apply_conf_change(&mut self, index: u64, change: ConfChangeV2) {
+        let context = ConfChangeContext::decode(change.context.as_slice())
+            .unwrap_or_else(|error| fatal(&format!("conf change {index} context does not decode: {error}")));
+        let member_change = member_change_of(index, &change, &context);
+        let result = self.membership.validate(&member_change);
+        if result.is_ok() {
+            let farewell = match member_change {
+                MemberChange::Remove(id) => self.farewell_append(id),
+                _ => None,
+            };
+            let conf_state = self
+                .raw
+                .apply_conf_change(&change)
+                .unwrap_or_else(|error| fatal(&format!("conf change {index} refused by raft: {error}")));
+            // Stored with the data: raft does not re-apply this entry after a restart.
+            self.mvcc.set_conf_state(conf_state.encode_to_vec());
+            self.raw.mut_store().set_conf_state(conf_state);
+            if let Some(farewell) = farewell {
+                // Queued before the peer's sender goes; it still sends it.
+                self.transport.send_to(farewell.to, PeerMessage::Raft(farewell));
+            }
+            self.apply_membership_change(&member_change);
+        } else {
+            tracing::info!(index, change = ?member_change, error = ?result, "membership change refused");
+        }
+        let result = result.map(|()| self.member_change_response(&member_change));
+        if let Some(waiter) = self.waiters.remove(&context.request_id) {
+            self.reply(waiter.client, waiter.call_id, result);
+        }
+    }
+
+    /// A leader forgets a removed peer as it applies the removal, so raft would
+    /// never tell that peer the removal committed, and it would never stop.
+    /// This is the append raft would send it next: every entry it lacks, up to
+    /// the commit index, which it then applies, its removal included. (etcd
+    /// tells a removed member instead when it next calls a peer.)
+    fn farewell_append(&self, id: u64) -> Option<RaftMessage> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || id == self.settings.member_id {
+            return None;
+        }
+        let matched = raft.prs().get(id)?.matched;
+        let log = &raft.raft_log;
+        let log_term = log.term(matched).ok()?;
+        let entries = log
+            .entries(matched + 1, FAREWELL_BYTES_MAX, GetEntriesContext::empty(false))
+            .ok()?;
+        let entries: Vec<_> = entries
+            .into_iter()
+            .take_while(|entry| entry.index <= log.committed)
+            .collect();
+        Some(RaftMessage {
+            msg_type: MessageType::MsgAppend as i32,
+            to: id,
+            from: self.settings.member_id,
+            term: raft.term,
+            log_term,
+            index: matched,
+            entries,
+            commit: log.committed,
+            ..Default::default()
+        })
+    }
+
+    /// Applies a MemberUpdate entry.
+    pub(super) fn apply_member_update(&mut self, update: pb::MemberUpdateRequest) -> Result<Response, ApplyError> {
+        let change = MemberChange::Update {
+            id: update.id,
+            peer_urls: update.peer_ur_ls,
+        };
+        self.membership.validate(&change).map_err(ApplyError::Client)?;
+        self.apply_membership_change(&change);
+        Ok(self.member_change_response(&change))
+    }
+
+    fn apply_membership_change(&mut self, change: &MemberChange) {
+        self.membership.apply(change);
+        self.mvcc.set_membership(self.membership.encode());
+        // Stored with the data: make the change durable soon.
+        self.applied_since_commit += 1;
+        tracing::info!(change = ?change, "membership change applied");
+        self.membership_changed();
+        if self.membership.is_removed(self.settings.member_id) && self.removed_at.is_none() {
+            self.removed_from_cluster();
+        }
+    }
+
+    /// Peer connections and membership queries follow the membership.
+    pub(super) fn membership_changed(&mut self) {
+        let me = self.settings.member_id;
+        let mut peers = self.membership.peers_of(me);
+        // A joining member replays the log from the bootstrap membership, which
+        // may lack the leader: it talks to the members it joined until it has
+        // caught up.
+        if !self.caught_up() {
+            for (id, urls) in &self.join_peers {
+                if *id != me && !peers.iter().any(|(peer, _)| peer == id) {
+                    peers.push((*id, urls.clone()));
+                }
+            }
+        }
+        self.transport.set_peers(&peers);
+        self.transport.set_membership(self.membership.to_stored());
+    }
+
+    /// etcd stops a member once it applies its own removal, after a delay for
+    /// the commit to reach the others. A leader hands its leadership to the
+    /// most caught-up voter first, so the others need not wait out an election.
+    fn removed_from_cluster(&mut self) {
+        tracing::warn!("this member was removed from the cluster; stopping in {REMOVED_STOP_DELAY:?}");
+        self.removed_at = Some(Instant::now());
+        if self.raw.raft.state == StateRole::Leader {
+            let me = self.settings.member_id;
+            let successor = self
+                .membership
+                .voter_ids()
+                .into_iter()
+                .filter(|&id| id != me)
+                .max_by_key(|&id| self.raw.raft.prs().get(id).map_or(0, |progress| progress.matched));
+            if let Some(successor) = successor {
+                self.raw.transfer_leader(successor);
+            }
+        }
+    }
+
+    /// Exits once a removed member's delay has passed.
+    pub(super) fn stop_if_removed(&self) {
+        if self.removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
+            let message = "the member has been permanently removed from the cluster";
+            tracing::error!("{message}; its data directory must not be used again");
+            eprintln!("ringkv: {message}");
+            std::process::exit(0);
+        }
+    }
+
+    fn member_change_response(&self, change: &MemberChange) -> Response {
+        let members = self.membership.to_pb();
+        match change {
+            MemberChange::Add(member) => Response::MemberAdd(pb::MemberAddResponse {
+                header: None,
+                member: Some(member_to_pb(member)),
+                members,
+            }),
+            MemberChange::Remove(_) => Response::MemberRemove(pb::MemberRemoveResponse { header: None, members }),
+            MemberChange::Promote(_) => Response::MemberPromote(pb::MemberPromoteResponse { header: None, members }),
+            MemberChange::Update { .. } => Response::MemberUpdate(pb::MemberUpdateResponse { header: None, members }),
+        }
+    }
+}
+
+/// The raft configuration change for a membership change (not Update).
+fn conf_change(request_id: u64, change: &MemberChange) -> ConfChangeV2 {
+    let (change_type, member, promote) = match change {
+        MemberChange::Add(member) if member.is_learner => (ConfChangeType::AddLearnerNode, member.clone(), false),
+        MemberChange::Add(member) => (ConfChangeType::AddNode, member.clone(), false),
+        MemberChange::Promote(id) => (ConfChangeType::AddNode, id_only(*id), true),
+        MemberChange::Remove(id) => (ConfChangeType::RemoveNode, id_only(*id), false),
+        MemberChange::Update { .. } => unreachable!("an update is an ordinary entry"),
+    };
+    let single = ConfChangeSingle {
+        change_type: change_type as i32,
+        node_id: member.id,
+    };
+    let context = ConfChangeContext {
+        request_id,
+        member: Some(member),
+        promote,
+    };
+    ConfChangeV2 {
+        changes: vec![single],
+        context: context.encode_to_vec(),
+        ..Default::default()
+    }
+}
+
+fn id_only(id: u64) -> ringkvpb::Member {
+    ringkvpb::Member {
+        id,
+        ..Default::default()
+    }
+}
+
+/// The membership change a committed `ConfChangeV2` carries; anything else in
+/// the log is corruption (only `conf_change` makes these entries).
+fn member_change_of(index: u64, change: &ConfChangeV2, context: &ConfChangeContext) -> MemberChange {
+    let [single] = change.changes.as_slice() else {
+        fatal(&format!(
+            "conf change {index} has {} changes, not one",
+            change.changes.len()
+        ));
+    };
+    let member = context
+        .member
+        .clone()
+        .unwrap_or_else(|| fatal(&format!("conf change {index} names no member")));
+    if member.id != single.node_id {
+        fatal(&format!(
+            "conf change {index} changes {:x} but names {:x}",
+            single.node_id, member.id
+        ));
+    }
+    match ConfChangeType::from_i32(single.change_type) {
+        Some(ConfChangeType::AddNode) if context.promote => MemberChange::Promote(member.id),
+        Some(ConfChangeType::AddNode) => MemberChange::Add(member),
+        Some(ConfChangeType::AddLearnerNode) if member.is_learner => MemberChange::Add(member),
+        Some(ConfChangeType::RemoveNode) => MemberChange::Remove(member.id),
+        other => fatal(&format!("conf change {index} of unexpected type {other:?}")),
+    }
+}
