@@ -8,7 +8,8 @@
 //! leader, or an asymmetric one (the leader's messages are lost, the others'
 //! reach it; a TCP proxy on the peer links cuts them, `support::proxy`), or
 //! slow disks on the leader and a follower (every WAL write waits 150 ms first,
-//! a hook in the WAL task); then the fault heals. After the rounds:
+//! a hook in the WAL task), or a follower replaced (removed, wiped, added back
+//! as a new member that joins from a snapshot); then the fault heals. After the rounds:
 //! - every history is linearizable (`lincheck`: Wing & Gong search, per key);
 //! - no two successful writes got the same revision;
 //! - all members converge to one HashKV at one revision;
@@ -31,6 +32,7 @@ use lincheck::{Budget, Event, Op, Outcome, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use ringkv_proto::etcdserverpb::watch_client::WatchClient;
 use support::cluster::Cluster;
 use support::proxy::Links;
@@ -54,9 +56,10 @@ enum Fault {
     PartitionLeader,
     LeaderCannotSend,
     SlowDisks,
+    ReplaceFollower,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 9] = [
     Fault::KillLeader,
     Fault::PauseLeader,
     Fault::KillFollower,
@@ -65,6 +68,7 @@ const FAULTS: [Fault; 8] = [
     Fault::PartitionLeader,
     Fault::LeaderCannotSend,
     Fault::SlowDisks,
+    Fault::ReplaceFollower,
 ];
 /// A slow disk's delay per WAL write: long against a real fsync (~0.2 ms),
 /// short against the election timeout.
@@ -306,7 +310,7 @@ async fn run_watcher(endpoints: Vec<String>, mut done: tokio::sync::watch::Recei
 }
 
 /// Runs `fault` against the cluster while clients keep going, then heals it.
-async fn inject(cluster: &mut Cluster, links: &Links, member_ids: &[u64], fault: Fault) {
+async fn inject(cluster: &mut Cluster, links: &Links, member_ids: &mut [u64], fault: Fault) {
     let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % 3;
     let others: Vec<u64> = (0..3).filter(|&i| i != leader).map(|i| member_ids[i]).collect();
@@ -371,6 +375,81 @@ async fn inject(cluster: &mut Cluster, links: &Links, member_ids: &[u64], fault:
             cluster.slow_disk(leader, None);
             cluster.slow_disk(follower, None);
         }
+        Fault::ReplaceFollower => {
+            // etcd's MemberReplace: a follower is removed, its data wiped, and
+            // it joins again as a new member, from a snapshot (the log it needs
+            // was released long ago), while the clients go on.
+            let endpoint = cluster.endpoint(leader);
+            remove_member(&endpoint, member_ids[follower]).await;
+            let mut removed = cluster.members[follower].process.take().expect("the follower runs");
+            let exited = tokio::task::block_in_place(|| removed.wait_exit(SETTLE_TIMEOUT));
+            assert!(exited.is_some(), "a removed member stops by itself");
+            std::fs::remove_dir_all(&cluster.members[follower].data_dir).expect("wipes the data dir");
+            member_ids[follower] = add_member(&endpoint, cluster.members[follower].peer_url()).await;
+            let joined = tokio::task::block_in_place(|| cluster.spawn_joining(follower, &[0, 1, 2]).ready());
+            cluster.started(follower, joined);
+        }
+    }
+}
+
+/// A Cluster client on `endpoint` whose calls give up after a few seconds.
+async fn cluster_client(endpoint: &str) -> Option<ClusterClient<Channel>> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .ok()?;
+    Some(ClusterClient::new(channel))
+}
+
+/// MemberRemove through `endpoint`, retried (bounded) while the cluster is
+/// not ready for it (etcd's strict reconfiguration check, a leader change); a
+/// retry that finds the member gone means an earlier attempt took effect.
+async fn remove_member(endpoint: &str, id: u64) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if let Some(mut client) = cluster_client(endpoint).await {
+            match client.member_remove(pb::MemberRemoveRequest { id }).await {
+                Ok(_) => return,
+                Err(status) if status.code() == tonic::Code::NotFound => return,
+                Err(status) => assert!(Instant::now() < deadline, "MemberRemove {id:x}: {status:?}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "no Cluster client on {endpoint}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// MemberAdd of a voter with `peer_url` through `endpoint`, retried (bounded)
+/// as `remove_member`; returns its new id (found in the member list when an
+/// earlier attempt took effect).
+async fn add_member(endpoint: &str, peer_url: String) -> u64 {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if let Some(mut client) = cluster_client(endpoint).await {
+            let request = pb::MemberAddRequest {
+                peer_ur_ls: vec![peer_url.clone()],
+                is_learner: false,
+            };
+            match client.member_add(request).await {
+                Ok(added) => return added.into_inner().member.expect("the added member").id,
+                Err(status) => {
+                    let listed = client.member_list(pb::MemberListRequest { linearizable: true }).await;
+                    let added = listed.ok().and_then(|listed| {
+                        let members = listed.into_inner().members;
+                        members.into_iter().find(|m| m.peer_ur_ls == [peer_url.clone()])
+                    });
+                    if let Some(member) = added {
+                        return member.id;
+                    }
+                    assert!(Instant::now() < deadline, "MemberAdd {peer_url}: {status:?}");
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no Cluster client on {endpoint}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -435,7 +514,7 @@ async fn histories_stay_linearizable_under_crashes_pauses_and_restarts() {
             })
             .collect();
         tokio::time::sleep(PHASE).await;
-        inject(&mut cluster, &links, &member_ids, fault).await;
+        inject(&mut cluster, &links, &mut member_ids, fault).await;
         cluster.wait_for_leader().await;
         tokio::time::sleep(PHASE).await;
         stop.store(true, Ordering::Relaxed);
