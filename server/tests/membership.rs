@@ -172,6 +172,21 @@ async fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
     let refused = learner_kv.put(put("on-learner", "no")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert_eq!(refused.message(), "etcdserver: rpc not supported for learner");
+    // And no stream but Snapshot.
+    let mut watch = support::WatchSession::open(&learner_endpoint).await;
+    watch
+        .create(pb::WatchCreateRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let refused = watch.ended_with(SETTLE_TIMEOUT).await;
+    assert_eq!(refused.message(), "etcdserver: rpc not supported for learner");
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join("from-learner.db");
+    let save = ["snapshot", "save", file.to_str().unwrap()];
+    let (ok, output) = support::etcdctl_output(&learner_endpoint, "30s", &save, None);
+    assert!(ok, "a learner serves Snapshot: {output}");
 
     // Called on a follower: it asks the leader whether the learner caught up.
     let follower_endpoint = cluster.endpoint((leader + 1) % 3);

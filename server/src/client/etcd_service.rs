@@ -328,12 +328,20 @@ impl GrpcService for EtcdService {
         ctx: CallContext,
     ) -> Result<(), Status> {
         let method = route(path)?;
+        // etcd's stream interceptor: a learner serves no stream but Snapshot;
+        // with `hasleader`, no stream without a leader, and the stream ends once
+        // the leader has been gone for a while (`LeaderMonitor`).
+        let status = match self.store.call(Request::Status).await.map_err(Status::from)? {
+            Response::Status(status) => status,
+            other => unreachable!("Status is answered in kind, not with {other:?}"),
+        };
+        if status.is_learner && method != Method::Snapshot {
+            return Err(Status::from(EtcdError::NotSupportedForLearner));
+        }
         if !requires_leader(&ctx) {
             return self.serve_stream(method, requests, responses).await;
         }
-        // etcd's stream interceptor: no stream without a leader, and the stream
-        // ends once the leader has been gone for a while (`LeaderMonitor`).
-        if !self.leader_monitor.has_leader().await {
+        if status.leader == 0 {
             return Err(Status::from(EtcdError::NoLeader));
         }
         future::or(self.serve_stream(method, requests, responses), async {
