@@ -7,13 +7,14 @@
 
 use std::rc::Rc;
 
-use ringkv_engine::mvcc::{PageError, SnapshotSource};
+use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::etcdserverpb as pb;
 use sha2::{Digest, Sha256};
 
 use super::store_client::StoreClient;
 use crate::grpc::{self, Code, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
+use crate::store::snapshot_read;
 
 /// etcd's `snapshotSendBufferSize`: bytes of the copy per message.
 const BLOB_BYTES: usize = 32 * 1024;
@@ -55,18 +56,10 @@ async fn stream(mut source: SnapshotSource, responses: &mut ResponseSink) -> Res
     let mut sent = 0u64;
     let mut digest = Sha256::new();
     while sent < total {
-        let (returned, read) = glommio::executor()
-            .spawn_blocking(move || {
-                let mut buf = vec![0; READ_BYTES];
-                let read = source.read(&mut buf).map(|n| {
-                    buf.truncate(n);
-                    buf
-                });
-                (source, read)
-            })
-            .await;
+        let (returned, read) = snapshot_read::read_chunk(source, READ_BYTES).await;
         source = returned;
-        let chunk = read.map_err(read_failure)?;
+        let chunk =
+            read.map_err(|error| Status::new(Code::Internal, format!("reading the snapshot failed: {error}")))?;
         assert!(!chunk.is_empty(), "the copy has {} more bytes", total - sent);
         for blob in chunk.chunks(BLOB_BYTES) {
             digest.update(blob);
@@ -87,15 +80,6 @@ async fn stream(mut source: SnapshotSource, responses: &mut ResponseSink) -> Res
         version: STORAGE_VERSION.to_string(),
     };
     responses.send(grpc::encode(&trailer)).await
-}
-
-/// A page that fails its checksum is corruption: the server stops, as the store
-/// core would on reading it. An I/O error fails this stream only.
-fn read_failure(error: PageError) -> Status {
-    match error {
-        PageError::Corrupt { .. } => crate::store::fatal(&format!("reading a snapshot: {error}")),
-        error => Status::new(Code::Internal, format!("reading the snapshot failed: {error}")),
-    }
 }
 
 /// Holds the store core's pin on the copy; dropping it releases the pin, also

@@ -2,8 +2,9 @@
 //! commit, streamed to a follower on a connection of its own, so a large file
 //! never holds up the heartbeats and appends on the message connection.
 //!
-//! The sender reads the pinned commit off the executor (`SnapshotSource`, page
-//! checksums verified on the way) and writes it as `SnapshotChunk` frames, each
+//! The sender reads the pinned commit off the executor
+//! (`store::snapshot_read`: page checksums verified on the way, a bad page
+//! stops the server) and writes it as `SnapshotChunk` frames, each
 //! checksummed, in order, then a `SnapshotEnd` with the raft message, the
 //! length and the crc32 of the whole file. The receiver writes the chunks to
 //! `snap/<from>.part`; at the end it checks length and crc32, fsyncs the file,
@@ -27,6 +28,7 @@ use ringkv_proto::ringkvpb::{SnapshotChunk, SnapshotEnd};
 
 use super::frame::{self, Hello, PeerMessage};
 use super::{connect, PeerEvent, Report};
+use crate::store::snapshot_read;
 
 /// Bytes of the page file per chunk frame (a whole number of pages).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -67,28 +69,16 @@ pub(super) async fn send(hello: Hello, addrs: Vec<String>, message: Message, sou
     });
 }
 
-async fn transfer(hello: Hello, addrs: &[String], message: Message, source: SnapshotSource) -> Result<u64, String> {
+async fn transfer(hello: Hello, addrs: &[String], message: Message, mut source: SnapshotSource) -> Result<u64, String> {
     let mut stream = connect(addrs, hello).await.ok_or("cannot connect")?;
     let total = source.total_bytes();
-    let mut source = Some(source);
     let mut crc = crc32fast::Hasher::new();
     let mut offset = 0u64;
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     while offset < total {
-        let taken = source.take().expect("returned by the last read");
-        let (returned, read) = glommio::executor()
-            .spawn_blocking(move || {
-                let mut taken = taken;
-                let mut buf = vec![0; CHUNK_BYTES];
-                let read = taken.read(&mut buf).map(|n| {
-                    buf.truncate(n);
-                    buf
-                });
-                (taken, read)
-            })
-            .await;
-        source = Some(returned);
+        let (returned, read) = snapshot_read::read_chunk(source, CHUNK_BYTES).await;
+        source = returned;
         let data = read.map_err(|error| format!("reading the page store: {error}"))?;
         assert!(!data.is_empty(), "a source yields bytes until its total");
         crc.update(&data);

@@ -12,6 +12,7 @@ mod raft_log;
 mod raft_logger;
 mod reads;
 pub mod restore;
+pub mod snapshot_read;
 mod wal_io;
 mod watchers;
 
