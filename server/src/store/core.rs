@@ -948,6 +948,21 @@ impl StoreCore {
     }
 }
 
+/// Removes and returns the calls waiting on another member (by request id)
+/// whose deadline has passed.
+fn take_expired<T>(calls: &mut HashMap<u64, T>, deadline: impl Fn(&T) -> Instant) -> Vec<T> {
+    let now = Instant::now();
+    let expired: Vec<u64> = calls
+        .iter()
+        .filter(|(_, call)| deadline(call) <= now)
+        .map(|(id, _)| *id)
+        .collect();
+    expired
+        .into_iter()
+        .map(|id| calls.remove(&id).expect("listed above"))
+        .collect()
+}
+
 /// Stops the process: the store can no longer promise durability or correctness.
 /// Recovery from the WAL on restart is the only way forward (fsyncgate: never retry).
 pub fn fatal(message: &str) -> ! {

@@ -205,15 +205,7 @@ impl StoreCore {
 
     /// Forwarded calls unanswered past the request timeout fail as etcd's do.
     pub(super) fn expire_lease_forwards(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<u64> = self
-            .lease_forwards
-            .iter()
-            .filter(|(_, call)| call.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            let call = self.lease_forwards.remove(&id).expect("listed above");
+        for call in super::take_expired(&mut self.lease_forwards, |call| call.deadline) {
             self.reply(call.client, call.call_id, Err(EtcdError::Timeout));
         }
     }

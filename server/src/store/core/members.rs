@@ -150,15 +150,7 @@ impl StoreCore {
 
     /// Promotions whose leader did not answer within the request timeout.
     pub(super) fn expire_promote_checks(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<u64> = self
-            .promote_checks
-            .iter()
-            .filter(|(_, asked)| asked.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            let asked = self.promote_checks.remove(&id).expect("listed above");
+        for asked in super::take_expired(&mut self.promote_checks, |asked| asked.deadline) {
             self.reply(asked.client, asked.call_id, Err(EtcdError::Timeout));
         }
     }
