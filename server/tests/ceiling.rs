@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
-use support::{free_port, kv_client_once, KillOnDrop};
+use support::{channel, free_port, kv_client_once, put_request, KillOnDrop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ceiling_answers_kv_calls_and_nothing_else() {
@@ -30,27 +30,12 @@ async fn the_ceiling_answers_kv_calls_and_nothing_else() {
         assert!(Instant::now() < deadline, "ringkv-ceiling did not listen");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let put = |key: &str| pb::PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: b"v".to_vec(),
-        ..Default::default()
-    };
-    let first = kv
-        .put(put("a"))
-        .await
-        .expect("put")
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
-    let second = kv
-        .put(put("b"))
-        .await
-        .expect("put")
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let mut revisions = Vec::new();
+    for key in ["a", "b"] {
+        let put = kv.put(put_request(key, "v")).await.expect("put").into_inner();
+        revisions.push(put.header.unwrap().revision);
+    }
+    let (first, second) = (revisions[0], revisions[1]);
     assert!(second > first, "writes advance the revision ({first}, {second})");
     let range = kv
         .range(pb::RangeRequest {
@@ -61,13 +46,7 @@ async fn the_ceiling_answers_kv_calls_and_nothing_else() {
         .expect("range")
         .into_inner();
     assert!(range.kvs.is_empty(), "nothing is stored");
-    let mut leases = LeaseClient::new(
-        tonic::transport::Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut leases = LeaseClient::new(channel(&endpoint).await);
     let status = leases
         .lease_grant(pb::LeaseGrantRequest { ttl: 10, id: 0 })
         .await

@@ -20,42 +20,11 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use support::cluster::Cluster;
+use support::{channel, get, put_request as put};
 use tonic::transport::Channel;
 
 /// Bounds every wait for the cluster to do something (elect, converge).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn channel(endpoint: &str) -> Channel {
-    Channel::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connects")
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-/// Linearizable single-key get: the value, or None if absent.
-async fn get(endpoint: &str, key: &str) -> Option<Vec<u8>> {
-    let mut kv = support::kv_client(endpoint).await;
-    let response = kv
-        .range(pb::RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("linearizable get")
-        .into_inner();
-    response.kvs.first().map(|kv| kv.value.clone())
-}
 
 async fn member_list(endpoint: &str) -> pb::MemberListResponse {
     ClusterClient::new(channel(endpoint).await)

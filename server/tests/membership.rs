@@ -21,8 +21,7 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use support::cluster::Cluster;
-use support::{Etcd, Ringkv};
-use tonic::transport::Channel;
+use support::{channel, get, put_request as put, Etcd, Ringkv};
 
 /// Bounds every wait for the cluster to do something.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,16 +29,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
 const NOT_IN_SYNC: &str = "etcdserver: can only promote a learner member which is in sync with leader";
-
-async fn channel(endpoint: &str) -> Channel {
-    Channel::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connects")
-}
 
 async fn members(endpoint: &str) -> Vec<pb::Member> {
     ClusterClient::new(channel(endpoint).await)
@@ -94,14 +83,6 @@ fn added_id(output: &str) -> u64 {
         .nth(1)
         .unwrap_or_else(|| panic!("no member id in {output:?}"));
     u64::from_str_radix(id, 16).unwrap()
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-        ..Default::default()
-    }
 }
 
 fn find(members: &[pb::Member], id: u64) -> &pb::Member {
@@ -212,16 +193,10 @@ async fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
         .put(put("after", "promoted"))
         .await
         .expect("put through the promoted member");
-    let mut other = support::kv_client(&cluster.endpoint((leader + 1) % 3)).await;
-    let read = other
-        .range(pb::RangeRequest {
-            key: b"after".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("linearizable get")
-        .into_inner();
-    assert_eq!(read.kvs[0].value, b"promoted");
+    assert_eq!(
+        get(&cluster.endpoint((leader + 1) % 3), "after").await,
+        Some(b"promoted".to_vec())
+    );
     let (ok, table) = support::etcdctl_output(&learner_endpoint, "10s", &["member", "list"], None);
     assert!(ok && table.contains(&format!("{id:x}, started, m3, ")), "{table}");
 
@@ -232,16 +207,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
     cluster.started(learner, process);
     assert_eq!(status(&learner_endpoint).await.header.unwrap().member_id, id);
     kv.put(put("after-restart", "yes")).await.expect("put");
-    let mut learner_kv = support::kv_client(&learner_endpoint).await;
-    let read = learner_kv
-        .range(pb::RangeRequest {
-            key: b"after-restart".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("linearizable get on the restarted member")
-        .into_inner();
-    assert_eq!(read.kvs[0].value, b"yes");
+    assert_eq!(get(&learner_endpoint, "after-restart").await, Some(b"yes".to_vec()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

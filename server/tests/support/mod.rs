@@ -311,6 +311,40 @@ impl Drop for Etcd {
     }
 }
 
+/// A channel to a running member's `endpoint`; its calls give up after 10 s.
+pub async fn channel(endpoint: &str) -> Channel {
+    Channel::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// A Put of `value` at `key`.
+pub fn put_request(key: &str, value: &str) -> ringkv_proto::etcdserverpb::PutRequest {
+    ringkv_proto::etcdserverpb::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Linearizable single-key get on `endpoint`: the value, or None if absent.
+pub async fn get(endpoint: &str, key: &str) -> Option<Vec<u8>> {
+    let mut kv = kv_client(endpoint).await;
+    let response = kv
+        .range(ringkv_proto::etcdserverpb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("linearizable get")
+        .into_inner();
+    response.kvs.first().map(|kv| kv.value.clone())
+}
+
 /// A gRPC KV client for `endpoint`, retrying the connection for a bounded time.
 pub async fn kv_client(endpoint: &str) -> KvClient<Channel> {
     let deadline = Instant::now() + START_TIMEOUT;
