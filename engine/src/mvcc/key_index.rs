@@ -1,33 +1,40 @@
 //! The in-memory key index: for every user key, the revisions that touched it,
 //! grouped in generations (a generation runs from a creation to a deletion).
 //! Rebuilt from the revision table at open, as etcd's treeIndex is.
+//!
+//! It is the biggest thing ringkv holds in memory (one entry per key that is
+//! live or not yet compacted away), so a key costs one small allocation: the
+//! key and its history encoded together in an [`Entry`], kept in a B-tree set
+//! ordered by key. A key of 8 bytes with one revision takes about 20 bytes
+//! plus its slot in the set. (A struct per generation with a `Vec` of
+//! revisions, as this was first written, measured 275 MB for 1M such keys.)
+//!
+//! An entry, every integer a LEB128 varint (protobuf's encoding):
+//!
+//! ```text
+//! key length, key bytes,
+//! generation count (>= 1),
+//! per generation, oldest first:
+//!     created    main revision of the put that created the key
+//!     changes    changes in the generation, compacted ones included
+//!                (the version of its newest revision; a tombstone counts)
+//!     closed     1 if its newest revision is the tombstone, else 0
+//!     count      revisions still stored (>= 1)
+//!     revisions  oldest first: main, sub; each later one: main minus the
+//!                previous main (revisions of a key only grow), sub
+//! ```
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::ops::Bound;
+
+use prost::encoding::{decode_varint, encode_varint};
 
 use super::revision::Revision;
 
-/// One life of a key: created, modified some times, possibly deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Generation {
-    /// Main revision of the put that created the key.
-    created: i64,
-    /// Number of changes in this generation, including compacted ones (the
-    /// version of the newest revision; a tombstone counts too).
-    changes: i64,
-    /// The revisions still stored, oldest first. For a closed generation the last
-    /// one is the tombstone.
-    revs: Vec<Revision>,
-    closed: bool,
-}
-
-impl Generation {
-    /// Version of `revs[index]`.
-    fn version_at(&self, index: usize) -> i64 {
-        let newer = (self.revs.len() - 1 - index) as i64;
-        self.changes - newer
-    }
-}
+/// Longest LEB128 encoding of a u64.
+const VARINT_BYTES_MAX: usize = 10;
 
 /// What a key looked like at some revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,41 +44,10 @@ pub struct KeyAt {
     pub version: i64,
 }
 
-#[derive(Debug, Default)]
-struct KeyHistory {
-    /// Oldest first; never empty in the index.
-    generations: Vec<Generation>,
-}
-
-impl KeyHistory {
-    fn live(&self) -> Option<&Generation> {
-        self.generations.last().filter(|g| !g.closed)
-    }
-
-    fn at(&self, revision: i64) -> Option<KeyAt> {
-        for generation in self.generations.iter().rev() {
-            let first = generation.revs.first().expect("generations hold revisions");
-            if first.main > revision {
-                continue;
-            }
-            let index = generation.revs.partition_point(|r| r.main <= revision) - 1;
-            if generation.closed && index == generation.revs.len() - 1 {
-                return None; // deleted at or before `revision`
-            }
-            return Some(KeyAt {
-                modified: generation.revs[index],
-                created: generation.created,
-                version: generation.version_at(index),
-            });
-        }
-        None
-    }
-}
-
 /// User key -> history.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, KeyHistory>,
+    keys: BTreeSet<Entry>,
 }
 
 impl KeyIndex {
@@ -81,13 +57,11 @@ impl KeyIndex {
 
     /// The key's newest live state, if it exists now.
     pub fn latest(&self, key: &[u8]) -> Option<KeyAt> {
-        let history = self.keys.get(key)?;
-        let live = history.live()?;
-        let index = live.revs.len() - 1;
+        let live = self.keys.get(key)?.generations().last().filter(|g| !g.closed)?;
         Some(KeyAt {
-            modified: live.revs[index],
+            modified: live.newest,
             created: live.created,
-            version: live.version_at(index),
+            version: live.changes,
         })
     }
 
@@ -104,9 +78,9 @@ impl KeyIndex {
         revision: i64,
         mut visit: impl FnMut(&[u8], KeyAt) -> bool,
     ) {
-        for (key, history) in self.keys.range::<[u8], _>((start, end)) {
-            if let Some(at) = history.at(revision) {
-                if !visit(key, at) {
+        for entry in self.keys.range::<[u8], _>((start, end)) {
+            if let Some(at) = entry.at(revision) {
+                if !visit(entry.key(), at) {
                     return;
                 }
             }
@@ -116,76 +90,378 @@ impl KeyIndex {
     /// Records a put at `revision`. `created`/`version` come from the stored value
     /// when the index is rebuilt (earlier revisions may be compacted away).
     pub fn put(&mut self, key: &[u8], revision: Revision, created: i64, version: i64) {
-        let history = self.keys.entry(key.into()).or_default();
-        match history.generations.last_mut() {
-            Some(live) if !live.closed => {
-                let last = *live.revs.last().expect("generations hold revisions");
-                assert!(revision > last, "revisions of a key only grow");
-                assert_eq!(version, live.changes + 1, "a put bumps the version by one");
-                live.revs.push(revision);
-                live.changes = version;
-            }
-            _ => history.generations.push(Generation {
-                created,
-                changes: version,
-                revs: vec![revision],
-                closed: false,
+        let updated = match self.keys.get(key) {
+            None => Entry::build(key, |out| {
+                write(1, out);
+                write_generation(out, created, version, false, 1);
+                write_revision(out, 0, revision);
             }),
-        }
+            Some(entry) => {
+                let last = entry.generations().last().expect("entries hold a generation");
+                assert!(revision > last.newest, "revisions of a key only grow");
+                if last.closed {
+                    entry.with_generation(created, version, revision)
+                } else {
+                    assert_eq!(version, last.changes + 1, "a put bumps the version by one");
+                    entry.with_newest(&last, revision, false)
+                }
+            }
+        };
+        self.keys.replace(updated);
     }
 
     /// Records a deletion at `revision`; the key must exist.
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) {
-        let history = self.keys.get_mut(key).expect("only live keys are deleted");
-        let live = history
-            .generations
-            .last_mut()
+        let entry = self.keys.get(key).expect("only live keys are deleted");
+        let live = entry
+            .generations()
+            .last()
             .filter(|g| !g.closed)
             .expect("only live keys are deleted");
-        assert!(revision > *live.revs.last().expect("generations hold revisions"));
-        live.revs.push(revision);
-        live.changes += 1;
-        live.closed = true;
+        assert!(revision > live.newest, "revisions of a key only grow");
+        let updated = entry.with_newest(&live, revision, true);
+        self.keys.replace(updated);
     }
 
     /// Rebuilding from a tombstone of a key whose earlier revisions are all
     /// compacted away: nothing is known to delete, so nothing is recorded.
     pub fn has_live(&self, key: &[u8]) -> bool {
-        self.keys.get(key).is_some_and(|h| h.live().is_some())
+        self.latest(key).is_some()
     }
 
-    /// Compacts every key at `revision` (etcd's keyIndex.compact): keeps each key's
-    /// newest revision at or below it unless that is a tombstone, and everything
-    /// above it. Returns the revisions no longer needed, in no particular order.
-    pub fn compact(&mut self, revision: i64) -> Vec<Revision> {
-        let mut removed = Vec::new();
-        self.keys.retain(|_, history| {
-            history.generations.retain_mut(|generation| {
-                let kept_from = generation.revs.partition_point(|r| r.main <= revision);
-                if kept_from == 0 {
-                    return true; // entirely above the compaction point
+    /// One bounded step of compacting every key at `revision` (etcd's
+    /// keyIndex.compact): keeps each key's newest revision at or below it
+    /// unless that is a tombstone, and everything above it. Compacts up to
+    /// `max_keys` keys in key order after `after` (None: from the first), adds
+    /// the revisions no longer needed to `removed`, and returns the last key
+    /// it compacted, where the next step goes on; None once every key is done.
+    ///
+    /// Steps may interleave with puts and tombstones: those add revisions
+    /// above `revision`, which compaction keeps, so a key compacted before or
+    /// after them ends the same. Reads at `revision` or later get the same
+    /// answers from a compacted key as from an uncompacted one.
+    pub fn compact_keys(
+        &mut self,
+        revision: i64,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        removed: &mut impl Extend<Revision>,
+    ) -> Option<Vec<u8>> {
+        assert!(max_keys > 0);
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut visited = 0;
+        let mut last_key = None;
+        let mut changed = Vec::new();
+        for entry in self.keys.range::<[u8], _>((from, Bound::Unbounded)).take(max_keys) {
+            visited += 1;
+            last_key = Some(entry.key());
+            match entry.compacted(revision, removed) {
+                Compacted::Unchanged => {}
+                other => changed.push(other),
+            }
+        }
+        let next = (visited == max_keys).then(|| last_key.expect("visited a key").to_vec());
+        for change in changed {
+            match change {
+                Compacted::Unchanged => unreachable!("only changes are kept"),
+                Compacted::Gone(key) => {
+                    assert!(self.keys.remove(&key[..]));
                 }
-                if generation.closed && kept_from == generation.revs.len() {
-                    // Deleted at or below the compaction point: the whole life goes.
-                    removed.extend_from_slice(&generation.revs);
-                    return false;
+                Compacted::Replaced(entry) => {
+                    assert!(self.keys.replace(entry).is_some());
                 }
-                // Keep the newest revision at or below the point, drop the older.
-                removed.extend(generation.revs.drain(..kept_from - 1));
-                true
-            });
-            !history.generations.is_empty()
-        });
-        removed
+            }
+        }
+        next
     }
 }
 
+/// What compaction does to one key's entry.
+enum Compacted {
+    Unchanged,
+    /// Nothing of the key is left: every life ended at or below the point.
+    Gone(Vec<u8>),
+    Replaced(Entry),
+}
+
+/// One key and its history, encoded as the module comment says; ordered and
+/// looked up by the key alone.
+#[derive(Debug)]
+struct Entry(Box<[u8]>);
+
+impl Entry {
+    /// `key`, then the history `write_history` appends.
+    fn build(key: &[u8], write_history: impl FnOnce(&mut Vec<u8>)) -> Entry {
+        let mut bytes = Vec::with_capacity(VARINT_BYTES_MAX + key.len() + 4 * VARINT_BYTES_MAX);
+        encode_varint(key.len() as u64, &mut bytes);
+        bytes.extend_from_slice(key);
+        write_history(&mut bytes);
+        Entry(bytes.into_boxed_slice())
+    }
+
+    fn key(&self) -> &[u8] {
+        let mut rest = &self.0[..];
+        let len = read(&mut rest) as usize;
+        &rest[..len]
+    }
+
+    /// The encoded history, after the key.
+    fn history(&self) -> &[u8] {
+        let mut rest = &self.0[..];
+        let len = read(&mut rest) as usize;
+        &rest[len..]
+    }
+
+    /// The generations, oldest first.
+    fn generations(&self) -> impl Iterator<Item = GenerationView<'_>> {
+        let history = self.history();
+        let mut rest = history;
+        let count = read(&mut rest);
+        assert!(count >= 1, "entries hold a generation");
+        (0..count).map(move |_| {
+            let offset = history.len() - rest.len();
+            let created = read_i64(&mut rest);
+            let changes = read_i64(&mut rest);
+            let closed = match read(&mut rest) {
+                0 => false,
+                1 => true,
+                other => panic!("key index: closed flag {other}"),
+            };
+            let count = read(&mut rest) as usize;
+            assert!(count >= 1 && count as i64 <= changes, "a generation holds revisions");
+            let encoded = rest;
+            let mut revisions = Revisions::new(encoded, count);
+            let oldest = revisions.next().expect("count >= 1");
+            let newest = revisions.by_ref().last().unwrap_or(oldest);
+            rest = revisions.rest;
+            GenerationView {
+                offset,
+                created,
+                changes,
+                closed,
+                count,
+                revisions: &encoded[..encoded.len() - rest.len()],
+                oldest,
+                newest,
+            }
+        })
+    }
+
+    fn at(&self, revision: i64) -> Option<KeyAt> {
+        // Generations follow each other in revision order: the one holding
+        // `revision` is the last to start at or before it.
+        let generation = self.generations().take_while(|g| g.oldest.main <= revision).last()?;
+        let (index, modified) = Revisions::new(generation.revisions, generation.count)
+            .enumerate()
+            .take_while(|(_, r)| r.main <= revision)
+            .last()
+            .expect("the generation starts at or before `revision`");
+        if generation.closed && index == generation.count - 1 {
+            return None; // deleted at or before `revision`
+        }
+        Some(KeyAt {
+            modified,
+            created: generation.created,
+            version: generation.changes - (generation.count - 1 - index) as i64,
+        })
+    }
+
+    /// This entry with `revision` added to its last generation `last` (a put,
+    /// or with `closes` the tombstone).
+    fn with_newest(&self, last: &GenerationView<'_>, revision: Revision, closes: bool) -> Entry {
+        assert!(!last.closed && revision > last.newest);
+        let history = self.history();
+        Entry::build(self.key(), |out| {
+            out.extend_from_slice(&history[..last.offset]);
+            write_generation(out, last.created, last.changes + 1, closes, last.count + 1);
+            out.extend_from_slice(last.revisions);
+            write_revision(out, last.newest.main, revision);
+        })
+    }
+
+    /// This entry with a new generation starting at `revision`.
+    fn with_generation(&self, created: i64, version: i64, revision: Revision) -> Entry {
+        let mut generations = self.history();
+        let count = read(&mut generations);
+        Entry::build(self.key(), |out| {
+            write(count + 1, out);
+            out.extend_from_slice(generations);
+            write_generation(out, created, version, false, 1);
+            write_revision(out, 0, revision);
+        })
+    }
+
+    /// The entry compacted at `revision` (see `KeyIndex::compact_keys`),
+    /// adding the revisions it drops to `removed`.
+    fn compacted(&self, revision: i64, removed: &mut impl Extend<Revision>) -> Compacted {
+        // How many of a generation's oldest revisions go.
+        let dropped = |g: &GenerationView<'_>| {
+            let at_or_below = Revisions::new(g.revisions, g.count)
+                .take_while(|r| r.main <= revision)
+                .count();
+            if g.closed && at_or_below == g.count {
+                g.count // deleted at or below the point: the whole life goes
+            } else {
+                at_or_below.saturating_sub(1) // the newest at or below stays
+            }
+        };
+        // Most keys have nothing to drop: find out without allocating.
+        if self.generations().all(|g| dropped(&g) == 0) {
+            return Compacted::Unchanged;
+        }
+        let kept = self.generations().filter(|g| dropped(g) < g.count).count();
+        let mut survivors = Vec::with_capacity(kept);
+        for g in self.generations() {
+            let mut revisions = Revisions::new(g.revisions, g.count);
+            let drop = dropped(&g);
+            removed.extend(revisions.by_ref().take(drop));
+            if drop < g.count {
+                survivors.push((g, revisions));
+            }
+        }
+        if survivors.is_empty() {
+            return Compacted::Gone(self.key().to_vec());
+        }
+        Compacted::Replaced(Entry::build(self.key(), |out| {
+            write(survivors.len() as u64, out);
+            for (g, revisions) in survivors {
+                write_generation(out, g.created, g.changes, g.closed, revisions.left);
+                let mut previous_main = 0;
+                for r in revisions {
+                    write_revision(out, previous_main, r);
+                    previous_main = r.main;
+                }
+            }
+        }))
+    }
+}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Entry) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Entry) -> Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+/// A generation as stored: its header decoded, its revisions still encoded.
+struct GenerationView<'a> {
+    /// Where it starts in the entry's history.
+    offset: usize,
+    created: i64,
+    changes: i64,
+    closed: bool,
+    count: usize,
+    /// The encoded revisions (`count` of them).
+    revisions: &'a [u8],
+    oldest: Revision,
+    newest: Revision,
+}
+
+/// Decodes a generation's revisions, oldest first.
+struct Revisions<'a> {
+    rest: &'a [u8],
+    left: usize,
+    previous_main: i64,
+}
+
+impl<'a> Revisions<'a> {
+    fn new(encoded: &'a [u8], count: usize) -> Revisions<'a> {
+        Revisions {
+            rest: encoded,
+            left: count,
+            previous_main: 0,
+        }
+    }
+}
+
+impl Iterator for Revisions<'_> {
+    type Item = Revision;
+
+    fn next(&mut self) -> Option<Revision> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let main = self.previous_main + read_i64(&mut self.rest);
+        let sub = read_i64(&mut self.rest);
+        self.previous_main = main;
+        Some(Revision::new(main, sub))
+    }
+}
+
+fn write_generation(out: &mut Vec<u8>, created: i64, changes: i64, closed: bool, count: usize) {
+    assert!(count >= 1 && count as i64 <= changes);
+    write_i64(created, out);
+    write_i64(changes, out);
+    write(u64::from(closed), out);
+    write(count as u64, out);
+}
+
+/// `revision`, as a delta from the generation's previous main revision (0
+/// for its first).
+fn write_revision(out: &mut Vec<u8>, previous_main: i64, revision: Revision) {
+    assert!(revision.main >= previous_main, "revisions of a key only grow");
+    write_i64(revision.main - previous_main, out);
+    write_i64(revision.sub, out);
+}
+
+fn write(value: u64, out: &mut Vec<u8>) {
+    encode_varint(value, out);
+}
+
+fn write_i64(value: i64, out: &mut Vec<u8>) {
+    write(
+        u64::try_from(value).expect("revisions and versions are never negative"),
+        out,
+    );
+}
+
+/// Entries are only ever written by this module: a bad one is a bug.
+fn read(rest: &mut &[u8]) -> u64 {
+    decode_varint(rest).expect("key index entries are well formed")
+}
+
+fn read_i64(rest: &mut &[u8]) -> i64 {
+    i64::try_from(read(rest)).expect("key index entries are well formed")
+}
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rev(main: i64) -> Revision {
         Revision::new(main, 0)
+    }
+
+    /// Compacts every key at `revision`, `max_keys` keys a step; what goes, sorted.
+    fn compact_all(index: &mut KeyIndex, revision: i64, max_keys: usize) -> Vec<Revision> {
+        let mut removed = Vec::new();
+        let mut after = None;
+        loop {
+            after = index.compact_keys(revision, after.as_deref(), max_keys, &mut removed);
+            if after.is_none() {
+                removed.sort();
+                return removed;
+            }
+        }
     }
 
     #[test]
@@ -212,12 +488,146 @@ mod tests {
         index.put(b"b", rev(4), 4, 1);
         index.tombstone(b"b", rev(5));
         index.put(b"a", rev(6), 2, 3);
-        let mut removed = index.compact(5);
-        removed.sort();
+        let removed = compact_all(&mut index, 5, 1);
         assert_eq!(removed, vec![rev(2), rev(4), rev(5)]);
         assert_eq!(index.at(b"a", 5).unwrap().modified, rev(3));
         assert_eq!(index.at(b"a", 5).unwrap().version, 2, "versions survive compaction");
         assert_eq!(index.latest(b"a").unwrap().version, 3);
         assert_eq!(index.len(), 1, "a key deleted below the point is gone");
+    }
+
+    #[test]
+    fn a_key_with_one_revision_fits_the_smallest_heap_chunk() {
+        let mut index = KeyIndex::default();
+        index.put(b"00999999", Revision::new(1_000_001, 0), 1_000_001, 1);
+        let entry = index.keys.get(&b"00999999"[..]).unwrap();
+        // glibc's smallest chunk holds 24 bytes.
+        assert!(entry.0.len() <= 24, "{} bytes", entry.0.len());
+    }
+
+    /// The index as first written, a struct per generation: the model.
+    #[derive(Debug, Clone)]
+    struct ModelGeneration {
+        created: i64,
+        changes: i64,
+        revs: Vec<Revision>,
+        closed: bool,
+    }
+
+    fn model_at(generations: &[ModelGeneration], revision: i64) -> Option<KeyAt> {
+        let generation = generations.iter().rev().find(|g| g.revs[0].main <= revision)?;
+        let index = generation.revs.partition_point(|r| r.main <= revision) - 1;
+        if generation.closed && index == generation.revs.len() - 1 {
+            return None;
+        }
+        Some(KeyAt {
+            modified: generation.revs[index],
+            created: generation.created,
+            version: generation.changes - (generation.revs.len() - 1 - index) as i64,
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Put key, with a sub revision.
+        Put(usize, i64),
+        /// Delete the key if it is live.
+        Delete(usize),
+        /// Compact this far back from the current revision, so many keys a step.
+        Compact(i64, usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..4usize, 0..3i64).prop_map(|(k, sub)| Op::Put(k, sub)),
+            2 => (0..4usize).prop_map(Op::Delete),
+            1 => (0..6i64, 1..4usize).prop_map(|(back, step)| Op::Compact(back, step)),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_encoded_index_answers_as_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+            const KEYS: [&[u8]; 4] = [b"a", b"b", b"bb", b"longer-key-0001"];
+            let mut index = KeyIndex::default();
+            let mut model: std::collections::BTreeMap<&[u8], Vec<ModelGeneration>> = Default::default();
+            let mut current = 1i64;
+            let mut compacted = 0i64;
+            for op in ops {
+                match op {
+                    Op::Put(k, sub) => {
+                        current += 1;
+                        let revision = Revision::new(current, sub);
+                        let generations = model.entry(KEYS[k]).or_default();
+                        let (created, version) = match generations.last_mut().filter(|g| !g.closed) {
+                            Some(live) => {
+                                live.changes += 1;
+                                live.revs.push(revision);
+                                (live.created, live.changes)
+                            }
+                            None => {
+                                generations.push(ModelGeneration { created: current, changes: 1, revs: vec![revision], closed: false });
+                                (current, 1)
+                            }
+                        };
+                        index.put(KEYS[k], revision, created, version);
+                    }
+                    Op::Delete(k) => {
+                        let Some(live) = model.get_mut(KEYS[k]).and_then(|g| g.last_mut()).filter(|g| !g.closed) else {
+                            proptest::prop_assert!(!index.has_live(KEYS[k]));
+                            continue;
+                        };
+                        current += 1;
+                        live.changes += 1;
+                        live.revs.push(Revision::new(current, 0));
+                        live.closed = true;
+                        index.tombstone(KEYS[k], Revision::new(current, 0));
+                    }
+                    Op::Compact(back, step) => {
+                        let point = (current - back).max(compacted);
+                        compacted = point;
+                        let mut expected = Vec::new();
+                        for generations in model.values_mut() {
+                            generations.retain_mut(|g| {
+                                let kept_from = g.revs.partition_point(|r| r.main <= point);
+                                if kept_from == 0 {
+                                    return true;
+                                }
+                                if g.closed && kept_from == g.revs.len() {
+                                    expected.extend_from_slice(&g.revs);
+                                    return false;
+                                }
+                                expected.extend(g.revs.drain(..kept_from - 1));
+                                true
+                            });
+                        }
+                        model.retain(|_, g| !g.is_empty());
+                        let removed = compact_all(&mut index, point, step);
+                        expected.sort();
+                        proptest::prop_assert_eq!(removed, expected);
+                    }
+                }
+                proptest::prop_assert_eq!(index.len(), model.len());
+                for key in KEYS {
+                    let generations = model.get(key).map(Vec::as_slice).unwrap_or_default();
+                    for revision in compacted..=current + 1 {
+                        proptest::prop_assert_eq!(index.at(key, revision), model_at(generations, revision));
+                    }
+                    proptest::prop_assert_eq!(index.latest(key), model_at(generations, i64::MAX));
+                }
+                let mut visited = Vec::new();
+                index.visit_range(Bound::Included(&b"b"[..]), Bound::Unbounded, current, |key, at| {
+                    visited.push((key.to_vec(), at));
+                    true
+                });
+                let expected: Vec<_> = model
+                    .iter()
+                    .filter(|(key, _)| **key >= &b"b"[..])
+                    .filter_map(|(key, g)| model_at(g, current).map(|at| (key.to_vec(), at)))
+                    .collect();
+                proptest::prop_assert_eq!(visited, expected);
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! last compaction, all kept in the B-tree's revision table with the key index in
 //! memory. Semantics follow etcd's mvcc package (kvstore.go, kvstore_txn.go).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -46,8 +46,12 @@ pub struct Mvcc {
     compact_revision: i64,
     /// The compaction whose physical removal finished last.
     finished_compact_revision: i64,
-    /// Revisions still to remove physically, oldest first.
-    pending_removal: VecDeque<Revision>,
+    /// While a compaction runs: the key index is compacted a bounded number
+    /// of keys per step (this is where the pass goes on); the revisions it
+    /// gives up are then removed from the tree, oldest first.
+    index_pass: Option<IndexPass>,
+    /// Revisions the index has given up, still to remove physically.
+    pending_removal: BTreeSet<Revision>,
     applied_index: u64,
     /// Changes made since the last `take_changes`, when capture is on (the
     /// server's watchers need them; tools and tests leave it off so nothing grows).
@@ -97,6 +101,12 @@ impl ServerRecord {
 pub struct Alarm {
     pub member_id: u64,
     pub kind: i32,
+}
+
+/// Where a compaction's pass over the key index goes on.
+struct IndexPass {
+    /// The last key compacted; None: the pass starts at the first key.
+    after: Option<Vec<u8>>,
 }
 
 impl Mvcc {
@@ -157,7 +167,8 @@ impl Mvcc {
             current_revision,
             compact_revision,
             finished_compact_revision,
-            pending_removal: VecDeque::new(),
+            index_pass: None,
+            pending_removal: BTreeSet::new(),
             applied_index,
             captured: None,
             leases,
@@ -166,7 +177,8 @@ impl Mvcc {
             conf_state,
         };
         if compact_revision > finished_compact_revision {
-            store.schedule_removal(compact_revision, orphans);
+            store.index_pass = Some(IndexPass { after: None });
+            store.pending_removal.extend(orphans);
         } else if let Some(orphan) = orphans.first() {
             return Err(MvccError::Corrupt(format!(
                 "tombstone at revision {} deletes a key that does not exist",
@@ -350,38 +362,46 @@ impl Mvcc {
             return Err(MvccError::FutureRev);
         }
         self.compact_revision = revision;
-        self.schedule_removal(revision, Vec::new());
+        // A pass at an earlier point may be under way: this one starts over from
+        // the first key, and drops everything that one would have and more.
+        self.index_pass = Some(IndexPass { after: None });
         Ok(())
-    }
-
-    fn schedule_removal(&mut self, revision: i64, extra: Vec<Revision>) {
-        let mut removed = self.index.compact(revision);
-        removed.extend(extra);
-        removed.extend(self.pending_removal.drain(..));
-        removed.sort_unstable();
-        removed.dedup();
-        assert!(
-            removed.iter().all(|r| r.main <= revision),
-            "only revisions at or below the point go"
-        );
-        self.pending_removal = removed.into();
     }
 
     pub fn compaction_pending(&self) -> bool {
         self.finished_compact_revision < self.compact_revision
     }
 
-    /// Removes up to `max_revisions` compacted revisions; true once none are left.
-    pub fn compact_step(&mut self, max_revisions: usize) -> Result<bool, MvccError> {
-        assert!(max_revisions > 0);
-        for _ in 0..max_revisions {
-            let Some(revision) = self.pending_removal.pop_front() else {
-                break;
-            };
-            let removed = self.tree.remove(&revision.to_key())?;
-            assert!(removed, "a compacted revision {revision:?} was stored");
+    /// One bounded step of the running compaction: compacts up to `max_items`
+    /// keys of the index, or once the index is done, removes up to that many
+    /// revisions from the tree. True once the compaction has finished.
+    ///
+    /// Bounded because it runs on the store core between client requests: a
+    /// whole pass over a million keys at once stalled every write for a second.
+    pub fn compact_step(&mut self, max_items: usize) -> Result<bool, MvccError> {
+        assert!(max_items > 0);
+        if let Some(pass) = self.index_pass.take() {
+            let after = self.index.compact_keys(
+                self.compact_revision,
+                pass.after.as_deref(),
+                max_items,
+                &mut self.pending_removal,
+            );
+            self.index_pass = after.map(|key| IndexPass { after: Some(key) });
+        } else {
+            for _ in 0..max_items {
+                let Some(revision) = self.pending_removal.pop_first() else {
+                    break;
+                };
+                assert!(
+                    revision.main <= self.compact_revision,
+                    "only revisions at or below the point go"
+                );
+                let removed = self.tree.remove(&revision.to_key())?;
+                assert!(removed, "a compacted revision {revision:?} was stored");
+            }
         }
-        if self.pending_removal.is_empty() {
+        if self.index_pass.is_none() && self.pending_removal.is_empty() {
             self.finished_compact_revision = self.compact_revision;
         }
         Ok(!self.compaction_pending())
@@ -478,7 +498,6 @@ impl Mvcc {
             return Err(MvccError::FutureRev);
         }
         let hash_revision = if revision <= 0 { self.current_revision } else { revision };
-        let pending: HashSet<Revision> = self.pending_removal.iter().copied().collect();
         let mut any_live = false;
         self.index
             .visit_range(Bound::Unbounded, Bound::Unbounded, hash_revision, |_, _| {
@@ -492,10 +511,14 @@ impl Mvcc {
             let (key, value) = entry?;
             let revision =
                 Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
-            if pending.contains(&revision) {
+            let (tombstone, kv) = decode_record(&value)?;
+            // Revisions the running compaction will remove, however far it has
+            // got: at or below the point and not the key's state there.
+            let compacted_away = revision.main <= self.compact_revision
+                && self.index.at(&kv.key, self.compact_revision).map(|at| at.modified) != Some(revision);
+            if compacted_away {
                 continue;
             }
-            let (tombstone, kv) = decode_record(&value)?;
             let kept = |key: &[u8]| {
                 self.index
                     .at(key, hash_revision)
