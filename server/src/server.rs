@@ -137,7 +137,6 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))
             .name("ringkv-store")
-            .preempt_timer(store::STORE_PREEMPT_TIMER)
             .spawn(move || store::run(store_settings, call_receivers, reply_senders, watch, ready_tx))
             .map_err(|e| StartError::Executor(e.to_string()))?,
     );

@@ -39,13 +39,6 @@ use crate::watch::{WatchCommand, WatchPush};
 const RETRY_TICKS: u64 = 5;
 /// Events handled per pass before the Ready loop runs again (bounds latency).
 const EVENTS_PER_PASS_MAX: usize = 1024;
-/// The store executor's time slice. glommio submits and reaps io_uring
-/// requests only between slices while a task stays runnable, as the store
-/// loop does during background work (compaction, watcher catch-up). At
-/// glommio's default of 100 ms, each WAL write and fdatasync waited out a
-/// slice: during a compaction of 1M revisions, puts at 2,000/s had a p99 of
-/// 3.2 s. At 1 ms the WAL keeps its pace and the cost is a syscall a slice.
-pub const STORE_PREEMPT_TIMER: Duration = Duration::from_millis(1);
 
 pub struct StoreCoreSettings {
     pub data_dir: PathBuf,
@@ -240,7 +233,12 @@ pub async fn run(
                 Some(event) => event,
                 None => match core.background_rest() {
                     // Compaction rests between steps: wait for an event, or
-                    // for the rest to end.
+                    // for the rest to end. Waiting also lets glommio submit
+                    // and reap the WAL's I/O, which it does only when no task
+                    // is runnable or its 100 ms preemption timer fires: with
+                    // back-to-back steps each WAL write and fdatasync waited
+                    // out that timer, and puts at 2,000/s had a p99 of 3.2 s
+                    // during a compaction of 1M revisions.
                     Some(rest) => {
                         let woken = future::or(async { Some(event_queue.recv().await) }, async {
                             glommio::timer::sleep(rest).await;
@@ -254,9 +252,6 @@ pub async fn run(
                     None => {
                         core.background_step();
                         core.drive();
-                        // Yields once the store executor's preemption timer
-                        // (STORE_PREEMPT_TIMER) has fired, so the WAL's I/O
-                        // is submitted and reaped while background work lasts.
                         glommio::yield_if_needed().await;
                         continue;
                     }
