@@ -57,7 +57,7 @@ pub fn resolve(names: &[String]) -> Result<Vec<Row>, BenchError> {
         for name in expanded {
             let row = row(name).ok_or_else(|| {
                 BenchError::Usage(format!(
-                    "compare: no workload row {name:?}; rows are range, {}",
+                    "compare: no workload row {name:?}; rows are range, {}, scale",
                     ROW_NAMES.join(", ")
                 ))
             })?;
