@@ -125,7 +125,15 @@ impl Server {
     /// Stops the server with SIGTERM (SIGKILL after RESTART_STOP_TIMEOUT) and
     /// starts the same binary with the same flags, data dir and ports; returns
     /// how it went down and when the new process was spawned.
+    /// Fails if the server had already exited: a crash is not a restart.
     pub async fn restart(&mut self) -> Result<(Shutdown, Instant), BenchError> {
+        if let Some(status) = self.exited() {
+            return Err(BenchError::Server(format!(
+                "{} had exited before the restart ({status}); {}",
+                self.kind.name(),
+                self.log_tail()
+            )));
+        }
         let shutdown = self.terminate().await;
         let spawned = Instant::now();
         self.child = start(self.kind, &self.bin, &self.args, &self.log_path)?;

@@ -16,12 +16,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::proc_status::Memory;
+use super::rows::VAL_SIZE;
 use super::server::{Server, ServerKind};
 use super::Session;
 use crate::report::Summary;
 use crate::{interrupt, BenchError};
 use phases::Plan;
-use phases::{key_space, PACED_RATE_PER_SEC, VAL_SIZE};
+use phases::{key_space, PACED_RATE_PER_SEC};
 
 /// The row's name in --workloads.
 pub const ROW: &str = "scale";

@@ -12,6 +12,7 @@ use tonic::Code;
 
 use super::{Compaction, Restart, ScaleRun};
 use crate::compare::proc_status::Memory;
+use crate::compare::rows::{KEY_SIZE, VAL_SIZE};
 use crate::compare::server::{Server, Shutdown};
 use crate::connect::connect;
 use crate::keys::{KeyOrder, KeySpace};
@@ -20,18 +21,15 @@ use crate::report::Summary;
 use crate::runner::{self, RunOptions, Stop};
 use crate::workload::kv_client;
 use crate::workload::put::{Put, PutArgs};
-use crate::BenchError;
+use crate::{interrupt, BenchError};
 
-/// Key and value sizes, as in the put row (etcd's published benchmark).
-pub const KEY_SIZE: usize = 8;
-pub const VAL_SIZE: usize = 256;
 /// Load and overwrite: the put row's 1000 clients over 100 connections.
 const BULK_CONNS: usize = 100;
 const BULK_CLIENTS: usize = 1000;
 /// The paced loads: 100 clients over 10 connections at 2000 writes/s, well
 /// below either server's ceiling, so latency shows stalls, not queueing.
-pub const PACED_CONNS: usize = 10;
-pub const PACED_CLIENTS: usize = 100;
+const PACED_CONNS: usize = 10;
+const PACED_CLIENTS: usize = 100;
 pub const PACED_RATE_PER_SEC: u64 = 2000;
 /// Time for the allocator and the page cache to settle before RSS is read.
 const RSS_SETTLE: Duration = Duration::from_secs(2);
@@ -41,7 +39,7 @@ const COMPACT_AFTER: Duration = Duration::from_secs(1);
 /// The paced load keeps running this long after the Compact's reply.
 const LOAD_AFTER_COMPACTION: Duration = Duration::from_secs(1);
 /// A compaction without a reply after this is given up on (and reported).
-pub const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(120);
+const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// What the phases need besides the server.
 #[derive(Debug, Clone)]
@@ -86,11 +84,13 @@ impl Plan {
 }
 
 /// Every phase against `server`, which has just started on an empty data dir.
+/// Stops between phases on Ctrl-C, which would leave the rest meaningless.
 pub async fn measure(server: &mut Server, plan: &Plan, label: &str) -> Result<ScaleRun, BenchError> {
     let load = bulk_puts(server, plan, format!("{label} load")).await?;
     tokio::time::sleep(RSS_SETTLE).await;
     let memory_after_load = Memory::of_pid(server.pid())?;
     let overwrite = bulk_puts(server, plan, format!("{label} overwrite")).await?;
+    not_interrupted()?;
     let revision = current_revision(server.endpoint(), plan.request_timeout).await?;
     plan.progress
         .note(&format!("{label}: revision {revision} after the overwrite"));
@@ -100,7 +100,9 @@ pub async fn measure(server: &mut Server, plan: &Plan, label: &str) -> Result<Sc
         &plan.paced(server, Stop::Duration(plan.phase), format!("{label} quiet")),
     )
     .await?;
+    not_interrupted()?;
     let (during_compaction, compaction) = during_compaction(server, plan, revision, label).await?;
+    not_interrupted()?;
     let restart = restart(server, plan).await;
     Ok(ScaleRun {
         keys: plan.keys,
@@ -112,6 +114,14 @@ pub async fn measure(server: &mut Server, plan: &Plan, label: &str) -> Result<Sc
         compaction,
         restart,
     })
+}
+
+fn not_interrupted() -> Result<(), BenchError> {
+    if interrupt::requested() {
+        Err(BenchError::Interrupted)
+    } else {
+        Ok(())
+    }
 }
 
 fn put_args(keys: u64, sequential: bool) -> PutArgs {
