@@ -5,8 +5,9 @@
 //! numbered across all loops from one counter ("tickets"): the number picks
 //! sequential keys and, with `--rate`, the op's intended send time. A loop stops
 //! when the tickets reach `--total`, when the next op would be sent after
-//! `--duration`, or on Ctrl-C. Then the workload's `finish` winds down what
-//! ran beside the ops (watchers, leases) and adds what it measured.
+//! `--duration`, when the caller sets `RunOptions::cancel`, or on Ctrl-C. Then
+//! the workload's `finish` winds down what ran beside the ops (watchers,
+//! leases) and adds what it measured.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,8 @@
 //! server (A B A B ...) each get their own empty data dir under one root and
 //! free 127.0.0.1 ports, serve one run, and are killed; no state carries from
 //! one run to the next. The table shows each server's median over the rounds
-//! and the ratio.
+//! and the ratio. The `scale` row (see `scale`) runs several phases on each
+//! fresh server and has a table of its own.
 
 mod machine;
 mod proc_status;
@@ -409,7 +410,10 @@ impl Session<'_> {
                 "{}",
                 scale::table::render(records, self.args.scale_keys, self.args.rounds)
             );
-            println!("\neach run, in round order:");
+            println!(
+                "\neach cell is that metric's median over the runs (anon and file too, so they need not add up \
+                 to the RSS); put latency runs from each op's intended send time.\neach run, in round order:"
+            );
             print!("{}", scale::table::render_rounds(records));
         }
         if interrupt::requested() {
