@@ -166,6 +166,7 @@ impl GlobalArgs {
             request_timeout: self.request_timeout,
             progress: ProgressMode::detect(self.quiet),
             label,
+            cancel: None,
         })
     }
 }

@@ -5,10 +5,11 @@
 //! numbered across all loops from one counter ("tickets"): the number picks
 //! sequential keys and, with `--rate`, the op's intended send time. A loop stops
 //! when the tickets reach `--total`, when the next op would be sent after
-//! `--duration`, or on Ctrl-C. Then the workload's `finish` winds down what
-//! ran beside the ops (watchers, leases) and adds what it measured.
+//! `--duration`, when the caller sets `RunOptions::cancel`, or on Ctrl-C. Then
+//! the workload's `finish` winds down what ran beside the ops (watchers,
+//! leases) and adds what it measured.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,11 @@ pub struct RunOptions {
     pub progress: ProgressMode,
     /// Prefix of the progress line.
     pub label: String,
+    /// Once set, no further op is sent, as if the deadline had passed: for a
+    /// caller that ends a run on an event of its own (`compare`'s scale row
+    /// keeps a load running until a compaction has finished). `stop` still
+    /// bounds the run.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 struct Shared {
@@ -61,8 +67,17 @@ struct Shared {
     start: Instant,
     deadline: Option<Instant>,
     rate_per_sec: Option<u64>,
+    cancel: Option<Arc<AtomicBool>>,
     counters: Arc<Counters>,
     recorders: Vec<Mutex<Recorder>>,
+}
+
+impl Shared {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
+    }
 }
 
 /// Connects, prepares the workload (untimed), runs it and summarizes.
@@ -96,6 +111,7 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
             Stop::Total(_) => None,
         },
         rate_per_sec: options.rate_per_sec,
+        cancel: options.cancel.clone(),
         counters: Arc::new(Counters::default()),
         recorders: (0..RECORDER_SHARDS).map(|_| Mutex::new(Recorder::default())).collect(),
     });
@@ -163,7 +179,7 @@ async fn run_loops(
 async fn request_loop(mut client: Box<dyn WorkloadClient>, shared: Arc<Shared>, index: usize) -> Instant {
     let recorder = &shared.recorders[index % RECORDER_SHARDS];
     let mut last_done = shared.start;
-    while !interrupt::requested() {
+    while !interrupt::requested() && !shared.cancelled() {
         let ticket = shared.next_ticket.fetch_add(1, Ordering::Relaxed);
         if ticket >= shared.ticket_limit {
             break;

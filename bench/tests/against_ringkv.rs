@@ -246,6 +246,67 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
 }
 
 #[test]
+fn compare_scale_measures_memory_restart_and_compaction_on_both_servers() {
+    let ringkv = ringkv_binary();
+    let keys = 2000;
+    let report = bench_json(&[
+        "compare",
+        "--workloads",
+        "scale",
+        "--scale-keys",
+        &keys.to_string(),
+        "--scale-phase",
+        "2s",
+        "--rounds",
+        "1",
+        "--ringkv-bin",
+        ringkv.to_str().unwrap(),
+    ]);
+    assert!(report["rows"].as_array().unwrap().is_empty(), "{report}");
+    let scale = &report["scale"];
+    assert_eq!(count(scale, "keys"), keys, "{report}");
+    let runs = scale["runs"].as_array().unwrap();
+    let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, vec!["ringkv", "etcd"], "{report}");
+    for run in runs {
+        for phase in ["load", "overwrite"] {
+            assert_eq!(count(&run[phase], "ops"), keys, "{phase}: {run}");
+        }
+        for phase in ["load", "overwrite", "quiet", "during_compaction"] {
+            assert_eq!(count(&run[phase], "errors"), 0, "{phase}: {run}");
+        }
+        assert!(count(&run["memory_after_load"], "vm_rss_kib") > 0, "{run}");
+        assert!(run["restart"]["first_read_sec"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["restart"]["error"].is_null(), "{run}");
+        assert!(run["compaction"]["duration_sec"].as_f64().is_some(), "{run}");
+        assert!(run["compaction"]["error"].is_null(), "{run}");
+        // Both servers start at revision 1: two Puts per key make 2N + 1.
+        assert_eq!(run["compaction"]["revision"], 2 * keys + 1, "{run}");
+        assert!(
+            run["during_compaction"]["duration_sec"].as_f64().unwrap() >= 1.9,
+            "{run}"
+        );
+    }
+    for server in ["ringkv", "etcd"] {
+        assert_eq!(count(&scale[server], "runs"), 1, "{report}");
+        assert_eq!(count(&scale[server], "errors"), 0, "{report}");
+    }
+    assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
+}
+
+#[test]
+fn ceiling_refuses_the_scale_row() {
+    let output = Command::new(bench_binary())
+        .args(["ceiling", "--workloads", "scale", "--quiet"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ringkv-ceiling stores nothing"), "{stderr}");
+}
+
+#[test]
 fn watch_latency_every_watcher_sees_every_put_exactly_once() {
     let ringkv = Ringkv::start();
     // 12 watchers, 5 per stream: two full streams and one of 2.

@@ -7,10 +7,13 @@
 //! server (A B A B ...) each get their own empty data dir under one root and
 //! free 127.0.0.1 ports, serve one run, and are killed; no state carries from
 //! one run to the next. The table shows each server's median over the rounds
-//! and the ratio.
+//! and the ratio. The `scale` row (see `scale`) runs several phases on each
+//! fresh server and has a table of its own.
 
 mod machine;
+mod proc_status;
 pub mod rows;
+pub mod scale;
 mod server;
 pub mod table;
 
@@ -48,8 +51,25 @@ pub struct CompareArgs {
     /// range-s, range-l, txn-put, txn-mixed, delete, lease-keepalive (1000
     /// clients over 100 conns), watch-latency, kube (100 clients over 10
     /// conns). 8 B keys and 256 B values where they apply (docs/benchmarks.md).
+    ///
+    /// `scale` (compare only, not a default; minutes per server at 1M keys):
+    /// per server, --scale-keys Puts (the put row's shape), RSS 2 s later,
+    /// the same Puts again, a put load paced at 2000/s over 10 conns for
+    /// --scale-phase, the same load during a physical Compact of the
+    /// overwritten revisions (sent 1 s in; the load runs at least
+    /// --scale-phase and until 1 s after the reply, at most 2 min), then
+    /// SIGTERM and a restart on the same data, timed to the first
+    /// serializable read of key 0. Its own table; ignores --total,
+    /// --duration, --rate, --conns and --clients.
     #[arg(long, value_delimiter = ',', default_value = rows::DEFAULT_ROWS)]
     pub workloads: Vec<String>,
+    /// Keys the scale row writes (8 B keys, 256 B values).
+    #[arg(long, default_value_t = scale::KEYS_DEFAULT)]
+    pub scale_keys: u64,
+    /// Length of the scale row's paced put loads (the one during compaction
+    /// runs at least this long).
+    #[arg(long, default_value = scale::PHASE_DEFAULT, value_parser = humantime::parse_duration)]
+    pub scale_phase: Duration,
     /// Rounds: each runs every row against a fresh ringkv, then a fresh etcd
     /// (`ceiling`: ringkv-ceiling).
     #[arg(long, default_value_t = 3)]
@@ -115,6 +135,8 @@ struct CompareJson<'a> {
     rounds: usize,
     rows: Vec<RowJson>,
     runs: &'a [RunRecord],
+    /// With `--workloads scale`.
+    scale: Option<scale::ScaleJson<'a>>,
     notes: &'a [String],
 }
 
@@ -144,7 +166,29 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
     if args.rounds == 0 {
         return Err(BenchError::Usage("--rounds must be at least 1".into()));
     }
-    let rows = rows::resolve(&args.workloads)?;
+    let wants_scale = args.workloads.iter().any(|name| name.trim() == scale::ROW);
+    let others: Vec<String> = args
+        .workloads
+        .iter()
+        .filter(|name| name.trim() != scale::ROW)
+        .cloned()
+        .collect();
+    if wants_scale {
+        if baseline == Baseline::Ceiling {
+            return Err(BenchError::Usage(format!(
+                "ceiling: the {} row measures what a server stores, and ringkv-ceiling stores nothing; \
+                 run it with compare --workloads {}",
+                scale::ROW,
+                scale::ROW
+            )));
+        }
+        scale::check(args.scale_keys, args.scale_phase)?;
+    }
+    let rows = if wants_scale && others.iter().all(|name| name.trim().is_empty()) {
+        Vec::new()
+    } else {
+        rows::resolve(&others)?
+    };
     let ringkv_path = match &args.ringkv_bin {
         Some(path) => locate(path)?,
         None => default_beside("ringkv")?,
@@ -181,36 +225,50 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
             .notes
             .push("the data root is on tmpfs: fsync costs nothing there, so these are not disk numbers".into());
     }
-    let header = session.header(&machine, &rows);
+    let header = session.header(&machine, &rows, wants_scale);
     session.progress.note(&header);
 
     let results: Vec<RowResult> = rows.iter().map_while(|row| session.run_row(row)).collect();
+    let scale_records = wants_scale.then(|| session.run_scale());
     if session.args.keep_data {
         session
             .progress
             .note(&format!("data dirs and logs kept in {}", session.root.path().display()));
     }
-    session.print(&machine, &header, &results)
+    session.print(&machine, &header, &results, scale_records.as_deref())
 }
 
 impl Session<'_> {
-    fn header(&self, machine: &Machine, rows: &[Row]) -> String {
-        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+    fn header(&self, machine: &Machine, rows: &[Row], scale: bool) -> String {
+        let mut names: Vec<&str> = rows.iter().map(|r| r.name).collect();
         let runs = rows.len() * self.args.rounds * 2;
         let each = match (self.global.total, self.global.duration) {
             (Some(total), _) => format!("{total} requests"),
             (None, duration) => humantime::format_duration(duration.unwrap_or(RUN_DURATION_DEFAULT)).to_string(),
         };
+        let mut runs_text = vec![];
+        if runs > 0 {
+            runs_text.push(format!("{runs} runs of {each} each"));
+        }
+        if scale {
+            names.push(scale::ROW);
+            runs_text.push(format!(
+                "{} scale runs of {} keys",
+                self.args.rounds * 2,
+                crate::report::fmt_count(self.args.scale_keys)
+            ));
+        }
         let (command, durability) = match self.baseline_kind {
             ServerKind::Ceiling => ("ceiling", "ringkv always; ringkv-ceiling stores nothing"),
             _ => ("compare", "etcd default; ringkv always"),
         };
         format!(
-            "ringkv-bench {command}: {} rounds of {} ({runs} runs of {each} each, plus server starts and untimed setup)\n\
+            "ringkv-bench {command}: {} rounds of {} ({}, plus server starts and untimed setup)\n\
              machine: {}\nringkv: {} ({})\n{}: {} ({})\n\
              each run: a fresh server on an empty data dir, fsync on ({durability})",
             self.args.rounds,
             names.join(", "),
+            runs_text.join("; "),
             machine.text(),
             self.ringkv.path.display(),
             self.ringkv.version,
@@ -300,7 +358,13 @@ impl Session<'_> {
         summary
     }
 
-    fn print(&self, machine: &Machine, header: &str, results: &[RowResult]) -> Result<(), BenchError> {
+    fn print(
+        &self,
+        machine: &Machine,
+        header: &str,
+        results: &[RowResult],
+        scale_records: Option<&[scale::ScaleRecord]>,
+    ) -> Result<(), BenchError> {
         if self.global.json {
             let rows = results
                 .iter()
@@ -321,6 +385,7 @@ impl Session<'_> {
                 rounds: self.args.rounds,
                 rows,
                 runs: &self.runs,
+                scale: scale_records.map(|records| self.scale_json(records)),
                 notes: &self.notes,
             };
             let json = serde_json::to_string(&report).map_err(|e| BenchError::Internal(e.to_string()))?;
@@ -329,12 +394,28 @@ impl Session<'_> {
         }
         println!("{header}\n");
         let baseline = self.baseline_kind.name();
-        print!("{}", table::render(results, self.args.rounds, baseline));
-        println!(
-            "\nthroughput and latency are medians over the rounds; ratio = ringkv / {baseline} throughput.\n\
-             throughput of each run, in round order:"
-        );
-        print!("{}", table::render_rounds(results, baseline));
+        if !results.is_empty() {
+            print!("{}", table::render(results, self.args.rounds, baseline));
+            println!(
+                "\nthroughput and latency are medians over the rounds; ratio = ringkv / {baseline} throughput.\n\
+                 throughput of each run, in round order:"
+            );
+            print!("{}", table::render_rounds(results, baseline));
+        }
+        if let Some(records) = scale_records {
+            if !results.is_empty() {
+                println!();
+            }
+            print!(
+                "{}",
+                scale::table::render(records, self.args.scale_keys, self.args.rounds)
+            );
+            println!(
+                "\neach cell is that metric's median over the runs (anon and file too, so they need not add up \
+                 to the RSS); put latency runs from each op's intended send time.\neach run, in round order:"
+            );
+            print!("{}", scale::table::render_rounds(records));
+        }
         if interrupt::requested() {
             println!("\ninterrupted: the table shows the runs that finished");
         }

@@ -33,8 +33,9 @@ const HEAVY: (usize, usize) = (100, 1000);
 /// 100 clients over 10 connections, so a 2-core machine is not saturated by
 /// the load generator alone.
 const MODEST: (usize, usize) = (10, 100);
-const KEY_SIZE: usize = 8;
-const VAL_SIZE: usize = 256;
+/// Key and value sizes of etcd's published benchmark.
+pub const KEY_SIZE: usize = 8;
+pub const VAL_SIZE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -57,7 +58,7 @@ pub fn resolve(names: &[String]) -> Result<Vec<Row>, BenchError> {
         for name in expanded {
             let row = row(name).ok_or_else(|| {
                 BenchError::Usage(format!(
-                    "compare: no workload row {name:?}; rows are range, {}",
+                    "compare: no workload row {name:?}; rows are range, {}, scale",
                     ROW_NAMES.join(", ")
                 ))
             })?;

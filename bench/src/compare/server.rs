@@ -21,6 +21,15 @@ use crate::BenchError;
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
 /// How long one readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a server may take to exit after SIGTERM before it is killed.
+pub const RESTART_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between checks whether a stopping server has exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+/// Pause between probes for the first read after a restart: the restart time
+/// is measured to within this.
+const RESTART_PROBE_PAUSE: Duration = Duration::from_millis(20);
+/// How long one probe after a restart may take (connect and Range).
+const RESTART_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Log lines quoted when a server fails.
 pub const LOG_TAIL_LINES: usize = 20;
 
@@ -76,9 +85,22 @@ impl ServerKind {
 /// A running server; killed when dropped.
 pub struct Server {
     kind: ServerKind,
+    bin: PathBuf,
+    /// Flags and ports of the first start, kept so a restart finds its data
+    /// and serves where the clients expect it.
+    args: Vec<String>,
     child: Child,
     endpoint: String,
     log_path: PathBuf,
+}
+
+/// How a server went down for a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Exited within RESTART_STOP_TIMEOUT of SIGTERM.
+    Terminated,
+    /// Still running RESTART_STOP_TIMEOUT after SIGTERM, so killed.
+    Killed,
 }
 
 impl Server {
@@ -87,44 +109,56 @@ impl Server {
     pub fn spawn(kind: ServerKind, bin: &Path, run_dir: &Path) -> Result<Server, BenchError> {
         let client_port = free_port()?;
         let peer_port = free_port()?;
+        let args = kind.args(&run_dir.join("data"), client_port, peer_port);
         let log_path = run_dir.join("server.log");
-        let log = File::create(&log_path).map_err(|e| server_error(kind, &format!("creating {log_path:?}"), e))?;
-        let log_err = log.try_clone().map_err(|e| server_error(kind, "log file", e))?;
-        let mut command = Command::new(bin);
-        command
-            .args(kind.args(&run_dir.join("data"), client_port, peer_port))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // Ctrl-C in the terminal reaches ringkv-bench only, which then
-            // finishes the run and stops the servers itself.
-            .process_group(0);
-        // Both servers run with their defaults, not whatever ETCD_* variables
-        // the operator's shell has.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ETCD_") {
-                command.env_remove(name);
-            }
-        }
-        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-        // The server is killed if ringkv-bench dies without cleaning up.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| server_error(kind, &format!("starting {}", bin.display()), e))?;
+        let child = start(kind, bin, &args, &log_path)?;
         Ok(Server {
             kind,
+            bin: bin.to_path_buf(),
+            args,
             child,
             endpoint: format!("http://127.0.0.1:{client_port}"),
             log_path,
         })
+    }
+
+    /// Stops the server with SIGTERM (SIGKILL after RESTART_STOP_TIMEOUT) and
+    /// starts the same binary with the same flags, data dir and ports; returns
+    /// how it went down and when the new process was spawned.
+    /// Fails if the server had already exited: a crash is not a restart.
+    pub async fn restart(&mut self) -> Result<(Shutdown, Instant), BenchError> {
+        if let Some(status) = self.exited() {
+            return Err(BenchError::Server(format!(
+                "{} had exited before the restart ({status}); {}",
+                self.kind.name(),
+                self.log_tail()
+            )));
+        }
+        let shutdown = self.terminate().await;
+        let spawned = Instant::now();
+        self.child = start(self.kind, &self.bin, &self.args, &self.log_path)?;
+        Ok((shutdown, spawned))
+    }
+
+    async fn terminate(&mut self) -> Shutdown {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
+        // SAFETY: kill only sends a signal; `pid` is our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + RESTART_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return Shutdown::Terminated;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Shutdown::Killed
+    }
+
+    /// The server's process id, for /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn endpoint(&self) -> &str {
@@ -158,6 +192,44 @@ impl Server {
         }
     }
 
+    /// Waits until a serializable Range of `key` returns it (the server has
+    /// loaded its data and serves it), probing every RESTART_PROBE_PAUSE, at
+    /// most `timeout`; returns when the first such reply came.
+    pub async fn wait_serves_key(&mut self, key: &[u8], timeout: Duration) -> Result<Instant, BenchError> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(BenchError::Server(format!(
+                    "{} exited before serving ({status}); {}",
+                    self.kind.name(),
+                    self.log_tail()
+                )));
+            }
+            let request = RangeRequest {
+                key: key.to_vec(),
+                serializable: true,
+                ..Default::default()
+            };
+            let reply = tokio::time::timeout(RESTART_PROBE_TIMEOUT, range_once(&self.endpoint, request)).await;
+            if let Ok(Some(kvs)) = reply {
+                assert!(kvs <= 1, "a Range of one key returns at most one kv");
+                if kvs == 1 {
+                    return Ok(Instant::now());
+                }
+            }
+            if start.elapsed() >= timeout {
+                return Err(BenchError::Server(format!(
+                    "{} did not serve key {:?} within {}; {}",
+                    self.kind.name(),
+                    String::from_utf8_lossy(key),
+                    humantime::format_duration(timeout),
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(RESTART_PROBE_PAUSE).await;
+        }
+    }
+
     /// The exit status if the server has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -180,11 +252,59 @@ impl Server {
     }
 }
 
+/// Spawns `bin args`, appending its output to `log_path`.
+fn start(kind: ServerKind, bin: &Path, args: &[String], log_path: &Path) -> Result<Child, BenchError> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| server_error(kind, &format!("opening {log_path:?}"), e))?;
+    let log_err = log.try_clone().map_err(|e| server_error(kind, "log file", e))?;
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // Ctrl-C in the terminal reaches ringkv-bench only, which then
+        // finishes the run and stops the servers itself.
+        .process_group(0);
+    // Both servers run with their defaults, not whatever ETCD_* variables
+    // the operator's shell has.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCD_") {
+            command.env_remove(name);
+        }
+    }
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    // The server is killed if ringkv-bench dies without cleaning up.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .map_err(|e| server_error(kind, &format!("starting {}", bin.display()), e))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How many kvs one Range on a fresh connection returned; None if it failed.
+async fn range_once(endpoint: &str, request: RangeRequest) -> Option<usize> {
+    let channels = connect(&[endpoint.to_string()], 1, RESTART_PROBE_TIMEOUT, None)
+        .await
+        .ok()?;
+    let reply = kv_client(channels[0].clone()).range(request).await.ok()?;
+    Some(reply.into_inner().kvs.len())
 }
 
 async fn probe(endpoint: &str) -> bool {

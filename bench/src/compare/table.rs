@@ -128,6 +128,17 @@ pub fn render(rows: &[RowResult], rounds: usize, baseline: &str) -> String {
             format!("{} / {}", errors_cell(ringkv.as_ref()), errors_cell(other.as_ref())),
         ]);
     }
+    let lines: Vec<Vec<String>> = lines.into_iter().map(Vec::from).collect();
+    markdown(&lines)
+}
+
+/// `lines` as a Markdown table with aligned columns, the first line as its
+/// header; every line has the header's number of cells.
+pub fn markdown(lines: &[Vec<String>]) -> String {
+    assert!(
+        lines.iter().all(|line| line.len() == lines[0].len()),
+        "every line has one cell per column"
+    );
     let widths: Vec<usize> = (0..lines[0].len())
         .map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0))
         .collect();
