@@ -33,7 +33,7 @@ pub const IDS_PER_FREELIST_PAGE: usize = (BODY_BYTES - 8) / 8;
 #[derive(Debug)]
 pub struct Freelist {
     /// Allocatable now, lowest first (keeps the file dense).
-    free: BTreeSet<PageId>,
+    free: FreePages,
     /// Released by the transaction being built: allocatable once it is sealed.
     released: Vec<PageId>,
     /// Pages 0..page_count exist; new pages are taken from here on.
@@ -55,7 +55,7 @@ impl Freelist {
             .chain(&chain)
             .all(|&id| (META_PAGE_COUNT..page_count).contains(&id)));
         Freelist {
-            free,
+            free: FreePages::from_set(free),
             released: Vec::new(),
             page_count,
             chain,
@@ -108,26 +108,23 @@ impl Freelist {
             .into_iter()
             .partition(|(released_by, _)| oldest_pin.is_some_and(|pin| pin < *released_by));
         self.held = needed;
-        for (_, ids) in unneeded {
-            self.free.extend(ids);
-        }
+        self.free.add(unneeded.into_iter().flat_map(|(_, ids)| ids));
     }
 
     /// Gives back the free pages at the end of the file; returns how many.
     pub fn trim_tail(&mut self) -> u64 {
-        let before = self.page_count;
-        while self.page_count > META_PAGE_COUNT && self.free.remove(&(self.page_count - 1)) {
-            self.page_count -= 1;
-        }
-        before - self.page_count
+        let trimmed = self.free.take_tail(self.page_count);
+        self.page_count -= trimmed;
+        assert!(self.page_count >= META_PAGE_COUNT);
+        trimmed
     }
 
     pub fn lowest_free(&self) -> Option<PageId> {
-        self.free.first().copied()
+        self.free.lowest()
     }
 
     pub fn allocate(&mut self) -> PageId {
-        if let Some(id) = self.free.pop_first() {
+        if let Some(id) = self.free.take_lowest() {
             return id;
         }
         let id = self.page_count;
@@ -143,7 +140,7 @@ impl Freelist {
             self.page_count
         );
         debug_assert!(
-            !self.free.contains(&id) && !self.released.contains(&id),
+            !self.free.contains(id) && !self.released.contains(&id),
             "page {id} released twice"
         );
         self.released.push(id);
@@ -186,13 +183,77 @@ impl Freelist {
             pages.push((id, page));
         }
         assert!(ids.next().is_none(), "the chain holds every free page");
+        drop(ids); // an opaque iterator: its borrow of `free` ends here
         if self.pins.is_empty() {
-            self.free.extend(self.released.drain(..));
+            self.free.add(self.released.drain(..));
         } else {
             self.held.push((txid, std::mem::take(&mut self.released)));
         }
         self.chain = chain;
         (self.chain.first().copied(), pages)
+    }
+}
+
+/// The allocatable pages: a Vec sorted highest first, so the lowest is taken
+/// from the end. Every seal lists them all, and a scan of a contiguous Vec
+/// stays fast when the list is long and cold in cache: with 200,000 free
+/// pages (after a compaction of 1M revisions) a `BTreeSet` took up to 9 ms
+/// per seal on the store core.
+#[derive(Debug)]
+struct FreePages {
+    descending: Vec<PageId>,
+}
+
+impl FreePages {
+    fn from_set(set: BTreeSet<PageId>) -> FreePages {
+        FreePages {
+            descending: set.into_iter().rev().collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.descending.len()
+    }
+
+    /// Lowest first.
+    fn iter(&self) -> impl Iterator<Item = &PageId> + '_ {
+        self.descending.iter().rev()
+    }
+
+    fn contains(&self, id: PageId) -> bool {
+        self.descending.binary_search_by(|probe| id.cmp(probe)).is_ok()
+    }
+
+    fn lowest(&self) -> Option<PageId> {
+        self.descending.last().copied()
+    }
+
+    fn take_lowest(&mut self) -> Option<PageId> {
+        self.descending.pop()
+    }
+
+    /// Adds pages that are not free yet.
+    fn add(&mut self, ids: impl IntoIterator<Item = PageId>) {
+        self.descending.extend(ids);
+        // A stable sort finds the long sorted run and merges the new ids in.
+        self.descending.sort_by(|a, b| b.cmp(a));
+        assert!(
+            self.descending.windows(2).all(|pair| pair[0] > pair[1]),
+            "a page was freed twice"
+        );
+    }
+
+    /// Removes the free pages at the end of a file of `page_count` pages (the
+    /// run `page_count - 1`, `page_count - 2`, ...); returns how many.
+    fn take_tail(&mut self, page_count: u64) -> u64 {
+        let run = self
+            .descending
+            .iter()
+            .zip((0..page_count).rev())
+            .take_while(|(&id, expected)| id == *expected && id >= META_PAGE_COUNT)
+            .count();
+        self.descending.drain(..run);
+        run as u64
     }
 }
 
@@ -252,6 +313,26 @@ mod tests {
     }
 
     #[test]
+    fn free_pages_go_lowest_first_and_the_tail_of_the_file_is_trimmed() {
+        let mut free = FreePages::from_set(BTreeSet::from([3, 9, 5]));
+        free.add([8, 2]);
+        assert_eq!(free.iter().copied().collect::<Vec<_>>(), vec![2, 3, 5, 8, 9]);
+        assert!(free.contains(8) && !free.contains(7));
+        assert_eq!(free.take_tail(10), 2, "9 and 8 end a file of 10 pages");
+        assert_eq!(free.take_tail(8), 0, "page 7 is in use");
+        assert_eq!(free.take_lowest(), Some(2));
+        assert_eq!(free.lowest(), Some(3));
+        assert_eq!(free.len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "a page was freed twice")]
+    fn a_page_freed_twice_stops_everything() {
+        let mut free = FreePages::from_set(BTreeSet::from([3, 5]));
+        free.add([5]);
+    }
+
+    #[test]
     fn long_freelists_span_pages() {
         let free: BTreeSet<PageId> = (2..2 + 3 * IDS_PER_FREELIST_PAGE as u64).collect();
         let count = 2 + free.len() as u64;
@@ -296,7 +377,7 @@ mod tests {
         reused.sort();
         assert!(reused.contains(&a) && !reused.contains(&b), "{reused:?}");
         list.unpin(2);
-        assert!(list.free.contains(&b));
+        assert!(list.free.contains(b));
     }
 
     #[test]
