@@ -323,11 +323,37 @@ impl Session<'_> {
 
     /// One run against a fresh server.
     fn run_once(&mut self, kind: ServerKind, row: &Row, round: usize, label: &str) -> Result<Summary, BenchError> {
+        self.on_fresh_server(kind, row.name, round, label, |session, server| {
+            let mut options = session.global.run_options(
+                row.conns,
+                row.clients,
+                Stop::Duration(RUN_DURATION_DEFAULT),
+                label.to_string(),
+            )?;
+            options.endpoints = vec![server.endpoint().to_string()];
+            session
+                .runtime
+                .block_on(runner::run(row.spec.build(options.request_timeout)?, &options))
+        })
+    }
+
+    /// Starts a fresh `kind` server on an empty data dir of its own
+    /// (`<name>-<round>-<kind>`), waits until it serves, runs `run` against
+    /// it, then stops it (noting if it had exited on its own) and removes the
+    /// data dir unless kept.
+    fn on_fresh_server<T>(
+        &mut self,
+        kind: ServerKind,
+        name: &str,
+        round: usize,
+        label: &str,
+        run: impl FnOnce(&Self, &mut Server) -> Result<T, BenchError>,
+    ) -> Result<T, BenchError> {
         let bin = match kind {
             ServerKind::Ringkv => self.ringkv.path.clone(),
             _ => self.baseline.path.clone(),
         };
-        let run_dir = self.root.run_dir(&format!("{}-{round}-{}", row.name, kind.name()))?;
+        let run_dir = self.root.run_dir(&format!("{name}-{round}-{}", kind.name()))?;
         let mut server = Server::spawn(kind, &bin, &run_dir)?;
         let ready_after = self.runtime.block_on(server.wait_ready(self.args.start_timeout))?;
         self.progress.note(&format!(
@@ -335,16 +361,7 @@ impl Session<'_> {
             server.endpoint(),
             ready_after.as_millis()
         ));
-        let mut options = self.global.run_options(
-            row.conns,
-            row.clients,
-            Stop::Duration(RUN_DURATION_DEFAULT),
-            label.to_string(),
-        )?;
-        options.endpoints = vec![server.endpoint().to_string()];
-        let summary = self
-            .runtime
-            .block_on(runner::run(row.spec.build(options.request_timeout)?, &options));
+        let result = run(self, &mut server);
         let tail = server.log_tail();
         if let Some(status) = server.stop() {
             self.notes.push(format!(
@@ -355,7 +372,7 @@ impl Session<'_> {
         if !self.args.keep_data {
             let _ = std::fs::remove_dir_all(&run_dir);
         }
-        summary
+        result
     }
 
     fn print(

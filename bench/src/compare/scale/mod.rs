@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::proc_status::Memory;
 use super::rows::VAL_SIZE;
-use super::server::{Server, ServerKind};
+use super::server::ServerKind;
 use super::Session;
 use crate::report::Summary;
 use crate::{interrupt, BenchError};
@@ -145,32 +145,16 @@ impl Session<'_> {
 
     fn run_scale_once(&mut self, kind: ServerKind, round: usize, label: &str) -> Result<ScaleRun, BenchError> {
         assert!(kind != ServerKind::Ceiling, "compare::run refuses scale for ceiling");
-        let bin = match kind {
-            ServerKind::Ringkv => self.ringkv.path.clone(),
-            _ => self.baseline.path.clone(),
-        };
-        let run_dir = self.root.run_dir(&format!("{ROW}-{round}-{}", kind.name()))?;
-        let mut server = Server::spawn(kind, &bin, &run_dir)?;
-        self.runtime.block_on(server.wait_ready(self.args.start_timeout))?;
-        let plan = Plan {
-            keys: self.args.scale_keys,
-            phase: self.args.scale_phase,
-            request_timeout: self.global.request_timeout,
-            start_timeout: self.args.start_timeout,
-            progress: self.progress,
-        };
-        let run = self.runtime.block_on(phases::measure(&mut server, &plan, label));
-        let tail = server.log_tail();
-        if let Some(status) = server.stop() {
-            self.notes.push(format!(
-                "{label}: {} exited during the run ({status}); {tail}",
-                kind.name()
-            ));
-        }
-        if !self.args.keep_data {
-            let _ = std::fs::remove_dir_all(&run_dir);
-        }
-        run
+        self.on_fresh_server(kind, ROW, round, label, |session, server| {
+            let plan = Plan {
+                keys: session.args.scale_keys,
+                phase: session.args.scale_phase,
+                request_timeout: session.global.request_timeout,
+                start_timeout: session.args.start_timeout,
+                progress: session.progress,
+            };
+            session.runtime.block_on(phases::measure(server, &plan, label))
+        })
     }
 
     pub(super) fn scale_json<'a>(&self, records: &'a [ScaleRecord]) -> ScaleJson<'a> {
