@@ -4,6 +4,7 @@
 //! logging to a file next to the data dir.
 
 use std::fs::File;
+use std::future::Future;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -169,33 +170,48 @@ impl Server {
     /// at most `timeout`; returns how long that took.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, BenchError> {
         let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(BenchError::Server(format!(
-                    "{} exited before serving ({status}); {}",
-                    self.kind.name(),
-                    self.log_tail()
-                )));
-            }
-            if probe(&self.endpoint).await {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() >= timeout {
-                return Err(BenchError::Server(format!(
-                    "{} did not serve within {}; {}",
-                    self.kind.name(),
-                    humantime::format_duration(timeout),
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(PROBE_PAUSE).await;
-        }
+        let served = self
+            .wait_until(timeout, PROBE_PAUSE, "serve", |endpoint| async move {
+                probe(&endpoint).await
+            })
+            .await?;
+        Ok(served.duration_since(start))
     }
 
     /// Waits until a serializable Range of `key` returns it (the server has
     /// loaded its data and serves it), probing every RESTART_PROBE_PAUSE, at
     /// most `timeout`; returns when the first such reply came.
     pub async fn wait_serves_key(&mut self, key: &[u8], timeout: Duration) -> Result<Instant, BenchError> {
+        let what = format!("serve key {:?}", String::from_utf8_lossy(key));
+        self.wait_until(timeout, RESTART_PROBE_PAUSE, &what, |endpoint| {
+            let request = RangeRequest {
+                key: key.to_vec(),
+                serializable: true,
+                ..Default::default()
+            };
+            async move {
+                match tokio::time::timeout(RESTART_PROBE_TIMEOUT, range_once(&endpoint, request)).await {
+                    Ok(Some(kvs)) => {
+                        assert!(kvs <= 1, "a Range of one key returns at most one kv");
+                        kvs == 1
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Calls `serves` with the endpoint every `pause` until it answers true
+    /// (returns when it did), the server exits, or `timeout` has passed;
+    /// `what` says in the error what the server did not do in time.
+    async fn wait_until<Fut: Future<Output = bool>>(
+        &mut self,
+        timeout: Duration,
+        pause: Duration,
+        what: &str,
+        mut serves: impl FnMut(String) -> Fut,
+    ) -> Result<Instant, BenchError> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.exited() {
@@ -205,28 +221,18 @@ impl Server {
                     self.log_tail()
                 )));
             }
-            let request = RangeRequest {
-                key: key.to_vec(),
-                serializable: true,
-                ..Default::default()
-            };
-            let reply = tokio::time::timeout(RESTART_PROBE_TIMEOUT, range_once(&self.endpoint, request)).await;
-            if let Ok(Some(kvs)) = reply {
-                assert!(kvs <= 1, "a Range of one key returns at most one kv");
-                if kvs == 1 {
-                    return Ok(Instant::now());
-                }
+            if serves(self.endpoint.clone()).await {
+                return Ok(Instant::now());
             }
             if start.elapsed() >= timeout {
                 return Err(BenchError::Server(format!(
-                    "{} did not serve key {:?} within {}; {}",
+                    "{} did not {what} within {}; {}",
                     self.kind.name(),
-                    String::from_utf8_lossy(key),
                     humantime::format_duration(timeout),
                     self.log_tail()
                 )));
             }
-            tokio::time::sleep(RESTART_PROBE_PAUSE).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
