@@ -453,6 +453,12 @@ mod maintenance {
         txn.end();
     }
 
+    fn delete(store: &mut Mvcc, key: &[u8], end: RangeEnd<'_>) {
+        let mut txn = store.write();
+        txn.delete_range(KeySpan { key, end }).unwrap();
+        txn.end();
+    }
+
     #[test]
     fn alarms_survive_a_commit_and_reopen() {
         let (dir, mut store) = fresh();
@@ -497,23 +503,11 @@ mod maintenance {
             put(&mut store, key, b"1");
             put(&mut store, key, b"2");
         }
-        let mut txn = store.write();
-        txn.delete_range(KeySpan {
-            key: b"c",
-            end: RangeEnd::Key,
-        })
-        .unwrap();
-        txn.end();
+        delete(&mut store, b"c", RangeEnd::Key);
         store.compact(9).unwrap();
         // With no key live at the hashed revision, etcd counts every revision
         // left below the point: what compaction removes must not count either.
-        let mut txn = store.write();
-        txn.delete_range(KeySpan {
-            key: b"a",
-            end: RangeEnd::ToEnd,
-        })
-        .unwrap();
-        txn.end();
+        delete(&mut store, b"a", RangeEnd::ToEnd);
         let pending = store.hash_kv(0).unwrap();
         // One key of the index, or one revision, per step: the hash is the same
         // however far the compaction has got.
@@ -535,13 +529,7 @@ mod maintenance {
         put(&mut store, b"k0", b"x");
         put(&mut store, b"k1", b"a");
         put(&mut store, b"k2", b"b");
-        let mut txn = store.write();
-        txn.delete_range(KeySpan {
-            key: b"k1",
-            end: RangeEnd::Key,
-        })
-        .unwrap();
-        txn.end();
+        delete(&mut store, b"k1", RangeEnd::Key);
         let before = store.hash_kv(5).unwrap().hash;
         store.compact(4).unwrap();
         while !store.compact_step(10).unwrap() {}
