@@ -23,6 +23,10 @@ use ringkv_server::grpc::{
 };
 use ringkv_server::net::{self, ConnectionLimits, HttpHandler, HttpRequest, HttpResponse};
 
+/// The allocator ringkv runs with, so the ceiling measures the same transport.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ringkv-ceiling",
