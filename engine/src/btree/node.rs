@@ -305,8 +305,9 @@ impl<'a> NodeRef<'a> {
     }
 }
 
-/// A committed node page, read in place. Built only by [`PageView::new`], which
-/// checks that every entry lies inside the page.
+/// A committed node page, read in place. Built by [`PageView::new`], which
+/// checks that every entry lies inside the page, or for a page that passed it
+/// before and has not changed since, by [`PageView::checked_before`].
 #[derive(Clone, Copy)]
 pub struct PageView<'a> {
     page: &'a [u8],
@@ -350,6 +351,20 @@ impl<'a> PageView<'a> {
             }
         }
         Ok(PageView { page, count, leaf })
+    }
+
+    /// A node page whose layout `new` accepted on an earlier read, unchanged
+    /// since (the page store verifies its checksum again once it is rewritten).
+    pub fn checked_before(page: &'a [u8], kind: PageKind, count: u16) -> PageView<'a> {
+        assert_eq!(page.len(), PAGE_BYTES);
+        let leaf = match kind {
+            PageKind::Leaf => true,
+            PageKind::Branch => false,
+            other => panic!("a checked node page became {other:?}"),
+        };
+        let count = count as usize;
+        assert!(count >= 1 && HEADER_BYTES + SLOT_BYTES * count <= PAGE_BYTES);
+        PageView { page, count, leaf }
     }
 
     fn entry(&self, index: usize) -> usize {

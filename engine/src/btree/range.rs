@@ -85,7 +85,7 @@ impl<'a> Range<'a> {
             }
             let value = self.tree.read_value(node.value(index))?;
             self.stack.last_mut().expect("the leaf is on top").1 += 1;
-            return Ok(Some((key.to_vec(), value)));
+            return Ok(Some((key.to_vec(), value.into_owned())));
         }
         Ok(None)
     }

@@ -129,7 +129,7 @@ impl Tree {
             if !self.chain_movable(head, target)? {
                 continue;
             }
-            let bytes = self.read_value(ValueRef::Overflow { head, len })?;
+            let bytes = self.read_value(ValueRef::Overflow { head, len })?.into_owned();
             // The new chain is allocated before the old one is released, and a
             // released page is not reused by the same transaction.
             let moved = self.store_value(&key, &bytes);

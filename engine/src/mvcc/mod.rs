@@ -9,6 +9,8 @@ mod change;
 mod hash;
 mod key_index;
 mod lease;
+mod range_counts;
+mod record;
 mod revision;
 mod store;
 

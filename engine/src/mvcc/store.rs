@@ -2,24 +2,23 @@
 //! last compaction, all kept in the B-tree's revision table with the key index in
 //! memory. Semantics follow etcd's mvcc package (kvstore.go, kvstore_txn.go).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
 
-use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::change::{Change, ChangeKind, HistoryChunk};
 use super::hash::{Crc32c, KvHash, KvHasher};
 use super::key_index::{KeyAt, KeyIndex};
 use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
+use super::range_counts::{RangeCounts, RunCollector};
+use super::record::{decode_record, encode_record};
 use super::revision::{Revision, REVISION_TABLE};
 use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult};
 use crate::btree::Tree;
 use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
-
-/// Flag bit in a revision record: the revision deletes its key.
-const FLAG_TOMBSTONE: u8 = 1;
 
 /// Meta table keys (prefix `m`), each an 8-byte big-endian integer.
 const META_APPLIED_INDEX: &[u8] = b"mapplied_index";
@@ -61,6 +60,8 @@ pub struct Mvcc {
     alarms: BTreeSet<Alarm>,
     membership: ServerRecord,
     conf_state: ServerRecord,
+    /// What paginated Ranges leave for their next page (reads take `&self`).
+    range_counts: RefCell<RangeCounts>,
 }
 
 /// Bytes the server encodes and decodes; the engine only stores them, in the
@@ -175,6 +176,7 @@ impl Mvcc {
             alarms,
             membership,
             conf_state,
+            range_counts: RefCell::default(),
         };
         if compact_revision > finished_compact_revision {
             store.index_pass = Some(IndexPass { after: None });
@@ -282,11 +284,20 @@ impl Mvcc {
     }
 
     pub fn range(&self, span: KeySpan<'_>, options: RangeOptions) -> Result<RangeResult, MvccError> {
-        self.range_at_view(span, options, self.current_revision)
+        self.range_at_view(span, options, self.current_revision, Some(&self.range_counts))
     }
 
-    /// Range as seen by a reader whose newest revision is `view`.
-    fn range_at_view(&self, span: KeySpan<'_>, options: RangeOptions, view: i64) -> Result<RangeResult, MvccError> {
+    /// Range as seen by a reader whose newest revision is `view`. With
+    /// `counts`, a limited page of a span may take its count from the page
+    /// before and leaves one for the next (only for reads at committed
+    /// revisions: see `range_counts`).
+    fn range_at_view(
+        &self,
+        span: KeySpan<'_>,
+        options: RangeOptions,
+        view: i64,
+        counts: Option<&RefCell<RangeCounts>>,
+    ) -> Result<RangeResult, MvccError> {
         let revision = if options.rev <= 0 { view } else { options.rev };
         if revision > view {
             return Err(MvccError::FutureRev);
@@ -296,28 +307,52 @@ impl Mvcc {
         }
         let mut found: Vec<KeyAt> = Vec::new();
         let mut count = 0usize;
-        let mut visit = |_: &[u8], at: KeyAt| {
-            count += 1;
-            if !options.count_only && (options.limit == 0 || found.len() < options.limit) {
-                found.push(at);
-            }
-            true
-        };
         match span.end {
             RangeEnd::Key => {
                 if let Some(at) = self.index.at(span.key, revision) {
-                    visit(span.key, at);
+                    count = 1;
+                    if !options.count_only {
+                        found.push(at);
+                    }
                 }
             }
-            RangeEnd::Until(end) => {
-                if span.key < end {
-                    self.index
-                        .visit_range(Bound::Included(span.key), Bound::Excluded(end), revision, visit);
-                }
-            }
-            RangeEnd::ToEnd => {
+            RangeEnd::Until(end) if span.key >= end => {}
+            RangeEnd::Until(_) | RangeEnd::ToEnd => {
+                let end = match span.end {
+                    RangeEnd::Until(end) => Some(end),
+                    _ => None,
+                };
+                let counts = counts.filter(|_| options.limit > 0 && !options.count_only);
+                let known = counts.and_then(|counts| counts.borrow_mut().take(span.key, end, revision));
+                let mut run = counts.map(|_| RunCollector::new(options.limit));
+                let visit = |key: &[u8], at: KeyAt| {
+                    let position = count;
+                    count += 1;
+                    if !options.count_only && (options.limit == 0 || found.len() < options.limit) {
+                        found.push(at);
+                    }
+                    if let Some(run) = &mut run {
+                        run.visited(position, key);
+                    }
+                    // With the count known, walk only as far as the run needs.
+                    known.is_none() || !run.as_ref().is_some_and(RunCollector::complete)
+                };
+                let end_bound = end.map_or(Bound::Unbounded, Bound::Excluded);
                 self.index
-                    .visit_range(Bound::Included(span.key), Bound::Unbounded, revision, visit);
+                    .visit_range(Bound::Included(span.key), end_bound, revision, visit);
+                if let Some(known) = known {
+                    assert!(count <= known, "{count} keys visited, {known} remembered");
+                    assert!(
+                        count == known || run.as_ref().is_some_and(RunCollector::complete),
+                        "a walk to the end found {count} keys, {known} remembered"
+                    );
+                    count = known;
+                }
+                if let (Some(counts), Some(run)) = (counts, run) {
+                    if count > options.limit {
+                        counts.borrow_mut().remember(end, revision, run, count);
+                    }
+                }
             }
         }
         let kvs = found
@@ -331,7 +366,7 @@ impl Mvcc {
     fn load(&self, revision: Revision) -> Result<KeyValue, MvccError> {
         let value = self
             .tree
-            .get(&revision.to_key())?
+            .get_in_place(&revision.to_key())?
             .ok_or_else(|| MvccError::Corrupt(format!("revision {revision:?} is indexed but not stored")))?;
         let (tombstone, kv) = decode_record(&value)?;
         if tombstone || kv.mod_revision != revision.main {
@@ -640,7 +675,8 @@ impl WriteTxn<'_> {
     /// Reads see this transaction's earlier writes.
     pub fn range(&self, span: KeySpan<'_>, options: RangeOptions) -> Result<RangeResult, MvccError> {
         let view = if self.changes > 0 { self.begin + 1 } else { self.begin };
-        self.store.range_at_view(span, options, view)
+        // No counts: the keys at `begin + 1` change until the transaction ends.
+        self.store.range_at_view(span, options, view, None)
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<(), MvccError> {
@@ -754,28 +790,6 @@ impl WriteTxn<'_> {
         assert!(self.store.current_revision >= self.begin);
         self.store.current_revision
     }
-}
-
-fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
-    let mut record = Vec::with_capacity(1 + kv.encoded_len());
-    record.push(if tombstone { FLAG_TOMBSTONE } else { 0 });
-    kv.encode(&mut record).expect("a Vec grows as needed");
-    record
-}
-
-fn decode_record(record: &[u8]) -> Result<(bool, KeyValue), MvccError> {
-    let (&flags, body) = record
-        .split_first()
-        .ok_or_else(|| MvccError::Corrupt("empty revision record".to_string()))?;
-    if flags & !FLAG_TOMBSTONE != 0 {
-        return Err(MvccError::Corrupt(format!("unknown record flags {flags:#x}")));
-    }
-    let kv = KeyValue::decode(body)
-        .map_err(|error| MvccError::Corrupt(format!("revision record does not decode: {error}")))?;
-    if kv.key.is_empty() {
-        return Err(MvccError::Corrupt("revision record without a key".to_string()));
-    }
-    Ok((flags & FLAG_TOMBSTONE != 0, kv))
 }
 
 /// Loads the lease table and attaches each live key to the lease of its newest

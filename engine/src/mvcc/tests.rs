@@ -15,10 +15,15 @@ enum Span {
     Key(usize),
     Until(usize, usize),
     ToEnd(usize),
+    /// A next page: from `start` (any bytes) to `KEYS[end]`, or to the end.
+    Page {
+        start: Vec<u8>,
+        end: Option<usize>,
+    },
 }
 
 impl Span {
-    fn as_span(&self) -> KeySpan<'static> {
+    fn as_span(&self) -> KeySpan<'_> {
         match *self {
             Span::Key(k) => KeySpan {
                 key: KEYS[k],
@@ -32,6 +37,19 @@ impl Span {
                 key: KEYS[k],
                 end: RangeEnd::ToEnd,
             },
+            Span::Page { ref start, end } => KeySpan {
+                key: start,
+                end: end.map_or(RangeEnd::ToEnd, |e| RangeEnd::Until(KEYS[e])),
+            },
+        }
+    }
+
+    /// The index of the key the span ends before; None: no end (or one key).
+    fn end(&self) -> Option<usize> {
+        match *self {
+            Span::Until(_, e) => Some(e),
+            Span::Page { end, .. } => end,
+            Span::Key(_) | Span::ToEnd(_) => None,
         }
     }
 
@@ -40,6 +58,7 @@ impl Span {
             Span::Key(k) => key == KEYS[k],
             Span::Until(k, e) => KEYS[k] <= key && key < KEYS[e],
             Span::ToEnd(k) => KEYS[k] <= key,
+            Span::Page { ref start, end } => start.as_slice() <= key && end.is_none_or(|e| key < KEYS[e]),
         }
     }
 }
@@ -69,6 +88,13 @@ enum Step {
         rev_back: i64,
     },
     PhysicalCompaction(usize),
+    /// The next page of the last limited Read that had more, at its revision,
+    /// starting just after its last key, or with `back` 1 just after the one
+    /// before it (as the server does: it fetches one more than the client's limit).
+    NextPage {
+        limit: usize,
+        back: usize,
+    },
     Restart,
     /// Grant lease `id` (if it does not exist).
     Grant {
@@ -103,6 +129,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(span, rev_back, limit, count_only)| Step::Read { span, rev_back, limit, count_only }),
         1 => (-1i64..6).prop_map(|rev_back| Step::Compact { rev_back }),
         1 => (1usize..4).prop_map(Step::PhysicalCompaction),
+        3 => (1usize..4, 0usize..2).prop_map(|(limit, back)| Step::NextPage { limit, back }),
         1 => Just(Step::Restart),
         2 => (1i64..4, 1i64..100).prop_map(|(id, ttl)| Step::Grant { id, ttl }),
         1 => (1i64..4).prop_map(Step::Revoke),
@@ -252,10 +279,44 @@ fn revoke(model: &mut Model, store: &mut Mvcc, id: i64) {
     assert_eq!(after, model.current(), "a revoke deletes its keys in one revision");
 }
 
+/// A limited read that had more keys to give: where a client's list goes on.
+struct Cursor {
+    end: Option<usize>,
+    revision: i64,
+    keys: Vec<Vec<u8>>,
+}
+
+/// Reads `span` from the store and checks it against the model; a page with
+/// more to come gives the cursor for the next.
+fn check_read(model: &Model, store: &Mvcc, span: Span, rev: i64, limit: usize, count_only: bool) -> Option<Cursor> {
+    let options = RangeOptions { limit, rev, count_only };
+    let actual = store.range(span.as_span(), options);
+    let current = model.current();
+    let read_at = if rev <= 0 { current } else { rev };
+    if read_at > current {
+        assert!(matches!(actual, Err(MvccError::FutureRev)), "{actual:?}");
+        return None;
+    }
+    if read_at < model.compacted {
+        assert!(matches!(actual, Err(MvccError::Compacted)), "{actual:?}");
+        return None;
+    }
+    let expected = model.read(&model.states[read_at as usize], &span, limit, count_only, current);
+    let actual = actual.unwrap();
+    assert_eq!(actual, expected, "read of {span:?} at {read_at}");
+    let pages = !matches!(span, Span::Key(_)) && limit > 0 && !count_only && actual.count > actual.kvs.len();
+    pages.then(|| Cursor {
+        end: span.end(),
+        revision: read_at,
+        keys: actual.kvs.into_iter().map(|kv| kv.key).collect(),
+    })
+}
+
 fn run(steps: Vec<Step>) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Mvcc::open(&dir.path().join("store.db")).unwrap();
     let mut model = Model::new();
+    let mut cursor: Option<Cursor> = None;
     for step in steps {
         match step {
             Step::Txn(changes) => apply_txn(&mut model, &mut store, &changes),
@@ -270,17 +331,15 @@ fn run(steps: Vec<Step>) {
                 } else {
                     model.current() - rev_back + 1
                 };
-                let options = RangeOptions { limit, rev, count_only };
-                let actual = store.range(span.as_span(), options);
-                let current = model.current();
-                let read_at = if rev <= 0 { current } else { rev };
-                if read_at > current {
-                    assert!(matches!(actual, Err(MvccError::FutureRev)), "{actual:?}");
-                } else if read_at < model.compacted {
-                    assert!(matches!(actual, Err(MvccError::Compacted)), "{actual:?}");
-                } else {
-                    let expected = model.read(&model.states[read_at as usize], &span, limit, count_only, current);
-                    assert_eq!(actual.unwrap(), expected, "read at {read_at}");
+                cursor = check_read(&model, &store, span, rev, limit, count_only);
+            }
+            Step::NextPage { limit, back } => {
+                if let Some(page) = cursor.take() {
+                    let last = page.keys.len().saturating_sub(1 + back);
+                    let mut start = page.keys[last].clone();
+                    start.push(0);
+                    let span = Span::Page { start, end: page.end };
+                    cursor = check_read(&model, &store, span, page.revision, limit, false);
                 }
             }
             Step::Compact { rev_back } => {

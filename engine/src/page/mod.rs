@@ -55,6 +55,19 @@ fn io_error(context: &'static str) -> impl FnOnce(std::io::Error) -> PageError {
 /// Pages of a sealed commit, by id, with txid and checksum stamped.
 type SealedPages = BTreeMap<PageId, Box<[u8]>>;
 
+/// A committed page, as [`PageStore::page`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedPage<'a> {
+    pub bytes: &'a [u8],
+    pub kind: PageKind,
+    pub count: u16,
+    /// This read verified its checksum: the first read since the store opened
+    /// or the page was last written. A page does not change until it is
+    /// written again, so what a reader checked in its layout then holds on
+    /// every later read (pages a commit seals are ringkv's own encoding).
+    pub verified_now: bool,
+}
+
 pub struct PageStore {
     io: Arc<dyn PageIo>,
     mapping: Mapping,
@@ -131,7 +144,7 @@ impl PageStore {
             if chain.contains(&id) || chain.len() as u64 >= page_count {
                 return Err(corrupt("the freelist chain loops".to_string()));
             }
-            let (page, header) = self.verified_page(id)?;
+            let (page, header, _) = self.verified_page(id)?;
             if header.kind != PageKind::Freelist {
                 return Err(corrupt(format!("expected a freelist page, found {:?}", header.kind)));
             }
@@ -159,16 +172,22 @@ impl PageStore {
     }
 
     /// A committed page (durable, or sealed and being written), checksum verified.
-    pub fn page(&self, id: PageId) -> Result<(&[u8], PageKind, u16), PageError> {
-        let (page, header) = self.verified_page(id)?;
-        Ok((page, header.kind, header.count))
+    pub fn page(&self, id: PageId) -> Result<CommittedPage<'_>, PageError> {
+        let (bytes, header, verified_now) = self.verified_page(id)?;
+        Ok(CommittedPage {
+            bytes,
+            kind: header.kind,
+            count: header.count,
+            verified_now,
+        })
     }
 
-    fn verified_page(&self, id: PageId) -> Result<(&[u8], layout::PageHeader), PageError> {
+    /// The page, its header, and whether this read verified its checksum.
+    fn verified_page(&self, id: PageId) -> Result<(&[u8], layout::PageHeader, bool), PageError> {
         let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
         if let Some((_, pages)) = &self.sealed {
             if let Some(page) = pages.get(&id) {
-                return Ok((page, trusted_header(page)));
+                return Ok((page, trusted_header(page), false));
             }
         }
         let start = id as usize * PAGE_BYTES;
@@ -176,14 +195,12 @@ impl PageStore {
             .mapping
             .get(start..start + PAGE_BYTES)
             .ok_or_else(|| corrupt(format!("page is past the end of the {}-byte file", self.mapping.len())))?;
-        let header = if self.is_verified(id) {
-            trusted_header(page)
-        } else {
-            let header = verify_page(page, id).map_err(corrupt)?;
-            self.mark_verified(id);
-            header
-        };
-        Ok((page, header))
+        if self.is_verified(id) {
+            return Ok((page, trusted_header(page), false));
+        }
+        let header = verify_page(page, id).map_err(corrupt)?;
+        self.mark_verified(id);
+        Ok((page, header, true))
     }
 
     fn is_verified(&self, id: PageId) -> bool {

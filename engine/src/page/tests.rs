@@ -29,8 +29,10 @@ fn a_new_file_opens_empty_and_commits_alternate_meta_slots() {
         assert_eq!(reopened.durable.txid, round as u64);
         assert_eq!(reopened.durable.slot(), round as u64 % 2);
         assert_eq!(reopened.committed_root(), Some(id));
-        let (bytes, kind, _) = reopened.page(id).unwrap();
-        assert_eq!((kind, bytes[HEADER_BYTES]), (PageKind::Leaf, round));
+        let page = reopened.page(id).unwrap();
+        assert_eq!((page.kind, page.bytes[HEADER_BYTES]), (PageKind::Leaf, round));
+        assert!(page.verified_now, "the first read after opening verifies");
+        assert!(!reopened.page(id).unwrap().verified_now, "later reads trust it");
     }
 }
 
@@ -65,7 +67,7 @@ fn a_commit_torn_by_a_crash_leaves_the_previous_one_or_the_new_one_whole() {
                 pages_synced || root == first,
                 "seed {seed}: the meta page was never written"
             );
-            let (bytes, _, _) = reopened.page(root).unwrap();
+            let bytes = reopened.page(root).unwrap().bytes;
             assert_eq!(bytes[HEADER_BYTES], if root == first { 1 } else { 2 }, "seed {seed}");
         }
     }
@@ -126,6 +128,11 @@ fn released_pages_are_reused_and_the_file_stops_growing() {
         store.release(live);
         live = id;
         store.commit(Some(live), vec![(live, page)]).unwrap();
+        // A reused page holds new bytes: its first read verifies it again
+        // (and so, above the page store, its layout is checked again).
+        let read = store.page(live).unwrap();
+        assert_eq!(read.bytes[HEADER_BYTES], round);
+        assert!(read.verified_now, "round {round}: page {live} read back unverified");
     }
     assert!(
         store.freelist.page_count() < 10,
