@@ -21,10 +21,11 @@ mod relocate;
 mod tests;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::page::{
     CommitPlan, CommittedPlan, PageError, PageId, PageImage, PageIo, PageKind, PageStore, SnapshotSource,
@@ -42,10 +43,12 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub struct Tree {
     store: PageStore,
     root: Option<PageId>,
-    /// Nodes allocated by the open transaction.
-    nodes: HashMap<PageId, Node>,
+    /// Nodes allocated by the open transaction. Every node visit looks here
+    /// first, so the hash is Fx, not SipHash (page ids come from the store,
+    /// never from clients; SipHash was 4% of the store core serving lists).
+    nodes: FxHashMap<PageId, Node>,
     /// Overflow pages allocated by the open transaction, encoded.
-    overflow: HashMap<PageId, Box<[u8]>>,
+    overflow: FxHashMap<PageId, Box<[u8]>>,
 }
 
 impl Tree {
@@ -63,8 +66,8 @@ impl Tree {
         Tree {
             root: store.committed_root(),
             store,
-            nodes: HashMap::new(),
-            overflow: HashMap::new(),
+            nodes: FxHashMap::default(),
+            overflow: FxHashMap::default(),
         }
     }
 

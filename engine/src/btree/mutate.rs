@@ -3,7 +3,7 @@
 //! page split upwards, and nodes that shrank below a quarter page merge with a
 //! sibling when the two fit one page.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::page::{PageError, PageId};
 
@@ -248,14 +248,14 @@ impl Tree {
     }
 }
 
-fn branch(nodes: &HashMap<PageId, Node>, id: PageId) -> &Vec<(Box<[u8]>, PageId)> {
+fn branch(nodes: &FxHashMap<PageId, Node>, id: PageId) -> &Vec<(Box<[u8]>, PageId)> {
     match &nodes[&id] {
         Node::Branch(entries) => entries,
         Node::Leaf(_) => panic!("page {id} is a leaf, not a branch"),
     }
 }
 
-fn branch_mut(nodes: &mut HashMap<PageId, Node>, id: PageId) -> &mut Vec<(Box<[u8]>, PageId)> {
+fn branch_mut(nodes: &mut FxHashMap<PageId, Node>, id: PageId) -> &mut Vec<(Box<[u8]>, PageId)> {
     match nodes.get_mut(&id) {
         Some(Node::Branch(entries)) => entries,
         _ => panic!("page {id} is not an owned branch"),
