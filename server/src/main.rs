@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc, not glibc's malloc: a Range's key-values are allocated on the
 /// store core and freed on a client core once sent, and glibc serialises such
 /// frees on the allocating thread's arena lock (under the kube mix the futex
-/// wake-ups alone were 6% of the store core; see docs/benchmarks.md).
+/// wake-ups alone were 8% of the store core; see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -158,7 +158,7 @@ impl Tree {
         }
         let page = self.store.page(id)?;
         // The whole layout is checked once, with the checksum: walking every
-        // entry on each visit was 12% of the store core serving lists.
+        // entry on each visit was 10% of the store core serving lists.
         let view = if page.verified_now {
             PageView::new(page.bytes, page.kind, page.count)
                 .map_err(|reason| PageError::Corrupt { page: id, reason })?
