@@ -160,8 +160,10 @@ impl Tree {
         // The whole layout is checked once, with the checksum: walking every
         // entry on each visit was 10% of the store core serving lists.
         let view = if page.verified_now {
-            PageView::new(page.bytes, page.kind, page.count)
-                .map_err(|reason| PageError::Corrupt { page: id, reason })?
+            PageView::new(page.bytes, page.kind, page.count).map_err(|reason| {
+                self.store.forget_verified(id);
+                PageError::Corrupt { page: id, reason }
+            })?
         } else {
             PageView::checked_before(page.bytes, page.kind, page.count)
         };

@@ -13,7 +13,7 @@ use super::node::MAX_KEY_BYTES;
 use super::overflow::OVERFLOW_DATA_BYTES;
 use super::Tree;
 use crate::page::sim::SimPageIo;
-use crate::page::{PageError, PageIo, SnapshotSource, PAGE_BYTES};
+use crate::page::{PageError, PageIo, SnapshotSource, HEADER_BYTES, PAGE_BYTES};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -350,6 +350,43 @@ fn a_damaged_leaf_is_corruption_on_read() {
         "a full scan must hit the damaged page"
     );
     assert!(matches!(tree.check(), Err(PageError::Corrupt { .. })));
+}
+
+/// A leaf whose checksum is right but whose slot array points outside its
+/// entries: reported as corruption on its first read and on every read after
+/// (the layout is checked only on the read that verifies the checksum, so a
+/// failed check must not leave the page trusted).
+#[test]
+fn a_leaf_with_a_bad_layout_stays_corrupt_on_every_read() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    for i in 0..2000u32 {
+        tree.insert(&i.to_be_bytes(), &[7; 100]).unwrap();
+    }
+    tree.commit().unwrap();
+    drop(tree);
+    // Page 2 is the first data page allocated: a leaf of this tree. Its first
+    // slot (right after the header) now points past its first entry, and the
+    // checksum is stamped again as `seal_page` does.
+    let offset = 2 * PAGE_BYTES as u64;
+    let mut page = vec![0; PAGE_BYTES];
+    io.read_at(offset, &mut page).unwrap();
+    page[HEADER_BYTES] = page[HEADER_BYTES].wrapping_add(1);
+    let crc = crc32fast::hash(&page[4..]);
+    page[0..4].copy_from_slice(&crc.to_le_bytes());
+    io.write_at(offset, &page).unwrap();
+    io.sync().unwrap();
+    let tree = open(&io);
+    for round in 0..3 {
+        let scan: Result<Vec<_>, PageError> = tree.range(Bound::Unbounded, Bound::Unbounded).collect();
+        match scan {
+            Err(PageError::Corrupt { page, reason }) => {
+                assert_eq!(page, 2, "round {round}: {reason}");
+                assert!(reason.contains("entry 0 at offset"), "round {round}: {reason}");
+            }
+            other => panic!("round {round}: the bad leaf read as {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -218,7 +218,10 @@ impl PageStore {
         verified[word] |= 1 << (id % 64);
     }
 
-    fn forget_verified(&self, id: PageId) {
+    /// The page must be verified again on its next read: it is being
+    /// rewritten, or a reader above found its layout bad (so it stays reported
+    /// as corrupt, not trusted, on every later read).
+    pub(crate) fn forget_verified(&self, id: PageId) {
         if let Some(word) = self.verified.borrow_mut().get_mut(id as usize / 64) {
             *word &= !(1 << (id % 64));
         }
