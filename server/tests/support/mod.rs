@@ -266,11 +266,32 @@ impl Etcd {
     }
 
     /// Starts etcd with `extra` flags after the ones every test needs.
+    ///
+    /// Its ports come from `free_port`, which releases them before etcd binds:
+    /// another test's connection can take one in between (it happened in
+    /// clean-clone CI runs). An etcd that exits saying so is started again on
+    /// new ports, at most 3 times; any other early exit fails with its log.
     pub fn start_with(extra: &[&str]) -> Etcd {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            match Etcd::try_start(extra) {
+                Ok(etcd) => return etcd,
+                Err(log) if attempt < ATTEMPTS => eprintln!("etcd attempt {attempt}: a port was taken: {log}"),
+                Err(log) => panic!("etcd could not bind its ports in {ATTEMPTS} attempts: {log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Err (etcd's log) only when a port was taken.
+    fn try_start(extra: &[&str]) -> Result<Etcd, String> {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
         let peer_port = free_port();
         let client_url = format!("http://127.0.0.1:{client_port}");
+        // Beside the data dir, not in it: etcd wants an empty or absent one.
+        let log_path = data_dir.path().with_extension("etcd.log");
+        let log = std::fs::File::create(&log_path).expect("etcd log file");
         let mut child = Command::new("etcd")
             .arg("--data-dir")
             .arg(data_dir.path())
@@ -280,23 +301,29 @@ impl Etcd {
             .args(["--log-level", "error"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("etcd is installed (Debian package etcd-server); .ci/run installs it");
         let addr: SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
         let deadline = Instant::now() + START_TIMEOUT;
         while std::net::TcpStream::connect(addr).is_err() {
             if let Some(status) = child.try_wait().expect("wait on etcd") {
-                panic!("etcd exited before serving: {status}");
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let _ = std::fs::remove_file(&log_path);
+                if text.contains("address already in use") {
+                    return Err(text.trim().to_string());
+                }
+                panic!("etcd exited before serving: {status}\n{text}");
             }
             assert!(Instant::now() < deadline, "etcd did not start serving");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Etcd {
+        let _ = std::fs::remove_file(&log_path);
+        Ok(Etcd {
             child,
             addr,
             _data_dir: data_dir,
-        }
+        })
     }
 
     pub fn endpoint(&self) -> String {
