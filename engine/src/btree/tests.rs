@@ -332,15 +332,21 @@ fn a_commit_in_flight_does_not_block_the_next_transaction() {
     tree.check().unwrap();
 }
 
-#[test]
-fn a_damaged_leaf_is_corruption_on_read() {
+/// A committed file of 2,000 keys with 100-byte values: several leaves, so
+/// page 2, the first data page allocated, is a leaf of the tree.
+fn committed_file_of_2000_keys() -> Arc<SimPageIo> {
     let io = SimPageIo::new();
     let mut tree = open(&io);
     for i in 0..2000u32 {
         tree.insert(&i.to_be_bytes(), &[7; 100]).unwrap();
     }
     tree.commit().unwrap();
-    drop(tree);
+    io
+}
+
+#[test]
+fn a_damaged_leaf_is_corruption_on_read() {
+    let io = committed_file_of_2000_keys();
     // Page 2 is the first data page allocated: a leaf of this tree.
     io.corrupt(2 * crate::page::PAGE_BYTES as u64 + 300);
     let tree = open(&io);
@@ -358,13 +364,7 @@ fn a_damaged_leaf_is_corruption_on_read() {
 /// failed check must not leave the page trusted).
 #[test]
 fn a_leaf_with_a_bad_layout_stays_corrupt_on_every_read() {
-    let io = SimPageIo::new();
-    let mut tree = open(&io);
-    for i in 0..2000u32 {
-        tree.insert(&i.to_be_bytes(), &[7; 100]).unwrap();
-    }
-    tree.commit().unwrap();
-    drop(tree);
+    let io = committed_file_of_2000_keys();
     // Page 2 is the first data page allocated: a leaf of this tree. Its first
     // slot (right after the header) now points past its first entry, and the
     // checksum is stamped again as `seal_page` does.
