@@ -134,7 +134,7 @@ async fn ids_and_member_list_match_etcd_for_the_same_flags() {
     // another test's connection can take one as its local port (once, in a
     // clean-clone CI run: a member exited and the cluster never formed). Only
     // that is retried, with new ports; anything else fails the test.
-    const ATTEMPTS: usize = 3;
+    const ATTEMPTS: usize = support::ETCD_PORT_ATTEMPTS;
     for attempt in 1..=ATTEMPTS {
         match compare_member_lists_with_etcd().await {
             Ok(()) => return,
@@ -217,7 +217,7 @@ async fn compare_member_lists_with_etcd() -> Result<(), String> {
             for (child, log) in &mut etcds {
                 let exited = child.0.try_wait().unwrap();
                 let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                if exited.is_some() && text.contains("address already in use") {
+                if exited.is_some() && support::etcd_port_taken(&text) {
                     return Err(format!("an etcd member could not bind its port: {}", text.trim()));
                 }
                 logs += &format!("\n{} (exited: {exited:?}):\n{text}", log.display());

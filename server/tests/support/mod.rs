@@ -252,6 +252,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Times an etcd whose port was taken is started again on new ports. Ports
+/// come from `free_port`, released before etcd binds them: another test's
+/// connection can take one in between (it happened in clean-clone CI runs).
+pub const ETCD_PORT_ATTEMPTS: usize = 3;
+
+/// Whether etcd's log says it exited because a port was taken (etcd 3.4's
+/// fatal line: "listen tcp 127.0.0.1:N: bind: address already in use").
+pub fn etcd_port_taken(log: &str) -> bool {
+    log.contains("address already in use")
+}
+
 /// A real etcd (Debian's `etcd-server`) as the oracle. Its identity flags are
 /// etcd's defaults, as ringkv's are, so member and cluster ids match.
 pub struct Etcd {
@@ -265,14 +276,11 @@ impl Etcd {
         Etcd::start_with(&[])
     }
 
-    /// Starts etcd with `extra` flags after the ones every test needs.
-    ///
-    /// Its ports come from `free_port`, which releases them before etcd binds:
-    /// another test's connection can take one in between (it happened in
-    /// clean-clone CI runs). An etcd that exits saying so is started again on
-    /// new ports, at most 3 times; any other early exit fails with its log.
+    /// Starts etcd with `extra` flags after the ones every test needs. An
+    /// etcd whose port was taken is started again on new ports (at most
+    /// ETCD_PORT_ATTEMPTS times); any other early exit fails with its log.
     pub fn start_with(extra: &[&str]) -> Etcd {
-        const ATTEMPTS: usize = 3;
+        const ATTEMPTS: usize = ETCD_PORT_ATTEMPTS;
         for attempt in 1..=ATTEMPTS {
             match Etcd::try_start(extra) {
                 Ok(etcd) => return etcd,
@@ -310,7 +318,7 @@ impl Etcd {
             if let Some(status) = child.try_wait().expect("wait on etcd") {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let _ = std::fs::remove_file(&log_path);
-                if text.contains("address already in use") {
+                if etcd_port_taken(&text) {
                     return Err(text.trim().to_string());
                 }
                 panic!("etcd exited before serving: {status}\n{text}");
