@@ -2,6 +2,8 @@
 //! (layout in docs/mvcc-format.md): a flags byte, then etcd's `mvccpb.KeyValue`
 //! in protobuf.
 
+use std::borrow::Cow;
+
 use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
@@ -50,35 +52,112 @@ fn decode_key_value(body: &[u8]) -> Result<KeyValue, prost::DecodeError> {
 /// None: the body holds something else, or is malformed.
 fn decode_fields_ringkv_writes(body: &[u8]) -> Option<KeyValue> {
     let mut kv = KeyValue::default();
+    scan_fields_ringkv_writes(body, |field| match field {
+        Field::Key(bytes) | Field::Value(bytes) => {
+            let target = if matches!(field, Field::Key(_)) {
+                &mut kv.key
+            } else {
+                &mut kv.value
+            };
+            target.clear();
+            target.extend_from_slice(bytes);
+        }
+        Field::CreateRevision(value) => kv.create_revision = value,
+        Field::ModRevision(value) => kv.mod_revision = value,
+        Field::Version(value) => kv.version = value,
+        Field::Lease(value) => kv.lease = value,
+    })?;
+    Some(kv)
+}
+
+/// One `mvccpb.KeyValue` field as it appears in a record body.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Key(&'a [u8]),
+    CreateRevision(i64),
+    ModRevision(i64),
+    Version(i64),
+    Value(&'a [u8]),
+    Lease(i64),
+}
+
+/// Hands each field of `body` to `each`, in order, borrowed from the body.
+/// None: the body holds something ringkv does not write (an unknown field, an
+/// unexpected wire type) or is malformed; prost then decides what it means.
+fn scan_fields_ringkv_writes<'a>(body: &'a [u8], mut each: impl FnMut(Field<'a>)) -> Option<()> {
     let mut rest = body;
     while !rest.is_empty() {
         let (tag, wire_type) = decode_key(&mut rest).ok()?;
-        match (tag, wire_type) {
+        let field = match (tag, wire_type) {
             (1 | 5, WireType::LengthDelimited) => {
                 let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
                 if len > rest.len() {
                     return None;
                 }
                 let (bytes, after) = rest.split_at(len);
-                let field = if tag == 1 { &mut kv.key } else { &mut kv.value };
-                field.clear();
-                field.extend_from_slice(bytes);
                 rest = after;
+                if tag == 1 {
+                    Field::Key(bytes)
+                } else {
+                    Field::Value(bytes)
+                }
             }
             (2 | 3 | 4 | 6, WireType::Varint) => {
                 // int64: the varint's bits, as prost reads them.
                 let value = decode_varint(&mut rest).ok()? as i64;
                 match tag {
-                    2 => kv.create_revision = value,
-                    3 => kv.mod_revision = value,
-                    4 => kv.version = value,
-                    _ => kv.lease = value,
+                    2 => Field::CreateRevision(value),
+                    3 => Field::ModRevision(value),
+                    4 => Field::Version(value),
+                    _ => Field::Lease(value),
                 }
             }
             _ => return None,
-        }
+        };
+        each(field);
     }
-    Some(kv)
+    Some(())
+}
+
+/// A record as a Range serves it without decoding: its key-value's encoding.
+#[derive(Debug, PartialEq)]
+pub struct ServedRecord<'a> {
+    pub tombstone: bool,
+    pub mod_revision: i64,
+    /// The `mvccpb.KeyValue` encoding: the record's own bytes when it holds
+    /// only the fields ringkv writes, otherwise prost's encoding of what
+    /// `decode_record` reads from it. Either way it decodes to the same
+    /// key-value as `decode_record` gives.
+    pub body: Cow<'a, [u8]>,
+}
+
+/// `decode_record`'s checks and outcome, without copying the key-value out:
+/// what a Range with nothing to sort, filter or strip sends as it is stored.
+pub fn serve_record(record: &[u8]) -> Result<ServedRecord<'_>, MvccError> {
+    let (&flags, body) = record
+        .split_first()
+        .ok_or_else(|| MvccError::Corrupt("empty revision record".to_string()))?;
+    let mut key_len = 0;
+    let mut mod_revision = 0;
+    let scanned = scan_fields_ringkv_writes(body, |field| match field {
+        Field::Key(key) => key_len = key.len(),
+        Field::ModRevision(value) => mod_revision = value,
+        _ => {}
+    });
+    if scanned.is_some() && flags & !FLAG_TOMBSTONE == 0 && key_len > 0 {
+        return Ok(ServedRecord {
+            tombstone: flags & FLAG_TOMBSTONE != 0,
+            mod_revision,
+            body: Cow::Borrowed(body),
+        });
+    }
+    // Anything else: prost's reading, or `decode_record`'s error.
+    let (tombstone, kv) = decode_record(record)?;
+    Ok(ServedRecord {
+        tombstone,
+        mod_revision: kv.mod_revision,
+        body: Cow::Owned(kv.encode_to_vec()),
+    })
 }
 
 #[cfg(test)]
@@ -129,6 +208,42 @@ mod tests {
             let ours = decode_key_value(&body).map_err(|error| error.to_string());
             let prost = KeyValue::decode(&body[..]).map_err(|error| error.to_string());
             prop_assert_eq!(ours, prost);
+        }
+    }
+
+    proptest! {
+        /// A served record is `decode_record`'s key-value, encoded: the same
+        /// checks, the same errors, the same key-value for the client.
+        #[test]
+        fn a_served_record_decodes_to_the_decoded_record(
+            kv in key_value(),
+            flags in prop_oneof![Just(0u8), Just(FLAG_TOMBSTONE), any::<u8>()],
+            cut in any::<prop::sample::Index>(),
+            noise in prop::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let mut record = vec![flags];
+            record.extend(kv.encode_to_vec());
+            record.truncate(1 + cut.index(record.len()));
+            record.extend_from_slice(&noise);
+            match (decode_record(&record), serve_record(&record)) {
+                (Ok((tombstone, decoded)), Ok(served)) => {
+                    prop_assert_eq!(served.tombstone, tombstone);
+                    prop_assert_eq!(served.mod_revision, decoded.mod_revision);
+                    prop_assert_eq!(KeyValue::decode(&served.body[..]).unwrap(), decoded);
+                }
+                (Err(decoded), Err(served)) => prop_assert_eq!(served.to_string(), decoded.to_string()),
+                (decoded, served) => prop_assert!(false, "decoded {:?}, served {:?}", decoded, served),
+            }
+        }
+
+        /// What ringkv writes is served as stored, with no copy.
+        #[test]
+        fn a_record_ringkv_wrote_is_served_as_it_is_stored(kv in key_value(), tombstone in any::<bool>()) {
+            prop_assume!(!kv.key.is_empty());
+            let record = encode_record(tombstone, &kv);
+            let served = serve_record(&record).unwrap();
+            prop_assert!(matches!(served.body, Cow::Borrowed(_)));
+            prop_assert_eq!(&served.body[..], &record[1..]);
         }
     }
 

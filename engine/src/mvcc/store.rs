@@ -2,6 +2,7 @@
 //! last compaction, all kept in the B-tree's revision table with the key index in
 //! memory. Semantics follow etcd's mvcc package (kvstore.go, kvstore_txn.go).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -14,7 +15,7 @@ use super::hash::{Crc32c, KvHash, KvHasher};
 use super::key_index::{KeyAt, KeyIndex};
 use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
 use super::range_counts::{RangeCounts, RunCollector};
-use super::record::{decode_record, encode_record};
+use super::record::{decode_record, encode_record, serve_record};
 use super::revision::{Revision, REVISION_TABLE};
 use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult};
 use crate::btree::Tree;
@@ -287,10 +288,30 @@ impl Mvcc {
         self.range_at_view(span, options, self.current_revision, Some(&self.range_counts))
     }
 
-    /// Range as seen by a reader whose newest revision is `view`. With
-    /// `counts`, a limited page of a span may take its count from the page
-    /// before and leaves one for the next (only for reads at committed
-    /// revisions: see `range_counts`).
+    /// `range` without decoding: each key-value, in key order, is handed to
+    /// `each` as its `mvccpb.KeyValue` encoding, borrowed from the page where
+    /// it can be (see `record::serve_record`). `RangeResult::kvs` is empty.
+    pub fn range_encoded(
+        &self,
+        span: KeySpan<'_>,
+        options: RangeOptions,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<RangeResult, MvccError> {
+        let selected = self.select(span, options, self.current_revision, Some(&self.range_counts))?;
+        for at in &selected.found {
+            let record = self.stored_record(at.modified)?;
+            let served = serve_record(&record)?;
+            check_live(at.modified, served.tombstone, served.mod_revision)?;
+            each(&served.body);
+        }
+        Ok(RangeResult {
+            kvs: Vec::new(),
+            count: selected.count,
+            rev: selected.rev,
+        })
+    }
+
+    /// Range as seen by a reader whose newest revision is `view`.
     fn range_at_view(
         &self,
         span: KeySpan<'_>,
@@ -298,6 +319,29 @@ impl Mvcc {
         view: i64,
         counts: Option<&RefCell<RangeCounts>>,
     ) -> Result<RangeResult, MvccError> {
+        let selected = self.select(span, options, view, counts)?;
+        let kvs = selected
+            .found
+            .iter()
+            .map(|at| self.load(at.modified))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RangeResult {
+            kvs,
+            count: selected.count,
+            rev: selected.rev,
+        })
+    }
+
+    /// The keys a range returns, from the key index. With `counts`, a limited
+    /// page of a span may take its count from the page before and leaves one
+    /// for the next (only for reads at committed revisions: see `range_counts`).
+    fn select(
+        &self,
+        span: KeySpan<'_>,
+        options: RangeOptions,
+        view: i64,
+        counts: Option<&RefCell<RangeCounts>>,
+    ) -> Result<Selection, MvccError> {
         let revision = if options.rev <= 0 { view } else { options.rev };
         if revision > view {
             return Err(MvccError::FutureRev);
@@ -355,26 +399,26 @@ impl Mvcc {
                 }
             }
         }
-        let kvs = found
-            .iter()
-            .map(|at| self.load(at.modified))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RangeResult { kvs, count, rev: view })
+        Ok(Selection {
+            found,
+            count,
+            rev: view,
+        })
     }
 
     /// The stored key-value of a live revision.
     fn load(&self, revision: Revision) -> Result<KeyValue, MvccError> {
-        let value = self
-            .tree
-            .get_in_place(&revision.to_key())?
-            .ok_or_else(|| MvccError::Corrupt(format!("revision {revision:?} is indexed but not stored")))?;
-        let (tombstone, kv) = decode_record(&value)?;
-        if tombstone || kv.mod_revision != revision.main {
-            return Err(MvccError::Corrupt(format!(
-                "revision {revision:?} does not hold a live key-value"
-            )));
-        }
+        let record = self.stored_record(revision)?;
+        let (tombstone, kv) = decode_record(&record)?;
+        check_live(revision, tombstone, kv.mod_revision)?;
         Ok(kv)
+    }
+
+    /// The record of a revision the key index holds.
+    fn stored_record(&self, revision: Revision) -> Result<Cow<'_, [u8]>, MvccError> {
+        self.tree
+            .get_in_place(&revision.to_key())?
+            .ok_or_else(|| MvccError::Corrupt(format!("revision {revision:?} is indexed but not stored")))
     }
 
     /// Starts a write transaction at revision `current + 1`.
@@ -652,6 +696,23 @@ fn read_alarms(tree: &Tree) -> Result<BTreeSet<Alarm>, MvccError> {
             kind: i32::from_be_bytes(record[8..].try_into().expect("4 bytes")),
         })
         .collect())
+}
+
+/// What a range selected from the key index, before any record is read.
+struct Selection {
+    found: Vec<KeyAt>,
+    count: usize,
+    rev: i64,
+}
+
+/// A record the key index points a reader at must be a put at that revision.
+fn check_live(revision: Revision, tombstone: bool, mod_revision: i64) -> Result<(), MvccError> {
+    if tombstone || mod_revision != revision.main {
+        return Err(MvccError::Corrupt(format!(
+            "revision {revision:?} does not hold a live key-value"
+        )));
+    }
+    Ok(())
 }
 
 /// One write request's changes, all at revision `begin + 1`.

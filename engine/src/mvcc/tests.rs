@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::*;
@@ -83,6 +84,8 @@ enum Step {
         rev_back: i64,
         limit: usize,
         count_only: bool,
+        /// Through `range_encoded`, decoding what it hands out.
+        encoded: bool,
     },
     Compact {
         rev_back: i64,
@@ -94,6 +97,7 @@ enum Step {
     NextPage {
         limit: usize,
         back: usize,
+        encoded: bool,
     },
     Restart,
     /// Grant lease `id` (if it does not exist).
@@ -125,11 +129,16 @@ fn change() -> impl Strategy<Value = Change> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => prop::collection::vec(change(), 1..4).prop_map(Step::Txn),
-        4 => (span(), -1i64..6, 0usize..3, any::<bool>())
-            .prop_map(|(span, rev_back, limit, count_only)| Step::Read { span, rev_back, limit, count_only }),
+        4 => (span(), -1i64..6, 0usize..3, any::<bool>(), any::<bool>()).prop_map(
+            |(span, rev_back, limit, count_only, encoded)| Step::Read { span, rev_back, limit, count_only, encoded }
+        ),
         1 => (-1i64..6).prop_map(|rev_back| Step::Compact { rev_back }),
         1 => (1usize..4).prop_map(Step::PhysicalCompaction),
-        3 => (1usize..4, 0usize..2).prop_map(|(limit, back)| Step::NextPage { limit, back }),
+        3 => (1usize..4, 0usize..2, any::<bool>()).prop_map(|(limit, back, encoded)| Step::NextPage {
+            limit,
+            back,
+            encoded
+        }),
         1 => Just(Step::Restart),
         2 => (1i64..4, 1i64..100).prop_map(|(id, ttl)| Step::Grant { id, ttl }),
         1 => (1i64..4).prop_map(Step::Revoke),
@@ -288,9 +297,29 @@ struct Cursor {
 
 /// Reads `span` from the store and checks it against the model; a page with
 /// more to come gives the cursor for the next.
-fn check_read(model: &Model, store: &Mvcc, span: Span, rev: i64, limit: usize, count_only: bool) -> Option<Cursor> {
+fn check_read(
+    model: &Model,
+    store: &Mvcc,
+    span: Span,
+    rev: i64,
+    limit: usize,
+    count_only: bool,
+    encoded: bool,
+) -> Option<Cursor> {
     let options = RangeOptions { limit, rev, count_only };
-    let actual = store.range(span.as_span(), options);
+    let actual = if encoded {
+        let mut kvs = Vec::new();
+        store
+            .range_encoded(span.as_span(), options, |body| {
+                kvs.push(KeyValue::decode(body).expect("a served body decodes"))
+            })
+            .map(|result| {
+                assert!(result.kvs.is_empty(), "key-values go to the callback only");
+                RangeResult { kvs, ..result }
+            })
+    } else {
+        store.range(span.as_span(), options)
+    };
     let current = model.current();
     let read_at = if rev <= 0 { current } else { rev };
     if read_at > current {
@@ -325,21 +354,22 @@ fn run(steps: Vec<Step>) {
                 rev_back,
                 limit,
                 count_only,
+                encoded,
             } => {
                 let rev = if rev_back < 0 {
                     0
                 } else {
                     model.current() - rev_back + 1
                 };
-                cursor = check_read(&model, &store, span, rev, limit, count_only);
+                cursor = check_read(&model, &store, span, rev, limit, count_only, encoded);
             }
-            Step::NextPage { limit, back } => {
+            Step::NextPage { limit, back, encoded } => {
                 if let Some(page) = cursor.take() {
                     let last = page.keys.len().saturating_sub(1 + back);
                     let mut start = page.keys[last].clone();
                     start.push(0);
                     let span = Span::Page { start, end: page.end };
-                    cursor = check_read(&model, &store, span, page.revision, limit, false);
+                    cursor = check_read(&model, &store, span, page.revision, limit, false, encoded);
                 }
             }
             Step::Compact { rev_back } => {

@@ -6,12 +6,14 @@
 //! Headers are filled here with `revision` only; the store core adds cluster id,
 //! member id and raft term to the outermost header, as etcd's gRPC layer does.
 
+mod encoded_range;
 pub mod lease;
 mod range;
 mod txn;
 mod write;
 
-pub use range::range;
+pub use encoded_range::EncodedRangeResponse;
+pub use range::{is_plain as is_plain_range, range, range_encoded};
 pub use txn::{is_read_only, is_serializable, txn};
 pub use write::{delete_range, put};
 

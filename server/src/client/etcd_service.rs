@@ -301,6 +301,7 @@ impl GrpcService for EtcdService {
         };
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
+            Response::RangeEncoded(response) => response.into_encoded(),
             Response::Put(response) => grpc::encode(&response),
             Response::DeleteRange(response) => grpc::encode(&response),
             Response::Txn(response) => grpc::encode(&response),

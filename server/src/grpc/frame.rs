@@ -113,6 +113,16 @@ impl Encoded {
         Encoded(buffer)
     }
 
+    /// Frames a message written after `PREFIX_BYTES` of room at the front of
+    /// `buffer` (e.g. assembled on another core), without copying it.
+    pub fn from_prefixed(mut buffer: BytesMut) -> Encoded {
+        assert!(buffer.len() >= PREFIX_BYTES, "room for the prefix");
+        let length = u32::try_from(buffer.len() - PREFIX_BYTES).expect("a message fits a gRPC frame");
+        buffer[0] = 0;
+        buffer[1..PREFIX_BYTES].copy_from_slice(&length.to_be_bytes());
+        Encoded(buffer)
+    }
+
     /// The framed bytes: prefix and message.
     pub fn into_frame(self) -> Bytes {
         self.0.freeze()
@@ -207,6 +217,15 @@ mod tests {
         let mut decoder = MessageDecoder::new(4);
         decoder.push(Bytes::from_static(&[1, 0, 0, 0, 5]));
         assert_eq!(decoder.next_message().unwrap_err().code, Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn a_prefixed_message_is_framed_in_place() {
+        let mut buffer = BytesMut::from(&[9u8; PREFIX_BYTES][..]);
+        buffer.put_slice(b"hello");
+        let encoded = Encoded::from_prefixed(buffer);
+        assert_eq!(encoded.message(), b"hello");
+        assert_eq!(encoded.into_frame(), frame(b"hello"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod status;
 mod stream;
 mod timeout;
 
-pub use frame::{Encoded, MessageDecoder};
+pub use frame::{Encoded, MessageDecoder, PREFIX_BYTES};
 pub use server::{serve_connection, Http2Limits};
 pub use status::{go_quoted, Code, Status};
 pub use stream::{RequestStream, ResponseSink};

@@ -794,6 +794,9 @@ impl StoreCore {
     /// Serves a read from the applied state.
     fn serve_read(&mut self, read: PendingRead) -> Result<Response, EtcdError> {
         let result = match read {
+            PendingRead::Range(range) if apply::is_plain_range(&range) => {
+                apply::range_encoded(&self.mvcc, &range).map(Response::RangeEncoded)
+            }
             PendingRead::Range(range) => apply::range(&self.mvcc, &range).map(Response::Range),
             PendingRead::Txn(txn) => apply::txn(&mut self.mvcc, &txn).map(Response::Txn),
         };
@@ -936,6 +939,7 @@ impl StoreCore {
         );
         let header = match response {
             Response::Range(r) => &mut r.header,
+            Response::RangeEncoded(r) => &mut r.header,
             Response::Put(r) => &mut r.header,
             Response::DeleteRange(r) => &mut r.header,
             Response::Txn(r) => &mut r.header,

@@ -6,6 +6,7 @@
 use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::etcdserverpb as pb;
 
+use crate::apply::EncodedRangeResponse;
 use crate::etcd_error::EtcdError;
 use crate::metrics::MetricsSnapshot;
 
@@ -53,6 +54,8 @@ pub enum Request {
 #[derive(Debug)]
 pub enum Response {
     Range(pb::RangeResponse),
+    /// A Range whose key-values were copied into the message as stored.
+    RangeEncoded(EncodedRangeResponse),
     Put(pb::PutResponse),
     DeleteRange(pb::DeleteRangeResponse),
     Txn(pb::TxnResponse),

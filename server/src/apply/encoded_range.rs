@@ -1,0 +1,172 @@
+//! A RangeResponse assembled from key-values that are already encoded.
+//!
+//! A revision record's body is the `mvccpb.KeyValue` encoding (see
+//! docs/mvcc-format.md), so a Range with nothing to sort, filter or strip can
+//! copy each record's body into the response as field 2 (`kvs`), instead of
+//! decoding it into a `KeyValue` on the store core and encoding it again on the
+//! client core. The fields come out in field-number order (header, kvs, more,
+//! count), so the message is byte for byte what prost makes of the same
+//! response.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, BytesMut};
+use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::Message;
+use ringkv_proto::etcdserverpb as pb;
+
+use crate::grpc::{Encoded, PREFIX_BYTES};
+
+/// `RangeResponse.kvs`.
+const KVS_FIELD: u32 = 2;
+
+/// Room kept at the front of the buffer for the gRPC prefix and the header
+/// field, which is written last (the store core fills the header after the
+/// key-values are in). A header is at most 4 fields of 1 tag byte and a
+/// 10-byte varint, plus its own tag and length bytes: 5 + 2 + 44 = 51.
+const HEAD_ROOM: usize = 64;
+
+/// A Range's answer with its key-values encoded.
+pub struct EncodedRangeResponse {
+    /// `HEAD_ROOM` bytes, then one `kvs` field per key-value.
+    buffer: BytesMut,
+    kvs: usize,
+    pub header: Option<pb::ResponseHeader>,
+    pub more: bool,
+    pub count: i64,
+}
+
+impl Default for EncodedRangeResponse {
+    fn default() -> EncodedRangeResponse {
+        let mut buffer = BytesMut::with_capacity(HEAD_ROOM);
+        buffer.put_bytes(0, HEAD_ROOM);
+        EncodedRangeResponse {
+            buffer,
+            kvs: 0,
+            header: None,
+            more: false,
+            count: 0,
+        }
+    }
+}
+
+impl EncodedRangeResponse {
+    /// Appends a key-value, given as its `mvccpb.KeyValue` encoding.
+    pub fn push_kv(&mut self, kv: &[u8]) {
+        encode_key(KVS_FIELD, WireType::LengthDelimited, &mut self.buffer);
+        encode_varint(kv.len() as u64, &mut self.buffer);
+        self.buffer.put_slice(kv);
+        self.kvs += 1;
+    }
+
+    /// The framed gRPC message, written around the key-values in place.
+    pub fn into_encoded(self) -> Encoded {
+        let head = pb::RangeResponse {
+            header: self.header,
+            ..Default::default()
+        };
+        let tail = pb::RangeResponse {
+            more: self.more,
+            count: self.count,
+            ..Default::default()
+        };
+        let head_len = head.encoded_len();
+        assert!(PREFIX_BYTES + head_len <= HEAD_ROOM, "a header of {head_len} bytes");
+        let mut buffer = self.buffer;
+        assert!(buffer.len() >= HEAD_ROOM);
+        head.encode(&mut &mut buffer[HEAD_ROOM - head_len..HEAD_ROOM])
+            .expect("the slice is the header's length");
+        tail.encode(&mut buffer).expect("a BytesMut grows as needed");
+        buffer.advance(HEAD_ROOM - head_len - PREFIX_BYTES);
+        Encoded::from_prefixed(buffer)
+    }
+}
+
+impl fmt::Debug for EncodedRangeResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedRangeResponse")
+            .field("header", &self.header)
+            .field("kvs", &self.kvs)
+            .field("kvs_bytes", &(self.buffer.len() - HEAD_ROOM))
+            .field("more", &self.more)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use ringkv_proto::mvccpb::KeyValue;
+
+    use super::*;
+    use crate::grpc;
+
+    fn key_value() -> impl Strategy<Value = KeyValue> {
+        (
+            prop::collection::vec(any::<u8>(), 1..20),
+            any::<i64>(),
+            any::<i64>(),
+            any::<i64>(),
+            prop::collection::vec(any::<u8>(), 0..200),
+            any::<i64>(),
+        )
+            .prop_map(|(key, create_revision, mod_revision, version, value, lease)| KeyValue {
+                key,
+                create_revision,
+                mod_revision,
+                version,
+                value,
+                lease,
+            })
+    }
+
+    fn header() -> impl Strategy<Value = Option<pb::ResponseHeader>> {
+        prop::option::of((any::<u64>(), any::<u64>(), any::<i64>(), any::<u64>()).prop_map(
+            |(cluster_id, member_id, revision, raft_term)| pb::ResponseHeader {
+                cluster_id,
+                member_id,
+                revision,
+                raft_term,
+            },
+        ))
+    }
+
+    proptest! {
+        /// The same frame as prost's encoding of the decoded response, for any
+        /// header (the largest included), key-values, `more` and `count`.
+        #[test]
+        fn the_frame_is_prosts_encoding_of_the_same_response(
+            header in header(),
+            kvs in prop::collection::vec(key_value(), 0..8),
+            more in any::<bool>(),
+            count in any::<i64>(),
+        ) {
+            let mut encoded = EncodedRangeResponse::default();
+            for kv in &kvs {
+                encoded.push_kv(&kv.encode_to_vec());
+            }
+            encoded.header = header.clone();
+            encoded.more = more;
+            encoded.count = count;
+            let decoded = pb::RangeResponse { header, kvs, more, count };
+            prop_assert_eq!(encoded.into_encoded().into_frame(), grpc::encode(&decoded).into_frame());
+        }
+    }
+
+    #[test]
+    fn the_largest_header_fits_the_head_room() {
+        let header = pb::ResponseHeader {
+            cluster_id: u64::MAX,
+            member_id: u64::MAX,
+            revision: -1,
+            raft_term: u64::MAX,
+        };
+        let head = pb::RangeResponse {
+            header: Some(header),
+            ..Default::default()
+        };
+        assert_eq!(PREFIX_BYTES + head.encoded_len(), 51, "the sum in HEAD_ROOM's comment");
+        assert!(PREFIX_BYTES + head.encoded_len() <= HEAD_ROOM);
+    }
+}
