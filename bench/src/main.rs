@@ -8,6 +8,13 @@ use ringkv_bench::runner::{self, Stop};
 use ringkv_bench::workload::WorkloadSpec;
 use ringkv_bench::{compare, interrupt, BenchError};
 
+/// mimalloc, as ringkv runs with: the load generator shares the machine with
+/// the server it measures, and under the kube mix glibc's malloc and free were
+/// a fifth of its CPU (list pages are decoded on one runtime thread and freed
+/// on another).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

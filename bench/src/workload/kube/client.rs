@@ -12,6 +12,7 @@ use ringkv_proto::etcdserverpb::{request_op, DeleteRangeRequest, RangeRequest, R
 use tonic::transport::Channel;
 use tonic::Status;
 
+use super::list_page::{ListPages, ListedKey};
 use super::objects::{object_key, Objects, PREFIX};
 use crate::keys::prefix_end;
 use crate::workload::txn_put::{cas_outcome, cas_put};
@@ -71,6 +72,8 @@ enum Op {
 
 pub struct KubeClient {
     pub kv: KvClient<Channel>,
+    /// Range for list pages, decoded to what `check_page` reads.
+    pub lists: ListPages,
     pub state: Arc<KubeState>,
     pub list_ratio: f64,
     pub rng: StdRng,
@@ -225,7 +228,7 @@ impl KubeClient {
                 serializable: false,
                 ..Default::default()
             };
-            let page = self.kv.range(request).await?.into_inner();
+            let page = self.lists.range(request).await?;
             if revision == 0 {
                 revision = page.header.as_ref().map_or(0, |header| header.revision);
             }
@@ -250,7 +253,7 @@ impl KubeClient {
 /// A page of a list pinned at `revision` holds at most LIST_PAGE_KEYS keys, none
 /// changed after `revision`, and is not empty if more follow.
 #[allow(clippy::result_large_err)]
-fn check_page(kvs: &[ringkv_proto::mvccpb::KeyValue], revision: i64, more: bool) -> Result<(), Status> {
+fn check_page(kvs: &[ListedKey], revision: i64, more: bool) -> Result<(), Status> {
     if kvs.len() > LIST_PAGE_KEYS as usize {
         return Err(Status::internal(format!(
             "a list page returned {} keys, above its limit {LIST_PAGE_KEYS}",
@@ -285,7 +288,6 @@ pub fn cas_delete(key: Vec<u8>, expected: i64) -> TxnRequest {
 mod tests {
     use super::*;
     use ringkv_proto::etcdserverpb::compare;
-    use ringkv_proto::mvccpb::KeyValue;
 
     #[test]
     fn cas_delete_deletes_only_at_the_read_revision() {
@@ -298,14 +300,14 @@ mod tests {
 
     #[test]
     fn a_page_must_respect_its_pinned_revision_and_limit() {
-        let kv = |mod_revision| KeyValue {
+        let kv = |mod_revision| ListedKey {
             mod_revision,
             ..Default::default()
         };
         assert!(check_page(&[kv(5), kv(9)], 9, true).is_ok());
         assert!(check_page(&[kv(5), kv(10)], 9, false).is_err());
         assert!(check_page(&[], 9, true).is_err());
-        let too_many: Vec<KeyValue> = (0..=LIST_PAGE_KEYS).map(|_| kv(1)).collect();
+        let too_many: Vec<ListedKey> = (0..=LIST_PAGE_KEYS).map(|_| kv(1)).collect();
         assert!(check_page(&too_many, 9, false).is_err());
     }
 }

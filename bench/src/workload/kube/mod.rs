@@ -17,6 +17,7 @@
 //! got exactly one event per write.
 
 mod client;
+mod list_page;
 mod objects;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,7 @@ use crate::progress::ProgressMode;
 use crate::report::{fmt_count, fmt_rate};
 use crate::BenchError;
 use client::{KubeClient, KubeState, LIST_PAGE_KEYS, WRITE_KINDS};
+use list_page::ListPages;
 use objects::{object_key, OBJECTS_MAX, PREFIX};
 
 #[derive(Debug, Clone, Args)]
@@ -247,7 +249,8 @@ impl Workload for Kube {
 
     fn client(&self, index: usize, channel: Channel) -> Box<dyn WorkloadClient> {
         Box::new(KubeClient {
-            kv: kv_client(channel),
+            kv: kv_client(channel.clone()),
+            lists: ListPages::new(channel),
             state: Arc::clone(&self.state),
             list_ratio: self.list_ratio,
             rng: StdRng::seed_from_u64(index as u64),
