@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,10 +43,11 @@ impl Ringkv {
     /// Starts `ringkv` on a fresh port with `data_dir`, plus any extra flags, and
     /// waits until it serves clients.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Ringkv {
-        let mut args: Vec<String> = ["--listen-client-urls", "http://127.0.0.1:0"]
-            .iter()
-            .map(|arg| arg.to_string())
-            .collect();
+        // Not port 0: the kernel would pick from the ephemeral range, and a
+        // test that restarts the server on its old port would race other
+        // tests' connections for it (see `free_port`).
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec!["--listen-client-urls".to_string(), client_url];
         args.extend(extra.iter().map(|arg| arg.to_string()));
         Ringkv::spawn(data_dir, &args).ready()
     }
@@ -245,11 +247,42 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// A free port on 127.0.0.1 (bound and released; the caller binds it next).
+///
+/// Ports come from below the kernel's ephemeral range, which outgoing
+/// connections take their local ports from: a port from that range, released
+/// here and bound again by a server (or by a server restarted on its old
+/// port), could be taken in between by any test's connection, and clean-clone
+/// CI runs failed so. Each test process walks the range from its own offset,
+/// never handing out a port twice, and skips ports something else holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let ports = test_ports();
+    let span = usize::from(ports.end - ports.start);
+    // The first caller picks this process's offset.
+    let offset = (std::process::id() as usize).wrapping_mul(7919) % span;
+    let _ = NEXT.compare_exchange(usize::MAX, offset, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = ports.start + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {ports:?}");
+}
+
+/// Ports below the ephemeral range (`ip_local_port_range`, 32768-60999 by
+/// default), down to 10000.
+fn test_ports() -> std::ops::Range<u16> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_start >= LOWEST + 1_000,
+        "the ephemeral range starts at {ephemeral_start}: no room for test ports below it"
+    );
+    LOWEST..ephemeral_start
 }
 
 /// Times an etcd whose port was taken is started again on new ports. Ports
