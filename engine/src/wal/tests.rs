@@ -660,3 +660,37 @@ fn the_real_backend_never_replaces_a_segment_file() {
         assert_eq!(file.read_at(0, 1).await.unwrap(), vec![7], "the file was left alone");
     });
 }
+
+#[test]
+fn the_real_backend_writes_appends_where_asked_through_either_handle() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = DmaDir::new(temp.path());
+    run(async move {
+        let bytes = 4 * BLOCK_BYTES as u64;
+        let created = dir.create_prewritten(&segment(0), bytes).await.unwrap();
+        let written = created
+            .write_at(BLOCK_BYTES as u64, &[5; 2 * BLOCK_BYTES])
+            .await
+            .unwrap();
+        assert_eq!(written, 2 * BLOCK_BYTES);
+        created.sync().await.unwrap();
+        let opened = dir.open(&segment(0)).await.unwrap();
+        assert_eq!(
+            opened
+                .write_at(3 * BLOCK_BYTES as u64, &[6; BLOCK_BYTES])
+                .await
+                .unwrap(),
+            BLOCK_BYTES
+        );
+        opened.sync().await.unwrap();
+        let on_disk = std::fs::read(temp.path().join(segment(0))).unwrap();
+        assert_eq!(
+            on_disk.len() as u64,
+            bytes,
+            "appends into the pre-written file do not extend it"
+        );
+        assert!(on_disk[..BLOCK_BYTES].iter().all(|&b| b == 0));
+        assert!(on_disk[BLOCK_BYTES..3 * BLOCK_BYTES].iter().all(|&b| b == 5));
+        assert!(on_disk[3 * BLOCK_BYTES..].iter().all(|&b| b == 6));
+    });
+}
