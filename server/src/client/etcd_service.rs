@@ -224,81 +224,86 @@ impl GrpcService for EtcdService {
         let require_leader = requires_leader(&ctx);
         let unary = match route(path)? {
             Method::Unary(unary) => unary,
-            Method::Lease(lease) => return lease_service::unary(&self.store, lease, request, require_leader).await,
+            // Boxed, as the streaming calls are (`grpc::server`): every unary
+            // call's task would otherwise be as large as this rarer one's.
+            Method::Lease(lease) => {
+                return Box::pin(lease_service::unary(&self.store, lease, request, require_leader)).await
+            }
             Method::Watch | Method::Snapshot => unreachable!("{path} is streaming"),
         };
-        let response = match unary {
+        let request = match unary {
             UnaryMethod::Range => {
                 let request: pb::RangeRequest = grpc::decode(request)?;
                 validate::check_range(&request)?;
-                self.call(Request::Range(request), require_leader).await?
+                Request::Range(request)
             }
             UnaryMethod::Put => {
                 let request: pb::PutRequest = grpc::decode(request)?;
                 validate::check_put(&request)?;
-                self.call(Request::Put(request), require_leader).await?
+                Request::Put(request)
             }
             UnaryMethod::DeleteRange => {
                 let request: pb::DeleteRangeRequest = grpc::decode(request)?;
                 validate::check_delete(&request)?;
-                self.call(Request::DeleteRange(request), require_leader).await?
+                Request::DeleteRange(request)
             }
             UnaryMethod::Txn => {
                 let request: pb::TxnRequest = grpc::decode(request)?;
                 validate::check_txn(&request, self.max_txn_ops)?;
-                self.call(Request::Txn(request), require_leader).await?
+                Request::Txn(request)
             }
             UnaryMethod::Compact => {
                 let request: pb::CompactionRequest = grpc::decode(request)?;
-                self.call(Request::Compact(request), require_leader).await?
+                Request::Compact(request)
             }
             UnaryMethod::Status => {
                 let _: pb::StatusRequest = grpc::decode(request)?;
-                self.call(Request::Status, require_leader).await?
+                Request::Status
             }
             UnaryMethod::Alarm => {
                 let request: pb::AlarmRequest = grpc::decode(request)?;
-                self.call(Request::Alarm(request), require_leader).await?
+                Request::Alarm(request)
             }
             UnaryMethod::Hash => {
                 let _: pb::HashRequest = grpc::decode(request)?;
-                self.call(Request::Hash, require_leader).await?
+                Request::Hash
             }
             UnaryMethod::HashKv => {
                 let request: pb::HashKvRequest = grpc::decode(request)?;
-                self.call(Request::HashKv(request), require_leader).await?
+                Request::HashKv(request)
             }
             UnaryMethod::MoveLeader => {
                 let request: pb::MoveLeaderRequest = grpc::decode(request)?;
-                self.call(Request::MoveLeader(request), require_leader).await?
+                Request::MoveLeader(request)
             }
             UnaryMethod::Defragment => {
                 let _: pb::DefragmentRequest = grpc::decode(request)?;
-                self.call(Request::Defragment, require_leader).await?
+                Request::Defragment
             }
             UnaryMethod::MemberList => {
                 let _: pb::MemberListRequest = grpc::decode(request)?;
-                self.call(Request::MemberList, require_leader).await?
+                Request::MemberList
             }
             UnaryMethod::MemberAdd => {
                 let mut request: pb::MemberAddRequest = grpc::decode(request)?;
                 request.peer_ur_ls = validate::member_peer_urls(&request.peer_ur_ls)?;
-                self.call(Request::MemberAdd(request), require_leader).await?
+                Request::MemberAdd(request)
             }
             UnaryMethod::MemberRemove => {
                 let request: pb::MemberRemoveRequest = grpc::decode(request)?;
-                self.call(Request::MemberRemove(request), require_leader).await?
+                Request::MemberRemove(request)
             }
             UnaryMethod::MemberUpdate => {
                 let mut request: pb::MemberUpdateRequest = grpc::decode(request)?;
                 request.peer_ur_ls = validate::member_peer_urls(&request.peer_ur_ls)?;
-                self.call(Request::MemberUpdate(request), require_leader).await?
+                Request::MemberUpdate(request)
             }
             UnaryMethod::MemberPromote => {
                 let request: pb::MemberPromoteRequest = grpc::decode(request)?;
-                self.call(Request::MemberPromote(request), require_leader).await?
+                Request::MemberPromote(request)
             }
         };
+        let response = self.call(request, require_leader).await?;
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
             Response::RangeEncoded(response) => response.into_encoded(),

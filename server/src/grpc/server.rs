@@ -118,7 +118,10 @@ async fn serve_stream<S: GrpcService>(
             serve_unary(&path, body, respond, &*service, ctx, timeout, &limits).await;
         }
         MethodKind::ServerStreaming | MethodKind::ClientStreaming | MethodKind::BidiStreaming => {
-            serve_streaming(&path, body, respond, &*service, ctx, timeout, &limits).await;
+            // Boxed: a streaming call's future (a watch stream's state) is
+            // large, and inline it would make every unary call's task, which
+            // is moved into a fresh allocation per request, as large.
+            Box::pin(serve_streaming(&path, body, respond, &*service, ctx, timeout, &limits)).await;
         }
     }
 }
