@@ -216,6 +216,8 @@ impl WalFile for DmaSegment {
         Ok(bytes)
     }
 
+    /// std repeats the call only on EINTR (a signal, not an I/O failure); any
+    /// other error is returned once and poisons the WAL, never retried.
     async fn sync(&self) -> io::Result<()> {
         self.appender.sync_data()
     }
