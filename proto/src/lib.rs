@@ -3,6 +3,7 @@
 //! Package and message names follow etcd v3.5 so that etcdctl, clientv3 and
 //! kube-apiserver talk to ringkv unchanged. With the `client` feature each etcd
 //! service also gets a tonic client (`etcdserverpb::kv_client::KvClient`, ...).
+//! With the `proptest` feature, [`arbitrary`] has strategies for property tests.
 
 /// etcd's `mvccpb` package: stored key-values and watch events.
 pub mod mvccpb {
@@ -22,6 +23,37 @@ pub mod etcdserverpb {
 /// ringkv's own messages: what a raft log entry carries.
 pub mod ringkvpb {
     include!(concat!(env!("OUT_DIR"), "/ringkvpb.rs"));
+}
+
+/// proptest strategies for these messages.
+#[cfg(feature = "proptest")]
+pub mod arbitrary {
+    use std::ops::Range;
+
+    use proptest::prelude::*;
+
+    use super::mvccpb::KeyValue;
+
+    /// Any key-value with a key of `key_bytes` and a value of `value_bytes`
+    /// bytes; every integer field takes any value.
+    pub fn key_value(key_bytes: Range<usize>, value_bytes: Range<usize>) -> impl Strategy<Value = KeyValue> {
+        (
+            prop::collection::vec(any::<u8>(), key_bytes),
+            any::<i64>(),
+            any::<i64>(),
+            any::<i64>(),
+            prop::collection::vec(any::<u8>(), value_bytes),
+            any::<i64>(),
+        )
+            .prop_map(|(key, create_revision, mod_revision, version, value, lease)| KeyValue {
+                key,
+                create_revision,
+                mod_revision,
+                version,
+                value,
+                lease,
+            })
+    }
 }
 
 #[cfg(test)]

@@ -167,22 +167,7 @@ mod tests {
     use super::*;
 
     fn key_value() -> impl Strategy<Value = KeyValue> {
-        (
-            prop::collection::vec(any::<u8>(), 0..40),
-            any::<i64>(),
-            any::<i64>(),
-            any::<i64>(),
-            prop::collection::vec(any::<u8>(), 0..300),
-            any::<i64>(),
-        )
-            .prop_map(|(key, create_revision, mod_revision, version, value, lease)| KeyValue {
-                key,
-                create_revision,
-                mod_revision,
-                version,
-                value,
-                lease,
-            })
+        ringkv_proto::arbitrary::key_value(0..40, 0..300)
     }
 
     proptest! {

@@ -30,7 +30,6 @@ const HEAD_ROOM: usize = 64;
 pub struct EncodedRangeResponse {
     /// `HEAD_ROOM` bytes, then one `kvs` field per key-value.
     buffer: BytesMut,
-    kvs: usize,
     pub header: Option<pb::ResponseHeader>,
     pub more: bool,
     pub count: i64,
@@ -42,7 +41,6 @@ impl Default for EncodedRangeResponse {
         buffer.put_bytes(0, HEAD_ROOM);
         EncodedRangeResponse {
             buffer,
-            kvs: 0,
             header: None,
             more: false,
             count: 0,
@@ -56,7 +54,6 @@ impl EncodedRangeResponse {
         encode_key(KVS_FIELD, WireType::LengthDelimited, &mut self.buffer);
         encode_varint(kv.len() as u64, &mut self.buffer);
         self.buffer.put_slice(kv);
-        self.kvs += 1;
     }
 
     /// The framed gRPC message, written around the key-values in place.
@@ -86,7 +83,6 @@ impl fmt::Debug for EncodedRangeResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncodedRangeResponse")
             .field("header", &self.header)
-            .field("kvs", &self.kvs)
             .field("kvs_bytes", &(self.buffer.len() - HEAD_ROOM))
             .field("more", &self.more)
             .field("count", &self.count)
@@ -103,22 +99,7 @@ mod tests {
     use crate::grpc;
 
     fn key_value() -> impl Strategy<Value = KeyValue> {
-        (
-            prop::collection::vec(any::<u8>(), 1..20),
-            any::<i64>(),
-            any::<i64>(),
-            any::<i64>(),
-            prop::collection::vec(any::<u8>(), 0..200),
-            any::<i64>(),
-        )
-            .prop_map(|(key, create_revision, mod_revision, version, value, lease)| KeyValue {
-                key,
-                create_revision,
-                mod_revision,
-                version,
-                value,
-                lease,
-            })
+        ringkv_proto::arbitrary::key_value(1..20, 0..200)
     }
 
     fn header() -> impl Strategy<Value = Option<pb::ResponseHeader>> {
