@@ -297,7 +297,8 @@ impl Mvcc {
         options: RangeOptions,
         mut each: impl FnMut(&[u8]),
     ) -> Result<RangeResult, MvccError> {
-        let selected = self.select(span, options, self.current_revision, Some(&self.range_counts))?;
+        let view = self.current_revision;
+        let selected = self.select(span, options, view, Some(&self.range_counts))?;
         for at in &selected.found {
             let record = self.stored_record(at.modified)?;
             let served = serve_record(&record)?;
@@ -307,7 +308,7 @@ impl Mvcc {
         Ok(RangeResult {
             kvs: Vec::new(),
             count: selected.count,
-            rev: selected.rev,
+            rev: view,
         })
     }
 
@@ -328,7 +329,7 @@ impl Mvcc {
         Ok(RangeResult {
             kvs,
             count: selected.count,
-            rev: selected.rev,
+            rev: view,
         })
     }
 
@@ -399,11 +400,7 @@ impl Mvcc {
                 }
             }
         }
-        Ok(Selection {
-            found,
-            count,
-            rev: view,
-        })
+        Ok(Selection { found, count })
     }
 
     /// The stored key-value of a live revision.
@@ -702,7 +699,6 @@ fn read_alarms(tree: &Tree) -> Result<BTreeSet<Alarm>, MvccError> {
 struct Selection {
     found: Vec<KeyAt>,
     count: usize,
-    rev: i64,
 }
 
 /// A record the key index points a reader at must be a put at that revision.
