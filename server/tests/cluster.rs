@@ -130,22 +130,9 @@ async fn writes_on_any_member_are_read_on_every_member() {
 /// token, and compare what MemberList says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_and_member_list_match_etcd_for_the_same_flags() {
-    // etcd reuses the ports ringkv had; between ringkv's kill and etcd's bind
-    // another test's connection can take one as its local port (once, in a
-    // clean-clone CI run: a member exited and the cluster never formed). Only
-    // that is retried, with new ports; anything else fails the test.
-    const ATTEMPTS: usize = support::ETCD_PORT_ATTEMPTS;
-    for attempt in 1..=ATTEMPTS {
-        match compare_member_lists_with_etcd().await {
-            Ok(()) => return,
-            Err(port_taken) if attempt < ATTEMPTS => eprintln!("attempt {attempt}: {port_taken}; again"),
-            Err(port_taken) => panic!("{ATTEMPTS} attempts: {port_taken}"),
-        }
-    }
-}
-
-/// Err only when an etcd member could not bind its port.
-async fn compare_member_lists_with_etcd() -> Result<(), String> {
+    // etcd reuses the ports ringkv had: they come from `support::free_port`,
+    // below the ephemeral range, so no other test's connection can take one
+    // between ringkv's kill and etcd's bind.
     let mut cluster = Cluster::start(3, &[]);
     cluster.wait_for_leader().await;
     let ours = wait_member_list(&cluster.endpoint(0), 3).await;
@@ -217,9 +204,6 @@ async fn compare_member_lists_with_etcd() -> Result<(), String> {
             for (child, log) in &mut etcds {
                 let exited = child.0.try_wait().unwrap();
                 let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                if exited.is_some() && support::etcd_port_taken(&text) {
-                    return Err(format!("an etcd member could not bind its port: {}", text.trim()));
-                }
                 logs += &format!("\n{} (exited: {exited:?}):\n{text}", log.display());
             }
             panic!("etcd's cluster did not come up{logs}");
@@ -228,7 +212,6 @@ async fn compare_member_lists_with_etcd() -> Result<(), String> {
     };
     assert_eq!(members_of(&ours), members_of(&theirs));
     assert_eq!(ours_cluster_id, theirs.header.unwrap().cluster_id);
-    Ok(())
 }
 
 type Acknowledged = Arc<Mutex<BTreeMap<String, String>>>;

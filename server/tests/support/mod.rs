@@ -285,17 +285,6 @@ fn test_ports() -> std::ops::Range<u16> {
     LOWEST..ephemeral_start
 }
 
-/// Times an etcd whose port was taken is started again on new ports. Ports
-/// come from `free_port`, released before etcd binds them: another test's
-/// connection can take one in between (it happened in clean-clone CI runs).
-pub const ETCD_PORT_ATTEMPTS: usize = 3;
-
-/// Whether etcd's log says it exited because a port was taken (etcd 3.4's
-/// fatal line: "listen tcp 127.0.0.1:N: bind: address already in use").
-pub fn etcd_port_taken(log: &str) -> bool {
-    log.contains("address already in use")
-}
-
 /// A real etcd (Debian's `etcd-server`) as the oracle. Its identity flags are
 /// etcd's defaults, as ringkv's are, so member and cluster ids match.
 pub struct Etcd {
@@ -309,23 +298,9 @@ impl Etcd {
         Etcd::start_with(&[])
     }
 
-    /// Starts etcd with `extra` flags after the ones every test needs. An
-    /// etcd whose port was taken is started again on new ports (at most
-    /// ETCD_PORT_ATTEMPTS times); any other early exit fails with its log.
+    /// Starts etcd with `extra` flags after the ones every test needs; an
+    /// early exit fails with etcd's log.
     pub fn start_with(extra: &[&str]) -> Etcd {
-        const ATTEMPTS: usize = ETCD_PORT_ATTEMPTS;
-        for attempt in 1..=ATTEMPTS {
-            match Etcd::try_start(extra) {
-                Ok(etcd) => return etcd,
-                Err(log) if attempt < ATTEMPTS => eprintln!("etcd attempt {attempt}: a port was taken: {log}"),
-                Err(log) => panic!("etcd could not bind its ports in {ATTEMPTS} attempts: {log}"),
-            }
-        }
-        unreachable!("the last attempt returns or panics")
-    }
-
-    /// Err (etcd's log) only when a port was taken.
-    fn try_start(extra: &[&str]) -> Result<Etcd, String> {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
         let peer_port = free_port();
@@ -351,20 +326,17 @@ impl Etcd {
             if let Some(status) = child.try_wait().expect("wait on etcd") {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let _ = std::fs::remove_file(&log_path);
-                if etcd_port_taken(&text) {
-                    return Err(text.trim().to_string());
-                }
                 panic!("etcd exited before serving: {status}\n{text}");
             }
             assert!(Instant::now() < deadline, "etcd did not start serving");
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = std::fs::remove_file(&log_path);
-        Ok(Etcd {
+        Etcd {
             child,
             addr,
             _data_dir: data_dir,
-        })
+        }
     }
 
     pub fn endpoint(&self) -> String {
