@@ -14,6 +14,8 @@ pub enum EtcdError {
     ValueProvided,
     LeaseProvided,
     TooManyOps,
+    /// ringkv's own: transactions nested deeper than `apply::check::TXN_DEPTH_MAX`.
+    TxnTooDeep,
     DuplicateKey,
     InvalidSortOption,
     Compacted,
@@ -49,8 +51,8 @@ impl EtcdError {
     pub fn code(self) -> Code {
         use EtcdError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
-            | RequestTooLarge => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | TxnTooDeep | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist | BadLeaderTransferee | NotLeader | MemberExist | PeerUrlExist | MemberNotLearner
@@ -74,6 +76,7 @@ impl EtcdError {
             ValueProvided => "etcdserver: value is provided",
             LeaseProvided => "etcdserver: lease is provided",
             TooManyOps => "etcdserver: too many operations in txn request",
+            TxnTooDeep => "etcdserver: too many nested txns in txn request",
             DuplicateKey => "etcdserver: duplicate key given in txn request",
             InvalidSortOption => "etcdserver: invalid sort option",
             Compacted => "etcdserver: mvcc: required revision has been compacted",
@@ -130,6 +133,7 @@ mod tests {
             ValueProvided,
             LeaseProvided,
             TooManyOps,
+            TxnTooDeep,
             DuplicateKey,
             InvalidSortOption,
             Compacted,

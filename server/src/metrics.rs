@@ -75,6 +75,8 @@ pub struct MetricsSnapshot {
     /// Proposals waiting to be applied.
     pub proposals_pending: u64,
     pub proposals_failed: u64,
+    /// Committed entries not applied because of what they hold.
+    pub entries_skipped: u64,
     /// Raft snapshots sent and acknowledged, failed to send, and received.
     pub snapshots_sent: u64,
     pub snapshots_send_failed: u64,
@@ -138,6 +140,12 @@ impl MetricsSnapshot {
             "The total number of failed proposals seen.",
             "counter",
             self.proposals_failed.to_string(),
+        );
+        gauge(
+            "ringkv_raft_entries_skipped_total",
+            "Committed raft entries not applied because they do not decode or fail the request checks.",
+            "counter",
+            self.entries_skipped.to_string(),
         );
         // etcd labels these by peer (To / From); ringkv counts all peers together.
         gauge(

@@ -6,6 +6,7 @@
 //! Headers are filled here with `revision` only; the store core adds cluster id,
 //! member id and raft term to the outermost header, as etcd's gRPC layer does.
 
+pub mod check;
 mod encoded_range;
 pub mod lease;
 mod range;
@@ -135,3 +136,6 @@ pub fn compact(mvcc: &mut Mvcc, request: &pb::CompactionRequest) -> Result<pb::C
         header: revision_header(mvcc.current_revision()),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,8 +12,8 @@ use super::leader_monitor::LeaderMonitor;
 use super::lease_service::{self, LeaseMethod};
 use super::snapshot;
 use super::store_client::StoreClient;
-use super::validate;
 use super::watch::{self, WatchRouter};
+use crate::apply::check;
 use crate::etcd_error::EtcdError;
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
@@ -234,22 +234,22 @@ impl GrpcService for EtcdService {
         let request = match unary {
             UnaryMethod::Range => {
                 let request: pb::RangeRequest = grpc::decode(request)?;
-                validate::check_range(&request)?;
+                check::check_range(&request)?;
                 Request::Range(request)
             }
             UnaryMethod::Put => {
                 let request: pb::PutRequest = grpc::decode(request)?;
-                validate::check_put(&request)?;
+                check::check_put(&request)?;
                 Request::Put(request)
             }
             UnaryMethod::DeleteRange => {
                 let request: pb::DeleteRangeRequest = grpc::decode(request)?;
-                validate::check_delete(&request)?;
+                check::check_delete(&request)?;
                 Request::DeleteRange(request)
             }
             UnaryMethod::Txn => {
                 let request: pb::TxnRequest = grpc::decode(request)?;
-                validate::check_txn(&request, self.max_txn_ops)?;
+                check::check_txn(&request, self.max_txn_ops)?;
                 Request::Txn(request)
             }
             UnaryMethod::Compact => {
@@ -286,7 +286,7 @@ impl GrpcService for EtcdService {
             }
             UnaryMethod::MemberAdd => {
                 let mut request: pb::MemberAddRequest = grpc::decode(request)?;
-                request.peer_ur_ls = validate::member_peer_urls(&request.peer_ur_ls)?;
+                request.peer_ur_ls = check::member_peer_urls(&request.peer_ur_ls)?;
                 Request::MemberAdd(request)
             }
             UnaryMethod::MemberRemove => {
@@ -295,7 +295,7 @@ impl GrpcService for EtcdService {
             }
             UnaryMethod::MemberUpdate => {
                 let mut request: pb::MemberUpdateRequest = grpc::decode(request)?;
-                request.peer_ur_ls = validate::member_peer_urls(&request.peer_ur_ls)?;
+                request.peer_ur_ls = check::member_peer_urls(&request.peer_ur_ls)?;
                 Request::MemberUpdate(request)
             }
             UnaryMethod::MemberPromote => {

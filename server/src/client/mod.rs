@@ -7,7 +7,6 @@ mod leader_monitor;
 mod lease_service;
 mod snapshot;
 mod store_client;
-mod validate;
 mod watch;
 
 use std::net::SocketAddr;

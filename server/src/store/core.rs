@@ -23,9 +23,10 @@ use raft::{RawNode, StateRole};
 use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
 use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
+use ringkv_proto::ringkvpb::raft_request;
 
 use super::auto_compaction::{AutoCompactionPolicy, AutoCompactor};
+use super::entry;
 use super::id_generator::IdGenerator;
 use super::lease_clock::LeaseClock;
 use super::membership::Membership;
@@ -138,6 +139,8 @@ struct CoreMetrics {
     leader: u64,
     leader_changes: u64,
     proposals_failed: u64,
+    /// Entries not applied because of what they hold (`skip_entry`).
+    entries_skipped: u64,
     wal_fsync: Histogram,
     backend_commit: Histogram,
 }
@@ -343,6 +346,7 @@ impl StoreCore {
                 leader: 0,
                 leader_changes: 0,
                 proposals_failed: 0,
+                entries_skipped: 0,
                 wal_fsync: Histogram::etcd_disk(),
                 backend_commit: Histogram::etcd_disk(),
             },
@@ -580,11 +584,7 @@ impl StoreCore {
     /// Proposes `request` to raft; returns the id its result will carry.
     fn propose_entry(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
         let id = self.request_ids.next(|_| false) as u64;
-        let data = RaftRequest {
-            id,
-            request: Some(request),
-        }
-        .encode_to_vec();
+        let data = entry::encode(id, request);
         // etcd checks the size of the proposal, not of the gRPC message.
         if data.len() > self.settings.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
@@ -711,27 +711,37 @@ impl StoreCore {
             EntryType::EntryNormal if entry.data.is_empty() => {
                 // A new leader's empty entry: nothing to apply.
             }
-            EntryType::EntryNormal => {
-                let request = RaftRequest::decode(entry.data.as_slice())
-                    .unwrap_or_else(|error| fatal(&format!("raft entry {} does not decode: {error}", entry.index)));
-                self.apply_request(entry.index, request);
-            }
+            EntryType::EntryNormal => match entry::decode(&entry.data) {
+                Ok((id, request)) => self.apply_request(id, request),
+                Err(skipped) => {
+                    self.skip_entry(entry.index, &skipped);
+                    if let Some((id, error)) = skipped.answer() {
+                        self.answer_applied(id, Err(error));
+                    }
+                }
+            },
             EntryType::EntryConfChange => {
-                // Only ConfChangeV2 entries are proposed (see `members`).
-                fatal(&format!("raft entry {} is a v1 conf change", entry.index));
+                // Only ConfChangeV2 entries are proposed (see `members`): this
+                // one came from elsewhere, and raft's configuration stays.
+                self.skip_entry(entry.index, &"a v1 conf change");
             }
-            EntryType::EntryConfChangeV2 => {
-                let change = ConfChangeV2::decode(entry.data.as_slice())
-                    .unwrap_or_else(|error| fatal(&format!("conf change does not decode: {error}")));
-                self.apply_conf_change(entry.index, change);
-            }
+            EntryType::EntryConfChangeV2 => match ConfChangeV2::decode(entry.data.as_slice()) {
+                Ok(change) => self.apply_conf_change(entry.index, change),
+                Err(error) => self.skip_entry(entry.index, &format!("conf change does not decode: {error}")),
+            },
         }
     }
 
-    fn apply_request(&mut self, index: u64, request: RaftRequest) {
-        let body = request
-            .request
-            .unwrap_or_else(|| fatal(&format!("raft entry {index} holds an empty request")));
+    /// An entry whose content cannot be applied is skipped, the same way on
+    /// every member: it changes nothing. It can only have come from a peer
+    /// (a forged proposal), since the client core refuses such requests before
+    /// they are proposed; the member goes on serving.
+    fn skip_entry(&mut self, index: u64, why: &dyn std::fmt::Display) {
+        tracing::warn!(index, "raft entry skipped: {why}");
+        self.metrics.entries_skipped += 1;
+    }
+
+    fn apply_request(&mut self, id: u64, body: raft_request::Request) {
         let result = match body {
             raft_request::Request::Put(_) | raft_request::Request::Txn(_) | raft_request::Request::LeaseGrant(_)
                 if self.writes_refused(&body) =>
@@ -753,13 +763,18 @@ impl StoreCore {
             raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(&revoke),
             raft_request::Request::Alarm(alarm) => Ok(Response::Alarm(self.apply_alarm(&alarm))),
             raft_request::Request::MemberAttributes(attributes) => {
-                self.apply_member_attributes(request.id, &attributes);
+                self.apply_member_attributes(id, &attributes);
                 return; // proposed by the member itself, with no client waiting
             }
             raft_request::Request::MemberUpdate(update) => self.apply_member_update(update),
         };
         let result = self.client_result(result);
-        let Some(waiter) = self.waiters.remove(&request.id) else {
+        self.answer_applied(id, result);
+    }
+
+    /// Answers the call waiting for entry `id`, if it is this member's.
+    fn answer_applied(&mut self, id: u64, result: Result<Response, EtcdError>) {
+        let Some(waiter) = self.waiters.remove(&id) else {
             return;
         };
         if waiter.physical_compaction && result.is_ok() {

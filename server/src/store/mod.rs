@@ -3,6 +3,7 @@
 pub mod auto_compaction;
 mod bootstrap;
 mod core;
+mod entry;
 mod id_generator;
 pub mod join;
 mod lease_clock;

@@ -269,6 +269,7 @@ impl StoreCore {
             proposals_applied: self.mvcc.applied_index(),
             proposals_pending: self.waiters.len() as u64,
             proposals_failed: self.metrics.proposals_failed,
+            entries_skipped: self.metrics.entries_skipped,
             snapshots_sent: self.metrics.snapshots_sent,
             snapshots_send_failed: self.metrics.snapshots_send_failed,
             snapshots_received: self.metrics.snapshots_received,

@@ -21,12 +21,14 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message as RaftMessage, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message as RaftMessage, MessageType,
+};
 use raft::{GetEntriesContext, StateRole};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext, PromoteCheck, PromoteVerdict};
 
-use super::{fatal, Request, Response, StoreCore, Waiter};
+use super::{Request, Response, StoreCore, Waiter};
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
 use crate::ids;
@@ -286,19 +288,22 @@ impl StoreCore {
     /// applied to raft and the membership, or refused (raft's configuration
     /// stays as it is), and the waiting caller answered either way.
     pub(super) fn apply_conf_change(&mut self, index: u64, change: ConfChangeV2) {
-        let context = ConfChangeContext::decode(change.context.as_slice())
-            .unwrap_or_else(|error| fatal(&format!("conf change {index} context does not decode: {error}")));
-        let member_change = member_change_of(index, &change, &context);
+        let (request_id, member_change) = match read_conf_change(&change) {
+            Ok(read) => read,
+            Err(why) => return self.skip_entry(index, &why),
+        };
         let result = self.membership.validate(&member_change);
         if result.is_ok() {
             let farewell = match member_change {
                 MemberChange::Remove(id) => self.farewell_append(id),
                 _ => None,
             };
-            let conf_state = self
-                .raw
-                .apply_conf_change(&change)
-                .unwrap_or_else(|error| fatal(&format!("conf change {index} refused by raft: {error}")));
+            // raft refuses only changes no member proposes (its checks run
+            // before it changes anything): skipped like any bad entry.
+            let conf_state = match self.raw.apply_conf_change(&change) {
+                Ok(conf_state) => conf_state,
+                Err(error) => return self.skip_entry(index, &format!("conf change refused by raft: {error}")),
+            };
             // Stored with the data: raft does not re-apply this entry after a restart.
             self.mvcc.set_conf_state(conf_state.encode_to_vec());
             self.raw.mut_store().set_conf_state(conf_state);
@@ -311,7 +316,7 @@ impl StoreCore {
             tracing::info!(index, change = ?member_change, error = ?result, "membership change refused");
         }
         let result = result.map(|()| self.member_change_response(&member_change));
-        if let Some(waiter) = self.waiters.remove(&context.request_id) {
+        if let Some(waiter) = self.waiters.remove(&request_id) {
             self.reply(waiter.client, waiter.call_id, result);
         }
     }
@@ -467,30 +472,36 @@ fn id_only(id: u64) -> ringkvpb::Member {
     }
 }
 
-/// The membership change a committed `ConfChangeV2` carries; anything else in
-/// the log is corruption (only `conf_change` makes these entries).
-fn member_change_of(index: u64, change: &ConfChangeV2, context: &ConfChangeContext) -> MemberChange {
+/// The waiting call's request id and the membership change a committed
+/// `ConfChangeV2` carries; anything else (only `conf_change` makes these
+/// entries, so it came from a peer) is a reason to skip it.
+fn read_conf_change(change: &ConfChangeV2) -> Result<(u64, MemberChange), String> {
+    let context = ConfChangeContext::decode(change.context.as_slice())
+        .map_err(|error| format!("conf change context does not decode: {error}"))?;
     let [single] = change.changes.as_slice() else {
-        fatal(&format!(
-            "conf change {index} has {} changes, not one",
-            change.changes.len()
-        ));
+        return Err(format!("conf change has {} changes, not one", change.changes.len()));
     };
+    // One change with the automatic transition is a simple change to raft;
+    // any other transition would enter a joint configuration.
+    if change.transition != ConfChangeTransition::Auto as i32 {
+        return Err(format!("conf change with transition {}", change.transition));
+    }
     let member = context
         .member
         .clone()
-        .unwrap_or_else(|| fatal(&format!("conf change {index} names no member")));
+        .ok_or_else(|| "conf change names no member".to_string())?;
     if member.id != single.node_id {
-        fatal(&format!(
-            "conf change {index} changes {:x} but names {:x}",
+        return Err(format!(
+            "conf change changes {:x} but names {:x}",
             single.node_id, member.id
         ));
     }
-    match ConfChangeType::from_i32(single.change_type) {
+    let member_change = match ConfChangeType::from_i32(single.change_type) {
         Some(ConfChangeType::AddNode) if context.promote => MemberChange::Promote(member.id),
         Some(ConfChangeType::AddNode) => MemberChange::Add(member),
         Some(ConfChangeType::AddLearnerNode) if member.is_learner => MemberChange::Add(member),
         Some(ConfChangeType::RemoveNode) => MemberChange::Remove(member.id),
-        other => fatal(&format!("conf change {index} of unexpected type {other:?}")),
-    }
+        other => return Err(format!("conf change of unexpected type {other:?}")),
+    };
+    Ok((context.request_id, member_change))
 }

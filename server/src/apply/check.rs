@@ -1,5 +1,10 @@
-//! The checks etcd's gRPC layer makes before a request reaches raft
-//! (etcd `api/v3rpc/key.go`): same order, same errors.
+//! The checks etcd makes on a request's content before it reaches raft
+//! (etcd `api/v3rpc/key.go`, and `types.NewURLs` for member URLs): same order,
+//! same errors. The client core runs
+//! them on every request it accepts; apply runs them again on every entry it
+//! meets (with no op limit, which is a member's setting), because an entry may
+//! come from a peer that never ran them, and a transaction that passed them
+//! cannot fail half-written.
 
 use std::collections::HashSet;
 
@@ -9,6 +14,13 @@ use crate::etcd_error::EtcdError;
 
 use pb::range_request::{SortOrder, SortTarget};
 use pb::request_op::Request as Op;
+
+/// Transactions one inside another, the outermost included. etcd has no such
+/// limit; ringkv needs one because prost refuses messages nested more than 100
+/// deep (a Txn level is two: `TxnRequest`, `RequestOp`), and every check and
+/// the apply of a Txn recurse once per level. 32 leaves prost's limit far
+/// away (a Put in the 32nd level sits at depth 64).
+pub const TXN_DEPTH_MAX: usize = 32;
 
 pub fn check_range(request: &pb::RangeRequest) -> Result<(), EtcdError> {
     if request.key.is_empty() {
@@ -41,54 +53,19 @@ pub fn check_delete(request: &pb::DeleteRangeRequest) -> Result<(), EtcdError> {
     Ok(())
 }
 
-/// Op count and keys (recursively), then put/delete overlaps in each branch.
-/// etcd's `types.NewURLs` as MemberAdd uses it: at least one URL, each
-/// `scheme://host:port` with scheme http, https, unix or unixs and no path;
-/// returned trimmed and sorted. Any failure is etcd's "given member URLs are
-/// invalid" (its gRPC layer drops the detail).
-pub fn member_peer_urls(urls: &[String]) -> Result<Vec<String>, EtcdError> {
-    if urls.is_empty() {
-        return Err(EtcdError::MemberBadUrls);
-    }
-    let mut checked = Vec::with_capacity(urls.len());
-    for url in urls {
-        let url = url.trim();
-        let (scheme, rest) = url.split_once("://").ok_or(EtcdError::MemberBadUrls)?;
-        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
-            return Err(EtcdError::MemberBadUrls);
-        }
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(authority_end);
-        if !path.is_empty() && path != "/" || !has_port(authority) || url::Url::parse(url).is_err() {
-            return Err(EtcdError::MemberBadUrls);
-        }
-        checked.push(url.to_string());
-    }
-    checked.sort_unstable();
-    Ok(checked)
-}
-
-/// Go's `net.SplitHostPort` succeeds: `host:port` or `[v6]:port`.
-fn has_port(authority: &str) -> bool {
-    let Some((host, _port)) = authority.rsplit_once(':') else {
-        return false;
-    };
-    if host.starts_with('[') {
-        return host.ends_with(']');
-    }
-    !host.contains(':') && !host.contains(['[', ']'])
-}
-
+/// Op count, nesting and keys (recursively), then put/delete overlaps in each branch.
 pub fn check_txn(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
-    check_txn_ops(request, max_txn_ops)?;
+    check_txn_ops(request, max_txn_ops, 1)?;
     check_overlaps(&request.success)?;
     check_overlaps(&request.failure)?;
     Ok(())
 }
 
 /// etcd's `checkTxnRequest`: the largest of compares/success/failure must not
-/// exceed the limit; nested transactions get what is left of it.
-fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
+/// exceed the limit; nested transactions get what is left of it. `depth` is
+/// this transaction's level, 1 for the outermost; a transaction at
+/// [`TXN_DEPTH_MAX`] may hold no other.
+fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize, depth: usize) -> Result<(), EtcdError> {
     let ops = request
         .compare
         .len()
@@ -105,7 +82,8 @@ fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), Etc
             Some(Op::RequestRange(range)) => check_range(range)?,
             Some(Op::RequestPut(put)) => check_put(put)?,
             Some(Op::RequestDeleteRange(delete)) => check_delete(delete)?,
-            Some(Op::RequestTxn(nested)) => check_txn_ops(nested, max_txn_ops - ops)?,
+            Some(Op::RequestTxn(_)) if depth == TXN_DEPTH_MAX => return Err(EtcdError::TxnTooDeep),
+            Some(Op::RequestTxn(nested)) => check_txn_ops(nested, max_txn_ops - ops, depth + 1)?,
             // etcd answers an empty op with "key not found".
             None => return Err(EtcdError::KeyNotFound),
         }
@@ -179,6 +157,43 @@ fn check_overlaps(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Delete
     Ok((puts, deleted))
 }
 
+/// etcd's `types.NewURLs` as MemberAdd uses it: at least one URL, each
+/// `scheme://host:port` with scheme http, https, unix or unixs and no path;
+/// returned trimmed and sorted. Any failure is etcd's "given member URLs are
+/// invalid" (its gRPC layer drops the detail).
+pub fn member_peer_urls(urls: &[String]) -> Result<Vec<String>, EtcdError> {
+    if urls.is_empty() {
+        return Err(EtcdError::MemberBadUrls);
+    }
+    let mut checked = Vec::with_capacity(urls.len());
+    for url in urls {
+        let url = url.trim();
+        let (scheme, rest) = url.split_once("://").ok_or(EtcdError::MemberBadUrls)?;
+        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+            return Err(EtcdError::MemberBadUrls);
+        }
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        if !path.is_empty() && path != "/" || !has_port(authority) || url::Url::parse(url).is_err() {
+            return Err(EtcdError::MemberBadUrls);
+        }
+        checked.push(url.to_string());
+    }
+    checked.sort_unstable();
+    Ok(checked)
+}
+
+/// Go's `net.SplitHostPort` succeeds: `host:port` or `[v6]:port`.
+fn has_port(authority: &str) -> bool {
+    let Some((host, _port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    if host.starts_with('[') {
+        return host.ends_with(']');
+    }
+    !host.contains(':') && !host.contains(['[', ']'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +231,27 @@ mod tests {
         assert_eq!(check_txn(&txn(ops, vec![]), 128), Err(EtcdError::TooManyOps));
         let ops = (0..128).map(|i| put(&format!("k{i}"))).collect();
         assert_eq!(check_txn(&txn(ops, vec![]), 128), Ok(()));
+    }
+
+    #[test]
+    fn transactions_nested_past_the_limit_are_refused() {
+        let mut request = txn(vec![put("k")], vec![]);
+        for _ in 1..TXN_DEPTH_MAX {
+            request = txn(
+                vec![pb::RequestOp {
+                    request: Some(Op::RequestTxn(request)),
+                }],
+                vec![],
+            );
+        }
+        assert_eq!(check_txn(&request, 128), Ok(()));
+        let deeper = txn(
+            vec![],
+            vec![pb::RequestOp {
+                request: Some(Op::RequestTxn(request)),
+            }],
+        );
+        assert_eq!(check_txn(&deeper, 128), Err(EtcdError::TxnTooDeep));
     }
 
     #[test]
