@@ -11,6 +11,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
 use crate::ids;
+use crate::net;
+use crate::store::data_dir::{self, DataDirError, DataDirLock};
 use crate::store::membership::Membership;
 use crate::store::{self, join, Identity, MemberInfo, Start, StoreCoreSettings, WatchChannels};
 
@@ -35,6 +37,8 @@ pub enum StartError {
     Listen(String),
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
 }
 
 /// A running server: the addresses it serves and its executor threads.
@@ -42,6 +46,8 @@ pub struct Running {
     pub identity: Identity,
     pub client_addrs: Vec<SocketAddr>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The data directory is this process's until it ends.
+    _data_dir: DataDirLock,
 }
 
 impl Running {
@@ -54,6 +60,8 @@ impl Running {
 }
 
 pub fn start(config: &Config) -> Result<Running, StartError> {
+    // Before anything reads or writes it, even a joiner's discovery.
+    let data_dir = data_dir::claim(&config.data_dir)?;
     let (identity, initial_membership, start, join_peers) = if config.join_existing && store::is_new(&config.data_dir) {
         let joined = join::discover(&config.peer_urls, &config.initial_cluster).map_err(StartError::Join)?;
         tracing::info!(
@@ -154,58 +162,64 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             max_request_bytes: config.max_request_bytes,
             in_flight_calls_max: IN_FLIGHT_CALLS_PER_CLIENT_CORE,
             election_timeout: config.heartbeat_interval * config.election_ticks as u32,
-            // The first client core also serves the metrics URLs.
-            metrics_addrs: if index == 0 {
-                config.listen_metrics_addrs.clone()
-            } else {
-                Vec::new()
-            },
         };
         let (listen_tx, listen_rx) = mpsc::channel();
-        let (bound_tx, bound_rx) = mpsc::channel();
         threads.push(
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ringkv-client-{index}"))
-                .spawn(move || {
-                    client::run(
-                        settings,
-                        calls,
-                        replies,
-                        watch_commands,
-                        watch_pushes,
-                        listen_rx,
-                        bound_tx,
-                    )
-                })
+                .spawn(move || client::run(settings, calls, replies, watch_commands, watch_pushes, listen_rx))
                 .map_err(|e| StartError::Executor(e.to_string()))?,
         );
-        clients.push((listen_tx, bound_rx));
+        clients.push(listen_tx);
     }
     let identity = ready_rx
         .recv()
         .map_err(|_| StartError::Store("the store core stopped while starting".to_string()))?
         .map_err(StartError::Store)?;
 
-    // The first client core resolves port 0; the others then bind the same ports
-    // (SO_REUSEPORT spreads connections across them).
-    let mut listen = config.listen_client_addrs.clone();
-    let mut client_addrs = Vec::new();
-    for (index, (listen_tx, bound_rx)) in clients.into_iter().enumerate() {
+    // Bound once the store has recovered, and shared: each client core accepts
+    // on its own duplicate of every socket (see `net::bind`).
+    let bind = |addrs: &[SocketAddr]| -> Result<Vec<std::net::TcpListener>, StartError> {
+        addrs
+            .iter()
+            .map(|&addr| net::bind(addr).map_err(|error| StartError::Listen(error.to_string())))
+            .collect()
+    };
+    let client_listeners = bind(&config.listen_client_addrs)?;
+    let metrics_listeners = bind(&config.listen_metrics_addrs)?;
+    let client_addrs = client_listeners
+        .iter()
+        .map(|listener| listener.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| StartError::Listen(error.to_string()))?;
+    let duplicate = |listeners: &[std::net::TcpListener]| -> Result<Vec<std::net::TcpListener>, StartError> {
+        listeners
+            .iter()
+            .map(|listener| {
+                listener
+                    .try_clone()
+                    .map_err(|error| StartError::Listen(error.to_string()))
+            })
+            .collect()
+    };
+    for (index, listen_tx) in clients.into_iter().enumerate() {
+        let listeners = client::Listeners {
+            client: duplicate(&client_listeners)?,
+            // The first client core also serves the metrics URLs.
+            metrics: if index == 0 {
+                duplicate(&metrics_listeners)?
+            } else {
+                Vec::new()
+            },
+        };
         listen_tx
-            .send(listen.clone())
+            .send(listeners)
             .map_err(|_| StartError::Listen("a client core stopped while starting".to_string()))?;
-        let bound = bound_rx
-            .recv()
-            .map_err(|_| StartError::Listen("a client core stopped while starting".to_string()))?
-            .map_err(StartError::Listen)?;
-        if index == 0 {
-            listen = bound.clone();
-            client_addrs = bound;
-        }
     }
     Ok(Running {
         identity,
         client_addrs,
         threads,
+        _data_dir: data_dir,
     })
 }

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ringkv_engine::btree::Tree;
+use ringkv_server::store::data_dir::{self, STORE_FILE};
 use ringkv_server::store::restore::{self, SnapshotSummary};
-use ringkv_server::store::STORE_FILE;
 
 #[derive(Parser)]
 #[command(
@@ -152,6 +152,8 @@ fn snapshot_restore(args: RestoreArgs) -> Result<(), String> {
 }
 
 fn check(data_dir: PathBuf) -> Result<(), String> {
+    // A running member's page store changes under the reader.
+    data_dir::check_stopped(&data_dir).map_err(|error| error.to_string())?;
     let store = data_dir.join(STORE_FILE);
     // Opening would create a missing file and initialize an empty one: look first.
     let len = std::fs::metadata(&store)

@@ -163,12 +163,21 @@ fn main() {
     } else {
         flags.cpus
     };
+    // One listening socket, accepted on by every executor (as ringkv's client cores do).
+    let listener = net::bind(addr).unwrap_or_else(|error| {
+        eprintln!("ringkv-ceiling: {error}");
+        std::process::exit(1);
+    });
     let executors: Vec<_> = cpus
         .iter()
         .map(|&cpu| {
+            let listener = listener.try_clone().unwrap_or_else(|error| {
+                eprintln!("ringkv-ceiling: cannot share the listener: {error}");
+                std::process::exit(1);
+            });
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ringkv-ceiling-{cpu}"))
-                .spawn(move || serve(addr))
+                .spawn(move || serve(listener))
                 .unwrap_or_else(|error| {
                     eprintln!("ringkv-ceiling: cannot start an executor on CPU {cpu}: {error}");
                     std::process::exit(1);
@@ -181,14 +190,10 @@ fn main() {
     }
 }
 
-/// One executor's listener (SO_REUSEPORT spreads connections over them all).
-async fn serve(addr: SocketAddr) {
-    let listener = net::listen(addr).unwrap_or_else(|error| {
-        eprintln!("ringkv-ceiling: cannot listen on {addr}: {error}");
-        std::process::exit(1);
-    });
+/// One executor accepting on its duplicate of the listening socket.
+async fn serve(listener: std::net::TcpListener) {
     net::serve_client_port(
-        listener,
+        net::adopt(listener),
         Rc::new(NullKv::default()),
         Rc::new(NoHttp),
         ConnectionLimits::default(),

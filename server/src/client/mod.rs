@@ -9,7 +9,6 @@ mod snapshot;
 mod store_client;
 mod watch;
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -32,23 +31,27 @@ pub struct ClientCoreSettings {
     pub max_request_bytes: usize,
     /// Calls in flight to the store core from this client core.
     pub in_flight_calls_max: usize,
-    /// `--listen-metrics-urls` (HTTP only), served by one client core.
-    pub metrics_addrs: Vec<SocketAddr>,
     /// `--election-timeout`: how often streams that require a leader check.
     pub election_timeout: Duration,
 }
 
-/// Connects to the store core, waits for the addresses to listen on (sent once
-/// the store is ready), binds them and serves until the process ends. `bound`
-/// receives the addresses actually bound (port 0 becomes a real port) or the error.
+/// The listening sockets one client core accepts on: duplicates of the ones
+/// the starting thread bound (`net::bind`), shared by every client core.
+pub struct Listeners {
+    pub client: Vec<std::net::TcpListener>,
+    /// `--listen-metrics-urls` (HTTP only), served by one client core.
+    pub metrics: Vec<std::net::TcpListener>,
+}
+
+/// Connects to the store core, waits for its listeners (sent once the store is
+/// ready) and serves them until the process ends.
 pub async fn run(
     settings: ClientCoreSettings,
     calls: SharedSender<Call>,
     replies: SharedReceiver<Reply>,
     watch_commands: SharedSender<WatchCommand>,
     watch_pushes: SharedReceiver<WatchPush>,
-    listen: std::sync::mpsc::Receiver<Vec<SocketAddr>>,
-    bound: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, String>>,
+    listeners: std::sync::mpsc::Receiver<Listeners>,
 ) {
     // Both at once: each waits for the store core to connect its end.
     let calls = glommio::spawn_local(calls.connect());
@@ -60,31 +63,9 @@ pub async fn run(
     let watches = WatchRouter::start(watch_commands, watch_pushes, settings.max_request_bytes);
     let store = StoreClient::new(calls, settings.in_flight_calls_max);
     glommio::spawn_local(Rc::clone(&store).pump_replies(replies)).detach();
-    let Some(listen) = wait_for_listen_addresses(&listen).await else {
+    let Some(listeners) = wait_for_listeners(&listeners).await else {
         return;
     };
-
-    let mut listeners = Vec::with_capacity(listen.len());
-    let mut metrics_listeners = Vec::with_capacity(settings.metrics_addrs.len());
-    for (addr, metrics) in listen
-        .iter()
-        .map(|addr| (addr, false))
-        .chain(settings.metrics_addrs.iter().map(|addr| (addr, true)))
-    {
-        match crate::net::listen(*addr) {
-            Ok(listener) if metrics => metrics_listeners.push(listener),
-            Ok(listener) => listeners.push(listener),
-            Err(error) => {
-                let _ = bound.send(Err(format!("cannot listen on {addr}: {error}")));
-                return;
-            }
-        }
-    }
-    let addrs = listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("a bound listener has an address"))
-        .collect();
-    let _ = bound.send(Ok(addrs));
 
     let leader_monitor = LeaderMonitor::new(Rc::clone(&store), settings.election_timeout);
     let service = Rc::new(EtcdService::new(
@@ -96,14 +77,20 @@ pub async fn run(
     let http = Rc::new(http::EtcdHttp::new(store));
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
-    for listener in metrics_listeners {
-        glommio::spawn_local(net::serve_http_port(listener, Rc::clone(&http), limits.clone())).detach();
+    for listener in listeners.metrics {
+        glommio::spawn_local(net::serve_http_port(
+            net::adopt(listener),
+            Rc::clone(&http),
+            limits.clone(),
+        ))
+        .detach();
     }
     let tasks: Vec<_> = listeners
+        .client
         .into_iter()
         .map(|listener| {
             glommio::spawn_local(net::serve_client_port(
-                listener,
+                net::adopt(listener),
                 Rc::clone(&service),
                 Rc::clone(&http),
                 limits.clone(),
@@ -115,11 +102,11 @@ pub async fn run(
     }
 }
 
-/// The addresses to serve, sent from the starting thread; None if it gave up.
-async fn wait_for_listen_addresses(listen: &std::sync::mpsc::Receiver<Vec<SocketAddr>>) -> Option<Vec<SocketAddr>> {
+/// The sockets to serve, sent from the starting thread; None if it gave up.
+async fn wait_for_listeners(listeners: &std::sync::mpsc::Receiver<Listeners>) -> Option<Listeners> {
     loop {
-        match listen.try_recv() {
-            Ok(addrs) => return Some(addrs),
+        match listeners.try_recv() {
+            Ok(listeners) => return Some(listeners),
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
             }

@@ -134,7 +134,7 @@ impl PeerTransport {
                 membership: Rc::clone(&self.membership),
             };
             let listening = listen(*addr, local, Rc::clone(&self.report))
-                .map_err(|error| format!("cannot listen for peers on {addr}: {error}"))?;
+                .map_err(|error| format!("cannot listen for peers: {error}"))?;
             tracing::info!("listening for peers on http://{listening}");
             bound.push(listening);
         }
@@ -400,9 +400,12 @@ pub struct Local {
 }
 
 /// Accepts peer connections on `addr` until the process ends.
-fn listen(addr: SocketAddr, local: Local, report: Report) -> std::io::Result<SocketAddr> {
+fn listen(addr: SocketAddr, local: Local, report: Report) -> Result<SocketAddr, crate::net::BindError> {
     let listener = crate::net::listen(addr)?;
-    let bound = listener.local_addr()?;
+    let bound = listener.local_addr().map_err(|source| crate::net::BindError {
+        addr,
+        source: source.into(),
+    })?;
     let local = Rc::new(local);
     glommio::spawn_local(async move {
         loop {

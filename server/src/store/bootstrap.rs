@@ -1,11 +1,9 @@
 //! Opening the store at start: page store and MVCC, the WAL (created on first
 //! start), the raft log rebuilt from the WAL, and a `RawNode` over it.
 //!
-//! Layout of the data directory:
-//! - `wal/`: WAL segments (the raft log), see docs/wal-format.md
-//! - `store.db`: the page store holding MVCC, see docs/page-format.md
-//! - `snap/`: raft snapshots received from the leader (`<from>.part` while
-//!   arriving, `snapshot-<index>.db` once complete), see `install_interrupted`
+//! The data directory's layout is `data_dir`'s; `snap/` holds raft snapshots
+//! received from the leader (`<from>.part` while arriving,
+//! `snapshot-<index>.db` once complete), see `install_interrupted`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,15 +13,11 @@ use raft::{Config as RaftConfig, RawNode};
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
 
+use super::data_dir::{SNAP_DIR, STORE_FILE, WAL_DIR};
 use super::membership::Membership;
 use super::raft_log::RaftLog;
 use super::raft_logger;
 use super::wal_io;
-
-/// The page store's file and the WAL's directory in a data directory.
-pub const STORE_FILE: &str = "store.db";
-pub(super) const WAL_DIR: &str = "wal";
-pub(super) const SNAP_DIR: &str = "snap";
 
 /// raft ticks per heartbeat: one tick is `--heartbeat-interval`.
 const HEARTBEAT_TICKS: usize = 1;

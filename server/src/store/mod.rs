@@ -3,6 +3,7 @@
 pub mod auto_compaction;
 mod bootstrap;
 mod core;
+pub mod data_dir;
 mod entry;
 mod id_generator;
 pub mod join;
@@ -27,7 +28,7 @@ use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
-pub use self::bootstrap::{Identity, Start, STORE_FILE};
+pub use self::bootstrap::{Identity, Start};
 pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
 use self::membership::Membership;
@@ -68,7 +69,7 @@ pub struct StoreCoreSettings {
 /// True if `data_dir` holds no member yet (no WAL): flags that only matter at
 /// creation (`--initial-cluster-state`) apply.
 pub fn is_new(data_dir: &std::path::Path) -> bool {
-    !ringkv_engine::wal::Wal::exists(&data_dir.join(bootstrap::WAL_DIR))
+    !ringkv_engine::wal::Wal::exists(&data_dir.join(data_dir::WAL_DIR))
 }
 
 /// The watch channels of every client core (see `crate::watch`).
@@ -149,7 +150,7 @@ pub async fn run(
         identity.cluster_id,
         Rc::clone(&report),
         settings.listen_peer_addrs.clone(),
-        settings.data_dir.join(bootstrap::SNAP_DIR),
+        settings.data_dir.join(data_dir::SNAP_DIR),
     );
     // A member alone listens only once it has a peer (see `PeerTransport::listen`);
     // one with peers does now, so that a port in use is a start error.

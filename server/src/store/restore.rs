@@ -29,6 +29,7 @@ use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
 use sha2::{Digest, Sha256};
 
 use super::bootstrap::{self, Identity};
+use super::data_dir;
 use super::membership::Membership;
 use crate::config::{self, ConfigError};
 use crate::ids;
@@ -131,7 +132,7 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
 /// Checks a snapshot file (trailer, then every page of the tree) and says what
 /// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
 pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
-    let scratch = scratch_dir.join(bootstrap::STORE_FILE);
+    let scratch = scratch_dir.join(data_dir::STORE_FILE);
     let result = extract(snapshot, &scratch, skip_hash_check).and_then(|checked| summarize(&scratch, checked));
     let _ = std::fs::remove_file(&scratch);
     result
@@ -196,7 +197,7 @@ async fn build(
     membership: &Membership,
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
-    let store = dir.join(bootstrap::STORE_FILE);
+    let store = dir.join(data_dir::STORE_FILE);
     let checked = extract(snapshot, &store, skip_hash_check)?;
     let summary = summarize(&store, checked)?;
     // The snapshot holds the membership and configuration of the cluster it
@@ -212,7 +213,7 @@ async fn build(
     mvcc.commit()?;
     drop(mvcc);
     let (wal, _) = bootstrap::create_wal_at(
-        &dir.join(bootstrap::WAL_DIR),
+        &dir.join(data_dir::WAL_DIR),
         identity,
         &voters,
         summary.applied_index,

@@ -23,7 +23,8 @@ use raft::eraftpb::{Entry, Message as RaftMessage, MessageType, SnapshotMetadata
 use raft::SnapshotStatus;
 use ringkv_engine::mvcc::{Mvcc, SnapshotSource};
 
-use super::super::bootstrap::{self, SNAP_DIR, STORE_FILE};
+use super::super::bootstrap;
+use super::super::data_dir::{SNAP_DIR, STORE_FILE};
 use super::super::membership::Membership;
 use super::{fatal, StoreCore};
 use crate::peer;
