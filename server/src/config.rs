@@ -2,6 +2,7 @@
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
 use crate::store::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
+use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +13,16 @@ use clap::Parser;
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 /// etcd's `--max-request-bytes` default: 1.5 MiB.
 pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// Above this etcd warns that requests this large may slow the cluster (its
+/// `recommendedMaxRequestBytes`, 10 MiB); ringkv warns too.
+pub const MAX_REQUEST_BYTES_RECOMMENDED: usize = 10 * 1024 * 1024;
+/// The largest `--max-request-bytes` ringkv accepts: a request is proposed as
+/// one raft entry, which is one WAL record (at most half a WAL segment: 32 MiB)
+/// and travels to a follower in one peer frame (64 MiB) beside at most 1 MiB
+/// of other entries. 1 MiB of the record is kept for its own header and the
+/// records every segment starts with. etcd has no upper bound, but nothing
+/// larger could be written or sent, so a larger value is refused at start.
+pub const MAX_REQUEST_BYTES_MAX: usize = (SEGMENT_BYTES_DEFAULT / 2) as usize - 1024 * 1024;
 /// etcd's `--backend-batch-limit` default: page-store commit after this many applied entries.
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
 /// etcd's backend quota when `--quota-backend-bytes` is 0: 2 GiB.
@@ -211,6 +222,12 @@ pub enum ConfigError {
     TooShort { flag: &'static str, min: Duration },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
+    #[error("--{flag} must be at most {max} (asked for {value})")]
+    TooLarge {
+        flag: &'static str,
+        value: usize,
+        max: usize,
+    },
     #[error("--initial-cluster: {0}")]
     InitialCluster(String),
     #[error(
@@ -279,6 +296,13 @@ impl Flags {
         if self.max_request_bytes == 0 {
             return Err(ConfigError::Zero {
                 flag: "max-request-bytes",
+            });
+        }
+        if self.max_request_bytes > MAX_REQUEST_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                flag: "max-request-bytes",
+                value: self.max_request_bytes,
+                max: MAX_REQUEST_BYTES_MAX,
             });
         }
         if self.backend_batch_limit == 0 {
@@ -484,6 +508,24 @@ mod tests {
         assert_eq!(config.quota_backend_bytes, None);
         let config = parse(&["--quota-backend-bytes", "4096"]).into_config(2).unwrap();
         assert_eq!(config.quota_backend_bytes, Some(4096));
+    }
+
+    #[test]
+    fn max_request_bytes_past_what_a_wal_record_holds_is_refused_at_start() {
+        let most = MAX_REQUEST_BYTES_MAX.to_string();
+        assert_eq!(
+            parse(&["--max-request-bytes", &most])
+                .into_config(2)
+                .unwrap()
+                .max_request_bytes,
+            MAX_REQUEST_BYTES_MAX
+        );
+        let over = (MAX_REQUEST_BYTES_MAX + 1).to_string();
+        let error = parse(&["--max-request-bytes", &over]).into_config(2).unwrap_err();
+        assert!(matches!(error, ConfigError::TooLarge { .. }), "{error}");
+        // The bound is below what the WAL takes in one record.
+        let wal = ringkv_engine::wal::WalOptions::default();
+        assert!(MAX_REQUEST_BYTES_MAX < wal.max_record_bytes());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use ringkv_server::config::Flags;
+use ringkv_server::config::{Flags, MAX_REQUEST_BYTES_RECOMMENDED};
 use ringkv_server::server;
 use tracing_subscriber::EnvFilter;
 
@@ -44,6 +44,13 @@ fn main() {
         etcd_version = ringkv_server::version::ETCD_COMPATIBLE_VERSION,
         "starting ringkv"
     );
+    if config.max_request_bytes > MAX_REQUEST_BYTES_RECOMMENDED {
+        tracing::warn!(
+            max_request_bytes = config.max_request_bytes,
+            recommended = MAX_REQUEST_BYTES_RECOMMENDED,
+            "--max-request-bytes exceeds the recommended limit: large requests may slow the whole cluster"
+        );
+    }
     let running = match server::start(&config) {
         Ok(running) => running,
         Err(error) => {
