@@ -5,6 +5,8 @@ mod bootstrap;
 mod core;
 pub mod data_dir;
 mod entry;
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod id_generator;
 pub mod join;
 mod lease_clock;

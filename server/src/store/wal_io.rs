@@ -2,9 +2,7 @@
 //! reports back. Converting between raft's types and the WAL's record types
 //! happens here, so `engine` never depends on raft.
 
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use prost::Message;
@@ -21,30 +19,17 @@ pub enum WalJob {
     Release(SnapshotRecord),
 }
 
-/// The fault suite's slow disk (`server/tests/faults.rs`): with this variable
-/// naming a file, every WAL write first waits as many milliseconds as the file
-/// holds (none while it is absent). Unset, as in any real deployment, nothing
-/// is read and nothing waits.
-const DISK_DELAY_ENV: &str = "RINGKV_FAULT_DISK_DELAY_FILE";
-
-/// The injected delay before a WAL write, if the hook is set and holds one.
-fn injected_disk_delay(file: Option<&Path>) -> Option<Duration> {
-    let millis = std::fs::read_to_string(file?).ok()?.trim().parse().ok()?;
-    Some(Duration::from_millis(millis))
-}
-
 /// Runs until the job channel closes. A WAL error is fatal: it is reported and the
 /// store core stops the process (an fsync error must never be retried).
 pub async fn run(mut wal: Wal, jobs: LocalReceiver<WalJob>, events: Rc<LocalSender<Event>>) {
-    let disk_delay_file = std::env::var_os(DISK_DELAY_ENV).map(PathBuf::from);
-    if let Some(file) = &disk_delay_file {
-        tracing::warn!(file = %file.display(), "fault injection: WAL writes wait the delay this file holds");
-    }
+    #[cfg(feature = "fault-injection")]
+    let disk_delay = super::fault::DiskDelay::from_env();
     while let Some(job) = jobs.recv().await {
         let event = match job {
             WalJob::Persist { ready, records } => {
                 let started = std::time::Instant::now();
-                if let Some(delay) = injected_disk_delay(disk_delay_file.as_deref()) {
+                #[cfg(feature = "fault-injection")]
+                if let Some(delay) = disk_delay.as_ref().and_then(super::fault::DiskDelay::current) {
                     glommio::timer::sleep(delay).await;
                 }
                 let result = wal.append(&records).await;
