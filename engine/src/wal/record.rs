@@ -19,6 +19,9 @@
 //! All integers little endian.
 
 pub const BLOCK_BYTES: usize = 4096;
+/// The unit a device is assumed to write whole or not at all, even when a power
+/// cut interrupts a larger write: the smallest sector size in use.
+pub const SECTOR_BYTES: usize = 512;
 pub const FRAME_HEADER_BYTES: usize = 40;
 pub const RECORD_HEADER_BYTES: usize = 9;
 const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"RKVF");

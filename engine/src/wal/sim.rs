@@ -2,9 +2,11 @@
 //!
 //! Each file keeps its durable bytes and the writes made since its last sync.
 //! [`SimDir::crash`] throws away what was never synced: every unsynced block is
-//! independently kept, lost, or torn (only a prefix of it reaches the "disk"),
-//! chosen by a seed. Directory operations (create, rename, remove) are durable at
-//! once, as the real implementation syncs the directory after each.
+//! kept, lost, or torn (each of its 512-byte sectors kept or lost), chosen by a
+//! seed. Sectors are the unit a device writes whole (docs/wal-format.md, the
+//! tail rule): a crash never leaves part of one. Directory operations (create,
+//! rename, remove) are durable at once, as the real implementation syncs the
+//! directory after each.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,9 +17,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::io::{WalDir, WalFile};
-use super::record::BLOCK_BYTES;
+use super::record::{BLOCK_BYTES, SECTOR_BYTES};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct FileState {
     durable: Vec<u8>,
     /// (offset, bytes) written since the last sync, in order.
@@ -58,6 +60,8 @@ struct Shared {
     files: BTreeMap<String, Rc<RefCell<FileState>>>,
     faults: Faults,
     syncs: u64,
+    /// Every write so far: file name, offset, bytes.
+    writes: Vec<(String, u64, usize)>,
 }
 
 /// An in-memory directory; clones share the same files.
@@ -103,45 +107,64 @@ impl SimDir {
         self.shared.borrow().syncs
     }
 
-    /// Loses, keeps or tears each unsynced block, as a power cut might.
+    /// Loses, keeps or tears each unsynced block, as a power cut might: a torn
+    /// block keeps some of its sectors.
     pub fn crash(&self, seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut fates = BTreeMap::new();
+        self.crash_keeping(|name, sector_offset| {
+            let block = (name.to_string(), sector_offset / BLOCK_BYTES as u64);
+            let fate = *fates.entry(block).or_insert_with(|| rng.gen_range(0..3));
+            match fate {
+                0 => false,
+                1 => true,
+                _ => rng.gen_bool(0.5),
+            }
+        });
+    }
+
+    /// A crash with chosen fates: an unsynced sector reaches the disk if
+    /// `keep(file name, sector offset)`, else the disk keeps its old bytes.
+    /// Sectors are offered in file-name order, then in write order.
+    pub fn crash_keeping(&self, mut keep: impl FnMut(&str, u64) -> bool) {
         let shared = self.shared.borrow();
-        for file in shared.files.values() {
+        for (name, file) in &shared.files {
             let mut file = file.borrow_mut();
             let unsynced = std::mem::take(&mut file.unsynced);
             for (offset, data) in unsynced {
-                for (i, block) in data.chunks(BLOCK_BYTES).enumerate() {
-                    let at = offset + (i * BLOCK_BYTES) as u64;
-                    match rng.gen_range(0..3) {
-                        0 => {}
-                        1 => overwrite(&mut file.durable, at, block),
-                        _ => {
-                            let kept = rng.gen_range(1..block.len());
-                            overwrite(&mut file.durable, at, &block[..kept]);
-                        }
+                for (i, sector) in data.chunks(SECTOR_BYTES).enumerate() {
+                    let at = offset + (i * SECTOR_BYTES) as u64;
+                    if keep(name, at) {
+                        overwrite(&mut file.durable, at, sector);
                     }
                 }
             }
         }
     }
 
-    /// A crash with chosen fates: every unsynced block reaches the disk except the
-    /// blocks named in `lost` (file name, block offset), which keep their old bytes.
-    pub fn crash_losing(&self, lost: &[(&str, u64)]) {
+    /// An independent copy of the directory, durable and unsynced bytes alike,
+    /// with no fault armed: to try several fates of one crash.
+    pub fn fork(&self) -> SimDir {
         let shared = self.shared.borrow();
-        for (name, file) in &shared.files {
-            let mut file = file.borrow_mut();
-            let unsynced = std::mem::take(&mut file.unsynced);
-            for (offset, data) in unsynced {
-                for (i, block) in data.chunks(BLOCK_BYTES).enumerate() {
-                    let at = offset + (i * BLOCK_BYTES) as u64;
-                    if !lost.contains(&(name.as_str(), at)) {
-                        overwrite(&mut file.durable, at, block);
-                    }
-                }
-            }
+        let files = shared
+            .files
+            .iter()
+            .map(|(name, file)| (name.clone(), Rc::new(RefCell::new(file.borrow().clone()))))
+            .collect();
+        SimDir {
+            shared: Rc::new(RefCell::new(Shared {
+                files,
+                faults: Faults::default(),
+                syncs: shared.syncs,
+                writes: shared.writes.clone(),
+            })),
         }
+    }
+
+    /// Every write so far (file name, offset, bytes), oldest first: where each
+    /// frame went.
+    pub fn writes(&self) -> Vec<(String, u64, usize)> {
+        self.shared.borrow().writes.clone()
     }
 
     /// Replaces durable bytes of a file (a misdirected write, a bad sector).
@@ -161,12 +184,14 @@ impl SimDir {
         file.durable.truncate(len as usize);
     }
 
-    /// Flips one byte of a file's durable contents (a bad disk sector).
-    pub fn corrupt(&self, name: &str, offset: u64) {
+    /// Flips the bits of `mask` in one byte of a file's durable contents (a
+    /// bad disk sector); flipping them again undoes it.
+    pub fn flip(&self, name: &str, offset: u64, mask: u8) {
         let shared = self.shared.borrow();
         let mut file = shared.files[name].borrow_mut();
-        assert!(file.unsynced.is_empty(), "corrupt durable data only");
-        file.durable[offset as usize] ^= 0x5a;
+        assert!(file.unsynced.is_empty(), "damage durable data only");
+        assert_ne!(mask, 0, "a flip changes the byte");
+        file.durable[offset as usize] ^= mask;
     }
 
     /// A copy of a file's durable bytes.
@@ -176,6 +201,7 @@ impl SimDir {
 }
 
 pub struct SimFile {
+    name: String,
     state: Rc<RefCell<FileState>>,
     dir: SimDir,
 }
@@ -191,6 +217,7 @@ impl WalFile for SimFile {
         } else {
             data.len()
         };
+        shared.writes.push((self.name.clone(), offset, len));
         self.state.borrow_mut().unsynced.push((offset, data[..len].to_vec()));
         Ok(len)
     }
@@ -251,6 +278,7 @@ impl WalDir for SimDir {
             .files
             .insert(name.to_string(), Rc::clone(&state));
         Ok(SimFile {
+            name: name.to_string(),
             state,
             dir: self.clone(),
         })
@@ -260,6 +288,7 @@ impl WalDir for SimDir {
         let state = self.shared.borrow().files.get(name).cloned();
         let state = state.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
         Ok(SimFile {
+            name: name.to_string(),
             state,
             dir: self.clone(),
         })

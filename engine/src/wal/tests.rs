@@ -136,7 +136,7 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() {
         drop(wal);
         // Frame 0 holds the metadata; frame 2 (entry 2) starts at block 2.
         let offset = 2 * BLOCK_BYTES as u64;
-        dir.corrupt("0000000000000000.wal", offset + 60);
+        dir.flip("0000000000000000.wal", offset + 60, 0x5a);
         match reopen(&dir).await {
             Err(WalError::Corrupt { file, offset: at, .. }) => {
                 assert_eq!(file, std::path::PathBuf::from("0000000000000000.wal"));
@@ -156,7 +156,7 @@ fn a_damaged_last_frame_alone_is_a_torn_tail() {
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
         }
         drop(wal);
-        dir.corrupt("0000000000000000.wal", 3 * BLOCK_BYTES as u64 + 60);
+        dir.flip("0000000000000000.wal", 3 * BLOCK_BYTES as u64 + 60, 0x5a);
         let (_, recovered) = reopen(&dir).await.unwrap();
         assert_eq!(indexes(&recovered), vec![1, 2]);
     });
@@ -629,7 +629,7 @@ fn the_log_ending_at_the_start_of_an_existing_segment_reopens_that_file() {
         dir.die_at_next_sync();
         assert!(wal.append(&[entry(16, 1, 5000)]).await.is_err());
         drop(wal);
-        dir.crash_losing(&[(&segment(1), 0)]);
+        dir.crash_keeping(|name, at| name != segment(1) || at >= BLOCK_BYTES as u64);
         let before = dir.durable_bytes(&segment(1));
         assert!(before[BLOCK_BYTES..2 * BLOCK_BYTES].iter().any(|&b| b != 0));
         let (mut wal, recovered) = reopen(&dir).await.unwrap();
