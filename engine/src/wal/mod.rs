@@ -21,7 +21,7 @@ pub use io::{sync_directory, sync_parent_directory, DmaDir, DmaSegment, WalDir, 
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
 
 use record::{
-    encode_frame, frame_len, metadata_record_bytes, records_fitting, snapshot_record_bytes, FRAME_HEADER_BYTES,
+    encode_frame, metadata_record_bytes, payload_bytes_max, records_fitting, snapshot_record_bytes, FRAME_HEADER_BYTES,
     HARD_STATE_RECORD_BYTES,
 };
 use recovery::{LiveSegment, SegmentName};
@@ -325,7 +325,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             self.latest_hard_state.is_some() || records.iter().any(|r| matches!(r, Record::HardState(_)));
         let hard_state_bytes = if has_hard_state { HARD_STATE_RECORD_BYTES } else { 0 };
         let start_bytes = metadata_record_bytes(&self.metadata) + snapshot_bytes + hard_state_bytes;
-        let room = (self.options.segment_bytes as usize).saturating_sub(FRAME_HEADER_BYTES + start_bytes);
+        let room = payload_bytes_max(self.options.segment_bytes as usize).saturating_sub(start_bytes);
         room.min(self.options.max_record_bytes())
     }
 
@@ -342,10 +342,10 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
                 if self.active.offset == 0 {
                     // Not even an empty segment takes it: rolling on would loop
                     // forever. record_bytes_max refuses such records up front.
-                    let start_refs: Vec<&Record> = start.iter().collect();
+                    let start_bytes: usize = start.iter().map(Record::encoded_len).sum();
                     return Err(WalError::RecordTooLarge {
                         bytes: records[0].encoded_len(),
-                        max: room.saturating_sub(frame_len(&start_refs)),
+                        max: payload_bytes_max(room).saturating_sub(start_bytes),
                     });
                 }
                 self.roll().await?;

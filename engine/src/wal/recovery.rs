@@ -1,20 +1,24 @@
-//! Reading the WAL back at open: replay every valid frame in order, find where the
-//! log ends, and tell a torn tail (truncate) from corruption (refuse).
+//! Reading the WAL back at open: replay every whole frame in order, find where
+//! the log ends, and tell a torn tail (the log ends there) from damage or
+//! corruption (refuse to open).
 //!
-//! Segment files must be full-size and numbered without gaps. The log ends at the
-//! first frame that is not the next valid one: bad header, wrong segment sequence
-//! (stale bytes of a recycled segment), a lower batch sequence, or a bad record --
-//! unless the next segment starts with the expected frame (the writer rolled over,
-//! leaving the tail of this one unused). That is a torn write if nothing valid of
-//! the live sequence follows it; if any later block, in the same segment or a
-//! later one, holds a valid frame header of its own segment with a batch sequence
-//! at or past the expected one, the log was damaged in the middle: corruption. So
-//! is a frame of this segment with a batch sequence past the expected one where
-//! the expected one should be (frames are missing).
+//! Segment files must be full-size and numbered without gaps. The log ends at
+//! the first position that does not hold the next whole frame, unless the next
+//! segment starts with it (the writer rolled over, leaving the tail of this one
+//! unused). What is there decides whether it may end there: only what a crash
+//! during the write of the next frame can leave (zeros or older frames' sectors
+//! where the header would be, or the header with some sectors unwritten) is a
+//! torn tail; a sector that fails its checksum and is not zeros may be damage to
+//! an acknowledged frame, so the WAL refuses to open rather than drop it. So it
+//! does if any later block, in the same segment or a later one, starts a frame
+//! of its own segment with a batch sequence at or past the expected one (the log
+//! was damaged in the middle), or if a frame of this segment with a batch
+//! sequence past the expected one sits where the expected one should be.
 
 use super::io::{WalDir, WalFile};
 use super::record::{
-    parse_frame_header, parse_frame_records, EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES,
+    check_frame, is_old_format_frame, parse_frame_header, read_frame_start, EntryRecord, FrameCheck, FrameStart,
+    HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES,
 };
 use super::{Recovered, WalError};
 
@@ -150,6 +154,21 @@ impl Replay {
     }
 }
 
+/// Why the log does not go on at a position.
+enum End {
+    /// What a crash during the write of the next frame can leave there: the
+    /// log may end here (a torn tail), if nothing live follows.
+    Unwritten(String),
+    /// A damaged sector where the next frame is or would start: perhaps an
+    /// acknowledged frame, so the log does not end here.
+    Damaged(String),
+}
+
+/// Why a WAL of the frame format before sector stamps is refused.
+const OLD_FORMAT_REASON: &str = "frame magic \"RKVF\": a WAL of the frame format before sector stamps, which \
+    this ringkv does not read (it reads \"RKF2\"; no release wrote the older one and there is no converter): \
+    start this member from a new data directory";
+
 /// Scans every segment of `dir`, whose files must all be `segment_bytes` long.
 /// `None` if there is no segment at all.
 pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>, WalError> {
@@ -159,27 +178,36 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
     }
     let contents = read_segments(dir, &segments).await?;
     check_segment_files(dir, &segments, &contents, segment_bytes)?;
-    let mut replay = Replay::default();
-    let mut live: Vec<LiveSegment> = Vec::new();
-    let mut expected_batch: Option<u64> = None;
     let corrupt = |index: usize, offset: u64, reason: String| WalError::Corrupt {
         file: dir.display_path(&segments[index].name),
         offset,
         reason,
     };
+    // Every segment starts with a frame, so the oldest one tells the format.
+    if is_old_format_frame(&contents[0]) {
+        return Err(corrupt(0, 0, OLD_FORMAT_REASON.to_string()));
+    }
+    let mut replay = Replay::default();
+    let mut live: Vec<LiveSegment> = Vec::new();
+    let mut expected_batch: Option<u64> = None;
     for (index, (segment, bytes)) in segments.iter().zip(&contents).enumerate() {
         let mut offset = 0usize;
         let mut max_entry_index = 0u64;
         let mut frames = 0usize;
-        let end_reason = loop {
+        let end = loop {
             if offset + BLOCK_BYTES > bytes.len() {
                 break None; // segment full: continue in the next one
             }
-            let Some(header) = parse_frame_header(&bytes[offset..]) else {
-                break Some("no valid frame header".to_string());
+            let header = match read_frame_start(&bytes[offset..]) {
+                FrameStart::Header(header) => header,
+                FrameStart::Unwritten(found) => break Some(End::Unwritten(found.to_string())),
+                FrameStart::Damaged(found) => break Some(End::Damaged(found.to_string())),
             };
             if header.segment_seq != segment.seq {
-                break Some(format!("frame of segment {} (stale)", header.segment_seq));
+                break Some(End::Unwritten(format!(
+                    "a frame of segment {} (stale)",
+                    header.segment_seq
+                )));
             }
             if let Some(expected) = expected_batch {
                 if header.batch_seq > expected {
@@ -194,15 +222,34 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                     ));
                 }
                 if header.batch_seq < expected {
-                    break Some(format!("batch {} where {expected} was expected", header.batch_seq));
+                    break Some(End::Unwritten(format!(
+                        "batch {} where {expected} was expected",
+                        header.batch_seq
+                    )));
                 }
             }
             if offset + header.frame_len() > bytes.len() {
-                break Some("frame runs past the segment".to_string());
+                break Some(End::Damaged(format!(
+                    "the header of batch {} gives a frame running past the segment",
+                    header.batch_seq
+                )));
             }
-            let records = match parse_frame_records(&header, &bytes[offset..offset + header.frame_len()]) {
-                Ok(records) => records,
-                Err(reason) => break Some(reason.to_string()),
+            let records = match check_frame(&header, &bytes[offset..offset + header.frame_len()]) {
+                FrameCheck::Whole(records) => records,
+                FrameCheck::Torn { at, found } => {
+                    break Some(End::Unwritten(format!(
+                        "batch {} is torn: {found} at offset {}",
+                        header.batch_seq,
+                        offset + at
+                    )))
+                }
+                FrameCheck::Damaged { at, found } => {
+                    break Some(End::Damaged(format!(
+                        "batch {}: {found} at offset {}",
+                        header.batch_seq,
+                        offset + at
+                    )))
+                }
             };
             for record in records {
                 if let Some(entry_index) = replay.apply(record).map_err(|r| corrupt(index, offset as u64, r))? {
@@ -219,7 +266,7 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                 max_entry_index,
             });
         }
-        let Some(reason) = end_reason else {
+        let Some(end) = end else {
             continue;
         };
         // A writer that found no room here rolled to the next segment and left
@@ -232,25 +279,34 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                 continue;
             }
         }
-        // The log ends here: torn tail, unless something live follows.
         let next_batch = expected_batch.unwrap_or(0);
+        let found = match &end {
+            End::Unwritten(found) | End::Damaged(found) => found,
+        };
         if let Some((at_segment, at_offset)) = find_later_frame(&segments, &contents, index, offset, next_batch) {
             return Err(corrupt(
                 index,
                 offset as u64,
                 format!(
-                    "{reason}, but a valid frame follows in {} at offset {at_offset}",
+                    "{found}, but a valid frame follows in {} at offset {at_offset}",
                     segments[at_segment].name
                 ),
             ));
         }
-        if live.is_empty() {
+        if let End::Damaged(found) = end {
             return Err(corrupt(
                 index,
                 offset as u64,
-                format!("no valid frame at all: {reason}"),
+                format!(
+                    "the log ends in damage ({found}); a crash leaves only whole sectors, so this is no torn \
+                     write, and the frame may have been acknowledged"
+                ),
             ));
         }
+        if live.is_empty() {
+            return Err(corrupt(index, offset as u64, format!("no valid frame at all: {found}")));
+        }
+        // A torn tail: the log ends here.
         let recovered = replay.finish().map_err(|r| corrupt(index, offset as u64, r))?;
         return Ok(Some(Scan {
             recovered,
@@ -347,7 +403,9 @@ fn check_segment_files<D: WalDir>(
     Ok(())
 }
 
-/// The first valid frame header of the live sequence after (segment, offset).
+/// The first frame header of the live sequence after (segment, offset): a
+/// frame's intact first sector, of its own file's segment, with a batch
+/// sequence at or past `next_batch`.
 fn find_later_frame(
     segments: &[SegmentName],
     contents: &[Vec<u8>],

@@ -5,6 +5,7 @@ use std::future::Future;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::record::{BLOCK_DATA_BYTES, SECTOR_BYTES, SECTOR_DATA_BYTES};
 use super::sim::SimDir;
 use super::*;
 
@@ -148,7 +149,7 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() {
 }
 
 #[test]
-fn a_damaged_last_frame_alone_is_a_torn_tail() {
+fn a_damaged_last_frame_is_refused_not_dropped_as_a_torn_tail() {
     run(async {
         let dir = SimDir::new();
         let mut wal = create(&dir, vec![]).await;
@@ -156,9 +157,11 @@ fn a_damaged_last_frame_alone_is_a_torn_tail() {
             wal.append(&[entry(index, 1, 100)]).await.unwrap();
         }
         drop(wal);
-        dir.flip("0000000000000000.wal", 3 * BLOCK_BYTES as u64 + 60, 0x5a);
-        let (_, recovered) = reopen(&dir).await.unwrap();
-        assert_eq!(indexes(&recovered), vec![1, 2]);
+        // Entry 3, acknowledged, is the last frame: block 3.
+        dir.flip(&segment(0), 3 * BLOCK_BYTES as u64 + 60, 0x5a);
+        let (file, offset, reason) = expect_corrupt(reopen(&dir).await);
+        assert_eq!((file, offset), (segment(0).into(), 3 * BLOCK_BYTES as u64), "{reason}");
+        assert!(reason.contains("fails its checksum"), "{reason}");
     });
 }
 
@@ -200,19 +203,30 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
             let mut wal = create(&dir, vec![7]).await;
             let mut acked = 0u64;
             let mut attempted = 0u64;
+            let mut acked_hard_state = None;
+            let mut attempted_hard_state = None;
             let batches = rng.gen_range(1..40);
             for batch in 0..batches {
                 let count = rng.gen_range(1..6);
-                let records: Vec<Record> = (1..=count)
+                let mut records: Vec<Record> = (1..=count)
                     .map(|i| entry(attempted + i, 1, rng.gen_range(0..3000)))
                     .collect();
                 attempted += count;
+                // A new term and vote with every batch, as after an election.
+                let hard_state = HardStateRecord {
+                    term: batch + 1,
+                    vote: batch % 3,
+                    commit: attempted,
+                };
+                records.push(Record::HardState(hard_state));
+                attempted_hard_state = Some(hard_state);
                 if batch == batches - 1 {
                     dir.die_at_next_sync();
                     assert!(wal.append(&records).await.is_err());
                 } else {
                     wal.append(&records).await.unwrap();
                     acked = attempted;
+                    acked_hard_state = Some(hard_state);
                 }
             }
             drop(wal);
@@ -223,6 +237,15 @@ fn acknowledged_batches_survive_crashes_at_random_points() {
             assert!(got.len() as u64 <= attempted);
             assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "seed {seed}: a prefix");
             assert_eq!(recovered.metadata, vec![7]);
+            // The batch's hard state comes last: it survives only with all of it.
+            if recovered.hard_state == attempted_hard_state {
+                assert_eq!(got.len() as u64, attempted, "seed {seed}");
+            } else {
+                assert_eq!(
+                    recovered.hard_state, acked_hard_state,
+                    "seed {seed}: the hard state went back"
+                );
+            }
         });
     }
 }
@@ -692,5 +715,338 @@ fn the_real_backend_writes_appends_where_asked_through_either_handle() {
         assert!(on_disk[..BLOCK_BYTES].iter().all(|&b| b == 0));
         assert!(on_disk[BLOCK_BYTES..3 * BLOCK_BYTES].iter().all(|&b| b == 5));
         assert!(on_disk[3 * BLOCK_BYTES..].iter().all(|&b| b == 6));
+    });
+}
+
+// The tail rule (docs/wal-format.md): a frame a crash tore ends the log before
+// it; damage anywhere, the last acknowledged frame included, refuses to open.
+
+/// What the blocks after the log's end held before the last frame was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldContent {
+    /// A pre-written segment: zeros.
+    Zeros,
+    /// A recycled segment: frames of its previous life.
+    StaleFrames,
+}
+
+/// What the WAL held, acknowledged, before a frame.
+#[derive(Debug, Clone)]
+struct Acked {
+    entries: Vec<u64>,
+    hard_state: HardStateRecord,
+}
+
+/// An append's one frame: file name, offset, bytes.
+type Written = (String, u64, usize);
+
+/// A WAL with acknowledged frames of an entry and a hard state each (term 1),
+/// whose next frame goes over `old` content four or more blocks into a segment.
+async fn acked_wal(dir: &SimDir, old: OldContent) -> (Wal<SimDir>, Acked) {
+    let mut wal = create(dir, vec![]).await;
+    let mut index = 0;
+    let mut first = 1;
+    if old == OldContent::StaleFrames {
+        // Two-block frames through segments 0 and 1 and into 2, then a release:
+        // segment 0 becomes the spare, segment 3, holding its old frames.
+        while wal.active.name.seq < 2 {
+            index += 1;
+            wal.append(&[entry(index, 1, 5000)]).await.unwrap();
+        }
+        assert!(wal.spare.is_none(), "segment 0 is recycled, not removed");
+        let snapshot = SnapshotRecord {
+            index,
+            term: 1,
+            conf_state: vec![],
+        };
+        wal.release_to(snapshot).await.unwrap();
+        first = index + 1;
+    }
+    let mut hard_state = None;
+    let target_seq = if old == OldContent::StaleFrames { 3 } else { 0 };
+    while wal.active.name.seq < target_seq || wal.active.offset < 4 * BLOCK_BYTES as u64 {
+        index += 1;
+        let state = HardStateRecord {
+            term: 1,
+            vote: 1,
+            commit: index,
+        };
+        wal.append(&[entry(index, 1, 100), Record::HardState(state)])
+            .await
+            .unwrap();
+        hard_state = Some(state);
+    }
+    let acked = Acked {
+        entries: (first..=index).collect(),
+        hard_state: hard_state.expect("a frame with a hard state"),
+    };
+    (wal, acked)
+}
+
+/// The records of a `blocks`-block frame after `acked`: two entries of `term`,
+/// and a hard state of `term` with a vote for member `term` (a vote that must
+/// never be lost once acknowledged, nor appear if it was not).
+fn next_frame(acked: &Acked, blocks: usize, term: u64) -> (Vec<Record>, Acked) {
+    let next = acked.entries.last().expect("entries") + 1;
+    let hard_state = HardStateRecord {
+        term,
+        vote: term,
+        commit: next,
+    };
+    let records = vec![
+        entry(next, term, 500),
+        entry(next + 1, term, (blocks - 1) * BLOCK_DATA_BYTES + 500),
+        Record::HardState(hard_state),
+    ];
+    let mut entries = acked.entries.clone();
+    entries.extend([next, next + 1]);
+    (records, Acked { entries, hard_state })
+}
+
+/// Appends `records` but dies at its fdatasync: the frame is written, not durable.
+async fn append_interrupted(dir: &SimDir, wal: &mut Wal<SimDir>, records: &[Record]) -> Written {
+    let before = dir.writes().len();
+    dir.die_at_next_sync();
+    assert!(wal.append(records).await.is_err());
+    let writes = dir.writes();
+    assert_eq!(writes.len(), before + 1, "one frame written");
+    writes[before].clone()
+}
+
+/// The fates of a frame's sectors to try (bit i: sector i reaches the disk):
+/// all of them for up to 8 sectors; else every subset of whole blocks and
+/// `random` subsets of sectors.
+fn fates(frame: &Written, random: usize) -> Vec<u64> {
+    let sectors = frame.2 / SECTOR_BYTES;
+    assert!(sectors < 64);
+    if sectors <= 8 {
+        return (0..1u64 << sectors).collect();
+    }
+    let blocks = frame.2 / BLOCK_BYTES;
+    let mut fates: Vec<u64> = (0..1u64 << blocks)
+        .map(|kept| {
+            (0..blocks)
+                .filter(|b| kept & (1 << b) != 0)
+                .map(|b| 0xff << (8 * b))
+                .sum()
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(frame.1);
+    fates.extend((0..random).map(|_| rng.gen_range(0..1u64 << sectors)));
+    fates
+}
+
+/// For each fate, on a copy of `dir`: crash keeping those sectors of `frame`,
+/// reopen. The log must end before the frame, with everything `acked` and its
+/// hard state; only with every sector kept is the frame (`attempted`) there.
+async fn assert_tears_end_the_log_before_the_frame(
+    dir: &SimDir,
+    frame: &Written,
+    acked: &Acked,
+    attempted: &Acked,
+    fates: &[u64],
+) {
+    let all = (1u64 << (frame.2 / SECTOR_BYTES)) - 1;
+    for &kept in fates {
+        let fork = dir.fork();
+        fork.crash_keeping(|name, at| {
+            assert!(name == frame.0 && (frame.1..frame.1 + frame.2 as u64).contains(&at));
+            kept & (1 << ((at - frame.1) / SECTOR_BYTES as u64)) != 0
+        });
+        let (_, recovered) = reopen(&fork)
+            .await
+            .unwrap_or_else(|error| panic!("sectors kept {kept:#x}: {error}"));
+        let want = if kept == all { attempted } else { acked };
+        assert_eq!(indexes(&recovered), want.entries, "sectors kept {kept:#x}");
+        assert_eq!(
+            recovered.hard_state,
+            Some(want.hard_state),
+            "sectors kept {kept:#x}: the hard state is the last acknowledged one"
+        );
+    }
+}
+
+#[test]
+fn every_tear_of_the_last_frame_ends_the_log_before_it() {
+    for old in [OldContent::Zeros, OldContent::StaleFrames] {
+        for blocks in [1, 3] {
+            run(async move {
+                let dir = SimDir::new();
+                let (mut wal, acked) = acked_wal(&dir, old).await;
+                let (records, attempted) = next_frame(&acked, blocks, 2);
+                let frame = append_interrupted(&dir, &mut wal, &records).await;
+                drop(wal);
+                assert_eq!(frame.2, blocks * BLOCK_BYTES);
+                let before = &dir.durable_bytes(&frame.0)[frame.1 as usize..][..frame.2];
+                assert_eq!(
+                    before.iter().all(|&b| b == 0),
+                    old == OldContent::Zeros,
+                    "{old:?}: what the frame goes over"
+                );
+                let fates = fates(&frame, 300);
+                assert_tears_end_the_log_before_the_frame(&dir, &frame, &acked, &attempted, &fates).await;
+            });
+        }
+    }
+}
+
+#[test]
+fn a_crash_while_rewriting_a_torn_tail_is_a_tear_too() {
+    for old in [OldContent::Zeros, OldContent::StaleFrames] {
+        run(async move {
+            let dir = SimDir::new();
+            let (mut wal, acked) = acked_wal(&dir, old).await;
+            let (records, _) = next_frame(&acked, 3, 2);
+            let first = append_interrupted(&dir, &mut wal, &records).await;
+            drop(wal);
+            // The first sector (the header) and the last block land.
+            dir.crash_keeping(|_, at| at - first.1 < SECTOR_BYTES as u64 || at - first.1 >= 2 * BLOCK_BYTES as u64);
+            let (mut wal, recovered) = reopen(&dir).await.unwrap();
+            assert_eq!(indexes(&recovered), acked.entries, "{old:?}");
+            // The same batch again, other bytes (another term), shorter: its
+            // sectors go over the first attempt's.
+            let (records, attempted) = next_frame(&acked, 2, 3);
+            let second = append_interrupted(&dir, &mut wal, &records).await;
+            drop(wal);
+            assert_eq!(
+                (&second.0, second.1),
+                (&first.0, first.1),
+                "the rewrite starts where the tear did"
+            );
+            let fates = fates(&second, 300);
+            assert_tears_end_the_log_before_the_frame(&dir, &second, &acked, &attempted, &fates).await;
+        });
+    }
+}
+
+#[test]
+fn a_flipped_byte_anywhere_in_the_last_acknowledged_frame_is_refused() {
+    for old in [OldContent::Zeros, OldContent::StaleFrames] {
+        run(async move {
+            let dir = SimDir::new();
+            let (mut wal, acked) = acked_wal(&dir, old).await;
+            let (records, attempted) = next_frame(&acked, 3, 2);
+            let before = dir.writes().len();
+            wal.append(&records).await.unwrap();
+            drop(wal);
+            let (file, offset, len) = dir.writes()[before].clone();
+            for at in offset..offset + len as u64 {
+                let mask = 1 << (at % 8);
+                dir.flip(&file, at, mask);
+                let (got_file, got_offset, reason) = expect_corrupt(reopen(&dir).await);
+                assert_eq!(
+                    (got_file, got_offset),
+                    (file.clone().into(), offset),
+                    "{old:?}, flip at {at}: {reason}"
+                );
+                dir.flip(&file, at, mask);
+            }
+            let (_, recovered) = reopen(&dir).await.unwrap();
+            assert_eq!(indexes(&recovered), attempted.entries, "{old:?}: undamaged, it opens");
+            assert_eq!(recovered.hard_state, Some(attempted.hard_state));
+        });
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_flipped_byte_in_any_acknowledged_frame_is_refused_with_its_file_and_offset(
+        batches in proptest::collection::vec(proptest::collection::vec(0usize..6000, 1..4), 1..12),
+        frame in proptest::prelude::any::<proptest::sample::Index>(),
+        position in proptest::prelude::any::<proptest::sample::Index>(),
+        mask in 1u8..=255,
+    ) {
+        run(async move {
+            let dir = SimDir::new();
+            let mut wal = create(&dir, b"m".to_vec()).await;
+            let mut index = 0;
+            for (batch, sizes) in (1..).zip(&batches) {
+                let mut records = Vec::new();
+                for &bytes in sizes {
+                    index += 1;
+                    records.push(entry(index, batch, bytes));
+                }
+                records.push(Record::HardState(HardStateRecord { term: batch, vote: batch % 3, commit: index }));
+                wal.append(&records).await.unwrap();
+            }
+            drop(wal);
+            // Every write was one acknowledged frame, the creation's included.
+            let (file, offset, len) = frame.get(&dir.writes()).clone();
+            dir.flip(&file, offset + position.index(len) as u64, mask);
+            let (got_file, got_offset, reason) = expect_corrupt(reopen(&dir).await);
+            assert_eq!((got_file, got_offset), (file.into(), offset), "{reason}");
+        });
+    }
+}
+
+#[test]
+fn a_frame_header_inside_an_entry_never_passes_for_a_later_frame() {
+    run(async {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, vec![]).await;
+        for index in 1..=3 {
+            wal.append(&[entry(index, 1, 100)]).await.unwrap();
+        }
+        drop(wal);
+        // Bytes after the end of the log (as a recycled segment's old life
+        // leaves them): a frame whose entry's value holds, at a block boundary,
+        // a header of this segment with a batch far past the log's.
+        let fake = record::encode_frame(1_000, 0, &[]);
+        let data_at = record::FRAME_HEADER_BYTES + record::RECORD_HEADER_BYTES + 8 + 8 + 1 + 4;
+        let mut value = vec![0; BLOCK_DATA_BYTES - data_at];
+        value.extend_from_slice(&fake[..SECTOR_DATA_BYTES]);
+        let holder = Record::Entry(EntryRecord {
+            index: 1,
+            term: 1,
+            kind: 0,
+            data: value,
+            context: Vec::new(),
+        });
+        let stale = record::encode_frame(0, 7, &[&holder]);
+        assert_eq!(
+            stale[BLOCK_BYTES..BLOCK_BYTES + SECTOR_DATA_BYTES],
+            fake[..SECTOR_DATA_BYTES]
+        );
+        dir.overwrite_durable(&segment(0), 8 * BLOCK_BYTES as u64, &stale);
+        let (_, recovered) = reopen(&dir).await.unwrap();
+        assert_eq!(indexes(&recovered), vec![1, 2, 3]);
+    });
+}
+
+#[test]
+fn a_write_torn_inside_a_sector_is_refused_as_damage() {
+    run(async {
+        let dir = SimDir::new();
+        let (mut wal, acked) = acked_wal(&dir, OldContent::Zeros).await;
+        let (records, _) = next_frame(&acked, 2, 2);
+        let frame = append_interrupted(&dir, &mut wal, &records).await;
+        drop(wal);
+        dir.crash_keeping(|_, _| true);
+        // Half of one sector (full of entry bytes) reached the disk: neither the
+        // new sector nor the old one is whole.
+        let half = frame.1 + (3 * SECTOR_BYTES + SECTOR_BYTES / 2) as u64;
+        dir.overwrite_durable(&frame.0, half, &[0; SECTOR_BYTES / 2]);
+        let (file, offset, reason) = expect_corrupt(reopen(&dir).await);
+        assert_eq!((file, offset), (frame.0.into(), frame.1), "{reason}");
+    });
+}
+
+#[test]
+fn a_wal_of_the_format_before_sector_stamps_is_refused_by_name() {
+    run(async {
+        let dir = SimDir::new();
+        drop(create(&dir, vec![]).await);
+        // The old format's header: "RKVF", crc32 of bytes 8..40, then the fields.
+        let mut old = vec![0; BLOCK_BYTES];
+        old[0..4].copy_from_slice(b"RKVF");
+        old[24..28].copy_from_slice(&60u32.to_le_bytes());
+        let crc = crc32fast::hash(&old[8..40]);
+        old[4..8].copy_from_slice(&crc.to_le_bytes());
+        dir.overwrite_durable(&segment(0), 0, &old);
+        let (file, offset, reason) = expect_corrupt(reopen(&dir).await);
+        assert_eq!((file, offset), (segment(0).into(), 0));
+        assert!(reason.contains("RKVF") && reason.contains("format"), "{reason}");
     });
 }
