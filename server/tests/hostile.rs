@@ -9,6 +9,8 @@ mod support;
 
 #[path = "hostile/poison.rs"]
 mod poison;
+#[path = "hostile/start.rs"]
+mod start;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
