@@ -81,6 +81,8 @@ pub struct MetricsSnapshot {
     pub snapshots_sent: u64,
     pub snapshots_send_failed: u64,
     pub snapshots_received: u64,
+    /// Raft messages from peers dropped unstepped (see `peer::screen`).
+    pub peer_raft_messages_dropped: u64,
     pub db_total_bytes: u64,
     pub db_in_use_bytes: u64,
     pub quota_backend_bytes: i64,
@@ -165,6 +167,12 @@ impl MetricsSnapshot {
             "Total number of successful snapshot receives",
             "counter",
             self.snapshots_received.to_string(),
+        );
+        gauge(
+            "ringkv_peer_raft_messages_dropped_total",
+            "Raft messages from peers dropped because stepping them could stop this member.",
+            "counter",
+            self.peer_raft_messages_dropped.to_string(),
         );
         gauge(
             "etcd_server_quota_backend_bytes",

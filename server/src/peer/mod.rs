@@ -16,9 +16,14 @@
 //! - **Membership queries**: the peer port also answers a connection that says
 //!   the all-zero hello with the applied membership (see [`frame`] and
 //!   [`query`]), which is how a joining member learns its id.
+//! - **Screening**: a raft message from a peer is checked before raft steps it
+//!   ([`screen`]): what would make raft-rs panic is dropped, counted for
+//!   /metrics and warned about at a bounded rate ([`log_limit`]).
 
 mod frame;
+mod log_limit;
 pub mod query;
+mod screen;
 mod snapshot;
 
 use std::cell::{Cell, RefCell};
@@ -34,6 +39,7 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
+use log_limit::LogLimit;
 use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 pub use snapshot::{received_index, received_path};
@@ -95,6 +101,15 @@ pub struct PeerTransport {
     snap_dir: PathBuf,
     /// What membership queries are answered with.
     membership: Rc<RefCell<Membership>>,
+    drops: Cell<PeerDrops>,
+    screen_warnings: LogLimit,
+}
+
+/// What the peer side dropped, for /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerDrops {
+    /// Raft messages from peers that the screen dropped.
+    pub raft_messages_dropped: u64,
 }
 
 impl PeerTransport {
@@ -114,6 +129,8 @@ impl PeerTransport {
             listening: false,
             snap_dir,
             membership: Rc::default(),
+            drops: Cell::default(),
+            screen_warnings: LogLimit::default(),
         }
     }
 
@@ -145,6 +162,31 @@ impl PeerTransport {
     /// The membership that membership queries are answered with from now on.
     pub fn set_membership(&mut self, membership: Membership) {
         *self.membership.borrow_mut() = membership;
+    }
+
+    /// Whether `message`, received from a peer, may be stepped into `raft`
+    /// ([`screen`]); a message dropped is counted and warned about.
+    pub fn admits<S: raft::Storage>(&self, raft: &raft::Raft<S>, message: &Message) -> bool {
+        let Err(dropped) = screen::check(raft, message) else {
+            return true;
+        };
+        let mut drops = self.drops.get();
+        drops.raft_messages_dropped += 1;
+        self.drops.set(drops);
+        if let Some(held_back) = self.screen_warnings.allow() {
+            tracing::warn!(
+                from = format_args!("{:x}", message.from),
+                %dropped,
+                held_back,
+                "raft message from a peer dropped: stepping it could stop this member"
+            );
+        }
+        false
+    }
+
+    /// What the peer side dropped so far.
+    pub fn drops(&self) -> PeerDrops {
+        self.drops.get()
     }
 
     /// Since when the connection to `peer` has been up (etcd's `ActiveSince`);
@@ -495,7 +537,10 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
                     return;
                 };
                 match file.finish(end, &local.snap_dir).await {
-                    Ok((message, path)) if message.from == hello.from && message.to == member_id => {
+                    Ok((message, path))
+                        if message.from == hello.from
+                            && screen::check_snapshot_message(member_id, &message).is_ok() =>
+                    {
                         tracing::info!(
                             from = format_args!("{:x}", hello.from),
                             index = message.get_snapshot().get_metadata().index,
@@ -517,7 +562,7 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
                     Ok(_) => {
                         tracing::warn!(
                             from = format_args!("{:x}", hello.from),
-                            "misaddressed snapshot; dropped"
+                            "misaddressed or malformed snapshot message; dropped"
                         );
                         return;
                     }

@@ -373,6 +373,7 @@ impl StoreCore {
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
             }
+            Event::Peer(PeerEvent::Received(message)) if !self.transport.admits(&self.raw.raft, &message) => {}
             Event::Peer(PeerEvent::Received(message)) => {
                 // Errors are messages raft does not take from this peer (unknown
                 // or removed): nothing to do but drop them.
