@@ -81,7 +81,9 @@ pub struct MetricsSnapshot {
     pub snapshots_sent: u64,
     pub snapshots_send_failed: u64,
     pub snapshots_received: u64,
-    /// Raft messages from peers dropped unstepped (see `peer::screen`).
+    /// Peer connections closed by this member, and raft messages from peers
+    /// dropped unstepped (see `peer`): hostile or broken peers.
+    pub peer_connections_rejected: u64,
     pub peer_raft_messages_dropped: u64,
     pub db_total_bytes: u64,
     pub db_in_use_bytes: u64,
@@ -167,6 +169,12 @@ impl MetricsSnapshot {
             "Total number of successful snapshot receives",
             "counter",
             self.snapshots_received.to_string(),
+        );
+        gauge(
+            "ringkv_peer_connections_rejected_total",
+            "Peer connections closed by this member: over a limit, silent past a timeout, a bad frame or a refused hello.",
+            "counter",
+            self.peer_connections_rejected.to_string(),
         );
         gauge(
             "ringkv_peer_raft_messages_dropped_total",

@@ -8,9 +8,11 @@
 //! byte, then the prost encoding of a raft `Message` (kind 1), a
 //! `ringkvpb.LeaseForward` (kind 2), a `ringkvpb.LeaseForwardReply` (kind 3), a
 //! `ringkvpb.SnapshotChunk` (kind 4), a `ringkvpb.SnapshotEnd` (kind 5), a
-//! `ringkvpb.Membership` (kind 6, the answer to a membership query) or a
+//! `ringkvpb.Membership` (kind 6, the answer to a membership query), a
 //! `ringkvpb.PromoteCheck` (kind 7, a follower's MemberPromote asking the leader,
-//! and its answer). Kinds 4 and 5 travel on a connection of their own, one
+//! and its answer) or a keepalive (kind 8, nothing after the kind byte: a sender
+//! with nothing to say sends one so the receiver's idle timeout tells a quiet
+//! link from a dead one). Kinds 4 and 5 travel on a connection of their own, one
 //! snapshot per connection, answered by one [`SNAPSHOT_ACK`] byte once the
 //! receiver holds the file.
 //!
@@ -18,7 +20,11 @@
 //! the member answers with one kind-6 frame holding its applied membership and
 //! closes it. A member joining a running cluster asks it for its id.
 //! A frame that is too long, fails its checksum or does not decode closes the
-//! connection: the sender reconnects and raft resends what was lost.
+//! connection: the sender reconnects and raft resends what was lost. Before the
+//! hello a frame may be at most [`HELLO_PAYLOAD_MAX`] long, after it
+//! [`FRAME_PAYLOAD_MAX`]; either way the payload buffer grows only as bytes
+//! arrive (read [`READ_CHUNK_BYTES`] at a time), so a claimed length costs
+//! nothing until the bytes come.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
@@ -35,6 +41,7 @@ const KIND_SNAPSHOT_END: u8 = 5;
 pub const SNAPSHOT_ACK: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 6;
 const KIND_PROMOTE_CHECK: u8 = 7;
+const KIND_KEEPALIVE: u8 = 8;
 
 /// What one frame after the hello carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +53,8 @@ pub enum PeerMessage {
     SnapshotEnd(SnapshotEnd),
     Membership(Membership),
     PromoteCheck(PromoteCheck),
+    /// Nothing: the link is alive.
+    Keepalive,
 }
 
 /// Frame header: length then checksum.
@@ -54,6 +63,14 @@ const HEADER_BYTES: usize = 8;
 /// (1 MiB of entries) plus one entry, and an entry is at most a client request
 /// (--max-request-bytes, 1.5 MiB by default) plus its envelope.
 pub const FRAME_PAYLOAD_MAX: usize = 64 * 1024 * 1024;
+/// Largest frame read before the peer said who it is. The hello is 24 bytes;
+/// the room above is for a hello that grows, never for anything else.
+pub const HELLO_PAYLOAD_MAX: usize = 4 * 1024;
+/// A payload is read this much at a time, its buffer grown only by what came.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest answer to a membership query read: a membership of a thousand
+/// members with long URLs is a few hundred KiB.
+pub const ANSWER_PAYLOAD_MAX: usize = 1024 * 1024;
 
 /// Who is calling whom, in which cluster: the first frame of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +98,7 @@ impl Hello {
         bytes
     }
 
-    fn decode(bytes: &[u8]) -> Option<Hello> {
+    pub fn decode(bytes: &[u8]) -> Option<Hello> {
         if bytes.len() != Hello::BYTES {
             return None;
         }
@@ -106,6 +123,15 @@ pub enum FrameError {
     Decode(String),
     #[error("connection closed")]
     Closed,
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+}
+
+/// A frame's header: how long its payload is and the checksum it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub length: usize,
+    checksum: u32,
 }
 
 /// Appends one frame holding `payload` to `out`.
@@ -155,44 +181,95 @@ pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMess
             scratch.push(KIND_PROMOTE_CHECK);
             check.encode(scratch)
         }
+        PeerMessage::Keepalive => {
+            scratch.push(KIND_KEEPALIVE);
+            Ok(())
+        }
     };
     encoded.expect("a Vec grows as needed");
     push_frame(out, scratch);
 }
 
-/// Reads one frame's payload into `payload`. A clean close before a frame
-/// starts is `Closed`.
-async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R, payload: &mut Vec<u8>) -> Result<(), FrameError> {
+/// Reads one frame's header; a length over `payload_max` is refused before any
+/// of the payload is read. A clean close before a frame starts is `Closed`.
+pub async fn read_header<R: AsyncReadExt + Unpin>(reader: &mut R, payload_max: usize) -> Result<Header, FrameError> {
     let mut header = [0u8; HEADER_BYTES];
     let first = reader.read(&mut header).await?;
     if first == 0 {
         return Err(FrameError::Closed);
     }
-    reader.read_exact(&mut header[first..]).await?;
+    read_exactly(reader, &mut header[first..]).await?;
     let length = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let checksum = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
-    if length > FRAME_PAYLOAD_MAX {
+    if length > payload_max {
         return Err(FrameError::TooLong(length));
     }
-    payload.resize(length, 0);
-    reader.read_exact(payload).await?;
-    if crc32fast::hash(payload) != checksum {
+    Ok(Header { length, checksum })
+}
+
+/// Reads the payload `header` announced into `payload` (its old contents are
+/// dropped), [`READ_CHUNK_BYTES`] at a time, and checks its checksum.
+pub async fn read_payload<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    header: Header,
+    payload: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    payload.clear();
+    while payload.len() < header.length {
+        let start = payload.len();
+        let chunk = (header.length - start).min(READ_CHUNK_BYTES);
+        payload.resize(start + chunk, 0);
+        let read = reader.read(&mut payload[start..]).await;
+        let read = read.inspect_err(|_| payload.truncate(start))?;
+        payload.truncate(start + read);
+        if read == 0 {
+            return Err(FrameError::Truncated);
+        }
+    }
+    if crc32fast::hash(payload) != header.checksum {
         return Err(FrameError::Checksum);
     }
     Ok(())
 }
 
-pub async fn read_hello<R: AsyncReadExt + Unpin>(reader: &mut R) -> Result<Hello, FrameError> {
-    let mut payload = Vec::new();
-    read_frame(reader, &mut payload).await?;
-    Hello::decode(&payload).ok_or_else(|| FrameError::Decode(format!("hello of {} bytes", payload.len())))
+/// `read_exact`, with an early close told apart from other I/O errors.
+async fn read_exactly<R: AsyncReadExt + Unpin>(reader: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
+    reader.read_exact(buf).await.map_err(|error| match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(error),
+    })
 }
 
-pub async fn read_message<R: AsyncReadExt + Unpin>(
+/// Reads one frame's payload (at most `payload_max` bytes) into `payload`.
+async fn read_frame<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     payload: &mut Vec<u8>,
-) -> Result<PeerMessage, FrameError> {
-    read_frame(reader, payload).await?;
+    payload_max: usize,
+) -> Result<(), FrameError> {
+    let header = read_header(reader, payload_max).await?;
+    read_payload(reader, header, payload).await
+}
+
+/// Reads the hello that opens a connection (at most [`HELLO_PAYLOAD_MAX`] bytes).
+pub async fn read_hello<R: AsyncReadExt + Unpin>(reader: &mut R) -> Result<Hello, FrameError> {
+    let mut payload = Vec::new();
+    read_frame(reader, &mut payload, HELLO_PAYLOAD_MAX).await?;
+    decode_hello(&payload)
+}
+
+pub fn decode_hello(payload: &[u8]) -> Result<Hello, FrameError> {
+    Hello::decode(payload).ok_or_else(|| FrameError::Decode(format!("hello of {} bytes", payload.len())))
+}
+
+/// Reads the one frame that answers a membership query.
+pub async fn read_answer<R: AsyncReadExt + Unpin>(reader: &mut R) -> Result<PeerMessage, FrameError> {
+    let mut payload = Vec::new();
+    read_frame(reader, &mut payload, ANSWER_PAYLOAD_MAX).await?;
+    decode_message(&payload)
+}
+
+/// Decodes the payload of a frame after the hello.
+pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, FrameError> {
     let decode_error = |error: prost::DecodeError| FrameError::Decode(error.to_string());
     match payload.split_first() {
         Some((&KIND_RAFT, body)) => Message::decode(body).map(PeerMessage::Raft).map_err(decode_error),
@@ -214,6 +291,8 @@ pub async fn read_message<R: AsyncReadExt + Unpin>(
         Some((&KIND_PROMOTE_CHECK, body)) => PromoteCheck::decode(body)
             .map(PeerMessage::PromoteCheck)
             .map_err(decode_error),
+        Some((&KIND_KEEPALIVE, [])) => Ok(PeerMessage::Keepalive),
+        Some((&KIND_KEEPALIVE, body)) => Err(FrameError::Decode(format!("keepalive with {} bytes", body.len()))),
         Some((kind, _)) => Err(FrameError::Decode(format!("unknown frame kind {kind}"))),
         None => Err(FrameError::Decode("empty frame".to_string())),
     }
@@ -228,9 +307,20 @@ pub async fn write_all<W: AsyncWriteExt + Unpin>(writer: &mut W, bytes: &[u8]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_lite::future::block_on;
+    use futures_lite::future::{self, block_on};
     use futures_lite::io::Cursor;
     use raft::eraftpb::{Entry, MessageType};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Reads one frame after the hello and decodes it.
+    async fn read_message<R: AsyncReadExt + Unpin>(
+        reader: &mut R,
+        payload: &mut Vec<u8>,
+    ) -> Result<PeerMessage, FrameError> {
+        read_frame(reader, payload, FRAME_PAYLOAD_MAX).await?;
+        decode_message(payload)
+    }
 
     #[test]
     fn frames_round_trip_and_a_flipped_bit_is_caught() {
@@ -306,5 +396,77 @@ mod tests {
         let mut payload = Vec::new();
         let result = block_on(read_message(&mut Cursor::new(wire), &mut payload));
         assert!(matches!(result, Err(FrameError::TooLong(_))));
+    }
+
+    fn header(length: usize) -> Vec<u8> {
+        let mut wire = (length as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[0; 4]);
+        wire
+    }
+
+    #[test]
+    fn before_the_hello_a_frame_of_a_few_kib_is_refused_unread() {
+        let mut wire = header(HELLO_PAYLOAD_MAX + 1);
+        wire.extend(vec![0; HELLO_PAYLOAD_MAX + 1]);
+        let result = block_on(read_hello(&mut Cursor::new(wire)));
+        assert!(matches!(result, Err(FrameError::TooLong(length)) if length == HELLO_PAYLOAD_MAX + 1));
+        let mut oversized_hello = Vec::new();
+        push_frame(&mut oversized_hello, &[0; 25]);
+        let result = block_on(read_hello(&mut Cursor::new(oversized_hello)));
+        assert!(matches!(result, Err(FrameError::Decode(_))));
+    }
+
+    /// Yields `bytes`, then waits for ever: a peer that claimed more than it sent.
+    struct Stalled(Cursor<Vec<u8>>);
+
+    impl futures_lite::AsyncRead for Stalled {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(0)) => Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_claimed_huge_length_costs_only_the_bytes_that_came() {
+        let mut sent = header(FRAME_PAYLOAD_MAX);
+        sent.extend(vec![7; 1000]);
+        let mut reader = Stalled(Cursor::new(sent));
+        let mut payload = Vec::new();
+        let announced = block_on(read_header(&mut reader, FRAME_PAYLOAD_MAX)).unwrap();
+        assert_eq!(announced.length, FRAME_PAYLOAD_MAX);
+        let waiting = block_on(future::poll_once(read_payload(&mut reader, announced, &mut payload)));
+        assert!(waiting.is_none(), "still waiting for the rest");
+        assert!(
+            payload.capacity() <= 2 * READ_CHUNK_BYTES,
+            "{} bytes reserved",
+            payload.capacity()
+        );
+
+        // And when the peer leaves, the frame is refused with what came.
+        let mut sent = header(FRAME_PAYLOAD_MAX);
+        sent.extend(vec![7; 3 * READ_CHUNK_BYTES + 5]);
+        let mut payload = Vec::new();
+        let result = block_on(read_message(&mut Cursor::new(sent), &mut payload));
+        assert!(matches!(result, Err(FrameError::Truncated)));
+        assert!(
+            payload.capacity() <= 8 * READ_CHUNK_BYTES,
+            "{} bytes reserved",
+            payload.capacity()
+        );
+    }
+
+    #[test]
+    fn keepalives_round_trip_and_carry_nothing() {
+        let mut wire = Vec::new();
+        push_message(&mut wire, &mut Vec::new(), &PeerMessage::Keepalive);
+        let mut payload = Vec::new();
+        let read = block_on(read_message(&mut Cursor::new(wire), &mut payload));
+        assert_eq!(read.unwrap(), PeerMessage::Keepalive);
+        assert!(matches!(
+            decode_message(&[KIND_KEEPALIVE, 0]),
+            Err(FrameError::Decode(_))
+        ));
     }
 }

@@ -16,18 +16,29 @@
 //! - **Membership queries**: the peer port also answers a connection that says
 //!   the all-zero hello with the applied membership (see [`frame`] and
 //!   [`query`]), which is how a joining member learns its id.
-//! - **Screening**: a raft message from a peer is checked before raft steps it
-//!   ([`screen`]): what would make raft-rs panic is dropped, counted for
-//!   /metrics and warned about at a bounded rate ([`log_limit`]).
+//! - **Keepalives**: a sender with nothing to send for [`KEEPALIVE_INTERVAL`]
+//!   sends a keepalive frame, so a link that carries no raft traffic (one
+//!   follower to another) stays open under the receiver's idle timeout.
+//!
+//! Whatever reaches the peer port, the member drops what it cannot use and goes
+//! on serving everyone else ([`inbound`]): connections are limited in number,
+//! in waiting time and per member ([`admission`]); frames are bounded in size
+//! and in time; a raft message is screened before raft steps it ([`screen`]);
+//! a snapshot stream is bounded by the disk and checked before raft sees it.
+//! Everything dropped is counted for /metrics and warned about at a bounded
+//! rate ([`log_limit`]).
 
+mod admission;
 mod frame;
+mod inbound;
 mod log_limit;
 pub mod query;
 mod screen;
 mod snapshot;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -39,7 +50,7 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
-use log_limit::LogLimit;
+use inbound::Local;
 use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 pub use snapshot::{received_index, received_path};
@@ -51,8 +62,9 @@ const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// A connection that has not introduced itself by then is closed.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A sender with nothing to send for this long sends a keepalive (etcd's
+/// stream writer: every `ConnReadTimeout / 3`).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the transport tells the store core.
 #[derive(Debug)]
@@ -97,17 +109,16 @@ pub struct PeerTransport {
     /// `--listen-peer-urls`; listened on once there is a peer (see `listen`).
     listen_addrs: Vec<SocketAddr>,
     listening: bool,
-    /// Where snapshots this member receives go.
-    snap_dir: PathBuf,
-    /// What membership queries are answered with.
-    membership: Rc<RefCell<Membership>>,
-    drops: Cell<PeerDrops>,
-    screen_warnings: LogLimit,
+    /// What every accepted connection's task shares.
+    local: Rc<Local>,
 }
 
 /// What the peer side dropped, for /metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeerDrops {
+    /// Connections the peer port closed: over a limit, silent past a timeout,
+    /// a bad frame, or a hello it refused.
+    pub connections_rejected: u64,
     /// Raft messages from peers that the screen dropped.
     pub raft_messages_dropped: u64,
 }
@@ -127,10 +138,7 @@ impl PeerTransport {
             peers: HashMap::new(),
             listen_addrs,
             listening: false,
-            snap_dir,
-            membership: Rc::default(),
-            drops: Cell::default(),
-            screen_warnings: LogLimit::default(),
+            local: Rc::new(Local::new(member_id, cluster_id, snap_dir)),
         }
     }
 
@@ -144,13 +152,7 @@ impl PeerTransport {
         }
         let mut bound = Vec::with_capacity(self.listen_addrs.len());
         for addr in &self.listen_addrs {
-            let local = Local {
-                member_id: self.member_id,
-                cluster_id: self.cluster_id,
-                snap_dir: self.snap_dir.clone(),
-                membership: Rc::clone(&self.membership),
-            };
-            let listening = listen(*addr, local, Rc::clone(&self.report))
+            let listening = inbound::listen(*addr, Rc::clone(&self.local), Rc::clone(&self.report))
                 .map_err(|error| format!("cannot listen for peers: {error}"))?;
             tracing::info!("listening for peers on http://{listening}");
             bound.push(listening);
@@ -159,9 +161,13 @@ impl PeerTransport {
         Ok(bound)
     }
 
-    /// The membership that membership queries are answered with from now on.
+    /// The membership that membership queries are answered with from now on;
+    /// its removed ids may no longer connect.
     pub fn set_membership(&mut self, membership: Membership) {
-        *self.membership.borrow_mut() = membership;
+        self.local
+            .admission
+            .set_removed(membership.removed_ids.iter().copied().collect());
+        *self.local.membership.borrow_mut() = membership;
     }
 
     /// Whether `message`, received from a peer, may be stepped into `raft`
@@ -170,10 +176,8 @@ impl PeerTransport {
         let Err(dropped) = screen::check(raft, message) else {
             return true;
         };
-        let mut drops = self.drops.get();
-        drops.raft_messages_dropped += 1;
-        self.drops.set(drops);
-        if let Some(held_back) = self.screen_warnings.allow() {
+        self.local.count(|drops| drops.raft_messages_dropped += 1);
+        if let Some(held_back) = self.local.warnings.screened.allow() {
             tracing::warn!(
                 from = format_args!("{:x}", message.from),
                 %dropped,
@@ -186,7 +190,7 @@ impl PeerTransport {
 
     /// What the peer side dropped so far.
     pub fn drops(&self) -> PeerDrops {
-        self.drops.get()
+        self.local.drops.get()
     }
 
     /// Since when the connection to `peer` has been up (etcd's `ActiveSince`);
@@ -210,32 +214,38 @@ impl PeerTransport {
         self.peers
             .retain(|id, peer| peers.iter().any(|(other, urls)| other == id && *urls == peer.urls));
         for (id, urls) in peers {
-            if self.peers.contains_key(id) {
-                continue;
+            if !self.peers.contains_key(id) {
+                self.add_peer(*id, urls.clone());
             }
-            let (queue, receiver) = local_channel::new_bounded(PEER_QUEUE_MESSAGES);
-            let hello = Hello {
-                cluster_id: self.cluster_id,
-                from: self.member_id,
-                to: *id,
-            };
-            let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
-            let active_since = ActiveSince::default();
-            let sender = Sender {
-                hello,
-                addrs,
-                queue: receiver,
-                report: Rc::clone(&self.report),
-                active_since: Rc::clone(&active_since),
-            };
-            glommio::spawn_local(sender.run()).detach();
-            let peer = Peer {
-                urls: urls.clone(),
-                queue,
-                active_since,
-            };
-            self.peers.insert(*id, peer);
         }
+        let known = self.peers.iter().map(|(id, peer)| (*id, peer.urls.clone())).collect();
+        self.local.admission.set_known(known);
+    }
+
+    /// Starts a sender task for peer `id` at `urls`.
+    fn add_peer(&mut self, id: u64, urls: Vec<String>) {
+        let (queue, receiver) = local_channel::new_bounded(PEER_QUEUE_MESSAGES);
+        let hello = Hello {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            to: id,
+        };
+        let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
+        let active_since = ActiveSince::default();
+        let sender = Sender {
+            hello,
+            addrs,
+            queue: receiver,
+            report: Rc::clone(&self.report),
+            active_since: Rc::clone(&active_since),
+        };
+        glommio::spawn_local(sender.run()).detach();
+        let peer = Peer {
+            urls,
+            queue,
+            active_since,
+        };
+        self.peers.insert(id, peer);
     }
 
     /// Queues each raft message for its peer; see the module doc for what is dropped.
@@ -248,6 +258,19 @@ impl PeerTransport {
 
     /// Queues `message` for peer `to`; false if it was dropped.
     pub fn send_to(&mut self, to: u64, message: PeerMessage) -> bool {
+        if !self.peers.contains_key(&to) {
+            // A member this one does not know yet but its peers vouch for
+            // (see `admission`): this member fell behind, and `to` may lead
+            // now. It goes at the next `set_peers`, and comes back if needed.
+            if let Some(urls) = self.local.admission.vouched_urls(to) {
+                tracing::info!(
+                    peer = format_args!("{to:x}"),
+                    ?urls,
+                    "answering a member vouched for by peers"
+                );
+                self.add_peer(to, urls);
+            }
+        }
         let Some(Peer { queue, .. }) = self.peers.get(&to) else {
             tracing::debug!(to = format_args!("{to:x}"), "message to an unknown peer dropped");
             return false;
@@ -343,9 +366,13 @@ async fn run_sender(
         active_since.set(Some(Instant::now()));
         out.clear();
         loop {
-            // Wait for one message, then take whatever else is queued.
-            let Some(first) = queue.recv().await else {
-                return; // the peer was removed
+            // Wait for one message, then take whatever else is queued; with
+            // nothing to send, keep the link alive.
+            let first = within(KEEPALIVE_INTERVAL, queue.recv()).await;
+            let first = match first {
+                Some(Some(message)) => message,
+                Some(None) => return, // the peer was removed
+                None => PeerMessage::Keepalive,
             };
             frame::push_message(&mut out, &mut scratch, &first);
             // The peer's removal closes the queue: what was queued before still
@@ -431,166 +458,11 @@ async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: 
     !dropped || report(PeerEvent::Unreachable(peer))
 }
 
-/// Who this member is to its peers, where snapshots it receives go, and what
-/// membership queries are answered with.
-#[derive(Clone)]
-pub struct Local {
-    pub member_id: u64,
-    pub cluster_id: u64,
-    pub snap_dir: PathBuf,
-    pub membership: Rc<RefCell<Membership>>,
-}
-
-/// Accepts peer connections on `addr` until the process ends.
-fn listen(addr: SocketAddr, local: Local, report: Report) -> Result<SocketAddr, crate::net::BindError> {
-    let listener = crate::net::listen(addr)?;
-    let bound = listener.local_addr().map_err(|source| crate::net::BindError {
-        addr,
-        source: source.into(),
-    })?;
-    let local = Rc::new(local);
-    glommio::spawn_local(async move {
-        loop {
-            let stream = crate::net::accept(&listener).await;
-            glommio::spawn_local(serve_peer(stream, Rc::clone(&local), Rc::clone(&report))).detach();
-        }
-    })
-    .detach();
-    Ok(bound)
-}
-
-/// Reads one peer's messages until the connection ends, or answers a
-/// membership query.
-async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
-    let (member_id, cluster_id) = (local.member_id, local.cluster_id);
-    let hello = future::or(async { Some(frame::read_hello(&mut stream).await) }, async {
-        glommio::timer::sleep(HELLO_TIMEOUT).await;
+/// Waits for `work` at most `limit`; None if the time ran out first.
+async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    future::or(async { Some(work.await) }, async {
+        glommio::timer::sleep(limit).await;
         None
     })
-    .await;
-    let hello = match hello {
-        Some(Ok(hello)) => hello,
-        Some(Err(error)) => {
-            tracing::info!(%error, "peer connection closed before it said hello");
-            return;
-        }
-        None => {
-            tracing::info!("peer connection closed: no hello within {HELLO_TIMEOUT:?}");
-            return;
-        }
-    };
-    if hello == Hello::QUERY {
-        let answer = PeerMessage::Membership(local.membership.borrow().clone());
-        query::answer(&mut stream, &answer).await;
-        return;
-    }
-    if hello.cluster_id != cluster_id || hello.to != member_id {
-        tracing::warn!(
-            from = format_args!("{:x}", hello.from),
-            cluster = format_args!("{:x}", hello.cluster_id),
-            to = format_args!("{:x}", hello.to),
-            "refusing a peer connection meant for another cluster or member"
-        );
-        return;
-    }
-    let mut payload = Vec::new();
-    let mut receiving: Option<snapshot::Receiving> = None;
-    loop {
-        let event = match frame::read_message(&mut stream, &mut payload).await {
-            Ok(PeerMessage::Raft(message)) if message.from == hello.from && message.to == member_id => {
-                PeerEvent::Received(Box::new(message))
-            }
-            Ok(PeerMessage::Raft(message)) => {
-                tracing::warn!(
-                    from = message.from,
-                    to = message.to,
-                    "misaddressed peer message; closing"
-                );
-                return;
-            }
-            Ok(PeerMessage::LeaseForward(forward)) => PeerEvent::LeaseForward {
-                from: hello.from,
-                forward,
-            },
-            Ok(PeerMessage::LeaseForwardReply(reply)) => PeerEvent::LeaseForwardReply(reply),
-            Ok(PeerMessage::SnapshotChunk(chunk)) => {
-                let result = match &mut receiving {
-                    Some(file) => file.write(chunk).await,
-                    None if chunk.offset == 0 => match snapshot::Receiving::start(&local.snap_dir, hello.from) {
-                        Ok(file) => receiving.insert(file).write(chunk).await,
-                        Err(error) => Err(error),
-                    },
-                    None => Err(format!("snapshot starts at offset {}", chunk.offset)),
-                };
-                if let Err(error) = result {
-                    tracing::warn!(from = format_args!("{:x}", hello.from), %error, "receiving a snapshot failed");
-                    return;
-                }
-                continue;
-            }
-            Ok(PeerMessage::SnapshotEnd(end)) => {
-                let Some(file) = receiving.take() else {
-                    tracing::warn!(
-                        from = format_args!("{:x}", hello.from),
-                        "snapshot end without a snapshot"
-                    );
-                    return;
-                };
-                match file.finish(end, &local.snap_dir).await {
-                    Ok((message, path))
-                        if message.from == hello.from
-                            && screen::check_snapshot_message(member_id, &message).is_ok() =>
-                    {
-                        tracing::info!(
-                            from = format_args!("{:x}", hello.from),
-                            index = message.get_snapshot().get_metadata().index,
-                            "snapshot received"
-                        );
-                        let event = PeerEvent::SnapshotReceived {
-                            message: Box::new(message),
-                            path,
-                        };
-                        if !report(event) {
-                            return;
-                        }
-                        // Raft has the message: the sender may report it delivered.
-                        if let Err(error) = snapshot::acknowledge(&mut stream).await {
-                            tracing::info!(%error, "acknowledging a snapshot failed");
-                        }
-                        return;
-                    }
-                    Ok(_) => {
-                        tracing::warn!(
-                            from = format_args!("{:x}", hello.from),
-                            "misaddressed or malformed snapshot message; dropped"
-                        );
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(from = format_args!("{:x}", hello.from), %error, "receiving a snapshot failed");
-                        return;
-                    }
-                }
-            }
-            Ok(PeerMessage::PromoteCheck(check)) => PeerEvent::PromoteCheck {
-                from: hello.from,
-                check,
-            },
-            Ok(PeerMessage::Membership(_)) => {
-                tracing::warn!(
-                    from = format_args!("{:x}", hello.from),
-                    "unasked membership frame; closing"
-                );
-                return;
-            }
-            Err(frame::FrameError::Closed) => return,
-            Err(error) => {
-                tracing::warn!(from = format_args!("{:x}", hello.from), %error, "bad peer frame; closing");
-                return;
-            }
-        };
-        if !report(event) {
-            return;
-        }
-    }
+    .await
 }

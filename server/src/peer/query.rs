@@ -14,6 +14,10 @@ use glommio::net::TcpStream;
 use ringkv_proto::ringkvpb::Membership;
 
 use super::frame::{self, Hello, PeerMessage};
+use super::{connect, peer_addr, within};
+
+/// How long a member may take to answer another's membership query.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Writes the answer to a membership query; the caller closes the connection.
 pub(super) async fn answer(stream: &mut TcpStream, answer: &PeerMessage) {
@@ -28,7 +32,7 @@ pub(super) async fn answer(stream: &mut TcpStream, answer: &PeerMessage) {
 /// Asks the member at `peer_url` for its applied membership, waiting at most
 /// `timeout` for each step. Blocking (std I/O): it runs before the executors.
 pub fn ask(peer_url: &str, timeout: Duration) -> Result<Membership, String> {
-    let addr = super::peer_addr(peer_url).ok_or_else(|| format!("{peer_url} is not http://host:port"))?;
+    let addr = peer_addr(peer_url).ok_or_else(|| format!("{peer_url} is not http://host:port"))?;
     let resolved = addr
         .to_socket_addrs()
         .map_err(|error| format!("{addr}: {error}"))?
@@ -44,8 +48,19 @@ pub fn ask(peer_url: &str, timeout: Duration) -> Result<Membership, String> {
     let mut hello = Vec::new();
     frame::push_hello(&mut hello, Hello::QUERY);
     stream.write_all(&hello).map_err(|error| error.to_string())?;
-    let mut payload = Vec::new();
-    let answer = block_on(frame::read_message(&mut AssertAsync::new(stream), &mut payload));
+    membership(block_on(frame::read_answer(&mut AssertAsync::new(stream))))
+}
+
+/// Asks the member at `peer_url` for its applied membership, from a running
+/// member: on its executor, waiting at most ANSWER_TIMEOUT for the answer.
+pub(super) async fn ask_async(peer_url: &str) -> Result<Membership, String> {
+    let addr = peer_addr(peer_url).ok_or_else(|| format!("{peer_url} is not http://host:port"))?;
+    let mut stream = connect(&[addr], Hello::QUERY).await.ok_or("cannot connect")?;
+    let answer = within(ANSWER_TIMEOUT, frame::read_answer(&mut stream)).await;
+    membership(answer.ok_or_else(|| format!("no answer within {ANSWER_TIMEOUT:?}"))?)
+}
+
+fn membership(answer: Result<PeerMessage, frame::FrameError>) -> Result<Membership, String> {
     match answer {
         Ok(PeerMessage::Membership(membership)) => Ok(membership),
         Ok(other) => Err(format!("answered with something else: {other:?}")),

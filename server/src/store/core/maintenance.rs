@@ -273,6 +273,7 @@ impl StoreCore {
             snapshots_sent: self.metrics.snapshots_sent,
             snapshots_send_failed: self.metrics.snapshots_send_failed,
             snapshots_received: self.metrics.snapshots_received,
+            peer_connections_rejected: self.transport.drops().connections_rejected,
             peer_raft_messages_dropped: self.transport.drops().raft_messages_dropped,
             db_total_bytes: self.mvcc.file_bytes(),
             db_in_use_bytes: self.mvcc.in_use_bytes(),
