@@ -7,6 +7,8 @@
 
 mod support;
 
+#[path = "hostile/peer.rs"]
+mod peer;
 #[path = "hostile/poison.rs"]
 mod poison;
 #[path = "hostile/start.rs"]
