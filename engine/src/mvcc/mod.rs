@@ -6,6 +6,7 @@
 //! revision since the last compaction. The byte layout is in docs/mvcc-format.md.
 
 mod change;
+mod cursor;
 mod hash;
 mod key_index;
 mod lease;
@@ -19,6 +20,7 @@ mod tests;
 
 pub use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
 pub use change::{Change, ChangeKind, HistoryChunk};
+pub use cursor::RangeCursor;
 pub use hash::{Crc32c, KvHash};
 pub use lease::{Leases, NO_LEASE};
 pub use revision::Revision;
@@ -41,6 +43,15 @@ pub enum RangeEnd<'a> {
 pub struct KeySpan<'a> {
     pub key: &'a [u8],
     pub end: RangeEnd<'a>,
+}
+
+/// What one step of a stepped Range (`Mvcc::range_step`) may do at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepBudget {
+    /// Keys visited in the key index.
+    pub keys: usize,
+    /// Bytes of key-values handed out.
+    pub bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -11,13 +11,14 @@ use std::path::Path;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::change::{Change, ChangeKind, HistoryChunk};
+use super::cursor::{oldest_held, CursorEnd, RangeCursor, ReadHold, ReadHolds};
 use super::hash::{Crc32c, KvHash, KvHasher};
 use super::key_index::{KeyAt, KeyIndex};
 use super::lease::{decode_lease, lease_key, Leases, LEASE_TABLE, NO_LEASE};
 use super::range_counts::{RangeCounts, RunCollector};
 use super::record::{decode_record, encode_record, serve_record};
 use super::revision::{Revision, REVISION_TABLE};
-use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult};
+use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult, StepBudget};
 use crate::btree::Tree;
 use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
 
@@ -63,6 +64,8 @@ pub struct Mvcc {
     conf_state: ServerRecord,
     /// What paginated Ranges leave for their next page (reads take `&self`).
     range_counts: RefCell<RangeCounts>,
+    /// Revisions stepped Ranges still read at (see `cursor`).
+    read_holds: ReadHolds,
 }
 
 /// Bytes the server encodes and decodes; the engine only stores them, in the
@@ -178,6 +181,7 @@ impl Mvcc {
             membership,
             conf_state,
             range_counts: RefCell::default(),
+            read_holds: ReadHolds::default(),
         };
         if compact_revision > finished_compact_revision {
             store.index_pass = Some(IndexPass { after: None });
@@ -295,21 +299,184 @@ impl Mvcc {
         &self,
         span: KeySpan<'_>,
         options: RangeOptions,
-        mut each: impl FnMut(&[u8]),
+        each: impl FnMut(&[u8]),
     ) -> Result<RangeResult, MvccError> {
-        let view = self.current_revision;
-        let selected = self.select(span, options, view, Some(&self.range_counts))?;
-        for at in &selected.found {
-            let record = self.stored_record(at.modified)?;
-            let served = serve_record(&record)?;
-            check_live(at.modified, served.tombstone, served.mod_revision)?;
-            each(&served.body);
+        let mut cursor = self.begin_range(span, options)?;
+        let whole = StepBudget {
+            keys: usize::MAX,
+            bytes: usize::MAX,
+        };
+        if !cursor.is_done() {
+            self.range_step(&mut cursor, whole, each)?;
         }
-        Ok(RangeResult {
-            kvs: Vec::new(),
-            count: selected.count,
-            rev: view,
+        Ok(self.finish_range(cursor))
+    }
+
+    /// Starts `range_encoded` as a read in steps (`range_step`) at the
+    /// revision `options` asks for, as of now: writes and compactions may run
+    /// between its steps without changing what it returns.
+    pub fn begin_range(&self, span: KeySpan<'_>, options: RangeOptions) -> Result<RangeCursor, MvccError> {
+        let view = self.current_revision;
+        let revision = if options.rev <= 0 { view } else { options.rev };
+        if revision > view {
+            return Err(MvccError::FutureRev);
+        }
+        if revision < self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        let (end, empty) = match span.end {
+            RangeEnd::Key => (CursorEnd::Key, false),
+            RangeEnd::Until(end) => (CursorEnd::Until(end.to_vec()), span.key >= end),
+            RangeEnd::ToEnd => (CursorEnd::ToEnd, false),
+        };
+        // As `select`: a limited page of a span may know its count from the
+        // page before, and leaves a run for the next.
+        let counted = !empty && end != CursorEnd::Key && options.limit > 0 && !options.count_only;
+        let end_key = match &end {
+            CursorEnd::Until(end) => Some(&end[..]),
+            _ => None,
+        };
+        let known = counted
+            .then(|| self.range_counts.borrow_mut().take(span.key, end_key, revision))
+            .flatten();
+        Ok(RangeCursor {
+            start: span.key.to_vec(),
+            end,
+            revision,
+            view,
+            limit: options.limit,
+            count_only: options.count_only,
+            after: None,
+            visited: 0,
+            handed_out: 0,
+            known,
+            run: counted.then(|| RunCollector::new(options.limit)),
+            done: empty,
+            hold: ReadHold::new(&self.read_holds, revision),
         })
+    }
+
+    /// The next step of `cursor`'s read: visits keys in order until the read
+    /// is done or `budget` is spent, handing each key-value it returns to
+    /// `each` as `range_encoded` does.
+    pub fn range_step(
+        &self,
+        cursor: &mut RangeCursor,
+        budget: StepBudget,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), MvccError> {
+        assert!(!cursor.done, "a finished read takes no more steps");
+        assert!(budget.keys > 0 && budget.bytes > 0);
+        if !cursor.hold.is_in(&self.read_holds) {
+            // A snapshot replaced the store. It holds the read's revision
+            // unless it was compacted past it.
+            if cursor.revision < self.compact_revision {
+                return Err(MvccError::Compacted);
+            }
+            cursor.hold = ReadHold::new(&self.read_holds, cursor.revision);
+        }
+        if cursor.end == CursorEnd::Key {
+            if let Some(at) = self.index.at(&cursor.start, cursor.revision) {
+                cursor.visited = 1;
+                if !cursor.count_only {
+                    self.hand_out(at, &mut each)?;
+                    cursor.handed_out = 1;
+                }
+            }
+            cursor.done = true;
+            return Ok(());
+        }
+        let from = match &cursor.after {
+            Some(after) => Bound::Excluded(&after[..]),
+            None => Bound::Included(&cursor.start[..]),
+        };
+        let end = match &cursor.end {
+            CursorEnd::Until(end) => Bound::Excluded(&end[..]),
+            _ => Bound::Unbounded,
+        };
+        let (mut keys, mut bytes) = (0usize, 0usize);
+        let mut walked_on = true;
+        let mut failed = None;
+        let mut last = None;
+        let (revision, limit, count_only, known) = (cursor.revision, cursor.limit, cursor.count_only, cursor.known);
+        let (visited, handed_out, run) = (&mut cursor.visited, &mut cursor.handed_out, &mut cursor.run);
+        self.index.visit_range(from, end, revision, |key, at| {
+            let position = *visited;
+            *visited += 1;
+            keys += 1;
+            if !count_only && (limit == 0 || *handed_out < limit) {
+                let handed = self.hand_out(at, |body| {
+                    bytes += body.len();
+                    each(body);
+                });
+                if let Err(error) = handed {
+                    failed = Some(error);
+                    return false;
+                }
+                *handed_out += 1;
+            }
+            if let Some(run) = run.as_mut() {
+                run.visited(position, key);
+            }
+            // With the count known, walk only as far as the run needs.
+            if known.is_some() && run.as_ref().is_some_and(RunCollector::complete) {
+                return false;
+            }
+            if keys >= budget.keys || bytes >= budget.bytes {
+                walked_on = false;
+                last = Some(key.to_vec());
+                return false;
+            }
+            true
+        });
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        match last {
+            Some(key) if !walked_on => cursor.after = Some(key),
+            _ => cursor.done = true,
+        }
+        Ok(())
+    }
+
+    /// The count and reported revision of a finished read (its key-values
+    /// went to `each`); leaves the run a next page can count from.
+    pub fn finish_range(&self, cursor: RangeCursor) -> RangeResult {
+        assert!(cursor.done, "the read has visited every key it needs");
+        let mut count = cursor.visited;
+        if let Some(known) = cursor.known {
+            assert!(count <= known, "{count} keys visited, {known} remembered");
+            assert!(
+                count == known || cursor.run.as_ref().is_some_and(RunCollector::complete),
+                "a walk to the end found {count} keys, {known} remembered"
+            );
+            count = known;
+        }
+        if let Some(run) = cursor.run {
+            if count > cursor.limit {
+                let end = match &cursor.end {
+                    CursorEnd::Until(end) => Some(&end[..]),
+                    _ => None,
+                };
+                self.range_counts
+                    .borrow_mut()
+                    .remember(end, cursor.revision, run, count);
+            }
+        }
+        RangeResult {
+            kvs: Vec::new(),
+            count,
+            rev: cursor.view,
+        }
+    }
+
+    /// Hands the stored key-value of a live revision to `each`, as stored.
+    fn hand_out(&self, at: KeyAt, each: impl FnOnce(&[u8])) -> Result<(), MvccError> {
+        let record = self.stored_record(at.modified)?;
+        let served = serve_record(&record)?;
+        check_live(at.modified, served.tombstone, served.mod_revision)?;
+        each(&served.body);
+        Ok(())
     }
 
     /// Range as seen by a reader whose newest revision is `view`.
@@ -454,8 +621,14 @@ impl Mvcc {
     ///
     /// Bounded because it runs on the store core between client requests: a
     /// whole pass over a million keys at once stalled every write for a second.
+    ///
+    /// While a stepped read below the compaction point is in progress, a step
+    /// does nothing: what it would remove, that read still needs.
     pub fn compact_step(&mut self, max_items: usize) -> Result<bool, MvccError> {
         assert!(max_items > 0);
+        if oldest_held(&self.read_holds).is_some_and(|held| held < self.compact_revision) {
+            return Ok(false);
+        }
         if let Some(pass) = self.index_pass.take() {
             let after = self.index.compact_keys(
                 self.compact_revision,
