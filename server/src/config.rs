@@ -107,6 +107,17 @@ pub struct Flags {
     #[arg(long, default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
 
+    /// Maximum concurrent streams that each client can open at a time (etcd's
+    /// default: math.MaxUint32; 0 means the same, as in grpc-go). Streams past it
+    /// are refused with HTTP/2's REFUSED_STREAM.
+    #[arg(long, default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
+    /// Tests only: the largest response message, below grpc-go's 2 GiB - 1, so a
+    /// test can reach "trying to send message larger than max" with small data.
+    #[arg(long, hide = true, default_value_t = crate::grpc::RESPONSE_BYTES_MAX)]
+    pub test_response_bytes_max: usize,
+
     /// Maximum time between page-store commits (the WAL is the durability point; this
     /// bounds how much WAL a restart replays).
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -201,6 +212,9 @@ pub struct Config {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub max_concurrent_streams: u32,
+    /// The largest response message (`--test-response-bytes-max`).
+    pub response_bytes_max: usize,
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: usize,
     pub watch_progress_notify_interval: Duration,
@@ -305,6 +319,18 @@ impl Flags {
                 max: MAX_REQUEST_BYTES_MAX,
             });
         }
+        if self.test_response_bytes_max == 0 {
+            return Err(ConfigError::Zero {
+                flag: "test-response-bytes-max",
+            });
+        }
+        if self.test_response_bytes_max > crate::grpc::RESPONSE_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                flag: "test-response-bytes-max",
+                value: self.test_response_bytes_max,
+                max: crate::grpc::RESPONSE_BYTES_MAX,
+            });
+        }
         if self.backend_batch_limit == 0 {
             return Err(ConfigError::Zero {
                 flag: "backend-batch-limit",
@@ -343,6 +369,11 @@ impl Flags {
             snapshot_count: self.snapshot_count,
             max_txn_ops: self.max_txn_ops,
             max_request_bytes: self.max_request_bytes,
+            max_concurrent_streams: match self.max_concurrent_streams {
+                0 => u32::MAX,
+                streams => streams,
+            },
+            response_bytes_max: self.test_response_bytes_max,
             backend_batch_interval: self.backend_batch_interval,
             backend_batch_limit: self.backend_batch_limit,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
@@ -500,6 +531,23 @@ mod tests {
         assert_eq!(config.client_cpus, vec![1]);
         assert_eq!(config.quota_backend_bytes, Some(2 << 30));
         assert!(config.listen_metrics_addrs.is_empty());
+    }
+
+    #[test]
+    fn max_concurrent_streams_is_unlimited_by_default_and_for_zero_as_in_etcd() {
+        assert_eq!(parse(&[]).into_config(2).unwrap().max_concurrent_streams, u32::MAX);
+        let zero = parse(&["--max-concurrent-streams", "0"]).into_config(2).unwrap();
+        assert_eq!(zero.max_concurrent_streams, u32::MAX);
+        let ten = parse(&["--max-concurrent-streams", "10"]).into_config(2).unwrap();
+        assert_eq!(ten.max_concurrent_streams, 10);
+    }
+
+    #[test]
+    fn the_test_response_limit_cannot_exceed_grpc_gos() {
+        let default = parse(&[]).into_config(2).unwrap();
+        assert_eq!(default.response_bytes_max, crate::grpc::RESPONSE_BYTES_MAX);
+        let over = (crate::grpc::RESPONSE_BYTES_MAX + 1).to_string();
+        assert!(parse(&["--test-response-bytes-max", &over]).into_config(2).is_err());
     }
 
     #[test]

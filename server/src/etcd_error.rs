@@ -4,7 +4,9 @@
 //! message here is byte for byte etcd's (`api/v3rpc/rpctypes/error.go`). This is the
 //! one place where an etcd error becomes a gRPC status.
 
-use crate::grpc::{Code, Status};
+use std::borrow::Cow;
+
+use crate::grpc::{response_too_large, Code, Status};
 
 /// An error a client can see, in etcd's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,12 @@ pub enum EtcdError {
     /// Not mapped by etcd 3.4's gRPC layer: clients see code Unknown.
     NotEnoughStarted,
     NotSupportedForLearner,
+    /// A response over the send limit: grpc-go's error, not etcd's (etcd
+    /// builds the response, and its gRPC layer refuses to send it).
+    ResponseTooLarge {
+        bytes: usize,
+        max: usize,
+    },
 }
 
 impl EtcdError {
@@ -60,17 +68,19 @@ impl EtcdError {
             MemberBadUrls => Code::InvalidArgument,
             Unhealthy => Code::Unavailable,
             NotEnoughStarted => Code::Unknown,
-            TooManyRequests | NoSpace => Code::ResourceExhausted,
+            TooManyRequests | NoSpace | ResponseTooLarge { .. } => Code::ResourceExhausted,
             NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer | NotSupportedForLearner => {
                 Code::Unavailable
             }
         }
     }
 
-    /// etcd's message text, including the `etcdserver: ` prefix.
-    pub fn message(self) -> &'static str {
+    /// etcd's message text, including the `etcdserver: ` prefix (grpc-go's
+    /// for a response too large).
+    pub fn message(self) -> Cow<'static, str> {
         use EtcdError::*;
-        match self {
+        let text = match self {
+            ResponseTooLarge { bytes, max } => return Cow::Owned(response_too_large(bytes, max).message),
             EmptyKey => "etcdserver: key is not provided",
             KeyNotFound => "etcdserver: key not found",
             ValueProvided => "etcdserver: value is provided",
@@ -104,7 +114,8 @@ impl EtcdError {
             Unhealthy => "etcdserver: unhealthy cluster",
             NotEnoughStarted => "etcdserver: re-configuration failed due to not enough started members",
             NotSupportedForLearner => "etcdserver: rpc not supported for learner",
-        }
+        };
+        Cow::Borrowed(text)
     }
 }
 
@@ -116,7 +127,7 @@ impl From<EtcdError> for Status {
 
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
+        f.write_str(&self.message())
     }
 }
 
@@ -165,6 +176,17 @@ mod tests {
         for error in all {
             assert!(error.message().starts_with("etcdserver: "), "{error:?}");
         }
+    }
+
+    #[test]
+    fn a_response_too_large_is_grpc_gos_resource_exhausted() {
+        let error = EtcdError::ResponseTooLarge { bytes: 300, max: 200 };
+        let status = Status::from(error);
+        assert_eq!(status.code, Code::ResourceExhausted);
+        assert_eq!(
+            status.message,
+            "grpc: trying to send message larger than max (300 vs. 200)"
+        );
     }
 
     #[test]

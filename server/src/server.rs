@@ -131,6 +131,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         election_ticks: config.election_ticks,
         catch_up_entries: config.snapshot_count,
         max_request_bytes: config.max_request_bytes,
+        response_bytes_max: config.response_bytes_max,
         backend_batch_limit: config.backend_batch_limit,
         backend_batch_interval: config.backend_batch_interval,
         member: MemberInfo {
@@ -160,6 +161,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         let settings = ClientCoreSettings {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
+            max_concurrent_streams: config.max_concurrent_streams,
             in_flight_calls_max: IN_FLIGHT_CALLS_PER_CLIENT_CORE,
             election_timeout: config.heartbeat_interval * config.election_ticks as u32,
         };

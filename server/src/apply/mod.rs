@@ -14,8 +14,8 @@ mod txn;
 mod write;
 
 pub use encoded_range::EncodedRangeResponse;
-pub use range::{is_plain as is_plain_range, range, range_encoded};
-pub use txn::{is_read_only, is_serializable, txn};
+pub use range::{range, RangeAnswer, RangeBuild};
+pub use txn::{is_read_only, is_serializable, txn, TxnBuild};
 pub use write::{delete_range, put};
 
 use ringkv_engine::mvcc::{KeySpan, Mvcc, MvccError, RangeEnd, RangeOptions, RangeResult, WriteTxn, NO_LEASE};

@@ -8,9 +8,7 @@ use proptest::prelude::*;
 use ringkv_engine::mvcc::Mvcc;
 use ringkv_proto::etcdserverpb as pb;
 
-use super::{
-    check, compact, delete_range, is_plain_range, lease, put, range, range_encoded, txn, ApplyError, WriteView,
-};
+use super::{check, compact, delete_range, lease, put, txn, ApplyError, RangeBuild, WriteView};
 use pb::request_op::Request as Op;
 
 /// Keys from a small alphabet, so requests meet each other's keys.
@@ -171,6 +169,19 @@ fn accepted(step: &Step) -> bool {
     }
 }
 
+/// A Range as the store core serves it: in steps (of two keys here).
+fn serve_range(mvcc: &Mvcc, request: &pb::RangeRequest) -> Result<(), ApplyError> {
+    let mut build = RangeBuild::start(mvcc, request.clone(), true, crate::grpc::RESPONSE_BYTES_MAX)?;
+    let budget = ringkv_engine::mvcc::StepBudget {
+        keys: 2,
+        bytes: usize::MAX,
+    };
+    while !build.is_done() {
+        build.step(mvcc, budget)?;
+    }
+    build.finish(mvcc, None).map(drop)
+}
+
 fn apply(mvcc: &mut Mvcc, step: &Step) -> Result<(), ApplyError> {
     fn write<T>(
         mvcc: &mut Mvcc,
@@ -182,8 +193,7 @@ fn apply(mvcc: &mut Mvcc, step: &Step) -> Result<(), ApplyError> {
         result.map(drop)
     }
     match step {
-        Step::Range(request) if is_plain_range(request) => range_encoded(mvcc, request).map(drop),
-        Step::Range(request) => range(mvcc, request).map(drop),
+        Step::Range(request) => serve_range(mvcc, request),
         Step::Put(request) => write(mvcc, |view| {
             super::check_put_lease(view, request)?;
             put(view, request)

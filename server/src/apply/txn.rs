@@ -8,13 +8,17 @@
 
 use std::cmp::Ordering;
 
+use prost::Message;
+
 use ringkv_engine::mvcc::{Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::lease::check_lease;
+use super::range::{field_bytes, RangeAnswer, RangeBuild};
 use super::{delete_range, key_span, put, range, revision_header, ApplyError, ReadView, WriteView};
 use crate::etcd_error::EtcdError;
+use ringkv_engine::mvcc::StepBudget;
 
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request as Op;
@@ -54,9 +58,16 @@ pub fn txn(mvcc: &mut Mvcc, request: &pb::TxnRequest) -> Result<pb::TxnResponse,
     }
     check_ops(request, &mut path.iter().copied(), &mut |op| check_range(mvcc, op))?;
     if !writes {
-        let mut response = execute_read_only(mvcc, request, &mut path.iter().copied())?;
-        response.header = revision_header(mvcc.current_revision());
-        return Ok(response);
+        let succeeded = path[0];
+        let mut build = TxnBuild::begin(mvcc, request, succeeded, crate::grpc::RESPONSE_BYTES_MAX)?;
+        let whole = StepBudget {
+            keys: usize::MAX,
+            bytes: usize::MAX,
+        };
+        while !build.is_done() {
+            build.step(mvcc, whole)?;
+        }
+        return build.finish(mvcc, None);
     }
     let mut view = WriteView::new(mvcc.write());
     let mut response = match execute(&mut view, request, &mut path.iter().copied()) {
@@ -264,26 +275,109 @@ fn execute(
     })
 }
 
-fn execute_read_only(
-    mvcc: &Mvcc,
-    request: &pb::TxnRequest,
-    path: &mut impl Iterator<Item = bool>,
-) -> Result<pb::TxnResponse, ApplyError> {
-    let succeeded = path.next().expect("the path covers every taken txn");
-    let responses = branch(request, succeeded)
-        .iter()
-        .map(|op| match &op.request {
-            Some(Op::RequestRange(r)) => Ok(pb::ResponseOp {
-                response: Some(OpResponse::ResponseRange(range(mvcc, r)?)),
-            }),
-            _ => unreachable!("a read-only txn holds only ranges"),
+/// A read-only Txn answered in bounded steps (see `store::stepped_read`):
+/// its compares are evaluated at once, as etcd's are, then the taken
+/// branch's ranges are read a step at a time, each a `RangeBuild` begun at
+/// the start so that all read one revision.
+pub struct TxnBuild {
+    succeeded: bool,
+    ranges: Vec<RangeBuild>,
+    /// The store's revision at the start: the response header's.
+    revision: i64,
+    response_bytes_max: usize,
+}
+
+impl TxnBuild {
+    /// Evaluates the compares and etcd's checks, and begins the ranges.
+    pub fn start(mvcc: &Mvcc, request: &pb::TxnRequest, response_bytes_max: usize) -> Result<TxnBuild, ApplyError> {
+        assert!(is_read_only(request), "a Txn that writes goes through raft");
+        let mut path = Vec::new();
+        branch_path(mvcc, request, &mut path)?;
+        check_ops(request, &mut path.iter().copied(), &mut |op| check_range(mvcc, op))?;
+        TxnBuild::begin(mvcc, request, path[0], response_bytes_max)
+    }
+
+    fn begin(
+        mvcc: &Mvcc,
+        request: &pb::TxnRequest,
+        succeeded: bool,
+        response_bytes_max: usize,
+    ) -> Result<TxnBuild, ApplyError> {
+        let ranges = branch(request, succeeded)
+            .iter()
+            .map(|op| match &op.request {
+                Some(Op::RequestRange(r)) => RangeBuild::start(mvcc, r.clone(), false, response_bytes_max),
+                _ => unreachable!("a read-only txn holds only ranges"),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TxnBuild {
+            succeeded,
+            ranges,
+            revision: mvcc.current_revision(),
+            response_bytes_max,
         })
-        .collect::<Result<_, ApplyError>>()?;
-    Ok(pb::TxnResponse {
-        header: None,
-        succeeded,
-        responses,
-    })
+    }
+
+    /// True once every range has been read.
+    pub fn is_done(&self) -> bool {
+        self.ranges.iter().all(RangeBuild::is_done)
+    }
+
+    /// Reads the next keys of the first range not done, at most `budget`.
+    pub fn step(&mut self, mvcc: &Mvcc, budget: StepBudget) -> Result<(), ApplyError> {
+        let Some(range) = self.ranges.iter_mut().find(|range| !range.is_done()) else {
+            return Ok(());
+        };
+        range.step(mvcc, budget)?;
+        // Past the limit together, none keeps its key-values.
+        let total: usize = self.ranges.iter().map(RangeBuild::kvs_bytes).sum();
+        for range in &mut self.ranges {
+            range.discard_if_over(total - range.kvs_bytes());
+        }
+        Ok(())
+    }
+
+    /// The answer, or grpc-go's error if it would be over the limit with the
+    /// `outer` header the store core sends it with.
+    pub fn finish(self, mvcc: &Mvcc, outer: Option<&pb::ResponseHeader>) -> Result<pb::TxnResponse, ApplyError> {
+        let mut responses = Vec::with_capacity(self.ranges.len());
+        let mut responses_bytes = 0usize;
+        let mut over = false;
+        for range in self.ranges {
+            let (answer, bytes) = range.finish_measured(mvcc, None);
+            // TxnResponse.responses holds a ResponseOp holding the RangeResponse.
+            responses_bytes += field_bytes(field_bytes(bytes));
+            match answer {
+                Some(RangeAnswer::Decoded(response)) => responses.push(pb::ResponseOp {
+                    response: Some(OpResponse::ResponseRange(response)),
+                }),
+                Some(RangeAnswer::Encoded(_)) => unreachable!("ranges in a txn are decoded"),
+                None => over = true,
+            }
+        }
+        let header = pb::ResponseHeader {
+            revision: self.revision,
+            ..outer.cloned().unwrap_or_default()
+        };
+        let head = pb::TxnResponse {
+            header: Some(header),
+            succeeded: self.succeeded,
+            responses: Vec::new(),
+        };
+        let bytes = head.encoded_len() + responses_bytes;
+        if over || bytes > self.response_bytes_max {
+            return Err(EtcdError::ResponseTooLarge {
+                bytes,
+                max: self.response_bytes_max,
+            }
+            .into());
+        }
+        Ok(pb::TxnResponse {
+            header: revision_header(self.revision),
+            succeeded: self.succeeded,
+            responses,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -402,5 +496,105 @@ mod tests {
         .unwrap();
         let error = txn(&mut mvcc, &request).unwrap_err();
         assert!(matches!(error, ApplyError::Client(EtcdError::Compacted)), "{error:?}");
+    }
+
+    fn range_op(key: &str, range_end: &str, limit: i64) -> pb::RequestOp {
+        op(Op::RequestRange(pb::RangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            limit,
+            ..Default::default()
+        }))
+    }
+
+    /// k0..k9 written, then a read-only txn of two ranges over them.
+    fn read_only_txn(mvcc: &mut Mvcc) -> pb::TxnRequest {
+        for key in 0..10 {
+            let setup = pb::TxnRequest {
+                success: vec![op(put(&format!("k{key}"), "value"))],
+                ..Default::default()
+            };
+            txn(mvcc, &setup).unwrap();
+        }
+        pb::TxnRequest {
+            compare: vec![pb::Compare {
+                key: b"k1".to_vec(),
+                target: CompareTarget::Version as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::Version(1)),
+                ..Default::default()
+            }],
+            success: vec![range_op("k", "l", 0), range_op("k3", "k7", 2)],
+            failure: vec![range_op("k1", "", 0)],
+        }
+    }
+
+    fn in_steps(
+        mvcc: &mut Mvcc,
+        request: &pb::TxnRequest,
+        max: usize,
+        header: &pb::ResponseHeader,
+    ) -> Result<pb::TxnResponse, ApplyError> {
+        let mut build = TxnBuild::start(mvcc, request, max)?;
+        let mut round = 0;
+        while !build.is_done() {
+            build.step(
+                mvcc,
+                StepBudget {
+                    keys: 1,
+                    bytes: usize::MAX,
+                },
+            )?;
+            // Writes between steps are not seen.
+            round += 1;
+            let later = pb::TxnRequest {
+                success: vec![op(put(&format!("k{}", round % 10), "later"))],
+                ..Default::default()
+            };
+            txn(mvcc, &later).unwrap();
+        }
+        build.finish(mvcc, Some(header))
+    }
+
+    #[test]
+    fn a_read_only_txn_in_steps_answers_as_at_its_start() {
+        let (_dir, mut mvcc) = store();
+        let request = read_only_txn(&mut mvcc);
+        let whole = txn(&mut mvcc, &request).unwrap();
+        assert!(whole.succeeded);
+        let header = pb::ResponseHeader::default();
+        let stepped = in_steps(&mut mvcc, &request, crate::grpc::RESPONSE_BYTES_MAX, &header).unwrap();
+        assert_eq!(stepped, whole);
+    }
+
+    #[test]
+    fn a_read_only_txn_over_the_limit_is_grpc_gos_error_with_its_exact_size() {
+        let (_dir, mut mvcc) = store();
+        let request = read_only_txn(&mut mvcc);
+        let header = pb::ResponseHeader {
+            cluster_id: 11,
+            member_id: u64::MAX,
+            raft_term: 2,
+            revision: 0,
+        };
+        let whole = txn(&mut mvcc, &request).unwrap();
+        let sent = pb::TxnResponse {
+            header: Some(pb::ResponseHeader {
+                revision: whole.header.as_ref().unwrap().revision,
+                ..header.clone()
+            }),
+            ..whole
+        };
+        let bytes = sent.encoded_len();
+        let (_dir, mut mvcc) = store();
+        let request = read_only_txn(&mut mvcc);
+        assert!(in_steps(&mut mvcc, &request, bytes, &header).is_ok());
+        let (_dir, mut mvcc) = store();
+        let request = read_only_txn(&mut mvcc);
+        let error = in_steps(&mut mvcc, &request, bytes - 1, &header).unwrap_err();
+        assert!(
+            matches!(error, ApplyError::Client(EtcdError::ResponseTooLarge { bytes: b, max }) if b == bytes && max == bytes - 1),
+            "{error:?}"
+        );
     }
 }

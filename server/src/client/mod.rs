@@ -29,6 +29,8 @@ const GRPC_RECV_SLACK_BYTES: usize = 512 * 1024;
 pub struct ClientCoreSettings {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// `--max-concurrent-streams`.
+    pub max_concurrent_streams: u32,
     /// Calls in flight to the store core from this client core.
     pub in_flight_calls_max: usize,
     /// `--election-timeout`: how often streams that require a leader check.
@@ -77,6 +79,7 @@ pub async fn run(
     let http = Rc::new(http::EtcdHttp::new(store));
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
+    limits.http2.max_concurrent_streams = settings.max_concurrent_streams;
     for listener in listeners.metrics {
         glommio::spawn_local(net::serve_http_port(
             net::adopt(listener),

@@ -5,13 +5,15 @@
 //! owning the framing lets us batch, avoid copies and shape errors exactly as etcd
 //! clients expect.
 
+mod budget;
 mod frame;
 mod server;
 mod status;
 mod stream;
 mod timeout;
 
-pub use frame::{Encoded, MessageDecoder, PREFIX_BYTES};
+pub use budget::{CALL_OVERHEAD_BYTES, CONNECTION_REQUEST_BYTES_MAX};
+pub use frame::{response_too_large, Encoded, MessageDecoder, PREFIX_BYTES, RESPONSE_BYTES_MAX};
 pub use server::{serve_connection, Http2Limits};
 pub use status::{go_quoted, Code, Status};
 pub use stream::{RequestStream, ResponseSink};

@@ -14,6 +14,7 @@ use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::budget::{Charge, ConnectionBudget, CALL_OVERHEAD_BYTES};
 use super::frame::{Encoded, MessageDecoder};
 use super::status::{go_quoted, Code, Status};
 use super::stream::{RequestStream, ResponseSink};
@@ -23,7 +24,10 @@ use super::{timeout, CallContext, GrpcService, MethodKind};
 #[derive(Debug, Clone)]
 pub struct Http2Limits {
     pub max_recv_message_bytes: usize,
+    /// `--max-concurrent-streams`: h2 refuses streams past it (REFUSED_STREAM).
     pub max_concurrent_streams: u32,
+    /// What the calls of one connection may hold (see `budget`).
+    pub connection_request_bytes_max: usize,
     pub initial_stream_window_bytes: u32,
     pub initial_connection_window_bytes: u32,
     pub max_header_list_bytes: u32,
@@ -49,6 +53,7 @@ where
             return;
         }
     };
+    let budget = ConnectionBudget::new(limits.connection_request_bytes_max);
     // Accepting also drives the connection: every stream's I/O progresses here.
     while let Some(accepted) = connection.accept().await {
         let (request, respond) = match accepted {
@@ -60,8 +65,17 @@ where
         };
         let service = Rc::clone(&service);
         let limits = Rc::clone(&limits);
-        glommio::spawn_local(serve_stream(request, respond, service, limits)).detach();
+        let budget = budget.clone();
+        glommio::spawn_local(serve_stream(request, respond, service, limits, budget)).detach();
     }
+}
+
+/// A header list's size as HTTP/2 counts it (RFC 9113 section 6.5.2).
+fn header_list_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 async fn serve_stream<S: GrpcService>(
@@ -69,6 +83,7 @@ async fn serve_stream<S: GrpcService>(
     mut respond: SendResponse<Bytes>,
     service: Rc<S>,
     limits: Rc<Http2Limits>,
+    budget: ConnectionBudget,
 ) {
     let (parts, body) = request.into_parts();
     if parts.method != http::Method::POST {
@@ -95,6 +110,14 @@ async fn serve_stream<S: GrpcService>(
         respond,
         content_type: response_content_type(subtype),
     };
+    // Held until the call ends: its headers stay in its context.
+    let _call_charge = match budget.charge(CALL_OVERHEAD_BYTES + header_list_bytes(&parts.headers)) {
+        Ok(charge) => charge,
+        Err(status) => {
+            respond.send_status_only(&status);
+            return;
+        }
+    };
     let path = parts.uri.path().to_string();
     let kind = match service.method_kind(&path) {
         Ok(kind) => kind,
@@ -115,17 +138,23 @@ async fn serve_stream<S: GrpcService>(
     let timeout = ctx.deadline.and(timeout);
     match kind {
         MethodKind::Unary => {
-            serve_unary(&path, body, respond, &*service, ctx, timeout, &limits).await;
+            let charge = budget.charge(0).expect("nothing to charge");
+            serve_unary(&path, body, respond, &*service, ctx, timeout, &limits, charge).await;
         }
         MethodKind::ServerStreaming | MethodKind::ClientStreaming | MethodKind::BidiStreaming => {
             // Boxed: a streaming call's future (a watch stream's state) is
             // large, and inline it would make every unary call's task, which
             // is moved into a fresh allocation per request, as large.
-            Box::pin(serve_streaming(&path, body, respond, &*service, ctx, timeout, &limits)).await;
+            let charge = budget.charge(0).expect("nothing to charge");
+            Box::pin(serve_streaming(
+                &path, body, respond, &*service, ctx, timeout, &limits, charge,
+            ))
+            .await;
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the call's parts, each used once
 async fn serve_unary<S: GrpcService>(
     path: &str,
     body: RecvStream,
@@ -134,10 +163,14 @@ async fn serve_unary<S: GrpcService>(
     ctx: CallContext,
     timeout: Option<Duration>,
     limits: &Http2Limits,
+    charge: Charge,
 ) {
     let call = async {
-        let request = read_one_message(body, limits.max_recv_message_bytes).await?;
-        service.unary(path, request, ctx).await
+        let (request, charge) = read_one_message(body, limits.max_recv_message_bytes, charge).await?;
+        let answer = service.unary(path, request, ctx).await;
+        // Counted until answered: a call waiting for the store core holds it.
+        drop(charge);
+        answer
     };
     // The call is dropped (cancelled) if the client resets the stream or its
     // deadline passes first.
@@ -152,6 +185,7 @@ async fn serve_unary<S: GrpcService>(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the call's parts, each used once
 async fn serve_streaming<S: GrpcService>(
     path: &str,
     body: RecvStream,
@@ -160,12 +194,13 @@ async fn serve_streaming<S: GrpcService>(
     ctx: CallContext,
     timeout: Option<Duration>,
     limits: &Http2Limits,
+    charge: Charge,
 ) {
     let stream = match respond.respond.send_response(respond.head(), false) {
         Ok(stream) => Rc::new(RefCell::new(stream)),
         Err(_) => return,
     };
-    let requests = RequestStream::new(body, limits.max_recv_message_bytes);
+    let requests = RequestStream::new(body, limits.max_recv_message_bytes, charge);
     let call = service.streaming(path, requests, ResponseSink::new(Rc::clone(&stream)), ctx);
     // Once the response headers are out, a reset shows on the send stream (h2
     // refuses `SendResponse::poll_reset` then).
@@ -205,17 +240,25 @@ async fn race_call<T>(
     future::or(call, future::or(reset, deadline)).await
 }
 
-/// Reads the single request message of a unary call.
-async fn read_one_message(mut body: RecvStream, max_message_bytes: usize) -> Result<Bytes, Status> {
-    let mut decoder = MessageDecoder::new(max_message_bytes);
+/// Reads the single request message of a unary call; it stays charged to
+/// the connection while the returned charge lives.
+async fn read_one_message(
+    mut body: RecvStream,
+    max_message_bytes: usize,
+    charge: Charge,
+) -> Result<(Bytes, Charge), Status> {
+    let mut decoder = MessageDecoder::new(max_message_bytes, charge);
     loop {
         if let Some(message) = decoder.next_message()? {
-            return Ok(message);
+            let mut charge = decoder.into_charge();
+            // The decoder held these bytes a moment ago: they fit.
+            charge.set(message.len()).expect("the message was charged");
+            return Ok((message, charge));
         }
         match body.data().await {
             Some(Ok(chunk)) => {
                 let _ = body.flow_control().release_capacity(chunk.len());
-                decoder.push(chunk);
+                decoder.push(chunk)?;
             }
             Some(Err(error)) => return Err(Status::new(Code::Canceled, error.to_string())),
             None => {
@@ -278,12 +321,17 @@ impl Responder {
         response
     }
 
-    /// Headers, the message, OK trailers: a unary success.
+    /// Headers, the message, OK trailers: a unary success (or the status of
+    /// a message too large to send).
     fn send_message(&mut self, message: Encoded) {
+        let frame = match message.into_frame() {
+            Ok(frame) => frame,
+            Err(status) => return self.send_status_only(&status),
+        };
         let Ok(mut stream) = self.respond.send_response(self.head(), false) else {
             return;
         };
-        if stream.send_data(message.into_frame(), false).is_ok() {
+        if stream.send_data(frame, false).is_ok() {
             let _ = stream.send_trailers(ok_trailers());
         }
     }

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
+use super::budget::Charge;
 use super::frame::{Encoded, MessageDecoder};
 use super::status::{Code, Status};
 
@@ -19,10 +20,10 @@ pub struct RequestStream {
 }
 
 impl RequestStream {
-    pub(super) fn new(body: RecvStream, max_message_bytes: usize) -> RequestStream {
+    pub(super) fn new(body: RecvStream, max_message_bytes: usize, charge: Charge) -> RequestStream {
         RequestStream {
             body,
-            decoder: MessageDecoder::new(max_message_bytes),
+            decoder: MessageDecoder::new(max_message_bytes, charge),
             ended: false,
         }
     }
@@ -42,7 +43,9 @@ impl RequestStream {
                 Some(Ok(chunk)) => {
                     // Return the window at once: the decoder owns the bytes now.
                     let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(chunk);
+                    if let Err(status) = self.decoder.push(chunk) {
+                        return Some(Err(status));
+                    }
                 }
                 Some(Err(error)) => {
                     return Some(Err(Status::new(Code::Canceled, error.to_string())));
@@ -72,7 +75,7 @@ impl ResponseSink {
     /// Sends one message, waiting for flow-control window so a slow client
     /// cannot make the server buffer without bound.
     pub async fn send(&mut self, message: Encoded) -> Result<(), Status> {
-        let mut frame = message.into_frame();
+        let mut frame = message.into_frame()?;
         while !frame.is_empty() {
             self.stream.borrow_mut().reserve_capacity(frame.len());
             let granted = poll_fn(|cx| self.stream.borrow_mut().poll_capacity(cx)).await;

@@ -14,7 +14,7 @@ use futures_lite::{future, AsyncReadExt};
 use glommio::net::{TcpListener, TcpStream};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::grpc::{self, GrpcService, Http2Limits};
+use crate::grpc::{self, GrpcService, Http2Limits, CONNECTION_REQUEST_BYTES_MAX};
 use prefixed::Prefixed;
 
 /// What every HTTP/2 client sends first (RFC 9113 section 3.4).
@@ -38,8 +38,9 @@ impl Default for ConnectionLimits {
             http2: Http2Limits {
                 // etcd's gRPC server: --max-request-bytes (1.5 MiB) + 512 KiB.
                 max_recv_message_bytes: 2 * 1024 * 1024,
-                // etcd's --max-concurrent-streams default is unlimited; h2 needs a number.
+                // etcd's --max-concurrent-streams default (math.MaxUint32).
                 max_concurrent_streams: u32::MAX,
+                connection_request_bytes_max: CONNECTION_REQUEST_BYTES_MAX,
                 // Large windows: a window, not the network, should never be the limit.
                 initial_stream_window_bytes: 1024 * 1024,
                 initial_connection_window_bytes: 16 * 1024 * 1024,

@@ -33,6 +33,7 @@ use super::membership::Membership;
 use super::messages::{Call, Reply, Request, Response};
 use super::raft_log::RaftLog;
 use super::reads::{PendingRead, ReadQueue};
+use super::stepped_read::SteppedReads;
 use super::wal_io::{self, WalJob};
 use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
@@ -97,6 +98,8 @@ pub struct StoreSettings {
     pub member_id: u64,
     pub cluster_id: u64,
     pub max_request_bytes: usize,
+    /// The largest response message a read builds (see `stepped_read`).
+    pub response_bytes_max: usize,
     pub backend_batch_limit: usize,
     pub backend_batch_interval: Duration,
     /// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ seconds.
@@ -219,6 +222,8 @@ pub struct StoreCore {
     promote_checks: HashMap<u64, members::AskedLeaderToPromote>,
     ticks: u64,
     reads: ReadQueue,
+    /// Reads too large for one step, going on between events.
+    stepped_reads: SteppedReads,
     commit: Option<CommitInFlight>,
     applied_since_commit: usize,
     last_commit: Instant,
@@ -293,6 +298,7 @@ impl StoreCore {
         }
         let watchers = Watchers::new(watch_outlet.client_cores());
         let join_peers = settings.join_peers.clone();
+        let stepped_reads = SteppedReads::new(settings.response_bytes_max);
         let mut core = StoreCore {
             settings,
             raw,
@@ -320,6 +326,7 @@ impl StoreCore {
             promote_checks: HashMap::new(),
             ticks: 0,
             reads: ReadQueue::default(),
+            stepped_reads,
             commit: None,
             applied_since_commit: 0,
             last_commit: Instant::now(),
@@ -468,19 +475,31 @@ impl StoreCore {
         self.mvcc.applied_index() >= self.boot_applied_target && self.attributes_published
     }
 
-    /// True while physical compaction has revisions left to remove.
+    /// True while physical compaction has revisions left to remove, or a
+    /// read is in progress.
     pub fn has_background_work(&self) -> bool {
-        self.mvcc.compaction_pending() || self.watchers.has_catch_up_work()
+        self.mvcc.compaction_pending() || self.watchers.has_catch_up_work() || self.stepped_reads.pending()
     }
 
     /// How much longer background work rests; None: a step may run now.
     pub fn background_rest(&self) -> Option<Duration> {
+        if self.stepped_reads.pending() {
+            return self.stepped_reads.rest();
+        }
         let rest = self.compaction_rest_until?.checked_duration_since(Instant::now())?;
         (self.mvcc.compaction_pending() && !rest.is_zero()).then_some(rest)
     }
 
-    /// One bounded step of the running compaction.
+    /// One bounded step of a read in progress, or else of the running compaction.
     pub fn background_step(&mut self) {
+        if self.stepped_reads.pending() {
+            let header = self.outer_header();
+            if let Some((client, call_id, result)) = self.stepped_reads.step(&self.mvcc, &header) {
+                let result = self.client_result(result);
+                self.reply(client, call_id, result);
+            }
+            return;
+        }
         if !self.mvcc.compaction_pending() {
             return; // only watchers to catch up: `drive` does that
         }
@@ -565,8 +584,7 @@ impl StoreCore {
 
     fn read(&mut self, client: usize, call_id: u64, read: PendingRead, serializable: bool) {
         if serializable {
-            let result = self.serve_read(read);
-            self.reply(client, call_id, result);
+            self.serve_read(client, call_id, read);
         } else {
             self.reads.enqueue(client, call_id, read);
         }
@@ -807,24 +825,31 @@ impl StoreCore {
         }
     }
 
-    /// Serves a read from the applied state.
-    fn serve_read(&mut self, read: PendingRead) -> Result<Response, EtcdError> {
-        let result = match read {
-            PendingRead::Range(range) if apply::is_plain_range(&range) => {
-                apply::range_encoded(&self.mvcc, &range).map(Response::RangeEncoded)
-            }
-            PendingRead::Range(range) => apply::range(&self.mvcc, &range).map(Response::Range),
-            PendingRead::Txn(txn) => apply::txn(&mut self.mvcc, &txn).map(Response::Txn),
-        };
-        self.client_result(result)
+    /// Serves a read from the applied state: at once if one step finishes
+    /// it, else in steps between events (`background_step`).
+    fn serve_read(&mut self, client: usize, call_id: u64, read: PendingRead) {
+        let header = self.outer_header();
+        if let Some(result) = self.stepped_reads.start(&self.mvcc, &header, client, call_id, read) {
+            let result = self.client_result(result);
+            self.reply(client, call_id, result);
+        }
+    }
+
+    /// The header a reply goes out with, less its revision (see `fill_header`).
+    fn outer_header(&self) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.settings.cluster_id,
+            member_id: self.settings.member_id,
+            raft_term: self.raw.raft.term,
+            revision: 0,
+        }
     }
 
     fn answer_applied_reads(&mut self) {
         let applied = self.mvcc.applied_index();
         while let Some(batch) = self.reads.take_applied(applied) {
             for (client, call_id, read) in batch {
-                let result = self.serve_read(read);
-                self.reply(client, call_id, result);
+                self.serve_read(client, call_id, read);
             }
         }
     }

@@ -17,6 +17,7 @@ mod raft_logger;
 mod reads;
 pub mod restore;
 pub mod snapshot_read;
+mod stepped_read;
 mod wal_io;
 mod watchers;
 
@@ -60,6 +61,8 @@ pub struct StoreCoreSettings {
     /// `--snapshot-count`.
     pub catch_up_entries: u64,
     pub max_request_bytes: usize,
+    /// The largest response message a read builds (`--test-response-bytes-max`).
+    pub response_bytes_max: usize,
     pub backend_batch_limit: usize,
     pub backend_batch_interval: Duration,
     pub member: MemberInfo,
@@ -197,6 +200,7 @@ pub async fn run(
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
         max_request_bytes: settings.max_request_bytes,
+        response_bytes_max: settings.response_bytes_max,
         backend_batch_limit: settings.backend_batch_limit,
         backend_batch_interval: settings.backend_batch_interval,
         min_lease_ttl_seconds: min_lease_ttl_seconds(election_timeout),
