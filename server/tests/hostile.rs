@@ -7,6 +7,8 @@
 
 mod support;
 
+#[path = "hostile/client.rs"]
+mod client;
 #[path = "hostile/peer.rs"]
 mod peer;
 #[path = "hostile/poison.rs"]
