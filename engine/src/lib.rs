@@ -6,8 +6,10 @@
 //! - [`page`]: the page file: allocation, meta pages, freelist, mmap reads, commits
 //!
 //! and beside them [`wal`]: the write-ahead log that is also the raft log.
+//! Both the WAL and the page file survive a full disk ([`no_space`]).
 
 pub mod btree;
 pub mod mvcc;
+pub mod no_space;
 pub mod page;
 pub mod wal;

@@ -114,27 +114,19 @@ impl WalDir for DmaDir {
             .write(true)
             .dma_open(&temp)
             .await?;
-        file.pre_allocate(len, false).await?;
-        // Pre-write: an fdatasync after writing into never-written blocks costs
-        // metadata journaling; into written blocks it is only the data.
-        let mut offset = 0;
-        while offset < len {
-            let chunk = PREWRITE_CHUNK_BYTES.min((len - offset) as usize);
-            let mut buffer = file.alloc_dma_buffer(chunk);
-            buffer.as_bytes_mut().fill(0);
-            let written = file.write_at(buffer, offset).await?;
-            if written != chunk {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short write while pre-writing",
-                ));
-            }
-            offset += chunk as u64;
+        if let Err(error) = prewrite(&file, len).await {
+            // Nothing refers to the temporary file: give its blocks back now (a
+            // full disk needs them), not at the next open.
+            let _ = file.close().await;
+            let _ = std::fs::remove_file(&temp);
+            return Err(error);
         }
-        file.fdatasync().await?;
         let path = self.path.join(name);
-        glommio::io::rename(&temp, &path).await?;
-        self.sync_dir().await?;
+        // Past the rename the segment has its name, and a retry would find it
+        // taken: a failure from here on is never "no space" (see `is_no_space`).
+        let named = |error: io::Error| io::Error::other(format!("naming segment {name}: {error}"));
+        glommio::io::rename(&temp, &path).await.map_err(|e| named(e.into()))?;
+        self.sync_dir().await.map_err(named)?;
         DmaSegment::new(file, path)
     }
 
@@ -157,6 +149,29 @@ impl WalDir for DmaDir {
     fn display_path(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+}
+
+/// Allocates `len` bytes to a new file, writes zeros over all of them and
+/// syncs. An fdatasync after writing into never-written blocks costs metadata
+/// journaling; into written blocks it is only the data.
+async fn prewrite(file: &DmaFile, len: u64) -> io::Result<()> {
+    file.pre_allocate(len, false).await?;
+    let mut offset = 0;
+    while offset < len {
+        let chunk = PREWRITE_CHUNK_BYTES.min((len - offset) as usize);
+        let mut buffer = file.alloc_dma_buffer(chunk);
+        buffer.as_bytes_mut().fill(0);
+        let written = file.write_at(buffer, offset).await?;
+        if written != chunk {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write while pre-writing",
+            ));
+        }
+        offset += chunk as u64;
+    }
+    file.fdatasync().await?;
+    Ok(())
 }
 
 /// One segment file.

@@ -4,8 +4,10 @@
 //! with O_DIRECT in whole 4 KiB blocks. One `append` is one frame: one write,
 //! awaited, then one fdatasync, awaited; it returns only when the frame is
 //! durable. Every frame starts on a fresh block, so a block holding acknowledged
-//! records is never written again. Formats and the recovery rule are specified in
-//! docs/wal-format.md.
+//! records is never written again. A full disk is not an I/O failure: a
+//! segment that cannot be prepared for want of room is `WalError::NoSpace`,
+//! which writes nothing more and leaves the WAL usable (see `append`). Formats
+//! and the recovery rule are specified in docs/wal-format.md.
 
 mod io;
 mod record;
@@ -13,9 +15,13 @@ mod recovery;
 pub mod sim;
 
 #[cfg(test)]
+mod no_space_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+
+use crate::no_space::is_no_space;
 
 pub use io::{sync_directory, sync_parent_directory, DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
@@ -73,6 +79,15 @@ pub enum WalError {
     RecordTooLarge { bytes: usize, max: usize },
     #[error("a WAL already exists in {0}")]
     Exists(PathBuf),
+    /// The next segment could not be prepared for want of room. Of the append,
+    /// the first `written` records are durable and nothing after them was
+    /// written; the WAL is not poisoned: append the rest again later.
+    #[error("no space left to prepare WAL segment {segment} ({written} records of the append are durable): {source}")]
+    NoSpace {
+        segment: String,
+        written: usize,
+        source: std::io::Error,
+    },
 }
 
 impl WalError {
@@ -92,10 +107,14 @@ struct Active<F> {
     max_entry_index: u64,
 }
 
-/// A segment ready to become the next active one, or being prepared.
+/// A segment ready to become the next active one, being prepared, or whose
+/// preparation failed.
 enum Spare<F> {
     Ready(SegmentName, F),
     Preparing(SegmentName, glommio::Task<std::io::Result<F>>),
+    /// For want of room: tried again at the roll and on `retry_spare`. Any
+    /// other error is reported, as fatal, at the roll.
+    Failed(SegmentName, std::io::Error),
 }
 
 pub struct Wal<D: WalDir = DmaDir> {
@@ -213,24 +232,36 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             })?;
         let recovered = scan.recovered;
         let mut live = scan.live;
-        // The end segment is the newest live one, the file after it (its first
-        // frame was torn, or the newest live one was full to the end), or a
-        // segment yet to be made (the newest file was full to the end).
-        let active_max = match live.last() {
-            Some(last) if last.name == scan.end_segment => live.pop().expect("last").max_entry_index,
-            _ => 0,
-        };
         let existing_spares: Vec<SegmentName> = scan.spares;
-        // Never replace an existing file: what it holds is evidence, and the next
-        // frame overwrites its first block anyway.
-        let file = if scan.end_segment_exists {
-            dir.open(&scan.end_segment.name).await
+        // The end segment is the newest live one, or the file after it (its
+        // first frame was torn, or the newest live one was full to the end and
+        // a spare follows). Never replace an existing file: what it holds is
+        // evidence, and the next frame overwrites its first block anyway.
+        // When the end is a segment yet to be made (the newest file is full to
+        // the end), the newest file stays active, full: open makes nothing
+        // new, so that it works on a full disk; the first append rolls.
+        let (active_name, active_offset, active_max) = if scan.end_segment_exists {
+            let max = match live.last() {
+                Some(last) if last.name == scan.end_segment => live.pop().expect("last").max_entry_index,
+                _ => 0,
+            };
+            (scan.end_segment, scan.end_offset, max)
         } else {
             assert_eq!(scan.end_offset, 0);
-            dir.create_prewritten(&scan.end_segment.name, options.segment_bytes)
-                .await
-        }
-        .map_err(|e| WalError::io("opening the active segment", e))?;
+            let full = live
+                .pop()
+                .expect("a log that ends after the last file has a live segment");
+            assert_eq!(
+                full.name.seq + 1,
+                scan.end_segment.seq,
+                "the end follows the newest file"
+            );
+            (full.name, options.segment_bytes, full.max_entry_index)
+        };
+        let file = dir
+            .open(&active_name.name)
+            .await
+            .map_err(|e| WalError::io("opening the active segment", e))?;
         remove_leftover_temporaries(&dir).await?;
         let mut wal = Wal {
             dir,
@@ -240,9 +271,9 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             latest_hard_state: recovered.hard_state,
             sealed: live,
             active: Active {
-                name: scan.end_segment.clone(),
+                name: active_name.clone(),
                 file,
-                offset: scan.end_offset,
+                offset: active_offset,
                 max_entry_index: active_max,
             },
             spare: None,
@@ -251,7 +282,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         };
         // Keep the first spare after the active segment; remove any others.
         for spare in existing_spares {
-            if spare == scan.end_segment {
+            if spare == active_name {
                 continue;
             }
             if spare.seq == wal.active.name.seq + 1 && wal.spare.is_none() {
@@ -268,12 +299,18 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
                     .map_err(|e| WalError::io("removing an unused segment", e))?;
             }
         }
+        // A log past the middle of its segment needs the next one soon: find
+        // out now whether there is room for it (see `out_of_space`).
+        wal.prepare_spare_if_due();
         Ok((wal, recovered))
     }
 
     /// Appends `records` durably: on Ok, every record is on disk. Normally one
     /// write and one fdatasync. Any I/O error poisons the WAL (never retry an
-    /// fsync: the kernel may have dropped the data).
+    /// fsync: the kernel may have dropped the data), except two that write
+    /// nothing: `RecordTooLarge`, and `NoSpace`, when the next segment cannot
+    /// be prepared; then the records after the first `written` are to be
+    /// appended again, once there is room.
     pub async fn append(&mut self, records: &[Record]) -> Result<(), WalError> {
         self.write(records).await?;
         self.prepare_spare_if_due();
@@ -297,8 +334,9 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         }
         let result = self.append_frames(records).await;
         if let Err(error) = &result {
-            // Refusing a record writes nothing; anything else may have.
-            if !matches!(error, WalError::RecordTooLarge { .. }) {
+            // Refusing a record or finding no room writes nothing (more);
+            // anything else may have.
+            if !matches!(error, WalError::RecordTooLarge { .. } | WalError::NoSpace { .. }) {
                 self.poisoned = true;
             }
         }
@@ -330,6 +368,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
     }
 
     async fn append_frames(&mut self, mut records: &[Record]) -> Result<(), WalError> {
+        let mut written = 0;
         loop {
             let start = if self.active.offset == 0 {
                 self.segment_start_records()
@@ -348,11 +387,19 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
                         max: payload_bytes_max(room).saturating_sub(start_bytes),
                     });
                 }
-                self.roll().await?;
+                self.roll().await.map_err(|error| match error {
+                    WalError::NoSpace { segment, source, .. } => WalError::NoSpace {
+                        segment,
+                        written,
+                        source,
+                    },
+                    other => other,
+                })?;
                 continue;
             }
             let frame_records: Vec<&Record> = start.iter().chain(&records[..taken]).collect();
             self.write_frame(&frame_records).await?;
+            written += taken;
             records = &records[taken..];
             if records.is_empty() {
                 return Ok(());
@@ -414,23 +461,39 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         Ok(())
     }
 
-    /// Seals the active segment and continues in the next one.
+    /// Seals the active segment and continues in the next one: the spare, or
+    /// one made now. Without room for it, `NoSpace` (with `written` 0) and
+    /// nothing changes but the spare, which is then `Failed`.
     async fn roll(&mut self) -> Result<(), WalError> {
         let next = SegmentName::new(self.active.name.seq + 1);
-        let file = match self.spare.take() {
-            Some(Spare::Ready(name, file)) => {
-                assert_eq!(name, next);
-                file
+        let spare = match self.spare.take() {
+            Some(Spare::Ready(name, file)) => Some((name, Ok(file))),
+            Some(Spare::Preparing(name, task)) => Some((name, task.await)),
+            Some(Spare::Failed(name, error)) => Some((name, Err(error))),
+            None => None,
+        };
+        if let Some((name, _)) = &spare {
+            assert_eq!(*name, next, "the spare is the segment after the active one");
+        }
+        let file = match spare.map(|(_, result)| result) {
+            Some(Ok(file)) => file,
+            Some(Err(error)) if !is_no_space(&error) => {
+                return Err(WalError::io("preparing a segment", error));
             }
-            Some(Spare::Preparing(name, task)) => {
-                assert_eq!(name, next);
-                task.await.map_err(|e| WalError::io("preparing a segment", e))?
-            }
-            None => self
-                .dir
-                .create_prewritten(&next.name, self.options.segment_bytes)
-                .await
-                .map_err(|e| WalError::io("preparing a segment", e))?,
+            // No spare, or none for want of room: the room may be back.
+            _ => match self.dir.create_prewritten(&next.name, self.options.segment_bytes).await {
+                Ok(file) => file,
+                Err(error) if is_no_space(&error) => {
+                    let kept = std::io::Error::new(error.kind(), error.to_string());
+                    self.spare = Some(Spare::Failed(next.clone(), kept));
+                    return Err(WalError::NoSpace {
+                        segment: next.name,
+                        written: 0,
+                        source: error,
+                    });
+                }
+                Err(error) => return Err(WalError::io("preparing a segment", error)),
+            },
         };
         let sealed = std::mem::replace(
             &mut self.active,
@@ -450,10 +513,15 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
 
     /// Starts preparing the next segment once half of the active one is used, so
     /// the roll finds it ready and no append waits for a 64 MiB pre-write.
+    /// After a preparation failed, only `retry_spare` (or the roll) tries again.
     fn prepare_spare_if_due(&mut self) {
         if self.spare.is_some() || self.active.offset < self.options.segment_bytes / 2 {
             return;
         }
+        self.start_preparing();
+    }
+
+    fn start_preparing(&mut self) {
         let next = SegmentName::new(self.active.name.seq + 1);
         let dir = self.dir.clone();
         let bytes = self.options.segment_bytes;
@@ -462,8 +530,43 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         self.spare = Some(Spare::Preparing(next, task));
     }
 
+    /// True while the next segment could not be prepared for want of room
+    /// (and none was recycled since): appends go on in the active segment,
+    /// but the one that needs the next segment fails with `NoSpace`.
+    pub fn out_of_space(&self) -> bool {
+        matches!(&self.spare, Some(Spare::Failed(_, error)) if is_no_space(error))
+    }
+
+    /// Prepares the next segment again after it failed for want of room (the
+    /// caller decides how often); no-op otherwise. See `settle_spare`.
+    pub fn retry_spare(&mut self) {
+        if self.out_of_space() {
+            self.start_preparing();
+        }
+    }
+
+    /// Waits until the preparation of the next segment that is running, if
+    /// any, finishes, and keeps the outcome (ready, or failed: then
+    /// `out_of_space` may say so). With none running it never returns.
+    /// Cancel-safe: dropped while waiting, it leaves the preparation running.
+    pub async fn settle_spare(&mut self) {
+        let Some(Spare::Preparing(_, task)) = &mut self.spare else {
+            return futures_lite::future::pending().await;
+        };
+        let result = task.await;
+        let Some(Spare::Preparing(name, _)) = self.spare.take() else {
+            unreachable!("the spare being prepared was awaited above");
+        };
+        self.spare = Some(match result {
+            Ok(file) => Spare::Ready(name, file),
+            Err(error) => Spare::Failed(name, error),
+        });
+    }
+
     /// Records durably that everything up to `snapshot.index` is held elsewhere,
     /// then recycles (or removes) the older segments that hold nothing newer.
+    /// `NoSpace` (the record needed a segment there is no room for) releases
+    /// nothing and leaves the WAL usable; a later release covers these segments.
     ///
     /// Panics if `snapshot.index` is below the last snapshot record's: replay
     /// refuses a decreasing snapshot index, so writing one would make the WAL
@@ -482,7 +585,9 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         self.append(&[Record::Snapshot(snapshot)]).await?;
         while self.sealed.first().is_some_and(|s| s.max_entry_index <= index) {
             let released = self.sealed.remove(0);
-            let result = if self.spare.is_none() {
+            // A recycled segment needs no room: it also ends a spare's failure.
+            let has_spare = matches!(self.spare, Some(Spare::Ready(..) | Spare::Preparing(..)));
+            let result = if !has_spare {
                 self.recycle(released.name).await
             } else {
                 self.dir.remove(&released.name.name).await

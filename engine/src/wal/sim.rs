@@ -53,6 +53,8 @@ struct Faults {
     die_at_next_sync: bool,
     /// `create_prewritten` fails once the directory holds this many files.
     files_max: Option<usize>,
+    /// Every `create_prewritten` fails with "no space".
+    disk_full: bool,
 }
 
 #[derive(Default)]
@@ -100,6 +102,13 @@ impl SimDir {
     /// files: a full disk, and a bound on tests whose failure mode is "roll forever".
     pub fn limit_files(&self, files_max: usize) {
         self.shared.borrow_mut().faults.files_max = Some(files_max);
+    }
+
+    /// While `full`, every `create_prewritten` fails with ENOSPC's kind and
+    /// leaves nothing behind (as the real one removes its temporary file);
+    /// writes into existing files still work, as into allocated blocks.
+    pub fn set_disk_full(&self, full: bool) {
+        self.shared.borrow_mut().faults.disk_full = full;
     }
 
     /// fdatasync calls so far.
@@ -265,7 +274,7 @@ impl WalDir for SimDir {
         if shared.files.contains_key(name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
         }
-        if shared.faults.files_max.is_some_and(|max| shared.files.len() >= max) {
+        if shared.faults.disk_full || shared.faults.files_max.is_some_and(|max| shared.files.len() >= max) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected full disk"));
         }
         drop(shared);
