@@ -108,10 +108,17 @@ impl Tree {
         self.store.seal(self.root, pages)
     }
 
-    /// Takes back the outcome of the plan from `begin_commit`. An error leaves
-    /// the tree unusable for commits: it is never retried.
+    /// Takes back the outcome of the plan from `begin_commit`. `NoSpace`
+    /// leaves the commit sealed for `retry_commit`; any other error leaves the
+    /// tree unusable for commits: it is never retried.
     pub fn finish_commit(&mut self, result: Result<CommittedPlan, PageError>) -> Result<(), PageError> {
         self.store.finish(result)
+    }
+
+    /// The plan of the sealed commit again, after it found no room (see
+    /// `PageStore::retry_commit`). The open transaction goes on meanwhile.
+    pub fn retry_commit(&mut self) -> CommitPlan {
+        self.store.retry_commit()
     }
 
     /// Commits synchronously (tools and tests).

@@ -57,6 +57,14 @@ enum Op {
     /// Reads the oldest pinned snapshot, checks it against the model of its
     /// time, and unpins it.
     ReadSnapshot,
+    /// Puts a value of 64 pages at `key` (so the file sometimes has to grow),
+    /// then commits while the file cannot grow. If it has to, the commit
+    /// stalls (writes nothing) and the ops after it build the next transaction
+    /// over it, until the next commit retries it with room back, or a restart
+    /// finds the state before it.
+    CommitWithoutRoom {
+        key: u16,
+    },
 }
 
 /// Keys share prefixes and sometimes run long, so nodes split at varied points.
@@ -95,6 +103,7 @@ fn op(keys: u16) -> impl Strategy<Value = Op> {
         1 => (1usize..8).prop_map(|leaves_per_step| Op::Defragment { leaves_per_step }),
         1 => Just(Op::PinSnapshot),
         1 => Just(Op::ReadSnapshot),
+        1 => (0..keys).prop_map(|key| Op::CommitWithoutRoom { key }),
     ]
 }
 
@@ -148,13 +157,34 @@ fn read_snapshot(source: &mut SnapshotSource) -> Tree {
     open(&io)
 }
 
+/// The room is back: the commit that found none is made.
+fn retry_with_room(tree: &mut Tree, io: &SimPageIo) {
+    io.limit_file_bytes(None);
+    let result = tree.retry_commit().execute();
+    tree.finish_commit(result).unwrap();
+}
+
 fn run(ops: Vec<Op>) {
     let io = SimPageIo::new();
     let mut tree = open(&io);
     let mut model = Model::new();
     let mut durable = Model::new();
     let mut snapshots: VecDeque<(SnapshotSource, Model)> = VecDeque::new();
+    // The model of a commit that found no room, while it waits.
+    let mut stalled: Option<Model> = None;
     for (step, op) in ops.into_iter().enumerate() {
+        let commits = matches!(
+            op,
+            Op::Commit
+                | Op::Defragment { .. }
+                | Op::PinSnapshot
+                | Op::FailedCommit { .. }
+                | Op::CommitWithoutRoom { .. }
+        );
+        if let Some(then) = stalled.take_if(|_| commits) {
+            retry_with_room(&mut tree, &io);
+            durable = then;
+        }
         match op {
             Op::Insert { key: k, pad, value } => {
                 tree.insert(&key(k, pad), &value).unwrap();
@@ -201,6 +231,31 @@ fn run(ops: Vec<Op>) {
             Op::Commit => {
                 tree.commit().unwrap();
                 durable = model.clone();
+            }
+            Op::Reopen if stalled.is_some() => {
+                // A crash: the stalled commit was never made.
+                stalled = None;
+                drop(tree);
+                snapshots.clear();
+                io.limit_file_bytes(None);
+                tree = open(&io);
+                assert_eq!(contents(&tree), durable, "the state before the stalled commit");
+                model = durable.clone();
+            }
+            Op::CommitWithoutRoom { key: k } => {
+                let value = vec![0xcd; 64 * OVERFLOW_DATA_BYTES];
+                tree.insert(&key(k, 0), &value).unwrap();
+                model.insert(key(k, 0), value);
+                io.limit_file_bytes(Some(io.size().unwrap()));
+                let result = tree.begin_commit().unwrap().execute();
+                match tree.finish_commit(result) {
+                    Ok(()) => {
+                        io.limit_file_bytes(None);
+                        durable = model.clone();
+                    }
+                    Err(PageError::NoSpace { .. }) => stalled = Some(model.clone()),
+                    Err(error) => panic!("step {step}: {error}"),
+                }
             }
             Op::Reopen => {
                 tree.commit().unwrap();
@@ -249,6 +304,9 @@ fn run(ops: Vec<Op>) {
         }
         tree.check()
             .unwrap_or_else(|error| panic!("integrity after step {step}: {error}"));
+    }
+    if stalled.is_some() {
+        retry_with_room(&mut tree, &io);
     }
     assert_eq!(contents(&tree), model);
     tree.commit().unwrap();
@@ -483,5 +541,38 @@ fn a_pinned_snapshot_survives_rewrites_and_defragmentation() {
     let before = tree.allocated_bytes();
     defragment(&mut tree, 64);
     assert!(tree.allocated_bytes() < before, "the held pages were released");
+    tree.check().unwrap();
+}
+
+#[test]
+fn a_commit_without_room_keeps_the_tree_and_the_next_transaction_and_lands_later() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    tree.commit().unwrap();
+    let full_at = io.size().unwrap();
+    io.limit_file_bytes(Some(full_at));
+    for i in 0..2000u32 {
+        tree.insert(&i.to_be_bytes(), &[1; 1000]).unwrap();
+    }
+    let result = tree.begin_commit().unwrap().execute();
+    assert!(matches!(tree.finish_commit(result), Err(PageError::NoSpace { .. })));
+    // The transaction after the stalled commit goes on over its sealed pages.
+    for i in 2000..3000u32 {
+        tree.insert(&i.to_be_bytes(), &[2; 1000]).unwrap();
+    }
+    assert!(tree.remove(&0u32.to_be_bytes()).unwrap());
+    tree.check().unwrap();
+    let result = tree.retry_commit().execute();
+    assert!(matches!(tree.finish_commit(result), Err(PageError::NoSpace { .. })));
+
+    io.limit_file_bytes(None);
+    let result = tree.retry_commit().execute();
+    tree.finish_commit(result).unwrap();
+    tree.commit().unwrap();
+    let expected = contents(&tree);
+    assert_eq!(expected.len(), 2999);
+    drop(tree);
+    let tree = open(&io);
+    assert_eq!(contents(&tree), expected, "both transactions are durable");
     tree.check().unwrap();
 }

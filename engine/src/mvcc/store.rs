@@ -662,9 +662,17 @@ impl Mvcc {
         Ok(self.tree.begin_commit()?)
     }
 
-    /// Takes back the outcome of the plan from `begin_commit`; an error is final.
+    /// Takes back the outcome of the plan from `begin_commit`. An error is
+    /// final, except `PageError::NoSpace`: then the commit was not made, and
+    /// [`Mvcc::retry_commit`] runs it again later.
     pub fn finish_commit(&mut self, result: Result<CommittedPlan, PageError>) -> Result<(), MvccError> {
         Ok(self.tree.finish_commit(result)?)
+    }
+
+    /// The plan of the commit that found no room to grow the file, to execute
+    /// again: the same state (applied index, revisions, alarms) as sealed.
+    pub fn retry_commit(&mut self) -> CommitPlan {
+        self.tree.retry_commit()
     }
 
     /// Commits synchronously (tools and tests).

@@ -19,7 +19,9 @@ pub trait PageIo: Send + Sync + 'static {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// fdatasync: everything written before is durable when this returns.
     fn sync(&self) -> io::Result<()>;
-    /// Makes the file at least `len` bytes, with its blocks allocated.
+    /// Makes the file at least `len` bytes, with its blocks allocated. On
+    /// failure the file keeps its length (a full disk gets back what a partial
+    /// allocation took).
     fn grow(&self, len: u64) -> io::Result<()>;
     /// Cuts the file to `len` bytes (after defragmentation).
     fn truncate(&self, len: u64) -> io::Result<()>;
@@ -106,6 +108,13 @@ impl PageIo for FilePageIo {
         if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
             // Some file systems cannot preallocate; a sparse extension still works.
             return self.file.set_len(len);
+        }
+        // A fallocate that ran out of room may have allocated, and extended the
+        // file by, part of the range. Nothing is written there yet: cut it off.
+        if let Err(undo) = self.file.set_len(current) {
+            return Err(io::Error::other(format!(
+                "{error}; then cutting the file back to {current} bytes failed: {undo}"
+            )));
         }
         Err(error)
     }

@@ -6,8 +6,11 @@
 //! result is a [`CommitPlan`]. The plan's `execute` does the blocking I/O (grow,
 //! write pages, fdatasync, write the meta page, fdatasync) on another thread
 //! while the store core builds the next transaction; [`PageStore::finish`] takes
-//! the result back. Until then the sealed pages are read from memory. Layouts
-//! and the crash argument are in docs/page-format.md.
+//! the result back. Until then the sealed pages are read from memory. A plan
+//! that cannot grow the file for want of room writes nothing and fails with
+//! [`PageError::NoSpace`]; the commit stays sealed and is retried
+//! ([`PageStore::retry_commit`]). Layouts and the crash argument are in
+//! docs/page-format.md.
 
 mod freelist;
 mod io;
@@ -31,6 +34,8 @@ use layout::{parse_header, seal_page, verify_page, META_PAGE_COUNT};
 use meta::Meta;
 pub use snapshot::SnapshotSource;
 
+use crate::no_space::is_no_space;
+
 /// The file grows in steps of at least this much, so commits rarely extend it.
 const GROW_STEP_BYTES_MIN: u64 = 1 << 20;
 
@@ -46,6 +51,10 @@ pub enum PageError {
     Corrupt { page: PageId, reason: String },
     #[error("page store is unusable after an earlier I/O error")]
     Poisoned,
+    /// The file could not grow for want of room, before the commit wrote
+    /// anything: it is not made, and not lost (see `PageStore::retry_commit`).
+    #[error("no space left to grow the page file to {bytes} bytes: {source}")]
+    NoSpace { bytes: u64, source: std::io::Error },
 }
 
 fn io_error(context: &'static str) -> impl FnOnce(std::io::Error) -> PageError {
@@ -54,6 +63,17 @@ fn io_error(context: &'static str) -> impl FnOnce(std::io::Error) -> PageError {
 
 /// Pages of a sealed commit, by id, with txid and checksum stamped.
 type SealedPages = BTreeMap<PageId, Box<[u8]>>;
+
+/// The commit sealed and not yet durable: what its plan writes.
+struct Sealed {
+    meta: Meta,
+    pages: Arc<SealedPages>,
+    grow_to: Option<u64>,
+    shrink_to: Option<u64>,
+    /// Its plan found no room to grow the file and wrote nothing; no plan is
+    /// out until `retry_commit` hands out the next one.
+    stalled: bool,
+}
 
 /// A committed page, as [`PageStore::page`] reads it.
 #[derive(Debug, Clone, Copy)]
@@ -74,8 +94,9 @@ pub struct PageStore {
     file_bytes: u64,
     /// The last durable commit.
     durable: Meta,
-    /// The commit being written, if any: its pages are read from here until done.
-    sealed: Option<(Meta, Arc<SealedPages>)>,
+    /// The commit being written (or waiting to be retried), if any: its pages
+    /// are read from here until it is durable.
+    sealed: Option<Sealed>,
     freelist: Freelist,
     /// The next seal gives back the free pages at the end of the file.
     trim_requested: bool,
@@ -168,7 +189,9 @@ impl PageStore {
 
     /// The root of the last sealed (or durable) commit.
     pub fn committed_root(&self) -> Option<PageId> {
-        self.sealed.as_ref().map_or(self.durable.root, |(meta, _)| meta.root)
+        self.sealed
+            .as_ref()
+            .map_or(self.durable.root, |sealed| sealed.meta.root)
     }
 
     /// A committed page (durable, or sealed and being written), checksum verified.
@@ -185,8 +208,8 @@ impl PageStore {
     /// The page, its header, and whether this read verified its checksum.
     fn verified_page(&self, id: PageId) -> Result<(&[u8], layout::PageHeader, bool), PageError> {
         let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
-        if let Some((_, pages)) = &self.sealed {
-            if let Some(page) = pages.get(&id) {
+        if let Some(sealed) = &self.sealed {
+            if let Some(page) = sealed.pages.get(&id) {
                 return Ok((page, trusted_header(page), false));
             }
         }
@@ -281,28 +304,49 @@ impl PageStore {
         let shrink_to = trim
             .then(|| needed.div_ceil(GROW_STEP_BYTES_MIN) * GROW_STEP_BYTES_MIN)
             .filter(|&len| len < self.file_bytes);
-        let pages = Arc::new(sealed);
-        self.sealed = Some((meta, Arc::clone(&pages)));
-        Ok(CommitPlan {
-            io: Arc::clone(&self.io),
-            pages,
+        self.sealed = Some(Sealed {
             meta,
+            pages: Arc::new(sealed),
             grow_to,
             shrink_to,
-        })
+            stalled: false,
+        });
+        Ok(self.plan())
     }
 
-    /// Takes back an executed plan: its meta is the durable state now.
+    /// The plan that writes the sealed commit.
+    fn plan(&self) -> CommitPlan {
+        let sealed = self.sealed.as_ref().expect("a commit is sealed");
+        CommitPlan {
+            io: Arc::clone(&self.io),
+            pages: Arc::clone(&sealed.pages),
+            meta: sealed.meta,
+            grow_to: sealed.grow_to,
+            shrink_to: sealed.shrink_to,
+        }
+    }
+
+    /// Takes back an executed plan: its meta is the durable state now. On
+    /// `NoSpace` the commit stays sealed, its pages readable from memory, for
+    /// [`PageStore::retry_commit`]; any other error is final.
     pub fn finish(&mut self, result: Result<CommittedPlan, PageError>) -> Result<(), PageError> {
-        let (meta, _) = self.sealed.take().expect("a commit was in flight");
+        let sealed = self.sealed.as_mut().expect("a commit was in flight");
+        assert!(!sealed.stalled, "a stalled commit has no plan out");
         let done = match result {
             Ok(done) => done,
+            Err(error @ PageError::NoSpace { .. }) => {
+                // Nothing was written: the same plan can run again.
+                sealed.stalled = true;
+                return Err(error);
+            }
             Err(error) => {
                 // An fsync error is not retried: the kernel may have dropped the pages.
+                self.sealed = None;
                 self.poisoned = true;
                 return Err(error);
             }
         };
+        let meta = self.sealed.take().expect("checked above").meta;
         assert_eq!(done.meta, meta, "the plan that finished is the one sealed");
         self.durable = meta;
         let file_bytes = self.io.size().map_err(io_error("sizing the page file"))?;
@@ -313,6 +357,16 @@ impl PageStore {
             self.file_bytes = file_bytes;
         }
         Ok(())
+    }
+
+    /// The plan of the sealed commit again, after its last run found no room
+    /// to grow the file (`finish` returned `NoSpace`): the same pages and meta
+    /// page, written once there is room.
+    pub fn retry_commit(&mut self) -> CommitPlan {
+        let sealed = self.sealed.as_mut().expect("a commit is sealed");
+        assert!(sealed.stalled, "only a commit that found no room is retried");
+        sealed.stalled = false;
+        self.plan()
     }
 
     /// Pins the last durable commit for a copy read off the store core: its
@@ -427,10 +481,20 @@ pub struct CommittedPlan {
 impl CommitPlan {
     /// Grows the file if needed, writes the pages (contiguous runs in one write),
     /// fdatasync, writes the meta page, fdatasync. The first sync orders the pages
-    /// before the meta page that makes them reachable.
+    /// before the meta page that makes them reachable. Growth comes first, so
+    /// `NoSpace` means nothing was written.
     pub fn execute(self) -> Result<CommittedPlan, PageError> {
         if let Some(len) = self.grow_to {
-            self.io.grow(len).map_err(io_error("growing the page file"))?;
+            self.io.grow(len).map_err(|source| {
+                if is_no_space(&source) {
+                    PageError::NoSpace { bytes: len, source }
+                } else {
+                    PageError::Io {
+                        context: "growing the page file",
+                        source,
+                    }
+                }
+            })?;
         }
         let mut run: Vec<u8> = Vec::new();
         let mut run_start: PageId = 0;

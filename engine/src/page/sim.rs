@@ -24,6 +24,8 @@ struct State {
     /// Writes that succeed before the next one fails (None: no failure armed).
     writes_before_failure: Option<u32>,
     fail_next_sync: bool,
+    /// The file cannot grow past this many bytes: a full disk.
+    file_bytes_max: Option<u64>,
     syncs: u64,
 }
 
@@ -69,6 +71,13 @@ impl SimPageIo {
     /// The next fdatasync fails, and (as on Linux) the unsynced data is gone.
     pub fn fail_next_sync(&self) {
         self.state.lock().unwrap().fail_next_sync = true;
+    }
+
+    /// The file cannot grow past `bytes` (None: no limit): `grow` fails with
+    /// ENOSPC's kind and changes nothing, as the real one cuts a partial
+    /// allocation back.
+    pub fn limit_file_bytes(&self, bytes: Option<u64>) {
+        self.state.lock().unwrap().file_bytes_max = bytes;
     }
 
     pub fn syncs(&self) -> u64 {
@@ -132,6 +141,9 @@ impl PageIo for SimPageIo {
 
     fn grow(&self, len: u64) -> io::Result<()> {
         let mut state = self.state.lock().unwrap();
+        if state.file_bytes_max.is_some_and(|max| len > max) && state.durable.len() < len as usize {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "injected full disk"));
+        }
         if state.durable.len() < len as usize {
             state.durable.resize(len as usize, 0);
         }

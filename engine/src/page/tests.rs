@@ -143,3 +143,55 @@ fn released_pages_are_reused_and_the_file_stops_growing() {
     assert_eq!(reopened.committed_root(), Some(live));
     assert_eq!(reopened.freelist.page_count(), store.freelist.page_count());
 }
+
+/// Pages enough to grow a new (1 MiB) file, as one commit.
+fn pages_past_the_first_grow_step(store: &mut PageStore) -> (PageId, Vec<PageImage>) {
+    let pages: Vec<PageImage> = (0..300).map(|i| data_page(store, i as u8)).collect();
+    (pages[0].0, pages)
+}
+
+#[test]
+fn a_commit_that_cannot_grow_the_file_writes_nothing_and_runs_again_once_there_is_room() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let file_bytes = store.file_bytes();
+    io.limit_file_bytes(Some(file_bytes));
+    let (root, pages) = pages_past_the_first_grow_step(&mut store);
+    let syncs = io.syncs();
+    let plan = store.seal(Some(root), pages).unwrap();
+    let result = plan.execute();
+    assert!(matches!(result, Err(PageError::NoSpace { .. })));
+    assert!(matches!(store.finish(result), Err(PageError::NoSpace { .. })));
+    assert_eq!(io.syncs(), syncs, "nothing was written, so nothing was synced");
+    assert_eq!(io.size().unwrap(), file_bytes, "the file kept its length");
+    assert_eq!(reopen(&io).unwrap().committed_root(), None, "the commit was not made");
+    // The sealed commit stays readable from memory meanwhile.
+    assert_eq!(store.committed_root(), Some(root));
+    assert_eq!(store.page(root).unwrap().bytes[HEADER_BYTES], 0);
+
+    // Still no room: the same commit fails the same way, and is not poisoned.
+    let result = store.retry_commit().execute();
+    assert!(matches!(store.finish(result), Err(PageError::NoSpace { .. })));
+
+    io.limit_file_bytes(None);
+    let result = store.retry_commit().execute();
+    store.finish(result).unwrap();
+    assert!(store.file_bytes() > file_bytes);
+    let reopened = reopen(&io).unwrap();
+    assert_eq!(reopened.committed_root(), Some(root));
+    assert_eq!(reopened.durable.txid, 1, "one commit, made once");
+    assert_eq!(reopened.page(root).unwrap().bytes[HEADER_BYTES], 0);
+    // And the store takes the next commit as usual.
+    let (id, page) = data_page(&mut store, 7);
+    store.commit(Some(id), vec![(id, page)]).unwrap();
+}
+
+#[test]
+fn other_errors_while_committing_stay_fatal() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (root, pages) = pages_past_the_first_grow_step(&mut store);
+    io.fail_write_after(0);
+    assert!(matches!(store.commit(Some(root), pages), Err(PageError::Io { .. })));
+    assert!(matches!(store.seal(None, Vec::new()), Err(PageError::Poisoned)));
+}
