@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{ConfState, Entry, EntryType};
 use raft::{Config as RaftConfig, RawNode};
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
@@ -181,15 +181,16 @@ pub async fn open(
             "using the member id stored in the WAL; identity flags apply only to a new member"
         );
     }
-    let mut raft_log = rebuild_raft_log(recovered, mvcc.applied_index()).map_err(inconsistent)?;
     // Raft resumes applying after the page store's applied index, so it must
     // start from the configuration as of that index: the page store's, once a
     // configuration change was applied (the WAL's snapshot record may be older).
-    if let Some(bytes) = mvcc.conf_state() {
-        let conf_state = ConfState::decode(bytes)
-            .map_err(|error| inconsistent(format!("the page store's raft configuration: {error}")))?;
-        raft_log.set_conf_state(conf_state);
-    }
+    let stored_conf_state = mvcc
+        .conf_state()
+        .map(ConfState::decode)
+        .transpose()
+        .map_err(|error| inconsistent(format!("the page store's raft configuration: {error}")))?;
+    let raft_log = rebuild_raft_log(recovered, mvcc.applied_index(), stored_conf_state, identity.member_id)
+        .map_err(inconsistent)?;
     let config = RaftConfig {
         id: identity.member_id,
         election_tick: election_ticks,
@@ -311,13 +312,22 @@ pub(super) async fn create_wal_at(
 }
 
 /// The raft log after a restart: entries after the WAL's last release point,
-/// the last hard state, and the configuration of the last snapshot record.
-fn rebuild_raft_log(recovered: Recovered, applied_index: u64) -> Result<RaftLog, String> {
+/// the last hard state, and the configuration as of the applied index: the
+/// page store's (`stored_conf_state`), or else the last snapshot record's.
+fn rebuild_raft_log(
+    recovered: Recovered,
+    applied_index: u64,
+    stored_conf_state: Option<ConfState>,
+    member_id: u64,
+) -> Result<RaftLog, String> {
     let snapshot = recovered
         .snapshot
         .ok_or("no snapshot record: the WAL was never fully created")?;
-    let conf_state = ConfState::decode(snapshot.conf_state.as_slice())
-        .map_err(|error| format!("snapshot record's configuration does not decode: {error}"))?;
+    let conf_state = match stored_conf_state {
+        Some(conf_state) => conf_state,
+        None => ConfState::decode(snapshot.conf_state.as_slice())
+            .map_err(|error| format!("snapshot record's configuration does not decode: {error}"))?,
+    };
     // The WAL is only released up to what the page store made durable.
     if applied_index < snapshot.index {
         return Err(format!(
@@ -340,6 +350,9 @@ fn rebuild_raft_log(recovered: Recovered, applied_index: u64) -> Result<RaftLog,
     // Only committed entries are applied, so the commit index is at least the
     // applied one even when a commit-only hard state was never synced.
     hard_state.commit = hard_state.commit.max(applied_index);
+    if conf_state.voters == [member_id] && conf_state.voters_outgoing.is_empty() {
+        hard_state.commit = hard_state.commit.max(sole_voter_commit(&entries, applied_index));
+    }
     if hard_state.commit > last_index {
         return Err(format!(
             "hard state commit {} is past the last entry {last_index}",
@@ -355,9 +368,57 @@ fn rebuild_raft_log(recovered: Recovered, applied_index: u64) -> Result<RaftLog,
     ))
 }
 
+/// How far a sole voter's log is committed: to its end, since its own
+/// persistence is the quorum, but no further than its first configuration
+/// change after `applied_index` (once applied, that change may have added
+/// voters whose acknowledgement the entries after it needed). Raft would
+/// commit them too, once this term's first entry is persisted: known now, they
+/// are applied at start without writing anything, also on a full disk.
+fn sole_voter_commit(entries: &[Entry], applied_index: u64) -> u64 {
+    let unapplied = entries.iter().filter(|entry| entry.index > applied_index);
+    let mut commit = applied_index;
+    for entry in unapplied {
+        commit = entry.index;
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            break;
+        }
+    }
+    commit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(index: u64, entry_type: EntryType) -> Entry {
+        let mut entry = Entry {
+            index,
+            term: 1,
+            ..Default::default()
+        };
+        entry.set_entry_type(entry_type);
+        entry
+    }
+
+    #[test]
+    fn a_sole_voters_log_is_committed_up_to_its_first_configuration_change() {
+        let normal = |index| entry(index, EntryType::EntryNormal);
+        let log = [normal(4), normal(5), normal(6)];
+        assert_eq!(sole_voter_commit(&log, 3), 6, "everything it persisted");
+        assert_eq!(sole_voter_commit(&log, 6), 6);
+        assert_eq!(sole_voter_commit(&[], 3), 3);
+        let with_change = [normal(4), entry(5, EntryType::EntryConfChangeV2), normal(6)];
+        assert_eq!(
+            sole_voter_commit(&with_change, 3),
+            5,
+            "the change itself, not what follows"
+        );
+        assert_eq!(
+            sole_voter_commit(&with_change, 5),
+            6,
+            "a change applied already is in force"
+        );
+    }
 
     #[test]
     fn identity_round_trips_through_wal_metadata() {

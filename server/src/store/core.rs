@@ -20,7 +20,7 @@ use glommio::channels::shared_channel::ConnectedSender;
 use prost::Message;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
-use ringkv_engine::mvcc::{CommittedPlan, Mvcc, PageError};
+use ringkv_engine::mvcc::{CommitPlan, CommittedPlan, Mvcc, MvccError, PageError};
 use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request;
@@ -42,11 +42,13 @@ use crate::metrics::Histogram;
 use crate::peer::{PeerEvent, PeerTransport};
 
 mod cluster;
+mod disk_full;
 mod maintenance;
 mod members;
 mod snapshots;
 mod space;
 use crate::watch::WatchCommand;
+use disk_full::DiskFull;
 use space::{DefragJob, SnapshotWait};
 
 /// A compaction step compacts at most this many keys of the index, or removes
@@ -78,6 +80,11 @@ pub enum Event {
         result: Result<(), WalError>,
         elapsed: Duration,
     },
+    /// The WAL had no room for `records`, the rest of Ready `ready` (those
+    /// before them are durable); nothing of them was written.
+    PersistNoSpace { ready: u64, records: Vec<Record> },
+    /// The WAL's next segment found no room, or has room again.
+    WalSpace { out_of_space: bool },
     /// The WAL finished releasing segments.
     Released(Result<(), WalError>),
     /// A page-store commit finished its writes and fsyncs, taking `elapsed`.
@@ -247,6 +254,8 @@ pub struct StoreCore {
     snapshots_sending: HashMap<u64, u64>,
     /// Commits pinned in the page store (Snapshot calls, snapshot sends).
     pinned: Vec<u64>,
+    /// What waits for room on a full disk.
+    disk_full: DiskFull,
     /// Pins taken in a page store that an installed snapshot replaced.
     orphaned_pins: Vec<u64>,
     /// A snapshot from the leader whose WAL record is being persisted.
@@ -273,13 +282,12 @@ impl StoreCore {
         replies: Vec<ConnectedSender<Reply>>,
         watch_outlet: WatchOutlet,
     ) -> StoreCore {
-        // A sole voter has committed everything in its log; with peers, entries
-        // past the stored commit index may be replaced by the next leader.
-        let boot_applied_target = if raw.store().conf_state().voters.len() == 1 {
-            raw.store().last_index()
-        } else {
-            raw.raft.raft_log.committed
-        };
+        // What was known committed at start. With peers, entries past the
+        // stored commit index may be replaced by the next leader; a sole
+        // voter's commit index was raised to what its log holds (see
+        // `bootstrap::sole_voter_commit`), which it can apply without writing
+        // anything first: also on a full disk.
+        let boot_applied_target = raw.raft.raft_log.committed;
         let lease_ids = IdGenerator::new(settings.member_id);
         let request_ids = IdGenerator::new(settings.member_id);
         let auto_compactor = AutoCompactor::new(settings.auto_compaction, Instant::now());
@@ -340,6 +348,7 @@ impl StoreCore {
             snapshots_due: Vec::new(),
             snapshots_sending: HashMap::new(),
             pinned: Vec::new(),
+            disk_full: DiskFull::default(),
             orphaned_pins: Vec::new(),
             installing: None,
             lease_clock: LeaseClock::default(),
@@ -379,6 +388,7 @@ impl StoreCore {
                 self.expire_promote_checks();
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
+                self.retry_for_space();
             }
             Event::Peer(PeerEvent::Received(message)) if !self.transport.admits(&self.raw.raft, &message) => {}
             Event::Peer(PeerEvent::Received(message)) => {
@@ -401,6 +411,7 @@ impl StoreCore {
                 }
                 self.metrics.wal_fsync.observe(elapsed);
                 assert_eq!(self.persisting.take(), Some(ready), "WAL persists Readies in order");
+                self.persisted_after_no_space();
                 self.raw.on_persist_ready(ready);
                 if let Some(install) = self.installing.take() {
                     self.finish_install(install);
@@ -408,11 +419,14 @@ impl StoreCore {
                 let messages = std::mem::take(&mut self.persisted_messages);
                 self.send_messages(messages);
             }
-            Event::Released(result) => {
-                if let Err(error) = result {
-                    fatal(&format!("WAL segment release failed: {error}"));
-                }
-            }
+            Event::PersistNoSpace { ready, records } => self.persist_found_no_space(ready, records),
+            Event::WalSpace { out_of_space } => self.wal_space_changed(out_of_space),
+            Event::Released(result) => match result {
+                Ok(()) => {}
+                // Nothing was released; the next release covers these segments.
+                Err(error @ WalError::NoSpace { .. }) => tracing::debug!(%error, "WAL release deferred"),
+                Err(error) => fatal(&format!("WAL segment release failed: {error}")),
+            },
             Event::Committed { result, elapsed } => {
                 self.metrics.backend_commit.observe(elapsed);
                 self.finish_commit(result);
@@ -473,6 +487,13 @@ impl StoreCore {
     /// and this member's attributes with them (see `publish_attributes`).
     pub fn caught_up(&self) -> bool {
         self.mvcc.applied_index() >= self.boot_applied_target && self.attributes_published
+    }
+
+    /// Clients may be let in: caught up, or, on a disk too full to persist the
+    /// publish entry, every entry this member knew committed at start applied
+    /// again (it serves what it holds, serializable reads, until there is room).
+    pub fn ready_to_serve(&self) -> bool {
+        self.caught_up() || (self.disk_full.wal_stuck() && self.mvcc.applied_index() >= self.boot_applied_target)
     }
 
     /// True while physical compaction has revisions left to remove, or a
@@ -583,6 +604,11 @@ impl StoreCore {
     }
 
     fn read(&mut self, client: usize, call_id: u64, read: PendingRead, serializable: bool) {
+        if !serializable && self.disk_full.wal_stuck() {
+            // Its ReadIndex would come with a Ready, which waits for the WAL.
+            self.reply(client, call_id, Err(EtcdError::NoSpace));
+            return;
+        }
         if serializable {
             self.serve_read(client, call_id, read);
         } else {
@@ -601,7 +627,16 @@ impl StoreCore {
     }
 
     /// Proposes `request` to raft; returns the id its result will carry.
+    /// Refused while the WAL has no room to persist it.
     fn propose_entry(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
+        if self.disk_full.wal_stuck() {
+            return Err(EtcdError::NoSpace);
+        }
+        self.propose_to_raft(request)
+    }
+
+    /// `propose_entry` without the room check (the NOSPACE alarm itself).
+    fn propose_to_raft(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
         let id = self.request_ids.next(|_| false) as u64;
         let data = entry::encode(id, request);
         // etcd checks the size of the proposal, not of the gRPC message.
@@ -886,6 +921,11 @@ impl StoreCore {
         self.last_commit = Instant::now();
         self.physical_waiters_committing
             .append(&mut self.physical_waiters_pending);
+        self.execute_commit(plan);
+    }
+
+    /// Runs a commit's writes and fsyncs on a blocking thread; `Committed` reports them.
+    fn execute_commit(&self, plan: CommitPlan) {
         let events = Rc::clone(&self.events);
         glommio::spawn_local(async move {
             let (result, elapsed) = glommio::executor()
@@ -902,9 +942,15 @@ impl StoreCore {
     }
 
     fn finish_commit(&mut self, result: Result<CommittedPlan, PageError>) {
-        self.mvcc
-            .finish_commit(result)
-            .unwrap_or_else(|error| fatal(&format!("page-store commit failed: {error}")));
+        match self.mvcc.finish_commit(result) {
+            Ok(()) => self.committed_after_no_space(),
+            // Nothing was written: the commit stays in flight, and is retried.
+            Err(MvccError::Storage(error @ PageError::NoSpace { .. })) => {
+                self.commit_found_no_space(&error);
+                return;
+            }
+            Err(error) => fatal(&format!("page-store commit failed: {error}")),
+        }
         let committed = self.commit.take().expect("a commit was in flight");
         self.durable_applied_index = committed.applied_index;
         self.space_after_commit();

@@ -231,7 +231,7 @@ pub async fn run(
     let mut ready = Some(ready);
     core.drive();
     loop {
-        if core.caught_up() {
+        if core.ready_to_serve() {
             if let Some(ready) = ready.take() {
                 let _ = ready.send(Ok(identity));
             }

@@ -1,13 +1,16 @@
 //! The store core's WAL task: owns the WAL, persists raft Readies in order, and
-//! reports back. Converting between raft's types and the WAL's record types
-//! happens here, so `engine` never depends on raft.
+//! reports back, also whether the WAL has room for its next segment.
+//! Converting between raft's types and the WAL's record types happens here, so
+//! `engine` never depends on raft.
 
 use std::rc::Rc;
+use std::time::Duration;
 
+use futures_lite::future;
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use prost::Message;
 use raft::eraftpb::{ConfState, Entry, HardState};
-use ringkv_engine::wal::{EntryRecord, HardStateRecord, Record, SnapshotRecord, Wal};
+use ringkv_engine::wal::{EntryRecord, HardStateRecord, Record, SnapshotRecord, Wal, WalDir, WalError};
 
 use super::core::Event;
 
@@ -17,34 +20,83 @@ pub enum WalJob {
     Persist { ready: u64, records: Vec<Record> },
     /// Everything up to the snapshot's index is durable in the page store.
     Release(SnapshotRecord),
+    /// Prepare the next segment again: the last attempt found no room.
+    RetrySpare,
 }
 
 /// Runs until the job channel closes. A WAL error is fatal: it is reported and the
-/// store core stops the process (an fsync error must never be retried).
+/// store core stops the process (an fsync error must never be retried). Finding
+/// no room is not an error: a Persist whose records need a segment there is no
+/// room for reports the records it could not write (`PersistNoSpace`), and a
+/// change in whether the next segment has room is reported (`WalSpace`).
 pub async fn run(mut wal: Wal, jobs: LocalReceiver<WalJob>, events: Rc<LocalSender<Event>>) {
     #[cfg(feature = "fault-injection")]
     let disk_delay = super::fault::DiskDelay::from_env();
-    while let Some(job) = jobs.recv().await {
-        let event = match job {
-            WalJob::Persist { ready, records } => {
-                let started = std::time::Instant::now();
+    let mut out_of_space = false;
+    loop {
+        // The next job, or the end of a segment's preparation in the background.
+        let next = future::or(async { Some(jobs.recv().await) }, async {
+            wal.settle_spare().await;
+            None
+        })
+        .await;
+        let event = match next {
+            Some(None) => return,
+            Some(Some(job)) => {
                 #[cfg(feature = "fault-injection")]
-                if let Some(delay) = disk_delay.as_ref().and_then(super::fault::DiskDelay::current) {
-                    glommio::timer::sleep(delay).await;
+                let delay = disk_delay.as_ref().and_then(super::fault::DiskDelay::current);
+                #[cfg(not(feature = "fault-injection"))]
+                let delay = None;
+                run_job(&mut wal, job, delay).await
+            }
+            None => None,
+        };
+        if let Some(event) = event {
+            if events.try_send(event).is_err() {
+                return;
+            }
+        }
+        if wal.out_of_space() != out_of_space {
+            out_of_space = wal.out_of_space();
+            if events.try_send(Event::WalSpace { out_of_space }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Does one job; the event that reports it, if any. `disk_delay` (the fault
+/// suite's slow disk, test builds only) is waited before a Persist's write.
+async fn run_job<D: WalDir + Clone + 'static>(
+    wal: &mut Wal<D>,
+    job: WalJob,
+    disk_delay: Option<Duration>,
+) -> Option<Event> {
+    Some(match job {
+        WalJob::Persist { ready, mut records } => {
+            let started = std::time::Instant::now();
+            if let Some(delay) = disk_delay {
+                glommio::timer::sleep(delay).await;
+            }
+            match wal.append(&records).await {
+                Err(WalError::NoSpace { written, .. }) => {
+                    // Those are durable; the rest is to be written once, later.
+                    records.drain(..written);
+                    Event::PersistNoSpace { ready, records }
                 }
-                let result = wal.append(&records).await;
-                Event::Persisted {
+                result => Event::Persisted {
                     ready,
                     result,
                     elapsed: started.elapsed(),
-                }
+                },
             }
-            WalJob::Release(snapshot) => Event::Released(wal.release_to(snapshot).await),
-        };
-        if events.try_send(event).is_err() {
-            return;
         }
-    }
+        WalJob::Release(snapshot) => Event::Released(wal.release_to(snapshot).await),
+        WalJob::RetrySpare => {
+            wal.retry_spare();
+            return None;
+        }
+    })
 }
 
 pub fn entry_record(entry: &Entry) -> Record {

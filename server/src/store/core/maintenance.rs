@@ -85,13 +85,20 @@ impl StoreCore {
         }
     }
 
-    /// Checked before proposing a write costing `cost` bytes: over the quota, the
-    /// NOSPACE alarm is raised (through raft) and the write refused. True: go on.
+    /// Checked before proposing a write costing `cost` bytes: with no room on
+    /// this member's disk (see `disk_full`), or over the quota, the NOSPACE
+    /// alarm is raised (through raft) and the write refused. True: go on.
     pub(super) fn check_quota(&mut self, client: usize, call_id: u64, cost: u64) -> bool {
+        if cost == 0 {
+            return true;
+        }
+        if !self.check_room(client, call_id) {
+            return false;
+        }
         let Some(quota) = self.settings.quota_backend_bytes else {
             return true;
         };
-        if cost == 0 || self.mvcc.allocated_bytes() + cost < quota {
+        if self.mvcc.allocated_bytes() + cost < quota {
             return true;
         }
         if !self.nospace() {
@@ -100,16 +107,8 @@ impl StoreCore {
                 used_bytes = self.mvcc.allocated_bytes(),
                 "database space exceeded: raising the NOSPACE alarm"
             );
-            let alarm = pb::AlarmRequest {
-                action: pb::alarm_request::AlarmAction::Activate as i32,
-                member_id: self.settings.member_id,
-                alarm: pb::AlarmType::Nospace as i32,
-            };
-            // No waiter: whoever asked for the write hears NoSpace now.
-            if self.propose_entry(raft_request::Request::Alarm(alarm)).is_err() {
-                self.metrics.proposals_failed += 1;
-            }
         }
+        self.raise_nospace();
         self.reply(client, call_id, Err(EtcdError::NoSpace));
         false
     }
