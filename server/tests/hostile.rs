@@ -9,6 +9,8 @@ mod support;
 
 #[path = "hostile/client.rs"]
 mod client;
+#[path = "hostile/disk_full.rs"]
+mod disk_full;
 #[path = "hostile/peer.rs"]
 mod peer;
 #[path = "hostile/poison.rs"]
