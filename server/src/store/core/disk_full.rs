@@ -151,6 +151,11 @@ impl StoreCore {
         if Instant::now() < retry_at {
             return;
         }
+        if !self.disk_full.is_full() {
+            // The room came back since: nothing to try, nor to raise.
+            self.disk_full.retry_at = None;
+            return;
+        }
         if self.disk_full.wal_stuck {
             // The roll that failed makes the segment itself.
             self.persist_unwritten();
@@ -162,10 +167,7 @@ impl StoreCore {
             self.execute_commit(plan);
         }
         self.raise_nospace();
-        self.disk_full.retry_at = self
-            .disk_full
-            .is_full()
-            .then(|| Instant::now() + NO_SPACE_RETRY_INTERVAL);
+        self.disk_full.retry_at = Some(Instant::now() + NO_SPACE_RETRY_INTERVAL);
     }
 
     /// Sends the records the WAL had no room for again, if they wait.
