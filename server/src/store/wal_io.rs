@@ -143,3 +143,86 @@ pub fn hard_state_from_record(record: &HardStateRecord) -> HardState {
         commit: record.commit,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ringkv_engine::wal::sim::SimDir;
+    use ringkv_engine::wal::{WalOptions, BLOCK_BYTES};
+
+    use super::*;
+
+    /// 16 blocks: the creation frame and 15 one-block appends fill one.
+    fn small() -> WalOptions {
+        WalOptions {
+            segment_bytes: 16 * BLOCK_BYTES as u64,
+        }
+    }
+
+    fn entry(index: u64, bytes: usize) -> Record {
+        Record::Entry(EntryRecord {
+            index,
+            term: 1,
+            kind: 0,
+            data: vec![index as u8; bytes],
+            context: Vec::new(),
+        })
+    }
+
+    async fn persist(wal: &mut Wal<SimDir>, ready: u64, records: Vec<Record>) -> Result<(), Vec<Record>> {
+        match run_job(wal, WalJob::Persist { ready, records }, None).await {
+            Some(Event::Persisted {
+                ready: done, result, ..
+            }) => {
+                assert_eq!(done, ready);
+                result.expect("persisted");
+                Ok(())
+            }
+            Some(Event::PersistNoSpace {
+                ready: waiting,
+                records,
+            }) => {
+                assert_eq!(waiting, ready);
+                Err(records)
+            }
+            _ => panic!("a Persist is answered with Persisted or PersistNoSpace"),
+        }
+    }
+
+    #[test]
+    fn records_without_room_come_back_and_sent_again_land_once_in_order() {
+        glommio::LocalExecutor::default().run(async {
+            let dir = SimDir::new();
+            let initial = SnapshotRecord {
+                index: 0,
+                term: 0,
+                conf_state: Vec::new(),
+            };
+            let mut wal = Wal::create_in(dir.clone(), small(), Vec::new(), initial).await.unwrap();
+            dir.set_disk_full(true);
+            for index in 1..=13 {
+                persist(&mut wal, index, vec![entry(index, 10)]).await.unwrap();
+            }
+            // Two blocks left: part of this Ready fits, the rest needs a segment.
+            let ready: Vec<Record> = (14..=18).map(|index| entry(index, 2000)).collect();
+            let rest = persist(&mut wal, 14, ready.clone()).await.unwrap_err();
+            assert!(!rest.is_empty() && rest.len() < ready.len(), "{} came back", rest.len());
+            assert_eq!(rest[..], ready[ready.len() - rest.len()..], "the rest, as it was");
+            let (_, recovered) = Wal::open_in(dir.clone(), small()).await.unwrap();
+            let durable = 13 + (ready.len() - rest.len()) as u64;
+            assert_eq!(
+                recovered.entries.last().map(|e| e.index),
+                Some(durable),
+                "what did not come back is durable"
+            );
+            let again = persist(&mut wal, 14, rest.clone()).await.unwrap_err();
+            assert_eq!(again, rest, "nothing more was written");
+
+            dir.set_disk_full(false);
+            persist(&mut wal, 14, again).await.unwrap();
+            drop(wal);
+            let (_, recovered) = Wal::open_in(dir, small()).await.unwrap();
+            let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
+            assert_eq!(indexes, (1..=18).collect::<Vec<_>>());
+        });
+    }
+}
