@@ -547,6 +547,9 @@ async fn a_cluster_keeps_serving_while_one_members_disk_is_full_and_it_catches_u
             .await
             .expect("a put after disarm");
     }
+    // What its WAL took in while stuck and after reads back whole.
+    cluster.kill(FULL);
+    tokio::task::block_in_place(|| cluster.start_members(&[FULL]));
     cluster.wait_converged(ROOM_BACK_WAIT).await;
     for index in 0..3 {
         assert_holds(&cluster.endpoint(index), "small/", &acked).await;
