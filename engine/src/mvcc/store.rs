@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use ringkv_proto::mvccpb::KeyValue;
 
@@ -20,7 +21,7 @@ use super::record::{decode_record, encode_record, serve_record};
 use super::revision::{Revision, REVISION_TABLE};
 use super::{KeySpan, MvccError, RangeEnd, RangeOptions, RangeResult, StepBudget};
 use crate::btree::Tree;
-use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
+use crate::page::{CommitPlan, CommittedPlan, PageError, PageIo, SnapshotSource};
 
 /// Meta table keys (prefix `m`), each an 8-byte big-endian integer.
 const META_APPLIED_INDEX: &[u8] = b"mapplied_index";
@@ -117,6 +118,11 @@ struct IndexPass {
 impl Mvcc {
     pub fn open(path: &Path) -> Result<Mvcc, MvccError> {
         Mvcc::from_tree(Tree::open(path)?)
+    }
+
+    /// Opens the store behind an I/O seam (tests and fuzz targets).
+    pub fn open_with(io: Arc<dyn PageIo>) -> Result<Mvcc, MvccError> {
+        Mvcc::from_tree(Tree::open_with(io)?)
     }
 
     /// Rebuilds the key index by scanning the revision table in order, and

@@ -26,8 +26,10 @@ use crate::no_space::is_no_space;
 pub use io::{sync_directory, sync_parent_directory, DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
 
+// Fuzz targets build frames the writer would write, then damage them.
+pub(crate) use record::encode_frame;
 use record::{
-    encode_frame, metadata_record_bytes, payload_bytes_max, records_fitting, snapshot_record_bytes, FRAME_HEADER_BYTES,
+    metadata_record_bytes, payload_bytes_max, records_fitting, snapshot_record_bytes, FRAME_HEADER_BYTES,
     HARD_STATE_RECORD_BYTES,
 };
 use recovery::{LiveSegment, SegmentName};

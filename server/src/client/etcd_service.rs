@@ -20,7 +20,7 @@ use crate::store::messages::{Request, Response};
 
 /// The methods ringkv serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Method {
+pub(crate) enum Method {
     Unary(UnaryMethod),
     Lease(LeaseMethod),
     /// Watch.Watch, bidi-streaming.
@@ -29,10 +29,22 @@ enum Method {
     Snapshot,
 }
 
+impl Method {
+    /// How the method streams, as declared in etcd's `.proto`.
+    pub(crate) fn kind(self) -> MethodKind {
+        match self {
+            Method::Unary(_) => MethodKind::Unary,
+            Method::Lease(lease) => lease.kind(),
+            Method::Watch => MethodKind::BidiStreaming,
+            Method::Snapshot => MethodKind::ServerStreaming,
+        }
+    }
+}
+
 /// The unary methods of KV, Maintenance and Cluster ringkv serves: one request
 /// to the store core, one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UnaryMethod {
+pub(crate) enum UnaryMethod {
     Range,
     Put,
     DeleteRange,
@@ -53,7 +65,7 @@ enum UnaryMethod {
 
 /// Every service and method of etcd's v3 API (`etcdserverpb`), for honest
 /// UNIMPLEMENTED answers to the ones not served yet.
-const ETCD_SERVICES: &[(&str, &[&str])] = &[
+pub(crate) const ETCD_SERVICES: &[(&str, &[&str])] = &[
     ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
     ("etcdserverpb.Watch", &["Watch"]),
     (
@@ -113,7 +125,7 @@ const ETCD_SERVICES: &[(&str, &[&str])] = &[
     ),
 ];
 
-fn route(path: &str) -> Result<Method, Status> {
+pub(crate) fn route(path: &str) -> Result<Method, Status> {
     // grpc-go splits `/service/method` at the last slash.
     let name = path.strip_prefix('/').unwrap_or(path);
     let (service, method) = name.rsplit_once('/').ok_or_else(|| {
@@ -212,12 +224,7 @@ impl EtcdService {
 
 impl GrpcService for EtcdService {
     fn method_kind(&self, path: &str) -> Result<MethodKind, Status> {
-        route(path).map(|method| match method {
-            Method::Unary(_) => MethodKind::Unary,
-            Method::Lease(lease) => lease.kind(),
-            Method::Watch => MethodKind::BidiStreaming,
-            Method::Snapshot => MethodKind::ServerStreaming,
-        })
+        route(path).map(Method::kind)
     }
 
     async fn unary(&self, path: &str, request: Bytes, ctx: CallContext) -> Result<Encoded, Status> {
@@ -231,78 +238,7 @@ impl GrpcService for EtcdService {
             }
             Method::Watch | Method::Snapshot => unreachable!("{path} is streaming"),
         };
-        let request = match unary {
-            UnaryMethod::Range => {
-                let request: pb::RangeRequest = grpc::decode(request)?;
-                check::check_range(&request)?;
-                Request::Range(request)
-            }
-            UnaryMethod::Put => {
-                let request: pb::PutRequest = grpc::decode(request)?;
-                check::check_put(&request)?;
-                Request::Put(request)
-            }
-            UnaryMethod::DeleteRange => {
-                let request: pb::DeleteRangeRequest = grpc::decode(request)?;
-                check::check_delete(&request)?;
-                Request::DeleteRange(request)
-            }
-            UnaryMethod::Txn => {
-                let request: pb::TxnRequest = grpc::decode(request)?;
-                check::check_txn(&request, self.max_txn_ops)?;
-                Request::Txn(request)
-            }
-            UnaryMethod::Compact => {
-                let request: pb::CompactionRequest = grpc::decode(request)?;
-                Request::Compact(request)
-            }
-            UnaryMethod::Status => {
-                let _: pb::StatusRequest = grpc::decode(request)?;
-                Request::Status
-            }
-            UnaryMethod::Alarm => {
-                let request: pb::AlarmRequest = grpc::decode(request)?;
-                Request::Alarm(request)
-            }
-            UnaryMethod::Hash => {
-                let _: pb::HashRequest = grpc::decode(request)?;
-                Request::Hash
-            }
-            UnaryMethod::HashKv => {
-                let request: pb::HashKvRequest = grpc::decode(request)?;
-                Request::HashKv(request)
-            }
-            UnaryMethod::MoveLeader => {
-                let request: pb::MoveLeaderRequest = grpc::decode(request)?;
-                Request::MoveLeader(request)
-            }
-            UnaryMethod::Defragment => {
-                let _: pb::DefragmentRequest = grpc::decode(request)?;
-                Request::Defragment
-            }
-            UnaryMethod::MemberList => {
-                let _: pb::MemberListRequest = grpc::decode(request)?;
-                Request::MemberList
-            }
-            UnaryMethod::MemberAdd => {
-                let mut request: pb::MemberAddRequest = grpc::decode(request)?;
-                request.peer_ur_ls = check::member_peer_urls(&request.peer_ur_ls)?;
-                Request::MemberAdd(request)
-            }
-            UnaryMethod::MemberRemove => {
-                let request: pb::MemberRemoveRequest = grpc::decode(request)?;
-                Request::MemberRemove(request)
-            }
-            UnaryMethod::MemberUpdate => {
-                let mut request: pb::MemberUpdateRequest = grpc::decode(request)?;
-                request.peer_ur_ls = check::member_peer_urls(&request.peer_ur_ls)?;
-                Request::MemberUpdate(request)
-            }
-            UnaryMethod::MemberPromote => {
-                let request: pb::MemberPromoteRequest = grpc::decode(request)?;
-                Request::MemberPromote(request)
-            }
-        };
+        let request = unary_request(unary, request, self.max_txn_ops)?;
         let response = self.call(request, require_leader).await?;
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
@@ -356,6 +292,84 @@ impl GrpcService for EtcdService {
         })
         .await
     }
+}
+
+/// Decodes a unary call's request message and makes the checks etcd's gRPC
+/// layer makes (`validate`): what the store core is asked, or the status to
+/// answer.
+pub(crate) fn unary_request(unary: UnaryMethod, request: Bytes, max_txn_ops: usize) -> Result<Request, Status> {
+    Ok(match unary {
+        UnaryMethod::Range => {
+            let request: pb::RangeRequest = grpc::decode(request)?;
+            check::check_range(&request)?;
+            Request::Range(request)
+        }
+        UnaryMethod::Put => {
+            let request: pb::PutRequest = grpc::decode(request)?;
+            check::check_put(&request)?;
+            Request::Put(request)
+        }
+        UnaryMethod::DeleteRange => {
+            let request: pb::DeleteRangeRequest = grpc::decode(request)?;
+            check::check_delete(&request)?;
+            Request::DeleteRange(request)
+        }
+        UnaryMethod::Txn => {
+            let request: pb::TxnRequest = grpc::decode(request)?;
+            check::check_txn(&request, max_txn_ops)?;
+            Request::Txn(request)
+        }
+        UnaryMethod::Compact => {
+            let request: pb::CompactionRequest = grpc::decode(request)?;
+            Request::Compact(request)
+        }
+        UnaryMethod::Status => {
+            let _: pb::StatusRequest = grpc::decode(request)?;
+            Request::Status
+        }
+        UnaryMethod::Alarm => {
+            let request: pb::AlarmRequest = grpc::decode(request)?;
+            Request::Alarm(request)
+        }
+        UnaryMethod::Hash => {
+            let _: pb::HashRequest = grpc::decode(request)?;
+            Request::Hash
+        }
+        UnaryMethod::HashKv => {
+            let request: pb::HashKvRequest = grpc::decode(request)?;
+            Request::HashKv(request)
+        }
+        UnaryMethod::MoveLeader => {
+            let request: pb::MoveLeaderRequest = grpc::decode(request)?;
+            Request::MoveLeader(request)
+        }
+        UnaryMethod::Defragment => {
+            let _: pb::DefragmentRequest = grpc::decode(request)?;
+            Request::Defragment
+        }
+        UnaryMethod::MemberList => {
+            let _: pb::MemberListRequest = grpc::decode(request)?;
+            Request::MemberList
+        }
+        UnaryMethod::MemberAdd => {
+            let mut request: pb::MemberAddRequest = grpc::decode(request)?;
+            request.peer_ur_ls = check::member_peer_urls(&request.peer_ur_ls)?;
+            Request::MemberAdd(request)
+        }
+        UnaryMethod::MemberRemove => {
+            let request: pb::MemberRemoveRequest = grpc::decode(request)?;
+            Request::MemberRemove(request)
+        }
+        UnaryMethod::MemberUpdate => {
+            let mut request: pb::MemberUpdateRequest = grpc::decode(request)?;
+            request.peer_ur_ls = check::member_peer_urls(&request.peer_ur_ls)?;
+            Request::MemberUpdate(request)
+        }
+        UnaryMethod::MemberPromote => {
+            let request: pb::MemberPromoteRequest = grpc::decode(request)?;
+            Request::MemberPromote(request)
+        }
+    })
 }
 
 /// The client sent gRPC metadata `hasleader: true` (clientv3's `WithRequireLeader`).

@@ -50,19 +50,24 @@ pub async fn unary(
     request: Bytes,
     require_leader: bool,
 ) -> Result<Encoded, Status> {
-    let request = match method {
-        LeaseMethod::Grant => Request::LeaseGrant(grpc::decode(request)?),
-        LeaseMethod::Revoke => Request::LeaseRevoke(grpc::decode(request)?),
-        LeaseMethod::TimeToLive => Request::LeaseTimeToLive(grpc::decode(request)?),
-        LeaseMethod::Leases => Request::LeaseLeases(grpc::decode(request)?),
-        LeaseMethod::KeepAlive => unreachable!("KeepAlive is streaming"),
-    };
+    let request = unary_request(method, request)?;
     Ok(match store.call_rpc(request, require_leader).await? {
         Response::LeaseGrant(response) => grpc::encode(&response),
         Response::LeaseRevoke(response) => grpc::encode(&response),
         Response::LeaseTimeToLive(response) => grpc::encode(&response),
         Response::LeaseLeases(response) => grpc::encode(&response),
         other => unreachable!("the store core answers a lease call in kind, not with {other:?}"),
+    })
+}
+
+/// Decodes a unary Lease call's request message: what the store core is asked.
+pub(crate) fn unary_request(method: LeaseMethod, request: Bytes) -> Result<Request, Status> {
+    Ok(match method {
+        LeaseMethod::Grant => Request::LeaseGrant(grpc::decode(request)?),
+        LeaseMethod::Revoke => Request::LeaseRevoke(grpc::decode(request)?),
+        LeaseMethod::TimeToLive => Request::LeaseTimeToLive(grpc::decode(request)?),
+        LeaseMethod::Leases => Request::LeaseLeases(grpc::decode(request)?),
+        LeaseMethod::KeepAlive => unreachable!("KeepAlive is streaming"),
     })
 }
 

@@ -1,13 +1,13 @@
 //! A client core: listeners on the client port, HTTP/2 + gRPC and HTTP/1.1, and
 //! the etcd API handed over to the store core.
 
-mod etcd_service;
+pub(crate) mod etcd_service;
 mod http;
 mod leader_monitor;
-mod lease_service;
+pub(crate) mod lease_service;
 mod snapshot;
 mod store_client;
-mod watch;
+pub(crate) mod watch;
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{future, AsyncReadExt};
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite};
+use glommio::net::TcpListener;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::grpc::{self, GrpcService, Http2Limits, CONNECTION_REQUEST_BYTES_MAX};
@@ -159,13 +159,19 @@ enum Protocol {
     Http1,
 }
 
-async fn serve_connection<S: GrpcService, H: HttpHandler>(
-    mut stream: TcpStream,
+/// Serves one client-port connection: HTTP/2 (gRPC) or HTTP/1.1, by its
+/// first bytes. Any byte stream (the fuzz targets use one in memory).
+pub(crate) async fn serve_connection<T, S, H>(
+    mut stream: T,
     grpc: Rc<S>,
     http: Rc<H>,
     limits: Rc<ConnectionLimits>,
     http2_limits: Rc<Http2Limits>,
-) {
+) where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: GrpcService,
+    H: HttpHandler,
+{
     let sniffed = future::or(async { Some(sniff(&mut stream).await) }, async {
         glommio::timer::sleep(limits.first_bytes_timeout).await;
         None
@@ -183,7 +189,7 @@ async fn serve_connection<S: GrpcService, H: HttpHandler>(
 
 /// Reads until the bytes either are the HTTP/2 preface or cannot be; anything not
 /// HTTP/2 is handed to the HTTP/1.1 parser (which closes on garbage).
-async fn sniff(stream: &mut TcpStream) -> Option<(Protocol, Vec<u8>)> {
+async fn sniff<T: AsyncRead + Unpin>(stream: &mut T) -> Option<(Protocol, Vec<u8>)> {
     let mut seen = Vec::with_capacity(HTTP2_PREFACE.len());
     let mut buffer = [0u8; 64];
     while seen.len() < HTTP2_PREFACE.len() {

@@ -135,7 +135,7 @@ pub struct Header {
 }
 
 /// Appends one frame holding `payload` to `out`.
-fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
+pub(crate) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
     assert!(
         payload.len() <= FRAME_PAYLOAD_MAX,
         "a frame we send must be one we accept"

@@ -29,12 +29,12 @@
 //! rate ([`log_limit`]).
 
 mod admission;
-mod frame;
+pub(crate) mod frame;
 mod inbound;
 mod log_limit;
 pub mod query;
 mod screen;
-mod snapshot;
+pub(crate) mod snapshot;
 
 use std::cell::Cell;
 use std::collections::HashMap;

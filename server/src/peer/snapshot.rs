@@ -160,11 +160,11 @@ pub enum ReceiveError {
 
 /// The members whose snapshot is being received: one stream per member.
 #[derive(Debug, Default)]
-pub(super) struct Receives(RefCell<HashSet<u64>>);
+pub(crate) struct Receives(RefCell<HashSet<u64>>);
 
 /// A snapshot being received on one connection. Dropped unfinished, it
 /// removes its file.
-pub(super) struct Receiving {
+pub(crate) struct Receiving {
     file: std::fs::File,
     part: PathBuf,
     snap_dir: PathBuf,
@@ -177,7 +177,7 @@ pub(super) struct Receiving {
 
 impl Receiving {
     /// Starts the file for a snapshot from `from`, replacing an unfinished one.
-    pub(super) fn start(snap_dir: &Path, from: u64, receives: &Rc<Receives>) -> Result<Receiving, ReceiveError> {
+    pub(crate) fn start(snap_dir: &Path, from: u64, receives: &Rc<Receives>) -> Result<Receiving, ReceiveError> {
         if !receives.0.borrow_mut().insert(from) {
             return Err(ReceiveError::AlreadyReceiving(from));
         }
@@ -204,7 +204,7 @@ impl Receiving {
 
     /// Writes one chunk; chunks must come in order without gaps, and leave the
     /// disk its reserve.
-    pub(super) async fn write(&mut self, chunk: SnapshotChunk) -> Result<(), ReceiveError> {
+    pub(crate) async fn write(&mut self, chunk: SnapshotChunk) -> Result<(), ReceiveError> {
         if chunk.offset != self.next_offset {
             return Err(ReceiveError::OutOfOrder {
                 offset: chunk.offset,
@@ -235,7 +235,7 @@ impl Receiving {
     /// Checks the end, the raft message (a MsgSnapshot from `from` to `to`) and
     /// the file, makes the file durable under its final name and returns the
     /// message and that name.
-    pub(super) async fn finish(
+    pub(crate) async fn finish(
         mut self,
         end: SnapshotEnd,
         from: u64,

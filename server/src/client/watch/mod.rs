@@ -187,7 +187,9 @@ pub async fn serve(
     outcome
 }
 
-fn command(stream: StreamId, request: pb::WatchRequest) -> Option<WatchCommand> {
+/// What a Watch request asks of the store core; None for a request of no
+/// kind ringkv knows.
+pub(crate) fn command(stream: StreamId, request: pb::WatchRequest) -> Option<WatchCommand> {
     use pb::watch_request::RequestUnion;
     Some(match request.request_union? {
         RequestUnion::CreateRequest(request) => WatchCommand::Create { stream, request },
