@@ -9,6 +9,8 @@
 //! Both the WAL and the page file survive a full disk ([`no_space`]).
 
 pub mod btree;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod mvcc;
 pub mod no_space;
 pub mod page;

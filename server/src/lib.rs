@@ -6,6 +6,8 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod etcd_error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod grpc;
 pub mod ids;
 pub mod metrics;

@@ -12,7 +12,7 @@ mod status;
 mod stream;
 mod timeout;
 
-pub use budget::{CALL_OVERHEAD_BYTES, CONNECTION_REQUEST_BYTES_MAX};
+pub use budget::{Charge, CALL_OVERHEAD_BYTES, CONNECTION_REQUEST_BYTES_MAX};
 pub use frame::{response_too_large, Encoded, MessageDecoder, PREFIX_BYTES, RESPONSE_BYTES_MAX};
 pub use server::{serve_connection, Http2Limits};
 pub use status::{go_quoted, Code, Status};

@@ -4,7 +4,7 @@ pub mod auto_compaction;
 mod bootstrap;
 mod core;
 pub mod data_dir;
-mod entry;
+pub(crate) mod entry;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod id_generator;

@@ -1,0 +1,4 @@
+//! `ringkv_engine::fuzzing::wal_roundtrip`; see docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringkv_engine::fuzzing::wal_roundtrip(data));
