@@ -6,7 +6,8 @@
 //! come from a peer that never ran them, and a transaction that passed them
 //! cannot fail half-written.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 
 use ringkv_proto::etcdserverpb as pb;
 
@@ -91,38 +92,91 @@ fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize, depth: usize) -> 
     Ok(())
 }
 
-/// A deleted key range as etcd's interval tree sees it: `[begin, end)` with an
-/// empty `end` meaning "no upper bound"; a single key is `[key, key\0)`.
+/// Deleted key ranges as etcd's interval tree sees them: `[begin, end)` with
+/// an empty `end` meaning "no upper bound"; a single key is `[key, key\0)`.
+/// Kept as their union, disjoint ranges by `begin`, so a put is checked
+/// against all of them in O(log n): checked against each in turn, a Txn of
+/// 2^16 nested puts and deletes (a 1.5 MiB request) took many seconds.
+#[derive(Default)]
 struct Deleted {
-    begin: Vec<u8>,
-    end: Vec<u8>,
+    /// `begin` to `end` of disjoint ranges.
+    ranges: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Deleted {
     fn covers(&self, key: &[u8]) -> bool {
-        self.begin.as_slice() <= key && (self.end.is_empty() || key < self.end.as_slice())
+        self.ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .is_some_and(|(_, end)| ends_after(end, key))
     }
+
+    fn insert(&mut self, mut begin: Vec<u8>, mut end: Vec<u8>) {
+        if !ends_after(&end, &begin) {
+            return; // holds no key
+        }
+        let before = self
+            .ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(begin.as_slice())))
+            .next_back();
+        if let Some((before_begin, before_end)) = before {
+            if reaches(before_end, &begin) {
+                begin = before_begin.clone();
+            }
+        }
+        // Every range that starts inside (or right at the end of) this one joins it.
+        loop {
+            let next = self
+                .ranges
+                .range::<[u8], _>((Bound::Included(begin.as_slice()), Bound::Unbounded))
+                .next()
+                .filter(|(next_begin, _)| reaches(&end, next_begin))
+                .map(|(next_begin, _)| next_begin.clone());
+            let Some(next_begin) = next else {
+                break;
+            };
+            let next_end = self.ranges.remove(&next_begin).expect("the range just found");
+            if end.is_empty() || next_end.is_empty() {
+                end.clear();
+            } else {
+                end = end.max(next_end);
+            }
+        }
+        self.ranges.insert(begin, end);
+    }
+
+    fn extend(&mut self, other: Deleted) {
+        for (begin, end) in other.ranges {
+            self.insert(begin, end);
+        }
+    }
+}
+
+/// A range ending at `end` holds keys up to `key`.
+fn ends_after(end: &[u8], key: &[u8]) -> bool {
+    end.is_empty() || key < end
+}
+
+/// A range ending at `end` touches or overlaps one starting at `key`.
+fn reaches(end: &[u8], key: &[u8]) -> bool {
+    end.is_empty() || key <= end
 }
 
 /// etcd's `checkIntervals`: within one branch (nested transactions included), no
 /// key may be put twice or put and deleted. Then/else of a nested transaction
 /// exclude each other, so a key put in both is fine.
-fn check_overlaps(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>), EtcdError> {
-    let mut deleted: Vec<Deleted> = ops
-        .iter()
-        .filter_map(|op| match &op.request {
-            Some(Op::RequestDeleteRange(delete)) => Some(Deleted {
-                begin: delete.key.clone(),
-                end: if delete.range_end.is_empty() {
-                    [delete.key.as_slice(), &[0]].concat()
-                } else {
-                    delete.range_end.clone()
-                },
-            }),
-            _ => None,
-        })
-        .collect();
-    let overlaps = |deleted: &[Deleted], key: &[u8]| deleted.iter().any(|d| d.covers(key));
+fn check_overlaps(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Deleted), EtcdError> {
+    let mut deleted = Deleted::default();
+    for op in ops {
+        if let Some(Op::RequestDeleteRange(delete)) = &op.request {
+            let end = if delete.range_end.is_empty() {
+                [delete.key.as_slice(), &[0]].concat()
+            } else {
+                delete.range_end.clone()
+            };
+            deleted.insert(delete.key.clone(), end);
+        }
+    }
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for op in ops {
         let Some(Op::RequestTxn(nested)) = &op.request else {
@@ -131,13 +185,13 @@ fn check_overlaps(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Delete
         let (puts_then, deleted_then) = check_overlaps(&nested.success)?;
         let (puts_else, deleted_else) = check_overlaps(&nested.failure)?;
         for key in &puts_then {
-            if puts.contains(key) || overlaps(&deleted, key) {
+            if puts.contains(key) || deleted.covers(key) {
                 return Err(EtcdError::DuplicateKey);
             }
         }
         puts.extend(puts_then.iter().cloned());
         for key in puts_else {
-            if puts.contains(&key) && !puts_then.contains(&key) || overlaps(&deleted, &key) {
+            if puts.contains(&key) && !puts_then.contains(&key) || deleted.covers(&key) {
                 return Err(EtcdError::DuplicateKey);
             }
             puts.insert(key);
@@ -149,7 +203,7 @@ fn check_overlaps(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Delete
         let Some(Op::RequestPut(put)) = &op.request else {
             continue;
         };
-        if puts.contains(&put.key) || overlaps(&deleted, &put.key) {
+        if puts.contains(&put.key) || deleted.covers(&put.key) {
             return Err(EtcdError::DuplicateKey);
         }
         puts.insert(put.key.clone());
@@ -282,6 +336,36 @@ mod tests {
         assert_eq!(check_txn(&request, 128), Err(EtcdError::DuplicateKey));
     }
 
+    /// A Txn of `2^depth` leaves: nested pairs of txns down to `depth`, each
+    /// leaf a txn of one delete (in the first half) or one put (the second),
+    /// all different keys: ops fit the limit at every level.
+    fn wide_txn(depth: u32, leaf: u32) -> pb::TxnRequest {
+        if depth == 0 {
+            let key = format!("key/{leaf:08}");
+            let op = if leaf.is_multiple_of(2) {
+                delete(&key, "")
+            } else {
+                put(&key)
+            };
+            return txn(vec![op], vec![]);
+        }
+        let nested = |leaf| pb::RequestOp {
+            request: Some(Op::RequestTxn(wide_txn(depth - 1, leaf))),
+        };
+        txn(vec![nested(leaf * 2), nested(leaf * 2 + 1)], vec![])
+    }
+
+    #[test]
+    fn a_txn_of_many_puts_and_deletes_is_checked_in_near_linear_time() {
+        // 2^16 ops, about a 1.5 MiB request: checking each put against every
+        // delete so far is 1e9 comparisons, seconds; the union takes ms.
+        let request = wide_txn(16, 0);
+        let started = std::time::Instant::now();
+        assert_eq!(check_txn(&request, 128), Ok(()));
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(3), "took {elapsed:?}");
+    }
+
     #[test]
     fn an_empty_op_is_key_not_found() {
         let request = txn(vec![pb::RequestOp { request: None }], vec![]);
@@ -297,6 +381,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_put(&request), Err(EtcdError::ValueProvided));
+    }
+}
+
+#[cfg(test)]
+mod deleted_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(0u8..4, 0..4)
+    }
+
+    proptest! {
+        /// The union answers as every range asked in turn would.
+        #[test]
+        fn the_union_covers_what_any_of_its_ranges_covers(
+            ranges in prop::collection::vec((key(), key()), 0..12),
+            keys in prop::collection::vec(key(), 1..20),
+        ) {
+            let mut deleted = Deleted::default();
+            for (begin, end) in &ranges {
+                deleted.insert(begin.clone(), end.clone());
+            }
+            for key in &keys {
+                let any = ranges.iter().any(|(begin, end)| begin <= key && ends_after(end, key));
+                prop_assert_eq!(deleted.covers(key), any, "{:?} in {:?}", key, ranges);
+            }
+        }
     }
 }
 
