@@ -25,10 +25,11 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::page::{
     CommitPlan, CommittedPlan, PageError, PageId, PageImage, PageIo, PageKind, PageStore, SnapshotSource,
+    META_PAGE_COUNT,
 };
 
 pub use check::CheckReport;
@@ -36,9 +37,25 @@ pub use node::MAX_KEY_BYTES;
 pub use range::Range;
 
 use node::{Node, NodeRef, PageView, ValueRef};
+use overflow::OVERFLOW_DATA_BYTES;
 
 /// A key and its value, as iteration yields them.
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Levels a path from the root passes at most. Depth grows only when the root
+/// splits, and a split leaves each half of a branch at least three children,
+/// so a tree first got to depth d holding 2 * 3^(d - 2) leaves or more: the
+/// 2^52 pages a file can have give depth 35. A longer path goes round a cycle
+/// of damaged (or forged) pages, which is corruption, not a walk without end.
+pub const DEPTH_MAX: usize = 64;
+
+/// The error for a path from the root that reached `DEPTH_MAX` levels at `page`.
+fn too_deep(page: PageId) -> PageError {
+    PageError::Corrupt {
+        page,
+        reason: format!("a path from the root runs past {DEPTH_MAX} levels (the tree loops)"),
+    }
+}
 
 pub struct Tree {
     store: PageStore,
@@ -82,7 +99,7 @@ impl Tree {
         let Some(mut id) = self.root else {
             return Ok(None);
         };
-        loop {
+        for _ in 0..DEPTH_MAX {
             let node = self.node(id)?;
             if node.is_leaf() {
                 return match node.search(key) {
@@ -92,6 +109,7 @@ impl Tree {
             }
             id = node.child(node.child_index(key));
         }
+        Err(too_deep(id))
     }
 
     /// Ascending iteration over the keys in `(start, end)`.
@@ -180,32 +198,89 @@ impl Tree {
     fn read_value<'a>(&'a self, value: ValueRef<'a>) -> Result<Cow<'a, [u8]>, PageError> {
         let (head, len) = match value {
             ValueRef::Inline(bytes) => return Ok(Cow::Borrowed(bytes)),
-            ValueRef::Overflow { head, len } => (head, len as usize),
+            ValueRef::Overflow { head, len } => (head, len),
         };
-        let too_long = |id: PageId| PageError::Corrupt {
-            page: id,
-            reason: format!("overflow chain holds more than the value's {len} bytes"),
-        };
-        let (mut next, first) = self.overflow_page(head)?;
-        if first.len() > len {
-            return Err(too_long(head));
-        }
+        let pages = self.overflow_pages(head, len)?;
+        let (mut next, first) = self.chain_page(head, 0, pages, len)?;
         let mut out = Cow::Borrowed(first);
-        while let Some(id) = next {
-            let (following, bytes) = self.overflow_page(id)?;
-            if out.len() + bytes.len() > len {
-                return Err(too_long(id));
-            }
+        for index in 1..pages {
+            let id = next.expect("every page but the last has a next");
+            let (following, bytes) = self.chain_page(id, index, pages, len)?;
             out.to_mut().extend_from_slice(bytes);
             next = following;
         }
-        if out.len() != len {
+        Ok(out)
+    }
+
+    /// The pages of a `len`-byte value's chain: as `overflow::encode_chain`
+    /// writes it, every one full but the last. More than the file holds is
+    /// corruption (before anything is read or allocated for it).
+    fn overflow_pages(&self, head: PageId, len: u32) -> Result<usize, PageError> {
+        let pages = (len as usize).div_ceil(OVERFLOW_DATA_BYTES).max(1);
+        let data_pages = self.store.page_count().saturating_sub(META_PAGE_COUNT);
+        if pages as u64 > data_pages {
             return Err(PageError::Corrupt {
                 page: head,
-                reason: format!("overflow chain holds {} of the value's {len} bytes", out.len()),
+                reason: format!("a value of {len} bytes needs more overflow pages than the file has"),
             });
         }
-        Ok(out)
+        Ok(pages)
+    }
+
+    /// Page `index` of the `pages` of a `len`-byte value's chain, checked for
+    /// its place in it: a page before the last is full and has a next one,
+    /// the last holds the rest and ends the chain.
+    fn chain_page(
+        &self,
+        id: PageId,
+        index: usize,
+        pages: usize,
+        len: u32,
+    ) -> Result<(Option<PageId>, &[u8]), PageError> {
+        let (next, bytes) = self.overflow_page(id)?;
+        let last = index + 1 == pages;
+        let expected = if last {
+            len as usize - (pages - 1) * OVERFLOW_DATA_BYTES
+        } else {
+            OVERFLOW_DATA_BYTES
+        };
+        if bytes.len() != expected || next.is_some() == last {
+            return Err(PageError::Corrupt {
+                page: id,
+                reason: format!(
+                    "overflow page {index} of {pages} of a {len}-byte value holds {} bytes{}",
+                    bytes.len(),
+                    if next.is_some() {
+                        " and a next page"
+                    } else {
+                        " and ends the chain"
+                    }
+                ),
+            });
+        }
+        Ok((next, bytes))
+    }
+
+    /// Every page of a `len`-byte value's chain, none twice: what releasing
+    /// or moving the chain touches (a page released twice would be handed
+    /// out twice).
+    fn overflow_chain(&self, head: PageId, len: u32) -> Result<Vec<PageId>, PageError> {
+        let pages = self.overflow_pages(head, len)?;
+        let mut ids = Vec::with_capacity(pages);
+        let mut seen = FxHashSet::default();
+        let mut next = Some(head);
+        for index in 0..pages {
+            let id = next.expect("every page but the last has a next");
+            if !seen.insert(id) {
+                return Err(PageError::Corrupt {
+                    page: id,
+                    reason: "an overflow chain comes back to one of its pages".to_string(),
+                });
+            }
+            next = self.chain_page(id, index, pages, len)?.0;
+            ids.push(id);
+        }
+        Ok(ids)
     }
 
     /// One page of an overflow chain: (next page, value bytes).

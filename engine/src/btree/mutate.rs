@@ -9,7 +9,7 @@ use crate::page::{PageError, PageId};
 
 use super::node::{fits_inline, Node, NodeRef, Value, MAX_KEY_BYTES, NODE_CAPACITY};
 use super::overflow::{self, OVERFLOW_DATA_BYTES};
-use super::Tree;
+use super::{too_deep, Tree, DEPTH_MAX};
 
 /// A node below this many bytes tries to merge with a sibling.
 const UNDERFULL_BYTES: usize = NODE_CAPACITY / 4;
@@ -78,13 +78,14 @@ impl Tree {
         let Some(mut id) = self.root else {
             return Ok(false);
         };
-        loop {
+        for _ in 0..DEPTH_MAX {
             let node = self.node(id)?;
             if node.is_leaf() {
                 return Ok(node.search(key).is_ok());
             }
             id = node.child(node.child_index(key));
         }
+        Err(too_deep(id))
     }
 
     /// Makes node `id` owned by the open transaction: a committed node is copied
@@ -106,6 +107,9 @@ impl Tree {
         self.root = Some(id);
         let mut path = Path::new();
         loop {
+            if path.len() == DEPTH_MAX {
+                return Err(too_deep(id));
+            }
             let child_index = match &self.nodes[&id] {
                 Node::Leaf(_) => {
                     path.push((id, 0));
@@ -235,12 +239,10 @@ impl Tree {
 
     /// Releases the overflow chain of a value no longer stored.
     pub(super) fn release_value(&mut self, value: &Value) -> Result<(), PageError> {
-        let Value::Overflow { head, .. } = *value else {
+        let Value::Overflow { head, len } = *value else {
             return Ok(());
         };
-        let mut next = Some(head);
-        while let Some(id) = next {
-            next = self.overflow_page(id)?.0;
+        for id in self.overflow_chain(head, len)? {
             self.overflow.remove(&id);
             self.store.release(id);
         }

@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use crate::page::{PageError, PageId};
 
-use super::{Entry, Tree};
+use super::{too_deep, Entry, Tree, DEPTH_MAX};
 
 pub struct Range<'a> {
     tree: &'a Tree,
@@ -34,6 +34,9 @@ impl<'a> Range<'a> {
             return Ok(());
         };
         loop {
+            if self.stack.len() == DEPTH_MAX {
+                return Err(too_deep(id));
+            }
             let node = self.tree.node(id)?;
             if node.is_leaf() {
                 let index = match start {
@@ -76,6 +79,9 @@ impl<'a> Range<'a> {
                 continue;
             }
             if !node.is_leaf() {
+                if self.stack.len() == DEPTH_MAX {
+                    return Err(too_deep(id));
+                }
                 self.stack.push((node.child(index), 0));
                 continue;
             }

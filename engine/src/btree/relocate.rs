@@ -15,7 +15,7 @@
 use crate::page::{PageError, PageId};
 
 use super::node::{Node, Value, ValueRef};
-use super::Tree;
+use super::{too_deep, Tree, DEPTH_MAX};
 
 /// Pages of slack a pass's target leaves above the pages in use, at least: the
 /// pages the transactions running during the pass allocate come from here.
@@ -66,6 +66,9 @@ impl Tree {
         let mut next = None;
         let mut id = root;
         loop {
+            if path.len() > DEPTH_MAX {
+                return Err(too_deep(id));
+            }
             let node = self.node(id)?;
             if node.is_leaf() {
                 return Ok((path, next));
@@ -92,8 +95,8 @@ impl Tree {
     fn leaf_has_movable_overflow(&self, leaf: PageId, target: PageId) -> Result<bool, PageError> {
         let node = self.node(leaf)?;
         for index in 0..node.len() {
-            if let ValueRef::Overflow { head, .. } = node.value(index) {
-                if self.chain_movable(head, target)? {
+            if let ValueRef::Overflow { head, len } = node.value(index) {
+                if self.chain_movable(head, len, target)? {
                     return Ok(true);
                 }
             }
@@ -101,15 +104,11 @@ impl Tree {
         Ok(false)
     }
 
-    fn chain_movable(&self, head: PageId, target: PageId) -> Result<bool, PageError> {
-        let mut next = Some(head);
-        while let Some(id) = next {
-            if self.movable(id, target) {
-                return Ok(true);
-            }
-            next = self.overflow_page(id)?.0;
-        }
-        Ok(false)
+    fn chain_movable(&self, head: PageId, len: u32, target: PageId) -> Result<bool, PageError> {
+        Ok(self
+            .overflow_chain(head, len)?
+            .into_iter()
+            .any(|id| self.movable(id, target)))
     }
 
     /// Rewrites the overflow chains of owned leaf `leaf` that sit high.
@@ -126,7 +125,7 @@ impl Tree {
             })
             .collect();
         for (index, key, head, len) in chains {
-            if !self.chain_movable(head, target)? {
+            if !self.chain_movable(head, len, target)? {
                 continue;
             }
             let bytes = self.read_value(ValueRef::Overflow { head, len })?.into_owned();

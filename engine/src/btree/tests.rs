@@ -13,7 +13,7 @@ use super::node::MAX_KEY_BYTES;
 use super::overflow::OVERFLOW_DATA_BYTES;
 use super::Tree;
 use crate::page::sim::SimPageIo;
-use crate::page::{PageError, PageIo, SnapshotSource, HEADER_BYTES, PAGE_BYTES};
+use crate::page::{PageError, PageId, PageIo, SnapshotSource, HEADER_BYTES, PAGE_BYTES};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -444,6 +444,82 @@ fn a_leaf_with_a_bad_layout_stays_corrupt_on_every_read() {
             }
             other => panic!("round {round}: the bad leaf read as {other:?}"),
         }
+    }
+}
+
+/// Rewrites committed page `id` with `change` applied, its checksum stamped
+/// again: damage (or forgery) that the checksum cannot see.
+fn rewrite_page(io: &SimPageIo, id: PageId, change: impl FnOnce(&mut [u8])) {
+    let offset = id * PAGE_BYTES as u64;
+    let mut page = vec![0; PAGE_BYTES];
+    io.read_at(offset, &mut page).unwrap();
+    change(&mut page);
+    let txid = crate::page::get_u64(&page, 8);
+    crate::page::seal_page(&mut page, txid);
+    io.write_at(offset, &page).unwrap();
+    io.sync().unwrap();
+}
+
+fn is_corrupt<T: std::fmt::Debug>(result: Result<T, PageError>) -> bool {
+    matches!(result, Err(PageError::Corrupt { .. }))
+}
+
+/// A branch whose first child is the branch itself: every walk from the root
+/// (get, range, insert, remove, check) reports corruption after at most
+/// DEPTH_MAX levels instead of walking (and allocating) without end.
+#[test]
+fn a_branch_that_points_back_at_itself_is_corruption_not_an_endless_walk() {
+    let io = committed_file_of_2000_keys();
+    let root = open(&io).root.expect("a tree of several leaves");
+    rewrite_page(&io, root, |page| {
+        let first_entry = usize::from(u16::from_le_bytes([page[HEADER_BYTES], page[HEADER_BYTES + 1]]));
+        // A branch entry: u16 key length, u64 child, key.
+        page[first_entry + 2..first_entry + 10].copy_from_slice(&root.to_le_bytes());
+    });
+    let mut tree = open(&io);
+    let first_key = 0u32.to_be_bytes();
+    assert!(is_corrupt(tree.get(&first_key)));
+    let scan: Result<Vec<_>, PageError> = tree.range(Bound::Unbounded, Bound::Unbounded).collect();
+    assert!(is_corrupt(scan));
+    assert!(is_corrupt(tree.check()));
+    assert!(is_corrupt(tree.remove(&first_key)));
+    assert!(is_corrupt(tree.insert(&first_key, b"v")));
+}
+
+/// An overflow chain whose middle page points at itself: reading, checking
+/// or replacing the value reports corruption, without reading round the
+/// loop (or releasing a page twice).
+#[test]
+fn an_overflow_chain_that_loops_is_corruption() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    tree.insert(b"k", &[5; 3 * OVERFLOW_DATA_BYTES - 10]).unwrap();
+    tree.commit().unwrap();
+    // The value's pages were allocated first: 2, 3 and 4 (the leaf is 5).
+    rewrite_page(&io, 3, |page| {
+        page[HEADER_BYTES..HEADER_BYTES + 8].copy_from_slice(&3u64.to_le_bytes())
+    });
+    let mut tree = open(&io);
+    assert!(is_corrupt(tree.get(b"k")));
+    assert!(is_corrupt(tree.check()));
+    assert!(is_corrupt(tree.insert(b"k", b"small")));
+}
+
+#[test]
+fn a_value_longer_than_the_file_is_corruption_before_it_is_read() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    tree.insert(b"k", &[5; 2 * OVERFLOW_DATA_BYTES]).unwrap();
+    tree.commit().unwrap();
+    // The leaf (page 4): one entry, u32 value length at 3 after its offset.
+    rewrite_page(&io, 4, |page| {
+        let entry = usize::from(u16::from_le_bytes([page[HEADER_BYTES], page[HEADER_BYTES + 1]]));
+        page[entry + 3..entry + 7].copy_from_slice(&u32::MAX.to_le_bytes());
+    });
+    let tree = open(&io);
+    match tree.get(b"k") {
+        Err(PageError::Corrupt { reason, .. }) => assert!(reason.contains("more overflow pages"), "{reason}"),
+        other => panic!("read as {other:?}"),
     }
 }
 

@@ -26,13 +26,14 @@ use std::sync::Arc;
 
 pub use io::{FilePageIo, Mapping, PageIo};
 pub use layout::{
-    get_u16, get_u32, get_u64, new_page, PageId, PageImage, PageKind, BODY_BYTES, HEADER_BYTES, PAGE_BYTES,
+    get_u16, get_u32, get_u64, new_page, PageId, PageImage, PageKind, BODY_BYTES, HEADER_BYTES, META_PAGE_COUNT,
+    PAGE_BYTES,
 };
 
 use freelist::{decode_freelist_page, Freelist};
 // Tests and fuzz targets re-stamp damaged pages, so their layouts get past the checksum.
 pub(crate) use layout::seal_page;
-use layout::{parse_header, verify_page, META_PAGE_COUNT};
+use layout::{parse_header, verify_page};
 use meta::Meta;
 pub use snapshot::SnapshotSource;
 
