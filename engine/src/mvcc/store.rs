@@ -129,6 +129,12 @@ impl Mvcc {
     /// resumes an unfinished physical compaction.
     fn from_tree(tree: Tree) -> Result<Mvcc, MvccError> {
         let current_revision = read_meta(&tree, META_CURRENT_REVISION)?.unwrap_or(EMPTY_STORE_REVISION);
+        // The next write takes current + 1.
+        if !(EMPTY_STORE_REVISION..i64::MAX).contains(&current_revision) {
+            return Err(MvccError::Corrupt(format!(
+                "stored current revision {current_revision}"
+            )));
+        }
         let compact_revision = read_meta(&tree, META_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
         let finished_compact_revision = read_meta(&tree, META_FINISHED_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
         let applied_index = read_meta(&tree, META_APPLIED_INDEX)?.unwrap_or(0);
@@ -168,6 +174,7 @@ impl Mvcc {
                     orphans.push(revision);
                 }
             } else {
+                check_version(&index, revision, &kv)?;
                 index.put(&kv.key, revision, kv.create_revision, kv.version);
             }
         }
@@ -1056,6 +1063,23 @@ fn rebuild_leases(tree: &Tree, lease_of: BTreeMap<Vec<u8>, i64>) -> Result<Lease
         leases.set_lease_of(&key, lease);
     }
     Ok(leases)
+}
+
+/// A stored put's version, checked before the key index takes it (which
+/// asserts what its own writes always hold): at least 1, at most its main
+/// revision (every put of a key takes a revision of its own), and one past
+/// the key's version before it while the key is live.
+fn check_version(index: &KeyIndex, revision: Revision, kv: &KeyValue) -> Result<(), MvccError> {
+    let follows = index.latest(&kv.key).map(|at| at.version.checked_add(1));
+    if !(1..=revision.main).contains(&kv.version) || follows.is_some_and(|next| next != Some(kv.version)) {
+        return Err(MvccError::Corrupt(format!(
+            "revision {} puts version {} of a key at version {:?}",
+            revision.main,
+            kv.version,
+            index.latest(&kv.key).map(|at| at.version)
+        )));
+    }
+    Ok(())
 }
 
 fn read_meta(tree: &Tree, name: &[u8]) -> Result<Option<i64>, MvccError> {

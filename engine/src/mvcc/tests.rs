@@ -762,3 +762,46 @@ fn server_records_are_stored_with_the_commit_that_follows_their_change() {
     assert_eq!(store.membership(), Some(&b"members"[..]));
     assert_eq!(store.applied_index(), 7);
 }
+
+/// A store of key `k` put twice (revisions 2 and 3), with `damage` done to its
+/// tree afterwards, as a forged or damaged file (or snapshot) would hold it.
+fn opened_after(damage: impl FnOnce(&mut Tree)) -> Result<Mvcc, MvccError> {
+    let io = crate::page::sim::SimPageIo::new();
+    let mut store = Mvcc::open_with(io.clone()).unwrap();
+    for value in [b"1", b"2"] {
+        let mut txn = store.write();
+        txn.put(b"k", value, 0).unwrap();
+        txn.end();
+    }
+    store.commit().unwrap();
+    drop(store);
+    let mut tree = Tree::open_with(io.clone()).unwrap();
+    damage(&mut tree);
+    tree.commit().unwrap();
+    Mvcc::open_with(io)
+}
+
+#[test]
+fn a_stored_put_whose_version_does_not_follow_is_corruption_not_a_panic() {
+    let opened = opened_after(|tree| {
+        let key = Revision::new(3, 0).to_key();
+        let (tombstone, mut kv) = super::record::decode_record(&tree.get(&key).unwrap().unwrap()).unwrap();
+        assert_eq!(kv.version, 2);
+        kv.version = 5;
+        tree.insert(&key, &super::record::encode_record(tombstone, &kv))
+            .unwrap();
+    });
+    match opened {
+        Err(MvccError::Corrupt(reason)) => assert!(reason.contains("version 5"), "{reason}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a version out of step opened"),
+    }
+}
+
+#[test]
+fn a_stored_current_revision_no_write_can_follow_is_corruption() {
+    for revision in [i64::MAX, 0, -3] {
+        let opened = opened_after(|tree| tree.insert(b"mcurrent_revision", &revision.to_be_bytes()).unwrap());
+        assert!(matches!(opened, Err(MvccError::Corrupt(_))), "{revision}");
+    }
+}
