@@ -128,7 +128,9 @@ impl PageStore {
         };
         let mapping = io.map().map_err(io_error("mapping the page file"))?;
         let file_bytes = mapping.len() as u64;
-        if durable.page_count < META_PAGE_COUNT || durable.page_count * PAGE_BYTES as u64 > file_bytes {
+        // The count comes from disk: a product past u64 would wrap to a small one.
+        let counted_bytes = durable.page_count.checked_mul(PAGE_BYTES as u64);
+        if durable.page_count < META_PAGE_COUNT || counted_bytes.is_none_or(|bytes| bytes > file_bytes) {
             return Err(PageError::Corrupt {
                 page: durable.slot(),
                 reason: format!(

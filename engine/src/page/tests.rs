@@ -100,6 +100,25 @@ fn a_file_with_no_valid_meta_page_is_refused() {
     assert!(error.to_string().contains("no valid meta page"), "{error}");
 }
 
+/// A page count whose size in bytes is past u64 (found by the page_store
+/// fuzzer): refused as corruption, not an overflow (or, wrapped, a check
+/// passed and a huge allocation).
+#[test]
+fn a_meta_page_counting_more_bytes_than_a_u64_holds_is_refused() {
+    let io = SimPageIo::new();
+    reopen(&io).unwrap();
+    let meta = super::meta::Meta {
+        txid: 1,
+        root: None,
+        freelist_head: None,
+        page_count: 1 << 62,
+    };
+    io.write_at(PAGE_BYTES as u64, &meta.encode()).unwrap();
+    io.sync().unwrap();
+    let error = reopen(&io).err().expect("refused");
+    assert!(error.to_string().contains("meta page counts"), "{error}");
+}
+
 #[test]
 fn an_fsync_error_poisons_the_store() {
     let io = SimPageIo::new();
