@@ -218,10 +218,11 @@ impl PageStore {
                 return Ok((page, trusted_header(page), false));
             }
         }
-        let start = id as usize * PAGE_BYTES;
-        let page = self
-            .mapping
-            .get(start..start + PAGE_BYTES)
+        // The id comes from disk (a branch, a freelist): its offset may be past usize.
+        let page = usize::try_from(id)
+            .ok()
+            .and_then(|id| id.checked_mul(PAGE_BYTES))
+            .and_then(|start| self.mapping.get(start..start.checked_add(PAGE_BYTES)?))
             .ok_or_else(|| corrupt(format!("page is past the end of the {}-byte file", self.mapping.len())))?;
         if self.is_verified(id) {
             return Ok((page, trusted_header(page), false));

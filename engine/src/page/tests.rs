@@ -119,6 +119,18 @@ fn a_meta_page_counting_more_bytes_than_a_u64_holds_is_refused() {
     assert!(error.to_string().contains("meta page counts"), "{error}");
 }
 
+/// A page id whose offset is past usize (a branch's child as the page_store
+/// fuzzer wrote it): corruption, not an overflow.
+#[test]
+fn a_page_id_past_any_offset_is_corruption() {
+    let io = SimPageIo::new();
+    let store = reopen(&io).unwrap();
+    for id in [u64::MAX, u64::MAX / PAGE_BYTES as u64 + 1] {
+        let error = store.page(id).err().expect("refused");
+        assert!(error.to_string().contains("past the end"), "{id}: {error}");
+    }
+}
+
 #[test]
 fn an_fsync_error_poisons_the_store() {
     let io = SimPageIo::new();
