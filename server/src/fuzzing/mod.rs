@@ -7,6 +7,7 @@
 mod client;
 mod peer;
 mod raft_entry;
+mod raft_step;
 mod snapshot_file;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use ringkv_engine::fuzzing::Target;
 pub use client::{client_port, grpc_request};
 pub use peer::{peer_frames, peer_snapshot};
 pub use raft_entry::raft_entry;
+pub use raft_step::raft_step;
 pub use snapshot_file::snapshot_file;
 
 /// The server's targets.
@@ -49,6 +51,11 @@ pub const TARGETS: &[Target] = &[
         name: "raft_entry",
         run: raft_entry,
         seeds: raft_entry::seeds,
+    },
+    Target {
+        name: "raft_step",
+        run: raft_step,
+        seeds: raft_step::seeds,
     },
 ];
 
@@ -102,6 +109,11 @@ mod tests {
     #[test]
     fn every_raft_entry_input_decodes_and_validates_without_a_panic() {
         replay(target(TARGETS, "raft_entry"));
+    }
+
+    #[test]
+    fn every_raft_step_input_is_screened_or_stepped_without_a_panic() {
+        replay(target(TARGETS, "raft_step"));
     }
 
     /// Writes the seeds into `fuzz/corpus/` (after a format change):

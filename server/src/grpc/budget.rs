@@ -66,8 +66,8 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// A charge against no connection (decoder tests).
-    #[cfg(test)]
+    /// A charge against no connection (decoder tests and fuzz targets).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn unbounded() -> Charge {
         Charge { budget: None, bytes: 0 }
     }

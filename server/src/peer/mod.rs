@@ -33,7 +33,9 @@ pub(crate) mod frame;
 mod inbound;
 mod log_limit;
 pub mod query;
-mod screen;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod raft_fixture;
+pub(crate) mod screen;
 pub(crate) mod snapshot;
 
 use std::cell::Cell;
