@@ -119,7 +119,10 @@ fn read_mvcc(io: &Arc<SimPageIo>) {
 pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("one-leaf", [&[0u8][..], &small_page_file()].concat()),
-        ("several-commits", [&[0u8][..], &larger_page_file(b"membership".to_vec())].concat()),
+        (
+            "several-commits",
+            [&[0u8][..], &larger_page_file(b"membership".to_vec())].concat(),
+        ),
     ]
 }
 

@@ -237,7 +237,10 @@ fn serve(chunk_bytes: u8, input: &[u8]) -> Vec<u8> {
 
 /// One gRPC message framed for the wire.
 fn framed<M: Message>(message: &M) -> Vec<u8> {
-    grpc::encode(message).into_frame().expect("a seed fits a frame").to_vec()
+    grpc::encode(message)
+        .into_frame()
+        .expect("a seed fits a frame")
+        .to_vec()
 }
 
 fn put(key: &str, value: &str) -> pb::RequestOp {

@@ -55,7 +55,10 @@ pub fn peer_frames(data: &[u8]) {
 }
 
 /// One frame read and decoded as the peer port reads one (`peer::inbound`).
-async fn read_message<R: AsyncReadExt + Unpin>(reader: &mut R, payload: &mut Vec<u8>) -> Result<PeerMessage, FrameError> {
+async fn read_message<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    payload: &mut Vec<u8>,
+) -> Result<PeerMessage, FrameError> {
     let header = frame::read_header(reader, FRAME_PAYLOAD_MAX).await?;
     frame::read_payload(reader, header, payload).await?;
     frame::decode_message(payload)
@@ -337,8 +340,7 @@ mod tests {
             };
             let mut reader = Cursor::new(wire);
             block_on(frame::read_hello(&mut reader)).unwrap_or_else(|error| panic!("{name}: {error}"));
-            block_on(read_message(&mut reader, &mut Vec::new()))
-                .unwrap_or_else(|error| panic!("{name}: {error}"));
+            block_on(read_message(&mut reader, &mut Vec::new())).unwrap_or_else(|error| panic!("{name}: {error}"));
         }
     }
 }

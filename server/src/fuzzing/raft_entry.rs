@@ -23,7 +23,8 @@ pub fn raft_entry(data: &[u8]) {
         let Ok((id, request)) = entry::decode(payload) else {
             return;
         };
-        let again = entry::decode(&entry::encode(id, request.clone())).expect("an applied request, encoded, is applied");
+        let again =
+            entry::decode(&entry::encode(id, request.clone())).expect("an applied request, encoded, is applied");
         assert!(again == (id, request), "an applied request encodes back to itself");
     } else {
         let Ok(change) = decodes_to_itself::<ConfChangeV2>(payload) else {
@@ -115,7 +116,10 @@ pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 prev_kv: true,
             })),
         ),
-        ("txn-nested-32", normal(raft_request::Request::Txn(nested_txn(check::TXN_DEPTH_MAX)))),
+        (
+            "txn-nested-32",
+            normal(raft_request::Request::Txn(nested_txn(check::TXN_DEPTH_MAX))),
+        ),
         (
             "lease-grant",
             normal(raft_request::Request::LeaseGrant(pb::LeaseGrantRequest {

@@ -36,7 +36,14 @@ pub fn snapshot_file(data: &[u8]) {
 pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("small-with-trailer", [vec![APPEND_TRAILER], small_page_file()].concat()),
-        ("larger-bare", [vec![SKIP_HASH_CHECK], larger_page_file(super::peer::membership().encode_to_vec())].concat()),
+        (
+            "larger-bare",
+            [
+                vec![SKIP_HASH_CHECK],
+                larger_page_file(super::peer::membership().encode_to_vec()),
+            ]
+            .concat(),
+        ),
     ]
 }
 

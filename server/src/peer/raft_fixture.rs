@@ -127,4 +127,3 @@ pub fn settle(raw: &mut RawNode<MemStorage>) -> Vec<Message> {
     }
     sent
 }
-
