@@ -126,7 +126,7 @@ fn a_page_id_past_any_offset_is_corruption() {
     let io = SimPageIo::new();
     let store = reopen(&io).unwrap();
     for id in [u64::MAX, u64::MAX / PAGE_BYTES as u64 + 1] {
-        let error = store.page(id).err().expect("refused");
+        let error = store.page(id).expect_err("refused");
         assert!(error.to_string().contains("past the end"), "{id}: {error}");
     }
 }
