@@ -170,6 +170,11 @@ impl PageStore {
             if chain.contains(&id) || chain.len() as u64 >= page_count {
                 return Err(corrupt("the freelist chain loops".to_string()));
             }
+            // A page past the count can still verify: the file grows ahead of
+            // it, and a shrunk count leaves old pages behind.
+            if !(META_PAGE_COUNT..page_count).contains(&id) {
+                return Err(corrupt(format!("a freelist page outside pages 2..{page_count}")));
+            }
             let (page, header, _) = self.verified_page(id)?;
             if header.kind != PageKind::Freelist {
                 return Err(corrupt(format!("expected a freelist page, found {:?}", header.kind)));

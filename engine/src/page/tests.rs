@@ -131,6 +131,31 @@ fn a_page_id_past_any_offset_is_corruption() {
     }
 }
 
+/// A meta page whose freelist starts at a page past its own page count, a
+/// page that verifies and lists pages within the count (the page_store fuzzer
+/// made one): corruption, not a broken freelist invariant.
+#[test]
+fn a_freelist_page_past_the_page_count_is_corruption() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (live, page) = data_page(&mut store, 0);
+    store.commit(Some(live), vec![(live, page)]).unwrap();
+    let meta = super::meta::Meta {
+        txid: store.durable.txid + 1,
+        root: None,
+        freelist_head: Some(3),
+        page_count: 3,
+    };
+    let mut freelist = layout::new_page(PageKind::Freelist, 1, 3);
+    freelist[HEADER_BYTES + 8..HEADER_BYTES + 16].copy_from_slice(&2u64.to_le_bytes());
+    layout::seal_page(&mut freelist, meta.txid);
+    io.write_at(3 * PAGE_BYTES as u64, &freelist).unwrap();
+    io.write_at(meta.slot() * PAGE_BYTES as u64, &meta.encode()).unwrap();
+    io.sync().unwrap();
+    let error = reopen(&io).err().expect("refused");
+    assert!(error.to_string().contains("a freelist page outside"), "{error}");
+}
+
 #[test]
 fn an_fsync_error_poisons_the_store() {
     let io = SimPageIo::new();
