@@ -51,6 +51,8 @@ pub enum Dropped {
     RequestSnapshot(u64),
     #[error("snapshot message: {0}")]
     Snapshot(String),
+    #[error("{0:?} to a member that is not the leader")]
+    NotLeader(MessageType),
 }
 
 /// Checks `message` from a peer against the raft node `raft` that is about to
@@ -263,6 +265,12 @@ fn check_against_log<S: Storage>(raft: &Raft<S>, kind: MessageType, message: &Me
                 last_index,
             })
         }
+        // A follower forwards a leader transfer to the leader it knows, term
+        // and all, and raft-rs's `send` refuses a set term on one (`fatal!("term
+        // should not be set when sending MsgTransferLeader")`): only the leader
+        // may step one. (Honest peers hit this too: a transfer forwarded to a
+        // member that has just stepped down.)
+        MessageType::MsgTransferLeader if raft.state != StateRole::Leader => Err(Dropped::NotLeader(kind)),
         _ => Ok(()),
     }
 }

@@ -426,3 +426,26 @@ fn nothing_raft_rs_sends_is_dropped() {
     assert_eq!(network.leader(), Some(1));
     assert!(network.delivered > 500, "{} messages delivered", network.delivered);
 }
+
+#[test]
+fn a_leader_transfer_to_a_follower_is_dropped() {
+    // The raft_step fuzzer's find: a follower forwards it to its leader with
+    // the term still set, and raft-rs's `send` stops the process.
+    let forged = message(MessageType::MsgTransferLeader, 2);
+    assert!(panics(&mut follower(), |raw| {
+        let _ = raw.step(forged.clone());
+    }));
+    assert_eq!(
+        screened(follower(), forged),
+        Dropped::NotLeader(MessageType::MsgTransferLeader)
+    );
+}
+
+#[test]
+fn a_leader_transfer_forwarded_to_the_leader_is_stepped() {
+    let mut raw = leader();
+    let forwarded = message(MessageType::MsgTransferLeader, raw.raft.term);
+    check(&raw.raft, &forwarded).expect("the leader takes a forwarded transfer");
+    raw.step(forwarded).unwrap();
+    assert_eq!(raw.raft.lead_transferee, Some(PEER));
+}
