@@ -1066,12 +1066,14 @@ fn rebuild_leases(tree: &Tree, lease_of: BTreeMap<Vec<u8>, i64>) -> Result<Lease
 }
 
 /// A stored put's version, checked before the key index takes it (which
-/// asserts what its own writes always hold): at least 1, at most its main
-/// revision (every put of a key takes a revision of its own), and one past
-/// the key's version before it while the key is live.
+/// asserts what its own writes always hold): at least 1, below `i64::MAX` (so
+/// the next put's version exists), and one past the key's version before it
+/// while the key is live. A version is not bounded by its main revision: one
+/// transaction may put a key many times (the server refuses that, the engine
+/// does not), each put a version at the same main revision.
 fn check_version(index: &KeyIndex, revision: Revision, kv: &KeyValue) -> Result<(), MvccError> {
     let follows = index.latest(&kv.key).map(|at| at.version.checked_add(1));
-    if !(1..=revision.main).contains(&kv.version) || follows.is_some_and(|next| next != Some(kv.version)) {
+    if !(1..i64::MAX).contains(&kv.version) || follows.is_some_and(|next| next != Some(kv.version)) {
         return Err(MvccError::Corrupt(format!(
             "revision {} puts version {} of a key at version {:?}",
             revision.main,

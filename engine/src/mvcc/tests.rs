@@ -799,6 +799,64 @@ fn a_stored_put_whose_version_does_not_follow_is_corruption_not_a_panic() {
 }
 
 #[test]
+fn a_key_put_many_times_in_one_txn_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let mut store = Mvcc::open(&path).unwrap();
+    let mut txn = store.write();
+    for value in [b"1", b"2", b"3"] {
+        txn.put(b"k", value, 0).unwrap();
+    }
+    assert_eq!(txn.end(), 2);
+    store.commit().unwrap();
+    drop(store);
+    let store = Mvcc::open(&path).unwrap();
+    let got = store
+        .range(
+            KeySpan {
+                key: b"k",
+                end: RangeEnd::Key,
+            },
+            RangeOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        (got.kvs[0].version, got.kvs[0].mod_revision, &got.kvs[0].value[..]),
+        (3, 2, &b"3"[..])
+    );
+}
+
+#[test]
+fn a_stored_version_no_put_can_follow_is_corruption() {
+    let opened = opened_after(|tree| {
+        // `k` deleted at revision 4 and put again at 5: a generation that
+        // starts at a version the next put could not follow.
+        let deleted = KeyValue {
+            key: b"k".to_vec(),
+            mod_revision: 4,
+            ..Default::default()
+        };
+        let put = KeyValue {
+            key: b"k".to_vec(),
+            create_revision: 5,
+            mod_revision: 5,
+            version: i64::MAX,
+            ..Default::default()
+        };
+        for (revision, tombstone, kv) in [(4, true, deleted), (5, false, put)] {
+            let record = super::record::encode_record(tombstone, &kv);
+            tree.insert(&Revision::new(revision, 0).to_key(), &record).unwrap();
+        }
+        tree.insert(b"mcurrent_revision", &5i64.to_be_bytes()).unwrap();
+    });
+    match opened {
+        Err(MvccError::Corrupt(reason)) => assert!(reason.contains("version 9223372036854775807"), "{reason}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a version no put can follow opened"),
+    }
+}
+
+#[test]
 fn a_stored_current_revision_no_write_can_follow_is_corruption() {
     for revision in [i64::MAX, 0, -3] {
         let opened = opened_after(|tree| tree.insert(b"mcurrent_revision", &revision.to_be_bytes()).unwrap());
