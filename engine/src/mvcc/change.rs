@@ -3,7 +3,13 @@
 //! history (read back from the revision table), so every writer (Put, DeleteRange,
 //! Txn, lease expiry) produces them without hooks of its own.
 
+use std::ops::Bound;
+
 use ringkv_proto::mvccpb::KeyValue;
+
+use super::record::decode_record;
+use super::revision::Revision;
+use super::{Mvcc, MvccError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -32,4 +38,62 @@ pub struct HistoryChunk {
     pub changes: Vec<Change>,
     /// The first revision not covered by this read.
     pub next_revision: i64,
+}
+
+impl Mvcc {
+    /// Starts keeping every change written from now on for `take_changes`. The
+    /// owner must take them after each write or they accumulate.
+    pub fn capture_changes(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes written since the last call, in revision order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.captured.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Reads the changes of revisions `from..=to` back from the revision table, in
+    /// revision order, stopping after the first whole revision at which at least
+    /// `max_changes` were read. A revision at or below the compaction point is
+    /// refused; at the compaction point itself only puts are returned, because its
+    /// tombstones are removed by compaction (etcd's watchers see the same).
+    pub fn history(&self, from: i64, to: i64, max_changes: usize) -> Result<HistoryChunk, MvccError> {
+        assert!(max_changes > 0);
+        if from < self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        let to = to.min(self.current_revision);
+        let mut changes = Vec::new();
+        if from > to {
+            return Ok(HistoryChunk {
+                changes,
+                next_revision: from,
+            });
+        }
+        let start = Revision::new(from.max(0), 0).to_key();
+        let end = Revision::new(to + 1, 0).to_key();
+        let mut last_main = from - 1;
+        for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+            let (key, value) = entry?;
+            let revision =
+                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+            if revision.main != last_main && changes.len() >= max_changes {
+                return Ok(HistoryChunk {
+                    changes,
+                    next_revision: revision.main,
+                });
+            }
+            last_main = revision.main;
+            let (tombstone, kv) = decode_record(&value)?;
+            if tombstone && revision.main == self.compact_revision {
+                continue;
+            }
+            let kind = if tombstone { ChangeKind::Delete } else { ChangeKind::Put };
+            changes.push(Change { kind, kv });
+        }
+        Ok(HistoryChunk {
+            changes,
+            next_revision: to + 1,
+        })
+    }
 }

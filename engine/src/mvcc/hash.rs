@@ -8,10 +8,14 @@
 //! `mvccpb.KeyValue`; a tombstone's holds only the key). Revisions that a running
 //! compaction will remove are skipped.
 
+use std::ops::Bound;
+
 use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
-use super::revision::Revision;
+use super::record::decode_record;
+use super::revision::{Revision, REVISION_TABLE};
+use super::{Mvcc, MvccError};
 
 /// etcd's bucket name, hashed first.
 const KEY_BUCKET_NAME: &[u8] = b"key";
@@ -112,6 +116,73 @@ pub struct KvHash {
     pub compact_revision: i64,
     /// The revision the hash covers.
     pub hash_revision: i64,
+}
+
+impl Mvcc {
+    /// etcd's HashKV at `revision` (0 or less: the current one), as etcd 3.4 and
+    /// 3.5 compute it (`HashByRev`): every stored revision up to it, except that a
+    /// revision at or below the compaction point counts only if it is its key's
+    /// live state at the hashed revision (etcd's `kvindex.Keep(rev)`), unless no
+    /// key is live then. Revisions a running compaction will remove never count.
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
+        if revision > 0 && revision <= self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.current_revision {
+            return Err(MvccError::FutureRev);
+        }
+        let hash_revision = if revision <= 0 { self.current_revision } else { revision };
+        let mut any_live = false;
+        self.index
+            .visit_range(Bound::Unbounded, Bound::Unbounded, hash_revision, |_, _| {
+                any_live = true;
+                false
+            });
+        let mut hasher = KvHasher::new();
+        let start = [REVISION_TABLE];
+        let end = Revision::new(hash_revision + 1, 0).to_key();
+        for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+            let (key, value) = entry?;
+            let revision =
+                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+            let (tombstone, kv) = decode_record(&value)?;
+            // Revisions the running compaction will remove, however far it has
+            // got: at or below the point and not the key's state there.
+            let compacted_away = revision.main <= self.compact_revision
+                && self.index.at(&kv.key, self.compact_revision).map(|at| at.modified) != Some(revision);
+            if compacted_away {
+                continue;
+            }
+            let kept = |key: &[u8]| {
+                self.index
+                    .at(key, hash_revision)
+                    .is_some_and(|at| at.modified == revision)
+            };
+            if revision.main <= self.compact_revision && any_live && !kept(&kv.key) {
+                continue;
+            }
+            hasher.write(revision, tombstone, &kv);
+        }
+        Ok(KvHash {
+            hash: hasher.finish(),
+            compact_revision: self.compact_revision,
+            hash_revision,
+        })
+    }
+
+    /// ringkv's Hash: a CRC-32C over every key and value of the committed and
+    /// open state of the tree (meta and revision tables), in key order. Not
+    /// etcd's value (etcd hashes its bbolt file's buckets), but equal on members
+    /// holding the same state.
+    pub fn hash_all(&self) -> Result<u32, MvccError> {
+        let mut crc = Crc32c::default();
+        for entry in self.tree.range(Bound::Unbounded, Bound::Unbounded) {
+            let (key, value) = entry?;
+            crc.update(&key);
+            crc.update(&value);
+        }
+        Ok(crc.finish())
+    }
 }
 
 #[cfg(test)]

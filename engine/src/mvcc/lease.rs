@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::MvccError;
+use super::{Mvcc, MvccError};
 
 /// Tree keys of the lease table start with this byte.
 pub const LEASE_TABLE: u8 = b'l';
@@ -136,6 +136,21 @@ impl Leases {
                 return Err(format!("key {key:?} is missing from lease {lease}'s keys"));
             }
         }
+        Ok(())
+    }
+}
+
+impl Mvcc {
+    /// The leases that exist and the keys attached to them.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Creates lease `id` with `ttl` seconds; stored by the next commit. The
+    /// caller has checked that it does not exist (etcd's ErrLeaseExist).
+    pub fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<(), MvccError> {
+        self.leases.insert(id, ttl);
+        self.tree.insert(&lease_key(id), &ttl.to_be_bytes())?;
         Ok(())
     }
 }

@@ -5,28 +5,46 @@
 //! in-memory key index maps user keys to their revisions. Reads can ask for any
 //! revision since the last compaction. The byte layout is in docs/mvcc-format.md.
 
+mod alarm;
 mod change;
+mod compact;
 mod cursor;
 mod hash;
 mod key_index;
 mod lease;
+mod meta;
+mod open;
 mod range_counts;
+mod read;
 mod record;
 mod revision;
-mod store;
+mod server_record;
+mod space;
+mod write;
 
 #[cfg(test)]
 mod tests;
 
 pub use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
+pub use alarm::Alarm;
 pub use change::{Change, ChangeKind, HistoryChunk};
 pub use cursor::RangeCursor;
 pub use hash::{Crc32c, KvHash};
 pub use lease::{Leases, NO_LEASE};
 pub use revision::Revision;
-pub use store::{Alarm, Mvcc, WriteTxn};
+pub use write::WriteTxn;
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use ringkv_proto::mvccpb::KeyValue;
+
+use crate::btree::Tree;
+use compact::IndexPass;
+use cursor::ReadHolds;
+use key_index::KeyIndex;
+use range_counts::RangeCounts;
+use server_record::ServerRecord;
 
 /// Where a key span ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,4 +101,51 @@ pub enum MvccError {
     Storage(#[from] PageError),
     #[error("mvcc store is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// The MVCC store: every write at a new revision, reads at any revision since the
+/// last compaction, all kept in the B-tree's revision table with the key index in
+/// memory. Semantics follow etcd's mvcc package (kvstore.go, kvstore_txn.go).
+///
+/// Its methods are split by job: `open` (the rebuild), `read`, `write`
+/// (`WriteTxn`), `compact`, `meta` (commits), `change` (what watchers read),
+/// `lease`, `alarm`, `server_record`, `hash`, `space` (snapshot pins,
+/// defragmentation, sizes).
+pub struct Mvcc {
+    tree: Tree,
+    index: KeyIndex,
+    current_revision: i64,
+    compact_revision: i64,
+    /// The compaction whose physical removal finished last.
+    finished_compact_revision: i64,
+    /// While a compaction runs: the key index is compacted a bounded number
+    /// of keys per step (this is where the pass goes on); the revisions it
+    /// gives up are then removed from the tree, oldest first.
+    index_pass: Option<IndexPass>,
+    /// Revisions the index has given up, still to remove physically.
+    pending_removal: BTreeSet<Revision>,
+    applied_index: u64,
+    /// Changes made since the last `take_changes`, when capture is on (the
+    /// server's watchers need them; tools and tests leave it off so nothing grows).
+    captured: Option<Vec<Change>>,
+    leases: Leases,
+    /// Active alarms, applied through raft and stored with the data.
+    alarms: BTreeSet<Alarm>,
+    membership: ServerRecord,
+    conf_state: ServerRecord,
+    /// What paginated Ranges leave for their next page (reads take `&self`).
+    range_counts: RefCell<RangeCounts>,
+    /// Revisions stepped Ranges still read at (see `cursor`).
+    read_holds: ReadHolds,
+}
+
+impl Mvcc {
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The revision of the last compaction; -1 before any (as etcd reports it).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
 }
