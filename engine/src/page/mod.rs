@@ -16,6 +16,7 @@ mod freelist;
 mod io;
 mod layout;
 mod meta;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod snapshot;
 

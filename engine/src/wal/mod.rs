@@ -12,6 +12,7 @@
 mod io;
 mod record;
 mod recovery;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 #[cfg(test)]
