@@ -15,3 +15,9 @@ pub mod mvcc;
 pub mod no_space;
 pub mod page;
 pub mod wal;
+
+/// Why stored bytes were refused as corrupt (the reason of `PageError::Corrupt`,
+/// `WalError::Corrupt` and `MvccError::Corrupt`): the typed error of the
+/// decoder that refused them, kept as the source, or the text of what a
+/// check found.
+pub type CorruptReason = Box<dyn std::error::Error + Send + Sync>;

@@ -41,7 +41,7 @@ impl Tree {
         let mut unreachable = 0u64;
         for id in self.store.unreachable_pages() {
             if !walk.seen.insert(id) {
-                return Err(corrupt(
+                return Err(PageError::corrupt(
                     id,
                     "page is both in use and accounted unreachable (or listed twice)",
                 ));
@@ -53,9 +53,9 @@ impl Tree {
             let missing = (2..self.store.page_count())
                 .find(|id| !walk.seen.contains(id))
                 .unwrap_or(0);
-            return Err(corrupt(
+            return Err(PageError::corrupt(
                 missing,
-                &format!("page leaked: {} of {data_pages} pages accounted", walk.seen.len()),
+                format!("page leaked: {} of {data_pages} pages accounted", walk.seen.len()),
             ));
         }
         Ok(CheckReport {
@@ -76,7 +76,7 @@ impl Tree {
         walk: &mut Walk,
     ) -> Result<(), PageError> {
         if !walk.seen.insert(id) {
-            return Err(corrupt(id, "page reachable twice"));
+            return Err(PageError::corrupt(id, "page reachable twice"));
         }
         if depth as usize > DEPTH_MAX {
             return Err(super::too_deep(id));
@@ -84,14 +84,14 @@ impl Tree {
         let node = self.node(id)?;
         if let super::node::NodeRef::Owned(owned) = node {
             if owned.bytes() > NODE_CAPACITY || owned.len() == 0 {
-                return Err(corrupt(
+                return Err(PageError::corrupt(
                     id,
-                    &format!("node of {} entries, {} bytes", owned.len(), owned.bytes()),
+                    format!("node of {} entries, {} bytes", owned.len(), owned.bytes()),
                 ));
             }
         }
         if !node.is_leaf() && !node.key(0).is_empty() {
-            return Err(corrupt(id, "a branch's first key is not empty"));
+            return Err(PageError::corrupt(id, "a branch's first key is not empty"));
         }
         for index in 0..node.len() {
             let key = node.key(index);
@@ -100,16 +100,19 @@ impl Tree {
             let checked = node.is_leaf() || index > 0;
             let in_bounds = low.is_none_or(|low| key >= low) && high.is_none_or(|high| key < high);
             if !ordered || checked && !in_bounds {
-                return Err(corrupt(
+                return Err(PageError::corrupt(
                     id,
-                    &format!("key {index} out of order or out of its parent's bounds"),
+                    format!("key {index} out of order or out of its parent's bounds"),
                 ));
             }
         }
         if node.is_leaf() {
             match walk.leaf_depth {
                 Some(expected) if expected != depth => {
-                    return Err(corrupt(id, &format!("leaf at depth {depth}, others at {expected}")));
+                    return Err(PageError::corrupt(
+                        id,
+                        format!("leaf at depth {depth}, others at {expected}"),
+                    ));
                 }
                 _ => walk.leaf_depth = Some(depth),
             }
@@ -136,16 +139,9 @@ impl Tree {
     fn check_overflow(&self, head: PageId, len: u32, walk: &mut Walk) -> Result<(), PageError> {
         for id in self.overflow_chain(head, len)? {
             if !walk.seen.insert(id) {
-                return Err(corrupt(id, "overflow page reachable twice"));
+                return Err(PageError::corrupt(id, "overflow page reachable twice"));
             }
         }
         Ok(())
-    }
-}
-
-fn corrupt(page: PageId, reason: &str) -> PageError {
-    PageError::Corrupt {
-        page,
-        reason: reason.to_string(),
     }
 }

@@ -51,10 +51,10 @@ pub const DEPTH_MAX: usize = 64;
 
 /// The error for a path from the root that reached `DEPTH_MAX` levels at `page`.
 fn too_deep(page: PageId) -> PageError {
-    PageError::Corrupt {
+    PageError::corrupt(
         page,
-        reason: format!("a path from the root runs past {DEPTH_MAX} levels (the tree loops)"),
-    }
+        format!("a path from the root runs past {DEPTH_MAX} levels (the tree loops)"),
+    )
 }
 
 pub struct Tree {
@@ -185,9 +185,9 @@ impl Tree {
         // The whole layout is checked once, with the checksum: walking every
         // entry on each visit was 10% of the store core serving lists.
         let view = if page.verified_now {
-            PageView::new(page.bytes, page.kind, page.count).map_err(|reason| {
+            PageView::new(page.bytes, page.kind, page.count).map_err(|error| {
                 self.store.forget_verified(id);
-                PageError::Corrupt { page: id, reason }
+                PageError::corrupt(id, error)
             })?
         } else {
             PageView::checked_before(page.bytes, page.kind, page.count)
@@ -219,10 +219,10 @@ impl Tree {
         let pages = (len as usize).div_ceil(OVERFLOW_DATA_BYTES).max(1);
         let data_pages = self.store.page_count().saturating_sub(META_PAGE_COUNT);
         if pages as u64 > data_pages {
-            return Err(PageError::Corrupt {
-                page: head,
-                reason: format!("a value of {len} bytes needs more overflow pages than the file has"),
-            });
+            return Err(PageError::corrupt(
+                head,
+                format!("a value of {len} bytes needs more overflow pages than the file has"),
+            ));
         }
         Ok(pages)
     }
@@ -245,9 +245,9 @@ impl Tree {
             OVERFLOW_DATA_BYTES
         };
         if bytes.len() != expected || next.is_some() == last {
-            return Err(PageError::Corrupt {
-                page: id,
-                reason: format!(
+            return Err(PageError::corrupt(
+                id,
+                format!(
                     "overflow page {index} of {pages} of a {len}-byte value holds {} bytes{}",
                     bytes.len(),
                     if next.is_some() {
@@ -256,7 +256,7 @@ impl Tree {
                         " and ends the chain"
                     }
                 ),
-            });
+            ));
         }
         Ok((next, bytes))
     }
@@ -272,10 +272,10 @@ impl Tree {
         for index in 0..pages {
             let id = next.expect("every page but the last has a next");
             if !seen.insert(id) {
-                return Err(PageError::Corrupt {
-                    page: id,
-                    reason: "an overflow chain comes back to one of its pages".to_string(),
-                });
+                return Err(PageError::corrupt(
+                    id,
+                    "an overflow chain comes back to one of its pages",
+                ));
             }
             next = self.chain_page(id, index, pages, len)?.0;
             ids.push(id);
@@ -285,17 +285,19 @@ impl Tree {
 
     /// One page of an overflow chain: (next page, value bytes).
     fn overflow_page(&self, id: PageId) -> Result<(Option<PageId>, &[u8]), PageError> {
-        let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
         let page = match self.overflow.get(&id) {
             Some(page) => page,
             None => {
                 let page = self.store.page(id)?;
                 if page.kind != PageKind::Overflow {
-                    return Err(corrupt(format!("expected an overflow page, found {:?}", page.kind)));
+                    return Err(PageError::corrupt(
+                        id,
+                        format!("expected an overflow page, found {:?}", page.kind),
+                    ));
                 }
                 page.bytes
             }
         };
-        overflow::decode_page(page).map_err(corrupt)
+        overflow::decode_page(page).map_err(|error| PageError::corrupt(id, error))
     }
 }

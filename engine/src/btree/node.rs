@@ -305,6 +305,22 @@ impl<'a> NodeRef<'a> {
     }
 }
 
+/// Why a checksummed node page's layout cannot be read: damage behind a
+/// valid checksum, or a forged page.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeLayoutError {
+    #[error("expected a node page, found {kind:?}")]
+    NotNode { kind: PageKind },
+    #[error("node page with {count} entries")]
+    EntryCount { count: usize },
+    #[error("entry {index} at offset {at}, expected {expected}")]
+    EntryOffset { index: usize, at: usize, expected: usize },
+    #[error("entry {index} has value kind {kind}")]
+    ValueKind { index: usize, kind: u8 },
+    #[error("entry {index} runs past the page")]
+    PastPage { index: usize },
+}
+
 /// A committed node page, read in place. Built by [`PageView::new`], which
 /// checks that every entry lies inside the page, or for a page that passed it
 /// before and has not changed since, by [`PageView::checked_before`].
@@ -317,37 +333,37 @@ pub struct PageView<'a> {
 
 impl<'a> PageView<'a> {
     /// Checks the layout of a checksummed node page; Err says what is wrong.
-    pub fn new(page: &'a [u8], kind: PageKind, count: u16) -> Result<PageView<'a>, String> {
+    pub fn new(page: &'a [u8], kind: PageKind, count: u16) -> Result<PageView<'a>, NodeLayoutError> {
         assert_eq!(page.len(), PAGE_BYTES);
         let leaf = match kind {
             PageKind::Leaf => true,
             PageKind::Branch => false,
-            other => return Err(format!("expected a node page, found {other:?}")),
+            kind => return Err(NodeLayoutError::NotNode { kind }),
         };
         let count = count as usize;
         if count == 0 || HEADER_BYTES + SLOT_BYTES * count > PAGE_BYTES {
-            return Err(format!("node page with {count} entries"));
+            return Err(NodeLayoutError::EntryCount { count });
         }
         let entry_header = if leaf { LEAF_ENTRY_HEADER } else { BRANCH_ENTRY_HEADER };
         let mut expected = HEADER_BYTES + SLOT_BYTES * count;
         for index in 0..count {
             let at = get_u16(page, HEADER_BYTES + SLOT_BYTES * index) as usize;
             if at != expected || at + entry_header > PAGE_BYTES {
-                return Err(format!("entry {index} at offset {at}, expected {expected}"));
+                return Err(NodeLayoutError::EntryOffset { index, at, expected });
             }
             let key_len = get_u16(page, at) as usize;
             expected = if leaf {
                 let stored = match page[at + 2] {
                     VALUE_INLINE => get_u32(page, at + 3) as usize,
                     VALUE_OVERFLOW => 8,
-                    other => return Err(format!("entry {index} has value kind {other}")),
+                    kind => return Err(NodeLayoutError::ValueKind { index, kind }),
                 };
                 at + LEAF_ENTRY_HEADER + key_len + stored
             } else {
                 at + BRANCH_ENTRY_HEADER + key_len
             };
             if expected > PAGE_BYTES {
-                return Err(format!("entry {index} runs past the page"));
+                return Err(NodeLayoutError::PastPage { index });
             }
         }
         Ok(PageView { page, count, leaf })

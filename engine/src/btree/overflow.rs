@@ -32,12 +32,19 @@ pub fn encode_chain(value: &[u8], ids: &[PageId]) -> Vec<PageImage> {
         .collect()
 }
 
+/// An overflow page whose length field is 0 or more than the page holds.
+#[derive(Debug, thiserror::Error)]
+#[error("overflow page holds {len} bytes")]
+pub struct OverflowPageError {
+    len: usize,
+}
+
 /// One overflow page's (next page, value bytes); Err if the lengths do not fit.
-pub fn decode_page(page: &[u8]) -> Result<(Option<PageId>, &[u8]), String> {
+pub fn decode_page(page: &[u8]) -> Result<(Option<PageId>, &[u8]), OverflowPageError> {
     let next = get_u64(page, HEADER_BYTES);
     let len = get_u32(page, HEADER_BYTES + 8) as usize;
     if len == 0 || len > OVERFLOW_DATA_BYTES {
-        return Err(format!("overflow page holds {len} bytes"));
+        return Err(OverflowPageError { len });
     }
     Ok((
         (next != 0).then_some(next),

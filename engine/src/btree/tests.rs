@@ -440,7 +440,10 @@ fn a_leaf_with_a_bad_layout_stays_corrupt_on_every_read() {
         match scan {
             Err(PageError::Corrupt { page, reason }) => {
                 assert_eq!(page, 2, "round {round}: {reason}");
-                assert!(reason.contains("entry 0 at offset"), "round {round}: {reason}");
+                assert!(
+                    reason.to_string().contains("entry 0 at offset"),
+                    "round {round}: {reason}"
+                );
             }
             other => panic!("round {round}: the bad leaf read as {other:?}"),
         }
@@ -518,7 +521,9 @@ fn a_value_longer_than_the_file_is_corruption_before_it_is_read() {
     });
     let tree = open(&io);
     match tree.get(b"k") {
-        Err(PageError::Corrupt { reason, .. }) => assert!(reason.contains("more overflow pages"), "{reason}"),
+        Err(PageError::Corrupt { reason, .. }) => {
+            assert!(reason.to_string().contains("more overflow pages"), "{reason}")
+        }
         other => panic!("read as {other:?}"),
     }
 }

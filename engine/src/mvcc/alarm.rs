@@ -39,7 +39,7 @@ pub(super) fn read_alarms(tree: &Tree) -> Result<BTreeSet<Alarm>, MvccError> {
         return Ok(BTreeSet::new());
     };
     if value.len() % ALARM_RECORD_BYTES != 0 {
-        return Err(MvccError::Corrupt(format!("alarm list of {} bytes", value.len())));
+        return Err(MvccError::corrupt(format!("alarm list of {} bytes", value.len())));
     }
     Ok(value
         .chunks_exact(ALARM_RECORD_BYTES)

@@ -76,7 +76,7 @@ impl Mvcc {
         for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;
             let revision =
-                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+                Revision::from_key(&key).ok_or_else(|| MvccError::corrupt(format!("bad revision key {key:?}")))?;
             if revision.main != last_main && changes.len() >= max_changes {
                 return Ok(HistoryChunk {
                     changes,

@@ -144,7 +144,7 @@ impl Mvcc {
         for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;
             let revision =
-                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+                Revision::from_key(&key).ok_or_else(|| MvccError::corrupt(format!("bad revision key {key:?}")))?;
             let (tombstone, kv) = decode_record(&value)?;
             // Revisions the running compaction will remove, however far it has
             // got: at or below the point and not the key's state there.

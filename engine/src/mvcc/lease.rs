@@ -32,7 +32,7 @@ pub fn lease_key(id: i64) -> [u8; LEASE_KEY_BYTES] {
 
 /// Decodes one lease table entry into (id, ttl).
 pub fn decode_lease(key: &[u8], value: &[u8]) -> Result<(i64, i64), MvccError> {
-    let corrupt = || MvccError::Corrupt(format!("bad lease entry {key:?} -> {value:?}"));
+    let corrupt = || MvccError::corrupt(format!("bad lease entry {key:?} -> {value:?}"));
     if key.len() != LEASE_KEY_BYTES || key[0] != LEASE_TABLE {
         return Err(corrupt());
     }
@@ -43,6 +43,17 @@ pub fn decode_lease(key: &[u8], value: &[u8]) -> Result<(i64, i64), MvccError> {
         return Err(corrupt());
     }
     Ok((id, ttl))
+}
+
+/// The two directions of the lease attachments disagree (see `Leases::check`).
+#[derive(Debug, thiserror::Error)]
+pub enum AttachmentError {
+    #[error("{by_lease} attachments by lease, {by_key} by key")]
+    Counts { by_lease: usize, by_key: usize },
+    #[error("key {key:?} is attached to lease {lease}, which does not exist")]
+    UnknownLease { key: Vec<u8>, lease: i64 },
+    #[error("key {key:?} is missing from lease {lease}'s keys")]
+    MissingKey { key: Vec<u8>, lease: i64 },
 }
 
 /// Leases and their attached keys, in memory.
@@ -117,23 +128,27 @@ impl Leases {
         assert!(keys.remove(key), "lease_of and keys agree");
     }
 
-    /// Checks the two directions of the attachment maps agree (tests, open).
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the two directions of the attachment maps agree (tests).
+    pub fn check(&self) -> Result<(), AttachmentError> {
         let attached: usize = self.keys.values().map(BTreeSet::len).sum();
         if attached != self.lease_of.len() {
-            return Err(format!(
-                "{attached} attachments by lease, {} by key",
-                self.lease_of.len()
-            ));
+            return Err(AttachmentError::Counts {
+                by_lease: attached,
+                by_key: self.lease_of.len(),
+            });
         }
-        for (key, lease) in &self.lease_of {
-            if !self.ttls.contains_key(lease) {
-                return Err(format!(
-                    "key {key:?} is attached to lease {lease}, which does not exist"
-                ));
+        for (key, &lease) in &self.lease_of {
+            if !self.ttls.contains_key(&lease) {
+                return Err(AttachmentError::UnknownLease {
+                    key: key.clone(),
+                    lease,
+                });
             }
-            if !self.keys.get(lease).is_some_and(|keys| keys.contains(key)) {
-                return Err(format!("key {key:?} is missing from lease {lease}'s keys"));
+            if !self.keys.get(&lease).is_some_and(|keys| keys.contains(key)) {
+                return Err(AttachmentError::MissingKey {
+                    key: key.clone(),
+                    lease,
+                });
             }
         }
         Ok(())

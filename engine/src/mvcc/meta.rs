@@ -74,6 +74,6 @@ pub(super) fn read_meta(tree: &Tree, name: &[u8]) -> Result<Option<i64>, MvccErr
     let bytes: [u8; 8] = value
         .as_slice()
         .try_into()
-        .map_err(|_| MvccError::Corrupt(format!("meta value {name:?} is not 8 bytes")))?;
+        .map_err(|_| MvccError::corrupt(format!("meta value {name:?} is not 8 bytes")))?;
     Ok(Some(i64::from_be_bytes(bytes)))
 }

@@ -30,7 +30,7 @@ pub use alarm::Alarm;
 pub use change::{Change, ChangeKind, HistoryChunk};
 pub use cursor::RangeCursor;
 pub use hash::{Crc32c, KvHash};
-pub use lease::{Leases, NO_LEASE};
+pub use lease::{AttachmentError, Leases, NO_LEASE};
 pub use revision::Revision;
 pub use write::WriteTxn;
 
@@ -40,6 +40,7 @@ use std::collections::BTreeSet;
 use ringkv_proto::mvccpb::KeyValue;
 
 use crate::btree::Tree;
+use crate::CorruptReason;
 use compact::IndexPass;
 use cursor::ReadHolds;
 use key_index::KeyIndex;
@@ -100,7 +101,13 @@ pub enum MvccError {
     #[error(transparent)]
     Storage(#[from] PageError),
     #[error("mvcc store is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] CorruptReason),
+}
+
+impl MvccError {
+    pub fn corrupt(reason: impl Into<CorruptReason>) -> MvccError {
+        MvccError::Corrupt(reason.into())
+    }
 }
 
 /// The MVCC store: every write at a new revision, reads at any revision since the

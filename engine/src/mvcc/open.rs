@@ -46,7 +46,7 @@ impl Mvcc {
         let current_revision = read_meta(&tree, META_CURRENT_REVISION)?.unwrap_or(EMPTY_STORE_REVISION);
         // The next write takes current + 1.
         if !(EMPTY_STORE_REVISION..i64::MAX).contains(&current_revision) {
-            return Err(MvccError::Corrupt(format!(
+            return Err(MvccError::corrupt(format!(
                 "stored current revision {current_revision}"
             )));
         }
@@ -54,7 +54,7 @@ impl Mvcc {
         let finished_compact_revision = read_meta(&tree, META_FINISHED_COMPACT_REVISION)?.unwrap_or(NEVER_COMPACTED);
         let applied_index = read_meta(&tree, META_APPLIED_INDEX)?.unwrap_or(0);
         let applied_index = u64::try_from(applied_index)
-            .map_err(|_| MvccError::Corrupt(format!("negative applied index {applied_index}")))?;
+            .map_err(|_| MvccError::corrupt(format!("negative applied index {applied_index}")))?;
         let alarms = read_alarms(&tree)?;
         let membership = ServerRecord::load(&tree, META_MEMBERSHIP)?;
         let conf_state = ServerRecord::load(&tree, META_CONF_STATE)?;
@@ -69,10 +69,10 @@ impl Mvcc {
         for entry in tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;
             let revision =
-                Revision::from_key(&key).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))?;
+                Revision::from_key(&key).ok_or_else(|| MvccError::corrupt(format!("bad revision key {key:?}")))?;
             let (tombstone, kv) = decode_record(&value)?;
             if revision.main > current_revision {
-                return Err(MvccError::Corrupt(format!(
+                return Err(MvccError::corrupt(format!(
                     "revision {} is past the stored current revision {current_revision}",
                     revision.main
                 )));
@@ -115,7 +115,7 @@ impl Mvcc {
             store.index_pass = Some(IndexPass { after: None });
             store.pending_removal.extend(orphans);
         } else if let Some(orphan) = orphans.first() {
-            return Err(MvccError::Corrupt(format!(
+            return Err(MvccError::corrupt(format!(
                 "tombstone at revision {} deletes a key that does not exist",
                 orphan.main
             )));
@@ -137,7 +137,7 @@ fn rebuild_leases(tree: &Tree, lease_of: BTreeMap<Vec<u8>, i64>) -> Result<Lease
     }
     for (key, lease) in lease_of {
         if !leases.contains(lease) {
-            return Err(MvccError::Corrupt(format!(
+            return Err(MvccError::corrupt(format!(
                 "key {key:?} is attached to lease {lease}, which is not stored"
             )));
         }
@@ -155,7 +155,7 @@ fn rebuild_leases(tree: &Tree, lease_of: BTreeMap<Vec<u8>, i64>) -> Result<Lease
 fn check_version(index: &KeyIndex, revision: Revision, kv: &KeyValue) -> Result<(), MvccError> {
     let follows = index.latest(&kv.key).map(|at| at.version.checked_add(1));
     if !(1..i64::MAX).contains(&kv.version) || follows.is_some_and(|next| next != Some(kv.version)) {
-        return Err(MvccError::Corrupt(format!(
+        return Err(MvccError::corrupt(format!(
             "revision {} puts version {} of a key at version {:?}",
             revision.main,
             kv.version,

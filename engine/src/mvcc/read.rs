@@ -315,7 +315,7 @@ impl Mvcc {
     fn stored_record(&self, revision: Revision) -> Result<Cow<'_, [u8]>, MvccError> {
         self.tree
             .get_in_place(&revision.to_key())?
-            .ok_or_else(|| MvccError::Corrupt(format!("revision {revision:?} is indexed but not stored")))
+            .ok_or_else(|| MvccError::corrupt(format!("revision {revision:?} is indexed but not stored")))
     }
 }
 
@@ -328,7 +328,7 @@ struct Selection {
 /// A record the key index points a reader at must be a put at that revision.
 fn check_live(revision: Revision, tombstone: bool, mod_revision: i64) -> Result<(), MvccError> {
     if tombstone || mod_revision != revision.main {
-        return Err(MvccError::Corrupt(format!(
+        return Err(MvccError::corrupt(format!(
             "revision {revision:?} does not hold a live key-value"
         )));
     }

@@ -13,6 +13,25 @@ use super::MvccError;
 /// Flag bit in a revision record: the revision deletes its key.
 const FLAG_TOMBSTONE: u8 = 1;
 
+/// Why a revision record cannot be read.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    #[error("empty revision record")]
+    Empty,
+    #[error("unknown record flags {flags:#x}")]
+    Flags { flags: u8 },
+    #[error("revision record does not decode: {0}")]
+    Decode(#[source] prost::DecodeError),
+    #[error("revision record without a key")]
+    NoKey,
+}
+
+impl From<RecordError> for MvccError {
+    fn from(error: RecordError) -> MvccError {
+        MvccError::corrupt(error)
+    }
+}
+
 pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
     let mut record = Vec::with_capacity(1 + kv.encoded_len());
     record.push(if tombstone { FLAG_TOMBSTONE } else { 0 });
@@ -21,17 +40,14 @@ pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
 }
 
 /// (tombstone, key-value) of a record.
-pub fn decode_record(record: &[u8]) -> Result<(bool, KeyValue), MvccError> {
-    let (&flags, body) = record
-        .split_first()
-        .ok_or_else(|| MvccError::Corrupt("empty revision record".to_string()))?;
+pub fn decode_record(record: &[u8]) -> Result<(bool, KeyValue), RecordError> {
+    let (&flags, body) = record.split_first().ok_or(RecordError::Empty)?;
     if flags & !FLAG_TOMBSTONE != 0 {
-        return Err(MvccError::Corrupt(format!("unknown record flags {flags:#x}")));
+        return Err(RecordError::Flags { flags });
     }
-    let kv = decode_key_value(body)
-        .map_err(|error| MvccError::Corrupt(format!("revision record does not decode: {error}")))?;
+    let kv = decode_key_value(body).map_err(RecordError::Decode)?;
     if kv.key.is_empty() {
-        return Err(MvccError::Corrupt("revision record without a key".to_string()));
+        return Err(RecordError::NoKey);
     }
     Ok((flags & FLAG_TOMBSTONE != 0, kv))
 }
@@ -133,10 +149,8 @@ pub struct ServedRecord<'a> {
 
 /// `decode_record`'s checks and outcome, without copying the key-value out:
 /// what a Range with nothing to sort, filter or strip sends as it is stored.
-pub fn serve_record(record: &[u8]) -> Result<ServedRecord<'_>, MvccError> {
-    let (&flags, body) = record
-        .split_first()
-        .ok_or_else(|| MvccError::Corrupt("empty revision record".to_string()))?;
+pub fn serve_record(record: &[u8]) -> Result<ServedRecord<'_>, RecordError> {
+    let (&flags, body) = record.split_first().ok_or(RecordError::Empty)?;
     let mut key_len = 0;
     let mut mod_revision = 0;
     let scanned = scan_fields_ringkv_writes(body, |field| match field {
@@ -190,9 +204,7 @@ mod tests {
             let mut body = kv.encode_to_vec();
             body.truncate(cut.index(body.len() + 1));
             body.extend_from_slice(&noise);
-            let ours = decode_key_value(&body).map_err(|error| error.to_string());
-            let prost = KeyValue::decode(&body[..]).map_err(|error| error.to_string());
-            prop_assert_eq!(ours, prost);
+            prop_assert_eq!(decode_key_value(&body), KeyValue::decode(&body[..]));
         }
     }
 
@@ -216,7 +228,7 @@ mod tests {
                     prop_assert_eq!(served.mod_revision, decoded.mod_revision);
                     prop_assert_eq!(KeyValue::decode(&served.body[..]).unwrap(), decoded);
                 }
-                (Err(decoded), Err(served)) => prop_assert_eq!(served.to_string(), decoded.to_string()),
+                (Err(decoded), Err(served)) => prop_assert_eq!(served, decoded),
                 (decoded, served) => prop_assert!(false, "decoded {:?}, served {:?}", decoded, served),
             }
         }

@@ -792,7 +792,7 @@ fn a_stored_put_whose_version_does_not_follow_is_corruption_not_a_panic() {
             .unwrap();
     });
     match opened {
-        Err(MvccError::Corrupt(reason)) => assert!(reason.contains("version 5"), "{reason}"),
+        Err(MvccError::Corrupt(reason)) => assert!(reason.to_string().contains("version 5"), "{reason}"),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a version out of step opened"),
     }
@@ -850,7 +850,9 @@ fn a_stored_version_no_put_can_follow_is_corruption() {
         tree.insert(b"mcurrent_revision", &5i64.to_be_bytes()).unwrap();
     });
     match opened {
-        Err(MvccError::Corrupt(reason)) => assert!(reason.contains("version 9223372036854775807"), "{reason}"),
+        Err(MvccError::Corrupt(reason)) => {
+            assert!(reason.to_string().contains("version 9223372036854775807"), "{reason}")
+        }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a version no put can follow opened"),
     }

@@ -257,13 +257,18 @@ impl FreePages {
     }
 }
 
+/// A freelist page whose header counts more ids than its body holds.
+#[derive(Debug, thiserror::Error)]
+#[error("freelist page lists {count} ids, at most {IDS_PER_FREELIST_PAGE} fit")]
+pub struct FreelistPageError {
+    count: usize,
+}
+
 /// Reads one verified freelist page: (next page, free ids).
-pub fn decode_freelist_page(page: &[u8], count: u16) -> Result<(Option<PageId>, Vec<PageId>), String> {
+pub fn decode_freelist_page(page: &[u8], count: u16) -> Result<(Option<PageId>, Vec<PageId>), FreelistPageError> {
     let count = count as usize;
     if count > IDS_PER_FREELIST_PAGE {
-        return Err(format!(
-            "freelist page lists {count} ids, at most {IDS_PER_FREELIST_PAGE} fit"
-        ));
+        return Err(FreelistPageError { count });
     }
     let next = get_u64(page, HEADER_BYTES);
     let ids = (0..count)

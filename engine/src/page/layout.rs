@@ -48,6 +48,22 @@ impl PageKind {
     }
 }
 
+/// Why a page read back is not the page it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("page is {bytes} bytes, not {PAGE_BYTES}")]
+    WrongSize { bytes: usize },
+    #[error("page checksum mismatch")]
+    Checksum,
+    #[error("unknown page kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("reserved header byte is not zero")]
+    Reserved,
+    /// A page written to, or read from, the wrong place.
+    #[error("page claims to be page {claimed}")]
+    WrongId { claimed: PageId },
+}
+
 /// A verified page header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageHeader {
@@ -77,10 +93,10 @@ pub fn seal_page(page: &mut [u8], txid: u64) {
 
 /// The header fields of a page, without checking the checksum (for pages
 /// verified before, or built in memory).
-pub fn parse_header(page: &[u8]) -> Result<PageHeader, String> {
-    let kind = PageKind::from_u8(page[4]).ok_or_else(|| format!("unknown page kind {}", page[4]))?;
+pub fn parse_header(page: &[u8]) -> Result<PageHeader, HeaderError> {
+    let kind = PageKind::from_u8(page[4]).ok_or(HeaderError::UnknownKind { kind: page[4] })?;
     if page[5] != 0 {
-        return Err("reserved header byte is not zero".to_string());
+        return Err(HeaderError::Reserved);
     }
     Ok(PageHeader {
         kind,
@@ -92,17 +108,17 @@ pub fn parse_header(page: &[u8]) -> Result<PageHeader, String> {
 
 /// Checks a page read back: checksum, known kind, reserved byte, and that it is
 /// the page `id` (a page written to the wrong place fails here).
-pub fn verify_page(page: &[u8], id: PageId) -> Result<PageHeader, String> {
+pub fn verify_page(page: &[u8], id: PageId) -> Result<PageHeader, HeaderError> {
     if page.len() != PAGE_BYTES {
-        return Err(format!("page is {} bytes, not {PAGE_BYTES}", page.len()));
+        return Err(HeaderError::WrongSize { bytes: page.len() });
     }
     let stored = u32::from_le_bytes(page[0..4].try_into().expect("4 bytes"));
     if stored != crc32fast::hash(&page[4..]) {
-        return Err("page checksum mismatch".to_string());
+        return Err(HeaderError::Checksum);
     }
     let header = parse_header(page)?;
     if header.id != id {
-        return Err(format!("page claims to be page {}", header.id));
+        return Err(HeaderError::WrongId { claimed: header.id });
     }
     Ok(header)
 }
@@ -149,7 +165,10 @@ mod tests {
     fn a_page_read_from_the_wrong_place_is_refused() {
         let mut page = new_page(PageKind::Branch, 0, 5);
         seal_page(&mut page, 1);
-        assert!(verify_page(&page, 6).unwrap_err().contains("claims to be page 5"));
+        assert!(verify_page(&page, 6)
+            .unwrap_err()
+            .to_string()
+            .contains("claims to be page 5"));
     }
 
     #[test]

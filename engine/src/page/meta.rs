@@ -13,10 +13,38 @@
 //! 64  zeros to the end of the page
 //! ```
 
-use super::layout::{get_u32, get_u64, new_page, seal_page, verify_page, PageId, PageKind, PAGE_BYTES};
+use super::layout::{get_u32, get_u64, new_page, seal_page, verify_page, HeaderError, PageId, PageKind, PAGE_BYTES};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RKVPAGES");
 const FORMAT_VERSION: u32 = 1;
+
+/// Why a meta slot holds no valid meta page (a torn or never-written slot is
+/// expected after a crash or on a new file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("file too short")]
+    Missing,
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("page {slot} is a {kind:?} page, not a meta page")]
+    NotMeta { slot: PageId, kind: PageKind },
+    #[error("not a ringkv page file (bad magic)")]
+    Magic,
+    #[error("page file format version {version}, this build reads {FORMAT_VERSION}")]
+    Version { version: u32 },
+    #[error("page size {page_bytes}, this build uses {PAGE_BYTES}")]
+    PageSize { page_bytes: u32 },
+    #[error("txid {txid} written to slot {slot}")]
+    WrongSlot { txid: u64, slot: PageId },
+}
+
+/// Neither meta slot holds a valid meta page, in a file that is not all zeros.
+#[derive(Debug, thiserror::Error)]
+#[error("no valid meta page (page 0: {slot0}; page 1: {slot1})")]
+pub struct NoMetaError {
+    pub slot0: MetaError,
+    pub slot1: MetaError,
+}
 
 /// What a commit made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,25 +73,25 @@ impl Meta {
         page
     }
 
-    /// Decodes meta slot `slot`; Err says why it is not a valid meta page (a torn
-    /// or never-written slot is expected after a crash or on a new file).
-    pub fn decode(page: &[u8], slot: PageId) -> Result<Meta, String> {
+    /// Decodes meta slot `slot`; Err says why it is not a valid meta page.
+    pub fn decode(page: &[u8], slot: PageId) -> Result<Meta, MetaError> {
         let header = verify_page(page, slot)?;
         if header.kind != PageKind::Meta {
-            return Err(format!("page {slot} is a {:?} page, not a meta page", header.kind));
+            return Err(MetaError::NotMeta {
+                slot,
+                kind: header.kind,
+            });
         }
         if get_u64(page, 24) != MAGIC {
-            return Err("not a ringkv page file (bad magic)".to_string());
+            return Err(MetaError::Magic);
         }
         let version = get_u32(page, 32);
         if version != FORMAT_VERSION {
-            return Err(format!(
-                "page file format version {version}, this build reads {FORMAT_VERSION}"
-            ));
+            return Err(MetaError::Version { version });
         }
         let page_bytes = get_u32(page, 36);
         if page_bytes as usize != PAGE_BYTES {
-            return Err(format!("page size {page_bytes}, this build uses {PAGE_BYTES}"));
+            return Err(MetaError::PageSize { page_bytes });
         }
         let meta = Meta {
             txid: header.txid,
@@ -72,7 +100,7 @@ impl Meta {
             page_count: get_u64(page, 56),
         };
         if meta.slot() != slot {
-            return Err(format!("txid {} written to slot {slot}", meta.txid));
+            return Err(MetaError::WrongSlot { txid: meta.txid, slot });
         }
         Ok(meta)
     }

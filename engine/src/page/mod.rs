@@ -35,10 +35,11 @@ use freelist::{decode_freelist_page, Freelist};
 // Tests and fuzz targets re-stamp damaged pages, so their layouts get past the checksum.
 pub(crate) use layout::seal_page;
 use layout::{parse_header, verify_page};
-use meta::Meta;
+use meta::{Meta, MetaError, NoMetaError};
 pub use snapshot::SnapshotSource;
 
 use crate::no_space::is_no_space;
+use crate::CorruptReason;
 
 /// The file grows in steps of at least this much, so commits rarely extend it.
 const GROW_STEP_BYTES_MIN: u64 = 1 << 20;
@@ -52,13 +53,26 @@ pub enum PageError {
     },
     /// The file is damaged: the server must stop, never skip.
     #[error("page store corrupt at page {page}: {reason}")]
-    Corrupt { page: PageId, reason: String },
+    Corrupt {
+        page: PageId,
+        #[source]
+        reason: CorruptReason,
+    },
     #[error("page store is unusable after an earlier I/O error")]
     Poisoned,
     /// The file could not grow for want of room, before the commit wrote
     /// anything: it is not made, and not lost (see `PageStore::retry_commit`).
     #[error("no space left to grow the page file to {bytes} bytes: {source}")]
     NoSpace { bytes: u64, source: std::io::Error },
+}
+
+impl PageError {
+    pub fn corrupt(page: PageId, reason: impl Into<CorruptReason>) -> PageError {
+        PageError::Corrupt {
+            page,
+            reason: reason.into(),
+        }
+    }
 }
 
 fn io_error(context: &'static str) -> impl FnOnce(std::io::Error) -> PageError {
@@ -132,13 +146,13 @@ impl PageStore {
         // The count comes from disk: a product past u64 would wrap to a small one.
         let counted_bytes = durable.page_count.checked_mul(PAGE_BYTES as u64);
         if durable.page_count < META_PAGE_COUNT || counted_bytes.is_none_or(|bytes| bytes > file_bytes) {
-            return Err(PageError::Corrupt {
-                page: durable.slot(),
-                reason: format!(
+            return Err(PageError::corrupt(
+                durable.slot(),
+                format!(
                     "meta page counts {} pages in a {file_bytes}-byte file",
                     durable.page_count
                 ),
-            });
+            ));
         }
         let mut store = PageStore {
             io,
@@ -167,33 +181,36 @@ impl PageStore {
         let mut chain = Vec::new();
         let mut next = self.durable.freelist_head;
         while let Some(id) = next {
-            let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
             if chain.contains(&id) || chain.len() as u64 >= page_count {
-                return Err(corrupt("the freelist chain loops".to_string()));
+                return Err(PageError::corrupt(id, "the freelist chain loops"));
             }
             // A page past the count can still verify: the file grows ahead of
             // it, and a shrunk count leaves old pages behind.
             if !(META_PAGE_COUNT..page_count).contains(&id) {
-                return Err(corrupt(format!("a freelist page outside pages 2..{page_count}")));
+                return Err(PageError::corrupt(
+                    id,
+                    format!("a freelist page outside pages 2..{page_count}"),
+                ));
             }
             let (page, header, _) = self.verified_page(id)?;
             if header.kind != PageKind::Freelist {
-                return Err(corrupt(format!("expected a freelist page, found {:?}", header.kind)));
+                return Err(PageError::corrupt(
+                    id,
+                    format!("expected a freelist page, found {:?}", header.kind),
+                ));
             }
-            let (following, ids) = decode_freelist_page(page, header.count).map_err(corrupt)?;
+            let (following, ids) =
+                decode_freelist_page(page, header.count).map_err(|error| PageError::corrupt(id, error))?;
             for free_id in ids {
                 if !(META_PAGE_COUNT..page_count).contains(&free_id) || !free.insert(free_id) {
-                    return Err(corrupt(format!("bad or repeated free page {free_id}")));
+                    return Err(PageError::corrupt(id, format!("bad or repeated free page {free_id}")));
                 }
             }
             chain.push(id);
             next = following;
         }
         if let Some(id) = chain.iter().find(|id| free.contains(id)) {
-            return Err(PageError::Corrupt {
-                page: *id,
-                reason: "a freelist page lists itself as free".to_string(),
-            });
+            return Err(PageError::corrupt(*id, "a freelist page lists itself as free"));
         }
         Ok((free, chain))
     }
@@ -218,7 +235,6 @@ impl PageStore {
 
     /// The page, its header, and whether this read verified its checksum.
     fn verified_page(&self, id: PageId) -> Result<(&[u8], layout::PageHeader, bool), PageError> {
-        let corrupt = |reason: String| PageError::Corrupt { page: id, reason };
         if let Some(sealed) = &self.sealed {
             if let Some(page) = sealed.pages.get(&id) {
                 return Ok((page, trusted_header(page), false));
@@ -229,11 +245,16 @@ impl PageStore {
             .ok()
             .and_then(|id| id.checked_mul(PAGE_BYTES))
             .and_then(|start| self.mapping.get(start..start.checked_add(PAGE_BYTES)?))
-            .ok_or_else(|| corrupt(format!("page is past the end of the {}-byte file", self.mapping.len())))?;
+            .ok_or_else(|| {
+                PageError::corrupt(
+                    id,
+                    format!("page is past the end of the {}-byte file", self.mapping.len()),
+                )
+            })?;
         if self.is_verified(id) {
             return Ok((page, trusted_header(page), false));
         }
-        let header = verify_page(page, id).map_err(corrupt)?;
+        let header = verify_page(page, id).map_err(|error| PageError::corrupt(id, error))?;
         self.mark_verified(id);
         Ok((page, header, true))
     }
@@ -447,16 +468,13 @@ fn newest_meta(mapping: &[u8]) -> Result<Option<Meta>, PageError> {
         let start = id as usize * PAGE_BYTES;
         mapping
             .get(start..start + PAGE_BYTES)
-            .map_or(Err("file too short".to_string()), |page| Meta::decode(page, id))
+            .map_or(Err(MetaError::Missing), |page| Meta::decode(page, id))
     };
     match (slot(0), slot(1)) {
         (Ok(a), Ok(b)) => Ok(Some(if a.txid > b.txid { a } else { b })),
         (Ok(meta), Err(_)) | (Err(_), Ok(meta)) => Ok(Some(meta)),
         (Err(_), Err(_)) if mapping.iter().all(|&b| b == 0) => Ok(None),
-        (Err(first), Err(second)) => Err(PageError::Corrupt {
-            page: 0,
-            reason: format!("no valid meta page (page 0: {first}; page 1: {second})"),
-        }),
+        (Err(slot0), Err(slot1)) => Err(PageError::corrupt(0, NoMetaError { slot0, slot1 })),
     }
 }
 

@@ -99,7 +99,7 @@ impl SnapshotSource {
             })?;
         for (index, page) in bytes.chunks(PAGE_BYTES).enumerate() {
             let id = start + index as u64;
-            verify_page(page, id).map_err(|reason| PageError::Corrupt { page: id, reason })?;
+            verify_page(page, id).map_err(|error| PageError::corrupt(id, error))?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::layout::HeaderError;
 use super::sim::SimPageIo;
 use super::*;
 
@@ -86,6 +87,22 @@ fn a_damaged_page_is_reported_as_corruption_not_skipped() {
         matches!(error, PageError::Corrupt { page, .. } if page == id),
         "{error}"
     );
+}
+
+#[test]
+fn corruption_keeps_the_checks_error_as_its_source_and_says_what_it_is() {
+    let io = SimPageIo::new();
+    let mut store = reopen(&io).unwrap();
+    let (id, page) = data_page(&mut store, 9);
+    store.commit(Some(id), vec![(id, page)]).unwrap();
+    io.corrupt(id * PAGE_BYTES as u64 + 100);
+    let error = reopen(&io).unwrap().page(id).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("page store corrupt at page {id}: page checksum mismatch")
+    );
+    let source = std::error::Error::source(&error).and_then(|source| source.downcast_ref::<HeaderError>());
+    assert_eq!(source, Some(&HeaderError::Checksum));
 }
 
 #[test]

@@ -124,7 +124,12 @@ impl WalDir for DmaDir {
         let path = self.path.join(name);
         // Past the rename the segment has its name, and a retry would find it
         // taken: a failure from here on is never "no space" (see `is_no_space`).
-        let named = |error: io::Error| io::Error::other(format!("naming segment {name}: {error}"));
+        let named = |source: io::Error| {
+            io::Error::other(NamingError {
+                name: name.to_string(),
+                source,
+            })
+        };
         glommio::io::rename(&temp, &path).await.map_err(|e| named(e.into()))?;
         self.sync_dir().await.map_err(named)?;
         DmaSegment::new(file, path)
@@ -149,6 +154,14 @@ impl WalDir for DmaDir {
     fn display_path(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+}
+
+/// A prepared segment that could not take its name (see `create_prewritten`).
+#[derive(Debug, thiserror::Error)]
+#[error("naming segment {name}: {source}")]
+struct NamingError {
+    name: String,
+    source: io::Error,
 }
 
 /// Allocates `len` bytes to a new file, writes zeros over all of them and

@@ -23,6 +23,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 use crate::no_space::is_no_space;
+use crate::CorruptReason;
 
 pub use io::{sync_directory, sync_parent_directory, DmaDir, DmaSegment, WalDir, WalFile};
 pub use record::{EntryRecord, HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES};
@@ -75,7 +76,12 @@ pub enum WalError {
     #[error("WAL I/O error while {context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("WAL is corrupt: {file} at offset {offset}: {reason}")]
-    Corrupt { file: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        #[source]
+        reason: CorruptReason,
+    },
     #[error("WAL is unusable after an earlier I/O error")]
     Poisoned,
     #[error("a WAL record of {bytes} bytes exceeds the limit of {max} bytes")]
@@ -231,7 +237,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             .ok_or_else(|| WalError::Corrupt {
                 file: dir.display_path(""),
                 offset: 0,
-                reason: "no WAL segment".to_string(),
+                reason: "no WAL segment".into(),
             })?;
         let recovered = scan.recovered;
         let mut live = scan.live;

@@ -21,6 +21,7 @@ use super::record::{
     HardStateRecord, Record, SnapshotRecord, BLOCK_BYTES,
 };
 use super::{Recovered, WalError};
+use crate::CorruptReason;
 
 /// A segment file on disk: `{sequence:016x}.wal`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,17 @@ pub struct Scan {
     pub spares: Vec<SegmentName>,
 }
 
+/// Records that no writer puts in this order: the log says two things at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("snapshot record at {index} after one at {previous}")]
+    SnapshotGoesBack { index: u64, previous: u64 },
+    #[error("entry {index} follows entry {last}")]
+    EntryGap { index: u64, last: u64 },
+    #[error("entries resume at {first} after a snapshot at {snapshot}")]
+    ResumeGap { first: u64, snapshot: u64 },
+}
+
 /// Replay state while scanning.
 #[derive(Default)]
 struct Replay {
@@ -82,17 +94,17 @@ struct Replay {
 
 impl Replay {
     /// Applies one record; returns the entry index it wrote, if any.
-    fn apply(&mut self, record: Record) -> Result<Option<u64>, String> {
+    fn apply(&mut self, record: Record) -> Result<Option<u64>, ReplayError> {
         match record {
             Record::Metadata(metadata) => self.metadata = metadata,
             Record::HardState(hard_state) => self.hard_state = Some(hard_state),
             Record::Snapshot(snapshot) => {
                 if let Some(previous) = &self.snapshot {
                     if snapshot.index < previous.index {
-                        return Err(format!(
-                            "snapshot record at {} after one at {}",
-                            snapshot.index, previous.index
-                        ));
+                        return Err(ReplayError::SnapshotGoesBack {
+                            index: snapshot.index,
+                            previous: previous.index,
+                        });
                     }
                 }
                 // A snapshot installed from the leader replaces this member's
@@ -123,7 +135,10 @@ impl Replay {
                         let keep = self.entries.partition_point(|e| e.index < index);
                         self.entries.truncate(keep);
                     } else if index != last.index + 1 {
-                        return Err(format!("entry {index} follows entry {}", last.index));
+                        return Err(ReplayError::EntryGap {
+                            index,
+                            last: last.index,
+                        });
                     }
                 }
                 self.entries.push(entry);
@@ -133,15 +148,15 @@ impl Replay {
         Ok(None)
     }
 
-    fn finish(mut self) -> Result<Recovered, String> {
+    fn finish(mut self) -> Result<Recovered, ReplayError> {
         if let Some(snapshot) = &self.snapshot {
             self.entries.retain(|e| e.index > snapshot.index);
             if let Some(first) = self.entries.first() {
                 if first.index != snapshot.index + 1 {
-                    return Err(format!(
-                        "entries resume at {} after a snapshot at {}",
-                        first.index, snapshot.index
-                    ));
+                    return Err(ReplayError::ResumeGap {
+                        first: first.index,
+                        snapshot: snapshot.index,
+                    });
                 }
             }
         }
@@ -178,14 +193,14 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
     }
     let contents = read_segments(dir, &segments).await?;
     check_segment_files(dir, &segments, &contents, segment_bytes)?;
-    let corrupt = |index: usize, offset: u64, reason: String| WalError::Corrupt {
+    let corrupt = |index: usize, offset: u64, reason: CorruptReason| WalError::Corrupt {
         file: dir.display_path(&segments[index].name),
         offset,
         reason,
     };
     // Every segment starts with a frame, so the oldest one tells the format.
     if is_old_format_frame(&contents[0]) {
-        return Err(corrupt(0, 0, OLD_FORMAT_REASON.to_string()));
+        return Err(corrupt(0, 0, OLD_FORMAT_REASON.into()));
     }
     let mut replay = Replay::default();
     let mut live: Vec<LiveSegment> = Vec::new();
@@ -218,7 +233,8 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                         format!(
                             "batch {} where {expected} was expected: frames are missing",
                             header.batch_seq
-                        ),
+                        )
+                        .into(),
                     ));
                 }
                 if header.batch_seq < expected {
@@ -252,7 +268,8 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                 }
             };
             for record in records {
-                if let Some(entry_index) = replay.apply(record).map_err(|r| corrupt(index, offset as u64, r))? {
+                let applied = replay.apply(record);
+                if let Some(entry_index) = applied.map_err(|error| corrupt(index, offset as u64, error.into()))? {
                     max_entry_index = max_entry_index.max(entry_index);
                 }
             }
@@ -290,7 +307,8 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                 format!(
                     "{found}, but a valid frame follows in {} at offset {at_offset}",
                     segments[at_segment].name
-                ),
+                )
+                .into(),
             ));
         }
         if let End::Damaged(found) = end {
@@ -300,14 +318,21 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                 format!(
                     "the log ends in damage ({found}); a crash leaves only whole sectors, so this is no torn \
                      write, and the frame may have been acknowledged"
-                ),
+                )
+                .into(),
             ));
         }
         if live.is_empty() {
-            return Err(corrupt(index, offset as u64, format!("no valid frame at all: {found}")));
+            return Err(corrupt(
+                index,
+                offset as u64,
+                format!("no valid frame at all: {found}").into(),
+            ));
         }
         // A torn tail: the log ends here.
-        let recovered = replay.finish().map_err(|r| corrupt(index, offset as u64, r))?;
+        let recovered = replay
+            .finish()
+            .map_err(|error| corrupt(index, offset as u64, error.into()))?;
         return Ok(Some(Scan {
             recovered,
             live,
@@ -321,9 +346,11 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
     // Every segment was full to its last block: the next frame starts a new one.
     let last = segments.last().expect("at least one segment");
     if live.is_empty() {
-        return Err(corrupt(segments.len() - 1, 0, "no valid frame at all".to_string()));
+        return Err(corrupt(segments.len() - 1, 0, "no valid frame at all".into()));
     }
-    let recovered = replay.finish().map_err(|r| corrupt(segments.len() - 1, 0, r))?;
+    let recovered = replay
+        .finish()
+        .map_err(|error| corrupt(segments.len() - 1, 0, error.into()))?;
     Ok(Some(Scan {
         recovered,
         live,
@@ -386,7 +413,8 @@ fn check_segment_files<D: WalDir>(
                 reason: format!(
                     "segment file of {} bytes, segments are {segment_bytes} bytes",
                     bytes.len()
-                ),
+                )
+                .into(),
             });
         }
     }
@@ -396,7 +424,7 @@ fn check_segment_files<D: WalDir>(
             return Err(WalError::Corrupt {
                 file: dir.display_path(&missing.name),
                 offset: 0,
-                reason: format!("segment is missing between {} and {}", pair[0].name, pair[1].name),
+                reason: format!("segment is missing between {} and {}", pair[0].name, pair[1].name).into(),
             });
         }
     }

@@ -56,7 +56,7 @@ fn segment(seq: u64) -> String {
 
 fn expect_corrupt(result: Result<(Wal<SimDir>, Recovered), WalError>) -> (std::path::PathBuf, u64, String) {
     match result {
-        Err(WalError::Corrupt { file, offset, reason }) => (file, offset, reason),
+        Err(WalError::Corrupt { file, offset, reason }) => (file, offset, reason.to_string()),
         Err(other) => panic!("expected corruption, got {other}"),
         Ok((_, recovered)) => panic!("expected corruption, recovered {:?}", indexes(&recovered)),
     }

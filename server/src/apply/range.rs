@@ -189,7 +189,7 @@ impl RangeBuild {
                     Ok(kv) => kv,
                     Err(error) => {
                         let error = format!("a stored key-value does not decode: {error}");
-                        corrupt.get_or_insert(MvccError::Corrupt(error));
+                        corrupt.get_or_insert(MvccError::corrupt(error));
                         return;
                     }
                 };
