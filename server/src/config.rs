@@ -573,7 +573,7 @@ mod tests {
         assert!(matches!(error, ConfigError::TooLarge { .. }), "{error}");
         // The bound is below what the WAL takes in one record.
         let wal = ringkv_engine::wal::WalOptions::default();
-        assert!(MAX_REQUEST_BYTES_MAX < wal.max_record_bytes());
+        assert!(MAX_REQUEST_BYTES_MAX < wal.record_bytes_max());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use crate::page::{PageError, PageId};
 
-use super::node::{ValueRef, NODE_CAPACITY};
+use super::node::{ValueRef, NODE_BYTES_MAX};
 use super::{Tree, DEPTH_MAX};
 
 /// What a successful check found.
@@ -83,7 +83,7 @@ impl Tree {
         }
         let node = self.node(id)?;
         if let super::node::NodeRef::Owned(owned) = node {
-            if owned.bytes() > NODE_CAPACITY || owned.len() == 0 {
+            if owned.bytes() > NODE_BYTES_MAX || owned.len() == 0 {
                 return Err(PageError::corrupt(
                     id,
                     format!("node of {} entries, {} bytes", owned.len(), owned.bytes()),

@@ -33,7 +33,7 @@ use crate::page::{
 };
 
 pub use check::CheckReport;
-pub use node::MAX_KEY_BYTES;
+pub use node::KEY_BYTES_MAX;
 pub use range::Range;
 
 use node::{Node, NodeRef, PageView, ValueRef};

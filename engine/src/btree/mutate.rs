@@ -7,12 +7,12 @@ use rustc_hash::FxHashMap;
 
 use crate::page::{PageError, PageId};
 
-use super::node::{fits_inline, Node, NodeRef, Value, MAX_KEY_BYTES, NODE_CAPACITY};
+use super::node::{fits_inline, Node, NodeRef, Value, KEY_BYTES_MAX, NODE_BYTES_MAX};
 use super::overflow::{self, OVERFLOW_DATA_BYTES};
 use super::{too_deep, Tree, DEPTH_MAX};
 
 /// A node below this many bytes tries to merge with a sibling.
-const UNDERFULL_BYTES: usize = NODE_CAPACITY / 4;
+const UNDERFULL_BYTES: usize = NODE_BYTES_MAX / 4;
 
 /// One step of a path from the root: a node owned by the open transaction and,
 /// for branches, the entry followed.
@@ -21,8 +21,8 @@ type Path = Vec<(PageId, usize)>;
 impl Tree {
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), PageError> {
         assert!(
-            key.len() <= MAX_KEY_BYTES,
-            "tree keys are at most {MAX_KEY_BYTES} bytes"
+            key.len() <= KEY_BYTES_MAX,
+            "tree keys are at most {KEY_BYTES_MAX} bytes"
         );
         let value = self.store_value(key, value);
         let Some(root) = self.root else {
@@ -137,7 +137,7 @@ impl Tree {
     fn split_upwards(&mut self, path: &Path) {
         for level in (0..path.len()).rev() {
             let (id, _) = path[level];
-            if self.nodes[&id].bytes() <= NODE_CAPACITY {
+            if self.nodes[&id].bytes() <= NODE_BYTES_MAX {
                 return;
             }
             let mut upper = self.nodes.get_mut(&id).expect("owned").split_off_upper();
@@ -188,7 +188,7 @@ impl Tree {
             let left = self.own_child(parent, left_index)?;
             let right = self.own_child(parent, right_index)?;
             let separator = branch(&self.nodes, parent)[right_index].0.clone();
-            if self.nodes[&left].merged_bytes(&self.nodes[&right], &separator) > NODE_CAPACITY {
+            if self.nodes[&left].merged_bytes(&self.nodes[&right], &separator) > NODE_BYTES_MAX {
                 return Ok(());
             }
             let right_node = self.nodes.remove(&right).expect("owned");

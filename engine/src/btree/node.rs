@@ -18,12 +18,12 @@ use crate::page::{get_u16, get_u32, get_u64, new_page, PageId, PageKind, BODY_BY
 
 /// Keys are short in this engine (MVCC revision keys and meta names); the limit
 /// keeps any node splittable in two that fit a page.
-pub const MAX_KEY_BYTES: usize = 512;
+pub const KEY_BYTES_MAX: usize = 512;
 /// A value is stored in its leaf when key and value together are at most this;
 /// larger values go to a chain of overflow pages.
-pub const INLINE_ENTRY_MAX: usize = 1024;
+pub const INLINE_ENTRY_BYTES_MAX: usize = 1024;
 /// Bytes of entries (offset slots included) a node page holds.
-pub const NODE_CAPACITY: usize = BODY_BYTES;
+pub const NODE_BYTES_MAX: usize = BODY_BYTES;
 
 const SLOT_BYTES: usize = 2;
 const LEAF_ENTRY_HEADER: usize = 7;
@@ -33,9 +33,9 @@ const VALUE_OVERFLOW: u8 = 1;
 
 // An overfull node (a full page plus one largest entry) must split into two
 // halves that each fit a page.
-const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_MAX) <= NODE_CAPACITY);
-const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + MAX_KEY_BYTES + 8) <= NODE_CAPACITY);
-const _: () = assert!(3 * (SLOT_BYTES + BRANCH_ENTRY_HEADER + MAX_KEY_BYTES) <= NODE_CAPACITY);
+const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_BYTES_MAX) <= NODE_BYTES_MAX);
+const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + KEY_BYTES_MAX + 8) <= NODE_BYTES_MAX);
+const _: () = assert!(3 * (SLOT_BYTES + BRANCH_ENTRY_HEADER + KEY_BYTES_MAX) <= NODE_BYTES_MAX);
 
 /// A leaf's value: inline bytes, or the head of an overflow chain of `len` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,7 @@ impl Node {
     /// The page image of this node as page `id` (checksum and txid come at seal).
     pub fn encode(&self, id: PageId) -> Box<[u8]> {
         assert!(
-            self.bytes() <= NODE_CAPACITY,
+            self.bytes() <= NODE_BYTES_MAX,
             "node of {} bytes does not fit a page",
             self.bytes()
         );
@@ -422,7 +422,7 @@ impl<'a> PageView<'a> {
 
 /// Whether a value of `value_len` bytes under `key` is stored in the leaf.
 pub fn fits_inline(key: &[u8], value_len: usize) -> bool {
-    key.len() + value_len <= INLINE_ENTRY_MAX
+    key.len() + value_len <= INLINE_ENTRY_BYTES_MAX
 }
 
 #[cfg(test)]
@@ -490,9 +490,9 @@ mod tests {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect::<Vec<_>>(),
         );
-        assert!(node.bytes() > NODE_CAPACITY);
+        assert!(node.bytes() > NODE_BYTES_MAX);
         let mut upper = node.split_off_upper();
-        assert!(node.bytes() <= NODE_CAPACITY && upper.bytes() <= NODE_CAPACITY);
+        assert!(node.bytes() <= NODE_BYTES_MAX && upper.bytes() <= NODE_BYTES_MAX);
         assert_eq!(node.len() + upper.len(), 5);
         let Node::Leaf(lower_entries) = &node else {
             unreachable!()
@@ -511,7 +511,7 @@ mod tests {
         let mut entries: Vec<(Box<[u8]>, PageId)> = (0..20).map(|i| (key(i), i as u64 + 10)).collect();
         entries[0].0 = Box::default();
         let mut node = Node::Branch(entries);
-        assert!(node.bytes() > NODE_CAPACITY);
+        assert!(node.bytes() > NODE_BYTES_MAX);
         let mut upper = node.split_off_upper();
         let separator = upper.take_separator();
         let Node::Branch(upper_entries) = &upper else {

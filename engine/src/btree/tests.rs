@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::node::MAX_KEY_BYTES;
+use super::node::KEY_BYTES_MAX;
 use super::overflow::OVERFLOW_DATA_BYTES;
 use super::Tree;
 use crate::page::sim::SimPageIo;
@@ -71,7 +71,7 @@ enum Op {
 fn key(index: u16, pad: usize) -> Vec<u8> {
     let mut key = format!("k{index:05}").into_bytes();
     key.resize(key.len() + pad, b'.');
-    key.truncate(MAX_KEY_BYTES);
+    key.truncate(KEY_BYTES_MAX);
     key
 }
 

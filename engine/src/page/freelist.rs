@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::layout::{get_u64, new_page, PageId, PageImage, PageKind, BODY_BYTES, HEADER_BYTES, META_PAGE_COUNT};
 
 /// Page ids one freelist page holds.
-pub const IDS_PER_FREELIST_PAGE: usize = (BODY_BYTES - 8) / 8;
+pub const FREELIST_PAGE_IDS_MAX: usize = (BODY_BYTES - 8) / 8;
 
 #[derive(Debug)]
 pub struct Freelist {
@@ -157,7 +157,7 @@ impl Freelist {
         // The previous chain belongs to the previous commit's state.
         self.released.append(&mut self.chain);
         let listed = self.free.len() + self.released.len() + self.held_pages().count();
-        let chain_len = listed.div_ceil(IDS_PER_FREELIST_PAGE);
+        let chain_len = listed.div_ceil(FREELIST_PAGE_IDS_MAX);
         // Chain pages come from `free` (released by earlier, sealed commits: safe
         // to overwrite) or from the end of the file, never from `released`.
         let chain: Vec<PageId> = (0..chain_len).map(|_| self.allocate()).collect();
@@ -172,7 +172,7 @@ impl Freelist {
             .copied();
         let mut pages = Vec::with_capacity(chain_len);
         for (index, &id) in chain.iter().enumerate() {
-            let batch: Vec<PageId> = ids.by_ref().take(IDS_PER_FREELIST_PAGE).collect();
+            let batch: Vec<PageId> = ids.by_ref().take(FREELIST_PAGE_IDS_MAX).collect();
             let mut page = new_page(PageKind::Freelist, batch.len() as u16, id);
             let next = chain.get(index + 1).copied().unwrap_or(0);
             page[HEADER_BYTES..HEADER_BYTES + 8].copy_from_slice(&next.to_le_bytes());
@@ -259,7 +259,7 @@ impl FreePages {
 
 /// A freelist page whose header counts more ids than its body holds.
 #[derive(Debug, thiserror::Error)]
-#[error("freelist page lists {count} ids, at most {IDS_PER_FREELIST_PAGE} fit")]
+#[error("freelist page lists {count} ids, at most {FREELIST_PAGE_IDS_MAX} fit")]
 pub struct FreelistPageError {
     count: usize,
 }
@@ -267,7 +267,7 @@ pub struct FreelistPageError {
 /// Reads one verified freelist page: (next page, free ids).
 pub fn decode_freelist_page(page: &[u8], count: u16) -> Result<(Option<PageId>, Vec<PageId>), FreelistPageError> {
     let count = count as usize;
-    if count > IDS_PER_FREELIST_PAGE {
+    if count > FREELIST_PAGE_IDS_MAX {
         return Err(FreelistPageError { count });
     }
     let next = get_u64(page, HEADER_BYTES);
@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn long_freelists_span_pages() {
-        let free: BTreeSet<PageId> = (2..2 + 3 * IDS_PER_FREELIST_PAGE as u64).collect();
+        let free: BTreeSet<PageId> = (2..2 + 3 * FREELIST_PAGE_IDS_MAX as u64).collect();
         let count = 2 + free.len() as u64;
         let mut list = Freelist::new(free.clone(), Vec::new(), count);
         let (_, pages) = list.seal(1);

@@ -56,7 +56,7 @@ impl Default for WalOptions {
 impl WalOptions {
     /// The configured limit on a record (`encoded_len`). An append can refuse a
     /// smaller one when the records that start every segment leave less room.
-    pub fn max_record_bytes(&self) -> usize {
+    pub fn record_bytes_max(&self) -> usize {
         self.segment_bytes as usize / 2
     }
 }
@@ -334,7 +334,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         if records.is_empty() {
             return Ok(()); // nothing to make durable: no write, no sync, no roll
         }
-        let max = self.record_bytes_max(records);
+        let max = self.append_record_bytes_max(records);
         if let Some(record) = records.iter().find(|r| r.encoded_len() > max) {
             return Err(WalError::RecordTooLarge {
                 bytes: record.encoded_len(),
@@ -357,7 +357,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
     /// Those are bounded from above: the metadata, the larger of the latest
     /// snapshot record and any in `records` (a snapshot written by this append
     /// starts the segments it rolls to), and a hard state if there is or will be one.
-    fn record_bytes_max(&self, records: &[Record]) -> usize {
+    fn append_record_bytes_max(&self, records: &[Record]) -> usize {
         let snapshot_bytes = self
             .latest_snapshot
             .iter()
@@ -373,7 +373,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
         let hard_state_bytes = if has_hard_state { HARD_STATE_RECORD_BYTES } else { 0 };
         let start_bytes = metadata_record_bytes(&self.metadata) + snapshot_bytes + hard_state_bytes;
         let room = payload_bytes_max(self.options.segment_bytes as usize).saturating_sub(start_bytes);
-        room.min(self.options.max_record_bytes())
+        room.min(self.options.record_bytes_max())
     }
 
     async fn append_frames(&mut self, mut records: &[Record]) -> Result<(), WalError> {
@@ -389,7 +389,7 @@ impl<D: WalDir + Clone + 'static> Wal<D> {
             if taken == 0 {
                 if self.active.offset == 0 {
                     // Not even an empty segment takes it: rolling on would loop
-                    // forever. record_bytes_max refuses such records up front.
+                    // forever. append_record_bytes_max refuses such records up front.
                     let start_bytes: usize = start.iter().map(Record::encoded_len).sum();
                     return Err(WalError::RecordTooLarge {
                         bytes: records[0].encoded_len(),

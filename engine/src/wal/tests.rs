@@ -553,7 +553,7 @@ fn a_record_that_fits_no_segment_after_its_start_records_is_refused_without_pois
         // The metadata alone takes 14 blocks of every 16-block segment.
         let mut wal = create(&dir, vec![9; 14 * BLOCK_BYTES]).await;
         let unfitting = entry(1, 1, 3 * BLOCK_BYTES);
-        assert!(unfitting.encoded_len() < small().max_record_bytes());
+        assert!(unfitting.encoded_len() < small().record_bytes_max());
         match wal.append(&[unfitting]).await {
             Err(WalError::RecordTooLarge { .. }) => {}
             other => panic!("expected RecordTooLarge, got {other:?}"),
