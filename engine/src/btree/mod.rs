@@ -62,7 +62,8 @@ pub struct Tree {
     root: Option<PageId>,
     /// Nodes allocated by the open transaction. Every node visit looks here
     /// first, so the hash is Fx, not SipHash (page ids come from the store,
-    /// never from clients; SipHash was 4% of the store core serving lists).
+    /// never from clients; SipHash showed in the store core's profile serving
+    /// lists: docs/benchmarks.md).
     nodes: FxHashMap<PageId, Node>,
     /// Overflow pages allocated by the open transaction, encoded.
     overflow: FxHashMap<PageId, Box<[u8]>>,
@@ -183,7 +184,8 @@ impl Tree {
         }
         let page = self.store.page(id)?;
         // The whole layout is checked once, with the checksum: walking every
-        // entry on each visit was 10% of the store core serving lists.
+        // entry on each visit showed in the store core's profile serving lists
+        // (docs/benchmarks.md).
         let view = if page.verified_now {
             PageView::new(page.bytes, page.kind, page.count).map_err(|error| {
                 self.store.forget_verified(id);

@@ -37,7 +37,8 @@ impl Mvcc {
     /// revisions from the tree. True once the compaction has finished.
     ///
     /// Bounded because it runs on the store core between client requests: a
-    /// whole pass over a million keys at once stalled every write for a second.
+    /// whole pass over a large index at once stalls every write meanwhile
+    /// (measured: docs/benchmarks.md, "Measurements behind the engine's code").
     ///
     /// While a stepped read below the compaction point is in progress, a step
     /// does nothing: what it would remove, that read still needs.

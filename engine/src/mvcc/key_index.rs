@@ -7,7 +7,8 @@
 //! key and its history encoded together in an [`Entry`], kept in a B-tree set
 //! ordered by key. A key of 8 bytes with one revision takes about 20 bytes
 //! plus its slot in the set. (A struct per generation with a `Vec` of
-//! revisions, as this was first written, measured 275 MB for 1M such keys.)
+//! revisions, as this was first written, was most of the server's memory at
+//! 1M keys: docs/benchmarks.md, "Measurements behind the engine's code".)
 //!
 //! An entry, every integer a LEB128 varint (protobuf's encoding):
 //!
@@ -56,8 +57,8 @@ pub struct KeyIndex {
     /// entry in `keys` holds a generation count of 0. A put to a packed entry
     /// copies it, so a key written over and over without compaction made
     /// every put, and the rebuild at open, quadratic in its history (a
-    /// restart with 12,000 revisions on each of 4 keys took seconds per
-    /// snapshot install). Here a put appends in place. Few keys get here.
+    /// follower installing snapshots of a few such keys never caught up:
+    /// docs/benchmarks.md). Here a put appends in place. Few keys get here.
     long: HashMap<Box<[u8]>, Vec<LongGeneration>>,
     packed_revisions_max: usize,
 }

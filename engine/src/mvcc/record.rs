@@ -56,8 +56,9 @@ pub fn decode_record(record: &[u8]) -> Result<(bool, KeyValue), RecordError> {
 ///
 /// prost 0.11 (the version raft 0.7's `prost-codec` pins for the workspace)
 /// decodes a bytes field into a `Bytes` and then copies that into the `Vec`:
-/// two allocations and two copies of every key and value a Range returns,
-/// 8% of the store core serving kube-apiserver's lists. This reads the fields
+/// two allocations and two copies of every key and value a Range returns, a
+/// share of the store core's time serving kube-apiserver's lists that shows
+/// in its profile (docs/benchmarks.md). This reads the fields
 /// ringkv writes, as prost would (a repeated field: the last one wins), and
 /// hands anything else (an unknown field, an unexpected wire type, a
 /// malformed record) to prost, so what decodes, and every error, stays prost's.

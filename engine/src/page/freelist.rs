@@ -196,9 +196,9 @@ impl Freelist {
 
 /// The allocatable pages: a Vec sorted highest first, so the lowest is taken
 /// from the end. Every seal lists them all, and a scan of a contiguous Vec
-/// stays fast when the list is long and cold in cache: with 200,000 free
-/// pages (after a compaction of 1M revisions) a `BTreeSet` took up to 9 ms
-/// per seal on the store core.
+/// stays fast when the list is long and cold in cache, where a `BTreeSet`'s
+/// walk held up each seal on the store core after a large compaction
+/// (measured: docs/benchmarks.md, "Measurements behind the engine's code").
 #[derive(Debug)]
 struct FreePages {
     descending: Vec<PageId>,

@@ -193,9 +193,9 @@ async fn prewrite(file: &DmaFile, len: u64) -> io::Result<()> {
 /// on the store core, not through io_uring. io_uring cannot issue an fdatasync
 /// without blocking, so it hands each one to a kernel worker thread (io-wq),
 /// and waking that worker, then the parked executor, cost more than the store
-/// core gains by not waiting: on this 2-CPU machine a lone client's put p50
-/// fell by 30 to 60 µs this way, while put at 1,000 clients and the kube mix
-/// stayed the same within their noise (docs/benchmarks.md). Proposals that
+/// core gains by not waiting: a lone client's puts got faster this way, and
+/// loaded runs stayed the same (measured: docs/benchmarks.md, "Measurements
+/// behind the engine's code"). Proposals that
 /// arrive meanwhile wait in raft's log for the next batch, as they would while
 /// an io_uring write was in flight. The write still returns before the
 /// fdatasync is issued, so the two stay ordered.
