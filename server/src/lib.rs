@@ -9,7 +9,6 @@ pub mod etcd_error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod grpc;
-pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod peer;

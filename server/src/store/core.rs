@@ -20,6 +20,7 @@ use glommio::channels::shared_channel::ConnectedSender;
 use prost::Message;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
+use ringkv_datadir::wal;
 use ringkv_engine::mvcc::{CommitPlan, CommittedPlan, Mvcc, MvccError, PageError};
 use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
@@ -34,7 +35,7 @@ use super::messages::{Call, Reply, Request, Response};
 use super::raft_log::RaftLog;
 use super::reads::{PendingRead, ReadQueue};
 use super::stepped_read::SteppedReads;
-use super::wal_io::{self, WalJob};
+use super::wal_io::WalJob;
 use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
 use crate::etcd_error::EtcdError;
@@ -698,7 +699,7 @@ impl StoreCore {
         if let Some(metadata) = installed {
             assert!(ready.must_sync(), "a snapshot is persisted");
             let conf_state = metadata.get_conf_state();
-            records.push(Record::Snapshot(wal_io::snapshot_record(
+            records.push(Record::Snapshot(wal::snapshot_record(
                 metadata.index,
                 metadata.term,
                 conf_state,
@@ -707,10 +708,10 @@ impl StoreCore {
             self.begin_install(metadata);
         }
         self.raw.mut_store().append(ready.entries());
-        records.extend(ready.entries().iter().map(wal_io::entry_record));
+        records.extend(ready.entries().iter().map(wal::entry_record));
         if let Some(hard_state) = ready.hs() {
             self.raw.mut_store().set_hard_state(hard_state.clone());
-            records.push(wal_io::hard_state_record(hard_state));
+            records.push(wal::hard_state_record(hard_state));
         }
         // A Ready whose only change is the commit index need not be synced: the
         // commit index is re-derived at recovery (see `bootstrap`).
@@ -974,7 +975,7 @@ impl StoreCore {
             .max(store.compacted_index());
         if index > store.compacted_index() {
             let term = store.term_of(index).expect("applied entries are in the log");
-            let snapshot = wal_io::snapshot_record(index, term, &committed.conf_state);
+            let snapshot = wal::snapshot_record(index, term, &committed.conf_state);
             store.compact_to(index);
             if self.wal_jobs.try_send(WalJob::Release(snapshot)).is_err() {
                 fatal("the WAL task stopped");

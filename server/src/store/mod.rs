@@ -3,7 +3,6 @@
 pub mod auto_compaction;
 mod bootstrap;
 mod core;
-pub mod data_dir;
 pub(crate) mod entry;
 #[cfg(feature = "fault-injection")]
 mod fault;
@@ -15,7 +14,6 @@ pub mod messages;
 mod raft_log;
 mod raft_logger;
 mod reads;
-pub mod restore;
 pub mod snapshot_read;
 mod stepped_read;
 mod wal_io;
@@ -30,8 +28,10 @@ use std::time::Duration;
 use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use ringkv_datadir::layout::SNAP_DIR;
+use ringkv_datadir::wal::Identity;
 
-pub use self::bootstrap::{Identity, Start};
+pub use self::bootstrap::Start;
 pub use self::core::{fatal, MemberInfo};
 use self::core::{Event, StoreCore, StoreSettings};
 use self::membership::Membership;
@@ -69,12 +69,6 @@ pub struct StoreCoreSettings {
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
     pub watch_progress_notify_interval: Duration,
-}
-
-/// True if `data_dir` holds no member yet (no WAL): flags that only matter at
-/// creation (`--initial-cluster-state`) apply.
-pub fn is_new(data_dir: &std::path::Path) -> bool {
-    !ringkv_engine::wal::Wal::exists(&data_dir.join(data_dir::WAL_DIR))
 }
 
 /// The watch channels of every client core (see `crate::watch`).
@@ -155,7 +149,7 @@ pub async fn run(
         identity.cluster_id,
         Rc::clone(&report),
         settings.listen_peer_addrs.clone(),
-        settings.data_dir.join(data_dir::SNAP_DIR),
+        settings.data_dir.join(SNAP_DIR),
     );
     // A member alone listens only once it has a peer (see `PeerTransport::listen`);
     // one with peers does now, so that a port in use is a start error.
