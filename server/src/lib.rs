@@ -6,6 +6,7 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod etcd_error;
+pub mod fatal;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod grpc;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod server;
+pub mod snapshot_read;
 pub mod store;
 pub mod version;
 pub mod watch;

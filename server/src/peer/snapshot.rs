@@ -3,7 +3,7 @@
 //! never holds up the heartbeats and appends on the message connection.
 //!
 //! The sender reads the pinned commit off the executor
-//! (`store::snapshot_read`: page checksums verified on the way, a bad page
+//! (`crate::snapshot_read`: page checksums verified on the way, a bad page
 //! stops the server) and writes it as `SnapshotChunk` frames, each
 //! checksummed, in order, then a `SnapshotEnd` with the raft message, the
 //! length and the crc32 of the whole file. The receiver writes the chunks to
@@ -38,7 +38,7 @@ use ringkv_proto::ringkvpb::{Membership, SnapshotChunk, SnapshotEnd};
 
 use super::frame::{self, Hello, PeerMessage};
 use super::{connect, screen, PeerEvent, Report};
-use crate::store::snapshot_read;
+use crate::snapshot_read;
 
 /// Bytes of the page file per chunk frame (a whole number of pages).
 const CHUNK_BYTES: usize = 1 << 20;

@@ -28,6 +28,7 @@ use ringkv_proto::ringkvpb::raft_request;
 
 use super::auto_compaction::{AutoCompactionPolicy, AutoCompactor};
 use super::entry;
+use super::event::Event;
 use super::id_generator::IdGenerator;
 use super::lease_clock::LeaseClock;
 use super::membership::Membership;
@@ -39,6 +40,7 @@ use super::wal_io::WalJob;
 use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
 use crate::etcd_error::EtcdError;
+use crate::fatal::fatal;
 use crate::metrics::Histogram;
 use crate::peer::{PeerEvent, PeerTransport};
 
@@ -48,7 +50,6 @@ mod maintenance;
 mod members;
 mod snapshots;
 mod space;
-use crate::watch::WatchCommand;
 use disk_full::DiskFull;
 use space::{DefragJob, SnapshotWait};
 
@@ -66,40 +67,6 @@ pub const COMPACTION_BATCH_REVISIONS: usize = 500;
 /// quiet one; with 2 ms after steps of 500, 1.8x, and the compaction takes
 /// 12 s (etcd 3.4: about 30 s).
 pub const COMPACTION_STEP_REST: Duration = Duration::from_millis(2);
-
-/// Something the store core must react to.
-pub enum Event {
-    /// A call from client core `client`.
-    Call { client: usize, call: Call },
-    /// The heartbeat interval passed.
-    Tick,
-    /// The page-store commit interval passed.
-    CommitDue,
-    /// The WAL finished persisting Ready `ready`, taking `elapsed` (write + fdatasync).
-    Persisted {
-        ready: u64,
-        result: Result<(), WalError>,
-        elapsed: Duration,
-    },
-    /// The WAL had no room for `records`, the rest of Ready `ready` (those
-    /// before them are durable); nothing of them was written.
-    PersistNoSpace { ready: u64, records: Vec<Record> },
-    /// The WAL's next segment found no room, or has room again.
-    WalSpace { out_of_space: bool },
-    /// The WAL finished releasing segments.
-    Released(Result<(), WalError>),
-    /// A page-store commit finished its writes and fsyncs, taking `elapsed`.
-    Committed {
-        result: Result<CommittedPlan, PageError>,
-        elapsed: Duration,
-    },
-    /// A watch command from client core `client`.
-    Watch { client: usize, command: WatchCommand },
-    /// The `--watch-progress-notify-interval` passed.
-    WatchProgressTick,
-    /// The peer transport received a message or lost some.
-    Peer(PeerEvent),
-}
 
 /// Identity and limits the store core answers with.
 pub struct StoreSettings {
@@ -1073,12 +1040,4 @@ fn take_expired<T>(calls: &mut HashMap<u64, T>, deadline: impl Fn(&T) -> Instant
         .into_iter()
         .map(|id| calls.remove(&id).expect("listed above"))
         .collect()
-}
-
-/// Stops the process: the store can no longer promise durability or correctness.
-/// Recovery from the WAL on restart is the only way forward (fsyncgate: never retry).
-pub fn fatal(message: &str) -> ! {
-    tracing::error!("fatal: {message}");
-    eprintln!("ringkv: fatal: {message}");
-    std::process::exit(2);
 }

@@ -4,6 +4,7 @@ pub mod auto_compaction;
 mod bootstrap;
 mod core;
 pub(crate) mod entry;
+mod event;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod id_generator;
@@ -14,7 +15,6 @@ pub mod messages;
 mod raft_log;
 mod raft_logger;
 mod reads;
-pub mod snapshot_read;
 mod stepped_read;
 mod wal_io;
 mod watchers;
@@ -32,8 +32,9 @@ use ringkv_datadir::layout::SNAP_DIR;
 use ringkv_datadir::wal::Identity;
 
 pub use self::bootstrap::Start;
-pub use self::core::{fatal, MemberInfo};
-use self::core::{Event, StoreCore, StoreSettings};
+pub use self::core::MemberInfo;
+use self::core::{StoreCore, StoreSettings};
+use self::event::Event;
 use self::membership::Membership;
 use self::messages::{Call, Reply};
 use self::watchers::WatchOutlet;

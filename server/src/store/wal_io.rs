@@ -9,7 +9,7 @@ use futures_lite::future;
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use ringkv_engine::wal::{Record, SnapshotRecord, Wal, WalDir, WalError};
 
-use super::core::Event;
+use super::event::Event;
 
 /// Work for the WAL task, done strictly in order.
 pub enum WalJob {

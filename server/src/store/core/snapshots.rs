@@ -25,7 +25,8 @@ use ringkv_datadir::layout::{self, SNAP_DIR, STORE_FILE};
 use ringkv_engine::mvcc::{Mvcc, SnapshotSource};
 
 use super::super::membership::Membership;
-use super::{fatal, StoreCore};
+use super::StoreCore;
+use crate::fatal::fatal;
 
 /// A snapshot from the leader whose WAL record is being made durable.
 pub(super) struct Install {
