@@ -10,6 +10,7 @@ pub mod fatal;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod grpc;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod peer;

@@ -13,7 +13,7 @@ use ringkv_datadir::wal::Identity;
 
 use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
-use crate::net;
+use crate::listener;
 use crate::store::membership::Membership;
 use crate::store::{self, join, MemberInfo, Start, StoreCoreSettings, WatchChannels};
 
@@ -182,11 +182,11 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(StartError::Store)?;
 
     // Bound once the store has recovered, and shared: each client core accepts
-    // on its own duplicate of every socket (see `net::bind`).
+    // on its own duplicate of every socket (see `listener::bind`).
     let bind = |addrs: &[SocketAddr]| -> Result<Vec<std::net::TcpListener>, StartError> {
         addrs
             .iter()
-            .map(|&addr| net::bind(addr).map_err(|error| StartError::Listen(error.to_string())))
+            .map(|&addr| listener::bind(addr).map_err(|error| StartError::Listen(error.to_string())))
             .collect()
     };
     let client_listeners = bind(&config.listen_client_addrs)?;
