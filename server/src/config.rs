@@ -1,8 +1,8 @@
 //! Command-line flags. Names and defaults follow etcd's where etcd has the flag, so
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
-use crate::store::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
-use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
+pub mod auto_compaction;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +11,9 @@ use clap::Parser;
 use ringkv_datadir::cluster::{
     initial_cluster, parse_http_url, split_urls, BadUrl, InitialClusterError, InitialMember,
 };
+use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
+
+use self::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
 
 /// etcd's `--max-txn-ops` default.
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;

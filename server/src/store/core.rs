@@ -26,7 +26,7 @@ use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request;
 
-use super::auto_compaction::{AutoCompactionPolicy, AutoCompactor};
+use super::auto_compaction::AutoCompactor;
 use super::entry;
 use super::event::Event;
 use super::id_generator::IdGenerator;
@@ -39,6 +39,7 @@ use super::stepped_read::SteppedReads;
 use super::wal_io::WalJob;
 use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
+use crate::config::auto_compaction::AutoCompactionPolicy;
 use crate::etcd_error::EtcdError;
 use crate::fatal::fatal;
 use crate::metrics::Histogram;

@@ -19,7 +19,6 @@ mod stepped_read;
 mod wal_io;
 mod watchers;
 
-use auto_compaction::AutoCompactionPolicy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -38,6 +37,7 @@ use self::event::Event;
 use self::membership::Membership;
 use self::messages::{Call, Reply};
 use self::watchers::WatchOutlet;
+use crate::config::auto_compaction::AutoCompactionPolicy;
 use crate::peer::{self, PeerEvent, PeerTransport};
 use crate::watch::{WatchCommand, WatchPush};
 
