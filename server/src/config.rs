@@ -121,7 +121,7 @@ pub struct Flags {
 
     /// Tests only: the largest response message, below grpc-go's 2 GiB - 1, so a
     /// test can reach "trying to send message larger than max" with small data.
-    #[arg(long, hide = true, default_value_t = crate::grpc::RESPONSE_BYTES_MAX)]
+    #[arg(long, hide = true, default_value_t = crate::status::RESPONSE_BYTES_MAX)]
     pub test_response_bytes_max: usize,
 
     /// Maximum time between page-store commits (the WAL is the durability point; this
@@ -319,11 +319,11 @@ impl Flags {
                 flag: "test-response-bytes-max",
             });
         }
-        if self.test_response_bytes_max > crate::grpc::RESPONSE_BYTES_MAX {
+        if self.test_response_bytes_max > crate::status::RESPONSE_BYTES_MAX {
             return Err(ConfigError::TooLarge {
                 flag: "test-response-bytes-max",
                 value: self.test_response_bytes_max,
-                max: crate::grpc::RESPONSE_BYTES_MAX,
+                max: crate::status::RESPONSE_BYTES_MAX,
             });
         }
         if self.backend_batch_limit == 0 {
@@ -450,8 +450,8 @@ mod tests {
     #[test]
     fn the_test_response_limit_cannot_exceed_grpc_gos() {
         let default = parse(&[]).into_config(2).unwrap();
-        assert_eq!(default.response_bytes_max, crate::grpc::RESPONSE_BYTES_MAX);
-        let over = (crate::grpc::RESPONSE_BYTES_MAX + 1).to_string();
+        assert_eq!(default.response_bytes_max, crate::status::RESPONSE_BYTES_MAX);
+        let over = (crate::status::RESPONSE_BYTES_MAX + 1).to_string();
         assert!(parse(&["--test-response-bytes-max", &over]).into_config(2).is_err());
     }
 

@@ -16,6 +16,7 @@ pub mod net;
 pub mod peer;
 pub mod server;
 pub mod snapshot_read;
+pub mod status;
 pub mod store;
 pub mod version;
 pub mod watch;
