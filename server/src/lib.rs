@@ -10,6 +10,8 @@ pub mod fatal;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod grpc;
+#[cfg(test)]
+mod layers;
 pub mod listener;
 pub mod metrics;
 pub mod net;
