@@ -1,13 +1,19 @@
 //! Command-line flags. Names and defaults follow etcd's where etcd has the flag, so
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
-use crate::store::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
-use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
+pub mod auto_compaction;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ringkv_datadir::cluster::{
+    initial_cluster, parse_http_url, split_urls, BadUrl, InitialClusterError, InitialMember,
+};
+use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
+
+use self::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
 
 /// etcd's `--max-txn-ops` default.
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
@@ -115,7 +121,7 @@ pub struct Flags {
 
     /// Tests only: the largest response message, below grpc-go's 2 GiB - 1, so a
     /// test can reach "trying to send message larger than max" with small data.
-    #[arg(long, hide = true, default_value_t = crate::grpc::RESPONSE_BYTES_MAX)]
+    #[arg(long, hide = true, default_value_t = crate::status::RESPONSE_BYTES_MAX)]
     pub test_response_bytes_max: usize,
 
     /// Maximum time between page-store commits (the WAL is the durability point; this
@@ -178,13 +184,6 @@ pub enum InitialClusterState {
     Existing,
 }
 
-/// One member of `--initial-cluster`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitialMember {
-    pub name: String,
-    pub peer_urls: Vec<String>,
-}
-
 /// Validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -224,12 +223,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid URL {url:?} in --{flag}: {reason}")]
-    BadUrl {
-        flag: &'static str,
-        url: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    BadUrl(#[from] BadUrl),
     #[error("--auto-compaction-retention: {0}")]
     AutoCompaction(String),
     #[error("--{flag} must be at least {min:?}")]
@@ -242,8 +237,8 @@ pub enum ConfigError {
         value: usize,
         max: usize,
     },
-    #[error("--initial-cluster: {0}")]
-    InitialCluster(String),
+    #[error(transparent)]
+    InitialCluster(#[from] InitialClusterError),
     #[error(
         "--election-timeout[{election_ms}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_ms}ms]"
     )]
@@ -324,11 +319,11 @@ impl Flags {
                 flag: "test-response-bytes-max",
             });
         }
-        if self.test_response_bytes_max > crate::grpc::RESPONSE_BYTES_MAX {
+        if self.test_response_bytes_max > crate::status::RESPONSE_BYTES_MAX {
             return Err(ConfigError::TooLarge {
                 flag: "test-response-bytes-max",
                 value: self.test_response_bytes_max,
-                max: crate::grpc::RESPONSE_BYTES_MAX,
+                max: crate::status::RESPONSE_BYTES_MAX,
             });
         }
         if self.backend_batch_limit == 0 {
@@ -383,116 +378,26 @@ impl Flags {
     }
 }
 
-fn split_urls(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, ConfigError> {
-    let bad = |reason: &str| ConfigError::BadUrl {
-        flag,
-        url: text.to_string(),
-        reason: reason.to_string(),
-    };
-    let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err(bad("TLS is not supported yet; use http://")),
-        _ => return Err(bad("scheme must be http")),
-    }
-    if url.host_str().is_none() || url.port().is_none() {
-        return Err(bad("expected http://host:port"));
-    }
-    Ok(url)
-}
-
-/// `--initial-cluster` for member `name` advertising `peer_urls` (this member
-/// alone when the flag is absent), checked to hold this member as etcd checks.
-/// `ringkvutl snapshot restore` takes the same flags.
-pub fn initial_cluster(
-    name: &str,
-    peer_urls: &[String],
-    text: Option<&str>,
-) -> Result<Vec<InitialMember>, ConfigError> {
-    let cluster = match text {
-        Some(text) => parse_initial_cluster(text)?,
-        None => vec![InitialMember {
-            name: name.to_string(),
-            peer_urls: peer_urls.to_vec(),
-        }],
-    };
-    check_self_in_cluster(name, peer_urls, &cluster)?;
-    Ok(cluster)
-}
-
-/// `name=url,name=url,...`; a name that repeats gathers its URLs in one member.
-fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, ConfigError> {
-    let mut members: Vec<InitialMember> = Vec::new();
-    for pair in split_urls(text) {
-        let (name, url) = pair
-            .split_once('=')
-            .ok_or_else(|| ConfigError::InitialCluster(format!("{pair:?} is not name=URL")))?;
-        parse_http_url("initial-cluster", url)?;
-        match members.iter_mut().find(|member| member.name == name) {
-            Some(member) => member.peer_urls.push(url.to_string()),
-            None => members.push(InitialMember {
-                name: name.to_string(),
-                peer_urls: vec![url.to_string()],
-            }),
-        }
-    }
-    if members.is_empty() {
-        return Err(ConfigError::InitialCluster("no members".to_string()));
-    }
-    Ok(members)
-}
-
-/// This member must be in the initial cluster with exactly its advertised peer
-/// URLs, as etcd checks: otherwise the ids every member derives would disagree.
-fn check_self_in_cluster(name: &str, peer_urls: &[String], cluster: &[InitialMember]) -> Result<(), ConfigError> {
-    let Some(member) = cluster.iter().find(|member| member.name == name) else {
-        return Err(ConfigError::InitialCluster(format!(
-            "no member named {name:?} (set --name to this member's name in --initial-cluster)"
-        )));
-    };
-    let mut listed = member.peer_urls.clone();
-    listed.sort_unstable();
-    let mut advertised = peer_urls.to_vec();
-    advertised.sort_unstable();
-    if listed != advertised {
-        return Err(ConfigError::InitialCluster(format!(
-            "{name}={} does not match --initial-advertise-peer-urls={}",
-            member.peer_urls.join(","),
-            peer_urls.join(",")
-        )));
-    }
-    Ok(())
-}
-
 fn resolve_http_url(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
     let url = parse_http_url(flag, text)?;
     let host = url.host_str().expect("checked by parse_http_url");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port().expect("checked by parse_http_url");
-    let mut addrs = (host, port).to_socket_addrs().map_err(|e| ConfigError::BadUrl {
+    let mut addrs = (host, port).to_socket_addrs().map_err(|e| BadUrl {
         flag,
         url: text.to_string(),
         reason: e.to_string(),
     })?;
     // Prefer IPv4 for names like "localhost", as etcd's listeners do.
     let all: Vec<SocketAddr> = addrs.by_ref().collect();
-    all.iter()
-        .find(|a| a.is_ipv4())
-        .or(all.first())
-        .copied()
-        .ok_or_else(|| ConfigError::BadUrl {
+    let addr = all.iter().find(|a| a.is_ipv4()).or(all.first()).copied();
+    addr.ok_or_else(|| {
+        ConfigError::BadUrl(BadUrl {
             flag,
             url: text.to_string(),
             reason: "host resolves to no address".to_string(),
         })
+    })
 }
 
 fn check_cpu(flag: &'static str, cpu: usize, online: usize) -> Result<(), ConfigError> {
@@ -545,8 +450,8 @@ mod tests {
     #[test]
     fn the_test_response_limit_cannot_exceed_grpc_gos() {
         let default = parse(&[]).into_config(2).unwrap();
-        assert_eq!(default.response_bytes_max, crate::grpc::RESPONSE_BYTES_MAX);
-        let over = (crate::grpc::RESPONSE_BYTES_MAX + 1).to_string();
+        assert_eq!(default.response_bytes_max, crate::status::RESPONSE_BYTES_MAX);
+        let over = (crate::status::RESPONSE_BYTES_MAX + 1).to_string();
         assert!(parse(&["--test-response-bytes-max", &over]).into_config(2).is_err());
     }
 

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::grpc::{response_too_large, Code, Status};
+use crate::status::{response_too_large, Code, Status};
 
 /// An error a client can see, in etcd's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

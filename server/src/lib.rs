@@ -6,14 +6,19 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod etcd_error;
+pub mod fatal;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod grpc;
-pub mod ids;
+#[cfg(test)]
+mod layers;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod server;
+pub mod snapshot_read;
+pub mod status;
 pub mod store;
 pub mod version;
 pub mod watch;

@@ -7,14 +7,15 @@ use std::sync::mpsc;
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringkv_datadir::ids;
+use ringkv_datadir::layout::{self, DataDirError, DataDirLock};
+use ringkv_datadir::wal::Identity;
 
 use crate::client::{self, ClientCoreSettings};
 use crate::config::Config;
-use crate::ids;
-use crate::net;
-use crate::store::data_dir::{self, DataDirError, DataDirLock};
+use crate::listener;
 use crate::store::membership::Membership;
-use crate::store::{self, join, Identity, MemberInfo, Start, StoreCoreSettings, WatchChannels};
+use crate::store::{self, join, MemberInfo, Start, StoreCoreSettings, WatchChannels};
 
 /// Calls in flight from one client core to the store core; also the capacity of
 /// each cross-core channel, so neither can overflow (see `client::store_client`).
@@ -61,8 +62,9 @@ impl Running {
 
 pub fn start(config: &Config) -> Result<Running, StartError> {
     // Before anything reads or writes it, even a joiner's discovery.
-    let data_dir = data_dir::claim(&config.data_dir)?;
-    let (identity, initial_membership, start, join_peers) = if config.join_existing && store::is_new(&config.data_dir) {
+    let data_dir = layout::claim(&config.data_dir)?;
+    let (identity, initial_membership, start, join_peers) = if config.join_existing && layout::is_new(&config.data_dir)
+    {
         let joined = join::discover(&config.peer_urls, &config.initial_cluster).map_err(StartError::Join)?;
         tracing::info!(
             member_id = format_args!("{:x}", joined.identity.member_id),
@@ -180,11 +182,11 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(StartError::Store)?;
 
     // Bound once the store has recovered, and shared: each client core accepts
-    // on its own duplicate of every socket (see `net::bind`).
+    // on its own duplicate of every socket (see `listener::bind`).
     let bind = |addrs: &[SocketAddr]| -> Result<Vec<std::net::TcpListener>, StartError> {
         addrs
             .iter()
-            .map(|&addr| net::bind(addr).map_err(|error| StartError::Listen(error.to_string())))
+            .map(|&addr| listener::bind(addr).map_err(|error| StartError::Listen(error.to_string())))
             .collect()
     };
     let client_listeners = bind(&config.listen_client_addrs)?;

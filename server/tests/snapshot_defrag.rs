@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringkv_datadir::restore::{self, RestoreError};
+use ringkv_datadir::wal::Identity;
 use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{KeySpan, Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, StatusRequest};
-use ringkv_server::store::membership::Membership;
-use ringkv_server::store::restore::{self, RestoreError};
-use ringkv_server::store::Identity;
+use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
 use support::cluster::Cluster;
 use support::{etcdctl_output, kv_client, Ringkv};
@@ -278,9 +278,9 @@ async fn compact_defrag_and_disarm_recover_from_nospace() {
     assert_eq!(alarms.trim(), "");
 }
 
-/// `restore::restore` on a glommio executor, as `ringkvutl snapshot restore`
-/// runs it, with ringkv's default flags (--name default, peer URL
-/// http://localhost:2380, this member alone).
+/// `restore::restore`, as `ringkvutl snapshot restore` runs it, with ringkv's
+/// default flags (--name default, peer URL http://localhost:2380, this member
+/// alone).
 fn restore_into(file: &std::path::Path, data_dir: &std::path::Path) -> Result<restore::SnapshotSummary, RestoreError> {
     let peer_urls = ["http://localhost:2380".to_string()];
     let (identity, membership) = restore::restored_member("default", &peer_urls, None, "etcd-cluster").unwrap();
@@ -298,12 +298,7 @@ fn restore_member(
     identity: Identity,
     membership: Membership,
 ) -> Result<restore::SnapshotSummary, RestoreError> {
-    let (file, data_dir) = (file.to_path_buf(), data_dir.to_path_buf());
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move { restore::restore(&file, &data_dir, identity, &membership, false).await })
-        .unwrap()
-        .join()
-        .unwrap()
+    restore::restore(file, data_dir, identity, &membership, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

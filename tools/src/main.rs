@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ringkv_datadir::layout::{self, STORE_FILE};
+use ringkv_datadir::restore::{self, SnapshotSummary};
 use ringkv_engine::btree::Tree;
-use ringkv_server::store::data_dir::{self, STORE_FILE};
-use ringkv_server::store::restore::{self, SnapshotSummary};
 
 #[derive(Parser)]
 #[command(
@@ -134,26 +134,20 @@ fn snapshot_restore(args: RestoreArgs) -> Result<(), String> {
         &args.initial_cluster_token,
     )
     .map_err(|error| error.to_string())?;
-    let member_id = identity.member_id;
-    let file = args.file;
-    let skip_hash_check = args.skip_hash_check;
-    let target = data_dir.clone();
-    // The WAL is written through io_uring: run on a glommio executor.
-    let summary = glommio::LocalExecutorBuilder::default()
-        .name("ringkvutl")
-        .spawn(move || async move { restore::restore(&file, &target, identity, &membership, skip_hash_check).await })
-        .map_err(|error| format!("cannot start an executor (io_uring, locked memory): {error}"))?
-        .join()
-        .map_err(|error| format!("the restore thread failed: {error:?}"))?
+    let summary = restore::restore(&args.file, &data_dir, identity, &membership, args.skip_hash_check)
         .map_err(|error| error.to_string())?;
-    println!("restored to {} (member id {member_id:x})", data_dir.display());
+    println!(
+        "restored to {} (member id {:x})",
+        data_dir.display(),
+        identity.member_id
+    );
     print_summary(&summary);
     Ok(())
 }
 
 fn check(data_dir: PathBuf) -> Result<(), String> {
     // A running member's page store changes under the reader.
-    data_dir::check_stopped(&data_dir).map_err(|error| error.to_string())?;
+    layout::check_stopped(&data_dir).map_err(|error| error.to_string())?;
     let store = data_dir.join(STORE_FILE);
     // Opening would create a missing file and initialize an empty one: look first.
     let len = std::fs::metadata(&store)
@@ -185,6 +179,22 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// The tools work on files: they link the engine and the data directory's
+    /// crate, not the server (nor, directly, glommio, h2 or raft).
+    #[test]
+    fn the_tools_depend_on_the_engine_and_the_data_directory_only() {
+        let manifest = include_str!("../Cargo.toml");
+        let table = manifest.split("[dependencies]").nth(1).expect("a [dependencies] table");
+        let dependencies: Vec<&str> = table
+            .lines()
+            .take_while(|line| !line.starts_with('['))
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, _)| name.trim().trim_end_matches(".workspace"))
+            .collect();
+        assert_eq!(dependencies, ["ringkv-datadir", "ringkv-engine", "clap"]);
     }
 
     #[test]

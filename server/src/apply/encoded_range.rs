@@ -6,7 +6,8 @@
 //! decoding it into a `KeyValue` on the store core and encoding it again on the
 //! client core. The fields come out in field-number order (header, kvs, more,
 //! count), so the message is byte for byte what prost makes of the same
-//! response.
+//! response. The transport's frame prefix goes in front of it without a copy:
+//! room for it is kept, its size given by the caller.
 
 use std::fmt;
 
@@ -15,16 +16,18 @@ use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 
-use crate::grpc::{Encoded, PREFIX_BYTES};
-
 /// `RangeResponse.kvs`.
 const KVS_FIELD: u32 = 2;
 
-/// Room kept at the front of the buffer for the gRPC prefix and the header
+/// Room kept at the front of the buffer for the frame prefix and the header
 /// field, which is written last (the store core fills the header after the
-/// key-values are in). A header is at most 4 fields of 1 tag byte and a
-/// 10-byte varint, plus its own tag and length bytes: 5 + 2 + 44 = 51.
+/// key-values are in).
 const HEAD_ROOM: usize = 64;
+/// The largest header field: at most 4 fields of 1 tag byte and a 10-byte
+/// varint, plus its own tag and length bytes: 2 + 44.
+const HEADER_FIELD_BYTES_MAX: usize = 46;
+/// The longest frame prefix the head room leaves space for (gRPC's is 5 bytes).
+pub const PREFIX_BYTES_MAX: usize = HEAD_ROOM - HEADER_FIELD_BYTES_MAX;
 
 /// A Range's answer with its key-values encoded.
 pub struct EncodedRangeResponse {
@@ -56,8 +59,11 @@ impl EncodedRangeResponse {
         self.buffer.put_slice(kv);
     }
 
-    /// The framed gRPC message, written around the key-values in place.
-    pub fn into_encoded(self) -> Encoded {
+    /// The encoded message after `prefix_bytes` (at most [`PREFIX_BYTES_MAX`])
+    /// of room for the caller's frame prefix, written around the key-values in
+    /// place.
+    pub fn into_prefixed(self, prefix_bytes: usize) -> BytesMut {
+        assert!(prefix_bytes <= PREFIX_BYTES_MAX, "a prefix of {prefix_bytes} bytes");
         let head = pb::RangeResponse {
             header: self.header,
             ..Default::default()
@@ -68,14 +74,14 @@ impl EncodedRangeResponse {
             ..Default::default()
         };
         let head_len = head.encoded_len();
-        assert!(PREFIX_BYTES + head_len <= HEAD_ROOM, "a header of {head_len} bytes");
+        assert!(head_len <= HEADER_FIELD_BYTES_MAX, "a header of {head_len} bytes");
         let mut buffer = self.buffer;
         assert!(buffer.len() >= HEAD_ROOM);
         head.encode(&mut &mut buffer[HEAD_ROOM - head_len..HEAD_ROOM])
             .expect("the slice is the header's length");
         tail.encode(&mut buffer).expect("a BytesMut grows as needed");
-        buffer.advance(HEAD_ROOM - head_len - PREFIX_BYTES);
-        Encoded::from_prefixed(buffer)
+        buffer.advance(HEAD_ROOM - head_len - prefix_bytes);
+        buffer
     }
 }
 
@@ -96,7 +102,6 @@ mod tests {
     use ringkv_proto::mvccpb::KeyValue;
 
     use super::*;
-    use crate::grpc;
 
     fn key_value() -> impl Strategy<Value = KeyValue> {
         ringkv_proto::arbitrary::key_value(1..20, 0..200)
@@ -114,10 +119,12 @@ mod tests {
     }
 
     proptest! {
-        /// The same frame as prost's encoding of the decoded response, for any
-        /// header (the largest included), key-values, `more` and `count`.
+        /// After the prefix's room, prost's encoding of the decoded response,
+        /// for any prefix that fits, header (the largest included), key-values,
+        /// `more` and `count`.
         #[test]
-        fn the_frame_is_prosts_encoding_of_the_same_response(
+        fn the_message_is_prosts_encoding_of_the_same_response(
+            prefix_bytes in 0..=PREFIX_BYTES_MAX,
             header in header(),
             kvs in prop::collection::vec(key_value(), 0..8),
             more in any::<bool>(),
@@ -131,7 +138,8 @@ mod tests {
             encoded.more = more;
             encoded.count = count;
             let decoded = pb::RangeResponse { header, kvs, more, count };
-            prop_assert_eq!(encoded.into_encoded().into_frame(), grpc::encode(&decoded).into_frame());
+            let prefixed = encoded.into_prefixed(prefix_bytes);
+            prop_assert_eq!(&prefixed[prefix_bytes..], &decoded.encode_to_vec()[..]);
         }
     }
 
@@ -147,7 +155,7 @@ mod tests {
             header: Some(header),
             ..Default::default()
         };
-        assert_eq!(PREFIX_BYTES + head.encoded_len(), 51, "the sum in HEAD_ROOM's comment");
-        assert!(PREFIX_BYTES + head.encoded_len() <= HEAD_ROOM);
+        assert_eq!(head.encoded_len(), HEADER_FIELD_BYTES_MAX, "the sum in its comment");
+        assert!(PREFIX_BYTES_MAX + head.encoded_len() <= HEAD_ROOM);
     }
 }

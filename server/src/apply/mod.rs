@@ -13,7 +13,7 @@ mod range;
 mod txn;
 mod write;
 
-pub use encoded_range::EncodedRangeResponse;
+pub use encoded_range::{EncodedRangeResponse, PREFIX_BYTES_MAX};
 pub use range::{range, RangeAnswer, RangeBuild};
 pub use txn::{is_read_only, is_serializable, txn, TxnBuild};
 pub use write::{delete_range, put};

@@ -437,7 +437,7 @@ mod tests {
             )?;
         }
         Ok(match build.finish(mvcc, None)? {
-            RangeAnswer::Encoded(response) => pb::RangeResponse::decode(response.into_encoded().message()).unwrap(),
+            RangeAnswer::Encoded(response) => pb::RangeResponse::decode(response.into_prefixed(0)).unwrap(),
             RangeAnswer::Decoded(response) => response,
         })
     }
@@ -493,7 +493,7 @@ mod tests {
         for request in requests(&mvcc) {
             let whole = range(&mvcc, &request).unwrap();
             for keys in [1, 2, 3, usize::MAX] {
-                let served = stepped(&mvcc, &request, keys, crate::grpc::RESPONSE_BYTES_MAX).unwrap();
+                let served = stepped(&mvcc, &request, keys, crate::status::RESPONSE_BYTES_MAX).unwrap();
                 assert_eq!(served, whole, "{request:?} in steps of {keys} keys");
             }
         }

@@ -171,7 +171,7 @@ fn accepted(step: &Step) -> bool {
 
 /// A Range as the store core serves it: in steps (of two keys here).
 fn serve_range(mvcc: &Mvcc, request: &pb::RangeRequest) -> Result<(), ApplyError> {
-    let mut build = RangeBuild::start(mvcc, request.clone(), true, crate::grpc::RESPONSE_BYTES_MAX)?;
+    let mut build = RangeBuild::start(mvcc, request.clone(), true, crate::status::RESPONSE_BYTES_MAX)?;
     let budget = ringkv_engine::mvcc::StepBudget {
         keys: 2,
         bytes: usize::MAX,

@@ -59,7 +59,7 @@ pub fn txn(mvcc: &mut Mvcc, request: &pb::TxnRequest) -> Result<pb::TxnResponse,
     check_ops(request, &mut path.iter().copied(), &mut |op| check_range(mvcc, op))?;
     if !writes {
         let succeeded = path[0];
-        let mut build = TxnBuild::begin(mvcc, request, succeeded, crate::grpc::RESPONSE_BYTES_MAX)?;
+        let mut build = TxnBuild::begin(mvcc, request, succeeded, crate::status::RESPONSE_BYTES_MAX)?;
         let whole = StepBudget {
             keys: usize::MAX,
             bytes: usize::MAX,
@@ -563,7 +563,7 @@ mod tests {
         let whole = txn(&mut mvcc, &request).unwrap();
         assert!(whole.succeeded);
         let header = pb::ResponseHeader::default();
-        let stepped = in_steps(&mut mvcc, &request, crate::grpc::RESPONSE_BYTES_MAX, &header).unwrap();
+        let stepped = in_steps(&mut mvcc, &request, crate::status::RESPONSE_BYTES_MAX, &header).unwrap();
         assert_eq!(stepped, whole);
     }
 

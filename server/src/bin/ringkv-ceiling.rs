@@ -21,6 +21,7 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_server::grpc::{
     self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status,
 };
+use ringkv_server::listener;
 use ringkv_server::net::{self, ConnectionLimits, HttpHandler, HttpRequest, HttpResponse};
 
 /// The allocator ringkv runs with, so the ceiling measures the same transport.
@@ -164,20 +165,20 @@ fn main() {
         flags.cpus
     };
     // One listening socket, accepted on by every executor (as ringkv's client cores do).
-    let listener = net::bind(addr).unwrap_or_else(|error| {
+    let socket = listener::bind(addr).unwrap_or_else(|error| {
         eprintln!("ringkv-ceiling: {error}");
         std::process::exit(1);
     });
     let executors: Vec<_> = cpus
         .iter()
         .map(|&cpu| {
-            let listener = listener.try_clone().unwrap_or_else(|error| {
+            let socket = socket.try_clone().unwrap_or_else(|error| {
                 eprintln!("ringkv-ceiling: cannot share the listener: {error}");
                 std::process::exit(1);
             });
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ringkv-ceiling-{cpu}"))
-                .spawn(move || serve(listener))
+                .spawn(move || serve(socket))
                 .unwrap_or_else(|error| {
                     eprintln!("ringkv-ceiling: cannot start an executor on CPU {cpu}: {error}");
                     std::process::exit(1);
@@ -191,9 +192,9 @@ fn main() {
 }
 
 /// One executor accepting on its duplicate of the listening socket.
-async fn serve(listener: std::net::TcpListener) {
+async fn serve(socket: std::net::TcpListener) {
     net::serve_client_port(
-        net::adopt(listener),
+        listener::adopt(socket),
         Rc::new(NullKv::default()),
         Rc::new(NoHttp),
         ConnectionLimits::default(),

@@ -13,7 +13,7 @@ use super::lease_service::{self, LeaseMethod};
 use super::snapshot;
 use super::store_client::StoreClient;
 use super::watch::{self, WatchRouter};
-use crate::apply::check;
+use crate::apply::{self, check, EncodedRangeResponse};
 use crate::etcd_error::EtcdError;
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
 use crate::store::messages::{Request, Response};
@@ -242,7 +242,7 @@ impl GrpcService for EtcdService {
         let response = self.call(request, require_leader).await?;
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
-            Response::RangeEncoded(response) => response.into_encoded(),
+            Response::RangeEncoded(response) => framed_range(response),
             Response::Put(response) => grpc::encode(&response),
             Response::DeleteRange(response) => grpc::encode(&response),
             Response::Txn(response) => grpc::encode(&response),
@@ -379,6 +379,13 @@ fn requires_leader(ctx: &CallContext) -> bool {
         .is_some_and(|value| value.as_bytes() == b"true")
 }
 
+/// A Range answer assembled from encoded key-values on the store core, framed
+/// in the room it kept for the prefix (no copy).
+fn framed_range(response: EncodedRangeResponse) -> Encoded {
+    const _: () = assert!(grpc::PREFIX_BYTES <= apply::PREFIX_BYTES_MAX);
+    Encoded::from_prefixed(response.into_prefixed(grpc::PREFIX_BYTES))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +442,41 @@ mod tests {
             route("/etcdserverpb.KV/Nope").unwrap_err().message,
             "unknown method Nope for service etcdserverpb.KV"
         );
+    }
+
+    fn header() -> impl proptest::strategy::Strategy<Value = Option<pb::ResponseHeader>> {
+        use proptest::prelude::*;
+        prop::option::of((any::<u64>(), any::<u64>(), any::<i64>(), any::<u64>()).prop_map(
+            |(cluster_id, member_id, revision, raft_term)| pb::ResponseHeader {
+                cluster_id,
+                member_id,
+                revision,
+                raft_term,
+            },
+        ))
+    }
+
+    proptest::proptest! {
+        /// The same frame as prost's encoding of the decoded response, for any
+        /// header (the largest included), key-values, `more` and `count`.
+        #[test]
+        fn a_range_from_encoded_key_values_is_framed_as_prosts_encoding(
+            header in header(),
+            kvs in proptest::collection::vec(ringkv_proto::arbitrary::key_value(1..20, 0..200), 0..8),
+            more in proptest::prelude::any::<bool>(),
+            count in proptest::prelude::any::<i64>(),
+        ) {
+            use prost::Message;
+
+            let mut encoded = EncodedRangeResponse::default();
+            for kv in &kvs {
+                encoded.push_kv(&kv.encode_to_vec());
+            }
+            encoded.header = header.clone();
+            encoded.more = more;
+            encoded.count = count;
+            let decoded = pb::RangeResponse { header, kvs, more, count };
+            proptest::prop_assert_eq!(framed_range(encoded).into_frame(), grpc::encode(&decoded).into_frame());
+        }
     }
 }

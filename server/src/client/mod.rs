@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
+use crate::listener;
 use crate::net::{self, ConnectionLimits};
 use crate::store::messages::{Call, Reply};
 use crate::watch::{WatchCommand, WatchPush};
@@ -38,7 +39,7 @@ pub struct ClientCoreSettings {
 }
 
 /// The listening sockets one client core accepts on: duplicates of the ones
-/// the starting thread bound (`net::bind`), shared by every client core.
+/// the starting thread bound (`listener::bind`), shared by every client core.
 pub struct Listeners {
     pub client: Vec<std::net::TcpListener>,
     /// `--listen-metrics-urls` (HTTP only), served by one client core.
@@ -80,9 +81,9 @@ pub async fn run(
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
     limits.http2.max_concurrent_streams = settings.max_concurrent_streams;
-    for listener in listeners.metrics {
+    for socket in listeners.metrics {
         glommio::spawn_local(net::serve_http_port(
-            net::adopt(listener),
+            listener::adopt(socket),
             Rc::clone(&http),
             limits.clone(),
         ))
@@ -91,9 +92,9 @@ pub async fn run(
     let tasks: Vec<_> = listeners
         .client
         .into_iter()
-        .map(|listener| {
+        .map(|socket| {
             glommio::spawn_local(net::serve_client_port(
-                net::adopt(listener),
+                listener::adopt(socket),
                 Rc::clone(&service),
                 Rc::clone(&http),
                 limits.clone(),

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::store_client::StoreClient;
 use crate::grpc::{self, Code, RequestStream, ResponseSink, Status};
+use crate::snapshot_read;
 use crate::store::messages::{Request, Response};
-use crate::store::snapshot_read;
 
 /// etcd's `snapshotSendBufferSize`: bytes of the copy per message.
 const BLOB_BYTES: usize = 32 * 1024;

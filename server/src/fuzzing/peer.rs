@@ -325,7 +325,7 @@ mod tests {
     fn the_snapshot_seed_is_received_and_opens_at_its_index() {
         let (_, seed) = &snapshot_seeds()[0];
         peer_snapshot(seed);
-        let received = crate::peer::received_path(&scratch_dir().join("snap"), 42);
+        let received = ringkv_datadir::layout::received_path(&scratch_dir().join("snap"), 42);
         let mvcc = Mvcc::open(&received).expect("the received file opens");
         assert_eq!(mvcc.applied_index(), 42);
     }

@@ -5,10 +5,10 @@
 use sha2::{Digest, Sha256};
 
 use prost::Message as _;
+use ringkv_datadir::restore;
 use ringkv_engine::fuzzing::{larger_page_file, small_page_file};
 
 use super::scratch_dir;
-use crate::store::restore;
 
 /// Flag bits of the first input byte.
 const APPEND_TRAILER: u8 = 1;

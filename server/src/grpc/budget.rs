@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::status::{Code, Status};
+use crate::status::{Code, Status};
 
 /// The most one connection's calls hold: 32 requests of etcd's largest
 /// (`--max-request-bytes` 1.5 MiB + grpc overhead) partly received at once.

@@ -4,22 +4,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::budget::Charge;
-use super::status::{Code, Status};
+use crate::status::{response_too_large, Code, Status, RESPONSE_BYTES_MAX};
 
 /// Bytes before every gRPC message: compressed flag and length.
 pub const PREFIX_BYTES: usize = 5;
-
-/// The largest response message sent: grpc-go's `MaxSendMsgSize` as etcd sets
-/// it (`math.MaxInt32`). A larger one is answered with grpc-go's error instead.
-pub const RESPONSE_BYTES_MAX: usize = i32::MAX as usize;
-
-/// grpc-go's answer for a response message over the send limit.
-pub fn response_too_large(bytes: usize, max: usize) -> Status {
-    Status::new(
-        Code::ResourceExhausted,
-        format!("grpc: trying to send message larger than max ({bytes} vs. {max})"),
-    )
-}
 
 /// Splits a stream of DATA chunks into gRPC messages.
 ///

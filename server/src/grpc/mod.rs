@@ -13,9 +13,12 @@ mod stream;
 mod timeout;
 
 pub use budget::{Charge, CALL_OVERHEAD_BYTES, CONNECTION_REQUEST_BYTES_MAX};
-pub use frame::{response_too_large, Encoded, MessageDecoder, PREFIX_BYTES, RESPONSE_BYTES_MAX};
+pub use frame::{Encoded, MessageDecoder, PREFIX_BYTES};
 pub use server::{serve_connection, Http2Limits};
-pub use status::{go_quoted, Code, Status};
+pub use status::go_quoted;
+
+/// A call's answer other than OK: what every handler returns (see `crate::status`).
+pub use crate::status::{Code, Status};
 pub use stream::{RequestStream, ResponseSink};
 
 use bytes::Bytes;

@@ -16,9 +16,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::budget::{Charge, ConnectionBudget, CALL_OVERHEAD_BYTES};
 use super::frame::{Encoded, MessageDecoder};
-use super::status::{go_quoted, Code, Status};
+use super::status::go_quoted;
 use super::stream::{RequestStream, ResponseSink};
 use super::{timeout, CallContext, GrpcService, MethodKind};
+use crate::status::{Code, Status};
 
 /// HTTP/2 settings and limits for one connection.
 #[derive(Debug, Clone)]

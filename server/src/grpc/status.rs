@@ -1,46 +1,10 @@
-//! gRPC status codes and the `grpc-status` / `grpc-message` trailers.
+//! A Status as the `grpc-status` / `grpc-message` trailers, and Go's quoting
+//! of the text grpc-go puts in its messages. The codes and `Status` itself
+//! are `crate::status`'s.
 
-use std::fmt;
-
-/// The 17 gRPC status codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Code {
-    Ok = 0,
-    Canceled = 1,
-    Unknown = 2,
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    AlreadyExists = 6,
-    PermissionDenied = 7,
-    ResourceExhausted = 8,
-    FailedPrecondition = 9,
-    Aborted = 10,
-    OutOfRange = 11,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    DataLoss = 15,
-    Unauthenticated = 16,
-}
-
-/// A call's outcome other than OK: code and human-readable message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub code: Code,
-    pub message: String,
-}
+use crate::status::{Code, Status};
 
 impl Status {
-    pub fn new(code: Code, message: impl Into<String>) -> Status {
-        assert!(code != Code::Ok, "a Status is an error");
-        Status {
-            code,
-            message: message.into(),
-        }
-    }
-
     /// The `grpc-status` trailer value.
     pub fn code_text(&self) -> &'static str {
         code_text(self.code)
@@ -58,12 +22,6 @@ impl Status {
             }
         }
         out
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
     }
 }
 

@@ -10,7 +10,7 @@ use h2::{RecvStream, SendStream};
 
 use super::budget::Charge;
 use super::frame::{Encoded, MessageDecoder};
-use super::status::{Code, Status};
+use crate::status::{Code, Status};
 
 /// Request messages of one call, decoded as DATA frames arrive.
 pub struct RequestStream {

@@ -19,6 +19,7 @@ use super::admission::{self, Admission, Refusal};
 use super::frame::{self, FrameError, Hello, PeerMessage, FRAME_PAYLOAD_MAX};
 use super::log_limit::LogLimit;
 use super::{query, snapshot, within, PeerDrops, PeerEvent, Report};
+use crate::listener::{self, BindError};
 
 /// A connection that has not introduced itself by then is closed.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,15 +96,15 @@ impl Local {
 }
 
 /// Accepts peer connections on `addr` until the process ends.
-pub(super) fn listen(addr: SocketAddr, local: Rc<Local>, report: Report) -> Result<SocketAddr, crate::net::BindError> {
-    let listener = crate::net::listen(addr)?;
-    let bound = listener.local_addr().map_err(|source| crate::net::BindError {
+pub(super) fn listen(addr: SocketAddr, local: Rc<Local>, report: Report) -> Result<SocketAddr, BindError> {
+    let socket = listener::listen(addr)?;
+    let bound = socket.local_addr().map_err(|source| BindError {
         addr,
         source: source.into(),
     })?;
     glommio::spawn_local(async move {
         loop {
-            let stream = crate::net::accept(&listener).await;
+            let stream = listener::accept(&socket).await;
             let Some(connection) = local.admission.open() else {
                 let peer = remote(&stream);
                 local.reject(

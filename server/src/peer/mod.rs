@@ -55,7 +55,6 @@ pub use frame::{Hello, PeerMessage};
 use inbound::Local;
 use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
-pub use snapshot::{received_index, received_path};
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;

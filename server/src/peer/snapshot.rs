@@ -3,7 +3,7 @@
 //! never holds up the heartbeats and appends on the message connection.
 //!
 //! The sender reads the pinned commit off the executor
-//! (`store::snapshot_read`: page checksums verified on the way, a bad page
+//! (`crate::snapshot_read`: page checksums verified on the way, a bad page
 //! stops the server) and writes it as `SnapshotChunk` frames, each
 //! checksummed, in order, then a `SnapshotEnd` with the raft message, the
 //! length and the crc32 of the whole file. The receiver writes the chunks to
@@ -12,7 +12,7 @@
 //! crc32 and the raft message (`screen::check_snapshot_message`), fsyncs the
 //! file, opens it as a page store to check it holds that message's index (a
 //! file that does not would stop the member when installed, and at every start
-//! after), renames it to `snap/snapshot-<index>.db` (see [`received_path`]),
+//! after), renames it to `snap/snapshot-<index>.db` (`layout::received_path`),
 //! fsyncs the directory, hands the message to raft and only then writes one
 //! [`frame::SNAPSHOT_ACK`] byte back. A receive that fails removes its file.
 //! The file's writes, fsyncs and check run off the executor. The sender reports the outcome to raft
@@ -32,12 +32,13 @@ use glommio::net::TcpStream;
 use prost::Message as _;
 use raft::eraftpb::ConfState;
 use raft::eraftpb::Message;
+use ringkv_datadir::layout;
 use ringkv_engine::mvcc::{Mvcc, SnapshotSource};
 use ringkv_proto::ringkvpb::{Membership, SnapshotChunk, SnapshotEnd};
 
 use super::frame::{self, Hello, PeerMessage};
 use super::{connect, screen, PeerEvent, Report};
-use crate::store::snapshot_read;
+use crate::snapshot_read;
 
 /// Bytes of the page file per chunk frame (a whole number of pages).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -50,17 +51,6 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const SNAPSHOT_DISK_RESERVE_BYTES: u64 = 4 * ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
 
 const _: () = assert!(CHUNK_BYTES.is_multiple_of(ringkv_engine::page::PAGE_BYTES));
-
-/// Where a complete snapshot for raft index `index` waits to be installed.
-pub fn received_path(snap_dir: &Path, index: u64) -> PathBuf {
-    snap_dir.join(format!("snapshot-{index:016x}.db"))
-}
-
-/// The raft index of a complete snapshot file named by [`received_path`].
-pub fn received_index(file_name: &str) -> Option<u64> {
-    let hex = file_name.strip_prefix("snapshot-")?.strip_suffix(".db")?;
-    u64::from_str_radix(hex, 16).ok()
-}
 
 /// Streams `source` to `hello.to` and reports how it went: `SnapshotSent`.
 pub(super) async fn send(hello: Hello, addrs: Vec<String>, message: Message, source: SnapshotSource, report: Report) {
@@ -181,7 +171,7 @@ impl Receiving {
         if !receives.0.borrow_mut().insert(from) {
             return Err(ReceiveError::AlreadyReceiving(from));
         }
-        let part = snap_dir.join(format!("{from:016x}.part"));
+        let part = layout::receiving_path(snap_dir, from);
         let file = std::fs::File::create(&part).map_err(|source| {
             receives.0.borrow_mut().remove(&from);
             ReceiveError::Io {
@@ -260,7 +250,7 @@ impl Receiving {
             return Err(misaddressed.into());
         }
         let index = message.get_snapshot().get_metadata().index;
-        let path = received_path(&self.snap_dir, index);
+        let path = layout::received_path(&self.snap_dir, index);
         let (part, done, dir) = (self.part.clone(), path.clone(), self.snap_dir.clone());
         let file = self
             .file
@@ -446,14 +436,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(available_bytes(dir.path()).unwrap() > 0);
         assert!(available_bytes(&dir.path().join("missing")).is_err());
-    }
-
-    #[test]
-    fn received_file_names_round_trip() {
-        let path = received_path(Path::new("/d/snap"), 0x1234);
-        let name = path.file_name().unwrap().to_str().unwrap();
-        assert_eq!(received_index(name), Some(0x1234));
-        assert_eq!(received_index("00000000000000ab.part"), None);
-        assert_eq!(received_index("snapshot-zz.db"), None);
     }
 }

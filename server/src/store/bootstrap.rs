@@ -1,53 +1,28 @@
 //! Opening the store at start: page store and MVCC, the WAL (created on first
 //! start), the raft log rebuilt from the WAL, and a `RawNode` over it.
 //!
-//! The data directory's layout is `data_dir`'s; `snap/` holds raft snapshots
-//! received from the leader (`<from>.part` while arriving,
-//! `snapshot-<index>.db` once complete), see `install_interrupted`.
+//! The data directory's layout is `ringkv_datadir::layout`'s; `snap/` holds
+//! raft snapshots received from the leader, see `install_interrupted`.
 
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use raft::eraftpb::{ConfState, Entry, EntryType};
 use raft::{Config as RaftConfig, RawNode};
+use ringkv_datadir::layout::{self, SNAP_DIR, STORE_FILE, WAL_DIR};
+use ringkv_datadir::wal::{self, Identity};
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
 
-use super::data_dir::{SNAP_DIR, STORE_FILE, WAL_DIR};
 use super::membership::Membership;
 use super::raft_log::RaftLog;
 use super::raft_logger;
-use super::wal_io;
 
 /// raft ticks per heartbeat: one tick is `--heartbeat-interval`.
 const HEARTBEAT_TICKS: usize = 1;
 /// Bytes of entries per append message and messages in flight per follower.
 const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 const RAFT_MAX_INFLIGHT_MESSAGES: usize = 256;
-
-/// Who this member is; stored in the WAL at creation and authoritative afterwards
-/// (as in etcd, changing identity flags later does not change a member's id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    pub member_id: u64,
-    pub cluster_id: u64,
-}
-
-impl Identity {
-    /// WAL metadata: member id then cluster id, 8 bytes big endian each.
-    fn encode(self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(16);
-        bytes.extend_from_slice(&self.member_id.to_be_bytes());
-        bytes.extend_from_slice(&self.cluster_id.to_be_bytes());
-        bytes
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Identity> {
-        let member_id = u64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?);
-        let cluster_id = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
-        (bytes.len() == 16).then_some(Identity { member_id, cluster_id })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -170,7 +145,7 @@ pub async fn open(
                 start == Start::New,
                 "a new cluster's member votes from the start; a joiner does not"
             );
-            create_wal_at(&wal_dir, identity, &voters, 0, 0)
+            wal::create(&wal_dir, identity, &voters, 0, 0)
                 .await
                 .map_err(wal_error)?
         }
@@ -224,24 +199,14 @@ pub async fn open(
 /// renamed over `store.db`. A crash between the last two leaves a page store
 /// behind the WAL's snapshot record and the file still in `snap/`: rename it now.
 fn install_interrupted(data_dir: &Path, index: u64) -> Result<(), String> {
-    let snapshot = crate::peer::received_path(&data_dir.join(SNAP_DIR), index);
+    let snapshot = layout::received_path(&data_dir.join(SNAP_DIR), index);
     if !snapshot.exists() {
         // Not an interrupted install: `rebuild_raft_log` names the inconsistency.
         return Ok(());
     }
     tracing::info!(index, "finishing the install of a snapshot received before a restart");
-    replace_store(&snapshot, &data_dir.join(STORE_FILE))
+    layout::replace_store(&snapshot, &data_dir.join(STORE_FILE))
         .map_err(|error| format!("installing snapshot {}: {error}", snapshot.display()))
-}
-
-/// Renames a received snapshot over the page store, durably.
-pub(super) fn replace_store(snapshot: &Path, store: &Path) -> std::io::Result<()> {
-    std::fs::rename(snapshot, store)?;
-    sync_dir(store.parent().expect("the store file is in the data directory"))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Creates `snap/` and removes what earlier runs left in it: partial files and
@@ -283,34 +248,6 @@ fn membership_for(identity: Identity, configured: Identity, initial: Membership)
     Membership::single(member, identity.cluster_id)
 }
 
-/// A new WAL: identity in the metadata, and a snapshot record at `index`, `term`
-/// holding the initial configuration (`voters`), both in its first frame, so
-/// that a crash right after creation leaves a WAL that opens. A restored store
-/// starts its raft log at its applied index. `voters` holds this member unless
-/// it joins a running cluster (the callers assert which).
-pub(super) async fn create_wal_at(
-    wal_dir: &Path,
-    identity: Identity,
-    voters: &[u64],
-    index: u64,
-    term: u64,
-) -> Result<(Wal, Recovered), WalError> {
-    assert!(!voters.is_empty(), "a configuration has a voter");
-    let conf_state = ConfState {
-        voters: voters.to_vec(),
-        ..Default::default()
-    };
-    let snapshot = wal_io::snapshot_record(index, term, &conf_state);
-    let wal = Wal::create(wal_dir, WalOptions::default(), identity.encode(), snapshot.clone()).await?;
-    let recovered = Recovered {
-        metadata: identity.encode(),
-        snapshot: Some(snapshot),
-        hard_state: None,
-        entries: Vec::new(),
-    };
-    Ok((wal, recovered))
-}
-
 /// The raft log after a restart: entries after the WAL's last release point,
 /// the last hard state, and the configuration as of the applied index: the
 /// page store's (`stored_conf_state`), or else the last snapshot record's.
@@ -335,7 +272,7 @@ fn rebuild_raft_log(
             snapshot.index
         ));
     }
-    let entries: Vec<_> = recovered.entries.into_iter().map(wal_io::entry_from_record).collect();
+    let entries: Vec<_> = recovered.entries.into_iter().map(wal::entry_from_record).collect();
     let last_index = entries.last().map_or(snapshot.index, |entry| entry.index);
     if applied_index > last_index {
         return Err(format!(
@@ -345,7 +282,7 @@ fn rebuild_raft_log(
     let mut hard_state = recovered
         .hard_state
         .as_ref()
-        .map(wal_io::hard_state_from_record)
+        .map(wal::hard_state_from_record)
         .unwrap_or_default();
     // Only committed entries are applied, so the commit index is at least the
     // applied one even when a commit-only hard state was never synced.
@@ -418,15 +355,5 @@ mod tests {
             6,
             "a change applied already is in force"
         );
-    }
-
-    #[test]
-    fn identity_round_trips_through_wal_metadata() {
-        let identity = Identity {
-            member_id: 0x8e9e05c52164694d,
-            cluster_id: 0xcdf818194e3a8c32,
-        };
-        assert_eq!(Identity::decode(&identity.encode()), Some(identity));
-        assert_eq!(Identity::decode(&[1, 2, 3]), None);
     }
 }

@@ -20,13 +20,15 @@ use glommio::channels::shared_channel::ConnectedSender;
 use prost::Message;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
+use ringkv_datadir::wal;
 use ringkv_engine::mvcc::{CommitPlan, CommittedPlan, Mvcc, MvccError, PageError};
 use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request;
 
-use super::auto_compaction::{AutoCompactionPolicy, AutoCompactor};
+use super::auto_compaction::AutoCompactor;
 use super::entry;
+use super::event::Event;
 use super::id_generator::IdGenerator;
 use super::lease_clock::LeaseClock;
 use super::membership::Membership;
@@ -34,10 +36,12 @@ use super::messages::{Call, Reply, Request, Response};
 use super::raft_log::RaftLog;
 use super::reads::{PendingRead, ReadQueue};
 use super::stepped_read::SteppedReads;
-use super::wal_io::{self, WalJob};
+use super::wal_io::WalJob;
 use super::watchers::{WatchOutlet, Watchers};
 use crate::apply::{self, ApplyError, WriteView};
+use crate::config::auto_compaction::AutoCompactionPolicy;
 use crate::etcd_error::EtcdError;
+use crate::fatal::fatal;
 use crate::metrics::Histogram;
 use crate::peer::{PeerEvent, PeerTransport};
 
@@ -47,7 +51,6 @@ mod maintenance;
 mod members;
 mod snapshots;
 mod space;
-use crate::watch::WatchCommand;
 use disk_full::DiskFull;
 use space::{DefragJob, SnapshotWait};
 
@@ -65,40 +68,6 @@ pub const COMPACTION_BATCH_REVISIONS: usize = 500;
 /// quiet one; with 2 ms after steps of 500, 1.8x, and the compaction takes
 /// 12 s (etcd 3.4: about 30 s).
 pub const COMPACTION_STEP_REST: Duration = Duration::from_millis(2);
-
-/// Something the store core must react to.
-pub enum Event {
-    /// A call from client core `client`.
-    Call { client: usize, call: Call },
-    /// The heartbeat interval passed.
-    Tick,
-    /// The page-store commit interval passed.
-    CommitDue,
-    /// The WAL finished persisting Ready `ready`, taking `elapsed` (write + fdatasync).
-    Persisted {
-        ready: u64,
-        result: Result<(), WalError>,
-        elapsed: Duration,
-    },
-    /// The WAL had no room for `records`, the rest of Ready `ready` (those
-    /// before them are durable); nothing of them was written.
-    PersistNoSpace { ready: u64, records: Vec<Record> },
-    /// The WAL's next segment found no room, or has room again.
-    WalSpace { out_of_space: bool },
-    /// The WAL finished releasing segments.
-    Released(Result<(), WalError>),
-    /// A page-store commit finished its writes and fsyncs, taking `elapsed`.
-    Committed {
-        result: Result<CommittedPlan, PageError>,
-        elapsed: Duration,
-    },
-    /// A watch command from client core `client`.
-    Watch { client: usize, command: WatchCommand },
-    /// The `--watch-progress-notify-interval` passed.
-    WatchProgressTick,
-    /// The peer transport received a message or lost some.
-    Peer(PeerEvent),
-}
 
 /// Identity and limits the store core answers with.
 pub struct StoreSettings {
@@ -698,7 +667,7 @@ impl StoreCore {
         if let Some(metadata) = installed {
             assert!(ready.must_sync(), "a snapshot is persisted");
             let conf_state = metadata.get_conf_state();
-            records.push(Record::Snapshot(wal_io::snapshot_record(
+            records.push(Record::Snapshot(wal::snapshot_record(
                 metadata.index,
                 metadata.term,
                 conf_state,
@@ -707,10 +676,10 @@ impl StoreCore {
             self.begin_install(metadata);
         }
         self.raw.mut_store().append(ready.entries());
-        records.extend(ready.entries().iter().map(wal_io::entry_record));
+        records.extend(ready.entries().iter().map(wal::entry_record));
         if let Some(hard_state) = ready.hs() {
             self.raw.mut_store().set_hard_state(hard_state.clone());
-            records.push(wal_io::hard_state_record(hard_state));
+            records.push(wal::hard_state_record(hard_state));
         }
         // A Ready whose only change is the commit index need not be synced: the
         // commit index is re-derived at recovery (see `bootstrap`).
@@ -974,7 +943,7 @@ impl StoreCore {
             .max(store.compacted_index());
         if index > store.compacted_index() {
             let term = store.term_of(index).expect("applied entries are in the log");
-            let snapshot = wal_io::snapshot_record(index, term, &committed.conf_state);
+            let snapshot = wal::snapshot_record(index, term, &committed.conf_state);
             store.compact_to(index);
             if self.wal_jobs.try_send(WalJob::Release(snapshot)).is_err() {
                 fatal("the WAL task stopped");
@@ -1072,12 +1041,4 @@ fn take_expired<T>(calls: &mut HashMap<u64, T>, deadline: impl Fn(&T) -> Instant
         .into_iter()
         .map(|id| calls.remove(&id).expect("listed above"))
         .collect()
-}
-
-/// Stops the process: the store can no longer promise durability or correctness.
-/// Recovery from the WAL on restart is the only way forward (fsyncgate: never retry).
-pub fn fatal(message: &str) -> ! {
-    tracing::error!("fatal: {message}");
-    eprintln!("ringkv: fatal: {message}");
-    std::process::exit(2);
 }

@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use super::bootstrap::Identity;
+use ringkv_datadir::cluster::InitialMember;
+use ringkv_datadir::wal::Identity;
+
 use super::membership::Membership;
-use crate::config::InitialMember;
 use crate::peer;
 
 /// How long one peer URL may take to answer a membership query.

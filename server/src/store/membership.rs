@@ -14,9 +14,9 @@ use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb;
 
-use crate::config::InitialMember;
+use ringkv_datadir::cluster::{self, InitialMember};
+
 use crate::etcd_error::EtcdError;
-use crate::ids;
 
 /// Learners a cluster may have at once (etcd's `maxLearners`).
 pub const LEARNERS_MAX: usize = 1;
@@ -47,27 +47,13 @@ pub enum MemberChange {
 }
 
 impl Membership {
-    /// The members of `--initial-cluster`, ids derived as etcd derives them.
+    /// The members of `--initial-cluster`, ids derived as etcd derives them
+    /// (`cluster::initial_membership`, what a restore writes too).
     /// Client URLs are unknown until each member publishes them.
     pub fn initial(cluster: &[InitialMember], cluster_token: &str) -> Membership {
-        assert!(!cluster.is_empty(), "a cluster has a member");
-        let members: BTreeMap<u64, ringkvpb::Member> = cluster
-            .iter()
-            .map(|member| {
-                let id = ids::member_id(&member.peer_urls, cluster_token);
-                let member = ringkvpb::Member {
-                    id,
-                    name: member.name.clone(),
-                    peer_urls: member.peer_urls.clone(),
-                    client_urls: Vec::new(),
-                    is_learner: false,
-                };
-                (id, member)
-            })
-            .collect();
-        assert_eq!(members.len(), cluster.len(), "member ids are distinct");
-        let ids: Vec<u64> = members.keys().copied().collect();
-        Membership::starting_with(ids::cluster_id(&ids), members)
+        let initial = cluster::initial_membership(cluster, cluster_token);
+        let members = initial.members.into_iter().map(|member| (member.id, member)).collect();
+        Membership::starting_with(initial.cluster_id, members)
     }
 
     /// A one-member cluster, for a member whose flags no longer name it (its id
@@ -353,6 +339,8 @@ fn sorted(urls: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use ringkv_datadir::ids;
+
     use super::*;
 
     fn three() -> Vec<InitialMember> {

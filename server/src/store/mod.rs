@@ -3,8 +3,8 @@
 pub mod auto_compaction;
 mod bootstrap;
 mod core;
-pub mod data_dir;
 pub(crate) mod entry;
+mod event;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod id_generator;
@@ -15,13 +15,10 @@ pub mod messages;
 mod raft_log;
 mod raft_logger;
 mod reads;
-pub mod restore;
-pub mod snapshot_read;
 mod stepped_read;
 mod wal_io;
 mod watchers;
 
-use auto_compaction::AutoCompactionPolicy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -30,13 +27,17 @@ use std::time::Duration;
 use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use ringkv_datadir::layout::SNAP_DIR;
+use ringkv_datadir::wal::Identity;
 
-pub use self::bootstrap::{Identity, Start};
-pub use self::core::{fatal, MemberInfo};
-use self::core::{Event, StoreCore, StoreSettings};
+pub use self::bootstrap::Start;
+pub use self::core::MemberInfo;
+use self::core::{StoreCore, StoreSettings};
+use self::event::Event;
 use self::membership::Membership;
 use self::messages::{Call, Reply};
 use self::watchers::WatchOutlet;
+use crate::config::auto_compaction::AutoCompactionPolicy;
 use crate::peer::{self, PeerEvent, PeerTransport};
 use crate::watch::{WatchCommand, WatchPush};
 
@@ -69,12 +70,6 @@ pub struct StoreCoreSettings {
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
     pub watch_progress_notify_interval: Duration,
-}
-
-/// True if `data_dir` holds no member yet (no WAL): flags that only matter at
-/// creation (`--initial-cluster-state`) apply.
-pub fn is_new(data_dir: &std::path::Path) -> bool {
-    !ringkv_engine::wal::Wal::exists(&data_dir.join(data_dir::WAL_DIR))
 }
 
 /// The watch channels of every client core (see `crate::watch`).
@@ -155,7 +150,7 @@ pub async fn run(
         identity.cluster_id,
         Rc::clone(&report),
         settings.listen_peer_addrs.clone(),
-        settings.data_dir.join(data_dir::SNAP_DIR),
+        settings.data_dir.join(SNAP_DIR),
     );
     // A member alone listens only once it has a peer (see `PeerTransport::listen`);
     // one with peers does now, so that a port in use is a start error.

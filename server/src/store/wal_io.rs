@@ -1,18 +1,15 @@
 //! The store core's WAL task: owns the WAL, persists raft Readies in order, and
-//! reports back, also whether the WAL has room for its next segment.
-//! Converting between raft's types and the WAL's record types happens here, so
-//! `engine` never depends on raft.
+//! reports back, also whether the WAL has room for its next segment. Raft's
+//! types become the WAL's records in `ringkv_datadir::wal`.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future;
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
-use prost::Message;
-use raft::eraftpb::{ConfState, Entry, HardState};
-use ringkv_engine::wal::{EntryRecord, HardStateRecord, Record, SnapshotRecord, Wal, WalDir, WalError};
+use ringkv_engine::wal::{Record, SnapshotRecord, Wal, WalDir, WalError};
 
-use super::core::Event;
+use super::event::Event;
 
 /// Work for the WAL task, done strictly in order.
 pub enum WalJob {
@@ -99,55 +96,10 @@ async fn run_job<D: WalDir + Clone + 'static>(
     })
 }
 
-pub fn entry_record(entry: &Entry) -> Record {
-    Record::Entry(EntryRecord {
-        index: entry.index,
-        term: entry.term,
-        kind: u8::try_from(entry.entry_type).expect("raft entry types fit a byte"),
-        data: entry.data.to_vec(),
-        context: entry.context.to_vec(),
-    })
-}
-
-pub fn hard_state_record(hard_state: &HardState) -> Record {
-    Record::HardState(HardStateRecord {
-        term: hard_state.term,
-        vote: hard_state.vote,
-        commit: hard_state.commit,
-    })
-}
-
-pub fn snapshot_record(index: u64, term: u64, conf_state: &ConfState) -> SnapshotRecord {
-    SnapshotRecord {
-        index,
-        term,
-        conf_state: conf_state.encode_to_vec(),
-    }
-}
-
-pub fn entry_from_record(record: EntryRecord) -> Entry {
-    Entry {
-        entry_type: i32::from(record.kind),
-        term: record.term,
-        index: record.index,
-        data: record.data,
-        context: record.context,
-        ..Default::default()
-    }
-}
-
-pub fn hard_state_from_record(record: &HardStateRecord) -> HardState {
-    HardState {
-        term: record.term,
-        vote: record.vote,
-        commit: record.commit,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ringkv_engine::wal::sim::SimDir;
-    use ringkv_engine::wal::{WalOptions, BLOCK_BYTES};
+    use ringkv_engine::wal::{EntryRecord, WalOptions, BLOCK_BYTES};
 
     use super::*;
 

@@ -28,8 +28,9 @@ use ringkv_engine::wal::Record;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request;
 
-use super::{fatal, StoreCore};
+use super::StoreCore;
 use crate::etcd_error::EtcdError;
+use crate::fatal::fatal;
 use crate::store::wal_io::WalJob;
 
 /// How often what found no room is tried again: the WAL append that waits for

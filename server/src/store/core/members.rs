@@ -25,13 +25,13 @@ use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message as RaftMessage, MessageType,
 };
 use raft::{GetEntriesContext, StateRole};
+use ringkv_datadir::ids;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext, PromoteCheck, PromoteVerdict};
 
 use super::{Request, Response, StoreCore, Waiter};
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
-use crate::ids;
 use crate::peer::PeerMessage;
 use crate::store::membership::{member_to_pb, MemberChange};
 

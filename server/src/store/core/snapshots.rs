@@ -21,13 +21,12 @@ use std::path::Path;
 
 use raft::eraftpb::{Entry, Message as RaftMessage, MessageType, SnapshotMetadata};
 use raft::SnapshotStatus;
+use ringkv_datadir::layout::{self, SNAP_DIR, STORE_FILE};
 use ringkv_engine::mvcc::{Mvcc, SnapshotSource};
 
-use super::super::bootstrap;
-use super::super::data_dir::{SNAP_DIR, STORE_FILE};
 use super::super::membership::Membership;
-use super::{fatal, StoreCore};
-use crate::peer;
+use super::StoreCore;
+use crate::fatal::fatal;
 
 /// A snapshot from the leader whose WAL record is being made durable.
 pub(super) struct Install {
@@ -140,9 +139,9 @@ impl StoreCore {
         let index = install.metadata.index;
         let data_dir = &self.settings.data_dir;
         let snap_dir = data_dir.join(SNAP_DIR);
-        let received = peer::received_path(&snap_dir, index);
+        let received = layout::received_path(&snap_dir, index);
         let store_path = data_dir.join(STORE_FILE);
-        bootstrap::replace_store(&received, &store_path)
+        layout::replace_store(&received, &store_path)
             .unwrap_or_else(|error| fatal(&format!("installing snapshot {}: {error}", received.display())));
         let mut mvcc =
             Mvcc::open(&store_path).unwrap_or_else(|error| fatal(&format!("opening the installed snapshot: {error}")));
@@ -221,7 +220,7 @@ fn remove_older_snapshots(snap_dir: &Path, index: u64) {
         return;
     };
     for entry in entries.flatten() {
-        let Some(older) = entry.file_name().to_str().and_then(peer::received_index) else {
+        let Some(older) = entry.file_name().to_str().and_then(layout::received_index) else {
             continue;
         };
         if older <= index {

@@ -15,7 +15,8 @@
 use ringkv_engine::mvcc::MvccError;
 use ringkv_proto::etcdserverpb as pb;
 
-use super::{fatal, StoreCore};
+use super::StoreCore;
+use crate::fatal::fatal;
 use crate::store::messages::Response;
 
 /// Leaves one defragmentation step visits: bounds the work (and the pages

@@ -6,7 +6,7 @@ use prost::Message;
 use ringkv_engine::mvcc::{Change, ChangeKind, KeySpan, Mvcc, MvccError, RangeEnd, RangeOptions};
 use ringkv_proto::mvccpb::{self, event::EventType, KeyValue};
 
-use crate::store::core::fatal;
+use crate::fatal::fatal;
 
 /// Lazily encoded events of one batch of changes, with and without `prev_kv`.
 pub struct EventCache<'a> {

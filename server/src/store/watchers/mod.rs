@@ -26,7 +26,7 @@ use ringkv_proto::etcdserverpb as pb;
 
 use self::events::EventCache;
 use self::group::{WatcherGroup, WatcherId};
-use super::core::fatal;
+use crate::fatal::fatal;
 use crate::watch::span::WatchSpan;
 use crate::watch::{Notice, NoticeBody, StreamId, WatchCommand, INVALID_WATCH_ID};
 

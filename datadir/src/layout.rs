@@ -1,13 +1,15 @@
 //! The data directory as a whole: the names ringkv keeps in it, the check that
 //! refuses a directory holding anything else (an etcd member's data above all),
-//! and the lock that keeps a second process out of it.
+//! the lock that keeps a second process out of it, and the one way a page store
+//! is replaced by another (a snapshot from the leader, at install).
 //!
 //! ```text
 //! <data-dir>/
 //!   ringkv.lock    held (flock, exclusive) by the running member; empty
 //!   wal/           the WAL (wal.creating/ while it is first made)
 //!   store.db       the page store
-//!   snap/          raft snapshots arriving from the leader
+//!   snap/          raft snapshots arriving from the leader: <from>.part while
+//!                  arriving, snapshot-<index>.db once durable, until installed
 //! ```
 
 use std::fs::File;
@@ -49,6 +51,36 @@ pub enum DataDirError {
     InUse { dir: PathBuf },
     #[error("data directory {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+}
+
+/// True if `dir` holds no member yet (no WAL): flags that only matter at
+/// creation (`--initial-cluster-state`) apply.
+pub fn is_new(dir: &Path) -> bool {
+    !ringkv_engine::wal::Wal::exists(&dir.join(WAL_DIR))
+}
+
+/// Where a snapshot from member `from` is written while it arrives, in `snap_dir`.
+pub fn receiving_path(snap_dir: &Path, from: u64) -> PathBuf {
+    snap_dir.join(format!("{from:016x}.part"))
+}
+
+/// Where a complete snapshot for raft index `index` waits to be installed.
+pub fn received_path(snap_dir: &Path, index: u64) -> PathBuf {
+    snap_dir.join(format!("snapshot-{index:016x}.db"))
+}
+
+/// The raft index of a complete snapshot file named by [`received_path`].
+pub fn received_index(file_name: &str) -> Option<u64> {
+    let hex = file_name.strip_prefix("snapshot-")?.strip_suffix(".db")?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Renames a received snapshot over the page store `store`, durably (the
+/// directory is synced, so the rename survives a crash).
+pub fn replace_store(snapshot: &Path, store: &Path) -> std::io::Result<()> {
+    std::fs::rename(snapshot, store)?;
+    let dir = store.parent().expect("the store file is in the data directory");
+    File::open(dir)?.sync_all()
 }
 
 /// The lock on a data directory; the directory is this process's while it lives
@@ -155,6 +187,15 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> DataDirError + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_file_names_round_trip() {
+        let path = received_path(Path::new("/d/snap"), 0x1234);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(received_index(name), Some(0x1234));
+        assert_eq!(received_index("00000000000000ab.part"), None);
+        assert_eq!(received_index("snapshot-zz.db"), None);
+    }
 
     #[test]
     fn a_new_or_empty_directory_is_claimed_and_locked() {

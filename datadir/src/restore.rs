@@ -13,26 +13,27 @@
 //! started with the same flags, they form a cluster holding the data, with
 //! revisions, leases and alarms as they were. The new directory is built
 //! under a temporary name and renamed into place, so a crash leaves either no
-//! data directory or a whole one.
+//! data directory or a whole one. The WAL is written through io_uring: a
+//! restore runs on a glommio executor of its own.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use glommio::GlommioError;
 use prost::Message;
-use raft::eraftpb::ConfState;
-
+use raft_proto::eraftpb::ConfState;
 use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::page::{PageError, PAGE_BYTES};
 use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
+use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
 
-use super::bootstrap::{self, Identity};
-use super::data_dir;
-use super::membership::Membership;
-use crate::config::{self, ConfigError};
+use crate::cluster::{self, InitialClusterError};
 use crate::ids;
+use crate::layout;
+use crate::wal::{self, Identity};
 
 /// Bytes copied per read and write.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
@@ -58,6 +59,10 @@ pub enum RestoreError {
     Store(#[from] MvccError),
     #[error("creating the WAL: {0}")]
     Wal(#[from] WalError),
+    #[error("cannot start an executor (io_uring, locked memory): {0}")]
+    Executor(GlommioError<()>),
+    #[error("the restore thread failed: {0:?}")]
+    Thread(GlommioError<()>),
 }
 
 /// What a snapshot holds, as `snapshot status` reports it.
@@ -132,7 +137,7 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
 /// Checks a snapshot file (trailer, then every page of the tree) and says what
 /// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
 pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
-    let scratch = scratch_dir.join(data_dir::STORE_FILE);
+    let scratch = scratch_dir.join(layout::STORE_FILE);
     let result = extract(snapshot, &scratch, skip_hash_check).and_then(|checked| summarize(&scratch, checked));
     let _ = std::fs::remove_file(&scratch);
     result
@@ -146,28 +151,44 @@ pub fn restored_member(
     peer_urls: &[String],
     initial_cluster: Option<&str>,
     cluster_token: &str,
-) -> Result<(Identity, Membership), ConfigError> {
-    let cluster = config::initial_cluster(name, peer_urls, initial_cluster)?;
-    let membership = Membership::initial(&cluster, cluster_token);
+) -> Result<(Identity, Membership), InitialClusterError> {
+    let cluster = cluster::initial_cluster(name, peer_urls, initial_cluster)?;
+    let membership = cluster::initial_membership(&cluster, cluster_token);
     let identity = Identity {
         member_id: ids::member_id(peer_urls, cluster_token),
-        cluster_id: membership.cluster_id(),
+        cluster_id: membership.cluster_id,
     };
     Ok((identity, membership))
 }
 
 /// Makes `data_dir` (which must not exist) from `snapshot`, for member
-/// `identity` of the cluster `membership`. Runs on a glommio executor: the WAL
-/// is written with io_uring.
-pub async fn restore(
+/// `identity` of the cluster `membership` (see [`restored_member`]), on an
+/// executor of its own; returns once it is done.
+pub fn restore(
     snapshot: &Path,
     data_dir: &Path,
     identity: Identity,
     membership: &Membership,
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
-    assert_eq!(identity.cluster_id, membership.cluster_id(), "the member's cluster");
-    assert!(membership.voter_ids().contains(&identity.member_id), "a member of it");
+    let (snapshot, data_dir, membership) = (snapshot.to_path_buf(), data_dir.to_path_buf(), membership.clone());
+    glommio::LocalExecutorBuilder::default()
+        .name("restore")
+        .spawn(move || async move { restore_here(&snapshot, &data_dir, identity, &membership, skip_hash_check).await })
+        .map_err(RestoreError::Executor)?
+        .join()
+        .map_err(RestoreError::Thread)?
+}
+
+async fn restore_here(
+    snapshot: &Path,
+    data_dir: &Path,
+    identity: Identity,
+    membership: &Membership,
+    skip_hash_check: bool,
+) -> Result<SnapshotSummary, RestoreError> {
+    assert_eq!(identity.cluster_id, membership.cluster_id, "the member's cluster");
+    assert!(voter_ids(membership).contains(&identity.member_id), "a member of it");
     if data_dir.exists() {
         return Err(RestoreError::Exists(data_dir.to_path_buf()));
     }
@@ -197,14 +218,14 @@ async fn build(
     membership: &Membership,
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
-    let store = dir.join(data_dir::STORE_FILE);
+    let store = dir.join(layout::STORE_FILE);
     let checked = extract(snapshot, &store, skip_hash_check)?;
     let summary = summarize(&store, checked)?;
     // The snapshot holds the membership and configuration of the cluster it
     // was taken from: the new cluster's replace them.
-    let voters = membership.voter_ids();
+    let voters = voter_ids(membership);
     let mut mvcc = Mvcc::open(&store)?;
-    mvcc.set_membership(membership.encode());
+    mvcc.set_membership(membership.encode_to_vec());
     let conf_state = ConfState {
         voters: voters.clone(),
         ..Default::default()
@@ -212,8 +233,8 @@ async fn build(
     mvcc.set_conf_state(conf_state.encode_to_vec());
     mvcc.commit()?;
     drop(mvcc);
-    let (wal, _) = bootstrap::create_wal_at(
-        &dir.join(data_dir::WAL_DIR),
+    let (wal, _) = wal::create(
+        &dir.join(layout::WAL_DIR),
         identity,
         &voters,
         summary.applied_index,
@@ -223,6 +244,18 @@ async fn build(
     drop(wal);
     sync_directory(dir).await.map_err(io(dir))?;
     Ok(summary)
+}
+
+/// The ids of `membership`'s voters, in id order.
+fn voter_ids(membership: &Membership) -> Vec<u64> {
+    let mut voters: Vec<u64> = membership
+        .members
+        .iter()
+        .filter(|member| !member.is_learner)
+        .map(|member| member.id)
+        .collect();
+    voters.sort_unstable();
+    voters
 }
 
 /// Maps an I/O error to one that names `path`.

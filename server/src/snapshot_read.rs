@@ -4,7 +4,7 @@
 
 use ringkv_engine::mvcc::{PageError, SnapshotSource};
 
-use super::fatal;
+use crate::fatal::fatal;
 
 /// The next at most `max_bytes` (a whole number of pages) of the copy, read on
 /// a blocking thread; the source comes back for the next call. A page that
