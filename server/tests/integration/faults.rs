@@ -17,26 +17,24 @@
 //!   revision + 1) saw every revision exactly once, in order.
 //!
 //! The short profile (CI) runs one round of each fault. The long profile:
-//! `RINGKV_FAULT_ROUNDS=50 cargo test --release -p ringkv-server --test faults`
+//! `RINGKV_FAULT_ROUNDS=50 cargo test --release -p ringkv-server --test integration faults::`
 //! (a failing history is written to the temp dir named in the failure message).
-
-#[path = "support/lincheck.rs"]
-mod lincheck;
-mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lincheck::{Budget, Event, Op, Outcome, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use ringkv_proto::etcdserverpb::watch_client::WatchClient;
-use support::cluster::Cluster;
-use support::proxy::Links;
 use tonic::transport::Channel;
+
+use crate::support;
+use crate::support::cluster::Cluster;
+use crate::support::lincheck::{self, Budget, Event, Op, Outcome, Verdict};
+use crate::support::proxy::Links;
 
 const KEYS: [&str; 4] = ["f/a", "f/b", "f/c", "f/d"];
 const CLIENTS: usize = 6;
