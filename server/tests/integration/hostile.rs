@@ -5,23 +5,18 @@
 //!
 //! Every wait is bounded by [`WAIT`] or the support module's own bounds.
 
-mod support;
-
-#[path = "hostile/client.rs"]
 mod client;
-#[path = "hostile/disk_full.rs"]
 mod disk_full;
-#[path = "hostile/peer.rs"]
 mod peer;
-#[path = "hostile/poison.rs"]
 mod poison;
-#[path = "hostile/start.rs"]
 mod start;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringkv_proto::etcdserverpb as pb;
+
+use crate::support;
 
 /// The longest any single step of these tests may take.
 pub const WAIT: Duration = Duration::from_secs(20);

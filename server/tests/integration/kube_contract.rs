@@ -21,8 +21,6 @@
 //!
 //! Everything is on 127.0.0.1; every loop and wait is bounded.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +43,8 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+
+use crate::support;
 
 const PODS: &str = "/registry/pods/";
 const EVENTS: &str = "/registry/events/";

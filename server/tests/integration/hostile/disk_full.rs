@@ -19,8 +19,8 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use tonic::transport::Channel;
 
-use super::support::cluster::Cluster;
-use super::support::{etcdctl_output, Ringkv};
+use crate::support::cluster::Cluster;
+use crate::support::{etcdctl_output, Ringkv};
 
 /// The small file system: a WAL segment, the page file, and the filler.
 const DISK_BYTES: u64 = 256 << 20;
@@ -168,7 +168,7 @@ impl Acked {
 }
 
 async fn client(endpoint: &str) -> KvClient<Channel> {
-    super::support::kv_client(endpoint).await
+    crate::support::kv_client(endpoint).await
 }
 
 fn is_no_space(status: &tonic::Status) -> bool {
@@ -320,7 +320,7 @@ fn disarm(endpoint: &str) {
 }
 
 /// Waits (bounded) until `log` holds `line`.
-async fn wait_for_log(log: &super::support::Log, line: &str, within: Duration) {
+async fn wait_for_log(log: &crate::support::Log, line: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while !log.text().contains(line) {
         assert!(Instant::now() < deadline, "never logged {line:?}:\n{}", log.text());
@@ -377,7 +377,7 @@ async fn a_page_file_that_cannot_grow_refuses_writes_serves_reads_and_recovers_a
     wait_for_log(&ringkv.log, COMMIT_NO_SPACE_LOG, FILL_WAIT).await;
     assert!(alarms(&endpoint).contains("alarm:NOSPACE"), "{}", alarms(&endpoint));
     assert_refused(put(&endpoint, "big/more").await, "a write on the full disk");
-    super::support::get(&endpoint, "big/00000000").await;
+    crate::support::get(&endpoint, "big/00000000").await;
     assert_holds(&endpoint, "big/", &acked).await;
 
     disk.free_filler();
@@ -411,7 +411,7 @@ async fn a_wal_without_room_for_its_next_segment_refuses_writes_serves_reads_and
     assert!(alarms(&endpoint).contains("alarm:NOSPACE"), "{}", alarms(&endpoint));
     assert_refused(put(&endpoint, "small/more").await, "a write on the full disk");
     // Linearizable and serializable reads are served.
-    super::support::get(&endpoint, "small/00000000").await;
+    crate::support::get(&endpoint, "small/00000000").await;
     assert_holds(&endpoint, "small/", &acked).await;
 
     disk.free_filler();
@@ -459,7 +459,7 @@ async fn a_member_killed_with_a_full_wal_restarts_serves_reads_and_resumes_when_
 
     disk.free_filler();
     wait_for_log(&ringkv.log, WAL_BACK_LOG, ROOM_BACK_WAIT).await;
-    super::support::get(&endpoint, "small/00000000").await;
+    crate::support::get(&endpoint, "small/00000000").await;
     writes_work_after_disarm(ringkv, "small/", &acked).await;
 }
 

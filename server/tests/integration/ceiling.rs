@@ -2,14 +2,13 @@
 //! against: it answers KV calls at once, with revisions that go up per write,
 //! and everything else with UNIMPLEMENTED.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
-use support::{channel, free_port, kv_client_once, put_request, KillOnDrop};
+
+use crate::support::{channel, free_port, kv_client_once, put_request, KillOnDrop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ceiling_answers_kv_calls_and_nothing_else() {

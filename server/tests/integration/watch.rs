@@ -3,17 +3,16 @@
 //! unique, atomic, reliable, resumable, bookmarkable) or the behaviour it pins.
 //! No timing assertions: every wait is bounded and only fails the test on expiry.
 
-mod support;
-
 use std::time::Duration;
 
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::mvccpb;
-use support::{prefix_end, Ringkv, WatchSession};
 use tonic::transport::Channel;
 
 use pb::watch_request::RequestUnion;
+
+use crate::support::{self, prefix_end, Ringkv, WatchSession};
 
 fn prefix(key: &str) -> pb::WatchCreateRequest {
     pb::WatchCreateRequest {

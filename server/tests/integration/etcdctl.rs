@@ -5,10 +5,10 @@
 //! covered by the differential gRPC test. Its `lease("k")` txn compare panics in
 //! etcdctl itself, so lease compares are covered there too.)
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+use crate::support;
 
 /// Output of one etcdctl run, with etcdctl's own client log lines (JSON, with
 /// timestamps and ports) dropped and the raft term, which may legitimately differ,
@@ -470,7 +470,7 @@ fn etcdctl_endpoint_commands_work_with_an_endpoint_written_as_a_url() {
 /// over 90% of the target rate, slowest put under 500 ms, deviation under 100 ms.
 /// Those bounds make it a timing check by etcdctl's design, and timings do not
 /// belong in the suite (a loaded CI machine would fail it, not ringkv): run it
-/// with `cargo test --release -p ringkv-server --test etcdctl -- --ignored`.
+/// with `cargo test --release -p ringkv-server --test integration etcdctl:: -- --ignored`.
 #[test]
 #[ignore = "a timing check by etcdctl's design; run with --ignored"]
 fn etcdctl_check_perf_small_load_passes_and_cleans_up_its_prefix() {

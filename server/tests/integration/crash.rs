@@ -7,8 +7,6 @@
 //! Every other round commits the page store every 5 ms instead of every 100 ms, so
 //! kills also land in the middle of page-store commits and WAL segment releases.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +14,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
+
+use crate::support;
 
 const ROUNDS: usize = 30;
 const WRITERS: usize = 8;

@@ -4,8 +4,6 @@
 //! nested txn responses, and error codes and messages. Only the raft term is
 //! ignored (etcd's first election happens at a different term).
 
-mod support;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
@@ -14,6 +12,8 @@ use tonic::transport::Channel;
 
 use pb::compare::{CompareTarget, TargetUnion};
 use pb::request_op::Request as Op;
+
+use crate::support;
 
 const OPERATIONS_PER_SEED: usize = 1500;
 const SEEDS: [u64; 3] = [1, 2, 3];

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ringkv_proto::etcdserverpb as pb;
 
-use super::support::{self, free_port, Ringkv};
 use super::{assert_serves, value_at};
+use crate::support::{self, free_port, Ringkv};
 
 /// How long a refused start may take to exit.
 const REFUSAL: Duration = Duration::from_secs(20);

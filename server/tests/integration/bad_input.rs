@@ -5,8 +5,6 @@
 //!
 //! Every wait is bounded by [`WAIT`].
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use pb::request_op::Request as Op;
+
+use crate::support;
 
 /// The longest any single step of these tests may take.
 const WAIT: Duration = Duration::from_secs(10);

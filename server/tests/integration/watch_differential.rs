@@ -6,15 +6,14 @@
 //! revisions differently) and are not compared. Debian's etcd is 3.4; the fields
 //! compared here behave the same in 3.4 and 3.5.
 
-mod support;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::mvccpb;
-use support::{prefix_end, WatchSession};
 use tonic::transport::Channel;
+
+use crate::support::{self, prefix_end, WatchSession};
 
 const WRITES: usize = 300;
 const KEYS: [&str; 6] = ["a", "ab", "abc", "b", "ba", "c"];

@@ -9,8 +9,6 @@
 //! - MoveLeader hands leadership over; etcdctl's cluster commands work;
 //! - a follower behind the leader's log catches up from a streamed snapshot.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,9 +17,10 @@ use std::time::{Duration, Instant};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use support::cluster::Cluster;
-use support::{channel, get, put_request as put};
 use tonic::transport::Channel;
+
+use crate::support::cluster::Cluster;
+use crate::support::{self, channel, get, put_request as put};
 
 /// Bounds every wait for the cluster to do something (elect, converge).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);

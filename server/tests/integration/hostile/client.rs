@@ -8,8 +8,8 @@ use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 use tokio::net::TcpStream;
 
-use super::support::cluster::Cluster;
-use super::support::{get, kv_client, put_request, Etcd, Ringkv};
+use crate::support::cluster::Cluster;
+use crate::support::{get, kv_client, put_request, Etcd, Ringkv};
 
 /// A raw HTTP/2 connection to `addr`, driven in the background.
 async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {

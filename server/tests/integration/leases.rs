@@ -3,8 +3,6 @@
 //! matters; every wait is bounded, and timing is only asserted as "eventually,
 //! within a bound".
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use ringkv_proto::etcdserverpb as pb;
@@ -12,7 +10,7 @@ use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::Channel;
 
-use support::Ringkv;
+use crate::support::{self, Ringkv};
 
 /// Longest wait for an expired lease's keys to disappear: TTL 2 s, plus the
 /// expiry check and the revoke's trip through raft, with a wide margin.

@@ -9,14 +9,14 @@
 //! order of keys and leases, which etcd takes from Go maps and expiry times.
 //! TTLs are long, so nothing expires during the run.
 
-mod support;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::Channel;
+
+use crate::support;
 
 const OPERATIONS_PER_SEED: usize = 400;
 const SEEDS: [u64; 2] = [7, 8];

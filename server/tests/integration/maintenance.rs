@@ -3,13 +3,11 @@
 //! `/health`, `/livez`, `/readyz`, `/version`, `/metrics` with a plain TCP client;
 //! the NOSPACE alarm; HashKV compared with a real etcd after the same history.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{etcdctl_output, free_port, http_get, Etcd, Ringkv};
+use crate::support::{etcdctl_output, free_port, http_get, Etcd, Ringkv};
 
 /// etcdctl's exit status and output (see `support::etcdctl_output`).
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {

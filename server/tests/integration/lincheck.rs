@@ -2,16 +2,14 @@
 //! histories with known verdicts, and random histories made linearizable by construction
 //! (a simulated run against the model), which must pass, and then broken, which must fail.
 
-#[path = "support/lincheck.rs"]
-mod lincheck;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use lincheck::{check, Budget, Event, Op, Outcome, Verdict};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::support::lincheck::{check, Budget, Event, Op, Outcome, Verdict};
 
 // ---- Events, built as a test reads them: who, what, when, what they saw ----
 

@@ -145,7 +145,7 @@ async fn assert_unharmed(cluster: &mut Cluster, acked: &Acknowledged, attacked: 
         assert_eq!(process.exited(), None, "member {index} exited:\n{}", process.log.text());
     }
     for index in 0..3 {
-        crate::assert_serves(&cluster.endpoint(index)).await;
+        super::assert_serves(&cluster.endpoint(index)).await;
     }
     cluster.wait_converged(SETTLE_TIMEOUT).await;
     let acked = acked.lock().unwrap().clone();

@@ -13,15 +13,14 @@
 //! etcd's strict reconfiguration check refuses changes until the peers have
 //! been connected for 5 s ("unhealthy cluster"): the tests retry through that.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use support::cluster::Cluster;
-use support::{channel, get, put_request as put, Etcd, Ringkv};
+
+use crate::support::cluster::Cluster;
+use crate::support::{self, channel, get, put_request as put, Etcd, Ringkv};
 
 /// Bounds every wait for the cluster to do something.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -2,8 +2,6 @@
 //!
 //! Every wait here is bounded; processes are killed when their handle drops.
 
-#![allow(dead_code)] // each test binary uses a different part of this module
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod lincheck;
 pub mod proxy;
 
 use ringkv_proto::etcdserverpb::kv_client::KvClient;

@@ -7,8 +7,6 @@
 //! `ringkvutl snapshot restore` runs) into a data directory a new member serves
 //! the same data from.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +19,9 @@ use ringkv_engine::mvcc::{KeySpan, Mvcc, RangeEnd, RangeOptions};
 use ringkv_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, StatusRequest};
 use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
-use support::cluster::Cluster;
-use support::{etcdctl_output, kv_client, Ringkv};
+
+use crate::support::cluster::Cluster;
+use crate::support::{etcdctl_output, kv_client, Ringkv};
 
 /// etcdctl's exit status and output (see `support::etcdctl_output`); snapshot
 /// and defrag run while writers load the machine, hence the longer timeout.

@@ -14,8 +14,8 @@ use raft::eraftpb::{
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, RaftRequest};
 
-use super::support::cluster::Cluster;
 use super::{assert_serves, value_at, WAIT};
+use crate::support::cluster::Cluster;
 use pb::request_op::Request as Op;
 
 /// The most transactions the client core accepts one inside another
@@ -44,7 +44,7 @@ fn nested_txn(depth: usize, key: &str) -> pb::TxnRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_txns_are_bounded_where_they_enter_and_every_member_applies_what_was_accepted() {
     let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
-    let mut client = super::support::kv_client(&cluster.endpoint(0)).await;
+    let mut client = crate::support::kv_client(&cluster.endpoint(0)).await;
 
     let deepest = nested_txn(TXN_DEPTH_MAX, "deep");
     client.txn(deepest).await.expect("the deepest accepted txn commits");
@@ -160,9 +160,9 @@ fn restart_all(cluster: &mut Cluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_a_peer_forges_are_skipped_by_every_member_and_again_after_a_restart() {
     let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
-    let mut client = super::support::kv_client(&cluster.endpoint(0)).await;
+    let mut client = crate::support::kv_client(&cluster.endpoint(0)).await;
     client
-        .put(super::support::put_request("before", "acknowledged"))
+        .put(crate::support::put_request("before", "acknowledged"))
         .await
         .expect("put before");
 
@@ -233,13 +233,13 @@ async fn entries_a_peer_forges_are_skipped_by_every_member_and_again_after_a_res
         );
         assert_eq!(value_at(&cluster.endpoint(index), "forged").await, None);
     }
-    let mut client = super::support::kv_client(&cluster.endpoint(follower)).await;
+    let mut client = crate::support::kv_client(&cluster.endpoint(follower)).await;
     client
-        .put(super::support::put_request("after", "acknowledged"))
+        .put(crate::support::put_request("after", "acknowledged"))
         .await
         .expect("put after");
     // Nobody was added: the forged conf changes changed nothing.
-    let channel = super::support::channel(&cluster.endpoint(leader)).await;
+    let channel = crate::support::channel(&cluster.endpoint(leader)).await;
     let members = pb::cluster_client::ClusterClient::new(channel)
         .member_list(pb::MemberListRequest { linearizable: false })
         .await
