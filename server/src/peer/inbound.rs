@@ -56,14 +56,8 @@ pub(super) struct Local {
     pub(super) admission: Rc<Admission>,
     snapshots: Rc<snapshot::Receives>,
     pub(super) drops: Cell<PeerDrops>,
-    pub(super) warnings: Warnings,
-}
-
-/// The peer side's warnings, each kind limited on its own.
-#[derive(Debug, Default)]
-pub(super) struct Warnings {
-    rejected: LogLimit,
-    pub(super) screened: LogLimit,
+    /// Warnings about closed connections, at a bounded rate.
+    rejected_warnings: LogLimit,
 }
 
 impl Local {
@@ -76,7 +70,7 @@ impl Local {
             admission: Rc::new(Admission::new(member_id)),
             snapshots: Rc::default(),
             drops: Cell::default(),
-            warnings: Warnings::default(),
+            rejected_warnings: LogLimit::default(),
         }
     }
 
@@ -89,7 +83,7 @@ impl Local {
     /// Counts a connection closed by this member, and warns about it.
     fn reject(&self, peer: impl Display, why: impl Display) {
         self.count(|drops| drops.connections_rejected += 1);
-        if let Some(held_back) = self.warnings.rejected.allow() {
+        if let Some(held_back) = self.rejected_warnings.allow() {
             tracing::warn!(%peer, held_back, "peer connection closed: {why}");
         }
     }

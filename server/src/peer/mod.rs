@@ -31,14 +31,13 @@
 mod admission;
 pub(crate) mod frame;
 mod inbound;
-mod log_limit;
+pub(crate) mod log_limit;
 pub mod query;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod raft_fixture;
 pub(crate) mod screen;
 pub(crate) mod snapshot;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,6 +73,15 @@ pub enum PeerEvent {
     Received(Box<Message>),
     /// Messages to this peer were lost (raft's `report_unreachable`).
     Unreachable(u64),
+    /// The connection to `peer` is up, since `at` (etcd's `ActiveSince`).
+    /// `link` tells one sender task from the next, which replaces it when
+    /// the peer's URLs change: only the same link's `Disconnected` undoes it.
+    Connected { peer: u64, link: u64, at: Instant },
+    /// The connection `link` to `peer` is down.
+    Disconnected { peer: u64, link: u64 },
+    /// A message for peer `to` that could not be queued: the peer is not
+    /// known, or its queue is full.
+    Undelivered { to: u64, message: PeerMessage },
     /// A follower forwards a lease call to this member as the leader.
     LeaseForward { from: u64, forward: LeaseForward },
     /// The leader's answer to a lease call this member forwarded.
@@ -91,14 +99,10 @@ pub enum PeerEvent {
 /// Where the transport reports; false once the store core is gone.
 pub type Report = Rc<dyn Fn(PeerEvent) -> bool>;
 
-/// Since when the connection to a peer has been up; None while it is down.
-type ActiveSince = Rc<Cell<Option<Instant>>>;
-
 /// One peer's sender task, as the transport holds it.
 struct Peer {
     urls: Vec<String>,
     queue: LocalSender<PeerMessage>,
-    active_since: ActiveSince,
 }
 
 /// One member's peer side: a sender task per peer, and the listeners.
@@ -112,6 +116,8 @@ pub struct PeerTransport {
     listening: bool,
     /// What every accepted connection's task shares.
     local: Rc<Local>,
+    /// Sender tasks started so far: the next one's link number.
+    links_started: u64,
 }
 
 /// What the peer side dropped, for /metrics.
@@ -120,8 +126,6 @@ pub struct PeerDrops {
     /// Connections the peer port closed: over a limit, silent past a timeout,
     /// a bad frame, or a hello it refused.
     pub connections_rejected: u64,
-    /// Raft messages from peers that the screen dropped.
-    pub raft_messages_dropped: u64,
 }
 
 impl PeerTransport {
@@ -140,6 +144,7 @@ impl PeerTransport {
             listen_addrs,
             listening: false,
             local: Rc::new(Local::new(member_id, cluster_id, snap_dir)),
+            links_started: 0,
         }
     }
 
@@ -171,33 +176,9 @@ impl PeerTransport {
         *self.local.membership.borrow_mut() = membership;
     }
 
-    /// Whether `message`, received from a peer, may be stepped into `raft`
-    /// ([`screen`]); a message dropped is counted and warned about.
-    pub fn admits<S: raft::Storage>(&self, raft: &raft::Raft<S>, message: &Message) -> bool {
-        let Err(dropped) = screen::check(raft, message) else {
-            return true;
-        };
-        self.local.count(|drops| drops.raft_messages_dropped += 1);
-        if let Some(held_back) = self.local.warnings.screened.allow() {
-            tracing::warn!(
-                from = format_args!("{:x}", message.from),
-                %dropped,
-                held_back,
-                "raft message from a peer dropped: stepping it could stop this member"
-            );
-        }
-        false
-    }
-
     /// What the peer side dropped so far.
     pub fn drops(&self) -> PeerDrops {
         self.local.drops.get()
-    }
-
-    /// Since when the connection to `peer` has been up (etcd's `ActiveSince`);
-    /// None if it is down or `peer` is unknown.
-    pub fn active_since(&self, peer: u64) -> Option<Instant> {
-        self.peers.get(&peer).and_then(|peer| peer.active_since.get())
     }
 
     /// Makes the senders match `peers` (id and peer URLs, this member excluded):
@@ -232,20 +213,16 @@ impl PeerTransport {
             to: id,
         };
         let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
-        let active_since = ActiveSince::default();
         let sender = Sender {
             hello,
             addrs,
             queue: receiver,
             report: Rc::clone(&self.report),
-            active_since: Rc::clone(&active_since),
+            link: self.links_started,
         };
+        self.links_started += 1;
         glommio::spawn_local(sender.run()).detach();
-        let peer = Peer {
-            urls,
-            queue,
-            active_since,
-        };
+        let peer = Peer { urls, queue };
         self.peers.insert(id, peer);
     }
 
@@ -315,21 +292,54 @@ struct Sender {
     addrs: Vec<String>,
     queue: LocalReceiver<PeerMessage>,
     report: Report,
-    active_since: ActiveSince,
+    link: u64,
 }
 
 impl Sender {
-    /// Sends until the peer is removed; notes when the connection is up.
+    /// Sends until the peer is removed; reports when the connection is up.
     async fn run(self) {
         let Sender {
             hello,
             addrs,
             queue,
             report,
-            active_since,
+            link,
         } = self;
-        run_sender(hello, addrs, queue, report, &active_since).await;
-        active_since.set(None);
+        let mut state = LinkState {
+            peer: hello.to,
+            link,
+            report: Rc::clone(&report),
+            up: false,
+        };
+        run_sender(hello, addrs, queue, report, &mut state).await;
+        state.down();
+    }
+}
+
+/// Whether a sender's connection is up, as the store core was told.
+struct LinkState {
+    peer: u64,
+    link: u64,
+    report: Report,
+    up: bool,
+}
+
+impl LinkState {
+    fn up(&mut self) {
+        self.up = true;
+        let (peer, link) = (self.peer, self.link);
+        (self.report)(PeerEvent::Connected {
+            peer,
+            link,
+            at: Instant::now(),
+        });
+    }
+
+    fn down(&mut self) {
+        if std::mem::take(&mut self.up) {
+            let (peer, link) = (self.peer, self.link);
+            (self.report)(PeerEvent::Disconnected { peer, link });
+        }
     }
 }
 
@@ -338,7 +348,7 @@ async fn run_sender(
     addrs: Vec<String>,
     queue: LocalReceiver<PeerMessage>,
     report: Report,
-    active_since: &Cell<Option<Instant>>,
+    link: &mut LinkState,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut out = Vec::new();
@@ -346,7 +356,7 @@ async fn run_sender(
     let mut failures = 0u64;
     loop {
         let Some(mut stream) = connect(&addrs, hello).await else {
-            active_since.set(None);
+            link.down();
             failures += 1;
             // A peer that is down is logged once, then every 60th attempt.
             if failures % 60 == 1 {
@@ -364,7 +374,7 @@ async fn run_sender(
         }
         failures = 0;
         backoff = BACKOFF_MIN;
-        active_since.set(Some(Instant::now()));
+        link.up();
         out.clear();
         loop {
             // Wait for one message, then take whatever else is queued; with
@@ -394,7 +404,7 @@ async fn run_sender(
                 return;
             }
             if let Err(error) = written {
-                active_since.set(None);
+                link.down();
                 tracing::info!(peer = format_args!("{:x}", hello.to), %error, "peer connection lost");
                 if !report(PeerEvent::Unreachable(hello.to)) {
                     return;

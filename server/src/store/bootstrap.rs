@@ -12,7 +12,7 @@ use raft::{Config as RaftConfig, RawNode};
 use ringkv_datadir::layout::{self, SNAP_DIR, STORE_FILE, WAL_DIR};
 use ringkv_datadir::wal::{self, Identity};
 use ringkv_engine::mvcc::{Mvcc, MvccError};
-use ringkv_engine::wal::{Recovered, Wal, WalError, WalOptions};
+use ringkv_engine::wal::{DmaDir, Recovered, Wal, WalDir, WalError, WalOptions};
 
 use super::membership::Membership;
 use super::raft_log::RaftLog;
@@ -39,11 +39,11 @@ pub enum BootstrapError {
 }
 
 /// Everything the store core starts with.
-pub struct Opened {
+pub struct Opened<D: WalDir = DmaDir> {
     pub identity: Identity,
     pub raw: RawNode<RaftLog>,
     pub mvcc: Mvcc,
-    pub wal: Wal,
+    pub wal: Wal<D>,
     pub membership: Membership,
 }
 
@@ -59,26 +59,93 @@ pub enum Start {
     Join,
 }
 
-/// Opens (or creates) the member in `data_dir`. `initial` is used for a new data
-/// directory (see [`Start`]); `election_ticks` raft ticks make an election timeout.
-pub async fn open(
-    data_dir: &Path,
+/// Where a member's state lives at start: a data directory on disk
+/// ([`DataDir`]), or a simulation's memory.
+pub trait MemberStorage {
+    type WalDir: WalDir + Clone + 'static;
+    /// Creates what must exist before anything is opened (the directory).
+    fn prepare(&self) -> Result<(), BootstrapError>;
+    /// The page store's name in messages.
+    fn store_path(&self) -> PathBuf;
+    /// Opens (or creates) the page store.
+    fn open_store(&self) -> Result<Mvcc, MvccError>;
+    /// The WAL's name in messages.
+    fn wal_path(&self) -> PathBuf;
+    fn wal_exists(&self) -> bool;
+    async fn open_wal(&self) -> Result<(Wal<Self::WalDir>, Recovered), WalError>;
+    /// Creates the WAL of a new member, starting from `voters`.
+    async fn create_wal(&self, identity: Identity, voters: &[u64]) -> Result<(Wal<Self::WalDir>, Recovered), WalError>;
+    /// Finishes installing the snapshot the WAL's last snapshot record names,
+    /// if a crash interrupted it (see [`DataDir`]).
+    fn finish_interrupted_install(&self, index: u64) -> Result<(), String>;
+    /// Removes what earlier runs left of received snapshots.
+    fn clear_received(&self) -> Result<(), BootstrapError>;
+}
+
+/// A data directory on disk; its layout is `ringkv_datadir::layout`'s.
+pub struct DataDir<'a>(pub &'a Path);
+
+impl MemberStorage for DataDir<'_> {
+    type WalDir = DmaDir;
+
+    fn prepare(&self) -> Result<(), BootstrapError> {
+        std::fs::create_dir_all(self.0).map_err(|source| BootstrapError::DataDir {
+            path: self.0.to_path_buf(),
+            source,
+        })
+    }
+
+    fn store_path(&self) -> PathBuf {
+        self.0.join(STORE_FILE)
+    }
+
+    fn open_store(&self) -> Result<Mvcc, MvccError> {
+        Mvcc::open(&self.store_path())
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        self.0.join(WAL_DIR)
+    }
+
+    fn wal_exists(&self) -> bool {
+        Wal::exists(&self.wal_path())
+    }
+
+    async fn open_wal(&self) -> Result<(Wal, Recovered), WalError> {
+        Wal::open(&self.wal_path(), WalOptions::default()).await
+    }
+
+    async fn create_wal(&self, identity: Identity, voters: &[u64]) -> Result<(Wal, Recovered), WalError> {
+        wal::create(&self.wal_path(), identity, voters, 0, 0).await
+    }
+
+    fn finish_interrupted_install(&self, index: u64) -> Result<(), String> {
+        install_interrupted(self.0, index)
+    }
+
+    fn clear_received(&self) -> Result<(), BootstrapError> {
+        let snap_dir = self.0.join(SNAP_DIR);
+        clear_snap_dir(&snap_dir).map_err(|source| BootstrapError::DataDir { path: snap_dir, source })
+    }
+}
+
+/// Opens (or creates) the member in `storage`. `initial` is used for a new
+/// member (see [`Start`]); `election_ticks` raft ticks make an election timeout.
+pub async fn open<S: MemberStorage>(
+    storage: &S,
     configured: Identity,
     initial: Membership,
     start: Start,
     election_ticks: usize,
-) -> Result<Opened, BootstrapError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| BootstrapError::DataDir {
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
-    let store_path = data_dir.join(STORE_FILE);
+) -> Result<Opened<S::WalDir>, BootstrapError> {
+    storage.prepare()?;
+    let store_path = storage.store_path();
     let store_error = |source| BootstrapError::Store {
         path: store_path.clone(),
         source,
     };
-    let mut mvcc = Mvcc::open(&store_path).map_err(store_error)?;
-    let wal_dir = data_dir.join(WAL_DIR);
+    let mut mvcc = storage.open_store().map_err(store_error)?;
+    let wal_dir = storage.wal_path();
     let wal_error = |source| BootstrapError::Wal {
         path: wal_dir.clone(),
         source,
@@ -87,8 +154,8 @@ pub async fn open(
         path: wal_dir.clone(),
         reason,
     };
-    let opened_wal = if Wal::exists(&wal_dir) {
-        Some(Wal::open(&wal_dir, WalOptions::default()).await.map_err(wal_error)?)
+    let opened_wal = if storage.wal_exists() {
+        Some(storage.open_wal().await.map_err(wal_error)?)
     } else if mvcc.applied_index() != 0 {
         return Err(inconsistent(format!(
             "the WAL is missing but {} holds data up to raft index {}",
@@ -102,14 +169,13 @@ pub async fn open(
         let snapshot_index = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.index);
         if snapshot_index > mvcc.applied_index() {
             drop(mvcc);
-            install_interrupted(data_dir, snapshot_index).map_err(inconsistent)?;
-            mvcc = Mvcc::open(&store_path).map_err(store_error)?;
+            storage
+                .finish_interrupted_install(snapshot_index)
+                .map_err(inconsistent)?;
+            mvcc = storage.open_store().map_err(store_error)?;
         }
     }
-    clear_snap_dir(&data_dir.join(SNAP_DIR)).map_err(|source| BootstrapError::DataDir {
-        path: data_dir.join(SNAP_DIR),
-        source,
-    })?;
+    storage.clear_received()?;
     let identity = match &opened_wal {
         Some((_, recovered)) => Identity::decode(&recovered.metadata)
             .ok_or_else(|| inconsistent("WAL metadata is not a member identity".to_string()))?,
@@ -145,9 +211,7 @@ pub async fn open(
                 start == Start::New,
                 "a new cluster's member votes from the start; a joiner does not"
             );
-            wal::create(&wal_dir, identity, &voters, 0, 0)
-                .await
-                .map_err(wal_error)?
+            storage.create_wal(identity, &voters).await.map_err(wal_error)?
         }
     };
     if identity != configured {

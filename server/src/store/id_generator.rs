@@ -20,8 +20,9 @@ pub struct IdGenerator {
 }
 
 impl IdGenerator {
-    pub fn new(member_id: u64) -> IdGenerator {
-        let millis = SystemTime::now()
+    /// A generator for `member_id` started at wall-clock time `now`.
+    pub fn new(member_id: u64, now: SystemTime) -> IdGenerator {
+        let millis = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
         IdGenerator::starting_at(member_id, millis)

@@ -1,10 +1,10 @@
 //! The store core: raft, the WAL and MVCC, owned by one executor.
 
 pub mod auto_compaction;
-mod bootstrap;
-mod core;
+pub(crate) mod bootstrap;
+pub(crate) mod core;
 pub(crate) mod entry;
-mod event;
+pub(crate) mod event;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod id_generator;
@@ -12,17 +12,20 @@ pub mod join;
 mod lease_clock;
 pub mod membership;
 pub mod messages;
+pub(crate) mod outbox;
 mod raft_log;
 mod raft_logger;
 mod reads;
+mod shell;
 mod stepped_read;
-mod wal_io;
+pub(crate) mod store_files;
+pub(crate) mod wal_io;
 mod watchers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
 use glommio::channels::local_channel;
@@ -36,13 +39,15 @@ use self::core::{StoreCore, StoreSettings};
 use self::event::Event;
 use self::membership::Membership;
 use self::messages::{Call, Reply};
+use self::shell::Shell;
+use self::store_files::DataDirFiles;
 use self::watchers::WatchOutlet;
 use crate::config::auto_compaction::AutoCompactionPolicy;
 use crate::peer::{self, PeerEvent, PeerTransport};
 use crate::watch::{WatchCommand, WatchPush};
 
 /// Raft ticks between ReadIndex retries (and attribute publishing attempts).
-const RETRY_TICKS: u64 = 5;
+pub(crate) const RETRY_TICKS: u64 = 5;
 /// Events handled per pass before the Ready loop runs again (bounds latency).
 const EVENTS_PER_PASS_MAX: usize = 1024;
 
@@ -118,7 +123,7 @@ pub async fn run(
         connected_commands.push(command.await);
     }
     let opened = bootstrap::open(
-        &settings.data_dir,
+        &bootstrap::DataDir(&settings.data_dir),
         settings.identity,
         settings.initial_membership,
         settings.start,
@@ -207,24 +212,33 @@ pub async fn run(
         catch_up_entries: settings.catch_up_entries,
         retry_ticks: RETRY_TICKS,
         join_peers: settings.join_peers,
-        data_dir: settings.data_dir.clone(),
     };
+    let client_cores = connected_replies.len();
     let mut core = StoreCore::new(
         store_settings,
         opened.raw,
         opened.mvcc,
         opened.membership,
-        transport,
+        Box::new(DataDirFiles {
+            data_dir: settings.data_dir.clone(),
+        }),
+        client_cores,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    let mut shell = Shell {
         events,
         wal_jobs,
-        connected_replies,
-        WatchOutlet::new(connected_pushes),
-    );
+        transport,
+        replies: connected_replies,
+        watch_outlet: WatchOutlet::new(connected_pushes),
+    };
     // Clients are let in only once everything known committed is applied again
     // (so even a serializable read after a restart sees every write this member
     // acknowledged) and this member's client URLs are published.
     let mut ready = Some(ready);
-    core.drive();
+    core.drive(Instant::now());
+    shell.carry_out(core.take_effects());
     loop {
         if core.ready_to_serve() {
             if let Some(ready) = ready.take() {
@@ -234,7 +248,7 @@ pub async fn run(
         let first = if core.has_background_work() {
             match future::poll_once(event_queue.recv()).await {
                 Some(event) => event,
-                None => match core.background_rest() {
+                None => match core.background_rest(Instant::now()) {
                     // Compaction rests between steps: wait for an event, or
                     // for the rest to end. Waiting also lets glommio submit
                     // and reap the WAL's I/O, which it does only when no task
@@ -253,8 +267,9 @@ pub async fn run(
                         }
                     }
                     None => {
-                        core.background_step();
-                        core.drive();
+                        core.background_step(Instant::now());
+                        core.drive(Instant::now());
+                        shell.carry_out(core.take_effects());
                         glommio::yield_if_needed().await;
                         continue;
                     }
@@ -266,20 +281,21 @@ pub async fn run(
         let Some(first) = first else {
             return;
         };
-        core.handle(first);
+        core.handle(Instant::now(), first);
         for _ in 1..EVENTS_PER_PASS_MAX {
             match future::poll_once(event_queue.recv()).await {
-                Some(Some(event)) => core.handle(event),
+                Some(Some(event)) => core.handle(Instant::now(), event),
                 _ => break,
             }
         }
-        core.drive();
+        core.drive(Instant::now());
+        shell.carry_out(core.take_effects());
     }
 }
 
 /// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ in whole seconds (2 s with
 /// the default 1 s election timeout), so a lease outlives a leader election.
-fn min_lease_ttl_seconds(election_timeout: Duration) -> i64 {
+pub(crate) fn min_lease_ttl_seconds(election_timeout: Duration) -> i64 {
     let min_ttl = election_timeout * 3 / 2;
     let seconds = min_ttl.as_secs() + u64::from(min_ttl.subsec_nanos() > 0);
     i64::try_from(seconds.max(1)).expect("election timeouts are small")

@@ -64,7 +64,7 @@ pub async fn run(mut wal: Wal, jobs: LocalReceiver<WalJob>, events: Rc<LocalSend
 
 /// Does one job; the event that reports it, if any. `disk_delay` (the fault
 /// suite's slow disk, test builds only) is waited before a Persist's write.
-async fn run_job<D: WalDir + Clone + 'static>(
+pub(crate) async fn run_job<D: WalDir + Clone + 'static>(
     wal: &mut Wal<D>,
     job: WalJob,
     disk_delay: Option<Duration>,

@@ -1,7 +1,5 @@
 //! The store core's cluster side: publishing this member's attributes, the
-//! membership MemberList reports, proposal timeouts, and leader transfer.
-
-use std::time::Instant;
+//! membership MemberList reports, and leader transfer.
 
 use raft::StateRole;
 use ringkv_proto::etcdserverpb as pb;
@@ -16,32 +14,27 @@ impl StoreCore {
     /// let in only then, as etcd's `ReadyNotify` waits for the publish. Retried
     /// every few ticks (a proposal may be lost with a leader change).
     pub(super) fn publish_attributes(&mut self) {
-        if self.attributes_published || self.raw.raft.leader_id == raft::INVALID_ID {
+        if self.raw.raft.leader_id == raft::INVALID_ID || !self.publication.due(self.ticks, self.settings.retry_ticks) {
             return;
         }
-        if let Some(attempted) = self.publish_attempted_at {
-            if self.ticks < attempted + self.settings.retry_ticks {
-                return; // one attempt in flight is enough
-            }
-        }
-        self.publish_attempted_at = Some(self.ticks);
         let attributes = MemberAttributes {
             member_id: self.settings.member_id,
             name: self.settings.member.name.clone(),
             client_urls: self.settings.member.client_urls.clone(),
         };
-        match self.propose_entry(raft_request::Request::MemberAttributes(attributes)) {
-            Ok(id) => self.publish_ids.push(id),
-            Err(error) => tracing::debug!(%error, "publishing member attributes: will retry"),
+        let proposed = self.propose_entry(raft_request::Request::MemberAttributes(attributes));
+        if let Err(error) = &proposed {
+            tracing::debug!(%error, "publishing member attributes: will retry");
         }
+        self.publication.attempted(self.ticks, proposed.ok());
     }
 
     pub(super) fn apply_member_attributes(&mut self, id: u64, attributes: &MemberAttributes) {
         if self.membership.set_attributes(attributes) {
             self.mvcc.set_membership(self.membership.encode());
-            self.transport.set_membership(self.membership.to_stored());
+            self.membership_changed();
             // Stored with the data: make the change durable soon.
-            self.applied_since_commit += 1;
+            self.commits.note_change();
             tracing::info!(
                 member_id = format_args!("{:x}", attributes.member_id),
                 name = %attributes.name,
@@ -49,40 +42,13 @@ impl StoreCore {
                 "member attributes applied"
             );
         }
-        if self.publish_ids.contains(&id) {
-            self.attributes_published = true;
-            self.publish_ids = Vec::new();
-        }
+        self.publication.applied(id);
     }
 
     pub(super) fn member_list(&self) -> pb::MemberListResponse {
         pb::MemberListResponse {
             header: None,
             members: self.membership.to_pb(),
-        }
-    }
-
-    /// Answers proposals that were not applied within the request timeout, as
-    /// etcd does. Their outcome is unknown to the client: the entry may still
-    /// commit later (the error says so: "request timed out").
-    pub(super) fn expire_proposals(&mut self) {
-        let now = Instant::now();
-        while let Some(&(deadline, id)) = self.proposal_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.proposal_deadlines.pop_front();
-            let Some(waiter) = self.waiters.remove(&id) else {
-                continue; // applied in time
-            };
-            let proposed_at = deadline - self.settings.request_timeout;
-            let error = if self.leader_changed_since > proposed_at {
-                EtcdError::TimeoutDueToLeaderFail
-            } else {
-                EtcdError::Timeout
-            };
-            self.metrics.proposals_failed += 1;
-            self.reply(waiter.client, waiter.call_id, Err(error));
         }
     }
 
@@ -105,27 +71,8 @@ impl StoreCore {
         }
         tracing::info!(target = format_args!("{target:x}"), "transferring leadership");
         self.raw.transfer_leader(target);
-        self.leader_transfers.push(super::LeaderTransfer {
-            client,
-            call_id,
-            target,
-            deadline: Instant::now() + self.settings.request_timeout,
-        });
-    }
-
-    /// Answers MoveLeader calls whose target now leads or whose time ran out.
-    pub(super) fn settle_leader_transfers(&mut self) {
-        let leader = self.raw.raft.leader_id;
-        let now = Instant::now();
-        for transfer in std::mem::take(&mut self.leader_transfers) {
-            if leader == transfer.target {
-                let response = super::Response::MoveLeader(pb::MoveLeaderResponse { header: None });
-                self.reply(transfer.client, transfer.call_id, Ok(response));
-            } else if now >= transfer.deadline {
-                self.reply(transfer.client, transfer.call_id, Err(EtcdError::TimeoutLeaderTransfer));
-            } else {
-                self.leader_transfers.push(transfer);
-            }
-        }
+        // Answered when the target leads (`settle_leader_transfers`).
+        let request_id = self.request_ids.next(|_| false) as u64;
+        self.wait_for(request_id, client, call_id, super::Awaited::Leader { target });
     }
 }

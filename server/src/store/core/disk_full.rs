@@ -28,9 +28,9 @@ use ringkv_engine::wal::Record;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request;
 
+use super::Effect;
 use super::StoreCore;
 use crate::etcd_error::EtcdError;
-use crate::fatal::fatal;
 use crate::store::wal_io::WalJob;
 
 /// How often what found no room is tried again: the WAL append that waits for
@@ -139,7 +139,7 @@ impl StoreCore {
     fn found_no_space(&mut self) {
         self.disk_full
             .retry_at
-            .get_or_insert_with(|| Instant::now() + NO_SPACE_RETRY_INTERVAL);
+            .get_or_insert_with(|| self.now + NO_SPACE_RETRY_INTERVAL);
         self.raise_nospace();
     }
 
@@ -149,7 +149,7 @@ impl StoreCore {
         let Some(retry_at) = self.disk_full.retry_at else {
             return;
         };
-        if Instant::now() < retry_at {
+        if self.now < retry_at {
             return;
         }
         if !self.disk_full.is_full() {
@@ -160,23 +160,21 @@ impl StoreCore {
         if self.disk_full.wal_stuck {
             // The roll that failed makes the segment itself.
             self.persist_unwritten();
-        } else if self.disk_full.wal_out_of_space && self.wal_jobs.try_send(WalJob::RetrySpare).is_err() {
-            fatal("the WAL task stopped");
+        } else if self.disk_full.wal_out_of_space {
+            self.outbox.push(Effect::Wal(WalJob::RetrySpare));
         }
         if std::mem::take(&mut self.disk_full.commit_retry_due) {
             let plan = self.mvcc.retry_commit();
-            self.execute_commit(plan);
+            self.outbox.push(Effect::Commit(plan));
         }
         self.raise_nospace();
-        self.disk_full.retry_at = Some(Instant::now() + NO_SPACE_RETRY_INTERVAL);
+        self.disk_full.retry_at = Some(self.now + NO_SPACE_RETRY_INTERVAL);
     }
 
     /// Sends the records the WAL had no room for again, if they wait.
     fn persist_unwritten(&mut self) {
         if let Some((ready, records)) = self.disk_full.unwritten.take() {
-            if self.wal_jobs.try_send(WalJob::Persist { ready, records }).is_err() {
-                fatal("the WAL task stopped");
-            }
+            self.outbox.push(Effect::Wal(WalJob::Persist { ready, records }));
         }
     }
 
@@ -202,10 +200,9 @@ impl StoreCore {
             .mvcc
             .alarms()
             .any(|alarm| alarm.member_id == me && alarm.kind == pb::AlarmType::Nospace as i32);
-        let pending = self
-            .disk_full
-            .alarm_proposed_at
-            .is_some_and(|at| self.disk_full.wal_stuck || at.elapsed() < self.settings.request_timeout);
+        let pending = self.disk_full.alarm_proposed_at.is_some_and(|at| {
+            self.disk_full.wal_stuck || self.now.saturating_duration_since(at) < self.settings.request_timeout
+        });
         if active || pending {
             return;
         }
@@ -218,7 +215,7 @@ impl StoreCore {
         // it is persisted once there is room. No waiter: whoever asked for the
         // write that found no room hears NoSpace now.
         match self.propose_to_raft(raft_request::Request::Alarm(alarm)) {
-            Ok(_) => self.disk_full.alarm_proposed_at = Some(Instant::now()),
+            Ok(_) => self.disk_full.alarm_proposed_at = Some(self.now),
             Err(_) => self.metrics.proposals_failed += 1,
         }
     }

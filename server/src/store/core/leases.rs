@@ -10,18 +10,12 @@ use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{lease_forward, lease_forward_reply, raft_request, LeaseForward, LeaseForwardReply};
 
 use super::super::lease_clock::{ParkedKeepAlive, Renewal, EXPIRED_REVOKES_PER_CHECK_MAX};
-use super::StoreCore;
+use super::Effect;
+use super::{Awaited, StoreCore};
 use crate::apply::{self, ApplyError};
 use crate::etcd_error::EtcdError;
 use crate::peer::PeerMessage;
 use crate::store::messages::Response;
-
-/// A lease call forwarded to the leader, waiting for its answer.
-pub(super) struct ForwardedLeaseCall {
-    client: usize,
-    call_id: u64,
-    deadline: Instant,
-}
 
 impl StoreCore {
     /// LeaseGrant with id 0 gets a server-chosen id before proposing, so that
@@ -36,7 +30,7 @@ impl StoreCore {
 
     pub(super) fn apply_lease_grant(&mut self, grant: &pb::LeaseGrantRequest) -> Result<Response, ApplyError> {
         let response = apply::lease::grant(&mut self.mvcc, grant, self.settings.min_lease_ttl_seconds)?;
-        self.lease_clock.granted(Instant::now(), response.id, response.ttl);
+        self.lease_clock.granted(self.now, response.id, response.ttl);
         Ok(Response::LeaseGrant(response))
     }
 
@@ -80,7 +74,7 @@ impl StoreCore {
         let Some(ttl) = self.mvcc.leases().ttl(id) else {
             return Some(0);
         };
-        match self.lease_clock.renew(Instant::now(), id, ttl) {
+        match self.lease_clock.renew(self.now, id, ttl) {
             Renewal::Renewed(ttl) => Some(ttl),
             Renewal::Expiring => None,
             Renewal::NotLeader => unreachable!("only the leader renews"),
@@ -94,7 +88,7 @@ impl StoreCore {
         }
         let remaining = self
             .lease_clock
-            .remaining_seconds(Instant::now(), request.id)
+            .remaining_seconds(self.now, request.id)
             .ok_or(EtcdError::NoLeader)?;
         Ok(Response::LeaseTimeToLive(apply::lease::time_to_live(
             &self.mvcc, request, remaining,
@@ -128,7 +122,7 @@ impl StoreCore {
     }
 
     /// Sends a lease call to the leader; answered by `finish_lease_forward`, or
-    /// by `expire_lease_forwards` if no answer comes within the request timeout.
+    /// by `expire_waits` if no answer comes within the request timeout.
     fn forward_lease_call(&mut self, client: usize, call_id: u64, request: lease_forward::Request) {
         let leader = self.raw.raft.leader_id;
         if leader == raft::INVALID_ID || leader == self.settings.member_id {
@@ -141,19 +135,19 @@ impl StoreCore {
             request_id,
             request: Some(request),
         };
-        if !self.transport.send_to(leader, PeerMessage::LeaseForward(forward)) {
-            self.reply(client, call_id, Err(EtcdError::NoLeader));
-            return;
+        let message = PeerMessage::LeaseForward(forward);
+        self.outbox.push(Effect::ToPeer { to: leader, message });
+        self.wait_for(request_id, client, call_id, Awaited::LeaseAnswer);
+    }
+
+    /// A forwarded call the transport could not queue for the leader.
+    pub(super) fn lease_forward_undelivered(&mut self, request_id: u64) {
+        if let Some(waiting) = self
+            .waiting
+            .remove_if(request_id, |awaited| *awaited == Awaited::LeaseAnswer)
+        {
+            self.reply(waiting.client, waiting.call_id, Err(EtcdError::NoLeader));
         }
-        let call = ForwardedLeaseCall {
-            client,
-            call_id,
-            deadline: Instant::now() + self.settings.request_timeout,
-        };
-        assert!(
-            self.lease_forwards.insert(request_id, call).is_none(),
-            "request ids are unique"
-        );
     }
 
     /// The leader's side of a forwarded call. An expiring lease answers TTL 0
@@ -181,12 +175,17 @@ impl StoreCore {
             result: Some(result),
         };
         // Lost with the connection: the follower's call times out.
-        self.transport.send_to(from, PeerMessage::LeaseForwardReply(reply));
+        let message = PeerMessage::LeaseForwardReply(reply);
+        self.outbox.push(Effect::ToPeer { to: from, message });
     }
 
     /// A forwarded call's answer came back from the leader.
     pub(super) fn finish_lease_forward(&mut self, reply: LeaseForwardReply) {
-        let Some(call) = self.lease_forwards.remove(&reply.request_id) else {
+        let request_id = reply.request_id;
+        let Some(call) = self
+            .waiting
+            .remove_if(request_id, |awaited| *awaited == Awaited::LeaseAnswer)
+        else {
             return; // timed out already
         };
         let result = match reply.result {
@@ -203,19 +202,10 @@ impl StoreCore {
         self.reply(call.client, call.call_id, result);
     }
 
-    /// Forwarded calls unanswered past the request timeout fail as etcd's do.
-    pub(super) fn expire_lease_forwards(&mut self) {
-        for call in super::take_expired(&mut self.lease_forwards, |call| call.deadline) {
-            self.reply(call.client, call.call_id, Err(EtcdError::Timeout));
-        }
-    }
-
     /// On each tick the leader proposes a Revoke for every expired lease (at most
     /// `EXPIRED_REVOKES_PER_CHECK_MAX`); nobody waits for these entries.
     pub(super) fn revoke_expired_leases(&mut self) {
-        let due = self
-            .lease_clock
-            .due_for_revoke(Instant::now(), EXPIRED_REVOKES_PER_CHECK_MAX);
+        let due = self.lease_clock.due_for_revoke(self.now, EXPIRED_REVOKES_PER_CHECK_MAX);
         for id in due {
             let request = raft_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id });
             if let Err(error) = self.propose_entry(request) {
@@ -233,7 +223,7 @@ impl StoreCore {
         if leading {
             let leases = self.mvcc.leases().iter();
             self.lease_clock
-                .promote(Instant::now(), self.settings.election_timeout, leases);
+                .promote(self.now, self.settings.election_timeout, leases);
             return;
         }
         for parked in self.lease_clock.demote() {

@@ -2,15 +2,13 @@
 //! quota, Hash and HashKV, MoveLeader, and the metrics snapshot. Each answer is
 //! built from state the store core owns; alarm changes go through raft like writes.
 
-use std::time::Instant;
-
 use prost::Message;
 use raft::StateRole;
 use ringkv_engine::mvcc::Alarm;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request;
 
-use super::{StoreCore, Waiter};
+use super::StoreCore;
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
 use crate::metrics::MetricsSnapshot;
@@ -121,7 +119,7 @@ impl StoreCore {
             return;
         }
         let current = self.mvcc.current_revision();
-        let Some(revision) = self.auto_compactor.due(Instant::now(), current) else {
+        let Some(revision) = self.auto_compactor.due(self.now, current) else {
             return;
         };
         tracing::info!(revision, current, "auto-compaction: compacting");
@@ -132,19 +130,6 @@ impl StoreCore {
         if let Err(error) = self.propose_entry(raft_request::Request::Compaction(compact)) {
             self.metrics.proposals_failed += 1;
             tracing::warn!(revision, %error, "auto-compaction: the compaction could not be proposed");
-        }
-    }
-
-    /// Proposes `request` and remembers who waits for it.
-    pub(super) fn propose_for(&mut self, waiter: Waiter, request: raft_request::Request) {
-        match self.propose_entry(request) {
-            Ok(id) => assert!(self.waiters.insert(id, waiter).is_none(), "request ids are unique"),
-            Err(error) => {
-                if error == EtcdError::NoLeader {
-                    self.metrics.proposals_failed += 1;
-                }
-                self.reply(waiter.client, waiter.call_id, Err(error));
-            }
         }
     }
 
@@ -181,7 +166,7 @@ impl StoreCore {
             _ => {}
         }
         // Alarms are stored with the data: make the change durable soon.
-        self.applied_since_commit += 1;
+        self.commits.note_change();
         pb::AlarmResponse { header: None, alarms }
     }
 
@@ -266,14 +251,16 @@ impl StoreCore {
             leader_changes: self.metrics.leader_changes,
             proposals_committed: self.raw.raft.raft_log.committed,
             proposals_applied: self.mvcc.applied_index(),
-            proposals_pending: self.waiters.len() as u64,
+            proposals_pending: self.proposals_pending() as u64,
             proposals_failed: self.metrics.proposals_failed,
             entries_skipped: self.metrics.entries_skipped,
             snapshots_sent: self.metrics.snapshots_sent,
             snapshots_send_failed: self.metrics.snapshots_send_failed,
             snapshots_received: self.metrics.snapshots_received,
-            peer_connections_rejected: self.transport.drops().connections_rejected,
-            peer_raft_messages_dropped: self.transport.drops().raft_messages_dropped,
+            // The peer port's own count: the shell fills it in (the core
+            // does not see the peer port).
+            peer_connections_rejected: 0,
+            peer_raft_messages_dropped: self.metrics.raft_messages_screened,
             db_total_bytes: self.mvcc.file_bytes(),
             db_in_use_bytes: self.mvcc.in_use_bytes(),
             quota_backend_bytes: self.settings.quota_backend_bytes.map_or(0, |quota| quota as i64),

@@ -29,7 +29,9 @@ use ringkv_datadir::ids;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{self, raft_request, ConfChangeContext, PromoteCheck, PromoteVerdict};
 
-use super::{Request, Response, StoreCore, Waiter};
+use super::conf_changes::QueuedConfChange;
+use super::Effect;
+use super::{Awaited, Request, Response, StoreCore};
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
 use crate::peer::PeerMessage;
@@ -46,27 +48,11 @@ const LEARNER_READY_FRACTION: f64 = 0.9;
 pub(super) const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 /// Bytes of entries in the last append to a removed member (raft's own limit).
 const FAREWELL_BYTES_MAX: u64 = 1024 * 1024;
-/// Configuration changes waiting for this member's one in flight.
-const CONF_CHANGES_QUEUED_MAX: usize = 64;
-
-/// A MemberPromote call on a follower, waiting for the leader's verdict.
-pub(super) struct AskedLeaderToPromote {
-    client: usize,
-    call_id: u64,
-    member_id: u64,
-    deadline: Instant,
-}
-
-/// A configuration change waiting to be proposed; its waiter is registered
-/// under `request_id` (and times out as any proposal does).
-pub(super) struct QueuedConfChange {
-    request_id: u64,
-    change: ConfChangeV2,
-}
 
 impl StoreCore {
     pub(super) fn member_add(&mut self, client: usize, call_id: u64, request: pb::MemberAddRequest) {
-        let unix_seconds = SystemTime::now()
+        let (then, wall_clock_then) = self.wall_clock;
+        let unix_seconds = (wall_clock_then + self.now.saturating_duration_since(then))
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
         let member = ringkvpb::Member {
@@ -104,19 +90,20 @@ impl StoreCore {
             answered: false,
             verdict: PromoteVerdict::PromoteReady as i32,
         };
-        if leader == raft::INVALID_ID || !self.transport.send_to(leader, PeerMessage::PromoteCheck(check)) {
+        if leader == raft::INVALID_ID {
             return self.reply(client, call_id, Err(EtcdError::NoLeader));
         }
-        let asked = AskedLeaderToPromote {
-            client,
-            call_id,
-            member_id,
-            deadline: Instant::now() + self.settings.request_timeout,
-        };
-        assert!(
-            self.promote_checks.insert(request_id, asked).is_none(),
-            "request ids are unique"
-        );
+        let message = PeerMessage::PromoteCheck(check);
+        self.outbox.push(Effect::ToPeer { to: leader, message });
+        self.wait_for(request_id, client, call_id, Awaited::PromoteVerdict { member_id });
+    }
+
+    /// A question the transport could not queue for the leader.
+    pub(super) fn promote_check_undelivered(&mut self, request_id: u64) {
+        let asked = |awaited: &Awaited| matches!(awaited, Awaited::PromoteVerdict { .. });
+        if let Some(waiting) = self.waiting.remove_if(request_id, asked) {
+            self.reply(waiting.client, waiting.call_id, Err(EtcdError::NoLeader));
+        }
     }
 
     /// A follower's question (answered if this member leads) or the leader's
@@ -134,27 +121,25 @@ impl StoreCore {
                 verdict: verdict as i32,
                 ..check
             };
-            self.transport.send_to(from, PeerMessage::PromoteCheck(answer));
+            let message = PeerMessage::PromoteCheck(answer);
+            self.outbox.push(Effect::ToPeer { to: from, message });
             return;
         }
-        let Some(asked) = self.promote_checks.remove(&check.request_id) else {
+        let asked = |awaited: &Awaited| matches!(awaited, Awaited::PromoteVerdict { .. });
+        let Some(asked) = self.waiting.remove_if(check.request_id, asked) else {
             return; // expired meanwhile
         };
+        let Awaited::PromoteVerdict { member_id } = asked.kind else {
+            unreachable!("removed as a promote verdict")
+        };
         let result = match PromoteVerdict::from_i32(check.verdict) {
-            Some(PromoteVerdict::PromoteReady) => Ok(MemberChange::Promote(asked.member_id)),
+            Some(PromoteVerdict::PromoteReady) => Ok(MemberChange::Promote(member_id)),
             Some(PromoteVerdict::PromoteLearnerNotReady) => Err(EtcdError::LearnerNotReady),
             Some(PromoteVerdict::PromoteNotEnoughStarted) => Err(EtcdError::NotEnoughStarted),
             // The leader changed in between; etcd would ask the next one.
             Some(PromoteVerdict::PromoteNotLeader) | None => Err(EtcdError::NotLeader),
         };
         self.propose_member_change(asked.client, asked.call_id, result);
-    }
-
-    /// Promotions whose leader did not answer within the request timeout.
-    pub(super) fn expire_promote_checks(&mut self) {
-        for asked in super::take_expired(&mut self.promote_checks, |asked| asked.deadline) {
-            self.reply(asked.client, asked.call_id, Err(EtcdError::Timeout));
-        }
     }
 
     pub(super) fn member_update(&mut self, client: usize, call_id: u64, request: pb::MemberUpdateRequest) {
@@ -177,7 +162,7 @@ impl StoreCore {
             return Err(EtcdError::NotEnoughStarted);
         }
         let voters = self.membership.voter_ids();
-        if self.voters_connected_since(Instant::now() - HEALTH_INTERVAL) < voters.len() {
+        if self.voters_connected_since(self.now - HEALTH_INTERVAL) < voters.len() {
             return Err(EtcdError::Unhealthy);
         }
         Ok(())
@@ -192,11 +177,11 @@ impl StoreCore {
             return Err(EtcdError::NotEnoughStarted);
         }
         // A member that is down is not part of the active quorum.
-        if id != self.settings.member_id && self.transport.active_since(id).is_none() {
+        if id != self.settings.member_id && !self.peers_active_since.contains_key(&id) {
             return Ok(());
         }
         let voters = self.membership.voter_ids().len();
-        let active = self.voters_connected_since(Instant::now() - HEALTH_INTERVAL);
+        let active = self.voters_connected_since(self.now - HEALTH_INTERVAL);
         if active < 1 + 1 + (voters.saturating_sub(1)) / 2 {
             return Err(EtcdError::Unhealthy);
         }
@@ -228,7 +213,7 @@ impl StoreCore {
         self.membership
             .voter_ids()
             .into_iter()
-            .filter(|&id| id == me || self.transport.active_since(id).is_some_and(|t| t <= since))
+            .filter(|&id| id == me || self.peers_active_since.get(&id).is_some_and(|&(_, up)| up <= since))
             .count()
     }
 
@@ -237,48 +222,30 @@ impl StoreCore {
             Ok(change) => change,
             Err(error) => return self.reply(client, call_id, Err(error)),
         };
-        if self.conf_changes_queued.len() >= CONF_CHANGES_QUEUED_MAX {
+        let request_id = self.request_ids.next(|_| false) as u64;
+        let change = conf_change(request_id, &change);
+        if self.conf_changes.push(QueuedConfChange { request_id, change }).is_err() {
             return self.reply(client, call_id, Err(EtcdError::TooManyRequests));
         }
-        let request_id = self.request_ids.next(|_| false) as u64;
-        let waiter = Waiter {
-            client,
-            call_id,
-            physical_compaction: false,
-        };
-        assert!(
-            self.waiters.insert(request_id, waiter).is_none(),
-            "request ids are unique"
-        );
-        self.proposal_deadlines
-            .push_back((Instant::now() + self.settings.request_timeout, request_id));
-        let change = conf_change(request_id, &change);
-        self.conf_changes_queued
-            .push_back(QueuedConfChange { request_id, change });
+        let physical_compaction = false;
+        self.wait_for(request_id, client, call_id, Awaited::Entry { physical_compaction });
         self.propose_queued_conf_changes();
     }
 
     /// Proposes the next queued configuration change once raft takes it.
     pub(super) fn propose_queued_conf_changes(&mut self) {
-        while let Some(next) = self.conf_changes_queued.front() {
-            if !self.waiters.contains_key(&next.request_id) {
-                self.conf_changes_queued.pop_front(); // timed out while queued
-                continue;
-            }
-            let in_flight = self
-                .conf_change_in_flight
-                .is_some_and(|id| self.waiters.contains_key(&id));
+        loop {
             let leader_busy = self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf();
-            if in_flight || leader_busy {
+            let waiting = &self.waiting;
+            let Some(next) = self.conf_changes.next(|id| waiting.contains(id), leader_busy) else {
                 return;
-            }
-            let next = self.conf_changes_queued.pop_front().expect("looked at above");
+            };
             if self.raw.propose_conf_change(Vec::new(), next.change).is_ok() {
-                self.conf_change_in_flight = Some(next.request_id);
+                self.conf_changes.proposed(next.request_id);
             } else {
                 // Dropped: no leader to take it.
                 self.metrics.proposals_failed += 1;
-                let waiter = self.waiters.remove(&next.request_id).expect("checked above");
+                let waiter = self.waiting.remove(next.request_id).expect("checked above");
                 self.reply(waiter.client, waiter.call_id, Err(EtcdError::NoLeader));
             }
         }
@@ -309,14 +276,16 @@ impl StoreCore {
             self.raw.mut_store().set_conf_state(conf_state);
             if let Some(farewell) = farewell {
                 // Queued before the peer's sender goes; it still sends it.
-                self.transport.send_to(farewell.to, PeerMessage::Raft(farewell));
+                let to = farewell.to;
+                let message = PeerMessage::Raft(farewell);
+                self.outbox.push(Effect::ToPeer { to, message });
             }
             self.apply_membership_change(&member_change);
         } else {
             tracing::info!(index, change = ?member_change, error = ?result, "membership change refused");
         }
         let result = result.map(|()| self.member_change_response(&member_change));
-        if let Some(waiter) = self.waiters.remove(&request_id) {
+        if let Some(waiter) = self.waiting.remove_if(request_id, Awaited::is_entry) {
             self.reply(waiter.client, waiter.call_id, result);
         }
     }
@@ -369,7 +338,7 @@ impl StoreCore {
         self.membership.apply(change);
         self.mvcc.set_membership(self.membership.encode());
         // Stored with the data: make the change durable soon.
-        self.applied_since_commit += 1;
+        self.commits.note_change();
         tracing::info!(change = ?change, "membership change applied");
         self.membership_changed();
         if self.membership.is_removed(self.settings.member_id) && self.removed_at.is_none() {
@@ -391,8 +360,8 @@ impl StoreCore {
                 }
             }
         }
-        self.transport.set_peers(&peers);
-        self.transport.set_membership(self.membership.to_stored());
+        let membership = self.membership.to_stored();
+        self.outbox.push(Effect::Peers { peers, membership });
     }
 
     /// etcd stops a member once it applies its own removal, after a delay for
@@ -400,7 +369,7 @@ impl StoreCore {
     /// most caught-up voter first, so the others need not wait out an election.
     fn removed_from_cluster(&mut self) {
         tracing::warn!("this member was removed from the cluster; stopping in {REMOVED_STOP_DELAY:?}");
-        self.removed_at = Some(Instant::now());
+        self.removed_at = Some(self.now);
         if self.raw.raft.state == StateRole::Leader {
             let me = self.settings.member_id;
             let successor = self
@@ -415,13 +384,11 @@ impl StoreCore {
         }
     }
 
-    /// Exits once a removed member's delay has passed.
-    pub(super) fn stop_if_removed(&self) {
-        if self.removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
-            let message = "the member has been permanently removed from the cluster";
-            tracing::error!("{message}; its data directory must not be used again");
-            eprintln!("ringkv: {message}");
-            std::process::exit(0);
+    /// Asks to stop once a removed member's delay has passed.
+    pub(super) fn stop_if_removed(&mut self) {
+        let removed_at = self.removed_at;
+        if removed_at.is_some_and(|at| self.now.saturating_duration_since(at) >= REMOVED_STOP_DELAY) {
+            self.outbox.push(Effect::Stop);
         }
     }
 

@@ -86,7 +86,7 @@ impl StoreCore {
             || self
                 .snapshot_waits
                 .iter()
-                .any(|wait| wait.applied_index > self.durable_applied_index)
+                .any(|wait| wait.applied_index > self.commits.durable_applied_index())
     }
 
     /// Runs just before a commit is sealed: the next step of a defragmentation.
@@ -136,10 +136,10 @@ impl StoreCore {
     /// Between commits: pins the durable commit for every Snapshot call it
     /// satisfies.
     pub(super) fn serve_snapshots(&mut self) {
-        if self.commit.is_some() || self.snapshot_waits.is_empty() {
+        if self.commits.in_flight() || self.snapshot_waits.is_empty() {
             return;
         }
-        let durable = self.durable_applied_index;
+        let durable = self.commits.durable_applied_index();
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waits)
             .into_iter()
             .partition(|wait| wait.applied_index <= durable);

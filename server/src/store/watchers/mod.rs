@@ -178,6 +178,11 @@ impl Watchers {
         self.catch_up_may_progress = true;
     }
 
+    /// How many client cores the notices are for.
+    pub fn client_cores(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// The notices for client core `client` since the last call.
     pub fn take_outbox(&mut self, client: usize) -> Vec<Notice> {
         std::mem::take(&mut self.outbox[client])

@@ -9,9 +9,7 @@
 use std::collections::VecDeque;
 
 use glommio::channels::shared_channel::ConnectedSender;
-use ringkv_proto::etcdserverpb as pb;
 
-use super::Watchers;
 use crate::watch::WatchPush;
 
 pub struct WatchOutlet {
@@ -25,21 +23,14 @@ impl WatchOutlet {
         WatchOutlet { senders, waiting }
     }
 
-    pub fn client_cores(&self) -> usize {
-        self.senders.len()
+    /// Queues a push for client core `client` (see `flush`).
+    pub fn push(&mut self, client: usize, push: WatchPush) {
+        self.waiting[client].push_back(push);
     }
 
-    /// Moves every notice the watchers produced towards its client core.
-    pub fn flush(&mut self, watchers: &mut Watchers, header: &pb::ResponseHeader) {
-        for (client, sender) in self.senders.iter().enumerate() {
-            let notices = watchers.take_outbox(client);
-            let waiting = &mut self.waiting[client];
-            if !notices.is_empty() {
-                waiting.push_back(WatchPush {
-                    header: header.clone(),
-                    notices,
-                });
-            }
+    /// Moves what waits towards the client cores, as far as their channels take it.
+    pub fn flush(&mut self) {
+        for (sender, waiting) in self.senders.iter().zip(&mut self.waiting) {
             while let Some(push) = waiting.pop_front() {
                 match sender.try_send(push) {
                     Ok(()) => {}
