@@ -8,7 +8,9 @@ use std::path::Path;
 
 use prost::Message;
 use raft_proto::eraftpb::{ConfState, Entry, HardState};
-use ringkv_engine::wal::{EntryRecord, HardStateRecord, Record, Recovered, SnapshotRecord, Wal, WalError, WalOptions};
+use ringkv_engine::wal::{
+    EntryRecord, HardStateRecord, Record, Recovered, SnapshotRecord, Wal, WalDir, WalError, WalOptions,
+};
 
 /// Who this member is; stored in the WAL at creation and authoritative afterwards
 /// (as in etcd, changing identity flags later does not change a member's id).
@@ -46,20 +48,42 @@ pub async fn create(
     index: u64,
     term: u64,
 ) -> Result<(Wal, Recovered), WalError> {
+    let (metadata, snapshot) = initial_records(identity, voters, index, term);
+    let wal = Wal::create(wal_dir, WalOptions::default(), metadata, snapshot.clone()).await?;
+    Ok((wal, recovered_at_creation(identity, snapshot)))
+}
+
+/// [`create`] in any WAL directory (a simulation's), with `options`.
+pub async fn create_in<D: WalDir + Clone + 'static>(
+    dir: D,
+    options: WalOptions,
+    identity: Identity,
+    voters: &[u64],
+) -> Result<(Wal<D>, Recovered), WalError> {
+    let (metadata, snapshot) = initial_records(identity, voters, 0, 0);
+    let wal = Wal::create_in(dir, options, metadata, snapshot.clone()).await?;
+    Ok((wal, recovered_at_creation(identity, snapshot)))
+}
+
+/// A new WAL's metadata (the member's identity) and first snapshot record
+/// (the configuration of `voters` at `index`, `term`).
+fn initial_records(identity: Identity, voters: &[u64], index: u64, term: u64) -> (Vec<u8>, SnapshotRecord) {
     assert!(!voters.is_empty(), "a configuration has a voter");
     let conf_state = ConfState {
         voters: voters.to_vec(),
         ..Default::default()
     };
-    let snapshot = snapshot_record(index, term, &conf_state);
-    let wal = Wal::create(wal_dir, WalOptions::default(), identity.encode(), snapshot.clone()).await?;
-    let recovered = Recovered {
+    (identity.encode(), snapshot_record(index, term, &conf_state))
+}
+
+/// What opening a WAL just created would recover.
+fn recovered_at_creation(identity: Identity, snapshot: SnapshotRecord) -> Recovered {
+    Recovered {
         metadata: identity.encode(),
         snapshot: Some(snapshot),
         hard_state: None,
         entries: Vec::new(),
-    };
-    Ok((wal, recovered))
+    }
 }
 
 pub fn entry_record(entry: &Entry) -> Record {

@@ -21,6 +21,10 @@ struct State {
     durable: Vec<u8>,
     /// (offset, bytes) written since the last sync, in order.
     unsynced: Vec<(u64, Vec<u8>)>,
+    /// `durable` with `unsynced` written over it: what reads see, kept up to
+    /// date so that a read does not rebuild the file (the simulation reads
+    /// pages by the million).
+    current: Vec<u8>,
     /// Writes that succeed before the next one fails (None: no failure armed).
     writes_before_failure: Option<u32>,
     fail_next_sync: bool,
@@ -30,12 +34,13 @@ struct State {
 }
 
 impl State {
-    fn current(&self) -> Vec<u8> {
+    /// Rebuilds `current` after `durable` or `unsynced` changed other than by a write.
+    fn rebuild_current(&mut self) {
         let mut bytes = self.durable.clone();
         for (offset, data) in &self.unsynced {
             overwrite(&mut bytes, *offset, data);
         }
-        bytes
+        self.current = bytes;
     }
 }
 
@@ -55,6 +60,16 @@ pub struct SimPageIo {
 impl SimPageIo {
     pub fn new() -> Arc<SimPageIo> {
         Arc::new(SimPageIo::default())
+    }
+
+    /// A file whose durable bytes are `bytes` (a copy received whole).
+    pub fn with_durable(bytes: Vec<u8>) -> Arc<SimPageIo> {
+        let io = SimPageIo::default();
+        let mut state = io.state.lock().unwrap();
+        state.durable = bytes;
+        state.rebuild_current();
+        drop(state);
+        Arc::new(io)
     }
 
     /// The write after `successes` more successful ones fails.
@@ -96,6 +111,7 @@ impl SimPageIo {
                 }
             }
         }
+        state.rebuild_current();
     }
 
     /// Flips one durable byte (a bad sector).
@@ -103,12 +119,13 @@ impl SimPageIo {
         let mut state = self.state.lock().unwrap();
         assert!(state.unsynced.is_empty(), "corrupt durable data only");
         state.durable[offset as usize] ^= 0x5a;
+        state.rebuild_current();
     }
 }
 
 impl PageIo for SimPageIo {
     fn size(&self) -> io::Result<u64> {
-        Ok(self.state.lock().unwrap().current().len() as u64)
+        Ok(self.state.lock().unwrap().current.len() as u64)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -121,6 +138,7 @@ impl PageIo for SimPageIo {
             Some(n) => state.writes_before_failure = Some(n - 1),
             None => {}
         }
+        overwrite(&mut state.current, offset, data);
         state.unsynced.push((offset, data.to_vec()));
         Ok(())
     }
@@ -131,6 +149,7 @@ impl PageIo for SimPageIo {
         if std::mem::take(&mut state.fail_next_sync) {
             // fsyncgate: the kernel drops the dirty pages and reports once.
             state.unsynced.clear();
+            state.rebuild_current();
             return Err(io::Error::other("injected fsync error"));
         }
         for (offset, data) in std::mem::take(&mut state.unsynced) {
@@ -147,6 +166,9 @@ impl PageIo for SimPageIo {
         if state.durable.len() < len as usize {
             state.durable.resize(len as usize, 0);
         }
+        if state.current.len() < len as usize {
+            state.current.resize(len as usize, 0);
+        }
         Ok(())
     }
 
@@ -159,12 +181,14 @@ impl PageIo for SimPageIo {
             let end = (*offset as usize + data.len()).min(len as usize);
             data.truncate(end.saturating_sub(*offset as usize));
         }
+        state.rebuild_current();
         Ok(())
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let current = self.state.lock().unwrap().current();
-        let bytes = current
+        let state = self.state.lock().unwrap();
+        let bytes = state
+            .current
             .get(offset as usize..offset as usize + buf.len())
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(bytes);
@@ -172,6 +196,8 @@ impl PageIo for SimPageIo {
     }
 
     fn map(&self) -> io::Result<Mapping> {
-        Ok(Mapping::Memory(self.state.lock().unwrap().current().into()))
+        Ok(Mapping::Memory(Arc::from(
+            self.state.lock().unwrap().current.as_slice(),
+        )))
     }
 }
