@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod snapshot_read;
 pub mod status;
 pub mod store;

@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
-pub mod lincheck;
+pub use ringkv_server::sim::lincheck;
 pub mod proxy;
 
 use ringkv_proto::etcdserverpb::kv_client::KvClient;

@@ -1,4 +1,5 @@
-//! A linearizability checker for key-value histories, for the fault-injection tests.
+//! A linearizability checker for key-value histories: the fault suite's (real
+//! processes) and the deterministic simulation's (`sim`).
 //!
 //! Every operation touches one key, and linearizability is P-compositional (Herlihy &
 //! Wing, 1990): a history is linearizable iff each key's sub-history is. So each key is
