@@ -39,6 +39,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         ringkv_version = ringkv_server::version::RINGKV_VERSION,
         etcd_version = ringkv_server::version::ETCD_COMPATIBLE_VERSION,
@@ -62,7 +65,7 @@ fn main() {
         tracing::info!(
             member_id = format_args!("{:x}", running.identity.member_id),
             data_dir = %config.data_dir.display(),
-            "ready: serving client requests on http://{addr}"
+            "ready: serving client requests on {addr}"
         );
     }
     running.wait();
