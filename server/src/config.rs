@@ -2,6 +2,7 @@
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
 pub mod auto_compaction;
+pub mod etcd_flags;
 pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
