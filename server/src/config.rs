@@ -162,7 +162,7 @@ pub struct Flags {
     pub auto_compaction_retention: String,
 
     /// Comma-separated URLs to also serve /metrics, /health, /livez, /readyz and
-    /// /version on (HTTP only).
+    /// /version on (HTTP/1.1; https ones with the client port's certificate).
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
 
