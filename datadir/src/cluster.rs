@@ -51,8 +51,9 @@ pub fn split_urls(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// `text`, the value of `--flag`, as an `http://host:port` URL.
-pub fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, BadUrl> {
+/// `text`, the value of `--flag`, as an `http://host:port` or `https://host:port`
+/// URL (the scheme says whether the port speaks TLS).
+pub fn parse_url(flag: &'static str, text: &str) -> Result<url::Url, BadUrl> {
     let bad = |reason: &str| BadUrl {
         flag,
         url: text.to_string(),
@@ -60,12 +61,11 @@ pub fn parse_http_url(flag: &'static str, text: &str) -> Result<url::Url, BadUrl
     };
     let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
-        "http" => {}
-        "https" => return Err(bad("TLS is not supported yet; use http://")),
-        _ => return Err(bad("scheme must be http")),
+        "http" | "https" => {}
+        _ => return Err(bad("scheme must be http or https")),
     }
     if url.host_str().is_none() || url.port().is_none() {
-        return Err(bad("expected http://host:port"));
+        return Err(bad("expected http://host:port or https://host:port"));
     }
     Ok(url)
 }
@@ -95,7 +95,7 @@ fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, InitialCluste
         let (name, url) = pair
             .split_once('=')
             .ok_or_else(|| InitialClusterError::NotNameUrl { pair: pair.clone() })?;
-        parse_http_url("initial-cluster", url)?;
+        parse_url("initial-cluster", url)?;
         match members.iter_mut().find(|member| member.name == name) {
             Some(member) => member.peer_urls.push(url.to_string()),
             None => members.push(InitialMember {
@@ -224,8 +224,8 @@ mod tests {
              --initial-advertise-peer-urls=http://localhost:2380"
         );
         assert_eq!(
-            refused("default=https://x:1"),
-            r#"invalid URL "https://x:1" in --initial-cluster: TLS is not supported yet; use http://"#
+            refused("default=unix://x:1"),
+            r#"invalid URL "unix://x:1" in --initial-cluster: scheme must be http or https"#
         );
     }
 }

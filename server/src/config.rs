@@ -2,18 +2,19 @@
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
 pub mod auto_compaction;
+pub mod etcd_flags;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ringkv_datadir::cluster::{
-    initial_cluster, parse_http_url, split_urls, BadUrl, InitialClusterError, InitialMember,
-};
+use ringkv_datadir::cluster::{initial_cluster, parse_url, split_urls, BadUrl, InitialClusterError, InitialMember};
 use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
 
 use self::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
+use self::tls::{TlsFiles, TlsFlagError, TlsProtocol};
 
 /// etcd's `--max-txn-ops` default.
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
@@ -35,6 +36,9 @@ pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 10_000;
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 /// etcd 3.4's `--snapshot-count` default.
 pub const SNAPSHOT_COUNT_DEFAULT: u64 = 100_000;
+/// The longest `--self-signed-cert-validity`, in years (a certificate's end
+/// date must stay within what X.509 dates hold; etcd has no bound).
+pub const SELF_SIGNED_CERT_VALIDITY_YEARS_MAX: u32 = 100;
 /// The shortest `--watch-progress-notify-interval`: each tick visits every
 /// progress_notify watcher on the store core, so it must not run too often.
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MIN: Duration = Duration::from_millis(100);
@@ -47,54 +51,58 @@ pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MIN: Duration = Duration::from_millis(1
 #[command(name = "ringkv", version, about, long_about = None)]
 pub struct Flags {
     /// Human-readable name for this member.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
 
     /// Path to the data directory [default: <name>.ringkv].
-    #[arg(long)]
+    #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on one port).
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
 
     /// Comma-separated client URLs of this member to advertise to clients.
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
     pub advertise_client_urls: String,
 
     /// Comma-separated URLs to listen on for peer (raft) traffic; a member with
     /// no peers does not listen.
-    #[arg(long, default_value = "http://localhost:2380")]
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
 
     /// Comma-separated peer URLs of this member, as the other members reach it.
     /// With --initial-cluster they determine the member id (derived as etcd does).
-    #[arg(long, default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub initial_advertise_peer_urls: String,
 
     /// Initial cluster configuration for bootstrapping: name=peer-URL pairs, comma
     /// separated (a name may repeat for several URLs) [default: <name>=<initial-advertise-peer-urls>].
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
     /// Initial cluster state: `new` (bootstrap with --initial-cluster) or
     /// `existing` (join a running cluster after MemberAdd: --initial-cluster lists
     /// every member, this one included; the member learns its id from the others'
     /// peer URLs). Used only when the data directory is new.
-    #[arg(long, value_enum, default_value = "new")]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: InitialClusterState,
 
     /// Initial cluster token; part of the member and cluster id derivation, as in etcd.
-    #[arg(long, default_value = "etcd-cluster")]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
 
     /// Time (in milliseconds) of a heartbeat interval: one raft tick.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
 
     /// Time (in milliseconds) for an election to time out: at least 5 heartbeat
     /// intervals, as etcd requires.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
 
     /// Committed entries a member keeps in its raft log (and WAL) behind what its
@@ -102,21 +110,21 @@ pub struct Flags {
     /// the entries of up to this many transactions between its snapshots); one
     /// further behind is sent a snapshot of the page store. Only members with
     /// peers keep any.
-    #[arg(long, default_value_t = SNAPSHOT_COUNT_DEFAULT)]
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = SNAPSHOT_COUNT_DEFAULT)]
     pub snapshot_count: u64,
 
     /// Maximum number of operations permitted in a transaction.
-    #[arg(long, default_value_t = MAX_TXN_OPS_DEFAULT)]
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = MAX_TXN_OPS_DEFAULT)]
     pub max_txn_ops: usize,
 
     /// Maximum client request size in bytes the server will accept.
-    #[arg(long, default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
 
     /// Maximum concurrent streams that each client can open at a time (etcd's
     /// default: math.MaxUint32; 0 means the same, as in grpc-go). Streams past it
     /// are refused with HTTP/2's REFUSED_STREAM.
-    #[arg(long, default_value_t = u32::MAX)]
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
 
     /// Tests only: the largest response message, below grpc-go's 2 GiB - 1, so a
@@ -126,42 +134,143 @@ pub struct Flags {
 
     /// Maximum time between page-store commits (the WAL is the durability point; this
     /// bounds how much WAL a restart replays).
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ETCD_BACKEND_BATCH_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub backend_batch_interval: Duration,
 
     /// Maximum number of applied entries per page-store commit.
-    #[arg(long, default_value_t = BACKEND_BATCH_LIMIT_DEFAULT)]
+    #[arg(long, env = "ETCD_BACKEND_BATCH_LIMIT", default_value_t = BACKEND_BATCH_LIMIT_DEFAULT)]
     pub backend_batch_limit: usize,
 
     /// Raise the NOSPACE alarm when the page store would grow past this many bytes
     /// (0: the default, 2 GiB; negative: no quota).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub quota_backend_bytes: i64,
 
     /// How --auto-compaction-retention is read: `periodic` (keep that much time of
     /// history) or `revision` (keep that many revisions).
-    #[arg(long, value_enum, default_value = "periodic")]
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", value_enum, default_value = "periodic")]
     pub auto_compaction_mode: AutoCompactionMode,
 
     /// History to keep when compacting automatically: for periodic, a duration
     /// (`30m`, `1h`) or a number of hours; for revision, a revision count. 0: off.
-    #[arg(long, default_value = "0")]
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
     /// Comma-separated URLs to also serve /metrics, /health, /livez, /readyz and
-    /// /version on (HTTP only).
-    #[arg(long, default_value = "")]
+    /// /version on (HTTP/1.1; https ones with the client port's certificate).
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
 
     /// Interval between periodic progress notifications to watchers that asked for
     /// them (at least 100ms). etcd 3.5 spells it --experimental-watch-progress-notify-interval.
     #[arg(
-        long,
+        long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
         alias = "experimental-watch-progress-notify-interval",
         default_value = "10m",
         value_parser = humantime::parse_duration
     )]
     pub watch_progress_notify_interval: Duration,
+
+    /// Path to the client server TLS cert file (https:// client and metrics URLs).
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA cert file; as in etcd 3.4, it
+    /// also makes client certificates required.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Require client certificates signed by --trusted-ca-file on the client port.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value = "false", value_parser = go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub client_cert_auth: bool,
+
+    /// Path to the client certificate revocation list file.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// A client certificate must be valid for this host name (its subject
+    /// alternative names).
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
+
+    /// Client TLS using a self-signed certificate made at start (when no
+    /// --cert-file and --key-file are given).
+    #[arg(long, env = "ETCD_AUTO_TLS", default_value = "false", value_parser = go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub auto_tls: bool,
+
+    /// Years the certificates made by --auto-tls and --peer-auto-tls are valid.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
+
+    /// Path to the peer server TLS cert file (https:// peer URLs).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer client TLS cert file presented when dialing peers
+    /// [default: --peer-cert-file].
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_FILE")]
+    pub peer_client_cert_file: Option<PathBuf>,
+
+    /// Path to the peer client TLS key file [default: --peer-key-file].
+    #[arg(long, env = "ETCD_PEER_CLIENT_KEY_FILE")]
+    pub peer_client_key_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS trusted CA file: peers' certificates are
+    /// verified against it, both ways.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require peer certificates signed by --peer-trusted-ca-file on the peer
+    /// port: a connection without one is refused before any raft message.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value = "false", value_parser = go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
+
+    /// Path to the peer certificate revocation list file.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+
+    /// A peer certificate must have this common name.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+
+    /// A peer certificate must be valid for this host name.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+
+    /// Peer TLS using a self-signed certificate made at start (encrypted, not
+    /// authenticated: peers' certificates are not verified).
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", default_value = "false", value_parser = go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_auto_tls: bool,
+
+    /// Comma-separated TLS 1.2 cipher suites (Go's names) for every port
+    /// [default: rustls's]. TLS 1.3's suites are not configurable.
+    #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+
+    /// Minimum TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+
+    /// Maximum TLS version: TLS1.2 or TLS1.3 [default: TLS1.3].
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
 
     /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to.
     #[arg(long, default_value_t = 0)]
@@ -173,8 +282,18 @@ pub struct Flags {
     pub client_cpus: Vec<usize>,
 
     /// Log level: debug, info, warn or error.
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// A Go boolean flag's value (`strconv.ParseBool`): etcd's command lines and
+/// environment files say `--client-cert-auth=true`, `=1`, `=T`...
+fn go_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {text:?}")),
+    }
 }
 
 /// etcd's `--initial-cluster-state`.
@@ -184,20 +303,35 @@ pub enum InitialClusterState {
     Existing,
 }
 
+/// One listen URL: where to bind, and whether its port speaks TLS (`https://`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
 /// Validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
-    pub listen_client_addrs: Vec<SocketAddr>,
-    pub listen_metrics_addrs: Vec<SocketAddr>,
+    pub listen_client: Vec<Listen>,
+    pub listen_metrics: Vec<Listen>,
+    /// The client and metrics ports' TLS (`--cert-file`, ...).
+    pub client_tls: TlsFiles,
+    /// The peer port's and the peer dialer's TLS (`--peer-cert-file`, ...).
+    pub peer_tls: TlsFiles,
+    pub tls_protocol: TlsProtocol,
+    /// Hosts of the listen URLs, for self-signed certificates (as etcd's).
+    pub client_hosts: Vec<String>,
+    pub peer_hosts: Vec<String>,
     /// None: no quota.
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
     pub advertise_client_urls: Vec<String>,
     /// This member's advertised peer URLs.
     pub peer_urls: Vec<String>,
-    pub listen_peer_addrs: Vec<SocketAddr>,
+    pub listen_peer: Vec<Listen>,
     /// Every member of the initial cluster, this one included, in flag order.
     pub initial_cluster: Vec<InitialMember>,
     /// `--initial-cluster-state existing`: a new data directory joins a running
@@ -219,6 +353,8 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     pub store_cpu: usize,
     pub client_cpus: Vec<usize>,
+    /// What the flags ask for that ringkv does not do as asked, for the log.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +379,17 @@ pub enum ConfigError {
         "--election-timeout[{election_ms}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_ms}ms]"
     )]
     ElectionTimeout { election_ms: u64, heartbeat_ms: u64 },
+    #[error(transparent)]
+    Tls(#[from] TlsFlagError),
+    /// etcd's words for a client URL: "TLS key/cert (--cert-file, --key-file)
+    /// must be provided for client url https://... with HTTPS scheme".
+    #[error("TLS key/cert (--cert-file, --key-file) must be provided for {kind} url {url} with HTTPS scheme")]
+    NoClientKeyPair { kind: &'static str, url: String },
+    /// etcd's words for a peer URL.
+    #[error("cannot listen on TLS for {addr}: KeyFile and CertFile are not presented")]
+    NoPeerKeyPair { addr: SocketAddr },
+    #[error("--{flag} must be between 1 and {max}")]
+    Validity { flag: &'static str, max: u32 },
     #[error("--{flag}: CPU {cpu} is not online (this machine has {online})")]
     NoSuchCpu {
         flag: &'static str,
@@ -258,14 +405,51 @@ impl Flags {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("{}.ringkv", self.name)));
-        let listen_client_addrs = split_urls(&self.listen_client_urls)
-            .iter()
-            .map(|url| resolve_http_url("listen-client-urls", url))
-            .collect::<Result<Vec<_>, _>>()?;
-        let listen_metrics_addrs = split_urls(&self.listen_metrics_urls)
-            .iter()
-            .map(|url| resolve_http_url("listen-metrics-urls", url))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut warnings = Vec::new();
+        let listen_client = listen_urls("listen-client-urls", &self.listen_client_urls)?;
+        let listen_metrics = listen_urls("listen-metrics-urls", &self.listen_metrics_urls)?;
+        let listen_peer = listen_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let tls_protocol = tls::protocol(&self.tls_min_version, &self.tls_max_version, &self.cipher_suites)?;
+        if self.self_signed_cert_validity == 0 || self.self_signed_cert_validity > SELF_SIGNED_CERT_VALIDITY_YEARS_MAX {
+            return Err(ConfigError::Validity {
+                flag: "self-signed-cert-validity",
+                max: SELF_SIGNED_CERT_VALIDITY_YEARS_MAX,
+            });
+        }
+        let client_tls = TlsFiles {
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            trusted_ca_file: self.trusted_ca_file,
+            client_cert_auth: self.client_cert_auth,
+            crl_file: self.client_crl_file,
+            auto_tls: self.auto_tls,
+            self_signed_years: self.self_signed_cert_validity,
+            dial_cert_file: None,
+            dial_key_file: None,
+            allowed_cn: None,
+            allowed_hostname: self.client_cert_allowed_hostname,
+        };
+        let peer_tls = TlsFiles {
+            cert_file: self.peer_cert_file,
+            key_file: self.peer_key_file,
+            trusted_ca_file: self.peer_trusted_ca_file,
+            client_cert_auth: self.peer_client_cert_auth,
+            crl_file: self.peer_crl_file,
+            auto_tls: self.peer_auto_tls,
+            self_signed_years: self.self_signed_cert_validity,
+            dial_cert_file: self.peer_client_cert_file,
+            dial_key_file: self.peer_client_key_file,
+            allowed_cn: self.peer_cert_allowed_cn,
+            allowed_hostname: self.peer_cert_allowed_hostname,
+        };
+        check_tls_urls(
+            &listen_client,
+            &listen_metrics,
+            &listen_peer,
+            &client_tls,
+            &peer_tls,
+            &mut warnings,
+        )?;
         let quota_backend_bytes = match self.quota_backend_bytes {
             0 => Some(QUOTA_BACKEND_BYTES_DEFAULT),
             bytes if bytes < 0 => None,
@@ -275,16 +459,12 @@ impl Flags {
             .map_err(ConfigError::AutoCompaction)?;
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
         for url in &advertise_client_urls {
-            resolve_http_url("advertise-client-urls", url)?;
+            resolve_url("advertise-client-urls", url)?;
         }
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
         for url in &peer_urls {
-            parse_http_url("initial-advertise-peer-urls", url)?;
+            parse_url("initial-advertise-peer-urls", url)?;
         }
-        let listen_peer_addrs = split_urls(&self.listen_peer_urls)
-            .iter()
-            .map(|url| resolve_http_url("listen-peer-urls", url))
-            .collect::<Result<Vec<_>, _>>()?;
         let initial_cluster = initial_cluster(&self.name, &peer_urls, self.initial_cluster.as_deref())?;
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::Zero {
@@ -349,13 +529,18 @@ impl Flags {
         Ok(Config {
             name: self.name,
             data_dir,
-            listen_client_addrs,
-            listen_metrics_addrs,
+            client_hosts: hosts(&self.listen_client_urls),
+            peer_hosts: hosts(&self.listen_peer_urls),
+            listen_client,
+            listen_metrics,
+            client_tls,
+            peer_tls,
+            tls_protocol,
             quota_backend_bytes,
             auto_compaction,
             advertise_client_urls,
             peer_urls,
-            listen_peer_addrs,
+            listen_peer,
             initial_cluster,
             join_existing: self.initial_cluster_state == InitialClusterState::Existing,
             cluster_token: self.initial_cluster_token,
@@ -374,15 +559,86 @@ impl Flags {
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             store_cpu: self.store_cpu,
             client_cpus,
+            warnings,
         })
     }
 }
 
-fn resolve_http_url(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    let url = parse_http_url(flag, text)?;
-    let host = url.host_str().expect("checked by parse_http_url");
+/// A comma-separated list of listen URLs, resolved.
+fn listen_urls(flag: &'static str, list: &str) -> Result<Vec<Listen>, ConfigError> {
+    split_urls(list)
+        .iter()
+        .map(|url| {
+            Ok(Listen {
+                addr: resolve_url(flag, url)?,
+                tls: parse_url(flag, url)?.scheme() == "https",
+            })
+        })
+        .collect()
+}
+
+/// The hosts of a list of URLs, for a self-signed certificate (bad URLs are
+/// refused elsewhere).
+fn hosts(list: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = split_urls(list)
+        .iter()
+        .filter_map(|url| url::Url::parse(url).ok())
+        .filter_map(|url| {
+            url.host_str()
+                .map(|host| host.trim_start_matches('[').trim_end_matches(']').to_string())
+        })
+        .collect();
+    hosts.dedup();
+    hosts
+}
+
+/// Every https listener has a certificate to present, as etcd checks at start;
+/// certificates given to a port with no https listener are unused (etcd warns).
+fn check_tls_urls(
+    client: &[Listen],
+    metrics: &[Listen],
+    peer: &[Listen],
+    client_tls: &TlsFiles,
+    peer_tls: &TlsFiles,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let https = |listen: &Listen| format!("https://{}", listen.addr);
+    if !client_tls.can_serve() {
+        if let Some(listen) = client.iter().find(|listen| listen.tls) {
+            return Err(ConfigError::NoClientKeyPair {
+                kind: "client",
+                url: https(listen),
+            });
+        }
+        if let Some(listen) = metrics.iter().find(|listen| listen.tls) {
+            return Err(ConfigError::NoClientKeyPair {
+                kind: "metrics",
+                url: https(listen),
+            });
+        }
+    }
+    if !peer_tls.can_serve() {
+        if let Some(listen) = peer.iter().find(|listen| listen.tls) {
+            return Err(ConfigError::NoPeerKeyPair { addr: listen.addr });
+        }
+    }
+    for (files, what) in [(client_tls, "client"), (peer_tls, "peer")] {
+        if files.auto_tls && files.has_key_pair() {
+            warnings.push(format!("ignoring {what} auto TLS since certs given"));
+        }
+    }
+    let client_https = client.iter().chain(metrics).any(|listen| listen.tls);
+    if client_tls.has_key_pair() && !client_https {
+        warnings.push("--cert-file and --key-file are given but no client URL is https: they are not used".to_string());
+    }
+    Ok(())
+}
+
+fn resolve_url(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let url = parse_url(flag, text)?;
+    let host = url.host_str().expect("checked by parse_url");
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port().expect("checked by parse_http_url");
+    let port = url.port().expect("checked by parse_url");
     let mut addrs = (host, port).to_socket_addrs().map_err(|e| BadUrl {
         flag,
         url: text.to_string(),
@@ -429,13 +685,18 @@ mod tests {
     fn defaults_match_etcd_with_ringkv_data_dir() {
         let config = parse(&[]).into_config(2).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("default.ringkv"));
-        assert_eq!(config.listen_client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+        let plain = Listen {
+            addr: "127.0.0.1:2379".parse().unwrap(),
+            tls: false,
+        };
+        assert_eq!(config.listen_client, vec![plain]);
         assert_eq!(config.max_txn_ops, 128);
         assert_eq!(config.max_request_bytes, 1_572_864);
         assert_eq!(config.backend_batch_interval, Duration::from_millis(100));
         assert_eq!(config.client_cpus, vec![1]);
         assert_eq!(config.quota_backend_bytes, Some(2 << 30));
-        assert!(config.listen_metrics_addrs.is_empty());
+        assert!(config.listen_metrics.is_empty());
+        assert_eq!(config.client_tls, TlsFiles::default());
     }
 
     #[test]
@@ -494,11 +755,67 @@ mod tests {
     }
 
     #[test]
-    fn https_urls_are_refused_with_a_reason() {
+    fn https_urls_without_a_certificate_are_refused_with_etcds_words() {
         let error = parse(&["--listen-client-urls", "https://127.0.0.1:2379"])
             .into_config(2)
             .unwrap_err();
-        assert!(error.to_string().contains("TLS is not supported"), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+             https://127.0.0.1:2379 with HTTPS scheme"
+        );
+        let error = parse(&[
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--cert-file",
+            "c",
+            "--key-file",
+            "k",
+        ])
+        .into_config(2)
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cannot listen on TLS for 127.0.0.1:2380: KeyFile and CertFile are not presented"
+        );
+    }
+
+    #[test]
+    fn https_urls_take_their_port_flags_and_say_they_speak_tls() {
+        let config = parse(&[
+            "--listen-client-urls=https://127.0.0.1:2379,http://127.0.0.1:22379",
+            "--cert-file=server.crt",
+            "--key-file=server.key",
+            "--client-cert-auth=true",
+            "--trusted-ca-file=ca.crt",
+            "--listen-peer-urls=https://127.0.0.1:2380",
+            "--peer-auto-tls",
+            "--peer-client-cert-auth",
+        ])
+        .into_config(2)
+        .unwrap();
+        let tls: Vec<bool> = config.listen_client.iter().map(|listen| listen.tls).collect();
+        assert_eq!(tls, [true, false]);
+        assert!(config.listen_peer[0].tls);
+        assert!(config.client_tls.client_cert_auth);
+        assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("server.crt")));
+        assert!(config.peer_tls.auto_tls && config.peer_tls.client_cert_auth);
+        assert_eq!(config.client_hosts, ["127.0.0.1"]);
+    }
+
+    #[test]
+    fn boolean_flags_take_gos_spellings_and_no_separate_value() {
+        for (arg, value) in [
+            ("--client-cert-auth", true),
+            ("--client-cert-auth=true", true),
+            ("--client-cert-auth=1", true),
+            ("--client-cert-auth=F", false),
+        ] {
+            assert_eq!(parse(&[arg]).client_cert_auth, value, "{arg}");
+        }
+        assert!(Flags::try_parse_from(["ringkv", "--client-cert-auth=yes"]).is_err());
+        // As Go's flag package: a bool flag takes no value after a space.
+        assert!(Flags::try_parse_from(["ringkv", "--client-cert-auth", "true"]).is_err());
     }
 
     #[test]

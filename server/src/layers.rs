@@ -11,8 +11,9 @@
 //! client                        etcd's API on a client core
 //! net -> grpc     store         the client port's transport | the store core
 //!                 peer  apply   raft between members | etcd's KV semantics
+//! tls                           rustls configurations from the TLS flags
 //! leaves: watch, snapshot_read, etcd_error, status, config, listener, fatal,
-//!         metrics, version
+//!         metrics, version, log_limit
 //! engine, datadir (crates)      storage; the data directory's layout
 //! ```
 
@@ -30,6 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "listener",
             "store",
             "peer",
+            "tls",
             "watch",
             "config",
             "etcd_error",
@@ -82,7 +84,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     // The client port's transport: HTTP/1.1 and HTTP/2 on one port, then gRPC.
-    ("net", &["grpc", "listener", "status", "metrics"]),
+    ("net", &["grpc", "listener", "tls", "log_limit", "status", "metrics"]),
     ("grpc", &["status", "metrics"]),
     (
         "store",
@@ -101,8 +103,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Beside the store, which uses it: it never uses the store.
     (
         "peer",
-        &["listener", "snapshot_read", "config", "fatal", "metrics", "version"],
+        &[
+            "listener",
+            "tls",
+            "log_limit",
+            "snapshot_read",
+            "config",
+            "fatal",
+            "metrics",
+            "version",
+        ],
     ),
+    // Below the transports that use it: rustls from plain settings.
+    ("tls", &["config"]),
     ("apply", &["config", "etcd_error", "status"]),
     // Leaves: they use only leaves.
     ("watch", &["etcd_error", "status"]),
@@ -114,6 +127,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("fatal", &[]),
     ("metrics", &[]),
     ("version", &[]),
+    ("log_limit", &[]),
 ];
 
 /// This check's own file: it names every module.

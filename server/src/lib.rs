@@ -13,6 +13,7 @@ pub mod grpc;
 #[cfg(test)]
 mod layers;
 pub mod listener;
+mod log_limit;
 pub mod metrics;
 pub mod net;
 pub mod peer;
@@ -22,5 +23,6 @@ pub mod sim;
 pub mod snapshot_read;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod version;
 pub mod watch;

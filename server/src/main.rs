@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use ringkv_server::config::{Flags, MAX_REQUEST_BYTES_RECOMMENDED};
+use ringkv_server::config::{etcd_flags, Flags, MAX_REQUEST_BYTES_RECOMMENDED};
 use ringkv_server::server;
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +15,15 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let flags = Flags::parse();
+    // etcd's flags that ringkv ignores or refuses, before clap: its own message.
+    let (args, ignored) = match etcd_flags::screen(std::env::args_os(), unicode_vars()) {
+        Ok(screened) => screened,
+        Err(error) => {
+            eprintln!("ringkv: {error}");
+            std::process::exit(1);
+        }
+    };
+    let flags = Flags::parse_from(args);
     let filter = EnvFilter::try_new(&flags.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -39,6 +47,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    for warning in ignored.iter().chain(&config.warnings) {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         ringkv_version = ringkv_server::version::RINGKV_VERSION,
         etcd_version = ringkv_server::version::ETCD_COMPATIBLE_VERSION,
@@ -62,8 +73,14 @@ fn main() {
         tracing::info!(
             member_id = format_args!("{:x}", running.identity.member_id),
             data_dir = %config.data_dir.display(),
-            "ready: serving client requests on http://{addr}"
+            "ready: serving client requests on {addr}"
         );
     }
     running.wait();
+}
+
+/// The environment's variables that are text (etcd's are; others cannot be
+/// one of its flags).
+fn unicode_vars() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
 }

@@ -3,7 +3,7 @@
 //! bounded channels.
 
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -12,10 +12,12 @@ use ringkv_datadir::layout::{self, DataDirError, DataDirLock};
 use ringkv_datadir::wal::Identity;
 
 use crate::client::{self, ClientCoreSettings};
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::listener;
+use crate::peer::{PeerNetwork, PeerTls};
 use crate::store::membership::Membership;
 use crate::store::{self, join, MemberInfo, Start, StoreCoreSettings, WatchChannels};
+use crate::tls::{self, Port, TlsError};
 
 /// Calls in flight from one client core to the store core; also the capacity of
 /// each cross-core channel, so neither can overflow (see `client::store_client`).
@@ -40,12 +42,28 @@ pub enum StartError {
     Join(String),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A client port as bound, and whether it speaks TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.addr)
+    }
 }
 
 /// A running server: the addresses it serves and its executor threads.
 pub struct Running {
     pub identity: Identity,
-    pub client_addrs: Vec<SocketAddr>,
+    pub client_addrs: Vec<ClientAddr>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The data directory is this process's until it ends.
     _data_dir: DataDirLock,
@@ -60,12 +78,60 @@ impl Running {
     }
 }
 
+/// The client and metrics ports' TLS: (client port's, metrics ports'), each
+/// only if one of its URLs is https.
+type ClientTls = (Option<Arc<rustls::ServerConfig>>, Option<Arc<rustls::ServerConfig>>);
+
+fn client_tls(config: &Config) -> Result<ClientTls, TlsError> {
+    let https = |listens: &[Listen]| listens.iter().any(|listen| listen.tls);
+    if !https(&config.listen_client) && !https(&config.listen_metrics) {
+        return Ok((None, None));
+    }
+    let side = tls::Side::new(
+        Port::Client,
+        &config.client_tls,
+        &config.tls_protocol,
+        &config.client_hosts,
+    )?;
+    Ok((
+        side.server_config(tls::ALPN_CLIENT_PORT)?,
+        side.server_config(tls::ALPN_HTTP1)?,
+    ))
+}
+
+/// The peer port's TLS: a server side if a listen URL is https, a dialing side
+/// if any peer URL is https or peer TLS is configured (a member added later
+/// may have an https URL).
+fn peer_tls(config: &Config) -> Result<PeerTls, TlsError> {
+    let files = &config.peer_tls;
+    let listens = config.listen_peer.iter().any(|listen| listen.tls);
+    let https_peers = config
+        .initial_cluster
+        .iter()
+        .flat_map(|member| &member.peer_urls)
+        .chain(&config.peer_urls)
+        .any(|url| url.starts_with("https://"));
+    let configured = files.can_serve() || files.trusted_ca_file.is_some();
+    if !listens && !https_peers && !configured {
+        return Ok(PeerTls::default());
+    }
+    let side = tls::Side::new(Port::Peer, files, &config.tls_protocol, &config.peer_hosts)?;
+    Ok(PeerTls {
+        accept: if listens { side.server_config(&[])? } else { None },
+        dial: Some(side.client_config()?),
+    })
+}
+
 pub fn start(config: &Config) -> Result<Running, StartError> {
     // Before anything reads or writes it, even a joiner's discovery.
     let data_dir = layout::claim(&config.data_dir)?;
+    // Certificates are read now: a missing or bad file is a start error.
+    let (client_tls, metrics_tls) = client_tls(config)?;
+    let peer_tls = peer_tls(config)?;
     let (identity, initial_membership, start, join_peers) = if config.join_existing && layout::is_new(&config.data_dir)
     {
-        let joined = join::discover(&config.peer_urls, &config.initial_cluster).map_err(StartError::Join)?;
+        let joined = join::discover(&config.peer_urls, &config.initial_cluster, peer_tls.dial.as_ref())
+            .map_err(StartError::Join)?;
         tracing::info!(
             member_id = format_args!("{:x}", joined.identity.member_id),
             cluster_id = format_args!("{:x}", joined.identity.cluster_id),
@@ -86,7 +152,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         // A joiner's later start: until caught up, it also talks to whom the
         // others list (see `join::current_peers`).
         let join_peers = if config.join_existing {
-            join::current_peers(&config.peer_urls, &config.initial_cluster)
+            join::current_peers(&config.peer_urls, &config.initial_cluster, peer_tls.dial.as_ref())
         } else {
             Vec::new()
         };
@@ -128,7 +194,10 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         initial_membership,
         start,
         join_peers,
-        listen_peer_addrs: config.listen_peer_addrs.clone(),
+        peer_network: PeerNetwork {
+            listen: config.listen_peer.clone(),
+            tls: peer_tls,
+        },
         heartbeat_interval: config.heartbeat_interval,
         election_ticks: config.election_ticks,
         catch_up_entries: config.snapshot_count,
@@ -166,6 +235,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             max_concurrent_streams: config.max_concurrent_streams,
             in_flight_calls_max: IN_FLIGHT_CALLS_PER_CLIENT_CORE,
             election_timeout: config.heartbeat_interval * config.election_ticks as u32,
+            client_tls: client_tls.clone(),
+            metrics_tls: metrics_tls.clone(),
         };
         let (listen_tx, listen_rx) = mpsc::channel();
         threads.push(
@@ -183,26 +254,43 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
 
     // Bound once the store has recovered, and shared: each client core accepts
     // on its own duplicate of every socket (see `listener::bind`).
-    let bind = |addrs: &[SocketAddr]| -> Result<Vec<std::net::TcpListener>, StartError> {
-        addrs
+    let bind = |listens: &[Listen]| -> Result<Vec<client::Socket>, StartError> {
+        listens
             .iter()
-            .map(|&addr| listener::bind(addr).map_err(|error| StartError::Listen(error.to_string())))
+            .map(|listen| {
+                let socket = listener::bind(listen.addr).map_err(|error| StartError::Listen(error.to_string()))?;
+                Ok(client::Socket {
+                    socket,
+                    tls: listen.tls,
+                })
+            })
             .collect()
     };
-    let client_listeners = bind(&config.listen_client_addrs)?;
-    let metrics_listeners = bind(&config.listen_metrics_addrs)?;
+    let client_listeners = bind(&config.listen_client)?;
+    let metrics_listeners = bind(&config.listen_metrics)?;
     let client_addrs = client_listeners
         .iter()
-        .map(|listener| listener.local_addr())
-        .collect::<Result<Vec<_>, _>>()
+        .map(|listener| {
+            let addr = listener.socket.local_addr()?;
+            Ok(ClientAddr {
+                addr,
+                tls: listener.tls,
+            })
+        })
+        .collect::<Result<Vec<_>, std::io::Error>>()
         .map_err(|error| StartError::Listen(error.to_string()))?;
-    let duplicate = |listeners: &[std::net::TcpListener]| -> Result<Vec<std::net::TcpListener>, StartError> {
+    let duplicate = |listeners: &[client::Socket]| -> Result<Vec<client::Socket>, StartError> {
         listeners
             .iter()
             .map(|listener| {
-                listener
+                let socket = listener
+                    .socket
                     .try_clone()
-                    .map_err(|error| StartError::Listen(error.to_string()))
+                    .map_err(|error| StartError::Listen(error.to_string()))?;
+                Ok(client::Socket {
+                    socket,
+                    tls: listener.tls,
+                })
             })
             .collect()
     };

@@ -198,6 +198,7 @@ async fn serve(socket: std::net::TcpListener) {
         Rc::new(NullKv::default()),
         Rc::new(NoHttp),
         ConnectionLimits::default(),
+        None,
     )
     .await;
 }

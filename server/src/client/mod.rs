@@ -10,6 +10,7 @@ mod store_client;
 pub(crate) mod watch;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
@@ -36,14 +37,24 @@ pub struct ClientCoreSettings {
     pub in_flight_calls_max: usize,
     /// `--election-timeout`: how often streams that require a leader check.
     pub election_timeout: Duration,
+    /// The https client URLs' TLS (ALPN h2 and http/1.1).
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The https metrics URLs' TLS (ALPN http/1.1).
+    pub metrics_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The listening sockets one client core accepts on: duplicates of the ones
 /// the starting thread bound (`listener::bind`), shared by every client core.
 pub struct Listeners {
-    pub client: Vec<std::net::TcpListener>,
+    pub client: Vec<Socket>,
     /// `--listen-metrics-urls` (HTTP only), served by one client core.
-    pub metrics: Vec<std::net::TcpListener>,
+    pub metrics: Vec<Socket>,
+}
+
+/// One listening socket, and whether its URL is https.
+pub struct Socket {
+    pub socket: std::net::TcpListener,
+    pub tls: bool,
 }
 
 /// Connects to the store core, waits for its listeners (sent once the store is
@@ -81,11 +92,20 @@ pub async fn run(
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
     limits.http2.max_concurrent_streams = settings.max_concurrent_streams;
+    // An https socket has TLS: config refuses an https URL without a certificate.
+    let tls = |socket: &Socket, config: &Option<Arc<rustls::ServerConfig>>| {
+        socket.tls.then(|| {
+            let config = config.as_ref().expect("an https URL has a certificate");
+            net::TlsPort::new(Arc::clone(config))
+        })
+    };
     for socket in listeners.metrics {
+        let tls = tls(&socket, &settings.metrics_tls);
         glommio::spawn_local(net::serve_http_port(
-            listener::adopt(socket),
+            listener::adopt(socket.socket),
             Rc::clone(&http),
             limits.clone(),
+            tls,
         ))
         .detach();
     }
@@ -93,11 +113,13 @@ pub async fn run(
         .client
         .into_iter()
         .map(|socket| {
+            let tls = tls(&socket, &settings.client_tls);
             glommio::spawn_local(net::serve_client_port(
-                listener::adopt(socket),
+                listener::adopt(socket.socket),
                 Rc::clone(&service),
                 Rc::clone(&http),
                 limits.clone(),
+                tls,
             ))
         })
         .collect();

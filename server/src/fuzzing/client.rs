@@ -226,6 +226,7 @@ fn serve(chunk_bytes: u8, input: &[u8]) -> Vec<u8> {
             Rc::new(OkHandler),
             Rc::new(limits),
             http2_limits,
+            None,
         )
         .await;
         for _ in 0..WIND_DOWN_YIELDS {

@@ -22,6 +22,7 @@ pub use crate::status::{Code, Status};
 pub use stream::{RequestStream, ResponseSink};
 
 use bytes::Bytes;
+use std::rc::Rc;
 
 /// How a method streams, as declared in its `.proto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,10 @@ pub struct CallContext {
     pub deadline: Option<std::time::Instant>,
     /// Request headers (gRPC metadata), e.g. `hasleader`, `token`.
     pub metadata: http::HeaderMap,
+    /// The common name of the client certificate the connection's TLS
+    /// handshake verified, if any: etcd's user name for the call when auth is
+    /// on and the call carries no token.
+    pub client_common_name: Option<Rc<str>>,
 }
 
 /// A set of gRPC methods served on one executor.
@@ -59,6 +64,22 @@ pub trait GrpcService: 'static {
         responses: ResponseSink,
         ctx: CallContext,
     ) -> Result<(), Status>;
+
+    /// A GET on an HTTP/2 connection, which is no gRPC call: over TLS, ALPN
+    /// gives HTTP/2 to every client that offers it (curl, Go's HTTP client),
+    /// and etcd's port answers /health, /metrics and /version there as over
+    /// HTTP/1.1. None: 405, as for any other method.
+    async fn http_get(&self, _path: &str, _query: &str) -> Option<PlainResponse> {
+        None
+    }
+}
+
+/// The answer to a GET that is no gRPC call.
+#[derive(Debug, Clone)]
+pub struct PlainResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
 /// Decodes a request message; a malformed one is grpc-go's INTERNAL error.

@@ -18,7 +18,7 @@ use super::budget::{Charge, ConnectionBudget, CALL_OVERHEAD_BYTES};
 use super::frame::{Encoded, MessageDecoder};
 use super::status::go_quoted;
 use super::stream::{RequestStream, ResponseSink};
-use super::{timeout, CallContext, GrpcService, MethodKind};
+use super::{timeout, CallContext, GrpcService, MethodKind, PlainResponse};
 use crate::status::{Code, Status};
 
 /// HTTP/2 settings and limits for one connection.
@@ -35,7 +35,8 @@ pub struct Http2Limits {
 }
 
 /// Serves gRPC on an established HTTP/2 byte stream until the client goes away.
-pub async fn serve_connection<S, T>(io: T, service: Rc<S>, limits: Rc<Http2Limits>)
+/// `client_common_name`: the verified client certificate's, on a TLS port.
+pub async fn serve_connection<S, T>(io: T, service: Rc<S>, limits: Rc<Http2Limits>, client_common_name: Option<Rc<str>>)
 where
     S: GrpcService,
     T: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -67,7 +68,16 @@ where
         let service = Rc::clone(&service);
         let limits = Rc::clone(&limits);
         let budget = budget.clone();
-        glommio::spawn_local(serve_stream(request, respond, service, limits, budget)).detach();
+        let client_common_name = client_common_name.clone();
+        glommio::spawn_local(serve_stream(
+            request,
+            respond,
+            service,
+            limits,
+            budget,
+            client_common_name,
+        ))
+        .detach();
     }
 }
 
@@ -85,8 +95,19 @@ async fn serve_stream<S: GrpcService>(
     service: Rc<S>,
     limits: Rc<Http2Limits>,
     budget: ConnectionBudget,
+    client_common_name: Option<Rc<str>>,
 ) {
     let (parts, body) = request.into_parts();
+    if parts.method == http::Method::GET {
+        let answer = service
+            .http_get(parts.uri.path(), parts.uri.query().unwrap_or(""))
+            .await;
+        match answer {
+            Some(answer) => send_plain(&mut respond, answer),
+            None => send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED),
+        }
+        return;
+    }
     if parts.method != http::Method::POST {
         send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
         return;
@@ -135,6 +156,7 @@ async fn serve_stream<S: GrpcService>(
         // A deadline too far to represent is no deadline.
         deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
         metadata: parts.headers,
+        client_common_name,
     };
     let timeout = ctx.deadline.and(timeout);
     match kind {
@@ -358,6 +380,18 @@ fn status_headers(status: &Status) -> HeaderMap {
         headers.insert("grpc-message", message);
     }
     headers
+}
+
+fn send_plain(respond: &mut SendResponse<Bytes>, answer: PlainResponse) {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
+    if let Ok(mut stream) = respond.send_response(response, false) {
+        let _ = stream.send_data(Bytes::from(answer.body), true);
+    }
 }
 
 fn send_http_error(respond: &mut SendResponse<Bytes>, code: StatusCode) {

@@ -1,10 +1,13 @@
 //! The client port: one TCP listener serving HTTP/2 (gRPC) and HTTP/1.1,
-//! told apart by the first bytes a client sends.
+//! told apart by the first bytes a client sends; on an https port, the same
+//! once a TLS handshake is done (`tls`).
 
 mod http1;
 mod prefixed;
 
 pub use http1::{HttpHandler, HttpRequest, HttpResponse};
+
+mod tls;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,9 +16,16 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::TcpListener;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::grpc::{self, GrpcService, Http2Limits, CONNECTION_REQUEST_BYTES_MAX};
+use bytes::Bytes;
+
+use crate::grpc::{
+    self, CallContext, Encoded, GrpcService, Http2Limits, PlainResponse, RequestStream, ResponseSink,
+    CONNECTION_REQUEST_BYTES_MAX,
+};
 use crate::listener::accept;
+use crate::status::Status;
 use prefixed::Prefixed;
+pub use tls::TlsPort;
 
 /// What every HTTP/2 client sends first (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -53,35 +63,66 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Accepts connections until the listener fails, each served by its own task.
+/// Accepts connections until the listener fails, each served by its own task;
+/// with `tls`, each after its TLS handshake.
 pub async fn serve_client_port<S: GrpcService, H: HttpHandler>(
     listener: TcpListener,
     grpc: Rc<S>,
     http: Rc<H>,
     limits: ConnectionLimits,
+    tls: Option<TlsPort>,
 ) {
     let limits = Rc::new(limits);
     let http2_limits = Rc::new(limits.http2.clone());
+    let tls = tls.map(Rc::new);
     loop {
         let stream = accept(&listener).await;
-        glommio::spawn_local(serve_connection(
-            stream,
-            Rc::clone(&grpc),
-            Rc::clone(&http),
-            Rc::clone(&limits),
-            Rc::clone(&http2_limits),
-        ))
+        let (grpc, http) = (Rc::clone(&grpc), Rc::clone(&http));
+        let (limits, http2_limits) = (Rc::clone(&limits), Rc::clone(&http2_limits));
+        let Some(tls) = &tls else {
+            glommio::spawn_local(serve_connection(stream, grpc, http, limits, http2_limits, None)).detach();
+            continue;
+        };
+        let Some(handshake) = tls.handshake(&stream) else {
+            continue;
+        };
+        glommio::spawn_local(async move {
+            let Some(accepted) = handshake.finish(stream).await else {
+                return;
+            };
+            let common_name = accepted.common_name.map(Rc::from);
+            serve_connection(accepted.stream, grpc, http, limits, http2_limits, common_name).await;
+        })
         .detach();
     }
 }
 
-/// Accepts connections that speak HTTP/1.1 only (`--listen-metrics-urls`).
-pub async fn serve_http_port<H: HttpHandler>(listener: TcpListener, http: Rc<H>, limits: ConnectionLimits) {
+/// Accepts connections that speak HTTP/1.1 only (`--listen-metrics-urls`);
+/// with `tls`, each after its TLS handshake.
+pub async fn serve_http_port<H: HttpHandler>(
+    listener: TcpListener,
+    http: Rc<H>,
+    limits: ConnectionLimits,
+    tls: Option<TlsPort>,
+) {
     let limits = Rc::new(limits);
+    let tls = tls.map(Rc::new);
     loop {
         let stream = accept(&listener).await;
         let (http, limits) = (Rc::clone(&http), Rc::clone(&limits));
-        glommio::spawn_local(async move { http1::serve(stream, &*http, &limits).await }).detach();
+        let Some(tls) = &tls else {
+            glommio::spawn_local(async move { http1::serve(stream, &*http, &limits).await }).detach();
+            continue;
+        };
+        let Some(handshake) = tls.handshake(&stream) else {
+            continue;
+        };
+        glommio::spawn_local(async move {
+            if let Some(accepted) = handshake.finish(stream).await {
+                http1::serve(accepted.stream, &*http, &limits).await;
+            }
+        })
+        .detach();
     }
 }
 
@@ -91,13 +132,15 @@ enum Protocol {
 }
 
 /// Serves one client-port connection: HTTP/2 (gRPC) or HTTP/1.1, by its
-/// first bytes. Any byte stream (the fuzz targets use one in memory).
+/// first bytes. Any byte stream (the fuzz targets use one in memory);
+/// `client_common_name` is its verified client certificate's.
 pub(crate) async fn serve_connection<T, S, H>(
     mut stream: T,
     grpc: Rc<S>,
     http: Rc<H>,
     limits: Rc<ConnectionLimits>,
     http2_limits: Rc<Http2Limits>,
+    client_common_name: Option<Rc<str>>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
     S: GrpcService,
@@ -113,8 +156,51 @@ pub(crate) async fn serve_connection<T, S, H>(
     };
     let stream = Prefixed::new(first_bytes, stream);
     match protocol {
-        Protocol::Http2 => grpc::serve_connection(stream.compat(), grpc, http2_limits).await,
+        Protocol::Http2 => {
+            let service = Rc::new(WithHttp { grpc, http });
+            grpc::serve_connection(stream.compat(), service, http2_limits, client_common_name).await;
+        }
         Protocol::Http1 => http1::serve(stream, &*http, &limits).await,
+    }
+}
+
+/// gRPC, and the HTTP handler for GETs that come over HTTP/2.
+struct WithHttp<S, H> {
+    grpc: Rc<S>,
+    http: Rc<H>,
+}
+
+impl<S: GrpcService, H: HttpHandler> GrpcService for WithHttp<S, H> {
+    fn method_kind(&self, path: &str) -> Result<grpc::MethodKind, Status> {
+        self.grpc.method_kind(path)
+    }
+
+    async fn unary(&self, path: &str, request: Bytes, ctx: CallContext) -> Result<Encoded, Status> {
+        self.grpc.unary(path, request, ctx).await
+    }
+
+    async fn streaming(
+        &self,
+        path: &str,
+        requests: RequestStream,
+        responses: ResponseSink,
+        ctx: CallContext,
+    ) -> Result<(), Status> {
+        self.grpc.streaming(path, requests, responses, ctx).await
+    }
+
+    async fn http_get(&self, path: &str, query: &str) -> Option<PlainResponse> {
+        let request = HttpRequest {
+            method: "GET".to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+        };
+        let response = self.http.handle(request).await;
+        Some(PlainResponse {
+            status: response.status,
+            content_type: response.content_type,
+            body: response.body,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
@@ -17,11 +18,14 @@ use ringkv_proto::ringkvpb::{Membership, SnapshotChunk, SnapshotEnd};
 
 use super::admission::{self, Admission, Refusal};
 use super::frame::{self, FrameError, Hello, PeerMessage, FRAME_PAYLOAD_MAX};
-use super::log_limit::LogLimit;
-use super::{query, snapshot, within, PeerDrops, PeerEvent, Report};
+use super::{query, snapshot, within, PeerDrops, PeerEvent, PeerStream, PeerTls, Report};
+use crate::config::Listen;
 use crate::listener::{self, BindError};
+use crate::log_limit::LogLimit;
+use crate::tls::{self, MaybeTls};
 
-/// A connection that has not introduced itself by then is closed.
+/// A connection that has not introduced itself by then is closed (on an
+/// https port, its TLS handshake included).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// An introduced connection that sends nothing for this long is closed: its
 /// peer is gone (etcd's `ConnReadTimeout`). Leaders send heartbeats every
@@ -58,11 +62,13 @@ pub(super) struct Local {
     pub(super) drops: Cell<PeerDrops>,
     /// Warnings about closed connections, at a bounded rate.
     rejected_warnings: LogLimit,
+    pub(super) tls: PeerTls,
 }
 
 impl Local {
-    pub(super) fn new(member_id: u64, cluster_id: u64, snap_dir: PathBuf) -> Local {
+    pub(super) fn new(member_id: u64, cluster_id: u64, snap_dir: PathBuf, tls: PeerTls) -> Local {
         Local {
+            tls,
             member_id,
             cluster_id,
             snap_dir,
@@ -89,8 +95,14 @@ impl Local {
     }
 }
 
-/// Accepts peer connections on `addr` until the process ends.
-pub(super) fn listen(addr: SocketAddr, local: Rc<Local>, report: Report) -> Result<SocketAddr, BindError> {
+/// Accepts peer connections on `listen` until the process ends.
+pub(super) fn listen(listen: Listen, local: Rc<Local>, report: Report) -> Result<SocketAddr, BindError> {
+    let addr = listen.addr;
+    let acceptor = match (listen.tls, &local.tls.accept) {
+        (false, _) => None,
+        (true, Some(config)) => Some(Rc::new(futures_rustls::TlsAcceptor::from(Arc::clone(config)))),
+        (true, None) => unreachable!("config refuses an https peer URL without a certificate"),
+    };
     let socket = listener::listen(addr)?;
     let bound = socket.local_addr().map_err(|source| BindError {
         addr,
@@ -107,7 +119,7 @@ pub(super) fn listen(addr: SocketAddr, local: Rc<Local>, report: Report) -> Resu
                 );
                 continue;
             };
-            let served = serve_peer(stream, Rc::clone(&local), Rc::clone(&report));
+            let served = serve_peer(stream, acceptor.clone(), Rc::clone(&local), Rc::clone(&report));
             glommio::spawn_local(async move {
                 served.await;
                 drop(connection);
@@ -128,8 +140,13 @@ fn remote(stream: &TcpStream) -> String {
 
 /// Reads one peer's messages until the connection ends, or answers a
 /// membership query.
-async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
-    let Some(hello) = introduction(&mut stream, &local).await else {
+async fn serve_peer(
+    stream: TcpStream,
+    acceptor: Option<Rc<futures_rustls::TlsAcceptor>>,
+    local: Rc<Local>,
+    report: Report,
+) {
+    let Some((mut stream, hello)) = introduction(stream, acceptor.as_deref(), &local).await else {
         return;
     };
     if hello == Hello::QUERY {
@@ -138,7 +155,10 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
             .await
             .is_none()
         {
-            local.reject(remote(&stream), "a membership query's answer was not read in time");
+            local.reject(
+                remote(stream.get_ref()),
+                "a membership query's answer was not read in time",
+            );
         }
         return;
     }
@@ -147,7 +167,7 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
             "a hello from {:x} to {:x} in cluster {:x}, meant for another cluster or member",
             hello.from, hello.to, hello.cluster_id
         );
-        local.reject(remote(&stream), why);
+        local.reject(remote(stream.get_ref()), why);
         return;
     }
     let admitted = local.admission.admit(hello.from);
@@ -158,7 +178,7 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
                 vouch(&local);
             }
             local.reject(
-                remote(&stream),
+                remote(stream.get_ref()),
                 format_args!("a hello from {:x}: {refusal}", hello.from),
             );
             return;
@@ -174,10 +194,17 @@ async fn serve_peer(mut stream: TcpStream, local: Rc<Local>, report: Report) {
     receiver.run(stream).await;
 }
 
-/// The connection's hello, read within HELLO_TIMEOUT (or until a newer
-/// connection takes its place, see `admission`); None if the connection is
-/// closed.
-async fn introduction(stream: &mut TcpStream, local: &Local) -> Option<Hello> {
+/// The connection's TLS handshake if its port is https (the peer CA's
+/// certificate required under `--peer-client-cert-auth`: a connection without
+/// one ends here, before any frame is read), then its hello; both within
+/// HELLO_TIMEOUT (or until a newer connection takes its place, see
+/// `admission`). None if the connection is closed.
+async fn introduction(
+    stream: TcpStream,
+    acceptor: Option<&futures_rustls::TlsAcceptor>,
+    local: &Local,
+) -> Option<(PeerStream, Hello)> {
+    let peer = remote(&stream);
     let handshake = local.admission.handshake();
     let closed = async {
         let _ = handshake.closed.recv().await;
@@ -187,20 +214,33 @@ async fn introduction(stream: &mut TcpStream, local: &Local) -> Option<Hello> {
         )))
     };
     let read = async {
-        within(HELLO_TIMEOUT, frame::read_hello(stream))
-            .await
-            .map(|read| read.map_err(|error| error.to_string()))
+        let introduced = async {
+            let mut stream = match acceptor {
+                None => MaybeTls::Plain(stream),
+                Some(acceptor) => {
+                    let accepted = tls::accept(acceptor, stream)
+                        .await
+                        .map_err(|error| format!("TLS handshake: {error}"))?;
+                    MaybeTls::Tls(Box::new(accepted.stream.into()))
+                }
+            };
+            let hello = frame::read_hello(&mut stream)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok((stream, hello))
+        };
+        within(HELLO_TIMEOUT, introduced).await
     };
-    let hello = future::or(read, closed).await;
+    let introduced = future::or(read, closed).await;
     drop(handshake);
-    match hello {
-        Some(Ok(hello)) => Some(hello),
+    match introduced {
+        Some(Ok(introduced)) => Some(introduced),
         Some(Err(why)) => {
-            local.reject(remote(stream), format_args!("before its hello: {why}"));
+            local.reject(peer, format_args!("before its hello: {why}"));
             None
         }
         None => {
-            local.reject(remote(stream), format_args!("no hello within {HELLO_TIMEOUT:?}"));
+            local.reject(peer, format_args!("no hello within {HELLO_TIMEOUT:?}"));
             None
         }
     }
@@ -217,9 +257,10 @@ fn vouch(local: &Rc<Local>) {
         return;
     };
     let admission = Rc::clone(&local.admission);
+    let dial = local.tls.dial.clone();
     glommio::spawn_local(async move {
         for url in urls {
-            match query::ask_async(&url).await {
+            match query::ask_async(&url, dial.as_ref()).await {
                 Ok(membership) => {
                     let members = membership
                         .members
@@ -265,7 +306,7 @@ impl From<snapshot::ReceiveError> for Stop {
 }
 
 impl Receiver {
-    async fn run(mut self, mut stream: TcpStream) {
+    async fn run(mut self, mut stream: PeerStream) {
         let stop = loop {
             let next = match self.next(&mut stream).await {
                 Ok(message) => message,
@@ -281,13 +322,13 @@ impl Receiver {
         };
         if let Stop::Reject(why) = stop {
             let from = format_args!("from {:x}: {why}", self.hello.from);
-            self.local.reject(remote(&stream), from);
+            self.local.reject(remote(stream.get_ref()), from);
         }
     }
 
     /// The next frame: its header within IDLE_TIMEOUT, its payload within
     /// `frame_timeout` of its length.
-    async fn next(&mut self, stream: &mut TcpStream) -> Result<PeerMessage, Stop> {
+    async fn next(&mut self, stream: &mut PeerStream) -> Result<PeerMessage, Stop> {
         let header = match within(IDLE_TIMEOUT, frame::read_header(stream, FRAME_PAYLOAD_MAX)).await {
             None => return Err(Stop::Reject(format!("silent for {IDLE_TIMEOUT:?}"))),
             Some(Err(FrameError::Closed)) => return Err(Stop::Done),
@@ -308,7 +349,7 @@ impl Receiver {
         Ok(message?)
     }
 
-    async fn handle(&mut self, message: PeerMessage, stream: &mut TcpStream) -> Result<(), Stop> {
+    async fn handle(&mut self, message: PeerMessage, stream: &mut PeerStream) -> Result<(), Stop> {
         let from = self.hello.from;
         let event = match message {
             PeerMessage::Raft(message) if message.msg_type == MessageType::MsgSnapshot as i32 => {
@@ -352,7 +393,7 @@ impl Receiver {
 
     /// Makes the snapshot durable, hands its message to raft and acknowledges
     /// it; the stream ends either way.
-    async fn finish_snapshot(&mut self, end: SnapshotEnd, stream: &mut TcpStream) -> Result<(), Stop> {
+    async fn finish_snapshot(&mut self, end: SnapshotEnd, stream: &mut PeerStream) -> Result<(), Stop> {
         let Some(file) = self.receiving.take() else {
             return Err(Stop::Reject("a snapshot end without a snapshot".to_string()));
         };
@@ -396,12 +437,16 @@ mod tests {
     fn serve(known: impl IntoIterator<Item = u64>, client: impl FnOnce(SocketAddr) + Send + 'static) -> PeerDrops {
         glommio::LocalExecutor::default().run(async move {
             let dir = tempfile::tempdir().unwrap();
-            let local = Rc::new(Local::new(ME, CLUSTER, dir.path().to_path_buf()));
+            let local = Rc::new(Local::new(ME, CLUSTER, dir.path().to_path_buf(), PeerTls::default()));
             local
                 .admission
                 .set_known(known.into_iter().map(|id| (id, Vec::new())).collect());
             let report: Report = Rc::new(|_| true);
-            let addr = listen("127.0.0.1:0".parse().unwrap(), Rc::clone(&local), report).unwrap();
+            let plain = Listen {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                tls: false,
+            };
+            let addr = listen(plain, Rc::clone(&local), report).unwrap();
             // On a thread of its own, watched with a timer: an executor with
             // nothing else to wait for sleeps through a blocking task's end.
             let client = std::thread::spawn(move || client(addr));

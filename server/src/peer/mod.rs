@@ -16,6 +16,11 @@
 //! - **Membership queries**: the peer port also answers a connection that says
 //!   the all-zero hello with the applied membership (see [`frame`] and
 //!   [`query`]), which is how a joining member learns its id.
+//! - **TLS**: a listen URL that is `https` serves TLS, with the peer CA's
+//!   client certificates required under `--peer-client-cert-auth` (checked in
+//!   the handshake, before the hello); a peer URL that is `https` is dialed
+//!   with TLS, presenting this member's peer certificate. Snapshot streams and
+//!   membership queries go the same way.
 //! - **Keepalives**: a sender with nothing to send for [`KEEPALIVE_INTERVAL`]
 //!   sends a keepalive frame, so a link that carries no raft traffic (one
 //!   follower to another) stays open under the receiver's idle timeout.
@@ -26,12 +31,11 @@
 //! and in time; a raft message is screened before raft steps it ([`screen`]);
 //! a snapshot stream is bounded by the disk and checked before raft sees it.
 //! Everything dropped is counted for /metrics and warned about at a bounded
-//! rate ([`log_limit`]).
+//! rate ([`crate::log_limit`]).
 
 mod admission;
 pub(crate) mod frame;
 mod inbound;
-pub(crate) mod log_limit;
 pub mod query;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod raft_fixture;
@@ -43,6 +47,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -54,6 +59,29 @@ pub use frame::{Hello, PeerMessage};
 use inbound::Local;
 use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
+
+use crate::config::Listen;
+use crate::tls::{self, MaybeTls};
+
+/// A connection between members: TCP, under TLS when the URL is https.
+pub(crate) type PeerStream = MaybeTls<TcpStream>;
+
+/// Where the peer port listens and how peer connections are protected.
+#[derive(Debug, Clone, Default)]
+pub struct PeerNetwork {
+    /// `--listen-peer-urls`.
+    pub listen: Vec<Listen>,
+    pub tls: PeerTls,
+}
+
+/// The peer side's TLS, built at start from `--peer-*` (`tls::Side`).
+#[derive(Debug, Clone, Default)]
+pub struct PeerTls {
+    /// Serves the https listen URLs.
+    pub accept: Option<Arc<rustls::ServerConfig>>,
+    /// Dials the https peer URLs.
+    pub dial: Option<Arc<rustls::ClientConfig>>,
+}
 
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -112,7 +140,7 @@ pub struct PeerTransport {
     report: Report,
     peers: HashMap<u64, Peer>,
     /// `--listen-peer-urls`; listened on once there is a peer (see `listen`).
-    listen_addrs: Vec<SocketAddr>,
+    listen: Vec<Listen>,
     listening: bool,
     /// What every accepted connection's task shares.
     local: Rc<Local>,
@@ -133,7 +161,7 @@ impl PeerTransport {
         member_id: u64,
         cluster_id: u64,
         report: Report,
-        listen_addrs: Vec<SocketAddr>,
+        network: PeerNetwork,
         snap_dir: PathBuf,
     ) -> PeerTransport {
         PeerTransport {
@@ -141,9 +169,9 @@ impl PeerTransport {
             cluster_id,
             report,
             peers: HashMap::new(),
-            listen_addrs,
+            listen: network.listen,
             listening: false,
-            local: Rc::new(Local::new(member_id, cluster_id, snap_dir)),
+            local: Rc::new(Local::new(member_id, cluster_id, snap_dir, network.tls)),
             links_started: 0,
         }
     }
@@ -156,11 +184,12 @@ impl PeerTransport {
         if self.listening {
             return Ok(Vec::new());
         }
-        let mut bound = Vec::with_capacity(self.listen_addrs.len());
-        for addr in &self.listen_addrs {
-            let listening = inbound::listen(*addr, Rc::clone(&self.local), Rc::clone(&self.report))
+        let mut bound = Vec::with_capacity(self.listen.len());
+        for listen in &self.listen {
+            let listening = inbound::listen(*listen, Rc::clone(&self.local), Rc::clone(&self.report))
                 .map_err(|error| format!("cannot listen for peers: {error}"))?;
-            tracing::info!("listening for peers on http://{listening}");
+            let scheme = if listen.tls { "https" } else { "http" };
+            tracing::info!("listening for peers on {scheme}://{listening}");
             bound.push(listening);
         }
         self.listening = true;
@@ -212,10 +241,11 @@ impl PeerTransport {
             from: self.member_id,
             to: id,
         };
-        let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
+        let targets = urls.iter().filter_map(|url| Target::parse(url)).collect();
         let sender = Sender {
             hello,
-            addrs,
+            targets,
+            dial: self.local.tls.dial.clone(),
             queue: receiver,
             report: Rc::clone(&self.report),
             link: self.links_started,
@@ -274,22 +304,54 @@ impl PeerTransport {
             from: self.member_id,
             to,
         };
-        let addrs = urls.iter().filter_map(|url| peer_addr(url)).collect();
-        glommio::spawn_local(snapshot::send(hello, addrs, message, source, Rc::clone(&self.report))).detach();
+        let targets = urls.iter().filter_map(|url| Target::parse(url)).collect();
+        let dial = self.local.tls.dial.clone();
+        glommio::spawn_local(snapshot::send(
+            hello,
+            targets,
+            dial,
+            message,
+            source,
+            Rc::clone(&self.report),
+        ))
+        .detach();
         Ok(())
     }
 }
 
-/// `http://host:port` → host:port, for connecting.
-fn peer_addr(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    Some(format!("{}:{}", parsed.host_str()?, parsed.port()?))
+/// A peer URL as it is dialed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// `host:port`, for connecting.
+    addr: String,
+    /// The host, as the peer's certificate must name it.
+    host: String,
+    /// `https`: the connection speaks TLS.
+    tls: bool,
+}
+
+impl Target {
+    /// `http://host:port` or `https://host:port`.
+    fn parse(url: &str) -> Option<Target> {
+        let parsed = url::Url::parse(url).ok()?;
+        let host = parsed.host_str()?;
+        Some(Target {
+            addr: format!("{host}:{}", parsed.port()?),
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            tls: match parsed.scheme() {
+                "http" => false,
+                "https" => true,
+                _ => return None,
+            },
+        })
+    }
 }
 
 /// One peer's sender task: what it connects to and sends.
 struct Sender {
     hello: Hello,
-    addrs: Vec<String>,
+    targets: Vec<Target>,
+    dial: Option<Arc<rustls::ClientConfig>>,
     queue: LocalReceiver<PeerMessage>,
     report: Report,
     link: u64,
@@ -300,7 +362,8 @@ impl Sender {
     async fn run(self) {
         let Sender {
             hello,
-            addrs,
+            targets,
+            dial,
             queue,
             report,
             link,
@@ -311,7 +374,7 @@ impl Sender {
             report: Rc::clone(&report),
             up: false,
         };
-        run_sender(hello, addrs, queue, report, &mut state).await;
+        run_sender(hello, &targets, dial.as_ref(), queue, report, &mut state).await;
         state.down();
     }
 }
@@ -345,7 +408,8 @@ impl LinkState {
 
 async fn run_sender(
     hello: Hello,
-    addrs: Vec<String>,
+    targets: &[Target],
+    dial: Option<&Arc<rustls::ClientConfig>>,
     queue: LocalReceiver<PeerMessage>,
     report: Report,
     link: &mut LinkState,
@@ -355,19 +419,22 @@ async fn run_sender(
     let mut scratch = Vec::new();
     let mut failures = 0u64;
     loop {
-        let Some(mut stream) = connect(&addrs, hello).await else {
-            link.down();
-            failures += 1;
-            // A peer that is down is logged once, then every 60th attempt.
-            if failures % 60 == 1 {
-                tracing::warn!(peer = format_args!("{:x}", hello.to), ?addrs, "cannot reach peer");
+        let mut stream = match connect(targets, dial, hello).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                link.down();
+                failures += 1;
+                // A peer that is down is logged once, then every 60th attempt.
+                if failures % 60 == 1 {
+                    tracing::warn!(peer = format_args!("{:x}", hello.to), %error, "cannot reach peer");
+                }
+                if !drop_queued(&queue, &report, hello.to).await {
+                    return;
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
             }
-            if !drop_queued(&queue, &report, hello.to).await {
-                return;
-            }
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            continue;
         };
         if failures > 0 {
             tracing::info!(peer = format_args!("{:x}", hello.to), "peer reachable again");
@@ -416,26 +483,69 @@ async fn run_sender(
     }
 }
 
-/// A connection to the first of `addrs` that takes one, introduced with
-/// `hello` at once: the receiver closes a connection that stays silent past its
-/// hello timeout, and a peer may have nothing to say for a long time (a
-/// follower speaks only when spoken to). A hello that cannot be written is a
-/// failed connect.
-async fn connect(addrs: &[String], hello: Hello) -> Option<TcpStream> {
+/// A connection to the first of `targets` that takes one (TLS for an https
+/// URL), introduced with `hello` at once: the receiver closes a connection
+/// that stays silent past its hello timeout, and a peer may have nothing to say
+/// for a long time (a follower speaks only when spoken to). A hello that
+/// cannot be written is a failed connect. The error says why the last
+/// address failed.
+async fn connect(
+    targets: &[Target],
+    dial: Option<&Arc<rustls::ClientConfig>>,
+    hello: Hello,
+) -> Result<PeerStream, ConnectError> {
     let mut introduction = Vec::new();
     frame::push_hello(&mut introduction, hello);
-    for addr in addrs {
-        for resolved in resolve(addr).await {
-            let Ok(mut stream) = TcpStream::connect_timeout(resolved, CONNECT_TIMEOUT).await else {
-                continue;
+    let mut last = ConnectError::NoAddress;
+    for target in targets {
+        for resolved in resolve(&target.addr).await {
+            let stream = match TcpStream::connect_timeout(resolved, CONNECT_TIMEOUT).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    last = ConnectError::Tcp(resolved, error.to_string());
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
-            if frame::write_all(&mut stream, &introduction).await.is_ok() {
-                return Some(stream);
+            let mut stream = match (target.tls, dial) {
+                (false, _) => MaybeTls::Plain(stream),
+                (true, None) => {
+                    last = ConnectError::NoTls;
+                    continue;
+                }
+                (true, Some(config)) => {
+                    let connector = futures_rustls::TlsConnector::from(Arc::clone(config));
+                    match tls::connect(&connector, &target.host, stream).await {
+                        Ok(stream) => MaybeTls::Tls(Box::new(stream.into())),
+                        Err(error) => {
+                            last = ConnectError::Handshake(resolved, error);
+                            continue;
+                        }
+                    }
+                }
+            };
+            match frame::write_all(&mut stream, &introduction).await {
+                Ok(()) => return Ok(stream),
+                Err(error) => last = ConnectError::Hello(resolved, error.to_string()),
             }
         }
     }
-    None
+    Err(last)
+}
+
+/// Why no connection to a peer could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no address to connect to")]
+    NoAddress,
+    #[error("connecting to {0}: {1}")]
+    Tcp(SocketAddr, String),
+    #[error("an https peer URL, but no peer TLS is configured")]
+    NoTls,
+    #[error("TLS handshake with {0}: {1}")]
+    Handshake(SocketAddr, tls::HandshakeError),
+    #[error("writing the hello to {0}: {1}")]
+    Hello(SocketAddr, String),
 }
 
 /// `host:port` → its addresses. Name lookups block, so they run off the store

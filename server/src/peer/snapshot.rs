@@ -28,7 +28,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::AsyncReadExt;
-use glommio::net::TcpStream;
 use prost::Message as _;
 use raft::eraftpb::ConfState;
 use raft::eraftpb::Message;
@@ -37,7 +36,7 @@ use ringkv_engine::mvcc::{Mvcc, SnapshotSource};
 use ringkv_proto::ringkvpb::{Membership, SnapshotChunk, SnapshotEnd};
 
 use super::frame::{self, Hello, PeerMessage};
-use super::{connect, screen, PeerEvent, Report};
+use super::{connect, screen, PeerEvent, PeerStream, Report, Target};
 use crate::snapshot_read;
 
 /// Bytes of the page file per chunk frame (a whole number of pages).
@@ -53,10 +52,17 @@ pub const SNAPSHOT_DISK_RESERVE_BYTES: u64 = 4 * ringkv_engine::wal::SEGMENT_BYT
 const _: () = assert!(CHUNK_BYTES.is_multiple_of(ringkv_engine::page::PAGE_BYTES));
 
 /// Streams `source` to `hello.to` and reports how it went: `SnapshotSent`.
-pub(super) async fn send(hello: Hello, addrs: Vec<String>, message: Message, source: SnapshotSource, report: Report) {
+pub(super) async fn send(
+    hello: Hello,
+    targets: Vec<Target>,
+    dial: Option<std::sync::Arc<rustls::ClientConfig>>,
+    message: Message,
+    source: SnapshotSource,
+    report: Report,
+) {
     let txid = source.txid();
     let index = message.get_snapshot().get_metadata().index;
-    let delivered = match transfer(hello, &addrs, message, source).await {
+    let delivered = match transfer(hello, &targets, dial.as_ref(), message, source).await {
         Ok(bytes) => {
             tracing::info!(to = format_args!("{:x}", hello.to), index, bytes, "snapshot sent");
             true
@@ -73,8 +79,14 @@ pub(super) async fn send(hello: Hello, addrs: Vec<String>, message: Message, sou
     });
 }
 
-async fn transfer(hello: Hello, addrs: &[String], message: Message, mut source: SnapshotSource) -> Result<u64, String> {
-    let mut stream = connect(addrs, hello).await.ok_or("cannot connect")?;
+async fn transfer(
+    hello: Hello,
+    targets: &[Target],
+    dial: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    message: Message,
+    mut source: SnapshotSource,
+) -> Result<u64, String> {
+    let mut stream = connect(targets, dial, hello).await.map_err(|error| error.to_string())?;
     let total = source.total_bytes();
     let mut crc = crc32fast::Hasher::new();
     let mut offset = 0u64;
@@ -347,7 +359,7 @@ fn available_bytes(dir: &Path) -> std::io::Result<u64> {
 }
 
 /// Acknowledges a received snapshot to its sender.
-pub(super) async fn acknowledge(stream: &mut TcpStream) -> Result<(), String> {
+pub(super) async fn acknowledge(stream: &mut PeerStream) -> Result<(), String> {
     frame::write_all(stream, &[frame::SNAPSHOT_ACK])
         .await
         .map_err(|error| error.to_string())

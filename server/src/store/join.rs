@@ -6,6 +6,7 @@
 //! own id and the cluster id from it: etcd's MemberAdd made the id from the
 //! time, so no flag can derive it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_datadir::cluster::InitialMember;
@@ -29,11 +30,15 @@ pub struct Joined {
 
 /// Asks the other members of `cluster`, in turn, for the membership, and
 /// finds this member (advertising `peer_urls`) in it.
-pub fn discover(peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joined, String> {
+pub fn discover(
+    peer_urls: &[String],
+    cluster: &[InitialMember],
+    dial: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Joined, String> {
     let mut failures = Vec::new();
     let others = cluster.iter().filter(|member| !same_urls(&member.peer_urls, peer_urls));
     for url in others.flat_map(|member| member.peer_urls.iter()) {
-        match peer::query::ask(url, QUERY_TIMEOUT) {
+        match peer::query::ask(url, dial, QUERY_TIMEOUT) {
             // A member that is still starting answers with no members.
             Ok(answer) => match Membership::from_pb(answer) {
                 Ok(current) => return joined(&current, peer_urls, cluster),
@@ -52,10 +57,14 @@ pub fn discover(peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joine
 /// URLs) the others report now, but this one, so that a joiner that stopped
 /// before its replay reached the current leader can still reach it. Best
 /// effort: empty if no one answers.
-pub fn current_peers(peer_urls: &[String], cluster: &[InitialMember]) -> Vec<(u64, Vec<String>)> {
+pub fn current_peers(
+    peer_urls: &[String],
+    cluster: &[InitialMember],
+    dial: Option<&Arc<rustls::ClientConfig>>,
+) -> Vec<(u64, Vec<String>)> {
     let others = cluster.iter().filter(|member| !same_urls(&member.peer_urls, peer_urls));
     for url in others.flat_map(|member| member.peer_urls.iter()) {
-        let Ok(answer) = peer::query::ask(url, QUERY_TIMEOUT) else {
+        let Ok(answer) = peer::query::ask(url, dial, QUERY_TIMEOUT) else {
             continue;
         };
         if let Ok(current) = Membership::from_pb(answer) {

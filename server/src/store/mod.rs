@@ -22,7 +22,6 @@ pub(crate) mod store_files;
 pub(crate) mod wal_io;
 mod watchers;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -60,7 +59,7 @@ pub struct StoreCoreSettings {
     pub start: Start,
     /// A joiner's peers as the cluster reported them (empty otherwise).
     pub join_peers: Vec<(u64, Vec<String>)>,
-    pub listen_peer_addrs: Vec<SocketAddr>,
+    pub peer_network: peer::PeerNetwork,
     /// One raft tick (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
     pub election_ticks: usize,
@@ -154,7 +153,7 @@ pub async fn run(
         identity.member_id,
         identity.cluster_id,
         Rc::clone(&report),
-        settings.listen_peer_addrs.clone(),
+        settings.peer_network.clone(),
         settings.data_dir.join(SNAP_DIR),
     );
     // A member alone listens only once it has a peer (see `PeerTransport::listen`);

@@ -31,5 +31,6 @@ mod lincheck;
 mod maintenance;
 mod membership;
 mod snapshot_defrag;
+mod tls;
 mod watch;
 mod watch_differential;

@@ -74,8 +74,12 @@ impl Ringkv {
         let kept = log.clone();
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving client requests on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                if let Some(rest) = line.split("serving client requests on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let addr = url
+                        .trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                        .to_string();
                     let _ = addr_tx.send(addr);
                 }
                 kept.0.lock().unwrap().push(line);
