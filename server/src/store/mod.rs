@@ -280,10 +280,17 @@ pub async fn run(
         let Some(first) = first else {
             return;
         };
+        // What an event asks for goes out at once, not after the pass: a
+        // reply answered from the applied state reaches its client core while
+        // this one works on, as when the core sent replies itself.
         core.handle(Instant::now(), first);
+        shell.carry_out(core.take_effects());
         for _ in 1..EVENTS_PER_PASS_MAX {
             match future::poll_once(event_queue.recv()).await {
-                Some(Some(event)) => core.handle(Instant::now(), event),
+                Some(Some(event)) => {
+                    core.handle(Instant::now(), event);
+                    shell.carry_out(core.take_effects());
+                }
                 _ => break,
             }
         }
