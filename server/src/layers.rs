@@ -98,6 +98,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fatal",
             "metrics",
             "version",
+            "log_limit",
         ],
     ),
     // Beside the store, which uses it: it never uses the store.
