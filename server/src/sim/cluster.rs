@@ -49,7 +49,7 @@ enum Action {
     Deliver {
         to: usize,
         incarnation: u64,
-        event: Event,
+        event: Box<Event>,
     },
     /// A snapshot stream from `from` arrives at `to`.
     SnapshotArrives {
@@ -210,7 +210,7 @@ impl Cluster {
                 let every = self.timing().backend_batch_interval;
                 self.at(every, Action::CommitDue(member));
             }
-            Action::Deliver { to, incarnation, event } => self.deliver(to, Some(incarnation), event).await?,
+            Action::Deliver { to, incarnation, event } => self.deliver(to, Some(incarnation), *event).await?,
             Action::SnapshotArrives {
                 from,
                 from_incarnation,
@@ -323,7 +323,7 @@ impl Cluster {
                 Action::Deliver {
                     to: index,
                     incarnation,
-                    event,
+                    event: Box::new(event),
                 },
             );
         }
@@ -470,7 +470,7 @@ impl Cluster {
                             Action::Deliver {
                                 to: member,
                                 incarnation,
-                                event,
+                                event: Box::new(event),
                             },
                         );
                     }
@@ -493,7 +493,7 @@ impl Cluster {
                 Action::Deliver {
                     to: from,
                     incarnation,
-                    event,
+                    event: Box::new(event),
                 },
             );
             return;
@@ -514,7 +514,7 @@ impl Cluster {
                     Action::Deliver {
                         to: to_index,
                         incarnation,
-                        event: Event::Peer(event),
+                        event: Box::new(Event::Peer(event)),
                     },
                 );
             }
