@@ -151,7 +151,7 @@ mod tests {
                 txn.end();
                 let mut txn = mvcc.write();
                 txn.delete_range(KeySpan {
-                    key: format!("k{:03}", (round * 7) % 60).as_bytes(),
+                    key: format!("k{:03}", round.wrapping_mul(7) % 60).as_bytes(),
                     end: RangeEnd::Key,
                 })
                 .unwrap();
