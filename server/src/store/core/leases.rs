@@ -140,16 +140,6 @@ impl StoreCore {
         self.wait_for(request_id, client, call_id, Awaited::LeaseAnswer);
     }
 
-    /// A forwarded call the transport could not queue for the leader.
-    pub(super) fn lease_forward_undelivered(&mut self, request_id: u64) {
-        if let Some(waiting) = self
-            .waiting
-            .remove_if(request_id, |awaited| *awaited == Awaited::LeaseAnswer)
-        {
-            self.reply(waiting.client, waiting.call_id, Err(EtcdError::NoLeader));
-        }
-    }
-
     /// The leader's side of a forwarded call. An expiring lease answers TTL 0
     /// at once (a local KeepAlive would wait for the revoke): it is past its
     /// deadline and its revoke is being proposed.

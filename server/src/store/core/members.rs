@@ -98,14 +98,6 @@ impl StoreCore {
         self.wait_for(request_id, client, call_id, Awaited::PromoteVerdict { member_id });
     }
 
-    /// A question the transport could not queue for the leader.
-    pub(super) fn promote_check_undelivered(&mut self, request_id: u64) {
-        let asked = |awaited: &Awaited| matches!(awaited, Awaited::PromoteVerdict { .. });
-        if let Some(waiting) = self.waiting.remove_if(request_id, asked) {
-            self.reply(waiting.client, waiting.call_id, Err(EtcdError::NoLeader));
-        }
-    }
-
     /// A follower's question (answered if this member leads) or the leader's
     /// answer to this member's.
     pub(super) fn promote_check(&mut self, from: u64, check: PromoteCheck) {

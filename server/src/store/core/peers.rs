@@ -4,18 +4,25 @@
 
 use raft::eraftpb::Message as RaftMessage;
 
-use super::StoreCore;
+use super::{Awaited, StoreCore};
+use crate::etcd_error::EtcdError;
 use crate::peer::{screen, PeerMessage};
+
 impl StoreCore {
     /// A message of this member's that the transport could not queue for
     /// peer `to`: a call waiting for its answer fails now. (Answers and raft
     /// messages need nothing: the asker times out, raft sends again.)
     pub(super) fn undelivered(&mut self, to: u64, message: PeerMessage) {
         tracing::debug!(to = format_args!("{to:x}"), "message to a peer not queued");
-        match message {
-            PeerMessage::LeaseForward(forward) => self.lease_forward_undelivered(forward.request_id),
-            PeerMessage::PromoteCheck(check) if !check.answered => self.promote_check_undelivered(check.request_id),
-            _ => {}
+        let (request_id, asked): (u64, fn(&Awaited) -> bool) = match message {
+            PeerMessage::LeaseForward(forward) => (forward.request_id, |awaited| *awaited == Awaited::LeaseAnswer),
+            PeerMessage::PromoteCheck(check) if !check.answered => (check.request_id, |awaited| {
+                matches!(awaited, Awaited::PromoteVerdict { .. })
+            }),
+            _ => return,
+        };
+        if let Some(waiting) = self.waiting.remove_if(request_id, asked) {
+            self.reply(waiting.client, waiting.call_id, Err(EtcdError::NoLeader));
         }
     }
 
