@@ -89,10 +89,15 @@ enum Action {
 }
 
 struct Client {
-    /// The member the call in flight went to, and its id.
-    calling: Option<(usize, u64)>,
-    in_flight: Option<InFlight>,
+    calling: Option<Calling>,
     calls: u64,
+}
+
+/// A client's call in flight: the member it went to, its id, and what it is.
+struct Calling {
+    member: usize,
+    call_id: u64,
+    call: InFlight,
 }
 
 pub struct Cluster {
@@ -125,7 +130,6 @@ impl Cluster {
         let clients = (0..config.clients)
             .map(|_| Client {
                 calling: None,
-                in_flight: None,
                 calls: 0,
             })
             .collect();
@@ -599,7 +603,11 @@ impl Cluster {
         self.report.crashes += 1;
         // Calls in flight to the crashed member: the clients lose them.
         for client in 0..self.clients.len() {
-            if self.clients[client].calling.is_some_and(|(to, _)| to == member) {
+            if self.clients[client]
+                .calling
+                .as_ref()
+                .is_some_and(|calling| calling.member == member)
+            {
                 self.client_done(client, Outcome::Unknown);
             }
         }
@@ -610,25 +618,24 @@ impl Cluster {
     }
 
     async fn client_step(&mut self, client: usize) -> Result<(), SimFailure> {
-        if self.calm || self.clients[client].in_flight.is_some() {
+        if self.calm || self.clients[client].calling.is_some() {
             return Ok(());
         }
         let member = self.rng.gen_range(0..self.members.len());
-        let calls = self.clients[client].calls;
+        let call_id = (client as u64) << 32 | self.clients[client].calls;
         self.clients[client].calls += 1;
-        let (op, request) = workload::random_op(&mut self.rng, (client as u64) << 32 | calls);
+        let (op, request) = workload::random_op(&mut self.rng, call_id);
         if !self.is_running(member, None) {
             // Connection refused: nothing was sent.
             let think = self.think_time();
             self.at(think, Action::ClientStep(client));
             return Ok(());
         }
-        let call_id = (client as u64) << 32 | calls;
-        self.clients[client].calling = Some((member, call_id));
-        self.clients[client].in_flight = Some(InFlight {
+        let call = InFlight {
             op,
             invoke_us: self.now_us,
-        });
+        };
+        self.clients[client].calling = Some(Calling { member, call_id, call });
         self.at(CLIENT_TIMEOUT, Action::ClientTimeout { client, call_id });
         self.call(member, call_id, request).await
     }
@@ -650,35 +657,39 @@ impl Cluster {
             self.final_answers.insert(call_id, result);
             return;
         }
-        if self.clients[client].calling.map(|(_, id)| id) != Some(call_id) {
+        let Some(calling) = self.clients[client]
+            .calling
+            .as_ref()
+            .filter(|calling| calling.call_id == call_id)
+        else {
             return; // given up on already
-        }
+        };
         let outcome = match result {
-            Ok(response) => {
-                let op = &self.clients[client].in_flight.as_ref().expect("a call in flight").op;
-                workload::outcome(op, response)
-            }
+            Ok(response) => workload::outcome(&calling.call.op, response),
             Err(_) => Outcome::Unknown,
         };
         self.client_done(client, outcome);
     }
 
     fn client_gives_up(&mut self, client: usize, call_id: u64) {
-        if self.clients[client].calling.map(|(_, id)| id) == Some(call_id) {
+        if self.clients[client]
+            .calling
+            .as_ref()
+            .is_some_and(|calling| calling.call_id == call_id)
+        {
             self.client_done(client, Outcome::Unknown);
         }
     }
 
     fn client_done(&mut self, client: usize, outcome: Outcome) {
-        let call = self.clients[client].in_flight.take().expect("a call in flight");
-        self.clients[client].calling = None;
+        let calling = self.clients[client].calling.take().expect("a call in flight");
         if outcome == Outcome::Unknown {
             self.report.unknown_outcomes += 1;
         } else {
             self.report.operations += 1;
         }
         self.history
-            .push(workload::completed(client as u32, call, self.now_us, outcome));
+            .push(workload::completed(client as u32, calling.call, self.now_us, outcome));
         let think = self.think_time();
         self.at(think, Action::ClientStep(client));
     }
@@ -693,11 +704,8 @@ impl Cluster {
         }
         // A call still unanswered may yet be applied: its outcome is unknown.
         for client in 0..self.clients.len() {
-            if let Some(call) = self.clients[client].in_flight.take() {
-                self.clients[client].calling = None;
-                self.report.unknown_outcomes += 1;
-                let unknown = workload::completed(client as u32, call, self.now_us, Outcome::Unknown);
-                self.history.push(unknown);
+            if self.clients[client].calling.is_some() {
+                self.client_done(client, Outcome::Unknown);
             }
         }
         let reader = self.clients.len() as u64;
