@@ -10,6 +10,7 @@
 //! and the ratio. The `scale` row (see `scale`) runs several phases on each
 //! fresh server and has a table of its own.
 
+mod certs;
 mod machine;
 mod proc_status;
 pub mod rows;
@@ -94,6 +95,12 @@ pub struct CompareArgs {
     /// How long a server may take to start serving.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub start_timeout: Duration,
+    /// Both servers serve clients over mutual TLS as kubeadm configures them
+    /// (https, --cert-file, --key-file, --trusted-ca-file,
+    /// --client-cert-auth), with a CA and certificates made at start; the
+    /// load client presents a client certificate (`compare` only).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// A binary and what its `--version` says.
@@ -151,6 +158,8 @@ struct Session<'a> {
     baseline_kind: ServerKind,
     baseline: Binary,
     root: DataRoot,
+    /// With --tls: the certificates both servers serve and the client presents.
+    tls: Option<certs::TlsFiles>,
     runs: Vec<RunRecord>,
     notes: Vec<String>,
 }
@@ -184,6 +193,11 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
         }
         scale::check(args.scale_keys, args.scale_phase)?;
     }
+    if args.tls && baseline == Baseline::Ceiling {
+        return Err(BenchError::Usage(
+            "ceiling: ringkv-ceiling serves plain text only; --tls is for compare".into(),
+        ));
+    }
     let rows = if wants_scale && others.iter().all(|name| name.trim().is_empty()) {
         Vec::new()
     } else {
@@ -198,6 +212,8 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
         (Baseline::Ceiling, Some(path)) => (ServerKind::Ceiling, locate(path)?),
         (Baseline::Ceiling, None) => (ServerKind::Ceiling, default_beside("ringkv-ceiling")?),
     };
+    let root = DataRoot::create(args.data_root.as_deref(), args.keep_data)?;
+    let tls = args.tls.then(|| certs::TlsFiles::make(root.path())).transpose()?;
     let mut session = Session {
         global,
         args,
@@ -212,7 +228,8 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
             version: version_of(&baseline_path),
             path: baseline_path,
         },
-        root: DataRoot::create(args.data_root.as_deref(), args.keep_data)?,
+        root,
+        tls,
         runs: Vec::new(),
         notes: Vec::new(),
     };
@@ -262,10 +279,14 @@ impl Session<'_> {
             ServerKind::Ceiling => ("ceiling", "ringkv always; ringkv-ceiling stores nothing"),
             _ => ("compare", "etcd default; ringkv always"),
         };
+        let transport = match self.tls {
+            Some(_) => "clients over mutual TLS (https, --client-cert-auth; certificates made at start)",
+            None => "clients in plain text",
+        };
         format!(
             "ringkv-bench {command}: {} rounds of {} ({}, plus server starts and untimed setup)\n\
              machine: {}\nringkv: {} ({})\n{}: {} ({})\n\
-             each run: a fresh server on an empty data dir, fsync on ({durability})",
+             each run: a fresh server on an empty data dir, fsync on ({durability}), {transport}",
             self.args.rounds,
             names.join(", "),
             runs_text.join("; "),
@@ -331,6 +352,7 @@ impl Session<'_> {
                 label.to_string(),
             )?;
             options.endpoints = vec![server.endpoint().to_string()];
+            options.tls = server.client_tls().cloned();
             session
                 .runtime
                 .block_on(runner::run(row.spec.build(options.request_timeout)?, &options))
@@ -354,7 +376,7 @@ impl Session<'_> {
             _ => self.baseline.path.clone(),
         };
         let run_dir = self.root.run_dir(&format!("{name}-{round}-{}", kind.name()))?;
-        let mut server = Server::spawn(kind, &bin, &run_dir)?;
+        let mut server = Server::spawn(kind, &bin, &run_dir, self.tls.as_ref())?;
         let ready_after = self.runtime.block_on(server.wait_ready(self.args.start_timeout))?;
         self.progress.note(&format!(
             "{label}: serving on {} after {} ms",

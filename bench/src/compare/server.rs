@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use ringkv_proto::etcdserverpb::RangeRequest;
 use serde::Serialize;
 
-use crate::connect::connect;
+use super::certs::TlsFiles;
+use crate::connect::{connect, Tls};
 use crate::workload::kv_client;
 use crate::BenchError;
 
@@ -53,10 +54,10 @@ impl ServerKind {
     }
 
     /// Flags for a single member with data in `data_dir`, serving clients on
-    /// `client_port` (and, for etcd, peers on `peer_port`); everything else is
-    /// the server's default.
-    pub fn args(self, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
-        let client_url = format!("http://127.0.0.1:{client_port}");
+    /// `client_port` (over mutual TLS with `tls`; and, for etcd, peers on
+    /// `peer_port`); everything else is the server's default.
+    pub fn args(self, data_dir: &Path, client_port: u16, peer_port: u16, tls: Option<&TlsFiles>) -> Vec<String> {
+        let client_url = client_url(client_port, tls.is_some());
         if self == ServerKind::Ceiling {
             return vec!["--listen-client-urls".to_string(), client_url];
         }
@@ -79,8 +80,16 @@ impl ServerKind {
                 format!("default={peer_url}"),
             ]);
         }
+        if let Some(tls) = tls {
+            args.extend(tls.server_flags());
+        }
         args
     }
+}
+
+fn client_url(port: u16, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
 /// A running server; killed when dropped.
@@ -92,6 +101,8 @@ pub struct Server {
     args: Vec<String>,
     child: Child,
     endpoint: String,
+    /// What clients trust and present when the server runs mutual TLS.
+    client_tls: Option<Tls>,
     log_path: PathBuf,
 }
 
@@ -106,11 +117,12 @@ pub enum Shutdown {
 
 impl Server {
     /// Starts `bin` with data in `run_dir/data` and its output in
-    /// `run_dir/server.log`.
-    pub fn spawn(kind: ServerKind, bin: &Path, run_dir: &Path) -> Result<Server, BenchError> {
+    /// `run_dir/server.log`, serving clients over mutual TLS with `tls`.
+    pub fn spawn(kind: ServerKind, bin: &Path, run_dir: &Path, tls: Option<&TlsFiles>) -> Result<Server, BenchError> {
         let client_port = free_port()?;
         let peer_port = free_port()?;
-        let args = kind.args(&run_dir.join("data"), client_port, peer_port);
+        let args = kind.args(&run_dir.join("data"), client_port, peer_port, tls);
+        let client_tls = tls.map(TlsFiles::client).transpose()?;
         let log_path = run_dir.join("server.log");
         let child = start(kind, bin, &args, &log_path)?;
         Ok(Server {
@@ -118,7 +130,8 @@ impl Server {
             bin: bin.to_path_buf(),
             args,
             child,
-            endpoint: format!("http://127.0.0.1:{client_port}"),
+            endpoint: client_url(client_port, tls.is_some()),
+            client_tls,
             log_path,
         })
     }
@@ -166,13 +179,18 @@ impl Server {
         &self.endpoint
     }
 
+    /// What a client of this server trusts and presents (None: plain text).
+    pub fn client_tls(&self) -> Option<&Tls> {
+        self.client_tls.as_ref()
+    }
+
     /// Waits until a linearizable Range succeeds (so a leader is elected),
     /// at most `timeout`; returns how long that took.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, BenchError> {
         let start = Instant::now();
         let served = self
-            .wait_until(timeout, PROBE_PAUSE, "serve", |endpoint| async move {
-                probe(&endpoint).await
+            .wait_until(timeout, PROBE_PAUSE, "serve", |endpoint, tls| async move {
+                probe(&endpoint, tls.as_ref()).await
             })
             .await?;
         Ok(served.duration_since(start))
@@ -183,14 +201,14 @@ impl Server {
     /// most `timeout`; returns when the first such reply came.
     pub async fn wait_serves_key(&mut self, key: &[u8], timeout: Duration) -> Result<Instant, BenchError> {
         let what = format!("serve key {:?}", String::from_utf8_lossy(key));
-        self.wait_until(timeout, RESTART_PROBE_PAUSE, &what, |endpoint| {
+        self.wait_until(timeout, RESTART_PROBE_PAUSE, &what, |endpoint, tls| {
             let request = RangeRequest {
                 key: key.to_vec(),
                 serializable: true,
                 ..Default::default()
             };
             async move {
-                match tokio::time::timeout(RESTART_PROBE_TIMEOUT, range_once(&endpoint, request)).await {
+                match tokio::time::timeout(RESTART_PROBE_TIMEOUT, range_once(&endpoint, tls.as_ref(), request)).await {
                     Ok(Some(kvs)) => {
                         assert!(kvs <= 1, "a Range of one key returns at most one kv");
                         kvs == 1
@@ -202,7 +220,7 @@ impl Server {
         .await
     }
 
-    /// Calls `serves` with the endpoint every `pause` until it answers true
+    /// Calls `serves` with the endpoint and its TLS every `pause` until it answers true
     /// (returns when it did), the server exits, or `timeout` has passed;
     /// `what` says in the error what the server did not do in time.
     async fn wait_until<Fut: Future<Output = bool>>(
@@ -210,7 +228,7 @@ impl Server {
         timeout: Duration,
         pause: Duration,
         what: &str,
-        mut serves: impl FnMut(String) -> Fut,
+        mut serves: impl FnMut(String, Option<Tls>) -> Fut,
     ) -> Result<Instant, BenchError> {
         let start = Instant::now();
         loop {
@@ -221,7 +239,7 @@ impl Server {
                     self.log_tail()
                 )));
             }
-            if serves(self.endpoint.clone()).await {
+            if serves(self.endpoint.clone(), self.client_tls.clone()).await {
                 return Ok(Instant::now());
             }
             if start.elapsed() >= timeout {
@@ -305,16 +323,16 @@ impl Drop for Server {
 }
 
 /// How many kvs one Range on a fresh connection returned; None if it failed.
-async fn range_once(endpoint: &str, request: RangeRequest) -> Option<usize> {
-    let channels = connect(&[endpoint.to_string()], 1, RESTART_PROBE_TIMEOUT, None)
+async fn range_once(endpoint: &str, tls: Option<&Tls>, request: RangeRequest) -> Option<usize> {
+    let channels = connect(&[endpoint.to_string()], 1, RESTART_PROBE_TIMEOUT, tls)
         .await
         .ok()?;
     let reply = kv_client(channels[0].clone()).range(request).await.ok()?;
     Some(reply.into_inner().kvs.len())
 }
 
-async fn probe(endpoint: &str) -> bool {
-    let Ok(channels) = connect(&[endpoint.to_string()], 1, PROBE_TIMEOUT, None).await else {
+async fn probe(endpoint: &str, tls: Option<&Tls>) -> bool {
+    let Ok(channels) = connect(&[endpoint.to_string()], 1, PROBE_TIMEOUT, tls).await else {
         return false;
     };
     let mut kv = kv_client(channels[0].clone());
@@ -343,7 +361,7 @@ mod tests {
 
     #[test]
     fn etcd_gets_a_single_member_cluster_on_its_own_peer_port() {
-        let args = ServerKind::Etcd.args(Path::new("/d"), 1000, 1001).join(" ");
+        let args = ServerKind::Etcd.args(Path::new("/d"), 1000, 1001, None).join(" ");
         assert_eq!(
             args,
             "--data-dir /d --listen-client-urls http://127.0.0.1:1000 --advertise-client-urls http://127.0.0.1:1000 \
@@ -354,7 +372,7 @@ mod tests {
 
     #[test]
     fn ringkv_gets_only_data_dir_and_client_url() {
-        let args = ServerKind::Ringkv.args(Path::new("/d"), 1000, 1001).join(" ");
+        let args = ServerKind::Ringkv.args(Path::new("/d"), 1000, 1001, None).join(" ");
         assert_eq!(
             args,
             "--data-dir /d --listen-client-urls http://127.0.0.1:1000 --advertise-client-urls http://127.0.0.1:1000"
@@ -363,18 +381,35 @@ mod tests {
 
     #[test]
     fn the_ceiling_gets_only_its_client_url() {
-        let args = ServerKind::Ceiling.args(Path::new("/d"), 1000, 1001).join(" ");
+        let args = ServerKind::Ceiling.args(Path::new("/d"), 1000, 1001, None).join(" ");
         assert_eq!(args, "--listen-client-urls http://127.0.0.1:1000");
     }
 
     #[test]
     fn no_flag_turns_fsync_off() {
         for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
-            let args = kind.args(Path::new("/d"), 1, 2);
+            let args = kind.args(Path::new("/d"), 1, 2, None);
             assert!(
                 !args.iter().any(|a| a.contains("unsafe") || a.contains("fsync")),
                 "{args:?}"
             );
+        }
+    }
+
+    #[test]
+    fn with_tls_both_servers_get_https_urls_and_the_same_certificate_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsFiles::make(dir.path()).unwrap();
+        for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
+            let args = kind.args(Path::new("/d"), 1000, 1001, Some(&tls));
+            let joined = args.join(" ");
+            assert!(
+                joined.contains(
+                    "--listen-client-urls https://127.0.0.1:1000 --advertise-client-urls https://127.0.0.1:1000"
+                ),
+                "{joined}"
+            );
+            assert!(args.ends_with(&tls.server_flags()), "{joined}");
         }
     }
 }

@@ -4,8 +4,9 @@
 //! certificates, the same refusals (no client certificate, another CA's, an
 //! expired one, plain text to the TLS port) with the member serving on;
 //! certificate rotation without a restart; a 3-member cluster over peer mTLS
-//! that refuses peers without the CA's certificate; etcd's environment
-//! variables and the etcd flags ringkv answers by name.
+//! that refuses peers without the CA's certificate; client certificates held
+//! to `--client-cert-allowed-hostname`; etcd's environment variables and the
+//! etcd flags ringkv answers by name.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -659,4 +660,53 @@ fn auto_tls_serves_a_self_signed_certificate_to_clients_that_skip_verification()
     assert_eq!(etcdctl(&url, &skip, &["put", "k", "v"]), (true, "OK".to_string()));
     let (ok, _) = etcdctl(&url, &["--insecure-transport=false".to_string()], &["get", "k"]);
     assert!(!ok, "a self-signed certificate is not trusted by a verifying client");
+}
+
+#[test]
+fn client_cert_allowed_hostname_refuses_client_certificates_not_valid_for_that_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.issue("server", "server");
+    // Valid for 127.0.0.1, 127.0.0.2 and localhost.
+    let local_client = ca.issue("local-client", "root");
+    let elsewhere_client = ca.issue_with("elsewhere-client", "root", |params| {
+        params.subject_alt_names = vec![rcgen::SanType::DnsName("elsewhere.example".try_into().unwrap())];
+    });
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let args = [
+        format!("--listen-client-urls={url}"),
+        format!("--advertise-client-urls={url}"),
+        format!("--cert-file={}", path(&server.cert)),
+        format!("--key-file={}", path(&server.key)),
+        format!("--trusted-ca-file={}", path(&ca.cert_path)),
+        "--client-cert-auth".to_string(),
+        "--client-cert-allowed-hostname=localhost".to_string(),
+    ];
+    let ringkv = Ringkv::spawn(&dir.path().join("data"), &args).ready();
+
+    let (ok, said) = etcdctl(
+        &url,
+        &client_flags(&ca.cert_path, Some(&elsewhere_client)),
+        &["put", "k", "v"],
+    );
+    assert!(
+        !ok,
+        "a certificate the CA signed, but not for localhost, is refused: {said}"
+    );
+    assert_eq!(
+        etcdctl(
+            &url,
+            &client_flags(&ca.cert_path, Some(&local_client)),
+            &["put", "k", "v"]
+        ),
+        (true, "OK".to_string()),
+        "a certificate valid for localhost is served, and the refusal left the member serving"
+    );
+    let log = ringkv.log.text();
+    let refusal = log.lines().find(|line| line.contains("rejected connection from"));
+    assert!(
+        refusal.is_some_and(|line| line.contains("Hostname(\"localhost\")")),
+        "the refusal names the allowed hostname: {log}"
+    );
 }

@@ -14,7 +14,7 @@ use super::{Compaction, Restart, ScaleRun};
 use crate::compare::proc_status::Memory;
 use crate::compare::rows::{KEY_SIZE, VAL_SIZE};
 use crate::compare::server::{Server, Shutdown};
-use crate::connect::connect;
+use crate::connect::{connect, Tls};
 use crate::keys::{KeyOrder, KeySpace};
 use crate::progress::ProgressMode;
 use crate::report::Summary;
@@ -63,7 +63,7 @@ impl Plan {
     fn options(&self, server: &Server, shape: (usize, usize), stop: Stop, label: String) -> RunOptions {
         RunOptions {
             endpoints: vec![server.endpoint().to_string()],
-            tls: None,
+            tls: server.client_tls().cloned(),
             conns: shape.0,
             clients: shape.1,
             stop,
@@ -91,7 +91,7 @@ pub async fn measure(server: &mut Server, plan: &Plan, label: &str) -> Result<Sc
     let memory_after_load = Memory::of_pid(server.pid())?;
     let overwrite = bulk_puts(server, plan, format!("{label} overwrite")).await?;
     not_interrupted()?;
-    let revision = current_revision(server.endpoint(), plan.request_timeout).await?;
+    let revision = current_revision(server.endpoint(), server.client_tls(), plan.request_timeout).await?;
     plan.progress
         .note(&format!("{label}: revision {revision} after the overwrite"));
     let quiet_load = Put::new(&put_args(plan.keys, false))?;
@@ -141,8 +141,8 @@ async fn bulk_puts(server: &Server, plan: &Plan, label: String) -> Result<Summar
 }
 
 /// The store's revision, from a Range's header.
-async fn current_revision(endpoint: &str, request_timeout: Duration) -> Result<i64, BenchError> {
-    let channels = connect(&[endpoint.to_string()], 1, request_timeout, None).await?;
+async fn current_revision(endpoint: &str, tls: Option<&Tls>, request_timeout: Duration) -> Result<i64, BenchError> {
+    let channels = connect(&[endpoint.to_string()], 1, request_timeout, tls).await?;
     let request = RangeRequest {
         key: b"ringkv-bench-revision".to_vec(),
         ..Default::default()
@@ -176,10 +176,11 @@ async fn during_compaction(
     };
     let load = runner::run(Arc::new(Put::new(&put_args(plan.keys, false))?), &options);
     let endpoint = server.endpoint().to_string();
+    let tls = server.client_tls();
     let start = Instant::now();
     let control = async {
         tokio::time::sleep(COMPACT_AFTER).await;
-        let compaction = compact(&endpoint, revision, start).await;
+        let compaction = compact(&endpoint, tls, revision, start).await;
         let end = (start + plan.phase).max(Instant::now() + LOAD_AFTER_COMPACTION);
         tokio::time::sleep_until(end.into()).await;
         cancel.store(true, Ordering::Relaxed);
@@ -191,10 +192,10 @@ async fn during_compaction(
 
 /// Sends `Compact { revision, physical: true }` on its own connection and
 /// times it to the reply, which both servers send once the removal is done.
-async fn compact(endpoint: &str, revision: i64, load_start: Instant) -> Compaction {
+async fn compact(endpoint: &str, tls: Option<&Tls>, revision: i64, load_start: Instant) -> Compaction {
     let started_after_sec = load_start.elapsed().as_secs_f64();
     let sent = Instant::now();
-    let result = match connect(&[endpoint.to_string()], 1, COMPACTION_WAIT_MAX, None).await {
+    let result = match connect(&[endpoint.to_string()], 1, COMPACTION_WAIT_MAX, tls).await {
         Ok(channels) => kv_client(channels[0].clone())
             .compact(CompactionRequest {
                 revision,
