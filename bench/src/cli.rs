@@ -114,6 +114,11 @@ pub struct GlobalArgs {
     /// PEM key of --cert.
     #[arg(long, global = true)]
     pub key: Option<PathBuf>,
+    /// Process id of the server, when it runs on this machine: the report
+    /// adds the CPU it used and the work per server CPU-second (`compare`
+    /// measures its own servers and ignores this).
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
 }
 
 impl GlobalArgs {
@@ -167,6 +172,7 @@ impl GlobalArgs {
             progress: ProgressMode::detect(self.quiet),
             label,
             cancel: None,
+            server_pid: self.server_pid,
         })
     }
 }

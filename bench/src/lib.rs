@@ -14,6 +14,7 @@ pub mod pacing;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod server_cpu;
 pub mod workload;
 
 #[derive(Debug, thiserror::Error)]

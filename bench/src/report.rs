@@ -260,6 +260,9 @@ pub struct Summary {
     pub watch: Option<WatchSummary>,
     /// What else the workload reports (lease revocation, list sizes).
     pub notes: Vec<String>,
+    /// CPU seconds (user + system) the server used over the timed part of
+    /// the run, when its process id was known (`--server-pid`, `compare`).
+    pub server_cpu_sec: Option<f64>,
 }
 
 impl Summary {
@@ -280,6 +283,7 @@ impl Summary {
             .collect();
         let writes = (!info.write_kinds.is_empty()).then(|| recorder.group(info.write_kinds, duration_sec));
         Summary {
+            server_cpu_sec: None,
             workload: info.workload,
             settings: info.settings,
             endpoints: info.endpoints,
@@ -329,6 +333,13 @@ impl Summary {
         }
     }
 
+    /// The headline's count per CPU-second the server used; None without
+    /// the server's CPU time or when it used none.
+    pub fn per_server_cpu_sec(&self) -> Option<f64> {
+        let cpu_sec = self.server_cpu_sec.filter(|cpu| *cpu > 0.0)?;
+        Some(self.headline().per_sec * self.duration_sec / cpu_sec)
+    }
+
     /// The human-readable report.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -360,6 +371,15 @@ impl Summary {
                 let _ = writeln!(out, "  latency measured from {} to reply", self.latency_measured_from);
             }
             None => out.push_str("  latency: no successful requests\n"),
+        }
+        if let (Some(cpu_sec), Some(per_cpu_sec)) = (self.server_cpu_sec, self.per_server_cpu_sec()) {
+            let headline = self.headline();
+            let _ = writeln!(
+                out,
+                "  server CPU: {cpu_sec:.2} s, {} {} per server CPU-second",
+                fmt_rate(per_cpu_sec),
+                headline.unit.trim_end_matches("/sec")
+            );
         }
         for (kind, outcome) in &self.outcomes {
             let latency = outcome

@@ -20,7 +20,7 @@ use crate::pacing::{intended_offset, latency_us};
 use crate::progress::{Counters, Progress, ProgressMode};
 use crate::report::{Recorder, RunInfo, Summary};
 use crate::workload::{Workload, WorkloadClient};
-use crate::{interrupt, BenchError};
+use crate::{interrupt, server_cpu, BenchError};
 
 /// Request loops share this many recorders (a mutex each), so recording costs
 /// one uncontended lock instead of a 200 KiB histogram per loop.
@@ -58,6 +58,9 @@ pub struct RunOptions {
     /// keeps a load running until a compaction has finished). `stop` still
     /// bounds the run.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The server's process, when it runs on this machine: the summary then
+    /// says how much CPU it used over the timed part of the run.
+    pub server_pid: Option<u32>,
 }
 
 struct Shared {
@@ -101,6 +104,7 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
     };
     let op_limit = workload.op_limit();
     let ticket_limit = op_limit.as_ref().map_or(requested, |limit| limit.ops.min(requested));
+    let cpu_at_start = options.server_pid.map(server_cpu::cpu_seconds).transpose()?;
     let start = Instant::now();
     let shared = Arc::new(Shared {
         next_ticket: AtomicU64::new(0),
@@ -118,6 +122,10 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
 
     let progress = Progress::start(options.label.clone(), Arc::clone(&shared.counters), options.progress);
     let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await;
+    let server_cpu_sec = match (options.server_pid, cpu_at_start) {
+        (Some(pid), Some(at_start)) => Some(server_cpu::cpu_seconds(pid)? - at_start),
+        _ => None,
+    };
     progress.finish();
     let extras = workload.finish(start, options.progress).await;
     let last_done = last_done?;
@@ -148,6 +156,7 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
     let mut summary = Summary::new(info, &recorder, duration_sec, stopped_early);
     summary.watch = extras.watch;
     summary.notes = extras.notes;
+    summary.server_cpu_sec = server_cpu_sec;
     Ok(summary)
 }
 

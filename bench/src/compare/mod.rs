@@ -130,6 +130,8 @@ struct RowJson {
     #[serde(flatten)]
     baseline: BTreeMap<&'static str, Option<Medians>>,
     ratio: Option<f64>,
+    /// The same ratio per server CPU-second.
+    per_cpu_ratio: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -353,6 +355,7 @@ impl Session<'_> {
             )?;
             options.endpoints = vec![server.endpoint().to_string()];
             options.tls = server.client_tls().cloned();
+            options.server_pid = Some(server.pid());
             session
                 .runtime
                 .block_on(runner::run(row.spec.build(options.request_timeout)?, &options))
@@ -415,6 +418,7 @@ impl Session<'_> {
                     ringkv: row.ringkv_medians(),
                     baseline: BTreeMap::from([(self.baseline_kind.name(), row.baseline_medians())]),
                     ratio: row.ratio(),
+                    per_cpu_ratio: row.per_cpu_ratio(),
                 })
                 .collect();
             let report = CompareJson {

@@ -14,6 +14,8 @@ pub struct Measured {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub errors: u64,
+    /// The headline's count per CPU-second the server used.
+    pub per_server_cpu_sec: Option<f64>,
 }
 
 impl Measured {
@@ -26,6 +28,7 @@ impl Measured {
             p50_ms: headline.latency_ms.map(|l| l.p50),
             p99_ms: headline.latency_ms.map(|l| l.p99),
             errors: summary.errors + summary.watch.as_ref().map_or(0, |w| w.errors),
+            per_server_cpu_sec: summary.per_server_cpu_sec(),
         }
     }
 }
@@ -39,6 +42,7 @@ pub struct Medians {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub errors: u64,
+    pub per_server_cpu_sec: Option<f64>,
 }
 
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -56,12 +60,14 @@ pub fn medians(runs: &[Measured]) -> Option<Medians> {
     let throughput = median(&runs.iter().map(|r| r.throughput_per_sec).collect::<Vec<_>>())?;
     let p50: Vec<f64> = runs.iter().filter_map(|r| r.p50_ms).collect();
     let p99: Vec<f64> = runs.iter().filter_map(|r| r.p99_ms).collect();
+    let per_cpu: Vec<f64> = runs.iter().filter_map(|r| r.per_server_cpu_sec).collect();
     Some(Medians {
         runs: runs.len(),
         throughput_per_sec: throughput,
         p50_ms: median(&p50),
         p99_ms: median(&p99),
         errors: runs.iter().map(|r| r.errors).sum(),
+        per_server_cpu_sec: median(&per_cpu),
     })
 }
 
@@ -96,6 +102,13 @@ impl RowResult {
     pub fn ratio(&self) -> Option<f64> {
         ratio(self.ringkv_medians().as_ref(), self.baseline_medians().as_ref())
     }
+
+    /// ringkv's median count per server CPU-second over the baseline's.
+    pub fn per_cpu_ratio(&self) -> Option<f64> {
+        let ringkv = self.ringkv_medians()?.per_server_cpu_sec?;
+        let baseline = self.baseline_medians()?.per_server_cpu_sec?;
+        (baseline > 0.0).then(|| ringkv / baseline)
+    }
 }
 
 /// A Markdown table (readable as is in a terminal), one line per row: median
@@ -112,8 +125,9 @@ pub fn render(rows: &[RowResult], rounds: usize, baseline: &str) -> String {
         "ringkv p50 / p99 ms".to_string(),
         format!("{baseline} p50 / p99 ms"),
         format!("errors ringkv / {baseline}"),
+        format!("per server CPU-s ringkv / {baseline}"),
     ];
-    let mut lines: Vec<[String; 8]> = vec![header];
+    let mut lines: Vec<[String; 9]> = vec![header];
     for row in rows {
         let ringkv = row.ringkv_medians();
         let other = row.baseline_medians();
@@ -126,6 +140,7 @@ pub fn render(rows: &[RowResult], rounds: usize, baseline: &str) -> String {
             latency_cell(ringkv.as_ref()),
             latency_cell(other.as_ref()),
             format!("{} / {}", errors_cell(ringkv.as_ref()), errors_cell(other.as_ref())),
+            per_cpu_cell(ringkv.as_ref(), other.as_ref(), row.per_cpu_ratio()),
         ]);
     }
     let lines: Vec<Vec<String>> = lines.into_iter().map(Vec::from).collect();
@@ -179,6 +194,18 @@ fn latency_cell(medians: Option<&Medians>) -> String {
     }
 }
 
+/// `41,666 / 14,326 = 2.91x`: each server's median count per CPU-second it
+/// used, and their ratio.
+fn per_cpu_cell(ringkv: Option<&Medians>, baseline: Option<&Medians>, ratio: Option<f64>) -> String {
+    let rate = |medians: Option<&Medians>| {
+        medians
+            .and_then(|m| m.per_server_cpu_sec)
+            .map_or("-".to_string(), fmt_rate)
+    };
+    let ratio = ratio.map_or(String::new(), |r| format!(" = {r:.2}x"));
+    format!("{} / {}{ratio}", rate(ringkv), rate(baseline))
+}
+
 fn errors_cell(medians: Option<&Medians>) -> String {
     medians.map_or("-".to_string(), |m| fmt_count(m.errors))
 }
@@ -217,6 +244,7 @@ mod tests {
             p50_ms: Some(p50),
             p99_ms: Some(p99),
             errors,
+            per_server_cpu_sec: Some(throughput * 2.0),
         }
     }
 
@@ -252,6 +280,18 @@ mod tests {
         assert_eq!(medians.p99_ms, Some(2.0));
         assert_eq!(medians.errors, 3);
         assert_eq!(medians.runs, 3);
+        assert_eq!(medians.per_server_cpu_sec, Some(400.0));
+    }
+
+    #[test]
+    fn the_per_cpu_ratio_needs_both_servers_cpu() {
+        let mut ringkv = run(3000.0, 1.0, 2.0, 0);
+        ringkv.per_server_cpu_sec = Some(900.0);
+        let mut etcd = run(1000.0, 1.0, 2.0, 0);
+        etcd.per_server_cpu_sec = Some(300.0);
+        assert_eq!(row(vec![ringkv], vec![etcd]).per_cpu_ratio(), Some(3.0));
+        etcd.per_server_cpu_sec = None;
+        assert_eq!(row(vec![ringkv], vec![etcd]).per_cpu_ratio(), None);
     }
 
     #[test]
@@ -282,7 +322,7 @@ mod tests {
         assert_eq!(
             lines[2],
             "| put      | 100 / 1000      | 12,173 writes/sec | 4,100 writes/sec | 2.97x         \
-             | 1.350 / 22.50       | 2.500 / 45.00     | 0 / 1                |"
+             | 1.350 / 22.50       | 2.500 / 45.00     | 0 / 1                | 24,345 / 8,200 = 2.97x         |"
         );
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
     }
