@@ -2,11 +2,12 @@
 //! `client` feature, tonic client stubs). protoc comes from the system (Debian
 //! `protobuf-compiler`) or `PROTOC`.
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
     "proto/etcdserverpb/rpc.proto",
     "proto/ringkvpb/raft.proto",
+    "proto/grpc/health/v1/health.proto",
 ];
 
 fn main() -> std::io::Result<()> {

@@ -25,6 +25,12 @@ pub mod ringkvpb {
     include!(concat!(env!("OUT_DIR"), "/ringkvpb.rs"));
 }
 
+/// gRPC's health checking protocol (`grpc.health.v1`), which etcd serves on
+/// its client port for load balancers and gRPC clients.
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
 /// proptest strategies for these messages.
 #[cfg(feature = "proptest")]
 pub mod arbitrary {

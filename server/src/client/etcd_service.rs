@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_lite::future;
 use ringkv_proto::etcdserverpb as pb;
 
+use super::health::{self, HealthMethod};
 use super::leader_monitor::LeaderMonitor;
 use super::lease_service::{self, LeaseMethod};
 use super::snapshot;
@@ -27,6 +28,8 @@ pub(crate) enum Method {
     Watch,
     /// Maintenance.Snapshot, server-streaming.
     Snapshot,
+    /// grpc.health.v1.Health, which etcd serves beside its own API.
+    Health(HealthMethod),
 }
 
 impl Method {
@@ -37,6 +40,7 @@ impl Method {
             Method::Lease(lease) => lease.kind(),
             Method::Watch => MethodKind::BidiStreaming,
             Method::Snapshot => MethodKind::ServerStreaming,
+            Method::Health(health) => health.kind(),
         }
     }
 }
@@ -164,6 +168,9 @@ pub(crate) fn route(path: &str) -> Result<Method, Status> {
     if let Some(lease) = LeaseMethod::route(service, method) {
         return Ok(Method::Lease(lease));
     }
+    if let Some(health) = HealthMethod::route(service, method) {
+        return Ok(Method::Health(health));
+    }
     let Some((_, methods)) = ETCD_SERVICES.iter().find(|(name, _)| *name == service) else {
         return Err(Status::new(Code::Unimplemented, format!("unknown service {service}")));
     };
@@ -211,8 +218,30 @@ impl EtcdService {
             Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
             Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
             Method::Snapshot => snapshot::serve(&self.store, requests, responses).await,
+            Method::Health(HealthMethod::Watch) => health::watch(requests, responses).await,
             method => unreachable!("{method:?} is unary"),
         }
+    }
+
+    /// The member's status, for the checks etcd's interceptors make.
+    async fn member_status(&self) -> Result<pb::StatusResponse, Status> {
+        match self.store.call(Request::Status).await.map_err(Status::from)? {
+            Response::Status(status) => Ok(status),
+            other => unreachable!("Status is answered in kind, not with {other:?}"),
+        }
+    }
+
+    /// etcd's unary interceptor, for a call the store core does not see: a
+    /// learner refuses it, and with `require_leader` it needs a leader.
+    async fn interceptor_checks(&self, require_leader: bool) -> Result<(), Status> {
+        let status = self.member_status().await?;
+        if status.is_learner {
+            return Err(Status::from(EtcdError::NotSupportedForLearner));
+        }
+        if require_leader && status.leader == 0 {
+            return Err(Status::from(EtcdError::NoLeader));
+        }
+        Ok(())
     }
 
     /// `require_leader`: the client sent gRPC metadata `hasleader: true`
@@ -236,7 +265,15 @@ impl GrpcService for EtcdService {
             Method::Lease(lease) => {
                 return Box::pin(lease_service::unary(&self.store, lease, request, require_leader)).await
             }
-            Method::Watch | Method::Snapshot => unreachable!("{path} is streaming"),
+            Method::Health(HealthMethod::Check) => {
+                // etcd's unary interceptor: a learner answers no Check, and
+                // with `hasleader` there must be a leader.
+                self.interceptor_checks(require_leader).await?;
+                return health::check(request);
+            }
+            Method::Watch | Method::Snapshot | Method::Health(HealthMethod::Watch) => {
+                unreachable!("{path} is streaming")
+            }
         };
         let request = unary_request(unary, request, self.max_txn_ops)?;
         let response = self.call(request, require_leader).await?;
@@ -273,10 +310,7 @@ impl GrpcService for EtcdService {
         // etcd's stream interceptor: a learner serves no stream but Snapshot;
         // with `hasleader`, no stream without a leader, and the stream ends once
         // the leader has been gone for a while (`LeaderMonitor`).
-        let status = match self.store.call(Request::Status).await.map_err(Status::from)? {
-            Response::Status(status) => status,
-            other => unreachable!("Status is answered in kind, not with {other:?}"),
-        };
+        let status = self.member_status().await?;
         if status.is_learner && method != Method::Snapshot {
             return Err(Status::from(EtcdError::NotSupportedForLearner));
         }

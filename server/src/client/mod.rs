@@ -2,6 +2,7 @@
 //! the etcd API handed over to the store core.
 
 pub(crate) mod etcd_service;
+pub(crate) mod health;
 mod http;
 mod leader_monitor;
 pub(crate) mod lease_service;

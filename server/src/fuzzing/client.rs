@@ -13,6 +13,7 @@ use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 
 use crate::client::etcd_service::{self, Method, ETCD_SERVICES};
+use crate::client::health;
 use crate::client::lease_service::{self, LeaseMethod};
 use crate::client::watch;
 use crate::config::MAX_TXN_OPS_DEFAULT;
@@ -88,6 +89,9 @@ fn request(method: Method, message: Bytes) -> Result<(), Status> {
         }
         Method::Snapshot => {
             let _: pb::SnapshotRequest = grpc::decode(message)?;
+        }
+        Method::Health(_) => {
+            health::decode(message)?;
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod faults;
+mod health;
 mod hostile;
 mod kube_contract;
 mod lease_differential;
