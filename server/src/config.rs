@@ -3,6 +3,7 @@
 
 pub mod auto_compaction;
 pub mod etcd_flags;
+pub mod logging;
 pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -281,9 +282,21 @@ pub struct Flags {
     #[arg(long, value_delimiter = ',')]
     pub client_cpus: Vec<usize>,
 
-    /// Log level: debug, info, warn or error.
+    /// Log level: debug, info, warn or error (etcd's dpanic, panic and fatal
+    /// log errors only). RUST_LOG, when set, sets levels per module instead.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// How log lines are written: zap (JSON lines with etcd's keys: level,
+    /// ts, caller, msg, then the fields) or capnslog (text lines; etcd 3.4's
+    /// default).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "capnslog")]
+    pub logger: String,
+
+    /// Where logs go, comma-separated: stderr, stdout, default (stderr) or
+    /// file paths (appended to).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", value_delimiter = ',', default_value = "default")]
+    pub log_outputs: Vec<String>,
 }
 
 /// A Go boolean flag's value (`strconv.ParseBool`): etcd's command lines and

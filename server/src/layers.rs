@@ -13,7 +13,7 @@
 //!                 peer  apply   raft between members | etcd's KV semantics
 //! tls                           rustls configurations from the TLS flags
 //! leaves: watch, snapshot_read, etcd_error, status, config, listener, fatal,
-//!         metrics, version, log_limit
+//!         metrics, version, log_limit, logging (from config)
 //! engine, datadir (crates)      storage; the data directory's layout
 //! ```
 
@@ -129,6 +129,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("version", &[]),
     ("log_limit", &[]),
+    // The process's log subscriber, from the logging flags; used by the binary.
+    ("logging", &["config"]),
 ];
 
 /// This check's own file: it names every module.

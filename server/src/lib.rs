@@ -14,6 +14,7 @@ pub mod grpc;
 mod layers;
 pub mod listener;
 mod log_limit;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod peer;

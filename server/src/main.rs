@@ -1,11 +1,9 @@
 //! The `ringkv` binary: parse flags, start the executors, serve until killed.
 
-use std::io::IsTerminal;
-
 use clap::Parser;
+use ringkv_server::config::logging::LogSettings;
 use ringkv_server::config::{etcd_flags, Flags, MAX_REQUEST_BYTES_RECOMMENDED};
-use ringkv_server::server;
-use tracing_subscriber::EnvFilter;
+use ringkv_server::{logging, server};
 
 /// mimalloc, not glibc's malloc: a Range's key-values are allocated on the
 /// store core and freed on a client core once sent, and glibc serialises such
@@ -24,13 +22,13 @@ fn main() {
         }
     };
     let flags = Flags::parse_from(args);
-    let filter = EnvFilter::try_new(&flags.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person watching, not in log files and pipes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let logs = LogSettings::parse(&flags.logger, &flags.log_outputs, &flags.log_level)
+        .map_err(|error| error.to_string())
+        .and_then(|settings| logging::init(&settings).map_err(|error| error.to_string()));
+    if let Err(error) = logs {
+        eprintln!("ringkv: {error}");
+        std::process::exit(1);
+    }
     // A panic ends only its own executor thread; the others would carry on
     // answering "server stopped" forever. Stop the whole process instead: a
     // restart recovers from the WAL.

@@ -48,7 +48,7 @@ const fn refused(name: &'static str, boolean: bool) -> EtcdFlag {
 const NO_BBOLT: &str = "ringkv's page store is not bbolt";
 const NO_V2: &str = "ringkv serves the v3 API only";
 const NO_AUTH: &str = "the Auth service answers UNIMPLEMENTED until it lands";
-const LOGS: &str = "ringkv logs to stderr; --log-level sets how much";
+const LOGS: &str = "ringkv's logs follow --logger, --log-outputs and --log-level";
 const NO_TRACING: &str = "ringkv exports no traces";
 const NO_CORRUPT_CHECK: &str =
     "ringkv does not run etcd's corruption checks yet (HashKV answers as etcd's, for a check run from outside)";
@@ -117,8 +117,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     ignored("auth-token-ttl", false, NO_AUTH),
     ignored("enable-pprof", true, "ringkv has no Go runtime to profile"),
     ignored("metrics", false, "ringkv serves one set of metrics"),
-    ignored("logger", false, LOGS),
-    ignored("log-outputs", false, LOGS),
     ignored("log-format", false, LOGS),
     ignored("enable-log-rotation", true, LOGS),
     ignored("log-rotation-config-json", false, LOGS),

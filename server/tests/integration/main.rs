@@ -29,6 +29,7 @@ mod kube_contract;
 mod lease_differential;
 mod leases;
 mod lincheck;
+mod logs;
 mod maintenance;
 mod membership;
 mod snapshot_defrag;

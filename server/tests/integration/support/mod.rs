@@ -75,7 +75,11 @@ impl Ringkv {
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("serving client requests on ").nth(1) {
-                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    // Text lines end the URL with a space, zap's JSON with a quote.
+                    let url = rest
+                        .split(|c: char| c.is_whitespace() || c == '"')
+                        .next()
+                        .unwrap_or_default();
                     let addr = url
                         .trim_start_matches("http://")
                         .trim_start_matches("https://")
