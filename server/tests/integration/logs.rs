@@ -2,6 +2,8 @@
 //! (level, ts, caller, msg first) to every `--log-outputs` output, and a level
 //! or logger etcd does not know stops the start with a message naming it.
 
+use std::time::{Duration, Instant};
+
 use crate::support::{Ringkv, START_TIMEOUT};
 
 #[test]
@@ -14,13 +16,15 @@ fn zap_json_lines_go_to_every_output_and_unknown_names_are_refused() {
         "--log-level=info".to_string(),
     ];
     let ringkv = Ringkv::spawn(&dir.path().join("data"), &args).ready();
+    // The ready line reached stderr; each line goes to the file after it.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !std::fs::read_to_string(&file).unwrap_or_default().contains("serving client requests on") {
+        assert!(Instant::now() < deadline, "the ready line never reached the file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(ringkv);
     let written = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = written.lines().collect();
-    assert!(
-        lines.iter().any(|line| line.contains("serving client requests on")),
-        "the file has the ready line: {written}"
-    );
     for line in &lines {
         assert!(line.starts_with("{\"level\":\""), "{line}");
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
