@@ -537,12 +537,11 @@ impl StoreCore {
     }
 
     fn apply_request(&mut self, id: u64, body: raft_request::Request) {
+        if let Some(refusal) = self.alarm_refusal(&body) {
+            self.answer_applied(id, Err(refusal));
+            return;
+        }
         let result = match body {
-            raft_request::Request::Put(_) | raft_request::Request::Txn(_) | raft_request::Request::LeaseGrant(_)
-                if self.writes_refused(&body) =>
-            {
-                Err(ApplyError::Client(EtcdError::NoSpace))
-            }
             raft_request::Request::Put(put) => self.write(|view| {
                 apply::check_put_lease(view, &put)?;
                 apply::put(view, &put).map(Response::Put)
