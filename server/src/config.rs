@@ -177,6 +177,19 @@ pub struct Flags {
     )]
     pub watch_progress_notify_interval: Duration,
 
+    /// Before serving, compare this member's HashKV with its peers' at the same
+    /// revision and refuse to start on a mismatch (a new member has nothing
+    /// to compare and skips it).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value = "false", value_parser = go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// How often the leader compares its HashKV with its peers' (0: never); a
+    /// mismatch raises the CORRUPT alarm, which refuses writes until disarmed.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s",
+          value_parser = humantime::parse_duration)]
+    pub experimental_corrupt_check_time: Duration,
+
     /// Path to the client server TLS cert file (https:// client and metrics URLs).
     #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -364,6 +377,10 @@ pub struct Config {
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: usize,
     pub watch_progress_notify_interval: Duration,
+    /// `--experimental-initial-corrupt-check`.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`; None: 0, never.
+    pub corrupt_check_interval: Option<Duration>,
     pub store_cpu: usize,
     pub client_cpus: Vec<usize>,
     /// What the flags ask for that ringkv does not do as asked, for the log.
@@ -570,6 +587,8 @@ impl Flags {
             backend_batch_interval: self.backend_batch_interval,
             backend_batch_limit: self.backend_batch_limit,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
+            initial_corrupt_check: self.experimental_initial_corrupt_check,
+            corrupt_check_interval: Some(self.experimental_corrupt_check_time).filter(|interval| !interval.is_zero()),
             store_cpu: self.store_cpu,
             client_cpus,
             warnings,
@@ -869,6 +888,30 @@ mod tests {
             .unwrap();
         assert_eq!(config.election_ticks, 10);
         assert_eq!(config.heartbeat_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn corruption_checks_are_off_by_default_and_take_etcds_spellings() {
+        let config = parse(&[]).into_config(2).unwrap();
+        assert!(!config.initial_corrupt_check);
+        assert_eq!(config.corrupt_check_interval, None);
+        let config = parse(&[
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-corrupt-check-time=90s",
+        ])
+        .into_config(2)
+        .unwrap();
+        assert!(config.initial_corrupt_check);
+        assert_eq!(config.corrupt_check_interval, Some(Duration::from_secs(90)));
+        let config = parse(&[
+            "--experimental-initial-corrupt-check",
+            "--experimental-corrupt-check-time",
+            "0",
+        ])
+        .into_config(2)
+        .unwrap();
+        assert!(config.initial_corrupt_check);
+        assert_eq!(config.corrupt_check_interval, None, "0 is off, as in etcd");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum EtcdError {
     TimeoutDueToLeaderFail,
     TimeoutLeaderTransfer,
     NoSpace,
+    /// The CORRUPT alarm is raised (etcd's corrupt applier).
+    Corrupt,
     BadLeaderTransferee,
     MemberNotFound,
     MemberExist,
@@ -67,6 +69,7 @@ impl EtcdError {
             | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
             MemberBadUrls => Code::InvalidArgument,
             Unhealthy => Code::Unavailable,
+            Corrupt => Code::DataLoss,
             NotEnoughStarted => Code::Unknown,
             TooManyRequests | NoSpace | ResponseTooLarge { .. } => Code::ResourceExhausted,
             NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | TimeoutLeaderTransfer | NotSupportedForLearner => {
@@ -103,6 +106,7 @@ impl EtcdError {
             TimeoutDueToLeaderFail => "etcdserver: request timed out, possibly due to previous leader failure",
             TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             NoSpace => "etcdserver: mvcc: database space exceeded",
+            Corrupt => "etcdserver: corrupt cluster",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
             MemberNotFound => "etcdserver: member not found",
             MemberExist => "etcdserver: member ID already exist",
@@ -161,6 +165,7 @@ mod tests {
             TimeoutDueToLeaderFail,
             TimeoutLeaderTransfer,
             NoSpace,
+            Corrupt,
             BadLeaderTransferee,
             MemberNotFound,
             MemberExist,
@@ -187,6 +192,13 @@ mod tests {
             status.message,
             "grpc: trying to send message larger than max (300 vs. 200)"
         );
+    }
+
+    #[test]
+    fn a_corrupt_cluster_is_data_loss_as_in_etcd() {
+        let status = Status::from(EtcdError::Corrupt);
+        assert_eq!(status.code, Code::DataLoss);
+        assert_eq!(status.message, "etcdserver: corrupt cluster");
     }
 
     #[test]

@@ -213,6 +213,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         quota_backend_bytes: config.quota_backend_bytes,
         auto_compaction: config.auto_compaction,
         watch_progress_notify_interval: config.watch_progress_notify_interval,
+        initial_corrupt_check: config.initial_corrupt_check,
+        corrupt_check_interval: config.corrupt_check_interval,
     };
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))

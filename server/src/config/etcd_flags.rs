@@ -50,8 +50,8 @@ const NO_V2: &str = "ringkv serves the v3 API only";
 const NO_AUTH: &str = "the Auth service answers UNIMPLEMENTED until it lands";
 const LOGS: &str = "ringkv's logs follow --logger, --log-outputs and --log-level";
 const NO_TRACING: &str = "ringkv exports no traces";
-const NO_CORRUPT_CHECK: &str =
-    "ringkv does not run etcd's corruption checks yet (HashKV answers as etcd's, for a check run from outside)";
+const NO_COMPACT_HASH_CHECK: &str = "ringkv does not run etcd 3.5's hash check at compactions \
+     (--experimental-corrupt-check-time runs the periodic check)";
 
 /// Every etcd 3.5 server flag that is not one of ringkv's own.
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
@@ -129,10 +129,8 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     ignored("proxy-write-timeout", false, "ringkv has no proxy mode"),
     ignored("proxy-read-timeout", false, "ringkv has no proxy mode"),
     refused("force-new-cluster", true),
-    ignored("experimental-initial-corrupt-check", true, NO_CORRUPT_CHECK),
-    ignored("experimental-corrupt-check-time", false, NO_CORRUPT_CHECK),
-    ignored("experimental-compact-hash-check-enabled", true, NO_CORRUPT_CHECK),
-    ignored("experimental-compact-hash-check-time", false, NO_CORRUPT_CHECK),
+    ignored("experimental-compact-hash-check-enabled", true, NO_COMPACT_HASH_CHECK),
+    ignored("experimental-compact-hash-check-time", false, NO_COMPACT_HASH_CHECK),
     ignored(
         "experimental-enable-lease-checkpoint",
         true,
@@ -336,7 +334,7 @@ mod tests {
                 "--name=a",
                 "--max-wals",
                 "5",
-                "--experimental-initial-corrupt-check=true",
+                "--experimental-compact-hash-check-enabled=true",
                 "--enable-v2",
                 "--data-dir",
                 "d",

@@ -273,6 +273,13 @@ pub(super) fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         answered: true,
         verdict: 2,
     });
+    let hash_kv_query = PeerMessage::HashKvQuery(ringkvpb::HashKvQuery { revision: 12 });
+    let hash_kv_answer = PeerMessage::HashKvAnswer(ringkvpb::HashKvAnswer {
+        hash: 0xdead_beef,
+        compact_revision: -1,
+        hash_revision: 12,
+        refusal: 0,
+    });
     let mut raw = Vec::new();
     frame::push_hello(&mut raw, hello);
     frame::push_message(&mut raw, &mut Vec::new(), &heartbeat);
@@ -281,6 +288,10 @@ pub(super) fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "hello-append-forward-promote",
             [vec![FRAMED], payloads(&[append, forward, promote], Some(hello))].concat(),
+        ),
+        (
+            "hello-hash-kv-query-answer",
+            [vec![FRAMED], payloads(&[hash_kv_query, hash_kv_answer], Some(hello))].concat(),
         ),
         (
             "query-answer",

@@ -10,15 +10,21 @@
 //! `ringkvpb.SnapshotChunk` (kind 4), a `ringkvpb.SnapshotEnd` (kind 5), a
 //! `ringkvpb.Membership` (kind 6, the answer to a membership query), a
 //! `ringkvpb.PromoteCheck` (kind 7, a follower's MemberPromote asking the leader,
-//! and its answer) or a keepalive (kind 8, nothing after the kind byte: a sender
+//! and its answer), a keepalive (kind 8, nothing after the kind byte: a sender
 //! with nothing to say sends one so the receiver's idle timeout tells a quiet
-//! link from a dead one). Kinds 4 and 5 travel on a connection of their own, one
-//! snapshot per connection, answered by one [`SNAPSHOT_ACK`] byte once the
-//! receiver holds the file.
+//! link from a dead one), a `ringkvpb.HashKvQuery` (kind 9) or a
+//! `ringkvpb.HashKvAnswer` (kind 10). Kinds 4 and 5 travel on a connection of
+//! their own, one snapshot per connection, answered by one [`SNAPSHOT_ACK`]
+//! byte once the receiver holds the file.
 //!
 //! A membership query is a connection whose hello is all zeros ([`Hello::QUERY`]):
 //! the member answers with one kind-6 frame holding its applied membership and
 //! closes it. A member joining a running cluster asks it for its id.
+//!
+//! A HashKV query (etcd's corruption checks, see `hash_kv`) is a connection
+//! of its own too, introduced by a member's ordinary hello: its one frame is a
+//! kind-9 query, answered with one kind-10 frame (at most
+//! [`HASH_KV_ANSWER_PAYLOAD_MAX`] bytes), then closed.
 //! A frame that is too long, fails its checksum or does not decode closes the
 //! connection: the sender reconnects and raft resends what was lost. Before the
 //! hello a frame may be at most [`HELLO_PAYLOAD_MAX`] long, after it
@@ -29,7 +35,9 @@
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prost::Message as _;
 use raft::eraftpb::Message;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck, SnapshotChunk, SnapshotEnd};
+use ringkv_proto::ringkvpb::{
+    HashKvAnswer, HashKvQuery, LeaseForward, LeaseForwardReply, Membership, PromoteCheck, SnapshotChunk, SnapshotEnd,
+};
 
 const KIND_RAFT: u8 = 1;
 const KIND_LEASE_FORWARD: u8 = 2;
@@ -42,6 +50,8 @@ pub const SNAPSHOT_ACK: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 6;
 const KIND_PROMOTE_CHECK: u8 = 7;
 const KIND_KEEPALIVE: u8 = 8;
+const KIND_HASH_KV_QUERY: u8 = 9;
+const KIND_HASH_KV_ANSWER: u8 = 10;
 
 /// What one frame after the hello carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +65,8 @@ pub enum PeerMessage {
     PromoteCheck(PromoteCheck),
     /// Nothing: the link is alive.
     Keepalive,
+    HashKvQuery(HashKvQuery),
+    HashKvAnswer(HashKvAnswer),
 }
 
 /// Frame header: length then checksum.
@@ -71,6 +83,9 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Largest answer to a membership query read: a membership of a thousand
 /// members with long URLs is a few hundred KiB.
 pub const ANSWER_PAYLOAD_MAX: usize = 1024 * 1024;
+/// Largest answer to a HashKV query read: the answer is four varints (at most
+/// 40 bytes with its kind byte); the rest is room for fields added later.
+pub const HASH_KV_ANSWER_PAYLOAD_MAX: usize = 256;
 
 /// Who is calling whom, in which cluster: the first frame of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +200,14 @@ pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMess
             scratch.push(KIND_KEEPALIVE);
             Ok(())
         }
+        PeerMessage::HashKvQuery(query) => {
+            scratch.push(KIND_HASH_KV_QUERY);
+            query.encode(scratch)
+        }
+        PeerMessage::HashKvAnswer(answer) => {
+            scratch.push(KIND_HASH_KV_ANSWER);
+            answer.encode(scratch)
+        }
     };
     encoded.expect("a Vec grows as needed");
     push_frame(out, scratch);
@@ -261,10 +284,15 @@ pub fn decode_hello(payload: &[u8]) -> Result<Hello, FrameError> {
     Hello::decode(payload).ok_or_else(|| FrameError::Decode(format!("hello of {} bytes", payload.len())))
 }
 
-/// Reads the one frame that answers a membership query.
-pub async fn read_answer<R: AsyncReadExt + Unpin>(reader: &mut R) -> Result<PeerMessage, FrameError> {
+/// Reads the one frame that answers a query: at most `payload_max` bytes
+/// ([`ANSWER_PAYLOAD_MAX`] for a membership, [`HASH_KV_ANSWER_PAYLOAD_MAX`]
+/// for a HashKV).
+pub async fn read_answer<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    payload_max: usize,
+) -> Result<PeerMessage, FrameError> {
     let mut payload = Vec::new();
-    read_frame(reader, &mut payload, ANSWER_PAYLOAD_MAX).await?;
+    read_frame(reader, &mut payload, payload_max).await?;
     decode_message(&payload)
 }
 
@@ -290,6 +318,12 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, FrameError> {
             .map_err(decode_error),
         Some((&KIND_PROMOTE_CHECK, body)) => PromoteCheck::decode(body)
             .map(PeerMessage::PromoteCheck)
+            .map_err(decode_error),
+        Some((&KIND_HASH_KV_QUERY, body)) => HashKvQuery::decode(body)
+            .map(PeerMessage::HashKvQuery)
+            .map_err(decode_error),
+        Some((&KIND_HASH_KV_ANSWER, body)) => HashKvAnswer::decode(body)
+            .map(PeerMessage::HashKvAnswer)
             .map_err(decode_error),
         Some((&KIND_KEEPALIVE, [])) => Ok(PeerMessage::Keepalive),
         Some((&KIND_KEEPALIVE, body)) => Err(FrameError::Decode(format!("keepalive with {} bytes", body.len()))),
@@ -455,6 +489,29 @@ mod tests {
             "{} bytes reserved",
             payload.capacity()
         );
+    }
+
+    #[test]
+    fn hash_kv_queries_and_answers_round_trip_and_a_long_answer_is_refused_unread() {
+        let query = PeerMessage::HashKvQuery(HashKvQuery { revision: 41 });
+        let answer = PeerMessage::HashKvAnswer(HashKvAnswer {
+            hash: u32::MAX,
+            compact_revision: -1,
+            hash_revision: i64::MAX,
+            refusal: 0,
+        });
+        let mut wire = Vec::new();
+        push_message(&mut wire, &mut Vec::new(), &query);
+        push_message(&mut wire, &mut Vec::new(), &answer);
+        let mut reader = Cursor::new(wire);
+        let mut payload = Vec::new();
+        assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), query);
+        let read = block_on(read_answer(&mut reader, HASH_KV_ANSWER_PAYLOAD_MAX));
+        assert_eq!(read.unwrap(), answer, "the largest answer fits its limit");
+        let mut long = header(HASH_KV_ANSWER_PAYLOAD_MAX + 1);
+        long.extend(vec![0; HASH_KV_ANSWER_PAYLOAD_MAX + 1]);
+        let read = block_on(read_answer(&mut Cursor::new(long), HASH_KV_ANSWER_PAYLOAD_MAX));
+        assert!(matches!(read, Err(FrameError::TooLong(_))));
     }
 
     #[test]

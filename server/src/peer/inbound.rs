@@ -1,7 +1,8 @@
 //! The peer port's inbound side: accepting connections, admitting them
 //! (`admission`), reading each one's frames within their limits and timeouts,
 //! and handing what they carry to the store core; membership queries are
-//! answered here, snapshot streams received (`snapshot`).
+//! answered here, HashKV queries with the store core's answer (`hash_kv`),
+//! snapshot streams received (`snapshot`).
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Display;
@@ -14,11 +15,11 @@ use std::time::Duration;
 use futures_lite::future;
 use glommio::net::TcpStream;
 use raft::eraftpb::MessageType;
-use ringkv_proto::ringkvpb::{Membership, SnapshotChunk, SnapshotEnd};
+use ringkv_proto::ringkvpb::{HashKvQuery, Membership, SnapshotChunk, SnapshotEnd};
 
 use super::admission::{self, Admission, Refusal};
 use super::frame::{self, FrameError, Hello, PeerMessage, FRAME_PAYLOAD_MAX};
-use super::{query, snapshot, within, PeerDrops, PeerEvent, PeerStream, PeerTls, Report};
+use super::{hash_kv, query, snapshot, within, PeerDrops, PeerEvent, PeerStream, PeerTls, Report};
 use crate::config::Listen;
 use crate::listener::{self, BindError};
 use crate::log_limit::LogLimit;
@@ -51,7 +52,8 @@ fn frame_timeout(length: usize) -> Duration {
 
 /// Who this member is to its peers and what every accepted connection's task
 /// shares: where received snapshots go, what membership queries are answered
-/// with, who may connect, and what was dropped.
+/// with, the HashKV queries waiting for the store core, who may connect, and
+/// what was dropped.
 pub(super) struct Local {
     member_id: u64,
     cluster_id: u64,
@@ -59,6 +61,7 @@ pub(super) struct Local {
     pub(super) membership: RefCell<Membership>,
     pub(super) admission: Rc<Admission>,
     snapshots: Rc<snapshot::Receives>,
+    pub(super) hash_kv: hash_kv::Waiting,
     pub(super) drops: Cell<PeerDrops>,
     /// Warnings about closed connections, at a bounded rate.
     rejected_warnings: LogLimit,
@@ -75,6 +78,7 @@ impl Local {
             membership: RefCell::default(),
             admission: Rc::new(Admission::new(member_id)),
             snapshots: Rc::default(),
+            hash_kv: hash_kv::Waiting::default(),
             drops: Cell::default(),
             rejected_warnings: LogLimit::default(),
         }
@@ -368,13 +372,49 @@ impl Receiver {
             PeerMessage::PromoteCheck(check) => PeerEvent::PromoteCheck { from, check },
             PeerMessage::SnapshotChunk(chunk) => return self.receive_chunk(chunk).await,
             PeerMessage::SnapshotEnd(end) => return self.finish_snapshot(end, stream).await,
+            PeerMessage::HashKvQuery(query) => return self.answer_hash_kv(query, stream).await,
             PeerMessage::Membership(_) => return Err(Stop::Reject("an unasked membership frame".to_string())),
+            PeerMessage::HashKvAnswer(_) => return Err(Stop::Reject("an unasked HashKV answer".to_string())),
             PeerMessage::Keepalive => return Ok(()),
         };
         if (self.report)(event) {
             Ok(())
         } else {
             Err(Stop::Done)
+        }
+    }
+
+    /// Hands a HashKV query to the store core and writes its answer; the
+    /// connection ends either way.
+    async fn answer_hash_kv(&mut self, query: HashKvQuery, stream: &mut PeerStream) -> Result<(), Stop> {
+        let Some((number, answered)) = self.local.hash_kv.register() else {
+            let why = format!("over {} HashKV queries at once", hash_kv::HASH_KV_QUERIES_MAX);
+            return Err(Stop::Reject(why));
+        };
+        let asked = PeerEvent::HashKvAsked {
+            query: number,
+            from: self.hello.from,
+            revision: query.revision,
+        };
+        if !(self.report)(asked) {
+            self.local.hash_kv.forget(number);
+            return Err(Stop::Done);
+        }
+        let answer = within(hash_kv::ANSWER_TIMEOUT, answered.recv()).await;
+        self.local.hash_kv.forget(number);
+        let Some(Some(answer)) = answer else {
+            let why = format!("no HashKV from the store core within {:?}", hash_kv::ANSWER_TIMEOUT);
+            return Err(Stop::Reject(why));
+        };
+        let mut out = Vec::new();
+        frame::push_message(&mut out, &mut Vec::new(), &PeerMessage::HashKvAnswer(answer));
+        match within(hash_kv::ANSWER_TIMEOUT, frame::write_all(stream, &out)).await {
+            Some(Ok(())) => Err(Stop::Done),
+            Some(Err(error)) => {
+                tracing::debug!(%error, "HashKV query: the asker left before the answer");
+                Err(Stop::Done)
+            }
+            None => Err(Stop::Reject("a HashKV answer was not read in time".to_string())),
         }
     }
 

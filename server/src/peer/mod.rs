@@ -16,11 +16,14 @@
 //! - **Membership queries**: the peer port also answers a connection that says
 //!   the all-zero hello with the applied membership (see [`frame`] and
 //!   [`query`]), which is how a joining member learns its id.
+//! - **HashKV queries**: a member's connection whose one frame asks for the
+//!   HashKV at a revision is answered with the store core's HashKV (etcd's
+//!   corruption checks, see [`hash_kv`]).
 //! - **TLS**: a listen URL that is `https` serves TLS, with the peer CA's
 //!   client certificates required under `--peer-client-cert-auth` (checked in
 //!   the handshake, before the hello); a peer URL that is `https` is dialed
-//!   with TLS, presenting this member's peer certificate. Snapshot streams and
-//!   membership queries go the same way.
+//!   with TLS, presenting this member's peer certificate. Snapshot streams,
+//!   membership and HashKV queries go the same way.
 //! - **Keepalives**: a sender with nothing to send for [`KEEPALIVE_INTERVAL`]
 //!   sends a keepalive frame, so a link that carries no raft traffic (one
 //!   follower to another) stays open under the receiver's idle timeout.
@@ -35,6 +38,7 @@
 
 mod admission;
 pub(crate) mod frame;
+pub mod hash_kv;
 mod inbound;
 pub mod query;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -56,9 +60,10 @@ use glommio::net::TcpStream;
 use raft::eraftpb::Message;
 
 pub use frame::{Hello, PeerMessage};
+pub use hash_kv::{PeerHash, PeerHashKv};
 use inbound::Local;
 use ringkv_engine::mvcc::SnapshotSource;
-use ringkv_proto::ringkvpb::{LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
+use ringkv_proto::ringkvpb::{HashKvAnswer, LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 
 use crate::config::Listen;
 use crate::tls::{self, MaybeTls};
@@ -122,6 +127,12 @@ pub enum PeerEvent {
     /// A follower asks this member, as the leader, whether a learner may be
     /// promoted; or the leader's answer to this member's question.
     PromoteCheck { from: u64, check: PromoteCheck },
+    /// Peer `from` asks for this member's HashKV at `revision` (a corruption
+    /// check); the answer goes to [`PeerTransport::answer_hash_kv`] with `query`.
+    HashKvAsked { query: u64, from: u64, revision: i64 },
+    /// What the peers answered this member's corruption check `check`
+    /// ([`PeerTransport::ask_hash_kvs`]), one answer per peer asked.
+    HashKvAnswers { check: u64, answers: Vec<PeerHashKv> },
 }
 
 /// Where the transport reports; false once the store core is gone.
@@ -292,6 +303,26 @@ impl PeerTransport {
 }
 
 impl PeerTransport {
+    /// Asks each of `peers` (id, peer URLs) for its HashKV at `revision`, each
+    /// within `timeout`; the answers come back as `PeerEvent::HashKvAnswers`
+    /// with `check`.
+    pub fn ask_hash_kvs(&self, check: u64, revision: i64, peers: Vec<(u64, Vec<String>)>, timeout: Duration) {
+        let (cluster_id, from) = (self.cluster_id, self.member_id);
+        let dial = self.local.tls.dial.clone();
+        let report = Rc::clone(&self.report);
+        glommio::spawn_local(async move {
+            let answers = hash_kv::ask_all(cluster_id, from, peers, dial, revision, timeout).await;
+            report(PeerEvent::HashKvAnswers { check, answers });
+        })
+        .detach();
+    }
+
+    /// The store core's answer to the HashKV query `query` (see
+    /// `PeerEvent::HashKvAsked`); dropped if the asker is gone.
+    pub fn answer_hash_kv(&self, query: u64, answer: HashKvAnswer) {
+        self.local.hash_kv.answer(query, answer);
+    }
+
     /// Streams the commit `source` holds to peer `to` (see [`snapshot`]), with
     /// `message` (its MsgSnapshot) at the end. Gives the source back if the peer
     /// is unknown.

@@ -63,7 +63,8 @@ pub fn ask(peer_url: &str, dial: Option<&Arc<rustls::ClientConfig>>, timeout: Du
 fn exchange<S: std::io::Read + Write>(mut stream: S, hello: &[u8]) -> Result<Membership, String> {
     stream.write_all(hello).map_err(|error| error.to_string())?;
     stream.flush().map_err(|error| error.to_string())?;
-    membership(block_on(frame::read_answer(&mut AssertAsync::new(stream))))
+    let mut stream = AssertAsync::new(stream);
+    membership(block_on(frame::read_answer(&mut stream, frame::ANSWER_PAYLOAD_MAX)))
 }
 
 /// Asks the member at `peer_url` for its applied membership, from a running
@@ -73,7 +74,11 @@ pub(super) async fn ask_async(peer_url: &str, dial: Option<&Arc<rustls::ClientCo
     let mut stream = connect(&[target], dial, Hello::QUERY)
         .await
         .map_err(|error| error.to_string())?;
-    let answer = within(ANSWER_TIMEOUT, frame::read_answer(&mut stream)).await;
+    let answer = within(
+        ANSWER_TIMEOUT,
+        frame::read_answer(&mut stream, frame::ANSWER_PAYLOAD_MAX),
+    )
+    .await;
     membership(answer.ok_or_else(|| format!("no answer within {ANSWER_TIMEOUT:?}"))?)
 }
 

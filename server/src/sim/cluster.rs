@@ -482,6 +482,11 @@ impl Cluster {
                 self.report.snapshots_sent += 1;
             }
             Effect::Stop => return Err(self.failure("a member stopped: no member is removed here".to_string())),
+            // The simulated members run no corruption checks and are never
+            // asked for their HashKV over the network.
+            Effect::AskHashKvs { .. } | Effect::AnswerHashKv { .. } => {
+                return Err(self.failure("a corruption check: the simulation runs none".to_string()))
+            }
         }
         Ok(())
     }

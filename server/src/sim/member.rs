@@ -120,6 +120,7 @@ impl Member {
             catch_up_entries: timing.catch_up_entries,
             retry_ticks: RETRY_TICKS,
             join_peers: Vec::new(),
+            corrupt_check_interval: None,
         };
         let core = StoreCore::new(
             settings,

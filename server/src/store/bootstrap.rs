@@ -41,6 +41,8 @@ pub enum BootstrapError {
 /// Everything the store core starts with.
 pub struct Opened<D: WalDir = DmaDir> {
     pub identity: Identity,
+    /// The member ran before: its WAL was there (etcd's `memberInitialized`).
+    pub initialized: bool,
     pub raw: RawNode<RaftLog>,
     pub mvcc: Mvcc,
     pub wal: Wal<D>,
@@ -176,6 +178,7 @@ pub async fn open<S: MemberStorage>(
         }
     }
     storage.clear_received()?;
+    let initialized = opened_wal.is_some();
     let identity = match &opened_wal {
         Some((_, recovered)) => Identity::decode(&recovered.metadata)
             .ok_or_else(|| inconsistent("WAL metadata is not a member identity".to_string()))?,
@@ -249,6 +252,7 @@ pub async fn open<S: MemberStorage>(
     }
     Ok(Opened {
         identity,
+        initialized,
         raw,
         mvcc,
         wal,

@@ -13,6 +13,7 @@ mod cluster;
 mod commit_pipeline;
 mod commits;
 mod conf_changes;
+mod corrupt_check;
 mod disk_full;
 mod leases;
 mod maintenance;
@@ -61,6 +62,7 @@ use crate::peer::PeerEvent;
 use crate::watch::WatchPush;
 use commit_pipeline::CommitPipeline;
 use conf_changes::ConfChangeQueue;
+use corrupt_check::PeriodicCheck;
 use disk_full::DiskFull;
 use pending::Pending;
 use publication::Publication;
@@ -151,6 +153,8 @@ pub struct StoreCore {
     lease_ids: IdGenerator,
     request_ids: IdGenerator,
     auto_compactor: AutoCompactor,
+    /// The leader's periodic corruption check (`--experimental-corrupt-check-time`).
+    corrupt_check: PeriodicCheck,
     metrics: CoreMetrics,
     watchers: Watchers,
 }
@@ -176,6 +180,7 @@ impl StoreCore {
         let lease_ids = IdGenerator::new(settings.member_id, wall_clock_now);
         let request_ids = IdGenerator::new(settings.member_id, wall_clock_now);
         let auto_compactor = AutoCompactor::new(settings.auto_compaction, now);
+        let corrupt_check = PeriodicCheck::new(settings.corrupt_check_interval, now);
         // Watchers are fed the changes each applied entry made.
         let mut mvcc = mvcc;
         mvcc.capture_changes();
@@ -231,6 +236,7 @@ impl StoreCore {
             lease_ids,
             request_ids,
             auto_compactor,
+            corrupt_check,
             metrics: CoreMetrics {
                 snapshots_sent: 0,
                 snapshots_send_failed: 0,
@@ -262,6 +268,7 @@ impl StoreCore {
                 self.raw.tick();
                 self.revoke_expired_leases();
                 self.auto_compact();
+                self.corrupt_check_tick();
                 self.expire_waits();
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
@@ -290,6 +297,10 @@ impl StoreCore {
             Event::Peer(PeerEvent::PromoteCheck { from, check }) => self.promote_check(from, check),
             Event::Peer(PeerEvent::SnapshotSent { to, txid, delivered }) => self.snapshot_sent(to, txid, delivered),
             Event::Peer(PeerEvent::SnapshotReceived { message, path }) => self.snapshot_received(*message, &path),
+            Event::Peer(PeerEvent::HashKvAsked { query, from, revision }) => {
+                self.answer_hash_kv_query(query, from, revision);
+            }
+            Event::Peer(PeerEvent::HashKvAnswers { check, answers }) => self.corrupt_check_answered(check, answers),
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {
                 if let Err(error) = result {
@@ -373,6 +384,7 @@ impl StoreCore {
             self.process_ready();
         }
         self.answer_applied_reads();
+        self.finish_corrupt_check();
         self.serve_snapshots();
         self.start_snapshot_sends();
         self.maybe_commit(false);
@@ -537,12 +549,11 @@ impl StoreCore {
     }
 
     fn apply_request(&mut self, id: u64, body: raft_request::Request) {
+        if let Some(refusal) = self.alarm_refusal(&body) {
+            self.answer_applied(id, Err(refusal));
+            return;
+        }
         let result = match body {
-            raft_request::Request::Put(_) | raft_request::Request::Txn(_) | raft_request::Request::LeaseGrant(_)
-                if self.writes_refused(&body) =>
-            {
-                Err(ApplyError::Client(EtcdError::NoSpace))
-            }
             raft_request::Request::Put(put) => self.write(|view| {
                 apply::check_put_lease(view, &put)?;
                 apply::put(view, &put).map(Response::Put)

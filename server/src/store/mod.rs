@@ -3,6 +3,7 @@
 pub mod auto_compaction;
 pub(crate) mod bootstrap;
 pub(crate) mod core;
+pub(crate) mod corruption;
 pub(crate) mod entry;
 pub(crate) mod event;
 #[cfg(feature = "fault-injection")]
@@ -74,6 +75,11 @@ pub struct StoreCoreSettings {
     pub quota_backend_bytes: Option<u64>,
     pub auto_compaction: AutoCompactionPolicy,
     pub watch_progress_notify_interval: Duration,
+    /// `--experimental-initial-corrupt-check`: before serving, a member that
+    /// ran before compares its HashKV with its peers' (see `corruption`).
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`; None: 0, no periodic check.
+    pub corrupt_check_interval: Option<Duration>,
 }
 
 /// The watch channels of every client core (see `crate::watch`).
@@ -143,6 +149,23 @@ pub async fn run(
         let _ = ready.send(Err(error.to_string()));
         return;
     }
+    let election_timeout = settings.heartbeat_interval * settings.election_ticks as u32;
+    let request_timeout = core::request_timeout(election_timeout);
+    // etcd's: only a member that ran before (a new one has nothing to compare),
+    // before it listens for peers or serves clients.
+    if settings.initial_corrupt_check && opened.initialized {
+        let dial = settings.peer_network.tls.dial.clone();
+        let checked =
+            corruption::check_at_start(identity, &opened.mvcc, &opened.membership, dial, request_timeout).await;
+        if let Err(error) = checked {
+            let _ = ready.send(Err(error.to_string()));
+            return;
+        }
+    }
+    if let Some(interval) = settings.corrupt_check_interval {
+        let local_member_id = format_args!("{:x}", identity.member_id).to_string();
+        tracing::info!(%local_member_id, ?interval, "enabled corruption checking");
+    }
     let (events, event_queue) = local_channel::new_unbounded();
     let events = Rc::new(events);
     let report: peer::Report = {
@@ -194,7 +217,6 @@ pub async fn run(
     });
     spawn_timer(Rc::clone(&events), settings.backend_batch_interval, || Event::CommitDue);
 
-    let election_timeout = settings.heartbeat_interval * settings.election_ticks as u32;
     let store_settings = StoreSettings {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
@@ -207,10 +229,11 @@ pub async fn run(
         member: settings.member,
         quota_backend_bytes: settings.quota_backend_bytes,
         auto_compaction: settings.auto_compaction,
-        request_timeout: core::request_timeout(election_timeout),
+        request_timeout,
         catch_up_entries: settings.catch_up_entries,
         retry_ticks: RETRY_TICKS,
         join_peers: settings.join_peers,
+        corrupt_check_interval: settings.corrupt_check_interval,
     };
     let client_cores = connected_replies.len();
     let mut core = StoreCore::new(

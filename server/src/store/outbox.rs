@@ -5,6 +5,8 @@
 //! peer transport and the client cores' channels; a test with simulated disks
 //! and a simulated network. What comes of an effect comes back as an `Event`.
 
+use std::time::Duration;
+
 use raft::eraftpb::Message as RaftMessage;
 use ringkv_engine::mvcc::{CommitPlan, SnapshotSource};
 use ringkv_proto::ringkvpb;
@@ -45,6 +47,17 @@ pub enum Effect {
         peers: Vec<(u64, Vec<String>)>,
         membership: ringkvpb::Membership,
     },
+    /// Ask each of `peers` (id, peer URLs) for its HashKV at `revision`,
+    /// within `timeout` each (a corruption check); answered by
+    /// `PeerEvent::HashKvAnswers` with `check`.
+    AskHashKvs {
+        check: u64,
+        revision: i64,
+        peers: Vec<(u64, Vec<String>)>,
+        timeout: Duration,
+    },
+    /// The answer to a peer's HashKV query `query` (`PeerEvent::HashKvAsked`).
+    AnswerHashKv { query: u64, answer: ringkvpb::HashKvAnswer },
     /// This member applied its own removal and its stop delay has passed.
     Stop,
 }

@@ -60,6 +60,13 @@ impl Shell {
                         });
                     }
                 }
+                Effect::AskHashKvs {
+                    check,
+                    revision,
+                    peers,
+                    timeout,
+                } => self.transport.ask_hash_kvs(check, revision, peers, timeout),
+                Effect::AnswerHashKv { query, answer } => self.transport.answer_hash_kv(query, answer),
                 Effect::Peers { peers, membership } => {
                     self.transport.set_peers(&peers);
                     self.transport.set_membership(membership);

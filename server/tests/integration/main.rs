@@ -19,6 +19,7 @@ mod support;
 mod bad_input;
 mod ceiling;
 mod cluster;
+mod corruption;
 mod crash;
 mod differential;
 mod etcdctl;

@@ -45,9 +45,39 @@ pub fn txn_cost(txn: &pb::TxnRequest) -> u64 {
     branch(&txn.success).max(branch(&txn.failure))
 }
 
-/// etcd's text form of an alarm (gogo-protobuf's compact text), as Status lists it.
+/// What etcd's appliers refuse while alarms are raised: with CORRUPT (its
+/// corrupt applier, which wraps the capped one, so it answers first) writes,
+/// compactions, lease grants and revokes; with NOSPACE (its capped applier)
+/// puts, txns with puts and lease grants. Reads never reach the applier, nor
+/// do alarm changes and member attributes.
+fn refused_under(request: &raft_request::Request, corrupt: bool, nospace: bool) -> Option<EtcdError> {
+    use raft_request::Request::{Compaction, DeleteRange, LeaseGrant, LeaseRevoke, Put, Txn};
+    let corrupt_refuses = matches!(
+        request,
+        Put(_) | DeleteRange(_) | Txn(_) | Compaction(_) | LeaseGrant(_) | LeaseRevoke(_)
+    );
+    if corrupt && corrupt_refuses {
+        return Some(EtcdError::Corrupt);
+    }
+    let nospace_refuses = match request {
+        Put(_) | LeaseGrant(_) => true,
+        Txn(txn) => txn_cost(txn) > 0,
+        _ => false,
+    };
+    (nospace && nospace_refuses).then_some(EtcdError::NoSpace)
+}
+
+/// etcd's text form of an alarm (gogo-protobuf's compact text), as Status
+/// lists it: a field at its zero value is left out (CORRUPT's member 0).
 fn alarm_text(alarm: Alarm) -> String {
-    format!("memberID:{} alarm:{} ", alarm.member_id, alarm_name(alarm.kind))
+    let mut text = String::new();
+    if alarm.member_id != 0 {
+        text.push_str(&format!("memberID:{} ", alarm.member_id));
+    }
+    if alarm.kind != pb::AlarmType::None as i32 {
+        text.push_str(&format!("alarm:{} ", alarm_name(alarm.kind)));
+    }
+    text
 }
 
 fn alarm_name(kind: i32) -> &'static str {
@@ -62,25 +92,19 @@ fn alarm_member(alarm: Alarm) -> pb::AlarmMember {
 }
 
 impl StoreCore {
-    /// True if the NOSPACE alarm is raised on any member.
-    fn nospace(&self) -> bool {
-        self.mvcc
-            .alarms()
-            .any(|alarm| alarm.kind == pb::AlarmType::Nospace as i32)
+    /// True if an alarm of `kind` is raised on any member.
+    fn alarm_raised(&self, kind: pb::AlarmType) -> bool {
+        self.mvcc.alarms().any(|alarm| alarm.kind == kind as i32)
     }
 
-    /// Checked when applying: with NOSPACE raised, puts and txns with puts fail
-    /// (etcd's capped applier). Deterministic: alarms are applied state.
-    pub(super) fn writes_refused(&self, request: &raft_request::Request) -> bool {
-        if !self.nospace() {
-            return false;
-        }
-        match request {
-            // etcd's capped applier refuses these while NOSPACE is raised.
-            raft_request::Request::Put(_) | raft_request::Request::LeaseGrant(_) => true,
-            raft_request::Request::Txn(txn) => txn_cost(txn) > 0,
-            _ => false,
-        }
+    /// The error `request` is refused with when applied while an alarm is
+    /// raised (see [`refused_under`]). Deterministic: alarms are applied state.
+    pub(super) fn alarm_refusal(&self, request: &raft_request::Request) -> Option<EtcdError> {
+        refused_under(
+            request,
+            self.alarm_raised(pb::AlarmType::Corrupt),
+            self.alarm_raised(pb::AlarmType::Nospace),
+        )
     }
 
     /// Checked before proposing a write costing `cost` bytes: with no room on
@@ -99,7 +123,7 @@ impl StoreCore {
         if self.mvcc.allocated_bytes() + cost < quota {
             return true;
         }
-        if !self.nospace() {
+        if !self.alarm_raised(pb::AlarmType::Nospace) {
             tracing::warn!(
                 quota_bytes = quota,
                 used_bytes = self.mvcc.allocated_bytes(),
@@ -309,11 +333,56 @@ mod tests {
     }
 
     #[test]
+    fn alarms_refuse_what_etcds_appliers_refuse_corrupt_first() {
+        use raft_request::Request;
+        let delete = Request::DeleteRange(pb::DeleteRangeRequest::default());
+        let put = Request::Put(pb::PutRequest::default());
+        let txn_put = Request::Txn(pb::TxnRequest {
+            success: vec![put_op("a")],
+            ..Default::default()
+        });
+        let txn_delete = Request::Txn(pb::TxnRequest::default());
+        let compact = Request::Compaction(pb::CompactionRequest::default());
+        let grant = Request::LeaseGrant(pb::LeaseGrantRequest::default());
+        let revoke = Request::LeaseRevoke(pb::LeaseRevokeRequest::default());
+        let alarm = Request::Alarm(pb::AlarmRequest::default());
+        let update = Request::MemberUpdate(pb::MemberUpdateRequest::default());
+        let all = [
+            &put,
+            &delete,
+            &txn_put,
+            &txn_delete,
+            &compact,
+            &grant,
+            &revoke,
+            &alarm,
+            &update,
+        ];
+        for request in all {
+            assert_eq!(refused_under(request, false, false), None, "{request:?}");
+        }
+        let corrupt: Vec<_> = all.iter().map(|request| refused_under(request, true, false)).collect();
+        let c = Some(EtcdError::Corrupt);
+        assert_eq!(corrupt, [c, c, c, c, c, c, c, None, None]);
+        let nospace: Vec<_> = all.iter().map(|request| refused_under(request, false, true)).collect();
+        let n = Some(EtcdError::NoSpace);
+        assert_eq!(nospace, [n, None, n, None, None, n, None, None, None]);
+        let both: Vec<_> = all.iter().map(|request| refused_under(request, true, true)).collect();
+        assert_eq!(both, corrupt);
+    }
+
+    #[test]
     fn alarms_read_as_etcd_prints_them() {
         let alarm = Alarm {
             member_id: 10276657743932975437,
             kind: pb::AlarmType::Nospace as i32,
         };
         assert_eq!(alarm_text(alarm), "memberID:10276657743932975437 alarm:NOSPACE ");
+        // etcd 3.4's Status of a cluster with the CORRUPT alarm, which is member 0's.
+        let corrupt = Alarm {
+            member_id: 0,
+            kind: pb::AlarmType::Corrupt as i32,
+        };
+        assert_eq!(alarm_text(corrupt), "alarm:CORRUPT ");
     }
 }

@@ -33,6 +33,9 @@ pub struct StoreSettings {
     /// A member joining a running cluster: the members (id, peer URLs) it
     /// joined, talked to until it has caught up (see `membership_changed`).
     pub join_peers: Vec<(u64, Vec<String>)>,
+    /// How often the leader runs the corruption check
+    /// (`--experimental-corrupt-check-time`); None: never.
+    pub corrupt_check_interval: Option<Duration>,
 }
 
 /// The parts of a member that its configuration gives.

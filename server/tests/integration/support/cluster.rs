@@ -117,6 +117,14 @@ impl Cluster {
         self.spawn_with(index, &self.initial_cluster, &[])
     }
 
+    /// Starts member `index` with its usual flags and `flags` after them
+    /// (flags for one start only); wait with [`Starting::ready`] (or
+    /// [`Starting::failed`]), then keep it with [`Cluster::started`].
+    pub fn spawn_adding(&self, index: usize, flags: &[&str]) -> Starting {
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        self.spawn_with(index, &self.initial_cluster, &flags)
+    }
+
     /// Adds a member that is not in the initial cluster (ports and a data
     /// directory, not started); returns its index. Add it to the cluster
     /// (MemberAdd), then start it with [`Cluster::spawn_joining`].
