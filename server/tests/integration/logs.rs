@@ -18,7 +18,10 @@ fn zap_json_lines_go_to_every_output_and_unknown_names_are_refused() {
     let ringkv = Ringkv::spawn(&dir.path().join("data"), &args).ready();
     // The ready line reached stderr; each line goes to the file after it.
     let deadline = Instant::now() + START_TIMEOUT;
-    while !std::fs::read_to_string(&file).unwrap_or_default().contains("serving client requests on") {
+    while !std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .contains("serving client requests on")
+    {
         assert!(Instant::now() < deadline, "the ready line never reached the file");
         std::thread::sleep(Duration::from_millis(20));
     }
