@@ -12,14 +12,14 @@ use rcgen::{
 use crate::connect::Tls;
 use crate::BenchError;
 
-/// The files one `compare --tls` run serves and presents, PEM.
+/// The files one `compare --tls` run serves (PEM), and what its load client
+/// presents, read once.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     ca: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+    client: Tls,
 }
 
 impl TlsFiles {
@@ -37,14 +37,10 @@ impl TlsFiles {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| made("CA", e))?;
         let issuer = Issuer::new(ca_params, ca_key);
-        let files = TlsFiles {
-            ca: dir.join("ca.crt"),
-            server_cert: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.crt"),
-            client_key: dir.join("client.key"),
-        };
-        write(&files.ca, &ca_cert.pem())?;
+        let ca = dir.join("ca.crt");
+        let (server_cert, server_key) = (dir.join("server.crt"), dir.join("server.key"));
+        let (client_cert, client_key) = (dir.join("client.crt"), dir.join("client.key"));
+        write(&ca, &ca_cert.pem())?;
         let issue = |cn: &str, usage: ExtendedKeyUsagePurpose, cert: &Path, key: &Path| {
             let pair = KeyPair::generate().map_err(|e| made(cn, e))?;
             let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).map_err(|e| made(cn, e))?;
@@ -57,16 +53,22 @@ impl TlsFiles {
         issue(
             "kube-etcd",
             ExtendedKeyUsagePurpose::ServerAuth,
-            &files.server_cert,
-            &files.server_key,
+            &server_cert,
+            &server_key,
         )?;
         issue(
             "kube-apiserver-etcd-client",
             ExtendedKeyUsagePurpose::ClientAuth,
-            &files.client_cert,
-            &files.client_key,
+            &client_cert,
+            &client_key,
         )?;
-        Ok(files)
+        let client = Tls::load(&ca, Some(&client_cert), Some(&client_key))?;
+        Ok(TlsFiles {
+            ca,
+            server_cert,
+            server_key,
+            client,
+        })
     }
 
     /// The server flags: the certificate and key served, the CA that client
@@ -81,8 +83,8 @@ impl TlsFiles {
     }
 
     /// What the load client trusts and presents.
-    pub fn client(&self) -> Result<Tls, BenchError> {
-        Tls::load(&self.ca, Some(&self.client_cert), Some(&self.client_key))
+    pub fn client(&self) -> &Tls {
+        &self.client
     }
 }
 
@@ -97,8 +99,9 @@ mod tests {
     #[test]
     fn the_files_are_pem_and_the_client_loads_them() {
         let dir = tempfile::tempdir().unwrap();
+        // make() fails unless the client's files load.
         let files = TlsFiles::make(dir.path()).unwrap();
-        for path in [&files.ca, &files.server_cert, &files.client_cert] {
+        for path in [&files.ca, &files.server_cert, &dir.path().join("client.crt")] {
             assert!(std::fs::read_to_string(path)
                 .unwrap()
                 .starts_with("-----BEGIN CERTIFICATE-----"));
@@ -106,7 +109,6 @@ mod tests {
         assert!(std::fs::read_to_string(&files.server_key)
             .unwrap()
             .contains("PRIVATE KEY"));
-        assert!(files.client().is_ok());
         let flags = files.server_flags().join(" ");
         assert!(
             flags.contains("--client-cert-auth=true") && flags.contains("server.crt"),

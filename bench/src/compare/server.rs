@@ -122,7 +122,7 @@ impl Server {
         let client_port = free_port()?;
         let peer_port = free_port()?;
         let args = kind.args(&run_dir.join("data"), client_port, peer_port, tls);
-        let client_tls = tls.map(TlsFiles::client).transpose()?;
+        let client_tls = tls.map(|tls| tls.client().clone());
         let log_path = run_dir.join("server.log");
         let child = start(kind, bin, &args, &log_path)?;
         Ok(Server {
