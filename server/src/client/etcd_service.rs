@@ -223,19 +223,15 @@ impl EtcdService {
         }
     }
 
-    /// The member's status, for the checks etcd's interceptors make.
-    async fn member_status(&self) -> Result<pb::StatusResponse, Status> {
-        match self.store.call(Request::Status).await.map_err(Status::from)? {
-            Response::Status(status) => Ok(status),
+    /// etcd's interceptors, for a call the store core does not check itself:
+    /// a learner refuses it unless `learner_serves`, and with
+    /// `require_leader` it needs a leader.
+    async fn interceptor_checks(&self, learner_serves: bool, require_leader: bool) -> Result<(), Status> {
+        let status = match self.store.call(Request::Status).await.map_err(Status::from)? {
+            Response::Status(status) => status,
             other => unreachable!("Status is answered in kind, not with {other:?}"),
-        }
-    }
-
-    /// etcd's unary interceptor, for a call the store core does not see: a
-    /// learner refuses it, and with `require_leader` it needs a leader.
-    async fn interceptor_checks(&self, require_leader: bool) -> Result<(), Status> {
-        let status = self.member_status().await?;
-        if status.is_learner {
+        };
+        if status.is_learner && !learner_serves {
             return Err(Status::from(EtcdError::NotSupportedForLearner));
         }
         if require_leader && status.leader == 0 {
@@ -268,7 +264,7 @@ impl GrpcService for EtcdService {
             Method::Health(HealthMethod::Check) => {
                 // etcd's unary interceptor: a learner answers no Check, and
                 // with `hasleader` there must be a leader.
-                self.interceptor_checks(require_leader).await?;
+                self.interceptor_checks(false, require_leader).await?;
                 return health::check(request);
             }
             Method::Watch | Method::Snapshot | Method::Health(HealthMethod::Watch) => {
@@ -310,15 +306,11 @@ impl GrpcService for EtcdService {
         // etcd's stream interceptor: a learner serves no stream but Snapshot;
         // with `hasleader`, no stream without a leader, and the stream ends once
         // the leader has been gone for a while (`LeaderMonitor`).
-        let status = self.member_status().await?;
-        if status.is_learner && method != Method::Snapshot {
-            return Err(Status::from(EtcdError::NotSupportedForLearner));
-        }
-        if !requires_leader(&ctx) {
+        let require_leader = requires_leader(&ctx);
+        self.interceptor_checks(method == Method::Snapshot, require_leader)
+            .await?;
+        if !require_leader {
             return self.serve_stream(method, requests, responses).await;
-        }
-        if status.leader == 0 {
-            return Err(Status::from(EtcdError::NoLeader));
         }
         future::or(self.serve_stream(method, requests, responses), async {
             self.leader_monitor.lost().await;
