@@ -146,9 +146,10 @@ impl Starting {
         let addr = match self.addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => addr.parse().expect("a socket address in the ready line"),
             Err(_) => {
+                let threads = backtraces(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("ringkv did not become ready:\n{}", self.log.text());
+                panic!("ringkv did not become ready:\n{}\n{threads}", self.log.text());
             }
         };
         Ringkv {
@@ -157,6 +158,31 @@ impl Starting {
             data_dir: self.data_dir.clone(),
             log: self.log.clone(),
         }
+    }
+}
+
+/// Every thread's stack of process `pid`, from gdb if this machine has it: what
+/// a server that did not become ready was doing (a stall seen only under load).
+fn backtraces(pid: u32) -> String {
+    let output = Command::new("timeout")
+        .args([
+            "60",
+            "gdb",
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 40",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => format!("threads:\n{}", String::from_utf8_lossy(&output.stdout)),
+        Ok(output) => format!(
+            "no backtraces (gdb: {})",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(error) => format!("no backtraces (gdb: {error})"),
     }
 }
 
