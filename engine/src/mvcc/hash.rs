@@ -6,16 +6,18 @@
 //! up to the hashed one, its bbolt key (8-byte big-endian main, `_`, 8-byte
 //! big-endian sub, and `t` for a tombstone) and its value (the marshalled
 //! `mvccpb.KeyValue`; a tombstone's holds only the key). Revisions that a running
-//! compaction will remove are skipped.
+//! compaction will remove are skipped. A hash is taken in bounded steps
+//! (`HashKvCursor`), as a large Range is.
 
 use std::ops::Bound;
 
 use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
+use super::cursor::ReadHold;
 use super::record::decode_record;
 use super::revision::{Revision, REVISION_TABLE};
-use super::{Mvcc, MvccError};
+use super::{Mvcc, MvccError, StepBudget};
 
 /// etcd's bucket name, hashed first.
 const KEY_BUCKET_NAME: &[u8] = b"key";
@@ -72,6 +74,7 @@ impl Crc32c {
 }
 
 /// Feeds revisions to the hash in the order etcd's bucket scan visits them.
+#[derive(Debug)]
 pub struct KvHasher {
     crc: Crc32c,
 }
@@ -118,13 +121,66 @@ pub struct KvHash {
     pub hash_revision: i64,
 }
 
+/// A HashKV in progress (from `Mvcc::begin_hash_kv`), taken in bounded steps
+/// like a stepped Range (see `cursor.rs`) so a large history never holds the
+/// store core for long. It hashes the store as it was when it began: writes
+/// since add revisions above the hashed one, and its hold on the compaction
+/// revision of then keeps a later compaction from removing what it reads.
+#[derive(Debug)]
+pub struct HashKvCursor {
+    /// The revision asked for (0 or less: the current one), to begin again on
+    /// a store a snapshot replaced.
+    asked: i64,
+    hasher: KvHasher,
+    hash_revision: i64,
+    /// The compaction revision when the hash began: what the rules compare
+    /// with, and what the answer reports.
+    compact_revision: i64,
+    /// Some key is live at the hashed revision.
+    any_live: bool,
+    /// The last revision-table key hashed or skipped; the next step starts after it.
+    after: Option<Vec<u8>>,
+    done: bool,
+    hold: ReadHold,
+}
+
+impl HashKvCursor {
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The answer of a finished hash.
+    pub fn finish(self) -> KvHash {
+        assert!(self.done, "a hash is finished once done");
+        KvHash {
+            hash: self.hasher.finish(),
+            compact_revision: self.compact_revision,
+            hash_revision: self.hash_revision,
+        }
+    }
+}
+
 impl Mvcc {
     /// etcd's HashKV at `revision` (0 or less: the current one), as etcd 3.4 and
-    /// 3.5 compute it (`HashByRev`): every stored revision up to it, except that a
-    /// revision at or below the compaction point counts only if it is its key's
-    /// live state at the hashed revision (etcd's `kvindex.Keep(rev)`), unless no
-    /// key is live then. Revisions a running compaction will remove never count.
+    /// 3.5 compute it (`HashByRev`), in one go: see `begin_hash_kv`.
     pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
+        let mut cursor = self.begin_hash_kv(revision)?;
+        let whole = StepBudget {
+            keys: usize::MAX,
+            bytes: usize::MAX,
+        };
+        while !cursor.is_done() {
+            self.hash_kv_step(&mut cursor, whole)?;
+        }
+        Ok(cursor.finish())
+    }
+
+    /// Begins etcd's HashKV at `revision` (0 or less: the current one): every
+    /// stored revision up to it, except that a revision at or below the
+    /// compaction point counts only if it is its key's live state at the
+    /// hashed revision (etcd's `kvindex.Keep(rev)`), unless no key is live
+    /// then. Revisions a running compaction will remove never count.
+    pub fn begin_hash_kv(&self, revision: i64) -> Result<HashKvCursor, MvccError> {
         if revision > 0 && revision <= self.compact_revision {
             return Err(MvccError::Compacted);
         }
@@ -132,42 +188,75 @@ impl Mvcc {
             return Err(MvccError::FutureRev);
         }
         let hash_revision = if revision <= 0 { self.current_revision } else { revision };
+        // Stops at the first live key; visits every key only when none is live.
         let mut any_live = false;
         self.index
             .visit_range(Bound::Unbounded, Bound::Unbounded, hash_revision, |_, _| {
                 any_live = true;
                 false
             });
-        let mut hasher = KvHasher::new();
-        let start = [REVISION_TABLE];
-        let end = Revision::new(hash_revision + 1, 0).to_key();
-        for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+        Ok(HashKvCursor {
+            asked: revision,
+            hasher: KvHasher::new(),
+            hash_revision,
+            compact_revision: self.compact_revision,
+            any_live,
+            after: None,
+            done: false,
+            hold: ReadHold::new(&self.read_holds, self.compact_revision),
+        })
+    }
+
+    /// The next step of `cursor`'s hash: stored revisions in order until the
+    /// hash is done or `budget` is spent (each revision counts as a key, its
+    /// record's bytes as bytes). On a store a snapshot replaced, the hash
+    /// begins again: the answer is the new store's.
+    pub fn hash_kv_step(&self, cursor: &mut HashKvCursor, budget: StepBudget) -> Result<(), MvccError> {
+        assert!(!cursor.done, "a finished hash takes no more steps");
+        assert!(budget.keys > 0 && budget.bytes > 0);
+        if !cursor.hold.is_in(&self.read_holds) {
+            *cursor = self.begin_hash_kv(cursor.asked)?;
+        }
+        let table = [REVISION_TABLE];
+        let start = match &cursor.after {
+            Some(after) => Bound::Excluded(&after[..]),
+            None => Bound::Included(&table[..]),
+        };
+        let end = Revision::new(cursor.hash_revision + 1, 0).to_key();
+        let compact_revision = cursor.compact_revision;
+        let (mut keys, mut bytes) = (0, 0);
+        let mut last = None;
+        for entry in self.tree.range(start, Bound::Excluded(&end[..])) {
+            if keys == budget.keys || bytes >= budget.bytes {
+                cursor.after = last;
+                return Ok(());
+            }
             let (key, value) = entry?;
+            keys += 1;
+            bytes += value.len();
             let revision =
                 Revision::from_key(&key).ok_or_else(|| MvccError::corrupt(format!("bad revision key {key:?}")))?;
             let (tombstone, kv) = decode_record(&value)?;
+            last = Some(key);
             // Revisions the running compaction will remove, however far it has
             // got: at or below the point and not the key's state there.
-            let compacted_away = revision.main <= self.compact_revision
-                && self.index.at(&kv.key, self.compact_revision).map(|at| at.modified) != Some(revision);
+            let compacted_away = revision.main <= compact_revision
+                && self.index.at(&kv.key, compact_revision).map(|at| at.modified) != Some(revision);
             if compacted_away {
                 continue;
             }
             let kept = |key: &[u8]| {
                 self.index
-                    .at(key, hash_revision)
+                    .at(key, cursor.hash_revision)
                     .is_some_and(|at| at.modified == revision)
             };
-            if revision.main <= self.compact_revision && any_live && !kept(&kv.key) {
+            if revision.main <= compact_revision && cursor.any_live && !kept(&kv.key) {
                 continue;
             }
-            hasher.write(revision, tombstone, &kv);
+            cursor.hasher.write(revision, tombstone, &kv);
         }
-        Ok(KvHash {
-            hash: hasher.finish(),
-            compact_revision: self.compact_revision,
-            hash_revision,
-        })
+        cursor.done = true;
+        Ok(())
     }
 
     /// ringkv's Hash: a CRC-32C over every key and value of the committed and

@@ -29,7 +29,7 @@ pub use crate::page::{CommitPlan, CommittedPlan, PageError, SnapshotSource};
 pub use alarm::Alarm;
 pub use change::{Change, ChangeKind, HistoryChunk};
 pub use cursor::RangeCursor;
-pub use hash::{Crc32c, KvHash};
+pub use hash::{Crc32c, HashKvCursor, KvHash};
 pub use lease::{AttachmentError, Leases, NO_LEASE};
 pub use revision::Revision;
 pub use write::WriteTxn;

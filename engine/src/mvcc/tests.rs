@@ -528,7 +528,7 @@ fn a_restart_mid_compaction_finishes_it() {
 
 mod maintenance {
     use super::*;
-    use crate::mvcc::{Alarm, Mvcc};
+    use crate::mvcc::{Alarm, Mvcc, StepBudget};
 
     fn fresh() -> (tempfile::TempDir, Mvcc) {
         let dir = tempfile::tempdir().unwrap();
@@ -623,6 +623,42 @@ mod maintenance {
         store.compact(4).unwrap();
         while !store.compact_step(10).unwrap() {}
         assert_ne!(store.hash_kv(5).unwrap().hash, before, "k1@3 no longer counts");
+    }
+
+    #[test]
+    fn a_stepped_hash_kv_hashes_the_store_as_it_began_while_writes_and_a_compaction_go_on() {
+        let (_dir, mut store) = fresh();
+        for round in 0..4u8 {
+            for key in [&b"a"[..], b"b", b"c", b"d", b"e"] {
+                put(&mut store, key, &[round]);
+            }
+        }
+        delete(&mut store, b"c", RangeEnd::Key);
+        store.compact(8).unwrap();
+        while !store.compact_step(100).unwrap() {}
+        let whole = store.hash_kv(0).unwrap();
+        let one_revision = StepBudget {
+            keys: 1,
+            bytes: usize::MAX,
+        };
+        let mut cursor = store.begin_hash_kv(0).unwrap();
+        let mut steps = 0;
+        while !cursor.is_done() {
+            store.hash_kv_step(&mut cursor, one_revision).unwrap();
+            steps += 1;
+            if steps == 3 {
+                // Between steps: more writes, and a compaction above the one the
+                // hash began with, whose removal waits for the hash.
+                put(&mut store, b"a", b"later");
+                delete(&mut store, b"b", RangeEnd::Key);
+                store.compact(whole.hash_revision).unwrap();
+                assert!(!store.compact_step(100).unwrap(), "held back by the hash");
+            }
+        }
+        assert!(steps > 10, "one revision per step: {steps}");
+        assert_eq!(cursor.finish(), whole);
+        while !store.compact_step(100).unwrap() {}
+        assert!(matches!(store.hash_kv(whole.hash_revision), Err(MvccError::Compacted)));
     }
 }
 

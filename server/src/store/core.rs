@@ -297,9 +297,7 @@ impl StoreCore {
             Event::Peer(PeerEvent::PromoteCheck { from, check }) => self.promote_check(from, check),
             Event::Peer(PeerEvent::SnapshotSent { to, txid, delivered }) => self.snapshot_sent(to, txid, delivered),
             Event::Peer(PeerEvent::SnapshotReceived { message, path }) => self.snapshot_received(*message, &path),
-            Event::Peer(PeerEvent::HashKvAsked { query, from, revision }) => {
-                self.answer_hash_kv_query(query, from, revision);
-            }
+            Event::Peer(PeerEvent::HashKvAsked { query, from, revision }) => self.hash_kv_asked(query, from, revision),
             Event::Peer(PeerEvent::HashKvAnswers { check, answers }) => self.corrupt_check_answered(check, answers),
             Event::CommitDue => self.maybe_commit(true),
             Event::Persisted { ready, result, elapsed } => {

@@ -1,4 +1,5 @@
-//! Ranges and read-only Txns served in bounded steps on the store core.
+//! Ranges, read-only Txns and HashKVs served in bounded steps on the store
+//! core.
 //!
 //! The store core also runs raft: a read of a million keys in one go held it
 //! for over a second, heartbeats stopped, and followers started elections.
@@ -9,12 +10,14 @@
 //! progress take turns. Each reads at the revision it began at: the engine
 //! holds back the physical removal of a compaction above it (see
 //! `ringkv_engine::mvcc::RangeCursor`), and writes after it are not seen.
+//! A HashKV, asked by a client or a peer, hashes the history up to its
+//! revision the same way (`ringkv_engine::mvcc::HashKvCursor`).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ringkv_engine::mvcc::{Mvcc, StepBudget};
+use ringkv_engine::mvcc::{HashKvCursor, Mvcc, StepBudget};
 use ringkv_proto::etcdserverpb as pb;
 
 use super::messages::Response;
@@ -40,6 +43,11 @@ enum Build {
     /// ranges in a Vec), and reads wait in a queue of these.
     Range(Box<RangeBuild>),
     Txn(TxnBuild),
+    /// With the store's revision when it began: its header's, as etcd's.
+    HashKv {
+        cursor: HashKvCursor,
+        revision: i64,
+    },
 }
 
 impl Build {
@@ -47,6 +55,7 @@ impl Build {
         match self {
             Build::Range(build) => build.is_done(),
             Build::Txn(build) => build.is_done(),
+            Build::HashKv { cursor, .. } => cursor.is_done(),
         }
     }
 
@@ -54,6 +63,7 @@ impl Build {
         match self {
             Build::Range(build) => build.step(mvcc, READ_STEP),
             Build::Txn(build) => build.step(mvcc, READ_STEP),
+            Build::HashKv { cursor, .. } => Ok(mvcc.hash_kv_step(cursor, READ_STEP)?),
         }
     }
 
@@ -64,19 +74,49 @@ impl Build {
                 RangeAnswer::Decoded(response) => Response::Range(response),
             }),
             Build::Txn(build) => build.finish(mvcc, Some(header)).map(Response::Txn),
+            Build::HashKv { cursor, revision } => {
+                let hashed = cursor.finish();
+                Ok(Response::HashKv(pb::HashKvResponse {
+                    header: Some(pb::ResponseHeader {
+                        revision,
+                        ..header.clone()
+                    }),
+                    hash: hashed.hash,
+                    compact_revision: hashed.compact_revision,
+                    hash_revision: hashed.hash_revision,
+                }))
+            }
         }
     }
 }
 
+/// Who waits for a stepped read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFor {
+    /// Call `call_id` of client core `client`.
+    Client { client: usize, call_id: u64 },
+    /// Query `query` of peer `from`, asking for a HashKV.
+    PeerHashKv { query: u64, from: u64 },
+    /// The leader's periodic corruption check `check`, for its own HashKV.
+    CorruptCheck { check: u64 },
+}
+
+/// What a stepped read reads.
+#[derive(Debug)]
+pub enum SteppedRead {
+    Read(PendingRead),
+    /// etcd's HashKV at this revision (0 or less: the current one).
+    HashKv(i64),
+}
+
 /// A read in progress and who waits for it.
 struct InProgress {
-    client: usize,
-    call_id: u64,
+    reader: ReadFor,
     build: Build,
 }
 
-/// A finished read: (client core, call id, answer).
-pub type Answered = (usize, u64, Result<Response, ApplyError>);
+/// A finished read: who waits for it, and its answer.
+pub type Answered = (ReadFor, Result<Response, ApplyError>);
 
 /// The reads in progress on the store core.
 pub struct SteppedReads {
@@ -103,14 +143,24 @@ impl SteppedReads {
         &mut self,
         mvcc: &Mvcc,
         header: &pb::ResponseHeader,
-        client: usize,
-        call_id: u64,
-        read: PendingRead,
+        reader: ReadFor,
+        read: SteppedRead,
     ) -> Option<Result<Response, ApplyError>> {
         let started = match read {
-            PendingRead::Range(request) => RangeBuild::start(mvcc, request, true, self.response_bytes_max)
-                .map(|build| Build::Range(Box::new(build))),
-            PendingRead::Txn(request) => TxnBuild::start(mvcc, &request, self.response_bytes_max).map(Build::Txn),
+            SteppedRead::Read(PendingRead::Range(request)) => {
+                RangeBuild::start(mvcc, request, true, self.response_bytes_max)
+                    .map(|build| Build::Range(Box::new(build)))
+            }
+            SteppedRead::Read(PendingRead::Txn(request)) => {
+                TxnBuild::start(mvcc, &request, self.response_bytes_max).map(Build::Txn)
+            }
+            SteppedRead::HashKv(revision) => mvcc
+                .begin_hash_kv(revision)
+                .map(|cursor| Build::HashKv {
+                    cursor,
+                    revision: mvcc.current_revision(),
+                })
+                .map_err(ApplyError::from),
         };
         let mut build = match started {
             Ok(build) => build,
@@ -120,7 +170,7 @@ impl SteppedReads {
             Err(error) => Some(Err(error)),
             Ok(true) => Some(build.finish(mvcc, header)),
             Ok(false) => {
-                self.reads.push_back(InProgress { client, call_id, build });
+                self.reads.push_back(InProgress { reader, build });
                 self.rest_owed.set(true);
                 None
             }
@@ -143,11 +193,8 @@ impl SteppedReads {
         let mut read = self.reads.pop_front()?;
         self.rest_owed.set(true);
         match step_once(&mut read.build, mvcc) {
-            Err(error) => Some((read.client, read.call_id, Err(error))),
-            Ok(true) => {
-                let answer = read.build.finish(mvcc, header);
-                Some((read.client, read.call_id, answer))
-            }
+            Err(error) => Some((read.reader, Err(error))),
+            Ok(true) => Some((read.reader, read.build.finish(mvcc, header))),
             Ok(false) => {
                 self.reads.push_back(read);
                 None
@@ -162,4 +209,55 @@ fn step_once(build: &mut Build, mvcc: &Mvcc) -> Result<bool, ApplyError> {
         build.step(mvcc)?;
     }
     Ok(build.is_done())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_kv_longer_than_a_step_is_answered_after_steps_with_the_hash_of_when_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mvcc = Mvcc::open(&dir.path().join("store.db")).unwrap();
+        let put = |mvcc: &mut Mvcc, key: String| {
+            let mut txn = mvcc.write();
+            txn.put(key.as_bytes(), b"v", 0).unwrap();
+            txn.end();
+        };
+        for n in 0..READ_STEP.keys * 2 + 10 {
+            put(&mut mvcc, format!("k{}", n % 100));
+        }
+        let whole = mvcc.hash_kv(0).unwrap();
+        let began_at = mvcc.current_revision();
+        let header = pb::ResponseHeader::default();
+        let reader = ReadFor::PeerHashKv { query: 1, from: 2 };
+        let mut reads = SteppedReads::new(1 << 20);
+        assert!(
+            reads.start(&mvcc, &header, reader, SteppedRead::HashKv(0)).is_none(),
+            "more than one step"
+        );
+        put(&mut mvcc, "later".to_string());
+        let mut steps = 1;
+        let (answered_for, answer) = loop {
+            steps += 1;
+            if let Some(answered) = reads.step(&mvcc, &header) {
+                break answered;
+            }
+        };
+        assert_eq!(answered_for, reader);
+        assert_eq!(steps, 3, "{} revisions a step", READ_STEP.keys);
+        let Ok(Response::HashKv(response)) = answer else {
+            panic!("a hash: {answer:?}");
+        };
+        assert_eq!(
+            (response.hash, response.compact_revision, response.hash_revision),
+            (whole.hash, whole.compact_revision, whole.hash_revision)
+        );
+        assert_eq!(
+            response.header.unwrap().revision,
+            began_at,
+            "etcd's header: the revision then"
+        );
+        assert!(!reads.pending());
+    }
 }

@@ -42,9 +42,8 @@ impl StoreCore {
         self.now = now;
         if self.stepped_reads.pending() {
             let header = self.outer_header();
-            if let Some((client, call_id, result)) = self.stepped_reads.step(&self.mvcc, &header) {
-                let result = self.client_result(result);
-                self.reply(client, call_id, result);
+            if let Some((reader, result)) = self.stepped_reads.step(&self.mvcc, &header) {
+                self.deliver_read(reader, result);
             }
             return;
         }

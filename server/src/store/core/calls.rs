@@ -10,6 +10,7 @@ use ringkv_proto::ringkvpb::raft_request;
 use super::super::entry;
 use super::super::messages::{Call, Request, Response};
 use super::super::reads::PendingRead;
+use super::super::stepped_read::{ReadFor, SteppedRead};
 use super::{maintenance, Awaited, StoreCore};
 use crate::apply;
 use crate::etcd_error::EtcdError;
@@ -73,6 +74,13 @@ impl StoreCore {
             Request::MemberUpdate(request) => self.member_update(client, call.id, request),
             Request::MemberPromote(request) => self.member_promote(client, call.id, &request),
             Request::Snapshot => self.snapshot(client, call.id),
+            Request::HashKv(request) => {
+                let reader = ReadFor::Client {
+                    client,
+                    call_id: call.id,
+                };
+                self.serve_stepped(reader, SteppedRead::HashKv(request.revision));
+            }
             Request::SnapshotRelease(txid) => {
                 let response = self.release_snapshot(txid);
                 self.reply(client, call.id, Ok(response));
@@ -155,10 +163,26 @@ impl StoreCore {
     /// Serves a read from the applied state: at once if one step finishes
     /// it, else in steps between events (`background_step`).
     pub(super) fn serve_read(&mut self, client: usize, call_id: u64, read: PendingRead) {
+        self.serve_stepped(ReadFor::Client { client, call_id }, SteppedRead::Read(read));
+    }
+
+    /// Serves `read` for `reader` from the applied state, as `serve_read`.
+    pub(super) fn serve_stepped(&mut self, reader: ReadFor, read: SteppedRead) {
         let header = self.outer_header();
-        if let Some(result) = self.stepped_reads.start(&self.mvcc, &header, client, call_id, read) {
-            let result = self.client_result(result);
-            self.reply(client, call_id, result);
+        if let Some(result) = self.stepped_reads.start(&self.mvcc, &header, reader, read) {
+            self.deliver_read(reader, result);
+        }
+    }
+
+    /// A stepped read's answer, to whoever waits for it.
+    pub(super) fn deliver_read(&mut self, reader: ReadFor, result: Result<Response, apply::ApplyError>) {
+        match reader {
+            ReadFor::Client { client, call_id } => {
+                let result = self.client_result(result);
+                self.reply(client, call_id, result);
+            }
+            ReadFor::PeerHashKv { query, from } => self.answer_hash_kv_query(query, from, result),
+            ReadFor::CorruptCheck { check } => self.corrupt_check_hashed(check, result),
         }
     }
 

@@ -4,19 +4,24 @@
 //! the core), then, once everything committed when they answered is applied
 //! here too, the leader's HashKV again; any mismatch
 //! (`corruption::periodic_mismatches`) raises the CORRUPT alarm through raft.
-//! Also the answers to peers' HashKV queries. Hashes are made where
-//! Maintenance.HashKV's are, on the core between events, never while applying.
+//! Also the answers to peers' HashKV queries. Every hash is taken as
+//! Maintenance.HashKV's is: in bounded steps on the core between events
+//! (`stepped_read`), never while applying.
 
 use std::time::{Duration, Instant};
 
 use raft::StateRole;
-use ringkv_engine::mvcc::{KvHash, MvccError};
+use ringkv_engine::mvcc::KvHash;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, HashKvRefusal};
 
 use super::super::corruption::{self, PeriodicMismatch};
+use super::super::messages::Response;
 use super::super::outbox::Effect;
-use super::{fatal, StoreCore};
+use super::super::stepped_read::{ReadFor, SteppedRead};
+use super::StoreCore;
+use crate::apply::ApplyError;
+use crate::etcd_error::EtcdError;
 use crate::peer::hash_kv;
 use crate::peer::PeerHashKv;
 
@@ -31,13 +36,17 @@ pub(super) struct PeriodicCheck {
     started: u64,
 }
 
-/// A check between its first hash and its verdict.
+/// A check between its start and its verdict. Its hashes are taken in steps
+/// on the core (`SteppedRead::HashKv`), like a client's HashKV.
 struct Running {
     number: u64,
     /// The term it started in, as leader: in another term it ends unjudged.
     term: u64,
-    first: KvHash,
+    /// The leader's first hash, once taken.
+    first: Option<KvHash>,
     answered: Option<Answered>,
+    /// The second hash is being taken.
+    second_asked: bool,
 }
 
 /// What the peers said, and what must be applied before the second hash.
@@ -70,18 +79,24 @@ impl PeriodicCheck {
         self.next_at = now + self.interval.unwrap_or_default();
     }
 
-    /// Starts a check with the leader's first hash; its number.
-    fn start(&mut self, term: u64, first: KvHash) -> u64 {
+    /// Starts a check, whose first hash is asked now; its number.
+    fn start(&mut self, term: u64) -> u64 {
         assert!(self.running.is_none(), "one check at a time");
         let number = self.started;
         self.started += 1;
         self.running = Some(Running {
             number,
             term,
-            first,
+            first: None,
             answered: None,
+            second_asked: false,
         });
         number
+    }
+
+    /// The running check, if it is check `number`.
+    fn running_as(&mut self, number: u64) -> Option<&mut Running> {
+        self.running.as_mut().filter(|running| running.number == number)
     }
 
     /// The term of the running check.
@@ -109,25 +124,36 @@ impl PeriodicCheck {
     fn overdue(&self, now: Instant) -> bool {
         self.running
             .as_ref()
+            .filter(|running| !running.second_asked)
             .and_then(|running| running.answered.as_ref())
             .is_some_and(|answered| now > answered.deadline)
     }
 
-    /// Ends the running check once `applied` has reached its commit index:
-    /// its first hash and the answers, for the verdict.
-    fn take_settled(&mut self, applied: u64, now: Instant) -> Option<(KvHash, Vec<PeerHashKv>)> {
-        let settled = self
-            .running
+    /// The running check's number once `applied` has reached its commit
+    /// index, when its second hash is to be asked (once).
+    fn settled(&mut self, applied: u64) -> Option<u64> {
+        let running = self.running.as_mut()?;
+        let settled = running
+            .answered
             .as_ref()
-            .and_then(|running| running.answered.as_ref())
             .is_some_and(|answered| applied >= answered.commit_index);
-        if !settled {
+        if !settled || running.second_asked {
             return None;
         }
-        let running = self.running.take().expect("settled");
+        running.second_asked = true;
+        Some(running.number)
+    }
+
+    /// Ends check `number` once its second hash is in: its first hash and the
+    /// answers, for the verdict.
+    fn take_judged(&mut self, number: u64, now: Instant) -> Option<(KvHash, Vec<PeerHashKv>)> {
+        let running = self
+            .running
+            .take_if(|running| running.number == number && running.second_asked)?;
         self.rest(now);
-        let answered = running.answered.expect("settled");
-        Some((running.first, answered.answers))
+        let first = running.first.expect("a second hash comes after the first");
+        let answered = running.answered.expect("a second hash comes after the answers");
+        Some((first, answered.answers))
     }
 
     /// Ends the running check without a verdict.
@@ -161,12 +187,32 @@ impl StoreCore {
             self.corrupt_check.rest(self.now);
             return;
         }
-        let first = self.own_hash_kv();
-        let check = self.corrupt_check.start(term, first);
+        let check = self.corrupt_check.start(term);
+        self.serve_stepped(ReadFor::CorruptCheck { check }, SteppedRead::HashKv(0));
+    }
+
+    /// One of check `check`'s own hashes is in: after the first, the peers
+    /// are asked for theirs at its revision; after the second, the verdict.
+    pub(super) fn corrupt_check_hashed(&mut self, check: u64, hashed: Result<Response, ApplyError>) {
+        let hash = match self.client_result(hashed) {
+            Ok(Response::HashKv(response)) => KvHash {
+                hash: response.hash,
+                compact_revision: response.compact_revision,
+                hash_revision: response.hash_revision,
+            },
+            other => unreachable!("the current revision's HashKV is a hash, not {other:?}"),
+        };
+        let Some(running) = self.corrupt_check.running_as(check) else {
+            return; // ended meanwhile
+        };
+        if running.first.is_some() {
+            return self.judge_corrupt_check(check, hash);
+        }
+        running.first = Some(hash);
         let peers = self.membership.peers_of(self.settings.member_id);
         self.outbox.push(Effect::AskHashKvs {
             check,
-            revision: first.hash_revision,
+            revision: hash.hash_revision,
             peers,
             timeout: self.settings.request_timeout,
         });
@@ -182,9 +228,8 @@ impl StoreCore {
         }
     }
 
-    /// The verdict of the running check, once it has settled: the leader's
-    /// second hash, every mismatch warned about as etcd does, CORRUPT raised
-    /// if there is one.
+    /// Once the running check has settled, the leader's second hash is
+    /// asked.
     pub(super) fn finish_corrupt_check(&mut self) {
         let Some(term) = self.corrupt_check.running_term() else {
             return;
@@ -192,10 +237,23 @@ impl StoreCore {
         if !self.leads_in(term) {
             return; // ended at the next tick
         }
-        let Some((first, answers)) = self.corrupt_check.take_settled(self.mvcc.applied_index(), self.now) else {
+        if let Some(check) = self.corrupt_check.settled(self.mvcc.applied_index()) {
+            self.serve_stepped(ReadFor::CorruptCheck { check }, SteppedRead::HashKv(0));
+        }
+    }
+
+    /// The verdict of check `check`, with the leader's second hash: every
+    /// mismatch warned about as etcd does, CORRUPT raised if there is one.
+    fn judge_corrupt_check(&mut self, check: u64, second: KvHash) {
+        let Some(term) = self.corrupt_check.running_term() else {
             return;
         };
-        let second = self.own_hash_kv();
+        if !self.leads_in(term) {
+            return; // ended at the next tick
+        }
+        let Some((first, answers)) = self.corrupt_check.take_judged(check, self.now) else {
+            return;
+        };
         let mismatches = corruption::periodic_mismatches(first, second, &answers);
         for mismatch in &mismatches {
             warn_mismatch(first, second, mismatch);
@@ -232,33 +290,32 @@ impl StoreCore {
         }
     }
 
-    /// A peer's HashKV query, answered as etcd's `/members/hashkv` handler
-    /// answers: the HashKV at the revision asked, or why not.
-    pub(super) fn answer_hash_kv_query(&mut self, query: u64, from: u64, revision: i64) {
-        let answer = match self.mvcc.hash_kv(revision) {
-            Ok(hash) => hash_kv::hashed(hash),
-            Err(MvccError::Compacted) => hash_kv::refused(HashKvRefusal::HashKvCompacted),
-            Err(MvccError::FutureRev) => hash_kv::refused(HashKvRefusal::HashKvFutureRevision),
-            Err(error) => fatal(&format!("store failure: {error}")),
+    /// A peer's HashKV query, hashed in steps as a client's HashKV is.
+    pub(super) fn hash_kv_asked(&mut self, query: u64, from: u64, revision: i64) {
+        self.serve_stepped(ReadFor::PeerHashKv { query, from }, SteppedRead::HashKv(revision));
+    }
+
+    /// The answer to a peer's HashKV query, as etcd's `/members/hashkv`
+    /// handler answers: the HashKV at the revision asked, or why not.
+    pub(super) fn answer_hash_kv_query(&mut self, query: u64, from: u64, hashed: Result<Response, ApplyError>) {
+        // A storage failure stops the server here, as for a client's HashKV.
+        let answer = match self.client_result(hashed) {
+            Ok(Response::HashKv(response)) => hash_kv::hashed(KvHash {
+                hash: response.hash,
+                compact_revision: response.compact_revision,
+                hash_revision: response.hash_revision,
+            }),
+            Err(EtcdError::Compacted) => hash_kv::refused(HashKvRefusal::HashKvCompacted),
+            Err(EtcdError::FutureRev) => hash_kv::refused(HashKvRefusal::HashKvFutureRevision),
+            other => unreachable!("a HashKV answers a hash, compacted or future revision, not {other:?}"),
         };
-        tracing::debug!(
-            from = format_args!("{from:x}"),
-            revision,
-            "answered a peer's HashKV query"
-        );
+        tracing::debug!(from = format_args!("{from:x}"), "answered a peer's HashKV query");
         self.outbox.push(Effect::AnswerHashKv { query, answer });
     }
 
     /// This member leads, in `term`.
     fn leads_in(&self, term: u64) -> bool {
         self.raw.raft.state == StateRole::Leader && self.raw.raft.term == term
-    }
-
-    /// This member's HashKV now. Failing, the store is broken: stop.
-    fn own_hash_kv(&self) -> KvHash {
-        self.mvcc
-            .hash_kv(0)
-            .unwrap_or_else(|error| fatal(&format!("store failure: {error}")))
     }
 }
 
@@ -309,6 +366,13 @@ mod tests {
         }
     }
 
+    /// Starts a check and gives it its first hash, as the store core does.
+    fn start_hashed(check: &mut PeriodicCheck, first: KvHash) -> u64 {
+        let number = check.start(3);
+        check.running_as(number).expect("running").first = Some(first);
+        number
+    }
+
     #[test]
     fn checks_run_an_interval_apart_one_at_a_time() {
         let start = Instant::now();
@@ -316,14 +380,15 @@ mod tests {
         let mut check = PeriodicCheck::new(Some(second), start);
         assert!(!check.due(start));
         assert!(check.due(start + second));
-        let number = check.start(3, hash(1));
+        let number = start_hashed(&mut check, hash(1));
         assert!(!check.due(start + 5 * second), "one at a time");
         assert!(check.answered(number, Vec::new(), 10, start + 9 * second));
-        assert!(
-            check.take_settled(9, start + 2 * second).is_none(),
-            "index 10 not applied"
-        );
-        let (first, answers) = check.take_settled(10, start + 2 * second).expect("settled");
+        assert_eq!(check.settled(9), None, "index 10 not applied");
+        assert!(check.take_judged(number, start).is_none(), "no second hash asked");
+        assert_eq!(check.settled(10), Some(number));
+        assert_eq!(check.settled(11), None, "the second hash is asked once");
+        assert!(!check.overdue(start + 60 * second), "hashing, not waiting");
+        let (first, answers) = check.take_judged(number, start + 2 * second).expect("judged");
         assert_eq!(first, hash(1));
         assert!(answers.is_empty());
         assert!(!check.due(start + 2 * second), "an interval after the last one ended");
@@ -334,9 +399,10 @@ mod tests {
     fn answers_to_an_ended_check_are_ignored() {
         let start = Instant::now();
         let mut check = PeriodicCheck::new(Some(Duration::from_secs(1)), start);
-        let first = check.start(3, hash(1));
+        let first = start_hashed(&mut check, hash(1));
         check.abandon(start);
-        let next = check.start(3, hash(2));
+        assert!(check.running_as(first).is_none(), "a late hash finds no check");
+        let next = start_hashed(&mut check, hash(2));
         assert!(!check.answered(first, Vec::new(), 10, start));
         assert!(check.answered(next, Vec::new(), 10, start));
         assert!(!check.answered(next, Vec::new(), 10, start), "answered once");
@@ -346,7 +412,7 @@ mod tests {
     fn a_check_waiting_past_its_deadline_is_overdue() {
         let start = Instant::now();
         let mut check = PeriodicCheck::new(Some(Duration::from_secs(1)), start);
-        let number = check.start(3, hash(1));
+        let number = start_hashed(&mut check, hash(1));
         assert!(
             !check.overdue(start + Duration::from_secs(60)),
             "asking has its own timeouts"

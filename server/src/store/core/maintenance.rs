@@ -215,18 +215,6 @@ impl StoreCore {
                     .map_err(|error| self.storage_failure(error.into()))?;
                 Response::Hash(pb::HashResponse { header: None, hash })
             }
-            Request::HashKv(request) => {
-                let hashed = self
-                    .mvcc
-                    .hash_kv(request.revision)
-                    .map_err(|error| self.storage_failure(error.into()))?;
-                Response::HashKv(pb::HashKvResponse {
-                    header: None,
-                    hash: hashed.hash,
-                    compact_revision: hashed.compact_revision,
-                    hash_revision: hashed.hash_revision,
-                })
-            }
             Request::Metrics => Response::Metrics(Box::new(self.metrics_snapshot())),
             other => unreachable!("not a maintenance query: {other:?}"),
         })
