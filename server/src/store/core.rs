@@ -66,6 +66,7 @@ use corrupt_check::PeriodicCheck;
 use disk_full::DiskFull;
 #[cfg(feature = "sim")]
 pub use leases::LeaseAudit;
+pub use members::HEALTH_INTERVAL;
 use pending::Pending;
 use publication::Publication;
 pub use settings::{request_timeout, MemberInfo, StoreSettings};

@@ -38,8 +38,8 @@ use crate::peer::PeerMessage;
 use crate::store::membership::{member_to_pb, MemberChange};
 
 /// etcd's `HealthInterval`: a peer counts as active for the strict
-/// reconfiguration check once connected for this long.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// reconfiguration check once connected for this long (`StoreSettings`).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// etcd's `readyPercent`: a learner may be promoted once its match index is at
 /// least this fraction of the leader's.
 const LEARNER_READY_FRACTION: f64 = 0.9;
@@ -154,7 +154,7 @@ impl StoreCore {
             return Err(EtcdError::NotEnoughStarted);
         }
         let voters = self.membership.voter_ids();
-        if self.voters_connected_since(self.now - HEALTH_INTERVAL) < voters.len() {
+        if self.voters_connected_since(self.now - self.settings.health_interval) < voters.len() {
             return Err(EtcdError::Unhealthy);
         }
         Ok(())
@@ -173,7 +173,7 @@ impl StoreCore {
             return Ok(());
         }
         let voters = self.membership.voter_ids().len();
-        let active = self.voters_connected_since(self.now - HEALTH_INTERVAL);
+        let active = self.voters_connected_since(self.now - self.settings.health_interval);
         if active < 1 + 1 + (voters.saturating_sub(1)) / 2 {
             return Err(EtcdError::Unhealthy);
         }
