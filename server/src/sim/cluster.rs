@@ -4,9 +4,9 @@
 //! from the run's seed, so a run replays exactly from its number.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::MessageType;
 use rand::rngs::StdRng;
@@ -15,36 +15,57 @@ use ringkv_datadir::cluster::InitialMember;
 use ringkv_engine::page::PAGE_BYTES;
 use ringkv_proto::etcdserverpb as pb;
 
+mod operator;
+
+use self::operator::Operator;
+use super::clock::MemberClock;
 use super::disk::SimDisk;
+use super::leases::{LeaseAnswer, LeaseBook};
 use super::lincheck::{self, Budget, Op, Outcome, Verdict};
-use super::member::{initial_cluster, Member, MemberTiming};
+use super::member::{initial_cluster, Boot, Member, MemberTiming};
 use super::network::{Network, NetworkFaults};
-use super::workload::{self, InFlight};
+use super::workload::{self, ClientOp, InFlight};
 use super::{Sabotage, SimConfig, SimFailure, SimReport};
 use crate::etcd_error::EtcdError;
 use crate::peer::{PeerEvent, PeerMessage};
 use crate::store::event::Event;
+use crate::store::membership::Membership;
 use crate::store::messages::{Call, Request, Response};
 use crate::store::outbox::Effect;
 use crate::store::wal_io::{self, WalJob};
 
-/// The wall-clock time every run starts at (member ids are made from it).
-const WALL_CLOCK_START_UNIX_SECONDS: u64 = 1_700_000_000;
 /// How long a client waits for an answer before it gives up on the call
 /// (longer than the members' request timeout, so that one answers first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the faults: virtual time for the cluster to settle before the
 /// final reads.
 const SETTLE: Duration = Duration::from_secs(5);
+/// After settling, virtual time for the last leases to expire and every
+/// member to apply the same entries, at most: a lease that outlives it,
+/// with no client keeping it alive, is a failure.
+const QUIESCE_MAX: Duration = Duration::from_secs(10);
 /// Steps one run may take at most: a run that does not end is a failure.
 const STEPS_MAX: u64 = 5_000_000;
 /// Background steps (large reads, compaction) run back to back at most.
 const BACKGROUND_STEPS_MAX: usize = 64;
+/// A process pause (a stalled VM, a stopped process) lasts this long at most:
+/// long enough for the others to elect a new leader, and for a paused
+/// leader's clock to jump past its leases' deadlines.
+const PAUSE_MAX: Duration = Duration::from_secs(3);
+/// How much earlier than promised `Sabotage::LeasesExpireEarly` expires leases.
+const SABOTAGE_EXPIRY_EARLY: Duration = Duration::from_millis(500);
 
 /// Something that happens at a moment of the run.
 enum Action {
-    Tick(usize),
-    CommitDue(usize),
+    /// Member `member`'s start `incarnation`'s timers (a restart starts new ones).
+    Tick {
+        member: usize,
+        incarnation: u64,
+    },
+    CommitDue {
+        member: usize,
+        incarnation: u64,
+    },
     /// An event for member `to`'s start `incarnation` (dropped if it restarted since).
     Deliver {
         to: usize,
@@ -80,12 +101,53 @@ enum Action {
         client: usize,
         call_id: u64,
     },
-    Crash(usize),
+    /// A member, chosen then, loses power; it is started again `down` later.
+    Crash {
+        down: Duration,
+    },
     Restart(usize),
+    /// A member's process, chosen then, stops for `lasting`, then goes on
+    /// (what happens to it meanwhile waits); its clock does not stop.
+    Pause {
+        lasting: Duration,
+    },
+    /// The operator's next membership change.
+    OperatorStep,
+    OperatorTimeout {
+        call_id: u64,
+    },
+    /// The member added in this slot is started (as a joiner).
+    Join(usize),
     Partition,
     Heal,
     /// The end of the faults: the network heals and stays reliable.
     Calm,
+}
+
+/// The keys every member reads at the end.
+const FINAL_KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// A call each member answers at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FinalCall {
+    /// A linearizable read of the key.
+    Read(&'static str),
+    HashKv,
+    Leases,
+}
+
+impl FinalCall {
+    /// What a member answers at the end: a learner serves no linearizable read.
+    fn requests(learner: bool) -> Vec<(FinalCall, Request)> {
+        let mut requests: Vec<(FinalCall, Request)> = FINAL_KEYS
+            .iter()
+            .filter(|_| !learner)
+            .map(|key| (FinalCall::Read(key), Request::Range(workload::range(key))))
+            .collect();
+        requests.push((FinalCall::HashKv, Request::HashKv(pb::HashKvRequest { revision: 0 })));
+        requests.push((FinalCall::Leases, Request::LeaseLeases(pb::LeaseLeasesRequest {})));
+        requests
+    }
 }
 
 struct Client {
@@ -116,16 +178,48 @@ pub struct Cluster {
     network: Network,
     clients: Vec<Client>,
     history: Vec<lincheck::Event>,
+    leases: LeaseBook,
+    operator: Operator,
     calm: bool,
     /// Answers to the final reads, by call id.
     final_answers: HashMap<u64, Result<Response, EtcdError>>,
     report: SimReport,
 }
 
+impl Action {
+    /// The member whose process carries this action out, if one does (a
+    /// paused one leaves it waiting).
+    fn paused_by(&self) -> Option<usize> {
+        match *self {
+            Action::Tick { member, .. }
+            | Action::CommitDue { member, .. }
+            | Action::Deliver { to: member, .. }
+            | Action::SnapshotArrives { to: member, .. }
+            | Action::WalIo { member, .. }
+            | Action::CommitIo { member, .. }
+            | Action::Background { member, .. } => Some(member),
+            Action::ClientStep(_)
+            | Action::ClientTimeout { .. }
+            | Action::Crash { .. }
+            | Action::Restart(_)
+            | Action::Pause { .. }
+            | Action::OperatorStep
+            | Action::OperatorTimeout { .. }
+            | Action::Join(_)
+            | Action::Partition
+            | Action::Heal
+            | Action::Calm => None,
+        }
+    }
+}
+
 impl Cluster {
     pub fn new(seed: u64, config: SimConfig) -> Cluster {
+        let mut rng = StdRng::seed_from_u64(seed);
         let cluster = initial_cluster(config.members);
-        let members: Vec<Member> = (0..config.members).map(|index| Member::new(index, &cluster)).collect();
+        let members: Vec<Member> = (0..config.members)
+            .map(|index| Member::new(index, &cluster, MemberClock::random(&mut rng)))
+            .collect();
         let index_of = members.iter().map(|member| (member.id, member.index)).collect();
         let clients = (0..config.clients)
             .map(|_| Client {
@@ -135,7 +229,7 @@ impl Cluster {
             .collect();
         Cluster {
             config,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             base: Instant::now(),
             now_us: 0,
             steps: 0,
@@ -148,18 +242,22 @@ impl Cluster {
             network: Network::new(config.network),
             clients,
             history: Vec::new(),
+            leases: LeaseBook::default(),
+            operator: Operator::new(config.member_changes),
             calm: false,
             final_answers: HashMap::new(),
             report: SimReport::default(),
         }
     }
 
-    fn now(&self) -> Instant {
-        self.base + Duration::from_micros(self.now_us)
+    /// Member `member`'s monotonic clock now.
+    fn now_of(&self, member: usize) -> Instant {
+        self.members[member].clock.now(self.base, self.now_us)
     }
 
-    fn wall_clock(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(WALL_CLOCK_START_UNIX_SECONDS) + Duration::from_micros(self.now_us)
+    /// The virtual time in which `local` passes on member `member`'s clock.
+    fn on_clock_of(&self, member: usize, local: Duration) -> Duration {
+        self.members[member].clock.virtual_for(local)
     }
 
     fn at(&mut self, after: Duration, action: Action) {
@@ -184,13 +282,25 @@ impl Cluster {
             self.at(think, Action::ClientStep(client));
         }
         self.schedule_faults();
+        if self.config.member_changes > 0 {
+            let first = operator::OPERATOR_START + Duration::from_micros(self.rng.gen_range(0..500_000));
+            self.at(first, Action::OperatorStep);
+        }
         let faults_end = self.config.faults_duration;
         self.at(faults_end, Action::Calm);
         let end_us = (faults_end + SETTLE).as_micros() as u64;
-        while let Some(Reverse((time, seq))) = self.queue.pop() {
-            if time > end_us {
-                break;
+        self.run_until(end_us, |_| false).await?;
+        self.finish().await
+    }
+
+    /// Carries out the queued actions in order, up to virtual time `end_us`
+    /// or until `done` says so; what comes later stays queued.
+    async fn run_until(&mut self, end_us: u64, done: impl Fn(&Cluster) -> bool) -> Result<(), SimFailure> {
+        while let Some(&Reverse((time, seq))) = self.queue.peek() {
+            if time > end_us || done(self) {
+                return Ok(());
             }
+            self.queue.pop();
             self.steps += 1;
             if self.steps > STEPS_MAX {
                 return Err(self.failure("the run did not end within its step budget".to_string()));
@@ -199,20 +309,31 @@ impl Cluster {
             let action = self.actions.remove(&seq).expect("every queued step has an action");
             self.act(action).await?;
         }
-        self.finish().await
+        Ok(())
     }
 
     async fn act(&mut self, action: Action) -> Result<(), SimFailure> {
-        match action {
-            Action::Tick(member) => {
-                self.deliver(member, None, Event::Tick).await?;
-                let every = self.timing().heartbeat_interval;
-                self.at(every, Action::Tick(member));
+        if let Some(member) = action.paused_by() {
+            if let Some(until_us) = self.paused_until(member) {
+                // A paused process does nothing; it finds it all waiting when it goes on.
+                self.at(Duration::from_micros(until_us - self.now_us), action);
+                return Ok(());
             }
-            Action::CommitDue(member) => {
-                self.deliver(member, None, Event::CommitDue).await?;
-                let every = self.timing().backend_batch_interval;
-                self.at(every, Action::CommitDue(member));
+        }
+        match action {
+            Action::Tick { member, incarnation } => {
+                if incarnation == self.members[member].incarnation {
+                    self.deliver(member, Some(incarnation), Event::Tick).await?;
+                    let every = self.on_clock_of(member, self.timing().heartbeat_interval);
+                    self.at(every, Action::Tick { member, incarnation });
+                }
+            }
+            Action::CommitDue { member, incarnation } => {
+                if incarnation == self.members[member].incarnation {
+                    self.deliver(member, Some(incarnation), Event::CommitDue).await?;
+                    let every = self.on_clock_of(member, self.timing().backend_batch_interval);
+                    self.at(every, Action::CommitDue { member, incarnation });
+                }
             }
             Action::Deliver { to, incarnation, event } => self.deliver(to, Some(incarnation), *event).await?,
             Action::SnapshotArrives {
@@ -235,10 +356,28 @@ impl Cluster {
             }
             Action::ClientStep(client) => self.client_step(client).await?,
             Action::ClientTimeout { client, call_id } => self.client_gives_up(client, call_id),
-            Action::Crash(member) => self.crash(member).await,
+            Action::Crash { down } => {
+                let member = self.rng.gen_range(0..self.members.len());
+                if !self.calm && self.members[member].running.is_some() {
+                    self.crash(member).await;
+                    self.at(down, Action::Restart(member));
+                }
+            }
             Action::Restart(member) => {
-                if self.members[member].running.is_none() {
+                let member_state = &self.members[member];
+                if member_state.running.is_none() && !member_state.removed {
                     self.start_member(member).await?;
+                }
+            }
+            Action::OperatorStep => self.operator_step().await?,
+            Action::OperatorTimeout { call_id } => self.operator_answered(call_id, None),
+            Action::Join(slot) => self.join(slot).await?,
+            Action::Pause { lasting } => {
+                let member = self.rng.gen_range(0..self.members.len());
+                if !self.calm && self.members[member].running.is_some() {
+                    let until_us = self.now_us + lasting.as_micros() as u64;
+                    self.members[member].paused_until_us = Some(until_us);
+                    self.report.pauses += 1;
                 }
             }
             Action::Partition => {
@@ -261,11 +400,16 @@ impl Cluster {
                 self.network.heal();
                 self.network.faults = NetworkFaults::RELIABLE;
                 self.sabotage();
+                // Every member that ran is started (an added one that never
+                // ran is the operator's to start: `reconcile_members`).
                 for member in 0..self.members.len() {
-                    if self.members[member].running.is_none() {
+                    let down = &self.members[member];
+                    let initial = member < self.cluster.len();
+                    if down.running.is_none() && !down.removed && (initial || down.has_started()) {
                         self.start_member(member).await?;
                     }
                 }
+                self.reconcile_members().await?;
             }
         }
         Ok(())
@@ -274,7 +418,7 @@ impl Cluster {
     /// The configured damage (`Sabotage`), for the checks to catch.
     fn sabotage(&mut self) {
         match self.config.sabotage {
-            Sabotage::None | Sabotage::WriteBehindRaft => {}
+            Sabotage::None | Sabotage::WriteBehindRaft | Sabotage::LeasesExpireEarly => {}
             Sabotage::LoseEveryDisk => {
                 for member in &mut self.members {
                     member.running = None;
@@ -289,10 +433,8 @@ impl Cluster {
         let period_us = self.config.faults_duration.as_micros() as u64;
         for _ in 0..self.config.crashes {
             let at = Duration::from_micros(self.rng.gen_range(0..period_us));
-            let member = self.rng.gen_range(0..self.members.len());
-            self.at(at, Action::Crash(member));
             let down = Duration::from_millis(self.rng.gen_range(10..3000));
-            self.at(at + down, Action::Restart(member));
+            self.at(at, Action::Crash { down });
         }
         for _ in 0..self.config.partitions {
             let at = Duration::from_micros(self.rng.gen_range(0..period_us));
@@ -300,37 +442,80 @@ impl Cluster {
             let lasting = Duration::from_millis(self.rng.gen_range(100..4000));
             self.at(at + lasting, Action::Heal);
         }
+        for _ in 0..self.config.pauses {
+            let at = Duration::from_micros(self.rng.gen_range(0..period_us));
+            let lasting = Duration::from_micros(self.rng.gen_range(0..PAUSE_MAX.as_micros() as u64));
+            self.at(at, Action::Pause { lasting });
+        }
     }
 
+    /// Until when member `member` is paused, if it is now.
+    fn paused_until(&mut self, member: usize) -> Option<u64> {
+        let member = &mut self.members[member];
+        if member.paused_until_us.is_some_and(|until_us| until_us <= self.now_us) {
+            member.paused_until_us = None;
+        }
+        member.paused_until_us
+    }
+
+    /// Starts member `index` again (or, in the initial cluster, the first
+    /// time); an added member that never ran joins instead.
     async fn start_member(&mut self, index: usize) -> Result<(), SimFailure> {
-        let (now, wall_clock, timing) = (self.now(), self.wall_clock(), self.timing());
+        let initial = index < self.cluster.len();
+        if !initial && !self.members[index].has_started() {
+            return self.join(index).await;
+        }
+        // One that joined talks to whom the others list until caught up.
+        let id = self.members[index].id;
+        let join_peers = match self.cluster_membership() {
+            Some(membership) if !initial => membership.peers_of(id),
+            _ => Vec::new(),
+        };
         let cluster = self.cluster.clone();
-        if let Err(error) = self.members[index].start(&cluster, timing, now, wall_clock).await {
+        self.start_member_as(
+            index,
+            Boot::Existing {
+                cluster: &cluster,
+                join_peers,
+            },
+        )
+        .await
+    }
+
+    async fn start_member_as(&mut self, index: usize, boot: Boot<'_>) -> Result<(), SimFailure> {
+        if self.members[index].incarnation > 0 {
+            self.members[index].clock.jump_wall_clock(&mut self.rng);
+        }
+        let timing = self.timing();
+        let now = self.now_of(index);
+        let wall_clock = self.members[index].clock.wall_clock(self.now_us);
+        if let Err(error) = self.members[index].start(boot, timing, now, wall_clock).await {
             return Err(self.failure(format!("member {index} did not start: {error}")));
+        }
+        if self.config.sabotage == Sabotage::LeasesExpireEarly {
+            let running = self.members[index].running.as_mut().expect("started");
+            running.core.expire_leases_early(SABOTAGE_EXPIRY_EARLY);
         }
         self.report.starts += 1;
         // Timers start at a random phase, as separate processes' do.
         let phase = Duration::from_micros(self.rng.gen_range(0..timing.heartbeat_interval.as_micros() as u64));
-        self.at(phase, Action::Tick(index));
-        self.at(timing.backend_batch_interval + phase, Action::CommitDue(index));
-        let peers: Vec<(u64, usize)> = self
-            .members
-            .iter()
-            .filter(|member| member.index != index)
-            .map(|member| (member.id, member.index))
-            .collect();
         let incarnation = self.members[index].incarnation;
-        for (peer, _) in peers {
-            let event = Event::Peer(PeerEvent::Connected { peer, link: 0, at: now });
-            self.at(
-                Duration::ZERO,
-                Action::Deliver {
-                    to: index,
-                    incarnation,
-                    event: Box::new(event),
-                },
-            );
-        }
+        self.at(
+            phase,
+            Action::Tick {
+                member: index,
+                incarnation,
+            },
+        );
+        let commit_due = self.on_clock_of(index, timing.backend_batch_interval);
+        self.at(
+            commit_due + phase,
+            Action::CommitDue {
+                member: index,
+                incarnation,
+            },
+        );
+        self.connected(index);
         self.at(
             Duration::ZERO,
             Action::Background {
@@ -339,6 +524,58 @@ impl Cluster {
             },
         );
         Ok(())
+    }
+
+    /// Member `index` just started: it and every running peer connect (the
+    /// link named by the incarnation of the member it leads to).
+    fn connected(&mut self, index: usize) {
+        let (id, incarnation) = (self.members[index].id, self.members[index].incarnation);
+        let peers: Vec<(usize, u64, u64)> = self
+            .members
+            .iter()
+            .filter(|peer| peer.index != index && peer.running.is_some())
+            .map(|peer| (peer.index, peer.id, peer.incarnation))
+            .collect();
+        for (peer_index, peer, peer_incarnation) in peers {
+            let now = self.now_of(index);
+            let event = PeerEvent::Connected {
+                peer,
+                link: peer_incarnation,
+                at: now,
+            };
+            self.deliver_later(index, incarnation, Event::Peer(event));
+            let now = self.now_of(peer_index);
+            let event = PeerEvent::Connected {
+                peer: id,
+                link: incarnation,
+                at: now,
+            };
+            self.deliver_later(peer_index, peer_incarnation, Event::Peer(event));
+        }
+    }
+
+    /// Member `index` stopped: its running peers' links to it break.
+    fn disconnected(&mut self, index: usize) {
+        let (id, incarnation) = (self.members[index].id, self.members[index].incarnation);
+        let peers: Vec<(usize, u64)> = self
+            .members
+            .iter()
+            .filter(|peer| peer.index != index && peer.running.is_some())
+            .map(|peer| (peer.index, peer.incarnation))
+            .collect();
+        for (peer_index, peer_incarnation) in peers {
+            let event = PeerEvent::Disconnected {
+                peer: id,
+                link: incarnation,
+            };
+            self.deliver_later(peer_index, peer_incarnation, Event::Peer(event));
+        }
+    }
+
+    /// `event` for member `to`'s start `incarnation`, as the next step.
+    fn deliver_later(&mut self, to: usize, incarnation: u64, event: Event) {
+        let event = Box::new(event);
+        self.at(Duration::ZERO, Action::Deliver { to, incarnation, event });
     }
 
     fn is_running(&self, member: usize, incarnation: Option<u64>) -> bool {
@@ -352,7 +589,21 @@ impl Cluster {
         if !self.is_running(member, incarnation) {
             return Ok(());
         }
-        let now = self.now();
+        if let Some(until_us) = self.paused_until(member) {
+            let incarnation = self.members[member].incarnation;
+            let event = Box::new(event);
+            let after = Duration::from_micros(until_us - self.now_us);
+            self.at(
+                after,
+                Action::Deliver {
+                    to: member,
+                    incarnation,
+                    event,
+                },
+            );
+            return Ok(());
+        }
+        let now = self.now_of(member);
         let running = self.members[member].running.as_mut().expect("checked above");
         running.core.handle(now, event);
         self.after_events(member).await
@@ -360,7 +611,7 @@ impl Cluster {
 
     /// `drive`, background steps, then the effects.
     async fn after_events(&mut self, member: usize) -> Result<(), SimFailure> {
-        let now = self.now();
+        let now = self.now_of(member);
         let mut rest = None;
         {
             let running = self.members[member].running.as_mut().expect("the member runs");
@@ -381,14 +632,17 @@ impl Cluster {
         }
         let incarnation = self.members[member].incarnation;
         if let Some(rest) = rest {
+            let rest = self.on_clock_of(member, rest);
             self.at(rest, Action::Background { member, incarnation });
         }
-        let effects = self.members[member]
-            .running
-            .as_mut()
-            .expect("the member runs")
-            .core
-            .take_effects();
+        let core = &mut self.members[member].running.as_mut().expect("the member runs").core;
+        let (audit, effects) = (core.take_lease_audit(), core.take_effects());
+        let local_us = self.members[member].clock.local_us(self.now_us);
+        for audit in audit {
+            if let Err(why) = self.leases.audit(member, self.now_us, local_us, audit) {
+                return Err(self.failure(why));
+            }
+        }
         for effect in effects {
             self.carry_out(member, effect)?;
         }
@@ -418,7 +672,13 @@ impl Cluster {
                 self.at(delay, Action::CommitIo { member, incarnation });
             }
             Effect::Reply { reply, .. } => self.client_answered(reply.id, reply.result),
-            Effect::WatchPush { .. } | Effect::Peers { .. } => {}
+            Effect::WatchPush { .. } => {}
+            Effect::Peers { membership, .. } => {
+                let membership = Membership::from_pb(membership)
+                    .map_err(|error| self.failure(format!("member {member}'s membership: {error}")))?;
+                self.learn_member_ids(&membership);
+                self.members[member].membership = Some(membership);
+            }
             Effect::Raft(messages) => {
                 for message in messages {
                     let to = message.to;
@@ -481,7 +741,17 @@ impl Cluster {
                 }
                 self.report.snapshots_sent += 1;
             }
-            Effect::Stop => return Err(self.failure("a member stopped: no member is removed here".to_string())),
+            Effect::Stop => {
+                let state = &self.members[member];
+                if !state
+                    .membership
+                    .as_ref()
+                    .is_some_and(|applied| applied.is_removed(state.id))
+                {
+                    return Err(self.failure(format!("member {member} stopped, but it applied no removal of its own")));
+                }
+                self.stop_member(member);
+            }
             // The simulated members run no corruption checks and are never
             // asked for their HashKV over the network.
             Effect::AskHashKvs { .. } | Effect::AnswerHashKv { .. } => {
@@ -606,16 +876,22 @@ impl Cluster {
         }
         self.members[member].crash(seed);
         self.report.crashes += 1;
-        // Calls in flight to the crashed member: the clients lose them.
+        self.disconnected(member);
+        self.calls_lost(member);
+    }
+
+    /// Calls in flight to `member`, which crashed or stopped: their callers lose them.
+    fn calls_lost(&mut self, member: usize) {
         for client in 0..self.clients.len() {
             if self.clients[client]
                 .calling
                 .as_ref()
                 .is_some_and(|calling| calling.member == member)
             {
-                self.client_done(client, Outcome::Unknown);
+                self.client_done(client, None);
             }
         }
+        self.operator_lost(member);
     }
 
     fn think_time(&mut self) -> Duration {
@@ -629,12 +905,16 @@ impl Cluster {
         let member = self.rng.gen_range(0..self.members.len());
         let call_id = (client as u64) << 32 | self.clients[client].calls;
         self.clients[client].calls += 1;
-        let (op, request) = workload::random_op(&mut self.rng, call_id);
+        let leases = self.config.leases.then_some((&self.leases, self.now_us));
+        let (op, request) = workload::random_call(&mut self.rng, call_id, leases);
         if !self.is_running(member, None) {
             // Connection refused: nothing was sent.
             let think = self.think_time();
             self.at(think, Action::ClientStep(client));
             return Ok(());
+        }
+        if let ClientOp::Revoke { lease } = op {
+            self.leases.revoking(lease, self.now_us);
         }
         let call = InFlight {
             op,
@@ -642,38 +922,44 @@ impl Cluster {
         };
         self.clients[client].calling = Some(Calling { member, call_id, call });
         self.at(CLIENT_TIMEOUT, Action::ClientTimeout { client, call_id });
-        self.call(member, call_id, request).await
+        self.call(member, call_id, request, true).await
     }
 
-    async fn call(&mut self, member: usize, call_id: u64, request: Request) -> Result<(), SimFailure> {
+    /// Call `call_id` to `member`: a client's etcd RPC if `client_rpc` (else
+    /// the simulation's own look at the member, which a learner answers too).
+    async fn call(
+        &mut self,
+        member: usize,
+        call_id: u64,
+        request: Request,
+        client_rpc: bool,
+    ) -> Result<(), SimFailure> {
         let call = Call {
             id: call_id,
             request,
             require_leader: false,
-            client_rpc: true,
+            client_rpc,
         };
         self.deliver(member, None, Event::Call { client: 0, call }).await
     }
 
     fn client_answered(&mut self, call_id: u64, result: Result<Response, EtcdError>) {
+        if Operator::owns(call_id) {
+            return self.operator_answered(call_id, Some(result));
+        }
         let client = (call_id >> 32) as usize;
         if client >= self.clients.len() {
             // A final read's answer: kept for `finish`.
             self.final_answers.insert(call_id, result);
             return;
         }
-        let Some(calling) = self.clients[client]
+        if self.clients[client]
             .calling
             .as_ref()
-            .filter(|calling| calling.call_id == call_id)
-        else {
-            return; // given up on already
-        };
-        let outcome = match result {
-            Ok(response) => workload::outcome(&calling.call.op, response),
-            Err(_) => Outcome::Unknown,
-        };
-        self.client_done(client, outcome);
+            .is_some_and(|calling| calling.call_id == call_id)
+        {
+            self.client_done(client, Some(result));
+        } // else given up on already
     }
 
     fn client_gives_up(&mut self, client: usize, call_id: u64) {
@@ -682,25 +968,58 @@ impl Cluster {
             .as_ref()
             .is_some_and(|calling| calling.call_id == call_id)
         {
-            self.client_done(client, Outcome::Unknown);
+            self.client_done(client, None);
         }
     }
 
-    fn client_done(&mut self, client: usize, outcome: Outcome) {
-        let calling = self.clients[client].calling.take().expect("a call in flight");
-        if outcome == Outcome::Unknown {
-            self.report.unknown_outcomes += 1;
-        } else {
-            self.report.operations += 1;
+    /// Client `client`'s call is over, with the member's answer (None: none
+    /// came, or the client gave up): recorded in the history or the lease book.
+    fn client_done(&mut self, client: usize, answer: Option<Result<Response, EtcdError>>) {
+        let Calling { member, call, .. } = self.clients[client].calling.take().expect("a call in flight");
+        let (invoke_us, now_us) = (call.invoke_us, self.now_us);
+        let known = matches!(answer, Some(Ok(_)));
+        match call.op {
+            ClientOp::Kv(op) => {
+                let outcome = match answer {
+                    Some(Ok(response)) => workload::outcome(&op, response),
+                    _ => Outcome::Unknown,
+                };
+                let event = workload::completed(client as u32, op, invoke_us, now_us, outcome);
+                self.history.push(event);
+            }
+            ClientOp::Grant => {
+                if let Some(Ok(Response::LeaseGrant(grant))) = answer {
+                    let keep_until_us = now_us + workload::keep_alive_for(&mut self.rng).as_micros() as u64;
+                    let call = (member, invoke_us, now_us);
+                    self.leases.granted(grant.id, grant.ttl, call, keep_until_us);
+                }
+            }
+            ClientOp::KeepAlive { lease } => {
+                if let Some(Ok(Response::LeaseKeepAlive(keep_alive))) = answer {
+                    self.leases.promised(lease, keep_alive.ttl, (member, invoke_us, now_us));
+                }
+            }
+            ClientOp::Revoke { lease } => {
+                let answer = match answer {
+                    Some(Ok(_)) => LeaseAnswer::Revoked,
+                    Some(Err(EtcdError::LeaseNotFound)) => LeaseAnswer::RevokeNotFound,
+                    _ => LeaseAnswer::Unknown,
+                };
+                self.leases.answered(lease, invoke_us, now_us, answer);
+            }
         }
-        self.history
-            .push(workload::completed(client as u32, calling.call, self.now_us, outcome));
+        if known {
+            self.report.operations += 1;
+        } else {
+            self.report.unknown_outcomes += 1;
+        }
         let think = self.think_time();
         self.at(think, Action::ClientStep(client));
     }
 
     /// After the settling time: every member reads every key, the history
-    /// must be linearizable, and the members must hold the same data.
+    /// must be linearizable, the members must hold the same data and
+    /// leases, and no lease may have ended earlier than promised.
     async fn finish(mut self) -> Result<SimReport, SimFailure> {
         if self.config.sabotage == Sabotage::WriteBehindRaft {
             if let Some(running) = self.members.iter_mut().find_map(|member| member.running.as_mut()) {
@@ -710,73 +1029,160 @@ impl Cluster {
         // A call still unanswered may yet be applied: its outcome is unknown.
         for client in 0..self.clients.len() {
             if self.clients[client].calling.is_some() {
-                self.client_done(client, Outcome::Unknown);
+                self.client_done(client, None);
             }
         }
-        let reader = self.clients.len() as u64;
-        let keys = ["a", "b", "c"];
-        let mut reads = Vec::new();
-        for member in 0..self.members.len() {
-            for (k, key) in keys.iter().enumerate() {
-                let call_id = (reader + member as u64) << 32 | k as u64;
-                reads.push((call_id, member, key.to_string(), self.now_us));
-                self.call(member, call_id, Request::Range(workload::range(key))).await?;
-            }
-            let call_id = (reader + member as u64) << 32 | 99;
-            let hash = Request::HashKv(pb::HashKvRequest { revision: 0 });
-            self.call(member, call_id, hash).await?;
+        if self.operator_calling() {
+            self.operator_answered(self.operator_call_id(), None);
         }
-        // Let the reads and hashes be answered.
+        // A membership change the operator made late may have been applied since.
+        self.reconcile_members().await?;
+        let quiesce_end_us = self.now_us + QUIESCE_MAX.as_micros() as u64;
+        self.run_until(quiesce_end_us, Cluster::quiet).await?;
+        if !self.quiet() {
+            let why = format!(
+                "the members did not settle (same applied index, no lease left) within {QUIESCE_MAX:?}; {}",
+                self.raft_statuses()
+            );
+            return Err(self.failure(why));
+        }
+        let final_from_us = self.now_us;
+        let mut calls = Vec::new();
+        for (member, learner) in self.current_members() {
+            for (kind, request) in FinalCall::requests(learner) {
+                let call_id = self.final_call_id(member, kind);
+                calls.push((call_id, member, kind));
+                let client_rpc = matches!(kind, FinalCall::Read(_));
+                self.call(member, call_id, request, client_rpc).await?;
+            }
+        }
+        // Let the final calls be answered.
         let end_us = self.now_us + Duration::from_secs(3).as_micros() as u64;
-        while let Some(Reverse((time, seq))) = self.queue.pop() {
-            if time > end_us || self.final_answers.len() == reads.len() + self.members.len() {
-                break;
-            }
-            self.now_us = time;
-            let action = self.actions.remove(&seq).expect("every queued step has an action");
-            self.act(action).await?;
-        }
-        for (call_id, member, key, invoke_us) in reads {
-            let Some(result) = self.final_answers.remove(&call_id) else {
-                return Err(self.failure(format!("member {member}'s final read of {key} was not answered")));
-            };
-            let response = result.map_err(|error| self.failure(format!("member {member}'s final read: {error}")))?;
-            let op = Op::Get { key };
-            let outcome = workload::outcome(&op, response);
-            let call = InFlight { op, invoke_us };
-            self.history.push(workload::completed(
-                reader as u32 + member as u32,
-                call,
-                self.now_us,
-                outcome,
-            ));
-        }
+        let answers = calls.len();
+        self.run_until(end_us, |cluster| cluster.final_answers.len() == answers)
+            .await?;
         let mut hashes = Vec::new();
-        for member in 0..self.members.len() {
-            let call_id = (reader + member as u64) << 32 | 99;
-            match self.final_answers.remove(&call_id) {
-                Some(Ok(Response::HashKv(hash))) => hashes.push((hash.header.map(|h| h.revision), hash.hash)),
-                other => return Err(self.failure(format!("member {member}'s HashKV: {other:?}"))),
+        let mut lease_lists = Vec::new();
+        for (call_id, member, kind) in calls {
+            let Some(answer) = self.final_answers.remove(&call_id) else {
+                let why = format!(
+                    "member {member}'s final {kind:?} was not answered; {}",
+                    self.raft_statuses()
+                );
+                return Err(self.failure(why));
+            };
+            let response =
+                answer.map_err(|error| self.failure(format!("member {member}'s final {kind:?}: {error}")))?;
+            match (kind, response) {
+                (FinalCall::Read(key), response) => {
+                    let op = Op::Get { key: key.to_string() };
+                    let outcome = workload::outcome(&op, response);
+                    let client = self.clients.len() as u32 + member as u32;
+                    let event = workload::completed(client, op, final_from_us, self.now_us, outcome);
+                    self.history.push(event);
+                }
+                (FinalCall::HashKv, Response::HashKv(hash)) => {
+                    hashes.push((member, hash.header.map(|header| header.revision), hash.hash));
+                }
+                (FinalCall::Leases, Response::LeaseLeases(leases)) => {
+                    let ids: BTreeSet<i64> = leases.leases.iter().map(|lease| lease.id).collect();
+                    lease_lists.push((member, ids));
+                }
+                (kind, response) => panic!("a final {kind:?} answered with {response:?}"),
             }
         }
-        if hashes.windows(2).any(|pair| pair[0] != pair[1]) {
-            return Err(self.failure(format!("members differ: (revision, hash) {hashes:?}")));
+        if hashes
+            .windows(2)
+            .any(|pair| (pair[0].1, pair[0].2) != (pair[1].1, pair[1].2))
+        {
+            return Err(self.failure(format!("members differ: (member, revision, hash) {hashes:?}")));
         }
-        match lincheck::check(&self.history, Budget::default()) {
-            Verdict::Linearizable => {}
-            Verdict::Violation { key, explanation } => {
-                return Err(self.failure(format!("not linearizable on {key}:\n{explanation}")));
-            }
-            Verdict::Inconclusive { key } => {
-                return Err(self.failure(format!("the checker ran out of budget on {key}")));
-            }
+        if let Some((member, leases)) = lease_lists.iter().find(|(_, leases)| !leases.is_empty()) {
+            return Err(self.failure(format!("member {member} lists leases {leases:x?} at the end")));
         }
+        self.check_leases()?;
+        self.check_history()?;
         let mut digest = std::hash::DefaultHasher::new();
         format!("{:?}", self.history).hash(&mut digest);
         self.report.history_digest = digest.finish();
         self.report.steps = self.steps;
         self.report.virtual_time = Duration::from_micros(self.now_us);
         Ok(self.report)
+    }
+
+    /// The id of member `member`'s final call `kind` (the clients' ids
+    /// carry their number below `clients.len()` in the high half).
+    fn final_call_id(&self, member: usize, kind: FinalCall) -> u64 {
+        let caller = (self.clients.len() + member) as u64;
+        let number = match kind {
+            FinalCall::Read(key) => FINAL_KEYS.iter().position(|k| *k == key).expect("a final key") as u64,
+            FinalCall::HashKv => 99,
+            FinalCall::Leases => 98,
+        };
+        caller << 32 | number
+    }
+
+    /// The cluster's members (slot, learner), as the freshest member applied them.
+    fn current_members(&self) -> Vec<(usize, bool)> {
+        self.cluster_membership()
+            .map(|membership| self.slots_of(&membership))
+            .unwrap_or_default()
+    }
+
+    /// Whether the cluster's members all run, have applied the same entries,
+    /// and hold no lease: nothing is left to change their data.
+    fn quiet(&self) -> bool {
+        let members = self.current_members();
+        let mut states = members.iter().map(|&(member, _)| {
+            let running = self.members[member].running.as_ref();
+            running.map(|running| running.core.applied_and_leases())
+        });
+        let Some(Some((applied, 0))) = states.next() else {
+            return false;
+        };
+        states.all(|state| state == Some((applied, 0)))
+    }
+
+    /// No lease expired early by its expiring leader's clock, and every
+    /// answer that a lease was gone agrees with its removal.
+    fn check_leases(&mut self) -> Result<(), SimFailure> {
+        let clocks: Vec<MemberClock> = self.members.iter().map(|member| member.clock.clone()).collect();
+        self.leases
+            .check(|member, virtual_us| clocks[member].local_us(virtual_us))
+            .map_err(|why| self.failure(why))?;
+        self.report.lease_ends += self.leases.lease_ends().map_err(|why| self.failure(why))?.len() as u64;
+        Ok(())
+    }
+
+    /// The clients' history, final reads and lease ends included, is linearizable.
+    fn check_history(&mut self) -> Result<(), SimFailure> {
+        let ends = self.leases.lease_ends().map_err(|why| self.failure(why))?;
+        self.history.extend(ends);
+        match lincheck::check(&self.history, Budget::default()) {
+            Verdict::Linearizable => Ok(()),
+            Verdict::Violation { key, explanation } => {
+                Err(self.failure(format!("not linearizable on {key}:\n{explanation}")))
+            }
+            Verdict::Inconclusive { key } => Err(self.failure(format!("the checker ran out of budget on {key}"))),
+        }
+    }
+
+    /// Each member's raft, as it stands.
+    fn raft_statuses(&self) -> String {
+        let statuses: Vec<String> = self
+            .members
+            .iter()
+            .map(|member| match &member.running {
+                Some(running) => format!(
+                    "member {}: {} (paused until {:?} µs)",
+                    member.index,
+                    running.core.raft_status(),
+                    member.paused_until_us
+                ),
+                None => format!("member {}: down", member.index),
+            })
+            .collect();
+        statuses.join("; ")
     }
 
     fn failure(&self, why: String) -> SimFailure {

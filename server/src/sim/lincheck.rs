@@ -13,6 +13,13 @@
 //! linearized. A (linearized set, register value) pair seen before is not searched again,
 //! which keeps the search polynomial on the histories tests produce.
 //!
+//! Leases: a key put with a lease (`Op::PutWithLease`) vanishes when that lease ends
+//! (`Op::LeaseEnd`, a revoke or an expiry, with the window in which it took effect). A
+//! lease's end touches every key attached to it, so it joins the history of each key that
+//! holds a put with that lease: each key is still checked alone, which checks that every
+//! key vanished at some point of the window, not that they vanished at one same point
+//! (a relaxation: no false violation, fewer caught).
+//!
 //! Two choices a reader of a verdict should know:
 //! - Equal timestamps overlap. A call sorts before a return at the same instant, so either
 //!   operation may be linearized first. One operation precedes another only if it returned
@@ -22,7 +29,7 @@
 //!   that returned is linearized (porcupine's return at +infinity is equivalent). An
 //!   `Outcome::Unknown` get constrains nothing and is dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +66,19 @@ pub enum Op {
         expected: Option<String>,
         new: String,
     },
+    /// A put attached to lease `lease`: refused once the lease has ended, and the
+    /// key vanishes when it ends (unless written again meanwhile).
+    PutWithLease {
+        key: String,
+        value: String,
+        lease: i64,
+    },
+    /// Lease `lease` ended (revoked or expired) at one point of [invoke, complete];
+    /// at most one per lease. Not an operation on one key: it takes effect on
+    /// every key whose value is attached to the lease then.
+    LeaseEnd {
+        lease: i64,
+    },
 }
 
 /// What the client saw.
@@ -73,6 +93,8 @@ pub enum Outcome {
     Cas {
         succeeded: bool,
     },
+    /// The lease ended (a `LeaseEnd`'s only outcome).
+    LeaseEnded,
     /// Indeterminate: the request may or may not have taken effect (timeout, connection
     /// lost after sending).
     Unknown,
@@ -119,9 +141,16 @@ impl Default for Budget {
 }
 
 impl Op {
-    pub fn key(&self) -> &str {
+    /// The key the operation touches; None for a lease's end, which touches
+    /// every key attached to the lease.
+    pub fn key(&self) -> Option<&str> {
         match self {
-            Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+            Op::Get { key }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. }
+            | Op::PutWithLease { key, .. } => Some(key),
+            Op::LeaseEnd { .. } => None,
         }
     }
 }
@@ -154,13 +183,34 @@ pub fn check(history: &[Event], budget: Budget) -> Verdict {
 }
 
 /// The events that constrain each key; a `BTreeMap` so keys are checked in a fixed order.
+/// A lease's end joins the events of every key that holds a put with that lease.
+///
+/// Panics if a lease ends twice.
 fn events_by_key(history: &[Event]) -> BTreeMap<&str, Vec<&Event>> {
     let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    let mut ends: BTreeMap<i64, &Event> = BTreeMap::new();
+    let mut keys_of_lease: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
     for event in history {
         assert_well_formed(event);
         let unknown_get = matches!((&event.op, &event.outcome), (Op::Get { .. }, Outcome::Unknown));
-        if !unknown_get {
-            by_key.entry(event.op.key()).or_default().push(event);
+        match &event.op {
+            Op::LeaseEnd { lease } => {
+                let earlier = ends.insert(*lease, event);
+                assert!(earlier.is_none(), "lease {lease} ends once: {event:?}");
+            }
+            _ if unknown_get => {}
+            op => {
+                let key = op.key().expect("only a lease's end names no key");
+                if let Op::PutWithLease { lease, .. } = op {
+                    keys_of_lease.entry(*lease).or_default().insert(key);
+                }
+                by_key.entry(key).or_default().push(event);
+            }
+        }
+    }
+    for (lease, end) in ends {
+        for key in keys_of_lease.remove(&lease).unwrap_or_default() {
+            by_key.get_mut(key).expect("the key holds a put").push(end);
         }
     }
     by_key
@@ -183,10 +233,16 @@ fn assert_well_formed(event: &Event) {
             | (Op::Put { .. }, Outcome::Put)
             | (Op::Delete { .. }, Outcome::Delete { .. })
             | (Op::Cas { .. }, Outcome::Cas { .. })
+            | (Op::PutWithLease { .. }, Outcome::Put)
+            | (Op::LeaseEnd { .. }, Outcome::LeaseEnded)
     );
     assert!(
         outcome_fits_op,
         "the outcome is of another kind of operation: {event:?}"
+    );
+    assert!(
+        !matches!((&event.op, &event.outcome), (Op::LeaseEnd { .. }, Outcome::Unknown)),
+        "a lease's end is in the history only once it is known: {event:?}"
     );
 }
 
@@ -231,15 +287,25 @@ enum Step {
         new: ValueId,
         succeeded: Option<bool>,
     },
+    /// A put of a value attached to a lease, possible only while `end` (the
+    /// operation that ends the lease, if the history has one) is not linearized.
+    PutWithLease {
+        value: ValueId,
+        end: Option<usize>,
+    },
+    /// The lease ends: a value attached to it vanishes.
+    LeaseEnd {
+        lease: i64,
+    },
 }
 
 impl Step {
     /// The register after this step, or None if the step cannot have the observed outcome
-    /// when applied to `register`.
-    fn apply(self, register: Register) -> Option<Register> {
+    /// when applied to `register`. `lease_of` gives the lease each value is attached to.
+    fn apply(self, register: Register, lease_of: &[Option<i64>]) -> Option<Register> {
         match self {
             Step::Get { seen } => (seen == register).then_some(register),
-            Step::Put { value } => Some(Some(value)),
+            Step::Put { value } | Step::PutWithLease { value, .. } => Some(Some(value)),
             Step::Delete { deleted } => deleted
                 .is_none_or(|deleted| deleted == register.is_some())
                 .then_some(None),
@@ -253,6 +319,10 @@ impl Step {
                     .is_none_or(|succeeded| succeeded == swaps)
                     .then_some(if swaps { Some(new) } else { register })
             }
+            Step::LeaseEnd { lease } => {
+                let attached = register.is_some_and(|value| lease_of[value as usize] == Some(lease));
+                Some(if attached { None } else { register })
+            }
         }
     }
 }
@@ -263,19 +333,38 @@ struct KeyHistory<'e> {
     events: Vec<&'e Event>,
     steps: Vec<Step>,
     values: Vec<&'e str>,
+    /// The lease each value (by id) was put with.
+    lease_of: Vec<Option<i64>>,
 }
 
 impl<'e> KeyHistory<'e> {
     fn new(events: &[&'e Event]) -> Self {
         let mut events = events.to_vec();
         events.sort_by_key(|event| (event.invoke, event.client));
+        let end_of: HashMap<i64, usize> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(op, event)| match event.op {
+                Op::LeaseEnd { lease } => Some((lease, op)),
+                _ => None,
+            })
+            .collect();
         let mut interner = Interner::default();
-        let steps = events.iter().map(|event| interner.step(event)).collect();
+        let steps = events.iter().map(|event| interner.step(event, &end_of)).collect();
+        let mut lease_of = vec![None; interner.values.len()];
+        for (value, lease) in interner.leases {
+            lease_of[value as usize] = Some(lease);
+        }
         KeyHistory {
             events,
             steps,
             values: interner.values,
+            lease_of,
         }
+    }
+
+    fn apply(&self, op: usize, register: Register) -> Option<Register> {
+        self.steps[op].apply(register, &self.lease_of)
     }
 
     fn is_completed(&self, op: usize) -> bool {
@@ -298,6 +387,8 @@ impl<'e> KeyHistory<'e> {
 struct Interner<'e> {
     ids: HashMap<&'e str, ValueId>,
     values: Vec<&'e str>,
+    /// The lease of each value put with one.
+    leases: Vec<(ValueId, i64)>,
 }
 
 impl<'e> Interner<'e> {
@@ -312,12 +403,21 @@ impl<'e> Interner<'e> {
         value.map(|value| self.id(value))
     }
 
-    fn step(&mut self, event: &'e Event) -> Step {
+    fn step(&mut self, event: &'e Event, end_of: &HashMap<i64, usize>) -> Step {
         match (&event.op, &event.outcome) {
             (Op::Get { .. }, Outcome::Get(seen)) => Step::Get {
                 seen: self.register(seen.as_ref()),
             },
             (Op::Put { value, .. }, _) => Step::Put { value: self.id(value) },
+            (Op::PutWithLease { value, lease, .. }, _) => {
+                let value = self.id(value);
+                self.leases.push((value, *lease));
+                Step::PutWithLease {
+                    value,
+                    end: end_of.get(lease).copied(),
+                }
+            }
+            (Op::LeaseEnd { lease }, _) => Step::LeaseEnd { lease: *lease },
             (Op::Delete { .. }, Outcome::Delete { deleted }) => Step::Delete {
                 deleted: Some(*deleted),
             },
@@ -558,8 +658,13 @@ impl<'h> Search<'h> {
 
     /// Linearizes `op` next if its step fits the register and the resulting state is new.
     fn try_linearize(&mut self, op: usize) -> bool {
+        if let Step::PutWithLease { end: Some(end), .. } = self.history.steps[op] {
+            if self.state.is_linearized(end) {
+                return false; // refused: its lease has ended
+            }
+        }
         let before = self.state.register();
-        let Some(after) = self.history.steps[op].apply(before) else {
+        let Some(after) = self.history.apply(op, before) else {
             return false;
         };
         self.state.set_linearized(op, true);
@@ -657,8 +762,8 @@ fn list_prefix(lines: &mut Vec<String>, history: &KeyHistory, dead_end: &DeadEnd
     }
     let mut register = None;
     for (position, &op) in prefix.iter().enumerate() {
-        register = history.steps[op]
-            .apply(register)
+        register = history
+            .apply(op, register)
             .expect("the prefix was linearized step by step");
         if position >= hidden {
             let value = history.describe_register(register);
@@ -692,6 +797,8 @@ fn describe(event: &Event) -> String {
         Op::Cas {
             expected: None, new, ..
         } => format!("cas absent -> {new:?}"),
+        Op::PutWithLease { value, lease, .. } => format!("put {value:?} with lease {lease:x}"),
+        Op::LeaseEnd { lease } => format!("end of lease {lease:x}"),
     };
     let outcome = match &event.outcome {
         Outcome::Get(Some(value)) => format!("{value:?}"),
@@ -701,7 +808,116 @@ fn describe(event: &Event) -> String {
         Outcome::Delete { deleted: false } => "not found".to_owned(),
         Outcome::Cas { succeeded: true } => "succeeded".to_owned(),
         Outcome::Cas { succeeded: false } => "failed".to_owned(),
+        Outcome::LeaseEnded => "ended".to_owned(),
         Outcome::Unknown => "unknown".to_owned(),
     };
     format!("{op}: {outcome}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event of client 0 over [invoke, complete] in ms; `complete` None is unknown.
+    fn event(op: Op, invoke: u64, complete: Option<u64>, outcome: Outcome) -> Event {
+        Event {
+            client: 0,
+            op,
+            invoke: invoke * 1_000_000,
+            complete: complete.map(|complete| complete * 1_000_000),
+            outcome: if complete.is_some() { outcome } else { Outcome::Unknown },
+        }
+    }
+
+    fn put_with_lease(value: &str, lease: i64, invoke: u64, complete: Option<u64>) -> Event {
+        let op = Op::PutWithLease {
+            key: "k".to_owned(),
+            value: value.to_owned(),
+            lease,
+        };
+        event(op, invoke, complete, Outcome::Put)
+    }
+
+    fn get(seen: Option<&str>, invoke: u64, complete: u64) -> Event {
+        let op = Op::Get { key: "k".to_owned() };
+        event(op, invoke, Some(complete), Outcome::Get(seen.map(str::to_owned)))
+    }
+
+    fn lease_end(lease: i64, invoke: u64, complete: u64) -> Event {
+        event(Op::LeaseEnd { lease }, invoke, Some(complete), Outcome::LeaseEnded)
+    }
+
+    fn verdict(history: &[Event]) -> Verdict {
+        check(history, Budget::default())
+    }
+
+    #[test]
+    fn a_leased_key_vanishes_within_its_lease_end() {
+        let history = [
+            put_with_lease("v1", 7, 0, Some(10)),
+            get(Some("v1"), 20, 30),
+            lease_end(7, 25, 60),
+            get(Some("v1"), 40, 50),
+            get(None, 55, 58),
+            get(None, 70, 80),
+        ];
+        assert_eq!(verdict(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_leased_key_read_after_its_lease_ended_is_a_violation() {
+        let history = [
+            put_with_lease("v1", 7, 0, Some(10)),
+            lease_end(7, 20, 30),
+            get(Some("v1"), 40, 50),
+        ];
+        assert!(matches!(verdict(&history), Verdict::Violation { .. }));
+    }
+
+    #[test]
+    fn a_put_with_an_ended_lease_cannot_succeed() {
+        let history = [lease_end(7, 0, 10), put_with_lease("v1", 7, 20, Some(30))];
+        assert!(matches!(verdict(&history), Verdict::Violation { .. }));
+        // With an unknown outcome it was refused: the key stays absent.
+        let history = [
+            lease_end(7, 0, 10),
+            put_with_lease("v1", 7, 20, None),
+            get(Some("v1"), 40, 50),
+        ];
+        assert!(matches!(verdict(&history), Verdict::Violation { .. }));
+    }
+
+    #[test]
+    fn a_value_written_again_without_the_lease_outlives_it() {
+        let put = Op::Put {
+            key: "k".to_owned(),
+            value: "v2".to_owned(),
+        };
+        let history = [
+            put_with_lease("v1", 7, 0, Some(10)),
+            event(put, 20, Some(30), Outcome::Put),
+            lease_end(7, 40, 50),
+            get(Some("v2"), 60, 70),
+        ];
+        assert_eq!(verdict(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn another_lease_ending_leaves_the_key() {
+        let history = [
+            put_with_lease("v1", 7, 0, Some(10)),
+            put_with_lease("x", 8, 0, Some(10)),
+            lease_end(8, 20, 30),
+            get(Some("v1"), 40, 50),
+        ];
+        // "x" is another key's value under lease 8 here: same key "k", so the
+        // put of "x" must precede "v1" for the read to see "v1".
+        assert_eq!(verdict(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    #[should_panic(expected = "ends once")]
+    fn a_lease_ends_once() {
+        let _ = verdict(&[lease_end(7, 0, 10), lease_end(7, 20, 30)]);
+    }
 }

@@ -2,12 +2,15 @@
 //! in one process on one thread, over the engine's simulated disks and a
 //! simulated network, driven by one seeded scheduler. Message loss, delay,
 //! duplication and reordering, partitions, crashes that tear unsynced writes,
-//! restarts and snapshots; after every run the clients' history must be
-//! linearizable and the members must hold the same data. A failing seed
-//! replays exactly (see docs/simulation.md).
+//! restarts, process pauses, clocks that drift and jump, leases, membership
+//! changes and snapshots; after every run the clients' history must be linearizable, the
+//! members must hold the same data, and no lease may have expired earlier than
+//! promised. A failing seed replays exactly (see docs/simulation.md).
 
+mod clock;
 mod cluster;
 mod disk;
+mod leases;
 pub mod lincheck;
 mod member;
 mod network;
@@ -32,6 +35,12 @@ pub struct SimConfig {
     pub faults_duration: Duration,
     pub crashes: usize,
     pub partitions: usize,
+    /// Process pauses (the member's clock jumps when it goes on).
+    pub pauses: usize,
+    /// Whether the clients use leases.
+    pub leases: bool,
+    /// Membership changes the operator makes, at most.
+    pub member_changes: usize,
     pub network: NetworkFaults,
     pub timing: MemberTiming,
     /// Damage the final checks must catch.
@@ -48,6 +57,9 @@ pub enum Sabotage {
     /// Before the final checks, one member's store takes a write raft never
     /// saw (members diverge).
     WriteBehindRaft,
+    /// Every member, leading, expires leases half a second earlier than
+    /// their TTL says.
+    LeasesExpireEarly,
 }
 
 impl SimConfig {
@@ -59,6 +71,9 @@ impl SimConfig {
             faults_duration: Duration::from_secs(3),
             crashes: 1,
             partitions: 1,
+            pauses: 1,
+            leases: true,
+            member_changes: 2,
             network: NetworkFaults {
                 loss: 0.02,
                 duplication: 0.02,
@@ -85,7 +100,12 @@ pub struct SimReport {
     pub starts: u64,
     pub crashes: u64,
     pub partitions: u64,
+    pub pauses: u64,
     pub snapshots_sent: u64,
+    /// Leases that ended (revoked or expired).
+    pub lease_ends: u64,
+    /// Membership changes answered ok.
+    pub member_changes: u64,
     /// Client operations with a known outcome.
     pub operations: u64,
     /// Client operations whose outcome the client could not know.
@@ -121,6 +141,7 @@ pub fn run_seeds(seeds: std::ops::Range<u64>, config: SimConfig) -> (BTreeMap<u6
         let mut failures = BTreeMap::new();
         let mut total = SimReport::default();
         for seed in seeds {
+            let _naming = SeedOnPanic(seed);
             match run(seed, config).await {
                 Ok(report) => total.add(&report),
                 Err(failure) => {
@@ -132,6 +153,18 @@ pub fn run_seeds(seeds: std::ops::Range<u64>, config: SimConfig) -> (BTreeMap<u6
     })
 }
 
+/// Names its seed if a run panics (a panic in a store core fails the test).
+struct SeedOnPanic(u64);
+
+impl Drop for SeedOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let seed = self.0;
+            eprintln!("seed {seed} panicked (replay: RINGKV_SIM_SEED={seed})");
+        }
+    }
+}
+
 impl SimReport {
     fn add(&mut self, other: &SimReport) {
         self.steps += other.steps;
@@ -139,7 +172,10 @@ impl SimReport {
         self.starts += other.starts;
         self.crashes += other.crashes;
         self.partitions += other.partitions;
+        self.pauses += other.pauses;
         self.snapshots_sent += other.snapshots_sent;
+        self.lease_ends += other.lease_ends;
+        self.member_changes += other.member_changes;
         self.operations += other.operations;
         self.unknown_outcomes += other.unknown_outcomes;
         self.history_digest ^= other.history_digest;

@@ -64,6 +64,9 @@ use commit_pipeline::CommitPipeline;
 use conf_changes::ConfChangeQueue;
 use corrupt_check::PeriodicCheck;
 use disk_full::DiskFull;
+#[cfg(feature = "sim")]
+pub use leases::LeaseAudit;
+pub use members::HEALTH_INTERVAL;
 use pending::Pending;
 use publication::Publication;
 pub use settings::{request_timeout, MemberInfo, StoreSettings};
@@ -150,6 +153,9 @@ pub struct StoreCore {
     /// What waits for room on a full disk.
     disk_full: DiskFull,
     lease_clock: LeaseClock,
+    /// The lease decisions the simulation checks (see `LeaseAudit`).
+    #[cfg(feature = "sim")]
+    lease_audit: Vec<LeaseAudit>,
     lease_ids: IdGenerator,
     request_ids: IdGenerator,
     auto_compactor: AutoCompactor,
@@ -233,6 +239,8 @@ impl StoreCore {
             snapshot_flow: SnapshotFlow::default(),
             disk_full: DiskFull::default(),
             lease_clock: LeaseClock::default(),
+            #[cfg(feature = "sim")]
+            lease_audit: Vec::new(),
             lease_ids,
             request_ids,
             auto_compactor,
@@ -351,6 +359,42 @@ impl StoreCore {
         let mut write = self.mvcc.write();
         write.put(key, value, 0).expect("a put to the simulated store");
         write.end();
+    }
+
+    /// The lease decisions since the last call (the simulation's lease check).
+    #[cfg(feature = "sim")]
+    pub fn take_lease_audit(&mut self) -> Vec<LeaseAudit> {
+        std::mem::take(&mut self.lease_audit)
+    }
+
+    /// The applied index and the number of leases: the simulation's final
+    /// checks wait until every member shows the same index and no lease.
+    #[cfg(feature = "sim")]
+    pub fn applied_and_leases(&self) -> (u64, usize) {
+        (self.mvcc.applied_index(), self.mvcc.leases().len())
+    }
+
+    /// Where this member's raft stands, for a simulation failure's message.
+    #[cfg(feature = "sim")]
+    pub fn raft_status(&self) -> String {
+        let raft = &self.raw.raft;
+        format!(
+            "{:?} of term {}, leader {:x}, committed {}, applied {}, {} reads waiting, tick {}",
+            raft.state,
+            raft.term,
+            raft.leader_id,
+            raft.raft_log.committed,
+            self.mvcc.applied_index(),
+            self.reads.len(),
+            self.ticks,
+        )
+    }
+
+    /// Damage for the simulation's lease check to catch (its own test): this
+    /// member, leading, expires every lease `by` early.
+    #[cfg(feature = "sim")]
+    pub fn expire_leases_early(&mut self, by: std::time::Duration) {
+        self.lease_clock.expire_early(by);
     }
 
     /// What the events and drives so far ask of the world, in order.
@@ -514,7 +558,9 @@ impl StoreCore {
     fn apply_entry(&mut self, entry: &Entry) {
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => {
-                // A new leader's empty entry: nothing to apply.
+                // A new leader's empty entry: nothing to apply but what it
+                // tells of the leader (see `empty_entry_applied`).
+                self.empty_entry_applied(entry.term);
             }
             EntryType::EntryNormal => match entry::decode(&entry.data) {
                 Ok((id, request)) => self.apply_request(id, request),
@@ -564,7 +610,7 @@ impl StoreCore {
                 apply::compact(&mut self.mvcc, &compact).map(Response::Compact)
             }
             raft_request::Request::LeaseGrant(grant) => self.apply_lease_grant(&grant),
-            raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(&revoke),
+            raft_request::Request::LeaseRevoke(revoke) => self.apply_lease_revoke(id, &revoke),
             raft_request::Request::Alarm(alarm) => Ok(Response::Alarm(self.apply_alarm(&alarm))),
             raft_request::Request::MemberAttributes(attributes) => {
                 self.apply_member_attributes(id, &attributes);

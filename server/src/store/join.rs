@@ -77,7 +77,7 @@ pub fn current_peers(
 
 /// This member's place in the cluster `current`, which `cluster`
 /// (`--initial-cluster`) must list exactly, by peer URLs.
-fn joined(current: &Membership, peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joined, String> {
+pub(crate) fn joined(current: &Membership, peer_urls: &[String], cluster: &[InitialMember]) -> Result<Joined, String> {
     let invalid = |reason: String| format!("error validating peerURLs {}: {reason}", describe(current));
     if current.members().count() != cluster.len() {
         return Err(invalid("member count is unequal".to_string()));

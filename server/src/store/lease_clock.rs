@@ -19,11 +19,13 @@ pub const REVOKE_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// `leaseRevokeRate` of 1000 per second.
 pub const EXPIRED_REVOKES_PER_CHECK_MAX: usize = 100;
 
-/// A KeepAlive call waiting for its expired lease's revoke to be applied.
+/// Whose KeepAlive it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParkedKeepAlive {
-    pub client: usize,
-    pub call_id: u64,
+pub enum KeepAliveFrom {
+    /// A call of client core `client` on this member.
+    Client { client: usize, call_id: u64 },
+    /// A follower's call forwarded to this member (the leader).
+    Peer { from: u64, request_id: u64 },
 }
 
 /// What a KeepAlive of an existing lease gets.
@@ -32,7 +34,9 @@ pub enum Renewal {
     /// Renewed to its full TTL (seconds).
     Renewed(i64),
     /// Expired and being revoked: the answer waits for the revoke (etcd's
-    /// `Renew` waits on `revokec`, then says the lease is gone).
+    /// `Renew` waits on `revokec`, then says the lease is gone): the revoke
+    /// proposed may be lost with this leader, and the next one give the
+    /// lease a new deadline.
     Expiring,
     /// Only the leader renews.
     NotLeader,
@@ -46,7 +50,12 @@ pub struct LeaseClock {
     by_deadline: BTreeSet<(Instant, i64)>,
     /// Expired leases whose revoke was proposed and not yet applied.
     expiring: HashSet<i64>,
-    parked: HashMap<i64, Vec<ParkedKeepAlive>>,
+    /// KeepAlives waiting for an expiring lease's revoke to be applied.
+    parked: HashMap<i64, Vec<KeepAliveFrom>>,
+    /// Damage for the simulation's lease check to catch: every deadline
+    /// comes this much early.
+    #[cfg(feature = "sim")]
+    early_by: Duration,
 }
 
 impl LeaseClock {
@@ -65,13 +74,19 @@ impl LeaseClock {
     }
 
     /// This member stopped leading: no lease expires here any more. Returns the
-    /// KeepAlives that were waiting (etcd answers them "not primary").
-    pub fn demote(&mut self) -> Vec<ParkedKeepAlive> {
+    /// KeepAlives that were waiting, with their lease, in lease order (etcd
+    /// answers them "not primary").
+    pub fn demote(&mut self) -> Vec<(i64, KeepAliveFrom)> {
         self.leading = false;
         self.deadline_of.clear();
         self.by_deadline.clear();
         self.expiring.clear();
-        self.parked.drain().flat_map(|(_, parked)| parked).collect()
+        let mut parked: Vec<(i64, Vec<KeepAliveFrom>)> = self.parked.drain().collect();
+        parked.sort_unstable_by_key(|&(id, _)| id);
+        parked
+            .into_iter()
+            .flat_map(|(id, waiting)| waiting.into_iter().map(move |from| (id, from)))
+            .collect()
     }
 
     /// Lease `id` was granted (applied).
@@ -83,7 +98,7 @@ impl LeaseClock {
     }
 
     /// Lease `id` was revoked (applied). Returns the KeepAlives waiting for that.
-    pub fn revoked(&mut self, id: i64) -> Vec<ParkedKeepAlive> {
+    pub fn revoked(&mut self, id: i64) -> Vec<KeepAliveFrom> {
         if let Some(deadline) = self.deadline_of.remove(&id) {
             assert!(self.by_deadline.remove(&(deadline, id)));
         }
@@ -104,7 +119,7 @@ impl LeaseClock {
     }
 
     /// Makes a KeepAlive wait until lease `id`'s revoke is applied.
-    pub fn park(&mut self, id: i64, keep_alive: ParkedKeepAlive) {
+    pub fn park(&mut self, id: i64, keep_alive: KeepAliveFrom) {
         assert!(self.leading);
         self.parked.entry(id).or_default().push(keep_alive);
     }
@@ -148,7 +163,16 @@ impl LeaseClock {
         due
     }
 
+    /// Damage for the simulation's lease check to catch (its own test):
+    /// every deadline set from now on comes `by` early.
+    #[cfg(feature = "sim")]
+    pub fn expire_early(&mut self, by: Duration) {
+        self.early_by = by;
+    }
+
     fn set_deadline(&mut self, id: i64, deadline: Instant) {
+        #[cfg(feature = "sim")]
+        let deadline = deadline.checked_sub(self.early_by).unwrap_or(deadline);
         if let Some(old) = self.deadline_of.insert(id, deadline) {
             assert!(self.by_deadline.remove(&(old, id)));
         }
@@ -166,7 +190,7 @@ fn seconds(ttl: i64) -> Duration {
 mod tests {
     use super::*;
 
-    const PARKED: ParkedKeepAlive = ParkedKeepAlive { client: 0, call_id: 7 };
+    const PARKED: KeepAliveFrom = KeepAliveFrom::Client { client: 0, call_id: 7 };
 
     fn leader(now: Instant) -> LeaseClock {
         let mut clock = LeaseClock::default();
@@ -247,7 +271,7 @@ mod tests {
         let mut clock = leader(now);
         clock.granted(now, 1, 2);
         clock.park(1, PARKED);
-        assert_eq!(clock.demote(), vec![PARKED]);
+        assert_eq!(clock.demote(), vec![(1, PARKED)]);
         assert!(!clock.is_leading());
     }
 }

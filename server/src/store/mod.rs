@@ -232,6 +232,7 @@ pub async fn run(
         request_timeout,
         catch_up_entries: settings.catch_up_entries,
         retry_ticks: RETRY_TICKS,
+        health_interval: core::HEALTH_INTERVAL,
         join_peers: settings.join_peers,
         corrupt_check_interval: settings.corrupt_check_interval,
     };

@@ -1,13 +1,18 @@
-//! Linearizable reads: batched onto raft ReadIndex requests.
+//! Linearizable reads, and the leader's lease renewals: batched onto raft
+//! ReadIndex requests.
 //!
 //! Reads that arrive while no ReadIndex is outstanding form one batch and share
 //! one ReadIndex round; when raft grants index `i`, the batch is answered as soon
 //! as the applied index reaches `i` (so it sees every write acknowledged before the
-//! read arrived).
+//! read arrived). A KeepAlive on the leader waits in the same batches: a leader
+//! renews a lease only once a quorum has confirmed, after the KeepAlive came,
+//! that it still leads, and it has applied what was committed then.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use ringkv_proto::etcdserverpb as pb;
+
+use super::lease_clock::KeepAliveFrom;
 
 /// A read waiting to be served from the applied state.
 #[derive(Debug)]
@@ -26,8 +31,20 @@ impl PendingRead {
     }
 }
 
-/// (client core, call id, read)
-pub type ReadBatch = Vec<(usize, u64, PendingRead)>;
+/// What waits for a ReadIndex.
+#[derive(Debug)]
+pub enum AwaitingReadIndex {
+    /// Call `call_id` of client core `client`: a linearizable read.
+    Read {
+        client: usize,
+        call_id: u64,
+        read: PendingRead,
+    },
+    /// A KeepAlive of lease `lease`, on the leader.
+    KeepAlive { from: KeepAliveFrom, lease: i64 },
+}
+
+pub type ReadBatch = Vec<AwaitingReadIndex>;
 
 #[derive(Default)]
 pub struct ReadQueue {
@@ -39,11 +56,32 @@ pub struct ReadQueue {
     /// Batches granted a read index, in grant order (indexes never decrease).
     granted: VecDeque<(u64, ReadBatch)>,
     next_context: u64,
+    /// KeepAlives waiting, wherever they are.
+    keep_alives: usize,
 }
 
 impl ReadQueue {
-    pub fn enqueue(&mut self, client: usize, call_id: u64, read: PendingRead) {
-        self.unrequested.push((client, call_id, read));
+    pub fn enqueue(&mut self, waiting: AwaitingReadIndex) {
+        if matches!(waiting, AwaitingReadIndex::KeepAlive { .. }) {
+            self.keep_alives += 1;
+        }
+        self.unrequested.push(waiting);
+    }
+
+    /// How many reads and KeepAlives wait (a simulation failure's message).
+    #[cfg(feature = "sim")]
+    pub fn len(&self) -> usize {
+        let batches = self
+            .requested
+            .values()
+            .map(|(_, batch)| batch)
+            .chain(self.granted.iter().map(|(_, batch)| batch));
+        self.unrequested.len() + batches.map(Vec::len).sum::<usize>()
+    }
+
+    /// How many KeepAlives wait.
+    pub fn keep_alives(&self) -> usize {
+        self.keep_alives
     }
 
     /// The context for a new ReadIndex request, asked at `tick`, covering every
@@ -96,10 +134,16 @@ impl ReadQueue {
 
     /// The next batch whose read index has been applied.
     pub fn take_applied(&mut self, applied_index: u64) -> Option<ReadBatch> {
-        match self.granted.front() {
-            Some((index, _)) if *index <= applied_index => self.granted.pop_front().map(|(_, batch)| batch),
-            _ => None,
-        }
+        let batch = match self.granted.front() {
+            Some((index, _)) if *index <= applied_index => self.granted.pop_front().map(|(_, batch)| batch)?,
+            _ => return None,
+        };
+        let keep_alives = batch
+            .iter()
+            .filter(|waiting| matches!(waiting, AwaitingReadIndex::KeepAlive { .. }))
+            .count();
+        self.keep_alives -= keep_alives;
+        Some(batch)
     }
 }
 
@@ -107,15 +151,26 @@ impl ReadQueue {
 mod tests {
     use super::*;
 
-    fn read() -> PendingRead {
-        PendingRead::range(pb::RangeRequest::default())
+    fn read(call_id: u64) -> AwaitingReadIndex {
+        AwaitingReadIndex::Read {
+            client: 0,
+            call_id,
+            read: PendingRead::range(pb::RangeRequest::default()),
+        }
+    }
+
+    fn call_id(waiting: &AwaitingReadIndex) -> u64 {
+        match waiting {
+            AwaitingReadIndex::Read { call_id, .. } => *call_id,
+            AwaitingReadIndex::KeepAlive { .. } => unreachable!("reads only"),
+        }
     }
 
     #[test]
     fn reads_arriving_together_share_one_read_index() {
         let mut queue = ReadQueue::default();
-        queue.enqueue(0, 1, read());
-        queue.enqueue(0, 2, read());
+        queue.enqueue(read(1));
+        queue.enqueue(read(2));
         let context = queue.take_unrequested(0).expect("a request for the batch");
         assert!(queue.take_unrequested(0).is_none());
         queue.read_index_granted(&context, 7);
@@ -127,7 +182,7 @@ mod tests {
     #[test]
     fn dropped_requests_are_asked_again() {
         let mut queue = ReadQueue::default();
-        queue.enqueue(1, 9, read());
+        queue.enqueue(read(9));
         let first = queue.take_unrequested(0).unwrap();
         queue.requeue_requested();
         let second = queue.take_unrequested(0).expect("asked again");
@@ -135,15 +190,15 @@ mod tests {
         queue.read_index_granted(&first, 3);
         assert!(queue.take_applied(10).is_none(), "a stale grant answers nothing");
         queue.read_index_granted(&second, 3);
-        assert_eq!(queue.take_applied(3).unwrap()[0].1, 9);
+        assert_eq!(call_id(&queue.take_applied(3).unwrap()[0]), 9);
     }
 
     #[test]
     fn unanswered_requests_are_asked_again_after_a_while() {
         let mut queue = ReadQueue::default();
-        queue.enqueue(0, 1, read());
+        queue.enqueue(read(1));
         let early = queue.take_unrequested(3).unwrap();
-        queue.enqueue(0, 2, read());
+        queue.enqueue(read(2));
         let later = queue.take_unrequested(8).unwrap();
         queue.requeue_older_than(5);
         let retry = queue
@@ -153,12 +208,30 @@ mod tests {
         queue.read_index_granted(&early, 4);
         queue.read_index_granted(&later, 6);
         queue.read_index_granted(&retry, 5);
-        assert_eq!(queue.take_applied(6).unwrap()[0].1, 2);
+        assert_eq!(call_id(&queue.take_applied(6).unwrap()[0]), 2);
         assert!(
             queue.take_applied(5).is_none(),
             "a grant below an earlier one waits for it"
         );
-        assert_eq!(queue.take_applied(6).unwrap()[0].1, 1);
+        assert_eq!(call_id(&queue.take_applied(6).unwrap()[0]), 1);
+    }
+
+    #[test]
+    fn keep_alives_wait_with_the_reads_and_are_counted() {
+        let mut queue = ReadQueue::default();
+        let from = KeepAliveFrom::Peer { from: 2, request_id: 5 };
+        queue.enqueue(AwaitingReadIndex::KeepAlive { from, lease: 7 });
+        queue.enqueue(read(1));
+        assert_eq!(queue.keep_alives(), 1);
+        let context = queue.take_unrequested(0).unwrap();
+        queue.requeue_requested();
+        assert_eq!(queue.keep_alives(), 1, "still waiting after a retry");
+        assert!(queue.take_applied(9).is_none(), "a stale grant answers nothing");
+        let retry = queue.take_unrequested(1).unwrap();
+        assert_ne!(context, retry);
+        queue.read_index_granted(&retry, 4);
+        assert_eq!(queue.take_applied(4).unwrap().len(), 2);
+        assert_eq!(queue.keep_alives(), 0);
     }
 
     /// The raft-rs behaviour `StoreCore::issue_read_index` guards against: a

@@ -658,7 +658,7 @@ proptest! {
         prop_assume!(!reads_of_values.is_empty());
         let read = &mut history[*pick.get(&reads_of_values)];
         read.outcome = Outcome::Get(Some("never written".to_owned()));
-        let key = read.op.key().to_owned();
+        let key = read.op.key().expect("a read names its key").to_owned();
         match check(&history, Budget::default()) {
             Verdict::Violation { key: reported, .. } => prop_assert_eq!(reported, key),
             verdict => prop_assert!(false, "expected a violation, got {:?}", verdict),

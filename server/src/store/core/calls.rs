@@ -9,7 +9,7 @@ use ringkv_proto::ringkvpb::raft_request;
 
 use super::super::entry;
 use super::super::messages::{Call, Request, Response};
-use super::super::reads::PendingRead;
+use super::super::reads::{AwaitingReadIndex, PendingRead};
 use super::super::stepped_read::{ReadFor, SteppedRead};
 use super::{maintenance, Awaited, StoreCore};
 use crate::apply;
@@ -101,7 +101,7 @@ impl StoreCore {
         if serializable {
             self.serve_read(client, call_id, read);
         } else {
-            self.reads.enqueue(client, call_id, read);
+            self.reads.enqueue(AwaitingReadIndex::Read { client, call_id, read });
         }
     }
 
@@ -186,11 +186,15 @@ impl StoreCore {
         }
     }
 
+    /// Reads and KeepAlives whose read index is applied.
     pub(super) fn answer_applied_reads(&mut self) {
         let applied = self.mvcc.applied_index();
         while let Some(batch) = self.reads.take_applied(applied) {
-            for (client, call_id, read) in batch {
-                self.serve_read(client, call_id, read);
+            for waiting in batch {
+                match waiting {
+                    AwaitingReadIndex::Read { client, call_id, read } => self.serve_read(client, call_id, read),
+                    AwaitingReadIndex::KeepAlive { from, lease } => self.keep_alive_confirmed(from, lease),
+                }
             }
         }
     }

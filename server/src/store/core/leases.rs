@@ -1,21 +1,35 @@
 //! The store core's lease calls: Grant and Revoke go through raft like any write;
 //! KeepAlive and TimeToLive are answered by the leader from the applied leases
 //! and its [`LeaseClock`] (a follower forwards them to the leader over the peer
-//! transport, as etcd's followers do); Leases is answered by any member; expired
-//! leases are revoked by proposing a Revoke.
+//! transport, as etcd's followers do); the leader renews only after a
+//! ReadIndex round (`keep_alive`). A new leader keeps time for leases only
+//! once it has applied its first entry. Leases is answered by any member;
+//! expired leases are revoked by proposing a Revoke.
+//!
+//! Only a member that raft says leads keeps time: the lease clock follows
+//! raft's role at the next Ready, and events handled before it (a message from
+//! a newer leader, then a tick) must not renew or expire anything meanwhile.
 
 use std::time::Instant;
+
+use raft::StateRole;
 
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{lease_forward, lease_forward_reply, raft_request, LeaseForward, LeaseForwardReply};
 
-use super::super::lease_clock::{ParkedKeepAlive, Renewal, EXPIRED_REVOKES_PER_CHECK_MAX};
+use super::super::lease_clock::{KeepAliveFrom, Renewal, EXPIRED_REVOKES_PER_CHECK_MAX};
+use super::super::reads::AwaitingReadIndex;
 use super::Effect;
 use super::{Awaited, StoreCore};
 use crate::apply::{self, ApplyError};
 use crate::etcd_error::EtcdError;
 use crate::peer::PeerMessage;
 use crate::store::messages::Response;
+
+/// KeepAlives waiting for a ReadIndex on the leader at once, at most; more
+/// are refused with etcd's "too many requests" (a forwarded one is dropped).
+/// Each waits for one heartbeat round, so a leader holds far fewer.
+const KEEP_ALIVES_WAITING_MAX: usize = 4096;
 
 impl StoreCore {
     /// LeaseGrant with id 0 gets a server-chosen id before proposing, so that
@@ -34,37 +48,116 @@ impl StoreCore {
         Ok(Response::LeaseGrant(response))
     }
 
-    pub(super) fn apply_lease_revoke(&mut self, revoke: &pb::LeaseRevokeRequest) -> Result<Response, ApplyError> {
+    /// Applies entry `entry_id`, a revoke of lease `revoke.id`.
+    pub(super) fn apply_lease_revoke(
+        &mut self,
+        entry_id: u64,
+        revoke: &pb::LeaseRevokeRequest,
+    ) -> Result<Response, ApplyError> {
         let result = self.write(|view| apply::lease::revoke(view, revoke).map(Response::LeaseRevoke));
+        #[cfg(feature = "sim")]
+        self.lease_audit.push(LeaseAudit::RevokeApplied {
+            lease: revoke.id,
+            entry_id,
+            removed: result.is_ok(),
+        });
+        #[cfg(not(feature = "sim"))]
+        let _ = entry_id;
         // Whether this revoke or an earlier one removed it, the lease is gone now.
         for parked in self.lease_clock.revoked(revoke.id) {
-            let response = pb::LeaseKeepAliveResponse {
-                header: None,
-                id: revoke.id,
-                ttl: 0,
-            };
-            self.reply(parked.client, parked.call_id, Ok(Response::LeaseKeepAlive(response)));
+            self.answer_keep_alive(parked, revoke.id, Some(0));
         }
         result
     }
 
-    /// etcd's `LeaseRenew` on the leader: an unknown lease answers TTL 0 (v3rpc
-    /// turns ErrLeaseNotFound into that); an expired one waits for its revoke.
+    /// Whether this member keeps time for leases: its lease clock leads, and
+    /// raft still says it leads (see the module's note).
+    fn leads_leases(&self) -> bool {
+        self.lease_clock.is_leading() && self.raw.raft.state == StateRole::Leader
+    }
+
     pub(super) fn keep_lease_alive(&mut self, client: usize, call_id: u64, request: pb::LeaseKeepAliveRequest) {
-        if !self.lease_clock.is_leading() {
-            self.forward_lease_call(client, call_id, lease_forward::Request::KeepAlive(request));
+        self.keep_alive(KeepAliveFrom::Client { client, call_id }, request.id);
+    }
+
+    /// etcd's `LeaseRenew` with its `ensureLeadership` and
+    /// `waitAppliedIndex`: the leader renews lease `id` once a ReadIndex asked
+    /// after the KeepAlive came confirms that it still leads, and it has
+    /// applied what was committed then (`keep_alive_confirmed`); a follower
+    /// forwards a client's KeepAlive to the leader. Without the round, a
+    /// leader cut off from the others, or paused, and already replaced,
+    /// would renew a lease the new leader expires on its own deadline, or
+    /// call a lease granted since unknown; and one just elected, or whose
+    /// last entries are committed but not applied, would answer from the
+    /// state before a grant or a revoke. (etcd asks for the round only when
+    /// its raft loop has not ticked for three ticks: a paused leader, not a
+    /// cut-off one.) A leader whose WAL has no room cannot run the round (it
+    /// comes with a Ready) and renews at once, as no revoke can be proposed
+    /// then either.
+    fn keep_alive(&mut self, from: KeepAliveFrom, id: i64) {
+        if self.raw.raft.state != StateRole::Leader {
+            return self.keep_alive_elsewhere(from, id);
+        }
+        if self.disk_full.wal_stuck() {
+            return self.keep_alive_confirmed(from, id);
+        }
+        if self.reads.keep_alives() >= KEEP_ALIVES_WAITING_MAX {
+            // A forwarded one is dropped: the follower's call times out.
+            if let KeepAliveFrom::Client { client, call_id } = from {
+                self.reply(client, call_id, Err(EtcdError::TooManyRequests));
+            }
             return;
         }
-        let response = |ttl| {
-            Ok(Response::LeaseKeepAlive(pb::LeaseKeepAliveResponse {
-                header: None,
-                id: request.id,
-                ttl,
-            }))
-        };
-        match self.renew_lease(request.id) {
-            Some(ttl) => self.reply(client, call_id, response(ttl)),
-            None => self.lease_clock.park(request.id, ParkedKeepAlive { client, call_id }),
+        self.reads.enqueue(AwaitingReadIndex::KeepAlive { from, lease: id });
+    }
+
+    /// A KeepAlive whose ReadIndex is applied: renewed if this member still
+    /// leads, and keeps time for leases (see `empty_entry_applied`).
+    pub(super) fn keep_alive_confirmed(&mut self, from: KeepAliveFrom, id: i64) {
+        if self.leads_leases() {
+            self.renew_for(from, id);
+        } else {
+            self.keep_alive_elsewhere(from, id);
+        }
+    }
+
+    /// A KeepAlive this member does not renew: a client's goes to the leader,
+    /// a follower's is told this member does not lead.
+    fn keep_alive_elsewhere(&mut self, from: KeepAliveFrom, id: i64) {
+        match from {
+            KeepAliveFrom::Client { client, call_id } => {
+                let request = pb::LeaseKeepAliveRequest { id };
+                self.forward_lease_call(client, call_id, lease_forward::Request::KeepAlive(request));
+            }
+            KeepAliveFrom::Peer { .. } => self.answer_keep_alive(from, id, None),
+        }
+    }
+
+    /// The leader renews lease `id` for `from`; a KeepAlive of an expiring
+    /// lease waits for its revoke (see `Renewal::Expiring`).
+    fn renew_for(&mut self, from: KeepAliveFrom, id: i64) {
+        match self.renew_lease(id) {
+            Some(ttl) => self.answer_keep_alive(from, id, Some(ttl)),
+            None => self.lease_clock.park(id, from),
+        }
+    }
+
+    /// Answers `from`'s KeepAlive of lease `id` with `ttl`, or (None) with
+    /// "this member does not lead": etcd's "no leader" to a client.
+    fn answer_keep_alive(&mut self, from: KeepAliveFrom, id: i64, ttl: Option<i64>) {
+        let response = ttl.map(|ttl| pb::LeaseKeepAliveResponse { header: None, id, ttl });
+        match from {
+            KeepAliveFrom::Client { client, call_id } => {
+                let result = response.map(Response::LeaseKeepAlive).ok_or(EtcdError::NoLeader);
+                self.reply(client, call_id, result);
+            }
+            KeepAliveFrom::Peer { from, request_id } => {
+                let result = match response {
+                    Some(response) => lease_forward_reply::Result::KeepAlive(response),
+                    None => lease_forward_reply::Result::NotLeader(true),
+                };
+                self.reply_to_forward(from, request_id, result);
+            }
         }
     }
 
@@ -113,7 +206,7 @@ impl StoreCore {
 
     /// LeaseTimeToLive: answered here when leading, else by the leader.
     pub(super) fn lease_time_to_live_call(&mut self, client: usize, call_id: u64, request: pb::LeaseTimeToLiveRequest) {
-        if !self.lease_clock.is_leading() {
+        if !self.leads_leases() {
             self.forward_lease_call(client, call_id, lease_forward::Request::TimeToLive(request));
             return;
         }
@@ -140,33 +233,32 @@ impl StoreCore {
         self.wait_for(request_id, client, call_id, Awaited::LeaseAnswer);
     }
 
-    /// The leader's side of a forwarded call. An expiring lease answers TTL 0
-    /// at once (a local KeepAlive would wait for the revoke): it is past its
-    /// deadline and its revoke is being proposed.
+    /// The leader's side of a forwarded call.
     pub(super) fn answer_lease_forward(&mut self, from: u64, forward: LeaseForward) {
+        let request_id = forward.request_id;
         let result = match forward.request {
-            _ if !self.lease_clock.is_leading() => lease_forward_reply::Result::NotLeader(true),
             Some(lease_forward::Request::KeepAlive(request)) => {
-                let ttl = self.renew_lease(request.id).unwrap_or(0);
-                lease_forward_reply::Result::KeepAlive(pb::LeaseKeepAliveResponse {
-                    header: None,
-                    id: request.id,
-                    ttl,
-                })
+                return self.keep_alive(KeepAliveFrom::Peer { from, request_id }, request.id);
             }
+            _ if !self.leads_leases() => lease_forward_reply::Result::NotLeader(true),
             Some(lease_forward::Request::TimeToLive(request)) => match self.lease_time_to_live(&request) {
                 Ok(Response::LeaseTimeToLive(response)) => lease_forward_reply::Result::TimeToLive(response),
                 _ => lease_forward_reply::Result::NotLeader(true),
             },
             None => return, // nothing asked: a malformed forward
         };
+        self.reply_to_forward(from, request_id, result);
+    }
+
+    /// Answers follower `to`'s forwarded call `request_id`; lost with the
+    /// connection, the follower's call times out.
+    fn reply_to_forward(&mut self, to: u64, request_id: u64, result: lease_forward_reply::Result) {
         let reply = LeaseForwardReply {
-            request_id: forward.request_id,
+            request_id,
             result: Some(result),
         };
-        // Lost with the connection: the follower's call times out.
         let message = PeerMessage::LeaseForwardReply(reply);
-        self.outbox.push(Effect::ToPeer { to: from, message });
+        self.outbox.push(Effect::ToPeer { to, message });
     }
 
     /// A forwarded call's answer came back from the leader.
@@ -195,29 +287,65 @@ impl StoreCore {
     /// On each tick the leader proposes a Revoke for every expired lease (at most
     /// `EXPIRED_REVOKES_PER_CHECK_MAX`); nobody waits for these entries.
     pub(super) fn revoke_expired_leases(&mut self) {
+        if !self.leads_leases() {
+            // A follower's raft would forward the proposal to the new leader
+            // (etcd's issue 15247): this clock no longer decides expiry.
+            return;
+        }
         let due = self.lease_clock.due_for_revoke(self.now, EXPIRED_REVOKES_PER_CHECK_MAX);
         for id in due {
             let request = raft_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id });
-            if let Err(error) = self.propose_entry(request) {
+            match self.propose_entry(request) {
+                #[cfg(feature = "sim")]
+                Ok(entry_id) => self
+                    .lease_audit
+                    .push(LeaseAudit::ExpiryProposed { lease: id, entry_id }),
+                #[cfg(not(feature = "sim"))]
+                Ok(_) => {}
                 // Proposed again after the retry interval.
-                tracing::warn!(lease = id, %error, "could not propose the revoke of an expired lease");
+                Err(error) => tracing::warn!(lease = id, %error, "could not propose the revoke of an expired lease"),
             }
         }
     }
 
-    /// The leader keeps time for leases; a follower keeps none.
+    /// A follower keeps no time for leases: a member that stops leading
+    /// forgets its deadlines (it starts timing them once leading: see
+    /// `empty_entry_applied`).
     pub(super) fn lease_leadership_changed(&mut self, leading: bool) {
-        if leading == self.lease_clock.is_leading() {
+        if leading || !self.lease_clock.is_leading() {
             return;
         }
-        if leading {
-            let leases = self.mvcc.leases().iter();
-            self.lease_clock
-                .promote(self.now, self.settings.election_timeout, leases);
-            return;
-        }
-        for parked in self.lease_clock.demote() {
-            self.reply(parked.client, parked.call_id, Err(EtcdError::NoLeader));
+        for (lease, from) in self.lease_clock.demote() {
+            self.answer_keep_alive(from, lease, None);
         }
     }
+
+    /// A leader's empty entry of term `term` was applied. Once its own is,
+    /// the leader has applied every entry of earlier terms, and it starts
+    /// timing leases, each with its full TTL and an election timeout more.
+    /// etcd promotes its lessor there too: on winning the election, a lease
+    /// granted or revoked in an earlier term may not be applied here yet.
+    pub(super) fn empty_entry_applied(&mut self, term: u64) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || term != raft.term || self.lease_clock.is_leading() {
+            return;
+        }
+        let leases = self.mvcc.leases().iter();
+        self.lease_clock
+            .promote(self.now, self.settings.election_timeout, leases);
+    }
+}
+
+/// The core's lease decisions, for the simulation's lease check (only with
+/// the `sim` feature): which member's clock expired a lease, and which entry
+/// removed it.
+#[cfg(feature = "sim")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAudit {
+    /// Leading, this member proposed entry `entry_id` to revoke lease
+    /// `lease`, expired by its clock.
+    ExpiryProposed { lease: i64, entry_id: u64 },
+    /// This member applied entry `entry_id`, a revoke of lease `lease`;
+    /// `removed`: the lease existed until then.
+    RevokeApplied { lease: i64, entry_id: u64, removed: bool },
 }

@@ -38,8 +38,8 @@ use crate::peer::PeerMessage;
 use crate::store::membership::{member_to_pb, MemberChange};
 
 /// etcd's `HealthInterval`: a peer counts as active for the strict
-/// reconfiguration check once connected for this long.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// reconfiguration check once connected for this long (`StoreSettings`).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// etcd's `readyPercent`: a learner may be promoted once its match index is at
 /// least this fraction of the leader's.
 const LEARNER_READY_FRACTION: f64 = 0.9;
@@ -154,7 +154,7 @@ impl StoreCore {
             return Err(EtcdError::NotEnoughStarted);
         }
         let voters = self.membership.voter_ids();
-        if self.voters_connected_since(self.now - HEALTH_INTERVAL) < voters.len() {
+        if self.voters_connected_since(self.now - self.settings.health_interval) < voters.len() {
             return Err(EtcdError::Unhealthy);
         }
         Ok(())
@@ -173,7 +173,7 @@ impl StoreCore {
             return Ok(());
         }
         let voters = self.membership.voter_ids().len();
-        let active = self.voters_connected_since(self.now - HEALTH_INTERVAL);
+        let active = self.voters_connected_since(self.now - self.settings.health_interval);
         if active < 1 + 1 + (voters.saturating_sub(1)) / 2 {
             return Err(EtcdError::Unhealthy);
         }
@@ -373,6 +373,13 @@ impl StoreCore {
             if let Some(successor) = successor {
                 self.raw.transfer_leader(successor);
             }
+            // raft-rs keeps a removed leader leading, and panics when it next
+            // counts its own progress, which it no longer tracks: an append
+            // response that moves a follower on, or its own entries persisted
+            // (`maybe_commit`, `on_persist_entries`). Step down now: the
+            // transfer's TimeoutNow (or the append it waits on) is already out.
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
         }
     }
 
@@ -463,4 +470,73 @@ fn read_conf_change(change: &ConfChangeV2) -> Result<(u64, MemberChange), String
         other => return Err(format!("conf change of unexpected type {other:?}")),
     };
     Ok((context.request_id, member_change))
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, MessageType};
+    use raft::storage::MemStorage;
+    use raft::{RawNode, StateRole};
+
+    use crate::peer::raft_fixture::{self, LAST, ME, PEER};
+
+    /// The voter that has none of the leader's entries.
+    const BEHIND: u64 = 3;
+
+    /// The fixture's leader (PEER up to date, BEHIND not) with its own
+    /// removal committed and applied, and an entry proposed after it that
+    /// PEER holds: raft-rs keeps it leading.
+    fn leader_removed() -> RawNode<MemStorage> {
+        let mut raw = raft_fixture::leader();
+        let change = ConfChangeV2 {
+            changes: vec![ConfChangeSingle {
+                change_type: ConfChangeType::RemoveNode as i32,
+                node_id: ME,
+            }],
+            ..Default::default()
+        };
+        raw.propose_conf_change(Vec::new(), change.clone()).unwrap();
+        raw.propose(Vec::new(), b"after".to_vec()).unwrap();
+        raft_fixture::settle(&mut raw);
+        raw.step(acknowledgement(PEER, LAST + 2)).unwrap();
+        raft_fixture::settle(&mut raw);
+        assert_eq!(raw.raft.raft_log.committed, LAST + 2, "the removal is committed");
+        raw.apply_conf_change(&change).unwrap();
+        assert_eq!(
+            raw.raft.state,
+            StateRole::Leader,
+            "raft-rs keeps a removed leader leading"
+        );
+        assert!(!raw.raft.prs().conf().voters().contains(ME));
+        raw.step(acknowledgement(PEER, LAST + 3)).unwrap();
+        raw
+    }
+
+    /// Follower `from` holds the leader's entries up to `index`.
+    fn acknowledgement(from: u64, index: u64) -> raft::eraftpb::Message {
+        let mut acknowledged = raft_fixture::message(MessageType::MsgAppendResponse, 2);
+        acknowledged.from = from;
+        acknowledged.index = index;
+        acknowledged
+    }
+
+    /// Why `removed_from_cluster` steps down: this is raft-rs 0.7 itself.
+    #[test]
+    #[should_panic(expected = "called `Option::unwrap()` on a `None` value")]
+    fn raft_rs_panics_when_a_removed_leader_counts_an_append_response() {
+        let mut raw = leader_removed();
+        // BEHIND's acknowledgement commits the entry in the new configuration.
+        let _ = raw.step(acknowledgement(BEHIND, LAST + 3));
+    }
+
+    #[test]
+    fn a_removed_leader_that_stepped_down_takes_append_responses() {
+        let mut raw = leader_removed();
+        let term = raw.raft.term;
+        raw.raft.become_follower(term, raft::INVALID_ID);
+        let _ = raw.step(acknowledgement(BEHIND, LAST + 3));
+        raft_fixture::settle(&mut raw);
+        assert_eq!(raw.raft.state, StateRole::Follower);
+        assert!(!raw.raft.promotable(), "a removed member never campaigns");
+    }
 }

@@ -30,6 +30,9 @@ pub struct StoreSettings {
     /// again: a ReadIndex (the leader had not committed in its term yet, or the
     /// message was lost) and the publishing of this member's attributes.
     pub retry_ticks: u64,
+    /// etcd's `HealthInterval` (`HEALTH_INTERVAL`): a peer counts as active
+    /// for the strict reconfiguration checks once connected this long.
+    pub health_interval: Duration,
     /// A member joining a running cluster: the members (id, peer URLs) it
     /// joined, talked to until it has caught up (see `membership_changed`).
     pub join_peers: Vec<(u64, Vec<String>)>,
