@@ -5,6 +5,7 @@
 //! raft snapshots received from the leader, see `install_interrupted`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use prost::Message;
 use raft::eraftpb::{ConfState, Entry, EntryType};
@@ -146,7 +147,14 @@ pub async fn open<S: MemberStorage>(
         path: store_path.clone(),
         source,
     };
+    let opening = Instant::now();
     let mut mvcc = storage.open_store().map_err(store_error)?;
+    tracing::info!(
+        path = %store_path.display(),
+        applied_index = mvcc.applied_index(),
+        took = ?opening.elapsed(),
+        "opened the page store"
+    );
     let wal_dir = storage.wal_path();
     let wal_error = |source| BootstrapError::Wal {
         path: wal_dir.clone(),
@@ -157,7 +165,10 @@ pub async fn open<S: MemberStorage>(
         reason,
     };
     let opened_wal = if storage.wal_exists() {
-        Some(storage.open_wal().await.map_err(wal_error)?)
+        let opening = Instant::now();
+        let opened = storage.open_wal().await.map_err(wal_error)?;
+        tracing::info!(path = %wal_dir.display(), took = ?opening.elapsed(), "opened the WAL");
+        Some(opened)
     } else if mvcc.applied_index() != 0 {
         return Err(inconsistent(format!(
             "the WAL is missing but {} holds data up to raft index {}",

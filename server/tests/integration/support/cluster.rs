@@ -206,13 +206,24 @@ impl Cluster {
     /// Starts the members at `indexes` together (a restarted member waits for a
     /// quorum before it serves) and waits until each serves.
     pub fn start_members(&mut self, indexes: &[usize]) {
-        let starting: Vec<(usize, Starting)> = indexes.iter().map(|&index| (index, self.spawn(index))).collect();
-        for (index, starting) in starting {
+        let mut starting: Vec<(usize, Starting)> = indexes.iter().map(|&index| (index, self.spawn(index))).collect();
+        while !starting.is_empty() {
+            let (index, member) = starting.remove(0);
             assert!(
                 self.members[index].process.is_none(),
                 "member {index} is already running"
             );
-            self.members[index].process = Some(starting.ready());
+            match member.try_ready() {
+                Ok(process) => self.members[index].process = Some(process),
+                // The others' logs say what the cluster did meanwhile.
+                Err(failure) => {
+                    let others: Vec<String> = starting
+                        .iter()
+                        .map(|(other, member)| format!("member {other} so far:\n{}", member.log_text()))
+                        .collect();
+                    panic!("member {index}: {failure}\n{}", others.join("\n"));
+                }
+            }
         }
     }
 

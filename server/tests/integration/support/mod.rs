@@ -141,7 +141,12 @@ pub struct Starting {
 
 impl Starting {
     /// Waits (bounded) until the process serves clients.
-    pub fn ready(mut self) -> Ringkv {
+    pub fn ready(self) -> Ringkv {
+        self.try_ready().unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// `ready`, or (the process killed) what it logged and its threads.
+    pub fn try_ready(mut self) -> Result<Ringkv, String> {
         let mut child = self.child.take().expect("ready is called once");
         let addr = match self.addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => addr.parse().expect("a socket address in the ready line"),
@@ -149,15 +154,20 @@ impl Starting {
                 let threads = backtraces(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("ringkv did not become ready:\n{}\n{threads}", self.log.text());
+                return Err(format!("ringkv did not become ready:\n{}\n{threads}", self.log.text()));
             }
         };
-        Ringkv {
+        Ok(Ringkv {
             child,
             addr,
             data_dir: self.data_dir.clone(),
             log: self.log.clone(),
-        }
+        })
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.text()
     }
 }
 
