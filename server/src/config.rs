@@ -1,6 +1,7 @@
 //! Command-line flags. Names and defaults follow etcd's where etcd has the flag, so
 //! an operator's existing etcd command line works; ringkv-only flags say so.
 
+pub mod auth_token;
 pub mod auto_compaction;
 pub mod etcd_flags;
 pub mod logging;
@@ -189,6 +190,19 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s",
           value_parser = humantime::parse_duration)]
     pub experimental_corrupt_check_time: Duration,
+
+    /// Authentication tokens: `simple`, or `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|ES256|...,ttl=5m`.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Seconds a simple token lives after its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// The bcrypt cost of password hashes (4 to 31; another is warned about
+    /// and 10 is used, as etcd does).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = BCRYPT_COST_DEFAULT)]
+    pub bcrypt_cost: u32,
 
     /// Path to the client server TLS cert file (https:// client and metrics URLs).
     #[arg(long, env = "ETCD_CERT_FILE")]
@@ -381,11 +395,20 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// `--experimental-corrupt-check-time`; None: 0, never.
     pub corrupt_check_interval: Option<Duration>,
+    pub auth_token: auth_token::AuthToken,
+    /// `--auth-token-ttl`.
+    pub simple_token_ttl: Duration,
+    pub bcrypt_cost: u32,
     pub store_cpu: usize,
     pub client_cpus: Vec<usize>,
     /// What the flags ask for that ringkv does not do as asked, for the log.
     pub warnings: Vec<String>,
 }
+
+/// bcrypt's costs as Go's `bcrypt` takes them (`MinCost`, `MaxCost`) and
+/// etcd's default (`DefaultCost`).
+pub const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
+pub const BCRYPT_COST_DEFAULT: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -411,6 +434,8 @@ pub enum ConfigError {
     ElectionTimeout { election_ms: u64, heartbeat_ms: u64 },
     #[error(transparent)]
     Tls(#[from] TlsFlagError),
+    #[error(transparent)]
+    AuthToken(#[from] auth_token::AuthTokenError),
     /// etcd's words for a client URL: "TLS key/cert (--cert-file, --key-file)
     /// must be provided for client url https://... with HTTPS scheme".
     #[error("TLS key/cert (--cert-file, --key-file) must be provided for {kind} url {url} with HTTPS scheme")]
@@ -436,6 +461,17 @@ impl Flags {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("{}.ringkv", self.name)));
         let mut warnings = Vec::new();
+        let bcrypt_cost = if BCRYPT_COSTS.contains(&self.bcrypt_cost) {
+            self.bcrypt_cost
+        } else {
+            warnings.push(format!(
+                "--bcrypt-cost {} is not between {} and {}: using {BCRYPT_COST_DEFAULT}",
+                self.bcrypt_cost,
+                BCRYPT_COSTS.start(),
+                BCRYPT_COSTS.end()
+            ));
+            BCRYPT_COST_DEFAULT
+        };
         let listen_client = listen_urls("listen-client-urls", &self.listen_client_urls)?;
         let listen_metrics = listen_urls("listen-metrics-urls", &self.listen_metrics_urls)?;
         let listen_peer = listen_urls("listen-peer-urls", &self.listen_peer_urls)?;
@@ -589,6 +625,9 @@ impl Flags {
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
             corrupt_check_interval: Some(self.experimental_corrupt_check_time).filter(|interval| !interval.is_zero()),
+            auth_token: auth_token::parse(&self.auth_token)?,
+            simple_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost,
             store_cpu: self.store_cpu,
             client_cpus,
             warnings,

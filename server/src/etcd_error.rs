@@ -48,6 +48,26 @@ pub enum EtcdError {
     /// Not mapped by etcd 3.4's gRPC layer: clients see code Unknown.
     NotEnoughStarted,
     NotSupportedForLearner,
+    // etcd's auth errors (`auth/store.go`, mapped in `v3rpc/util.go`).
+    RootUserNotExist,
+    RootRoleNotExist,
+    UserAlreadyExist,
+    UserEmpty,
+    UserNotFound,
+    RoleAlreadyExist,
+    RoleNotFound,
+    RoleEmpty,
+    AuthFailed,
+    PermissionDenied,
+    RoleNotGranted,
+    PermissionNotGranted,
+    AuthNotEnabled,
+    InvalidAuthToken,
+    InvalidAuthMgmt,
+    AuthOldRevision,
+    /// Authenticate for a user added with `no_password`: not in etcd's gRPC
+    /// error map, so clients see code Unknown and the auth package's text.
+    NoPasswordUser,
     /// A response over the send limit: grpc-go's error, not etcd's (etcd
     /// builds the response, and its gRPC layer refuses to send it).
     ResponseTooLarge {
@@ -68,6 +88,12 @@ impl EtcdError {
             LeaseExist | BadLeaderTransferee | NotLeader | MemberExist | PeerUrlExist | MemberNotLearner
             | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
             MemberBadUrls => Code::InvalidArgument,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
+            | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
+            NoPasswordUser => Code::Unknown,
             Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             NotEnoughStarted => Code::Unknown,
@@ -118,6 +144,23 @@ impl EtcdError {
             Unhealthy => "etcdserver: unhealthy cluster",
             NotEnoughStarted => "etcdserver: re-configuration failed due to not enough started members",
             NotSupportedForLearner => "etcdserver: rpc not supported for learner",
+            RootUserNotExist => "etcdserver: root user does not exist",
+            RootRoleNotExist => "etcdserver: root user does not have root role",
+            UserAlreadyExist => "etcdserver: user name already exists",
+            UserEmpty => "etcdserver: user name is empty",
+            UserNotFound => "etcdserver: user name not found",
+            RoleAlreadyExist => "etcdserver: role name already exists",
+            RoleNotFound => "etcdserver: role name not found",
+            RoleEmpty => "etcdserver: role name is empty",
+            AuthFailed => "etcdserver: authentication failed, invalid user ID or password",
+            PermissionDenied => "etcdserver: permission denied",
+            RoleNotGranted => "etcdserver: role is not granted to the user",
+            PermissionNotGranted => "etcdserver: permission is not granted to the role",
+            AuthNotEnabled => "etcdserver: authentication is not enabled",
+            InvalidAuthToken => "etcdserver: invalid auth token",
+            InvalidAuthMgmt => "etcdserver: invalid auth management",
+            AuthOldRevision => "etcdserver: revision of auth store is old",
+            NoPasswordUser => "auth: authentication failed, password was given for no password user",
         };
         Cow::Borrowed(text)
     }
@@ -177,6 +220,22 @@ mod tests {
             Unhealthy,
             NotEnoughStarted,
             NotSupportedForLearner,
+            RootUserNotExist,
+            RootRoleNotExist,
+            UserAlreadyExist,
+            UserEmpty,
+            UserNotFound,
+            RoleAlreadyExist,
+            RoleNotFound,
+            RoleEmpty,
+            AuthFailed,
+            PermissionDenied,
+            RoleNotGranted,
+            PermissionNotGranted,
+            AuthNotEnabled,
+            InvalidAuthToken,
+            InvalidAuthMgmt,
+            AuthOldRevision,
         ];
         for error in all {
             assert!(error.message().starts_with("etcdserver: "), "{error:?}");

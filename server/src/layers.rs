@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "server",
         &[
             "client",
+            "auth",
             "net",
             "listener",
             "store",
@@ -43,7 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // The deterministic simulation: store cores over simulated disks and a
     // simulated network, used by none.
-    ("sim", &["store", "peer", "config", "etcd_error", "status"]),
+    ("sim", &["store", "peer", "auth", "config", "etcd_error", "status"]),
     // The fuzz targets' bodies: a harness over every layer, used by none.
     (
         "fuzzing",
@@ -55,6 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "store",
             "peer",
             "apply",
+            "auth",
             "watch",
             "snapshot_read",
             "config",
@@ -73,6 +75,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "listener",
             "store",
             "apply",
+            "auth",
             "watch",
             "snapshot_read",
             "config",
@@ -91,6 +94,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "peer",
             "apply",
+            "auth",
             "watch",
             "config",
             "etcd_error",
@@ -118,8 +122,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Below the transports that use it: rustls from plain settings.
     ("tls", &["config"]),
     ("apply", &["config", "etcd_error", "status"]),
+    // etcd's auth state and checks: a leaf the store and client cores use.
+    ("auth", &["config", "etcd_error"]),
     // Leaves: they use only leaves.
-    ("watch", &["etcd_error", "status"]),
+    ("watch", &["auth", "etcd_error", "status"]),
     ("snapshot_read", &["fatal"]),
     ("etcd_error", &["status"]),
     ("config", &["status"]),

@@ -3,6 +3,7 @@
 //! See docs/architecture.md for the cores and the path of a request.
 
 pub mod apply;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod etcd_error;

@@ -11,7 +11,10 @@ use ringkv_datadir::ids;
 use ringkv_datadir::layout::{self, DataDirError, DataDirLock};
 use ringkv_datadir::wal::Identity;
 
+use crate::auth::jwt::JwtKeys;
+use crate::client::auth_service::TokenKind;
 use crate::client::{self, ClientCoreSettings};
+use crate::config::auth_token::AuthToken;
 use crate::config::{Config, Listen};
 use crate::listener;
 use crate::peer::{PeerNetwork, PeerTls};
@@ -44,6 +47,8 @@ pub enum StartError {
     DataDir(#[from] DataDirError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A client port as bound, and whether it speaks TLS.
@@ -215,6 +220,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         watch_progress_notify_interval: config.watch_progress_notify_interval,
         initial_corrupt_check: config.initial_corrupt_check,
         corrupt_check_interval: config.corrupt_check_interval,
+        simple_token_ttl: config.simple_token_ttl,
     };
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))
@@ -222,6 +228,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             .spawn(move || store::run(store_settings, call_receivers, reply_senders, watch, ready_tx))
             .map_err(|e| StartError::Executor(e.to_string()))?,
     );
+    let auth_tokens = match &config.auth_token {
+        AuthToken::Simple => TokenKind::Simple,
+        AuthToken::Jwt(options) => TokenKind::Jwt(Arc::new(
+            JwtKeys::load(options).map_err(|error| StartError::Auth(error.to_string()))?,
+        )),
+    };
     let mut clients = Vec::with_capacity(client_cores);
     for (index, ((((calls, replies), watch_commands), watch_pushes), cpu)) in call_senders
         .into_iter()
@@ -239,6 +251,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             election_timeout: config.heartbeat_interval * config.election_ticks as u32,
             client_tls: client_tls.clone(),
             metrics_tls: metrics_tls.clone(),
+            auth_tokens: auth_tokens.clone(),
+            bcrypt_cost: config.bcrypt_cost,
         };
         let (listen_tx, listen_rx) = mpsc::channel();
         threads.push(

@@ -63,7 +63,8 @@ impl Mvcc {
         )?;
         write_alarms(&mut self.tree, &self.alarms)?;
         self.membership.write(&mut self.tree)?;
-        self.conf_state.write(&mut self.tree)
+        self.conf_state.write(&mut self.tree)?;
+        self.auth.write(&mut self.tree)
     }
 }
 

@@ -140,6 +140,7 @@ pub struct Mvcc {
     alarms: BTreeSet<Alarm>,
     membership: ServerRecord,
     conf_state: ServerRecord,
+    auth: ServerRecord,
     /// What paginated Ranges leave for their next page (reads take `&self`).
     range_counts: RefCell<RangeCounts>,
     /// Revisions stepped Ranges still read at (see `cursor`).

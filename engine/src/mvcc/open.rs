@@ -20,7 +20,7 @@ use super::meta::{
 };
 use super::record::decode_record;
 use super::revision::{Revision, REVISION_TABLE};
-use super::server_record::{ServerRecord, META_CONF_STATE, META_MEMBERSHIP};
+use super::server_record::{ServerRecord, META_AUTH, META_CONF_STATE, META_MEMBERSHIP};
 use super::{Mvcc, MvccError};
 use crate::btree::Tree;
 use crate::page::PageIo;
@@ -58,6 +58,7 @@ impl Mvcc {
         let alarms = read_alarms(&tree)?;
         let membership = ServerRecord::load(&tree, META_MEMBERSHIP)?;
         let conf_state = ServerRecord::load(&tree, META_CONF_STATE)?;
+        let auth = ServerRecord::load(&tree, META_AUTH)?;
         let mut index = KeyIndex::default();
         // Tombstones whose key's earlier revisions were already removed by an
         // interrupted compaction: they only wait to be removed too.
@@ -108,6 +109,7 @@ impl Mvcc {
             alarms,
             membership,
             conf_state,
+            auth,
             range_counts: RefCell::default(),
             read_holds: ReadHolds::default(),
         };

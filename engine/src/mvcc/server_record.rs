@@ -1,5 +1,6 @@
 //! Records the server encodes and decodes, which the engine only stores: the
-//! cluster's membership and the raft configuration, as of the applied index.
+//! cluster's membership, the raft configuration and etcd's auth state, as of
+//! the applied index.
 
 use super::{Mvcc, MvccError};
 use crate::btree::Tree;
@@ -7,6 +8,7 @@ use crate::btree::Tree;
 /// Meta table keys of the two records, each stored as the server gave it.
 pub(super) const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub(super) const META_CONF_STATE: &[u8] = b"mconf_state";
+pub(super) const META_AUTH: &[u8] = b"mauth";
 
 /// Bytes the server encodes and decodes; the engine only stores them, in the
 /// same commits as the data they were applied with. Rarely changed, so written
@@ -61,5 +63,17 @@ impl Mvcc {
     /// applied index, stored by the next commit with that index.
     pub fn set_conf_state(&mut self, record: Vec<u8>) {
         self.conf_state.set(record);
+    }
+
+    /// The auth record last set (see `set_auth`), if any.
+    pub fn auth(&self) -> Option<&[u8]> {
+        self.auth.value.as_deref()
+    }
+
+    /// Replaces the auth record (users, roles, the enabled flag and the auth
+    /// revision), stored by the next commit: the one holding the entry that
+    /// changed it.
+    pub fn set_auth(&mut self, record: Vec<u8>) {
+        self.auth.set(record);
     }
 }

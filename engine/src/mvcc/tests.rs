@@ -799,6 +799,28 @@ fn server_records_are_stored_with_the_commit_that_follows_their_change() {
     assert_eq!(store.applied_index(), 7);
 }
 
+#[test]
+fn the_auth_record_is_stored_with_the_commit_that_follows_its_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Mvcc::open(&path).unwrap();
+    assert_eq!(store.auth(), None);
+    store.set_auth(b"users".to_vec());
+    drop(store);
+    let mut store = Mvcc::open(&path).unwrap();
+    assert_eq!(store.auth(), None, "not committed, not stored");
+    store.set_auth(b"users".to_vec());
+    store.set_applied_index(3);
+    store.commit().unwrap();
+    store.set_auth(b"users and roles".to_vec());
+    store.set_applied_index(4);
+    store.commit().unwrap();
+    drop(store);
+    let store = Mvcc::open(&path).unwrap();
+    assert_eq!(store.auth(), Some(&b"users and roles"[..]));
+    assert_eq!(store.applied_index(), 4);
+}
+
 /// A store of key `k` put twice (revisions 2 and 3), with `damage` done to its
 /// tree afterwards, as a forged or damaged file (or snapshot) would hold it.
 fn opened_after(damage: impl FnOnce(&mut Tree)) -> Result<Mvcc, MvccError> {

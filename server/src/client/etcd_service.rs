@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_lite::future;
 use ringkv_proto::etcdserverpb as pb;
 
+use super::auth_service::{AuthMethod, ClientAuth};
 use super::health::{self, HealthMethod};
 use super::leader_monitor::LeaderMonitor;
 use super::lease_service::{self, LeaseMethod};
@@ -17,7 +18,7 @@ use super::watch::{self, WatchRouter};
 use crate::apply::{self, check, EncodedRangeResponse};
 use crate::etcd_error::EtcdError;
 use crate::grpc::{self, CallContext, Code, Encoded, GrpcService, MethodKind, RequestStream, ResponseSink, Status};
-use crate::store::messages::{Request, Response};
+use crate::store::messages::{CallAuth, Request, Response};
 
 /// The methods ringkv serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub(crate) enum Method {
     Snapshot,
     /// grpc.health.v1.Health, which etcd serves beside its own API.
     Health(HealthMethod),
+    /// etcd's Auth service, unary.
+    Auth(AuthMethod),
 }
 
 impl Method {
@@ -41,6 +44,7 @@ impl Method {
             Method::Watch => MethodKind::BidiStreaming,
             Method::Snapshot => MethodKind::ServerStreaming,
             Method::Health(health) => health.kind(),
+            Method::Auth(_) => MethodKind::Unary,
         }
     }
 }
@@ -171,6 +175,9 @@ pub(crate) fn route(path: &str) -> Result<Method, Status> {
     if let Some(health) = HealthMethod::route(service, method) {
         return Ok(Method::Health(health));
     }
+    if let Some(auth) = AuthMethod::route(service, method) {
+        return Ok(Method::Auth(auth));
+    }
     let Some((_, methods)) = ETCD_SERVICES.iter().find(|(name, _)| *name == service) else {
         return Err(Status::new(Code::Unimplemented, format!("unknown service {service}")));
     };
@@ -191,6 +198,7 @@ pub struct EtcdService {
     watches: Rc<WatchRouter>,
     leader_monitor: Rc<LeaderMonitor>,
     max_txn_ops: usize,
+    auth: ClientAuth,
 }
 
 impl EtcdService {
@@ -199,12 +207,14 @@ impl EtcdService {
         watches: Rc<WatchRouter>,
         leader_monitor: Rc<LeaderMonitor>,
         max_txn_ops: usize,
+        auth: ClientAuth,
     ) -> EtcdService {
         EtcdService {
             store,
             watches,
             leader_monitor,
             max_txn_ops,
+            auth,
         }
     }
 
@@ -213,11 +223,12 @@ impl EtcdService {
         method: Method,
         requests: RequestStream,
         responses: ResponseSink,
+        caller: CallAuth,
     ) -> Result<(), Status> {
         match method {
             Method::Lease(LeaseMethod::KeepAlive) => lease_service::keep_alive(&self.store, requests, responses).await,
-            Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses).await,
-            Method::Snapshot => snapshot::serve(&self.store, requests, responses).await,
+            Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses, caller).await,
+            Method::Snapshot => snapshot::serve(&self.store, requests, responses, caller).await,
             Method::Health(HealthMethod::Watch) => health::watch(requests, responses).await,
             method => unreachable!("{method:?} is unary"),
         }
@@ -242,8 +253,11 @@ impl EtcdService {
 
     /// `require_leader`: the client sent gRPC metadata `hasleader: true`
     /// (clientv3's `WithRequireLeader`): with no leader, etcd's "no leader".
-    async fn call(&self, request: Request, require_leader: bool) -> Result<Response, Status> {
-        self.store.call_rpc(request, require_leader).await.map_err(Status::from)
+    async fn call(&self, request: Request, require_leader: bool, caller: CallAuth) -> Result<Response, Status> {
+        self.store
+            .call_rpc_as(request, require_leader, caller)
+            .await
+            .map_err(Status::from)
     }
 }
 
@@ -254,12 +268,24 @@ impl GrpcService for EtcdService {
 
     async fn unary(&self, path: &str, request: Bytes, ctx: CallContext) -> Result<Encoded, Status> {
         let require_leader = requires_leader(&ctx);
-        let unary = match route(path)? {
+        let method = route(path)?;
+        let caller = self.auth.caller(&ctx)?;
+        let unary = match method {
             Method::Unary(unary) => unary,
             // Boxed, as the streaming calls are (`grpc::server`): every unary
-            // call's task would otherwise be as large as this rarer one's.
+            // call's task would otherwise be as large as these rarer ones'.
             Method::Lease(lease) => {
-                return Box::pin(lease_service::unary(&self.store, lease, request, require_leader)).await
+                return Box::pin(lease_service::unary(
+                    &self.store,
+                    lease,
+                    request,
+                    require_leader,
+                    caller,
+                ))
+                .await
+            }
+            Method::Auth(auth) => {
+                return Box::pin(self.auth.unary(&self.store, auth, request, caller, require_leader)).await;
             }
             Method::Health(HealthMethod::Check) => {
                 // etcd's unary interceptor: a learner answers no Check, and
@@ -272,7 +298,7 @@ impl GrpcService for EtcdService {
             }
         };
         let request = unary_request(unary, request, self.max_txn_ops)?;
-        let response = self.call(request, require_leader).await?;
+        let response = self.call(request, require_leader, caller).await?;
         Ok(match response {
             Response::Range(response) => grpc::encode(&response),
             Response::RangeEncoded(response) => framed_range(response),
@@ -303,6 +329,7 @@ impl GrpcService for EtcdService {
         ctx: CallContext,
     ) -> Result<(), Status> {
         let method = route(path)?;
+        let caller = self.auth.caller(&ctx)?;
         // etcd's stream interceptor: a learner serves no stream but Snapshot;
         // with `hasleader`, no stream without a leader, and the stream ends once
         // the leader has been gone for a while (`LeaderMonitor`).
@@ -310,9 +337,9 @@ impl GrpcService for EtcdService {
         self.interceptor_checks(method == Method::Snapshot, require_leader)
             .await?;
         if !require_leader {
-            return self.serve_stream(method, requests, responses).await;
+            return self.serve_stream(method, requests, responses, caller).await;
         }
-        future::or(self.serve_stream(method, requests, responses), async {
+        future::or(self.serve_stream(method, requests, responses, caller), async {
             self.leader_monitor.lost().await;
             Err(Status::from(EtcdError::NoLeader))
         })
@@ -441,9 +468,10 @@ mod tests {
 
     #[test]
     fn unserved_etcd_rpcs_are_honestly_unimplemented() {
-        let status = route("/etcdserverpb.Auth/UserAdd").unwrap_err();
-        assert_eq!(status.code, Code::Unimplemented);
-        assert_eq!(status.message, "method UserAdd not implemented");
+        assert_eq!(
+            route("/etcdserverpb.Auth/UserAdd").unwrap(),
+            Method::Auth(AuthMethod::UserAdd)
+        );
         let status = route("/etcdserverpb.Maintenance/Downgrade").unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "method Downgrade not implemented");

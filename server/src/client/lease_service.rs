@@ -7,7 +7,7 @@ use ringkv_proto::etcdserverpb as pb;
 
 use super::store_client::StoreClient;
 use crate::grpc::{self, Encoded, MethodKind, RequestStream, ResponseSink, Status};
-use crate::store::messages::{Request, Response};
+use crate::store::messages::{CallAuth, Request, Response};
 
 /// The methods of `etcdserverpb.Lease`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +49,10 @@ pub async fn unary(
     method: LeaseMethod,
     request: Bytes,
     require_leader: bool,
+    auth: CallAuth,
 ) -> Result<Encoded, Status> {
     let request = unary_request(method, request)?;
-    Ok(match store.call_rpc(request, require_leader).await? {
+    Ok(match store.call_rpc_as(request, require_leader, auth).await? {
         Response::LeaseGrant(response) => grpc::encode(&response),
         Response::LeaseRevoke(response) => grpc::encode(&response),
         Response::LeaseTimeToLive(response) => grpc::encode(&response),

@@ -1,6 +1,7 @@
 //! A client core: listeners on the client port, HTTP/2 + gRPC and HTTP/1.1, and
 //! the etcd API handed over to the store core.
 
+pub mod auth_service;
 pub(crate) mod etcd_service;
 pub(crate) mod health;
 mod http;
@@ -42,6 +43,10 @@ pub struct ClientCoreSettings {
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
     /// The https metrics URLs' TLS (ALPN http/1.1).
     pub metrics_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--auth-token`'s tokens.
+    pub auth_tokens: auth_service::TokenKind,
+    /// `--bcrypt-cost`.
+    pub bcrypt_cost: u32,
 }
 
 /// The listening sockets one client core accepts on: duplicates of the ones
@@ -88,6 +93,7 @@ pub async fn run(
         watches,
         leader_monitor,
         settings.max_txn_ops,
+        auth_service::ClientAuth::new(settings.auth_tokens, settings.bcrypt_cost),
     ));
     let http = Rc::new(http::EtcdHttp::new(store));
     let mut limits = ConnectionLimits::default();

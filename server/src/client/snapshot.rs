@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::store_client::StoreClient;
 use crate::grpc::{self, Code, RequestStream, ResponseSink, Status};
 use crate::snapshot_read;
-use crate::store::messages::{Request, Response};
+use crate::store::messages::{CallAuth, Request, Response};
 
 /// etcd's `snapshotSendBufferSize`: bytes of the copy per message.
 const BLOB_BYTES: usize = 32 * 1024;
@@ -30,6 +30,7 @@ pub async fn serve(
     store: &Rc<StoreClient>,
     mut requests: RequestStream,
     mut responses: ResponseSink,
+    auth: CallAuth,
 ) -> Result<(), Status> {
     match requests.next().await {
         Some(request) => {
@@ -37,8 +38,13 @@ pub async fn serve(
         }
         None => return Err(Status::new(Code::Internal, "grpc: the client sent no request")),
     }
-    // A learner serves Snapshot too (etcd's stream interceptor lets it through).
-    let source = match store.call(Request::Snapshot).await.map_err(Status::from)? {
+    // A learner serves Snapshot too (etcd's stream interceptor lets it
+    // through); with auth on, only to root.
+    let source = match store
+        .call_rpc_as(Request::Snapshot, false, auth)
+        .await
+        .map_err(Status::from)?
+    {
         Response::Snapshot(source) => source,
         other => unreachable!("Snapshot is answered in kind, not with {other:?}"),
     };

@@ -13,7 +13,7 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::etcd_error::EtcdError;
-use crate::store::messages::{Call, Reply, Request, Response};
+use crate::store::messages::{Call, CallAuth, Reply, Request, Response};
 
 struct Pending {
     reply: oneshot::Sender<Result<Response, EtcdError>>,
@@ -41,17 +41,34 @@ impl StoreClient {
 
     /// Sends `request` to the store core and waits for its answer.
     pub async fn call(&self, request: Request) -> Result<Response, EtcdError> {
-        self.send(request, false, false).await
+        self.send(request, false, false, CallAuth::None).await
     }
 
     /// A client's etcd RPC (refused on a learner, as etcd refuses most); with
     /// `require_leader`, refused with "no leader" when the member knows of none
     /// (gRPC metadata `hasleader: true`).
     pub async fn call_rpc(&self, request: Request, require_leader: bool) -> Result<Response, EtcdError> {
-        self.send(request, require_leader, true).await
+        self.send(request, require_leader, true, CallAuth::None).await
     }
 
-    async fn send(&self, request: Request, require_leader: bool, client_rpc: bool) -> Result<Response, EtcdError> {
+    /// `call_rpc` for a client that came as `auth` (with auth on, the store
+    /// core checks what the user may do).
+    pub async fn call_rpc_as(
+        &self,
+        request: Request,
+        require_leader: bool,
+        auth: CallAuth,
+    ) -> Result<Response, EtcdError> {
+        self.send(request, require_leader, true, auth).await
+    }
+
+    async fn send(
+        &self,
+        request: Request,
+        require_leader: bool,
+        client_rpc: bool,
+        auth: CallAuth,
+    ) -> Result<Response, EtcdError> {
         let permit = self
             .permits
             .acquire_static_permit(1)
@@ -69,6 +86,7 @@ impl StoreClient {
                 request,
                 require_leader,
                 client_rpc,
+                auth,
             })
             .is_err()
         {

@@ -47,7 +47,6 @@ const fn refused(name: &'static str, boolean: bool) -> EtcdFlag {
 
 const NO_BBOLT: &str = "ringkv's page store is not bbolt";
 const NO_V2: &str = "ringkv serves the v3 API only";
-const NO_AUTH: &str = "the Auth service answers UNIMPLEMENTED until it lands";
 const LOGS: &str = "ringkv's logs follow --logger, --log-outputs and --log-level";
 const NO_TRACING: &str = "ringkv exports no traces";
 const NO_COMPACT_HASH_CHECK: &str = "ringkv does not run etcd 3.5's hash check at compactions \
@@ -112,9 +111,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
         false,
         "ringkv's HTTP endpoints are /health, /metrics and /version only",
     ),
-    ignored("auth-token", false, NO_AUTH),
-    ignored("bcrypt-cost", false, NO_AUTH),
-    ignored("auth-token-ttl", false, NO_AUTH),
     ignored("enable-pprof", true, "ringkv has no Go runtime to profile"),
     ignored("metrics", false, "ringkv serves one set of metrics"),
     ignored("log-format", false, LOGS),

@@ -12,6 +12,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 
+use crate::client::auth_service;
 use crate::client::etcd_service::{self, Method, ETCD_SERVICES};
 use crate::client::health;
 use crate::client::lease_service::{self, LeaseMethod};
@@ -85,13 +86,16 @@ fn request(method: Method, message: Bytes) -> Result<(), Status> {
         }
         Method::Watch => {
             let request: pb::WatchRequest = grpc::decode(message)?;
-            let _ = watch::command(1, request);
+            let _ = watch::command(1, request, &Default::default());
         }
         Method::Snapshot => {
             let _: pb::SnapshotRequest = grpc::decode(message)?;
         }
         Method::Health(_) => {
             health::decode(message)?;
+        }
+        Method::Auth(auth) => {
+            auth_service::decode(auth, message)?;
         }
     }
     Ok(())

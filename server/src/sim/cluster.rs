@@ -939,6 +939,7 @@ impl Cluster {
             request,
             require_leader: false,
             client_rpc,
+            auth: Default::default(),
         };
         self.deliver(member, None, Event::Call { client: 0, call }).await
     }

@@ -187,6 +187,7 @@ impl Member {
             health_interval: HEALTH_INTERVAL,
             join_peers,
             corrupt_check_interval: None,
+            simple_token_ttl: Duration::from_secs(300),
         };
         let core = StoreCore::new(
             settings,

@@ -7,6 +7,7 @@
 //! when the WAL is idle: that is the group commit), apply committed entries, answer
 //! reads whose ReadIndex has been applied, and start page-store commits.
 
+mod auth;
 mod background;
 mod calls;
 mod cluster;
@@ -40,7 +41,7 @@ use ringkv_engine::wal::{Record, WalError};
 use ringkv_proto::ringkvpb::raft_request;
 
 use super::auto_compaction::AutoCompactor;
-use super::entry;
+use super::entry::{self, Decoded};
 use super::event::Event;
 use super::id_generator::IdGenerator;
 use super::lease_clock::LeaseClock;
@@ -54,6 +55,7 @@ use super::store_files::StoreFiles;
 use super::wal_io::WalJob;
 use super::watchers::Watchers;
 use crate::apply::{self, ApplyError, WriteView};
+use crate::auth::{AuthInfo, AuthState, SimpleTokens};
 use crate::etcd_error::EtcdError;
 use crate::fatal::fatal;
 use crate::log_limit::LogLimit;
@@ -163,6 +165,10 @@ pub struct StoreCore {
     corrupt_check: PeriodicCheck,
     metrics: CoreMetrics,
     watchers: Watchers,
+    /// etcd's auth state as applied (stored in MVCC's `mauth` record).
+    auth: AuthState,
+    /// The simple tokens this member gave or learnt from applied entries.
+    tokens: SimpleTokens,
 }
 
 impl StoreCore {
@@ -201,6 +207,8 @@ impl StoreCore {
             store.set_snapshot_point(durable_applied_index, term, conf_state);
         }
         let watchers = Watchers::new(client_cores);
+        let auth = Self::stored_auth(&mvcc);
+        let tokens = SimpleTokens::new(settings.simple_token_ttl);
         let join_peers = settings.join_peers.clone();
         let stepped_reads = SteppedReads::new(settings.response_bytes_max);
         let commits = CommitPipeline::new(
@@ -258,6 +266,8 @@ impl StoreCore {
                 backend_commit: Histogram::etcd_disk(),
             },
             watchers,
+            auth,
+            tokens,
         };
         core.membership_changed();
         core
@@ -278,6 +288,9 @@ impl StoreCore {
                 self.auto_compact();
                 self.corrupt_check_tick();
                 self.expire_waits();
+                if self.ticks.is_multiple_of(auth::TOKEN_SWEEP_TICKS) {
+                    self.tokens.expire(now);
+                }
                 self.reads
                     .requeue_older_than(self.ticks.saturating_sub(self.settings.retry_ticks));
                 self.retry_for_space();
@@ -334,7 +347,7 @@ impl StoreCore {
                 self.metrics.backend_commit.observe(elapsed);
                 self.finish_commit(result);
             }
-            Event::Watch { client, command } => self.watchers.handle(client, command, &self.mvcc),
+            Event::Watch { client, command } => self.watch_command(client, command),
             Event::WatchProgressTick => self.watchers.progress_tick(&self.mvcc),
         }
     }
@@ -563,7 +576,7 @@ impl StoreCore {
                 self.empty_entry_applied(entry.term);
             }
             EntryType::EntryNormal => match entry::decode(&entry.data) {
-                Ok((id, request)) => self.apply_request(id, request),
+                Ok(decoded) => self.apply_request(entry.index, decoded),
                 Err(skipped) => {
                     self.skip_entry(entry.index, &skipped);
                     if let Some((id, error)) = skipped.answer() {
@@ -592,8 +605,21 @@ impl StoreCore {
         self.metrics.entries_skipped += 1;
     }
 
-    fn apply_request(&mut self, id: u64, body: raft_request::Request) {
+    fn apply_request(&mut self, index: u64, decoded: Decoded) {
+        let Decoded {
+            id,
+            auth,
+            request: body,
+        } = decoded;
         if let Some(refusal) = self.alarm_refusal(&body) {
+            self.answer_applied(id, Err(refusal));
+            return;
+        }
+        let user = auth.map(|header| AuthInfo {
+            username: header.username,
+            revision: header.revision,
+        });
+        if let Err(refusal) = self.check_applied(user.as_ref(), &body) {
             self.answer_applied(id, Err(refusal));
             return;
         }
@@ -617,6 +643,7 @@ impl StoreCore {
                 return; // proposed by the member itself, with no client waiting
             }
             raft_request::Request::MemberUpdate(update) => self.apply_member_update(update),
+            raft_request::Request::Auth(request) => self.apply_auth(index, request).map_err(ApplyError::Client),
         };
         let result = self.client_result(result);
         self.answer_applied(id, result);

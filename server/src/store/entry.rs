@@ -7,7 +7,7 @@ use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::raft_request::Request;
 use ringkv_proto::ringkvpb::raft_request_encoded::Request as Encoded;
-use ringkv_proto::ringkvpb::{MemberAttributes, RaftRequest, RaftRequestEncoded};
+use ringkv_proto::ringkvpb::{AuthHeader, AuthRequest, MemberAttributes, RaftRequest, RaftRequestEncoded};
 
 use crate::apply::check;
 use crate::etcd_error::EtcdError;
@@ -41,25 +41,46 @@ impl SkippedEntry {
 }
 
 /// The entry bytes of `request` with id `id`, as proposals carry them.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn encode(id: u64, request: Request) -> Vec<u8> {
+    encode_as(id, None, request)
+}
+
+/// The entry bytes of `request` made by the user `auth` names.
+pub fn encode_as(id: u64, auth: Option<AuthHeader>, request: Request) -> Vec<u8> {
     RaftRequest {
         id,
         request: Some(request),
+        auth_header: auth,
     }
     .encode_to_vec()
 }
 
-/// The id and the checked request an entry carries. The request is decoded
+/// What a committed normal entry asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Routes the result to the waiting call (see `RaftRequest.id`).
+    pub id: u64,
+    /// The user the request runs as, if the call came with one.
+    pub auth: Option<AuthHeader>,
+    pub request: Request,
+}
+
+/// The id, user and checked request an entry carries. The request is decoded
 /// from its own bytes, as deep as the client core decoded it, and checked as
 /// the client core checks it (without the member's own limits, which may
 /// differ between members).
-pub fn decode(data: &[u8]) -> Result<(u64, Request), SkippedEntry> {
+pub fn decode(data: &[u8]) -> Result<Decoded, SkippedEntry> {
     let envelope = RaftRequestEncoded::decode(data).map_err(SkippedEntry::Envelope)?;
     let id = envelope.id;
     let encoded = envelope.request.ok_or(SkippedEntry::Empty { id })?;
     let request = decode_request(encoded).map_err(|(kind, error)| SkippedEntry::Request { id, kind, error })?;
     check_request(&request).map_err(|error| SkippedEntry::Refused { id, error })?;
-    Ok((id, request))
+    Ok(Decoded {
+        id,
+        auth: envelope.auth_header,
+        request,
+    })
 }
 
 fn decode_request(encoded: Encoded) -> Result<Request, (&'static str, prost::DecodeError)> {
@@ -78,6 +99,7 @@ fn decode_request(encoded: Encoded) -> Result<Request, (&'static str, prost::Dec
         }
         Encoded::MemberUpdate(bytes) => Request::MemberUpdate(read("member_update", &bytes)?),
         Encoded::Alarm(bytes) => Request::Alarm(read::<pb::AlarmRequest>("alarm", &bytes)?),
+        Encoded::Auth(bytes) => Request::Auth(read::<AuthRequest>("auth", &bytes)?),
     })
 }
 
@@ -96,7 +118,9 @@ fn check_request(request: &Request) -> Result<(), EtcdError> {
         | Request::LeaseGrant(_)
         | Request::LeaseRevoke(_)
         | Request::MemberAttributes(_)
-        | Request::Alarm(_) => Ok(()),
+        | Request::Alarm(_)
+        // Checked against the auth state when applied.
+        | Request::Auth(_) => Ok(()),
     }
 }
 
@@ -159,6 +183,18 @@ mod tests {
                 member_id: 9,
                 alarm: 1,
             }),
+            Request::Auth(AuthRequest {
+                request: Some(ringkv_proto::ringkvpb::auth_request::Request::RoleGrantPermission(
+                    pb::AuthRoleGrantPermissionRequest {
+                        name: "r".to_string(),
+                        perm: Some(ringkv_proto::authpb::Permission {
+                            perm_type: 2,
+                            key: b"a".to_vec(),
+                            range_end: b"b".to_vec(),
+                        }),
+                    },
+                )),
+            }),
         ]
     }
 
@@ -166,17 +202,27 @@ mod tests {
     fn every_kind_of_request_reads_back_as_proposed() {
         for request in every_kind() {
             let data = encode(77, request.clone());
-            let (id, decoded) = decode(&data).unwrap();
-            assert_eq!((id, decoded), (77, request));
+            let decoded = decode(&data).unwrap();
+            assert_eq!((decoded.id, decoded.auth, decoded.request), (77, None, request));
         }
+    }
+
+    #[test]
+    fn the_user_a_request_runs_as_reads_back() {
+        let header = AuthHeader {
+            username: "alice".to_string(),
+            revision: 9,
+        };
+        let data = encode_as(5, Some(header.clone()), every_kind()[0].clone());
+        assert_eq!(decode(&data).unwrap().auth, Some(header));
     }
 
     #[test]
     fn the_deepest_txn_the_client_core_accepts_is_applied() {
         let txn = nested_txn(check::TXN_DEPTH_MAX);
         assert_eq!(check::check_txn(&txn, 128), Ok(()));
-        let (_, decoded) = decode(&encode(1, Request::Txn(txn.clone()))).unwrap();
-        assert_eq!(decoded, Request::Txn(txn));
+        let decoded = decode(&encode(1, Request::Txn(txn.clone()))).unwrap();
+        assert_eq!(decoded.request, Request::Txn(txn));
     }
 
     #[test]
@@ -235,7 +281,12 @@ mod tests {
 
     #[test]
     fn an_entry_without_a_request_is_skipped() {
-        let data = RaftRequest { id: 4, request: None }.encode_to_vec();
+        let data = RaftRequest {
+            id: 4,
+            request: None,
+            auth_header: None,
+        }
+        .encode_to_vec();
         assert!(matches!(decode(&data), Err(SkippedEntry::Empty { id: 4 })));
     }
 
@@ -249,7 +300,7 @@ mod tests {
         /// A valid entry with bytes flipped: still a request or a reason.
         #[test]
         fn damaged_entries_decode_or_are_skipped(
-            which in 0..9usize,
+            which in 0..10usize,
             flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         ) {
             let mut data = encode(11, every_kind()[which].clone());

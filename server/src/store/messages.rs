@@ -5,8 +5,10 @@
 
 use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::ringkvpb::AuthRequest;
 
 use crate::apply::EncodedRangeResponse;
+pub use crate::auth::CallAuth;
 use crate::etcd_error::EtcdError;
 use crate::metrics::MetricsSnapshot;
 
@@ -48,6 +50,74 @@ pub enum Request {
     SnapshotRelease(u64),
     /// Counters and sizes for `/metrics`.
     Metrics,
+    Auth(AuthCall),
+}
+
+/// A call of etcd's Auth service, as the store core takes it.
+#[derive(Debug)]
+pub enum AuthCall {
+    /// Applied through raft, as etcd applies every Auth RPC but AuthStatus.
+    Propose(AuthRequest),
+    /// AuthStatus, from the applied state.
+    Status,
+    /// Authenticate's first half: the hash to check the password against,
+    /// off the store core.
+    PasswordHash(String),
+}
+
+/// The store core's answer to an [`AuthCall`].
+#[derive(Debug)]
+pub enum AuthResponse {
+    Enable(pb::AuthEnableResponse),
+    Disable(pb::AuthDisableResponse),
+    Status(pb::AuthStatusResponse),
+    Authenticate(pb::AuthenticateResponse),
+    UserAdd(pb::AuthUserAddResponse),
+    UserGet(pb::AuthUserGetResponse),
+    UserList(pb::AuthUserListResponse),
+    UserDelete(pb::AuthUserDeleteResponse),
+    UserChangePassword(pb::AuthUserChangePasswordResponse),
+    UserGrantRole(pb::AuthUserGrantRoleResponse),
+    UserRevokeRole(pb::AuthUserRevokeRoleResponse),
+    RoleAdd(pb::AuthRoleAddResponse),
+    RoleGet(pb::AuthRoleGetResponse),
+    RoleList(pb::AuthRoleListResponse),
+    RoleDelete(pb::AuthRoleDeleteResponse),
+    RoleGrantPermission(pb::AuthRoleGrantPermissionResponse),
+    RoleRevokePermission(pb::AuthRoleRevokePermissionResponse),
+    /// The bcrypt hash of a user's password and the auth revision it is
+    /// current at (never sent to a client).
+    PasswordHash {
+        hash: Vec<u8>,
+        revision: u64,
+    },
+}
+
+impl AuthResponse {
+    /// The header to fill, if the response goes to a client.
+    pub fn header_mut(&mut self) -> Option<&mut Option<pb::ResponseHeader>> {
+        use AuthResponse::*;
+        Some(match self {
+            Enable(r) => &mut r.header,
+            Disable(r) => &mut r.header,
+            Status(r) => &mut r.header,
+            Authenticate(r) => &mut r.header,
+            UserAdd(r) => &mut r.header,
+            UserGet(r) => &mut r.header,
+            UserList(r) => &mut r.header,
+            UserDelete(r) => &mut r.header,
+            UserChangePassword(r) => &mut r.header,
+            UserGrantRole(r) => &mut r.header,
+            UserRevokeRole(r) => &mut r.header,
+            RoleAdd(r) => &mut r.header,
+            RoleGet(r) => &mut r.header,
+            RoleList(r) => &mut r.header,
+            RoleDelete(r) => &mut r.header,
+            RoleGrantPermission(r) => &mut r.header,
+            RoleRevokePermission(r) => &mut r.header,
+            PasswordHash { .. } => return None,
+        })
+    }
 }
 
 /// The store core's answer to a [`Request`] of the same kind.
@@ -79,6 +149,7 @@ pub enum Response {
     Snapshot(Box<SnapshotSource>),
     SnapshotReleased,
     Metrics(Box<MetricsSnapshot>),
+    Auth(AuthResponse),
 }
 
 /// A request in flight from one client core.
@@ -93,6 +164,8 @@ pub struct Call {
     /// a learner only Status and serializable Range are served, as etcd's
     /// gRPC interceptor allows.
     pub client_rpc: bool,
+    /// Who the call comes from (checked only for a `client_rpc`).
+    pub auth: CallAuth,
 }
 
 /// The answer to the `Call` with the same `id`.

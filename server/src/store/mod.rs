@@ -80,6 +80,8 @@ pub struct StoreCoreSettings {
     pub initial_corrupt_check: bool,
     /// `--experimental-corrupt-check-time`; None: 0, no periodic check.
     pub corrupt_check_interval: Option<Duration>,
+    /// `--auth-token-ttl`: how long a simple token lives past its last use.
+    pub simple_token_ttl: Duration,
 }
 
 /// The watch channels of every client core (see `crate::watch`).
@@ -235,6 +237,7 @@ pub async fn run(
         health_interval: core::HEALTH_INTERVAL,
         join_peers: settings.join_peers,
         corrupt_check_interval: settings.corrupt_check_interval,
+        simple_token_ttl: settings.simple_token_ttl,
     };
     let client_cores = connected_replies.len();
     let mut core = StoreCore::new(

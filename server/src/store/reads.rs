@@ -13,21 +13,36 @@ use std::collections::{BTreeMap, VecDeque};
 use ringkv_proto::etcdserverpb as pb;
 
 use super::lease_clock::KeepAliveFrom;
+use crate::auth::Caller;
 
-/// A read waiting to be served from the applied state.
+/// A read waiting to be served from the applied state, and who asked (its
+/// permissions are checked when it is served, as etcd checks them after the
+/// ReadIndex).
 #[derive(Debug)]
-pub enum PendingRead {
+pub struct PendingRead {
+    pub read: Read,
+    pub caller: Caller,
+}
+
+#[derive(Debug)]
+pub enum Read {
     Range(pb::RangeRequest),
     Txn(pb::TxnRequest),
 }
 
 impl PendingRead {
-    pub fn range(request: pb::RangeRequest) -> PendingRead {
-        PendingRead::Range(request)
+    pub fn range(request: pb::RangeRequest, caller: Caller) -> PendingRead {
+        PendingRead {
+            read: Read::Range(request),
+            caller,
+        }
     }
 
-    pub fn txn(request: pb::TxnRequest) -> PendingRead {
-        PendingRead::Txn(request)
+    pub fn txn(request: pb::TxnRequest, caller: Caller) -> PendingRead {
+        PendingRead {
+            read: Read::Txn(request),
+            caller,
+        }
     }
 }
 
@@ -155,7 +170,7 @@ mod tests {
         AwaitingReadIndex::Read {
             client: 0,
             call_id,
-            read: PendingRead::range(pb::RangeRequest::default()),
+            read: PendingRead::range(pb::RangeRequest::default(), Caller::Server),
         }
     }
 

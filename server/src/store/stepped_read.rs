@@ -21,7 +21,7 @@ use ringkv_engine::mvcc::{HashKvCursor, Mvcc, StepBudget};
 use ringkv_proto::etcdserverpb as pb;
 
 use super::messages::Response;
-use super::reads::PendingRead;
+use super::reads::{PendingRead, Read};
 use crate::apply::{ApplyError, RangeAnswer, RangeBuild, TxnBuild};
 
 /// What one step reads at most: about 5 ms of a Range of small key-values
@@ -147,13 +147,15 @@ impl SteppedReads {
         read: SteppedRead,
     ) -> Option<Result<Response, ApplyError>> {
         let started = match read {
-            SteppedRead::Read(PendingRead::Range(request)) => {
-                RangeBuild::start(mvcc, request, true, self.response_bytes_max)
-                    .map(|build| Build::Range(Box::new(build)))
-            }
-            SteppedRead::Read(PendingRead::Txn(request)) => {
-                TxnBuild::start(mvcc, &request, self.response_bytes_max).map(Build::Txn)
-            }
+            SteppedRead::Read(PendingRead {
+                read: Read::Range(request),
+                ..
+            }) => RangeBuild::start(mvcc, request, true, self.response_bytes_max)
+                .map(|build| Build::Range(Box::new(build))),
+            SteppedRead::Read(PendingRead {
+                read: Read::Txn(request),
+                ..
+            }) => TxnBuild::start(mvcc, &request, self.response_bytes_max).map(Build::Txn),
             SteppedRead::HashKv(revision) => mvcc
                 .begin_hash_kv(revision)
                 .map(|cursor| Build::HashKv {

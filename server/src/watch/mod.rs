@@ -14,6 +14,8 @@ pub mod span;
 use bytes::Bytes;
 use ringkv_proto::etcdserverpb as pb;
 
+use crate::auth::CallAuth;
+
 /// A watch stream, numbered by its client core (unique there, never reused).
 pub type StreamId = u64;
 
@@ -23,6 +25,8 @@ pub enum WatchCommand {
     Create {
         stream: StreamId,
         request: pb::WatchCreateRequest,
+        /// Who opened the stream: the store core checks the range may be read.
+        auth: CallAuth,
     },
     Cancel {
         stream: StreamId,

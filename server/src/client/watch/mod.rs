@@ -19,6 +19,7 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::sync::Semaphore;
 use ringkv_proto::etcdserverpb as pb;
 
+use crate::auth::CallAuth;
 use crate::grpc::{self, Code, RequestStream, ResponseSink, Status};
 use crate::watch::{Notice, StreamId, WatchCommand, WatchPush};
 
@@ -147,6 +148,7 @@ pub async fn serve(
     router: Rc<WatchRouter>,
     mut requests: RequestStream,
     mut responses: ResponseSink,
+    auth: CallAuth,
 ) -> Result<(), Status> {
     let (open, notices) = router.open();
     let stream = open.id;
@@ -154,7 +156,7 @@ pub async fn serve(
     let receive = async {
         while let Some(message) = requests.next().await {
             let request: pb::WatchRequest = grpc::decode(message?)?;
-            let Some(command) = command(stream, request) else {
+            let Some(command) = command(stream, request, &auth) else {
                 continue; // etcd ignores a request with no known kind
             };
             unanswered
@@ -189,10 +191,14 @@ pub async fn serve(
 
 /// What a Watch request asks of the store core; None for a request of no
 /// kind ringkv knows.
-pub(crate) fn command(stream: StreamId, request: pb::WatchRequest) -> Option<WatchCommand> {
+pub(crate) fn command(stream: StreamId, request: pb::WatchRequest, auth: &CallAuth) -> Option<WatchCommand> {
     use pb::watch_request::RequestUnion;
     Some(match request.request_union? {
-        RequestUnion::CreateRequest(request) => WatchCommand::Create { stream, request },
+        RequestUnion::CreateRequest(request) => WatchCommand::Create {
+            stream,
+            request,
+            auth: auth.clone(),
+        },
         RequestUnion::CancelRequest(cancel) => WatchCommand::Cancel {
             stream,
             watch_id: cancel.watch_id,

@@ -5,14 +5,15 @@
 
 use raft::StateRole;
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::ringkvpb::raft_request;
+use ringkv_proto::ringkvpb::{raft_request, AuthHeader};
 
 use super::super::entry;
-use super::super::messages::{Call, Request, Response};
-use super::super::reads::{AwaitingReadIndex, PendingRead};
+use super::super::messages::{AuthCall, Call, Request, Response};
+use super::super::reads::{AwaitingReadIndex, PendingRead, Read};
 use super::super::stepped_read::{ReadFor, SteppedRead};
 use super::{maintenance, Awaited, StoreCore};
 use crate::apply;
+use crate::auth::Caller;
 use crate::etcd_error::EtcdError;
 
 impl StoreCore {
@@ -29,26 +30,45 @@ impl StoreCore {
             self.reply(client, call.id, Err(EtcdError::NoLeader));
             return;
         }
+        let caller = if call.client_rpc {
+            let info = match self.call_user(call.auth) {
+                Ok(info) => info,
+                Err(error) => return self.reply(client, call.id, Err(error)),
+            };
+            if let Err(error) = self.check_call(info.as_ref(), &call.request) {
+                return self.reply(client, call.id, Err(error));
+            }
+            Caller::Client(info)
+        } else {
+            Caller::Server
+        };
+        // Writes are checked again when applied, as this user at this revision.
+        let header = match &caller {
+            Caller::Client(info) => Self::auth_header(info.as_ref()),
+            Caller::Server => None,
+        };
         match call.request {
             Request::Range(range) => {
                 let serializable = range.serializable;
-                self.read(client, call.id, PendingRead::range(range), serializable);
+                self.read(client, call.id, PendingRead::range(range, caller), serializable);
             }
             Request::Txn(txn) if apply::is_read_only(&txn) => {
                 let serializable = apply::is_serializable(&txn);
-                self.read(client, call.id, PendingRead::txn(txn), serializable);
+                self.read(client, call.id, PendingRead::txn(txn, caller), serializable);
             }
             Request::Put(put) => {
                 let cost = maintenance::put_cost(&put);
                 if self.check_quota(client, call.id, cost) {
-                    self.propose(client, call.id, raft_request::Request::Put(put));
+                    self.propose_as(client, call.id, raft_request::Request::Put(put), header);
                 }
             }
-            Request::DeleteRange(delete) => self.propose(client, call.id, raft_request::Request::DeleteRange(delete)),
+            Request::DeleteRange(delete) => {
+                self.propose_as(client, call.id, raft_request::Request::DeleteRange(delete), header);
+            }
             Request::Txn(txn) => {
                 let cost = maintenance::txn_cost(&txn);
                 if self.check_quota(client, call.id, cost) {
-                    self.propose(client, call.id, raft_request::Request::Txn(txn));
+                    self.propose_as(client, call.id, raft_request::Request::Txn(txn), header);
                 }
             }
             Request::Compact(compact) => self.propose(client, call.id, raft_request::Request::Compaction(compact)),
@@ -57,7 +77,9 @@ impl StoreCore {
                     self.grant_lease(client, call.id, grant);
                 }
             }
-            Request::LeaseRevoke(revoke) => self.propose(client, call.id, raft_request::Request::LeaseRevoke(revoke)),
+            Request::LeaseRevoke(revoke) => {
+                self.propose_as(client, call.id, raft_request::Request::LeaseRevoke(revoke), header);
+            }
             Request::LeaseKeepAlive(keep_alive) => self.keep_lease_alive(client, call.id, keep_alive),
             Request::LeaseTimeToLive(request) => self.lease_time_to_live_call(client, call.id, request),
             Request::LeaseLeases(_) => {
@@ -80,6 +102,13 @@ impl StoreCore {
                     call_id: call.id,
                 };
                 self.serve_stepped(reader, SteppedRead::HashKv(request.revision));
+            }
+            Request::Auth(AuthCall::Propose(request)) => {
+                self.propose_as(client, call.id, raft_request::Request::Auth(request), header);
+            }
+            Request::Auth(query) => {
+                let result = self.auth_query(&query);
+                self.reply(client, call.id, result);
             }
             Request::SnapshotRelease(txid) => {
                 let response = self.release_snapshot(txid);
@@ -108,8 +137,19 @@ impl StoreCore {
     /// Proposes `request`; call `call_id` of client core `client` waits for
     /// it to be applied.
     pub(super) fn propose(&mut self, client: usize, call_id: u64, request: raft_request::Request) {
+        self.propose_as(client, call_id, request, None);
+    }
+
+    /// `propose` for a request the user `header` names made.
+    pub(super) fn propose_as(
+        &mut self,
+        client: usize,
+        call_id: u64,
+        request: raft_request::Request,
+        header: Option<AuthHeader>,
+    ) {
         let physical_compaction = matches!(&request, raft_request::Request::Compaction(c) if c.physical);
-        match self.propose_entry(request) {
+        match self.propose_entry_as(request, header) {
             Ok(id) => self.wait_for(id, client, call_id, Awaited::Entry { physical_compaction }),
             Err(error) => {
                 if error == EtcdError::NoLeader {
@@ -123,16 +163,33 @@ impl StoreCore {
     /// Proposes `request` to raft; returns the id its result will carry.
     /// Refused while the WAL has no room to persist it.
     pub(super) fn propose_entry(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
+        self.propose_entry_as(request, None)
+    }
+
+    /// `propose_entry` for a request the user `header` names made.
+    pub(super) fn propose_entry_as(
+        &mut self,
+        request: raft_request::Request,
+        header: Option<AuthHeader>,
+    ) -> Result<u64, EtcdError> {
         if self.disk_full.wal_stuck() {
             return Err(EtcdError::NoSpace);
         }
-        self.propose_to_raft(request)
+        self.propose_to_raft_as(request, header)
     }
 
     /// `propose_entry` without the room check (the NOSPACE alarm itself).
     pub(super) fn propose_to_raft(&mut self, request: raft_request::Request) -> Result<u64, EtcdError> {
+        self.propose_to_raft_as(request, None)
+    }
+
+    fn propose_to_raft_as(
+        &mut self,
+        request: raft_request::Request,
+        header: Option<AuthHeader>,
+    ) -> Result<u64, EtcdError> {
         let id = self.request_ids.next(|_| false) as u64;
-        let data = entry::encode(id, request);
+        let data = entry::encode_as(id, header, request);
         // etcd checks the size of the proposal, not of the gRPC message.
         if data.len() > self.settings.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
@@ -163,6 +220,15 @@ impl StoreCore {
     /// Serves a read from the applied state: at once if one step finishes
     /// it, else in steps between events (`background_step`).
     pub(super) fn serve_read(&mut self, client: usize, call_id: u64, read: PendingRead) {
+        if let Caller::Client(info) = &read.caller {
+            let checked = match &read.read {
+                Read::Range(range) => self.check_range(info.as_ref(), range),
+                Read::Txn(txn) => self.check_txn(info.as_ref(), txn),
+            };
+            if let Err(error) = checked {
+                return self.reply(client, call_id, Err(error));
+            }
+        }
         self.serve_stepped(ReadFor::Client { client, call_id }, SteppedRead::Read(read));
     }
 

@@ -15,13 +15,16 @@ use std::time::Instant;
 use raft::StateRole;
 
 use ringkv_proto::etcdserverpb as pb;
-use ringkv_proto::ringkvpb::{lease_forward, lease_forward_reply, raft_request, LeaseForward, LeaseForwardReply};
+use ringkv_proto::ringkvpb::{
+    lease_forward, lease_forward_reply, raft_request, AuthHeader, LeaseForward, LeaseForwardReply,
+};
 
 use super::super::lease_clock::{KeepAliveFrom, Renewal, EXPIRED_REVOKES_PER_CHECK_MAX};
 use super::super::reads::AwaitingReadIndex;
 use super::Effect;
 use super::{Awaited, StoreCore};
 use crate::apply::{self, ApplyError};
+use crate::auth::ROOT_USER;
 use crate::etcd_error::EtcdError;
 use crate::peer::PeerMessage;
 use crate::store::messages::Response;
@@ -293,9 +296,15 @@ impl StoreCore {
             return;
         }
         let due = self.lease_clock.due_for_revoke(self.now, EXPIRED_REVOKES_PER_CHECK_MAX);
+        // As root at the current auth revision (etcd's `WithRoot`): applied
+        // after an auth change, the revoke fails and is proposed again.
+        let root = AuthHeader {
+            username: ROOT_USER.to_string(),
+            revision: self.auth.revision(),
+        };
         for id in due {
             let request = raft_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id });
-            match self.propose_entry(request) {
+            match self.propose_entry_as(request, Some(root.clone())) {
                 #[cfg(feature = "sim")]
                 Ok(entry_id) => self
                     .lease_audit

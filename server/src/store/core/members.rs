@@ -145,7 +145,9 @@ impl StoreCore {
             .membership
             .member(self.settings.member_id)
             .is_some_and(|member| member.is_learner);
-        !learner || matches!(request, Request::Status) || matches!(request, Request::Range(range) if range.serializable)
+        !learner
+            || matches!(request, Request::Status | Request::Snapshot)
+            || matches!(request, Request::Range(range) if range.serializable)
     }
 
     /// etcd's `mayAddMember`.

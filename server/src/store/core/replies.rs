@@ -67,6 +67,10 @@ impl StoreCore {
             Response::HashKv(r) => &mut r.header,
             Response::MoveLeader(r) => &mut r.header,
             Response::Defragment(r) => &mut r.header,
+            Response::Auth(r) => match r.header_mut() {
+                Some(header) => header,
+                None => return,
+            },
             Response::Metrics(_) | Response::Snapshot(_) | Response::SnapshotReleased => return,
         };
         let header = header.get_or_insert_with(Default::default);

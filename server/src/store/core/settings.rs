@@ -39,6 +39,8 @@ pub struct StoreSettings {
     /// How often the leader runs the corruption check
     /// (`--experimental-corrupt-check-time`); None: never.
     pub corrupt_check_interval: Option<Duration>,
+    /// How long a simple token lives past its last use (`--auth-token-ttl`).
+    pub simple_token_ttl: Duration,
 }
 
 /// The parts of a member that its configuration gives.

@@ -145,6 +145,8 @@ impl StoreCore {
             .unwrap_or_else(|| Err("none stored".to_string()))
             .unwrap_or_else(|error| fatal(&format!("the installed snapshot's membership: {error}")));
         self.membership_changed();
+        // Tokens stay: a follower's tokens are its own, as in etcd.
+        self.auth = Self::stored_auth(&self.mvcc);
         self.watchers.store_replaced(old_revision);
         self.end_defragment();
         self.commits.store_replaced(index, self.mvcc.compaction_pending());

@@ -147,7 +147,7 @@ impl Watchers {
             self.streams.entry((client, *stream)).or_default();
         }
         match command {
-            WatchCommand::Create { stream, request } => self.create((client, stream), &request, mvcc),
+            WatchCommand::Create { stream, request, .. } => self.create((client, stream), &request, mvcc),
             WatchCommand::Cancel { stream, watch_id } => self.cancel((client, stream), watch_id, mvcc),
             WatchCommand::Progress { stream } => self.progress_all((client, stream), mvcc),
             WatchCommand::Consumed { stream, credit_bytes } => {
@@ -190,6 +190,19 @@ impl Watchers {
 
     pub fn has_catch_up_work(&self) -> bool {
         self.catch_up_may_progress && !self.unsynced.is_empty()
+    }
+
+    /// Refuses a watch before it is created (etcd's answer to one the user
+    /// may not read): created and canceled at once, with `reason`.
+    pub fn refuse_create(&mut self, client: usize, stream: StreamId, reason: &'static str, mvcc: &Mvcc) {
+        let key = (client, stream);
+        self.streams.entry(key).or_default();
+        let body = NoticeBody::Created {
+            watch_id: INVALID_WATCH_ID,
+            revision: mvcc.current_revision(),
+            cancel_reason: Some(reason),
+        };
+        self.notify(key, body, true);
     }
 
     fn create(&mut self, key: StreamKey, request: &pb::WatchCreateRequest, mvcc: &Mvcc) {

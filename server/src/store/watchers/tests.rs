@@ -35,6 +35,7 @@ impl Harness {
         self.command(WatchCommand::Create {
             stream: STREAM,
             request,
+            auth: Default::default(),
         });
     }
 

@@ -129,7 +129,12 @@ fn normal(data: Vec<u8>) -> Entry {
 }
 
 fn request(id: u64, request: Option<raft_request::Request>) -> Vec<u8> {
-    RaftRequest { id, request }.encode_to_vec()
+    RaftRequest {
+        id,
+        request,
+        auth_header: None,
+    }
+    .encode_to_vec()
 }
 
 /// Waits until every member counts at least `skipped` skipped entries.
