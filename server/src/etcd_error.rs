@@ -68,6 +68,10 @@ pub enum EtcdError {
     /// Authenticate for a user added with `no_password`: not in etcd's gRPC
     /// error map, so clients see code Unknown and the auth package's text.
     NoPasswordUser,
+    /// An auth error etcd's Maintenance service returns without mapping it
+    /// (Defragment, Snapshot, Hash, HashKV): code Unknown, the auth
+    /// package's own text.
+    AuthUnmapped(UnmappedAuth),
     /// A response over the send limit: grpc-go's error, not etcd's (etcd
     /// builds the response, and its gRPC layer refuses to send it).
     ResponseTooLarge {
@@ -76,7 +80,29 @@ pub enum EtcdError {
     },
 }
 
+/// The auth errors Maintenance answers unmapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmappedAuth {
+    UserEmpty,
+    UserNotFound,
+    PermissionDenied,
+    InvalidAuthToken,
+}
+
 impl EtcdError {
+    /// `self` as etcd's Maintenance service answers it: an auth error
+    /// unmapped, any other as it is.
+    pub fn unmapped(self) -> EtcdError {
+        let unmapped = match self {
+            EtcdError::UserEmpty => UnmappedAuth::UserEmpty,
+            EtcdError::UserNotFound => UnmappedAuth::UserNotFound,
+            EtcdError::PermissionDenied => UnmappedAuth::PermissionDenied,
+            EtcdError::InvalidAuthToken => UnmappedAuth::InvalidAuthToken,
+            other => return other,
+        };
+        EtcdError::AuthUnmapped(unmapped)
+    }
+
     /// The gRPC status code etcd answers with.
     pub fn code(self) -> Code {
         use EtcdError::*;
@@ -93,7 +119,7 @@ impl EtcdError {
             UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
-            NoPasswordUser => Code::Unknown,
+            NoPasswordUser | AuthUnmapped(_) => Code::Unknown,
             Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             NotEnoughStarted => Code::Unknown,
@@ -161,6 +187,10 @@ impl EtcdError {
             InvalidAuthMgmt => "etcdserver: invalid auth management",
             AuthOldRevision => "etcdserver: revision of auth store is old",
             NoPasswordUser => "auth: authentication failed, password was given for no password user",
+            AuthUnmapped(UnmappedAuth::UserEmpty) => "auth: user name is empty",
+            AuthUnmapped(UnmappedAuth::UserNotFound) => "auth: user not found",
+            AuthUnmapped(UnmappedAuth::PermissionDenied) => "auth: permission denied",
+            AuthUnmapped(UnmappedAuth::InvalidAuthToken) => "auth: invalid auth token",
         };
         Cow::Borrowed(text)
     }

@@ -16,6 +16,7 @@
 
 mod support;
 
+mod auth;
 mod bad_input;
 mod ceiling;
 mod cluster;

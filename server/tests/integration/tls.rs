@@ -22,21 +22,21 @@ use rcgen::{
 use crate::support::{free_port, http_get, KillOnDrop, Ringkv, START_TIMEOUT};
 
 /// A CA that issues certificates into a directory.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    cert_path: PathBuf,
+    pub(crate) cert_path: PathBuf,
     dir: PathBuf,
 }
 
 /// A certificate and its key as files.
 #[derive(Clone)]
-struct Pair {
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Pair {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
+    pub(crate) fn new(dir: &Path, name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -55,7 +55,7 @@ impl Ca {
     /// A certificate for server and client use, valid for 127.0.0.1,
     /// 127.0.0.2 and localhost, with common name `cn`, written as `file`.crt
     /// and `file`.key.
-    fn issue(&self, file: &str, cn: &str) -> Pair {
+    pub(crate) fn issue(&self, file: &str, cn: &str) -> Pair {
         self.issue_with(file, cn, |_| {})
     }
 
@@ -77,14 +77,14 @@ impl Ca {
     }
 }
 
-fn path(path: &Path) -> &str {
+pub(crate) fn path(path: &Path) -> &str {
     path.to_str().expect("temporary paths are text")
 }
 
 /// etcdctl against `endpoint` with TLS flags `tls` (and short timeouts: a
 /// refused handshake fails at the dial timeout): success and stdout+stderr,
 /// the JSON client log lines dropped.
-fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String) {
+pub(crate) fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String) {
     let output = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args([
@@ -109,7 +109,7 @@ fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String) {
     (output.status.success(), text.trim().to_string())
 }
 
-fn client_flags(ca: &Path, pair: Option<&Pair>) -> Vec<String> {
+pub(crate) fn client_flags(ca: &Path, pair: Option<&Pair>) -> Vec<String> {
     let mut flags = vec![format!("--cacert={}", path(ca))];
     if let Some(pair) = pair {
         flags.push(format!("--cert={}", path(&pair.cert)));
