@@ -12,6 +12,7 @@
 //! net -> grpc     store         the client port's transport | the store core
 //!                 peer  apply   raft between members | etcd's KV semantics
 //! tls                           rustls configurations from the TLS flags
+//! auth                          etcd's auth state, checks and tokens
 //! leaves: watch, snapshot_read, etcd_error, status, config, listener, fatal,
 //!         metrics, version, log_limit, logging (from config)
 //! engine, datadir (crates)      storage; the data directory's layout
