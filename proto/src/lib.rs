@@ -3,21 +3,30 @@
 //! Package and message names follow etcd v3.5 so that etcdctl, clientv3 and
 //! kube-apiserver talk to ringkv unchanged. With the `client` feature each etcd
 //! service also gets a tonic client (`etcdserverpb::kv_client::KvClient`, ...).
-//! With the `proptest` feature, [`arbitrary`] has strategies for property tests.
+//! With the `json` feature, etcd's messages are serde types in protobuf's JSON
+//! mapping with proto field names (the JSON gateway's). With the `proptest` feature, [`arbitrary`] has strategies for property tests.
+// pbjson's generated serde code borrows where clippy would not.
+#![cfg_attr(feature = "json", allow(clippy::needless_borrows_for_generic_args))]
 
 /// etcd's `mvccpb` package: stored key-values and watch events.
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's `authpb` package: users, roles and permissions.
 pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's `etcdserverpb` package: the v3 API's services and messages.
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// ringkv's own messages: what a raft log entry carries.
@@ -130,5 +139,42 @@ mod tests {
         // request_txn is field 4 of RequestOp.
         let op_bytes = outer.success[0].encode_to_vec();
         assert_eq!(op_bytes[0], tag(4, 2));
+    }
+
+    /// etcd 3.4's gateway, asked `curl -d '{"key":"Zm9v","value":"YmFy"}' /v3/kv/put`
+    /// then `/v3/kv/range` with `{"key":"Zm9v"}`, answered these bytes.
+    #[cfg(feature = "json")]
+    #[test]
+    fn json_is_grpc_gateways_with_proto_field_names() {
+        use super::etcdserverpb::{RangeResponse, ResponseHeader};
+        use super::mvccpb::KeyValue;
+        let response = RangeResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 14841639068965178418,
+                member_id: 10276657743932975437,
+                revision: 2,
+                raft_term: 2,
+            }),
+            kvs: vec![KeyValue {
+                key: b"foo".to_vec(),
+                create_revision: 2,
+                mod_revision: 2,
+                version: 1,
+                value: b"bar".to_vec(),
+                lease: 0,
+            }],
+            more: false,
+            count: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&response).unwrap(),
+            r#"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"2","raft_term":"2"},"kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}],"count":"1"}"#
+        );
+        let request: RangeRequest =
+            serde_json::from_str(r#"{"key":"Zm9v","range_end":"AA==","limit":"3","keysOnly":true}"#).unwrap();
+        assert_eq!(
+            (request.key, request.range_end, request.limit, request.keys_only),
+            (b"foo".to_vec(), vec![0], 3, true)
+        );
     }
 }

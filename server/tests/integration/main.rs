@@ -24,6 +24,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod faults;
+mod gateway;
 mod health;
 mod hostile;
 mod kube_contract;
