@@ -2,12 +2,14 @@
 //! `client` feature, tonic client stubs). protoc comes from the system (Debian
 //! `protobuf-compiler`) or `PROTOC`.
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 7] = [
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
     "proto/etcdserverpb/rpc.proto",
     "proto/ringkvpb/raft.proto",
     "proto/grpc/health/v1/health.proto",
+    "proto/v3lockpb/v3lock.proto",
+    "proto/v3electionpb/v3election.proto",
 ];
 
 fn main() -> std::io::Result<()> {

@@ -31,6 +31,17 @@ pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
 }
 
+/// etcd's `v3lockpb` package: the Lock service (server-side locks).
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+/// etcd's `v3electionpb` package: the Election service (server-side leader
+/// election).
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}
+
 /// proptest strategies for these messages.
 #[cfg(feature = "proptest")]
 pub mod arbitrary {
