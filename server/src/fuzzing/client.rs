@@ -13,9 +13,9 @@ use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
 
 use crate::client::etcd_service::{self, Method, ETCD_SERVICES};
-use crate::client::health;
 use crate::client::lease_service::{self, LeaseMethod};
 use crate::client::watch;
+use crate::client::{election_service, health, lock_service};
 use crate::config::MAX_TXN_OPS_DEFAULT;
 use crate::grpc::{
     self, CallContext, Charge, Encoded, GrpcService, MessageDecoder, MethodKind, RequestStream, ResponseSink, Status,
@@ -93,6 +93,8 @@ fn request(method: Method, message: Bytes) -> Result<(), Status> {
         Method::Health(_) => {
             health::decode(message)?;
         }
+        Method::Lock(lock) => lock_service::decode(lock, message)?,
+        Method::Election(election) => election_service::decode(election, message)?,
     }
     Ok(())
 }
