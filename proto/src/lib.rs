@@ -112,6 +112,42 @@ mod tests {
     }
 
     #[test]
+    fn leader_key_fields_carry_etcds_numbers() {
+        use super::v3electionpb::{LeaderKey, ProclaimRequest};
+
+        let leader = LeaderKey {
+            name: b"n".to_vec(),
+            key: b"k".to_vec(),
+            rev: 3,
+            lease: 4,
+        };
+        // name (1, bytes), key (2, bytes), rev (3, varint), lease (4, varint)
+        let bytes = leader.encode_to_vec();
+        assert_eq!(
+            bytes,
+            vec![tag(1, 2), 1, b'n', tag(2, 2), 1, b'k', tag(3, 0), 3, tag(4, 0), 4]
+        );
+        // ProclaimRequest: leader (1, message), value (2, bytes).
+        let proclaim = ProclaimRequest {
+            leader: Some(leader),
+            value: b"v".to_vec(),
+        };
+        let mut expected = vec![tag(1, 2), bytes.len() as u8];
+        expected.extend(&bytes);
+        expected.extend([tag(2, 2), 1, b'v']);
+        assert_eq!(proclaim.encode_to_vec(), expected);
+    }
+
+    #[test]
+    fn lock_request_fields_carry_etcds_numbers() {
+        let request = super::v3lockpb::LockRequest {
+            name: b"n".to_vec(),
+            lease: 5,
+        };
+        assert_eq!(request.encode_to_vec(), vec![tag(1, 2), 1, b'n', tag(2, 0), 5]);
+    }
+
+    #[test]
     fn nested_txn_round_trips() {
         let inner = TxnRequest {
             compare: vec![Compare {
