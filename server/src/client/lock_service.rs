@@ -89,7 +89,7 @@ async fn lock(keys: &Keys, request: v3lockpb::LockRequest) -> Result<v3lockpb::L
             .create_revision
     };
     let holder = concurrency::txn_kvs(&response, 1).first();
-    if holder.map_or(true, |holder| holder.create_revision == my_revision) {
+    if holder.is_none_or(|holder| holder.create_revision == my_revision) {
         return Ok(v3lockpb::LockResponse {
             header: Some(header),
             key,

@@ -380,6 +380,33 @@ pub(super) fn grpc_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &[framed(&pb::LeaseGrantRequest { ttl: 60, id: 0 })],
             ),
         ),
+        (
+            "lock",
+            call(
+                "/v3lockpb.Lock/Lock",
+                0,
+                &[framed(&ringkv_proto::v3lockpb::LockRequest {
+                    name: b"my-lock".to_vec(),
+                    lease: 7,
+                })],
+            ),
+        ),
+        (
+            "proclaim",
+            call(
+                "/v3electionpb.Election/Proclaim",
+                0,
+                &[framed(&ringkv_proto::v3electionpb::ProclaimRequest {
+                    leader: Some(ringkv_proto::v3electionpb::LeaderKey {
+                        name: b"my-election".to_vec(),
+                        key: b"my-election/7".to_vec(),
+                        rev: 5,
+                        lease: 7,
+                    }),
+                    value: b"me".to_vec(),
+                })],
+            ),
+        ),
     ]
 }
 

@@ -623,10 +623,9 @@ async fn observe_sees_every_leader_change_in_order() {
         seen.push(observed_value(&mut observe).await);
         let next = (campaigner < CAMPAIGNERS).then(|| campaign(campaigner + 1));
         if next.is_some() {
-            let mut keys = vec![format!("obs/{campaigner:x}"), format!("obs/{:x}", campaigner + 1)];
-            keys.sort();
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            keys_become(&channel, "obs/", &keys).await;
+            // One hex digit each: in key order.
+            let keys = [format!("obs/{campaigner:x}"), format!("obs/{:x}", campaigner + 1)];
+            keys_become(&channel, "obs/", &[keys[0].as_str(), keys[1].as_str()]).await;
         }
         let resign = ResignRequest {
             leader: Some(leader.clone()),
