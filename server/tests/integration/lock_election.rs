@@ -649,3 +649,79 @@ async fn observe_sees_every_leader_change_in_order() {
     let quiet = tokio::time::timeout(Duration::from_millis(300), observe.message()).await;
     assert!(quiet.is_err(), "nothing after the last leader resigned: {quiet:?}");
 }
+
+/// A put of `value` at `counter` only while `lock_key` still has create
+/// revision `lock_revision` (clientv3's `Mutex.IsOwner` guard); whether it
+/// was made.
+async fn guarded_put(channel: &Channel, lock_key: &[u8], lock_revision: i64, value: u64) -> bool {
+    let txn = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: pb::compare::CompareResult::Equal as i32,
+            target: pb::compare::CompareTarget::Create as i32,
+            key: lock_key.to_vec(),
+            target_union: Some(pb::compare::TargetUnion::CreateRevision(lock_revision)),
+            range_end: Vec::new(),
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(support::put_request(
+                "counter",
+                &value.to_string(),
+            ))),
+        }],
+        failure: Vec::new(),
+    };
+    pb::kv_client::KvClient::new(channel.clone())
+        .txn(with_deadline(txn, CALL_DEADLINE))
+        .await
+        .expect("txn")
+        .into_inner()
+        .succeeded
+}
+
+/// The create revision of `key`.
+async fn create_revision(channel: &Channel, key: &[u8]) -> i64 {
+    let response = pb::kv_client::KvClient::new(channel.clone())
+        .range(with_deadline(
+            pb::RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+            CALL_DEADLINE,
+        ))
+        .await
+        .expect("range")
+        .into_inner();
+    response.kvs.first().expect("the lock key exists").create_revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_lease_expires_loses_the_lock_and_its_guarded_write() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let ringkv = support::Ringkv::start(data_dir.path(), &[]);
+    let channel = connect(&ringkv.endpoint()).await;
+    let mut lock = LockClient::new(channel.clone());
+    let (stalled, next) = (0xf1, 0xf2);
+    grant(&channel, stalled, SHORT_TTL_SECONDS).await;
+    grant(&channel, next, 60).await;
+    let held = lock
+        .lock(with_deadline(lock_request("fenced", stalled), CALL_DEADLINE))
+        .await
+        .expect("lock")
+        .into_inner()
+        .key;
+    let held_revision = create_revision(&channel, &held).await;
+    let before = read_counter(&channel).await;
+    // The holder stalls past its lease; the next locker gets the lock meanwhile
+    // and makes its guarded write.
+    let taken = lock
+        .lock(with_deadline(lock_request("fenced", next), CALL_DEADLINE))
+        .await
+        .expect("the next locker gets the lock once the stalled lease expired")
+        .into_inner()
+        .key;
+    let taken_revision = create_revision(&channel, &taken).await;
+    assert!(guarded_put(&channel, &taken, taken_revision, before + 1).await);
+    // The stalled holder wakes up: its write, guarded by its lock key, is refused.
+    assert!(!guarded_put(&channel, &held, held_revision, before + 1).await);
+    assert_eq!(read_counter(&channel).await, before + 1);
+}
