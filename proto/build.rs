@@ -3,17 +3,19 @@
 //! protobuf's JSON mapping by pbjson). protoc comes from the system (Debian
 //! `protobuf-compiler`) or `PROTOC`.
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 7] = [
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
     "proto/etcdserverpb/rpc.proto",
     "proto/ringkvpb/raft.proto",
     "proto/grpc/health/v1/health.proto",
+    "proto/v3lockpb/v3lock.proto",
+    "proto/v3electionpb/v3election.proto",
 ];
 
 /// The packages the JSON gateway speaks: etcd's API, not ringkv's own.
 #[cfg(feature = "json")]
-const JSON_PACKAGES: [&str; 3] = [".etcdserverpb", ".mvccpb", ".authpb"];
+const JSON_PACKAGES: [&str; 5] = [".etcdserverpb", ".mvccpb", ".authpb", ".v3lockpb", ".v3electionpb"];
 
 fn main() -> std::io::Result<()> {
     for proto in PROTOS {

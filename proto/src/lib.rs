@@ -40,6 +40,21 @@ pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
 }
 
+/// etcd's `v3lockpb` package: the Lock service (server-side locks).
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
+}
+
+/// etcd's `v3electionpb` package: the Election service (server-side leader
+/// election).
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
+}
+
 /// proptest strategies for these messages.
 #[cfg(feature = "proptest")]
 pub mod arbitrary {
@@ -107,6 +122,42 @@ mod tests {
         };
         // Field 64 with wire type 2 needs a two-byte varint tag: 64 << 3 | 2 = 514.
         assert_eq!(compare.encode_to_vec(), vec![0x82, 0x04, 1, b'z']);
+    }
+
+    #[test]
+    fn leader_key_fields_carry_etcds_numbers() {
+        use super::v3electionpb::{LeaderKey, ProclaimRequest};
+
+        let leader = LeaderKey {
+            name: b"n".to_vec(),
+            key: b"k".to_vec(),
+            rev: 3,
+            lease: 4,
+        };
+        // name (1, bytes), key (2, bytes), rev (3, varint), lease (4, varint)
+        let bytes = leader.encode_to_vec();
+        assert_eq!(
+            bytes,
+            vec![tag(1, 2), 1, b'n', tag(2, 2), 1, b'k', tag(3, 0), 3, tag(4, 0), 4]
+        );
+        // ProclaimRequest: leader (1, message), value (2, bytes).
+        let proclaim = ProclaimRequest {
+            leader: Some(leader),
+            value: b"v".to_vec(),
+        };
+        let mut expected = vec![tag(1, 2), bytes.len() as u8];
+        expected.extend(&bytes);
+        expected.extend([tag(2, 2), 1, b'v']);
+        assert_eq!(proclaim.encode_to_vec(), expected);
+    }
+
+    #[test]
+    fn lock_request_fields_carry_etcds_numbers() {
+        let request = super::v3lockpb::LockRequest {
+            name: b"n".to_vec(),
+            lease: 5,
+        };
+        assert_eq!(request.encode_to_vec(), vec![tag(1, 2), 1, b'n', tag(2, 0), 5]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::{v3electionpb, v3lockpb};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -166,6 +167,23 @@ fn route(path: &str) -> Option<Route> {
         "/v3/auth/role/revoke" => unary::<pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse>(
             "/etcdserverpb.Auth/RoleRevokePermission",
         ),
+        "/v3/lock/lock" => unary::<v3lockpb::LockRequest, v3lockpb::LockResponse>("/v3lockpb.Lock/Lock"),
+        "/v3/lock/unlock" => unary::<v3lockpb::UnlockRequest, v3lockpb::UnlockResponse>("/v3lockpb.Lock/Unlock"),
+        "/v3/election/campaign" => {
+            unary::<v3electionpb::CampaignRequest, v3electionpb::CampaignResponse>("/v3electionpb.Election/Campaign")
+        }
+        "/v3/election/proclaim" => {
+            unary::<v3electionpb::ProclaimRequest, v3electionpb::ProclaimResponse>("/v3electionpb.Election/Proclaim")
+        }
+        "/v3/election/leader" => {
+            unary::<v3electionpb::LeaderRequest, v3electionpb::LeaderResponse>("/v3electionpb.Election/Leader")
+        }
+        "/v3/election/observe" => {
+            stream::<v3electionpb::LeaderRequest, v3electionpb::LeaderResponse>("/v3electionpb.Election/Observe")
+        }
+        "/v3/election/resign" => {
+            unary::<v3electionpb::ResignRequest, v3electionpb::ResignResponse>("/v3electionpb.Election/Resign")
+        }
         _ => return None,
     };
     Some(route)

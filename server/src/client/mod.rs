@@ -1,12 +1,15 @@
 //! A client core: listeners on the client port, HTTP/2 + gRPC and HTTP/1.1
 //! (with the JSON gateway), and the etcd API handed over to the store core.
 
+mod concurrency;
+pub(crate) mod election_service;
 pub(crate) mod etcd_service;
 mod gateway;
 pub(crate) mod health;
 mod http;
 mod leader_monitor;
 pub(crate) mod lease_service;
+pub(crate) mod lock_service;
 mod snapshot;
 mod store_client;
 pub(crate) mod watch;

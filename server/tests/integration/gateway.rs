@@ -117,6 +117,15 @@ fn unary_calls_answer_as_etcds_gateway() {
         ("/v3/kv/compaction", r#"{"revision":"3"}"#),
         ("/v3/kv/range", r#"{"key":"Zm9v","revision":"2"}"#),
         ("/v3/maintenance/alarm", r#"{"action":"GET"}"#),
+        ("/v3/lease/grant", r#"{"ID":"99","TTL":"60"}"#),
+        ("/v3/lock/lock", r#"{"name":"bXlsb2Nr","lease":"99"}"#),
+        ("/v3/lock/unlock", r#"{"key":"bXlsb2NrLzYz"}"#),
+        (
+            "/v3/election/campaign",
+            r#"{"name":"ZWxlY3Rpb24=","lease":"99","value":"djE="}"#,
+        ),
+        ("/v3/election/leader", r#"{"name":"ZWxlY3Rpb24="}"#),
+        ("/v3/election/leader", r#"{"name":"bm9ib2R5"}"#),
     ];
     for (path, body) in calls {
         let (ringkv_status, ringkv_body) = post(ringkv.addr, path, body);

@@ -31,6 +31,7 @@ mod kube_contract;
 mod lease_differential;
 mod leases;
 mod lincheck;
+mod lock_election;
 mod logs;
 mod maintenance;
 mod membership;
