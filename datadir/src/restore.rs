@@ -1,10 +1,14 @@
 //! A data directory from a snapshot file, as `etcdutl snapshot restore` makes
-//! one for etcd. A snapshot file (what `Maintenance.Snapshot` streams, and
-//! `etcdctl snapshot save` writes) is a page file followed by the 32-byte sha256
-//! of that page file (see `client::snapshot`).
+//! one for etcd. A snapshot file (what `etcdctl snapshot save` writes) is a
+//! database followed by the 32-byte sha256 of it. The database is told by
+//! its content: etcd's backend file (bbolt), as etcd and ringkv's
+//! `Maintenance.Snapshot` stream it, or ringkv's own page file (what ringkv
+//! streamed before, and a copy of a member's `store.db`).
 //!
-//! Restoring checks the trailer, copies the page file into `store.db` of a new
-//! data directory, checks the tree whole, replaces the membership and raft
+//! Restoring checks the trailer; an etcd file is imported with its whole
+//! history into `store.db` of a new data directory (`ringkv_etcdfile::import`:
+//! every revision, the compaction, leases and alarms; auth data is refused),
+//! a page file is copied there. Then it checks the tree whole, replaces the membership and raft
 //! configuration it holds with the new cluster's (`--initial-cluster`, every
 //! member a voter; this member alone by default), and creates a WAL whose first
 //! snapshot record sits at the store's applied raft index with that
@@ -27,6 +31,9 @@ use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::page::{PageError, PAGE_BYTES};
 use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
+use ringkv_etcdfile::bbolt::read::{BboltError, Reader};
+use ringkv_etcdfile::import::{import, ImportError};
+use ringkv_etcdfile::snapshot::{self as etcd_snapshot, Format, TrailerError};
 use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
 
@@ -57,6 +64,18 @@ pub enum RestoreError {
     Pages(#[from] PageError),
     #[error("the snapshot's store does not open: {0}")]
     Store(#[from] MvccError),
+    #[error("{path}: {source}")]
+    Trailer { path: PathBuf, source: TrailerError },
+    #[error("{path} is not an etcd snapshot: {source}")]
+    Bbolt { path: PathBuf, source: BboltError },
+    #[error("{path}: {source}")]
+    Import { path: PathBuf, source: ImportError },
+    #[error(
+        "{path} is an etcd member's data directory (or its db file): its db may lack entries its WAL holds, \
+         so it is not imported. Take a snapshot instead: `etcdctl snapshot save FILE` against the running \
+         member (start etcd on the directory if it is stopped), then `ringkvutl snapshot restore FILE`"
+    )]
+    EtcdDataDir { path: PathBuf },
     #[error("creating the WAL: {0}")]
     Wal(#[from] WalError),
     #[error("cannot start an executor (io_uring, locked memory): {0}")]
@@ -78,6 +97,8 @@ pub struct SnapshotSummary {
     pub keys: usize,
     /// Whether the trailer was checked (false when asked to skip the check).
     pub hash_checked: bool,
+    /// The snapshot was etcd's format (bbolt), imported; else a page file.
+    pub etcd_format: bool,
 }
 
 /// Copies the page file in `snapshot` to `to` (fsynced), checking the trailer
@@ -131,14 +152,64 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
         applied_index: mvcc.applied_index(),
         keys: mvcc.key_count(),
         hash_checked,
+        etcd_format: false,
     })
+}
+
+/// Fills the new page store `store` from `snapshot`, whatever its format,
+/// and summarizes it.
+fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
+    refuse_etcd_data_dir(snapshot)?;
+    let file = File::open(snapshot).map_err(io(snapshot))?;
+    if etcd_snapshot::detect(&file).map_err(io(snapshot))? == Format::Other {
+        drop(file);
+        let checked = extract(snapshot, store, skip_hash_check)?;
+        return summarize(store, checked);
+    }
+    let len = file.metadata().map_err(io(snapshot))?.len();
+    let (db_len, checked) =
+        etcd_snapshot::check_trailer(&file, len, skip_hash_check).map_err(|source| RestoreError::Trailer {
+            path: snapshot.to_path_buf(),
+            source,
+        })?;
+    let db = Reader::open(file, db_len).map_err(|source| RestoreError::Bbolt {
+        path: snapshot.to_path_buf(),
+        source,
+    })?;
+    let (mvcc, _) = import(&db, store).map_err(|source| RestoreError::Import {
+        path: snapshot.to_path_buf(),
+        source,
+    })?;
+    drop(mvcc);
+    Ok(SnapshotSummary {
+        etcd_format: true,
+        ..summarize(store, checked)?
+    })
+}
+
+/// An etcd member's data directory, or the db file in one, is refused: a
+/// stopped member's db may lack what its WAL holds (etcd commits the db
+/// behind the WAL), and only a snapshot is known to be whole.
+fn refuse_etcd_data_dir(path: &Path) -> Result<(), RestoreError> {
+    let is_data_dir = path.join("member").is_dir();
+    let is_member_db = path.file_name().is_some_and(|name| name == "db")
+        && path
+            .parent()
+            .and_then(Path::parent)
+            .is_some_and(|member| member.join("wal").is_dir() && member.join("snap").is_dir());
+    if is_data_dir || is_member_db {
+        return Err(RestoreError::EtcdDataDir {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a snapshot file (trailer, then every page of the tree) and says what
 /// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
 pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
     let scratch = scratch_dir.join(layout::STORE_FILE);
-    let result = extract(snapshot, &scratch, skip_hash_check).and_then(|checked| summarize(&scratch, checked));
+    let result = fill_store(snapshot, &scratch, skip_hash_check);
     let _ = std::fs::remove_file(&scratch);
     result
 }
@@ -219,8 +290,7 @@ async fn build(
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
     let store = dir.join(layout::STORE_FILE);
-    let checked = extract(snapshot, &store, skip_hash_check)?;
-    let summary = summarize(&store, checked)?;
+    let summary = fill_store(snapshot, &store, skip_hash_check)?;
     // The snapshot holds the membership and configuration of the cluster it
     // was taken from: the new cluster's replace them.
     let voters = voter_ids(membership);

@@ -16,3 +16,6 @@ pub mod etcd;
 pub mod export;
 pub mod import;
 pub mod snapshot;
+
+#[cfg(test)]
+mod tests;
