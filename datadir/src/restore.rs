@@ -168,9 +168,14 @@ fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<Sn
     }
     let len = file.metadata().map_err(io(snapshot))?.len();
     let (db_len, checked) =
-        etcd_snapshot::check_trailer(&file, len, skip_hash_check).map_err(|source| RestoreError::Trailer {
-            path: snapshot.to_path_buf(),
-            source,
+        etcd_snapshot::check_trailer(&file, len, skip_hash_check).map_err(|source| match source {
+            TrailerError::Mismatch => RestoreError::HashMismatch {
+                path: snapshot.to_path_buf(),
+            },
+            source => RestoreError::Trailer {
+                path: snapshot.to_path_buf(),
+                source,
+            },
         })?;
     let db = Reader::open(file, db_len).map_err(|source| RestoreError::Bbolt {
         path: snapshot.to_path_buf(),
