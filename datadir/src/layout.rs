@@ -9,7 +9,8 @@
 //!   wal/           the WAL (wal.creating/ while it is first made)
 //!   store.db       the page store
 //!   snap/          raft snapshots arriving from the leader: <from>.part while
-//!                  arriving, snapshot-<index>.db once durable, until installed
+//!                  arriving, snapshot-<index>.db once durable, until installed;
+//!                  Maintenance.Snapshot's spools (unnamed, O_TMPFILE)
 //! ```
 
 use std::fs::File;

@@ -233,7 +233,7 @@ const UPDATE_ROUNDS: usize = 5;
 async fn write_registry(endpoint: &str) {
     let mut client = kv_client(endpoint).await;
     let key = |pod: usize| format!("/registry/pods/default/pod-{pod:03}").into_bytes();
-    let mut versions = vec![0i64; PODS];
+    let mut versions = [0i64; PODS];
     for round in 0..=UPDATE_ROUNDS {
         for (pod, version) in versions.iter_mut().enumerate() {
             let (target, target_union) = if round == 0 {
