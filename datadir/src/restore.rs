@@ -3,7 +3,9 @@
 //! database followed by the 32-byte sha256 of it. The database is told by
 //! its content: etcd's backend file (bbolt), as etcd and ringkv's
 //! `Maintenance.Snapshot` stream it, or ringkv's own page file (what ringkv
-//! streamed before, and a copy of a member's `store.db`).
+//! streamed before, and a copy of a member's `store.db`). A stopped etcd
+//! member's data directory (or its `member/snap/db`) is imported too when its
+//! db holds every write its WAL committed, and refused otherwise.
 //!
 //! Restoring checks the trailer; an etcd file is imported with its whole
 //! history into `store.db` of a new data directory (`ringkv_etcdfile::import`:
@@ -32,7 +34,8 @@ use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::page::{PageError, PAGE_BYTES};
 use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
 use ringkv_etcdfile::bbolt::read::{BboltError, Reader};
-use ringkv_etcdfile::import::{import, ImportError};
+use ringkv_etcdfile::etcd_wal::{self, EtcdWalError};
+use ringkv_etcdfile::import::{consistent_index, import, ImportError};
 use ringkv_etcdfile::snapshot::{self as etcd_snapshot, Format, TrailerError};
 use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
@@ -71,11 +74,24 @@ pub enum RestoreError {
     #[error("{path}: {source}")]
     Import { path: PathBuf, source: ImportError },
     #[error(
-        "{path} is an etcd member's data directory (or its db file): its db may lack entries its WAL holds, \
-         so it is not imported. Take a snapshot instead: `etcdctl snapshot save FILE` against the running \
-         member (start etcd on the directory if it is stopped), then `ringkvutl snapshot restore FILE`"
+        "{path}: the etcd member's db holds raft entries up to {consistent_index}, but its WAL has {requests} \
+         committed requests more (up to {commit}) that etcd had not written into the db when it stopped; \
+         nothing was imported. Start etcd on the directory and take a snapshot (`etcdctl snapshot save FILE`), \
+         then `ringkvutl snapshot restore FILE`"
     )]
-    EtcdDataDir { path: PathBuf },
+    EtcdDbBehind {
+        path: PathBuf,
+        consistent_index: u64,
+        requests: u64,
+        commit: u64,
+    },
+    #[error(
+        "{path}: etcd is running on this data directory (it holds the db's lock); stop it first, or take a \
+         snapshot from it (`etcdctl snapshot save FILE`) and restore that"
+    )]
+    EtcdRunning { path: PathBuf },
+    #[error("{path}: {source}; nothing was imported: take a snapshot with `etcdctl snapshot save` instead")]
+    EtcdWal { path: PathBuf, source: EtcdWalError },
     #[error("creating the WAL: {0}")]
     Wal(#[from] WalError),
     #[error("cannot start an executor (io_uring, locked memory): {0}")]
@@ -159,7 +175,9 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
 /// Fills the new page store `store` from `snapshot`, whatever its format,
 /// and summarizes it.
 fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
-    refuse_etcd_data_dir(snapshot)?;
+    if let Some(member) = etcd_member_dir(snapshot) {
+        return import_member(snapshot, &member, store);
+    }
     let file = File::open(snapshot).map_err(io(snapshot))?;
     if etcd_snapshot::detect(&file).map_err(io(snapshot))? == Format::Other {
         drop(file);
@@ -192,22 +210,59 @@ fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<Sn
     })
 }
 
-/// An etcd member's data directory, or the db file in one, is refused: a
-/// stopped member's db may lack what its WAL holds (etcd commits the db
-/// behind the WAL), and only a snapshot is known to be whole.
-fn refuse_etcd_data_dir(path: &Path) -> Result<(), RestoreError> {
-    let is_data_dir = path.join("member").is_dir();
-    let is_member_db = path.file_name().is_some_and(|name| name == "db")
-        && path
-            .parent()
-            .and_then(Path::parent)
-            .is_some_and(|member| member.join("wal").is_dir() && member.join("snap").is_dir());
-    if is_data_dir || is_member_db {
-        return Err(RestoreError::EtcdDataDir {
+/// The `member/` directory of an etcd data directory, if `path` is one or
+/// is the db file in one (`member/snap/db`, beside `member/wal/`).
+fn etcd_member_dir(path: &Path) -> Option<PathBuf> {
+    if path.join("member").join("wal").is_dir() {
+        return Some(path.join("member"));
+    }
+    let member = path.parent()?.parent()?;
+    let is_member_db = path.file_name()? == "db" && member.join("wal").is_dir() && member.join("snap").is_dir();
+    is_member_db.then(|| member.to_path_buf())
+}
+
+/// Imports a stopped etcd member's `snap/db`, if it holds every request its
+/// WAL committed (etcd writes the db behind the WAL: after a crash it lags);
+/// else refuses, as it refuses a running member's. The db has no trailer.
+fn import_member(path: &Path, member: &Path, store: &Path) -> Result<SnapshotSummary, RestoreError> {
+    let db_path = member.join("snap").join("db");
+    let file = File::open(&db_path).map_err(io(&db_path))?;
+    // bbolt holds an exclusive flock on the db while etcd runs.
+    // SAFETY: flock on an open descriptor we own; no memory is passed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        return Err(RestoreError::EtcdRunning {
             path: path.to_path_buf(),
         });
     }
-    Ok(())
+    let len = file.metadata().map_err(io(&db_path))?.len();
+    let bbolt = |source| RestoreError::Bbolt {
+        path: db_path.clone(),
+        source,
+    };
+    let db = Reader::open(file, len).map_err(bbolt)?;
+    let importing = |source| RestoreError::Import {
+        path: db_path.clone(),
+        source,
+    };
+    let consistent_index = consistent_index(&db).map_err(importing)?;
+    let wal = etcd_wal::beyond(&member.join("wal"), consistent_index).map_err(|source| RestoreError::EtcdWal {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if wal.requests > 0 {
+        return Err(RestoreError::EtcdDbBehind {
+            path: path.to_path_buf(),
+            consistent_index,
+            requests: wal.requests,
+            commit: wal.commit,
+        });
+    }
+    let (mvcc, _) = import(&db, store).map_err(importing)?;
+    drop(mvcc);
+    Ok(SnapshotSummary {
+        etcd_format: true,
+        ..summarize(store, false)?
+    })
 }
 
 /// Checks a snapshot file (trailer, then every page of the tree) and says what

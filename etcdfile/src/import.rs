@@ -118,6 +118,18 @@ pub fn import(db: &Reader, store: &Path) -> Result<(Mvcc, ImportSummary), Import
     Ok((mvcc, summary))
 }
 
+/// etcd's consistent index in `db` (the last raft entry its data holds).
+pub fn consistent_index(db: &Reader) -> Result<u64, ImportError> {
+    let buckets: BTreeMap<Vec<u8>, BucketRoot> = db.buckets()?.into_iter().collect();
+    let meta = buckets
+        .get(META_BUCKET)
+        .ok_or_else(|| ImportError::NotEtcd("it has no meta bucket".into()))?;
+    match read_small(db, meta, "meta")?.get(CONSISTENT_INDEX_KEY) {
+        Some(value) => Ok(u64::from_be_bytes(fixed(value, "meta", CONSISTENT_INDEX_KEY)?)),
+        None => Ok(0),
+    }
+}
+
 /// Where ringkv's auth state plugs in (issue 18): until it stores users,
 /// roles and the enabled flag, a file holding any of them is refused, never
 /// imported without them. A cluster that never enabled auth has an auth

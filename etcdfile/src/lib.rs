@@ -6,6 +6,7 @@
 //!
 //! - [`bbolt`]: the file format (pages, metas, buckets), read and written;
 //! - [`etcd`]: etcd's buckets and the encodings of their keys and values;
+//! - [`etcd_wal`]: etcd's WAL, read to learn whether a data directory's db is whole;
 //! - [`snapshot`]: a snapshot file's sha256 trailer, and telling etcd's
 //!   files from ringkv's page files;
 //! - [`import`]: an etcd file into a new ringkv page store;
@@ -13,6 +14,7 @@
 
 pub mod bbolt;
 pub mod etcd;
+pub mod etcd_wal;
 pub mod export;
 pub mod import;
 pub mod snapshot;

@@ -5,7 +5,9 @@
 //! `etcdctl snapshot status` reads and `etcdctl snapshot restore` turns into
 //! a data directory etcd serves the same history from; a kube-apiserver-shaped
 //! history (CAS updates by mod_revision) keeps every resourceVersion both
-//! ways; a damaged or truncated etcd snapshot is refused leaving nothing.
+//! ways; a damaged or truncated etcd snapshot is refused leaving nothing; a
+//! stopped etcd member's data directory is imported when its db holds what its
+//! WAL committed, and refused while etcd runs or when the db lags the WAL.
 
 use std::path::{Path, PathBuf};
 
@@ -354,4 +356,44 @@ async fn a_damaged_or_truncated_etcd_snapshot_is_refused_leaving_no_data_directo
         let staging = dir.path().join(format!("{what}.restoring"));
         assert!(!staging.exists(), "{what}: no staging directory is left");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_data_dir_imports_only_when_its_db_holds_everything_its_wal_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("etcd-data");
+    // The db is committed only at a stop (or every 10 minutes): what the
+    // history writes is in the WAL alone until then.
+    let flags = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--backend-batch-interval",
+        "10m",
+        "--backend-batch-limit",
+        "1000000",
+    ];
+    let etcd = Etcd::start_with(&flags);
+    write_history(&etcd.endpoint());
+    let refused = restore_into(&data, &dir.path().join("while-running"));
+    assert!(matches!(refused, Err(RestoreError::EtcdRunning { .. })), "{refused:?}");
+    drop(etcd); // kill -9: the db lags the WAL
+
+    let refused = restore_into(&data, &dir.path().join("behind"));
+    assert!(
+        matches!(refused, Err(RestoreError::EtcdDbBehind { requests, .. }) if requests > 0),
+        "{refused:?}"
+    );
+    assert!(refused.unwrap_err().to_string().contains("etcdctl snapshot save"));
+    assert!(!dir.path().join("behind").exists());
+
+    // etcd replays its WAL at start and writes its db when stopped.
+    let etcd = Etcd::start_with(&flags);
+    let now = revision(&etcd.endpoint());
+    let expected: Vec<serde_json::Value> = (6..=now).map(|rev| keys_at(&etcd.endpoint(), rev)).collect();
+    etcd.stop();
+    let summary = restore_into(&data, &dir.path().join("whole")).expect("a whole db imports");
+    assert!(summary.etcd_format);
+    let ringkv = Ringkv::start(&dir.path().join("whole"), &[]);
+    let actual: Vec<serde_json::Value> = (6..=now).map(|rev| keys_at(&ringkv.endpoint(), rev)).collect();
+    assert_eq!(actual, expected);
 }
