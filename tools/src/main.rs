@@ -7,7 +7,8 @@
 //!   file, for a member of a new cluster holding the data (`--initial-cluster`;
 //!   this member alone by default). The file is etcd's format (from etcd or from
 //!   ringkv: imported with every revision, its compaction, leases and alarms) or
-//!   ringkv's page file, told apart by content.
+//!   ringkv's page file, told apart by content; or a stopped etcd member's data
+//!   directory, when its db holds every write its WAL committed.
 //! - `check --data-dir DIR`: checks a stopped member's page store whole.
 
 use std::path::PathBuf;
@@ -53,7 +54,7 @@ enum SnapshotCommand {
         skip_hash_check: bool,
     },
     /// Make a new data directory from a snapshot file (etcd's, from etcd or
-    /// ringkv, or a ringkv page file). The member started on it forms a new
+    /// ringkv, or a ringkv page file) or a stopped etcd member's data directory. The member started on it forms a new
     /// cluster holding the data (every revision, the compaction, leases and
     /// alarms as they were); its id comes from the flags below, as for `ringkv`
     Restore(RestoreArgs),
