@@ -100,13 +100,20 @@ fn assert_same_history(expected: &str, actual: &str, compact_revision: i64) {
     );
 }
 
-/// `lease timetolive --keys`' granted TTL and attached keys (the remaining
-/// time differs).
+/// `lease timetolive --keys`' granted TTL and attached keys, sorted (the
+/// remaining time differs, and etcd lists the keys in Go's map order).
 fn lease_state(endpoint: &str, lease: &str) -> String {
     let out = ok(endpoint, &["lease", "timetolive", lease, "--keys"]);
     let (granted, rest) = out.split_once(", remaining").expect("etcdctl's lease line");
     let keys = rest.split_once("attached keys").map_or("", |(_, keys)| keys);
-    format!("{granted} {}", keys.trim())
+    let mut keys: Vec<&str> = keys
+        .trim()
+        .trim_start_matches("([")
+        .trim_end_matches("])")
+        .split_whitespace()
+        .collect();
+    keys.sort_unstable();
+    format!("{granted} {keys:?}")
 }
 
 /// Every event a watch of all keys from `start` delivers up to revision `now`.
