@@ -74,7 +74,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "store",
             "apply",
             "watch",
-            "snapshot_read",
             "config",
             "etcd_error",
             "status",

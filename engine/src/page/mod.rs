@@ -169,6 +169,34 @@ impl PageStore {
         Ok(store)
     }
 
+    /// A read-only store over the commit `source` pins, for reading its tree
+    /// off the store core while commits go on (an etcd-format snapshot is
+    /// written from it). The pin keeps every page that commit uses as it is;
+    /// its freelist is not read (nothing is allocated here), and a commit is
+    /// refused as from a poisoned store.
+    pub fn open_pinned(source: &SnapshotSource) -> Result<PageStore, PageError> {
+        let io = source.io();
+        let mapping = io.map().map_err(io_error("mapping the page file"))?;
+        let durable = *source.meta();
+        let file_bytes = mapping.len() as u64;
+        // The pinned commit is durable, so the file holds all of its pages.
+        assert!(
+            durable.page_count * PAGE_BYTES as u64 <= file_bytes,
+            "a durable commit lies in the file"
+        );
+        Ok(PageStore {
+            io,
+            mapping,
+            file_bytes,
+            durable,
+            sealed: None,
+            freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
+            trim_requested: false,
+            verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
+            poisoned: true,
+        })
+    }
+
     fn read_freelist(&self) -> Result<Freelist, PageError> {
         let (free, chain) = self.read_freelist_chain()?;
         Ok(Freelist::new(free, chain, self.durable.page_count))

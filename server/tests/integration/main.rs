@@ -22,6 +22,7 @@ mod cluster;
 mod corruption;
 mod crash;
 mod differential;
+mod etcd_data;
 mod etcdctl;
 mod faults;
 mod gateway;
