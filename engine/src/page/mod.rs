@@ -154,17 +154,7 @@ impl PageStore {
                 ),
             ));
         }
-        let mut store = PageStore {
-            io,
-            mapping,
-            file_bytes,
-            durable,
-            sealed: None,
-            freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
-            trim_requested: false,
-            verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
-            poisoned: false,
-        };
+        let mut store = PageStore::at_commit(io, mapping, durable, false);
         store.freelist = store.read_freelist()?;
         Ok(store)
     }
@@ -178,23 +168,28 @@ impl PageStore {
         let io = source.io();
         let mapping = io.map().map_err(io_error("mapping the page file"))?;
         let durable = *source.meta();
-        let file_bytes = mapping.len() as u64;
         // The pinned commit is durable, so the file holds all of its pages.
         assert!(
-            durable.page_count * PAGE_BYTES as u64 <= file_bytes,
+            durable.page_count * PAGE_BYTES as u64 <= mapping.len() as u64,
             "a durable commit lies in the file"
         );
-        Ok(PageStore {
+        Ok(PageStore::at_commit(io, mapping, durable, true))
+    }
+
+    /// A store whose file `mapping` holds commit `durable`, with an empty
+    /// freelist (`open` reads the commit's in) and no page verified yet.
+    fn at_commit(io: Arc<dyn PageIo>, mapping: Mapping, durable: Meta, poisoned: bool) -> PageStore {
+        PageStore {
             io,
+            file_bytes: mapping.len() as u64,
             mapping,
-            file_bytes,
             durable,
             sealed: None,
             freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
             trim_requested: false,
             verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
-            poisoned: true,
-        })
+            poisoned,
+        }
     }
 
     fn read_freelist(&self) -> Result<Freelist, PageError> {
