@@ -9,7 +9,8 @@
 //!   wal/           the WAL (wal.creating/ while it is first made)
 //!   store.db       the page store
 //!   snap/          raft snapshots arriving from the leader: <from>.part while
-//!                  arriving, snapshot-<index>.db once durable, until installed
+//!                  arriving, snapshot-<index>.db once durable, until installed;
+//!                  Maintenance.Snapshot's spools (unnamed, O_TMPFILE)
 //! ```
 
 use std::fs::File;
@@ -34,10 +35,10 @@ const LOST_AND_FOUND: &str = "lost+found";
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error(
-        "{dir} holds an etcd member's data ({ETCD_MEMBER_DIR}/): ringkv does not read etcd's files, and \
-         starting here would serve an empty cluster beside them. Give ringkv a new --data-dir and copy the \
-         keys over from a running etcd with `etcdctl make-mirror` (values are kept; revisions and leases \
-         start over), or keep running etcd on this directory"
+        "{dir} holds an etcd member's data ({ETCD_MEMBER_DIR}/): ringkv does not run on etcd's files, and \
+         starting here would serve an empty cluster beside them. To move the data to ringkv with every \
+         revision and lease: take a snapshot from the running etcd (`etcdctl snapshot save FILE`), then \
+         `ringkvutl snapshot restore FILE --data-dir NEW-DIR` and start ringkv on NEW-DIR"
     )]
     Etcd { dir: PathBuf },
     #[error(
@@ -226,7 +227,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("member/wal")).unwrap();
         let error = claim(dir.path()).unwrap_err();
         assert!(matches!(error, DataDirError::Etcd { .. }), "{error}");
-        assert!(error.to_string().contains("etcdctl make-mirror"), "{error}");
+        assert!(error.to_string().contains("ringkvutl snapshot restore"), "{error}");
         assert!(
             !dir.path().join(LOCK_FILE).exists(),
             "nothing is created in etcd's directory"

@@ -1,10 +1,16 @@
 //! A data directory from a snapshot file, as `etcdutl snapshot restore` makes
-//! one for etcd. A snapshot file (what `Maintenance.Snapshot` streams, and
-//! `etcdctl snapshot save` writes) is a page file followed by the 32-byte sha256
-//! of that page file (see `client::snapshot`).
+//! one for etcd. A snapshot file (what `etcdctl snapshot save` writes) is a
+//! database followed by the 32-byte sha256 of it. The database is told by
+//! its content: etcd's backend file (bbolt), as etcd and ringkv's
+//! `Maintenance.Snapshot` stream it, or ringkv's own page file (what ringkv
+//! streamed before, and a copy of a member's `store.db`). A stopped etcd
+//! member's data directory (or its `member/snap/db`) is imported too when its
+//! db holds every write its WAL committed, and refused otherwise.
 //!
-//! Restoring checks the trailer, copies the page file into `store.db` of a new
-//! data directory, checks the tree whole, replaces the membership and raft
+//! Restoring checks the trailer; an etcd file is imported with its whole
+//! history into `store.db` of a new data directory (`ringkv_etcdfile::import`:
+//! every revision, the compaction, leases and alarms; auth data is refused),
+//! a page file is copied there. Then it checks the tree whole, replaces the membership and raft
 //! configuration it holds with the new cluster's (`--initial-cluster`, every
 //! member a voter; this member alone by default), and creates a WAL whose first
 //! snapshot record sits at the store's applied raft index with that
@@ -27,6 +33,10 @@ use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::page::{PageError, PAGE_BYTES};
 use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
+use ringkv_etcdfile::bbolt::read::{BboltError, Reader};
+use ringkv_etcdfile::etcd_wal::{self, EtcdWalError};
+use ringkv_etcdfile::import::{consistent_index, import, ImportError};
+use ringkv_etcdfile::snapshot::{self as etcd_snapshot, Format, TrailerError};
 use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
 
@@ -57,6 +67,31 @@ pub enum RestoreError {
     Pages(#[from] PageError),
     #[error("the snapshot's store does not open: {0}")]
     Store(#[from] MvccError),
+    #[error("{path}: {source}")]
+    Trailer { path: PathBuf, source: TrailerError },
+    #[error("{path} is not an etcd snapshot: {source}")]
+    Bbolt { path: PathBuf, source: BboltError },
+    #[error("{path}: {source}")]
+    Import { path: PathBuf, source: ImportError },
+    #[error(
+        "{path}: the etcd member's db holds raft entries up to {consistent_index}, but its WAL has {requests} \
+         committed requests more (up to {commit}) that etcd had not written into the db when it stopped; \
+         nothing was imported. Start etcd on the directory and take a snapshot (`etcdctl snapshot save FILE`), \
+         then `ringkvutl snapshot restore FILE`"
+    )]
+    EtcdDbBehind {
+        path: PathBuf,
+        consistent_index: u64,
+        requests: u64,
+        commit: u64,
+    },
+    #[error(
+        "{path}: etcd is running on this data directory (it holds the db's lock); stop it first, or take a \
+         snapshot from it (`etcdctl snapshot save FILE`) and restore that"
+    )]
+    EtcdRunning { path: PathBuf },
+    #[error("{path}: {source}; nothing was imported: take a snapshot with `etcdctl snapshot save` instead")]
+    EtcdWal { path: PathBuf, source: EtcdWalError },
     #[error("creating the WAL: {0}")]
     Wal(#[from] WalError),
     #[error("cannot start an executor (io_uring, locked memory): {0}")]
@@ -78,6 +113,8 @@ pub struct SnapshotSummary {
     pub keys: usize,
     /// Whether the trailer was checked (false when asked to skip the check).
     pub hash_checked: bool,
+    /// The snapshot was etcd's format (bbolt), imported; else a page file.
+    pub etcd_format: bool,
 }
 
 /// Copies the page file in `snapshot` to `to` (fsynced), checking the trailer
@@ -131,6 +168,100 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
         applied_index: mvcc.applied_index(),
         keys: mvcc.key_count(),
         hash_checked,
+        etcd_format: false,
+    })
+}
+
+/// Fills the new page store `store` from `snapshot`, whatever its format,
+/// and summarizes it.
+fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
+    if let Some(member) = etcd_member_dir(snapshot) {
+        return import_member(snapshot, &member, store);
+    }
+    let file = File::open(snapshot).map_err(io(snapshot))?;
+    if etcd_snapshot::detect(&file).map_err(io(snapshot))? == Format::Other {
+        drop(file);
+        let checked = extract(snapshot, store, skip_hash_check)?;
+        return summarize(store, checked);
+    }
+    let len = file.metadata().map_err(io(snapshot))?.len();
+    let (db_len, checked) =
+        etcd_snapshot::check_trailer(&file, len, skip_hash_check).map_err(|source| match source {
+            TrailerError::Mismatch => RestoreError::HashMismatch {
+                path: snapshot.to_path_buf(),
+            },
+            source => RestoreError::Trailer {
+                path: snapshot.to_path_buf(),
+                source,
+            },
+        })?;
+    let db = Reader::open(file, db_len).map_err(|source| RestoreError::Bbolt {
+        path: snapshot.to_path_buf(),
+        source,
+    })?;
+    let (mvcc, _) = import(&db, store).map_err(|source| RestoreError::Import {
+        path: snapshot.to_path_buf(),
+        source,
+    })?;
+    drop(mvcc);
+    Ok(SnapshotSummary {
+        etcd_format: true,
+        ..summarize(store, checked)?
+    })
+}
+
+/// The `member/` directory of an etcd data directory, if `path` is one or
+/// is the db file in one (`member/snap/db`, beside `member/wal/`).
+fn etcd_member_dir(path: &Path) -> Option<PathBuf> {
+    if path.join("member").join("wal").is_dir() {
+        return Some(path.join("member"));
+    }
+    let member = path.parent()?.parent()?;
+    let is_member_db = path.file_name()? == "db" && member.join("wal").is_dir() && member.join("snap").is_dir();
+    is_member_db.then(|| member.to_path_buf())
+}
+
+/// Imports a stopped etcd member's `snap/db`, if it holds every request its
+/// WAL committed (etcd writes the db behind the WAL: after a crash it lags);
+/// else refuses, as it refuses a running member's. The db has no trailer.
+fn import_member(path: &Path, member: &Path, store: &Path) -> Result<SnapshotSummary, RestoreError> {
+    let db_path = member.join("snap").join("db");
+    let file = File::open(&db_path).map_err(io(&db_path))?;
+    // bbolt holds an exclusive flock on the db while etcd runs.
+    // SAFETY: flock on an open descriptor we own; no memory is passed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        return Err(RestoreError::EtcdRunning {
+            path: path.to_path_buf(),
+        });
+    }
+    let len = file.metadata().map_err(io(&db_path))?.len();
+    let bbolt = |source| RestoreError::Bbolt {
+        path: db_path.clone(),
+        source,
+    };
+    let db = Reader::open(file, len).map_err(bbolt)?;
+    let importing = |source| RestoreError::Import {
+        path: db_path.clone(),
+        source,
+    };
+    let consistent_index = consistent_index(&db).map_err(importing)?;
+    let wal = etcd_wal::beyond(&member.join("wal"), consistent_index).map_err(|source| RestoreError::EtcdWal {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if wal.requests > 0 {
+        return Err(RestoreError::EtcdDbBehind {
+            path: path.to_path_buf(),
+            consistent_index,
+            requests: wal.requests,
+            commit: wal.commit,
+        });
+    }
+    let (mvcc, _) = import(&db, store).map_err(importing)?;
+    drop(mvcc);
+    Ok(SnapshotSummary {
+        etcd_format: true,
+        ..summarize(store, false)?
     })
 }
 
@@ -138,7 +269,7 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
 /// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
 pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
     let scratch = scratch_dir.join(layout::STORE_FILE);
-    let result = extract(snapshot, &scratch, skip_hash_check).and_then(|checked| summarize(&scratch, checked));
+    let result = fill_store(snapshot, &scratch, skip_hash_check);
     let _ = std::fs::remove_file(&scratch);
     result
 }
@@ -219,8 +350,7 @@ async fn build(
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
     let store = dir.join(layout::STORE_FILE);
-    let checked = extract(snapshot, &store, skip_hash_check)?;
-    let summary = summarize(&store, checked)?;
+    let summary = fill_store(snapshot, &store, skip_hash_check)?;
     // The snapshot holds the membership and configuration of the cluster it
     // was taken from: the new cluster's replace them.
     let voters = voter_ids(membership);

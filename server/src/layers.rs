@@ -78,7 +78,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "apply",
             "auth",
             "watch",
-            "snapshot_read",
             "config",
             "etcd_error",
             "status",

@@ -1,6 +1,7 @@
 //! Reading a pinned page-store commit (`SnapshotSource`) off the executor, for
-//! whoever streams it: a Maintenance.Snapshot client (`client::snapshot`) or a
-//! follower behind the leader's log (`peer::snapshot`).
+//! a follower behind the leader's log (`peer::snapshot`): raft snapshots
+//! between members are the page file as it is. (Maintenance.Snapshot writes
+//! etcd's format instead: `client::snapshot`.)
 
 use ringkv_engine::mvcc::{PageError, SnapshotSource};
 

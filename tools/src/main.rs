@@ -5,7 +5,10 @@
 //!   the tree) and says what it holds.
 //! - `snapshot restore FILE --data-dir DIR`: a new data directory from a snapshot
 //!   file, for a member of a new cluster holding the data (`--initial-cluster`;
-//!   this member alone by default).
+//!   this member alone by default). The file is etcd's format (from etcd or from
+//!   ringkv: imported with every revision, its compaction, leases and alarms) or
+//!   ringkv's page file, told apart by content; or a stopped etcd member's data
+//!   directory, when its db holds every write its WAL committed.
 //! - `check --data-dir DIR`: checks a stopped member's page store whole.
 
 use std::path::PathBuf;
@@ -29,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Snapshot files, as `etcdctl snapshot save` writes them from ringkv
+    /// Snapshot files, as `etcdctl snapshot save` writes them from etcd or ringkv
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
     /// Check a stopped member's page store (`<data-dir>/store.db`): every page's
@@ -50,8 +53,9 @@ enum SnapshotCommand {
         #[arg(long)]
         skip_hash_check: bool,
     },
-    /// Make a new data directory from a snapshot file. The member started on it
-    /// forms a new one-member cluster holding the data (revisions, leases and
+    /// Make a new data directory from a snapshot file (etcd's, from etcd or
+    /// ringkv, or a ringkv page file) or a stopped etcd member's data directory. The member started on it forms a new
+    /// cluster holding the data (every revision, the compaction, leases and
     /// alarms as they were); its id comes from the flags below, as for `ringkv`
     Restore(RestoreArgs),
 }
@@ -115,6 +119,12 @@ fn scratch_dir(file: &std::path::Path) -> Result<PathBuf, String> {
 
 fn print_summary(summary: &SnapshotSummary) {
     let hash = if summary.hash_checked { "ok" } else { "not checked" };
+    let format = if summary.etcd_format {
+        "etcd (bbolt)"
+    } else {
+        "ringkv page file"
+    };
+    println!("format: {format}");
     println!("sha256: {hash}");
     println!("revision: {}", summary.revision);
     println!("compact revision: {}", summary.compact_revision);

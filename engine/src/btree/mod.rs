@@ -80,6 +80,12 @@ impl Tree {
         Ok(Tree::from_store(PageStore::open(io)?))
     }
 
+    /// The tree of the commit `source` pins, read-only (see
+    /// `PageStore::open_pinned`): read it on any thread while the pin holds.
+    pub fn open_pinned(source: &SnapshotSource) -> Result<Tree, PageError> {
+        Ok(Tree::from_store(PageStore::open_pinned(source)?))
+    }
+
     fn from_store(store: PageStore) -> Tree {
         Tree {
             root: store.committed_root(),

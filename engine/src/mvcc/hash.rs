@@ -60,6 +60,12 @@ impl Default for Crc32c {
 }
 
 impl Crc32c {
+    /// Goes on from a CRC-32C already computed, as Go's `crc.New(prev, table)`
+    /// (etcd's WAL chains its records' checksums so).
+    pub fn resume(crc: u32) -> Crc32c {
+        Crc32c { state: !crc }
+    }
+
     pub fn update(&mut self, bytes: &[u8]) {
         let mut crc = self.state;
         for &byte in bytes {

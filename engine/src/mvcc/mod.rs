@@ -12,6 +12,7 @@ mod cursor;
 mod hash;
 mod key_index;
 mod lease;
+mod load;
 mod meta;
 mod open;
 mod range_counts;
@@ -19,6 +20,7 @@ mod read;
 mod record;
 mod revision;
 mod server_record;
+mod snapshot_view;
 mod space;
 mod write;
 
@@ -31,7 +33,9 @@ pub use change::{Change, ChangeKind, HistoryChunk};
 pub use cursor::RangeCursor;
 pub use hash::{Crc32c, HashKvCursor, KvHash};
 pub use lease::{AttachmentError, Leases, NO_LEASE};
+pub use load::{LoadedMeta, Loader};
 pub use revision::Revision;
+pub use snapshot_view::{SnapshotView, StoredMeta, StoredRevision};
 pub use write::WriteTxn;
 
 use std::cell::RefCell;

@@ -26,9 +26,9 @@ use crate::btree::Tree;
 use crate::page::PageIo;
 
 /// An empty store is at revision 1, so the first write gets 2 (as in etcd).
-const EMPTY_STORE_REVISION: i64 = 1;
+pub(super) const EMPTY_STORE_REVISION: i64 = 1;
 /// No compaction yet (etcd's initial compactMainRev).
-const NEVER_COMPACTED: i64 = -1;
+pub(super) const NEVER_COMPACTED: i64 = -1;
 
 impl Mvcc {
     pub fn open(path: &Path) -> Result<Mvcc, MvccError> {
@@ -42,7 +42,7 @@ impl Mvcc {
 
     /// Rebuilds the key index by scanning the revision table in order, and
     /// resumes an unfinished physical compaction.
-    fn from_tree(tree: Tree) -> Result<Mvcc, MvccError> {
+    pub(super) fn from_tree(tree: Tree) -> Result<Mvcc, MvccError> {
         let current_revision = read_meta(&tree, META_CURRENT_REVISION)?.unwrap_or(EMPTY_STORE_REVISION);
         // The next write takes current + 1.
         if !(EMPTY_STORE_REVISION..i64::MAX).contains(&current_revision) {

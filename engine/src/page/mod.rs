@@ -154,19 +154,42 @@ impl PageStore {
                 ),
             ));
         }
-        let mut store = PageStore {
+        let mut store = PageStore::at_commit(io, mapping, durable, false);
+        store.freelist = store.read_freelist()?;
+        Ok(store)
+    }
+
+    /// A read-only store over the commit `source` pins, for reading its tree
+    /// off the store core while commits go on (an etcd-format snapshot is
+    /// written from it). The pin keeps every page that commit uses as it is;
+    /// its freelist is not read (nothing is allocated here), and a commit is
+    /// refused as from a poisoned store.
+    pub fn open_pinned(source: &SnapshotSource) -> Result<PageStore, PageError> {
+        let io = source.io();
+        let mapping = io.map().map_err(io_error("mapping the page file"))?;
+        let durable = *source.meta();
+        // The pinned commit is durable, so the file holds all of its pages.
+        assert!(
+            durable.page_count * PAGE_BYTES as u64 <= mapping.len() as u64,
+            "a durable commit lies in the file"
+        );
+        Ok(PageStore::at_commit(io, mapping, durable, true))
+    }
+
+    /// A store whose file `mapping` holds commit `durable`, with an empty
+    /// freelist (`open` reads the commit's in) and no page verified yet.
+    fn at_commit(io: Arc<dyn PageIo>, mapping: Mapping, durable: Meta, poisoned: bool) -> PageStore {
+        PageStore {
             io,
+            file_bytes: mapping.len() as u64,
             mapping,
-            file_bytes,
             durable,
             sealed: None,
             freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
             trim_requested: false,
             verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
-            poisoned: false,
-        };
-        store.freelist = store.read_freelist()?;
-        Ok(store)
+            poisoned,
+        }
     }
 
     fn read_freelist(&self) -> Result<Freelist, PageError> {

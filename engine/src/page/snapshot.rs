@@ -51,6 +51,14 @@ impl SnapshotSource {
         self.meta.txid
     }
 
+    pub(super) fn io(&self) -> Arc<dyn PageIo> {
+        Arc::clone(&self.io)
+    }
+
+    pub(super) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
     /// Length of the whole copy in bytes.
     pub fn total_bytes(&self) -> u64 {
         self.meta.page_count * PAGE_BYTES as u64

@@ -9,9 +9,12 @@ use futures_lite::future;
 use ringkv_proto::etcdserverpb as pb;
 
 use super::auth_service::{AuthMethod, ClientAuth};
+use super::concurrency::Keys;
+use super::election_service::{self, ElectionMethod};
 use super::health::{self, HealthMethod};
 use super::leader_monitor::LeaderMonitor;
 use super::lease_service::{self, LeaseMethod};
+use super::lock_service::{self, LockMethod};
 use super::snapshot;
 use super::store_client::StoreClient;
 use super::watch::{self, WatchRouter};
@@ -33,6 +36,10 @@ pub(crate) enum Method {
     Health(HealthMethod),
     /// etcd's Auth service, unary.
     Auth(AuthMethod),
+    /// v3lockpb.Lock.
+    Lock(LockMethod),
+    /// v3electionpb.Election.
+    Election(ElectionMethod),
 }
 
 impl Method {
@@ -45,6 +52,8 @@ impl Method {
             Method::Snapshot => MethodKind::ServerStreaming,
             Method::Health(health) => health.kind(),
             Method::Auth(_) => MethodKind::Unary,
+            Method::Lock(lock) => lock.kind(),
+            Method::Election(election) => election.kind(),
         }
     }
 }
@@ -71,8 +80,8 @@ pub(crate) enum UnaryMethod {
     MemberPromote,
 }
 
-/// Every service and method of etcd's v3 API (`etcdserverpb`), for honest
-/// UNIMPLEMENTED answers to the ones not served yet.
+/// Every service and method of etcd's v3 API (`etcdserverpb`, `v3lockpb`,
+/// `v3electionpb`), for honest UNIMPLEMENTED answers to the ones not served yet.
 pub(crate) const ETCD_SERVICES: &[(&str, &[&str])] = &[
     ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
     ("etcdserverpb.Watch", &["Watch"]),
@@ -131,6 +140,11 @@ pub(crate) const ETCD_SERVICES: &[(&str, &[&str])] = &[
             "RoleRevokePermission",
         ],
     ),
+    (lock_service::SERVICE, &["Lock", "Unlock"]),
+    (
+        election_service::SERVICE,
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
+    ),
 ];
 
 pub(crate) fn route(path: &str) -> Result<Method, Status> {
@@ -178,6 +192,12 @@ pub(crate) fn route(path: &str) -> Result<Method, Status> {
     if let Some(auth) = AuthMethod::route(service, method) {
         return Ok(Method::Auth(auth));
     }
+    if let Some(lock) = LockMethod::route(service, method) {
+        return Ok(Method::Lock(lock));
+    }
+    if let Some(election) = ElectionMethod::route(service, method) {
+        return Ok(Method::Election(election));
+    }
     let Some((_, methods)) = ETCD_SERVICES.iter().find(|(name, _)| *name == service) else {
         return Err(Status::new(Code::Unimplemented, format!("unknown service {service}")));
     };
@@ -197,6 +217,8 @@ pub struct EtcdService {
     store: Rc<StoreClient>,
     watches: Rc<WatchRouter>,
     leader_monitor: Rc<LeaderMonitor>,
+    /// The Lock and Election services' keys, leases and waits.
+    keys: Keys,
     max_txn_ops: usize,
     auth: ClientAuth,
 }
@@ -210,6 +232,7 @@ impl EtcdService {
         auth: ClientAuth,
     ) -> EtcdService {
         EtcdService {
+            keys: Keys::new(Rc::clone(&store), Rc::clone(&watches)),
             store,
             watches,
             leader_monitor,
@@ -230,6 +253,9 @@ impl EtcdService {
             Method::Watch => watch::serve(Rc::clone(&self.watches), requests, responses, caller).await,
             Method::Snapshot => snapshot::serve(&self.store, requests, responses, caller).await,
             Method::Health(HealthMethod::Watch) => health::watch(requests, responses).await,
+            Method::Election(ElectionMethod::Observe) => {
+                election_service::observe(&self.keys.as_caller(caller), requests, responses).await
+            }
             method => unreachable!("{method:?} is unary"),
         }
     }
@@ -293,8 +319,22 @@ impl GrpcService for EtcdService {
                 self.interceptor_checks(false, require_leader).await?;
                 return health::check(request);
             }
-            Method::Watch | Method::Snapshot | Method::Health(HealthMethod::Watch) => {
+            // Their calls to the store core are the caller's, as etcd's
+            // in-process client's carry the caller's context; the interceptor
+            // checks learner and leader once for the whole call.
+            Method::Lock(lock) => {
+                self.interceptor_checks(false, require_leader).await?;
+                return Box::pin(lock_service::unary(&self.keys.as_caller(caller), lock, request)).await;
+            }
+            Method::Watch
+            | Method::Snapshot
+            | Method::Health(HealthMethod::Watch)
+            | Method::Election(ElectionMethod::Observe) => {
                 unreachable!("{path} is streaming")
+            }
+            Method::Election(election) => {
+                self.interceptor_checks(false, require_leader).await?;
+                return Box::pin(election_service::unary(&self.keys.as_caller(caller), election, request)).await;
             }
         };
         let request = unary_request(unary, request, self.max_txn_ops)?;
@@ -463,6 +503,22 @@ mod tests {
         assert_eq!(
             route("/etcdserverpb.Maintenance/Defragment").unwrap(),
             Method::Unary(UnaryMethod::Defragment)
+        );
+    }
+
+    #[test]
+    fn lock_and_election_route() {
+        assert_eq!(
+            route("/v3lockpb.Lock/Unlock").unwrap(),
+            Method::Lock(LockMethod::Unlock)
+        );
+        assert_eq!(
+            route("/v3electionpb.Election/Observe").unwrap().kind(),
+            MethodKind::ServerStreaming
+        );
+        assert_eq!(
+            route("/v3electionpb.Election/Nope").unwrap_err().message,
+            "unknown method Nope for service v3electionpb.Election"
         );
     }
 

@@ -1,10 +1,12 @@
 //! Plain HTTP/1.1 on the client port and on `--listen-metrics-urls`: etcd's
-//! `/version`, `/health`, `/livez`, `/readyz` and `/metrics` (etcdserver/api/etcdhttp).
+//! `/version`, `/health`, `/livez`, `/readyz` and `/metrics` (etcdserver/api/etcdhttp),
+//! and on the client port the JSON gateway's `/v3/...`.
 
 use std::rc::Rc;
 
 use ringkv_proto::etcdserverpb as pb;
 
+use super::gateway::Gateway;
 use super::store_client::StoreClient;
 use crate::etcd_error::EtcdError;
 use crate::net::{HttpHandler, HttpRequest, HttpResponse};
@@ -13,14 +15,16 @@ use crate::version::{cluster_version, ETCD_COMPATIBLE_VERSION, RINGKV_VERSION};
 
 pub struct EtcdHttp {
     store: Rc<StoreClient>,
+    /// The client port's; the metrics URLs have none.
+    gateway: Option<Gateway>,
 }
 
 /// One named check of `/livez` or `/readyz`: Ok, or why it failed.
 type Check = (&'static str, Result<(), String>);
 
 impl EtcdHttp {
-    pub fn new(store: Rc<StoreClient>) -> EtcdHttp {
-        EtcdHttp { store }
+    pub fn new(store: Rc<StoreClient>, gateway: Option<Gateway>) -> EtcdHttp {
+        EtcdHttp { store, gateway }
     }
 
     async fn alarms(&self) -> Result<Vec<pb::AlarmMember>, EtcdError> {
@@ -118,6 +122,7 @@ impl EtcdHttp {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: snapshot.render(RINGKV_VERSION, ETCD_COMPATIBLE_VERSION).into_bytes(),
+                chunks: None,
             },
             Ok(other) => unreachable!("a metrics request answered {other:?}"),
             Err(error) => HttpResponse::text(503, &format!("{error}\n")),
@@ -127,6 +132,11 @@ impl EtcdHttp {
 
 impl HttpHandler for EtcdHttp {
     async fn handle(&self, request: HttpRequest) -> HttpResponse {
+        if let Some(gateway) = &self.gateway {
+            if let Some(response) = gateway.handle(&request).await {
+                return response;
+            }
+        }
         let path = request.path.as_str();
         let known = matches!(path, "/version" | "/health" | "/metrics") || probe(path).is_some();
         if known && request.method != "GET" {

@@ -1,12 +1,16 @@
-//! A client core: listeners on the client port, HTTP/2 + gRPC and HTTP/1.1, and
-//! the etcd API handed over to the store core.
+//! A client core: listeners on the client port, HTTP/2 + gRPC and HTTP/1.1
+//! (with the JSON gateway), and the etcd API handed over to the store core.
 
 pub mod auth_service;
+mod concurrency;
+pub(crate) mod election_service;
 pub(crate) mod etcd_service;
+mod gateway;
 pub(crate) mod health;
 mod http;
 mod leader_monitor;
 pub(crate) mod lease_service;
+pub(crate) mod lock_service;
 mod snapshot;
 mod store_client;
 pub(crate) mod watch;
@@ -95,9 +99,13 @@ pub async fn run(
         settings.max_txn_ops,
         auth_service::ClientAuth::new(settings.auth_tokens, settings.bcrypt_cost),
     ));
-    let http = Rc::new(http::EtcdHttp::new(store));
+    // The metrics URLs serve no gateway, as etcd's.
+    let metrics_http = Rc::new(http::EtcdHttp::new(Rc::clone(&store), None));
+    let gateway = gateway::Gateway::new(Rc::clone(&service));
+    let http = Rc::new(http::EtcdHttp::new(store, Some(gateway)));
     let mut limits = ConnectionLimits::default();
     limits.http2.max_recv_message_bytes = settings.max_request_bytes + GRPC_RECV_SLACK_BYTES;
+    limits.http1_body_bytes_max = gateway_body_bytes_max(settings.max_request_bytes);
     limits.http2.max_concurrent_streams = settings.max_concurrent_streams;
     // An https socket has TLS: config refuses an https URL without a certificate.
     let tls = |socket: &Socket, config: &Option<Arc<rustls::ServerConfig>>| {
@@ -110,7 +118,7 @@ pub async fn run(
         let tls = tls(&socket, &settings.metrics_tls);
         glommio::spawn_local(net::serve_http_port(
             listener::adopt(socket.socket),
-            Rc::clone(&http),
+            Rc::clone(&metrics_http),
             limits.clone(),
             tls,
         ))
@@ -133,6 +141,13 @@ pub async fn run(
     for task in tasks {
         task.await;
     }
+}
+
+/// The largest JSON gateway request body: a request of `--max-request-bytes`
+/// in JSON, its bytes in base64 (4 characters per 3 bytes) with room for the
+/// JSON around them.
+fn gateway_body_bytes_max(max_request_bytes: usize) -> usize {
+    max_request_bytes / 3 * 4 + GRPC_RECV_SLACK_BYTES
 }
 
 /// The sockets to serve, sent from the starting thread; None if it gave up.

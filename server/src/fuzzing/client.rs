@@ -14,9 +14,9 @@ use ringkv_proto::etcdserverpb as pb;
 
 use crate::client::auth_service;
 use crate::client::etcd_service::{self, Method, ETCD_SERVICES};
-use crate::client::health;
 use crate::client::lease_service::{self, LeaseMethod};
 use crate::client::watch;
+use crate::client::{election_service, health, lock_service};
 use crate::config::MAX_TXN_OPS_DEFAULT;
 use crate::grpc::{
     self, CallContext, Charge, Encoded, GrpcService, MessageDecoder, MethodKind, RequestStream, ResponseSink, Status,
@@ -97,6 +97,8 @@ fn request(method: Method, message: Bytes) -> Result<(), Status> {
         Method::Auth(auth) => {
             auth_service::decode(auth, message)?;
         }
+        Method::Lock(lock) => lock_service::decode(lock, message)?,
+        Method::Election(election) => election_service::decode(election, message)?,
     }
     Ok(())
 }
@@ -380,6 +382,33 @@ pub(super) fn grpc_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 "/etcdserverpb.Lease/LeaseGrant",
                 0,
                 &[framed(&pb::LeaseGrantRequest { ttl: 60, id: 0 })],
+            ),
+        ),
+        (
+            "lock",
+            call(
+                "/v3lockpb.Lock/Lock",
+                0,
+                &[framed(&ringkv_proto::v3lockpb::LockRequest {
+                    name: b"my-lock".to_vec(),
+                    lease: 7,
+                })],
+            ),
+        ),
+        (
+            "proclaim",
+            call(
+                "/v3electionpb.Election/Proclaim",
+                0,
+                &[framed(&ringkv_proto::v3electionpb::ProclaimRequest {
+                    leader: Some(ringkv_proto::v3electionpb::LeaderKey {
+                        name: b"my-election".to_vec(),
+                        key: b"my-election/7".to_vec(),
+                        rev: 5,
+                        lease: 7,
+                    }),
+                    value: b"me".to_vec(),
+                })],
             ),
         ),
     ]

@@ -1,6 +1,7 @@
 //! The snapshot-file target: arbitrary bytes as the file `ringkvutl snapshot
 //! status` (and the first steps of `restore`) reads: length and sha256
-//! trailer checks, the copy, the whole-tree check and the MVCC summary.
+//! trailer checks, then a page file's copy or an etcd (bbolt) file's import,
+//! the whole-tree check and the MVCC summary.
 
 use sha2::{Digest, Sha256};
 
@@ -44,8 +45,13 @@ pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ]
             .concat(),
         ),
+        // etcd 3.4.23's `snapshot save`, trailer included: the etcd importer.
+        ("etcd-3.4-snapshot", [&[0u8][..], ETCD_SNAPSHOT].concat()),
     ]
 }
+
+/// A snapshot etcd 3.4.23 wrote (see `ringkv_etcdfile::import`'s tests).
+const ETCD_SNAPSHOT: &[u8] = include_bytes!("../../../etcdfile/testdata/etcd-3.4.23-history.db");
 
 #[cfg(test)]
 mod tests {

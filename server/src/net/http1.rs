@@ -1,25 +1,58 @@
-//! Minimal HTTP/1.1 on the client port, for /version, /health and /metrics:
-//! keep-alive, one request at a time, request bodies ignored.
+//! Minimal HTTP/1.1 on the client port, for /version, /health, /metrics and
+//! the JSON gateway: keep-alive, one request at a time, bodies of a known
+//! length, responses whole or (the gateway's streams) chunked.
 
 use std::time::Duration;
 
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::local_channel::LocalReceiver;
 
 use super::ConnectionLimits;
 
 /// The parts of a request the handlers look at.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HttpRequest {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// The request's body (a POST's; bounded by `http1_body_bytes_max`).
+    pub body: Vec<u8>,
+    /// The `Authorization` header: an etcd auth token, as the gateway's
+    /// clients send it.
+    pub authorization: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+impl HttpRequest {
+    /// A GET of `path` with no body.
+    pub fn get(path: &str, query: &str) -> HttpRequest {
+        HttpRequest {
+            method: "GET".to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            body: Vec::new(),
+            authorization: None,
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Some: the body comes from here instead, each item one chunk
+    /// (`Transfer-Encoding: chunked`), until the sender is dropped; the
+    /// connection closes after it.
+    pub chunks: Option<Chunks>,
+}
+
+/// A streamed body's chunks (the JSON gateway's streams).
+pub struct Chunks(pub LocalReceiver<Vec<u8>>);
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chunks")
+    }
 }
 
 impl HttpResponse {
@@ -28,6 +61,7 @@ impl HttpResponse {
             status,
             content_type: "application/json",
             body: body.into_bytes(),
+            chunks: None,
         }
     }
 
@@ -36,6 +70,7 @@ impl HttpResponse {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.as_bytes().to_vec(),
+            chunks: None,
         }
     }
 }
@@ -45,8 +80,11 @@ pub trait HttpHandler: 'static {
     async fn handle(&self, request: HttpRequest) -> HttpResponse;
 }
 
-/// Bytes of request body skipped per request at most; a larger body closes the connection.
-const BODY_BYTES_MAX: usize = 64 * 1024;
+/// etcd's port answers every response with its CORS handler's headers
+/// (`--cors` defaults to `*`).
+const CORS_HEADERS: &str = "Access-Control-Allow-Headers: accept, content-type, authorization\r\n\
+                            Access-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n\
+                            Access-Control-Allow-Origin: *\r\n";
 
 /// Serves requests until the client closes, errs, idles out or asks to close.
 pub async fn serve<S, H>(mut stream: S, handler: &H, limits: &ConnectionLimits)
@@ -63,26 +101,47 @@ where
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut headers);
         let Ok(httparse::Status::Complete(_)) = parsed.parse(&buffered[..head_len]) else {
-            let _ = write_response(&mut stream, &HttpResponse::text(400, "bad request\n"), true).await;
+            let _ = write_response(&mut stream, HttpResponse::text(400, "bad request\n"), true).await;
             return;
         };
         let close = parsed.version == Some(0) || wants_close(parsed.headers);
+        if header(parsed.headers, "transfer-encoding").is_some() {
+            // A chunked request body: none of etcd's clients sends one.
+            let response = HttpResponse::text(411, "Length Required\n");
+            let _ = write_response(&mut stream, response, true).await;
+            return;
+        }
         let body_len = content_length(parsed.headers);
+        if body_len > limits.http1_body_bytes_max {
+            let response = HttpResponse::text(413, "Request Entity Too Large\n");
+            let _ = write_response(&mut stream, response, true).await;
+            return;
+        }
+        let authorization = header(parsed.headers, "authorization")
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .map(str::to_string);
         let (path, query) = match parsed.path.unwrap_or("/").split_once('?') {
             Some((path, query)) => (path.to_string(), query.to_string()),
             None => (parsed.path.unwrap_or("/").to_string(), String::new()),
         };
+        let method = parsed.method.unwrap_or("").to_string();
+        buffered.drain(..head_len);
+        let Some(body) = read_body(&mut stream, &mut buffered, body_len).await else {
+            return;
+        };
         let request = HttpRequest {
-            method: parsed.method.unwrap_or("").to_string(),
+            method,
             path,
             query,
+            body,
+            authorization,
         };
-        buffered.drain(..head_len);
-        if body_len > BODY_BYTES_MAX || !skip_body(&mut stream, &mut buffered, body_len).await {
+        let mut response = handler.handle(request).await;
+        if let Some(chunks) = response.chunks.take() {
+            stream_response(stream, response, chunks).await;
             return;
         }
-        let response = handler.handle(request).await;
-        if write_response(&mut stream, &response, close).await.is_err() || close {
+        if write_response(&mut stream, response, close).await.is_err() || close {
             return;
         }
     }
@@ -120,18 +179,20 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buffered: &mut Vec<u8>,
     }
 }
 
-async fn skip_body<S: AsyncRead + Unpin>(stream: &mut S, buffered: &mut Vec<u8>, mut remaining: usize) -> bool {
-    let from_buffer = remaining.min(buffered.len());
-    buffered.drain(..from_buffer);
-    remaining -= from_buffer;
+/// The body of `length` bytes, from what is buffered and then the stream;
+/// None if the client went away first.
+async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, buffered: &mut Vec<u8>, length: usize) -> Option<Vec<u8>> {
+    let from_buffer = length.min(buffered.len());
+    let mut body: Vec<u8> = buffered.drain(..from_buffer).collect();
     let mut chunk = [0u8; 4096];
-    while remaining > 0 {
-        match stream.read(&mut chunk[..remaining.min(4096)]).await {
-            Ok(0) | Err(_) => return false,
-            Ok(read) => remaining -= read,
+    while body.len() < length {
+        let wanted = (length - body.len()).min(chunk.len());
+        match stream.read(&mut chunk[..wanted]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => body.extend_from_slice(&chunk[..read]),
         }
     }
-    true
+    Some(body)
 }
 
 fn header<'a>(headers: &'a [httparse::Header<'_>], name: &str) -> Option<&'a [u8]> {
@@ -152,33 +213,85 @@ fn content_length(headers: &[httparse::Header<'_>]) -> usize {
         .unwrap_or(0)
 }
 
-async fn write_response<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    response: &HttpResponse,
-    close: bool,
-) -> std::io::Result<()> {
+/// The status line and the headers every response has.
+fn head(response: &HttpResponse) -> String {
     let reason = match response.status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Request Entity Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "",
     };
-    let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
+    format!(
+        "HTTP/1.1 {} {reason}\r\n{CORS_HEADERS}Content-Type: {}\r\n",
+        response.status, response.content_type
     )
-    .into_bytes();
+}
+
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: HttpResponse,
+    close: bool,
+) -> std::io::Result<()> {
+    let mut out = head(&response);
+    out.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
     if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+        out.push_str("Connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
     out.extend_from_slice(&response.body);
     stream.write_all(&out).await?;
     stream.flush().await
+}
+
+/// Writes a streamed response chunk by chunk as they come, until the sender
+/// is done or the client goes away (a read that ends or fails, raced with
+/// the writes: a stream with nothing to send would otherwise never notice);
+/// the connection then closes.
+async fn stream_response<S>(stream: S, response: HttpResponse, chunks: Chunks)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let write = async {
+        let head = format!(
+            "{}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            head(&response)
+        );
+        writer.write_all(head.as_bytes()).await?;
+        writer.flush().await?;
+        while let Some(chunk) = chunks.0.recv().await {
+            if chunk.is_empty() {
+                continue; // an empty chunk would end the body
+            }
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            writer.write_all(&framed).await?;
+            writer.flush().await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        writer.flush().await
+    };
+    let gone = async {
+        let mut discard = [0u8; 1024];
+        while matches!(reader.read(&mut discard).await, Ok(read) if read > 0) {}
+        Ok(())
+    };
+    let _: std::io::Result<()> = future::or(write, gone).await;
 }
 
 #[cfg(test)]

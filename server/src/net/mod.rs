@@ -5,7 +5,7 @@
 mod http1;
 mod prefixed;
 
-pub use http1::{HttpHandler, HttpRequest, HttpResponse};
+pub use http1::{Chunks, HttpHandler, HttpRequest, HttpResponse};
 
 mod tls;
 
@@ -36,6 +36,9 @@ pub struct ConnectionLimits {
     pub http2: Http2Limits,
     /// Largest HTTP/1.1 request head accepted.
     pub http1_head_bytes_max: usize,
+    /// Largest HTTP/1.1 request body accepted (the JSON gateway's requests);
+    /// a larger one is answered 413 and the connection closed.
+    pub http1_body_bytes_max: usize,
     /// A connection that has not said which protocol it speaks by then is closed.
     pub first_bytes_timeout: Duration,
     /// An idle HTTP/1.1 keep-alive connection is closed after this.
@@ -57,6 +60,7 @@ impl Default for ConnectionLimits {
                 max_header_list_bytes: 64 * 1024,
             },
             http1_head_bytes_max: 16 * 1024,
+            http1_body_bytes_max: 4 * 1024 * 1024,
             first_bytes_timeout: Duration::from_secs(10),
             http1_idle_timeout: Duration::from_secs(60),
         }
@@ -190,12 +194,7 @@ impl<S: GrpcService, H: HttpHandler> GrpcService for WithHttp<S, H> {
     }
 
     async fn http_get(&self, path: &str, query: &str) -> Option<PlainResponse> {
-        let request = HttpRequest {
-            method: "GET".to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
-        };
-        let response = self.http.handle(request).await;
+        let response = self.http.handle(HttpRequest::get(path, query)).await;
         Some(PlainResponse {
             status: response.status,
             content_type: response.content_type,

@@ -130,4 +130,8 @@ impl StoreFiles for SimDisk {
             self.received.borrow_mut().remove(&index);
         }
     }
+
+    fn spool_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+    }
 }

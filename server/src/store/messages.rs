@@ -146,10 +146,21 @@ pub enum Response {
     HashKv(pb::HashKvResponse),
     MoveLeader(pb::MoveLeaderResponse),
     Defragment(pb::DefragmentResponse),
-    Snapshot(Box<SnapshotSource>),
+    Snapshot(Box<ClientSnapshot>),
     SnapshotReleased,
     Metrics(Box<MetricsSnapshot>),
     Auth(AuthResponse),
+}
+
+/// A Maintenance.Snapshot's pinned commit and what the client core needs to
+/// write it in etcd's format.
+#[derive(Debug)]
+pub struct ClientSnapshot {
+    pub source: SnapshotSource,
+    /// Where the etcd-format file is spooled (unnamed: nothing to clean up).
+    pub spool_dir: std::path::PathBuf,
+    /// The raft term now (etcd 3.5 records one in its meta bucket).
+    pub term: u64,
 }
 
 /// A request in flight from one client core.

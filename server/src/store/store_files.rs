@@ -22,6 +22,9 @@ pub trait StoreFiles {
     fn install_received(&mut self, index: u64) -> Result<Mvcc, InstallError>;
     /// Removes a received snapshot raft did not take.
     fn discard_received(&mut self, path: &Path);
+    /// Where a Maintenance.Snapshot spools its etcd-format copy: on the data
+    /// directory's file system, sized for the store, not in a tmpfs.
+    fn spool_dir(&self) -> PathBuf;
 }
 
 /// The page store and `snap/` of a data directory on disk.
@@ -47,6 +50,10 @@ impl StoreFiles for DataDirFiles {
         if let Err(error) = std::fs::remove_file(path) {
             tracing::warn!(%error, path = %path.display(), "cannot remove an unused snapshot");
         }
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join(SNAP_DIR)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Snapshot and Defragment against a real `ringkv` process, with writers running
-//! while they work: `etcdctl snapshot save` gets a copy that holds every write
-//! acknowledged before it and ends with etcd's sha256 trailer, and the copy opens
-//! as a page store on its own; `etcdctl defrag` gives the space back without
+//! while they work: `etcdctl snapshot save` gets a copy in etcd's format that
+//! holds every write acknowledged before it and ends with etcd's sha256
+//! trailer, and the copy imports as a page store on its own; `etcdctl defrag` gives the space back without
 //! losing a write made during it, also across a kill -9; compact + defrag +
 //! `alarm disarm` recovers from NOSPACE; and a saved snapshot restores (what
 //! `ringkvutl snapshot restore` runs) into a data directory a new member serves
@@ -16,6 +16,8 @@ use ringkv_datadir::restore::{self, RestoreError};
 use ringkv_datadir::wal::Identity;
 use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{KeySpan, Mvcc, RangeEnd, RangeOptions};
+use ringkv_etcdfile::bbolt::read::Reader;
+use ringkv_etcdfile::import::import;
 use ringkv_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, StatusRequest};
 use ringkv_proto::ringkvpb::Membership;
 use sha2::{Digest, Sha256};
@@ -146,10 +148,13 @@ async fn snapshot_save_copies_every_acknowledged_write_while_writers_go_on() {
     let (image, trailer) = bytes.split_at(bytes.len() - 32);
     assert_eq!(Sha256::digest(image).as_slice(), trailer);
 
-    // The copy is a page store of its own, whole, holding every write
-    // acknowledged before the call (and none torn by the writes during it).
+    // The copy is etcd's backend file: imported, it is a page store of its
+    // own, whole, holding every write acknowledged before the call (and none
+    // torn by the writes during it).
     let copy_path = dir.path().join("copy.db");
-    std::fs::write(&copy_path, image).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let db = Reader::open(file, image.len() as u64).expect("an etcd backend file");
+    drop(import(&db, &copy_path).expect("it imports"));
     Tree::open(&copy_path)
         .unwrap()
         .check()
@@ -280,7 +285,10 @@ async fn compact_defrag_and_disarm_recover_from_nospace() {
 /// `restore::restore`, as `ringkvutl snapshot restore` runs it, with ringkv's
 /// default flags (--name default, peer URL http://localhost:2380, this member
 /// alone).
-fn restore_into(file: &std::path::Path, data_dir: &std::path::Path) -> Result<restore::SnapshotSummary, RestoreError> {
+pub(crate) fn restore_into(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<restore::SnapshotSummary, RestoreError> {
     let peer_urls = ["http://localhost:2380".to_string()];
     let (identity, membership) = restore::restored_member("default", &peer_urls, None, "etcd-cluster").unwrap();
     assert_eq!(

@@ -17,11 +17,13 @@ use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::sync::Semaphore;
+use prost::Message;
 use ringkv_proto::etcdserverpb as pb;
+use ringkv_proto::mvccpb;
 
 use crate::auth::CallAuth;
 use crate::grpc::{self, Code, RequestStream, ResponseSink, Status};
-use crate::watch::{Notice, StreamId, WatchCommand, WatchPush};
+use crate::watch::{Notice, NoticeBody, StreamId, WatchCommand, WatchPush};
 
 /// Create, cancel and progress requests of one stream the store core has not
 /// answered yet. Like etcd's bounded control channel (16), this stops reading
@@ -122,6 +124,74 @@ impl WatchRouter {
         if *owed >= CREDIT_RETURN_BYTES || queue_empty {
             let _ = self.wake_returns.try_send(());
         }
+    }
+}
+
+/// A watch of the server's own (the lock and election services wait on keys
+/// with it): one watcher on a stream of its own, read as decoded events.
+/// Dropping it ends the stream and its watcher.
+pub struct KeyWatch {
+    open: OpenStream,
+    notices: LocalReceiver<Queued>,
+}
+
+/// What a [`KeyWatch`] sees next.
+pub enum KeyWatchUpdate {
+    /// The events of whole revisions, with the header etcd's WatchResponse
+    /// carries for them.
+    Events {
+        header: pb::ResponseHeader,
+        events: Vec<mvccpb::Event>,
+    },
+    /// The watch ended: refused at its create (compacted history), canceled,
+    /// or the store core is stopping.
+    Ended,
+}
+
+impl WatchRouter {
+    /// Starts watching `request` on a stream of its own, created as `auth`
+    /// (with auth on, the user needs read permission on the keys).
+    pub async fn watch_keys(
+        self: &Rc<Self>,
+        request: pb::WatchCreateRequest,
+        auth: CallAuth,
+    ) -> Result<KeyWatch, Status> {
+        let (open, notices) = self.open();
+        self.commands
+            .send(WatchCommand::Create {
+                stream: open.id,
+                request,
+                auth,
+            })
+            .await
+            .map_err(|_| Status::new(Code::Unavailable, "the server is stopping"))?;
+        Ok(KeyWatch { open, notices })
+    }
+}
+
+impl KeyWatch {
+    /// The next events, skipping the created and progress answers.
+    pub async fn next(&mut self) -> KeyWatchUpdate {
+        while let Some((header, notice)) = self.notices.recv().await {
+            self.open.router.written(self.open.id, notice.credit_bytes);
+            match notice.body {
+                NoticeBody::Created {
+                    cancel_reason: None, ..
+                }
+                | NoticeBody::Progress { .. }
+                | NoticeBody::Nothing => {}
+                NoticeBody::Created { .. } | NoticeBody::Canceled { .. } | NoticeBody::Compacted { .. } => break,
+                NoticeBody::Events { revision, events, .. } => {
+                    let header = pb::ResponseHeader { revision, ..header };
+                    let events = events
+                        .into_iter()
+                        .map(|event| mvccpb::Event::decode(event).expect("the store core encodes events"))
+                        .collect();
+                    return KeyWatchUpdate::Events { header, events };
+                }
+            }
+        }
+        KeyWatchUpdate::Ended
     }
 }
 

@@ -36,7 +36,7 @@ impl StoreCore {
     /// etcd's gRPC layer fills them.
     pub(super) fn fill_header(&self, response: &mut Response) {
         // etcd's Cluster service fills no revision (`ClusterServer.header`).
-        let cluster_call = matches!(
+        let no_revision = matches!(
             response,
             Response::MemberList(_)
                 | Response::MemberAdd(_)
@@ -62,7 +62,6 @@ impl StoreCore {
             Response::MemberRemove(r) => &mut r.header,
             Response::MemberUpdate(r) => &mut r.header,
             Response::MemberPromote(r) => &mut r.header,
-            Response::Alarm(r) => &mut r.header,
             Response::Hash(r) => &mut r.header,
             Response::HashKv(r) => &mut r.header,
             Response::MoveLeader(r) => &mut r.header,
@@ -71,13 +70,15 @@ impl StoreCore {
                 Some(header) => header,
                 None => return,
             },
-            Response::Metrics(_) | Response::Snapshot(_) | Response::SnapshotReleased => return,
+            // etcd's Alarm answers with no header at all (`etcdctl alarm
+            // list -w json` prints `{}`).
+            Response::Alarm(_) | Response::Metrics(_) | Response::Snapshot(_) | Response::SnapshotReleased => return,
         };
         let header = header.get_or_insert_with(Default::default);
         header.cluster_id = self.settings.cluster_id;
         header.member_id = self.settings.member_id;
         header.raft_term = self.raw.raft.term;
-        if header.revision == 0 && !cluster_call {
+        if header.revision == 0 && !no_revision {
             header.revision = self.mvcc.current_revision();
         }
     }

@@ -17,7 +17,7 @@ use ringkv_proto::etcdserverpb as pb;
 
 use super::StoreCore;
 use crate::fatal::fatal;
-use crate::store::messages::Response;
+use crate::store::messages::{ClientSnapshot, Response};
 
 /// Leaves one defragmentation step visits: bounds the work (and the pages
 /// written) between two commits.
@@ -145,8 +145,12 @@ impl StoreCore {
             .partition(|wait| wait.applied_index <= durable);
         self.snapshot_waits = waiting;
         for wait in ready {
-            let source = self.pin_commit();
-            self.reply(wait.client, wait.call_id, Ok(Response::Snapshot(Box::new(source))));
+            let snapshot = ClientSnapshot {
+                source: self.pin_commit(),
+                spool_dir: self.files.spool_dir(),
+                term: self.raw.raft.term,
+            };
+            self.reply(wait.client, wait.call_id, Ok(Response::Snapshot(Box::new(snapshot))));
         }
     }
 }

@@ -133,7 +133,7 @@ async fn an_etcd_data_dir_is_refused_and_left_as_etcd_left_it() {
     let (code, log) = refused(&data_dir, &["--listen-client-urls", &client_url(free_port())]);
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("holds an etcd member's data (member/)"), "{log}");
-    assert!(log.contains("etcdctl make-mirror"), "{log}");
+    assert!(log.contains("ringkvutl snapshot restore"), "{log}");
     assert_eq!(listing(&data_dir), before, "ringkv wrote nothing into etcd's directory");
 
     // etcd still finds its data there.

@@ -385,6 +385,18 @@ impl Etcd {
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Stops etcd as an operator does (SIGTERM: it commits its db and exits)
+    /// and waits for it to exit; dropping it instead is a kill -9.
+    pub fn stop(mut self) {
+        // SAFETY: a signal to the child this struct owns and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.child.try_wait().expect("wait on etcd").is_none() {
+            assert!(Instant::now() < deadline, "etcd did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Etcd {
