@@ -9,7 +9,7 @@
 //!
 //! Restoring checks the trailer; an etcd file is imported with its whole
 //! history into `store.db` of a new data directory (`ringkv_etcdfile::import`:
-//! every revision, the compaction, leases and alarms; auth data is refused),
+//! every revision, the compaction, leases, alarms and auth (users, roles, the flag and the revision)),
 //! a page file is copied there. Then it checks the tree whole, replaces the membership and raft
 //! configuration it holds with the new cluster's (`--initial-cluster`, every
 //! member a voter; this member alone by default), and creates a WAL whose first

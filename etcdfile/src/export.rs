@@ -12,11 +12,11 @@ use prost::Message;
 use ringkv_engine::mvcc::{MvccError, SnapshotView};
 use ringkv_proto::etcdserverpb::AlarmMember;
 use ringkv_proto::mvccpb::KeyValue;
-use ringkv_proto::ringkvpb::Membership;
+use ringkv_proto::ringkvpb::{AuthRecord, Membership};
 
 use crate::bbolt::write::{BucketWriter, PutError, Writer};
 use crate::etcd::{
-    member_key, revision_key, ConfState, Lease, Member, ALARM_BUCKET, AUTH_BUCKET, AUTH_REVISION_KEY,
+    member_key, revision_key, ConfState, Lease, Member, ALARM_BUCKET, AUTH_BUCKET, AUTH_ENABLED_KEY, AUTH_REVISION_KEY,
     AUTH_ROLES_BUCKET, AUTH_USERS_BUCKET, CLUSTER_BUCKET, CLUSTER_VERSION_KEY, CONF_STATE_KEY, CONSISTENT_INDEX_KEY,
     FINISHED_COMPACT_KEY, KEY_BUCKET, LEASE_BUCKET, MEMBERS_BUCKET, MEMBERS_REMOVED_BUCKET, META_BUCKET, REMOVED_VALUE,
     SCHEDULED_COMPACT_KEY, TERM_KEY,
@@ -41,7 +41,9 @@ pub enum ExportError {
     #[error("writing the snapshot: {0}")]
     Io(#[from] std::io::Error),
     #[error("the store's membership record does not decode: {0}")]
-    Membership(#[from] prost::DecodeError),
+    Membership(prost::DecodeError),
+    #[error("the store's auth record does not decode: {0}")]
+    Auth(prost::DecodeError),
 }
 
 /// Writes the commit `view` reads as an etcd backend file into `out`.
@@ -83,10 +85,14 @@ pub fn export<F: Write + Seek>(view: &SnapshotView, out: F, info: &ExportInfo) -
     buckets.push((LEASE_BUCKET.to_vec(), leases.finish(&mut writer)?));
 
     let membership = match &view.meta().membership {
-        Some(record) => Membership::decode(record.as_slice())?,
+        Some(record) => Membership::decode(record.as_slice()).map_err(ExportError::Membership)?,
         None => Membership::default(),
     };
-    for (name, entries) in small_buckets(view, &membership, info) {
+    let auth = match &view.meta().auth {
+        Some(record) => Some(AuthRecord::decode(record.as_slice()).map_err(ExportError::Auth)?),
+        None => None,
+    };
+    for (name, entries) in small_buckets(view, &membership, auth.as_ref(), info) {
         let mut bucket = BucketWriter::new();
         for (key, value) in entries {
             bucket.put(&mut writer, &key, &value)?;
@@ -99,7 +105,12 @@ pub fn export<F: Write + Seek>(view: &SnapshotView, out: F, info: &ExportInfo) -
 type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// Every bucket but key and lease, with its entries in key order.
-fn small_buckets(view: &SnapshotView, membership: &Membership, info: &ExportInfo) -> Vec<(&'static [u8], Entries)> {
+fn small_buckets(
+    view: &SnapshotView,
+    membership: &Membership,
+    auth: Option<&AuthRecord>,
+    info: &ExportInfo,
+) -> Vec<(&'static [u8], Entries)> {
     let meta = view.meta();
     let mut meta_bucket = Entries::new();
     meta_bucket.insert(CONSISTENT_INDEX_KEY.to_vec(), meta.applied_index.to_be_bytes().to_vec());
@@ -171,22 +182,45 @@ fn small_buckets(view: &SnapshotView, membership: &Membership, info: &ExportInfo
         })
         .collect();
     let cluster = Entries::from([(CLUSTER_VERSION_KEY.to_vec(), info.cluster_version.clone().into_bytes())]);
+    let (auth, users, roles) = auth_buckets(auth);
     vec![
         (META_BUCKET, meta_bucket),
         (MEMBERS_BUCKET, members),
         (MEMBERS_REMOVED_BUCKET, removed),
         (CLUSTER_BUCKET, cluster),
         (ALARM_BUCKET, alarms),
-        (AUTH_BUCKET, auth_bucket()),
-        (AUTH_USERS_BUCKET, Entries::new()),
-        (AUTH_ROLES_BUCKET, Entries::new()),
+        (AUTH_BUCKET, auth),
+        (AUTH_USERS_BUCKET, users),
+        (AUTH_ROLES_BUCKET, roles),
     ]
 }
 
-/// The auth bucket of a cluster that never enabled auth, as etcd 3.4 writes
-/// it: the auth revision 1 and no `authEnabled`. Where ringkv's auth state
-/// plugs in (issue 18): its flag and revision go here, its users and roles
-/// to the authUsers and authRoles buckets (empty until then).
-fn auth_bucket() -> Entries {
-    Entries::from([(AUTH_REVISION_KEY.to_vec(), 1u64.to_be_bytes().to_vec())])
+/// The auth, authUsers and authRoles buckets as etcd keeps them: the
+/// enabled flag (`[1]`; etcd writes `[0]` after a disable, which reads the
+/// same as none) and the revision, users and roles by name in their `authpb`
+/// encodings, bcrypt hashes included. A store that never had auth state has
+/// what etcd writes in a new cluster: revision 1 and nothing else.
+fn auth_buckets(auth: Option<&AuthRecord>) -> (Entries, Entries, Entries) {
+    let Some(auth) = auth else {
+        return (
+            Entries::from([(AUTH_REVISION_KEY.to_vec(), 1u64.to_be_bytes().to_vec())]),
+            Entries::new(),
+            Entries::new(),
+        );
+    };
+    let mut flags = Entries::from([(AUTH_REVISION_KEY.to_vec(), auth.revision.to_be_bytes().to_vec())]);
+    if auth.enabled {
+        flags.insert(AUTH_ENABLED_KEY.to_vec(), vec![1]);
+    }
+    let users = auth
+        .users
+        .iter()
+        .map(|user| (user.name.clone(), user.encode_to_vec()))
+        .collect();
+    let roles = auth
+        .roles
+        .iter()
+        .map(|role| (role.name.clone(), role.encode_to_vec()))
+        .collect();
+    (flags, users, roles)
 }

@@ -5,20 +5,24 @@
 //! applied raft index). The store is then opened as any store is, so its
 //! checks judge what was read. Members are not imported: as with
 //! `etcdutl snapshot restore`, the restored member's cluster comes from its
-//! flags. Auth data is refused until ringkv stores it ([`check_auth`]).
+//! flags. Auth (users, roles, the enabled flag and the auth revision) is
+//! imported into the server's auth record ([`read_auth`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use prost::Message;
 use ringkv_engine::mvcc::{Alarm, LoadedMeta, Loader, Mvcc, MvccError, Revision};
+use ringkv_proto::authpb;
 use ringkv_proto::etcdserverpb::AlarmMember;
 use ringkv_proto::mvccpb::KeyValue;
+use ringkv_proto::ringkvpb::AuthRecord;
 
 use crate::bbolt::read::{BboltError, BucketRoot, Element, Reader};
 use crate::etcd::{
-    parse_revision_key, Lease, ALARM_BUCKET, AUTH_BUCKET, AUTH_ENABLED_KEY, AUTH_ROLES_BUCKET, AUTH_USERS_BUCKET,
-    CONSISTENT_INDEX_KEY, FINISHED_COMPACT_KEY, KEY_BUCKET, LEASE_BUCKET, META_BUCKET, SCHEDULED_COMPACT_KEY,
+    parse_revision_key, Lease, ALARM_BUCKET, AUTH_BUCKET, AUTH_ENABLED_KEY, AUTH_REVISION_KEY, AUTH_ROLES_BUCKET,
+    AUTH_USERS_BUCKET, CONSISTENT_INDEX_KEY, FINISHED_COMPACT_KEY, KEY_BUCKET, LEASE_BUCKET, META_BUCKET,
+    SCHEDULED_COMPACT_KEY,
 };
 
 /// An empty store's revision (etcd's and ringkv's).
@@ -38,12 +42,6 @@ pub enum ImportError {
         key: Vec<u8>,
         reason: String,
     },
-    #[error(
-        "the etcd snapshot holds auth data ({0}); ringkv cannot import users, roles or an enabled auth yet, and \
-         does not drop them: disable auth and delete the users and roles in etcd (`etcdctl auth disable`, \
-         `user delete`, `role delete`), take a new snapshot, and set them up again on ringkv"
-    )]
-    Auth(String),
     #[error("the imported history does not hold together: {0}")]
     Store(#[from] MvccError),
 }
@@ -68,7 +66,7 @@ pub fn import(db: &Reader, store: &Path) -> Result<(Mvcc, ImportSummary), Import
     let (Some(key_bucket), Some(meta_bucket)) = (bucket(KEY_BUCKET), bucket(META_BUCKET)) else {
         return Err(ImportError::NotEtcd("it has no key or no meta bucket".into()));
     };
-    check_auth(db, &buckets)?;
+    let auth = read_auth(db, &buckets)?;
     let meta = read_small(db, meta_bucket, "meta")?;
     let applied_index = match meta.get(CONSISTENT_INDEX_KEY) {
         Some(value) => u64::from_be_bytes(fixed(value, "meta", CONSISTENT_INDEX_KEY)?),
@@ -113,6 +111,7 @@ pub fn import(db: &Reader, store: &Path) -> Result<(Mvcc, ImportSummary), Import
         finished_compact_revision,
         applied_index,
         alarms,
+        auth: auth.map(|record| record.encode_to_vec()),
     };
     let mvcc = loader.finish(&loaded)?;
     Ok((mvcc, summary))
@@ -130,34 +129,57 @@ pub fn consistent_index(db: &Reader) -> Result<u64, ImportError> {
     }
 }
 
-/// Where ringkv's auth state plugs in (issue 18): until it stores users,
-/// roles and the enabled flag, a file holding any of them is refused, never
-/// imported without them. A cluster that never enabled auth has an auth
-/// bucket without `authEnabled` = 1 and empty user and role buckets.
-fn check_auth(db: &Reader, buckets: &BTreeMap<Vec<u8>, BucketRoot>) -> Result<(), ImportError> {
-    let mut found = Vec::new();
-    if let Some(auth) = buckets.get(AUTH_BUCKET) {
-        let values = read_small(db, auth, "auth")?;
-        if values
-            .get(AUTH_ENABLED_KEY)
-            .is_some_and(|enabled| enabled.as_slice() == [1])
-        {
-            found.push("auth is enabled".to_string());
+/// etcd's auth state in `db` as the server's auth record (ringkvpb.AuthRecord,
+/// as docs/mvcc-format.md's `mauth`), or None for a file with no auth bucket.
+/// Users and roles keep etcd's encodings (`authpb.User`, `authpb.Role`), the
+/// bcrypt hashes included, so every password works after the import.
+fn read_auth(db: &Reader, buckets: &BTreeMap<Vec<u8>, BucketRoot>) -> Result<Option<AuthRecord>, ImportError> {
+    let Some(auth) = buckets.get(AUTH_BUCKET) else {
+        return Ok(None);
+    };
+    let values = read_small(db, auth, "auth")?;
+    let enabled = values.get(AUTH_ENABLED_KEY).is_some_and(|flag| flag.as_slice() == [1]);
+    // etcd writes revision 1 into a new auth bucket.
+    let revision = match values.get(AUTH_REVISION_KEY) {
+        Some(value) => u64::from_be_bytes(fixed(value, "auth", AUTH_REVISION_KEY)?),
+        None => 1,
+    };
+    let mut record = AuthRecord {
+        enabled,
+        revision,
+        users: Vec::new(),
+        roles: Vec::new(),
+    };
+    if let Some(root) = buckets.get(AUTH_USERS_BUCKET) {
+        for (name, value) in read_small(db, root, "authUsers")? {
+            let mut user: authpb::User = named_entry("authUsers", name, &value, |user: &authpb::User| &user.name)?;
+            user.roles.sort();
+            record.users.push(user);
         }
     }
-    for (name, what) in [(AUTH_USERS_BUCKET, "users"), (AUTH_ROLES_BUCKET, "roles")] {
-        if let Some(root) = buckets.get(name) {
-            let count = read_small(db, root, what)?.len();
-            if count > 0 {
-                found.push(format!("{count} {what}"));
-            }
+    if let Some(root) = buckets.get(AUTH_ROLES_BUCKET) {
+        for (name, value) in read_small(db, root, "authRoles")? {
+            let mut role: authpb::Role = named_entry("authRoles", name, &value, |role: &authpb::Role| &role.name)?;
+            role.key_permission.sort_by(|a, b| a.key.cmp(&b.key));
+            record.roles.push(role);
         }
     }
-    if found.is_empty() {
-        Ok(())
-    } else {
-        Err(ImportError::Auth(found.join(", ")))
+    Ok(Some(record))
+}
+
+/// A user or role entry: its protobuf, whose name must be the entry's key.
+fn named_entry<T: Message + Default>(
+    bucket: &'static str,
+    key: Vec<u8>,
+    value: &[u8],
+    name: impl Fn(&T) -> &Vec<u8>,
+) -> Result<T, ImportError> {
+    let bad = |key: Vec<u8>, reason: String| ImportError::BadEntry { bucket, key, reason };
+    let entry = T::decode(value).map_err(|error| bad(key.clone(), error.to_string()))?;
+    if *name(&entry) != key {
+        return Err(bad(key, "the entry's name is not its key".into()));
     }
+    Ok(entry)
 }
 
 fn revision_entry(element: Element<'_>) -> Result<(Revision, bool, KeyValue), ImportError> {
@@ -330,32 +352,101 @@ mod tests {
         assert_eq!(mvcc.applied_index(), 13);
     }
 
-    /// A file with users is refused before anything is written.
-    #[test]
-    fn auth_data_is_refused_not_dropped() {
+    /// A bucket's name and its entries.
+    type TestBucket<'a> = (&'a [u8], Vec<(Vec<u8>, Vec<u8>)>);
+
+    /// A file of `buckets`, each with its entries.
+    fn bbolt_file(buckets: Vec<TestBucket<'_>>) -> Reader {
         let mut writer = Writer::new(tempfile::tempfile().unwrap()).unwrap();
-        let mut buckets = Vec::new();
-        for (name, entries) in [
-            (KEY_BUCKET, vec![]),
-            (META_BUCKET, vec![]),
-            (AUTH_USERS_BUCKET, vec![(b"root".to_vec(), b"x".to_vec())]),
-        ] {
+        let mut roots = Vec::new();
+        for (name, entries) in buckets {
             let mut bucket = BucketWriter::new();
             for (key, value) in entries {
                 bucket.put(&mut writer, &key, &value).unwrap();
             }
-            buckets.push((name.to_vec(), bucket.finish(&mut writer).unwrap()));
+            roots.push((name.to_vec(), bucket.finish(&mut writer).unwrap()));
         }
-        let file = writer.finish(buckets).unwrap();
+        let file = writer.finish(roots).unwrap();
         let len = file.metadata().unwrap().len();
-        let db = Reader::open(file, len).unwrap();
+        Reader::open(file, len).unwrap()
+    }
+
+    #[test]
+    fn auth_imports_with_hashes_roles_and_revision() {
+        let root = authpb::User {
+            name: b"root".to_vec(),
+            password: b"$2a$10$hash".to_vec(),
+            roles: vec!["root".into(), "app".into()],
+            options: None,
+        };
+        let app = authpb::Role {
+            name: b"app".to_vec(),
+            key_permission: vec![
+                authpb::Permission {
+                    perm_type: authpb::permission::Type::Write as i32,
+                    key: b"z".to_vec(),
+                    range_end: Vec::new(),
+                },
+                authpb::Permission {
+                    perm_type: authpb::permission::Type::Read as i32,
+                    key: b"a".to_vec(),
+                    range_end: b"b".to_vec(),
+                },
+            ],
+        };
+        let db = bbolt_file(vec![
+            (KEY_BUCKET, vec![]),
+            (META_BUCKET, vec![]),
+            (
+                AUTH_BUCKET,
+                vec![
+                    (AUTH_ENABLED_KEY.to_vec(), vec![1]),
+                    (AUTH_REVISION_KEY.to_vec(), 7u64.to_be_bytes().to_vec()),
+                ],
+            ),
+            (AUTH_USERS_BUCKET, vec![(b"root".to_vec(), root.encode_to_vec())]),
+            (AUTH_ROLES_BUCKET, vec![(b"app".to_vec(), app.encode_to_vec())]),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store.db");
+        drop(import(&db, &store).unwrap());
+        // Read back from the file: the import's own commit holds the record.
+        let mvcc = Mvcc::open(&store).unwrap();
+        let record = AuthRecord::decode(mvcc.auth().expect("an auth record")).unwrap();
+        assert!(record.enabled);
+        assert_eq!(record.revision, 7);
+        assert_eq!(record.users.len(), 1);
+        assert_eq!(record.users[0].password, root.password, "the hash is kept");
+        assert_eq!(record.users[0].roles, ["app", "root"], "roles sorted");
+        assert_eq!(record.roles.len(), 1);
+        let keys: Vec<&[u8]> = record.roles[0]
+            .key_permission
+            .iter()
+            .map(|p| p.key.as_slice())
+            .collect();
+        assert_eq!(keys, [&b"a"[..], b"z"], "permissions sorted by key, as etcd keeps them");
+    }
+
+    /// A user whose entry names another user is refused before anything is written.
+    #[test]
+    fn a_user_entry_under_another_name_is_refused() {
+        let user = authpb::User {
+            name: b"alice".to_vec(),
+            ..authpb::User::default()
+        };
+        let db = bbolt_file(vec![
+            (KEY_BUCKET, vec![]),
+            (META_BUCKET, vec![]),
+            (AUTH_BUCKET, vec![]),
+            (AUTH_USERS_BUCKET, vec![(b"root".to_vec(), user.encode_to_vec())]),
+        ]);
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store.db");
         let Err(error) = import(&db, &store) else {
             panic!("imported");
         };
         assert!(
-            matches!(error, ImportError::Auth(ref found) if found == "1 users"),
+            matches!(error, ImportError::BadEntry { bucket: "authUsers", ref key, .. } if key == b"root"),
             "{error}"
         );
         assert!(!store.exists());

@@ -14,6 +14,7 @@ use super::lease::{lease_key, NO_LEASE};
 use super::meta::{META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION, META_FINISHED_COMPACT_REVISION};
 use super::record::encode_record;
 use super::revision::Revision;
+use super::server_record::META_AUTH;
 use super::{Mvcc, MvccError};
 use crate::btree::Tree;
 
@@ -30,6 +31,8 @@ pub struct LoadedMeta {
     pub finished_compact_revision: i64,
     pub applied_index: u64,
     pub alarms: Vec<Alarm>,
+    /// The server's auth record (`mauth`), if the source had auth state.
+    pub auth: Option<Vec<u8>>,
 }
 
 pub struct Loader {
@@ -103,6 +106,9 @@ impl Loader {
         )?;
         let alarms: BTreeSet<Alarm> = meta.alarms.iter().copied().collect();
         write_alarms(&mut self.tree, &alarms)?;
+        if let Some(auth) = &meta.auth {
+            self.tree.insert(META_AUTH, auth)?;
+        }
         self.tree.commit()?;
         Mvcc::from_tree(self.tree)
     }

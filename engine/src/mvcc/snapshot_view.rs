@@ -14,7 +14,7 @@ use super::meta::{
 use super::open::{EMPTY_STORE_REVISION, NEVER_COMPACTED};
 use super::record::decode_record;
 use super::revision::{Revision, REVISION_TABLE};
-use super::server_record::META_MEMBERSHIP;
+use super::server_record::{META_AUTH, META_MEMBERSHIP};
 use super::MvccError;
 use crate::btree::Tree;
 use crate::page::SnapshotSource;
@@ -30,6 +30,8 @@ pub struct StoredMeta {
     pub alarms: Vec<Alarm>,
     /// The server's membership record (`mmembership`), if any.
     pub membership: Option<Vec<u8>>,
+    /// The server's auth record (`mauth`), if any.
+    pub auth: Option<Vec<u8>>,
 }
 
 /// One stored revision: its tree key, whether it deletes its key, and the record.
@@ -54,6 +56,7 @@ impl SnapshotView {
                 .map_err(|_| MvccError::corrupt(format!("negative applied index {applied_index}")))?,
             alarms: read_alarms(&tree)?.into_iter().collect(),
             membership: tree.get(META_MEMBERSHIP)?,
+            auth: tree.get(META_AUTH)?,
         };
         Ok(SnapshotView { tree, meta })
     }

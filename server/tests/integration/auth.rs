@@ -3,7 +3,8 @@
 //! byte for byte; the checks etcd 3.4.45 added over 3.4.23 (ringkv makes
 //! them) asserted on ringkv alone; the auth state on 3 members across restart,
 //! kill -9 and a raft snapshot; simple tokens expiring; JWT tokens; a
-//! certificate's common name as the user.
+//! certificate's common name as the user; users, roles and passwords through
+//! etcd-format snapshots, etcd to ringkv and back.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -17,8 +18,10 @@ use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::transport::Channel;
 
+use crate::etcd_data::etcd_restore;
+use crate::snapshot_defrag::restore_into;
 use crate::support::cluster::Cluster;
-use crate::support::{self, Ringkv};
+use crate::support::{self, Etcd, Ringkv};
 use crate::tls::{client_flags, etcdctl as tls_etcdctl, path, Ca};
 
 /// One etcdctl run: exit status, stdout and stderr without the client's JSON
@@ -837,5 +840,148 @@ fn a_verified_client_certificate_runs_as_its_common_name() {
     assert_eq!(
         tls_etcdctl(&client_url, &with_user, &["get", "foo"]),
         (false, "Error: etcdserver: permission denied".to_string())
+    );
+}
+
+/// Users, roles and their permissions as `etcdctl` lists them, as root.
+fn auth_listing(endpoint: &str) -> Vec<String> {
+    let commands: [&[&str]; 5] = [
+        &["auth", "status"],
+        &["user", "list"],
+        &["role", "list"],
+        &["user", "get", "alice"],
+        &["role", "get", "r"],
+    ];
+    commands
+        .iter()
+        .map(|args| {
+            let mut with_root = vec!["--user", ROOT];
+            with_root.extend_from_slice(args);
+            let run = etcdctl(endpoint, &with_root, None);
+            assert_eq!(run.status, 0, "{args:?}: {run:?}");
+            run.stdout
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_travels_in_etcd_snapshots_both_ways_with_every_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start();
+    set_up_users(&etcd.endpoint());
+    let save = |endpoint: &str, to: &std::path::Path| {
+        let run = etcdctl(
+            endpoint,
+            &["--user", ROOT, "snapshot", "save", to.to_str().unwrap()],
+            None,
+        );
+        assert_eq!(run.status, 0, "{run:?}");
+    };
+    let from_etcd = dir.path().join("etcd.db");
+    save(&etcd.endpoint(), &from_etcd);
+
+    // etcd's file into ringkv: passwords (bcrypt hashes) and grants as etcd had them.
+    let ringkv_dir = dir.path().join("ringkv");
+    restore_into(&from_etcd, &ringkv_dir).expect("an etcd snapshot with auth restores");
+    let ringkv = Ringkv::start(&ringkv_dir, &[]);
+    assert_eq!(auth_listing(&ringkv.endpoint()), auth_listing(&etcd.endpoint()));
+    assert!(alice_reads_as_granted(&ringkv.endpoint()).await);
+    let run = etcdctl(&ringkv.endpoint(), &["get", "a/1"], None);
+    assert_eq!(run.stderr, "Error: etcdserver: user name is empty", "auth stays on");
+
+    // And back: ringkv's file into etcd.
+    let from_ringkv = dir.path().join("ringkv.db");
+    save(&ringkv.endpoint(), &from_ringkv);
+    let etcd_dir = dir.path().join("etcd-restored");
+    etcd_restore(&from_ringkv, &etcd_dir);
+    let etcd_again = Etcd::start_with(&["--data-dir", etcd_dir.to_str().unwrap()]);
+    assert_eq!(auth_listing(&etcd_again.endpoint()), auth_listing(&etcd.endpoint()));
+    assert!(alice_reads_as_granted(&etcd_again.endpoint()).await);
+}
+
+/// The Lock and Election services' calls as `token`'s user: their keys are
+/// written and read as the caller, as etcd's services do through its
+/// in-process client with the caller's context.
+async fn lock_and_election_outcomes(endpoint: &str, user: &str, token: Option<&str>) -> Vec<(String, String)> {
+    use ringkv_proto::v3electionpb::election_client::ElectionClient;
+    use ringkv_proto::v3electionpb::{CampaignRequest, LeaderRequest};
+    use ringkv_proto::v3lockpb::lock_client::LockClient;
+    use ringkv_proto::v3lockpb::{LockRequest, UnlockRequest};
+
+    let channel = support::channel(endpoint).await;
+    let mut lock = LockClient::new(channel.clone());
+    let mut election = ElectionClient::new(channel);
+    fn deadline<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
+        request.set_timeout(Duration::from_secs(5));
+        request
+    }
+    let mut out = Vec::new();
+    for name in ["a/lock", "foo"] {
+        let locked = lock
+            .lock(deadline(as_user(
+                LockRequest {
+                    name: name.into(),
+                    lease: 0,
+                },
+                token,
+            )))
+            .await;
+        let key = locked.as_ref().ok().map(|response| response.get_ref().key.clone());
+        out.push((format!("lock {name}"), format!("{:?}", outcome(locked))));
+        if let Some(key) = key {
+            let unlocked = lock.unlock(deadline(as_user(UnlockRequest { key }, token))).await;
+            out.push((format!("unlock {name}"), format!("{:?}", outcome(unlocked))));
+        }
+    }
+    // An election of its own for each user: a second campaign would wait.
+    for name in [format!("a/election-{user}"), "foo".to_string()] {
+        let campaign = CampaignRequest {
+            name: name.clone().into_bytes(),
+            lease: 0,
+            value: b"v".to_vec(),
+        };
+        let campaigned = election.campaign(deadline(as_user(campaign, token))).await;
+        out.push((format!("campaign {name}"), format!("{:?}", outcome(campaigned))));
+        let leader = election
+            .leader(deadline(as_user(
+                LeaderRequest {
+                    name: name.clone().into_bytes(),
+                },
+                token,
+            )))
+            .await;
+        out.push((format!("leader {name}"), format!("{:?}", outcome(leader))));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_calls_are_checked_as_their_caller_as_etcd_checks_them() {
+    let etcd = Etcd::start();
+    let data_dir = tempfile::tempdir().unwrap();
+    let ringkv = Ringkv::start(data_dir.path(), &[]);
+    let mut answers = Vec::new();
+    for endpoint in [etcd.endpoint(), ringkv.endpoint()] {
+        set_up_users(&endpoint);
+        let channel = support::channel(&endpoint).await;
+        let alice = login(&channel, "alice", "alicepw").await;
+        let root = login(&channel, "root", "rootpw").await;
+        let mut per_user = Vec::new();
+        for (user, token) in [("alice", Some(alice.as_str())), ("root", Some(root.as_str()))] {
+            per_user.push((user, lock_and_election_outcomes(&endpoint, user, token).await));
+        }
+        answers.push(per_user);
+    }
+    assert_eq!(answers[1], answers[0], "ringkv (left) vs etcd (right)");
+    let alice = &answers[1][0].1;
+    assert!(
+        alice.contains(&("lock a/lock".to_string(), "Ok(())".to_string())),
+        "{alice:?}"
+    );
+    assert!(
+        alice
+            .iter()
+            .any(|(call, answer)| call == "lock foo" && answer.contains("permission denied")),
+        "{alice:?}"
     );
 }

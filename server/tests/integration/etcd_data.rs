@@ -147,7 +147,7 @@ fn snapshot_save(endpoint: &str, to: &Path) {
 
 /// A data directory `etcdctl snapshot restore` makes for etcd's default
 /// member (the flags `Etcd` starts with).
-fn etcd_restore(snapshot: &Path, data_dir: &Path) {
+pub(crate) fn etcd_restore(snapshot: &Path, data_dir: &Path) {
     let (restored, out) = etcdctl_output(
         "127.0.0.1:1",
         "30s",
