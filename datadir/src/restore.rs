@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use glommio::GlommioError;
 use prost::Message;
 use raft_proto::eraftpb::ConfState;
-use ringkv_engine::btree::Tree;
 use ringkv_engine::mvcc::{Mvcc, MvccError};
 use ringkv_engine::page::{PageError, PAGE_BYTES};
 use ringkv_engine::wal::{sync_directory, sync_parent_directory, WalError};
@@ -157,10 +156,9 @@ pub fn extract(snapshot: &Path, to: &Path, skip_hash_check: bool) -> Result<bool
     Ok(true)
 }
 
-/// Checks the page store at `store` whole and summarizes it.
-fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, RestoreError> {
-    Tree::open(store)?.check()?;
-    let mvcc = Mvcc::open(store)?;
+/// Checks the opened store's tree whole and summarizes it.
+fn summarize(mvcc: &Mvcc, hash_checked: bool, etcd_format: bool) -> Result<SnapshotSummary, RestoreError> {
+    mvcc.check_tree()?;
     Ok(SnapshotSummary {
         store_bytes: mvcc.file_bytes(),
         revision: mvcc.current_revision(),
@@ -168,13 +166,14 @@ fn summarize(store: &Path, hash_checked: bool) -> Result<SnapshotSummary, Restor
         applied_index: mvcc.applied_index(),
         keys: mvcc.key_count(),
         hash_checked,
-        etcd_format: false,
+        etcd_format,
     })
 }
 
 /// Fills the new page store `store` from `snapshot`, whatever its format,
-/// and summarizes it.
-fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
+/// and summarizes it. Answers the store open: opening rebuilds the key index
+/// from every revision, the longest step of a large restore, so it is done once.
+fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<(Mvcc, SnapshotSummary), RestoreError> {
     if let Some(member) = etcd_member_dir(snapshot) {
         return import_member(snapshot, &member, store);
     }
@@ -182,7 +181,9 @@ fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<Sn
     if etcd_snapshot::detect(&file).map_err(io(snapshot))? == Format::Other {
         drop(file);
         let checked = extract(snapshot, store, skip_hash_check)?;
-        return summarize(store, checked);
+        let mvcc = Mvcc::open(store)?;
+        let summary = summarize(&mvcc, checked, false)?;
+        return Ok((mvcc, summary));
     }
     let len = file.metadata().map_err(io(snapshot))?.len();
     let (db_len, checked) =
@@ -203,11 +204,8 @@ fn fill_store(snapshot: &Path, store: &Path, skip_hash_check: bool) -> Result<Sn
         path: snapshot.to_path_buf(),
         source,
     })?;
-    drop(mvcc);
-    Ok(SnapshotSummary {
-        etcd_format: true,
-        ..summarize(store, checked)?
-    })
+    let summary = summarize(&mvcc, checked, true)?;
+    Ok((mvcc, summary))
 }
 
 /// The `member/` directory of an etcd data directory, if `path` is one or
@@ -224,7 +222,7 @@ fn etcd_member_dir(path: &Path) -> Option<PathBuf> {
 /// Imports a stopped etcd member's `snap/db`, if it holds every request its
 /// WAL committed (etcd writes the db behind the WAL: after a crash it lags);
 /// else refuses, as it refuses a running member's. The db has no trailer.
-fn import_member(path: &Path, member: &Path, store: &Path) -> Result<SnapshotSummary, RestoreError> {
+fn import_member(path: &Path, member: &Path, store: &Path) -> Result<(Mvcc, SnapshotSummary), RestoreError> {
     let db_path = member.join("snap").join("db");
     let file = File::open(&db_path).map_err(io(&db_path))?;
     // bbolt holds an exclusive flock on the db while etcd runs.
@@ -258,18 +256,15 @@ fn import_member(path: &Path, member: &Path, store: &Path) -> Result<SnapshotSum
         });
     }
     let (mvcc, _) = import(&db, store).map_err(importing)?;
-    drop(mvcc);
-    Ok(SnapshotSummary {
-        etcd_format: true,
-        ..summarize(store, false)?
-    })
+    let summary = summarize(&mvcc, false, true)?;
+    Ok((mvcc, summary))
 }
 
 /// Checks a snapshot file (trailer, then every page of the tree) and says what
 /// it holds. Works on a scratch copy in `scratch_dir`, removed afterwards.
 pub fn status(snapshot: &Path, scratch_dir: &Path, skip_hash_check: bool) -> Result<SnapshotSummary, RestoreError> {
     let scratch = scratch_dir.join(layout::STORE_FILE);
-    let result = fill_store(snapshot, &scratch, skip_hash_check);
+    let result = fill_store(snapshot, &scratch, skip_hash_check).map(|(_, summary)| summary);
     let _ = std::fs::remove_file(&scratch);
     result
 }
@@ -350,11 +345,10 @@ async fn build(
     skip_hash_check: bool,
 ) -> Result<SnapshotSummary, RestoreError> {
     let store = dir.join(layout::STORE_FILE);
-    let summary = fill_store(snapshot, &store, skip_hash_check)?;
+    let (mut mvcc, summary) = fill_store(snapshot, &store, skip_hash_check)?;
     // The snapshot holds the membership and configuration of the cluster it
     // was taken from: the new cluster's replace them.
     let voters = voter_ids(membership);
-    let mut mvcc = Mvcc::open(&store)?;
     mvcc.set_membership(membership.encode_to_vec());
     let conf_state = ConfState {
         voters: voters.clone(),

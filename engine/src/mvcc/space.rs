@@ -1,8 +1,9 @@
 //! The page file under the store: snapshot pins, defragmentation, and the byte
-//! counts that Status and the quota report.
+//! counts that Status and the quota report, and the whole-tree check.
 
 use super::{Mvcc, MvccError};
-use crate::page::SnapshotSource;
+use crate::btree::CheckReport;
+use crate::page::{PageError, SnapshotSource};
 
 impl Mvcc {
     /// Pins the last durable commit for a snapshot read off the store core. No
@@ -39,6 +40,11 @@ impl Mvcc {
     /// The next commit gives back the free pages at the end of the file.
     pub fn request_trim(&mut self) {
         self.tree.request_trim();
+    }
+
+    /// Walks the whole tree, every page read and checked (`Tree::check`).
+    pub fn check_tree(&self) -> Result<CheckReport, PageError> {
+        self.tree.check()
     }
 
     /// Bytes the page file takes on disk (etcd's dbSize).
