@@ -23,6 +23,13 @@ use crate::net::{Chunks, HttpRequest, HttpResponse};
 /// the call waits for room as for an HTTP/2 window.
 const STREAM_MESSAGES_WAITING_MAX: usize = 16;
 
+/// Request messages one gateway stream's body may hold (a watch's creates
+/// and cancels, a keepalive's pings): a body of the largest size could hold
+/// about a million tiny JSON objects, each a request decoded and handled
+/// before the stream could answer. A body with more is refused before any is
+/// handled. grpc-gateway (etcd) has no limit.
+const STREAM_REQUEST_MESSAGES_MAX: usize = 1024;
+
 /// One gateway path: the gRPC method it calls, and how its messages turn
 /// from and into JSON.
 struct Route {
@@ -200,16 +207,25 @@ fn from_json<Q: DeserializeOwned + Message + Default>(body: &[u8]) -> Result<Byt
     Ok(request.encode_to_vec().into())
 }
 
-/// Every request message of a stream's body, JSON objects one after another.
+/// Every request message of a stream's body, JSON objects one after another,
+/// at most `STREAM_REQUEST_MESSAGES_MAX` of them.
 fn from_json_objects<Q: DeserializeOwned + Message + Default>(body: &[u8]) -> Result<Vec<Bytes>, Status> {
-    serde_json::Deserializer::from_slice(body)
+    let requests: Vec<Bytes> = serde_json::Deserializer::from_slice(body)
         .into_iter::<Q>()
+        .take(STREAM_REQUEST_MESSAGES_MAX + 1)
         .map(|request| {
             request
                 .map(|request| Bytes::from(request.encode_to_vec()))
                 .map_err(|error| Status::new(Code::Unknown, error.to_string()))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if requests.len() > STREAM_REQUEST_MESSAGES_MAX {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            format!("ringkv: a gateway stream's body holds more than {STREAM_REQUEST_MESSAGES_MAX} request messages"),
+        ));
+    }
+    Ok(requests)
 }
 
 /// A response message's JSON, from its protobuf encoding.
@@ -429,6 +445,22 @@ mod tests {
             from_json_objects::<pb::WatchRequest>(br#"{"create_request":{"key":"Zm9v"}} {"progress_request":{}}"#)
                 .unwrap();
         assert_eq!(watches.len(), 2);
+    }
+
+    #[test]
+    fn a_stream_body_holds_at_most_its_count_of_request_messages() {
+        let body = |count: usize| "{} ".repeat(count);
+        let most = from_json_objects::<pb::LeaseKeepAliveRequest>(body(STREAM_REQUEST_MESSAGES_MAX).as_bytes());
+        assert_eq!(most.unwrap().len(), STREAM_REQUEST_MESSAGES_MAX);
+        // About the most a body of the largest size holds: refused at the first past the count.
+        for count in [STREAM_REQUEST_MESSAGES_MAX + 1, 1_000_000] {
+            let refused = from_json_objects::<pb::LeaseKeepAliveRequest>(body(count).as_bytes()).unwrap_err();
+            assert_eq!(refused.code, Code::InvalidArgument, "{count}");
+            assert_eq!(
+                refused.message,
+                "ringkv: a gateway stream's body holds more than 1024 request messages"
+            );
+        }
     }
 
     #[test]
