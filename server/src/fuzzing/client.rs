@@ -423,11 +423,9 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     [&len[1..], &[kind, flags], &stream.to_be_bytes(), payload].concat()
 }
 
-/// A gRPC call on stream 1: HEADERS (literal header fields, no indexing,
-/// new names), then one DATA frame ending the stream.
+/// A gRPC call on stream 1.
 fn h2_call(path: &str, message: &[u8]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in [
+    let headers = [
         (":method", "POST"),
         (":scheme", "http"),
         (":path", path),
@@ -435,7 +433,15 @@ fn h2_call(path: &str, message: &[u8]) -> Vec<u8> {
         ("content-type", "application/grpc"),
         ("te", "trailers"),
         ("grpc-timeout", "5S"),
-    ] {
+    ];
+    h2_request(&headers, message)
+}
+
+/// A request on stream 1: HEADERS (literal header fields, no indexing, new
+/// names), then one DATA frame ending the stream.
+fn h2_request(headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for &(name, value) in headers {
         block.push(0);
         block.push(u8::try_from(name.len()).expect("a short name"));
         block.extend_from_slice(name.as_bytes());
@@ -448,7 +454,7 @@ fn h2_call(path: &str, message: &[u8]) -> Vec<u8> {
     const END_STREAM: u8 = 1;
     [
         h2_frame(HEADERS, END_HEADERS, 1, &block),
-        h2_frame(DATA, END_STREAM, 1, message),
+        h2_frame(DATA, END_STREAM, 1, body),
     ]
     .concat()
 }
@@ -461,6 +467,15 @@ pub(super) fn client_port_seeds() -> Vec<(&'static str, Vec<u8>)> {
     });
     let grpc_put = [HTTP2_START, &h2_call("/etcdserverpb.KV/Put", &put)].concat();
     let grpc_txn = [HTTP2_START, &h2_call("/etcdserverpb.KV/Txn", &framed(&txn()))].concat();
+    // The JSON gateway over HTTP/2: a stream that is no gRPC call.
+    let gateway_headers = [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":path", "/v3/kv/range"),
+        (":authority", "localhost"),
+        ("content-type", "application/json"),
+    ];
+    let gateway = [HTTP2_START, &h2_request(&gateway_headers, br#"{"key":"Zm9v"}"#)].concat();
     vec![
         ("http1-health", [&[0][..], b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n"].concat()),
         (
@@ -473,6 +488,7 @@ pub(super) fn client_port_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("grpc-put", [&[0][..], &grpc_put].concat()),
         ("grpc-txn-in-small-reads", [&[9][..], &grpc_txn].concat()),
+        ("http2-gateway-post", [&[0][..], &gateway].concat()),
     ]
 }
 

@@ -12,8 +12,9 @@ mod status;
 mod stream;
 mod timeout;
 
-pub use budget::{Charge, CALL_OVERHEAD_BYTES, CONNECTION_REQUEST_BYTES_MAX};
+pub use budget::{Charge, ConnectionBudget, CALL_OVERHEAD_BYTES, CONNECTION_REQUEST_BYTES_MAX};
 pub use frame::{Encoded, MessageDecoder, PREFIX_BYTES};
+pub(crate) use server::header_list_bytes;
 pub use server::{serve_connection, Http2Limits};
 pub use status::go_quoted;
 
@@ -65,21 +66,22 @@ pub trait GrpcService: 'static {
         ctx: CallContext,
     ) -> Result<(), Status>;
 
-    /// A GET on an HTTP/2 connection, which is no gRPC call: over TLS, ALPN
-    /// gives HTTP/2 to every client that offers it (curl, Go's HTTP client),
-    /// and etcd's port answers /health, /metrics and /version there as over
-    /// HTTP/1.1. None: 405, as for any other method.
-    async fn http_get(&self, _path: &str, _query: &str) -> Option<PlainResponse> {
-        None
+    /// A stream that is no gRPC call (its content type is not gRPC's): over
+    /// TLS, ALPN gives HTTP/2 to every client that offers it (curl, Go's HTTP
+    /// client), and etcd's port serves such streams as HTTP (the JSON gateway,
+    /// /health, /metrics, /version) as over HTTP/1.1. `budget` is the
+    /// connection's, for what the stream holds. The default resets the
+    /// stream, as grpc-go does.
+    async fn http_stream(&self, stream: HttpStream, _budget: ConnectionBudget) {
+        let HttpStream { mut respond, .. } = stream;
+        respond.send_reset(h2::Reason::PROTOCOL_ERROR);
     }
 }
 
-/// The answer to a GET that is no gRPC call.
-#[derive(Debug, Clone)]
-pub struct PlainResponse {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
+/// An HTTP/2 stream that is no gRPC call, handed over whole.
+pub struct HttpStream {
+    pub request: http::Request<h2::RecvStream>,
+    pub respond: h2::server::SendResponse<Bytes>,
 }
 
 /// Decodes a request message; a malformed one is grpc-go's INTERNAL error.

@@ -18,7 +18,7 @@ use super::budget::{Charge, ConnectionBudget, CALL_OVERHEAD_BYTES};
 use super::frame::{Encoded, MessageDecoder};
 use super::status::go_quoted;
 use super::stream::{RequestStream, ResponseSink};
-use super::{timeout, CallContext, GrpcService, MethodKind, PlainResponse};
+use super::{timeout, CallContext, GrpcService, HttpStream, MethodKind};
 use crate::status::{Code, Status};
 
 /// HTTP/2 settings and limits for one connection.
@@ -82,7 +82,7 @@ where
 }
 
 /// A header list's size as HTTP/2 counts it (RFC 9113 section 6.5.2).
-fn header_list_bytes(headers: &HeaderMap) -> usize {
+pub(crate) fn header_list_bytes(headers: &HeaderMap) -> usize {
     headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
@@ -97,27 +97,19 @@ async fn serve_stream<S: GrpcService>(
     budget: ConnectionBudget,
     client_common_name: Option<Rc<str>>,
 ) {
-    let (parts, body) = request.into_parts();
-    if parts.method == http::Method::GET {
-        let answer = service
-            .http_get(parts.uri.path(), parts.uri.query().unwrap_or(""))
-            .await;
-        match answer {
-            Some(answer) => send_plain(&mut respond, answer),
-            None => send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED),
-        }
+    // What is no gRPC call, by its content type, is HTTP (etcd's port routes
+    // by the same test): the JSON gateway, /health, /metrics, /version. Boxed
+    // as streaming calls are, to keep every call's task small.
+    let Some(subtype) = grpc_content_subtype(request.headers().get(http::header::CONTENT_TYPE)) else {
+        Box::pin(service.http_stream(HttpStream { request, respond }, budget)).await;
         return;
-    }
+    };
+    let (parts, body) = request.into_parts();
     if parts.method != http::Method::POST {
         send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
         return;
     }
-    // grpc-go resets a stream whose headers it cannot take (not gRPC, a malformed
-    // timeout) with PROTOCOL_ERROR before looking at the method.
-    let Some(subtype) = grpc_content_subtype(parts.headers.get(http::header::CONTENT_TYPE)) else {
-        respond.send_reset(h2::Reason::PROTOCOL_ERROR);
-        return;
-    };
+    // grpc-go resets a stream whose timeout it cannot read (PROTOCOL_ERROR).
     let timeout = match parts.headers.get("grpc-timeout") {
         None => None,
         Some(value) => match value.to_str().ok().and_then(timeout::parse) {
@@ -380,18 +372,6 @@ fn status_headers(status: &Status) -> HeaderMap {
         headers.insert("grpc-message", message);
     }
     headers
-}
-
-fn send_plain(respond: &mut SendResponse<Bytes>, answer: PlainResponse) {
-    let mut response = Response::new(());
-    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(answer.content_type),
-    );
-    if let Ok(mut stream) = respond.send_response(response, false) {
-        let _ = stream.send_data(Bytes::from(answer.body), true);
-    }
 }
 
 fn send_http_error(respond: &mut SendResponse<Bytes>, code: StatusCode) {

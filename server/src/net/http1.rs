@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::LocalReceiver;
 
-use super::ConnectionLimits;
+use super::{ConnectionLimits, CORS_HEADERS};
 
 /// The parts of a request the handlers look at.
 #[derive(Debug)]
@@ -79,12 +79,6 @@ impl HttpResponse {
 pub trait HttpHandler: 'static {
     async fn handle(&self, request: HttpRequest) -> HttpResponse;
 }
-
-/// etcd's port answers every response with its CORS handler's headers
-/// (`--cors` defaults to `*`).
-const CORS_HEADERS: &str = "Access-Control-Allow-Headers: accept, content-type, authorization\r\n\
-                            Access-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n\
-                            Access-Control-Allow-Origin: *\r\n";
 
 /// Serves requests until the client closes, errs, idles out or asks to close.
 pub async fn serve<S, H>(mut stream: S, handler: &H, limits: &ConnectionLimits)
@@ -234,10 +228,12 @@ fn head(response: &HttpResponse) -> String {
         504 => "Gateway Timeout",
         _ => "",
     };
-    format!(
-        "HTTP/1.1 {} {reason}\r\n{CORS_HEADERS}Content-Type: {}\r\n",
-        response.status, response.content_type
-    )
+    let mut head = format!("HTTP/1.1 {} {reason}\r\n", response.status);
+    for (name, value) in CORS_HEADERS {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Type: {}\r\n", response.content_type));
+    head
 }
 
 async fn write_response<S: AsyncWrite + Unpin>(

@@ -1,8 +1,11 @@
 //! The client port: one TCP listener serving HTTP/2 (gRPC) and HTTP/1.1,
 //! told apart by the first bytes a client sends; on an https port, the same
-//! once a TLS handshake is done (`tls`).
+//! once a TLS handshake is done (`tls`). HTTP requests (the JSON gateway,
+//! /health, ...) go to one `HttpHandler` over either protocol: HTTP/1.1
+//! (`http1`), or an HTTP/2 stream that is no gRPC call (`http2`).
 
 mod http1;
+mod http2;
 mod prefixed;
 
 pub use http1::{Chunks, HttpHandler, HttpRequest, HttpResponse};
@@ -19,7 +22,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use bytes::Bytes;
 
 use crate::grpc::{
-    self, CallContext, Encoded, GrpcService, Http2Limits, PlainResponse, RequestStream, ResponseSink,
+    self, CallContext, ConnectionBudget, Encoded, GrpcService, Http2Limits, HttpStream, RequestStream, ResponseSink,
     CONNECTION_REQUEST_BYTES_MAX,
 };
 use crate::listener::accept;
@@ -30,14 +33,24 @@ pub use tls::TlsPort;
 /// What every HTTP/2 client sends first (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// etcd's port answers every HTTP response, over either protocol, with its
+/// CORS handler's headers (`--cors` defaults to `*`); named as Go writes
+/// them on HTTP/1.1 (HTTP/2 sends names in lower case).
+const CORS_HEADERS: [(&str, &str); 3] = [
+    ("Access-Control-Allow-Headers", "accept, content-type, authorization"),
+    ("Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE"),
+    ("Access-Control-Allow-Origin", "*"),
+];
+
 /// Limits for every connection on the client port.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub http2: Http2Limits,
     /// Largest HTTP/1.1 request head accepted.
     pub http1_head_bytes_max: usize,
-    /// Largest HTTP/1.1 request body accepted (the JSON gateway's requests);
-    /// a larger one is answered 413 and the connection closed.
+    /// Largest HTTP request body accepted (the JSON gateway's requests),
+    /// over HTTP/1.1 or on an HTTP/2 stream that is no gRPC call; a larger one
+    /// is answered 413 (on HTTP/1.1 the connection then closes).
     pub http1_body_bytes_max: usize,
     /// A connection that has not said which protocol it speaks by then is closed.
     pub first_bytes_timeout: Duration,
@@ -161,17 +174,18 @@ pub(crate) async fn serve_connection<T, S, H>(
     let stream = Prefixed::new(first_bytes, stream);
     match protocol {
         Protocol::Http2 => {
-            let service = Rc::new(WithHttp { grpc, http });
+            let service = Rc::new(WithHttp { grpc, http, limits });
             grpc::serve_connection(stream.compat(), service, http2_limits, client_common_name).await;
         }
         Protocol::Http1 => http1::serve(stream, &*http, &limits).await,
     }
 }
 
-/// gRPC, and the HTTP handler for GETs that come over HTTP/2.
+/// gRPC, and the HTTP handler for the HTTP/2 streams that are no gRPC call.
 struct WithHttp<S, H> {
     grpc: Rc<S>,
     http: Rc<H>,
+    limits: Rc<ConnectionLimits>,
 }
 
 impl<S: GrpcService, H: HttpHandler> GrpcService for WithHttp<S, H> {
@@ -193,13 +207,8 @@ impl<S: GrpcService, H: HttpHandler> GrpcService for WithHttp<S, H> {
         self.grpc.streaming(path, requests, responses, ctx).await
     }
 
-    async fn http_get(&self, path: &str, query: &str) -> Option<PlainResponse> {
-        let response = self.http.handle(HttpRequest::get(path, query)).await;
-        Some(PlainResponse {
-            status: response.status,
-            content_type: response.content_type,
-            body: response.body,
-        })
+    async fn http_stream(&self, stream: HttpStream, budget: ConnectionBudget) {
+        http2::serve_stream(stream, budget, &*self.http, &self.limits).await;
     }
 }
 
