@@ -22,6 +22,7 @@ mod ceiling;
 mod cluster;
 mod corruption;
 mod crash;
+mod deploy;
 mod differential;
 mod etcd_data;
 mod etcdctl;

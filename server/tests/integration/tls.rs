@@ -129,7 +129,7 @@ fn wait_listening(addr: SocketAddr, what: &str) {
 
 /// kubeadm's etcd flags (1.24-1.31) for a member `name` on `ip`, its client
 /// port also on 127.0.0.1, as the manifest writes them.
-fn kubeadm_flags(
+pub(crate) fn kubeadm_flags(
     name: &str,
     ip: &str,
     ports: (u16, u16, u16),
