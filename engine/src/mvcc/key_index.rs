@@ -61,6 +61,9 @@ pub struct KeyIndex {
     /// docs/benchmarks.md). Here a put appends in place. Few keys get here.
     long: HashMap<Box<[u8]>, Vec<LongGeneration>>,
     packed_revisions_max: usize,
+    /// Keys whose newest generation is open (etcd's `keysGauge`): a put
+    /// that opens a generation adds one, a tombstone takes one.
+    live: usize,
 }
 
 impl Default for KeyIndex {
@@ -69,6 +72,7 @@ impl Default for KeyIndex {
             keys: BTreeSet::new(),
             long: HashMap::new(),
             packed_revisions_max: PACKED_REVISIONS_MAX,
+            live: 0,
         }
     }
 }
@@ -76,6 +80,11 @@ impl Default for KeyIndex {
 impl KeyIndex {
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Keys that exist now (not deleted).
+    pub fn live(&self) -> usize {
+        self.live
     }
 
     /// The key's newest live state, if it exists now.
@@ -127,8 +136,17 @@ impl KeyIndex {
     pub fn put(&mut self, key: &[u8], revision: Revision, created: i64, version: i64) {
         self.move_out_if_long(key);
         if let Some(generations) = self.long.get_mut(key) {
-            long_put(generations, revision, created, version);
+            if long_put(generations, revision, created, version) {
+                self.live += 1;
+            }
             return;
+        }
+        let opens = self
+            .keys
+            .get(key)
+            .is_none_or(|entry| entry.generations().last().is_some_and(|last| last.closed));
+        if opens {
+            self.live += 1;
         }
         let updated = match self.keys.get(key) {
             None => Entry::build(key, |out| {
@@ -153,6 +171,7 @@ impl KeyIndex {
     /// Records a deletion at `revision`; the key must exist.
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) {
         self.move_out_if_long(key);
+        self.live -= 1;
         if let Some(generations) = self.long.get_mut(key) {
             long_tombstone(generations, revision);
             return;
@@ -492,7 +511,8 @@ fn long_at(generations: &[LongGeneration], revision: i64) -> Option<KeyAt> {
     })
 }
 
-fn long_put(generations: &mut Vec<LongGeneration>, revision: Revision, created: i64, version: i64) {
+/// Appends a put to a long history; true if it opened a generation.
+fn long_put(generations: &mut Vec<LongGeneration>, revision: Revision, created: i64, version: i64) -> bool {
     let last = generations.last_mut().expect("long histories hold a generation");
     assert!(revision > *last.revisions.last().expect("generations hold revisions"));
     if last.closed {
@@ -502,11 +522,12 @@ fn long_put(generations: &mut Vec<LongGeneration>, revision: Revision, created: 
             closed: false,
             revisions: vec![revision],
         });
-    } else {
-        assert_eq!(version, last.changes + 1, "a put bumps the version by one");
-        last.revisions.push(revision);
-        last.changes = version;
+        return true;
     }
+    assert_eq!(version, last.changes + 1, "a put bumps the version by one");
+    last.revisions.push(revision);
+    last.changes = version;
+    false
 }
 
 fn long_tombstone(generations: &mut [LongGeneration], revision: Revision) {
@@ -774,6 +795,8 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(index.len(), model.len());
+                let live = model.values().filter(|g| g.last().is_some_and(|g| !g.closed)).count();
+                proptest::prop_assert_eq!(index.live(), live);
                 for key in KEYS {
                     let generations = model.get(key).map(Vec::as_slice).unwrap_or_default();
                     for revision in compacted..=current + 1 {

@@ -21,6 +21,11 @@ impl Mvcc {
         self.index.len()
     }
 
+    /// Number of keys that exist now (etcd's `etcd_debugging_mvcc_keys_total`).
+    pub fn live_key_count(&self) -> usize {
+        self.index.live()
+    }
+
     pub fn range(&self, span: KeySpan<'_>, options: RangeOptions) -> Result<RangeResult, MvccError> {
         self.range_at_view(span, options, self.current_revision, Some(&self.range_counts))
     }
