@@ -168,6 +168,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
 
+    /// Level of detail of /metrics: basic, or extensive to add the gRPC
+    /// handling-time histogram (grpc_server_handling_seconds).
+    #[arg(long, env = "ETCD_METRICS", value_enum, default_value = "basic")]
+    pub metrics: MetricsLevel,
+
     /// Interval between periodic progress notifications to watchers that asked for
     /// them (at least 100ms). etcd 3.5 spells it --experimental-watch-progress-notify-interval.
     #[arg(
@@ -336,6 +341,13 @@ fn go_bool(text: &str) -> Result<bool, String> {
     }
 }
 
+/// etcd's `--metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsLevel {
+    Basic,
+    Extensive,
+}
+
 /// etcd's `--initial-cluster-state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitialClusterState {
@@ -357,6 +369,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen_client: Vec<Listen>,
     pub listen_metrics: Vec<Listen>,
+    pub metrics: MetricsLevel,
     /// The client and metrics ports' TLS (`--cert-file`, ...).
     pub client_tls: TlsFiles,
     /// The peer port's and the peer dialer's TLS (`--peer-cert-file`, ...).
@@ -599,6 +612,7 @@ impl Flags {
             peer_hosts: hosts(&self.listen_peer_urls),
             listen_client,
             listen_metrics,
+            metrics: self.metrics,
             client_tls,
             peer_tls,
             tls_protocol,

@@ -15,8 +15,9 @@ use crate::auth::jwt::JwtKeys;
 use crate::client::auth_service::TokenKind;
 use crate::client::{self, ClientCoreSettings};
 use crate::config::auth_token::AuthToken;
-use crate::config::{Config, Listen};
+use crate::config::{Config, Listen, MetricsLevel};
 use crate::listener;
+use crate::metrics::grpc::GrpcMetrics;
 use crate::peer::{PeerNetwork, PeerTls};
 use crate::store::membership::Membership;
 use crate::store::{self, join, MemberInfo, Start, StoreCoreSettings, WatchChannels};
@@ -234,6 +235,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             JwtKeys::load(options).map_err(|error| StartError::Auth(error.to_string()))?,
         )),
     };
+    let handling_histogram = config.metrics == MetricsLevel::Extensive;
+    let grpc_metrics = GrpcMetrics::new(handling_histogram, client_cores);
     let mut clients = Vec::with_capacity(client_cores);
     for (index, ((((calls, replies), watch_commands), watch_pushes), cpu)) in call_senders
         .into_iter()
@@ -253,6 +256,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             metrics_tls: metrics_tls.clone(),
             auth_tokens: auth_tokens.clone(),
             bcrypt_cost: config.bcrypt_cost,
+            grpc_metrics: grpc_metrics.core(index),
         };
         let (listen_tx, listen_rx) = mpsc::channel();
         threads.push(

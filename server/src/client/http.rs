@@ -9,6 +9,8 @@ use ringkv_proto::etcdserverpb as pb;
 use super::gateway::Gateway;
 use super::store_client::StoreClient;
 use crate::etcd_error::EtcdError;
+use crate::metrics::grpc::GrpcCore;
+use crate::metrics::process::ProcessStats;
 use crate::net::{HttpHandler, HttpRequest, HttpResponse};
 use crate::store::messages::{Request, Response};
 use crate::version::{cluster_version, ETCD_COMPATIBLE_VERSION, RINGKV_VERSION};
@@ -118,12 +120,22 @@ impl EtcdHttp {
 
     async fn metrics(&self) -> HttpResponse {
         match self.store.call(Request::Metrics).await {
-            Ok(Response::Metrics(snapshot)) => HttpResponse {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: snapshot.render(RINGKV_VERSION, ETCD_COMPATIBLE_VERSION).into_bytes(),
-                chunks: None,
-            },
+            Ok(Response::Metrics(snapshot)) => {
+                let mut body = snapshot.render(RINGKV_VERSION, ETCD_COMPATIBLE_VERSION);
+                if let Some(core) = GrpcCore::this_thread() {
+                    core.metrics().render(&mut body);
+                }
+                match ProcessStats::read() {
+                    Ok(stats) => stats.render(&mut body),
+                    Err(error) => tracing::warn!(%error, "no process metrics"),
+                }
+                HttpResponse {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: body.into_bytes(),
+                    chunks: None,
+                }
+            }
             Ok(other) => unreachable!("a metrics request answered {other:?}"),
             Err(error) => HttpResponse::text(503, &format!("{error}\n")),
         }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
 use crate::listener;
+use crate::metrics::grpc::GrpcCore;
 use crate::net::{self, ConnectionLimits};
 use crate::store::messages::{Call, Reply};
 use crate::watch::{WatchCommand, WatchPush};
@@ -51,6 +52,8 @@ pub struct ClientCoreSettings {
     pub auth_tokens: auth_service::TokenKind,
     /// `--bcrypt-cost`.
     pub bcrypt_cost: u32,
+    /// This core's gRPC counters, among every client core's.
+    pub grpc_metrics: GrpcCore,
 }
 
 /// The listening sockets one client core accepts on: duplicates of the ones
@@ -77,6 +80,7 @@ pub async fn run(
     watch_pushes: SharedReceiver<WatchPush>,
     listeners: std::sync::mpsc::Receiver<Listeners>,
 ) {
+    settings.grpc_metrics.install();
     // Both at once: each waits for the store core to connect its end.
     let calls = glommio::spawn_local(calls.connect());
     let replies = glommio::spawn_local(replies.connect());

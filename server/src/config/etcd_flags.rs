@@ -112,7 +112,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
         "ringkv's HTTP endpoints are /health, /metrics and /version only",
     ),
     ignored("enable-pprof", true, "ringkv has no Go runtime to profile"),
-    ignored("metrics", false, "ringkv serves one set of metrics"),
     ignored("log-format", false, LOGS),
     ignored("enable-log-rotation", true, LOGS),
     ignored("log-rotation-config-json", false, LOGS),

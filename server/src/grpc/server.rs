@@ -19,6 +19,7 @@ use super::frame::{Encoded, MessageDecoder};
 use super::status::go_quoted;
 use super::stream::{RequestStream, ResponseSink};
 use super::{timeout, CallContext, GrpcService, HttpStream, MethodKind};
+use crate::metrics::grpc::CallCount;
 use crate::status::{Code, Status};
 
 /// HTTP/2 settings and limits for one connection.
@@ -180,8 +181,15 @@ async fn serve_unary<S: GrpcService>(
     limits: &Http2Limits,
     charge: Charge,
 ) {
+    // Counted once its message is read, as grpc-go's interceptors see a call.
+    let count = RefCell::new(None);
     let call = async {
         let (request, charge) = read_one_message(body, limits.max_recv_message_bytes, charge).await?;
+        let started = CallCount::start(path);
+        if let Some(started) = &started {
+            started.received();
+        }
+        *count.borrow_mut() = started;
         let answer = service.unary(path, request, ctx).await;
         // Counted until answered: a call waiting for the store core holds it.
         drop(charge);
@@ -193,6 +201,12 @@ async fn serve_unary<S: GrpcService>(
         let _ = poll_fn(|cx| respond.respond.poll_reset(cx)).await;
     };
     let outcome = race_call(call, reset, timeout).await;
+    if let Some(count) = count.into_inner() {
+        if matches!(outcome, Some(Ok(_))) {
+            count.sent();
+        }
+        count.handled(handled_code(&outcome));
+    }
     match outcome {
         Some(Ok(message)) => respond.send_message(message),
         Some(Err(status)) => respond.send_status_only(&status),
@@ -215,20 +229,35 @@ async fn serve_streaming<S: GrpcService>(
         Ok(stream) => Rc::new(RefCell::new(stream)),
         Err(_) => return,
     };
-    let requests = RequestStream::new(body, limits.max_recv_message_bytes, charge);
-    let call = service.streaming(path, requests, ResponseSink::new(Rc::clone(&stream)), ctx);
+    let count = CallCount::start(path).map(Rc::new);
+    let requests = RequestStream::new(body, limits.max_recv_message_bytes, charge, count.clone());
+    let responses = ResponseSink::new(Rc::clone(&stream), count.clone());
+    let call = service.streaming(path, requests, responses, ctx);
     // Once the response headers are out, a reset shows on the send stream (h2
     // refuses `SendResponse::poll_reset` then).
     let reset = async {
         let _ = poll_fn(|cx| stream.borrow_mut().poll_reset(cx)).await;
     };
     let outcome = race_call(call, reset, timeout).await;
+    if let Some(count) = count {
+        count.handled(handled_code(&outcome));
+    }
     let trailers = match outcome {
         Some(Ok(())) => ok_trailers(),
         Some(Err(status)) => status_headers(&status),
         None => return,
     };
     let _ = stream.borrow_mut().send_trailers(trailers);
+}
+
+/// The code a call ended with, for /metrics: a call the client reset ends
+/// canceled, as grpc-go's handler sees its context.
+fn handled_code<T>(outcome: &Option<Result<T, Status>>) -> usize {
+    match outcome {
+        Some(Ok(_)) => Code::Ok as usize,
+        Some(Err(status)) => status.code as usize,
+        None => Code::Canceled as usize,
+    }
 }
 
 /// Runs `call` unless the client resets the stream (`reset` finishes: None) or

@@ -14,10 +14,11 @@ use h2::{RecvStream, SendStream};
 
 use super::budget::Charge;
 use super::frame::{Encoded, MessageDecoder};
+use crate::metrics::grpc::CallCount;
 use crate::status::{Code, Status};
 
-/// Request messages of one call.
-pub struct RequestStream(Requests);
+/// Request messages of one call, counted for /metrics if `count` is set.
+pub struct RequestStream(Requests, Option<Rc<CallCount>>);
 
 enum Requests {
     /// Decoded as DATA frames arrive.
@@ -31,17 +32,23 @@ enum Requests {
 }
 
 impl RequestStream {
-    pub(super) fn new(body: RecvStream, max_message_bytes: usize, charge: Charge) -> RequestStream {
-        RequestStream(Requests::H2 {
+    pub(super) fn new(
+        body: RecvStream,
+        max_message_bytes: usize,
+        charge: Charge,
+        count: Option<Rc<CallCount>>,
+    ) -> RequestStream {
+        let requests = Requests::H2 {
             body,
             decoder: MessageDecoder::new(max_message_bytes, charge),
             ended: false,
-        })
+        };
+        RequestStream(requests, count)
     }
 
     /// A call whose client sends `messages` and then half-closes.
     pub fn given(messages: Vec<Bytes>) -> RequestStream {
-        RequestStream(Requests::Given(messages.into()))
+        RequestStream(Requests::Given(messages.into()), None)
     }
 
     /// The next request message; None once the client half-closed the stream.
@@ -52,7 +59,12 @@ impl RequestStream {
         };
         loop {
             match decoder.next_message() {
-                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(Some(message)) => {
+                    if let Some(count) = &self.1 {
+                        count.received();
+                    }
+                    return Some(Ok(message));
+                }
                 Ok(None) => {}
                 Err(status) => return Some(Err(status)),
             }
@@ -81,8 +93,8 @@ impl RequestStream {
     }
 }
 
-/// Response messages of one call.
-pub struct ResponseSink(Responses);
+/// Response messages of one call, counted for /metrics if `count` is set.
+pub struct ResponseSink(Responses, Option<Rc<CallCount>>);
 
 enum Responses {
     /// The layer keeps a second handle on the stream to send the status
@@ -93,15 +105,15 @@ enum Responses {
 }
 
 impl ResponseSink {
-    pub(super) fn new(stream: Rc<RefCell<SendStream<Bytes>>>) -> ResponseSink {
-        ResponseSink(Responses::H2(stream))
+    pub(super) fn new(stream: Rc<RefCell<SendStream<Bytes>>>, count: Option<Rc<CallCount>>) -> ResponseSink {
+        ResponseSink(Responses::H2(stream), count)
     }
 
     /// A sink whose framed messages `receiver` gets, at most `bounded`
     /// waiting: the sender waits for room as for an HTTP/2 window.
     pub fn channel(bounded: usize) -> (ResponseSink, LocalReceiver<Bytes>) {
         let (sender, receiver) = local_channel::new_bounded(bounded);
-        (ResponseSink(Responses::Channel(sender)), receiver)
+        (ResponseSink(Responses::Channel(sender), None), receiver)
     }
 
     /// Sends one message, waiting for flow-control window (or channel room)
@@ -133,6 +145,9 @@ impl ResponseSink {
                 .borrow_mut()
                 .send_data(chunk, false)
                 .map_err(|error| Status::new(Code::Unavailable, error.to_string()))?;
+        }
+        if let Some(count) = &self.1 {
+            count.sent();
         }
         Ok(())
     }

@@ -1,6 +1,11 @@
 //! Metrics in Prometheus text format, under etcd's names for what dashboards and
 //! alerts use. The store core owns its counters (no shared state, no locks) and
-//! hands a [`MetricsSnapshot`] to a client core that asks; the client core renders it.
+//! hands a [`MetricsSnapshot`] to a client core that asks; the client core renders
+//! it, with the gRPC series every client core counts ([`grpc`]) and the
+//! process's ([`process`]).
+
+pub mod grpc;
+pub mod process;
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -48,18 +53,60 @@ impl Histogram {
         self.counts.iter().sum()
     }
 
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The buckets, sum and count, with `labels` (`To="a"`, or empty) on each.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let comma = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (bound, count) in self.bounds_seconds.iter().zip(&self.counts) {
             cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{comma}le=\"{bound}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count());
-        let _ = writeln!(out, "{name}_sum {}", self.sum_seconds);
-        let _ = writeln!(out, "{name}_count {}", self.count());
+        let _ = writeln!(out, "{name}_bucket{{{labels}{comma}le=\"+Inf\"}} {}", self.count());
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum_seconds);
+        let _ = writeln!(out, "{name}_count{braced} {}", self.count());
     }
+}
+
+/// The leader's heartbeat round trips to one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRoundTrip {
+    pub peer: u64,
+    pub histogram: Histogram,
+}
+
+/// What went over the peer links with one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub peer: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    /// Raft messages for the peer that were not sent: dropped from a full
+    /// queue, or lost with a connection that failed or could not be made.
+    pub sent_failures: u64,
+}
+
+/// etcd's mvcc operation counters (see `crate::apply::OpCounts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MvccOps {
+    pub ranges: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    pub txns: u64,
 }
 
 /// What the store core reports for `/metrics`.
@@ -90,6 +137,14 @@ pub struct MetricsSnapshot {
     pub quota_backend_bytes: i64,
     pub current_revision: i64,
     pub compact_revision: i64,
+    /// Keys that exist now.
+    pub keys: u64,
+    pub mvcc_ops: MvccOps,
+    pub slow_applies: u64,
+    pub heartbeat_send_failures: u64,
+    pub peer_round_trips: Vec<PeerRoundTrip>,
+    /// The peer port's own counts: the store core's shell fills them in.
+    pub peer_traffic: Vec<PeerTraffic>,
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
 }
@@ -212,6 +267,49 @@ impl MetricsSnapshot {
             "gauge",
             self.compact_revision.to_string(),
         );
+        gauge(
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys.",
+            "gauge",
+            self.keys.to_string(),
+        );
+        let ops = self.mvcc_ops;
+        gauge(
+            "etcd_mvcc_range_total",
+            "Total number of ranges seen by this member.",
+            "counter",
+            ops.ranges.to_string(),
+        );
+        gauge(
+            "etcd_mvcc_put_total",
+            "Total number of puts seen by this member.",
+            "counter",
+            ops.puts.to_string(),
+        );
+        gauge(
+            "etcd_mvcc_delete_total",
+            "Total number of deletes seen by this member.",
+            "counter",
+            ops.deletes.to_string(),
+        );
+        gauge(
+            "etcd_mvcc_txn_total",
+            "Total number of txns seen by this member.",
+            "counter",
+            ops.txns.to_string(),
+        );
+        gauge(
+            "etcd_server_slow_apply_total",
+            "The total number of slow apply requests (likely overloaded from slow disk).",
+            "counter",
+            self.slow_applies.to_string(),
+        );
+        gauge(
+            "etcd_server_heartbeat_send_failures_total",
+            "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
+            "counter",
+            self.heartbeat_send_failures.to_string(),
+        );
         let _ = writeln!(
             out,
             "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version."
@@ -231,7 +329,56 @@ impl MetricsSnapshot {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend.",
         );
+        self.render_peers(&mut out);
         out
+    }
+
+    /// The per-peer series, labelled with the peer's id in hex as etcd's are.
+    fn render_peers(&self, out: &mut String) {
+        type Value = fn(&PeerTraffic) -> u64;
+        let traffic: [(&str, &str, &str, Value); 3] = [
+            (
+                "etcd_network_peer_sent_bytes_total",
+                "The total number of bytes sent to peers.",
+                "To",
+                |traffic| traffic.sent_bytes,
+            ),
+            (
+                "etcd_network_peer_received_bytes_total",
+                "The total number of bytes received from peers.",
+                "From",
+                |traffic| traffic.received_bytes,
+            ),
+            (
+                "etcd_network_peer_sent_failures_total",
+                "The total number of send failures from peers.",
+                "To",
+                |traffic| traffic.sent_failures,
+            ),
+        ];
+        // As a Go metric vector, a family with no peer yet is left out.
+        let families = if self.peer_traffic.is_empty() {
+            &traffic[..0]
+        } else {
+            &traffic[..]
+        };
+        for &(name, help, label, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for peer in &self.peer_traffic {
+                let _ = writeln!(out, "{name}{{{label}=\"{:x}\"}} {}", peer.peer, value(peer));
+            }
+        }
+        let name = "etcd_network_peer_round_trip_time_seconds";
+        if self.peer_round_trips.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {name} Round-Trip-Time histogram between peers");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for trip in &self.peer_round_trips {
+            trip.histogram
+                .render_series(out, name, &format!("To=\"{:x}\"", trip.peer));
+        }
     }
 }
 
