@@ -7,12 +7,14 @@
 //! member id and raft term to the outermost header, as etcd's gRPC layer does.
 
 pub mod check;
+mod counts;
 mod encoded_range;
 pub mod lease;
 mod range;
 mod txn;
 mod write;
 
+pub use counts::OpCounts;
 pub use encoded_range::{EncodedRangeResponse, PREFIX_BYTES_MAX};
 pub use range::{range, RangeAnswer, RangeBuild};
 pub use txn::{is_read_only, is_serializable, txn, TxnBuild};

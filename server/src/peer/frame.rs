@@ -70,7 +70,7 @@ pub enum PeerMessage {
 }
 
 /// Frame header: length then checksum.
-const HEADER_BYTES: usize = 8;
+pub(crate) const HEADER_BYTES: usize = 8;
 /// Largest payload accepted. Appends carry at most the raft message size limit
 /// (1 MiB of entries) plus one entry, and an entry is at most a client request
 /// (--max-request-bytes, 1.5 MiB by default) plus its envelope.

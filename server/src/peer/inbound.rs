@@ -19,6 +19,7 @@ use ringkv_proto::ringkvpb::{HashKvQuery, Membership, SnapshotChunk, SnapshotEnd
 
 use super::admission::{self, Admission, Refusal};
 use super::frame::{self, FrameError, Hello, PeerMessage, FRAME_PAYLOAD_MAX};
+use super::traffic::Traffic;
 use super::{hash_kv, query, snapshot, within, PeerDrops, PeerEvent, PeerStream, PeerTls, Report};
 use crate::config::Listen;
 use crate::listener::{self, BindError};
@@ -63,6 +64,8 @@ pub(super) struct Local {
     snapshots: Rc<snapshot::Receives>,
     pub(super) hash_kv: hash_kv::Waiting,
     pub(super) drops: Cell<PeerDrops>,
+    /// Bytes sent and received, and failed sends, by peer.
+    pub(super) traffic: Rc<Traffic>,
     /// Warnings about closed connections, at a bounded rate.
     rejected_warnings: LogLimit,
     pub(super) tls: PeerTls,
@@ -80,6 +83,7 @@ impl Local {
             snapshots: Rc::default(),
             hash_kv: hash_kv::Waiting::default(),
             drops: Cell::default(),
+            traffic: Rc::default(),
             rejected_warnings: LogLimit::default(),
         }
     }
@@ -346,6 +350,9 @@ impl Receiver {
             }
             Some(read) => read?,
         }
+        self.local
+            .traffic
+            .received(self.hello.from, frame::HEADER_BYTES + header.length);
         let message = frame::decode_message(&self.payload);
         if self.payload.capacity() > PAYLOAD_KEPT_BYTES_MAX {
             self.payload = Vec::new();

@@ -45,6 +45,7 @@ pub mod query;
 pub(crate) mod raft_fixture;
 pub(crate) mod screen;
 pub(crate) mod snapshot;
+mod traffic;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -66,6 +67,7 @@ use ringkv_engine::mvcc::SnapshotSource;
 use ringkv_proto::ringkvpb::{HashKvAnswer, LeaseForward, LeaseForwardReply, Membership, PromoteCheck};
 
 use crate::config::Listen;
+use crate::metrics::PeerTraffic;
 use crate::tls::{self, MaybeTls};
 
 /// A connection between members: TCP, under TLS when the URL is https.
@@ -221,6 +223,11 @@ impl PeerTransport {
         self.local.drops.get()
     }
 
+    /// Bytes and failed sends so far, by peer.
+    pub fn traffic(&self) -> Vec<PeerTraffic> {
+        self.local.traffic.snapshot()
+    }
+
     /// Makes the senders match `peers` (id and peer URLs, this member excluded):
     /// new peers (or new URLs) get a sender task, removed ones lose theirs.
     pub fn set_peers(&mut self, peers: &[(u64, Vec<String>)]) {
@@ -240,6 +247,7 @@ impl PeerTransport {
                 self.add_peer(*id, urls.clone());
             }
         }
+        self.local.traffic.retain(|id| self.peers.contains_key(&id));
         let known = self.peers.iter().map(|(id, peer)| (*id, peer.urls.clone())).collect();
         self.local.admission.set_known(known);
     }
@@ -259,6 +267,7 @@ impl PeerTransport {
             dial: self.local.tls.dial.clone(),
             queue: receiver,
             report: Rc::clone(&self.report),
+            traffic: Rc::clone(&self.local.traffic),
             link: self.links_started,
         };
         self.links_started += 1;
@@ -295,6 +304,7 @@ impl PeerTransport {
             return false;
         };
         if queue.try_send(message).is_err() {
+            self.local.traffic.failed(to, 1);
             (self.report)(PeerEvent::Unreachable(to));
             return false;
         }
@@ -385,6 +395,7 @@ struct Sender {
     dial: Option<Arc<rustls::ClientConfig>>,
     queue: LocalReceiver<PeerMessage>,
     report: Report,
+    traffic: Rc<traffic::Traffic>,
     link: u64,
 }
 
@@ -397,6 +408,7 @@ impl Sender {
             dial,
             queue,
             report,
+            traffic,
             link,
         } = self;
         let mut state = LinkState {
@@ -405,7 +417,13 @@ impl Sender {
             report: Rc::clone(&report),
             up: false,
         };
-        run_sender(hello, &targets, dial.as_ref(), queue, report, &mut state).await;
+        let link = Link {
+            hello,
+            targets: &targets,
+            dial: dial.as_ref(),
+            traffic: &traffic,
+        };
+        run_sender(link, queue, report, &mut state).await;
         state.down();
     }
 }
@@ -437,14 +455,21 @@ impl LinkState {
     }
 }
 
-async fn run_sender(
+/// What a sender connects with, and where it counts what it sends.
+struct Link<'a> {
     hello: Hello,
-    targets: &[Target],
-    dial: Option<&Arc<rustls::ClientConfig>>,
-    queue: LocalReceiver<PeerMessage>,
-    report: Report,
-    link: &mut LinkState,
-) {
+    targets: &'a [Target],
+    dial: Option<&'a Arc<rustls::ClientConfig>>,
+    traffic: &'a traffic::Traffic,
+}
+
+async fn run_sender(sender: Link<'_>, queue: LocalReceiver<PeerMessage>, report: Report, link: &mut LinkState) {
+    let Link {
+        hello,
+        targets,
+        dial,
+        traffic,
+    } = sender;
     let mut backoff = BACKOFF_MIN;
     let mut out = Vec::new();
     let mut scratch = Vec::new();
@@ -459,7 +484,7 @@ async fn run_sender(
                 if failures % 60 == 1 {
                     tracing::warn!(peer = format_args!("{:x}", hello.to), %error, "cannot reach peer");
                 }
-                if !drop_queued(&queue, &report, hello.to).await {
+                if !drop_queued(&queue, &report, hello.to, traffic).await {
                     return;
                 }
                 glommio::timer::sleep(backoff).await;
@@ -483,13 +508,17 @@ async fn run_sender(
                 Some(None) => return, // the peer was removed
                 None => PeerMessage::Keepalive,
             };
+            let mut batched = usize::from(!matches!(first, PeerMessage::Keepalive));
             frame::push_message(&mut out, &mut scratch, &first);
             // The peer's removal closes the queue: what was queued before still
             // goes out (the last append to a removed member, see `members`).
             let mut removed = false;
             while out.len() < BATCH_BYTES_MAX {
                 match future::poll_once(queue.recv()).await {
-                    Some(Some(message)) => frame::push_message(&mut out, &mut scratch, &message),
+                    Some(Some(message)) => {
+                        batched += 1;
+                        frame::push_message(&mut out, &mut scratch, &message);
+                    }
                     Some(None) => {
                         removed = true;
                         break;
@@ -498,6 +527,10 @@ async fn run_sender(
                 }
             }
             let written = frame::write_all(&mut stream, &out).await;
+            match written {
+                Ok(()) => traffic.sent(hello.to, out.len()),
+                Err(_) => traffic.failed(hello.to, batched),
+            }
             if written.is_ok() && removed {
                 return;
             }
@@ -601,13 +634,22 @@ async fn resolve(addr: &str) -> Vec<SocketAddr> {
         .await
 }
 
-/// Drops what waits for an unreachable peer, telling raft. False: store core gone.
-async fn drop_queued(queue: &LocalReceiver<PeerMessage>, report: &Report, peer: u64) -> bool {
-    let mut dropped = false;
+/// Drops what waits for an unreachable peer, counting it and telling raft.
+/// False: store core gone.
+async fn drop_queued(
+    queue: &LocalReceiver<PeerMessage>,
+    report: &Report,
+    peer: u64,
+    traffic: &traffic::Traffic,
+) -> bool {
+    let mut dropped = 0;
     while let Some(Some(_)) = future::poll_once(queue.recv()).await {
-        dropped = true;
+        dropped += 1;
     }
-    !dropped || report(PeerEvent::Unreachable(peer))
+    if dropped > 0 {
+        traffic.failed(peer, dropped);
+    }
+    dropped == 0 || report(PeerEvent::Unreachable(peer))
 }
 
 /// Waits for `work` at most `limit`; None if the time ran out first.

@@ -19,6 +19,7 @@ mod disk_full;
 mod leases;
 mod maintenance;
 mod members;
+mod peer_timing;
 mod peers;
 mod pending;
 mod publication;
@@ -30,7 +31,7 @@ mod space;
 mod waits;
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message as RaftMessage};
@@ -54,7 +55,7 @@ use super::stepped_read::SteppedReads;
 use super::store_files::StoreFiles;
 use super::wal_io::WalJob;
 use super::watchers::Watchers;
-use crate::apply::{self, ApplyError, WriteView};
+use crate::apply::{self, ApplyError, OpCounts, WriteView};
 use crate::auth::{AuthInfo, AuthState, SimpleTokens};
 use crate::etcd_error::EtcdError;
 use crate::fatal::fatal;
@@ -69,12 +70,17 @@ use disk_full::DiskFull;
 #[cfg(feature = "sim")]
 pub use leases::LeaseAudit;
 pub use members::HEALTH_INTERVAL;
+use peer_timing::PeerTiming;
 use pending::Pending;
 use publication::Publication;
 pub use settings::{request_timeout, MemberInfo, StoreSettings};
 use snapshot_flow::{Install, PinnedIn, SnapshotFlow};
 use space::{DefragJob, SnapshotWait};
 use waits::Awaited;
+
+/// An apply slower than this counts in `etcd_server_slow_apply_total` (etcd's
+/// `--experimental-warning-apply-duration`, 100 ms).
+const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 /// Counters the store core keeps for `/metrics` (see `crate::metrics`).
 struct CoreMetrics {
@@ -88,6 +94,12 @@ struct CoreMetrics {
     raft_messages_screened: u64,
     /// Entries not applied because of what they hold (`skip_entry`).
     entries_skipped: u64,
+    /// What applied writes did, as etcd's mvcc layer counts it.
+    ops: OpCounts,
+    /// Requests whose apply took longer than SLOW_APPLY.
+    slow_applies: u64,
+    /// Heartbeat round trips and late heartbeats, by peer.
+    peer_timing: PeerTiming,
     wal_fsync: Histogram,
     backend_commit: Histogram,
 }
@@ -206,6 +218,9 @@ impl StoreCore {
             let conf_state = store.conf_state().clone();
             store.set_snapshot_point(durable_applied_index, term, conf_state);
         }
+        // One tick is the heartbeat interval's share of the election timeout.
+        let heartbeat_interval =
+            settings.election_timeout * raw.raft.heartbeat_timeout() as u32 / raw.raft.election_timeout().max(1) as u32;
         let watchers = Watchers::new(client_cores);
         let auth = Self::stored_auth(&mvcc);
         let tokens = SimpleTokens::new(settings.simple_token_ttl);
@@ -262,6 +277,9 @@ impl StoreCore {
                 proposals_failed: 0,
                 raft_messages_screened: 0,
                 entries_skipped: 0,
+                ops: OpCounts::default(),
+                slow_applies: 0,
+                peer_timing: PeerTiming::new(heartbeat_interval),
                 wal_fsync: Histogram::etcd_disk(),
                 backend_commit: Histogram::etcd_disk(),
             },
@@ -297,6 +315,7 @@ impl StoreCore {
             }
             Event::Peer(PeerEvent::Received(message)) if !self.screen_admits(&message) => {}
             Event::Peer(PeerEvent::Received(message)) => {
+                self.metrics.peer_timing.received(self.now, &message);
                 // Errors are messages raft does not take from this peer (unknown
                 // or removed): nothing to do but drop them.
                 if let Err(error) = self.raw.step(*message) {
@@ -498,6 +517,7 @@ impl StoreCore {
                 self.settle_leader_transfers();
             }
             self.metrics.leader = soft_state.leader_id;
+            self.metrics.peer_timing.leadership_changed();
             self.lease_leadership_changed(soft_state.raft_state == StateRole::Leader);
             if soft_state.raft_state == StateRole::Leader {
                 self.auto_compactor.restart(self.now);
@@ -623,15 +643,32 @@ impl StoreCore {
             self.answer_applied(id, Err(refusal));
             return;
         }
+        let started = Instant::now();
         let result = match body {
-            raft_request::Request::Put(put) => self.write(|view| {
-                apply::check_put_lease(view, &put)?;
-                apply::put(view, &put).map(Response::Put)
-            }),
-            raft_request::Request::DeleteRange(delete) => {
-                self.write(|view| apply::delete_range(view, &delete).map(Response::DeleteRange))
+            raft_request::Request::Put(put) => {
+                let result = self.write(|view| {
+                    apply::check_put_lease(view, &put)?;
+                    apply::put(view, &put).map(Response::Put)
+                });
+                if result.is_ok() {
+                    self.metrics.ops.put(&put);
+                }
+                result
             }
-            raft_request::Request::Txn(txn) => apply::txn(&mut self.mvcc, &txn).map(Response::Txn),
+            raft_request::Request::DeleteRange(delete) => {
+                let result = self.write(|view| apply::delete_range(view, &delete).map(Response::DeleteRange));
+                if result.is_ok() {
+                    self.metrics.ops.delete(&delete);
+                }
+                result
+            }
+            raft_request::Request::Txn(txn) => {
+                let result = apply::txn(&mut self.mvcc, &txn);
+                if let Ok(response) = &result {
+                    self.metrics.ops.txn(&txn, response);
+                }
+                result.map(Response::Txn)
+            }
             raft_request::Request::Compaction(compact) => {
                 apply::compact(&mut self.mvcc, &compact).map(Response::Compact)
             }
@@ -645,6 +682,9 @@ impl StoreCore {
             raft_request::Request::MemberUpdate(update) => self.apply_member_update(update),
             raft_request::Request::Auth(request) => self.apply_auth(index, request).map_err(ApplyError::Client),
         };
+        if started.elapsed() > SLOW_APPLY {
+            self.metrics.slow_applies += 1;
+        }
         let result = self.client_result(result);
         self.answer_applied(id, result);
     }

@@ -88,9 +88,10 @@ impl Shell {
     }
 
     fn reply(&self, client: usize, mut reply: Reply) {
-        // The peer port's count is the transport's, which the core does not see.
+        // The peer port's counts are the transport's, which the core does not see.
         if let Ok(Response::Metrics(metrics)) = &mut reply.result {
             metrics.peer_connections_rejected = self.transport.drops().connections_rejected;
+            metrics.peer_traffic = self.transport.traffic();
         }
         // Client cores admit at most as many calls as their reply channel holds,
         // so this never finds the channel full.

@@ -22,7 +22,7 @@ use ringkv_proto::etcdserverpb as pb;
 
 use super::messages::Response;
 use super::reads::{PendingRead, Read};
-use crate::apply::{ApplyError, RangeAnswer, RangeBuild, TxnBuild};
+use crate::apply::{ApplyError, OpCounts, RangeAnswer, RangeBuild, TxnBuild};
 
 /// What one step reads at most: about 5 ms of a Range of small key-values
 /// (docs/architecture.md, "Path of a read"), a tenth of the heartbeat interval.
@@ -42,19 +42,17 @@ enum Build {
     /// Boxed: a Range's build is far larger than a Txn's (which boxes its
     /// ranges in a Vec), and reads wait in a queue of these.
     Range(Box<RangeBuild>),
-    Txn(TxnBuild),
+    /// With its request, whose branch taken is counted when it is done.
+    Txn(TxnBuild, Box<pb::TxnRequest>),
     /// With the store's revision when it began: its header's, as etcd's.
-    HashKv {
-        cursor: HashKvCursor,
-        revision: i64,
-    },
+    HashKv { cursor: HashKvCursor, revision: i64 },
 }
 
 impl Build {
     fn is_done(&self) -> bool {
         match self {
             Build::Range(build) => build.is_done(),
-            Build::Txn(build) => build.is_done(),
+            Build::Txn(build, _) => build.is_done(),
             Build::HashKv { cursor, .. } => cursor.is_done(),
         }
     }
@@ -62,18 +60,22 @@ impl Build {
     fn step(&mut self, mvcc: &Mvcc) -> Result<(), ApplyError> {
         match self {
             Build::Range(build) => build.step(mvcc, READ_STEP),
-            Build::Txn(build) => build.step(mvcc, READ_STEP),
+            Build::Txn(build, _) => build.step(mvcc, READ_STEP),
             Build::HashKv { cursor, .. } => Ok(mvcc.hash_kv_step(cursor, READ_STEP)?),
         }
     }
 
-    fn finish(self, mvcc: &Mvcc, header: &pb::ResponseHeader) -> Result<Response, ApplyError> {
+    fn finish(self, mvcc: &Mvcc, header: &pb::ResponseHeader, ops: &mut OpCounts) -> Result<Response, ApplyError> {
         match self {
             Build::Range(build) => Ok(match build.finish(mvcc, Some(header))? {
                 RangeAnswer::Encoded(response) => Response::RangeEncoded(response),
                 RangeAnswer::Decoded(response) => Response::Range(response),
             }),
-            Build::Txn(build) => build.finish(mvcc, Some(header)).map(Response::Txn),
+            Build::Txn(build, request) => {
+                let response = build.finish(mvcc, Some(header))?;
+                ops.txn(&request, &response);
+                Ok(Response::Txn(response))
+            }
             Build::HashKv { cursor, revision } => {
                 let hashed = cursor.finish();
                 Ok(Response::HashKv(pb::HashKvResponse {
@@ -125,6 +127,8 @@ pub struct SteppedReads {
     response_bytes_max: usize,
     /// A step was taken since the store core last rested.
     rest_owed: Cell<bool>,
+    /// What the reads answered did, as etcd's mvcc layer counts it.
+    ops: OpCounts,
 }
 
 impl SteppedReads {
@@ -133,6 +137,7 @@ impl SteppedReads {
             reads: VecDeque::new(),
             response_bytes_max,
             rest_owed: Cell::new(false),
+            ops: OpCounts::default(),
         }
     }
 
@@ -150,12 +155,16 @@ impl SteppedReads {
             SteppedRead::Read(PendingRead {
                 read: Read::Range(request),
                 ..
-            }) => RangeBuild::start(mvcc, request, true, self.response_bytes_max)
-                .map(|build| Build::Range(Box::new(build))),
+            }) => {
+                self.ops.range();
+                RangeBuild::start(mvcc, request, true, self.response_bytes_max)
+                    .map(|build| Build::Range(Box::new(build)))
+            }
             SteppedRead::Read(PendingRead {
                 read: Read::Txn(request),
                 ..
-            }) => TxnBuild::start(mvcc, &request, self.response_bytes_max).map(Build::Txn),
+            }) => TxnBuild::start(mvcc, &request, self.response_bytes_max)
+                .map(|build| Build::Txn(build, Box::new(request))),
             SteppedRead::HashKv(revision) => mvcc
                 .begin_hash_kv(revision)
                 .map(|cursor| Build::HashKv {
@@ -170,13 +179,18 @@ impl SteppedReads {
         };
         match step_once(&mut build, mvcc) {
             Err(error) => Some(Err(error)),
-            Ok(true) => Some(build.finish(mvcc, header)),
+            Ok(true) => Some(build.finish(mvcc, header, &mut self.ops)),
             Ok(false) => {
                 self.reads.push_back(InProgress { reader, build });
                 self.rest_owed.set(true);
                 None
             }
         }
+    }
+
+    /// What the reads answered so far did.
+    pub fn ops(&self) -> OpCounts {
+        self.ops
     }
 
     /// True while a read is in progress.
@@ -196,7 +210,7 @@ impl SteppedReads {
         self.rest_owed.set(true);
         match step_once(&mut read.build, mvcc) {
             Err(error) => Some((read.reader, Err(error))),
-            Ok(true) => Some((read.reader, read.build.finish(mvcc, header))),
+            Ok(true) => Some((read.reader, read.build.finish(mvcc, header, &mut self.ops))),
             Ok(false) => {
                 self.reads.push_back(read);
                 None

@@ -11,7 +11,7 @@ use ringkv_proto::ringkvpb::raft_request;
 use super::StoreCore;
 use crate::apply::ApplyError;
 use crate::etcd_error::EtcdError;
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{MetricsSnapshot, MvccOps};
 use crate::store::messages::{Request, Response};
 use crate::version::ETCD_COMPATIBLE_VERSION;
 
@@ -256,6 +256,17 @@ impl StoreCore {
         }
     }
 
+    /// Applied writes' and answered reads' operations, together.
+    fn mvcc_ops(&self) -> MvccOps {
+        let (writes, reads) = (self.metrics.ops, self.stepped_reads.ops());
+        MvccOps {
+            ranges: writes.ranges + reads.ranges,
+            puts: writes.puts + reads.puts,
+            deletes: writes.deletes + reads.deletes,
+            txns: writes.txns + reads.txns,
+        }
+    }
+
     fn metrics_snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             has_leader: self.raw.raft.leader_id != raft::INVALID_ID,
@@ -278,6 +289,12 @@ impl StoreCore {
             quota_backend_bytes: self.settings.quota_backend_bytes.map_or(0, |quota| quota as i64),
             current_revision: self.mvcc.current_revision(),
             compact_revision: self.mvcc.compact_revision(),
+            keys: self.mvcc.live_key_count() as u64,
+            mvcc_ops: self.mvcc_ops(),
+            slow_applies: self.metrics.slow_applies,
+            heartbeat_send_failures: self.metrics.peer_timing.send_failures(),
+            peer_round_trips: self.metrics.peer_timing.round_trips(),
+            peer_traffic: Vec::new(),
             wal_fsync: self.metrics.wal_fsync.clone(),
             backend_commit: self.metrics.backend_commit.clone(),
         }

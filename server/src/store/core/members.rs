@@ -354,6 +354,9 @@ impl StoreCore {
                 }
             }
         }
+        self.metrics
+            .peer_timing
+            .retain_peers(|id| peers.iter().any(|(peer, _)| *peer == id));
         let membership = self.membership.to_stored();
         self.outbox.push(Effect::Peers { peers, membership });
     }

@@ -35,6 +35,7 @@ impl StoreCore {
             .into_iter()
             .partition(|message| message.get_msg_type() == MessageType::MsgSnapshot);
         if !others.is_empty() {
+            self.metrics.peer_timing.sent(self.now, &others);
             self.outbox.push(Effect::Raft(others));
         }
         for snapshot in snapshots {
