@@ -38,6 +38,7 @@ mod lock_election;
 mod logs;
 mod maintenance;
 mod membership;
+mod metrics;
 mod snapshot_defrag;
 mod tls;
 mod watch;
