@@ -141,6 +141,8 @@ pub struct MetricsSnapshot {
     pub keys: u64,
     pub mvcc_ops: MvccOps,
     pub slow_applies: u64,
+    /// ReadIndex grants that came after their request was asked again.
+    pub slow_read_indexes: u64,
     pub heartbeat_send_failures: u64,
     pub peer_round_trips: Vec<PeerRoundTrip>,
     /// The peer port's own counts: the store core's shell fills them in.
@@ -303,6 +305,12 @@ impl MetricsSnapshot {
             "The total number of slow apply requests (likely overloaded from slow disk).",
             "counter",
             self.slow_applies.to_string(),
+        );
+        gauge(
+            "etcd_server_slow_read_indexes_total",
+            "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
+            "counter",
+            self.slow_read_indexes.to_string(),
         );
         gauge(
             "etcd_server_heartbeat_send_failures_total",

@@ -73,6 +73,9 @@ pub struct ReadQueue {
     next_context: u64,
     /// KeepAlives waiting, wherever they are.
     keep_alives: usize,
+    /// Grants of requests asked again since, ignored (etcd's
+    /// `etcd_server_slow_read_indexes_total`: out-of-date read index responses).
+    late_grants: u64,
 }
 
 impl ReadQueue {
@@ -117,13 +120,20 @@ impl ReadQueue {
         let Ok(bytes) = <[u8; 8]>::try_from(context) else {
             return;
         };
-        if let Some((_, batch)) = self.requested.remove(&u64::from_be_bytes(bytes)) {
-            // Grants from one leader come in order; across retries and leader
-            // changes one may not. Serving a read at a later index is always
-            // linearizable, so the queue stays ordered by raising it.
-            let index = self.granted.back().map_or(index, |(last, _)| index.max(*last));
-            self.granted.push_back((index, batch));
-        }
+        let Some((_, batch)) = self.requested.remove(&u64::from_be_bytes(bytes)) else {
+            self.late_grants += 1;
+            return;
+        };
+        // Grants from one leader come in order; across retries and leader
+        // changes one may not. Serving a read at a later index is always
+        // linearizable, so the queue stays ordered by raising it.
+        let index = self.granted.back().map_or(index, |(last, _)| index.max(*last));
+        self.granted.push_back((index, batch));
+    }
+
+    /// Grants that came after their request was asked again, so far.
+    pub fn late_grants(&self) -> u64 {
+        self.late_grants
     }
 
     /// Outstanding requests were dropped (leadership changed): ask again.
@@ -204,7 +214,9 @@ mod tests {
         assert_ne!(first, second);
         queue.read_index_granted(&first, 3);
         assert!(queue.take_applied(10).is_none(), "a stale grant answers nothing");
+        assert_eq!(queue.late_grants(), 1, "and counts as a slow read index");
         queue.read_index_granted(&second, 3);
+        assert_eq!(queue.late_grants(), 1);
         assert_eq!(call_id(&queue.take_applied(3).unwrap()[0]), 9);
     }
 

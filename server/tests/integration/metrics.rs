@@ -123,6 +123,8 @@ fn a_scrape_passes_promtool_with_only_etcds_own_names_flagged() {
         "etcd_mvcc_delete_total 1",
         "etcd_debugging_mvcc_keys_total 0",
         "etcd_server_slow_apply_total ",
+        "etcd_server_slow_read_indexes_total ",
+        "etcd_server_heartbeat_send_failures_total ",
         "process_cpu_seconds_total ",
         "process_resident_memory_bytes ",
         "process_open_fds ",
