@@ -325,6 +325,7 @@ fn the_etcd_mixins_alerts_read_series_a_cluster_has_and_fire_for_stopped_members
     let members_down = prometheus.expression_of("etcdMembersDown");
     let insufficient = prometheus.expression_of("etcdInsufficientMembers");
     let no_leader = prometheus.expression_of("etcdNoLeader");
+    assert!(prometheus.query(&members_down).is_empty(), "three members up");
     assert!(prometheus.query(&insufficient).is_empty(), "three members up");
     assert!(prometheus.query(&no_leader).is_empty(), "every member has a leader");
 
@@ -332,6 +333,7 @@ fn the_etcd_mixins_alerts_read_series_a_cluster_has_and_fire_for_stopped_members
     wait_for("members down with one member stopped", || {
         !prometheus.query(&members_down).is_empty()
     });
+    assert_eq!(prometheus.query(&members_down)[0]["value"][1], "1", "one member down");
     assert!(prometheus.query(&insufficient).is_empty(), "two of three is a quorum");
     cluster.kill(1);
     wait_for("insufficient members with two stopped", || {
