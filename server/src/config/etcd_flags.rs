@@ -104,12 +104,12 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     ignored(
         "cors",
         false,
-        "ringkv's HTTP endpoints are /health, /metrics and /version only",
+        "ringkv's HTTP answers allow every origin (etcd's default, *); a list of origins is not enforced",
     ),
     ignored(
         "host-whitelist",
         false,
-        "ringkv's HTTP endpoints are /health, /metrics and /version only",
+        "ringkv accepts every Host header (etcd's default, *); a list of hosts is not enforced",
     ),
     ignored("enable-pprof", true, "ringkv has no Go runtime to profile"),
     ignored("log-format", false, LOGS),
