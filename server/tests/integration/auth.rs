@@ -6,8 +6,6 @@
 //! certificate's common name as the user; users, roles and passwords through
 //! etcd-format snapshots, etcd to ringkv and back.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringkv_proto::etcdserverpb as pb;
@@ -21,44 +19,17 @@ use tonic::transport::Channel;
 use crate::etcd_data::etcd_restore;
 use crate::snapshot_defrag::restore_into;
 use crate::support::cluster::Cluster;
-use crate::support::{self, Etcd, Ringkv};
+use crate::support::{self, Etcd, EtcdctlRun as Run, Ringkv};
 use crate::tls::{client_flags, etcdctl as tls_etcdctl, path, Ca};
 
-/// One etcdctl run: exit status, stdout and stderr without the client's JSON
-/// log lines, the endpoint (which differs) written `ENDPOINT`.
-#[derive(Debug, PartialEq)]
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// One etcdctl run ([`support::etcdctl_run`]), the endpoint (which differs
+/// between the servers) written `ENDPOINT`.
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout", "10s"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("etcdctl is installed (Debian package etcd-client)");
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .filter(|line| !line.starts_with('{'))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let run = support::etcdctl_run(endpoint, "10s", args, stdin);
     Run {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).replace(endpoint, "ENDPOINT"),
-        stderr: stderr.replace(endpoint, "ENDPOINT"),
+        status: run.status,
+        stdout: run.stdout.replace(endpoint, "ENDPOINT"),
+        stderr: run.stderr.replace(endpoint, "ENDPOINT"),
     }
 }
 
@@ -246,6 +217,16 @@ async fn login(channel: &Channel, name: &str, password: &str) -> String {
         .token
 }
 
+/// Sets up root and alice and enables auth (`set_up_users`), then logs both
+/// in: their tokens, alice's first.
+async fn set_up_and_log_in(endpoint: &str) -> (String, String) {
+    set_up_users(endpoint);
+    let channel = support::channel(endpoint).await;
+    let alice = login(&channel, "alice", "alicepw").await;
+    let root = login(&channel, "root", "rootpw").await;
+    (alice, root)
+}
+
 /// Sets up root and alice (as `setup_commands`) and enables auth.
 fn set_up_users(endpoint: &str) {
     for args in setup_commands() {
@@ -402,10 +383,7 @@ async fn each_users_grpc_calls_are_allowed_or_refused_as_etcd_answers_them() {
     let ringkv = Ringkv::start(data_dir.path(), &[]);
     let mut answers = Vec::new();
     for endpoint in [etcd.endpoint(), ringkv.endpoint()] {
-        set_up_users(&endpoint);
-        let channel = support::channel(&endpoint).await;
-        let alice = login(&channel, "alice", "alicepw").await;
-        let root = login(&channel, "root", "rootpw").await;
+        let (alice, root) = set_up_and_log_in(&endpoint).await;
         let mut per_user = Vec::new();
         for (user, token) in [
             ("nobody", None),
@@ -962,10 +940,7 @@ async fn lock_and_election_calls_are_checked_as_their_caller_as_etcd_checks_them
     let ringkv = Ringkv::start(data_dir.path(), &[]);
     let mut answers = Vec::new();
     for endpoint in [etcd.endpoint(), ringkv.endpoint()] {
-        set_up_users(&endpoint);
-        let channel = support::channel(&endpoint).await;
-        let alice = login(&channel, "alice", "alicepw").await;
-        let root = login(&channel, "root", "rootpw").await;
+        let (alice, root) = set_up_and_log_in(&endpoint).await;
         let mut per_user = Vec::new();
         for (user, token) in [("alice", Some(alice.as_str())), ("root", Some(root.as_str()))] {
             per_user.push((user, lock_and_election_outcomes(&endpoint, user, token).await));

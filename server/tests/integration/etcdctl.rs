@@ -5,47 +5,17 @@
 //! covered by the differential gRPC test. Its `lease("k")` txn compare panics in
 //! etcdctl itself, so lease compares are covered there too.)
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::support;
+use crate::support::{self, EtcdctlRun as Run};
 
-/// Output of one etcdctl run, with etcdctl's own client log lines (JSON, with
-/// timestamps and ports) dropped and the raft term, which may legitimately differ,
-/// masked in JSON output.
-#[derive(Debug, PartialEq)]
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// One etcdctl run ([`support::etcdctl_run`]), the raft term, which may
+/// legitimately differ, masked in JSON output.
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout", "10s"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("etcdctl is installed (Debian package etcd-client); .ci/run installs it");
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .filter(|line| !line.starts_with('{'))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let run = support::etcdctl_run(endpoint, "10s", args, stdin);
     Run {
-        status: output.status.code().unwrap_or(-1),
-        stdout: mask_raft_term(&String::from_utf8_lossy(&output.stdout)),
-        stderr,
+        stdout: mask_raft_term(&run.stdout),
+        ..run
     }
 }
 

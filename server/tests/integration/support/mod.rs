@@ -235,10 +235,18 @@ impl Drop for Ringkv {
     }
 }
 
+/// One etcdctl run: its exit status (-1 if a signal ended it), stdout, and
+/// stderr without etcdctl's JSON client log lines (timestamps, ports).
+#[derive(Debug, PartialEq)]
+pub struct EtcdctlRun {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// Runs etcdctl (API v3) against `endpoint` with `--command-timeout
-/// command_timeout`, `stdin` piped in: its exit status and stdout+stderr, its
-/// JSON client log lines dropped.
-pub fn etcdctl_output(endpoint: &str, command_timeout: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+/// command_timeout`, `stdin` piped in.
+pub fn etcdctl_run(endpoint: &str, command_timeout: &str, args: &[&str], stdin: Option<&str>) -> EtcdctlRun {
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", endpoint, "--command-timeout", command_timeout])
@@ -247,7 +255,7 @@ pub fn etcdctl_output(endpoint: &str, command_timeout: &str, args: &[&str], stdi
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("etcdctl is installed (Debian package etcd-client)");
+        .expect("etcdctl is installed (Debian package etcd-client); .ci/run installs it");
     child
         .stdin
         .take()
@@ -255,13 +263,21 @@ pub fn etcdctl_output(endpoint: &str, command_timeout: &str, args: &[&str], stdi
         .write_all(stdin.unwrap_or("").as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr)
+    EtcdctlRun {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr)
             .lines()
             .filter(|line| !line.starts_with('{'))
             .collect::<Vec<_>>()
-            .join("\n");
-    (output.status.success(), text)
+            .join("\n"),
+    }
+}
+
+/// [`etcdctl_run`]'s success and its stdout followed by its stderr.
+pub fn etcdctl_output(endpoint: &str, command_timeout: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let run = etcdctl_run(endpoint, command_timeout, args, stdin);
+    (run.status == 0, run.stdout + &run.stderr)
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves none behind.
