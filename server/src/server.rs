@@ -176,10 +176,15 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     };
     let mut watch_push_receivers = Vec::with_capacity(client_cores);
     for _ in 0..client_cores {
-        let (tx, rx) = shared_channel::new_bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
+        // Calls and replies cross cores on flume channels, not glommio's: a
+        // glommio shared channel wakes the sending core on every receive, so a
+        // lone call woke each core once more than it needed (docs/benchmarks.md).
+        // Both ends only ever `try_send` (the client core's permits bound the
+        // calls in flight), so no sender waits for room.
+        let (tx, rx) = flume::bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
         call_senders.push(tx);
         call_receivers.push(rx);
-        let (tx, rx) = shared_channel::new_bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
+        let (tx, rx) = flume::bounded(IN_FLIGHT_CALLS_PER_CLIENT_CORE);
         reply_senders.push(tx);
         reply_receivers.push(rx);
         let (tx, rx) = shared_channel::new_bounded(WATCH_COMMANDS_PER_CLIENT_CORE);
@@ -190,7 +195,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         watch_push_receivers.push(rx);
     }
 
-    // Every executor starts at once: the cross-core channels connect only when
+    // Every executor starts at once: the watch channels connect only when
     // both ends are running. Clients listen only once the store has recovered.
     let mut threads = Vec::with_capacity(client_cores + 1);
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -74,19 +74,16 @@ pub struct Socket {
 /// ready) and serves them until the process ends.
 pub async fn run(
     settings: ClientCoreSettings,
-    calls: SharedSender<Call>,
-    replies: SharedReceiver<Reply>,
+    calls: flume::Sender<Call>,
+    replies: flume::Receiver<Reply>,
     watch_commands: SharedSender<WatchCommand>,
     watch_pushes: SharedReceiver<WatchPush>,
     listeners: std::sync::mpsc::Receiver<Listeners>,
 ) {
     settings.grpc_metrics.install();
-    // Both at once: each waits for the store core to connect its end.
-    let calls = glommio::spawn_local(calls.connect());
-    let replies = glommio::spawn_local(replies.connect());
+    // Both at once: each watch channel waits for the store core to connect its end.
     let watch_commands = glommio::spawn_local(watch_commands.connect());
     let watch_pushes = glommio::spawn_local(watch_pushes.connect());
-    let (calls, replies) = (calls.await, replies.await);
     let (watch_commands, watch_pushes) = (watch_commands.await, watch_pushes.await);
     let watches = WatchRouter::start(watch_commands, watch_pushes, settings.max_request_bytes);
     let store = StoreClient::new(calls, settings.in_flight_calls_max);

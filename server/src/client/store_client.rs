@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_channel::oneshot;
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::etcd_error::EtcdError;
@@ -21,7 +20,7 @@ struct Pending {
 }
 
 pub struct StoreClient {
-    calls: ConnectedSender<Call>,
+    calls: flume::Sender<Call>,
     permits: Rc<Semaphore>,
     pending: RefCell<HashMap<u64, Pending>>,
     next_id: Cell<u64>,
@@ -29,7 +28,7 @@ pub struct StoreClient {
 
 impl StoreClient {
     /// `capacity` must not exceed either channel's capacity.
-    pub fn new(calls: ConnectedSender<Call>, capacity: usize) -> Rc<StoreClient> {
+    pub fn new(calls: flume::Sender<Call>, capacity: usize) -> Rc<StoreClient> {
         assert!(capacity > 0);
         Rc::new(StoreClient {
             calls,
@@ -98,8 +97,8 @@ impl StoreClient {
     }
 
     /// Delivers replies to waiting calls until the store core goes away.
-    pub async fn pump_replies(self: Rc<Self>, replies: ConnectedReceiver<Reply>) {
-        while let Some(reply) = replies.recv().await {
+    pub async fn pump_replies(self: Rc<Self>, replies: flume::Receiver<Reply>) {
+        while let Ok(reply) = replies.recv_async().await {
             let pending = self.pending.borrow_mut().remove(&reply.id);
             let pending = pending.expect("every reply answers a pending call");
             // The caller may have given up (deadline, cancel): nothing to do then.

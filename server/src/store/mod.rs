@@ -94,15 +94,13 @@ pub struct WatchChannels {
 /// calls from every client core until the process ends.
 pub async fn run(
     settings: StoreCoreSettings,
-    calls: Vec<SharedReceiver<Call>>,
-    replies: Vec<SharedSender<Reply>>,
+    calls: Vec<flume::Receiver<Call>>,
+    replies: Vec<flume::Sender<Reply>>,
     watch: WatchChannels,
     ready: std::sync::mpsc::Sender<Result<Identity, String>>,
 ) {
     // Each `connect` waits for the other core to connect its end: start them all
     // at once so no order between cores can deadlock.
-    let replies: Vec<_> = replies.into_iter().map(|r| glommio::spawn_local(r.connect())).collect();
-    let calls: Vec<_> = calls.into_iter().map(|c| glommio::spawn_local(c.connect())).collect();
     let pushes: Vec<_> = watch
         .pushes
         .into_iter()
@@ -113,14 +111,6 @@ pub async fn run(
         .into_iter()
         .map(|c| glommio::spawn_local(c.connect()))
         .collect();
-    let mut connected_replies = Vec::with_capacity(replies.len());
-    for reply in replies {
-        connected_replies.push(reply.await);
-    }
-    let mut connected_calls = Vec::with_capacity(calls.len());
-    for call in calls {
-        connected_calls.push(call.await);
-    }
     let mut connected_pushes = Vec::with_capacity(pushes.len());
     for push in pushes {
         connected_pushes.push(push.await);
@@ -191,10 +181,10 @@ pub async fn run(
     }
     let (wal_jobs, wal_job_queue) = local_channel::new_unbounded();
     glommio::spawn_local(wal_io::run(opened.wal, wal_job_queue, Rc::clone(&events))).detach();
-    for (client, receiver) in connected_calls.into_iter().enumerate() {
+    for (client, receiver) in calls.into_iter().enumerate() {
         let events = Rc::clone(&events);
         glommio::spawn_local(async move {
-            while let Some(call) = receiver.recv().await {
+            while let Ok(call) = receiver.recv_async().await {
                 if events.try_send(Event::Call { client, call }).is_err() {
                     return;
                 }
@@ -239,7 +229,7 @@ pub async fn run(
         corrupt_check_interval: settings.corrupt_check_interval,
         simple_token_ttl: settings.simple_token_ttl,
     };
-    let client_cores = connected_replies.len();
+    let client_cores = replies.len();
     let mut core = StoreCore::new(
         store_settings,
         opened.raw,
@@ -256,7 +246,7 @@ pub async fn run(
         events,
         wal_jobs,
         transport,
-        replies: connected_replies,
+        replies,
         watch_outlet: WatchOutlet::new(connected_pushes),
     };
     // Clients are let in only once everything known committed is applied again

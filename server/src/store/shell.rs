@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use glommio::channels::local_channel::LocalSender;
-use glommio::channels::shared_channel::ConnectedSender;
 use ringkv_engine::mvcc::CommitPlan;
 
 use super::event::Event;
@@ -23,7 +22,7 @@ pub struct Shell {
     pub events: Rc<LocalSender<Event>>,
     pub wal_jobs: LocalSender<WalJob>,
     pub transport: PeerTransport,
-    pub replies: Vec<ConnectedSender<Reply>>,
+    pub replies: Vec<flume::Sender<Reply>>,
     pub watch_outlet: WatchOutlet,
 }
 
