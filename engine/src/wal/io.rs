@@ -18,6 +18,8 @@ use super::record::BLOCK_BYTES;
 
 /// Bytes zero-filled per write while pre-writing a segment.
 const PREWRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Bytes per O_DIRECT read while recovering (a whole segment is read at open).
+const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// One segment file. Offsets and lengths are multiples of the block size.
 pub trait WalFile {
@@ -232,15 +234,33 @@ impl WalFile for DmaSegment {
         }
     }
 
-    /// Reads only happen while recovering, before anything is served, so a plain
-    /// blocking pread is fine; glommio's O_DIRECT reads fail on some kernels
-    /// (EOPNOTSUPP through io_uring), and the page cache is coherent with
-    /// direct writes.
+    /// Reads only happen while recovering, before anything is served, so plain
+    /// blocking preads are fine; glommio's O_DIRECT reads fail on some kernels
+    /// (EOPNOTSUPP through io_uring). They are O_DIRECT reads of
+    /// `READ_CHUNK_BYTES` of the blocks around the range: segments are only
+    /// ever written with O_DIRECT, so the page cache holds none of them, and a
+    /// buffered read of a whole segment went at the pace of the kernel's
+    /// readahead (a restart spent seconds reading two segments; docs/benchmarks.md).
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::File::open(&self.path)?;
-        let mut bytes = vec![0u8; len];
-        file.read_exact_at(&mut bytes, offset)?;
+        let block = BLOCK_BYTES as u64;
+        let start = offset / block * block;
+        let end = (offset + len as u64).div_ceil(block) * block;
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)?;
+        let mut buffer = self.file.alloc_dma_buffer(READ_CHUNK_BYTES.min((end - start) as usize));
+        let mut bytes = Vec::with_capacity((end - start) as usize);
+        let mut at = start;
+        while at < end {
+            let chunk = &mut buffer.as_bytes_mut()[..READ_CHUNK_BYTES.min((end - at) as usize)];
+            // Whole blocks inside the file: only its end can make a read short.
+            reader.read_exact_at(chunk, at)?;
+            bytes.extend_from_slice(chunk);
+            at += chunk.len() as u64;
+        }
+        bytes.drain(..(offset - start) as usize);
+        bytes.truncate(len);
         Ok(bytes)
     }
 
