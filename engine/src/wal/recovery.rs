@@ -296,6 +296,20 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
                 continue;
             }
         }
+        // Not rolled because the next segment's first sector is damaged (a roll
+        // leaves zeros behind, a crash never leaves a damaged sector): the
+        // sequence went on there, and there is where it is broken. Ending the
+        // log at this tail would drop that frame, acknowledged or not.
+        let (index, offset, end) = match (&end, segments.get(index + 1)) {
+            (End::Unwritten(_), Some(next)) if next.seq == segment.seq + 1 => {
+                match read_frame_start(&contents[index + 1]) {
+                    FrameStart::Damaged(found) => (index + 1, 0, End::Damaged(found.to_string())),
+                    _ => (index, offset, end),
+                }
+            }
+            _ => (index, offset, end),
+        };
+        let segment = &segments[index];
         let next_batch = expected_batch.unwrap_or(0);
         let found = match &end {
             End::Unwritten(found) | End::Damaged(found) => found,

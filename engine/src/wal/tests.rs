@@ -1050,3 +1050,57 @@ fn a_wal_of_the_format_before_sector_stamps_is_refused_by_name() {
         assert!(reason.contains("RKVF") && reason.contains("format"), "{reason}");
     });
 }
+
+/// A batch that rolled to a new segment left the old one's tail unwritten; if
+/// the new segment's first frame is then damaged in its first sector, the
+/// damage is reported there, and the log does not end quietly at the old tail
+/// (which would drop that frame) when nothing follows it either.
+#[test]
+fn a_damaged_first_frame_after_a_roll_is_refused_where_it_is() {
+    // The shrunk case proptest found for the test above: batch 7 does not fit
+    // what is left of segment 0, and its second frame starts segment 1.
+    let batches: [&[usize]; 9] = [
+        &[2781, 5163],
+        &[3942],
+        &[4546, 3398],
+        &[3942],
+        &[3942],
+        &[0],
+        &[2337, 5636],
+        &[0],
+        &[0],
+    ];
+    for kept in [batches.len(), 7] {
+        run(async move {
+            let dir = SimDir::new();
+            let mut wal = create(&dir, b"m".to_vec()).await;
+            let mut index = 0;
+            for (batch, sizes) in (1..).zip(&batches[..kept]) {
+                let mut records = Vec::new();
+                for &bytes in *sizes {
+                    index += 1;
+                    records.push(entry(index, batch, bytes));
+                }
+                records.push(Record::HardState(HardStateRecord {
+                    term: batch,
+                    vote: batch % 3,
+                    commit: index,
+                }));
+                wal.append(&records).await.unwrap();
+            }
+            drop(wal);
+            let rolled = dir
+                .writes()
+                .iter()
+                .position(|(file, offset, _)| *file == segment(1) && *offset == 0);
+            let rolled = rolled.expect("a frame starts segment 1");
+            assert!(
+                dir.writes()[rolled - 1].0 == segment(0),
+                "segment 0 holds the frame before"
+            );
+            dir.flip(&segment(1), 40, 135);
+            let (file, offset, reason) = expect_corrupt(reopen(&dir).await);
+            assert_eq!((file, offset), (segment(1).into(), 0), "{kept} batches: {reason}");
+        });
+    }
+}
