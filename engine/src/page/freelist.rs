@@ -285,12 +285,15 @@ impl Freelist {
     /// end).
     fn drop_trimmed_ranges(&mut self) {
         let ranges = ranges_for(self.page_count);
-        if self.map.bitmaps.len() <= ranges {
-            return;
-        }
+        // The bits past the end were cleared as their pages went.
         self.dirty.split_off(&ranges);
         self.listed.truncate(ranges * BITMAP_WORDS);
-        let gone: Vec<PageId> = self.map.bitmaps.drain(ranges..).flatten().collect();
+        let gone: Vec<PageId> = self
+            .map
+            .bitmaps
+            .drain(ranges.min(self.map.bitmaps.len())..)
+            .flatten()
+            .collect();
         for id in gone {
             self.release(id);
         }
