@@ -39,6 +39,7 @@ impl Tree {
         leaves_max: usize,
     ) -> Result<Option<Vec<u8>>, PageError> {
         assert!(leaves_max > 0);
+        self.store.move_freelist_below(target);
         let mut from = from.to_vec();
         for _ in 0..leaves_max {
             let Some(root) = self.root else {

@@ -4,7 +4,8 @@
 //! 0   u32 crc32 of bytes 4..PAGE_BYTES
 //! 4   u8  kind (PageKind)
 //! 5   u8  reserved, zero
-//! 6   u16 count: entries (branch, leaf) or page ids (freelist); zero otherwise
+//! 6   u16 count: entries (branch, leaf), page ids (freelist chain, freelist
+//!         index) or free pages (free-page bitmap); zero otherwise
 //! 8   u64 txid of the commit that wrote the page
 //! 16  u64 the page's own id (catches misdirected writes and reads)
 //! 24  body
@@ -32,7 +33,12 @@ pub enum PageKind {
     Branch = 2,
     Leaf = 3,
     Overflow = 4,
+    /// A page of a format-1 freelist chain (read at open, no longer written).
     Freelist = 5,
+    /// A range of the file's pages, one bit each: set for a free page.
+    FreeBitmap = 6,
+    /// A page of the freelist's index: the bitmap page of each range.
+    FreeIndex = 7,
 }
 
 impl PageKind {
@@ -43,6 +49,8 @@ impl PageKind {
             3 => PageKind::Leaf,
             4 => PageKind::Overflow,
             5 => PageKind::Freelist,
+            6 => PageKind::FreeBitmap,
+            7 => PageKind::FreeIndex,
             _ => return None,
         })
     }

@@ -5,10 +5,12 @@
 //! Body (after the common page header, little endian):
 //! ```text
 //! 24  u64 magic "RKVPAGES"
-//! 32  u32 format version
+//! 32  u32 format version: 1 (freelist as a chain of id lists) or 2 (as a
+//!         free-page map); this build reads both and writes 2
 //! 36  u32 page size in bytes
 //! 40  u64 root page of the B-tree, 0 for an empty tree
-//! 48  u64 first freelist page, 0 for none
+//! 48  u64 first freelist page (version 1: of the chain; version 2: of the
+//!         map's index), 0 for none
 //! 56  u64 page count: pages 0..count are in use or free; later ones are not yet used
 //! 64  zeros to the end of the page
 //! ```
@@ -16,7 +18,17 @@
 use super::layout::{get_u32, get_u64, new_page, seal_page, verify_page, HeaderError, PageId, PageKind, PAGE_BYTES};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RKVPAGES");
-const FORMAT_VERSION: u32 = 1;
+
+/// How a commit's freelist is stored: the meta page's format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreelistFormat {
+    /// Version 1: a chain of pages listing free page ids (kind 5), rewritten
+    /// whole by every commit. Files written before the map still hold it.
+    Chain = 1,
+    /// Version 2: a bitmap page per range of the file under a chain of index
+    /// pages (kinds 6 and 7); a commit rewrites only the ranges it changed.
+    Map = 2,
+}
 
 /// Why a meta slot holds no valid meta page (a torn or never-written slot is
 /// expected after a crash or on a new file).
@@ -30,7 +42,7 @@ pub enum MetaError {
     NotMeta { slot: PageId, kind: PageKind },
     #[error("not a ringkv page file (bad magic)")]
     Magic,
-    #[error("page file format version {version}, this build reads {FORMAT_VERSION}")]
+    #[error("page file format version {version}, this build reads 1 and 2")]
     Version { version: u32 },
     #[error("page size {page_bytes}, this build uses {PAGE_BYTES}")]
     PageSize { page_bytes: u32 },
@@ -52,6 +64,7 @@ pub struct Meta {
     pub txid: u64,
     pub root: Option<PageId>,
     pub freelist_head: Option<PageId>,
+    pub freelist_format: FreelistFormat,
     pub page_count: u64,
 }
 
@@ -64,7 +77,7 @@ impl Meta {
     pub fn encode(&self) -> Box<[u8]> {
         let mut page = new_page(PageKind::Meta, 0, self.slot());
         page[24..32].copy_from_slice(&MAGIC.to_le_bytes());
-        page[32..36].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        page[32..36].copy_from_slice(&(self.freelist_format as u32).to_le_bytes());
         page[36..40].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
         page[40..48].copy_from_slice(&self.root.unwrap_or(0).to_le_bytes());
         page[48..56].copy_from_slice(&self.freelist_head.unwrap_or(0).to_le_bytes());
@@ -85,10 +98,11 @@ impl Meta {
         if get_u64(page, 24) != MAGIC {
             return Err(MetaError::Magic);
         }
-        let version = get_u32(page, 32);
-        if version != FORMAT_VERSION {
-            return Err(MetaError::Version { version });
-        }
+        let freelist_format = match get_u32(page, 32) {
+            1 => FreelistFormat::Chain,
+            2 => FreelistFormat::Map,
+            version => return Err(MetaError::Version { version }),
+        };
         let page_bytes = get_u32(page, 36);
         if page_bytes as usize != PAGE_BYTES {
             return Err(MetaError::PageSize { page_bytes });
@@ -97,6 +111,7 @@ impl Meta {
             txid: header.txid,
             root: non_zero(get_u64(page, 40)),
             freelist_head: non_zero(get_u64(page, 48)),
+            freelist_format,
             page_count: get_u64(page, 56),
         };
         if meta.slot() != slot {
@@ -120,6 +135,7 @@ mod tests {
             txid: 7,
             root: Some(12),
             freelist_head: None,
+            freelist_format: FreelistFormat::Map,
             page_count: 40,
         };
         let page = meta.encode();
@@ -128,11 +144,31 @@ mod tests {
     }
 
     #[test]
+    fn both_freelist_formats_round_trip_and_a_later_one_is_refused() {
+        for freelist_format in [FreelistFormat::Chain, FreelistFormat::Map] {
+            let meta = Meta {
+                txid: 4,
+                root: Some(5),
+                freelist_head: Some(6),
+                freelist_format,
+                page_count: 7,
+            };
+            assert_eq!(Meta::decode(&meta.encode(), 0), Ok(meta));
+        }
+        let mut page = new_page(PageKind::Meta, 0, 0);
+        page[24..32].copy_from_slice(&MAGIC.to_le_bytes());
+        page[32..36].copy_from_slice(&3u32.to_le_bytes());
+        seal_page(&mut page, 2);
+        assert_eq!(Meta::decode(&page, 0), Err(MetaError::Version { version: 3 }));
+    }
+
+    #[test]
     fn a_torn_meta_page_is_invalid() {
         let meta = Meta {
             txid: 2,
             root: None,
             freelist_head: Some(3),
+            freelist_format: FreelistFormat::Map,
             page_count: 4,
         };
         let mut page = meta.encode();

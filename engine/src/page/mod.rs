@@ -13,6 +13,7 @@
 //! docs/page-format.md.
 
 mod freelist;
+mod freemap;
 mod io;
 mod layout;
 mod meta;
@@ -31,11 +32,11 @@ pub use layout::{
     PAGE_BYTES,
 };
 
-use freelist::{decode_freelist_page, Freelist};
+use freelist::{Freelist, MapPages};
 // Tests and fuzz targets re-stamp damaged pages, so their layouts get past the checksum.
 pub(crate) use layout::seal_page;
 use layout::{parse_header, verify_page};
-use meta::{Meta, MetaError, NoMetaError};
+use meta::{FreelistFormat, Meta, MetaError, NoMetaError};
 pub use snapshot::SnapshotSource;
 
 use crate::no_space::is_no_space;
@@ -185,7 +186,7 @@ impl PageStore {
             mapping,
             durable,
             sealed: None,
-            freelist: Freelist::new(BTreeSet::new(), Vec::new(), durable.page_count),
+            freelist: Freelist::new(BTreeSet::new(), MapPages::none(durable.page_count), durable.page_count),
             trim_requested: false,
             verified: RefCell::new(vec![0; (durable.page_count as usize).div_ceil(64)]),
             poisoned,
@@ -193,49 +194,8 @@ impl PageStore {
     }
 
     fn read_freelist(&self) -> Result<Freelist, PageError> {
-        let (free, chain) = self.read_freelist_chain()?;
-        Ok(Freelist::new(free, chain, self.durable.page_count))
-    }
-
-    /// The durable commit's free pages and the pages of its freelist chain.
-    fn read_freelist_chain(&self) -> Result<(BTreeSet<PageId>, Vec<PageId>), PageError> {
-        let page_count = self.durable.page_count;
-        let mut free = BTreeSet::new();
-        let mut chain = Vec::new();
-        let mut next = self.durable.freelist_head;
-        while let Some(id) = next {
-            if chain.contains(&id) || chain.len() as u64 >= page_count {
-                return Err(PageError::corrupt(id, "the freelist chain loops"));
-            }
-            // A page past the count can still verify: the file grows ahead of
-            // it, and a shrunk count leaves old pages behind.
-            if !(META_PAGE_COUNT..page_count).contains(&id) {
-                return Err(PageError::corrupt(
-                    id,
-                    format!("a freelist page outside pages 2..{page_count}"),
-                ));
-            }
-            let (page, header, _) = self.verified_page(id)?;
-            if header.kind != PageKind::Freelist {
-                return Err(PageError::corrupt(
-                    id,
-                    format!("expected a freelist page, found {:?}", header.kind),
-                ));
-            }
-            let (following, ids) =
-                decode_freelist_page(page, header.count).map_err(|error| PageError::corrupt(id, error))?;
-            for free_id in ids {
-                if !(META_PAGE_COUNT..page_count).contains(&free_id) || !free.insert(free_id) {
-                    return Err(PageError::corrupt(id, format!("bad or repeated free page {free_id}")));
-                }
-            }
-            chain.push(id);
-            next = following;
-        }
-        if let Some(id) = chain.iter().find(|id| free.contains(id)) {
-            return Err(PageError::corrupt(*id, "a freelist page lists itself as free"));
-        }
-        Ok((free, chain))
+        let (free, map) = self.read_free_pages()?;
+        Ok(Freelist::new(free, map, self.durable.page_count))
     }
 
     /// The root of the last sealed (or durable) commit.
@@ -332,6 +292,10 @@ impl PageStore {
             self.freelist.trim_tail();
         }
         let (freelist_head, freelist_pages) = self.freelist.seal(txid);
+        for (id, _) in &freelist_pages {
+            // Taken inside the freelist, not through `allocate`: new bytes too.
+            self.forget_verified(*id);
+        }
         let mut sealed = SealedPages::new();
         for (id, mut page) in pages.into_iter().chain(freelist_pages) {
             assert!(
@@ -348,6 +312,7 @@ impl PageStore {
             txid,
             root,
             freelist_head,
+            freelist_format: FreelistFormat::Map,
             page_count: self.freelist.page_count(),
         };
         let needed = meta.page_count * PAGE_BYTES as u64;
@@ -430,7 +395,7 @@ impl PageStore {
     /// may be in flight (the copy is of a durable state).
     pub fn pin_snapshot(&mut self) -> Result<SnapshotSource, PageError> {
         assert!(self.sealed.is_none(), "a snapshot pins a durable commit");
-        let (free, _) = self.read_freelist_chain()?;
+        let (free, _) = self.read_free_pages()?;
         self.freelist.pin(self.durable.txid);
         Ok(SnapshotSource::new(Arc::clone(&self.io), self.durable, free))
     }
@@ -443,6 +408,13 @@ impl PageStore {
     /// commit cuts the file short (defragmentation's last step).
     pub fn request_trim(&mut self) {
         self.trim_requested = true;
+    }
+
+    /// The next seal writes anew the freelist's pages at or above `target`,
+    /// taking the lowest free pages (defragmentation moves everything above
+    /// its target down).
+    pub fn move_freelist_below(&mut self, target: PageId) {
+        self.freelist.move_map_below(target);
     }
 
     /// The lowest page an allocation would take now, if any is free below the
@@ -507,6 +479,7 @@ fn initialize(io: &dyn PageIo) -> Result<Meta, PageError> {
         txid: 0,
         root: None,
         freelist_head: None,
+        freelist_format: FreelistFormat::Map,
         page_count: META_PAGE_COUNT,
     };
     io.grow(GROW_STEP_BYTES_MIN)
