@@ -105,7 +105,7 @@ impl Tree {
         let [.., parent, leaf] = path[..] else {
             return Ok(false);
         };
-        if !self.store.lowest_free().is_some_and(|free| free < target) {
+        if self.store.lowest_free().is_none_or(|free| free >= target) {
             return Ok(false);
         }
         let parent = self.node(parent)?;
