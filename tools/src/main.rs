@@ -170,12 +170,16 @@ fn check(data_dir: PathBuf) -> Result<(), String> {
         .and_then(|tree| tree.check())
         .map_err(|error| format!("{}: {error}", store.display()))?;
     println!(
-        "{}: ok: {} entries, depth {}, {} pages reachable, {} unreachable",
+        "{}: ok: {} entries, depth {}, {} pages reachable ({} branch, {} leaf, {} overflow), {} unreachable; leaves {:.1}% full",
         store.display(),
         report.entries,
         report.depth,
         report.reachable_pages,
-        report.unreachable_pages
+        report.branch_pages,
+        report.leaf_pages,
+        report.overflow_pages,
+        report.unreachable_pages,
+        report.leaf_fill() * 100.0
     );
     Ok(())
 }

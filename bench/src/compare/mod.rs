@@ -8,7 +8,7 @@
 //! free 127.0.0.1 ports, serve one run, and are killed; no state carries from
 //! one run to the next. The table shows each server's median over the rounds
 //! and the ratio. The `scale` row (see `scale`) runs several phases on each
-//! fresh server and has a table of its own.
+//! fresh server and has a table of its own, as has the `space` row (`space`).
 
 mod certs;
 mod machine;
@@ -16,6 +16,7 @@ mod proc_status;
 pub mod rows;
 pub mod scale;
 mod server;
+pub mod space;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,11 @@ pub struct CompareArgs {
     /// SIGTERM and a restart on the same data, timed to the first
     /// serializable read of key 0. Its own table; ignores --total,
     /// --duration, --rate, --conns and --clients.
+    ///
+    /// `space` (compare only, not a default): per server, 300,000 Puts over
+    /// 100,000 random keys, then dbSize and dbSizeInUse (Status) after them
+    /// and after a physical Compact and a Defragment. Its own table, the
+    /// same flags ignored.
     #[arg(long, value_delimiter = ',', default_value = rows::DEFAULT_ROWS)]
     pub workloads: Vec<String>,
     /// Keys the scale row writes (8 B keys, 256 B values).
@@ -146,6 +152,8 @@ struct CompareJson<'a> {
     runs: &'a [RunRecord],
     /// With `--workloads scale`.
     scale: Option<scale::ScaleJson<'a>>,
+    /// With `--workloads space`.
+    space: Option<&'a [space::SpaceRecord]>,
     notes: &'a [String],
 }
 
@@ -178,12 +186,21 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
         return Err(BenchError::Usage("--rounds must be at least 1".into()));
     }
     let wants_scale = args.workloads.iter().any(|name| name.trim() == scale::ROW);
+    let wants_space = args.workloads.iter().any(|name| name.trim() == space::ROW);
     let others: Vec<String> = args
         .workloads
         .iter()
-        .filter(|name| name.trim() != scale::ROW)
+        .filter(|name| name.trim() != scale::ROW && name.trim() != space::ROW)
         .cloned()
         .collect();
+    if wants_space && baseline == Baseline::Ceiling {
+        return Err(BenchError::Usage(format!(
+            "ceiling: the {} row measures what a server stores, and ringkv-ceiling stores nothing; \
+             run it with compare --workloads {}",
+            space::ROW,
+            space::ROW
+        )));
+    }
     if wants_scale {
         if baseline == Baseline::Ceiling {
             return Err(BenchError::Usage(format!(
@@ -200,7 +217,7 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
             "ceiling: ringkv-ceiling serves plain text only; --tls is for compare".into(),
         ));
     }
-    let rows = if wants_scale && others.iter().all(|name| name.trim().is_empty()) {
+    let rows = if (wants_scale || wants_space) && others.iter().all(|name| name.trim().is_empty()) {
         Vec::new()
     } else {
         rows::resolve(&others)?
@@ -244,21 +261,28 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
             .notes
             .push("the data root is on tmpfs: fsync costs nothing there, so these are not disk numbers".into());
     }
-    let header = session.header(&machine, &rows, wants_scale);
+    let header = session.header(&machine, &rows, wants_scale, wants_space);
     session.progress.note(&header);
 
     let results: Vec<RowResult> = rows.iter().map_while(|row| session.run_row(row)).collect();
     let scale_records = wants_scale.then(|| session.run_scale());
+    let space_records = wants_space.then(|| session.run_space());
     if session.args.keep_data {
         session
             .progress
             .note(&format!("data dirs and logs kept in {}", session.root.path().display()));
     }
-    session.print(&machine, &header, &results, scale_records.as_deref())
+    session.print(
+        &machine,
+        &header,
+        &results,
+        scale_records.as_deref(),
+        space_records.as_deref(),
+    )
 }
 
 impl Session<'_> {
-    fn header(&self, machine: &Machine, rows: &[Row], scale: bool) -> String {
+    fn header(&self, machine: &Machine, rows: &[Row], scale: bool, space: bool) -> String {
         let mut names: Vec<&str> = rows.iter().map(|r| r.name).collect();
         let runs = rows.len() * self.args.rounds * 2;
         let each = match (self.global.total, self.global.duration) {
@@ -276,6 +300,10 @@ impl Session<'_> {
                 self.args.rounds * 2,
                 crate::report::fmt_count(self.args.scale_keys)
             ));
+        }
+        if space {
+            names.push(space::ROW);
+            runs_text.push(format!("{} space runs", self.args.rounds * 2));
         }
         let (command, durability) = match self.baseline_kind {
             ServerKind::Ceiling => ("ceiling", "ringkv always; ringkv-ceiling stores nothing"),
@@ -406,6 +434,7 @@ impl Session<'_> {
         header: &str,
         results: &[RowResult],
         scale_records: Option<&[scale::ScaleRecord]>,
+        space_records: Option<&[space::SpaceRecord]>,
     ) -> Result<(), BenchError> {
         if self.global.json {
             let rows = results
@@ -429,6 +458,7 @@ impl Session<'_> {
                 rows,
                 runs: &self.runs,
                 scale: scale_records.map(|records| self.scale_json(records)),
+                space: space_records,
                 notes: &self.notes,
             };
             let json = serde_json::to_string(&report).map_err(|e| BenchError::Internal(e.to_string()))?;
@@ -458,6 +488,13 @@ impl Session<'_> {
                  to the RSS); put latency runs from each op's intended send time.\neach run, in round order:"
             );
             print!("{}", scale::table::render_rounds(records));
+        }
+        if let Some(records) = space_records {
+            if !results.is_empty() || scale_records.is_some() {
+                println!();
+            }
+            print!("{}", space::render(records));
+            println!("\neach cell is that measure's median over the rounds.");
         }
         if interrupt::requested() {
             println!("\ninterrupted: the table shows the runs that finished");

@@ -58,7 +58,7 @@ pub fn resolve(names: &[String]) -> Result<Vec<Row>, BenchError> {
         for name in expanded {
             let row = row(name).ok_or_else(|| {
                 BenchError::Usage(format!(
-                    "compare: no workload row {name:?}; rows are range, {}, scale",
+                    "compare: no workload row {name:?}; rows are range, {}, scale, space",
                     ROW_NAMES.join(", ")
                 ))
             })?;

@@ -19,12 +19,32 @@ pub struct CheckReport {
     /// Pages reachable from the root, overflow pages included.
     pub reachable_pages: u64,
     pub unreachable_pages: u64,
+    pub branch_pages: u64,
+    pub leaf_pages: u64,
+    pub overflow_pages: u64,
+    /// Bytes the leaves' entries take (offset slots included): against
+    /// `leaf_pages * NODE_BYTES_MAX`, how full the leaves are.
+    pub leaf_entry_bytes: u64,
+}
+
+impl CheckReport {
+    /// The leaves' entry bytes as a share of what their pages hold (0 for no leaf).
+    pub fn leaf_fill(&self) -> f64 {
+        if self.leaf_pages == 0 {
+            return 0.0;
+        }
+        self.leaf_entry_bytes as f64 / (self.leaf_pages * NODE_BYTES_MAX as u64) as f64
+    }
 }
 
 struct Walk {
     seen: HashSet<PageId>,
     entries: u64,
     leaf_depth: Option<u32>,
+    branch_pages: u64,
+    leaf_pages: u64,
+    overflow_pages: u64,
+    leaf_entry_bytes: u64,
 }
 
 impl Tree {
@@ -34,6 +54,10 @@ impl Tree {
             seen: HashSet::new(),
             entries: 0,
             leaf_depth: None,
+            branch_pages: 0,
+            leaf_pages: 0,
+            overflow_pages: 0,
+            leaf_entry_bytes: 0,
         };
         if let Some(root) = self.root {
             self.check_node(root, None, None, 1, &mut walk)?;
@@ -63,6 +87,10 @@ impl Tree {
             depth: walk.leaf_depth.unwrap_or(0),
             reachable_pages: data_pages - unreachable,
             unreachable_pages: unreachable,
+            branch_pages: walk.branch_pages,
+            leaf_pages: walk.leaf_pages,
+            overflow_pages: walk.overflow_pages,
+            leaf_entry_bytes: walk.leaf_entry_bytes,
         })
     }
 
@@ -117,6 +145,8 @@ impl Tree {
                 _ => walk.leaf_depth = Some(depth),
             }
             walk.entries += node.len() as u64;
+            walk.leaf_pages += 1;
+            walk.leaf_entry_bytes += node.bytes() as u64;
             for index in 0..node.len() {
                 if let ValueRef::Overflow { head, len } = node.value(index) {
                     self.check_overflow(head, len, walk)?;
@@ -124,6 +154,7 @@ impl Tree {
             }
             return Ok(());
         }
+        walk.branch_pages += 1;
         for index in 0..node.len() {
             let child_low = if index == 0 { low } else { Some(node.key(index)) };
             let child_high = if index + 1 < node.len() {
@@ -141,6 +172,7 @@ impl Tree {
             if !walk.seen.insert(id) {
                 return Err(PageError::corrupt(id, "overflow page reachable twice"));
             }
+            walk.overflow_pages += 1;
         }
         Ok(())
     }

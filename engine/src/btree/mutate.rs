@@ -16,7 +16,7 @@ const UNDERFULL_BYTES: usize = NODE_BYTES_MAX / 4;
 
 /// One step of a path from the root: a node owned by the open transaction and,
 /// for branches, the entry followed.
-type Path = Vec<(PageId, usize)>;
+pub(super) type Path = Vec<(PageId, usize)>;
 
 impl Tree {
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), PageError> {
@@ -36,17 +36,18 @@ impl Tree {
         let Some(Node::Leaf(entries)) = self.nodes.get_mut(&leaf_id) else {
             unreachable!("a path ends at an owned leaf");
         };
-        let replaced = match entries.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
-            Ok(index) => Some(std::mem::replace(&mut entries[index].1, value)),
+        let (replaced, appended) = match entries.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
+            Ok(index) => (Some(std::mem::replace(&mut entries[index].1, value)), false),
             Err(index) => {
                 entries.insert(index, (key.into(), value));
-                None
+                (None, index + 1 == entries.len())
             }
         };
         if let Some(old) = replaced {
             self.release_value(&old)?;
         }
-        self.split_upwards(&path);
+        let at_right_edge = appended && self.rightmost(&path);
+        self.split_upwards(&path, at_right_edge);
         Ok(())
     }
 
@@ -133,14 +134,35 @@ impl Tree {
         Ok(owned)
     }
 
+    /// Whether `path` ends at the last leaf of the tree: every branch on it
+    /// was followed through its last entry.
+    fn rightmost(&self, path: &Path) -> bool {
+        path[..path.len() - 1]
+            .iter()
+            .all(|&(id, index)| index + 1 == branch(&self.nodes, id).len())
+    }
+
     /// Splits, from the leaf up, every node on `path` that no longer fits a page.
-    fn split_upwards(&mut self, path: &Path) {
+    ///
+    /// `appended`: the leaf grew by a new last key of the whole tree. Then it
+    /// splits off that key alone and stays as full as it was: keys that arrive
+    /// in order (revision keys are) would otherwise leave every leaf behind
+    /// them half full for good, since nothing is ever inserted below them
+    /// again. (etcd's bbolt fills such buckets to 90%, PostgreSQL its
+    /// rightmost pages likewise.) Branches split in halves either way, so
+    /// each half keeps at least three children (the depth bound, `DEPTH_MAX`).
+    fn split_upwards(&mut self, path: &Path, appended: bool) {
         for level in (0..path.len()).rev() {
             let (id, _) = path[level];
             if self.nodes[&id].bytes() <= NODE_BYTES_MAX {
                 return;
             }
-            let mut upper = self.nodes.get_mut(&id).expect("owned").split_off_upper();
+            let node = self.nodes.get_mut(&id).expect("owned");
+            let mut upper = if appended && level + 1 == path.len() {
+                node.split_off_last()
+            } else {
+                node.split_off_upper()
+            };
             let separator = upper.take_separator();
             let upper_id = self.store.allocate();
             self.nodes.insert(upper_id, upper);
@@ -196,6 +218,45 @@ impl Tree {
             self.store.release(right);
             branch_mut(&mut self.nodes, parent).remove(right_index);
         }
+        Ok(())
+    }
+
+    /// Fills the owned leaf at the end of `path` from the leaves after it under
+    /// the same parent: whole leaves while they fit (their pages go back), then
+    /// the first entries of the next one that fit (its separator becomes its
+    /// new first key). Defragmentation does this, as etcd's defrag rewrites its
+    /// buckets full: a compaction leaves its leaves as empty as a quarter page.
+    pub(super) fn pack_leaf(&mut self, path: &Path) -> Result<(), PageError> {
+        let [.., (parent, index), (leaf, _)] = path[..] else {
+            return Ok(());
+        };
+        while index + 1 < branch(&self.nodes, parent).len() {
+            let room = NODE_BYTES_MAX - self.nodes[&leaf].bytes();
+            let right = branch(&self.nodes, parent)[index + 1].1;
+            if self.node(right)?.bytes() <= room {
+                let right_node = match self.nodes.remove(&right) {
+                    Some(node) => node,
+                    None => self.node(right)?.to_node(),
+                };
+                self.nodes.get_mut(&leaf).expect("owned").absorb(right_node, &[]);
+                self.store.release(right);
+                branch_mut(&mut self.nodes, parent).remove(index + 1);
+                continue;
+            }
+            let right = self.own_child(parent, index + 1)?;
+            let moved = self.nodes.get_mut(&right).expect("owned").take_front(room);
+            if moved.is_empty() {
+                break;
+            }
+            let Some(Node::Leaf(entries)) = self.nodes.get_mut(&leaf) else {
+                unreachable!("a path ends at an owned leaf");
+            };
+            entries.extend(moved);
+            let separator = NodeRef::Owned(&self.nodes[&right]).key(0).into();
+            branch_mut(&mut self.nodes, parent)[index + 1].0 = separator;
+            break;
+        }
+        self.shrink_root();
         Ok(())
     }
 

@@ -114,6 +114,37 @@ impl Node {
         upper
     }
 
+    /// Moves the last entry alone into a new node: for a leaf that grew past a
+    /// page by a last entry, the rest is what it held before, which fit.
+    pub fn split_off_last(&mut self) -> Node {
+        let Node::Leaf(entries) = self else {
+            panic!("only leaves split off their last entry");
+        };
+        assert!(entries.len() >= 2, "only a node with two entries or more splits");
+        let upper = Node::Leaf(entries.split_off(entries.len() - 1));
+        assert!(self.bytes() <= NODE_BYTES_MAX, "the entries before the last fit a page");
+        upper
+    }
+
+    /// Takes a leaf's first entries, as many as fit in `bytes_max` bytes,
+    /// leaving at least one.
+    pub fn take_front(&mut self, bytes_max: usize) -> Vec<(Box<[u8]>, Value)> {
+        let Node::Leaf(entries) = self else {
+            panic!("only leaves give up their first entries");
+        };
+        let mut bytes = 0;
+        let mut count = 0;
+        while count + 1 < entries.len() {
+            let (key, value) = &entries[count];
+            bytes += leaf_entry_bytes(key, value);
+            if bytes > bytes_max {
+                break;
+            }
+            count += 1;
+        }
+        entries.drain(..count).collect()
+    }
+
     /// The separator for this node as the new upper half of a split: a leaf's
     /// first key (copied: the leaf keeps it), or a branch's first key (moved
     /// out: a branch's first key is always empty, it bounds nothing).
@@ -227,6 +258,23 @@ impl<'a> NodeRef<'a> {
             NodeRef::Page(view) => view.count,
             NodeRef::Owned(node) => node.len(),
         }
+    }
+
+    /// Bytes the entries take in a page (offset slots included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            NodeRef::Page(view) => view.bytes(),
+            NodeRef::Owned(node) => node.bytes(),
+        }
+    }
+
+    /// Bytes leaf entry `index` takes in a page (its offset slot included).
+    pub fn leaf_entry_bytes(&self, index: usize) -> usize {
+        let stored = match self.value(index) {
+            ValueRef::Inline(bytes) => bytes.len(),
+            ValueRef::Overflow { .. } => 8,
+        };
+        SLOT_BYTES + LEAF_ENTRY_HEADER + self.key(index).len() + stored
     }
 
     pub fn key(&self, index: usize) -> &'a [u8] {
@@ -381,6 +429,23 @@ impl<'a> PageView<'a> {
         let count = count as usize;
         assert!(count >= 1 && HEADER_BYTES + SLOT_BYTES * count <= PAGE_BYTES);
         PageView { page, count, leaf }
+    }
+
+    /// Where the entries end, less the header: the packed entries run from the
+    /// slot array to the end of the last one.
+    fn bytes(&self) -> usize {
+        let last = self.count - 1;
+        let at = self.entry(last);
+        let end = if self.leaf {
+            let stored = match self.value(last) {
+                ValueRef::Inline(bytes) => bytes.len(),
+                ValueRef::Overflow { .. } => 8,
+            };
+            at + LEAF_ENTRY_HEADER + self.key(last).len() + stored
+        } else {
+            at + BRANCH_ENTRY_HEADER + self.key(last).len()
+        };
+        end - HEADER_BYTES
     }
 
     fn entry(&self, index: usize) -> usize {

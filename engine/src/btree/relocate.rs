@@ -11,10 +11,16 @@
 //! slack. After the pass the pages above the target are free, and a trim gives
 //! them back (`PageStore::request_trim`). Each step is a bounded amount of work
 //! followed by a normal commit, so writers never wait for more than one step.
+//!
+//! A pass also packs: each leaf it visits takes the leaves after it under the
+//! same parent while they fit (`Tree::pack_leaf`), as etcd's defrag rewrites
+//! its buckets full, since a compaction leaves leaves as empty as a quarter
+//! page. Packing only frees pages, but below a target set before it: the
+//! caller makes a second pass when the target fell (`store::core::space`).
 
 use crate::page::{PageError, PageId};
 
-use super::node::{Node, Value, ValueRef};
+use super::node::{Node, Value, ValueRef, NODE_BYTES_MAX};
 use super::{too_deep, Tree, DEPTH_MAX};
 
 /// Pages of slack a pass's target leaves above the pages in use, at least: the
@@ -45,14 +51,23 @@ impl Tree {
             let Some(root) = self.root else {
                 return Ok(None);
             };
-            let (path, next) = self.leaf_path(root, &from)?;
+            let (path, _) = self.leaf_path(root, &from)?;
             let leaf = *path.last().expect("a path ends at a leaf");
-            if path.iter().any(|&id| self.movable(id, target)) || self.leaf_has_movable_overflow(leaf, target)? {
+            let pack = self.packable(&path, &from, target)?;
+            if pack
+                || path.iter().any(|&id| self.movable(id, target))
+                || self.leaf_has_movable_overflow(leaf, target)?
+            {
                 let owned = self.own_path(root, &from)?;
+                if pack {
+                    self.pack_leaf(&owned)?;
+                }
                 let (leaf, _) = *owned.last().expect("a path ends at a leaf");
                 self.move_overflow_down(leaf, target)?;
             }
-            match next {
+            // Packing changed where the next leaf starts.
+            let root = self.root.expect("packing leaves a leaf");
+            match self.leaf_path(root, &from)?.1 {
                 Some(key) => from = key,
                 None => return Ok(None),
             }
@@ -82,6 +97,25 @@ impl Tree {
             id = node.child(index);
             path.push(id);
         }
+    }
+
+    /// Whether the leaf at the end of `path` (where `key` belongs) has room
+    /// for the first entry of the leaf after it under the same parent, and
+    /// there is a free page below `target` to copy it to.
+    fn packable(&self, path: &[PageId], key: &[u8], target: PageId) -> Result<bool, PageError> {
+        let [.., parent, leaf] = path[..] else {
+            return Ok(false);
+        };
+        if self.store.lowest_free().is_none_or(|free| free >= target) {
+            return Ok(false);
+        }
+        let parent = self.node(parent)?;
+        let index = parent.child_index(key);
+        if index + 1 == parent.len() {
+            return Ok(false);
+        }
+        let right = self.node(parent.child(index + 1))?;
+        Ok(self.node(leaf)?.bytes() + right.leaf_entry_bytes(0) <= NODE_BYTES_MAX)
     }
 
     /// A committed page at or above `target`, with a free page below it to move

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::node::KEY_BYTES_MAX;
+use super::node::{KEY_BYTES_MAX, NODE_BYTES_MAX};
 use super::overflow::OVERFLOW_DATA_BYTES;
 use super::Tree;
 use crate::page::sim::SimPageIo;
@@ -23,6 +23,12 @@ enum Op {
         key: u16,
         pad: usize,
         value: Vec<u8>,
+    },
+    /// Inserts `count` keys, each after every key in the tree (as revision
+    /// keys arrive), with values of `value_len` bytes.
+    Append {
+        count: u16,
+        value_len: usize,
     },
     Remove {
         key: u16,
@@ -75,6 +81,12 @@ fn key(index: u16, pad: usize) -> Vec<u8> {
     key
 }
 
+/// The `n`th appended key: after every key `key` makes, and after the ones
+/// appended before it.
+fn appended_key(n: u32) -> Vec<u8> {
+    format!("z{n:08}").into_bytes()
+}
+
 fn value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         6 => prop::collection::vec(any::<u8>(), 0..40),
@@ -90,6 +102,7 @@ fn pad() -> impl Strategy<Value = usize> {
 fn op(keys: u16) -> impl Strategy<Value = Op> {
     prop_oneof![
         30 => (0..keys, pad(), value()).prop_map(|(key, pad, value)| Op::Insert { key, pad, value }),
+        3 => (1..60u16, 0usize..600).prop_map(|(count, value_len)| Op::Append { count, value_len }),
         10 => (0..keys, pad()).prop_map(|(key, pad)| Op::Remove { key, pad }),
         2 => (0..keys, 1..200u16).prop_map(|(from, count)| Op::RemoveRun { from, count }),
         6 => (0..keys, pad()).prop_map(|(key, pad)| Op::Get { key, pad }),
@@ -117,16 +130,23 @@ fn contents(tree: &Tree) -> Model {
         .expect("a full scan")
 }
 
-/// Defragments `tree` completely, committing after every step.
+/// Defragments `tree` completely, committing after every step: a second pass
+/// when the first packed leaves and so lowered the target (as the server does).
 fn defragment(tree: &mut Tree, leaves_per_step: usize) {
     let mut from = Vec::new();
-    let target = tree.relocation_target();
+    let mut target = tree.relocation_target();
+    let mut passes = 1;
     // Every step visits at least one leaf: bounded by the leaf count.
     for _ in 0..100_000 {
         let next = tree.relocate_step(&from, target, leaves_per_step).unwrap();
         tree.commit().unwrap();
         match next {
             Some(key) => from = key,
+            None if passes < 2 && tree.relocation_target() < target => {
+                passes += 1;
+                target = tree.relocation_target();
+                from = Vec::new();
+            }
             None => {
                 // As the server does: settle, then trim (see store::core::space).
                 tree.commit().unwrap();
@@ -172,6 +192,7 @@ fn run(ops: Vec<Op>) {
     let mut snapshots: VecDeque<(SnapshotSource, Model)> = VecDeque::new();
     // The model of a commit that found no room, while it waits.
     let mut stalled: Option<Model> = None;
+    let mut appended = 0u32;
     for (step, op) in ops.into_iter().enumerate() {
         let commits = matches!(
             op,
@@ -189,6 +210,14 @@ fn run(ops: Vec<Op>) {
             Op::Insert { key: k, pad, value } => {
                 tree.insert(&key(k, pad), &value).unwrap();
                 model.insert(key(k, pad), value);
+            }
+            Op::Append { count, value_len } => {
+                for _ in 0..count {
+                    let value = vec![appended as u8; value_len];
+                    tree.insert(&appended_key(appended), &value).unwrap();
+                    model.insert(appended_key(appended), value);
+                    appended += 1;
+                }
             }
             Op::Remove { key: k, pad } => {
                 assert_eq!(tree.remove(&key(k, pad)).unwrap(), model.remove(&key(k, pad)).is_some());
@@ -656,4 +685,68 @@ fn a_commit_without_room_keeps_the_tree_and_the_next_transaction_and_lands_later
     let tree = open(&io);
     assert_eq!(contents(&tree), expected, "both transactions are durable");
     tree.check().unwrap();
+}
+
+/// The leaf pages `report`'s entry bytes would take packed full.
+fn leaf_pages_needed(report: &super::CheckReport) -> u64 {
+    report.leaf_entry_bytes.div_ceil(NODE_BYTES_MAX as u64)
+}
+
+#[test]
+fn keys_appended_in_order_fill_their_leaves() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    // Revision-like keys (big endian, always the last), values of varied
+    // sizes, a commit now and then: every leaf but the last stays full.
+    for n in 0..20_000u32 {
+        let mut key = vec![b'r'];
+        key.extend_from_slice(&u64::from(n).to_be_bytes());
+        tree.insert(&key, &vec![7; 100 + (n as usize * 37) % 300]).unwrap();
+        if n % 500 == 0 {
+            tree.commit().unwrap();
+        }
+    }
+    tree.commit().unwrap();
+    let report = tree.check().unwrap();
+    assert!(
+        report.leaf_pages * 85 <= leaf_pages_needed(&report) * 100,
+        "{} leaf pages for {} bytes of entries ({} pages full)",
+        report.leaf_pages,
+        report.leaf_entry_bytes,
+        leaf_pages_needed(&report)
+    );
+}
+
+#[test]
+fn defragmentation_packs_the_leaves_a_compaction_emptied() {
+    let io = SimPageIo::new();
+    let mut tree = open(&io);
+    for k in 0..9000u16 {
+        tree.insert(&key(k, 0), &[3; 250]).unwrap();
+    }
+    tree.commit().unwrap();
+    // Two of every three keys go (a compaction of three revisions per key):
+    // no leaf falls below a quarter page, so none merged.
+    for k in (0..9000u16).filter(|k| k % 3 != 0) {
+        tree.remove(&key(k, 0)).unwrap();
+    }
+    tree.commit().unwrap();
+    let sparse = tree.check().unwrap();
+    assert!(sparse.leaf_fill() < 0.5, "leaves {:.2} full", sparse.leaf_fill());
+    let model = contents(&tree);
+    defragment(&mut tree, 16);
+    assert_eq!(contents(&tree), model);
+    let packed = tree.check().unwrap();
+    assert!(
+        packed.leaf_pages * 90 <= leaf_pages_needed(&packed) * 100,
+        "{} leaf pages for {} bytes of entries ({} pages full)",
+        packed.leaf_pages,
+        packed.leaf_entry_bytes,
+        leaf_pages_needed(&packed)
+    );
+    assert!(packed.reachable_pages * 2 < sparse.reachable_pages);
+    // A second pass finds nothing to pack: the leaves stay where they are.
+    let before = tree.check().unwrap();
+    defragment(&mut tree, 16);
+    assert_eq!(tree.check().unwrap().leaf_pages, before.leaf_pages);
 }

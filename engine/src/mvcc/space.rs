@@ -47,7 +47,7 @@ impl Mvcc {
         self.tree.check()
     }
 
-    /// Bytes the page file takes on disk (etcd's dbSize).
+    /// Bytes the page file takes on disk, preallocated space included.
     pub fn file_bytes(&self) -> u64 {
         self.tree.file_bytes()
     }
@@ -58,7 +58,9 @@ impl Mvcc {
     }
 
     /// Bytes of every page the store has used, live or free: the high-water mark
-    /// that `--quota-backend-bytes` is checked against.
+    /// that `--quota-backend-bytes` is checked against, and etcd's dbSize (bbolt's
+    /// `Tx.Size`, its high-water page times the page size, not the file's length,
+    /// which runs ahead of it by what was preallocated).
     pub fn allocated_bytes(&self) -> u64 {
         self.tree.allocated_bytes()
     }

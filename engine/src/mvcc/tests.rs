@@ -923,3 +923,88 @@ fn a_stored_current_revision_no_write_can_follow_is_corruption() {
         assert!(matches!(opened, Err(MvccError::Corrupt(_))), "{revision}");
     }
 }
+
+/// A store given `puts` puts of `value_bytes`-byte values over `keys` keys
+/// picked by a fixed pseudo-random sequence, committed every 500 (as the
+/// server batches them).
+fn store_after_random_puts(path: &std::path::Path, puts: u64, keys: u64, value_bytes: usize) -> Mvcc {
+    let mut store = Mvcc::open(path).unwrap();
+    let value = vec![b'v'; value_bytes];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for n in 0..puts {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut txn = store.write();
+        txn.put(format!("{:08}", state % keys).as_bytes(), &value, 0).unwrap();
+        txn.end();
+        if n % 500 == 499 {
+            store.commit().unwrap();
+        }
+    }
+    store.commit().unwrap();
+    store
+}
+
+/// One line on where a store's pages go (`--nocapture` shows it).
+fn space_line(label: &str, store: &Mvcc) -> crate::btree::CheckReport {
+    let report = store.check_tree().unwrap();
+    println!(
+        "{label}: allocated {} pages, in use {}, leaves {} ({:.1}% full), branches {}, unreachable {}",
+        store.allocated_bytes() / crate::page::PAGE_BYTES as u64,
+        store.in_use_bytes() / crate::page::PAGE_BYTES as u64,
+        report.leaf_pages,
+        report.leaf_fill() * 100.0,
+        report.branch_pages,
+        report.unreachable_pages
+    );
+    report
+}
+
+/// Defragments as the server does: bounded steps each committed, a second
+/// pass if the first lowered the target, then a trim.
+fn defragment(store: &mut Mvcc) {
+    for _pass in 0..2 {
+        let target = store.defragment_target();
+        let mut from = Vec::new();
+        while let Some(next) = store.defragment_step(&from, target, 256).unwrap() {
+            store.commit().unwrap();
+            from = next;
+        }
+        store.commit().unwrap();
+        if store.defragment_target() >= target {
+            break;
+        }
+    }
+    store.commit().unwrap();
+    store.commit().unwrap();
+    store.request_trim();
+    store.commit().unwrap();
+}
+
+#[test]
+fn revisions_fill_their_leaves_before_and_after_compaction_and_defragmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (puts, keys) = (30_000, 10_000);
+    let mut store = store_after_random_puts(&dir.path().join("s.db"), puts, keys, 256);
+    let written = space_line("after the puts", &store);
+    assert!(
+        written.leaf_fill() > 0.95,
+        "revision leaves {:.2} full",
+        written.leaf_fill()
+    );
+    store.compact(store.current_revision()).unwrap();
+    while !store.compact_step(1000).unwrap() {}
+    store.commit().unwrap();
+    space_line("after the compaction", &store);
+    defragment(&mut store);
+    let packed = space_line("after the defragmentation", &store);
+    assert!(packed.leaf_fill() > 0.9, "leaves {:.2} full", packed.leaf_fill());
+    let pages = store.allocated_bytes() / crate::page::PAGE_BYTES as u64;
+    assert!(
+        pages <= (packed.leaf_pages + packed.branch_pages) * 105 / 100 + 2,
+        "{pages} pages for {} leaves and {} branches",
+        packed.leaf_pages,
+        packed.branch_pages
+    );
+}

@@ -239,7 +239,7 @@ impl StoreCore {
         pb::StatusResponse {
             header: None,
             version: ETCD_COMPATIBLE_VERSION.to_string(),
-            db_size: self.mvcc.file_bytes() as i64,
+            db_size: self.mvcc.allocated_bytes() as i64,
             leader,
             raft_index: self.raw.raft.raft_log.committed,
             raft_term: self.raw.raft.term,
@@ -284,7 +284,7 @@ impl StoreCore {
             // does not see the peer port).
             peer_connections_rejected: 0,
             peer_raft_messages_dropped: self.metrics.raft_messages_screened,
-            db_total_bytes: self.mvcc.file_bytes(),
+            db_total_bytes: self.mvcc.allocated_bytes(),
             db_in_use_bytes: self.mvcc.in_use_bytes(),
             quota_backend_bytes: self.settings.quota_backend_bytes.map_or(0, |quota| quota as i64),
             current_revision: self.mvcc.current_revision(),

@@ -7,7 +7,8 @@
 //! off this core and releases the pin when done (see `client::snapshot`).
 //!
 //! Defragment: one bounded relocation step before each commit, commits back to
-//! back until the pass is done, then a settling commit and one that trims the
+//! back until the pass is done (a second pass if the first packed leaves and
+//! so lowered the target), then a settling commit and one that trims the
 //! file. Writers go on
 //! between steps; no step holds them for longer than one commit. Like etcd's, it
 //! is local to this member, not replicated.
@@ -23,10 +24,18 @@ use crate::store::messages::{ClientSnapshot, Response};
 /// written) between two commits.
 const DEFRAG_LEAVES_PER_STEP: usize = 256;
 
+/// Relocation passes one defragmentation makes at most. A pass packs the
+/// leaves it visits (see `btree::relocate`), which frees pages below its
+/// target, set before it started: a second pass gathers the live pages below
+/// the lower target that leaves, so the trim gives those pages back too.
+const DEFRAG_PASSES_MAX: u32 = 2;
+
 /// A defragmentation in progress and who waits for it.
 pub(super) struct DefragJob {
     /// Live pages gather below this page (see `btree::relocate`).
     target: u64,
+    /// Relocation passes begun, the one running included.
+    passes: u32,
     phase: DefragPhase,
     waiters: Vec<(usize, u64)>,
 }
@@ -60,6 +69,7 @@ impl StoreCore {
             None => {
                 self.defrag = Some(DefragJob {
                     target: self.mvcc.defragment_target(),
+                    passes: 1,
                     phase: DefragPhase::Relocating(Vec::new()),
                     waiters: vec![(client, call_id)],
                 });
@@ -98,6 +108,11 @@ impl StoreCore {
             DefragPhase::Relocating(from) => {
                 match self.mvcc.defragment_step(&from, job.target, DEFRAG_LEAVES_PER_STEP) {
                     Ok(Some(next)) => DefragPhase::Relocating(next),
+                    Ok(None) if job.passes < DEFRAG_PASSES_MAX && self.mvcc.defragment_target() < job.target => {
+                        job.passes += 1;
+                        job.target = self.mvcc.defragment_target();
+                        DefragPhase::Relocating(Vec::new())
+                    }
                     Ok(None) => DefragPhase::Settling,
                     Err(error) => space_failure("defragmenting", error),
                 }
