@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::certs::TlsFiles;
-use super::server::{client_url, Server, ServerKind};
+use super::server::{client_url, Server, ServerKind, PROBE_PAUSE};
 use super::Session;
 use crate::connect::Tls;
 use crate::BenchError;
@@ -141,23 +141,40 @@ impl Cluster {
 
     /// Waits until every member has answered a linearizable Range (so the
     /// cluster has a leader and each member serves through it), at most
-    /// `timeout` in all; returns how long that took. Fails at once if a
-    /// member has exited.
+    /// `timeout` in all; returns how long that took. Fails as soon as any
+    /// member has exited, also one that already answered.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, BenchError> {
+        if let [server] = self.members.as_mut_slice() {
+            return server.wait_ready(timeout).await;
+        }
         let start = Instant::now();
-        for (index, member) in self.members.iter_mut().enumerate() {
-            if let Some(status) = member.exited() {
+        let mut ready = vec![false; self.members.len()];
+        loop {
+            for (index, member) in self.members.iter_mut().enumerate() {
+                if let Some(status) = member.exited() {
+                    return Err(BenchError::Server(format!(
+                        "member {} exited before serving ({status}); {}",
+                        member_name(index),
+                        member.log_tail()
+                    )));
+                }
+                if !ready[index] {
+                    ready[index] = member.answers_linearizable_read().await;
+                }
+            }
+            let Some(waiting) = ready.iter().position(|r| !r) else {
+                return Ok(start.elapsed());
+            };
+            if start.elapsed() >= timeout {
                 return Err(BenchError::Server(format!(
-                    "member {} exited before serving ({status}); {}",
-                    member_name(index),
-                    member.log_tail()
+                    "member {} did not serve within {}; {}",
+                    member_name(waiting),
+                    humantime::format_duration(timeout),
+                    self.members[waiting].log_tail()
                 )));
             }
+            tokio::time::sleep(PROBE_PAUSE).await;
         }
-        for member in &mut self.members {
-            member.wait_ready(timeout.saturating_sub(start.elapsed())).await?;
-        }
-        Ok(start.elapsed())
     }
 
     /// The members' client URLs, in member order.

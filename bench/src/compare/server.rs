@@ -20,7 +20,7 @@ use crate::workload::kv_client;
 use crate::BenchError;
 
 /// Pause between readiness probes.
-const PROBE_PAUSE: Duration = Duration::from_millis(100);
+pub const PROBE_PAUSE: Duration = Duration::from_millis(100);
 /// How long one readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a server may take to exit after SIGTERM before it is killed.
@@ -206,6 +206,11 @@ impl Server {
             })
             .await?;
         Ok(served.duration_since(start))
+    }
+
+    /// Whether one linearizable Range through this server succeeds now.
+    pub async fn answers_linearizable_read(&self) -> bool {
+        probe(&self.endpoint, self.client_tls.as_ref()).await
     }
 
     /// Waits until a serializable Range of `key` returns it (the server has
