@@ -120,7 +120,7 @@ pub struct GlobalArgs {
     /// this machine: the report adds the CPU they used together and the work
     /// per server CPU-second (`compare` measures its own servers and ignores
     /// this).
-    #[arg(long = "server-pid", global = true, value_delimiter = ',')]
+    #[arg(long = "server-pid", value_name = "PID", global = true, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
 }
 
