@@ -320,7 +320,7 @@ mod tests {
 
     /// A stand-in server: a shell script that appends its pid to `pids`,
     /// exits with status 3 if it is member m1 and `m1_exits`, and otherwise
-    /// sleeps (serving nothing) until killed.
+    /// waits (serving nothing) until killed.
     fn fake_server(dir: &Path, m1_exits: bool) -> std::path::PathBuf {
         let pids = dir.join("pids");
         let exit_m1 = if m1_exits {
@@ -328,7 +328,12 @@ mod tests {
         } else {
             ""
         };
-        let script = format!("#!/bin/sh\necho $$ >> {}\n{exit_m1}exec sleep 600\n", pids.display());
+        // The shell itself waits (not an exec'd sleep), so its command line
+        // keeps the member's flags for `processes_mentioning`.
+        let script = format!(
+            "#!/bin/sh\necho $$ >> {}\n{exit_m1}while :; do sleep 1; done\n",
+            pids.display()
+        );
         let bin = dir.join("fake-server");
         std::fs::write(&bin, script).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -365,6 +370,20 @@ mod tests {
         pids
     }
 
+    /// Processes whose command line mentions `path`.
+    fn processes_mentioning(path: &Path) -> Vec<String> {
+        let needle = path.display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+                let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                cmdline.contains(&needle).then(|| format!("{name}: {cmdline}"))
+            })
+            .collect()
+    }
+
     #[test]
     fn a_member_that_fails_to_start_stops_the_members_already_started() {
         let dir = tempfile::tempdir().unwrap();
@@ -377,8 +396,16 @@ mod tests {
             .err()
             .expect("m2 cannot start");
         assert!(error.to_string().contains("m2"), "{error}");
-        let pids = started_pids(dir.path(), 2);
-        assert!(pids.iter().all(|&pid| !running(pid)), "{pids:?} still run");
+        // m0 and m1 were started (their logs were opened for them)...
+        for member in ["m0", "m1"] {
+            assert!(
+                run_dir.join(member).join("server.log").is_file(),
+                "{member} was not started"
+            );
+        }
+        // ...and are stopped: no process is left with their flags.
+        let left = processes_mentioning(&run_dir);
+        assert!(left.is_empty(), "still running: {left:?}");
     }
 
     #[test]
@@ -402,7 +429,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("m1 exited before serving"), "{error}");
+        assert_eq!(
+            processes_mentioning(&run_dir).len(),
+            2,
+            "m0 and m2 still run until dropped"
+        );
         drop(cluster);
+        assert_eq!(processes_mentioning(&run_dir), Vec::<String>::new());
         assert!(pids.iter().all(|&pid| !running(pid)), "{pids:?} still run");
     }
 
