@@ -36,6 +36,7 @@ Examples:
   ringkv-bench --conns 10 --clients 100 --duration 10s lease-keepalive --leases 1000
   ringkv-bench --conns 10 --clients 100 --duration 10s kube --key-space-size 10000
   ringkv-bench compare --workloads put,range --rounds 3 --duration 10s
+  ringkv-bench compare --members 3 --workloads put,kube --rounds 3
   ringkv-bench ceiling --workloads put --rounds 3 --duration 10s";
 
 #[derive(Debug, Parser)]
@@ -55,9 +56,10 @@ pub enum Command {
     ///
     /// For each row and round, starts a fresh ringkv and then a fresh etcd, each
     /// on its own empty data dir (fsync on) and free 127.0.0.1 ports, runs the
-    /// row's workload against it and stops it; prints each server's medians over
-    /// the rounds and the ratio. Each run lasts --duration (default 10s) or
-    /// --total requests.
+    /// row's workload against it and stops it (with --members 3, a fresh
+    /// cluster of three members each); prints each server's medians over the
+    /// rounds (throughput, latency, server CPU per 1,000 ops) and the ratios.
+    /// Each run lasts --duration (default 10s) or --total requests.
     Compare(CompareArgs),
     /// ringkv vs ringkv-ceiling (a do-nothing KV endpoint on ringkv's own gRPC
     /// layer): how close ringkv gets to what the transport and client allow.
@@ -114,11 +116,12 @@ pub struct GlobalArgs {
     /// PEM key of --cert.
     #[arg(long, global = true)]
     pub key: Option<PathBuf>,
-    /// Process id of the server, when it runs on this machine: the report
-    /// adds the CPU it used and the work per server CPU-second (`compare`
-    /// measures its own servers and ignores this).
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// Process ids of the server's members, comma-separated, when they run on
+    /// this machine: the report adds the CPU they used together and the work
+    /// per server CPU-second (`compare` measures its own servers and ignores
+    /// this).
+    #[arg(long = "server-pid", value_name = "PID", global = true, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 }
 
 impl GlobalArgs {
@@ -172,7 +175,7 @@ impl GlobalArgs {
             progress: ProgressMode::detect(self.quiet),
             label,
             cancel: None,
-            server_pid: self.server_pid,
+            server_pids: self.server_pids.clone(),
         })
     }
 }

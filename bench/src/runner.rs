@@ -58,9 +58,10 @@ pub struct RunOptions {
     /// keeps a load running until a compaction has finished). `stop` still
     /// bounds the run.
     pub cancel: Option<Arc<AtomicBool>>,
-    /// The server's process, when it runs on this machine: the summary then
-    /// says how much CPU it used over the timed part of the run.
-    pub server_pid: Option<u32>,
+    /// The server's processes (one per member), when they run on this
+    /// machine: the summary then says how much CPU they used together over
+    /// the timed part of the run. Empty: not measured.
+    pub server_pids: Vec<u32>,
 }
 
 struct Shared {
@@ -104,7 +105,7 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
     };
     let op_limit = workload.op_limit();
     let ticket_limit = op_limit.as_ref().map_or(requested, |limit| limit.ops.min(requested));
-    let cpu_at_start = options.server_pid.map(server_cpu::cpu_seconds).transpose()?;
+    let cpu_at_start = server_cpu::total_cpu_seconds(&options.server_pids)?;
     let start = Instant::now();
     let shared = Arc::new(Shared {
         next_ticket: AtomicU64::new(0),
@@ -122,9 +123,9 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
 
     let progress = Progress::start(options.label.clone(), Arc::clone(&shared.counters), options.progress);
     let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await;
-    let server_cpu_sec = match (options.server_pid, cpu_at_start) {
-        (Some(pid), Some(at_start)) => Some(server_cpu::cpu_seconds(pid)? - at_start),
-        _ => None,
+    let server_cpu_sec = match cpu_at_start {
+        Some(at_start) => server_cpu::total_cpu_seconds(&options.server_pids)?.map(|at_end| at_end - at_start),
+        None => None,
     };
     progress.finish();
     let extras = workload.finish(start, options.progress).await;

@@ -1,7 +1,7 @@
 //! A server process's CPU time (user + system) from `/proc/<pid>/stat`, so a
 //! run can report its work per server CPU-second: a ratio between two servers
 //! that the load generator, sharing the machine, moves far less than it moves
-//! throughput.
+//! throughput. A cluster's CPU is the sum over its members' processes.
 
 use crate::BenchError;
 
@@ -16,6 +16,19 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
         return Err(BenchError::Server("sysconf(_SC_CLK_TCK) failed".into()));
     }
     Ok(ticks as f64 / ticks_per_sec as f64)
+}
+
+/// CPU seconds the processes `pids` (a cluster's members) have used so far,
+/// together; None for no process.
+pub fn total_cpu_seconds(pids: &[u32]) -> Result<Option<f64>, BenchError> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut total = 0.0;
+    for &pid in pids {
+        total += cpu_seconds(pid)?;
+    }
+    Ok(Some(total))
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The
@@ -49,5 +62,19 @@ mod tests {
         }
         std::hint::black_box(spin);
         assert!(cpu_seconds(std::process::id()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_clusters_cpu_is_the_sum_over_its_members() {
+        let me = std::process::id();
+        assert_eq!(total_cpu_seconds(&[]).unwrap(), None);
+        let once = total_cpu_seconds(&[me]).unwrap().unwrap();
+        let thrice = total_cpu_seconds(&[me, me, me]).unwrap().unwrap();
+        // This process keeps running between the reads, so only bounds hold.
+        assert!(thrice >= 3.0 * once && thrice < 3.0 * once + 1.0, "{once} {thrice}");
+        assert!(
+            total_cpu_seconds(&[me, u32::MAX]).is_err(),
+            "a member that is gone fails the reading"
+        );
     }
 }

@@ -245,6 +245,99 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
     assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
 }
 
+/// Processes whose command line mentions `needle`, other than this test's own.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+            let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (name != me && cmdline.contains(needle)).then(|| format!("{name}: {cmdline}"))
+        })
+        .collect()
+}
+
+#[test]
+fn compare_members_3_runs_each_round_on_a_fresh_cluster_and_leaves_no_process() {
+    let ringkv = ringkv_binary();
+    let root = tempfile::tempdir().unwrap();
+    let report = bench_json(&[
+        "--total",
+        "300",
+        "--conns",
+        "3",
+        "--clients",
+        "6",
+        "compare",
+        "--members",
+        "3",
+        "--workloads",
+        "put",
+        "--rounds",
+        "1",
+        "--ringkv-bin",
+        ringkv.to_str().unwrap(),
+        "--data-root",
+        root.path().to_str().unwrap(),
+        "--keep-data",
+    ]);
+    assert_eq!(count(&report, "members"), 3, "{report}");
+    let runs = report["runs"].as_array().unwrap();
+    let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, vec!["ringkv", "etcd"], "{report}");
+    for run in runs {
+        let summary = &run["summary"];
+        assert_eq!((count(summary, "ops"), count(summary, "errors")), (300, 0), "{run}");
+        let endpoints: Vec<&str> = summary["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert_eq!(endpoints.len(), 3, "one client URL per member: {run}");
+        assert!(endpoints.iter().all(|e| e.starts_with("http://127.0.0.1:")), "{run}");
+        assert!(summary["server_cpu_sec"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let row = &report["rows"][0];
+    assert!(row["per_cpu_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        row["ringkv"]["server_cpu_ms_per_1000"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
+    // Each member had a data dir of its own, and none runs any more.
+    let data_root = std::fs::read_dir(root.path()).unwrap().next().unwrap().unwrap().path();
+    for server in ["ringkv", "etcd"] {
+        for member in ["m0", "m1", "m2"] {
+            let data = data_root.join(format!("put-1-{server}")).join(member).join("data");
+            assert!(data.is_dir(), "{} missing", data.display());
+        }
+    }
+    let left = processes_mentioning(&data_root.display().to_string());
+    assert!(left.is_empty(), "still running: {left:?}");
+}
+
+#[test]
+fn compare_refuses_members_with_the_scale_row_and_with_ceiling() {
+    for args in [
+        &["compare", "--members", "3", "--workloads", "scale", "--quiet"][..],
+        &["ceiling", "--members", "3", "--workloads", "put", "--quiet"][..],
+        &["compare", "--members", "0", "--quiet"][..],
+        &["compare", "--members", "8", "--quiet"][..],
+    ] {
+        let output = Command::new(bench_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--members"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn compare_scale_measures_memory_restart_and_compaction_on_both_servers() {
     let ringkv = ringkv_binary();

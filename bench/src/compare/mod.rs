@@ -9,8 +9,11 @@
 //! one run to the next. The table shows each server's median over the rounds
 //! and the ratio. The `scale` row (see `scale`) runs several phases on each
 //! fresh server and has a table of its own, as has the `space` row (`space`).
+//! With `--members N` each fresh server is a cluster of N members (see
+//! `cluster`).
 
 mod certs;
+pub mod cluster;
 mod machine;
 mod proc_status;
 pub mod rows;
@@ -81,6 +84,15 @@ pub struct CompareArgs {
     /// (`ceiling`: ringkv-ceiling).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Members per server (at most 7): with more than one, each run starts a
+    /// fresh cluster of ringkv members, then of etcd members, on 127.0.0.1,
+    /// each member with its own data dir and ports and the same etcd flags
+    /// (--name, --initial-cluster, ...); a row starts once a linearizable
+    /// read has succeeded through every member; the connections are spread
+    /// round-robin over the members' client URLs; the server CPU is the sum
+    /// over the members (`compare` only; not with `scale`).
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
     /// The ringkv binary [default: `ringkv` next to this executable, else on PATH].
     #[arg(long)]
     pub ringkv_bin: Option<PathBuf>,
@@ -136,7 +148,7 @@ struct RowJson {
     #[serde(flatten)]
     baseline: BTreeMap<&'static str, Option<Medians>>,
     ratio: Option<f64>,
-    /// The same ratio per server CPU-second.
+    /// The baseline's server CPU per op over ringkv's (> 1: ringkv spends less).
     per_cpu_ratio: Option<f64>,
 }
 
@@ -148,6 +160,8 @@ struct CompareJson<'a> {
     #[serde(flatten)]
     baseline: BTreeMap<&'static str, &'a Binary>,
     rounds: usize,
+    /// Members per server (`--members`).
+    members: usize,
     rows: Vec<RowJson>,
     runs: &'a [RunRecord],
     /// With `--workloads scale`.
@@ -185,6 +199,12 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
     if args.rounds == 0 {
         return Err(BenchError::Usage("--rounds must be at least 1".into()));
     }
+    if !(1..=cluster::MEMBERS_MAX).contains(&args.members) {
+        return Err(BenchError::Usage(format!(
+            "--members must be 1 to {}",
+            cluster::MEMBERS_MAX
+        )));
+    }
     let wants_scale = args.workloads.iter().any(|name| name.trim() == scale::ROW);
     let wants_space = args.workloads.iter().any(|name| name.trim() == space::ROW);
     let others: Vec<String> = args
@@ -211,6 +231,23 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
             )));
         }
         scale::check(args.scale_keys, args.scale_phase)?;
+        if args.members > 1 {
+            return Err(BenchError::Usage(format!(
+                "the {} row measures one member; run it without --members",
+                scale::ROW
+            )));
+        }
+    }
+    if wants_space && args.members > 1 {
+        return Err(BenchError::Usage(format!(
+            "the {} row measures one member; run it without --members",
+            space::ROW
+        )));
+    }
+    if args.members > 1 && baseline == Baseline::Ceiling {
+        return Err(BenchError::Usage(
+            "ceiling: ringkv-ceiling is a single endpoint; --members is for compare".into(),
+        ));
     }
     if args.tls && baseline == Baseline::Ceiling {
         return Err(BenchError::Usage(
@@ -316,7 +353,7 @@ impl Session<'_> {
         format!(
             "ringkv-bench {command}: {} rounds of {} ({}, plus server starts and untimed setup)\n\
              machine: {}\nringkv: {} ({})\n{}: {} ({})\n\
-             each run: a fresh server on an empty data dir, fsync on ({durability}), {transport}",
+             each run: {}, fsync on ({durability}), {transport}",
             self.args.rounds,
             names.join(", "),
             runs_text.join("; "),
@@ -326,6 +363,7 @@ impl Session<'_> {
             self.baseline_kind.name(),
             self.baseline.path.display(),
             self.baseline.version,
+            cluster::describe(self.args.members),
         )
     }
 
@@ -372,18 +410,18 @@ impl Session<'_> {
         Some(result)
     }
 
-    /// One run against a fresh server.
+    /// One run against a fresh server (a fresh cluster with --members).
     fn run_once(&mut self, kind: ServerKind, row: &Row, round: usize, label: &str) -> Result<Summary, BenchError> {
-        self.on_fresh_server(kind, row.name, round, label, |session, server| {
+        self.on_fresh_cluster(kind, row.name, round, label, |session, cluster| {
             let mut options = session.global.run_options(
                 row.conns,
                 row.clients,
                 Stop::Duration(RUN_DURATION_DEFAULT),
                 label.to_string(),
             )?;
-            options.endpoints = vec![server.endpoint().to_string()];
-            options.tls = server.client_tls().cloned();
-            options.server_pid = Some(server.pid());
+            options.endpoints = cluster.endpoints();
+            options.tls = cluster.client_tls().cloned();
+            options.server_pids = cluster.pids();
             session
                 .runtime
                 .block_on(runner::run(row.spec.build(options.request_timeout)?, &options))
@@ -455,6 +493,7 @@ impl Session<'_> {
                 ringkv: &self.ringkv,
                 baseline: BTreeMap::from([(self.baseline_kind.name(), &self.baseline)]),
                 rounds: self.args.rounds,
+                members: self.args.members,
                 rows,
                 runs: &self.runs,
                 scale: scale_records.map(|records| self.scale_json(records)),
@@ -470,7 +509,11 @@ impl Session<'_> {
         if !results.is_empty() {
             print!("{}", table::render(results, self.args.rounds, baseline));
             println!(
-                "\nthroughput and latency are medians over the rounds; ratio = ringkv / {baseline} throughput.\n\
+                "\nthroughput, latency and CPU are medians over the rounds; ratio = ringkv / {baseline} throughput.\n\
+                 latency of kube: its writes'; of watch-latency: from Put to event.\n\
+                 server CPU: user + system time of the server's processes (all members) over the timed run, \
+                 per 1,000 of the row's unit;\n\
+                 its ratio is {baseline}'s over ringkv's: above 1, ringkv spends less CPU per op.\n\
                  throughput of each run, in round order:"
             );
             print!("{}", table::render_rounds(results, baseline));

@@ -20,7 +20,7 @@ use crate::workload::kv_client;
 use crate::BenchError;
 
 /// Pause between readiness probes.
-const PROBE_PAUSE: Duration = Duration::from_millis(100);
+pub const PROBE_PAUSE: Duration = Duration::from_millis(100);
 /// How long one readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a server may take to exit after SIGTERM before it is killed.
@@ -87,7 +87,7 @@ impl ServerKind {
     }
 }
 
-fn client_url(port: u16, tls: bool) -> String {
+pub fn client_url(port: u16, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     format!("{scheme}://127.0.0.1:{port}")
 }
@@ -122,17 +122,29 @@ impl Server {
         let client_port = free_port()?;
         let peer_port = free_port()?;
         let args = kind.args(&run_dir.join("data"), client_port, peer_port, tls);
-        let client_tls = tls.map(|tls| tls.client().clone());
-        let log_path = run_dir.join("server.log");
-        let child = start(kind, bin, &args, &log_path)?;
+        Server::spawn_with_args(kind, bin, args, client_port, &run_dir.join("server.log"), tls)
+    }
+
+    /// Starts `bin args`, which serve clients on `client_port` (over mutual
+    /// TLS with `tls`), its output in `log_path`: for a caller that chose the
+    /// flags itself (a cluster's member).
+    pub fn spawn_with_args(
+        kind: ServerKind,
+        bin: &Path,
+        args: Vec<String>,
+        client_port: u16,
+        log_path: &Path,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Server, BenchError> {
+        let child = start(kind, bin, &args, log_path)?;
         Ok(Server {
             kind,
             bin: bin.to_path_buf(),
             args,
             child,
             endpoint: client_url(client_port, tls.is_some()),
-            client_tls,
-            log_path,
+            client_tls: tls.map(|tls| tls.client().clone()),
+            log_path: log_path.to_path_buf(),
         })
     }
 
@@ -194,6 +206,11 @@ impl Server {
             })
             .await?;
         Ok(served.duration_since(start))
+    }
+
+    /// Whether one linearizable Range through this server succeeds now.
+    pub async fn answers_linearizable_read(&self) -> bool {
+        probe(&self.endpoint, self.client_tls.as_ref()).await
     }
 
     /// Waits until a serializable Range of `key` returns it (the server has

@@ -1,5 +1,6 @@
 //! The compare table: medians over rounds per server, and the ratios of ringkv
-//! over the baseline (etcd for `compare`, ringkv-ceiling for `ceiling`).
+//! against the baseline (etcd for `compare`, ringkv-ceiling for `ceiling`),
+//! each one > 1 where ringkv does better.
 
 use std::fmt::Write as _;
 
@@ -14,8 +15,9 @@ pub struct Measured {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub errors: u64,
-    /// The headline's count per CPU-second the server used.
-    pub per_server_cpu_sec: Option<f64>,
+    /// Server CPU milliseconds (user + system, every member together) per
+    /// 1,000 of the headline's count.
+    pub server_cpu_ms_per_1000: Option<f64>,
 }
 
 impl Measured {
@@ -28,7 +30,7 @@ impl Measured {
             p50_ms: headline.latency_ms.map(|l| l.p50),
             p99_ms: headline.latency_ms.map(|l| l.p99),
             errors: summary.errors + summary.watch.as_ref().map_or(0, |w| w.errors),
-            per_server_cpu_sec: summary.per_server_cpu_sec(),
+            server_cpu_ms_per_1000: summary.per_server_cpu_sec().and_then(cpu_ms_per_1000),
         }
     }
 }
@@ -42,7 +44,14 @@ pub struct Medians {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub errors: u64,
-    pub per_server_cpu_sec: Option<f64>,
+    pub server_cpu_ms_per_1000: Option<f64>,
+}
+
+/// Server CPU milliseconds per 1,000 ops from ops per server CPU-second;
+/// None when no op was done.
+pub fn cpu_ms_per_1000(ops_per_cpu_sec: f64) -> Option<f64> {
+    // 1,000 ops take 1000 / rate CPU-seconds, which are 1000 x that in ms.
+    (ops_per_cpu_sec > 0.0).then(|| 1_000_000.0 / ops_per_cpu_sec)
 }
 
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -60,14 +69,14 @@ pub fn medians(runs: &[Measured]) -> Option<Medians> {
     let throughput = median(&runs.iter().map(|r| r.throughput_per_sec).collect::<Vec<_>>())?;
     let p50: Vec<f64> = runs.iter().filter_map(|r| r.p50_ms).collect();
     let p99: Vec<f64> = runs.iter().filter_map(|r| r.p99_ms).collect();
-    let per_cpu: Vec<f64> = runs.iter().filter_map(|r| r.per_server_cpu_sec).collect();
+    let cpu: Vec<f64> = runs.iter().filter_map(|r| r.server_cpu_ms_per_1000).collect();
     Some(Medians {
         runs: runs.len(),
         throughput_per_sec: throughput,
         p50_ms: median(&p50),
         p99_ms: median(&p99),
         errors: runs.iter().map(|r| r.errors).sum(),
-        per_server_cpu_sec: median(&per_cpu),
+        server_cpu_ms_per_1000: median(&cpu),
     })
 }
 
@@ -103,18 +112,20 @@ impl RowResult {
         ratio(self.ringkv_medians().as_ref(), self.baseline_medians().as_ref())
     }
 
-    /// ringkv's median count per server CPU-second over the baseline's.
+    /// The baseline's median server CPU per op over ringkv's, so > 1 means
+    /// ringkv spends less CPU per op (it equals ringkv's ops per CPU-second
+    /// over the baseline's).
     pub fn per_cpu_ratio(&self) -> Option<f64> {
-        let ringkv = self.ringkv_medians()?.per_server_cpu_sec?;
-        let baseline = self.baseline_medians()?.per_server_cpu_sec?;
-        (baseline > 0.0).then(|| ringkv / baseline)
+        let ringkv = self.ringkv_medians()?.server_cpu_ms_per_1000?;
+        let baseline = self.baseline_medians()?.server_cpu_ms_per_1000?;
+        (ringkv > 0.0).then(|| baseline / ringkv)
     }
 }
 
 /// A Markdown table (readable as is in a terminal), one line per row: median
-/// throughput of ringkv and of the `baseline` server, the ratio, and median
-/// p50/p99 latency. A server with fewer runs than `rounds` is marked
-/// `(n of rounds runs)`.
+/// throughput of ringkv and of the `baseline` server, the ratio, median
+/// p50/p99 latency, errors, and median server CPU per 1,000 ops with its
+/// ratio. A server with fewer runs than `rounds` is marked `(n of rounds runs)`.
 pub fn render(rows: &[RowResult], rounds: usize, baseline: &str) -> String {
     let header = [
         "workload".to_string(),
@@ -125,7 +136,7 @@ pub fn render(rows: &[RowResult], rounds: usize, baseline: &str) -> String {
         "ringkv p50 / p99 ms".to_string(),
         format!("{baseline} p50 / p99 ms"),
         format!("errors ringkv / {baseline}"),
-        format!("per server CPU-s ringkv / {baseline}"),
+        format!("server CPU ms per 1,000 ringkv / {baseline} (ratio {baseline}'s / ringkv's)"),
     ];
     let mut lines: Vec<[String; 9]> = vec![header];
     for row in rows {
@@ -194,16 +205,16 @@ fn latency_cell(medians: Option<&Medians>) -> String {
     }
 }
 
-/// `41,666 / 14,326 = 2.91x`: each server's median count per CPU-second it
-/// used, and their ratio.
+/// `24.00 / 69.80 = 2.91x`: each server's median CPU ms per 1,000 ops, and
+/// the baseline's over ringkv's.
 fn per_cpu_cell(ringkv: Option<&Medians>, baseline: Option<&Medians>, ratio: Option<f64>) -> String {
-    let rate = |medians: Option<&Medians>| {
+    let cpu = |medians: Option<&Medians>| {
         medians
-            .and_then(|m| m.per_server_cpu_sec)
-            .map_or("-".to_string(), fmt_rate)
+            .and_then(|m| m.server_cpu_ms_per_1000)
+            .map_or("-".to_string(), fmt_ms)
     };
     let ratio = ratio.map_or(String::new(), |r| format!(" = {r:.2}x"));
-    format!("{} / {}{ratio}", rate(ringkv), rate(baseline))
+    format!("{} / {}{ratio}", cpu(ringkv), cpu(baseline))
 }
 
 fn errors_cell(medians: Option<&Medians>) -> String {
@@ -244,7 +255,7 @@ mod tests {
             p50_ms: Some(p50),
             p99_ms: Some(p99),
             errors,
-            per_server_cpu_sec: Some(throughput * 2.0),
+            server_cpu_ms_per_1000: Some(1_000_000.0 / throughput),
         }
     }
 
@@ -280,18 +291,55 @@ mod tests {
         assert_eq!(medians.p99_ms, Some(2.0));
         assert_eq!(medians.errors, 3);
         assert_eq!(medians.runs, 3);
-        assert_eq!(medians.per_server_cpu_sec, Some(400.0));
+        assert_eq!(medians.server_cpu_ms_per_1000, Some(5000.0));
     }
 
     #[test]
-    fn the_per_cpu_ratio_needs_both_servers_cpu() {
+    fn cpu_per_1000_ops_is_the_inverse_of_ops_per_cpu_second() {
+        // 41,666 puts per CPU-second: 1,000 puts take 24 ms of CPU.
+        assert!((cpu_ms_per_1000(41_666.0).unwrap() - 24.0).abs() < 0.001);
+        assert_eq!(cpu_ms_per_1000(1000.0), Some(1000.0));
+        assert_eq!(cpu_ms_per_1000(0.0), None);
+    }
+
+    #[test]
+    fn the_cpu_ratio_is_etcds_cpu_per_op_over_ringkvs_and_needs_both() {
         let mut ringkv = run(3000.0, 1.0, 2.0, 0);
-        ringkv.per_server_cpu_sec = Some(900.0);
+        ringkv.server_cpu_ms_per_1000 = Some(20.0);
         let mut etcd = run(1000.0, 1.0, 2.0, 0);
-        etcd.per_server_cpu_sec = Some(300.0);
-        assert_eq!(row(vec![ringkv], vec![etcd]).per_cpu_ratio(), Some(3.0));
-        etcd.per_server_cpu_sec = None;
+        etcd.server_cpu_ms_per_1000 = Some(60.0);
+        assert_eq!(
+            row(vec![ringkv], vec![etcd]).per_cpu_ratio(),
+            Some(3.0),
+            "ringkv spending a third of etcd's CPU per op is 3x"
+        );
+        etcd.server_cpu_ms_per_1000 = None;
         assert_eq!(row(vec![ringkv], vec![etcd]).per_cpu_ratio(), None);
+    }
+
+    #[test]
+    fn a_runs_cpu_per_1000_ops_comes_from_its_summary() {
+        let mut summary = crate::report::Summary::new(
+            crate::report::RunInfo {
+                workload: "put".into(),
+                settings: String::new(),
+                endpoints: vec![],
+                conns: 1,
+                clients: 1,
+                rate_limit_per_sec: None,
+                writes: true,
+                write_kinds: &[],
+            },
+            &crate::report::Recorder::default(),
+            2.0,
+            None,
+        );
+        summary.throughput_per_sec = 5000.0;
+        summary.server_cpu_sec = Some(0.5);
+        // 10,000 puts in 2 s on 0.5 CPU-seconds: 50 ms per 1,000.
+        assert_eq!(Measured::of(&summary).server_cpu_ms_per_1000, Some(50.0));
+        summary.server_cpu_sec = None;
+        assert_eq!(Measured::of(&summary).server_cpu_ms_per_1000, None);
     }
 
     #[test]
@@ -322,7 +370,7 @@ mod tests {
         assert_eq!(
             lines[2],
             "| put      | 100 / 1000      | 12,173 writes/sec | 4,100 writes/sec | 2.97x         \
-             | 1.350 / 22.50       | 2.500 / 45.00     | 0 / 1                | 24,345 / 8,200 = 2.97x         |"
+             | 1.350 / 22.50       | 2.500 / 45.00     | 0 / 1                | 82.17 / 244.0 = 2.97x                                           |"
         );
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
     }

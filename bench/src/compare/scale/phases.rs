@@ -72,7 +72,7 @@ impl Plan {
             progress: self.progress,
             label,
             cancel: None,
-            server_pid: Some(server.pid()),
+            server_pids: vec![server.pid()],
         }
     }
 
