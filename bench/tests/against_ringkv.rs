@@ -135,6 +135,40 @@ fn put_total_200_reports_200_writes_and_no_errors() {
 }
 
 #[test]
+fn samples_cover_the_run_second_by_second_and_add_up_to_its_totals() {
+    let ringkv = Ringkv::start();
+    // Paced, so the run spans three seconds and ends inside the third.
+    let args = ["--endpoints", &ringkv.endpoint, "--rate", "200", "--duration", "2500ms"];
+    let report = bench_json(&[&args[..], &["--sample", "put"]].concat());
+    let samples = report["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no samples: {report}"));
+    let seconds: Vec<u64> = samples.iter().map(|s| s["second"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seconds,
+        (0..seconds.len() as u64).collect::<Vec<_>>(),
+        "no second missing: {report}"
+    );
+    assert!(seconds.len() >= 3, "{report}");
+    let sum = |field: &str| samples.iter().map(|s| s[field].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("ops"), count(&report, "ops"), "{report}");
+    assert_eq!(sum("errors"), count(&report, "errors"), "{report}");
+    let lengths: Vec<f64> = samples.iter().map(|s| s["length_sec"].as_f64().unwrap()).collect();
+    let (last, whole) = lengths.split_last().unwrap();
+    assert!(
+        whole.iter().all(|l| *l == 1.0) && *last > 0.0 && *last <= 1.0,
+        "{lengths:?}"
+    );
+    let covered: f64 = lengths.iter().sum();
+    assert!(
+        (covered - report["duration_sec"].as_f64().unwrap()).abs() < 1e-6,
+        "{report}"
+    );
+    let curve = report["latency_percentiles"].as_array().unwrap();
+    assert_eq!(curve[0]["percentile"], 0.0, "{report}");
+}
+
+#[test]
 fn many_clients_over_few_connections_all_succeed() {
     let ringkv = Ringkv::start();
     let endpoint = ringkv.endpoint.trim_start_matches("http://");
