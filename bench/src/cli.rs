@@ -38,6 +38,7 @@ Examples:
   ringkv-bench --conns 10 --clients 100 --duration 10s kube --key-space-size 10000
   ringkv-bench --sample --clients 100 --duration 30s put
   ringkv-bench compare --workloads put,range --rounds 3 --duration 10s
+  ringkv-bench compare --workloads put,put-1 --rounds 3 --plot compare.svg
   ringkv-bench ceiling --workloads put --rounds 3 --duration 10s";
 
 #[derive(Debug, Parser)]

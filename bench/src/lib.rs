@@ -34,6 +34,8 @@ pub enum BenchError {
     Server(String),
     #[error("interrupted")]
     Interrupted,
+    #[error(transparent)]
+    Plot(#[from] compare::plot::PlotError),
     #[error("{0}")]
     Internal(String),
 }

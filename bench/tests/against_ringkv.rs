@@ -251,6 +251,8 @@ fn txn_mixed_reads_and_writes() {
 #[test]
 fn compare_runs_each_server_each_round_on_fresh_data() {
     let ringkv = ringkv_binary();
+    let plot_dir = tempfile::tempdir().unwrap();
+    let plot = plot_dir.path().join("compare.svg");
     let report = bench_json(&[
         "--total",
         "100",
@@ -263,6 +265,8 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
         "2",
         "--ringkv-bin",
         ringkv.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     let row = &report["rows"][0];
     assert_eq!(row["workload"], "put", "{report}");
@@ -275,8 +279,33 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
     for run in runs {
         assert_eq!(count(&run["summary"], "ops"), 100, "{run}");
         assert_eq!(count(&run["summary"], "errors"), 0, "{run}");
+        let samples = run["summary"]["samples"].as_array().unwrap();
+        let sampled: u64 = samples.iter().map(|s| s["ops"].as_u64().unwrap()).sum();
+        assert_eq!(sampled, 100, "--plot samples every run: {run}");
     }
     assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
+
+    let svg = std::fs::read_to_string(&plot).expect("--plot wrote its file");
+    let document = roxmltree::Document::parse(&svg).expect("the plot is well-formed XML");
+    assert!(document.root_element().has_tag_name("svg"));
+    let texts: Vec<&str> = document
+        .descendants()
+        .filter(|node| node.has_tag_name("text"))
+        .filter_map(|node| node.text())
+        .map(str::trim)
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("put (4 conns / 4 clients): ringkv vs etcd")),
+        "{texts:?}"
+    );
+    for server in ["ringkv", "etcd"] {
+        assert!(
+            texts.iter().any(|t| t.starts_with(&format!("{server} (round "))),
+            "{server}: {texts:?}"
+        );
+    }
 }
 
 #[test]
