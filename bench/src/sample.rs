@@ -238,7 +238,7 @@ impl Sample {
     pub fn line(&self, label: &str) -> String {
         let end = self.second as f64 + self.length_sec;
         let end = if self.length_sec < 1.0 {
-            format!("{end:.2}")
+            format!("{end:.3}")
         } else {
             format!("{end:.0}")
         };
@@ -466,7 +466,7 @@ mod tests {
         assert!((closed[0].length_sec - 0.25).abs() < 1e-9, "{closed:?}");
         assert!((closed[0].per_sec - 120.0).abs() < 1e-6, "{closed:?}");
         assert!(
-            closed[0].line("put").contains("2-2.25 s  30 ops  120 ops/s"),
+            closed[0].line("put").contains("2-2.250 s  30 ops  120 ops/s"),
             "{}",
             closed[0].line("put")
         );
