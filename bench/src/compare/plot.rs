@@ -192,7 +192,8 @@ fn draw_throughput(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, row: 
     };
     let all: Vec<(f64, f64)> = row.series.iter().flat_map(points).collect();
     let x_max = all.iter().map(|p| p.0 + 0.5).fold(1.0, f64::max);
-    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.15;
+    // Headroom above the highest second for the legend, so it covers no line.
+    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.4;
     let unit = row.unit.replace("/sec", "/s");
     let caption = format!(
         "{} ({} conns / {} clients): {}, {unit} each second",
@@ -214,7 +215,7 @@ fn draw_throughput(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, row: 
     for series in &row.series {
         draw_line(&mut chart, series, points(series))?;
     }
-    legend(&mut chart, SeriesLabelPosition::LowerRight)
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 /// Latency by percentile on a log scale of `1 / (1 - q)`, so p90, p99,
