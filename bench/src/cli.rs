@@ -9,6 +9,7 @@ use crate::compare::CompareArgs;
 use crate::connect::{normalize_endpoint, Tls};
 use crate::progress::ProgressMode;
 use crate::runner::{RunOptions, Stop};
+use crate::sample::SampleMode;
 use crate::workload::WorkloadSpec;
 use crate::BenchError;
 
@@ -35,8 +36,10 @@ Examples:
   ringkv-bench --conns 10 --clients 100 --duration 10s watch-latency --watchers 100
   ringkv-bench --conns 10 --clients 100 --duration 10s lease-keepalive --leases 1000
   ringkv-bench --conns 10 --clients 100 --duration 10s kube --key-space-size 10000
+  ringkv-bench --sample --clients 100 --duration 30s put
   ringkv-bench compare --workloads put,range --rounds 3 --duration 10s
   ringkv-bench compare --members 3 --workloads put,kube --rounds 3
+  ringkv-bench compare --workloads put,put-1 --rounds 3 --plot compare.svg
   ringkv-bench ceiling --workloads put --rounds 3 --duration 10s";
 
 #[derive(Debug, Parser)]
@@ -107,6 +110,12 @@ pub struct GlobalArgs {
     /// No progress output on stderr.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// One line per second on stderr while a run goes, in place of the
+    /// progress line (also with --quiet): the requests completed in that
+    /// second, their rate, p50/p99/max latency and errors. --json adds the
+    /// samples to each run's report. Not for compare's scale row.
+    #[arg(long, global = true)]
+    pub sample: bool,
     /// PEM file of the CA that signed the servers' certificates: TLS on.
     #[arg(long, global = true)]
     pub cacert: Option<PathBuf>,
@@ -176,6 +185,11 @@ impl GlobalArgs {
             label,
             cancel: None,
             server_pids: self.server_pids.clone(),
+            samples: if self.sample {
+                SampleMode::Print
+            } else {
+                SampleMode::Off
+            },
         })
     }
 }

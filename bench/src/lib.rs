@@ -3,7 +3,8 @@
 //!
 //! Layers, top down: `cli` (flags) -> `compare` (server processes, rounds,
 //! ratio table) -> `runner` (connections, request loops, pacing, stopping) ->
-//! `workload` (what one op is) -> `report` (histograms, summaries).
+//! `workload` (what one op is) -> `sample` (per-second samples) -> `report`
+//! (histograms, summaries).
 
 pub mod cli;
 pub mod compare;
@@ -14,6 +15,7 @@ pub mod pacing;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod sample;
 pub mod server_cpu;
 pub mod workload;
 
@@ -32,6 +34,8 @@ pub enum BenchError {
     Server(String),
     #[error("interrupted")]
     Interrupted,
+    #[error(transparent)]
+    Plot(#[from] compare::plot::PlotError),
     #[error("{0}")]
     Internal(String),
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tonic::Code;
 
 use crate::errors::{ErrorTally, ErrorsByCode};
+use crate::sample::{PercentilePoint, Sample};
 
 /// Largest latency the histograms hold: 1 hour, in microseconds. Larger values
 /// are recorded as this (they cannot occur without `--rate`: requests time out).
@@ -75,6 +76,11 @@ impl Recorder {
 
     pub fn ops(&self) -> u64 {
         self.latency_us.len()
+    }
+
+    /// Latencies of every successful request.
+    pub fn latency_us(&self) -> &Histogram<u64> {
+        &self.latency_us
     }
 
     pub fn errors(&self) -> u64 {
@@ -263,6 +269,12 @@ pub struct Summary {
     /// CPU seconds (user + system) the server used over the timed part of
     /// the run, when its process id was known (`--server-pid`, `compare`).
     pub server_cpu_sec: Option<f64>,
+    /// Each second of the run, when sampled (`--sample`, `compare --plot`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+    /// The latency curve of the successful requests, when sampled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency_percentiles: Vec<PercentilePoint>,
 }
 
 impl Summary {
@@ -284,6 +296,8 @@ impl Summary {
         let writes = (!info.write_kinds.is_empty()).then(|| recorder.group(info.write_kinds, duration_sec));
         Summary {
             server_cpu_sec: None,
+            samples: Vec::new(),
+            latency_percentiles: Vec::new(),
             workload: info.workload,
             settings: info.settings,
             endpoints: info.endpoints,

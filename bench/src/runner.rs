@@ -10,15 +10,16 @@
 //! leases) and adds what it measured.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
 use crate::connect::{connect, Tls};
-use crate::pacing::{intended_offset, latency_us};
+use crate::pacing::intended_offset;
 use crate::progress::{Counters, Progress, ProgressMode};
-use crate::report::{Recorder, RunInfo, Summary};
+use crate::report::{RunInfo, Summary};
+use crate::sample::{self, SampleMode, Sampler, Shards};
 use crate::workload::{Workload, WorkloadClient};
 use crate::{interrupt, server_cpu, BenchError};
 
@@ -62,6 +63,8 @@ pub struct RunOptions {
     /// machine: the summary then says how much CPU they used together over
     /// the timed part of the run. Empty: not measured.
     pub server_pids: Vec<u32>,
+    /// Per-second samples (`--sample`, `compare --plot`).
+    pub samples: SampleMode,
 }
 
 struct Shared {
@@ -73,7 +76,7 @@ struct Shared {
     rate_per_sec: Option<u64>,
     cancel: Option<Arc<AtomicBool>>,
     counters: Arc<Counters>,
-    recorders: Vec<Mutex<Recorder>>,
+    recorders: Arc<Shards>,
 }
 
 impl Shared {
@@ -118,23 +121,35 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
         rate_per_sec: options.rate_per_sec,
         cancel: options.cancel.clone(),
         counters: Arc::new(Counters::default()),
-        recorders: (0..RECORDER_SHARDS).map(|_| Mutex::new(Recorder::default())).collect(),
+        recorders: Arc::new(Shards::new(RECORDER_SHARDS, options.samples)),
     });
 
-    let progress = Progress::start(options.label.clone(), Arc::clone(&shared.counters), options.progress);
+    // Printed samples take the progress line's place.
+    let progress_mode = match options.samples {
+        SampleMode::Print => ProgressMode::Off,
+        _ => options.progress,
+    };
+    let progress = Progress::start(options.label.clone(), Arc::clone(&shared.counters), progress_mode);
+    let sampler = Sampler::start(
+        Arc::clone(&shared.recorders),
+        start,
+        options.label.clone(),
+        options.samples,
+    );
     let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await;
     let server_cpu_sec = match cpu_at_start {
         Some(at_start) => server_cpu::total_cpu_seconds(&options.server_pids)?.map(|at_end| at_end - at_start),
         None => None,
     };
     progress.finish();
+    let samples = match (sampler, &last_done) {
+        (Some(sampler), Ok(last_done)) => sampler.finish(last_done.saturating_duration_since(start)).await,
+        _ => Vec::new(),
+    };
     let extras = workload.finish(start, options.progress).await;
     let last_done = last_done?;
 
-    let mut recorder = Recorder::default();
-    for shard in &shared.recorders {
-        recorder.merge(&shard.lock().expect("no loop panicked holding a recorder"));
-    }
+    let recorder = shared.recorders.totals();
     let tickets_used = shared.next_ticket.load(Ordering::Relaxed).min(ticket_limit);
     let stopped_early = if interrupt::requested() {
         Some("interrupted (Ctrl-C)".to_string())
@@ -158,6 +173,10 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
     summary.watch = extras.watch;
     summary.notes = extras.notes;
     summary.server_cpu_sec = server_cpu_sec;
+    if options.samples != SampleMode::Off {
+        summary.samples = samples;
+        summary.latency_percentiles = sample::percentile_curve(recorder.latency_us());
+    }
     Ok(summary)
 }
 
@@ -187,7 +206,7 @@ async fn run_loops(
 
 /// One request loop; returns when its last reply came.
 async fn request_loop(mut client: Box<dyn WorkloadClient>, shared: Arc<Shared>, index: usize) -> Instant {
-    let recorder = &shared.recorders[index % RECORDER_SHARDS];
+    let shard = shared.recorders.shard(index);
     let mut last_done = shared.start;
     while !interrupt::requested() && !shared.cancelled() {
         let ticket = shared.next_ticket.fetch_add(1, Ordering::Relaxed);
@@ -207,17 +226,12 @@ async fn request_loop(mut client: Box<dyn WorkloadClient>, shared: Arc<Shared>, 
         }
         let sent = Instant::now();
         let result = client.op(ticket, intended.unwrap_or(sent)).await;
-        let done = Instant::now();
-        last_done = done;
-        let failed = result.is_err();
-        {
-            let mut recorder = recorder.lock().expect("no loop panicked holding a recorder");
-            match result {
-                Ok(outcome) => recorder.record_ok(outcome.0, latency_us(intended.unwrap_or(sent), done)),
-                Err(status) => recorder.record_error(status.code(), status.message()),
-            }
-        }
-        if failed {
+        last_done = shard.lock().expect("no loop panicked holding a recorder").record(
+            result.as_ref().map(|outcome| outcome.0),
+            shared.start,
+            intended.unwrap_or(sent),
+        );
+        if result.is_err() {
             shared.counters.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(ERROR_PAUSE).await;
         } else {

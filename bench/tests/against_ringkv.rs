@@ -135,6 +135,40 @@ fn put_total_200_reports_200_writes_and_no_errors() {
 }
 
 #[test]
+fn samples_cover_the_run_second_by_second_and_add_up_to_its_totals() {
+    let ringkv = Ringkv::start();
+    // Paced, so the run spans three seconds and ends inside the third.
+    let args = ["--endpoints", &ringkv.endpoint, "--rate", "200", "--duration", "2500ms"];
+    let report = bench_json(&[&args[..], &["--sample", "put"]].concat());
+    let samples = report["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no samples: {report}"));
+    let seconds: Vec<u64> = samples.iter().map(|s| s["second"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seconds,
+        (0..seconds.len() as u64).collect::<Vec<_>>(),
+        "no second missing: {report}"
+    );
+    assert!(seconds.len() >= 3, "{report}");
+    let sum = |field: &str| samples.iter().map(|s| s[field].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("ops"), count(&report, "ops"), "{report}");
+    assert_eq!(sum("errors"), count(&report, "errors"), "{report}");
+    let lengths: Vec<f64> = samples.iter().map(|s| s["length_sec"].as_f64().unwrap()).collect();
+    let (last, whole) = lengths.split_last().unwrap();
+    assert!(
+        whole.iter().all(|l| *l == 1.0) && *last > 0.0 && *last <= 1.0,
+        "{lengths:?}"
+    );
+    let covered: f64 = lengths.iter().sum();
+    assert!(
+        (covered - report["duration_sec"].as_f64().unwrap()).abs() < 1e-6,
+        "{report}"
+    );
+    let curve = report["latency_percentiles"].as_array().unwrap();
+    assert_eq!(curve[0]["percentile"], 0.0, "{report}");
+}
+
+#[test]
 fn many_clients_over_few_connections_all_succeed() {
     let ringkv = Ringkv::start();
     let endpoint = ringkv.endpoint.trim_start_matches("http://");
@@ -217,6 +251,8 @@ fn txn_mixed_reads_and_writes() {
 #[test]
 fn compare_runs_each_server_each_round_on_fresh_data() {
     let ringkv = ringkv_binary();
+    let plot_dir = tempfile::tempdir().unwrap();
+    let plot = plot_dir.path().join("compare.svg");
     let report = bench_json(&[
         "--total",
         "100",
@@ -229,6 +265,8 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
         "2",
         "--ringkv-bin",
         ringkv.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     let row = &report["rows"][0];
     assert_eq!(row["workload"], "put", "{report}");
@@ -241,8 +279,33 @@ fn compare_runs_each_server_each_round_on_fresh_data() {
     for run in runs {
         assert_eq!(count(&run["summary"], "ops"), 100, "{run}");
         assert_eq!(count(&run["summary"], "errors"), 0, "{run}");
+        let samples = run["summary"]["samples"].as_array().unwrap();
+        let sampled: u64 = samples.iter().map(|s| s["ops"].as_u64().unwrap()).sum();
+        assert_eq!(sampled, 100, "--plot samples every run: {run}");
     }
     assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
+
+    let svg = std::fs::read_to_string(&plot).expect("--plot wrote its file");
+    let document = roxmltree::Document::parse(&svg).expect("the plot is well-formed XML");
+    assert!(document.root_element().has_tag_name("svg"));
+    let texts: Vec<&str> = document
+        .descendants()
+        .filter(|node| node.has_tag_name("text"))
+        .filter_map(|node| node.text())
+        .map(str::trim)
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("put (4 conns / 4 clients): ringkv vs etcd")),
+        "{texts:?}"
+    );
+    for server in ["ringkv", "etcd"] {
+        assert!(
+            texts.iter().any(|t| t.starts_with(&format!("{server} (round "))),
+            "{server}: {texts:?}"
+        );
+    }
 }
 
 /// Processes whose command line mentions `needle`, other than this test's own.

@@ -15,6 +15,7 @@
 mod certs;
 pub mod cluster;
 mod machine;
+pub mod plot;
 mod proc_status;
 pub mod rows;
 pub mod scale;
@@ -34,6 +35,7 @@ use crate::cli::GlobalArgs;
 use crate::progress::ProgressMode;
 use crate::report::{fmt_latency, fmt_rate, Summary};
 use crate::runner::{self, Stop};
+use crate::sample::SampleMode;
 use crate::{interrupt, BenchError};
 use machine::Machine;
 use rows::Row;
@@ -119,6 +121,11 @@ pub struct CompareArgs {
     /// load client presents a client certificate (`compare` only).
     #[arg(long)]
     pub tls: bool,
+    /// Also draw FILE (SVG): per row, each server's throughput second by
+    /// second and its latency by percentile, ringkv beside the baseline,
+    /// from each server's median round. Not for the scale row.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// A binary and what its `--version` says.
@@ -259,6 +266,15 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
     } else {
         rows::resolve(&others)?
     };
+    if let Some(path) = &args.plot {
+        if rows.is_empty() {
+            return Err(BenchError::Usage(format!(
+                "--plot draws the workload rows; the {} row has its own table",
+                scale::ROW
+            )));
+        }
+        plot::check_path(path)?;
+    }
     let ringkv_path = match &args.ringkv_bin {
         Some(path) => locate(path)?,
         None => default_beside("ringkv")?,
@@ -315,7 +331,11 @@ pub fn run(global: &GlobalArgs, args: &CompareArgs, runtime: &Runtime, baseline:
         &results,
         scale_records.as_deref(),
         space_records.as_deref(),
-    )
+    )?;
+    if let Some(path) = &args.plot {
+        session.plot(path, &results)?;
+    }
+    Ok(())
 }
 
 impl Session<'_> {
@@ -422,6 +442,9 @@ impl Session<'_> {
             options.endpoints = cluster.endpoints();
             options.tls = cluster.client_tls().cloned();
             options.server_pids = cluster.pids();
+            if session.args.plot.is_some() {
+                options.samples = options.samples.max(SampleMode::Record);
+            }
             session
                 .runtime
                 .block_on(runner::run(row.spec.build(options.request_timeout)?, &options))
@@ -464,6 +487,20 @@ impl Session<'_> {
             let _ = std::fs::remove_dir_all(&run_dir);
         }
         result
+    }
+
+    /// Draws `--plot`'s picture of `results`.
+    fn plot(&self, path: &Path, results: &[RowResult]) -> Result<(), BenchError> {
+        let servers = [ServerKind::Ringkv, self.baseline_kind];
+        let rows = plot::plot_rows(results, &self.runs, servers, self.args.rounds);
+        let title = format!(
+            "ringkv-bench: ringkv vs {} ({}); each line is the server's median round by throughput",
+            self.baseline_kind.name(),
+            self.baseline.version
+        );
+        plot::write(path, &title, &rows)?;
+        self.progress.note(&format!("plot written to {}", path.display()));
+        Ok(())
     }
 
     fn print(

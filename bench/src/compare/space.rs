@@ -19,6 +19,7 @@ use super::server::{Server, ServerKind};
 use super::Session;
 use crate::connect::connect;
 use crate::runner::{self, RunOptions, Stop};
+use crate::sample::SampleMode;
 use crate::workload::kv_client;
 use crate::workload::put::{Put, PutArgs};
 use crate::{interrupt, BenchError};
@@ -113,7 +114,8 @@ async fn measure(session: &Session<'_>, server: &Server, label: &str) -> Result<
         progress: session.progress,
         label: format!("{label} writes"),
         cancel: None,
-        server_pid: Some(server.pid()),
+        server_pids: vec![server.pid()],
+        samples: SampleMode::Off,
     };
     let summary = runner::run(Arc::new(puts), &options).await?;
     if summary.errors > 0 {

@@ -19,6 +19,7 @@ use crate::keys::{KeyOrder, KeySpace};
 use crate::progress::ProgressMode;
 use crate::report::Summary;
 use crate::runner::{self, RunOptions, Stop};
+use crate::sample::SampleMode;
 use crate::workload::kv_client;
 use crate::workload::put::{Put, PutArgs};
 use crate::{interrupt, BenchError};
@@ -73,6 +74,7 @@ impl Plan {
             label,
             cancel: None,
             server_pids: vec![server.pid()],
+            samples: SampleMode::Off,
         }
     }
 
