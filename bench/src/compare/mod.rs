@@ -451,6 +451,38 @@ impl Session<'_> {
         })
     }
 
+    /// Every round of a row with a table of its own (`scale`, `space`): per
+    /// round ringkv, then etcd, each measured by `measure` (given the kind,
+    /// the round and the progress label) and said in one progress line by
+    /// `line`. A failed run is noted and left out; stops early once interrupted.
+    fn each_own_table_run<T>(
+        &mut self,
+        row: &str,
+        mut measure: impl FnMut(&mut Self, ServerKind, usize, &str) -> Result<T, BenchError>,
+        line: impl Fn(&T) -> String,
+    ) -> Vec<(usize, ServerKind, T)> {
+        let mut runs = Vec::new();
+        for round in 1..=self.args.rounds {
+            for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
+                if interrupt::requested() {
+                    return runs;
+                }
+                let label = format!("{row} round {round}/{} {}", self.args.rounds, kind.name());
+                match measure(self, kind, round, &label) {
+                    Ok(run) => {
+                        self.progress.note(&format!("{label}: {}", line(&run)));
+                        runs.push((round, kind, run));
+                    }
+                    Err(error) => {
+                        self.progress.note(&format!("{label}: failed: {error}"));
+                        self.notes.push(format!("{label}: failed: {error}"));
+                    }
+                }
+            }
+        }
+        runs
+    }
+
     /// Starts a fresh `kind` server on an empty data dir of its own
     /// (`<name>-<round>-<kind>`), waits until it serves, runs `run` against
     /// it, then stops it (noting if it had exited on its own) and removes the

@@ -22,7 +22,7 @@ use crate::runner::{self, RunOptions, Stop};
 use crate::sample::SampleMode;
 use crate::workload::kv_client;
 use crate::workload::put::{Put, PutArgs};
-use crate::{interrupt, BenchError};
+use crate::BenchError;
 
 /// The row's name in --workloads.
 pub const ROW: &str = "space";
@@ -59,38 +59,27 @@ pub struct SpaceRecord {
 impl Session<'_> {
     /// Every round of the space row; stops early once interrupted.
     pub(super) fn run_space(&mut self) -> Vec<SpaceRecord> {
-        let mut records = Vec::new();
-        for round in 1..=self.args.rounds {
-            for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
-                if interrupt::requested() {
-                    return records;
-                }
-                let label = format!("{ROW} round {round}/{} {}", self.args.rounds, kind.name());
-                let result = self.on_fresh_server(kind, ROW, round, &label, |session, server| {
-                    session.runtime.block_on(measure(session, server, &label))
-                });
-                match result {
-                    Ok((written, compacted_and_defragmented)) => {
-                        self.progress.note(&format!(
-                            "{label}: {} after the writes, {} after compaction and defrag",
-                            one_line(written),
-                            one_line(compacted_and_defragmented)
-                        ));
-                        records.push(SpaceRecord {
-                            round,
-                            server: kind,
-                            written,
-                            compacted_and_defragmented,
-                        });
-                    }
-                    Err(error) => {
-                        self.progress.note(&format!("{label}: failed: {error}"));
-                        self.notes.push(format!("{label}: failed: {error}"));
-                    }
-                }
-            }
-        }
-        records
+        let measure_one = |session: &mut Self, kind, round, label: &str| {
+            session.on_fresh_server(kind, ROW, round, label, |session, server| {
+                session.runtime.block_on(measure(session, server, label))
+            })
+        };
+        let line = |(written, compacted): &(Sizes, Sizes)| {
+            format!(
+                "{} after the writes, {} after compaction and defrag",
+                one_line(*written),
+                one_line(*compacted)
+            )
+        };
+        self.each_own_table_run(ROW, measure_one, line)
+            .into_iter()
+            .map(|(round, server, (written, compacted_and_defragmented))| SpaceRecord {
+                round,
+                server,
+                written,
+                compacted_and_defragmented,
+            })
+            .collect()
     }
 }
 

@@ -20,7 +20,7 @@ use super::rows::VAL_SIZE;
 use super::server::ServerKind;
 use super::Session;
 use crate::report::Summary;
-use crate::{interrupt, BenchError};
+use crate::BenchError;
 use phases::Plan;
 use phases::{key_space, PACED_RATE_PER_SEC};
 
@@ -117,30 +117,10 @@ pub struct ScaleJson<'a> {
 impl Session<'_> {
     /// Every round of the scale row; stops early once interrupted.
     pub(super) fn run_scale(&mut self) -> Vec<ScaleRecord> {
-        let mut records = Vec::new();
-        for round in 1..=self.args.rounds {
-            for kind in [ServerKind::Ringkv, ServerKind::Etcd] {
-                if interrupt::requested() {
-                    return records;
-                }
-                let label = format!("{ROW} round {round}/{} {}", self.args.rounds, kind.name());
-                match self.run_scale_once(kind, round, &label) {
-                    Ok(run) => {
-                        self.progress.note(&format!("{label}: {}", table::one_line(&run)));
-                        records.push(ScaleRecord {
-                            round,
-                            server: kind,
-                            run,
-                        });
-                    }
-                    Err(error) => {
-                        self.progress.note(&format!("{label}: failed: {error}"));
-                        self.notes.push(format!("{label}: failed: {error}"));
-                    }
-                }
-            }
-        }
-        records
+        self.each_own_table_run(ROW, Self::run_scale_once, table::one_line)
+            .into_iter()
+            .map(|(round, server, run)| ScaleRecord { round, server, run })
+            .collect()
     }
 
     fn run_scale_once(&mut self, kind: ServerKind, round: usize, label: &str) -> Result<ScaleRun, BenchError> {
