@@ -8,23 +8,14 @@
 # usage: kube-scale.sh RINGKV_BIN RINGKV_BENCH_BIN (absolute paths; etcd and etcdctl on the PATH)
 # OBJECTS (100000), VAL (4096), LISTS (0.002), DURATION (30s) from the environment.
 set -u
+. "$(dirname "$0")/member.sh"
 RK=$1; RB=$2
 OBJECTS=${OBJECTS:-100000}; VAL=${VAL:-4096}; LISTS=${LISTS:-0.002}; DURATION=${DURATION:-30s}
 W=${WORK_DIR:-/tmp/kubescale}; rm -rf $W; mkdir -p $W; cd $W
-start() { # name bin port
-  local name=$1 bin=$2 port=$3 pport=$(( $3 + 1 ))
-  $bin --data-dir $W/$name --listen-client-urls http://127.0.0.1:$port --advertise-client-urls http://127.0.0.1:$port \
-    --listen-peer-urls http://127.0.0.1:$pport --initial-advertise-peer-urls http://127.0.0.1:$pport \
-    --initial-cluster default=http://127.0.0.1:$pport --name default --quota-backend-bytes 8589934592 >> $W/$name.log 2>&1 &
-  echo $!
-}
-stop() { # pid: SIGTERM, and wait until it exited (it is not this shell's child)
-  kill $1; while kill -0 $1 2>/dev/null; do sleep 0.05; done
-}
 rss() { awk '/VmRSS/{print int($2/1024)}' /proc/$1/status; }
 for server in etcd ringkv; do
   if [ $server = etcd ]; then BIN=etcd; PORT=25379; else BIN=$RK; PORT=25389; fi
-  PID=$(start $server $BIN $PORT)
+  PID=$(start_member $server $BIN $PORT)
   for i in $(seq 200); do etcdctl --endpoints 127.0.0.1:$PORT endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   $RB --endpoints 127.0.0.1:$PORT --conns 10 --clients 100 --duration $DURATION --server-pid $PID \
     kube --key-space-size $OBJECTS --val-size $VAL --kube-list-ratio $LISTS > $W/kube-$server.txt 2>&1
@@ -32,10 +23,10 @@ for server in etcd ringkv; do
   grep -v '^\s*$' $W/kube-$server.txt | sed 's/^/  /'
   echo "  RSS after the run: $(rss $PID) MiB; $(etcdctl --endpoints 127.0.0.1:$PORT endpoint status -w json | grep -o '"dbSize":[0-9]*,"leader":[0-9]*,[^,]*,[^,]*,[^,]*,"dbSizeInUse":[0-9]*' | sed 's/"leader":[0-9]*,[^,]*,[^,]*,[^,]*,//')"
   KEY=$(etcdctl --endpoints 127.0.0.1:$PORT get /registry/pods/ --prefix --keys-only --limit 1 | head -1)
-  stop $PID
-  S=$(date +%s.%N); PID=$(start $server $BIN $PORT)
+  stop_member $PID
+  S=$(date +%s.%N); PID=$(start_member $server $BIN $PORT)
   for i in $(seq 3000); do etcdctl --endpoints 127.0.0.1:$PORT get "$KEY" --consistency=s --print-value-only 2>/dev/null | grep -q . && break; sleep 0.01; done
   E=$(date +%s.%N)
   echo "  restart to the first serializable read: $(echo "$E - $S" | bc) s; RSS then $(rss $PID) MiB"
-  stop $PID
+  stop_member $PID
 done

@@ -6,15 +6,9 @@
 # (`ringkvutl snapshot restore` / `etcdctl snapshot restore`: wall time and max RSS from
 # /usr/bin/time), and the migration (etcd's snapshot restored by ringkvutl).
 set -u
+. "$(dirname "$0")/member.sh"
 RK=$1; RKU=$2; RB=$3
 W=/tmp/scale; [ -z "${RESTORE_ONLY:-}" ] && rm -rf $W; mkdir -p $W; cd $W
-start() { # name bin port
-  local name=$1 bin=$2 port=$3 pport=$(( $3 + 1 ))
-  $bin --data-dir $W/$name --listen-client-urls http://127.0.0.1:$port --advertise-client-urls http://127.0.0.1:$port \
-    --listen-peer-urls http://127.0.0.1:$pport --initial-advertise-peer-urls http://127.0.0.1:$pport \
-    --initial-cluster default=http://127.0.0.1:$pport --name default --quota-backend-bytes 8589934592 > $W/$name.log 2>&1 &
-  echo $!
-}
 peak_during() { # pid, then command...
   local pid=$1; shift
   ( while kill -0 $pid 2>/dev/null; do awk '/VmRSS/{print $2}' /proc/$pid/status; sleep 0.02; done ) > $W/rss.samples &
@@ -28,7 +22,7 @@ peak_during() { # pid, then command...
 }
 if [ -z "${RESTORE_ONLY:-}" ]; then
 for server in etcd ringkv; do
-  if [ $server = etcd ]; then PORT=25379; PID=$(start etcd etcd $PORT); else PORT=25389; PID=$(start ringkv $RK $PORT); fi
+  if [ $server = etcd ]; then PORT=25379; PID=$(start_member etcd etcd $PORT); else PORT=25389; PID=$(start_member ringkv $RK $PORT); fi
   for i in $(seq 100); do etcdctl --endpoints 127.0.0.1:$PORT endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   S=$(date +%s.%N)
   $RB --endpoints 127.0.0.1:$PORT --conns 8 --clients 64 --quiet put --sequential-keys \
@@ -38,7 +32,7 @@ for server in etcd ringkv; do
   echo "$server RSS before save: $(awk '/VmRSS/{print int($2/1024)}' /proc/$PID/status) MiB"
   echo "$server snapshot save: $(peak_during $PID etcdctl --endpoints 127.0.0.1:$PORT --command-timeout 600s snapshot save $W/$server.snap)"
   echo "$server snapshot file: $(stat -c %s $W/$server.snap) bytes"
-  kill $PID; wait $PID 2>/dev/null
+  stop_member $PID
 done
 fi
 rt() { /usr/bin/time -f "%e s, max RSS %M KiB" "$@" > $W/restore.out 2> $W/restore.err; tail -1 $W/restore.err; }

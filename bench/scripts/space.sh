@@ -6,23 +6,17 @@
 # current revision and a defrag; for ringkv also `ringkvutl check` of the stopped store (its pages
 # by kind and how full its leaves are). PUTS, KEYS, VAL bytes may be set in the environment.
 set -u
+. "$(dirname "$0")/member.sh"
 RK=$1; RKU=$2; RB=$3
 PUTS=${PUTS:-300000}; KEYS=${KEYS:-100000}; VAL=${VAL:-256}
 W=/tmp/space; rm -rf $W; mkdir -p $W; cd $W
-start() { # name bin port
-  local name=$1 bin=$2 port=$3 pport=$(( $3 + 1 ))
-  $bin --data-dir $W/$name --listen-client-urls http://127.0.0.1:$port --advertise-client-urls http://127.0.0.1:$port \
-    --listen-peer-urls http://127.0.0.1:$pport --initial-advertise-peer-urls http://127.0.0.1:$pport \
-    --initial-cluster default=http://127.0.0.1:$pport --name default --quota-backend-bytes 8589934592 > $W/$name.log 2>&1 &
-  echo $!
-}
 status() { # port: "dbSize dbSizeInUse revision"
   local json=$(etcdctl --endpoints 127.0.0.1:$1 endpoint status -w json)
   echo "$(echo "$json" | grep -o '"dbSize":[0-9]*' | cut -d: -f2) $(echo "$json" | grep -o '"dbSizeInUse":[0-9]*' | cut -d: -f2) $(echo "$json" | grep -o '"revision":[0-9]*' | cut -d: -f2)"
 }
 mib() { echo "scale=1; $1 / 1048576" | bc; }
 for server in etcd ringkv; do
-  if [ $server = etcd ]; then PORT=25479; PID=$(start etcd etcd $PORT); else PORT=25489; PID=$(start ringkv $RK $PORT); fi
+  if [ $server = etcd ]; then PORT=25479; PID=$(start_member etcd etcd $PORT); else PORT=25489; PID=$(start_member ringkv $RK $PORT); fi
   for i in $(seq 100); do etcdctl --endpoints 127.0.0.1:$PORT endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   $RB --endpoints 127.0.0.1:$PORT --conns 8 --clients 64 --quiet put \
     --key-space-size $KEYS --key-size 8 --val-size $VAL --total $PUTS > $W/fill-$server.log 2>&1
@@ -34,6 +28,6 @@ for server in etcd ringkv; do
   sleep 1
   read size inuse rev <<< "$(status $PORT)"
   echo "$server after compaction + defrag: dbSize $size ($(mib $size) MiB), dbSizeInUse $inuse ($(mib $inuse) MiB)"
-  kill $PID; while kill -0 $PID 2>/dev/null; do sleep 0.1; done
+  stop_member $PID
   if [ $server = ringkv ]; then echo "ringkv store: $($RKU check --data-dir $W/ringkv 2>&1)"; fi
 done
