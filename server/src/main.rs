@@ -5,6 +5,19 @@ use ringkv_server::config::logging::LogSettings;
 use ringkv_server::config::{etcd_flags, Flags, MAX_REQUEST_BYTES_RECOMMENDED};
 use ringkv_server::{logging, server};
 
+/// No transparent huge pages for this process (mimalloc's `allow_thp=0`, done
+/// here because mimalloc reads its options before `main`). mimalloc asks for
+/// huge pages on its arenas and gives idle memory back after a few ms; each
+/// fault that takes the memory again then zeroes a whole 2 MiB page. On three
+/// members under puts that zeroing was 5-6% of the store cores' time
+/// (docs/benchmarks.md). A kernel without the call keeps them: only slower.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// mimalloc, not glibc's malloc: a Range's key-values are allocated on the
 /// store core and freed on a client core once sent, and glibc serialises such
 /// frees on the allocating thread's arena lock (under the kube mix the futex
@@ -13,6 +26,7 @@ use ringkv_server::{logging, server};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    disable_transparent_huge_pages();
     // etcd's flags that ringkv ignores or refuses, before clap: its own message.
     let (args, ignored) = match etcd_flags::screen(std::env::args_os(), unicode_vars()) {
         Ok(screened) => screened,

@@ -190,7 +190,10 @@ async fn serve_unary<S: GrpcService>(
             started.received();
         }
         *count.borrow_mut() = started;
-        let answer = service.unary(path, request, ctx).await;
+        // Boxed: the service's future is large (every method's state), and
+        // inline it would be copied whole each time this call's future moves
+        // into the next (race_call, the spawned task): a few KiB per request.
+        let answer = Box::pin(service.unary(path, request, ctx)).await;
         // Counted until answered: a call waiting for the store core holds it.
         drop(charge);
         answer

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
+use futures_lite::io::BufReader;
 use glommio::net::TcpStream;
 use raft::eraftpb::MessageType;
 use ringkv_proto::ringkvpb::{HashKvQuery, Membership, SnapshotChunk, SnapshotEnd};
@@ -41,6 +42,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// 69 s; a 1 MiB append or snapshot chunk, 6 s.
 const FRAME_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 const FRAME_BYTES_PER_SECOND_MIN: u64 = 1024 * 1024;
+/// What one read from a peer's connection may take in: a leader's appends
+/// come as many small frames, and read unbuffered each cost two syscalls
+/// (header, payload) on the store core.
+const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
 /// A payload buffer grown past this by one large frame is given back after it.
 const PAYLOAD_KEPT_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// How long writing a membership query's answer may take.
@@ -314,7 +319,8 @@ impl From<snapshot::ReceiveError> for Stop {
 }
 
 impl Receiver {
-    async fn run(mut self, mut stream: PeerStream) {
+    async fn run(mut self, stream: PeerStream) {
+        let mut stream = BufReader::with_capacity(RECEIVE_BUFFER_BYTES, stream);
         let stop = loop {
             let next = match self.next(&mut stream).await {
                 Ok(message) => message,
@@ -330,13 +336,13 @@ impl Receiver {
         };
         if let Stop::Reject(why) = stop {
             let from = format_args!("from {:x}: {why}", self.hello.from);
-            self.local.reject(remote(stream.get_ref()), from);
+            self.local.reject(remote(stream.get_ref().get_ref()), from);
         }
     }
 
     /// The next frame: its header within IDLE_TIMEOUT, its payload within
     /// `frame_timeout` of its length.
-    async fn next(&mut self, stream: &mut PeerStream) -> Result<PeerMessage, Stop> {
+    async fn next(&mut self, stream: &mut BufReader<PeerStream>) -> Result<PeerMessage, Stop> {
         let header = match within(IDLE_TIMEOUT, frame::read_header(stream, FRAME_PAYLOAD_MAX)).await {
             None => return Err(Stop::Reject(format!("silent for {IDLE_TIMEOUT:?}"))),
             Some(Err(FrameError::Closed)) => return Err(Stop::Done),
@@ -360,7 +366,9 @@ impl Receiver {
         Ok(message?)
     }
 
-    async fn handle(&mut self, message: PeerMessage, stream: &mut PeerStream) -> Result<(), Stop> {
+    /// Answers (a HashKV, a snapshot's acknowledgement) are written to the
+    /// connection itself, past the buffer that only reads.
+    async fn handle(&mut self, message: PeerMessage, stream: &mut BufReader<PeerStream>) -> Result<(), Stop> {
         let from = self.hello.from;
         let event = match message {
             PeerMessage::Raft(message) if message.msg_type == MessageType::MsgSnapshot as i32 => {
@@ -378,8 +386,8 @@ impl Receiver {
             PeerMessage::LeaseForwardReply(reply) => PeerEvent::LeaseForwardReply(reply),
             PeerMessage::PromoteCheck(check) => PeerEvent::PromoteCheck { from, check },
             PeerMessage::SnapshotChunk(chunk) => return self.receive_chunk(chunk).await,
-            PeerMessage::SnapshotEnd(end) => return self.finish_snapshot(end, stream).await,
-            PeerMessage::HashKvQuery(query) => return self.answer_hash_kv(query, stream).await,
+            PeerMessage::SnapshotEnd(end) => return self.finish_snapshot(end, stream.get_mut()).await,
+            PeerMessage::HashKvQuery(query) => return self.answer_hash_kv(query, stream.get_mut()).await,
             PeerMessage::Membership(_) => return Err(Stop::Reject("an unasked membership frame".to_string())),
             PeerMessage::HashKvAnswer(_) => return Err(Stop::Reject("an unasked HashKV answer".to_string())),
             PeerMessage::Keepalive => return Ok(()),
