@@ -11,8 +11,9 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions};
 
 use super::record::BLOCK_BYTES;
 
@@ -171,12 +172,17 @@ struct NamingError {
 /// journaling; into written blocks it is only the data.
 async fn prewrite(file: &DmaFile, len: u64) -> io::Result<()> {
     file.pre_allocate(len, false).await?;
+    // One buffer of zeros for every chunk: zeroing a fresh one per MiB was a
+    // few percent of a busy store core's time.
+    let zeros = Rc::new(zeroed_buffer(file, PREWRITE_CHUNK_BYTES.min(len as usize)));
     let mut offset = 0;
     while offset < len {
         let chunk = PREWRITE_CHUNK_BYTES.min((len - offset) as usize);
-        let mut buffer = file.alloc_dma_buffer(chunk);
-        buffer.as_bytes_mut().fill(0);
-        let written = file.write_at(buffer, offset).await?;
+        let written = if chunk == zeros.len() {
+            file.write_rc_at(Rc::clone(&zeros), offset).await?
+        } else {
+            file.write_at(zeroed_buffer(file, chunk), offset).await?
+        };
         if written != chunk {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -187,6 +193,12 @@ async fn prewrite(file: &DmaFile, len: u64) -> io::Result<()> {
     }
     file.fdatasync().await?;
     Ok(())
+}
+
+fn zeroed_buffer(file: &DmaFile, len: usize) -> DmaBuffer {
+    let mut buffer = file.alloc_dma_buffer(len);
+    buffer.as_bytes_mut().fill(0);
+    buffer
 }
 
 /// One segment file.
