@@ -8,10 +8,12 @@
 # from /proc/PID/stat over the N puts); and ringkv's own WAL write + fdatasync per batch
 # (etcd_disk_wal_fsync_duration_seconds; etcd's counts its fdatasync alone).
 # With BENCH=path/to/ringkv-bench (or several, space-separated), also ringkv-bench's put from one
-# client (8 B keys, 256 B values) on the same server afterwards, each in turn, to compare its latency
-# with h2load's.
+# client (N puts, BENCH_ARGS: 8 B keys over 100,000, 256 B values) on the same server afterwards, each
+# in turn, to compare its latency with h2load's; BENCH_REPS > 1 repeats h2load's N puts and each
+# ringkv-bench run that many times, back to back, as the server's latency drifts within a run.
 # usage: put-latency.sh CEILING_BIN RINGKV_BIN... (absolute paths; etcd, h2load, curl on the PATH)
-# ROUNDS (3), N (4000), BENCH, PORT (27379: clients; PORT + 1: peers) and WORK_DIR from the environment.
+# ROUNDS (3), N (4000), BENCH, BENCH_ARGS ("--val-size 256"), BENCH_REPS (1), PORT (27379: clients;
+# PORT + 1: peers) and WORK_DIR from the environment.
 set -u
 CEILING=$1; shift
 ROUNDS=${ROUNDS:-3}; N=${N:-4000}
@@ -43,12 +45,19 @@ serve() { # label command...: starts it on $PORT, runs the puts, stops it
   local c1=$(cpu $pid) w1=$(wal)
   local walmean=$(echo "$w0 $w1" | awk 'NF == 4 {printf "; WAL write + fdatasync mean %d us", ($3 - $1) / ($4 - $2) * 1e6}')
   echo "  $label: $(stats $D/requests.log); server CPU per put $(( (c1 - c0) * 1000000 / HZ / N )) us$walmean"
-  for bench in ${BENCH:-}; do
-    local report=$($bench --endpoints 127.0.0.1:$PORT --conns 1 --clients 1 --total $N --json --quiet put --val-size 256)
-    echo "    $bench put, 1 client: $(echo "$report" | python3 -c '
+  for rep in $(seq ${BENCH_REPS:-1}); do
+    if [ $rep -gt 1 ] && [ -n "${BENCH:-}" ]; then
+      $H -n $N --log-file=$D/requests.log > /dev/null
+      echo "    h2load again: $(stats $D/requests.log)"
+    fi
+    for bench in ${BENCH:-}; do
+      local report=$($bench --endpoints 127.0.0.1:$PORT --conns 1 --clients 1 --total $N --json --quiet \
+        put ${BENCH_ARGS:---val-size 256})
+      echo "    $bench put, 1 client: $(echo "$report" | python3 -c '
 import json, sys
 latency = json.load(sys.stdin)["latency_ms"]
 print("p50 %d us, mean %d us" % (latency["p50"] * 1000, latency["mean"] * 1000))')"
+    done
   done
   kill $pid; wait $pid 2>/dev/null
 }

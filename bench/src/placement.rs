@@ -123,7 +123,11 @@ mod tests {
     fn a_lone_client_runs_everything_on_one_thread_of_its_own() {
         let placement = Placement::for_clients(1).unwrap();
         let first = thread_of(&placement);
-        assert_eq!(thread_of(&placement), first, "the connection and the loop share a thread");
+        assert_eq!(
+            thread_of(&placement),
+            first,
+            "the connection and the loop share a thread"
+        );
         assert_ne!(first, std::thread::current().id());
     }
 

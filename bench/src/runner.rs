@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 use crate::connect::{connect_one, Tls};
-use crate::placement::Placement;
 use crate::pacing::intended_offset;
+use crate::placement::Placement;
 use crate::progress::{Counters, Progress, ProgressMode};
 use crate::report::{RunInfo, Summary};
 use crate::sample::{self, SampleMode, Sampler, Shards};
