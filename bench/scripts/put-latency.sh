@@ -28,6 +28,10 @@ PORT=${PORT:-27379}; PEER_PORT=$((PORT + 1))
 H="h2load -c1 -m1 -d put.bin -H content-type:application/grpc -H te:trailers http://127.0.0.1:$PORT/etcdserverpb.KV/Put"
 HZ=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+timed() { # N puts by h2load, each logged to $D/requests.log (h2load appends to its log: emptied first)
+  rm -f $D/requests.log
+  $H -n $N --log-file=$D/requests.log > /dev/null
+}
 stats() { # h2load's log -> p50, mean, p99 in µs (third column: µs until the response ended)
   awk '{print $3}' $1 | sort -n | awk '{a[NR]=$1; s+=$1} END {printf "p50 %d us, mean %d us, p99 %d us", a[int(NR/2)+1], s/NR, a[int(NR*0.99)+1]}'
 }
@@ -41,13 +45,13 @@ serve() { # label command...: starts it on $PORT, runs the puts, stops it
     http://127.0.0.1:$PORT/etcdserverpb.KV/Put 2>/dev/null | grep -q '1 succeeded' && break; sleep 0.1; done
   $H -n 500 > /dev/null
   local w0=$(wal) c0=$(cpu $pid)
-  $H -n $N --log-file=$D/requests.log > /dev/null
+  timed
   local c1=$(cpu $pid) w1=$(wal)
   local walmean=$(echo "$w0 $w1" | awk 'NF == 4 {printf "; WAL write + fdatasync mean %d us", ($3 - $1) / ($4 - $2) * 1e6}')
   echo "  $label: $(stats $D/requests.log); server CPU per put $(( (c1 - c0) * 1000000 / HZ / N )) us$walmean"
   for rep in $(seq ${BENCH_REPS:-1}); do
     if [ $rep -gt 1 ] && [ -n "${BENCH:-}" ]; then
-      $H -n $N --log-file=$D/requests.log > /dev/null
+      timed
       echo "    h2load again: $(stats $D/requests.log)"
     fi
     for bench in ${BENCH:-}; do
