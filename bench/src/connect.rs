@@ -88,32 +88,28 @@ pub async fn connect(
     assert!(!endpoints.is_empty() && conns > 0, "checked when parsing flags");
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
-        channels.push(connect_one(&endpoints[i % endpoints.len()], request_timeout, tls).await?);
+        let endpoint = &endpoints[i % endpoints.len()];
+        let mut builder =
+            Endpoint::from_shared(endpoint.clone()).map_err(|e| BenchError::Usage(format!("{endpoint}: {e}")))?;
+        if endpoint.starts_with("https://") {
+            let tls = tls.expect("https:// endpoints come with --cacert (normalize_endpoint)");
+            builder = builder
+                .tls_config(tls.config())
+                .map_err(|e| BenchError::Usage(format!("{endpoint}: {}", error_chain(&e))))?;
+        }
+        let channel = builder
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(request_timeout)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|error| BenchError::Connect {
+                endpoint: endpoint.clone(),
+                error: error_chain(&error),
+            })?;
+        channels.push(channel);
     }
     Ok(channels)
-}
-
-/// Opens one HTTP/2 connection to `endpoint`. Its tasks (tonic's buffer
-/// worker, hyper's connection) run on the runtime this is called on.
-pub async fn connect_one(endpoint: &str, request_timeout: Duration, tls: Option<&Tls>) -> Result<Channel, BenchError> {
-    let mut builder =
-        Endpoint::from_shared(endpoint.to_string()).map_err(|e| BenchError::Usage(format!("{endpoint}: {e}")))?;
-    if endpoint.starts_with("https://") {
-        let tls = tls.expect("https:// endpoints come with --cacert (normalize_endpoint)");
-        builder = builder
-            .tls_config(tls.config())
-            .map_err(|e| BenchError::Usage(format!("{endpoint}: {}", error_chain(&e))))?;
-    }
-    builder
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|error| BenchError::Connect {
-            endpoint: endpoint.to_string(),
-            error: error_chain(&error),
-        })
 }
 
 /// An error and its sources on one line (tonic's transport error alone says only

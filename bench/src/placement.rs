@@ -49,8 +49,25 @@ impl Placement {
         }
     }
 
-    /// Runs `future` here: a connection opened in it keeps its tasks here,
-    /// and a request loop spawned here sends on it without leaving the thread.
+    /// Runs `future` here and waits for it: in the caller's own task, or on
+    /// the thread. Connections opened in it keep their tasks where it ran.
+    pub async fn run<F>(&self, future: F) -> Result<F::Output, BenchError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self {
+            Placement::Caller => Ok(future.await),
+            Placement::OwnThread(own) => own
+                .handle
+                .spawn(future)
+                .await
+                .map_err(|error| BenchError::Internal(format!("a task on the request thread failed: {error}"))),
+        }
+    }
+
+    /// Spawns `future` here: a request loop spawned where its connection was
+    /// opened sends on it without leaving the thread.
     pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -141,6 +158,22 @@ mod tests {
             (std::thread::current().id(), there)
         });
         assert_eq!(here, there, "a current-thread caller runs the task itself");
+    }
+
+    #[test]
+    fn run_waits_for_the_future_where_it_runs() {
+        let runtime = Builder::new_current_thread().build().unwrap();
+        let here = std::thread::current().id();
+        let own = Placement::for_clients(1).unwrap();
+        let caller = Placement::for_clients(2).unwrap();
+        let (on_own, on_caller) = runtime.block_on(async {
+            let on_own = own.run(async { std::thread::current().id() }).await.unwrap();
+            let on_caller = caller.run(async { std::thread::current().id() }).await.unwrap();
+            (on_own, on_caller)
+        });
+        assert_ne!(on_own, here, "a lone client's connection is opened on its thread");
+        assert_eq!(on_own, thread_of(&own), "and its loop runs there too");
+        assert_eq!(on_caller, here, "many clients connect in the caller's task");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-use crate::connect::{connect_one, Tls};
+use crate::connect::{connect, Tls};
 use crate::pacing::intended_offset;
 use crate::placement::Placement;
 use crate::progress::{Counters, Progress, ProgressMode};
@@ -184,17 +184,11 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
 /// Opens `options.conns` connections, spread round-robin over the endpoints,
 /// in `placement`, so that their tasks run there.
 async fn connect_on(placement: &Placement, options: &RunOptions) -> Result<Vec<Channel>, BenchError> {
-    let mut channels = Vec::with_capacity(options.conns);
-    for conn in 0..options.conns {
-        let endpoint = options.endpoints[conn % options.endpoints.len()].clone();
-        let (timeout, tls) = (options.request_timeout, options.tls.clone());
-        let channel = placement
-            .spawn(async move { connect_one(&endpoint, timeout, tls.as_ref()).await })
-            .await
-            .map_err(|error| BenchError::Internal(format!("a connect task failed: {error}")))??;
-        channels.push(channel);
-    }
-    Ok(channels)
+    let (endpoints, conns) = (options.endpoints.clone(), options.conns);
+    let (timeout, tls) = (options.request_timeout, options.tls.clone());
+    placement
+        .run(async move { connect(&endpoints, conns, timeout, tls.as_ref()).await })
+        .await?
 }
 
 /// Starts every request loop in `placement` and waits for all of them;
