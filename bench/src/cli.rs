@@ -86,7 +86,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub conns: Option<usize>,
     /// Concurrent request loops, spread over the connections round-robin
-    /// [default: 1; compare: per workload].
+    /// [default: 1; compare: per workload]. A lone loop runs with its
+    /// connection on a thread of its own, so its calls do not hop between
+    /// threads (latency-bound); more share a multi-thread runtime.
     #[arg(long, global = true)]
     pub clients: Option<usize>,
     /// Stop after this many requests [default: 10000 unless --duration;

@@ -2,7 +2,8 @@
 //! etcd), and ringkv against etcd side by side on one machine (`compare`).
 //!
 //! Layers, top down: `cli` (flags) -> `compare` (server processes, rounds,
-//! ratio table) -> `runner` (connections, request loops, pacing, stopping) ->
+//! ratio table) -> `runner` (connections, request loops, pacing, stopping;
+//! `placement`: which thread they run on) ->
 //! `workload` (what one op is) -> `sample` (per-second samples) -> `report`
 //! (histograms, summaries).
 
@@ -12,6 +13,7 @@ pub mod connect;
 pub mod errors;
 pub mod keys;
 pub mod pacing;
+pub mod placement;
 pub mod progress;
 pub mod report;
 pub mod runner;

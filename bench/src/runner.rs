@@ -8,6 +8,11 @@
 //! `--duration`, when the caller sets `RunOptions::cancel`, or on Ctrl-C. Then
 //! the workload's `finish` winds down what ran beside the ops (watchers,
 //! leases) and adds what it measured.
+//!
+//! Connections and request loops run where [`Placement`] says: a lone client
+//! and its connection on one thread of their own, so its calls do not hop
+//! between CPUs; many clients on the caller's runtime. Progress, samples and
+//! the workload's `prepare` and `finish` stay on the caller's runtime.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use tonic::transport::Channel;
 
 use crate::connect::{connect, Tls};
 use crate::pacing::intended_offset;
+use crate::placement::Placement;
 use crate::progress::{Counters, Progress, ProgressMode};
 use crate::report::{RunInfo, Summary};
 use crate::sample::{self, SampleMode, Sampler, Shards};
@@ -90,13 +96,8 @@ impl Shared {
 /// Connects, prepares the workload (untimed), runs it and summarizes.
 pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Summary, BenchError> {
     assert!(options.conns > 0 && options.clients > 0, "checked when parsing flags");
-    let channels = connect(
-        &options.endpoints,
-        options.conns,
-        options.request_timeout,
-        options.tls.as_ref(),
-    )
-    .await?;
+    let placement = Placement::for_clients(options.clients)?;
+    let channels = connect_on(&placement, options).await?;
     workload.prepare(&channels, options.progress).await?;
     if interrupt::requested() {
         return Err(BenchError::Interrupted);
@@ -136,7 +137,7 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
         options.label.clone(),
         options.samples,
     );
-    let last_done = run_loops(workload.as_ref(), &channels, options.clients, &shared).await;
+    let last_done = run_loops(workload.as_ref(), &placement, &channels, options.clients, &shared).await;
     let server_cpu_sec = match cpu_at_start {
         Some(at_start) => server_cpu::total_cpu_seconds(&options.server_pids)?.map(|at_end| at_end - at_start),
         None => None,
@@ -180,10 +181,21 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
     Ok(summary)
 }
 
-/// Starts every request loop and waits for all of them; returns when the last
-/// reply came.
+/// Opens `options.conns` connections, spread round-robin over the endpoints,
+/// in `placement`, so that their tasks run there.
+async fn connect_on(placement: &Placement, options: &RunOptions) -> Result<Vec<Channel>, BenchError> {
+    let (endpoints, conns) = (options.endpoints.clone(), options.conns);
+    let (timeout, tls) = (options.request_timeout, options.tls.clone());
+    placement
+        .run(async move { connect(&endpoints, conns, timeout, tls.as_ref()).await })
+        .await?
+}
+
+/// Starts every request loop in `placement` and waits for all of them;
+/// returns when the last reply came.
 async fn run_loops(
     workload: &dyn Workload,
+    placement: &Placement,
     channels: &[Channel],
     clients: usize,
     shared: &Arc<Shared>,
@@ -191,7 +203,7 @@ async fn run_loops(
     let loops: Vec<_> = (0..clients)
         .map(|index| {
             let client = workload.client(index, channels[index % channels.len()].clone());
-            tokio::spawn(request_loop(client, Arc::clone(shared), index))
+            placement.spawn(request_loop(client, Arc::clone(shared), index))
         })
         .collect();
     let mut last_done = shared.start;
