@@ -99,8 +99,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Requests per second across all clients; 0 = no limit. With a limit,
-    /// latency is measured from each request's intended send time
-    /// (coordinated omission corrected).
+    /// a request sent late because its client was still busy is measured from
+    /// its intended send time (coordinated omission corrected); one whose
+    /// client was idle, from its actual send (the timer's millisecond is not
+    /// the server's).
     #[arg(long, global = true, default_value_t = 0)]
     pub rate: u64,
     /// A request not answered within this fails with DeadlineExceeded.

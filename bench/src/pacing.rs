@@ -8,7 +8,9 @@
 //! wait counts. Measuring from the actual send would hide exactly the stalls an
 //! operator cares about ("coordinated omission", Gil Tene). Without a rate limit
 //! each loop sends as soon as its previous op finished, and latency runs from the
-//! actual send.
+//! actual send. So does a paced op whose loop was idle at its intended time
+//! ([`measured_from`]): it was sent late only by the timer, whose resolution is
+//! a millisecond, and that millisecond is the tool's, not the server's.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,17 @@ pub fn intended_offset(ticket: u64, rate_per_sec: u64) -> Duration {
     assert!(rate_per_sec > 0, "a rate limit of 0 means no limit, not a schedule");
     let nanos = u128::from(ticket) * 1_000_000_000 / u128::from(rate_per_sec);
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// Where a paced op's latency runs from: its intended send time if its loop
+/// was still busy with the previous op then (`ready`, when the loop was free,
+/// is later: the wait counts), else its actual send time (`sent`).
+pub fn measured_from(intended: Instant, ready: Instant, sent: Instant) -> Instant {
+    if ready > intended {
+        intended
+    } else {
+        sent
+    }
 }
 
 /// Latency to record, in whole microseconds, at least 1 (the histogram's floor).
@@ -47,6 +60,18 @@ mod tests {
     #[test]
     fn huge_tickets_saturate_instead_of_wrapping() {
         assert_eq!(intended_offset(u64::MAX, 1), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn a_loop_behind_schedule_counts_the_wait_and_an_idle_one_does_not() {
+        let intended = Instant::now();
+        // Busy until 3 ms after the op was due: its latency runs from the due time.
+        let ready = intended + Duration::from_millis(3);
+        assert_eq!(measured_from(intended, ready, ready), intended);
+        // Idle before the due time, woken 0.9 ms after it by the timer: from the send.
+        let ready = intended - Duration::from_millis(2);
+        let sent = intended + Duration::from_micros(900);
+        assert_eq!(measured_from(intended, ready, sent), sent);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 use crate::connect::{connect, Tls};
-use crate::pacing::intended_offset;
+use crate::pacing::{intended_offset, measured_from};
 use crate::placement::Placement;
 use crate::progress::{Counters, Progress, ProgressMode};
 use crate::report::{RunInfo, Summary};
@@ -233,15 +233,17 @@ async fn request_loop(mut client: Box<dyn WorkloadClient>, shared: Arc<Shared>, 
                 break;
             }
         }
+        let ready = Instant::now();
         if let Some(at) = intended {
             tokio::time::sleep_until(at.into()).await;
         }
         let sent = Instant::now();
-        let result = client.op(ticket, intended.unwrap_or(sent)).await;
+        let from = intended.map_or(sent, |intended| measured_from(intended, ready, sent));
+        let result = client.op(ticket, from).await;
         last_done = shard.lock().expect("no loop panicked holding a recorder").record(
             result.as_ref().map(|outcome| outcome.0),
             shared.start,
-            intended.unwrap_or(sent),
+            from,
         );
         if result.is_err() {
             shared.counters.errors.fetch_add(1, Ordering::Relaxed);
