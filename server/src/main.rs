@@ -8,8 +8,8 @@ use ringkv_server::{logging, server};
 /// No transparent huge pages for this process (mimalloc's `allow_thp=0`, done
 /// here because mimalloc reads its options before `main`). mimalloc asks for
 /// huge pages on its arenas and gives idle memory back after a few ms; each
-/// fault that takes the memory again then zeroes a whole 2 MiB page. On three
-/// members under puts that zeroing was 5-6% of the store cores' time
+/// fault that takes the memory again then zeroes a whole 2 MiB page: under
+/// puts on three members, a share of the store cores' time worth removing
 /// (docs/benchmarks.md). A kernel without the call keeps them: only slower.
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory.
