@@ -31,6 +31,16 @@ pub const READ_STEP: StepBudget = StepBudget {
     bytes: 4 * 1024 * 1024,
 };
 
+/// What one step of a HashKV hashes at most. Hashing a revision costs far
+/// less than answering it in a Range, so READ_STEP's count made a HashKV step
+/// of a million-key store about a millisecond, and the puts that waited for
+/// it doubled their p99 (docs/benchmarks.md, "HashKV in steps"): a quarter
+/// of it keeps a step near a lone put's own time.
+pub const HASH_KV_STEP: StepBudget = StepBudget {
+    keys: 1024,
+    bytes: 1024 * 1024,
+};
+
 /// The store core's pause after each step while reads are in progress: it
 /// waits for the executor, which meanwhile reaps I/O and runs the other
 /// tasks (timers with the raft tick, the WAL, the peer links). Back to back,
@@ -61,7 +71,7 @@ impl Build {
         match self {
             Build::Range(build) => build.step(mvcc, READ_STEP),
             Build::Txn(build, _) => build.step(mvcc, READ_STEP),
-            Build::HashKv { cursor, .. } => Ok(mvcc.hash_kv_step(cursor, READ_STEP)?),
+            Build::HashKv { cursor, .. } => Ok(mvcc.hash_kv_step(cursor, HASH_KV_STEP)?),
         }
     }
 
@@ -240,7 +250,7 @@ mod tests {
             txn.put(key.as_bytes(), b"v", 0).unwrap();
             txn.end();
         };
-        for n in 0..READ_STEP.keys * 2 + 10 {
+        for n in 0..HASH_KV_STEP.keys * 2 + 10 {
             put(&mut mvcc, format!("k{}", n % 100));
         }
         let whole = mvcc.hash_kv(0).unwrap();
@@ -261,7 +271,7 @@ mod tests {
             }
         };
         assert_eq!(answered_for, reader);
-        assert_eq!(steps, 3, "{} revisions a step", READ_STEP.keys);
+        assert_eq!(steps, 3, "{} revisions a step", HASH_KV_STEP.keys);
         let Ok(Response::HashKv(response)) = answer else {
             panic!("a hash: {answer:?}");
         };
