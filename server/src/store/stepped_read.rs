@@ -33,9 +33,9 @@ pub const READ_STEP: StepBudget = StepBudget {
 
 /// What one step of a HashKV hashes at most. Hashing a revision costs far
 /// less than answering it in a Range, so READ_STEP's count made a HashKV step
-/// of a million-key store about a millisecond, and the puts that waited for
-/// it doubled their p99 (docs/benchmarks.md, "HashKV in steps"): a quarter
-/// of it keeps a step near a lone put's own time.
+/// several times a lone put's own time, and the puts that waited for it took
+/// their p99 from there (docs/benchmarks.md, "HashKV in steps"); a quarter of
+/// it keeps a step near a put's time.
 pub const HASH_KV_STEP: StepBudget = StepBudget {
     keys: 1024,
     bytes: 1024 * 1024,
