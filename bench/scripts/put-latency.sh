@@ -17,17 +17,12 @@
 set -u
 CEILING=$1; shift
 ROUNDS=${ROUNDS:-3}; N=${N:-4000}
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd); . $HERE/h2load-put.sh
 D=${WORK_DIR:-/tmp/putlat}; rm -rf $D; mkdir -p $D; cd $D
-# the body: a gRPC frame (flag 0, 4-byte big-endian length) around PutRequest{key: "lat-key1", value: 256 x 'x'}
-python3 -c "
-import struct, sys
-msg = b'\x0a\x08' + b'lat-key1' + b'\x12\x80\x02' + b'x' * 256
-sys.stdout.buffer.write(b'\0' + struct.pack('>I', len(msg)) + msg)" > put.bin
+write_put_body put.bin
 PORT=${PORT:-27379}; PEER_PORT=$((PORT + 1))
 H="h2load -c1 -m1 -d put.bin -H content-type:application/grpc -H te:trailers http://127.0.0.1:$PORT/etcdserverpb.KV/Put"
 HZ=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 timed() { # N puts by h2load, each logged to $D/requests.log (h2load appends to its log: emptied first)
   rm -f $D/requests.log
   $H -n $N --log-file=$D/requests.log > /dev/null
@@ -44,9 +39,9 @@ serve() { # label command...: starts it on $PORT, runs the puts, stops it
   for i in $(seq 100); do h2load -n1 -c1 -d put.bin -H content-type:application/grpc -H te:trailers \
     http://127.0.0.1:$PORT/etcdserverpb.KV/Put 2>/dev/null | grep -q '1 succeeded' && break; sleep 0.1; done
   $H -n 500 > /dev/null
-  local w0=$(wal) c0=$(cpu $pid)
+  local w0=$(wal) c0=$(cpu_ticks $pid)
   timed
-  local c1=$(cpu $pid) w1=$(wal)
+  local c1=$(cpu_ticks $pid) w1=$(wal)
   local walmean=$(echo "$w0 $w1" | awk 'NF == 4 {printf "; WAL write + fdatasync mean %d us", ($3 - $1) / ($4 - $2) * 1e6}')
   echo "  $label: $(stats $D/requests.log); server CPU per put $(( (c1 - c0) * 1000000 / HZ / N )) us$walmean"
   for rep in $(seq ${BENCH_REPS:-1}); do

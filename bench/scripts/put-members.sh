@@ -7,15 +7,12 @@
 # ROUNDS (2) and N (40000 puts per member) from the environment.
 set -u
 ROUNDS=${ROUNDS:-2}; N=${N:-40000}
+HERE=$(cd "$(dirname "$0")" && pwd); . $HERE/h2load-put.sh
 D=${WORK_DIR:-/tmp/putmembers}; rm -rf $D; mkdir -p $D; cd $D
-python3 -c "
-import struct, sys
-msg = b'\x0a\x08' + b'lat-key1' + b'\x12\x80\x02' + b'x' * 256
-sys.stdout.buffer.write(b'\0' + struct.pack('>I', len(msg)) + msg)" > put.bin
+write_put_body put.bin
 HZ=$(getconf CLK_TCK)
 CLIENT_PORTS="29379 29389 29399"
 cluster=m0=http://127.0.0.1:29380,m1=http://127.0.0.1:29390,m2=http://127.0.0.1:29400
-cpu() { for pid in $PIDS; do awk '{print $14+$15}' /proc/$pid/stat; done | paste -sd+ | bc; }
 puts() { # puts N: N puts through each member at once (waits for those, not the members)
   local loads=""
   for port in $CLIENT_PORTS; do
@@ -40,9 +37,9 @@ one() {
     sleep 0.2
   done
   puts 10000
-  local c0=$(cpu) t0=$(date +%s.%N)
+  local c0=$(cpu_ticks $PIDS) t0=$(date +%s.%N)
   puts $N
-  local c1=$(cpu) t1=$(date +%s.%N)
+  local c1=$(cpu_ticks $PIDS) t1=$(date +%s.%N)
   echo "  $1: $(echo "scale=0; 3 * $N / ($t1 - $t0)" | bc) puts/s; server CPU per 1,000 puts $(echo "scale=2; ($c1 - $c0) * 1000000 / $HZ / (3 * $N)" | bc) ms"
   kill $PIDS; wait $PIDS 2>/dev/null
 }

@@ -6,13 +6,10 @@
 # ROUNDS (2) and N (200000) from the environment.
 set -u
 ROUNDS=${ROUNDS:-2}; N=${N:-200000}
+HERE=$(cd "$(dirname "$0")" && pwd); . $HERE/h2load-put.sh
 D=${WORK_DIR:-/tmp/putthroughput}; rm -rf $D; mkdir -p $D; cd $D
-python3 -c "
-import struct, sys
-msg = b'\x0a\x08' + b'lat-key1' + b'\x12\x80\x02' + b'x' * 256
-sys.stdout.buffer.write(b'\0' + struct.pack('>I', len(msg)) + msg)" > put.bin
+write_put_body put.bin
 HZ=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 one() {
   rm -rf $D/data
   $1 --data-dir $D/data --listen-client-urls http://127.0.0.1:27379 --advertise-client-urls http://127.0.0.1:27379 \
@@ -22,9 +19,9 @@ one() {
   for i in $(seq 100); do etcdctl --endpoints 127.0.0.1:27379 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   local H="h2load -c100 -m10 -d put.bin -H content-type:application/grpc -H te:trailers http://127.0.0.1:27379/etcdserverpb.KV/Put"
   $H -n 20000 > /dev/null
-  local c0=$(cpu $pid)
+  local c0=$(cpu_ticks $pid)
   local out=$($H -n $N)
-  local c1=$(cpu $pid)
+  local c1=$(cpu_ticks $pid)
   echo "  $1: $(echo "$out" | grep -o '[0-9.]* req/s' | head -1), $(echo "$out" | grep -o '[0-9]* succeeded'); server CPU per 1,000 puts $(echo "scale=2; ($c1 - $c0) * 1000000 / $HZ / $N" | bc) ms"
   kill $pid; wait $pid 2>/dev/null
 }
