@@ -139,9 +139,7 @@ impl KeyIndex {
         // take their own path.
         let entry = self.keys.get(key);
         if entry.is_some_and(|entry| self.goes_long(entry)) {
-            self.move_out_if_long(key);
-            let generations = self.long.get_mut(key).expect("a long history is in `long`");
-            if long_put(generations, revision, created, version) {
+            if long_put(self.long_history(key), revision, created, version) {
                 self.live += 1;
             }
             return;
@@ -175,9 +173,7 @@ impl KeyIndex {
         let entry = self.keys.get(key).expect("only live keys are deleted");
         self.live -= 1;
         if self.goes_long(entry) {
-            self.move_out_if_long(key);
-            let generations = self.long.get_mut(key).expect("a long history is in `long`");
-            long_tombstone(generations, revision);
+            long_tombstone(self.long_history(key), revision);
             return;
         }
         let live = entry
@@ -195,18 +191,16 @@ impl KeyIndex {
         entry.is_long() || entry.generations().map(|g| g.count).sum::<usize>() >= self.packed_revisions_max
     }
 
-    /// Moves `key`'s history to `long` once its packed entry holds
-    /// `packed_revisions_max` revisions.
-    fn move_out_if_long(&mut self, key: &[u8]) {
-        let Some(entry) = self.keys.get(key) else {
-            return;
-        };
-        if entry.is_long() || entry.generations().map(|g| g.count).sum::<usize>() < self.packed_revisions_max {
-            return;
+    /// `key`'s history in `long` (its entry `goes_long`), moved out of its
+    /// packed entry first if it is still there.
+    fn long_history(&mut self, key: &[u8]) -> &mut Vec<LongGeneration> {
+        let entry = self.keys.get(key).expect("only indexed keys go long");
+        if !entry.is_long() {
+            let generations = entry.generations().map(|g| g.to_long()).collect();
+            assert!(self.long.insert(key.into(), generations).is_none());
+            self.keys.replace(Entry::build(key, |out| write(0, out)));
         }
-        let generations = entry.generations().map(|g| g.to_long()).collect();
-        assert!(self.long.insert(key.into(), generations).is_none());
-        self.keys.replace(Entry::build(key, |out| write(0, out)));
+        self.long.get_mut(key).expect("a long history is in `long`")
     }
 
     /// Rebuilding from a tombstone of a key whose earlier revisions are all
