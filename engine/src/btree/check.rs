@@ -148,8 +148,8 @@ impl Tree {
             walk.leaf_pages += 1;
             walk.leaf_entry_bytes += node.bytes() as u64;
             for index in 0..node.len() {
-                if let ValueRef::Overflow { head, len } = node.value(index) {
-                    self.check_overflow(head, len, walk)?;
+                if let ValueRef::Overflow { head, len, ends, .. } = node.value(index) {
+                    self.check_overflow(head, super::chain_bytes(len, ends), walk)?;
                 }
             }
             return Ok(());

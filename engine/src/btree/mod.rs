@@ -33,8 +33,9 @@ use crate::page::{
 };
 
 pub use check::CheckReport;
+pub use mutate::EndsWanted;
 pub use node::KEY_BYTES_MAX;
-pub use range::Range;
+pub use range::{EndsRange, Range, StoredEnds};
 
 use node::{Node, NodeRef, PageView, ValueRef};
 use overflow::OVERFLOW_DATA_BYTES;
@@ -124,6 +125,13 @@ impl Tree {
         Range::new(self, start, end)
     }
 
+    /// As `range`, but of a value whose leaf keeps its ends only those are
+    /// read, not its overflow pages: what a scan of every value's first and
+    /// last bytes (opening a store) reads.
+    pub fn range_ends(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> EndsRange<'_> {
+        EndsRange::new(self, start, end)
+    }
+
     /// Seals the open transaction for `CommitPlan::execute` (blocking I/O: run it
     /// off the executor). Only one commit may be in flight.
     pub fn begin_commit(&mut self) -> Result<CommitPlan, PageError> {
@@ -204,23 +212,34 @@ impl Tree {
     }
 
     fn read_value<'a>(&'a self, value: ValueRef<'a>) -> Result<Cow<'a, [u8]>, PageError> {
-        let (head, len) = match value {
+        let (head, len, ends, front) = match value {
             ValueRef::Inline(bytes) => return Ok(Cow::Borrowed(bytes)),
-            ValueRef::Overflow { head, len } => (head, len),
+            ValueRef::Overflow { head, len, ends, front } => (head, len, ends, usize::from(front)),
         };
-        let pages = self.overflow_pages(head, len)?;
-        let (mut next, first) = self.chain_page(head, 0, pages, len)?;
-        let mut out = Cow::Borrowed(first);
+        let chain_len = chain_bytes(len, ends);
+        let pages = self.overflow_pages(head, chain_len)?;
+        let (mut next, first) = self.chain_page(head, 0, pages, chain_len)?;
+        let mut out = if ends.is_empty() {
+            Cow::Borrowed(first)
+        } else {
+            let mut out = Vec::with_capacity(len as usize);
+            out.extend_from_slice(&ends[..front]);
+            out.extend_from_slice(first);
+            Cow::Owned(out)
+        };
         for index in 1..pages {
             let id = next.expect("every page but the last has a next");
-            let (following, bytes) = self.chain_page(id, index, pages, len)?;
+            let (following, bytes) = self.chain_page(id, index, pages, chain_len)?;
             out.to_mut().extend_from_slice(bytes);
             next = following;
+        }
+        if !ends.is_empty() {
+            out.to_mut().extend_from_slice(&ends[front..]);
         }
         Ok(out)
     }
 
-    /// The pages of a `len`-byte value's chain: as `overflow::encode_chain`
+    /// The pages of a chain of `len` bytes: as `overflow::encode_chain`
     /// writes it, every one full but the last. More than the file holds is
     /// corruption (before anything is read or allocated for it).
     fn overflow_pages(&self, head: PageId, len: u32) -> Result<usize, PageError> {
@@ -229,13 +248,13 @@ impl Tree {
         if pages as u64 > data_pages {
             return Err(PageError::corrupt(
                 head,
-                format!("a value of {len} bytes needs more overflow pages than the file has"),
+                format!("a chain of {len} bytes needs more overflow pages than the file has"),
             ));
         }
         Ok(pages)
     }
 
-    /// Page `index` of the `pages` of a `len`-byte value's chain, checked for
+    /// Page `index` of the `pages` of a chain of `len` bytes, checked for
     /// its place in it: a page before the last is full and has a next one,
     /// the last holds the rest and ends the chain.
     fn chain_page(
@@ -256,7 +275,7 @@ impl Tree {
             return Err(PageError::corrupt(
                 id,
                 format!(
-                    "overflow page {index} of {pages} of a {len}-byte value holds {} bytes{}",
+                    "overflow page {index} of {pages} of a {len}-byte chain holds {} bytes{}",
                     bytes.len(),
                     if next.is_some() {
                         " and a next page"
@@ -269,7 +288,7 @@ impl Tree {
         Ok((next, bytes))
     }
 
-    /// Every page of a `len`-byte value's chain, none twice: what releasing
+    /// Every page of a chain of `len` bytes, none twice: what releasing
     /// or moving the chain touches (a page released twice would be handed
     /// out twice).
     fn overflow_chain(&self, head: PageId, len: u32) -> Result<Vec<PageId>, PageError> {
@@ -308,4 +327,10 @@ impl Tree {
         };
         overflow::decode_page(page).map_err(|error| PageError::corrupt(id, error))
     }
+}
+
+/// The bytes of a `len`-byte overflow value that its chain holds: all but the
+/// ends its leaf keeps (the leaf's check makes that at least one).
+fn chain_bytes(len: u32, ends: &[u8]) -> u32 {
+    len - ends.len() as u32
 }

@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 
 use crate::page::{PageError, PageId};
 
-use super::node::{fits_inline, Node, NodeRef, Value, KEY_BYTES_MAX, NODE_BYTES_MAX};
+use super::node::{ends_bytes_max, fits_inline, Node, NodeRef, Value, KEY_BYTES_MAX, NODE_BYTES_MAX};
 use super::overflow::{self, OVERFLOW_DATA_BYTES};
 use super::{too_deep, Tree, DEPTH_MAX};
 
@@ -18,13 +18,28 @@ const UNDERFULL_BYTES: usize = NODE_BYTES_MAX / 4;
 /// for branches, the entry followed.
 pub(super) type Path = Vec<(PageId, usize)>;
 
+/// Which bytes of a value too large for its leaf a reader wants without its
+/// overflow pages: the first `front` and the last `back` (see `Tree::range_ends`).
+/// The leaf keeps them when they fit, and with them the value's bytes past
+/// whole overflow pages, which would otherwise take a page of their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndsWanted {
+    pub front: usize,
+    pub back: usize,
+}
+
 impl Tree {
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), PageError> {
+        self.insert_with_ends(key, value, EndsWanted::default())
+    }
+
+    /// `insert`, keeping `ends` of a large value in its leaf where they fit.
+    pub fn insert_with_ends(&mut self, key: &[u8], value: &[u8], ends: EndsWanted) -> Result<(), PageError> {
         assert!(
             key.len() <= KEY_BYTES_MAX,
             "tree keys are at most {KEY_BYTES_MAX} bytes"
         );
-        let value = self.store_value(key, value);
+        let value = self.store_value(key, value, ends);
         let Some(root) = self.root else {
             let id = self.store.allocate();
             self.nodes.insert(id, Node::Leaf(vec![(key.into(), value)]));
@@ -285,30 +300,70 @@ impl Tree {
         }
     }
 
-    /// The value as stored in a leaf: inline, or written to a new overflow chain.
-    pub(super) fn store_value(&mut self, key: &[u8], value: &[u8]) -> Value {
+    /// The value as stored in a leaf: inline, or written to a new overflow
+    /// chain with the ends the leaf keeps (`parted_ends`).
+    pub(super) fn store_value(&mut self, key: &[u8], value: &[u8], wanted: EndsWanted) -> Value {
         if fits_inline(key, value.len()) {
             return Value::Inline(value.into());
         }
         let len = u32::try_from(value.len()).expect("values are far below 4 GiB");
-        let ids: Vec<PageId> = (0..value.len().div_ceil(OVERFLOW_DATA_BYTES))
+        let (front, back) = parted_ends(value.len(), wanted, ends_bytes_max(key));
+        let head = self.store_chain(&value[front..value.len() - back]);
+        let mut ends = Vec::with_capacity(front + back);
+        ends.extend_from_slice(&value[..front]);
+        ends.extend_from_slice(&value[value.len() - back..]);
+        Value::Overflow {
+            head,
+            len,
+            ends: ends.into(),
+            front: u16::try_from(front).expect("ends fit a leaf entry"),
+        }
+    }
+
+    /// Writes `chain` to new overflow pages; the first one's id.
+    pub(super) fn store_chain(&mut self, chain: &[u8]) -> PageId {
+        let ids: Vec<PageId> = (0..chain.len().div_ceil(OVERFLOW_DATA_BYTES))
             .map(|_| self.store.allocate())
             .collect();
-        self.overflow.extend(overflow::encode_chain(value, &ids));
-        Value::Overflow { head: ids[0], len }
+        self.overflow.extend(overflow::encode_chain(chain, &ids));
+        ids[0]
     }
 
     /// Releases the overflow chain of a value no longer stored.
     pub(super) fn release_value(&mut self, value: &Value) -> Result<(), PageError> {
-        let Value::Overflow { head, len } = *value else {
+        let Value::Overflow { head, len, ends, .. } = value else {
             return Ok(());
         };
+        self.release_chain(*head, super::chain_bytes(*len, ends))
+    }
+
+    /// Releases the pages of the chain of `len` bytes from `head`.
+    pub(super) fn release_chain(&mut self, head: PageId, len: u32) -> Result<(), PageError> {
         for id in self.overflow_chain(head, len)? {
             self.overflow.remove(&id);
             self.store.release(id);
         }
         Ok(())
     }
+}
+
+/// (front, back) bytes a leaf keeps of a `len`-byte value too large for it,
+/// given at most `bytes_max` of ends: the wanted ends plus what is left past
+/// whole overflow pages (kept in back, before the wanted back) when all that
+/// fits, else the wanted ends alone when they fit (the chain's last page then
+/// holds the rest), else nothing. The chain always keeps at least one byte.
+fn parted_ends(len: usize, wanted: EndsWanted, bytes_max: usize) -> (usize, usize) {
+    let front = wanted.front.min(len);
+    let back = wanted.back.min(len - front);
+    let rest = (len - front - back) % OVERFLOW_DATA_BYTES;
+    let whole_pages = (len - front - back) / OVERFLOW_DATA_BYTES;
+    if whole_pages >= 1 && front + back + rest <= bytes_max {
+        return (front, back + rest);
+    }
+    if front + back <= bytes_max && front + back < len {
+        return (front, back);
+    }
+    (0, 0)
 }
 
 fn branch(nodes: &FxHashMap<PageId, Node>, id: PageId) -> &Vec<(Box<[u8]>, PageId)> {

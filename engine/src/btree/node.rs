@@ -6,9 +6,12 @@
 //! 24            u16 offset of entry i, for i in 0..count (entries in key order)
 //! 24 + 2*count  entries, packed
 //!
-//! leaf entry:   u16 key length, u8 value kind (0 inline, 1 overflow),
-//!               u32 value length, key, then the value (inline) or
-//!               u64 first overflow page (overflow)
+//! leaf entry:   u16 key length, u8 value kind (0 inline, 1 overflow,
+//!               2 parted), u32 value length, key, then the value (inline),
+//!               u64 first overflow page (overflow), or u64 first overflow
+//!               page, u16 front bytes, u16 end bytes, the value's first
+//!               `front` and last `end - front` bytes (parted: the chain holds
+//!               the bytes between)
 //! branch entry: u16 key length, u64 child page, key
 //! ```
 //! A branch's entry i leads to the keys >= its key (and < entry i+1's key); the
@@ -19,45 +22,106 @@ use crate::page::{get_u16, get_u32, get_u64, new_page, PageId, PageKind, BODY_BY
 /// Keys are short in this engine (MVCC revision keys and meta names); the limit
 /// keeps any node splittable in two that fit a page.
 pub const KEY_BYTES_MAX: usize = 512;
-/// A value is stored in its leaf when key and value together are at most this;
-/// larger values go to a chain of overflow pages.
-pub const INLINE_ENTRY_BYTES_MAX: usize = 1024;
 /// Bytes of entries (offset slots included) a node page holds.
 pub const NODE_BYTES_MAX: usize = BODY_BYTES;
+/// A value is stored in its leaf when key and value together are at most this;
+/// larger values go to a chain of overflow pages. Two largest entries fill a
+/// page: values of a kilobyte or two share leaves instead of taking an
+/// overflow page each.
+pub const INLINE_ENTRY_BYTES_MAX: usize = NODE_BYTES_MAX / 2 - SLOT_BYTES - LEAF_ENTRY_HEADER;
 
 const SLOT_BYTES: usize = 2;
 const LEAF_ENTRY_HEADER: usize = 7;
 const BRANCH_ENTRY_HEADER: usize = 10;
 const VALUE_INLINE: u8 = 0;
 const VALUE_OVERFLOW: u8 = 1;
+const VALUE_PARTED: u8 = 2;
+/// A parted value's fields before its ends: first page, front and end lengths.
+const PARTED_HEADER: usize = 12;
 
 // An overfull node (a full page plus one largest entry) must split into two
-// halves that each fit a page.
-const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_BYTES_MAX) <= NODE_BYTES_MAX);
-const _: () = assert!(3 * (SLOT_BYTES + LEAF_ENTRY_HEADER + KEY_BYTES_MAX + 8) <= NODE_BYTES_MAX);
+// that each fit a page: a leaf's entries take at most half a page (see
+// `split_off_upper`), a branch's at most a third, so that each half of a split
+// branch keeps at least three children (the depth bound, `DEPTH_MAX`).
+const _: () = assert!(2 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_BYTES_MAX) <= NODE_BYTES_MAX);
+const _: () = assert!(2 * (SLOT_BYTES + LEAF_ENTRY_HEADER + KEY_BYTES_MAX + 8) <= NODE_BYTES_MAX);
 const _: () = assert!(3 * (SLOT_BYTES + BRANCH_ENTRY_HEADER + KEY_BYTES_MAX) <= NODE_BYTES_MAX);
 
-/// A leaf's value: inline bytes, or the head of an overflow chain of `len` bytes.
+/// A leaf's value: inline bytes, or `len` bytes of which the overflow chain
+/// from `head` holds all but `ends`: the value is `ends[..front]`, then the
+/// chain's bytes, then `ends[front..]` (no ends: the chain holds it all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Inline(Box<[u8]>),
-    Overflow { head: PageId, len: u32 },
+    Overflow {
+        head: PageId,
+        len: u32,
+        ends: Box<[u8]>,
+        front: u16,
+    },
 }
 
 impl Value {
     fn stored_bytes(&self) -> usize {
         match self {
             Value::Inline(bytes) => bytes.len(),
-            Value::Overflow { .. } => 8,
+            Value::Overflow { ends, .. } => overflow_stored_bytes(ends.len()),
+        }
+    }
+
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Inline(bytes) => ValueRef::Inline(bytes),
+            Value::Overflow { head, len, ends, front } => ValueRef::Overflow {
+                head: *head,
+                len: *len,
+                ends,
+                front: *front,
+            },
         }
     }
 }
 
-/// A value as read from a node, borrowing inline bytes.
+/// A value as read from a node, borrowing inline bytes and ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueRef<'a> {
     Inline(&'a [u8]),
-    Overflow { head: PageId, len: u32 },
+    Overflow {
+        head: PageId,
+        len: u32,
+        ends: &'a [u8],
+        front: u16,
+    },
+}
+
+impl ValueRef<'_> {
+    fn stored_bytes(&self) -> usize {
+        match self {
+            ValueRef::Inline(bytes) => bytes.len(),
+            ValueRef::Overflow { ends, .. } => overflow_stored_bytes(ends.len()),
+        }
+    }
+
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Inline(bytes) => Value::Inline(bytes.into()),
+            ValueRef::Overflow { head, len, ends, front } => Value::Overflow {
+                head,
+                len,
+                ends: ends.into(),
+                front,
+            },
+        }
+    }
+}
+
+/// Bytes after the key of an overflow value with `ends` bytes kept in the leaf.
+fn overflow_stored_bytes(ends: usize) -> usize {
+    if ends == 0 {
+        8
+    } else {
+        PARTED_HEADER + ends
+    }
 }
 
 fn leaf_entry_bytes(key: &[u8], value: &Value) -> usize {
@@ -92,7 +156,15 @@ impl Node {
     }
 
     /// Moves the upper part of the entries into a new node so that both halves
-    /// hold about the same bytes; both keep at least one entry.
+    /// hold about the same bytes and fit a page; both keep at least one entry.
+    ///
+    /// The halves split at the middle byte fit when no entry takes more than
+    /// a third of a page (branches). Leaf entries take up to half a page, and
+    /// then the upper half can be too large: the split moves up until it fits.
+    /// It does before the lower half stops fitting: the lower half past which
+    /// the next entry would not fit holds more than a page less one entry, so
+    /// what is above it, of a node of at most a page plus one entry, is less
+    /// than two entries: at most a page.
     pub fn split_off_upper(&mut self) -> Node {
         let total = self.bytes();
         let sizes: Vec<usize> = match self {
@@ -106,11 +178,19 @@ impl Node {
             lower += sizes[at];
             at += 1;
         }
+        while total - lower > NODE_BYTES_MAX && at < sizes.len() - 1 {
+            lower += sizes[at];
+            at += 1;
+        }
         let upper = match self {
             Node::Leaf(entries) => Node::Leaf(entries.split_off(at)),
             Node::Branch(entries) => Node::Branch(entries.split_off(at)),
         };
         assert!(self.len() >= 1 && upper.len() >= 1);
+        assert!(
+            self.bytes() <= NODE_BYTES_MAX && upper.bytes() <= NODE_BYTES_MAX,
+            "both halves of a split fit a page"
+        );
         upper
     }
 
@@ -229,11 +309,21 @@ fn put_leaf_entry(page: &mut [u8], at: usize, key: &[u8], value: &Value) -> usiz
             page[value_start..value_start + bytes.len()].copy_from_slice(bytes);
             value_start + bytes.len()
         }
-        Value::Overflow { head, len } => {
+        Value::Overflow { head, len, ends, .. } if ends.is_empty() => {
             page[at + 2] = VALUE_OVERFLOW;
             page[at + 3..at + 7].copy_from_slice(&len.to_le_bytes());
             page[value_start..value_start + 8].copy_from_slice(&head.to_le_bytes());
             value_start + 8
+        }
+        Value::Overflow { head, len, ends, front } => {
+            page[at + 2] = VALUE_PARTED;
+            page[at + 3..at + 7].copy_from_slice(&len.to_le_bytes());
+            page[value_start..value_start + 8].copy_from_slice(&head.to_le_bytes());
+            page[value_start + 8..value_start + 10].copy_from_slice(&front.to_le_bytes());
+            page[value_start + 10..value_start + 12].copy_from_slice(&(ends.len() as u16).to_le_bytes());
+            let ends_start = value_start + PARTED_HEADER;
+            page[ends_start..ends_start + ends.len()].copy_from_slice(ends);
+            ends_start + ends.len()
         }
     }
 }
@@ -270,11 +360,7 @@ impl<'a> NodeRef<'a> {
 
     /// Bytes leaf entry `index` takes in a page (its offset slot included).
     pub fn leaf_entry_bytes(&self, index: usize) -> usize {
-        let stored = match self.value(index) {
-            ValueRef::Inline(bytes) => bytes.len(),
-            ValueRef::Overflow { .. } => 8,
-        };
-        SLOT_BYTES + LEAF_ENTRY_HEADER + self.key(index).len() + stored
+        SLOT_BYTES + LEAF_ENTRY_HEADER + self.key(index).len() + self.value(index).stored_bytes()
     }
 
     pub fn key(&self, index: usize) -> &'a [u8] {
@@ -296,10 +382,7 @@ impl<'a> NodeRef<'a> {
     pub fn value(&self, index: usize) -> ValueRef<'a> {
         match *self {
             NodeRef::Page(view) => view.value(index),
-            NodeRef::Owned(Node::Leaf(entries)) => match &entries[index].1 {
-                Value::Inline(bytes) => ValueRef::Inline(bytes),
-                Value::Overflow { head, len } => ValueRef::Overflow { head: *head, len: *len },
-            },
+            NodeRef::Owned(Node::Leaf(entries)) => entries[index].1.as_ref(),
             NodeRef::Owned(Node::Branch(_)) => panic!("a branch has no values"),
         }
     }
@@ -339,13 +422,7 @@ impl<'a> NodeRef<'a> {
             NodeRef::Owned(node) => node.clone(),
             NodeRef::Page(view) if view.leaf => Node::Leaf(
                 (0..view.count)
-                    .map(|i| {
-                        let value = match view.value(i) {
-                            ValueRef::Inline(bytes) => Value::Inline(bytes.into()),
-                            ValueRef::Overflow { head, len } => Value::Overflow { head, len },
-                        };
-                        (view.key(i).into(), value)
-                    })
+                    .map(|i| (view.key(i).into(), view.value(i).to_value()))
                     .collect(),
             ),
             NodeRef::Page(view) => Node::Branch((0..view.count).map(|i| (view.key(i).into(), view.child(i))).collect()),
@@ -367,6 +444,13 @@ pub enum NodeLayoutError {
     ValueKind { index: usize, kind: u8 },
     #[error("entry {index} runs past the page")]
     PastPage { index: usize },
+    #[error("entry {index} keeps {ends} of its {len} bytes in the leaf, {front} of them in front")]
+    Ends {
+        index: usize,
+        len: u32,
+        ends: usize,
+        front: usize,
+    },
 }
 
 /// A committed node page, read in place. Built by [`PageView::new`], which
@@ -404,6 +488,26 @@ impl<'a> PageView<'a> {
                 let stored = match page[at + 2] {
                     VALUE_INLINE => get_u32(page, at + 3) as usize,
                     VALUE_OVERFLOW => 8,
+                    VALUE_PARTED => {
+                        let start = at + LEAF_ENTRY_HEADER + key_len;
+                        if start + PARTED_HEADER > PAGE_BYTES {
+                            return Err(NodeLayoutError::PastPage { index });
+                        }
+                        let len = get_u32(page, at + 3);
+                        let front = get_u16(page, start + 8) as usize;
+                        let ends = get_u16(page, start + 10) as usize;
+                        // The chain holds at least one byte: a value with
+                        // nothing between its ends is stored inline.
+                        if front > ends || ends >= len as usize {
+                            return Err(NodeLayoutError::Ends {
+                                index,
+                                len,
+                                ends,
+                                front,
+                            });
+                        }
+                        PARTED_HEADER + ends
+                    }
                     kind => return Err(NodeLayoutError::ValueKind { index, kind }),
                 };
                 at + LEAF_ENTRY_HEADER + key_len + stored
@@ -437,11 +541,7 @@ impl<'a> PageView<'a> {
         let last = self.count - 1;
         let at = self.entry(last);
         let end = if self.leaf {
-            let stored = match self.value(last) {
-                ValueRef::Inline(bytes) => bytes.len(),
-                ValueRef::Overflow { .. } => 8,
-            };
-            at + LEAF_ENTRY_HEADER + self.key(last).len() + stored
+            at + LEAF_ENTRY_HEADER + self.key(last).len() + self.value(last).stored_bytes()
         } else {
             at + BRANCH_ENTRY_HEADER + self.key(last).len()
         };
@@ -477,10 +577,21 @@ impl<'a> PageView<'a> {
         let len = get_u32(self.page, at + 3);
         match self.page[at + 2] {
             VALUE_INLINE => ValueRef::Inline(&self.page[start..start + len as usize]),
-            _ => ValueRef::Overflow {
+            VALUE_OVERFLOW => ValueRef::Overflow {
                 head: get_u64(self.page, start),
                 len,
+                ends: &[],
+                front: 0,
             },
+            _ => {
+                let ends = get_u16(self.page, start + 10) as usize;
+                ValueRef::Overflow {
+                    head: get_u64(self.page, start),
+                    len,
+                    ends: &self.page[start + PARTED_HEADER..start + PARTED_HEADER + ends],
+                    front: get_u16(self.page, start + 8),
+                }
+            }
         }
     }
 }
@@ -488,6 +599,12 @@ impl<'a> PageView<'a> {
 /// Whether a value of `value_len` bytes under `key` is stored in the leaf.
 pub fn fits_inline(key: &[u8], value_len: usize) -> bool {
     key.len() + value_len <= INLINE_ENTRY_BYTES_MAX
+}
+
+/// The most bytes of a larger value under `key` its leaf keeps as ends: a
+/// parted entry is bounded as an inline one is, so splits still fit.
+pub fn ends_bytes_max(key: &[u8]) -> usize {
+    INLINE_ENTRY_BYTES_MAX.saturating_sub(key.len() + PARTED_HEADER)
 }
 
 #[cfg(test)]
@@ -518,7 +635,24 @@ mod tests {
     fn leaves_round_trip_through_their_page() {
         let mut node = leaf(&[("a", "1"), ("b", ""), ("c", "three")]);
         if let Node::Leaf(entries) = &mut node {
-            entries.push(("d".as_bytes().into(), Value::Overflow { head: 99, len: 5000 }));
+            entries.push((
+                "d".as_bytes().into(),
+                Value::Overflow {
+                    head: 99,
+                    len: 5000,
+                    ends: Box::default(),
+                    front: 0,
+                },
+            ));
+            entries.push((
+                "e".as_bytes().into(),
+                Value::Overflow {
+                    head: 98,
+                    len: 4200,
+                    ends: b"frontback".as_slice().into(),
+                    front: 5,
+                },
+            ));
         }
         let page = node.encode(7);
         assert_eq!(page.len(), PAGE_BYTES);
@@ -526,7 +660,24 @@ mod tests {
         assert_eq!(read.to_node(), node);
         assert_eq!(read.search(b"b"), Ok(1));
         assert_eq!(read.search(b"bb"), Err(2));
-        assert_eq!(read.value(3), ValueRef::Overflow { head: 99, len: 5000 });
+        assert_eq!(
+            read.value(3),
+            ValueRef::Overflow {
+                head: 99,
+                len: 5000,
+                ends: &[],
+                front: 0
+            }
+        );
+        assert_eq!(
+            read.value(4),
+            ValueRef::Overflow {
+                head: 98,
+                len: 4200,
+                ends: b"frontback",
+                front: 5
+            }
+        );
     }
 
     #[test]
@@ -570,6 +721,34 @@ mod tests {
         assert_eq!(upper_entries[0].0, separator, "a leaf keeps its first key");
     }
 
+    proptest::proptest! {
+        /// A leaf of at most a page that takes one more entry, each entry
+        /// of any size up to the largest, splits into two that fit.
+        #[test]
+        fn a_leaf_one_entry_past_a_page_splits_into_two_that_fit(
+            sizes in proptest::collection::vec(0..=INLINE_ENTRY_BYTES_MAX - 4, 2..40),
+            extra in 0..=INLINE_ENTRY_BYTES_MAX - 4,
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let entry = |i: usize, len: usize| -> (Box<[u8]>, Value) {
+                ((i as u32).to_be_bytes().into(), Value::Inline(vec![0; len].into()))
+            };
+            let mut entries: Vec<(Box<[u8]>, Value)> = Vec::new();
+            for (i, &len) in sizes.iter().enumerate() {
+                if Node::Leaf(entries.clone()).bytes() + leaf_entry_bytes(&entry(i, len).0, &entry(i, len).1) > NODE_BYTES_MAX {
+                    break;
+                }
+                entries.push(entry(i, len));
+            }
+            let position = at.index(entries.len() + 1);
+            entries.insert(position, entry(1000, extra));
+            let mut node = Node::Leaf(entries);
+            proptest::prop_assume!(node.bytes() > NODE_BYTES_MAX);
+            let upper = node.split_off_upper();
+            proptest::prop_assert!(node.bytes() <= NODE_BYTES_MAX && upper.bytes() <= NODE_BYTES_MAX);
+        }
+    }
+
     #[test]
     fn a_branch_split_moves_its_first_key_out_as_the_separator() {
         let key = |i: usize| format!("key{i:04}").repeat(40).into_bytes().into_boxed_slice();
@@ -585,6 +764,24 @@ mod tests {
         assert!(upper_entries[0].0.is_empty(), "a branch's first key is empty");
         assert!(!separator.is_empty());
         assert_eq!(node.len() + upper.len(), 20);
+    }
+
+    #[test]
+    fn a_parted_entry_whose_ends_hold_the_whole_value_is_refused() {
+        let node = Node::Leaf(vec![(
+            b"k".as_slice().into(),
+            Value::Overflow {
+                head: 9,
+                len: 4,
+                ends: b"abcd".as_slice().into(),
+                front: 2,
+            },
+        )]);
+        let page = node.encode(1);
+        assert!(matches!(
+            PageView::new(&page, PageKind::Leaf, 1),
+            Err(NodeLayoutError::Ends { index: 0, .. })
+        ));
     }
 
     #[test]

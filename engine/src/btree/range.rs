@@ -1,10 +1,12 @@
 //! Ascending iteration over a key range: a stack of (node, entry) from the root
-//! to the current leaf position.
+//! to the current leaf position. `Range` yields whole values; `EndsRange` only
+//! what a leaf holds of each (a parted value's ends, not its overflow pages).
 
 use std::ops::Bound;
 
 use crate::page::{PageError, PageId};
 
+use super::node::ValueRef;
 use super::{too_deep, Entry, Tree, DEPTH_MAX};
 
 pub struct Range<'a> {
@@ -65,6 +67,15 @@ impl<'a> Range<'a> {
     }
 
     fn step(&mut self) -> Result<Option<Entry>, PageError> {
+        let tree = self.tree;
+        self.step_with(|value| Ok(tree.read_value(value)?.into_owned()))
+    }
+
+    /// The next key and `read` of its value.
+    fn step_with<T>(
+        &mut self,
+        mut read: impl FnMut(ValueRef<'a>) -> Result<T, PageError>,
+    ) -> Result<Option<(Vec<u8>, T)>, PageError> {
         if let Some(start) = self.start.take() {
             self.seek(&start)?;
         }
@@ -89,9 +100,9 @@ impl<'a> Range<'a> {
             if self.past_end(key) {
                 return Ok(None);
             }
-            let value = self.tree.read_value(node.value(index))?;
+            let value = read(node.value(index))?;
             self.stack.last_mut().expect("the leaf is on top").1 += 1;
-            return Ok(Some((key.to_vec(), value.into_owned())));
+            return Ok(Some((key.to_vec(), value)));
         }
         Ok(None)
     }
@@ -107,6 +118,59 @@ impl Iterator for Range<'_> {
         let item = self.step().transpose();
         if !matches!(item, Some(Ok(_))) {
             self.done = true;
+        }
+        item
+    }
+}
+
+/// A value as `EndsRange` yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEnds {
+    /// The whole value: inline, or in overflow pages with no ends kept.
+    Whole(Vec<u8>),
+    /// A `len`-byte value of which only its first `front.len()` and last
+    /// `back.len()` bytes were read: the rest lies in overflow pages.
+    Parted { len: usize, front: Vec<u8>, back: Vec<u8> },
+}
+
+/// Ascending iteration that reads no overflow page of a value whose leaf
+/// keeps its ends (`Tree::insert_with_ends`).
+pub struct EndsRange<'a> {
+    range: Range<'a>,
+}
+
+impl<'a> EndsRange<'a> {
+    pub(super) fn new(tree: &'a Tree, start: Bound<&[u8]>, end: Bound<&[u8]>) -> EndsRange<'a> {
+        EndsRange {
+            range: Range::new(tree, start, end),
+        }
+    }
+}
+
+impl Iterator for EndsRange<'_> {
+    type Item = Result<(Vec<u8>, StoredEnds), PageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.range.done {
+            return None;
+        }
+        let tree = self.range.tree;
+        let item = self
+            .range
+            .step_with(|value| match value {
+                ValueRef::Overflow { len, ends, front, .. } if !ends.is_empty() => {
+                    let (front, back) = ends.split_at(usize::from(front));
+                    Ok(StoredEnds::Parted {
+                        len: len as usize,
+                        front: front.to_vec(),
+                        back: back.to_vec(),
+                    })
+                }
+                value => Ok(StoredEnds::Whole(tree.read_value(value)?.into_owned())),
+            })
+            .transpose();
+        if !matches!(item, Some(Ok(_))) {
+            self.range.done = true;
         }
         item
     }

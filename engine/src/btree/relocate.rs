@@ -21,7 +21,7 @@
 use crate::page::{PageError, PageId};
 
 use super::node::{Node, Value, ValueRef, NODE_BYTES_MAX};
-use super::{too_deep, Tree, DEPTH_MAX};
+use super::{chain_bytes, too_deep, Tree, DEPTH_MAX};
 
 /// Pages of slack a pass's target leaves above the pages in use, at least: the
 /// pages the transactions running during the pass allocate come from here.
@@ -130,8 +130,8 @@ impl Tree {
     fn leaf_has_movable_overflow(&self, leaf: PageId, target: PageId) -> Result<bool, PageError> {
         let node = self.node(leaf)?;
         for index in 0..node.len() {
-            if let ValueRef::Overflow { head, len } = node.value(index) {
-                if self.chain_movable(head, len, target)? {
+            if let ValueRef::Overflow { head, len, ends, .. } = node.value(index) {
+                if self.chain_movable(head, chain_bytes(len, ends), target)? {
                     return Ok(true);
                 }
             }
@@ -151,27 +151,37 @@ impl Tree {
         let Some(Node::Leaf(entries)) = self.nodes.get(&leaf) else {
             unreachable!("an owned path ends at an owned leaf");
         };
-        let chains: Vec<(usize, Box<[u8]>, PageId, u32)> = entries
+        let chains: Vec<(usize, PageId, u32)> = entries
             .iter()
             .enumerate()
-            .filter_map(|(index, (key, value))| match *value {
-                Value::Overflow { head, len } => Some((index, key.clone(), head, len)),
+            .filter_map(|(index, (_, value))| match value {
+                Value::Overflow { head, len, ends, .. } => Some((index, *head, chain_bytes(*len, ends))),
                 Value::Inline(_) => None,
             })
             .collect();
-        for (index, key, head, len) in chains {
-            if !self.chain_movable(head, len, target)? {
+        for (index, head, chain_len) in chains {
+            if !self.chain_movable(head, chain_len, target)? {
                 continue;
             }
-            let bytes = self.read_value(ValueRef::Overflow { head, len })?.into_owned();
-            // The new chain is allocated before the old one is released, and a
-            // released page is not reused by the same transaction.
-            let moved = self.store_value(&key, &bytes);
+            // Only the chain moves; the ends stay in the leaf. The new chain is
+            // allocated before the old one is released, and a released page is
+            // not reused by the same transaction.
+            let chain = ValueRef::Overflow {
+                head,
+                len: chain_len,
+                ends: &[],
+                front: 0,
+            };
+            let bytes = self.read_value(chain)?.into_owned();
+            let moved_head = self.store_chain(&bytes);
             let Some(Node::Leaf(entries)) = self.nodes.get_mut(&leaf) else {
                 unreachable!("checked above");
             };
-            let old = std::mem::replace(&mut entries[index].1, moved);
-            self.release_value(&old)?;
+            let Value::Overflow { head: old_head, .. } = &mut entries[index].1 else {
+                unreachable!("an overflow value above");
+            };
+            let old = std::mem::replace(old_head, moved_head);
+            self.release_chain(old, chain_len)?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::node::{KEY_BYTES_MAX, NODE_BYTES_MAX};
 use super::overflow::OVERFLOW_DATA_BYTES;
-use super::Tree;
+use super::{EndsWanted, StoredEnds, Tree};
 use crate::page::sim::SimPageIo;
 use crate::page::{PageError, PageId, PageIo, SnapshotSource, HEADER_BYTES, PAGE_BYTES};
 
@@ -19,10 +19,12 @@ type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 #[derive(Debug, Clone)]
 enum Op {
+    /// Inserts `value`, asking its leaf to keep `ends` of it.
     Insert {
         key: u16,
         pad: usize,
         value: Vec<u8>,
+        ends: EndsWanted,
     },
     /// Inserts `count` keys, each after every key in the tree (as revision
     /// keys arrive), with values of `value_len` bytes.
@@ -91,7 +93,20 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         6 => prop::collection::vec(any::<u8>(), 0..40),
         2 => prop::collection::vec(any::<u8>(), 300..1100),
+        1 => prop::collection::vec(any::<u8>(), 1100..2100),
         1 => (1usize..4).prop_map(|pages| vec![0xab; pages * OVERFLOW_DATA_BYTES - 7]),
+        // Whole pages and a rest its leaf can keep.
+        1 => (1usize..3, 0usize..900).prop_map(|(pages, rest)| {
+            (0..pages * OVERFLOW_DATA_BYTES + rest).map(|i| (i % 251) as u8).collect()
+        }),
+    ]
+}
+
+fn ends() -> impl Strategy<Value = EndsWanted> {
+    prop_oneof![
+        2 => Just(EndsWanted::default()),
+        1 => (0usize..200, 0usize..20).prop_map(|(front, back)| EndsWanted { front, back }),
+        1 => (0usize..1100, 0usize..1100).prop_map(|(front, back)| EndsWanted { front, back }),
     ]
 }
 
@@ -101,7 +116,12 @@ fn pad() -> impl Strategy<Value = usize> {
 
 fn op(keys: u16) -> impl Strategy<Value = Op> {
     prop_oneof![
-        30 => (0..keys, pad(), value()).prop_map(|(key, pad, value)| Op::Insert { key, pad, value }),
+        30 => (0..keys, pad(), value(), ends()).prop_map(|(key, pad, value, ends)| Op::Insert {
+            key,
+            pad,
+            value,
+            ends
+        }),
         3 => (1..60u16, 0usize..600).prop_map(|(count, value_len)| Op::Append { count, value_len }),
         10 => (0..keys, pad()).prop_map(|(key, pad)| Op::Remove { key, pad }),
         2 => (0..keys, 1..200u16).prop_map(|(from, count)| Op::RemoveRun { from, count }),
@@ -207,8 +227,13 @@ fn run(ops: Vec<Op>) {
             durable = then;
         }
         match op {
-            Op::Insert { key: k, pad, value } => {
-                tree.insert(&key(k, pad), &value).unwrap();
+            Op::Insert {
+                key: k,
+                pad,
+                value,
+                ends,
+            } => {
+                tree.insert_with_ends(&key(k, pad), &value, ends).unwrap();
                 model.insert(key(k, pad), value);
             }
             Op::Append { count, value_len } => {
@@ -256,6 +281,23 @@ fn run(ops: Vec<Op>) {
                         .collect()
                 };
                 assert_eq!(got, want);
+                let ends: Vec<(Vec<u8>, StoredEnds)> = tree
+                    .range_ends(Bound::Included(&start[..]), end_bound)
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(ends.len(), want.len());
+                for ((key, stored), (want_key, value)) in ends.iter().zip(&want) {
+                    assert_eq!(key, want_key);
+                    match stored {
+                        StoredEnds::Whole(whole) => assert_eq!(whole, value),
+                        StoredEnds::Parted { len, front, back } => {
+                            assert_eq!(*len, value.len());
+                            assert!(front.len() + back.len() < value.len());
+                            assert_eq!(&value[..front.len()], &front[..]);
+                            assert_eq!(&value[value.len() - back.len()..], &back[..]);
+                        }
+                    }
+                }
             }
             Op::Commit => {
                 tree.commit().unwrap();

@@ -12,11 +12,11 @@ use ringkv_proto::mvccpb::KeyValue;
 use super::alarm::{write_alarms, Alarm};
 use super::lease::{lease_key, NO_LEASE};
 use super::meta::{META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION, META_FINISHED_COMPACT_REVISION};
-use super::record::encode_record;
+use super::record::{encode_record, record_ends};
 use super::revision::Revision;
 use super::server_record::META_AUTH;
 use super::{Mvcc, MvccError};
-use crate::btree::Tree;
+use crate::btree::{EndsWanted, Tree};
 
 /// Entries inserted between two commits: what the open transaction holds in
 /// memory is bounded by this many entries' pages, whatever the history's size.
@@ -69,17 +69,19 @@ impl Loader {
             )));
         }
         self.last_revision = Some(revision);
-        let record = if tombstone {
-            let deletion = KeyValue {
+        let deletion;
+        let stored = if tombstone {
+            deletion = KeyValue {
                 key: kv.key.clone(),
                 mod_revision: revision.main,
                 ..KeyValue::default()
             };
-            encode_record(true, &deletion)
+            &deletion
         } else {
-            encode_record(false, kv)
+            kv
         };
-        self.insert(&revision.to_key(), &record)
+        let record = encode_record(tombstone, stored);
+        self.insert(&revision.to_key(), &record, record_ends(&record, stored))
     }
 
     /// Stores a lease with its granted TTL in seconds.
@@ -87,7 +89,7 @@ impl Loader {
         if id == NO_LEASE || ttl <= 0 {
             return Err(MvccError::corrupt(format!("lease {id} with TTL {ttl}")));
         }
-        self.insert(&lease_key(id), &ttl.to_be_bytes())
+        self.insert(&lease_key(id), &ttl.to_be_bytes(), EndsWanted::default())
     }
 
     /// Writes the meta integers, commits, and opens the store (which checks
@@ -113,8 +115,8 @@ impl Loader {
         Mvcc::from_tree(self.tree)
     }
 
-    fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), MvccError> {
-        self.tree.insert(key, value)?;
+    fn insert(&mut self, key: &[u8], value: &[u8], ends: EndsWanted) -> Result<(), MvccError> {
+        self.tree.insert_with_ends(key, value, ends)?;
         self.uncommitted += 1;
         if self.uncommitted == LOAD_COMMIT_ENTRIES {
             self.tree.commit()?;

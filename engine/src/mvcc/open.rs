@@ -18,11 +18,11 @@ use super::lease::{decode_lease, Leases, LEASE_TABLE, NO_LEASE};
 use super::meta::{
     read_meta, META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION, META_FINISHED_COMPACT_REVISION,
 };
-use super::record::decode_record;
+use super::record::{decode_record, decode_record_ends};
 use super::revision::{Revision, REVISION_TABLE};
 use super::server_record::{ServerRecord, META_AUTH, META_CONF_STATE, META_MEMBERSHIP};
 use super::{Mvcc, MvccError};
-use crate::btree::Tree;
+use crate::btree::{StoredEnds, Tree};
 use crate::page::PageIo;
 
 /// An empty store is at revision 1, so the first write gets 2 (as in etcd).
@@ -67,11 +67,19 @@ impl Mvcc {
         let mut lease_of: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let start = [REVISION_TABLE];
         let end = [REVISION_TABLE + 1];
-        for entry in tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
+        // A large record's value is not read: its leaf keeps the rest
+        // (`record_ends`), and the overflow pages are most of the file.
+        for entry in tree.range_ends(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;
             let revision =
                 Revision::from_key(&key).ok_or_else(|| MvccError::corrupt(format!("bad revision key {key:?}")))?;
-            let (tombstone, kv) = decode_record(&value)?;
+            let (tombstone, kv) = match value {
+                StoredEnds::Whole(record) => decode_record(&record)?,
+                StoredEnds::Parted { len, front, back } => match decode_record_ends(&front, &back, len) {
+                    Some(decoded) => decoded,
+                    None => decode_record(&tree.get(&key)?.expect("the key was just read"))?,
+                },
+            };
             if revision.main > current_revision {
                 return Err(MvccError::corrupt(format!(
                     "revision {} is past the stored current revision {current_revision}",

@@ -9,6 +9,7 @@ use prost::Message;
 use ringkv_proto::mvccpb::KeyValue;
 
 use super::MvccError;
+use crate::btree::EndsWanted;
 
 /// Flag bit in a revision record: the revision deletes its key.
 const FLAG_TOMBSTONE: u8 = 1;
@@ -37,6 +38,63 @@ pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
     record.push(if tombstone { FLAG_TOMBSTONE } else { 0 });
     kv.encode(&mut record).expect("a Vec grows as needed");
     record
+}
+
+/// What of a record its leaf should keep when the record is too large for it:
+/// everything but the value's bytes (the flags, the fields before the value
+/// and its length in front; the lease after it in back), so opening the store
+/// reads each revision's key, versions and lease from the leaves alone
+/// (`decode_record_ends`).
+pub fn record_ends(record: &[u8], kv: &KeyValue) -> EndsWanted {
+    let back = if kv.lease != 0 {
+        prost::encoding::int64::encoded_len(6, &kv.lease)
+    } else {
+        0
+    };
+    EndsWanted {
+        front: record.len() - kv.value.len() - back,
+        back,
+    }
+}
+
+/// `decode_record` of a `len`-byte record of which only the first bytes
+/// (`front`) and the last (`back`) were read, with the key-value's value left
+/// empty. None when the ends do not hold every field but the value's bytes,
+/// as ringkv writes them (`record_ends`): then the whole record must be read,
+/// and `decode_record` says what it holds.
+pub fn decode_record_ends(front: &[u8], back: &[u8], len: usize) -> Option<(bool, KeyValue)> {
+    let (&flags, mut rest) = front.split_first()?;
+    if flags & !FLAG_TOMBSTONE != 0 || front.len() + back.len() > len {
+        return None;
+    }
+    let mut kv = KeyValue::default();
+    loop {
+        let mut peek = rest;
+        if decode_key(&mut peek).ok()? == (5, WireType::LengthDelimited) {
+            let value_len = usize::try_from(decode_varint(&mut peek).ok()?).ok()?;
+            let value_start = front.len() - peek.len();
+            let value_end = value_start.checked_add(value_len)?;
+            // The front ends inside the value, and the back holds everything after it.
+            let after = len.checked_sub(value_end)?;
+            if value_end < front.len() || after > back.len() {
+                return None;
+            }
+            let mut tail = &back[back.len() - after..];
+            while !tail.is_empty() {
+                match next_field(&mut tail)? {
+                    // A second value (ringkv writes one): the whole record decides.
+                    Field::Value(_) => return None,
+                    field => set_field(&mut kv, field),
+                }
+            }
+            break;
+        }
+        set_field(&mut kv, next_field(&mut rest)?);
+    }
+    if kv.key.is_empty() {
+        return None;
+    }
+    Some((flags & FLAG_TOMBSTONE != 0, kv))
 }
 
 /// (tombstone, key-value) of a record.
@@ -69,22 +127,26 @@ fn decode_key_value(body: &[u8]) -> Result<KeyValue, prost::DecodeError> {
 /// None: the body holds something else, or is malformed.
 fn decode_fields_ringkv_writes(body: &[u8]) -> Option<KeyValue> {
     let mut kv = KeyValue::default();
-    scan_fields_ringkv_writes(body, |field| match field {
-        Field::Key(bytes) | Field::Value(bytes) => {
-            let target = if matches!(field, Field::Key(_)) {
-                &mut kv.key
-            } else {
-                &mut kv.value
-            };
-            target.clear();
-            target.extend_from_slice(bytes);
+    scan_fields_ringkv_writes(body, |field| set_field(&mut kv, field))?;
+    Some(kv)
+}
+
+/// Stores one field in `kv`, as prost does (a repeated field: the last one wins).
+fn set_field(kv: &mut KeyValue, field: Field<'_>) {
+    match field {
+        Field::Key(bytes) => {
+            kv.key.clear();
+            kv.key.extend_from_slice(bytes);
+        }
+        Field::Value(bytes) => {
+            kv.value.clear();
+            kv.value.extend_from_slice(bytes);
         }
         Field::CreateRevision(value) => kv.create_revision = value,
         Field::ModRevision(value) => kv.mod_revision = value,
         Field::Version(value) => kv.version = value,
         Field::Lease(value) => kv.lease = value,
-    })?;
-    Some(kv)
+    }
 }
 
 /// One `mvccpb.KeyValue` field as it appears in a record body.
@@ -104,36 +166,42 @@ enum Field<'a> {
 fn scan_fields_ringkv_writes<'a>(body: &'a [u8], mut each: impl FnMut(Field<'a>)) -> Option<()> {
     let mut rest = body;
     while !rest.is_empty() {
-        let (tag, wire_type) = decode_key(&mut rest).ok()?;
-        let field = match (tag, wire_type) {
-            (1 | 5, WireType::LengthDelimited) => {
-                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-                if len > rest.len() {
-                    return None;
-                }
-                let (bytes, after) = rest.split_at(len);
-                rest = after;
-                if tag == 1 {
-                    Field::Key(bytes)
-                } else {
-                    Field::Value(bytes)
-                }
-            }
-            (2 | 3 | 4 | 6, WireType::Varint) => {
-                // int64: the varint's bits, as prost reads them.
-                let value = decode_varint(&mut rest).ok()? as i64;
-                match tag {
-                    2 => Field::CreateRevision(value),
-                    3 => Field::ModRevision(value),
-                    4 => Field::Version(value),
-                    _ => Field::Lease(value),
-                }
-            }
-            _ => return None,
-        };
-        each(field);
+        each(next_field(&mut rest)?);
     }
     Some(())
+}
+
+/// The field at the start of `rest`, which moves past it. None: something
+/// ringkv does not write, or malformed.
+fn next_field<'a>(rest: &mut &'a [u8]) -> Option<Field<'a>> {
+    let (tag, wire_type) = decode_key(rest).ok()?;
+    let field = match (tag, wire_type) {
+        (1 | 5, WireType::LengthDelimited) => {
+            let len = usize::try_from(decode_varint(rest).ok()?).ok()?;
+            if len > rest.len() {
+                return None;
+            }
+            let (bytes, after) = rest.split_at(len);
+            *rest = after;
+            if tag == 1 {
+                Field::Key(bytes)
+            } else {
+                Field::Value(bytes)
+            }
+        }
+        (2 | 3 | 4 | 6, WireType::Varint) => {
+            // int64: the varint's bits, as prost reads them.
+            let value = decode_varint(rest).ok()? as i64;
+            match tag {
+                2 => Field::CreateRevision(value),
+                3 => Field::ModRevision(value),
+                4 => Field::Version(value),
+                _ => Field::Lease(value),
+            }
+        }
+        _ => return None,
+    };
+    Some(field)
 }
 
 /// A record as a Range serves it without decoding: its key-value's encoding.
@@ -206,6 +274,40 @@ mod tests {
             body.truncate(cut.index(body.len() + 1));
             body.extend_from_slice(&noise);
             prop_assert_eq!(decode_key_value(&body), KeyValue::decode(&body[..]));
+        }
+    }
+
+    proptest! {
+        /// Ends cut as `record_ends` asks, or any other way: the record's
+        /// key-value without its value, or None (the whole record is read).
+        #[test]
+        fn a_record_decodes_from_its_ends_as_from_the_whole(
+            kv in ringkv_proto::arbitrary::key_value(1..40, 0..3000),
+            tombstone in any::<bool>(),
+            extra_front in 0usize..64,
+            extra_back in 0usize..64,
+            wanted in any::<bool>(),
+            cut in any::<(prop::sample::Index, prop::sample::Index)>(),
+        ) {
+            prop_assume!(!kv.key.is_empty());
+            let record = encode_record(tombstone, &kv);
+            let (front, back) = if wanted {
+                let ends = record_ends(&record, &kv);
+                let front = (ends.front + extra_front).min(record.len());
+                (front, (ends.back + extra_back).min(record.len() - front))
+            } else {
+                let front = cut.0.index(record.len() + 1);
+                (front, cut.1.index(record.len() - front + 1))
+            };
+            let decoded = decode_record_ends(&record[..front], &record[record.len() - back..], record.len());
+            let mut expected = decode_record(&record).unwrap();
+            expected.1.value.clear();
+            // The front may take some of the value's bytes, not what follows it.
+            if wanted && !kv.value.is_empty() && extra_front <= kv.value.len() {
+                prop_assert_eq!(decoded, Some(expected));
+            } else if let Some(decoded) = decoded {
+                prop_assert_eq!(decoded, expected);
+            }
         }
     }
 

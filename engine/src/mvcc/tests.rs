@@ -121,6 +121,12 @@ fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         4 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..8), 0i64..4)
             .prop_map(|(key, value, lease)| Change::Put { key, value, lease }),
+        // Records past a leaf: overflow pages, and ends the leaf keeps.
+        1 => (0..KEYS.len(), 4000usize..9000, any::<u8>(), 0i64..4).prop_map(|(key, len, byte, lease)| Change::Put {
+            key,
+            value: vec![byte; len],
+            lease
+        }),
         2 => span().prop_map(Change::Delete),
         1 => span().prop_map(Change::Read),
     ]

@@ -9,7 +9,7 @@ use ringkv_proto::mvccpb::KeyValue;
 use super::change::{Change, ChangeKind};
 use super::key_index::KeyAt;
 use super::lease::{lease_key, Leases};
-use super::record::encode_record;
+use super::record::{encode_record, record_ends};
 use super::revision::Revision;
 use super::{KeySpan, Mvcc, MvccError, RangeEnd, RangeOptions, RangeResult};
 
@@ -68,7 +68,10 @@ impl WriteTxn<'_> {
             value: value.to_vec(),
             lease,
         };
-        self.store.tree.insert(&revision.to_key(), &encode_record(false, &kv))?;
+        let record = encode_record(false, &kv);
+        self.store
+            .tree
+            .insert_with_ends(&revision.to_key(), &record, record_ends(&record, &kv))?;
         self.store.index.put(key, revision, created, version);
         self.store.leases.set_lease_of(key, lease);
         self.changes += 1;
@@ -138,9 +141,10 @@ impl WriteTxn<'_> {
             mod_revision: revision.main,
             ..Default::default()
         };
+        let record = encode_record(true, &tombstone);
         self.store
             .tree
-            .insert(&revision.to_key(), &encode_record(true, &tombstone))?;
+            .insert_with_ends(&revision.to_key(), &record, record_ends(&record, &tombstone))?;
         self.store.index.tombstone(key, revision);
         self.store.leases.detach(key);
         self.changes += 1;
