@@ -124,6 +124,15 @@ impl Replay {
                 };
                 if superseded {
                     self.entries.clear();
+                } else {
+                    // Entries before a release point are never part of the
+                    // recovered log (`finish` keeps those after the last one):
+                    // let them go now, so replay holds the entries between two
+                    // release points, not every entry of the segments read. The
+                    // entry at the point stays: the checks of the records after
+                    // it look at the last entry.
+                    let released = self.entries.partition_point(|entry| entry.index < snapshot.index);
+                    self.entries.drain(..released);
                 }
                 self.snapshot = Some(snapshot);
             }
