@@ -195,8 +195,28 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         watch_push_receivers.push(rx);
     }
 
+    // Bound before the store recovers, as etcd binds before it opens its
+    // backend: a client that connects meanwhile waits in the listen backlog
+    // until the client cores accept, where a refused connection would make
+    // grpc-go back off for a second before it tries again. Shared: each client
+    // core accepts on its own duplicate of every socket (see `listener::bind`).
+    let bind = |listens: &[Listen]| -> Result<Vec<client::Socket>, StartError> {
+        listens
+            .iter()
+            .map(|listen| {
+                let socket = listener::bind(listen.addr).map_err(|error| StartError::Listen(error.to_string()))?;
+                Ok(client::Socket {
+                    socket,
+                    tls: listen.tls,
+                })
+            })
+            .collect()
+    };
+    let client_listeners = bind(&config.listen_client)?;
+    let metrics_listeners = bind(&config.listen_metrics)?;
     // Every executor starts at once: the watch channels connect only when
-    // both ends are running. Clients listen only once the store has recovered.
+    // both ends are running. Clients are accepted only once the store has
+    // recovered.
     let mut threads = Vec::with_capacity(client_cores + 1);
     let (ready_tx, ready_rx) = mpsc::channel();
     let store_settings = StoreCoreSettings {
@@ -277,22 +297,6 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(|_| StartError::Store("the store core stopped while starting".to_string()))?
         .map_err(StartError::Store)?;
 
-    // Bound once the store has recovered, and shared: each client core accepts
-    // on its own duplicate of every socket (see `listener::bind`).
-    let bind = |listens: &[Listen]| -> Result<Vec<client::Socket>, StartError> {
-        listens
-            .iter()
-            .map(|listen| {
-                let socket = listener::bind(listen.addr).map_err(|error| StartError::Listen(error.to_string()))?;
-                Ok(client::Socket {
-                    socket,
-                    tls: listen.tls,
-                })
-            })
-            .collect()
-    };
-    let client_listeners = bind(&config.listen_client)?;
-    let metrics_listeners = bind(&config.listen_metrics)?;
     let client_addrs = client_listeners
         .iter()
         .map(|listener| {

@@ -167,7 +167,14 @@ pub async fn open<S: MemberStorage>(
     let opened_wal = if storage.wal_exists() {
         let opening = Instant::now();
         let opened = storage.open_wal().await.map_err(wal_error)?;
-        tracing::info!(path = %wal_dir.display(), took = ?opening.elapsed(), "opened the WAL");
+        let (_, recovered) = &opened;
+        tracing::info!(
+            path = %wal_dir.display(),
+            took = ?opening.elapsed(),
+            released_to = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.index),
+            entries = recovered.entries.len(),
+            "opened the WAL"
+        );
         Some(opened)
     } else if mvcc.applied_index() != 0 {
         return Err(inconsistent(format!(
