@@ -166,7 +166,7 @@ impl Tree {
     /// again. (etcd's bbolt fills such buckets to 90%, PostgreSQL its
     /// rightmost pages likewise.) Branches split in halves either way, so
     /// each half keeps at least three children (the depth bound, `DEPTH_MAX`).
-    fn split_upwards(&mut self, path: &Path, appended: bool) {
+    fn split_upwards(&mut self, path: &[(PageId, usize)], appended: bool) {
         for level in (0..path.len()).rev() {
             let (id, _) = path[level];
             if self.nodes[&id].bytes() <= NODE_BYTES_MAX {
@@ -269,6 +269,9 @@ impl Tree {
             entries.extend(moved);
             let separator = NodeRef::Owned(&self.nodes[&right]).key(0).into();
             branch_mut(&mut self.nodes, parent)[index + 1].0 = separator;
+            // A longer separator can take the parent past a page: it splits
+            // as after an insert.
+            self.split_upwards(&path[..path.len() - 1], false);
             break;
         }
         self.shrink_root();
