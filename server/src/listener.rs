@@ -2,7 +2,7 @@
 //! bound once, without SO_REUSEPORT, and accepted from without ever giving up.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 
@@ -26,6 +26,28 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     };
     bind().map_err(|source| BindError { addr, source })
 }
+
+/// [`bind`] for a process starting, before any executor serves: an address in
+/// use is tried again for up to `START_BIND_RETRY_FOR`. A member restarted on
+/// its ports finds them held for a moment by the process it replaces even
+/// after that one exited: the kernel ends an exited process's io_uring, and
+/// the accept waiting there on the listening socket, in a worker of its own
+/// afterwards. A port another server holds still fails the start, that much
+/// later.
+pub fn bind_at_start(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let deadline = Instant::now() + START_BIND_RETRY_FOR;
+    loop {
+        match bind(addr) {
+            Err(error) if error.source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(START_BIND_RETRY_PAUSE);
+            }
+            bound => return bound,
+        }
+    }
+}
+
+const START_BIND_RETRY_FOR: Duration = Duration::from_secs(2);
+const START_BIND_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// A listening socket from [`bind`] (or a duplicate of one), served by this executor.
 pub fn adopt(listener: std::net::TcpListener) -> TcpListener {

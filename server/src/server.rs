@@ -204,7 +204,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         listens
             .iter()
             .map(|listen| {
-                let socket = listener::bind(listen.addr).map_err(|error| StartError::Listen(error.to_string()))?;
+                let socket =
+                    listener::bind_at_start(listen.addr).map_err(|error| StartError::Listen(error.to_string()))?;
                 Ok(client::Socket {
                     socket,
                     tls: listen.tls,
