@@ -67,12 +67,24 @@ impl Mvcc {
         let mut lease_of: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let start = [REVISION_TABLE];
         let end = [REVISION_TABLE + 1];
+        let mut previous: Option<Revision> = None;
         // A large record's value is not read: its leaf keeps the rest
         // (`record_ends`), and the overflow pages are most of the file.
         for entry in tree.range_ends(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;
             let revision =
                 Revision::from_key(&key).ok_or_else(|| MvccError::corrupt(format!("bad revision key {key:?}")))?;
+            // A tree scan yields its keys in order unless its pages are
+            // damaged or forged (a branch whose children are out of order,
+            // a key in two leaves): the key index takes only a key's later
+            // revisions.
+            if previous.is_some_and(|previous| revision <= previous) {
+                return Err(MvccError::corrupt(format!(
+                    "revision {revision:?} comes after {:?} in the revision table",
+                    previous
+                )));
+            }
+            previous = Some(revision);
             let (tombstone, kv) = match value {
                 StoredEnds::Whole(record) => decode_record(&record)?,
                 StoredEnds::Parted { len, front, back } => match decode_record_ends(&front, &back, len) {
