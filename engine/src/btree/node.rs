@@ -63,10 +63,7 @@ pub enum Value {
 
 impl Value {
     fn stored_bytes(&self) -> usize {
-        match self {
-            Value::Inline(bytes) => bytes.len(),
-            Value::Overflow { ends, .. } => overflow_stored_bytes(ends.len()),
-        }
+        self.as_ref().stored_bytes()
     }
 
     pub fn as_ref(&self) -> ValueRef<'_> {

@@ -66,12 +66,21 @@ impl<'a> Range<'a> {
         }
     }
 
-    fn step(&mut self) -> Result<Option<Entry>, PageError> {
-        let tree = self.tree;
-        self.step_with(|value| Ok(tree.read_value(value)?.into_owned()))
+    /// The next key and `read` of its value; after an error or the end, None.
+    fn next_with<T>(
+        &mut self,
+        read: impl FnMut(ValueRef<'a>) -> Result<T, PageError>,
+    ) -> Option<Result<(Vec<u8>, T), PageError>> {
+        if self.done {
+            return None;
+        }
+        let item = self.step_with(read).transpose();
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
     }
 
-    /// The next key and `read` of its value.
     fn step_with<T>(
         &mut self,
         mut read: impl FnMut(ValueRef<'a>) -> Result<T, PageError>,
@@ -112,14 +121,8 @@ impl Iterator for Range<'_> {
     type Item = Result<Entry, PageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let item = self.step().transpose();
-        if !matches!(item, Some(Ok(_))) {
-            self.done = true;
-        }
-        item
+        let tree = self.tree;
+        self.next_with(|value| Ok(tree.read_value(value)?.into_owned()))
     }
 }
 
@@ -151,27 +154,17 @@ impl Iterator for EndsRange<'_> {
     type Item = Result<(Vec<u8>, StoredEnds), PageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.range.done {
-            return None;
-        }
         let tree = self.range.tree;
-        let item = self
-            .range
-            .step_with(|value| match value {
-                ValueRef::Overflow { len, ends, front, .. } if !ends.is_empty() => {
-                    let (front, back) = ends.split_at(usize::from(front));
-                    Ok(StoredEnds::Parted {
-                        len: len as usize,
-                        front: front.to_vec(),
-                        back: back.to_vec(),
-                    })
-                }
-                value => Ok(StoredEnds::Whole(tree.read_value(value)?.into_owned())),
-            })
-            .transpose();
-        if !matches!(item, Some(Ok(_))) {
-            self.range.done = true;
-        }
-        item
+        self.range.next_with(|value| match value {
+            ValueRef::Overflow { len, ends, front, .. } if !ends.is_empty() => {
+                let (front, back) = ends.split_at(usize::from(front));
+                Ok(StoredEnds::Parted {
+                    len: len as usize,
+                    front: front.to_vec(),
+                    back: back.to_vec(),
+                })
+            }
+            value => Ok(StoredEnds::Whole(tree.read_value(value)?.into_owned())),
+        })
     }
 }
