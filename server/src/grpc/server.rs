@@ -3,7 +3,7 @@
 //! connection and its other streams carry on.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -66,19 +66,24 @@ where
                 return;
             }
         };
-        let service = Rc::clone(&service);
-        let limits = Rc::clone(&limits);
-        let budget = budget.clone();
-        let client_common_name = client_common_name.clone();
-        glommio::spawn_local(serve_stream(
-            request,
-            respond,
-            service,
-            limits,
-            budget,
-            client_common_name,
-        ))
-        .detach();
+        // The checks on a call's headers need no waiting: a stream they
+        // answer gets no task, and each kind of call gets a task of its own
+        // type, as small as that kind needs (glommio moves a task's future
+        // into a fresh allocation, and boxes it again from 2 KiB on).
+        match admit(request, respond, &*service, &budget, client_common_name.clone()) {
+            Admitted::Answered => {}
+            Admitted::Http(stream) => {
+                let service = Rc::clone(&service);
+                let budget = budget.clone();
+                glommio::spawn_local(async move { service.http_stream(stream, budget).await }).detach();
+            }
+            Admitted::Call(call) if call.kind == MethodKind::Unary => {
+                glommio::spawn_local(serve_unary(call, Rc::clone(&service), Rc::clone(&limits))).detach();
+            }
+            Admitted::Call(call) => {
+                glommio::spawn_local(serve_streaming(call, Rc::clone(&service), Rc::clone(&limits))).detach();
+            }
+        }
     }
 }
 
@@ -90,25 +95,49 @@ pub(crate) fn header_list_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-async fn serve_stream<S: GrpcService>(
+/// What the checks on a new stream's headers made of it.
+enum Admitted {
+    /// Answered (an error, a reset) without running anything.
+    Answered,
+    /// No gRPC call, by its content type: HTTP, handed to the service.
+    Http(HttpStream),
+    /// A gRPC call to run.
+    Call(Call),
+}
+
+/// A gRPC call whose headers passed every check.
+struct Call {
+    path: String,
+    kind: MethodKind,
+    body: RecvStream,
+    respond: Responder,
+    ctx: CallContext,
+    /// The timeout the client asked for, if its deadline could be represented.
+    timeout: Option<Duration>,
+    /// What the call's headers hold of the connection's budget, until it ends.
+    _headers_charge: Charge,
+    /// What its request messages will hold.
+    charge: Charge,
+}
+
+/// Checks a new stream's headers, answering those that fail (as grpc-go
+/// does); no await, so a refused call costs no task.
+fn admit<S: GrpcService>(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    service: Rc<S>,
-    limits: Rc<Http2Limits>,
-    budget: ConnectionBudget,
+    service: &S,
+    budget: &ConnectionBudget,
     client_common_name: Option<Rc<str>>,
-) {
+) -> Admitted {
     // What is no gRPC call, by its content type, is HTTP (etcd's port routes
-    // by the same test): the JSON gateway, /health, /metrics, /version. Boxed
-    // as streaming calls are, to keep every call's task small.
+    // by the same test): the JSON gateway, /health, /metrics, /version.
     let Some(subtype) = grpc_content_subtype(request.headers().get(http::header::CONTENT_TYPE)) else {
-        Box::pin(service.http_stream(HttpStream { request, respond }, budget)).await;
-        return;
+        return Admitted::Http(HttpStream { request, respond });
     };
     let (parts, body) = request.into_parts();
     if parts.method != http::Method::POST {
         send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
-        return;
+        return Admitted::Answered;
     }
     // grpc-go resets a stream whose timeout it cannot read (PROTOCOL_ERROR).
     let timeout = match parts.headers.get("grpc-timeout") {
@@ -117,7 +146,7 @@ async fn serve_stream<S: GrpcService>(
             Some(timeout) => Some(timeout),
             None => {
                 respond.send_reset(h2::Reason::PROTOCOL_ERROR);
-                return;
+                return Admitted::Answered;
             }
         },
     };
@@ -126,11 +155,11 @@ async fn serve_stream<S: GrpcService>(
         content_type: response_content_type(subtype),
     };
     // Held until the call ends: its headers stay in its context.
-    let _call_charge = match budget.charge(CALL_OVERHEAD_BYTES + header_list_bytes(&parts.headers)) {
+    let headers_charge = match budget.charge(CALL_OVERHEAD_BYTES + header_list_bytes(&parts.headers)) {
         Ok(charge) => charge,
         Err(status) => {
             respond.send_status_only(&status);
-            return;
+            return Admitted::Answered;
         }
     };
     let path = parts.uri.path().to_string();
@@ -138,12 +167,12 @@ async fn serve_stream<S: GrpcService>(
         Ok(kind) => kind,
         Err(status) => {
             respond.send_status_only(&status);
-            return;
+            return Admitted::Answered;
         }
     };
     if let Err(status) = check_encoding(parts.headers.get("grpc-encoding")) {
         respond.send_status_only(&status);
-        return;
+        return Admitted::Answered;
     }
     let ctx = CallContext {
         // A deadline too far to represent is no deadline.
@@ -151,106 +180,108 @@ async fn serve_stream<S: GrpcService>(
         metadata: parts.headers,
         client_common_name,
     };
-    let timeout = ctx.deadline.and(timeout);
-    match kind {
-        MethodKind::Unary => {
-            let charge = budget.charge(0).expect("nothing to charge");
-            serve_unary(&path, body, respond, &*service, ctx, timeout, &limits, charge).await;
+    Admitted::Call(Call {
+        path,
+        kind,
+        body,
+        respond,
+        timeout: ctx.deadline.and(timeout),
+        ctx,
+        _headers_charge: headers_charge,
+        charge: budget.charge(0).expect("nothing to charge"),
+    })
+}
+
+/// Runs a unary call: one request message in, one answer out.
+fn serve_unary<S: GrpcService>(call: Call, service: Rc<S>, limits: Rc<Http2Limits>) -> impl Future<Output = ()> {
+    // Taken apart before the future is made, so that it holds each part once.
+    let Call {
+        path,
+        body,
+        mut respond,
+        ctx,
+        timeout,
+        _headers_charge: headers_charge,
+        charge,
+        kind: _,
+    } = call;
+    async move {
+        // Counted once its message is read, as grpc-go's interceptors see a call.
+        let count = RefCell::new(None);
+        let call = async {
+            let (request, charge) = read_one_message(body, limits.max_recv_message_bytes, charge).await?;
+            let started = CallCount::start(&path);
+            if let Some(started) = &started {
+                started.received();
+            }
+            *count.borrow_mut() = started;
+            // Boxed: the service's future is large (every method's state), and
+            // inline it would be copied whole each time this call's future moves
+            // into the next (race_call, the spawned task): a few KiB per request.
+            let answer = Box::pin(service.unary(&path, request, ctx)).await;
+            // Counted until answered: a call waiting for the store core holds it.
+            drop(charge);
+            answer
+        };
+        // The call is dropped (cancelled) if the client resets the stream or its
+        // deadline passes first.
+        let reset = async {
+            let _ = poll_fn(|cx| respond.respond.poll_reset(cx)).await;
+        };
+        let outcome = race_call(call, reset, timeout).await;
+        if let Some(count) = count.into_inner() {
+            if matches!(outcome, Some(Ok(_))) {
+                count.sent();
+            }
+            count.handled(handled_code(&outcome));
         }
-        MethodKind::ServerStreaming | MethodKind::ClientStreaming | MethodKind::BidiStreaming => {
-            // Boxed: a streaming call's future (a watch stream's state) is
-            // large, and inline it would make every unary call's task, which
-            // is moved into a fresh allocation per request, as large.
-            let charge = budget.charge(0).expect("nothing to charge");
-            Box::pin(serve_streaming(
-                &path, body, respond, &*service, ctx, timeout, &limits, charge,
-            ))
-            .await;
+        match outcome {
+            Some(Ok(message)) => respond.send_message(message),
+            Some(Err(status)) => respond.send_status_only(&status),
+            None => {}
         }
+        drop(headers_charge);
     }
 }
 
-#[allow(clippy::too_many_arguments)] // the call's parts, each used once
-async fn serve_unary<S: GrpcService>(
-    path: &str,
-    body: RecvStream,
-    mut respond: Responder,
-    service: &S,
-    ctx: CallContext,
-    timeout: Option<Duration>,
-    limits: &Http2Limits,
-    charge: Charge,
-) {
-    // Counted once its message is read, as grpc-go's interceptors see a call.
-    let count = RefCell::new(None);
-    let call = async {
-        let (request, charge) = read_one_message(body, limits.max_recv_message_bytes, charge).await?;
-        let started = CallCount::start(path);
-        if let Some(started) = &started {
-            started.received();
+/// Runs a streaming call of any kind.
+fn serve_streaming<S: GrpcService>(call: Call, service: Rc<S>, limits: Rc<Http2Limits>) -> impl Future<Output = ()> {
+    let Call {
+        path,
+        body,
+        mut respond,
+        ctx,
+        timeout,
+        _headers_charge: headers_charge,
+        charge,
+        kind: _,
+    } = call;
+    async move {
+        let stream = match respond.respond.send_response(respond.head(), false) {
+            Ok(stream) => Rc::new(RefCell::new(stream)),
+            Err(_) => return,
+        };
+        let count = CallCount::start(&path).map(Rc::new);
+        let requests = RequestStream::new(body, limits.max_recv_message_bytes, charge, count.clone());
+        let responses = ResponseSink::new(Rc::clone(&stream), count.clone());
+        let call = service.streaming(&path, requests, responses, ctx);
+        // Once the response headers are out, a reset shows on the send stream (h2
+        // refuses `SendResponse::poll_reset` then).
+        let reset = async {
+            let _ = poll_fn(|cx| stream.borrow_mut().poll_reset(cx)).await;
+        };
+        let outcome = race_call(call, reset, timeout).await;
+        if let Some(count) = count {
+            count.handled(handled_code(&outcome));
         }
-        *count.borrow_mut() = started;
-        // Boxed: the service's future is large (every method's state), and
-        // inline it would be copied whole each time this call's future moves
-        // into the next (race_call, the spawned task): a few KiB per request.
-        let answer = Box::pin(service.unary(path, request, ctx)).await;
-        // Counted until answered: a call waiting for the store core holds it.
-        drop(charge);
-        answer
-    };
-    // The call is dropped (cancelled) if the client resets the stream or its
-    // deadline passes first.
-    let reset = async {
-        let _ = poll_fn(|cx| respond.respond.poll_reset(cx)).await;
-    };
-    let outcome = race_call(call, reset, timeout).await;
-    if let Some(count) = count.into_inner() {
-        if matches!(outcome, Some(Ok(_))) {
-            count.sent();
-        }
-        count.handled(handled_code(&outcome));
+        let trailers = match outcome {
+            Some(Ok(())) => ok_trailers(),
+            Some(Err(status)) => status_headers(&status),
+            None => return,
+        };
+        let _ = stream.borrow_mut().send_trailers(trailers);
+        drop(headers_charge);
     }
-    match outcome {
-        Some(Ok(message)) => respond.send_message(message),
-        Some(Err(status)) => respond.send_status_only(&status),
-        None => {}
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // the call's parts, each used once
-async fn serve_streaming<S: GrpcService>(
-    path: &str,
-    body: RecvStream,
-    mut respond: Responder,
-    service: &S,
-    ctx: CallContext,
-    timeout: Option<Duration>,
-    limits: &Http2Limits,
-    charge: Charge,
-) {
-    let stream = match respond.respond.send_response(respond.head(), false) {
-        Ok(stream) => Rc::new(RefCell::new(stream)),
-        Err(_) => return,
-    };
-    let count = CallCount::start(path).map(Rc::new);
-    let requests = RequestStream::new(body, limits.max_recv_message_bytes, charge, count.clone());
-    let responses = ResponseSink::new(Rc::clone(&stream), count.clone());
-    let call = service.streaming(path, requests, responses, ctx);
-    // Once the response headers are out, a reset shows on the send stream (h2
-    // refuses `SendResponse::poll_reset` then).
-    let reset = async {
-        let _ = poll_fn(|cx| stream.borrow_mut().poll_reset(cx)).await;
-    };
-    let outcome = race_call(call, reset, timeout).await;
-    if let Some(count) = count {
-        count.handled(handled_code(&outcome));
-    }
-    let trailers = match outcome {
-        Some(Ok(())) => ok_trailers(),
-        Some(Err(status)) => status_headers(&status),
-        None => return,
-    };
-    let _ = stream.borrow_mut().send_trailers(trailers);
 }
 
 /// The code a call ended with, for /metrics: a call the client reset ends
@@ -265,17 +296,18 @@ fn handled_code<T>(outcome: &Option<Result<T, Status>>) -> usize {
 
 /// Runs `call` unless the client resets the stream (`reset` finishes: None) or
 /// the deadline passes (DEADLINE_EXCEEDED).
-async fn race_call<T>(
-    call: impl std::future::Future<Output = Result<T, Status>>,
-    reset: impl std::future::Future<Output = ()>,
+/// A plain function: as an async fn its future would keep `call` twice.
+fn race_call<T>(
+    call: impl Future<Output = Result<T, Status>>,
+    reset: impl Future<Output = ()>,
     timeout: Option<Duration>,
-) -> Option<Result<T, Status>> {
-    let call = async { Some(call.await) };
-    let reset = async {
+) -> impl Future<Output = Option<Result<T, Status>>> {
+    let call = async move { Some(call.await) };
+    let reset = async move {
         reset.await;
         None
     };
-    let deadline = async {
+    let deadline = async move {
         match timeout {
             Some(timeout) => {
                 glommio::timer::sleep(timeout).await;
@@ -284,7 +316,7 @@ async fn race_call<T>(
             None => future::pending().await,
         }
     };
-    future::or(call, future::or(reset, deadline)).await
+    future::or(call, future::or(reset, deadline))
 }
 
 /// Reads the single request message of a unary call; it stays charged to
