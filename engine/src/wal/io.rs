@@ -19,7 +19,8 @@ use super::record::BLOCK_BYTES;
 
 /// Bytes zero-filled per write while pre-writing a segment.
 const PREWRITE_CHUNK_BYTES: usize = 1024 * 1024;
-/// Bytes per O_DIRECT read while recovering (a whole segment is read at open).
+/// Bytes per O_DIRECT read while recovering (a segment is read whole when the
+/// scan reaches it).
 const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// One segment file. Offsets and lengths are multiples of the block size.

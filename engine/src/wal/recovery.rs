@@ -1,6 +1,6 @@
 //! Reading the WAL back at open: replay every whole frame in order, find where
 //! the log ends, and tell a torn tail (the log ends there) from damage or
-//! corruption (refuse to open).
+//! corruption (refuse to open). One segment is in memory at a time.
 //!
 //! Segment files must be full-size and numbered without gaps. The log ends at
 //! the first position that does not hold the next whole frame, unless the next
@@ -200,21 +200,23 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
     if segments.is_empty() {
         return Ok(None);
     }
-    let contents = read_segments(dir, &segments).await?;
-    check_segment_files(dir, &segments, &contents, segment_bytes)?;
+    check_segment_files(dir, &segments, segment_bytes).await?;
     let corrupt = |index: usize, offset: u64, reason: CorruptReason| WalError::Corrupt {
         file: dir.display_path(&segments[index].name),
         offset,
         reason,
     };
-    // Every segment starts with a frame, so the oldest one tells the format.
-    if is_old_format_frame(&contents[0]) {
-        return Err(corrupt(0, 0, OLD_FORMAT_REASON.into()));
-    }
     let mut replay = Replay::default();
     let mut live: Vec<LiveSegment> = Vec::new();
     let mut expected_batch: Option<u64> = None;
-    for (index, (segment, bytes)) in segments.iter().zip(&contents).enumerate() {
+    // One segment in memory at a time: the log may be many segments long, and
+    // replay keeps only what it needs of each (see `Replay::apply`).
+    for (index, segment) in segments.iter().enumerate() {
+        let bytes = read_segment(dir, segment, 0, segment_bytes as usize).await?;
+        // Every segment starts with a frame, so the oldest one tells the format.
+        if index == 0 && is_old_format_frame(&bytes) {
+            return Err(corrupt(0, 0, OLD_FORMAT_REASON.into()));
+        }
         let mut offset = 0usize;
         let mut max_entry_index = 0u64;
         let mut frames = 0usize;
@@ -297,9 +299,13 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
         };
         // A writer that found no room here rolled to the next segment and left
         // this tail unwritten: the sequence then goes on at the next one's start.
-        if let Some(next) = segments.get(index + 1) {
+        let next_start = match segments.get(index + 1) {
+            Some(next) => Some(read_segment(dir, next, 0, BLOCK_BYTES).await?),
+            None => None,
+        };
+        if let (Some(next), Some(next_start)) = (segments.get(index + 1), &next_start) {
             let rolled = next.seq == segment.seq + 1
-                && parse_frame_header(&contents[index + 1])
+                && parse_frame_header(next_start)
                     .is_some_and(|h| h.segment_seq == next.seq && Some(h.batch_seq) == expected_batch);
             if rolled {
                 continue;
@@ -309,9 +315,10 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
         // leaves zeros behind, a crash never leaves a damaged sector): the
         // sequence went on there, and there is where it is broken. Ending the
         // log at this tail would drop that frame, acknowledged or not.
-        let (index, offset, end) = match (&end, segments.get(index + 1)) {
-            (End::Unwritten(_), Some(next)) if next.seq == segment.seq + 1 => {
-                match read_frame_start(&contents[index + 1]) {
+        let end_of_reading = index;
+        let (index, offset, end) = match (&end, segments.get(index + 1), &next_start) {
+            (End::Unwritten(_), Some(next), Some(next_start)) if next.seq == segment.seq + 1 => {
+                match read_frame_start(next_start) {
                     FrameStart::Damaged(found) => (index + 1, 0, End::Damaged(found.to_string())),
                     _ => (index, offset, end),
                 }
@@ -323,7 +330,9 @@ pub async fn scan<D: WalDir>(dir: &D, segment_bytes: u64) -> Result<Option<Scan>
         let found = match &end {
             End::Unwritten(found) | End::Damaged(found) => found,
         };
-        if let Some((at_segment, at_offset)) = find_later_frame(&segments, &contents, index, offset, next_batch) {
+        let read = (end_of_reading, bytes.as_slice());
+        let later = find_later_frame(dir, &segments, segment_bytes as usize, read, index, offset, next_batch).await?;
+        if let Some((at_segment, at_offset)) = later {
             return Err(corrupt(
                 index,
                 offset as u64,
@@ -398,46 +407,34 @@ async fn list_segments<D: WalDir>(dir: &D) -> Result<Vec<SegmentName>, WalError>
     Ok(segments)
 }
 
-/// Every segment file, whole.
-async fn read_segments<D: WalDir>(dir: &D, segments: &[SegmentName]) -> Result<Vec<Vec<u8>>, WalError> {
-    let mut contents = Vec::with_capacity(segments.len());
-    for segment in segments {
-        let file = dir
-            .open(&segment.name)
-            .await
-            .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?;
-        let len = file
-            .size()
-            .await
-            .map_err(|source| WalError::io(&format!("sizing {}", segment.name), source))?;
-        let bytes = file
-            .read_at(0, len as usize)
-            .await
-            .map_err(|source| WalError::io(&format!("reading {}", segment.name), source))?;
-        contents.push(bytes);
-    }
-    Ok(contents)
+/// `len` bytes of a segment file from `offset`.
+async fn read_segment<D: WalDir>(dir: &D, segment: &SegmentName, offset: u64, len: usize) -> Result<Vec<u8>, WalError> {
+    let file = dir
+        .open(&segment.name)
+        .await
+        .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?;
+    file.read_at(offset, len)
+        .await
+        .map_err(|source| WalError::io(&format!("reading {}", segment.name), source))
 }
 
 /// A segment file gets its name only once it is full-size (pre-written, or a
 /// recycled one), and segments are only ever added as `newest + 1` and released
 /// oldest first: a short or long file, or a gap in the numbers, is damage.
-fn check_segment_files<D: WalDir>(
-    dir: &D,
-    segments: &[SegmentName],
-    contents: &[Vec<u8>],
-    segment_bytes: u64,
-) -> Result<(), WalError> {
-    for (segment, bytes) in segments.iter().zip(contents) {
-        if bytes.len() as u64 != segment_bytes {
+async fn check_segment_files<D: WalDir>(dir: &D, segments: &[SegmentName], segment_bytes: u64) -> Result<(), WalError> {
+    for segment in segments {
+        let len = dir
+            .open(&segment.name)
+            .await
+            .map_err(|source| WalError::io(&format!("opening {}", segment.name), source))?
+            .size()
+            .await
+            .map_err(|source| WalError::io(&format!("sizing {}", segment.name), source))?;
+        if len != segment_bytes {
             return Err(WalError::Corrupt {
                 file: dir.display_path(&segment.name),
                 offset: 0,
-                reason: format!(
-                    "segment file of {} bytes, segments are {segment_bytes} bytes",
-                    bytes.len()
-                )
-                .into(),
+                reason: format!("segment file of {len} bytes, segments are {segment_bytes} bytes").into(),
             });
         }
     }
@@ -456,27 +453,38 @@ fn check_segment_files<D: WalDir>(
 
 /// The first frame header of the live sequence after (segment, offset): a
 /// frame's intact first sector, of its own file's segment, with a batch
-/// sequence at or past `next_batch`.
-fn find_later_frame(
+/// sequence at or past `next_batch`. `read` is a segment already in memory
+/// (its index and bytes); the others are read one at a time.
+async fn find_later_frame<D: WalDir>(
+    dir: &D,
     segments: &[SegmentName],
-    contents: &[Vec<u8>],
+    segment_bytes: usize,
+    read: (usize, &[u8]),
     segment: usize,
     offset: usize,
     next_batch: u64,
-) -> Option<(usize, usize)> {
-    for (index, bytes) in contents.iter().enumerate().skip(segment) {
+) -> Result<Option<(usize, usize)>, WalError> {
+    for (index, name) in segments.iter().enumerate().skip(segment) {
         let start = if index == segment { offset + BLOCK_BYTES } else { 0 };
-        let mut at = start;
+        if start + BLOCK_BYTES > segment_bytes {
+            continue;
+        }
+        let bytes = if index == read.0 {
+            std::borrow::Cow::Borrowed(&read.1[start..])
+        } else {
+            std::borrow::Cow::Owned(read_segment(dir, name, start as u64, segment_bytes - start).await?)
+        };
+        let mut at = 0;
         while at + BLOCK_BYTES <= bytes.len() {
             if let Some(header) = parse_frame_header(&bytes[at..]) {
-                if header.segment_seq == segments[index].seq && header.batch_seq >= next_batch {
-                    return Some((index, at));
+                if header.segment_seq == name.seq && header.batch_seq >= next_batch {
+                    return Ok(Some((index, start + at)));
                 }
             }
             at += BLOCK_BYTES;
         }
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -1104,3 +1104,33 @@ fn a_damaged_first_frame_after_a_roll_is_refused_where_it_is() {
         });
     }
 }
+
+#[test]
+fn a_frame_in_a_later_segment_after_an_unwritten_start_is_refused() {
+    // Segment 1 starts with a frame and holds later ones. With its first block
+    // zeros (as a roll that never happened would leave it), the log cannot end
+    // in segment 0's unwritten tail: the frames after it in segment 1 may have
+    // been acknowledged. Recovery reads that segment again, after segment 0,
+    // to find them.
+    run(async move {
+        let dir = SimDir::new();
+        let mut wal = create(&dir, b"m".to_vec()).await;
+        let frames_in_segment_1 = |dir: &SimDir| dir.writes().iter().filter(|(file, ..)| *file == segment(1)).count();
+        let mut index = 0;
+        while frames_in_segment_1(&dir) < 3 {
+            index += 1;
+            // Four blocks a frame: segment 0 is left with an unwritten tail.
+            wal.append(&[entry(index, 1, 3 * BLOCK_DATA_BYTES + 100)])
+                .await
+                .unwrap();
+        }
+        drop(wal);
+        dir.overwrite_durable(&segment(1), 0, &[0; BLOCK_BYTES]);
+        let (file, _, reason) = expect_corrupt(reopen(&dir).await);
+        assert_eq!(file, std::path::PathBuf::from(segment(0)), "{reason}");
+        assert!(
+            reason.contains(&format!("a valid frame follows in {}", segment(1))),
+            "{reason}"
+        );
+    });
+}
