@@ -68,8 +68,9 @@ pub enum Command {
     /// layer): how close ringkv gets to what the transport and client allow.
     ///
     /// Runs as `compare` does, with ringkv-ceiling in etcd's place: it decodes
-    /// each KV request and answers at once, storing nothing, on the CPUs
-    /// ringkv's client cores use. Only KV rows make sense (put, put-1, range-s,
+    /// each KV request and answers it (once the connection has read what came
+    /// with it, as ringkv's answers do), storing nothing, on the CPUs ringkv's
+    /// client cores use. Only KV rows make sense (put, put-1, range-s,
     /// range-l, txn-put, txn-mixed, delete); other calls answer UNIMPLEMENTED.
     Ceiling(CompareArgs),
 }
