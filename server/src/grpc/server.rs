@@ -115,7 +115,7 @@ struct Call {
     /// The timeout the client asked for, if its deadline could be represented.
     timeout: Option<Duration>,
     /// What the call's headers hold of the connection's budget, until it ends.
-    _headers_charge: Charge,
+    headers_charge: Charge,
     /// What its request messages will hold.
     charge: Charge,
 }
@@ -187,7 +187,7 @@ fn admit<S: GrpcService>(
         respond,
         timeout: ctx.deadline.and(timeout),
         ctx,
-        _headers_charge: headers_charge,
+        headers_charge,
         charge: budget.charge(0).expect("nothing to charge"),
     })
 }
@@ -201,7 +201,7 @@ fn serve_unary<S: GrpcService>(call: Call, service: Rc<S>, limits: Rc<Http2Limit
         mut respond,
         ctx,
         timeout,
-        _headers_charge: headers_charge,
+        headers_charge,
         charge,
         kind: _,
     } = call;
@@ -252,7 +252,7 @@ fn serve_streaming<S: GrpcService>(call: Call, service: Rc<S>, limits: Rc<Http2L
         mut respond,
         ctx,
         timeout,
-        _headers_charge: headers_charge,
+        headers_charge,
         charge,
         kind: _,
     } = call;
