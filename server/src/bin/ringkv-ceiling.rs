@@ -4,9 +4,10 @@
 //! It runs the executors ringkv's client cores run on (every CPU but the store
 //! core's CPU 0, by default), accepts connections as ringkv does, decodes each
 //! KV request and answers it with an empty response once the connection has
-//! read what arrived with it: no raft, no WAL, no store, no hop to another core. What a workload reaches against it is what
-//! the transport and the benchmark client allow; ringkv's throughput over this
-//! is how close ringkv gets to that. Only Range, Put, DeleteRange and Txn are
+//! read what arrived with it: no raft, no WAL, no store, no hop to another
+//! core. What a workload reaches against it is what the transport and the
+//! benchmark client allow; ringkv's throughput over this is how close ringkv
+//! gets to that. Only Range, Put, DeleteRange and Txn are
 //! served (every other method answers UNIMPLEMENTED); nothing is stored, so a
 //! Range finds nothing.
 

@@ -77,10 +77,10 @@ where
                 let budget = budget.clone();
                 glommio::spawn_local(async move { service.http_stream(stream, budget).await }).detach();
             }
-            Admitted::Call(call) if call.kind == MethodKind::Unary => {
+            Admitted::Unary(call) => {
                 glommio::spawn_local(serve_unary(call, Rc::clone(&service), Rc::clone(&limits))).detach();
             }
-            Admitted::Call(call) => {
+            Admitted::Streaming(call) => {
                 glommio::spawn_local(serve_streaming(call, Rc::clone(&service), Rc::clone(&limits))).detach();
             }
         }
@@ -101,14 +101,15 @@ enum Admitted {
     Answered,
     /// No gRPC call, by its content type: HTTP, handed to the service.
     Http(HttpStream),
-    /// A gRPC call to run.
-    Call(Call),
+    /// A unary gRPC call to run.
+    Unary(Call),
+    /// A streaming gRPC call (of any streaming kind) to run.
+    Streaming(Call),
 }
 
 /// A gRPC call whose headers passed every check.
 struct Call {
     path: String,
-    kind: MethodKind,
     body: RecvStream,
     respond: Responder,
     ctx: CallContext,
@@ -180,16 +181,21 @@ fn admit<S: GrpcService>(
         metadata: parts.headers,
         client_common_name,
     };
-    Admitted::Call(Call {
+    let call = Call {
         path,
-        kind,
         body,
         respond,
         timeout: ctx.deadline.and(timeout),
         ctx,
         headers_charge,
         charge: budget.charge(0).expect("nothing to charge"),
-    })
+    };
+    match kind {
+        MethodKind::Unary => Admitted::Unary(call),
+        MethodKind::ServerStreaming | MethodKind::ClientStreaming | MethodKind::BidiStreaming => {
+            Admitted::Streaming(call)
+        }
+    }
 }
 
 /// Runs a unary call: one request message in, one answer out.
@@ -203,7 +209,6 @@ fn serve_unary<S: GrpcService>(call: Call, service: Rc<S>, limits: Rc<Http2Limit
         timeout,
         headers_charge,
         charge,
-        kind: _,
     } = call;
     async move {
         // Counted once its message is read, as grpc-go's interceptors see a call.
@@ -254,7 +259,6 @@ fn serve_streaming<S: GrpcService>(call: Call, service: Rc<S>, limits: Rc<Http2L
         timeout,
         headers_charge,
         charge,
-        kind: _,
     } = call;
     async move {
         let stream = match respond.respond.send_response(respond.head(), false) {
