@@ -236,12 +236,42 @@ impl Tree {
         Ok(())
     }
 
+    /// Fills the owned nodes on `path` from the nodes after them under the same
+    /// parent, from the top down: each branch below the root takes whole
+    /// branches while they fit (the parent's separator becomes the first key
+    /// of what it takes), then the leaf packs (`pack_leaf`). Taking only whole
+    /// branches changes no separator, so no ancestor grows and `path` stays
+    /// right below; a branch taken brings its leaves under the leaf's parent,
+    /// so the leaf packs on past where its parent ended.
+    pub(super) fn pack_path(&mut self, path: &Path) -> Result<(), PageError> {
+        for level in 1..path.len().saturating_sub(1) {
+            let (parent, index) = path[level - 1];
+            let (node, _) = path[level];
+            while index + 1 < branch(&self.nodes, parent).len() {
+                let (separator, right) = &branch(&self.nodes, parent)[index + 1];
+                let (separator, right) = (separator.clone(), *right);
+                let merged = self.nodes[&node].bytes() + self.node(right)?.bytes() + separator.len();
+                if merged > NODE_BYTES_MAX {
+                    break;
+                }
+                let right_node = match self.nodes.remove(&right) {
+                    Some(node) => node,
+                    None => self.node(right)?.to_node(),
+                };
+                self.nodes.get_mut(&node).expect("owned").absorb(right_node, &separator);
+                self.store.release(right);
+                branch_mut(&mut self.nodes, parent).remove(index + 1);
+            }
+        }
+        self.pack_leaf(path)
+    }
+
     /// Fills the owned leaf at the end of `path` from the leaves after it under
     /// the same parent: whole leaves while they fit (their pages go back), then
     /// the first entries of the next one that fit (its separator becomes its
     /// new first key). Defragmentation does this, as etcd's defrag rewrites its
     /// buckets full: a compaction leaves its leaves as empty as a quarter page.
-    pub(super) fn pack_leaf(&mut self, path: &Path) -> Result<(), PageError> {
+    fn pack_leaf(&mut self, path: &Path) -> Result<(), PageError> {
         let [.., (parent, index), (leaf, _)] = path[..] else {
             return Ok(());
         };

@@ -13,10 +13,12 @@
 //! followed by a normal commit, so writers never wait for more than one step.
 //!
 //! A pass also packs: each leaf it visits takes the leaves after it under the
-//! same parent while they fit (`Tree::pack_leaf`), as etcd's defrag rewrites
-//! its buckets full, since a compaction leaves leaves as empty as a quarter
-//! page. Packing only frees pages, but below a target set before it: the
-//! caller makes a second pass when the target fell (`store::core::space`).
+//! same parent while they fit, and each branch above it the branches after it
+//! (`Tree::pack_path`), as etcd's defrag rewrites its buckets full, since a
+//! compaction leaves leaves as empty as a quarter page, and packing leaves
+//! leaves their parents as empty. Packing only frees pages, but below a target
+//! set before it: the caller makes a second pass when the target fell
+//! (`store::core::space`).
 
 use crate::page::{PageError, PageId};
 
@@ -60,7 +62,7 @@ impl Tree {
             {
                 let owned = self.own_path(root, &from)?;
                 if pack {
-                    self.pack_leaf(&owned)?;
+                    self.pack_path(&owned)?;
                 }
                 let (leaf, _) = *owned.last().expect("a path ends at a leaf");
                 self.move_overflow_down(leaf, target)?;
@@ -99,23 +101,33 @@ impl Tree {
         }
     }
 
-    /// Whether the leaf at the end of `path` (where `key` belongs) has room
-    /// for the first entry of the leaf after it under the same parent, and
-    /// there is a free page below `target` to copy it to.
+    /// Whether a node on `path` (where `key` belongs) can take from the node
+    /// after it under the same parent (a branch that node whole, the leaf the
+    /// next one's first entry: see `Tree::pack_path`), and there is a free
+    /// page below `target` to copy it to.
     fn packable(&self, path: &[PageId], key: &[u8], target: PageId) -> Result<bool, PageError> {
-        let [.., parent, leaf] = path[..] else {
-            return Ok(false);
-        };
         if self.store.lowest_free().is_none_or(|free| free >= target) {
             return Ok(false);
         }
-        let parent = self.node(parent)?;
-        let index = parent.child_index(key);
-        if index + 1 == parent.len() {
-            return Ok(false);
+        for level in 1..path.len() {
+            let parent = self.node(path[level - 1])?;
+            let index = parent.child_index(key);
+            if index + 1 == parent.len() {
+                continue;
+            }
+            let node = self.node(path[level])?;
+            let right = self.node(parent.child(index + 1))?;
+            let room = NODE_BYTES_MAX - node.bytes();
+            let wanted = if node.is_leaf() {
+                right.leaf_entry_bytes(0)
+            } else {
+                right.bytes() + parent.key(index + 1).len()
+            };
+            if wanted <= room {
+                return Ok(true);
+            }
         }
-        let right = self.node(parent.child(index + 1))?;
-        Ok(self.node(leaf)?.bytes() + right.leaf_entry_bytes(0) <= NODE_BYTES_MAX)
+        Ok(false)
     }
 
     /// A committed page at or above `target`, with a free page below it to move

@@ -1006,6 +1006,14 @@ fn revisions_fill_their_leaves_before_and_after_compaction_and_defragmentation()
     defragment(&mut store);
     let packed = space_line("after the defragmentation", &store);
     assert!(packed.leaf_fill() > 0.9, "leaves {:.2} full", packed.leaf_fill());
+    // Their parents pack too: a compaction leaves them holding a third of the
+    // leaves they did (about 23 a page after packing the leaves alone).
+    assert!(
+        packed.branch_pages * 40 <= packed.leaf_pages,
+        "{} branches for {} leaves",
+        packed.branch_pages,
+        packed.leaf_pages
+    );
     let pages = store.allocated_bytes() / crate::page::PAGE_BYTES as u64;
     assert!(
         pages <= (packed.leaf_pages + packed.branch_pages) * 105 / 100 + 2,
