@@ -77,7 +77,7 @@ fn received(message: PeerMessage) {
         _ => {}
     }
     let mut wire = Vec::new();
-    frame::push_message(&mut wire, &mut Vec::new(), &message);
+    frame::push_message(&mut wire, &message);
     let read = block_on(read_message(&mut Cursor::new(wire), &mut Vec::new()));
     assert_eq!(read.ok(), Some(message), "a message read encodes back to itself");
 }
@@ -177,7 +177,7 @@ fn payloads(messages: &[PeerMessage], hello: Option<Hello>) -> Vec<u8> {
         frame::push_hello(&mut wire, hello);
     }
     for message in messages {
-        frame::push_message(&mut wire, &mut Vec::new(), message);
+        frame::push_message(&mut wire, message);
     }
     // Back from frames to payloads: each frame is length, crc32, payload.
     let mut out = Vec::new();
@@ -282,7 +282,7 @@ pub(super) fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     });
     let mut raw = Vec::new();
     frame::push_hello(&mut raw, hello);
-    frame::push_message(&mut raw, &mut Vec::new(), &heartbeat);
+    frame::push_message(&mut raw, &heartbeat);
     vec![
         ("hello-heartbeat-raw", [&[0][..], &raw].concat()),
         (

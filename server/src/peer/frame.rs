@@ -151,66 +151,81 @@ pub struct Header {
 
 /// Appends one frame holding `payload` to `out`.
 pub(crate) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    assert!(
-        payload.len() <= FRAME_PAYLOAD_MAX,
-        "a frame we send must be one we accept"
-    );
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    let start = begin_frame(out);
     out.extend_from_slice(payload);
+    end_frame(out, start);
 }
 
+/// Appends the hello as the first frame of a connection.
 pub fn push_hello(out: &mut Vec<u8>, hello: Hello) {
     push_frame(out, &hello.encode());
 }
 
-/// Appends `message` as one frame; `scratch` is reused between calls.
-pub fn push_message(out: &mut Vec<u8>, scratch: &mut Vec<u8>, message: &PeerMessage) {
-    scratch.clear();
+/// Appends `message` as one frame, encoded in place.
+pub fn push_message(out: &mut Vec<u8>, message: &PeerMessage) {
+    let start = begin_frame(out);
     let encoded = match message {
         PeerMessage::Raft(raft) => {
-            scratch.push(KIND_RAFT);
-            raft.encode(scratch)
+            out.push(KIND_RAFT);
+            raft.encode(out)
         }
         PeerMessage::LeaseForward(forward) => {
-            scratch.push(KIND_LEASE_FORWARD);
-            forward.encode(scratch)
+            out.push(KIND_LEASE_FORWARD);
+            forward.encode(out)
         }
         PeerMessage::LeaseForwardReply(reply) => {
-            scratch.push(KIND_LEASE_FORWARD_REPLY);
-            reply.encode(scratch)
+            out.push(KIND_LEASE_FORWARD_REPLY);
+            reply.encode(out)
         }
         PeerMessage::SnapshotChunk(chunk) => {
-            scratch.push(KIND_SNAPSHOT_CHUNK);
-            chunk.encode(scratch)
+            out.push(KIND_SNAPSHOT_CHUNK);
+            chunk.encode(out)
         }
         PeerMessage::SnapshotEnd(end) => {
-            scratch.push(KIND_SNAPSHOT_END);
-            end.encode(scratch)
+            out.push(KIND_SNAPSHOT_END);
+            end.encode(out)
         }
         PeerMessage::Membership(membership) => {
-            scratch.push(KIND_MEMBERSHIP);
-            membership.encode(scratch)
+            out.push(KIND_MEMBERSHIP);
+            membership.encode(out)
         }
         PeerMessage::PromoteCheck(check) => {
-            scratch.push(KIND_PROMOTE_CHECK);
-            check.encode(scratch)
+            out.push(KIND_PROMOTE_CHECK);
+            check.encode(out)
         }
         PeerMessage::Keepalive => {
-            scratch.push(KIND_KEEPALIVE);
+            out.push(KIND_KEEPALIVE);
             Ok(())
         }
         PeerMessage::HashKvQuery(query) => {
-            scratch.push(KIND_HASH_KV_QUERY);
-            query.encode(scratch)
+            out.push(KIND_HASH_KV_QUERY);
+            query.encode(out)
         }
         PeerMessage::HashKvAnswer(answer) => {
-            scratch.push(KIND_HASH_KV_ANSWER);
-            answer.encode(scratch)
+            out.push(KIND_HASH_KV_ANSWER);
+            answer.encode(out)
         }
     };
     encoded.expect("a Vec grows as needed");
-    push_frame(out, scratch);
+    end_frame(out, start);
+}
+
+/// Leaves room for a frame's header at the end of `out`; where it starts.
+fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    start
+}
+
+/// Fills in the header of the frame begun at `start`, whose payload is the rest of `out`.
+fn end_frame(out: &mut [u8], start: usize) {
+    let (header, payload) = out[start..].split_at_mut(HEADER_BYTES);
+    assert!(
+        payload.len() <= FRAME_PAYLOAD_MAX,
+        "a frame we send must be one we accept"
+    );
+    header[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
 }
 
 /// Reads one frame's header; a length over `payload_max` is refused before any
@@ -382,9 +397,8 @@ mod tests {
             to: 2,
         };
         let mut wire = Vec::new();
-        let mut scratch = Vec::new();
         push_hello(&mut wire, hello);
-        push_message(&mut wire, &mut scratch, &forward);
+        push_message(&mut wire, &forward);
         let chunk = PeerMessage::SnapshotChunk(SnapshotChunk {
             offset: 4096,
             data: vec![7; 4096],
@@ -394,9 +408,9 @@ mod tests {
             total_bytes: 8192,
             crc32: 99,
         });
-        push_message(&mut wire, &mut scratch, &chunk);
-        push_message(&mut wire, &mut scratch, &end);
-        push_message(&mut wire, &mut scratch, &message);
+        push_message(&mut wire, &chunk);
+        push_message(&mut wire, &end);
+        push_message(&mut wire, &message);
         let mut reader = Cursor::new(wire.clone());
         assert_eq!(block_on(read_hello(&mut reader)).unwrap(), hello);
         let mut payload = Vec::new();
@@ -501,8 +515,8 @@ mod tests {
             refusal: 0,
         });
         let mut wire = Vec::new();
-        push_message(&mut wire, &mut Vec::new(), &query);
-        push_message(&mut wire, &mut Vec::new(), &answer);
+        push_message(&mut wire, &query);
+        push_message(&mut wire, &answer);
         let mut reader = Cursor::new(wire);
         let mut payload = Vec::new();
         assert_eq!(block_on(read_message(&mut reader, &mut payload)).unwrap(), query);
@@ -517,7 +531,7 @@ mod tests {
     #[test]
     fn keepalives_round_trip_and_carry_nothing() {
         let mut wire = Vec::new();
-        push_message(&mut wire, &mut Vec::new(), &PeerMessage::Keepalive);
+        push_message(&mut wire, &PeerMessage::Keepalive);
         let mut payload = Vec::new();
         let read = block_on(read_message(&mut Cursor::new(wire), &mut payload));
         assert_eq!(read.unwrap(), PeerMessage::Keepalive);

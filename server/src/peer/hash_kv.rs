@@ -165,11 +165,7 @@ async fn exchange(
     let targets: Vec<Target> = urls.iter().filter_map(|url| Target::parse(url)).collect();
     let mut stream = connect(&targets, dial, hello).await?;
     let mut query = Vec::new();
-    frame::push_message(
-        &mut query,
-        &mut Vec::new(),
-        &PeerMessage::HashKvQuery(HashKvQuery { revision }),
-    );
+    frame::push_message(&mut query, &PeerMessage::HashKvQuery(HashKvQuery { revision }));
     frame::write_all(&mut stream, &query).await.map_err(AskError::Send)?;
     let answer = frame::read_answer(&mut stream, HASH_KV_ANSWER_PAYLOAD_MAX)
         .await
@@ -264,9 +260,7 @@ mod tests {
             }
             let mut out = Vec::new();
             match reply {
-                Reply::Answer(answer) => {
-                    frame::push_message(&mut out, &mut Vec::new(), &PeerMessage::HashKvAnswer(answer))
-                }
+                Reply::Answer(answer) => frame::push_message(&mut out, &PeerMessage::HashKvAnswer(answer)),
                 Reply::Bytes(bytes) => out = bytes,
                 Reply::Nothing => {}
             }
@@ -305,18 +299,14 @@ mod tests {
             PeerHash::Failed(AskError::Answer(FrameError::TooLong(_)))
         ));
         let mut bad_checksum = Vec::new();
-        frame::push_message(
-            &mut bad_checksum,
-            &mut Vec::new(),
-            &PeerMessage::HashKvAnswer(hashed(hash)),
-        );
+        frame::push_message(&mut bad_checksum, &PeerMessage::HashKvAnswer(hashed(hash)));
         *bad_checksum.last_mut().unwrap() ^= 1;
         assert!(matches!(
             ask_fake_peer(Reply::Bytes(bad_checksum)),
             PeerHash::Failed(AskError::Answer(FrameError::Checksum))
         ));
         let mut keepalive = Vec::new();
-        frame::push_message(&mut keepalive, &mut Vec::new(), &PeerMessage::Keepalive);
+        frame::push_message(&mut keepalive, &PeerMessage::Keepalive);
         assert!(matches!(
             ask_fake_peer(Reply::Bytes(keepalive)),
             PeerHash::Failed(AskError::Unexpected)

@@ -422,7 +422,7 @@ impl Receiver {
             return Err(Stop::Reject(why));
         };
         let mut out = Vec::new();
-        frame::push_message(&mut out, &mut Vec::new(), &PeerMessage::HashKvAnswer(answer));
+        frame::push_message(&mut out, &PeerMessage::HashKvAnswer(answer));
         match within(hash_kv::ANSWER_TIMEOUT, frame::write_all(stream, &out)).await {
             Some(Ok(())) => Err(Stop::Done),
             Some(Err(error)) => {
@@ -570,7 +570,7 @@ mod tests {
         let drops = serve([PEER], |addr| {
             let mut stream = connect(addr, Some(PEER));
             let mut keepalive = Vec::new();
-            frame::push_message(&mut keepalive, &mut Vec::new(), &PeerMessage::Keepalive);
+            frame::push_message(&mut keepalive, &PeerMessage::Keepalive);
             for _ in 0..(IDLE_TIMEOUT + Duration::from_secs(2)).as_secs() {
                 stream.write_all(&keepalive).unwrap();
                 assert_eq!(closed_within(&mut stream, KEEPALIVE_INTERVAL), None);

@@ -472,7 +472,6 @@ async fn run_sender(sender: Link<'_>, queue: LocalReceiver<PeerMessage>, report:
     } = sender;
     let mut backoff = BACKOFF_MIN;
     let mut out = Vec::new();
-    let mut scratch = Vec::new();
     let mut failures = 0u64;
     loop {
         let mut stream = match connect(targets, dial, hello).await {
@@ -509,7 +508,7 @@ async fn run_sender(sender: Link<'_>, queue: LocalReceiver<PeerMessage>, report:
                 None => PeerMessage::Keepalive,
             };
             let mut batched = usize::from(!matches!(first, PeerMessage::Keepalive));
-            frame::push_message(&mut out, &mut scratch, &first);
+            frame::push_message(&mut out, &first);
             // The peer's removal closes the queue: what was queued before still
             // goes out (the last append to a removed member, see `members`).
             let mut removed = false;
@@ -517,7 +516,7 @@ async fn run_sender(sender: Link<'_>, queue: LocalReceiver<PeerMessage>, report:
                 match future::poll_once(queue.recv()).await {
                     Some(Some(message)) => {
                         batched += 1;
-                        frame::push_message(&mut out, &mut scratch, &message);
+                        frame::push_message(&mut out, &message);
                     }
                     Some(None) => {
                         removed = true;

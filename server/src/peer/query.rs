@@ -23,8 +23,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Writes the answer to a membership query; the caller closes the connection.
 pub(super) async fn answer(stream: &mut PeerStream, answer: &PeerMessage) {
     let mut out = Vec::new();
-    let mut scratch = Vec::new();
-    frame::push_message(&mut out, &mut scratch, answer);
+    frame::push_message(&mut out, answer);
     if let Err(error) = frame::write_all(stream, &out).await {
         tracing::debug!(%error, "membership query: the asker left before the answer");
     }

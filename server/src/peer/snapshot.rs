@@ -91,7 +91,6 @@ async fn transfer(
     let mut crc = crc32fast::Hasher::new();
     let mut offset = 0u64;
     let mut out = Vec::new();
-    let mut scratch = Vec::new();
     while offset < total {
         let (returned, read) = snapshot_read::read_chunk(source, CHUNK_BYTES).await;
         source = returned;
@@ -100,11 +99,7 @@ async fn transfer(
         crc.update(&data);
         let len = data.len() as u64;
         out.clear();
-        frame::push_message(
-            &mut out,
-            &mut scratch,
-            &PeerMessage::SnapshotChunk(SnapshotChunk { offset, data }),
-        );
+        frame::push_message(&mut out, &PeerMessage::SnapshotChunk(SnapshotChunk { offset, data }));
         frame::write_all(&mut stream, &out).await.map_err(|e| e.to_string())?;
         offset += len;
     }
@@ -115,7 +110,7 @@ async fn transfer(
         crc32: crc.finalize(),
     };
     out.clear();
-    frame::push_message(&mut out, &mut scratch, &PeerMessage::SnapshotEnd(end));
+    frame::push_message(&mut out, &PeerMessage::SnapshotEnd(end));
     frame::write_all(&mut stream, &out).await.map_err(|e| e.to_string())?;
     let mut ack = [0u8; 1];
     let acked = futures_lite::future::or(async { Some(stream.read_exact(&mut ack).await) }, async {
