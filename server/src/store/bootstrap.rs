@@ -22,7 +22,7 @@ use super::raft_logger;
 /// raft ticks per heartbeat: one tick is `--heartbeat-interval`.
 const HEARTBEAT_TICKS: usize = 1;
 /// Bytes of entries per append message and messages in flight per follower.
-const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+pub(crate) const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 const RAFT_MAX_INFLIGHT_MESSAGES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]

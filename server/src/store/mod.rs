@@ -1,5 +1,6 @@
 //! The store core: raft, the WAL and MVCC, owned by one executor.
 
+mod appends;
 pub mod auto_compaction;
 pub(crate) mod bootstrap;
 pub(crate) mod core;

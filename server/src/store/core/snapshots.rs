@@ -23,14 +23,18 @@ use raft::eraftpb::{Message as RaftMessage, MessageType, SnapshotMetadata};
 use raft::SnapshotStatus;
 use ringkv_engine::mvcc::SnapshotSource;
 
+use super::super::appends::join_appends;
+use super::super::bootstrap::RAFT_MAX_MESSAGE_BYTES;
 use super::super::membership::Membership;
 use super::Effect;
 use super::{Install, PinnedIn, StoreCore};
 use crate::fatal::fatal;
 
 impl StoreCore {
-    /// Sends raft's messages; MsgSnapshots wait for `start_snapshot_sends`.
+    /// Sends raft's messages, each follower's appends joined (`appends`);
+    /// MsgSnapshots wait for `start_snapshot_sends`.
     pub(super) fn send_messages(&mut self, messages: Vec<RaftMessage>) {
+        let messages = join_appends(messages, RAFT_MAX_MESSAGE_BYTES as usize);
         let (snapshots, others): (Vec<_>, Vec<_>) = messages
             .into_iter()
             .partition(|message| message.get_msg_type() == MessageType::MsgSnapshot);
