@@ -401,6 +401,43 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Trees deep enough for several branches, thinned out as a compaction
+    /// thins revisions: defragmenting packs their leaves and their branches
+    /// (which the trees of the tests above rarely have to) and keeps every
+    /// key, across a reopen.
+    #[test]
+    fn defragmenting_a_thinned_tree_keeps_every_key(
+        count in 2000u16..6000,
+        pad in 0usize..64,
+        kept_every in 2u16..6,
+        leaves_per_step in 1usize..64,
+    ) {
+        let io = SimPageIo::new();
+        let mut tree = open(&io);
+        for k in 0..count {
+            tree.insert(&key(k, pad), &[5; 200]).unwrap();
+        }
+        tree.commit().unwrap();
+        for k in (0..count).filter(|k| k % kept_every != 0) {
+            tree.remove(&key(k, pad)).unwrap();
+        }
+        tree.commit().unwrap();
+        let model = contents(&tree);
+        let sparse = tree.check().unwrap();
+        defragment(&mut tree, leaves_per_step);
+        prop_assert_eq!(&contents(&tree), &model);
+        let packed = tree.check().unwrap();
+        prop_assert!(packed.branch_pages <= sparse.branch_pages);
+        drop(tree);
+        let tree = open(&io);
+        prop_assert_eq!(&contents(&tree), &model);
+        tree.check().unwrap();
+    }
+}
+
 #[test]
 fn many_keys_split_into_a_deep_tree_and_merge_back_to_nothing() {
     let io = SimPageIo::new();
