@@ -94,31 +94,31 @@ mod tests {
         }
     }
 
-    /// An append to `to` after `(index, log_term)` carrying `entries`.
-    fn append(to: u64, index: u64, log_term: u64, entries: Vec<Entry>, commit: u64) -> Message {
+    /// A message of `kind` from the leader, in its term, to `to`.
+    fn from_leader(kind: MessageType, to: u64) -> Message {
         let mut message = Message {
             to,
             from: LEADER,
             term: 2,
+            ..Default::default()
+        };
+        message.set_msg_type(kind);
+        message
+    }
+
+    /// An append to `to` after `(index, log_term)` carrying `entries`.
+    fn append(to: u64, index: u64, log_term: u64, entries: Vec<Entry>, commit: u64) -> Message {
+        Message {
             index,
             log_term,
             commit,
             entries,
-            ..Default::default()
-        };
-        message.set_msg_type(MessageType::MsgAppend);
-        message
+            ..from_leader(MessageType::MsgAppend, to)
+        }
     }
 
     fn heartbeat(to: u64) -> Message {
-        let mut message = Message {
-            to,
-            from: LEADER,
-            term: 2,
-            ..Default::default()
-        };
-        message.set_msg_type(MessageType::MsgHeartbeat);
-        message
+        from_leader(MessageType::MsgHeartbeat, to)
     }
 
     fn indexes(message: &Message) -> Vec<u64> {
