@@ -7,6 +7,7 @@
 //! `workload` (what one op is) -> `sample` (per-second samples) -> `report`
 //! (histograms, summaries).
 
+pub mod channel;
 pub mod cli;
 pub mod compare;
 pub mod connect;

@@ -1,15 +1,15 @@
-//! Where a run's connections and request loops run: a latency-bound run (one
-//! request loop) on a current-thread runtime on a thread of its own, any other
-//! run on the caller's multi-thread runtime.
+//! Where a run's connections and request loops run: on current-thread
+//! runtimes, each on a thread of its own; connection `i`, and every request
+//! loop that sends on it, on thread `i % threads`.
 //!
-//! On the multi-thread runtime one call hops between workers: the request
-//! loop's task, tonic's buffer worker and hyper's connection task are each
-//! woken on whichever worker is free, and waking a parked worker is a futex
-//! and an interrupt to an idle CPU. A lone client paid that on every call,
-//! which made ringkv-bench's lone put slower than an independent client's on
-//! the same server. On one thread a call's wake-ups are queue pushes. Many
-//! clients keep the multi-thread runtime: spread over one current-thread
-//! runtime per CPU they lost throughput (no work stealing), see
+//! A connection's task and its loops then share one thread: a pass of the
+//! connection task reads the replies that came, wakes their loops, and those
+//! loops' next requests are queued on the connection before its task runs
+//! again, so they leave in one write. On tokio's multi-thread runtime the
+//! loops ran on the other worker while the connection task went on, and most
+//! requests left in a write of their own; a wake of a parked worker is also a
+//! futex and an interrupt to an idle CPU. A lone client (`put-1`) pays those
+//! on every call. The cost against the multi-thread runtime is measured in
 //! docs/benchmarks.md.
 
 use std::future::Future;
@@ -20,16 +20,13 @@ use tokio::sync::oneshot;
 
 use crate::BenchError;
 
-/// Where tasks go; dropping a `Placement` that owns a thread stops it and
-/// drops every task still on it (the connections with them).
-pub enum Placement {
-    /// The runtime `Placement::spawn` is called on.
-    Caller,
-    /// A current-thread runtime on its own thread.
-    OwnThread(OwnThread),
+/// The client threads of one run; dropping it stops them and drops every
+/// task still on them (the connections with them).
+pub struct Placement {
+    threads: Vec<OwnThread>,
 }
 
-pub struct OwnThread {
+struct OwnThread {
     handle: Handle,
     /// Sent (or dropped) to end the thread's `block_on`.
     stop: Option<oneshot::Sender<()>>,
@@ -37,46 +34,36 @@ pub struct OwnThread {
 }
 
 impl Placement {
-    /// For a run of `clients` request loops: one loop is latency-bound and
-    /// gets a thread of its own; more share the caller's runtime.
-    pub fn for_clients(clients: usize) -> Result<Placement, BenchError> {
-        if latency_bound(clients) {
-            let own = OwnThread::start()
-                .map_err(|error| BenchError::Internal(format!("cannot start the request thread: {error}")))?;
-            Ok(Placement::OwnThread(own))
-        } else {
-            Ok(Placement::Caller)
-        }
+    /// For a run of `clients` request loops over `conns` connections.
+    pub fn for_run(clients: usize, conns: usize) -> Result<Placement, BenchError> {
+        let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+        let threads = (0..client_threads(clients, conns, cpus))
+            .map(|_| OwnThread::start())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|error| BenchError::Internal(format!("cannot start a client thread: {error}")))?;
+        Ok(Placement { threads })
     }
 
-    /// Runs `future` here and waits for it: in the caller's own task, or on
-    /// the thread. Connections opened in it keep their tasks where it ran.
-    pub async fn run<F>(&self, future: F) -> Result<F::Output, BenchError>
+    /// Runs `future` on connection `connection`'s thread and waits for it: a
+    /// connection opened in it keeps its task there.
+    pub async fn run_on<F>(&self, connection: usize, future: F) -> Result<F::Output, BenchError>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self {
-            Placement::Caller => Ok(future.await),
-            Placement::OwnThread(own) => own
-                .handle
-                .spawn(future)
-                .await
-                .map_err(|error| BenchError::Internal(format!("a task on the request thread failed: {error}"))),
-        }
+        self.spawn_on(connection, future)
+            .await
+            .map_err(|error| BenchError::Internal(format!("a task on a client thread failed: {error}")))
     }
 
-    /// Spawns `future` here: a request loop spawned where its connection was
-    /// opened sends on it without leaving the thread.
-    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    /// Spawns `future` on connection `connection`'s thread: a request loop
+    /// spawned there sends on that connection without leaving the thread.
+    pub fn spawn_on<F>(&self, connection: usize, future: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self {
-            Placement::Caller => tokio::spawn(future),
-            Placement::OwnThread(own) => own.handle.spawn(future),
-        }
+        self.threads[connection % self.threads.len()].handle.spawn(future)
     }
 }
 
@@ -109,10 +96,17 @@ impl Drop for OwnThread {
     }
 }
 
-/// A run whose every call waits for the one before: its numbers are latency,
-/// and each hop between threads adds to them.
-fn latency_bound(clients: usize) -> bool {
-    clients == 1
+/// How many client threads a run of `clients` loops over `conns` connections
+/// gets on a machine of `cpus`: one for a lone client, whose every call waits
+/// for the one before (its numbers are latency, and a second thread would only
+/// add hops); else one per CPU, as the multi-thread runtime had workers, and
+/// no more than there are connections to give them.
+fn client_threads(clients: usize, conns: usize, cpus: usize) -> usize {
+    if clients == 1 {
+        1
+    } else {
+        cpus.min(conns).max(1)
+    }
 }
 
 #[cfg(test)]
@@ -122,62 +116,46 @@ mod tests {
     use std::sync::Arc;
     use std::thread::ThreadId;
 
-    fn thread_of(placement: &Placement) -> ThreadId {
-        let runtime = Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    fn thread_of(placement: &Placement, connection: usize) -> ThreadId {
+        let runtime = Builder::new_current_thread().build().unwrap();
         runtime
-            .block_on(async { placement.spawn(async { std::thread::current().id() }).await })
+            .block_on(placement.run_on(connection, async { std::thread::current().id() }))
             .unwrap()
     }
 
     #[test]
-    fn only_a_lone_client_is_latency_bound() {
-        assert!(latency_bound(1));
-        assert!(!latency_bound(2));
-        assert!(!latency_bound(1000));
+    fn a_lone_client_gets_one_thread_and_many_one_per_cpu_up_to_the_connections() {
+        assert_eq!(client_threads(1, 1, 8), 1);
+        assert_eq!(client_threads(1, 4, 8), 1, "a lone client uses one connection");
+        assert_eq!(client_threads(1000, 100, 2), 2);
+        assert_eq!(client_threads(1000, 100, 1), 1);
+        assert_eq!(client_threads(10, 3, 8), 3, "no thread without a connection");
     }
 
     #[test]
-    fn a_lone_client_runs_everything_on_one_thread_of_its_own() {
-        let placement = Placement::for_clients(1).unwrap();
-        let first = thread_of(&placement);
-        assert_eq!(
-            thread_of(&placement),
-            first,
-            "the connection and the loop share a thread"
-        );
-        assert_ne!(first, std::thread::current().id());
-    }
-
-    #[test]
-    fn many_clients_run_on_the_callers_runtime() {
-        let placement = Placement::for_clients(10).unwrap();
-        assert!(matches!(placement, Placement::Caller));
-        let runtime = Builder::new_current_thread().build().unwrap();
-        let (here, there) = runtime.block_on(async {
-            let there = placement.spawn(async { std::thread::current().id() }).await.unwrap();
-            (std::thread::current().id(), there)
-        });
-        assert_eq!(here, there, "a current-thread caller runs the task itself");
-    }
-
-    #[test]
-    fn run_waits_for_the_future_where_it_runs() {
-        let runtime = Builder::new_current_thread().build().unwrap();
+    fn a_connection_and_its_loops_share_a_thread_and_connections_spread_over_the_threads() {
+        let placement = Placement::for_run(1000, 100).unwrap();
         let here = std::thread::current().id();
-        let own = Placement::for_clients(1).unwrap();
-        let caller = Placement::for_clients(2).unwrap();
-        let (on_own, on_caller) = runtime.block_on(async {
-            let on_own = own.run(async { std::thread::current().id() }).await.unwrap();
-            let on_caller = caller.run(async { std::thread::current().id() }).await.unwrap();
-            (on_own, on_caller)
-        });
-        assert_ne!(on_own, here, "a lone client's connection is opened on its thread");
-        assert_eq!(on_own, thread_of(&own), "and its loop runs there too");
-        assert_eq!(on_caller, here, "many clients connect in the caller's task");
+        let threads: Vec<ThreadId> = (0..placement.threads.len()).map(|c| thread_of(&placement, c)).collect();
+        for (connection, thread) in threads.iter().enumerate() {
+            assert_ne!(*thread, here, "runs on a client thread, not the caller's");
+            assert_eq!(thread_of(&placement, connection), *thread, "the same thread every time");
+            assert_eq!(
+                thread_of(&placement, connection + threads.len()),
+                *thread,
+                "round-robin"
+            );
+        }
+        for (i, a) in threads.iter().enumerate() {
+            assert!(threads[i + 1..].iter().all(|b| b != a), "each thread its own");
+        }
+        let runtime = Builder::new_current_thread().build().unwrap();
+        let spawned = runtime.block_on(async { placement.spawn_on(1, async { std::thread::current().id() }).await });
+        assert_eq!(spawned.unwrap(), threads[1 % threads.len()]);
     }
 
     #[test]
-    fn dropping_its_thread_drops_what_still_runs_there() {
+    fn dropping_the_placement_drops_what_still_runs_on_its_threads() {
         struct SetOnDrop(Arc<AtomicBool>);
         impl Drop for SetOnDrop {
             fn drop(&mut self) {
@@ -185,9 +163,9 @@ mod tests {
             }
         }
         let dropped = Arc::new(AtomicBool::new(false));
-        let placement = Placement::for_clients(1).unwrap();
+        let placement = Placement::for_run(1, 1).unwrap();
         let guard = SetOnDrop(Arc::clone(&dropped));
-        let _task = placement.spawn(async move {
+        let _task = placement.spawn_on(0, async move {
             let _guard = guard;
             std::future::pending::<()>().await;
         });

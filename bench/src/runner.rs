@@ -9,16 +9,16 @@
 //! the workload's `finish` winds down what ran beside the ops (watchers,
 //! leases) and adds what it measured.
 //!
-//! Connections and request loops run where [`Placement`] says: a lone client
-//! and its connection on one thread of their own, so its calls do not hop
-//! between CPUs; many clients on the caller's runtime. Progress, samples and
-//! the workload's `prepare` and `finish` stay on the caller's runtime.
+//! Connections and request loops run where [`Placement`] says: on client
+//! threads of their own, each loop on the thread of the connection it sends
+//! on. Progress, samples and the workload's `prepare` and `finish` stay on the
+//! caller's runtime.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::channel::Channel;
 
 use crate::connect::{connect, Tls};
 use crate::pacing::{intended_offset, measured_from};
@@ -96,7 +96,7 @@ impl Shared {
 /// Connects, prepares the workload (untimed), runs it and summarizes.
 pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Summary, BenchError> {
     assert!(options.conns > 0 && options.clients > 0, "checked when parsing flags");
-    let placement = Placement::for_clients(options.clients)?;
+    let placement = Placement::for_run(options.clients, options.conns)?;
     let channels = connect_on(&placement, options).await?;
     workload.prepare(&channels, options.progress).await?;
     if interrupt::requested() {
@@ -182,13 +182,16 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
 }
 
 /// Opens `options.conns` connections, spread round-robin over the endpoints,
-/// in `placement`, so that their tasks run there.
+/// each on its thread in `placement`, so that its task runs there.
 async fn connect_on(placement: &Placement, options: &RunOptions) -> Result<Vec<Channel>, BenchError> {
-    let (endpoints, conns) = (options.endpoints.clone(), options.conns);
-    let (timeout, tls) = (options.request_timeout, options.tls.clone());
-    placement
-        .run(async move { connect(&endpoints, conns, timeout, tls.as_ref()).await })
-        .await?
+    let mut channels = Vec::with_capacity(options.conns);
+    for index in 0..options.conns {
+        let endpoint = [options.endpoints[index % options.endpoints.len()].clone()];
+        let (timeout, tls) = (options.request_timeout, options.tls.clone());
+        let opened = placement.run_on(index, async move { connect(&endpoint, 1, timeout, tls.as_ref()).await });
+        channels.extend(opened.await??);
+    }
+    Ok(channels)
 }
 
 /// Starts every request loop in `placement` and waits for all of them;
@@ -202,8 +205,9 @@ async fn run_loops(
 ) -> Result<Instant, BenchError> {
     let loops: Vec<_> = (0..clients)
         .map(|index| {
-            let client = workload.client(index, channels[index % channels.len()].clone());
-            placement.spawn(request_loop(client, Arc::clone(shared), index))
+            let connection = index % channels.len();
+            let client = workload.client(index, channels[connection].clone());
+            placement.spawn_on(connection, request_loop(client, Arc::clone(shared), index))
         })
         .collect();
     let mut last_done = shared.start;

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::channel::Channel;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ringkv_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, StatusRequest};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use super::rows::{KEY_SIZE, VAL_SIZE};
 use super::server::{Server, ServerKind};

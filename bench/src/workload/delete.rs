@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::channel::Channel;
 use clap::Args;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::DeleteRangeRequest;
-use tonic::transport::Channel;
 
 use super::populate::populate;
 use super::{key_space, kv_client, OpFuture, OpLimit, Outcome, PrepareFuture, Workload, WorkloadClient};

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::channel::Channel;
 use clap::Args;
 use ringkv_proto::etcdserverpb::lease_client::LeaseClient;
 use ringkv_proto::etcdserverpb::{
@@ -21,7 +22,6 @@ use ringkv_proto::etcdserverpb::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::populate::for_each_index;

@@ -24,9 +24,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::channel::Channel;
 use clap::{Subcommand, ValueEnum};
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
-use tonic::transport::Channel;
 
 use crate::connect::RESPONSE_BYTES_MAX;
 use crate::progress::ProgressMode;

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::channel::Channel;
 use ringkv_proto::etcdserverpb::PutRequest;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::kv_client;

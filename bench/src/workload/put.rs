@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::channel::Channel;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::PutRequest;
-use tonic::transport::Channel;
 
 use super::{key_space, kv_client, OpFuture, Outcome, Workload, WorkloadClient};
 use crate::keys::{self, KeySpace};

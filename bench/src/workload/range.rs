@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::channel::Channel;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::RangeRequest;
-use tonic::transport::Channel;
 
 use super::populate::populate;
 use super::{key_space, kv_client, Consistency, OpFuture, Outcome, PrepareFuture, Workload, WorkloadClient};

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::channel::Channel;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
-use tonic::transport::Channel;
 
 use super::{key_space, kv_client, Consistency, OpFuture, Outcome, Workload, WorkloadClient};
 use crate::keys::{self, KeySpace};

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::channel::Channel;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -22,7 +23,6 @@ use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::{
     compare, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::{key_space, kv_client, OpFuture, Outcome, PrepareFuture, Workload, WorkloadClient};

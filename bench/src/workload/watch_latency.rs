@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::channel::Channel;
 use clap::Args;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
@@ -25,7 +26,6 @@ use rand::SeedableRng;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::PutRequest;
 use ringkv_proto::mvccpb::Event;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::watchers::{EventSink, WatchTarget, WatcherSet, WATCHERS_MAX};

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::channel::Channel;
 use hdrhistogram::Histogram;
 use ringkv_proto::etcdserverpb::watch_client::WatchClient;
 use ringkv_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
@@ -24,7 +25,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::connect::RESPONSE_BYTES_MAX;

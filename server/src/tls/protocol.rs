@@ -72,8 +72,7 @@ const UNSUPPORTED: &[&str] = &[
 
 /// rustls's ring provider. rustls 0.23.48 deprecates it because ring has no
 /// post-quantum key exchange (X25519MLKEM768 is in the aws-lc-rs provider
-/// only); ring is what the workspace already builds (tonic's rustls in the
-/// bench), it needs no cmake or assembler, and the clients ringkv serves
+/// only); ring needs no cmake or assembler, and the clients ringkv serves
 /// (etcd 3.4/3.5's Go and kube-apiserver's) offer no post-quantum group to
 /// etcd either. Moving to aws-lc-rs is a change of this one function.
 #[allow(deprecated)]

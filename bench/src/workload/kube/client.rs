@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::channel::Channel;
 use rand::rngs::StdRng;
 use rand::Rng;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::{request_op, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::list_page::{ListPages, ListedKey};

@@ -8,11 +8,11 @@
 //! `more`: prost skips every other field, values included, without copying.
 //! Field numbers are etcd's (`RangeResponse`, `mvccpb.KeyValue`).
 
+use crate::channel::Channel;
 use ringkv_proto::etcdserverpb::{RangeRequest, ResponseHeader};
 use tonic::client::Grpc;
 use tonic::codec::ProstCodec;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::connect::RESPONSE_BYTES_MAX;

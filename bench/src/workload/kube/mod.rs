@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::channel::Channel;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use ringkv_proto::mvccpb::{event::EventType, Event};
-use tonic::transport::Channel;
 
 use super::populate::for_each_index;
 use super::txn_put::cas_put;
