@@ -87,9 +87,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub conns: Option<usize>,
     /// Concurrent request loops, spread over the connections round-robin
-    /// [default: 1; compare: per workload]. A lone loop runs with its
-    /// connection on a thread of its own, so its calls do not hop between
-    /// threads (latency-bound); more share a multi-thread runtime.
+    /// [default: 1; compare: per workload]. Each connection and the loops on
+    /// it share one client thread (one thread per CPU at most; a lone loop's
+    /// calls are latency-bound and never leave its thread).
     #[arg(long, global = true)]
     pub clients: Option<usize>,
     /// Stop after this many requests [default: 10000 unless --duration;
