@@ -28,6 +28,9 @@ const HEAD_ROOM: usize = 64;
 const HEADER_FIELD_BYTES_MAX: usize = 46;
 /// The longest frame prefix the head room leaves space for (gRPC's is 5 bytes).
 pub const PREFIX_BYTES_MAX: usize = HEAD_ROOM - HEADER_FIELD_BYTES_MAX;
+/// The most `expect` reserves at once: a list page of a few thousand objects.
+/// A larger response grows as it fills, as it would without the estimate.
+const EXPECTED_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// A Range's answer with its key-values encoded.
 pub struct EncodedRangeResponse {
@@ -57,6 +60,15 @@ impl EncodedRangeResponse {
         encode_key(KVS_FIELD, WireType::LengthDelimited, &mut self.buffer);
         encode_varint(kv.len() as u64, &mut self.buffer);
         self.buffer.put_slice(kv);
+    }
+
+    /// Makes room for about `kvs` more key-values of `kv_bytes` each (their
+    /// fields, as `push_kv` writes them), up to `EXPECTED_BYTES_MAX`: a list
+    /// page grown from nothing doubled its buffer a dozen times, each time
+    /// copying what it held.
+    pub fn expect(&mut self, kvs: usize, kv_bytes: usize) {
+        self.buffer
+            .reserve(kvs.saturating_mul(kv_bytes).min(EXPECTED_BYTES_MAX));
     }
 
     /// The encoded message after `prefix_bytes` (at most [`PREFIX_BYTES_MAX`])
@@ -102,6 +114,7 @@ mod tests {
     use ringkv_proto::mvccpb::KeyValue;
 
     use super::*;
+    use crate::apply::range::field_bytes;
 
     fn key_value() -> impl Strategy<Value = KeyValue> {
         ringkv_proto::arbitrary::key_value(1..20, 0..200)
@@ -129,9 +142,13 @@ mod tests {
             kvs in prop::collection::vec(key_value(), 0..8),
             more in any::<bool>(),
             count in any::<i64>(),
+            expected in (0..1000usize, 0..2000usize),
         ) {
             let mut encoded = EncodedRangeResponse::default();
-            for kv in &kvs {
+            for (i, kv) in kvs.iter().enumerate() {
+                if i == 1 {
+                    encoded.expect(expected.0, expected.1);
+                }
                 encoded.push_kv(&kv.encode_to_vec());
             }
             encoded.header = header.clone();
@@ -141,6 +158,27 @@ mod tests {
             let prefixed = encoded.into_prefixed(prefix_bytes);
             prop_assert_eq!(&prefixed[prefix_bytes..], &decoded.encode_to_vec()[..]);
         }
+    }
+
+    #[test]
+    fn a_page_of_expected_key_values_fills_without_growing_and_the_estimate_is_bounded() {
+        let kv = KeyValue {
+            key: b"/registry/pods/default/pod-1".to_vec(),
+            value: vec![7; 1024],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut page = EncodedRangeResponse::default();
+        page.push_kv(&kv);
+        page.expect(499, field_bytes(kv.len()));
+        let capacity = page.buffer.capacity();
+        for _ in 1..500 {
+            page.push_kv(&kv);
+        }
+        assert_eq!(page.buffer.capacity(), capacity, "no growth, so no copy");
+        let mut huge = EncodedRangeResponse::default();
+        huge.expect(usize::MAX, usize::MAX);
+        assert!(huge.buffer.capacity() <= HEAD_ROOM + EXPECTED_BYTES_MAX);
     }
 
     #[test]

@@ -180,6 +180,11 @@ impl RangeBuild {
                 if limit == 0 || *fetched <= limit {
                     *kvs_bytes += field_bytes(body.len());
                     if !*discarded {
+                        if *fetched == 1 {
+                            // A limited Range is most often a list page of
+                            // similar objects: the first tells their size.
+                            response.expect(limit.saturating_sub(1), field_bytes(body.len()));
+                        }
                         response.push_kv(body);
                     }
                 }

@@ -4,6 +4,7 @@
 //! /health, ...) go to one `HttpHandler` over either protocol: HTTP/1.1
 //! (`http1`), or an HTTP/2 stream that is no gRPC call (`http2`).
 
+mod coalesced;
 mod http1;
 mod http2;
 mod prefixed;
@@ -27,6 +28,7 @@ use crate::grpc::{
 };
 use crate::listener::accept;
 use crate::status::Status;
+use coalesced::Coalesced;
 use prefixed::Prefixed;
 pub use tls::TlsPort;
 
@@ -175,7 +177,13 @@ pub(crate) async fn serve_connection<T, S, H>(
     match protocol {
         Protocol::Http2 => {
             let service = Rc::new(WithHttp { grpc, http, limits });
-            grpc::serve_connection(stream.compat(), service, http2_limits, client_common_name).await;
+            grpc::serve_connection(
+                Coalesced::new(stream.compat()),
+                service,
+                http2_limits,
+                client_common_name,
+            )
+            .await;
         }
         Protocol::Http1 => http1::serve(stream, &*http, &limits).await,
     }
