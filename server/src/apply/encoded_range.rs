@@ -114,7 +114,6 @@ mod tests {
     use ringkv_proto::mvccpb::KeyValue;
 
     use super::*;
-    use crate::apply::range::field_bytes;
 
     fn key_value() -> impl Strategy<Value = KeyValue> {
         ringkv_proto::arbitrary::key_value(1..20, 0..200)
@@ -170,7 +169,8 @@ mod tests {
         .encode_to_vec();
         let mut page = EncodedRangeResponse::default();
         page.push_kv(&kv);
-        page.expect(499, field_bytes(kv.len()));
+        let field_bytes = page.buffer.len() - HEAD_ROOM;
+        page.expect(499, field_bytes);
         let capacity = page.buffer.capacity();
         for _ in 1..500 {
             page.push_kv(&kv);
