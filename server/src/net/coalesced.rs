@@ -3,7 +3,7 @@
 //! h2 keeps a DATA frame of 1 KiB or more out of its write buffer and writes
 //! the buffer (the frame's header and its first kilobyte) and then the rest of
 //! the frame: two sends per frame, and a list page of 500 one-kilobyte objects
-//! is 31 frames of 16 KiB (the most gRPC clients accept). Behind a write
+//! is over 30 frames of 16 KiB (the most gRPC clients accept). Behind a write
 //! buffer the two parts leave in one send when h2 flushes after the frame.
 //!
 //! The buffer is tokio's `BufWriter`; this wrapper only keeps its claim to
