@@ -133,7 +133,7 @@ async fn send_body(mut body: BoxBody, mut stream: SendStream<Bytes>) -> Result<(
                 }
             }
             Poll::Ready(None) => {
-                let trailers = std::future::poll_fn(|cx| Pin::new(&mut body).poll_trailers(cx)).await;
+                let trailers = body.trailers().await;
                 return finish(&mut stream, held, trailers);
             }
             Poll::Pending => {
@@ -155,10 +155,10 @@ async fn send_body(mut body: BoxBody, mut stream: SendStream<Bytes>) -> Result<(
 /// The rest of an open body, each part sent as it comes (the server may be
 /// waiting for it to answer); the end goes out on its own.
 async fn stream_rest(mut body: BoxBody, mut stream: SendStream<Bytes>) -> Result<(), StdError> {
-    while let Some(data) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_data(cx)).await {
+    while let Some(data) = body.data().await {
         stream.send_data(data?, false)?;
     }
-    let trailers = std::future::poll_fn(|cx| Pin::new(&mut body).poll_trailers(cx)).await;
+    let trailers = body.trailers().await;
     finish(&mut stream, None, trailers)
 }
 
