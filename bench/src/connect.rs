@@ -115,28 +115,16 @@ fn origin(url: &str) -> Result<(Scheme, Authority), String> {
     }
 }
 
-/// Opens `conns` HTTP/2 connections, spread round-robin over `endpoints`
-/// (`https://` ones with `tls`). Each request on them fails with
-/// DEADLINE_EXCEEDED after `request_timeout`.
-pub async fn connect(
-    endpoints: &[String],
-    conns: usize,
-    request_timeout: Duration,
-    tls: Option<&Tls>,
-) -> Result<Vec<Channel>, BenchError> {
-    assert!(!endpoints.is_empty() && conns > 0, "checked when parsing flags");
-    let mut channels = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let endpoint = &endpoints[i % endpoints.len()];
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT, open(endpoint, request_timeout, tls))
-            .await
-            .unwrap_or_else(|_| Err(format!("no connection after {CONNECT_TIMEOUT:?}")));
-        channels.push(opened.map_err(|error| BenchError::Connect {
-            endpoint: endpoint.clone(),
+/// Opens one HTTP/2 connection to `endpoint` (an `https://` one with `tls`).
+/// Each request on it fails with DEADLINE_EXCEEDED after `request_timeout`.
+pub async fn connect(endpoint: &str, request_timeout: Duration, tls: Option<&Tls>) -> Result<Channel, BenchError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, open(endpoint, request_timeout, tls))
+        .await
+        .unwrap_or_else(|_| Err(format!("no connection after {CONNECT_TIMEOUT:?}")))
+        .map_err(|error| BenchError::Connect {
+            endpoint: endpoint.to_string(),
             error,
-        })?);
-    }
-    Ok(channels)
+        })
 }
 
 /// One connection: TCP (no Nagle delay), TLS for `https://`, then HTTP/2.

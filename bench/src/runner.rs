@@ -186,10 +186,10 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
 async fn connect_on(placement: &Placement, options: &RunOptions) -> Result<Vec<Channel>, BenchError> {
     let mut channels = Vec::with_capacity(options.conns);
     for index in 0..options.conns {
-        let endpoint = [options.endpoints[index % options.endpoints.len()].clone()];
+        let endpoint = options.endpoints[index % options.endpoints.len()].clone();
         let (timeout, tls) = (options.request_timeout, options.tls.clone());
-        let opened = placement.run_on(index, async move { connect(&endpoint, 1, timeout, tls.as_ref()).await });
-        channels.extend(opened.await??);
+        let opened = placement.run_on(index, async move { connect(&endpoint, timeout, tls.as_ref()).await });
+        channels.push(opened.await??);
     }
     Ok(channels)
 }

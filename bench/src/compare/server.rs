@@ -341,18 +341,16 @@ impl Drop for Server {
 
 /// How many kvs one Range on a fresh connection returned; None if it failed.
 async fn range_once(endpoint: &str, tls: Option<&Tls>, request: RangeRequest) -> Option<usize> {
-    let channels = connect(&[endpoint.to_string()], 1, RESTART_PROBE_TIMEOUT, tls)
-        .await
-        .ok()?;
-    let reply = kv_client(channels[0].clone()).range(request).await.ok()?;
+    let channel = connect(endpoint, RESTART_PROBE_TIMEOUT, tls).await.ok()?;
+    let reply = kv_client(channel).range(request).await.ok()?;
     Some(reply.into_inner().kvs.len())
 }
 
 async fn probe(endpoint: &str, tls: Option<&Tls>) -> bool {
-    let Ok(channels) = connect(&[endpoint.to_string()], 1, PROBE_TIMEOUT, tls).await else {
+    let Ok(channel) = connect(endpoint, PROBE_TIMEOUT, tls).await else {
         return false;
     };
-    let mut kv = kv_client(channels[0].clone());
+    let mut kv = kv_client(channel);
     let request = RangeRequest {
         key: b"ringkv-bench-ready".to_vec(),
         ..Default::default()

@@ -110,14 +110,7 @@ async fn measure(session: &Session<'_>, server: &Server, label: &str) -> Result<
     if summary.errors > 0 {
         return Err(BenchError::Server(format!("{} of the writes failed", summary.errors)));
     }
-    let channel = connect(
-        &[server.endpoint().to_string()],
-        1,
-        MAINTENANCE_WAIT_MAX,
-        server.client_tls(),
-    )
-    .await?
-    .remove(0);
+    let channel = connect(server.endpoint(), MAINTENANCE_WAIT_MAX, server.client_tls()).await?;
     tokio::time::sleep(SETTLE).await;
     let (written, revision) = status(&channel).await?;
     kv_client(channel.clone())

@@ -145,12 +145,12 @@ async fn bulk_puts(server: &Server, plan: &Plan, label: String) -> Result<Summar
 
 /// The store's revision, from a Range's header.
 async fn current_revision(endpoint: &str, tls: Option<&Tls>, request_timeout: Duration) -> Result<i64, BenchError> {
-    let channels = connect(&[endpoint.to_string()], 1, request_timeout, tls).await?;
+    let channel = connect(endpoint, request_timeout, tls).await?;
     let request = RangeRequest {
         key: b"ringkv-bench-revision".to_vec(),
         ..Default::default()
     };
-    let reply = kv_client(channels[0].clone())
+    let reply = kv_client(channel)
         .range(request)
         .await
         .map_err(|status| BenchError::Server(format!("reading the revision: {status}")))?;
@@ -198,8 +198,8 @@ async fn during_compaction(
 async fn compact(endpoint: &str, tls: Option<&Tls>, revision: i64, load_start: Instant) -> Compaction {
     let started_after_sec = load_start.elapsed().as_secs_f64();
     let sent = Instant::now();
-    let result = match connect(&[endpoint.to_string()], 1, COMPACTION_WAIT_MAX, tls).await {
-        Ok(channels) => kv_client(channels[0].clone())
+    let result = match connect(endpoint, COMPACTION_WAIT_MAX, tls).await {
+        Ok(channel) => kv_client(channel)
             .compact(CompactionRequest {
                 revision,
                 physical: true,
