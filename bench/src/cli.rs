@@ -117,7 +117,8 @@ pub struct GlobalArgs {
     pub quiet: bool,
     /// One line per second on stderr while a run goes, in place of the
     /// progress line (also with --quiet): the requests completed in that
-    /// second, their rate, p50/p99/max latency and errors. --json adds the
+    /// second, their rate, p50/p99/max latency, the writes' count, p99 and max
+    /// where a workload tells writes apart (kube), and errors. --json adds the
     /// samples to each run's report. Not for compare's scale row.
     #[arg(long, global = true)]
     pub sample: bool,

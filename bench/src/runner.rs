@@ -122,7 +122,7 @@ pub async fn run(workload: Arc<dyn Workload>, options: &RunOptions) -> Result<Su
         rate_per_sec: options.rate_per_sec,
         cancel: options.cancel.clone(),
         counters: Arc::new(Counters::default()),
-        recorders: Arc::new(Shards::new(RECORDER_SHARDS, options.samples)),
+        recorders: Arc::new(Shards::new(RECORDER_SHARDS, options.samples, workload.write_kinds())),
     });
 
     // Printed samples take the progress line's place.

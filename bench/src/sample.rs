@@ -73,6 +73,10 @@ pub struct SecondTally {
     pub errors: u64,
     /// Of the successful requests, as the run's totals.
     pub latency_us: Histogram<u64>,
+    /// Of the successful requests whose outcome is one of the workload's
+    /// write kinds (`Workload::write_kinds`; kube's lists are slower than its
+    /// writes by orders of magnitude, so the second's p99 is the lists').
+    pub writes_us: Histogram<u64>,
 }
 
 impl Default for SecondTally {
@@ -81,6 +85,7 @@ impl Default for SecondTally {
             ops: 0,
             errors: 0,
             latency_us: second_histogram(),
+            writes_us: second_histogram(),
         }
     }
 }
@@ -89,9 +94,12 @@ impl SecondTally {
     fn merge(&mut self, other: &SecondTally) {
         self.ops += other.ops;
         self.errors += other.errors;
-        self.latency_us
-            .add(&other.latency_us)
-            .expect("histograms with equal bounds");
+        for (mine, theirs) in [
+            (&mut self.latency_us, &other.latency_us),
+            (&mut self.writes_us, &other.writes_us),
+        ] {
+            mine.add(theirs).expect("histograms with equal bounds");
+        }
     }
 }
 
@@ -102,6 +110,8 @@ pub struct Shard {
     totals: Recorder,
     /// None when not sampling.
     seconds: Option<BTreeMap<u64, SecondTally>>,
+    /// The outcome kinds a second's `writes_us` holds.
+    write_kinds: &'static [&'static str],
 }
 
 impl Shard {
@@ -128,6 +138,9 @@ impl Shard {
                 if let Some(tally) = tally {
                     tally.ops += 1;
                     tally.latency_us.saturating_record(latency);
+                    if kind.is_some_and(|kind| self.write_kinds.contains(&kind)) {
+                        tally.writes_us.saturating_record(latency);
+                    }
                 }
             }
             Err(status) => {
@@ -146,10 +159,12 @@ impl Shard {
 pub struct Shards(Vec<Mutex<Shard>>);
 
 impl Shards {
-    pub fn new(count: usize, mode: SampleMode) -> Shards {
+    /// `write_kinds` as `Workload::write_kinds`.
+    pub fn new(count: usize, mode: SampleMode, write_kinds: &'static [&'static str]) -> Shards {
         let shard = || Shard {
             totals: Recorder::default(),
             seconds: (mode != SampleMode::Off).then(BTreeMap::new),
+            write_kinds,
         };
         Shards((0..count).map(|_| Mutex::new(shard())).collect())
     }
@@ -219,6 +234,10 @@ pub struct Sample {
     pub per_sec: f64,
     /// Of its successful requests; None when none succeeded.
     pub latency_ms: Option<LatencyMs>,
+    /// Of its successful requests, the writes of a workload that tells them
+    /// apart (`Workload::write_kinds`), and their latency (None when none).
+    pub write_ops: u64,
+    pub write_latency_ms: Option<LatencyMs>,
 }
 
 impl Sample {
@@ -230,11 +249,14 @@ impl Sample {
             errors: tally.errors,
             per_sec: per_sec(tally.ops, length_sec),
             latency_ms: LatencyMs::of(&tally.latency_us),
+            write_ops: tally.writes_us.len(),
+            write_latency_ms: LatencyMs::of(&tally.writes_us),
         }
     }
 
     /// `put round 1/3 ringkv  4-5 s  12,345 ops  12,345 ops/s  latency ms p50
-    /// 1.200  p99 4.500  max 9.100  0 errors`
+    /// 1.200  p99 4.500  max 9.100  0 errors`, and for a workload with write
+    /// kinds `  writes 812  p99 80.100  max 95.300` before the errors.
     pub fn line(&self, label: &str) -> String {
         let end = self.second as f64 + self.length_sec;
         let end = if self.length_sec < 1.0 {
@@ -245,8 +267,16 @@ impl Sample {
         let latency = self.latency_ms.map_or("-".to_string(), |l| {
             format!("p50 {}  p99 {}  max {}", fmt_ms(l.p50), fmt_ms(l.p99), fmt_ms(l.max))
         });
+        let writes = self.write_latency_ms.map_or(String::new(), |w| {
+            format!(
+                "  writes {}  p99 {}  max {}",
+                fmt_count(self.write_ops),
+                fmt_ms(w.p99),
+                fmt_ms(w.max)
+            )
+        });
         format!(
-            "{label}  {}-{end} s  {} ops  {} ops/s  latency ms {latency}  {} errors",
+            "{label}  {}-{end} s  {} ops  {} ops/s  latency ms {latency}{writes}  {} errors",
             self.second,
             fmt_count(self.ops),
             fmt_rate(self.per_sec),
@@ -452,6 +482,13 @@ mod tests {
         assert!(closed[1]
             .line("put")
             .contains("1-2 s  0 ops  0.0 ops/s  latency ms -  0 errors"));
+        let mut writes = tally(&[100, 200], 0);
+        writes.writes_us.record(200).unwrap();
+        let line = Sample::of(0, 1.0, &writes).line("kube");
+        assert!(
+            line.contains("p99 0.200  max 0.200  writes 1  p99 0.200  max 0.200  0 errors"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -495,7 +532,7 @@ mod tests {
 
     #[test]
     fn shards_split_replies_by_second_and_the_seconds_add_up_to_the_totals() {
-        let shards = Shards::new(2, SampleMode::Record);
+        let shards = Shards::new(2, SampleMode::Record, &["put"]);
         let start = Instant::now() - secs(2.5);
         let status = tonic::Status::unavailable("down");
         let mut done = Vec::new();
@@ -503,6 +540,7 @@ mod tests {
             let mut shard = lock(shards.shard(index));
             done.push(shard.record(Ok(Some("put")), start, start + secs(2.4)));
         }
+        lock(shards.shard(0)).record(Ok(Some("list")), start, start + secs(2.0));
         lock(shards.shard(1)).record(Err(&status), start, start);
         assert!(done.iter().all(|d| second_of(*d - start) == 2));
         assert_eq!(shards.latest_second(), Some(2));
@@ -512,14 +550,18 @@ mod tests {
         assert_eq!(taken.keys().copied().collect::<Vec<_>>(), vec![2]);
         let totals = shards.totals();
         assert_eq!((taken[&2].ops, taken[&2].errors), (totals.ops(), totals.errors()));
-        assert_eq!((totals.ops(), totals.errors()), (5, 1));
-        assert_eq!(taken[&2].latency_us.len(), 5);
+        assert_eq!((totals.ops(), totals.errors()), (6, 1));
+        assert_eq!(taken[&2].latency_us.len(), 6);
+        assert_eq!(taken[&2].writes_us.len(), 5, "the puts, not the list");
+        let sample = Sample::of(2, 1.0, &taken[&2]);
+        assert_eq!(sample.write_ops, 5);
+        assert!(sample.write_latency_ms.unwrap().max < sample.latency_ms.unwrap().max);
         assert!(shards.take_before(u64::MAX).is_empty(), "taken once");
     }
 
     #[test]
     fn shards_without_sampling_keep_only_totals() {
-        let shards = Shards::new(1, SampleMode::Off);
+        let shards = Shards::new(1, SampleMode::Off, &[]);
         let start = Instant::now();
         lock(shards.shard(0)).record(Ok(None), start, start);
         assert_eq!(shards.totals().ops(), 1);

@@ -349,6 +349,8 @@ mod tests {
                 errors: 0,
                 per_sec: *rate,
                 latency_ms: None::<LatencyMs>,
+                write_ops: 0,
+                write_latency_ms: None,
             })
             .collect();
         let percentiles = [0.0, 50.0, 90.0, 99.0, 99.9, 99.999]
@@ -419,6 +421,8 @@ mod tests {
             errors: 0,
             per_sec: 100.0,
             latency_ms: None,
+            write_ops: 0,
+            write_latency_ms: None,
         });
         let svg = render("t", &[put]).unwrap();
         let document = roxmltree::Document::parse(&svg).unwrap();

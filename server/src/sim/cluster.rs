@@ -1108,6 +1108,12 @@ impl Cluster {
         self.report.history_digest = digest.finish();
         self.report.steps = self.steps;
         self.report.virtual_time = Duration::from_micros(self.now_us);
+        self.report.slow_read_indexes = self
+            .members
+            .iter()
+            .filter_map(|member| member.running.as_ref())
+            .map(|running| running.core.slow_read_indexes())
+            .sum();
         Ok(self.report)
     }
 

@@ -112,6 +112,9 @@ pub struct SimReport {
     pub unknown_outcomes: u64,
     /// A digest of the clients' history: equal for two runs of one seed.
     pub history_digest: u64,
+    /// ReadIndex requests the members asked again after a wait, or whose
+    /// answer came after that (members running at the end, since their start).
+    pub slow_read_indexes: u64,
 }
 
 /// Why a run failed, and when (virtual time).
@@ -179,5 +182,6 @@ impl SimReport {
         self.operations += other.operations;
         self.unknown_outcomes += other.unknown_outcomes;
         self.history_digest ^= other.history_digest;
+        self.slow_read_indexes += other.slow_read_indexes;
     }
 }

@@ -106,3 +106,29 @@ fn a_seed_replays_exactly() {
     assert_eq!(first.steps, second.steps);
     assert!(first.operations > 0, "{first:?}");
 }
+
+#[test]
+fn reads_on_every_member_are_not_asked_again_without_faults() {
+    // Every member asks ReadIndex for its own clients' linearizable reads and
+    // the leader holds several at once; without faults none is dropped, so
+    // none waits to be asked again (raft-rs drops a request whose context the
+    // leader already holds: two members' contexts must never be equal).
+    let short = SimConfig::short(3);
+    let config = SimConfig {
+        clients: 9,
+        crashes: 0,
+        partitions: 0,
+        pauses: 0,
+        member_changes: 0,
+        network: NetworkFaults {
+            loss: 0.0,
+            duplication: 0.0,
+            ..short.network
+        },
+        ..short
+    };
+    let (failures, report) = run_seeds(0..20, config);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(report.operations > 0, "{report:?}");
+    assert_eq!(report.slow_read_indexes, 0, "{report:?}");
+}

@@ -203,6 +203,7 @@ impl StoreCore {
         let boot_applied_target = raw.raft.raft_log.committed;
         let lease_ids = IdGenerator::new(settings.member_id, wall_clock_now);
         let request_ids = IdGenerator::new(settings.member_id, wall_clock_now);
+        let read_contexts = IdGenerator::new(settings.member_id, wall_clock_now);
         let auto_compactor = AutoCompactor::new(settings.auto_compaction, now);
         let corrupt_check = PeriodicCheck::new(settings.corrupt_check_interval, now);
         // Watchers are fed the changes each applied entry made.
@@ -253,7 +254,7 @@ impl StoreCore {
             removed_at: None,
             join_peers,
             ticks: 0,
-            reads: ReadQueue::default(),
+            reads: ReadQueue::new(read_contexts),
             stepped_reads,
             commits,
             defrag: None,
@@ -397,6 +398,12 @@ impl StoreCore {
     #[cfg(feature = "sim")]
     pub fn take_lease_audit(&mut self) -> Vec<LeaseAudit> {
         std::mem::take(&mut self.lease_audit)
+    }
+
+    /// `etcd_server_slow_read_indexes_total` (the simulation's report).
+    #[cfg(feature = "sim")]
+    pub fn slow_read_indexes(&self) -> u64 {
+        self.reads.slow_read_indexes()
     }
 
     /// The applied index and the number of leases: the simulation's final

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use ringkv_proto::etcdserverpb as pb;
 
+use super::id_generator::IdGenerator;
 use super::lease_clock::KeepAliveFrom;
 use crate::auth::Caller;
 
@@ -61,24 +62,38 @@ pub enum AwaitingReadIndex {
 
 pub type ReadBatch = Vec<AwaitingReadIndex>;
 
-#[derive(Default)]
 pub struct ReadQueue {
     /// Reads not yet covered by a ReadIndex request.
     unrequested: ReadBatch,
     /// Batches whose ReadIndex request is outstanding, by request context, with
     /// the tick they were asked at.
-    requested: BTreeMap<u64, (u64, ReadBatch)>,
+    requested: BTreeMap<i64, (u64, ReadBatch)>,
     /// Batches granted a read index, in grant order (indexes never decrease).
     granted: VecDeque<(u64, ReadBatch)>,
-    next_context: u64,
+    /// Request contexts, as etcd's: the leader holds the requests of every
+    /// member by context and raft-rs drops one whose context it already
+    /// holds, so they carry the member (and its start time, for a restart).
+    contexts: IdGenerator,
     /// KeepAlives waiting, wherever they are.
     keep_alives: usize,
-    /// Grants of requests asked again since, ignored (etcd's
-    /// `etcd_server_slow_read_indexes_total`: out-of-date read index responses).
-    late_grants: u64,
+    /// Requests asked again after a wait, and grants of requests asked again
+    /// since (ignored): etcd's `etcd_server_slow_read_indexes_total` counts
+    /// both, a read index that timed out and an out-of-date response.
+    slow: u64,
 }
 
 impl ReadQueue {
+    pub fn new(contexts: IdGenerator) -> ReadQueue {
+        ReadQueue {
+            unrequested: Vec::new(),
+            requested: BTreeMap::new(),
+            granted: VecDeque::new(),
+            contexts,
+            keep_alives: 0,
+            slow: 0,
+        }
+    }
+
     pub fn enqueue(&mut self, waiting: AwaitingReadIndex) {
         if matches!(waiting, AwaitingReadIndex::KeepAlive { .. }) {
             self.keep_alives += 1;
@@ -108,8 +123,8 @@ impl ReadQueue {
         if self.unrequested.is_empty() {
             return None;
         }
-        let context = self.next_context;
-        self.next_context += 1;
+        let requested = &self.requested;
+        let context = self.contexts.next(|id| requested.contains_key(&id));
         let batch = std::mem::take(&mut self.unrequested);
         assert!(self.requested.insert(context, (tick, batch)).is_none());
         Some(context.to_be_bytes().to_vec())
@@ -120,8 +135,8 @@ impl ReadQueue {
         let Ok(bytes) = <[u8; 8]>::try_from(context) else {
             return;
         };
-        let Some((_, batch)) = self.requested.remove(&u64::from_be_bytes(bytes)) else {
-            self.late_grants += 1;
+        let Some((_, batch)) = self.requested.remove(&i64::from_be_bytes(bytes)) else {
+            self.slow += 1;
             return;
         };
         // Grants from one leader come in order; across retries and leader
@@ -131,30 +146,38 @@ impl ReadQueue {
         self.granted.push_back((index, batch));
     }
 
-    /// Grants that came after their request was asked again, so far.
-    pub fn late_grants(&self) -> u64 {
-        self.late_grants
+    /// Requests asked again after a wait, and grants that came after their
+    /// request was asked again, so far.
+    pub fn slow_read_indexes(&self) -> u64 {
+        self.slow
     }
 
     /// Outstanding requests were dropped (leadership changed): ask again.
     pub fn requeue_requested(&mut self) {
-        self.requeue_older_than(u64::MAX);
+        self.requeue_asked_before(u64::MAX);
     }
 
-    /// Requests asked before `tick` and not granted are asked again: raft drops
-    /// a ReadIndex silently (a leader that has not committed in its term, a
-    /// message lost between members). A late grant of the old request is ignored.
+    /// Requests asked before `tick` and not granted are asked again (and count
+    /// as slow): raft drops a ReadIndex silently (a leader that has not
+    /// committed in its term, a message lost between members, a context the
+    /// leader already holds). A late grant of the old request is ignored.
     pub fn requeue_older_than(&mut self, tick: u64) {
-        let stale: Vec<u64> = self
+        self.slow += self.requeue_asked_before(tick);
+    }
+
+    /// How many requests asked before `tick` went back to the unrequested.
+    fn requeue_asked_before(&mut self, tick: u64) -> u64 {
+        let stale: Vec<i64> = self
             .requested
             .iter()
             .filter(|(_, (asked, _))| *asked < tick)
             .map(|(context, _)| *context)
             .collect();
-        for context in stale {
-            let (_, mut batch) = self.requested.remove(&context).expect("listed above");
+        for context in &stale {
+            let (_, mut batch) = self.requested.remove(context).expect("listed above");
             self.unrequested.append(&mut batch);
         }
+        stale.len() as u64
     }
 
     /// The next batch whose read index has been applied.
@@ -176,6 +199,10 @@ impl ReadQueue {
 mod tests {
     use super::*;
 
+    fn queue() -> ReadQueue {
+        ReadQueue::new(IdGenerator::new(0x8e9e05c52164694d, std::time::SystemTime::now()))
+    }
+
     fn read(call_id: u64) -> AwaitingReadIndex {
         AwaitingReadIndex::Read {
             client: 0,
@@ -193,7 +220,7 @@ mod tests {
 
     #[test]
     fn reads_arriving_together_share_one_read_index() {
-        let mut queue = ReadQueue::default();
+        let mut queue = queue();
         queue.enqueue(read(1));
         queue.enqueue(read(2));
         let context = queue.take_unrequested(0).expect("a request for the batch");
@@ -205,8 +232,25 @@ mod tests {
     }
 
     #[test]
+    fn members_started_together_never_ask_with_the_same_context() {
+        let now = std::time::SystemTime::now();
+        let mut members: Vec<ReadQueue> = [0x8e9e05c52164694d_u64, 0x91bc3c398fb3c146, 0xfd422379fda50e48]
+            .into_iter()
+            .map(|member| ReadQueue::new(IdGenerator::new(member, now)))
+            .collect();
+        let mut contexts = std::collections::BTreeSet::new();
+        for round in 0..1000 {
+            for member in &mut members {
+                member.enqueue(read(round));
+                let context = member.take_unrequested(round).unwrap();
+                assert!(contexts.insert(context), "a context asked twice in round {round}");
+            }
+        }
+    }
+
+    #[test]
     fn dropped_requests_are_asked_again() {
-        let mut queue = ReadQueue::default();
+        let mut queue = queue();
         queue.enqueue(read(9));
         let first = queue.take_unrequested(0).unwrap();
         queue.requeue_requested();
@@ -214,20 +258,21 @@ mod tests {
         assert_ne!(first, second);
         queue.read_index_granted(&first, 3);
         assert!(queue.take_applied(10).is_none(), "a stale grant answers nothing");
-        assert_eq!(queue.late_grants(), 1, "and counts as a slow read index");
+        assert_eq!(queue.slow_read_indexes(), 1, "counts as a slow read index");
         queue.read_index_granted(&second, 3);
-        assert_eq!(queue.late_grants(), 1);
+        assert_eq!(queue.slow_read_indexes(), 1);
         assert_eq!(call_id(&queue.take_applied(3).unwrap()[0]), 9);
     }
 
     #[test]
     fn unanswered_requests_are_asked_again_after_a_while() {
-        let mut queue = ReadQueue::default();
+        let mut queue = queue();
         queue.enqueue(read(1));
         let early = queue.take_unrequested(3).unwrap();
         queue.enqueue(read(2));
         let later = queue.take_unrequested(8).unwrap();
         queue.requeue_older_than(5);
+        assert_eq!(queue.slow_read_indexes(), 1, "one request waited too long");
         let retry = queue
             .take_unrequested(9)
             .expect("the batch asked at tick 3 is asked again");
@@ -245,7 +290,7 @@ mod tests {
 
     #[test]
     fn keep_alives_wait_with_the_reads_and_are_counted() {
-        let mut queue = ReadQueue::default();
+        let mut queue = queue();
         let from = KeepAliveFrom::Peer { from: 2, request_id: 5 };
         queue.enqueue(AwaitingReadIndex::KeepAlive { from, lease: 7 });
         queue.enqueue(read(1));

@@ -3,7 +3,6 @@
 //! ReadIndex), answered from what the core holds, or proposed to raft with the
 //! caller waiting for the entry to be applied.
 
-use raft::StateRole;
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::ringkvpb::{raft_request, AuthHeader};
 
@@ -207,14 +206,13 @@ impl StoreCore {
     pub(super) fn issue_read_index(&mut self) {
         // raft-rs silently drops a ReadIndex until the leader has committed an
         // entry of its own term (its no-op after an election): asked earlier, the
-        // batch would wait forever. Keep it unrequested; the commit of that entry
-        // comes with a Ready, and the next `drive` asks then.
+        // batch would wait to be asked again (`requeue_older_than`). Keep it
+        // unrequested; the commit of that entry comes with a Ready, and the next
+        // `drive` asks then. A follower learns that commit from the leader's next
+        // append or heartbeat, and asks then too.
         // A follower's ReadIndex goes to the leader (raft-rs drops it when there is
         // none known); the leader may drop it too, so unanswered ones are retried.
-        if self.raw.raft.leader_id == raft::INVALID_ID {
-            return;
-        }
-        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
+        if self.raw.raft.leader_id == raft::INVALID_ID || !self.raw.raft.commit_to_current_term() {
             return;
         }
         if let Some(context) = self.reads.take_unrequested(self.ticks) {

@@ -292,7 +292,7 @@ impl StoreCore {
             keys: self.mvcc.live_key_count() as u64,
             mvcc_ops: self.mvcc_ops(),
             slow_applies: self.metrics.slow_applies,
-            slow_read_indexes: self.reads.late_grants(),
+            slow_read_indexes: self.reads.slow_read_indexes(),
             heartbeat_send_failures: self.metrics.peer_timing.send_failures(),
             peer_round_trips: self.metrics.peer_timing.round_trips(),
             peer_traffic: Vec::new(),
