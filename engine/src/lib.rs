@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod mvcc;
 pub mod no_space;
 pub mod page;
+mod prefetch;
 pub mod wal;
 
 /// Why stored bytes were refused as corrupt (the reason of `PageError::Corrupt`,

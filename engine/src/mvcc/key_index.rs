@@ -33,6 +33,7 @@ use std::ops::Bound;
 use prost::encoding::{decode_varint, encode_varint};
 
 use super::revision::Revision;
+use crate::prefetch::prefetch;
 
 /// Longest LEB128 encoding of a u64.
 const VARINT_BYTES_MAX: usize = 10;
@@ -44,6 +45,10 @@ pub struct KeyAt {
     pub created: i64,
     pub version: i64,
 }
+
+/// A range walk asks for the entry this many keys ahead of the one it reads:
+/// each entry is an allocation of its own, a cache miss in a large index.
+const ENTRIES_PREFETCHED_AHEAD: usize = 8;
 
 /// A history that reaches this many revisions moves out of its packed entry
 /// (see `KeyIndex::long`).
@@ -122,7 +127,14 @@ impl KeyIndex {
         revision: i64,
         mut visit: impl FnMut(&[u8], KeyAt) -> bool,
     ) {
+        let mut ahead = self.keys.range::<[u8], _>((start, end));
+        for entry in ahead.by_ref().take(ENTRIES_PREFETCHED_AHEAD) {
+            prefetch(&entry.0);
+        }
         for entry in self.keys.range::<[u8], _>((start, end)) {
+            if let Some(next) = ahead.next() {
+                prefetch(&next.0);
+            }
             if let Some(at) = self.entry_at(entry, revision) {
                 if !visit(entry.key(), at) {
                     return;

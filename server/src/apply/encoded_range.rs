@@ -62,11 +62,14 @@ impl EncodedRangeResponse {
         self.buffer.put_slice(kv);
     }
 
-    /// Makes room for about `kvs` more key-values of `kv_bytes` each (their
-    /// fields, as `push_kv` writes them), up to `EXPECTED_BYTES_MAX`: a list
-    /// page grown from nothing doubled its buffer a dozen times, each time
-    /// copying what it held.
+    /// Makes room for about `kvs` more key-values of about `kv_bytes` each
+    /// (their fields, as `push_kv` writes them), up to `EXPECTED_BYTES_MAX`:
+    /// a list page grown from nothing doubled its buffer a dozen times, each
+    /// time copying what it held. An eighth more than that, since a list's
+    /// later keys and revisions are often a few bytes longer than its first
+    /// (`pod-9` then `pod-10`), and one byte past the room copies the page.
     pub fn expect(&mut self, kvs: usize, kv_bytes: usize) {
+        let kv_bytes = kv_bytes.saturating_add(kv_bytes / 8);
         self.buffer
             .reserve(kvs.saturating_mul(kv_bytes).min(EXPECTED_BYTES_MAX));
     }
@@ -161,19 +164,26 @@ mod tests {
 
     #[test]
     fn a_page_of_expected_key_values_fills_without_growing_and_the_estimate_is_bounded() {
-        let kv = KeyValue {
-            key: b"/registry/pods/default/pod-1".to_vec(),
-            value: vec![7; 1024],
-            ..Default::default()
-        }
-        .encode_to_vec();
+        let pod = |number: i64| {
+            KeyValue {
+                key: format!("/registry/pods/default/pod-{number}").into_bytes(),
+                value: vec![7; 1024],
+                create_revision: number,
+                mod_revision: number * 1000,
+                version: number,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
         let mut page = EncodedRangeResponse::default();
-        page.push_kv(&kv);
+        page.push_kv(&pod(1));
         let field_bytes = page.buffer.len() - HEAD_ROOM;
         page.expect(499, field_bytes);
         let capacity = page.buffer.capacity();
-        for _ in 1..500 {
-            page.push_kv(&kv);
+        // The later ones are longer: their keys by up to 4 bytes, their
+        // revisions and version by up to 5.
+        for number in 9_501..10_000 {
+            page.push_kv(&pod(number));
         }
         assert_eq!(page.buffer.capacity(), capacity, "no growth, so no copy");
         let mut huge = EncodedRangeResponse::default();
