@@ -11,6 +11,7 @@
 //! carries on.
 
 mod check;
+mod lookahead;
 mod mutate;
 mod node;
 mod overflow;
@@ -33,6 +34,7 @@ use crate::page::{
 };
 
 pub use check::CheckReport;
+pub use lookahead::{LeafFinder, LeafOf};
 pub use mutate::EndsWanted;
 pub use node::KEY_BYTES_MAX;
 pub use range::{EndsRange, Range, StoredEnds};

@@ -27,7 +27,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 use prost::encoding::{decode_varint, encode_varint};
@@ -49,6 +49,10 @@ pub struct KeyAt {
 /// A range walk asks for the entry this many keys ahead of the one it reads:
 /// each entry is an allocation of its own, a cache miss in a large index.
 const ENTRIES_PREFETCHED_AHEAD: usize = 8;
+/// `visit_range_looking_ahead` shows a key to `ahead` this many keys before
+/// `visit` gets it (fewer than `ENTRIES_PREFETCHED_AHEAD`: its entry has been
+/// asked for by then).
+const KEYS_SHOWN_AHEAD: usize = 4;
 
 /// A history that reaches this many revisions moves out of its packed entry
 /// (see `KeyIndex::long`).
@@ -127,16 +131,57 @@ impl KeyIndex {
         revision: i64,
         mut visit: impl FnMut(&[u8], KeyAt) -> bool,
     ) {
-        let mut ahead = self.keys.range::<[u8], _>((start, end));
-        for entry in ahead.by_ref().take(ENTRIES_PREFETCHED_AHEAD) {
+        let no_look = |_| None::<()>;
+        self.visit_range_looking_ahead(start, end, revision, 0, no_look, |key, at, _| visit(key, at));
+    }
+
+    /// As `visit_range`, and shows `ahead` each of the first `shown_max`
+    /// keys up to `KEYS_SHOWN_AHEAD` keys before `visit` gets it, with what
+    /// `ahead` made of it (None for the keys after those): time for what
+    /// `visit` will read of the key to be asked for.
+    pub fn visit_range_looking_ahead<H>(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        revision: i64,
+        mut shown_max: usize,
+        mut ahead: impl FnMut(KeyAt) -> Option<H>,
+        mut visit: impl FnMut(&[u8], KeyAt, Option<H>) -> bool,
+    ) {
+        let mut fetched = self.keys.range::<[u8], _>((start, end));
+        for entry in fetched.by_ref().take(ENTRIES_PREFETCHED_AHEAD) {
             prefetch(&entry.0);
         }
-        for entry in self.keys.range::<[u8], _>((start, end)) {
-            if let Some(next) = ahead.next() {
+        let mut entries = self.keys.range::<[u8], _>((start, end));
+        let mut next_entry = || {
+            let entry = entries.next()?;
+            if let Some(next) = fetched.next() {
                 prefetch(&next.0);
             }
+            Some(entry)
+        };
+        let mut shown = VecDeque::with_capacity(KEYS_SHOWN_AHEAD + 1);
+        loop {
+            while shown_max > 0 && shown.len() <= KEYS_SHOWN_AHEAD {
+                let Some(entry) = next_entry() else {
+                    break;
+                };
+                if let Some(at) = self.entry_at(entry, revision) {
+                    shown_max -= 1;
+                    shown.push_back((entry, at, ahead(at)));
+                }
+            }
+            let Some((entry, at, made)) = shown.pop_front() else {
+                break;
+            };
+            if !visit(entry.key(), at, made) {
+                return;
+            }
+        }
+        // The keys after the first `shown_max` (or all of them), as they come.
+        while let Some(entry) = next_entry() {
             if let Some(at) = self.entry_at(entry, revision) {
-                if !visit(entry.key(), at) {
+                if !visit(entry.key(), at, None) {
                     return;
                 }
             }
@@ -657,6 +702,48 @@ mod tests {
 
     fn rev(main: i64) -> Revision {
         Revision::new(main, 0)
+    }
+
+    #[test]
+    fn a_walk_shows_each_of_its_first_keys_ahead_and_hands_back_what_was_made_of_it() {
+        let mut index = KeyIndex::default();
+        for n in 1..=40i64 {
+            index.put(format!("k{n:02}").as_bytes(), rev(n), n, 1);
+        }
+        // Deleted before the walk's revision: not visited, not shown.
+        index.tombstone(b"k05", rev(41));
+        let walk = |shown_max: usize, stop_after: usize| {
+            let (mut shown, mut visited) = (Vec::new(), Vec::new());
+            let ahead = |at: KeyAt| {
+                shown.push(at.modified.main);
+                Some(at.modified.main * 100)
+            };
+            index.visit_range_looking_ahead(
+                Bound::Unbounded,
+                Bound::Unbounded,
+                41,
+                shown_max,
+                ahead,
+                |_, at, made| {
+                    visited.push((at.modified.main, made));
+                    visited.len() < stop_after
+                },
+            );
+            (shown, visited)
+        };
+        let (shown, visited) = walk(10, usize::MAX);
+        let expected: Vec<i64> = (1..=40).filter(|n| *n != 5).collect();
+        assert_eq!(shown, expected[..10], "the first ten keys that exist");
+        assert_eq!(visited.iter().map(|(main, _)| *main).collect::<Vec<_>>(), expected);
+        assert!(visited[..10].iter().all(|(main, made)| *made == Some(main * 100)));
+        assert!(visited[10..].iter().all(|(_, made)| made.is_none()));
+        let (shown, visited) = walk(usize::MAX, 3);
+        assert_eq!(visited.len(), 3, "stops when told");
+        assert!(
+            shown.len() <= 3 + KEYS_SHOWN_AHEAD,
+            "looks a few keys ahead, no further"
+        );
+        assert_eq!(walk(0, usize::MAX).0, Vec::<i64>::new());
     }
 
     /// Compacts every key at `revision`, `max_keys` keys a step; what goes, sorted.

@@ -8,6 +8,8 @@ use std::ops::Bound;
 
 use ringkv_proto::mvccpb::KeyValue;
 
+use crate::btree::LeafOf;
+
 use super::cursor::{CursorEnd, RangeCursor, ReadHold};
 use super::key_index::KeyAt;
 use super::range_counts::{RangeCounts, RunCollector};
@@ -117,7 +119,7 @@ impl Mvcc {
             if let Some(at) = self.index.at(&cursor.start, cursor.revision) {
                 cursor.visited = 1;
                 if !cursor.count_only {
-                    self.hand_out(at, &mut each)?;
+                    self.hand_out(at, None, &mut each)?;
                     cursor.handed_out = 1;
                 }
             }
@@ -138,35 +140,46 @@ impl Mvcc {
         let mut last = None;
         let (revision, limit, count_only, known) = (cursor.revision, cursor.limit, cursor.count_only, cursor.known);
         let (visited, handed_out, run) = (&mut cursor.visited, &mut cursor.handed_out, &mut cursor.run);
-        self.index.visit_range(from, end, revision, |key, at| {
-            let position = *visited;
-            *visited += 1;
-            keys += 1;
-            if !count_only && (limit == 0 || *handed_out < limit) {
-                let handed = self.hand_out(at, |body| {
-                    bytes += body.len();
-                    each(body);
-                });
-                if let Err(error) = handed {
-                    failed = Some(error);
+        // The records handed out lie at scattered revisions, each lookup
+        // waiting for its leaf: the leaves of the next few are found (and
+        // asked for) while this one is read.
+        let leaves = self.tree.leaf_finder();
+        let to_hand_out = match (count_only, limit) {
+            (true, _) => 0,
+            (false, 0) => usize::MAX,
+            (false, limit) => limit.saturating_sub(*handed_out),
+        };
+        let find = |at: KeyAt| leaves.find(&at.modified.to_key());
+        self.index
+            .visit_range_looking_ahead(from, end, revision, to_hand_out, find, |key, at, leaf| {
+                let position = *visited;
+                *visited += 1;
+                keys += 1;
+                if !count_only && (limit == 0 || *handed_out < limit) {
+                    let handed = self.hand_out(at, leaf, |body| {
+                        bytes += body.len();
+                        each(body);
+                    });
+                    if let Err(error) = handed {
+                        failed = Some(error);
+                        return false;
+                    }
+                    *handed_out += 1;
+                }
+                if let Some(run) = run.as_mut() {
+                    run.visited(position, key);
+                }
+                // With the count known, walk only as far as the run needs.
+                if known.is_some() && run.as_ref().is_some_and(RunCollector::complete) {
                     return false;
                 }
-                *handed_out += 1;
-            }
-            if let Some(run) = run.as_mut() {
-                run.visited(position, key);
-            }
-            // With the count known, walk only as far as the run needs.
-            if known.is_some() && run.as_ref().is_some_and(RunCollector::complete) {
-                return false;
-            }
-            if keys >= budget.keys || bytes >= budget.bytes {
-                walked_on = false;
-                last = Some(key.to_vec());
-                return false;
-            }
-            true
-        });
+                if keys >= budget.keys || bytes >= budget.bytes {
+                    walked_on = false;
+                    last = Some(key.to_vec());
+                    return false;
+                }
+                true
+            });
         if let Some(error) = failed {
             return Err(error);
         }
@@ -208,9 +221,16 @@ impl Mvcc {
         }
     }
 
-    /// Hands the stored key-value of a live revision to `each`, as stored.
-    fn hand_out(&self, at: KeyAt, each: impl FnOnce(&[u8])) -> Result<(), MvccError> {
-        let record = self.stored_record(at.modified)?;
+    /// Hands the stored key-value of a live revision to `each`, as stored;
+    /// from `leaf`, if its leaf was found ahead.
+    fn hand_out(&self, at: KeyAt, leaf: Option<LeafOf>, each: impl FnOnce(&[u8])) -> Result<(), MvccError> {
+        let record = match leaf {
+            Some(leaf) => self
+                .tree
+                .get_in_leaf(leaf, &at.modified.to_key())?
+                .ok_or_else(|| not_stored(at.modified))?,
+            None => self.stored_record(at.modified)?,
+        };
         let served = serve_record(&record)?;
         check_live(at.modified, served.tombstone, served.mod_revision)?;
         each(&served.body);
@@ -320,7 +340,7 @@ impl Mvcc {
     fn stored_record(&self, revision: Revision) -> Result<Cow<'_, [u8]>, MvccError> {
         self.tree
             .get_in_place(&revision.to_key())?
-            .ok_or_else(|| MvccError::corrupt(format!("revision {revision:?} is indexed but not stored")))
+            .ok_or_else(|| not_stored(revision))
     }
 }
 
@@ -328,6 +348,10 @@ impl Mvcc {
 struct Selection {
     found: Vec<KeyAt>,
     count: usize,
+}
+
+fn not_stored(revision: Revision) -> MvccError {
+    MvccError::corrupt(format!("revision {revision:?} is indexed but not stored"))
 }
 
 /// A record the key index points a reader at must be a put at that revision.

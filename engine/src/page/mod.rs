@@ -216,6 +216,26 @@ impl PageStore {
         })
     }
 
+    /// Asks the CPU to load the first cache line of committed page `id` (its
+    /// header, and a node's first slots) ahead of a read; nothing for a page
+    /// past the file or one a sealed commit holds.
+    pub fn prefetch(&self, id: PageId) {
+        if self
+            .sealed
+            .as_ref()
+            .is_some_and(|sealed| sealed.pages.contains_key(&id))
+        {
+            return;
+        }
+        let page = usize::try_from(id)
+            .ok()
+            .and_then(|id| id.checked_mul(PAGE_BYTES))
+            .and_then(|start| self.mapping.get(start..start.checked_add(PAGE_BYTES)?));
+        if let Some(page) = page {
+            crate::prefetch::prefetch(page);
+        }
+    }
+
     /// The page, its header, and whether this read verified its checksum.
     fn verified_page(&self, id: PageId) -> Result<(&[u8], layout::PageHeader, bool), PageError> {
         if let Some(sealed) = &self.sealed {
