@@ -24,13 +24,12 @@ impl Tree {
     /// A `LeafFinder` for this tree as it is now: valid while it is borrowed.
     pub fn leaf_finder(&self) -> LeafFinder<'_> {
         let mut branch_levels = 0;
-        let mut at = self.root;
-        while let Some(id) = at.filter(|_| branch_levels < DEPTH_MAX) {
-            at = match self.node(id) {
-                Ok(node) if !node.is_leaf() => Some(node.child(0)),
-                _ => None,
-            };
-            if at.is_some() {
+        if let Some(mut id) = self.root {
+            while branch_levels < DEPTH_MAX {
+                match self.node(id) {
+                    Ok(node) if !node.is_leaf() => id = node.child(0),
+                    _ => break,
+                }
                 branch_levels += 1;
             }
         }
@@ -48,10 +47,7 @@ impl Tree {
             // finds whatever it finds, and reports it.
             return self.get_in_place(key);
         }
-        match node.search(key) {
-            Ok(index) => self.read_value(node.value(index)).map(Some),
-            Err(_) => Ok(None),
-        }
+        self.get_in_node(&node, key)
     }
 }
 

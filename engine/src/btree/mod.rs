@@ -112,14 +112,19 @@ impl Tree {
         for _ in 0..DEPTH_MAX {
             let node = self.node(id)?;
             if node.is_leaf() {
-                return match node.search(key) {
-                    Ok(index) => self.read_value(node.value(index)).map(Some),
-                    Err(_) => Ok(None),
-                };
+                return self.get_in_node(&node, key);
             }
             id = node.child(node.child_index(key));
         }
         Err(too_deep(id))
+    }
+
+    /// `key`'s value in `leaf`, as `get_in_place` returns it.
+    fn get_in_node<'a>(&'a self, leaf: &NodeRef<'a>, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, PageError> {
+        match leaf.search(key) {
+            Ok(index) => self.read_value(leaf.value(index)).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Ascending iteration over the keys in `(start, end)`.

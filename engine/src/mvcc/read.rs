@@ -143,13 +143,13 @@ impl Mvcc {
         // The records handed out lie at scattered revisions, each lookup
         // waiting for its leaf: the leaves of the next few are found (and
         // asked for) while this one is read.
-        let leaves = self.tree.leaf_finder();
         let to_hand_out = match (count_only, limit) {
             (true, _) => 0,
             (false, 0) => usize::MAX,
             (false, limit) => limit.saturating_sub(*handed_out),
         };
-        let find = |at: KeyAt| leaves.find(&at.modified.to_key());
+        let leaves = (to_hand_out > 0).then(|| self.tree.leaf_finder());
+        let find = |at: KeyAt| leaves.as_ref()?.find(&at.modified.to_key());
         self.index
             .visit_range_looking_ahead(from, end, revision, to_hand_out, find, |key, at, leaf| {
                 let position = *visited;
@@ -224,13 +224,7 @@ impl Mvcc {
     /// Hands the stored key-value of a live revision to `each`, as stored;
     /// from `leaf`, if its leaf was found ahead.
     fn hand_out(&self, at: KeyAt, leaf: Option<LeafOf>, each: impl FnOnce(&[u8])) -> Result<(), MvccError> {
-        let record = match leaf {
-            Some(leaf) => self
-                .tree
-                .get_in_leaf(leaf, &at.modified.to_key())?
-                .ok_or_else(|| not_stored(at.modified))?,
-            None => self.stored_record(at.modified)?,
-        };
+        let record = self.stored_record(at.modified, leaf)?;
         let served = serve_record(&record)?;
         check_live(at.modified, served.tombstone, served.mod_revision)?;
         each(&served.body);
@@ -330,17 +324,21 @@ impl Mvcc {
 
     /// The stored key-value of a live revision.
     fn load(&self, revision: Revision) -> Result<KeyValue, MvccError> {
-        let record = self.stored_record(revision)?;
+        let record = self.stored_record(revision, None)?;
         let (tombstone, kv) = decode_record(&record)?;
         check_live(revision, tombstone, kv.mod_revision)?;
         Ok(kv)
     }
 
-    /// The record of a revision the key index holds.
-    fn stored_record(&self, revision: Revision) -> Result<Cow<'_, [u8]>, MvccError> {
-        self.tree
-            .get_in_place(&revision.to_key())?
-            .ok_or_else(|| not_stored(revision))
+    /// The record of a revision the key index holds; looked up from `leaf`,
+    /// if its leaf was found ahead.
+    fn stored_record(&self, revision: Revision, leaf: Option<LeafOf>) -> Result<Cow<'_, [u8]>, MvccError> {
+        let key = revision.to_key();
+        let record = match leaf {
+            Some(leaf) => self.tree.get_in_leaf(leaf, &key)?,
+            None => self.tree.get_in_place(&key)?,
+        };
+        record.ok_or_else(|| MvccError::corrupt(format!("revision {revision:?} is indexed but not stored")))
     }
 }
 
@@ -348,10 +346,6 @@ impl Mvcc {
 struct Selection {
     found: Vec<KeyAt>,
     count: usize,
-}
-
-fn not_stored(revision: Revision) -> MvccError {
-    MvccError::corrupt(format!("revision {revision:?} is indexed but not stored"))
 }
 
 /// A record the key index points a reader at must be a put at that revision.

@@ -227,13 +227,16 @@ impl PageStore {
         {
             return;
         }
-        let page = usize::try_from(id)
-            .ok()
-            .and_then(|id| id.checked_mul(PAGE_BYTES))
-            .and_then(|start| self.mapping.get(start..start.checked_add(PAGE_BYTES)?));
-        if let Some(page) = page {
+        if let Some(page) = self.mapped(id) {
             crate::prefetch::prefetch(page);
         }
+    }
+
+    /// Page `id` in the mapping; None past the end of the file (the id comes
+    /// from disk, a branch or a freelist: its offset may be past usize).
+    fn mapped(&self, id: PageId) -> Option<&[u8]> {
+        let start = usize::try_from(id).ok()?.checked_mul(PAGE_BYTES)?;
+        self.mapping.get(start..start.checked_add(PAGE_BYTES)?)
     }
 
     /// The page, its header, and whether this read verified its checksum.
@@ -243,17 +246,12 @@ impl PageStore {
                 return Ok((page, trusted_header(page), false));
             }
         }
-        // The id comes from disk (a branch, a freelist): its offset may be past usize.
-        let page = usize::try_from(id)
-            .ok()
-            .and_then(|id| id.checked_mul(PAGE_BYTES))
-            .and_then(|start| self.mapping.get(start..start.checked_add(PAGE_BYTES)?))
-            .ok_or_else(|| {
-                PageError::corrupt(
-                    id,
-                    format!("page is past the end of the {}-byte file", self.mapping.len()),
-                )
-            })?;
+        let page = self.mapped(id).ok_or_else(|| {
+            PageError::corrupt(
+                id,
+                format!("page is past the end of the {}-byte file", self.mapping.len()),
+            )
+        })?;
         if self.is_verified(id) {
             return Ok((page, trusted_header(page), false));
         }
