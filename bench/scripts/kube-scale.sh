@@ -3,7 +3,8 @@
 # VAL bytes are created (not measured), then ringkv-bench kube runs for DURATION at 100 clients over
 # 10 connections (LISTS of the ops are paginated lists of every object, 3 prefix watchers; at 100,000
 # objects kube's default of 5% has every client in a list of hundreds of MB within seconds and the
-# run measures nothing else); then the server's RSS,
+# run measures nothing else); then the server's RSS (and its two parts: anonymous memory, and the
+# file pages it maps: the database file, which etcd's bbolt and ringkv's page store both map),
 # dbSize, and a restart on the same data timed to the first serializable read of one object.
 # usage: kube-scale.sh RINGKV_BIN RINGKV_BENCH_BIN (absolute paths; etcd and etcdctl on the PATH)
 # OBJECTS (100000), VAL (4096), LISTS (0.002), DURATION (30s) from the environment.
@@ -12,7 +13,7 @@ set -u
 RK=$1; RB=$2
 OBJECTS=${OBJECTS:-100000}; VAL=${VAL:-4096}; LISTS=${LISTS:-0.002}; DURATION=${DURATION:-30s}
 W=${WORK_DIR:-/tmp/kubescale}; rm -rf $W; mkdir -p $W; cd $W
-rss() { awk '/VmRSS/{print int($2/1024)}' /proc/$1/status; }
+rss() { awk '/^(VmRSS|RssAnon|RssFile):/ {m[$1] = int($2 / 1024)} END {printf "%d MiB (anonymous %d, file %d)", m["VmRSS:"], m["RssAnon:"], m["RssFile:"]}' /proc/$1/status; }
 for server in etcd ringkv; do
   if [ $server = etcd ]; then BIN=etcd; PORT=25379; else BIN=$RK; PORT=25389; fi
   PID=$(start_member $server $BIN $PORT)
@@ -21,12 +22,12 @@ for server in etcd ringkv; do
     kube --key-space-size $OBJECTS --val-size $VAL --kube-list-ratio $LISTS > $W/kube-$server.txt 2>&1
   echo "== $server: $OBJECTS objects of $VAL B, kube for $DURATION"
   grep -v '^\s*$' $W/kube-$server.txt | sed 's/^/  /'
-  echo "  RSS after the run: $(rss $PID) MiB; $(etcdctl --endpoints 127.0.0.1:$PORT endpoint status -w json | grep -o '"dbSize":[0-9]*,"leader":[0-9]*,[^,]*,[^,]*,[^,]*,"dbSizeInUse":[0-9]*' | sed 's/"leader":[0-9]*,[^,]*,[^,]*,[^,]*,//')"
+  echo "  RSS after the run: $(rss $PID); $(etcdctl --endpoints 127.0.0.1:$PORT endpoint status -w json | grep -o '"dbSize":[0-9]*,"leader":[0-9]*,[^,]*,[^,]*,[^,]*,"dbSizeInUse":[0-9]*' | sed 's/"leader":[0-9]*,[^,]*,[^,]*,[^,]*,//')"
   KEY=$(etcdctl --endpoints 127.0.0.1:$PORT get /registry/pods/ --prefix --keys-only --limit 1 | head -1)
   stop_member $PID
   S=$(date +%s.%N); PID=$(start_member $server $BIN $PORT)
   for i in $(seq 3000); do etcdctl --endpoints 127.0.0.1:$PORT get "$KEY" --consistency=s --print-value-only 2>/dev/null | grep -q . && break; sleep 0.01; done
   E=$(date +%s.%N)
-  echo "  restart to the first serializable read: $(echo "$E - $S" | bc) s; RSS then $(rss $PID) MiB"
+  echo "  restart to the first serializable read: $(echo "$E - $S" | bc) s; RSS then $(rss $PID)"
   stop_member $PID
 done

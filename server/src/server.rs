@@ -345,3 +345,81 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         _data_dir: data_dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The executors' wake-ups and preemption, as `vendor/glommio`'s patch leaves
+    //! them (its RINGKV-PATCH.md): a park fenced instead of `membarrier`, and
+    //! preemption timers kept armed from one pass of the loop to the next.
+
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use glommio::LocalExecutorBuilder;
+
+    /// Generous: a lost wake-up hangs for ever, a working pair takes well under a second.
+    const HANG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn messages_between_executors_that_park_between_them_always_wake_the_receiver() {
+        // Every message finds its receiver parked or about to park (each side
+        // waits for the other's answer): a wake-up lost between a waker's send
+        // and a sleeper's last look at its queues would stop the exchange.
+        const ROUND_TRIPS: u64 = 20_000;
+        let (to_echo, echo_inbox) = flume::bounded::<u64>(1);
+        let (to_caller, caller_inbox) = flume::bounded::<u64>(1);
+        let echo = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                while let Ok(n) = echo_inbox.recv_async().await {
+                    to_caller.send_async(n + 1).await.unwrap();
+                }
+            })
+            .unwrap();
+        let (done, finished) = mpsc::channel();
+        let caller = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let mut n = 0;
+                for _ in 0..ROUND_TRIPS {
+                    to_echo.send_async(n).await.unwrap();
+                    n = caller_inbox.recv_async().await.unwrap();
+                }
+                done.send(n).unwrap();
+            })
+            .unwrap();
+        assert_eq!(finished.recv_timeout(HANG), Ok(ROUND_TRIPS), "a wake-up was lost");
+        caller.join().unwrap();
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn a_task_that_only_yields_when_asked_still_lets_a_timer_fire() {
+        // The store core's background steps rely on `yield_if_needed` to let
+        // the reactor in: the preemption timer must keep firing while one task
+        // runs, also once it is no longer armed on every pass.
+        let handle = LocalExecutorBuilder::default()
+            .spawn(|| async move {
+                let fired = Rc::new(Cell::new(false));
+                let timer = glommio::spawn_local({
+                    let fired = Rc::clone(&fired);
+                    async move {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        fired.set(true);
+                    }
+                });
+                // A park first: the loop's preemption timer is taken for it and
+                // armed again after.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                let started = Instant::now();
+                while !fired.get() && started.elapsed() < HANG {
+                    glommio::yield_if_needed().await;
+                }
+                let fired_while_running = fired.get();
+                timer.await;
+                fired_while_running
+            })
+            .unwrap();
+        assert!(handle.join().unwrap(), "the timer never fired while the task ran");
+    }
+}
