@@ -1222,9 +1222,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // RINGKV PATCH: whether `latency_preemption_timeout_src` was armed for the
-    // preemption period (by the loop), not for a user timer (before a sleep).
-    latency_timer_preempts: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1365,7 +1362,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_timer_preempts: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1836,9 +1832,8 @@ impl Reactor {
         // preemption period after the timer was armed, not after it started
         // running. A pass that may sleep (no preemption timer asked for) still
         // cancels it, as upstream.
-        let keep_latency_timer = preempt_timer().is_some()
-            && self.latency_timer_preempts.get()
-            && timer_pending(&self.latency_preemption_timeout_src);
+        let keep_latency_timer =
+            preempt_timer().is_some() && timer_pending(&self.latency_preemption_timeout_src);
         if !keep_latency_timer {
             // Cancel the old timer regardless of whether we can sleep:
             // if we won't sleep, we will register the new timer with its new
@@ -1847,7 +1842,6 @@ impl Reactor {
             // But if we will sleep, there might be a timer registered that needs
             // to be removed otherwise we'll wake up when it expires.
             drop(self.latency_preemption_timeout_src.take());
-            self.latency_timer_preempts.set(false);
         }
         if !timer_pending(&self.throughput_preemption_timeout_src) {
             // Schedule the throughput-based timeout immediately: it won't matter if we end
@@ -1907,6 +1901,10 @@ impl Reactor {
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
+            // RINGKV PATCH: a timer armed for the user timer served this sleep
+            // only; dropped here (upstream drops it at the next pass) so that a
+            // pending timer at the next pass is always a preemption timer.
+            drop(self.latency_preemption_timeout_src.take());
         }
 
         if let Some(preempt) = preempt_timer() {
@@ -1914,7 +1912,6 @@ impl Reactor {
             if !keep_latency_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.latency_timer_preempts.set(true);
                 flush_rings!(lat_ring, main_ring)?;
             }
         }
