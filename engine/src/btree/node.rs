@@ -31,7 +31,14 @@ pub const NODE_BYTES_MAX: usize = BODY_BYTES;
 pub const INLINE_ENTRY_BYTES_MAX: usize = NODE_BYTES_MAX / 2 - SLOT_BYTES - LEAF_ENTRY_HEADER;
 
 const SLOT_BYTES: usize = 2;
+/// A leaf entry's header: key length (u16), value kind, value length (u32).
 const LEAF_ENTRY_HEADER: usize = 7;
+/// A compact leaf entry's header, for an inline value under a key of at most
+/// 255 bytes: key length, then `COMPACT_MARK` with the value length's top three
+/// bits, then its low eight. The second byte of a full header is the top byte
+/// of a key length of at most 512 (0 to 2), so the mark tells them apart.
+const COMPACT_ENTRY_HEADER: usize = 3;
+const COMPACT_MARK: u8 = 0x80;
 const BRANCH_ENTRY_HEADER: usize = 10;
 const VALUE_INLINE: u8 = 0;
 const VALUE_OVERFLOW: u8 = 1;
@@ -46,6 +53,8 @@ const PARTED_HEADER: usize = 12;
 const _: () = assert!(2 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_BYTES_MAX) <= NODE_BYTES_MAX);
 const _: () = assert!(2 * (SLOT_BYTES + LEAF_ENTRY_HEADER + KEY_BYTES_MAX + 8) <= NODE_BYTES_MAX);
 const _: () = assert!(3 * (SLOT_BYTES + BRANCH_ENTRY_HEADER + KEY_BYTES_MAX) <= NODE_BYTES_MAX);
+// Every inline value's length fits a compact header's 11 bits.
+const _: () = assert!(INLINE_ENTRY_BYTES_MAX < 1 << 11);
 
 /// A leaf's value: inline bytes, or `len` bytes of which the overflow chain
 /// from `head` holds all but `ends`: the value is `ends[..front]`, then the
@@ -62,10 +71,6 @@ pub enum Value {
 }
 
 impl Value {
-    fn stored_bytes(&self) -> usize {
-        self.as_ref().stored_bytes()
-    }
-
     pub fn as_ref(&self) -> ValueRef<'_> {
         match self {
             Value::Inline(bytes) => ValueRef::Inline(bytes),
@@ -122,7 +127,52 @@ fn overflow_stored_bytes(ends: usize) -> usize {
 }
 
 fn leaf_entry_bytes(key: &[u8], value: &Value) -> usize {
-    SLOT_BYTES + LEAF_ENTRY_HEADER + key.len() + value.stored_bytes()
+    entry_bytes(key, value.as_ref())
+}
+
+fn entry_bytes(key: &[u8], value: ValueRef<'_>) -> usize {
+    SLOT_BYTES + leaf_entry_header(key, value) + key.len() + value.stored_bytes()
+}
+
+/// The header a leaf entry is written with: compact for an inline value under
+/// a short key (every revision and meta entry), full otherwise.
+fn leaf_entry_header(key: &[u8], value: ValueRef<'_>) -> usize {
+    match value {
+        ValueRef::Inline(_) if key.len() <= usize::from(u8::MAX) => COMPACT_ENTRY_HEADER,
+        _ => LEAF_ENTRY_HEADER,
+    }
+}
+
+/// A leaf entry's header as read from its page.
+struct EntryHeader {
+    bytes: usize,
+    key_len: usize,
+    kind: u8,
+    /// The value's length (inline) or whole length (overflow, parted).
+    value_len: u32,
+}
+
+/// Reads the header of the leaf entry at `at`; None if it runs past the page.
+fn read_entry_header(page: &[u8], at: usize) -> Option<EntryHeader> {
+    let marked = *page.get(at + 1)? & COMPACT_MARK != 0;
+    if marked {
+        let low = *page.get(at + 2)?;
+        Some(EntryHeader {
+            bytes: COMPACT_ENTRY_HEADER,
+            key_len: usize::from(page[at]),
+            kind: VALUE_INLINE,
+            value_len: u32::from(page[at + 1] & !COMPACT_MARK) << 8 | u32::from(low),
+        })
+    } else if at + LEAF_ENTRY_HEADER <= page.len() {
+        Some(EntryHeader {
+            bytes: LEAF_ENTRY_HEADER,
+            key_len: get_u16(page, at) as usize,
+            kind: page[at + 2],
+            value_len: get_u32(page, at + 3),
+        })
+    } else {
+        None
+    }
 }
 
 fn branch_entry_bytes(key: &[u8]) -> usize {
@@ -295,10 +345,20 @@ impl Node {
 }
 
 fn put_leaf_entry(page: &mut [u8], at: usize, key: &[u8], value: &Value) -> usize {
-    page[at..at + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
-    let key_start = at + LEAF_ENTRY_HEADER;
+    let key_start = at + leaf_entry_header(key, value.as_ref());
     page[key_start..key_start + key.len()].copy_from_slice(key);
     let value_start = key_start + key.len();
+    if key_start - at == COMPACT_ENTRY_HEADER {
+        let Value::Inline(bytes) = value else {
+            unreachable!("only inline values have compact headers")
+        };
+        page[at] = key.len() as u8;
+        page[at + 1] = COMPACT_MARK | (bytes.len() >> 8) as u8;
+        page[at + 2] = bytes.len() as u8;
+        page[value_start..value_start + bytes.len()].copy_from_slice(bytes);
+        return value_start + bytes.len();
+    }
+    page[at..at + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
     match value {
         Value::Inline(bytes) => {
             page[at + 2] = VALUE_INLINE;
@@ -356,8 +416,10 @@ impl<'a> NodeRef<'a> {
     }
 
     /// Bytes leaf entry `index` takes in a page (its offset slot included).
+    /// (As it is written again: a page written before compact headers may
+    /// hold it in more.)
     pub fn leaf_entry_bytes(&self, index: usize) -> usize {
-        SLOT_BYTES + LEAF_ENTRY_HEADER + self.key(index).len() + self.value(index).stored_bytes()
+        entry_bytes(self.key(index), self.value(index))
     }
 
     pub fn key(&self, index: usize) -> &'a [u8] {
@@ -473,24 +535,34 @@ impl<'a> PageView<'a> {
         if count == 0 || HEADER_BYTES + SLOT_BYTES * count > PAGE_BYTES {
             return Err(NodeLayoutError::EntryCount { count });
         }
-        let entry_header = if leaf { LEAF_ENTRY_HEADER } else { BRANCH_ENTRY_HEADER };
         let mut expected = HEADER_BYTES + SLOT_BYTES * count;
         for index in 0..count {
             let at = get_u16(page, HEADER_BYTES + SLOT_BYTES * index) as usize;
-            if at != expected || at + entry_header > PAGE_BYTES {
-                return Err(NodeLayoutError::EntryOffset { index, at, expected });
-            }
-            let key_len = get_u16(page, at) as usize;
+            let header = if leaf {
+                read_entry_header(page, at)
+            } else {
+                (at + BRANCH_ENTRY_HEADER <= PAGE_BYTES).then(|| EntryHeader {
+                    bytes: BRANCH_ENTRY_HEADER,
+                    key_len: get_u16(page, at) as usize,
+                    kind: VALUE_INLINE,
+                    value_len: 0,
+                })
+            };
+            let header = match header {
+                Some(header) if at == expected => header,
+                _ => return Err(NodeLayoutError::EntryOffset { index, at, expected }),
+            };
+            let key_len = header.key_len;
             expected = if leaf {
-                let stored = match page[at + 2] {
-                    VALUE_INLINE => get_u32(page, at + 3) as usize,
+                let stored = match header.kind {
+                    VALUE_INLINE => header.value_len as usize,
                     VALUE_OVERFLOW => 8,
                     VALUE_PARTED => {
-                        let start = at + LEAF_ENTRY_HEADER + key_len;
+                        let start = at + header.bytes + key_len;
                         if start + PARTED_HEADER > PAGE_BYTES {
                             return Err(NodeLayoutError::PastPage { index });
                         }
-                        let len = get_u32(page, at + 3);
+                        let len = header.value_len;
                         let front = get_u16(page, start + 8) as usize;
                         let ends = get_u16(page, start + 10) as usize;
                         // The chain holds at least one byte: a value with
@@ -507,7 +579,7 @@ impl<'a> PageView<'a> {
                     }
                     kind => return Err(NodeLayoutError::ValueKind { index, kind }),
                 };
-                at + LEAF_ENTRY_HEADER + key_len + stored
+                at + header.bytes + key_len + stored
             } else {
                 at + BRANCH_ENTRY_HEADER + key_len
             };
@@ -538,7 +610,7 @@ impl<'a> PageView<'a> {
         let last = self.count - 1;
         let at = self.entry(last);
         let end = if self.leaf {
-            at + LEAF_ENTRY_HEADER + self.key(last).len() + self.value(last).stored_bytes()
+            at + self.header(at).bytes + self.key(last).len() + self.value(last).stored_bytes()
         } else {
             at + BRANCH_ENTRY_HEADER + self.key(last).len()
         };
@@ -550,15 +622,19 @@ impl<'a> PageView<'a> {
         get_u16(self.page, HEADER_BYTES + SLOT_BYTES * index) as usize
     }
 
+    /// The header of the leaf entry at `at`, which `new` checked.
+    fn header(&self, at: usize) -> EntryHeader {
+        read_entry_header(self.page, at).expect("a checked leaf entry's header is in its page")
+    }
+
     fn key(&self, index: usize) -> &'a [u8] {
         let at = self.entry(index);
-        let len = get_u16(self.page, at) as usize;
-        let start = at
-            + if self.leaf {
-                LEAF_ENTRY_HEADER
-            } else {
-                BRANCH_ENTRY_HEADER
-            };
+        let (start, len) = if self.leaf {
+            let header = self.header(at);
+            (at + header.bytes, header.key_len)
+        } else {
+            (at + BRANCH_ENTRY_HEADER, get_u16(self.page, at) as usize)
+        };
         &self.page[start..start + len]
     }
 
@@ -570,9 +646,10 @@ impl<'a> PageView<'a> {
     fn value(&self, index: usize) -> ValueRef<'a> {
         assert!(self.leaf, "a branch has no values");
         let at = self.entry(index);
-        let start = at + LEAF_ENTRY_HEADER + get_u16(self.page, at) as usize;
-        let len = get_u32(self.page, at + 3);
-        match self.page[at + 2] {
+        let header = self.header(at);
+        let start = at + header.bytes + header.key_len;
+        let len = header.value_len;
+        match header.kind {
             VALUE_INLINE => ValueRef::Inline(&self.page[start..start + len as usize]),
             VALUE_OVERFLOW => ValueRef::Overflow {
                 head: get_u64(self.page, start),
@@ -675,6 +752,76 @@ mod tests {
                 front: 5
             }
         );
+    }
+
+    #[test]
+    fn inline_values_under_short_keys_take_a_three_byte_header() {
+        let long_key = "k".repeat(256);
+        let value = "v".repeat(INLINE_ENTRY_BYTES_MAX - 1);
+        let node = leaf(&[("a", "1"), ("b", &value), (&long_key, "2")]);
+        let page = node.encode(7);
+        let at = HEADER_BYTES + 3 * SLOT_BYTES;
+        assert_eq!(&page[at..at + 5], &[1, COMPACT_MARK, 1, b'a', b'1']);
+        let at = at + 5;
+        let len = value.len();
+        assert_eq!(
+            &page[at..at + 4],
+            &[1, COMPACT_MARK | (len >> 8) as u8, len as u8, b'b']
+        );
+        // A key past 255 bytes keeps the full header.
+        let at = at + COMPACT_ENTRY_HEADER + 1 + len;
+        assert_eq!(&page[at..at + 7], &[0, 1, VALUE_INLINE, 1, 0, 0, 0]);
+        assert_eq!(node.bytes(), 3 * SLOT_BYTES + 5 + 4 + len + 7 + 256 + 1);
+        assert_eq!(view(&page, &node).to_node(), node);
+    }
+
+    /// A leaf as files from before compact headers hold it: every entry with
+    /// the full seven-byte header.
+    fn leaf_page_with_full_headers(entries: &[(&str, &str)]) -> Box<[u8]> {
+        let mut page = new_page(PageKind::Leaf, entries.len() as u16, 5);
+        let mut at = HEADER_BYTES + SLOT_BYTES * entries.len();
+        for (index, (key, value)) in entries.iter().enumerate() {
+            let slot = HEADER_BYTES + SLOT_BYTES * index;
+            page[slot..slot + 2].copy_from_slice(&(at as u16).to_le_bytes());
+            page[at..at + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+            page[at + 2] = VALUE_INLINE;
+            page[at + 3..at + 7].copy_from_slice(&(value.len() as u32).to_le_bytes());
+            at += LEAF_ENTRY_HEADER;
+            page[at..at + key.len()].copy_from_slice(key.as_bytes());
+            at += key.len();
+            page[at..at + value.len()].copy_from_slice(value.as_bytes());
+            at += value.len();
+        }
+        page
+    }
+
+    #[test]
+    fn leaves_written_with_full_headers_read_and_are_written_again_compact() {
+        let entries = [("a", "1"), ("bb", ""), ("c", "three")];
+        let page = leaf_page_with_full_headers(&entries);
+        let read = NodeRef::Page(PageView::new(&page, PageKind::Leaf, 3).unwrap());
+        let node = leaf(&entries);
+        assert_eq!(read.to_node(), node);
+        assert_eq!(read.bytes(), 3 * (SLOT_BYTES + LEAF_ENTRY_HEADER) + 4 + 6);
+        assert_eq!(read.leaf_entry_bytes(2), SLOT_BYTES + COMPACT_ENTRY_HEADER + 6);
+        assert_eq!(node.bytes(), 3 * (SLOT_BYTES + COMPACT_ENTRY_HEADER) + 4 + 6);
+        assert_eq!(read.search(b"bb"), Ok(1));
+    }
+
+    #[test]
+    fn a_compact_entry_past_its_page_is_refused() {
+        let first = "v".repeat(INLINE_ENTRY_BYTES_MAX - 1);
+        let node = leaf(&[("a", &first), ("b", "2")]);
+        let mut page = node.encode(1);
+        assert!(PageView::new(&page, PageKind::Leaf, 2).is_ok());
+        let second = HEADER_BYTES + 2 * SLOT_BYTES + COMPACT_ENTRY_HEADER + 1 + first.len();
+        // The longest value a compact header can give, from past the middle.
+        page[second + 1] = COMPACT_MARK | 7;
+        page[second + 2] = 0xff;
+        assert!(matches!(
+            PageView::new(&page, PageKind::Leaf, 2),
+            Err(NodeLayoutError::PastPage { index: 1 })
+        ));
     }
 
     #[test]

@@ -70,8 +70,8 @@ impl Mvcc {
                 next_revision: from,
             });
         }
-        let start = Revision::new(from.max(0), 0).to_key();
-        let end = Revision::new(to + 1, 0).to_key();
+        let start = self.keys.key(Revision::new(from.max(0), 0));
+        let end = self.keys.key(Revision::new(to + 1, 0));
         let mut last_main = from - 1;
         for entry in self.tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
             let (key, value) = entry?;

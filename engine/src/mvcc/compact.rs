@@ -64,7 +64,7 @@ impl Mvcc {
                     revision.main <= self.compact_revision,
                     "only revisions at or below the point go"
                 );
-                let removed = self.tree.remove(&revision.to_key())?;
+                let removed = self.tree.remove(&self.keys.key(revision))?;
                 assert!(removed, "a compacted revision {revision:?} was stored");
             }
         }

@@ -16,7 +16,7 @@ use ringkv_proto::mvccpb::KeyValue;
 
 use super::cursor::ReadHold;
 use super::record::decode_record;
-use super::revision::{Revision, REVISION_TABLE};
+use super::revision::{wide_key, Revision, REVISION_TABLE};
 use super::{Mvcc, MvccError, StepBudget};
 
 /// etcd's bucket name, hashed first.
@@ -228,7 +228,7 @@ impl Mvcc {
             Some(after) => Bound::Excluded(&after[..]),
             None => Bound::Included(&table[..]),
         };
-        let end = Revision::new(cursor.hash_revision + 1, 0).to_key();
+        let end = self.keys.key(Revision::new(cursor.hash_revision + 1, 0));
         let compact_revision = cursor.compact_revision;
         let (mut keys, mut bytes) = (0, 0);
         let mut last = None;
@@ -266,14 +266,18 @@ impl Mvcc {
     }
 
     /// ringkv's Hash: a CRC-32C over every key and value of the committed and
-    /// open state of the tree (meta and revision tables), in key order. Not
-    /// etcd's value (etcd hashes its bbolt file's buckets), but equal on members
-    /// holding the same state.
+    /// open state of the tree (meta and revision tables), in key order, each
+    /// revision key in its wide form. Not etcd's value (etcd hashes its bbolt
+    /// file's buckets), but equal on members holding the same state, whenever
+    /// each began writing narrow revision keys.
     pub fn hash_all(&self) -> Result<u32, MvccError> {
         let mut crc = Crc32c::default();
         for entry in self.tree.range(Bound::Unbounded, Bound::Unbounded) {
             let (key, value) = entry?;
-            crc.update(&key);
+            match Revision::from_key(&key) {
+                Some(revision) => crc.update(&wide_key(revision)),
+                None => crc.update(&key),
+            }
             crc.update(&value);
         }
         Ok(crc.finish())

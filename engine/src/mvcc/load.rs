@@ -13,7 +13,7 @@ use super::alarm::{write_alarms, Alarm};
 use super::lease::{lease_key, NO_LEASE};
 use super::meta::{META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION, META_FINISHED_COMPACT_REVISION};
 use super::record::{encode_record, record_ends};
-use super::revision::Revision;
+use super::revision::{Revision, RevisionKeys};
 use super::server_record::META_AUTH;
 use super::{Mvcc, MvccError};
 use crate::btree::{EndsWanted, Tree};
@@ -81,7 +81,12 @@ impl Loader {
             kv
         };
         let record = encode_record(tombstone, stored);
-        self.insert(&revision.to_key(), &record, record_ends(&record, stored))
+        // A new store: every key narrow.
+        self.insert(
+            &RevisionKeys::default().key(revision),
+            &record,
+            record_ends(&record, stored),
+        )
     }
 
     /// Stores a lease with its granted TTL in seconds.

@@ -34,7 +34,7 @@ pub use cursor::RangeCursor;
 pub use hash::{Crc32c, HashKvCursor, KvHash};
 pub use lease::{AttachmentError, Leases, NO_LEASE};
 pub use load::{LoadedMeta, Loader};
-pub use revision::Revision;
+pub use revision::{Revision, RevisionKey, RevisionKeys};
 pub use snapshot_view::{SnapshotView, StoredMeta, StoredRevision};
 pub use write::WriteTxn;
 
@@ -124,6 +124,8 @@ impl MvccError {
 /// defragmentation, sizes).
 pub struct Mvcc {
     tree: Tree,
+    /// How this store's revisions become tree keys.
+    keys: RevisionKeys,
     index: KeyIndex,
     current_revision: i64,
     compact_revision: i64,

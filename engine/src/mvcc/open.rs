@@ -19,7 +19,7 @@ use super::meta::{
     read_meta, META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION, META_FINISHED_COMPACT_REVISION,
 };
 use super::record::{decode_record, decode_record_ends};
-use super::revision::{Revision, REVISION_TABLE};
+use super::revision::{is_wide, Revision, RevisionKeys, REVISION_TABLE};
 use super::server_record::{ServerRecord, META_AUTH, META_CONF_STATE, META_MEMBERSHIP};
 use super::{Mvcc, MvccError};
 use crate::btree::{StoredEnds, Tree};
@@ -68,6 +68,7 @@ impl Mvcc {
         let start = [REVISION_TABLE];
         let end = [REVISION_TABLE + 1];
         let mut previous: Option<Revision> = None;
+        let mut last_wide = None;
         // A large record's value is not read: its leaf keeps the rest
         // (`record_ends`), and the overflow pages are most of the file.
         for entry in tree.range_ends(Bound::Included(&start[..]), Bound::Excluded(&end[..])) {
@@ -85,6 +86,11 @@ impl Mvcc {
                 )));
             }
             previous = Some(revision);
+            if is_wide(&key) {
+                // Wide keys come before narrow ones: a wide key after a narrow
+                // one is out of revision order, refused above.
+                last_wide = Some(revision);
+            }
             let (tombstone, kv) = match value {
                 StoredEnds::Whole(record) => decode_record(&record)?,
                 StoredEnds::Parted { len, front, back } => match decode_record_ends(&front, &back, len) {
@@ -117,6 +123,7 @@ impl Mvcc {
         let leases = rebuild_leases(&tree, lease_of)?;
         let mut store = Mvcc {
             tree,
+            keys: RevisionKeys::with_last_wide(last_wide),
             index,
             current_revision,
             compact_revision,

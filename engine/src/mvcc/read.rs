@@ -149,7 +149,7 @@ impl Mvcc {
             (false, limit) => limit.saturating_sub(*handed_out),
         };
         let leaves = (to_hand_out > 0).then(|| self.tree.leaf_finder());
-        let find = |at: KeyAt| leaves.as_ref()?.find(&at.modified.to_key());
+        let find = |at: KeyAt| leaves.as_ref()?.find(&self.keys.key(at.modified));
         self.index
             .visit_range_looking_ahead(from, end, revision, to_hand_out, find, |key, at, leaf| {
                 let position = *visited;
@@ -333,7 +333,7 @@ impl Mvcc {
     /// The record of a revision the key index holds; looked up from `leaf`,
     /// if its leaf was found ahead.
     fn stored_record(&self, revision: Revision, leaf: Option<LeafOf>) -> Result<Cow<'_, [u8]>, MvccError> {
-        let key = revision.to_key();
+        let key = self.keys.key(revision);
         let record = match leaf {
             Some(leaf) => self.tree.get_in_leaf(leaf, &key)?,
             None => self.tree.get_in_place(&key)?,

@@ -347,9 +347,20 @@ fn check_read(
     })
 }
 
-fn run(steps: Vec<Step>) {
+/// What a store answers whatever form its revision keys take: its HashKV,
+/// ringkv's Hash, and its history since the compaction point.
+type Answers = (KvHash, u32, HistoryChunk);
+
+/// Runs `steps` against the model. With `wide_first`, the store writes wide
+/// revision keys (as stores written before narrow keys did) until its first
+/// restart, and then opens as such a store does: the revisions it holds keep
+/// their wide keys, later ones get narrow keys.
+fn run(steps: Vec<Step>, wide_first: bool) -> Answers {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Mvcc::open(&dir.path().join("store.db")).unwrap();
+    if wide_first {
+        store.keys = RevisionKeys::with_last_wide(Some(Revision::new(1 << 55, 0)));
+    }
     let mut model = Model::new();
     let mut cursor: Option<Cursor> = None;
     for step in steps {
@@ -429,6 +440,69 @@ fn run(steps: Vec<Step>) {
             "after compaction, at {rev}"
         );
     }
+    store.commit().unwrap();
+    drop(store);
+    let store = Mvcc::open(&dir.path().join("store.db")).unwrap();
+    let history = store
+        .history(model.compacted.max(0), model.current(), usize::MAX)
+        .unwrap();
+    (store.hash_kv(0).unwrap(), store.hash_all().unwrap(), history)
+}
+
+#[test]
+fn a_store_keeps_its_wide_revision_keys_and_writes_narrow_ones_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let mut store = Mvcc::open(&path).unwrap();
+    store.keys = RevisionKeys::with_last_wide(Some(Revision::new(1 << 55, 0)));
+    let put = |store: &mut Mvcc, values: &[&[u8]]| {
+        let mut txn = store.write();
+        for value in values {
+            txn.put(b"k", value, 0).unwrap();
+        }
+        txn.end();
+        store.commit().unwrap();
+    };
+    put(&mut store, &[b"1"]);
+    put(&mut store, &[b"2", b"3"]);
+    drop(store);
+    let mut store = Mvcc::open(&path).unwrap();
+    put(&mut store, &[b"4"]);
+    put(&mut store, &[b"5", b"6"]);
+    let forms: Vec<(Revision, bool)> = store
+        .tree
+        .range(
+            std::ops::Bound::Included(&b"r"[..]),
+            std::ops::Bound::Excluded(&b"s"[..]),
+        )
+        .map(|entry| {
+            let (key, _) = entry.unwrap();
+            (Revision::from_key(&key).unwrap(), super::revision::is_wide(&key))
+        })
+        .collect();
+    let revision = Revision::new;
+    assert_eq!(
+        forms,
+        [
+            (revision(2, 0), true),
+            (revision(3, 0), true),
+            (revision(3, 1), true),
+            (revision(4, 0), false),
+            (revision(5, 0), false),
+            (revision(5, 1), false),
+        ]
+    );
+    let history = store.history(3, 4, usize::MAX).unwrap();
+    let values: Vec<&[u8]> = history.changes.iter().map(|change| &change.kv.value[..]).collect();
+    assert_eq!(values, [&b"2"[..], b"3", b"4"]);
+    store.compact(4).unwrap();
+    while !store.compact_step(1).unwrap() {}
+    store.commit().unwrap();
+    drop(store);
+    let store = Mvcc::open(&path).unwrap();
+    let history = store.history(4, 5, usize::MAX).unwrap();
+    let values: Vec<&[u8]> = history.changes.iter().map(|change| &change.kv.value[..]).collect();
+    assert_eq!(values, [&b"4"[..], b"5", b"6"]);
 }
 
 proptest! {
@@ -436,7 +510,17 @@ proptest! {
 
     #[test]
     fn mvcc_matches_a_map_per_revision(steps in prop::collection::vec(step(), 1..120)) {
-        run(steps);
+        run(steps, false);
+    }
+
+    /// A store that began with wide revision keys, reads, compacts and
+    /// hashes across the change of form as one that never had them.
+    #[test]
+    fn a_store_that_began_with_wide_revision_keys_answers_the_same(
+        steps in prop::collection::vec(step(), 1..120)
+    ) {
+        let wide_first = run(steps.clone(), true);
+        prop_assert_eq!(wide_first, run(steps, false));
     }
 }
 
@@ -848,7 +932,7 @@ fn opened_after(damage: impl FnOnce(&mut Tree)) -> Result<Mvcc, MvccError> {
 #[test]
 fn a_stored_put_whose_version_does_not_follow_is_corruption_not_a_panic() {
     let opened = opened_after(|tree| {
-        let key = Revision::new(3, 0).to_key();
+        let key = RevisionKeys::default().key(Revision::new(3, 0));
         let (tombstone, mut kv) = super::record::decode_record(&tree.get(&key).unwrap().unwrap()).unwrap();
         assert_eq!(kv.version, 2);
         kv.version = 5;
@@ -909,7 +993,8 @@ fn a_stored_version_no_put_can_follow_is_corruption() {
         };
         for (revision, tombstone, kv) in [(4, true, deleted), (5, false, put)] {
             let record = super::record::encode_record(tombstone, &kv);
-            tree.insert(&Revision::new(revision, 0).to_key(), &record).unwrap();
+            tree.insert(&RevisionKeys::default().key(Revision::new(revision, 0)), &record)
+                .unwrap();
         }
         tree.insert(b"mcurrent_revision", &5i64.to_be_bytes()).unwrap();
     });

@@ -71,7 +71,7 @@ impl WriteTxn<'_> {
         let record = encode_record(false, &kv);
         self.store
             .tree
-            .insert_with_ends(&revision.to_key(), &record, record_ends(&record, &kv))?;
+            .insert_with_ends(&self.store.keys.key(revision), &record, record_ends(&record, &kv))?;
         self.store.index.put(key, revision, created, version);
         self.store.leases.set_lease_of(key, lease);
         self.changes += 1;
@@ -142,9 +142,11 @@ impl WriteTxn<'_> {
             ..Default::default()
         };
         let record = encode_record(true, &tombstone);
-        self.store
-            .tree
-            .insert_with_ends(&revision.to_key(), &record, record_ends(&record, &tombstone))?;
+        self.store.tree.insert_with_ends(
+            &self.store.keys.key(revision),
+            &record,
+            record_ends(&record, &tombstone),
+        )?;
         self.store.index.tombstone(key, revision);
         self.store.leases.detach(key);
         self.changes += 1;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use ringkv_datadir::layout::STORE_FILE;
 use ringkv_engine::btree::Tree;
-use ringkv_engine::mvcc::Revision;
+use ringkv_engine::mvcc::{Revision, RevisionKeys};
 use ringkv_proto::etcdserverpb as pb;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ringkv_proto::mvccpb::KeyValue;
@@ -35,7 +35,7 @@ const ALARM_TIMEOUT: Duration = Duration::from_secs(15);
 /// byte and the `mvccpb.KeyValue`).
 fn damage(data_dir: &Path, revision: i64, key: &str) {
     let mut tree = Tree::open(&data_dir.join(STORE_FILE)).expect("the page store opens");
-    let record_key = Revision::new(revision, 0).to_key();
+    let record_key = RevisionKeys::default().key(Revision::new(revision, 0));
     let record = tree
         .get(&record_key)
         .expect("the revision table reads")
