@@ -33,6 +33,11 @@ const WATCH_COMMANDS_PER_CLIENT_CORE: usize = 4 * 1024;
 /// whole pass's notices, and the store core keeps what does not fit (bounded by
 /// stream windows) for the next pass.
 const WATCH_PUSHES_PER_CLIENT_CORE: usize = 256;
+/// glommio's pool of DMA buffers on a client core: its minimum. Each executor
+/// registers its pool with io_uring, so its pages stay resident (10 MiB each by
+/// default); client cores read and write no files (only the store core's WAL
+/// uses DMA buffers), and a buffer the pool cannot give comes from the heap.
+const CLIENT_CORE_IO_MEMORY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -288,6 +293,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         threads.push(
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ringkv-client-{index}"))
+                .io_memory(CLIENT_CORE_IO_MEMORY)
                 .spawn(move || client::run(settings, calls, replies, watch_commands, watch_pushes, listen_rx))
                 .map_err(|e| StartError::Executor(e.to_string()))?,
         );
