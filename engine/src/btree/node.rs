@@ -39,6 +39,8 @@ const LEAF_ENTRY_HEADER: usize = 7;
 /// of a key length of at most 512 (0 to 2), so the mark tells them apart.
 const COMPACT_ENTRY_HEADER: usize = 3;
 const COMPACT_MARK: u8 = 0x80;
+/// Value lengths a compact header holds: below 2^11.
+const COMPACT_VALUE_BYTES_LIMIT: usize = 1 << 11;
 const BRANCH_ENTRY_HEADER: usize = 10;
 const VALUE_INLINE: u8 = 0;
 const VALUE_OVERFLOW: u8 = 1;
@@ -53,8 +55,8 @@ const PARTED_HEADER: usize = 12;
 const _: () = assert!(2 * (SLOT_BYTES + LEAF_ENTRY_HEADER + INLINE_ENTRY_BYTES_MAX) <= NODE_BYTES_MAX);
 const _: () = assert!(2 * (SLOT_BYTES + LEAF_ENTRY_HEADER + KEY_BYTES_MAX + 8) <= NODE_BYTES_MAX);
 const _: () = assert!(3 * (SLOT_BYTES + BRANCH_ENTRY_HEADER + KEY_BYTES_MAX) <= NODE_BYTES_MAX);
-// Every inline value's length fits a compact header's 11 bits.
-const _: () = assert!(INLINE_ENTRY_BYTES_MAX < 1 << 11);
+// Every inline value the tree writes fits a compact header.
+const _: () = assert!(INLINE_ENTRY_BYTES_MAX < COMPACT_VALUE_BYTES_LIMIT);
 
 /// A leaf's value: inline bytes, or `len` bytes of which the overflow chain
 /// from `head` holds all but `ends`: the value is `ends[..front]`, then the
@@ -135,10 +137,14 @@ fn entry_bytes(key: &[u8], value: ValueRef<'_>) -> usize {
 }
 
 /// The header a leaf entry is written with: compact for an inline value under
-/// a short key (every revision and meta entry), full otherwise.
+/// a short key (every revision and meta entry), full otherwise (a longer
+/// inline value is only ever read from a damaged or forged page, and is
+/// written back as read).
 fn leaf_entry_header(key: &[u8], value: ValueRef<'_>) -> usize {
     match value {
-        ValueRef::Inline(_) if key.len() <= usize::from(u8::MAX) => COMPACT_ENTRY_HEADER,
+        ValueRef::Inline(bytes) if key.len() <= usize::from(u8::MAX) && bytes.len() < COMPACT_VALUE_BYTES_LIMIT => {
+            COMPACT_ENTRY_HEADER
+        }
         _ => LEAF_ENTRY_HEADER,
     }
 }

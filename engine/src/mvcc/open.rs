@@ -87,8 +87,8 @@ impl Mvcc {
             }
             previous = Some(revision);
             if is_wide(&key) {
-                // Wide keys come before narrow ones: a wide key after a narrow
-                // one is out of revision order, refused above.
+                // Wide keys sort before narrow ones, so a wide revision above
+                // a narrow one comes out of revision order, refused above.
                 last_wide = Some(revision);
             }
             let (tombstone, kv) = match value {
