@@ -34,11 +34,14 @@ const SLOT_BYTES: usize = 2;
 /// A leaf entry's header: key length (u16), value kind, value length (u32).
 const LEAF_ENTRY_HEADER: usize = 7;
 /// A compact leaf entry's header, for an inline value under a key of at most
-/// 255 bytes: key length, then `COMPACT_MARK` with the value length's top three
-/// bits, then its low eight. The second byte of a full header is the top byte
-/// of a key length of at most 512 (0 to 2), so the mark tells them apart.
-const COMPACT_ENTRY_HEADER: usize = 3;
+/// 15 bytes: the value length's low eight bits, then `COMPACT_MARK`, the key
+/// length in the next four bits and the value length's top three. The second
+/// byte of a full header is the top byte of a key length of at most 512 (0 to
+/// 2), so the mark tells them apart.
+const COMPACT_ENTRY_HEADER: usize = 2;
 const COMPACT_MARK: u8 = 0x80;
+/// Key lengths a compact header holds: below 2^4.
+const COMPACT_KEY_BYTES_LIMIT: usize = 1 << 4;
 /// Value lengths a compact header holds: below 2^11.
 const COMPACT_VALUE_BYTES_LIMIT: usize = 1 << 11;
 const BRANCH_ENTRY_HEADER: usize = 10;
@@ -137,12 +140,12 @@ fn entry_bytes(key: &[u8], value: ValueRef<'_>) -> usize {
 }
 
 /// The header a leaf entry is written with: compact for an inline value under
-/// a short key (every revision and meta entry), full otherwise (a longer
-/// inline value is only ever read from a damaged or forged page, and is
+/// a short key (revision and lease entries), full otherwise (an inline value
+/// too long for it is only ever read from a damaged or forged page, and is
 /// written back as read).
 fn leaf_entry_header(key: &[u8], value: ValueRef<'_>) -> usize {
     match value {
-        ValueRef::Inline(bytes) if key.len() <= usize::from(u8::MAX) && bytes.len() < COMPACT_VALUE_BYTES_LIMIT => {
+        ValueRef::Inline(bytes) if key.len() < COMPACT_KEY_BYTES_LIMIT && bytes.len() < COMPACT_VALUE_BYTES_LIMIT => {
             COMPACT_ENTRY_HEADER
         }
         _ => LEAF_ENTRY_HEADER,
@@ -160,14 +163,13 @@ struct EntryHeader {
 
 /// Reads the header of the leaf entry at `at`; None if it runs past the page.
 fn read_entry_header(page: &[u8], at: usize) -> Option<EntryHeader> {
-    let marked = *page.get(at + 1)? & COMPACT_MARK != 0;
-    if marked {
-        let low = *page.get(at + 2)?;
+    let second = *page.get(at + 1)?;
+    if second & COMPACT_MARK != 0 {
         Some(EntryHeader {
             bytes: COMPACT_ENTRY_HEADER,
-            key_len: usize::from(page[at]),
+            key_len: usize::from(second >> 3 & 0x0f),
             kind: VALUE_INLINE,
-            value_len: u32::from(page[at + 1] & !COMPACT_MARK) << 8 | u32::from(low),
+            value_len: u32::from(second & 0x07) << 8 | u32::from(page[at]),
         })
     } else if at + LEAF_ENTRY_HEADER <= page.len() {
         Some(EntryHeader {
@@ -358,9 +360,8 @@ fn put_leaf_entry(page: &mut [u8], at: usize, key: &[u8], value: &Value) -> usiz
         let Value::Inline(bytes) = value else {
             unreachable!("only inline values have compact headers")
         };
-        page[at] = key.len() as u8;
-        page[at + 1] = COMPACT_MARK | (bytes.len() >> 8) as u8;
-        page[at + 2] = bytes.len() as u8;
+        page[at] = bytes.len() as u8;
+        page[at + 1] = COMPACT_MARK | (key.len() << 3) as u8 | (bytes.len() >> 8) as u8;
         page[value_start..value_start + bytes.len()].copy_from_slice(bytes);
         return value_start + bytes.len();
     }
@@ -761,23 +762,24 @@ mod tests {
     }
 
     #[test]
-    fn inline_values_under_short_keys_take_a_three_byte_header() {
-        let long_key = "k".repeat(256);
-        let value = "v".repeat(INLINE_ENTRY_BYTES_MAX - 1);
-        let node = leaf(&[("a", "1"), ("b", &value), (&long_key, "2")]);
+    fn inline_values_under_short_keys_take_a_two_byte_header() {
+        let key_15 = "k".repeat(15);
+        let key_16 = "k".repeat(16);
+        let value = "v".repeat(INLINE_ENTRY_BYTES_MAX - 16);
+        let node = leaf(&[("a", "1"), (&key_15, &value), (&key_16, "2")]);
         let page = node.encode(7);
         let at = HEADER_BYTES + 3 * SLOT_BYTES;
-        assert_eq!(&page[at..at + 5], &[1, COMPACT_MARK, 1, b'a', b'1']);
-        let at = at + 5;
+        assert_eq!(&page[at..at + 4], &[1, COMPACT_MARK | 1 << 3, b'a', b'1']);
+        let at = at + 4;
         let len = value.len();
         assert_eq!(
-            &page[at..at + 4],
-            &[1, COMPACT_MARK | (len >> 8) as u8, len as u8, b'b']
+            &page[at..at + 3],
+            &[len as u8, COMPACT_MARK | 15 << 3 | (len >> 8) as u8, b'k']
         );
-        // A key past 255 bytes keeps the full header.
-        let at = at + COMPACT_ENTRY_HEADER + 1 + len;
-        assert_eq!(&page[at..at + 7], &[0, 1, VALUE_INLINE, 1, 0, 0, 0]);
-        assert_eq!(node.bytes(), 3 * SLOT_BYTES + 5 + 4 + len + 7 + 256 + 1);
+        // A key of 16 bytes or more keeps the full header.
+        let at = at + COMPACT_ENTRY_HEADER + 15 + len;
+        assert_eq!(&page[at..at + 7], &[16, 0, VALUE_INLINE, 1, 0, 0, 0]);
+        assert_eq!(node.bytes(), 3 * SLOT_BYTES + 4 + 2 + 15 + len + 7 + 16 + 1);
         assert_eq!(view(&page, &node).to_node(), node);
     }
 
@@ -822,8 +824,8 @@ mod tests {
         assert!(PageView::new(&page, PageKind::Leaf, 2).is_ok());
         let second = HEADER_BYTES + 2 * SLOT_BYTES + COMPACT_ENTRY_HEADER + 1 + first.len();
         // The longest value a compact header can give, from past the middle.
-        page[second + 1] = COMPACT_MARK | 7;
-        page[second + 2] = 0xff;
+        page[second] = 0xff;
+        page[second + 1] |= 7;
         assert!(matches!(
             PageView::new(&page, PageKind::Leaf, 2),
             Err(NodeLayoutError::PastPage { index: 1 })
