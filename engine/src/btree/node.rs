@@ -545,22 +545,13 @@ impl<'a> PageView<'a> {
         let mut expected = HEADER_BYTES + SLOT_BYTES * count;
         for index in 0..count {
             let at = get_u16(page, HEADER_BYTES + SLOT_BYTES * index) as usize;
-            let header = if leaf {
-                read_entry_header(page, at)
-            } else {
-                (at + BRANCH_ENTRY_HEADER <= PAGE_BYTES).then(|| EntryHeader {
-                    bytes: BRANCH_ENTRY_HEADER,
-                    key_len: get_u16(page, at) as usize,
-                    kind: VALUE_INLINE,
-                    value_len: 0,
-                })
-            };
-            let header = match header {
-                Some(header) if at == expected => header,
-                _ => return Err(NodeLayoutError::EntryOffset { index, at, expected }),
-            };
-            let key_len = header.key_len;
+            let misplaced = NodeLayoutError::EntryOffset { index, at, expected };
+            if at != expected {
+                return Err(misplaced);
+            }
             expected = if leaf {
+                let header = read_entry_header(page, at).ok_or(misplaced)?;
+                let key_len = header.key_len;
                 let stored = match header.kind {
                     VALUE_INLINE => header.value_len as usize,
                     VALUE_OVERFLOW => 8,
@@ -588,7 +579,10 @@ impl<'a> PageView<'a> {
                 };
                 at + header.bytes + key_len + stored
             } else {
-                at + BRANCH_ENTRY_HEADER + key_len
+                if at + BRANCH_ENTRY_HEADER > PAGE_BYTES {
+                    return Err(misplaced);
+                }
+                at + BRANCH_ENTRY_HEADER + get_u16(page, at) as usize
             };
             if expected > PAGE_BYTES {
                 return Err(NodeLayoutError::PastPage { index });
@@ -617,7 +611,8 @@ impl<'a> PageView<'a> {
         let last = self.count - 1;
         let at = self.entry(last);
         let end = if self.leaf {
-            at + self.header(at).bytes + self.key(last).len() + self.value(last).stored_bytes()
+            let header = self.header(at);
+            at + header.bytes + header.key_len + self.value(last).stored_bytes()
         } else {
             at + BRANCH_ENTRY_HEADER + self.key(last).len()
         };

@@ -31,27 +31,23 @@ impl Revision {
         if table != REVISION_TABLE {
             return None;
         }
-        let revision = match rest.first()? {
-            // A wide key's second byte is the top byte of its main, which only
-            // a main of 2^56 or more sets (never reached: wide keys are only
-            // read, from stores written before narrow keys).
-            0 if key.len() == WIDE_KEY_BYTES => Revision {
+        let revision = if is_wide(key) {
+            Revision {
                 main: i64::from_be_bytes(key[1..9].try_into().ok()?),
                 sub: i64::from_be_bytes(key[9..17].try_into().ok()?),
-            },
-            _ => {
-                let (main, rest) = take_narrow(rest)?;
-                let sub = match rest {
-                    [] => 0,
-                    rest => match take_narrow(rest)? {
-                        // A sub of 0 is written as no sub at all: one key per revision.
-                        (0, _) => return None,
-                        (sub, []) => sub,
-                        _ => return None,
-                    },
-                };
-                Revision { main, sub }
             }
+        } else {
+            let (main, rest) = take_narrow(rest)?;
+            let sub = match rest {
+                [] => 0,
+                rest => match take_narrow(rest)? {
+                    // A sub of 0 is written as no sub at all: one key per revision.
+                    (0, _) => return None,
+                    (sub, []) => sub,
+                    _ => return None,
+                },
+            };
+            Revision { main, sub }
         };
         (revision.main >= 0 && revision.sub >= 0).then_some(revision)
     }
@@ -109,7 +105,10 @@ pub(super) fn wide_key(revision: Revision) -> RevisionKey {
     key
 }
 
-/// Whether a revision table key is in the wide form.
+/// Whether a revision table key is in the wide form. Its second byte is the top
+/// byte of its main, which only a main of 2^56 or more sets (never reached: wide
+/// keys are only read, from stores written before narrow keys); a narrow key's is
+/// a length, 1 to 8.
 pub(super) fn is_wide(key: &[u8]) -> bool {
     key.len() == WIDE_KEY_BYTES && key.get(1) == Some(&0)
 }

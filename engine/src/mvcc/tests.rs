@@ -347,6 +347,11 @@ fn check_read(
     })
 }
 
+/// Keys as stores written before narrow keys gave every revision: wide.
+fn all_wide() -> RevisionKeys {
+    RevisionKeys::with_last_wide(Some(Revision::new(1 << 55, 0)))
+}
+
 /// What a store answers whatever form its revision keys take: its HashKV,
 /// ringkv's Hash, and its history since the compaction point.
 type Answers = (KvHash, u32, HistoryChunk);
@@ -359,7 +364,7 @@ fn run(steps: Vec<Step>, wide_first: bool) -> Answers {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Mvcc::open(&dir.path().join("store.db")).unwrap();
     if wide_first {
-        store.keys = RevisionKeys::with_last_wide(Some(Revision::new(1 << 55, 0)));
+        store.keys = all_wide();
     }
     let mut model = Model::new();
     let mut cursor: Option<Cursor> = None;
@@ -454,7 +459,7 @@ fn a_store_keeps_its_wide_revision_keys_and_writes_narrow_ones_after() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
     let mut store = Mvcc::open(&path).unwrap();
-    store.keys = RevisionKeys::with_last_wide(Some(Revision::new(1 << 55, 0)));
+    store.keys = all_wide();
     let put = |store: &mut Mvcc, values: &[&[u8]]| {
         let mut txn = store.write();
         for value in values {
@@ -492,17 +497,17 @@ fn a_store_keeps_its_wide_revision_keys_and_writes_narrow_ones_after() {
             (revision(5, 1), false),
         ]
     );
-    let history = store.history(3, 4, usize::MAX).unwrap();
-    let values: Vec<&[u8]> = history.changes.iter().map(|change| &change.kv.value[..]).collect();
-    assert_eq!(values, [&b"2"[..], b"3", b"4"]);
+    let values = |store: &Mvcc, from, to| -> Vec<Vec<u8>> {
+        let history = store.history(from, to, usize::MAX).unwrap();
+        history.changes.into_iter().map(|change| change.kv.value).collect()
+    };
+    assert_eq!(values(&store, 3, 4), [b"2", b"3", b"4"]);
     store.compact(4).unwrap();
     while !store.compact_step(1).unwrap() {}
     store.commit().unwrap();
     drop(store);
     let store = Mvcc::open(&path).unwrap();
-    let history = store.history(4, 5, usize::MAX).unwrap();
-    let values: Vec<&[u8]> = history.changes.iter().map(|change| &change.kv.value[..]).collect();
-    assert_eq!(values, [&b"4"[..], b"5", b"6"]);
+    assert_eq!(values(&store, 4, 5), [b"4", b"5", b"6"]);
 }
 
 proptest! {
