@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -33,11 +34,16 @@ const WATCH_COMMANDS_PER_CLIENT_CORE: usize = 4 * 1024;
 /// whole pass's notices, and the store core keeps what does not fit (bounded by
 /// stream windows) for the next pass.
 const WATCH_PUSHES_PER_CLIENT_CORE: usize = 256;
-/// glommio's pool of DMA buffers on a client core: its minimum. Each executor
+/// glommio's pool of DMA buffers on every executor: its minimum. Each executor
 /// registers its pool with io_uring, so its pages stay resident (10 MiB each by
-/// default); client cores read and write no files (only the store core's WAL
-/// uses DMA buffers), and a buffer the pool cannot give comes from the heap.
-const CLIENT_CORE_IO_MEMORY: usize = 64 * 1024;
+/// default), but nothing here uses registered buffers: client cores read and
+/// write no files, and the store core's WAL appends with plain `pwrite`s from a
+/// DMA buffer only for its alignment (`ringkv_engine::wal::io`), which a buffer
+/// the pool cannot give has too (glommio then takes it from the heap).
+const EXECUTOR_IO_MEMORY: usize = 64 * 1024;
+/// How often each executor gives the memory its allocator holds freed back to
+/// the OS (see `start`'s `return_freed_memory`).
+const FREED_MEMORY_RETURN_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -133,7 +139,12 @@ fn peer_tls(config: &Config) -> Result<PeerTls, TlsError> {
     })
 }
 
-pub fn start(config: &Config) -> Result<Running, StartError> {
+/// Starts the store core and the client cores. Each executor calls
+/// `return_freed_memory` every `FREED_MEMORY_RETURN_INTERVAL`: the binary's
+/// allocator gives freed memory back to the OS only when the thread that freed
+/// it later allocates on a slow path, so an executor that goes quiet after a
+/// burst (a full list's pages of values) kept it (docs/benchmarks.md).
+pub fn start(config: &Config, return_freed_memory: fn()) -> Result<Running, StartError> {
     // Before anything reads or writes it, even a joiner's discovery.
     let data_dir = layout::claim(&config.data_dir)?;
     // Certificates are read now: a missing or bad file is a start error.
@@ -257,7 +268,11 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     threads.push(
         LocalExecutorBuilder::new(Placement::Fixed(config.store_cpu))
             .name("ringkv-store")
-            .spawn(move || store::run(store_settings, call_receivers, reply_senders, watch, ready_tx))
+            .io_memory(EXECUTOR_IO_MEMORY)
+            .spawn(move || async move {
+                return_freed_memory_periodically(return_freed_memory);
+                store::run(store_settings, call_receivers, reply_senders, watch, ready_tx).await
+            })
             .map_err(|e| StartError::Executor(e.to_string()))?,
     );
     let auth_tokens = match &config.auth_token {
@@ -293,8 +308,11 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         threads.push(
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ringkv-client-{index}"))
-                .io_memory(CLIENT_CORE_IO_MEMORY)
-                .spawn(move || client::run(settings, calls, replies, watch_commands, watch_pushes, listen_rx))
+                .io_memory(EXECUTOR_IO_MEMORY)
+                .spawn(move || async move {
+                    return_freed_memory_periodically(return_freed_memory);
+                    client::run(settings, calls, replies, watch_commands, watch_pushes, listen_rx).await
+                })
                 .map_err(|e| StartError::Executor(e.to_string()))?,
         );
         clients.push(listen_tx);
@@ -352,14 +370,28 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
+/// Calls `return_freed_memory` on this executor every
+/// `FREED_MEMORY_RETURN_INTERVAL`, for as long as the executor runs.
+fn return_freed_memory_periodically(return_freed_memory: fn()) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(FREED_MEMORY_RETURN_INTERVAL).await;
+            return_freed_memory();
+        }
+    })
+    .detach();
+}
+
 #[cfg(test)]
 mod tests {
-    //! The executors' wake-ups and preemption, as `vendor/glommio`'s patch leaves
-    //! them (its RINGKV-PATCH.md): a park fenced instead of `membarrier`, and
-    //! preemption timers kept armed from one pass of the loop to the next.
+    //! The executors' periodic return of freed memory; and their wake-ups and
+    //! preemption, as `vendor/glommio`'s patch leaves them (its RINGKV-PATCH.md):
+    //! a park fenced instead of `membarrier`, and preemption timers kept armed
+    //! from one pass of the loop to the next.
 
     use std::cell::Cell;
     use std::rc::Rc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
@@ -367,6 +399,29 @@ mod tests {
 
     /// Generous: a lost wake-up hangs for ever, a working pair takes well under a second.
     const HANG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn an_executor_returns_freed_memory_every_interval_while_it_runs() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        fn count_call() {
+            CALLS.fetch_add(1, Ordering::Relaxed);
+        }
+        let executor = LocalExecutorBuilder::default()
+            .spawn(|| async {
+                super::return_freed_memory_periodically(count_call);
+                let start = Instant::now();
+                while CALLS.load(Ordering::Relaxed) < 2 && start.elapsed() < HANG {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .unwrap();
+        executor.join().unwrap();
+        assert!(
+            CALLS.load(Ordering::Relaxed) >= 2,
+            "called {} times",
+            CALLS.load(Ordering::Relaxed)
+        );
+    }
 
     #[test]
     fn messages_between_executors_that_park_between_them_always_wake_the_receiver() {
