@@ -8,7 +8,7 @@ pub mod logging;
 pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -17,6 +17,7 @@ use ringkv_engine::wal::SEGMENT_BYTES_DEFAULT;
 
 use self::auto_compaction::{AutoCompactionMode, AutoCompactionPolicy};
 use self::tls::{TlsFiles, TlsFlagError, TlsProtocol};
+use crate::placement::DiskInterrupts;
 
 /// etcd's `--max-txn-ops` default.
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
@@ -305,9 +306,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
     pub tls_max_version: String,
 
-    /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to.
-    #[arg(long, default_value_t = 0)]
-    pub store_cpu: usize,
+    /// ringkv only: CPU to pin the store executor (raft, WAL, MVCC) to
+    /// [default: the CPU that takes the interrupts of the data directory's
+    /// disk, if one takes them all and --client-cpus is not given; else 0].
+    #[arg(long)]
+    pub store_cpu: Option<usize>,
 
     /// ringkv only: comma-separated CPUs for client executors (gRPC, HTTP)
     /// [default: every other online CPU, or the store CPU on a 1-CPU machine].
@@ -413,6 +416,8 @@ pub struct Config {
     pub simple_token_ttl: Duration,
     pub bcrypt_cost: u32,
     pub store_cpu: usize,
+    /// The disk whose interrupts chose `store_cpu`, if they did (for the log).
+    pub store_cpu_by_disk: Option<DiskInterrupts>,
     pub client_cpus: Vec<usize>,
     /// What the flags ask for that ringkv does not do as asked, for the log.
     pub warnings: Vec<String>,
@@ -468,7 +473,14 @@ pub enum ConfigError {
 
 impl Flags {
     /// Checks the flags and resolves defaults that depend on other flags or the machine.
-    pub fn into_config(self, online_cpus: usize) -> Result<Config, ConfigError> {
+    /// `disk_interrupts` finds the CPU that takes the data directory's disk's
+    /// interrupts (`placement::disk_interrupts`), asked only when neither
+    /// --store-cpu nor --client-cpus is given.
+    pub fn into_config(
+        self,
+        online_cpus: usize,
+        disk_interrupts: impl FnOnce(&Path) -> Option<DiskInterrupts>,
+    ) -> Result<Config, ConfigError> {
         assert!(online_cpus > 0);
         let data_dir = self
             .data_dir
@@ -596,9 +608,19 @@ impl Flags {
                 min: WATCH_PROGRESS_NOTIFY_INTERVAL_MIN,
             });
         }
-        check_cpu("store-cpu", self.store_cpu, online_cpus)?;
+        let (store_cpu, store_cpu_by_disk) = match self.store_cpu {
+            Some(cpu) => (cpu, None),
+            None if self.client_cpus.is_empty() => {
+                match disk_interrupts(&data_dir).filter(|disk| disk.cpu < online_cpus) {
+                    Some(disk) => (disk.cpu, Some(disk)),
+                    None => (0, None),
+                }
+            }
+            None => (0, None),
+        };
+        check_cpu("store-cpu", store_cpu, online_cpus)?;
         let client_cpus = if self.client_cpus.is_empty() {
-            default_client_cpus(self.store_cpu, online_cpus)
+            default_client_cpus(store_cpu, online_cpus)
         } else {
             self.client_cpus
         };
@@ -642,7 +664,8 @@ impl Flags {
             auth_token: auth_token::parse(&self.auth_token)?,
             simple_token_ttl: Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost,
-            store_cpu: self.store_cpu,
+            store_cpu,
+            store_cpu_by_disk,
             client_cpus,
             warnings,
         })
@@ -762,13 +785,17 @@ pub fn default_client_cpus(store_cpu: usize, online: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    fn no_disk(_: &Path) -> Option<DiskInterrupts> {
+        None
+    }
+
     fn parse(args: &[&str]) -> Flags {
         Flags::try_parse_from(std::iter::once("ringkv").chain(args.iter().copied())).expect("flags parse")
     }
 
     #[test]
     fn defaults_match_etcd_with_ringkv_data_dir() {
-        let config = parse(&[]).into_config(2).unwrap();
+        let config = parse(&[]).into_config(2, no_disk).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("default.ringkv"));
         let plain = Listen {
             addr: "127.0.0.1:2379".parse().unwrap(),
@@ -786,26 +813,37 @@ mod tests {
 
     #[test]
     fn max_concurrent_streams_is_unlimited_by_default_and_for_zero_as_in_etcd() {
-        assert_eq!(parse(&[]).into_config(2).unwrap().max_concurrent_streams, u32::MAX);
-        let zero = parse(&["--max-concurrent-streams", "0"]).into_config(2).unwrap();
+        assert_eq!(
+            parse(&[]).into_config(2, no_disk).unwrap().max_concurrent_streams,
+            u32::MAX
+        );
+        let zero = parse(&["--max-concurrent-streams", "0"])
+            .into_config(2, no_disk)
+            .unwrap();
         assert_eq!(zero.max_concurrent_streams, u32::MAX);
-        let ten = parse(&["--max-concurrent-streams", "10"]).into_config(2).unwrap();
+        let ten = parse(&["--max-concurrent-streams", "10"])
+            .into_config(2, no_disk)
+            .unwrap();
         assert_eq!(ten.max_concurrent_streams, 10);
     }
 
     #[test]
     fn the_test_response_limit_cannot_exceed_grpc_gos() {
-        let default = parse(&[]).into_config(2).unwrap();
+        let default = parse(&[]).into_config(2, no_disk).unwrap();
         assert_eq!(default.response_bytes_max, crate::status::RESPONSE_BYTES_MAX);
         let over = (crate::status::RESPONSE_BYTES_MAX + 1).to_string();
-        assert!(parse(&["--test-response-bytes-max", &over]).into_config(2).is_err());
+        assert!(parse(&["--test-response-bytes-max", &over])
+            .into_config(2, no_disk)
+            .is_err());
     }
 
     #[test]
     fn a_negative_quota_means_none_as_in_etcd() {
-        let config = parse(&["--quota-backend-bytes", "-1"]).into_config(2).unwrap();
+        let config = parse(&["--quota-backend-bytes", "-1"]).into_config(2, no_disk).unwrap();
         assert_eq!(config.quota_backend_bytes, None);
-        let config = parse(&["--quota-backend-bytes", "4096"]).into_config(2).unwrap();
+        let config = parse(&["--quota-backend-bytes", "4096"])
+            .into_config(2, no_disk)
+            .unwrap();
         assert_eq!(config.quota_backend_bytes, Some(4096));
     }
 
@@ -814,13 +852,15 @@ mod tests {
         let most = MAX_REQUEST_BYTES_MAX.to_string();
         assert_eq!(
             parse(&["--max-request-bytes", &most])
-                .into_config(2)
+                .into_config(2, no_disk)
                 .unwrap()
                 .max_request_bytes,
             MAX_REQUEST_BYTES_MAX
         );
         let over = (MAX_REQUEST_BYTES_MAX + 1).to_string();
-        let error = parse(&["--max-request-bytes", &over]).into_config(2).unwrap_err();
+        let error = parse(&["--max-request-bytes", &over])
+            .into_config(2, no_disk)
+            .unwrap_err();
         assert!(matches!(error, ConfigError::TooLarge { .. }), "{error}");
         // The bound is below what the WAL takes in one record.
         let wal = ringkv_engine::wal::WalOptions::default();
@@ -829,20 +869,61 @@ mod tests {
 
     #[test]
     fn data_dir_follows_the_name() {
-        let config = parse(&["--name", "infra0"]).into_config(2).unwrap();
+        let config = parse(&["--name", "infra0"]).into_config(2, no_disk).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("infra0.ringkv"));
     }
 
     #[test]
+    fn the_store_core_goes_to_the_cpu_of_the_disks_interrupts_unless_the_flags_place_the_cores() {
+        let disk_on = |cpu| {
+            move |_: &Path| {
+                Some(DiskInterrupts {
+                    cpu,
+                    irq: 36,
+                    disk: "vda".to_string(),
+                })
+            }
+        };
+        let config = parse(&[]).into_config(2, disk_on(1)).unwrap();
+        assert_eq!((config.store_cpu, config.client_cpus), (1, vec![0]));
+        assert_eq!(config.store_cpu_by_disk.map(|disk| disk.irq), Some(36));
+        let config = parse(&[]).into_config(4, disk_on(2)).unwrap();
+        assert_eq!((config.store_cpu, config.client_cpus), (2, vec![0, 1, 3]));
+        let config = parse(&["--store-cpu", "0"]).into_config(2, disk_on(1)).unwrap();
+        assert_eq!((config.store_cpu, config.client_cpus), (0, vec![1]));
+        assert_eq!(config.store_cpu_by_disk, None);
+        let config = parse(&["--client-cpus", "1"]).into_config(2, disk_on(1)).unwrap();
+        assert_eq!(
+            (config.store_cpu, config.client_cpus),
+            (0, vec![1]),
+            "the CPUs the user gave"
+        );
+        let config = parse(&[]).into_config(2, disk_on(5)).unwrap();
+        assert_eq!(
+            (config.store_cpu, config.store_cpu_by_disk),
+            (0, None),
+            "a CPU not online"
+        );
+        let asked = std::cell::Cell::new(None);
+        parse(&["--data-dir", "/var/lib/etcd"])
+            .into_config(2, |dir: &Path| {
+                asked.set(Some(dir.to_path_buf()));
+                None
+            })
+            .unwrap();
+        assert_eq!(asked.take(), Some(PathBuf::from("/var/lib/etcd")));
+    }
+
+    #[test]
     fn one_cpu_machine_shares_the_store_cpu() {
-        let config = parse(&[]).into_config(1).unwrap();
+        let config = parse(&[]).into_config(1, no_disk).unwrap();
         assert_eq!(config.client_cpus, vec![0]);
     }
 
     #[test]
     fn https_urls_without_a_certificate_are_refused_with_etcds_words() {
         let error = parse(&["--listen-client-urls", "https://127.0.0.1:2379"])
-            .into_config(2)
+            .into_config(2, no_disk)
             .unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -857,7 +938,7 @@ mod tests {
             "--key-file",
             "k",
         ])
-        .into_config(2)
+        .into_config(2, no_disk)
         .unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -877,7 +958,7 @@ mod tests {
             "--peer-auto-tls",
             "--peer-client-cert-auth",
         ])
-        .into_config(2)
+        .into_config(2, no_disk)
         .unwrap();
         let tls: Vec<bool> = config.listen_client.iter().map(|listen| listen.tls).collect();
         assert_eq!(tls, [true, false]);
@@ -913,16 +994,16 @@ mod tests {
             "--initial-cluster",
             "a=http://127.0.0.1:2380,a=http://10.0.0.1:2380,b=http://127.0.0.1:2382",
         ])
-        .into_config(2)
+        .into_config(2, no_disk)
         .unwrap();
         assert_eq!(config.initial_cluster.len(), 2);
         assert_eq!(config.initial_cluster[0].peer_urls.len(), 2);
         let error = parse(&["--name", "c", "--initial-cluster", "a=http://127.0.0.1:2380"])
-            .into_config(2)
+            .into_config(2, no_disk)
             .unwrap_err();
         assert!(matches!(error, ConfigError::InitialCluster(_)), "{error}");
         let error = parse(&["--initial-cluster", "default=http://127.0.0.1:9"])
-            .into_config(2)
+            .into_config(2, no_disk)
             .unwrap_err();
         assert!(error.to_string().contains("does not match"), "{error}");
     }
@@ -930,14 +1011,14 @@ mod tests {
     #[test]
     fn election_timeout_must_be_five_heartbeats_as_in_etcd() {
         let error = parse(&["--heartbeat-interval", "100", "--election-timeout", "400"])
-            .into_config(2)
+            .into_config(2, no_disk)
             .unwrap_err();
         assert_eq!(
             error.to_string(),
             "--election-timeout[400ms] should be at least as 5 times as --heartbeat-interval[100ms]"
         );
         let config = parse(&["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .into_config(2)
+            .into_config(2, no_disk)
             .unwrap();
         assert_eq!(config.election_ticks, 10);
         assert_eq!(config.heartbeat_interval, Duration::from_millis(50));
@@ -945,14 +1026,14 @@ mod tests {
 
     #[test]
     fn corruption_checks_are_off_by_default_and_take_etcds_spellings() {
-        let config = parse(&[]).into_config(2).unwrap();
+        let config = parse(&[]).into_config(2, no_disk).unwrap();
         assert!(!config.initial_corrupt_check);
         assert_eq!(config.corrupt_check_interval, None);
         let config = parse(&[
             "--experimental-initial-corrupt-check=true",
             "--experimental-corrupt-check-time=90s",
         ])
-        .into_config(2)
+        .into_config(2, no_disk)
         .unwrap();
         assert!(config.initial_corrupt_check);
         assert_eq!(config.corrupt_check_interval, Some(Duration::from_secs(90)));
@@ -961,7 +1042,7 @@ mod tests {
             "--experimental-corrupt-check-time",
             "0",
         ])
-        .into_config(2)
+        .into_config(2, no_disk)
         .unwrap();
         assert!(config.initial_corrupt_check);
         assert_eq!(config.corrupt_check_interval, None, "0 is off, as in etcd");
@@ -969,7 +1050,7 @@ mod tests {
 
     #[test]
     fn missing_cpu_is_refused() {
-        let error = parse(&["--store-cpu", "7"]).into_config(2).unwrap_err();
+        let error = parse(&["--store-cpu", "7"]).into_config(2, no_disk).unwrap_err();
         assert!(matches!(error, ConfigError::NoSuchCpu { cpu: 7, .. }));
     }
 }

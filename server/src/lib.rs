@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod peer;
+pub mod placement;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;

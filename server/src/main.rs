@@ -3,7 +3,7 @@
 use clap::Parser;
 use ringkv_server::config::logging::LogSettings;
 use ringkv_server::config::{etcd_flags, Flags, MAX_REQUEST_BYTES_RECOMMENDED};
-use ringkv_server::{logging, server};
+use ringkv_server::{logging, placement, server};
 
 /// No transparent huge pages for this process (mimalloc's `allow_thp=0`, done
 /// here because mimalloc reads its options before `main`). mimalloc asks for
@@ -71,7 +71,7 @@ fn main() {
         std::process::abort();
     }));
     let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let config = match flags.into_config(online_cpus) {
+    let config = match flags.into_config(online_cpus, placement::disk_interrupts) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("ringkv: {error}");
@@ -80,6 +80,14 @@ fn main() {
     };
     for warning in ignored.iter().chain(&config.warnings) {
         tracing::warn!("{warning}");
+    }
+    if let Some(disk) = &config.store_cpu_by_disk {
+        tracing::info!(
+            store_cpu = config.store_cpu,
+            disk = disk.disk,
+            irq = disk.irq,
+            "the store core runs on the CPU that takes the data directory's disk interrupts"
+        );
     }
     tracing::info!(
         ringkv_version = ringkv_server::version::RINGKV_VERSION,

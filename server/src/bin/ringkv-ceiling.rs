@@ -2,7 +2,8 @@
 //! HTTP/2 and gRPC layers, for `ringkv-bench ceiling`.
 //!
 //! It runs the executors ringkv's client cores run on (every CPU but the store
-//! core's CPU 0, by default), accepts connections as ringkv does, decodes each
+//! core's, by default: for a data directory in the current directory, see
+//! `ringkv_server::placement`), accepts connections as ringkv does, decodes each
 //! KV request and answers it with an empty response once the connection has
 //! read what arrived with it: no raft, no WAL, no store, no hop to another
 //! core. What a workload reaches against it is what the transport and the
@@ -39,8 +40,9 @@ struct Flags {
     /// Where to serve clients (http only).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
-    /// Comma-separated CPUs for the executors [default: ringkv's client cores:
-    /// every CPU but 0, or CPU 0 on a one-CPU machine].
+    /// Comma-separated CPUs for the executors [default: ringkv's client cores
+    /// for a data directory here: every CPU but the one that takes this disk's
+    /// interrupts (else 0), or the only CPU].
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
 }
@@ -167,7 +169,10 @@ fn main() {
     };
     let cpus = if flags.cpus.is_empty() {
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ringkv_server::config::default_client_cpus(0, online)
+        let store_cpu = ringkv_server::placement::disk_interrupts(std::path::Path::new("."))
+            .map_or(0, |disk| disk.cpu)
+            .min(online - 1);
+        ringkv_server::config::default_client_cpus(store_cpu, online)
     } else {
         flags.cpus
     };
