@@ -14,7 +14,8 @@
 //! tls                           rustls configurations from the TLS flags
 //! auth                          etcd's auth state, checks and tokens
 //! leaves: watch, snapshot_read, etcd_error, status, config, listener, fatal,
-//!         metrics, version, log_limit, logging (from config)
+//!         metrics, version, log_limit, logging (from config), placement
+//!         (config's default CPUs)
 //! engine, datadir (crates)      storage; the data directory's layout
 //! ```
 
@@ -128,7 +129,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("watch", &["auth", "etcd_error", "status"]),
     ("snapshot_read", &["fatal"]),
     ("etcd_error", &["status"]),
-    ("config", &["status"]),
+    ("config", &["status", "placement"]),
+    // Where the store core runs by default, from sysfs and procfs.
+    ("placement", &[]),
     ("status", &[]),
     ("listener", &[]),
     ("fatal", &[]),
