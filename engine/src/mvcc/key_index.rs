@@ -393,8 +393,7 @@ impl Entry {
             assert!(count >= 1 && count as i64 <= changes, "a generation holds revisions");
             let encoded = rest;
             let mut revisions = Revisions::new(encoded, count);
-            let oldest = revisions.next().expect("count >= 1");
-            let newest = revisions.by_ref().last().unwrap_or(oldest);
+            let newest = revisions.by_ref().last().expect("count >= 1");
             rest = revisions.rest;
             GenerationView {
                 offset,
@@ -403,29 +402,42 @@ impl Entry {
                 closed,
                 count,
                 revisions: &encoded[..encoded.len() - rest.len()],
-                oldest,
                 newest,
             }
         })
     }
 
+    /// One pass over the history, each revision decoded once, stopping at the
+    /// first revision above `revision` (every later one is above it too: a
+    /// list at the current revision reads every key's whole history).
     fn at(&self, revision: i64) -> Option<KeyAt> {
-        // Generations follow each other in revision order: the one holding
-        // `revision` is the last to start at or before it.
-        let generation = self.generations().take_while(|g| g.oldest.main <= revision).last()?;
-        let (index, modified) = Revisions::new(generation.revisions, generation.count)
-            .enumerate()
-            .take_while(|(_, r)| r.main <= revision)
-            .last()
-            .expect("the generation starts at or before `revision`");
-        if generation.closed && index == generation.count - 1 {
-            return None; // deleted at or before `revision`
+        let mut rest = self.history();
+        let generations = read(&mut rest);
+        assert!(generations >= 1, "entries hold a generation");
+        // The newest revision at or below `revision` so far: it, whether it
+        // is its generation's tombstone, and the key as of it.
+        let mut found: Option<(bool, KeyAt)> = None;
+        for _ in 0..generations {
+            let created = read_i64(&mut rest);
+            let changes = read_i64(&mut rest);
+            let closed = read(&mut rest) == 1;
+            let count = read(&mut rest) as usize;
+            let mut revisions = Revisions::new(rest, count);
+            for index in 0..count {
+                let modified = revisions.next().expect("a generation holds `count` revisions");
+                if modified.main > revision {
+                    return found.and_then(|(tombstone, at)| (!tombstone).then_some(at));
+                }
+                let at = KeyAt {
+                    modified,
+                    created,
+                    version: changes - (count - 1 - index) as i64,
+                };
+                found = Some((closed && index == count - 1, at));
+            }
+            rest = revisions.rest;
         }
-        Some(KeyAt {
-            modified,
-            created: generation.created,
-            version: generation.changes - (generation.count - 1 - index) as i64,
-        })
+        found.and_then(|(tombstone, at)| (!tombstone).then_some(at))
     }
 
     /// This entry with `revision` added to its last generation `last` (a put,
@@ -534,7 +546,6 @@ struct GenerationView<'a> {
     count: usize,
     /// The encoded revisions (`count` of them).
     revisions: &'a [u8],
-    oldest: Revision,
     newest: Revision,
 }
 
