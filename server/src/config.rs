@@ -610,12 +610,7 @@ impl Flags {
         }
         let (store_cpu, store_cpu_by_disk) = match self.store_cpu {
             Some(cpu) => (cpu, None),
-            None if self.client_cpus.is_empty() => {
-                match disk_interrupts(&data_dir).filter(|disk| disk.cpu < online_cpus) {
-                    Some(disk) => (disk.cpu, Some(disk)),
-                    None => (0, None),
-                }
-            }
+            None if self.client_cpus.is_empty() => default_store_cpu(disk_interrupts(&data_dir), online_cpus),
             None => (0, None),
         };
         check_cpu("store-cpu", store_cpu, online_cpus)?;
@@ -769,6 +764,16 @@ fn check_cpu(flag: &'static str, cpu: usize, online: usize) -> Result<(), Config
         return Err(ConfigError::NoSuchCpu { flag, cpu, online });
     }
     Ok(())
+}
+
+/// The store core's CPU when the flags place neither core: the one that takes
+/// the data directory's disk's interrupts, if it is online (and that disk, for
+/// the log); else 0.
+pub fn default_store_cpu(disk: Option<DiskInterrupts>, online: usize) -> (usize, Option<DiskInterrupts>) {
+    match disk.filter(|disk| disk.cpu < online) {
+        Some(disk) => (disk.cpu, Some(disk)),
+        None => (0, None),
+    }
 }
 
 /// Every CPU but the store's; on a single-CPU machine the store CPU is shared.

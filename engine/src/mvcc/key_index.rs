@@ -417,7 +417,7 @@ impl Entry {
         // The newest revision at or below `revision` so far: it, whether it
         // is its generation's tombstone, and the key as of it.
         let mut found: Option<(bool, KeyAt)> = None;
-        for _ in 0..generations {
+        'history: for _ in 0..generations {
             let created = read_i64(&mut rest);
             let changes = read_i64(&mut rest);
             let closed = read(&mut rest) == 1;
@@ -426,7 +426,7 @@ impl Entry {
             for index in 0..count {
                 let modified = revisions.next().expect("a generation holds `count` revisions");
                 if modified.main > revision {
-                    return found.and_then(|(tombstone, at)| (!tombstone).then_some(at));
+                    break 'history;
                 }
                 let at = KeyAt {
                     modified,

@@ -169,9 +169,8 @@ fn main() {
     };
     let cpus = if flags.cpus.is_empty() {
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let store_cpu = ringkv_server::placement::disk_interrupts(std::path::Path::new("."))
-            .map_or(0, |disk| disk.cpu)
-            .min(online - 1);
+        let disk = ringkv_server::placement::disk_interrupts(std::path::Path::new("."));
+        let (store_cpu, _) = ringkv_server::config::default_store_cpu(disk, online);
         ringkv_server::config::default_client_cpus(store_cpu, online)
     } else {
         flags.cpus
