@@ -382,24 +382,17 @@ impl Entry {
         assert!(count >= 1, "entries hold a generation");
         (0..count).map(move |_| {
             let offset = history.len() - rest.len();
-            let created = read_i64(&mut rest);
-            let changes = read_i64(&mut rest);
-            let closed = match read(&mut rest) {
-                0 => false,
-                1 => true,
-                other => panic!("key index: closed flag {other}"),
-            };
-            let count = read(&mut rest) as usize;
-            assert!(count >= 1 && count as i64 <= changes, "a generation holds revisions");
+            let header = read_generation(&mut rest);
+            let count = header.count;
             let encoded = rest;
             let mut revisions = Revisions::new(encoded, count);
             let newest = revisions.by_ref().last().expect("count >= 1");
             rest = revisions.rest;
             GenerationView {
                 offset,
-                created,
-                changes,
-                closed,
+                created: header.created,
+                changes: header.changes,
+                closed: header.closed,
                 count,
                 revisions: &encoded[..encoded.len() - rest.len()],
                 newest,
@@ -418,10 +411,8 @@ impl Entry {
         // is its generation's tombstone, and the key as of it.
         let mut found: Option<(bool, KeyAt)> = None;
         'history: for _ in 0..generations {
-            let created = read_i64(&mut rest);
-            let changes = read_i64(&mut rest);
-            let closed = read(&mut rest) == 1;
-            let count = read(&mut rest) as usize;
+            let header = read_generation(&mut rest);
+            let count = header.count;
             let mut revisions = Revisions::new(rest, count);
             for index in 0..count {
                 let modified = revisions.next().expect("a generation holds `count` revisions");
@@ -430,10 +421,10 @@ impl Entry {
                 }
                 let at = KeyAt {
                     modified,
-                    created,
-                    version: changes - (count - 1 - index) as i64,
+                    created: header.created,
+                    version: header.changes - (count - 1 - index) as i64,
                 };
-                found = Some((closed && index == count - 1, at));
+                found = Some((header.closed && index == count - 1, at));
             }
             rest = revisions.rest;
         }
@@ -669,6 +660,32 @@ impl Iterator for Revisions<'_> {
         let sub = read_i64(&mut self.rest);
         self.previous_main = main;
         Some(Revision::new(main, sub))
+    }
+}
+
+/// A generation's header, as `write_generation` writes it.
+struct GenerationHeader {
+    created: i64,
+    changes: i64,
+    closed: bool,
+    count: usize,
+}
+
+fn read_generation(rest: &mut &[u8]) -> GenerationHeader {
+    let created = read_i64(rest);
+    let changes = read_i64(rest);
+    let closed = match read(rest) {
+        0 => false,
+        1 => true,
+        other => panic!("key index: closed flag {other}"),
+    };
+    let count = read(rest) as usize;
+    assert!(count >= 1 && count as i64 <= changes, "a generation holds revisions");
+    GenerationHeader {
+        created,
+        changes,
+        closed,
+        count,
     }
 }
 
